@@ -1,0 +1,51 @@
+# llmtrain — build, run, test.
+#   make        build train and prepro (and train_gpu when nvcc is present)
+#   make run    install missing packages (as root), build, preprocess the bundled corpus, train, sample
+#   make test   build and run the whole test suite (no GPU, no Python)
+
+CC      ?= gcc
+OPT     ?= -O3 -march=native
+CFLAGS  += $(OPT) -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -fopenmp -D_GNU_SOURCE
+LDLIBS  += -lm -ljansson -lpcre2-8
+DEB_PKGS = gcc make libpcre2-dev libjansson-dev libgomp1
+
+TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h
+
+.PHONY: all deps run test clean
+
+all: train prepro/prepro
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; fi
+
+train: train.c llmtrain.h $(TOKENIZER)
+	$(CC) $(CFLAGS) -o $@ train.c prepro/tokenizer.c $(LDLIBS)
+
+prepro/prepro: prepro/prepro.c $(TOKENIZER)
+	$(CC) $(CFLAGS) -o $@ prepro/prepro.c prepro/tokenizer.c $(LDLIBS)
+
+# ---- the default run: bundled corpus -> .bin/.idx -> a small GPT-2 on the CPU -> sample
+RUN_DIR ?= out/run
+run: deps all
+	@mkdir -p out
+	./prepro/prepro --input data/tinyshakespeare.txt --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
+	    --output-prefix out/tinyshakespeare --append-eod
+	./train --data out/tinyshakespeare_text_document --model tiny-gpt2 --tokenizer data/gpt2_tokenizer.json \
+	    --batch-size 8 --seq-len 64 --steps 300 --lr 3e-3 --warmup-steps 20 --split 95,5,0 \
+	    --eval-every 50 --eval-steps 8 --sample-every 300 --sample-len 96 --out $(RUN_DIR)
+
+# ---- tests
+TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer
+
+tests/bin/%: tests/%.c llmtrain.h $(TOKENIZER)
+	@mkdir -p tests/bin
+	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c $(LDLIBS)
+
+test: deps all $(TEST_BINS)
+	@bash tests/run.sh
+
+clean:
+	rm -rf train prepro/prepro tests/bin out tests/tmp
