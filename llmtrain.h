@@ -1,0 +1,1996 @@
+/*
+ llmtrain.h — GPT-2, LLaMA and Qwen decoders trained on the CPU, in one header.
+
+ stb-style: every file may include it for the declarations; exactly one file defines
+ LLMTRAIN_IMPLEMENTATION before including it to get the definitions.
+
+ Sections, in reading order:
+   config     model family and sizes, from a Hugging Face config.json or a named preset
+   layout     one flat fp32 buffer for params, one for grads, one for activations; named pointers
+   layers     <layer>_forward / <layer>_backward, fp32, OpenMP
+   model      model_forward / model_backward / model_zero_grad, built from the layers
+   optimizer  AdamW on a [begin,end) slice of the flat params, grad-norm clipping, LR schedule
+   rng        a counter-based RNG (the same sequence wherever it is computed)
+   data       Megatron MMIDIDX .bin/.idx reader (mmap) and the window sampler
+   io         safetensors read/write, HF parameter names, config.json write
+
+ Conventions: shapes are passed explicitly (B batch, T time, C channels, NH query heads, NKV key/value
+ heads, HD head dim, F MLP width, V vocab). Every backward function ACCUMULATES (+=) into the gradients
+ it writes, so residual branches and gradient accumulation need no extra code. Reductions run in a
+ fixed order, so a run repeats bit for bit with the same thread count.
+ Dependencies: the C library, OpenMP, and Jansson (config.json and safetensors headers).
+*/
+#ifndef LLMTRAIN_H
+#define LLMTRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------------------------------ */
+/* config */
+
+enum { FAMILY_GPT2 = 0, FAMILY_LLAMA = 1, FAMILY_QWEN2 = 2, FAMILY_QWEN3 = 3 };
+
+typedef struct {
+    int family;          /* FAMILY_* */
+    int vocab_size;      /* V: rows of the embedding and of the lm_head */
+    int max_seq_len;     /* GPT-2: rows of the learned position table; RoPE models: max_position_embeddings */
+    int n_layer;         /* L */
+    int n_embd;          /* C */
+    int n_head;          /* NH */
+    int n_kv_head;       /* NKV (== NH without grouped-query attention) */
+    int head_dim;        /* HD (C / NH unless the config sets it) */
+    int d_ff;            /* F: MLP hidden width */
+    float norm_eps;
+    float rope_theta;
+    int rope_llama3;     /* 1: llama3 rope_scaling applied to the inverse frequencies */
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_orig_max_pos;
+    int tie_embeddings;  /* lm_head shares the token embedding */
+    int qkv_bias;        /* biases on the q/k/v projections (GPT-2, Qwen2, LLaMA attention_bias) */
+    int qk_norm;         /* per-head RMSNorm on q and k before RoPE (Qwen3) */
+    int bos_token_id, eos_token_id;
+} ModelConfig;
+
+const char *family_name(int family);
+/* Named presets: gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, llama-1b. 0 on success. */
+int model_config_preset(ModelConfig *cfg, const char *name);
+/* Reads a Hugging Face config.json (a file, or a directory holding config.json). 0 on success,
+   else -1 with a one-line message in err naming the file and the key. */
+int model_config_from_json(ModelConfig *cfg, const char *path, char *err, size_t errlen);
+/* Checks sizes are positive and consistent; 0 if fine, else -1 with the reason in err. */
+int model_config_validate(const ModelConfig *cfg, char *err, size_t errlen);
+/* Writes cfg as a Hugging Face config.json string (malloc'ed). */
+char *model_config_to_json(const ModelConfig *cfg);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* layout */
+
+/* The parameter tensors, in the order they sit in the flat buffer. Per-layer tensors hold all L layers
+   back to back ([L][...]). A tensor the family does not have has size 0. */
+enum {
+    P_WTE,    /* [V, C]        token embedding */
+    P_WPE,    /* [P, C]        learned positions (GPT-2) */
+    P_LN1W,   /* [L, C]        norm before attention (LayerNorm weight or RMSNorm weight) */
+    P_LN1B,   /* [L, C]        LayerNorm bias (GPT-2) */
+    P_WQKV,   /* [L, QKV, C]   q, k, v projections stacked by rows: NH*HD q rows, NKV*HD k rows, NKV*HD v rows */
+    P_BQKV,   /* [L, QKV]      their biases */
+    P_QNW,    /* [L, HD]       Qwen3 per-head q RMSNorm weight */
+    P_KNW,    /* [L, HD]       Qwen3 per-head k RMSNorm weight */
+    P_WO,     /* [L, C, NH*HD] attention output projection */
+    P_BO,     /* [L, C]        its bias (GPT-2) */
+    P_LN2W,   /* [L, C]        norm before the MLP */
+    P_LN2B,   /* [L, C]        (GPT-2) */
+    P_WFC,    /* [L, FC, C]    MLP in: GPT-2 FC = F; SwiGLU FC = 2F (F gate rows, then F up rows) */
+    P_BFC,    /* [L, F]        (GPT-2) */
+    P_WPROJ,  /* [L, C, F]     MLP out (GPT-2 c_proj, LLaMA down_proj) */
+    P_BPROJ,  /* [L, C]        (GPT-2) */
+    P_LNFW,   /* [C]           final norm */
+    P_LNFB,   /* [C]           (GPT-2) */
+    P_LMHEAD, /* [V, C]        lm_head when not tied */
+    NUM_PARAM_TENSORS
+};
+
+typedef struct {
+    float *wte, *wpe, *ln1w, *ln1b, *wqkv, *bqkv, *qnw, *knw, *wo, *bo, *ln2w, *ln2b,
+          *wfc, *bfc, *wproj, *bproj, *lnfw, *lnfb, *lmhead;
+} ParameterTensors;
+
+/* Activations of one forward pass, kept for the backward pass. Per-layer buffers are [L][B*T*...]. */
+enum {
+    A_ENCODED,   /* [B,T,C]        embedding output = input of layer 0 */
+    A_LN1,       /* [L,B,T,C]      */
+    A_LN1_MEAN,  /* [L,B,T]        (LayerNorm only) */
+    A_LN1_RSTD,  /* [L,B,T]        */
+    A_Q,         /* [L,B,T,NH*HD]  q projection (+bias) */
+    A_K,         /* [L,B,T,NKV*HD] */
+    A_V,         /* [L,B,T,NKV*HD] */
+    A_QN,        /* [L,B,T,NH*HD]  q after the per-head norm (Qwen3) */
+    A_KN,        /* [L,B,T,NKV*HD] */
+    A_QN_RSTD,   /* [L,B,T,NH]     */
+    A_KN_RSTD,   /* [L,B,T,NKV]    */
+    A_QR,        /* [L,B,T,NH*HD]  q after RoPE (what attention sees; == A_Q copy for GPT-2) */
+    A_KR,        /* [L,B,T,NKV*HD] */
+    A_ATT,       /* [L,B,NH,T,T]   attention probabilities */
+    A_ATTY,      /* [L,B,T,NH*HD]  attention output before the output projection */
+    A_ATTPROJ,   /* [L,B,T,C]      */
+    A_RESID2,    /* [L,B,T,C]      x after the attention residual */
+    A_LN2,       /* [L,B,T,C]      */
+    A_LN2_MEAN,  /* [L,B,T]        */
+    A_LN2_RSTD,  /* [L,B,T]        */
+    A_FCH,       /* [L,B,T,FC]     MLP pre-activation (SwiGLU: gate | up) */
+    A_FCH_ACT,   /* [L,B,T,F]      after GELU / SwiGLU */
+    A_FCPROJ,    /* [L,B,T,C]      */
+    A_RESID3,    /* [L,B,T,C]      x after the MLP residual = input of the next layer */
+    A_LNF,       /* [B,T,C]        */
+    A_LNF_MEAN,  /* [B,T]          */
+    A_LNF_RSTD,  /* [B,T]          */
+    A_LOGITS,    /* [B,T,V]        */
+    A_LSE,       /* [B,T]          log-sum-exp of each logits row */
+    A_LOSSES,    /* [B,T]          */
+    NUM_ACT_TENSORS
+};
+
+typedef struct {
+    float *encoded, *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *qn, *kn, *qn_rstd, *kn_rstd, *qr, *kr,
+          *att, *atty, *attproj, *resid2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_act, *fcproj, *resid3,
+          *lnf, *lnf_mean, *lnf_rstd, *logits, *lse, *losses;
+} ActivationTensors;
+
+typedef struct {
+    ModelConfig cfg;
+    size_t param_sizes[NUM_PARAM_TENSORS];
+    size_t param_offsets[NUM_PARAM_TENSORS];
+    size_t num_params;
+    float *params_memory;       /* fp32 weights */
+    float *grads_memory;        /* their gradients (accumulated over micro-steps) */
+    float *m_memory, *v_memory; /* AdamW moments (allocated on the first update) */
+    ParameterTensors params, grads;
+    int B, T;                   /* the largest batch the activations were allocated for */
+    int cur_B, cur_T;           /* the shape of the last forward */
+    size_t act_sizes[NUM_ACT_TENSORS];
+    size_t num_acts;
+    float *acts_memory, *grads_acts_memory;
+    ActivationTensors acts, grads_acts;
+    float *rope_cos, *rope_sin; /* [max T, HD/2] */
+    int *inputs, *targets;      /* [B*T] copies of the last batch */
+    float mean_loss;            /* mean loss of the last forward with targets (-1 if none) */
+    int num_valid;              /* targets >= 0 in the last forward */
+} Model;
+
+/* ------------------------------------------------------------------------------------------------ */
+/* layers (see the definitions for the math) */
+
+void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C);
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V);
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C, float eps);
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                        const float *weight, const float *mean, const float *rstd, int N, int C);
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int N, int C);
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC);
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int IC, int OC);
+void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T);
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
+void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                       int B, int T, int NH, int NKV, int HD);
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD);
+void gelu_forward(float *out, const float *inp, size_t N);
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
+void swiglu_forward(float *out, const float *inp, int N, int F);
+void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, int F);
+void residual_forward(float *out, const float *inp1, const float *inp2, size_t N);
+void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N);
+void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V);
+void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
+                           float dloss, int N, int V);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* model */
+
+/* Allocates params (and grads) for cfg. Weights are not initialised: call model_init_weights or load. */
+int model_build(Model *m, const ModelConfig *cfg);
+/* normal(0, std) weights, residual output projections std/sqrt(2L), norm weights 1, biases 0. */
+void model_init_weights(Model *m, uint64_t seed, float std);
+/* inputs [B*T]; targets [B*T] or NULL. With targets, returns the mean loss over targets >= 0. */
+float model_forward(Model *m, const int *inputs, const int *targets, int B, int T);
+/* Backward of the last forward (which must have had targets); grads += d(loss * loss_scale)/dparams. */
+void model_backward(Model *m, float loss_scale);
+void model_zero_grad(Model *m);
+void model_free(Model *m);
+/* 1 if params tensor t gets weight decay (2-D weights), 0 for norms and biases. */
+int param_has_decay(int t);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* optimizer */
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+} AdamWConfig;
+
+/* One AdamW step on n contiguous values (torch.optim.AdamW semantics, decoupled weight decay). */
+void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int step);
+/* AdamW on params [begin, end) of the flat buffer (the ZeRO-1 shard of one rank; all of it on one rank). */
+void model_adamw_update(Model *m, const AdamWConfig *opt, int step, size_t begin, size_t end);
+/* sum of squares of grads[begin, end), in double, in a fixed order */
+double grad_sumsq(const float *grads, size_t begin, size_t end);
+/* Scales grads by min(1, max_norm / (norm + 1e-6)) (as torch.nn.utils.clip_grad_norm_). */
+void grad_clip(float *grads, size_t n, double norm, float max_norm);
+
+enum { LR_COSINE = 0, LR_LINEAR = 1, LR_CONSTANT = 2 };
+/* lr of update `step` (1-based): linear warmup to max_lr over warmup steps, then decay to min_lr at decay_steps */
+float lr_schedule(int step, float max_lr, float min_lr, int warmup, int decay_steps, int style);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* rng: counter-based, so value i of stream s can be computed anywhere, in any order */
+
+uint64_t rng_u64(uint64_t seed, uint64_t counter);
+float rng_uniform(uint64_t seed, uint64_t counter);   /* [0, 1) */
+float rng_normal(uint64_t seed, uint64_t counter);    /* N(0, 1) */
+/* perm[0..n) = a seeded random permutation of 0..n-1 (Fisher-Yates) */
+void rng_permutation(uint64_t *perm, uint64_t n, uint64_t seed);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* data */
+
+typedef struct {
+    char path[1024];        /* the prefix */
+    int dtype_code;         /* 8 uint16, 4 int32 (Megatron DType codes) */
+    int itemsize;
+    uint64_t num_seqs;      /* S */
+    uint64_t num_docs;      /* D = len(document_indices) - 1 */
+    int64_t *doc_start;     /* [D] first token (element index into .bin) of each document */
+    int64_t *doc_len;       /* [D] tokens of each document */
+    const unsigned char *bin; size_t bin_size;
+    int64_t max_token;      /* largest token id seen in the .bin (computed on open) */
+} IndexedDataset;
+
+/* Opens PREFIX.idx / PREFIX.bin; 0 on success, else -1 with a one-line message in err. */
+int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size_t errlen);
+void indexed_dataset_close(IndexedDataset *ds);
+int64_t indexed_dataset_token(const IndexedDataset *ds, int64_t element);
+
+/* Documents [doc_begin, doc_end) of a dataset, in a seeded shuffled order per epoch, concatenated and
+   cut into windows of T+1 tokens with stride T; the windows are shuffled with the seed. Window k of the
+   stream (k counts across epochs) is a pure function of (seed, k). */
+typedef struct {
+    const IndexedDataset *ds;
+    uint64_t doc_begin, doc_end;
+    int T;
+    uint64_t seed;
+    int shuffle;               /* 0: documents and windows in file order (validation) */
+    uint64_t tokens_per_epoch;
+    uint64_t windows_per_epoch;
+    int64_t epoch;             /* the epoch whose orders are cached below (-1: none) */
+    uint64_t *doc_order;       /* [n docs] */
+    uint64_t *doc_cum;         /* [n docs + 1] token offset of each document in the epoch's stream */
+    uint64_t *win_order;       /* [windows_per_epoch] */
+} Sampler;
+
+int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int T,
+                 uint64_t seed, int shuffle, char *err, size_t errlen);
+/* Writes the T+1 tokens of stream window k. */
+void sampler_window(Sampler *s, uint64_t k, int *out);
+void sampler_free(Sampler *s);
+
+/* Splits D documents by weights "949,50,1" into [begin,end) ranges for train/valid/test. 0 on success. */
+int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen);
+
+/* Batches from a sampler: micro-batch of B rows per rank; rank r takes windows cursor + r + world*b. */
+typedef struct {
+    Sampler *sampler;
+    int B, T, rank, world;
+    uint64_t cursor;        /* next stream window of the global batch (the loader state to checkpoint) */
+    int *window;            /* [T+1] */
+    int *inputs, *targets;  /* [B*T] */
+} DataLoader;
+
+void dataloader_init(DataLoader *dl, Sampler *s, int B, int rank, int world);
+void dataloader_next(DataLoader *dl);
+void dataloader_free(DataLoader *dl);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* io */
+
+enum { ST_F32, ST_F16, ST_BF16, ST_I32, ST_I64, ST_U8, ST_OTHER };
+
+typedef struct {
+    char name[256];
+    int dtype;              /* ST_* */
+    int ndim;
+    int64_t shape[8];
+    uint64_t begin, end;    /* byte range in the data buffer */
+} SafeTensor;
+
+typedef struct {
+    char path[1024];
+    unsigned char *map; size_t size; /* the whole file, mmap'ed */
+    const unsigned char *data;       /* start of the byte buffer */
+    SafeTensor *tensors; int num_tensors;
+    char *metadata_json;             /* the __metadata__ object as JSON text, or NULL */
+} SafeTensors;
+
+/* Opens and validates a .safetensors file (header length bound, dtype x shape == byte size, offsets tile
+   the buffer, no duplicates). 0 on success, else -1 with a message naming the file and tensor. */
+int safetensors_open(SafeTensors *st, const char *path, char *err, size_t errlen);
+const SafeTensor *safetensors_find(const SafeTensors *st, const char *name);
+int64_t safetensor_numel(const SafeTensor *t);
+/* Converts tensor t (F32, BF16 or F16) to fp32, transposing a 2-D tensor when transpose is set. */
+int safetensors_read_f32(const SafeTensors *st, const SafeTensor *t, float *dst, int transpose);
+void safetensors_close(SafeTensors *st);
+
+/* One named tensor to write. */
+typedef struct {
+    const char *name;
+    int dtype;              /* ST_F32 or ST_I32 or ST_I64 */
+    int ndim;
+    int64_t shape[8];
+    const void *data;
+} SafeTensorOut;
+/* Writes a .safetensors file atomically (temp file + fsync + rename). 0 on success. */
+int safetensors_write(const char *path, const SafeTensorOut *tensors, int n, const char *metadata_json,
+                      char *err, size_t errlen);
+
+/* The HF tensors of a model: their names and shapes, and where each lives in a flat buffer. */
+typedef struct {
+    char name[128];
+    int ndim;
+    int64_t shape[2];       /* HF shape */
+    size_t offset;          /* element offset in the flat params (or grads) buffer */
+    int transpose;          /* 1: HF stores the transpose of our [rows, cols] block (GPT-2 Conv1D) */
+} HFTensor;
+/* Fills list (may be NULL to count) and returns the number of HF tensors of the model. */
+int model_hf_tensors(const Model *m, HFTensor *list);
+/* Loads weights from a safetensors file with HF names (GPT-2 with or without "transformer."). */
+int model_load_safetensors(Model *m, const char *path, char *err, size_t errlen);
+/* Saves weights with HF names (model.safetensors, as transformers writes them). */
+int model_save_safetensors(const Model *m, const char *path, char *err, size_t errlen);
+
+#endif /* LLMTRAIN_H */
+
+/* ================================================================================================ */
+#ifdef LLMTRAIN_IMPLEMENTATION
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <jansson.h>
+#include <omp.h>
+
+/* ------------------------------------------------------------------------------------------------ */
+/* config */
+
+const char *family_name(int family) {
+    switch (family) {
+    case FAMILY_GPT2: return "gpt2";
+    case FAMILY_LLAMA: return "llama";
+    case FAMILY_QWEN2: return "qwen2";
+    case FAMILY_QWEN3: return "qwen3";
+    }
+    return "?";
+}
+
+static void config_defaults(ModelConfig *c, int family) {
+    memset(c, 0, sizeof(*c));
+    c->family = family;
+    c->norm_eps = family == FAMILY_GPT2 ? 1e-5f : 1e-6f;
+    c->rope_theta = 10000.0f;
+    c->tie_embeddings = family == FAMILY_GPT2;
+    c->qkv_bias = family == FAMILY_GPT2 || family == FAMILY_QWEN2;
+    c->qk_norm = family == FAMILY_QWEN3;
+    c->bos_token_id = c->eos_token_id = -1;
+}
+
+/* A GPT-2 shaped config: d_ff = 4C, head_dim = C/NH. */
+static void preset_gpt2(ModelConfig *c, int V, int P, int L, int C, int NH) {
+    config_defaults(c, FAMILY_GPT2);
+    c->vocab_size = V; c->max_seq_len = P; c->n_layer = L; c->n_embd = C;
+    c->n_head = NH; c->n_kv_head = NH; c->head_dim = C / NH; c->d_ff = 4 * C;
+    c->bos_token_id = c->eos_token_id = 50256;
+}
+
+static void preset_llama(ModelConfig *c, int family, int V, int P, int L, int C, int NH, int NKV, int HD, int F) {
+    config_defaults(c, family);
+    c->vocab_size = V; c->max_seq_len = P; c->n_layer = L; c->n_embd = C;
+    c->n_head = NH; c->n_kv_head = NKV; c->head_dim = HD; c->d_ff = F;
+    c->norm_eps = 1e-5f;
+}
+
+int model_config_preset(ModelConfig *c, const char *name) {
+    if (!strcmp(name, "gpt2-124m")) preset_gpt2(c, 50257, 1024, 12, 768, 12);
+    else if (!strcmp(name, "gpt2-350m")) preset_gpt2(c, 50257, 1024, 24, 1024, 16);
+    else if (!strcmp(name, "tiny-gpt2")) preset_gpt2(c, 50257, 256, 4, 128, 4);
+    else if (!strcmp(name, "tiny-llama")) {
+        preset_llama(c, FAMILY_LLAMA, 50257, 256, 4, 128, 4, 2, 32, 344);
+        c->tie_embeddings = 1; c->eos_token_id = 50256;
+    } else if (!strcmp(name, "tiny-qwen3")) {
+        preset_llama(c, FAMILY_QWEN3, 50257, 256, 4, 128, 4, 2, 32, 344);
+        c->tie_embeddings = 1; c->eos_token_id = 50256; c->rope_theta = 1000000.0f; c->norm_eps = 1e-6f;
+    } else if (!strcmp(name, "llama-1b")) {
+        /* LLaMA-3.2-1B shape */
+        preset_llama(c, FAMILY_LLAMA, 128256, 2048, 16, 2048, 32, 8, 64, 8192);
+        c->rope_theta = 500000.0f; c->tie_embeddings = 1; c->bos_token_id = 128000; c->eos_token_id = 128001;
+    } else return -1;
+    return 0;
+}
+
+/* Reads an optional number; returns 0 when present and numeric, 1 when absent, -1 when of the wrong type. */
+static int json_num(json_t *obj, const char *key, double *out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) return 1;
+    if (!json_is_number(v)) return -1;
+    *out = json_number_value(v);
+    return 0;
+}
+
+int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t errlen) {
+    char file[1200];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(file, sizeof(file), "%s/config.json", path);
+    else snprintf(file, sizeof(file), "%s", path);
+    json_error_t je;
+    json_t *root = json_load_file(file, 0, &je);
+    if (!root) {
+        if (access(file, R_OK) != 0) snprintf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
+        else snprintf(err, errlen, "%s:%d:%d: malformed JSON: %s", file, je.line, je.column, je.text);
+        return -1;
+    }
+    int rc = -1;
+    if (!json_is_object(root)) { snprintf(err, errlen, "%s: expected a JSON object", file); goto done; }
+    json_t *mt = json_object_get(root, "model_type");
+    if (!json_is_string(mt)) { snprintf(err, errlen, "%s: missing string key \"model_type\"", file); goto done; }
+    const char *type = json_string_value(mt);
+    int family;
+    if (!strcmp(type, "gpt2")) family = FAMILY_GPT2;
+    else if (!strcmp(type, "llama")) family = FAMILY_LLAMA;
+    else if (!strcmp(type, "qwen2")) family = FAMILY_QWEN2;
+    else if (!strcmp(type, "qwen3")) family = FAMILY_QWEN3;
+    else { snprintf(err, errlen, "%s: unknown model_type \"%s\" (expected gpt2, llama, qwen2 or qwen3)", file, type); goto done; }
+    config_defaults(c, family);
+
+    /* the keys each family uses, with their HF names; -1 marks a required key */
+    struct { const char *key; double def; double val; } k[16];
+    int nk = 0;
+    const char *names_gpt2[] = {"vocab_size", "n_positions", "n_layer", "n_embd", "n_head", "n_inner", "layer_norm_epsilon"};
+    const char *names_llama[] = {"vocab_size", "max_position_embeddings", "num_hidden_layers", "hidden_size",
+                                 "num_attention_heads", "intermediate_size", "rms_norm_eps"};
+    const char **names = family == FAMILY_GPT2 ? names_gpt2 : names_llama;
+    double defs[7] = {-1, family == FAMILY_GPT2 ? 1024 : 2048, -1, -1, -1, family == FAMILY_GPT2 ? 0 : -1,
+                      family == FAMILY_GPT2 ? 1e-5 : 1e-6};
+    for (int i = 0; i < 7; i++) {
+        k[nk].key = names[i]; k[nk].def = defs[i];
+        int r = json_num(root, names[i], &k[nk].val);
+        if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, names[i]); goto done; }
+        if (r == 1) {
+            if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, names[i], type); goto done; }
+            k[nk].val = defs[i];
+        }
+        nk++;
+    }
+    c->vocab_size = (int)k[0].val; c->max_seq_len = (int)k[1].val; c->n_layer = (int)k[2].val;
+    c->n_embd = (int)k[3].val; c->n_head = (int)k[4].val; c->d_ff = (int)k[5].val; c->norm_eps = (float)k[6].val;
+    c->n_kv_head = c->n_head;
+    c->head_dim = c->n_head > 0 ? c->n_embd / c->n_head : 0;
+    double x;
+    if (family == FAMILY_GPT2) {
+        if (c->d_ff == 0) c->d_ff = 4 * c->n_embd;
+        json_t *act = json_object_get(root, "activation_function");
+        if (act && !(json_is_string(act) && (!strcmp(json_string_value(act), "gelu_new") ||
+                     !strcmp(json_string_value(act), "gelu_pytorch_tanh")))) {
+            snprintf(err, errlen, "%s: activation_function must be \"gelu_new\" (tanh GELU)", file); goto done;
+        }
+    } else {
+        if (json_num(root, "num_key_value_heads", &x) == 0) c->n_kv_head = (int)x;
+        if (json_num(root, "head_dim", &x) == 0) c->head_dim = (int)x;
+        else if (family == FAMILY_QWEN3 && !json_object_get(root, "head_dim")) c->head_dim = 128;
+        json_t *act = json_object_get(root, "hidden_act");
+        if (act && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
+            snprintf(err, errlen, "%s: hidden_act must be \"silu\"", file); goto done;
+        }
+        json_t *b = json_object_get(root, "attention_bias");
+        if (family != FAMILY_QWEN2 && json_is_true(b)) c->qkv_bias = 1;
+        if (json_is_true(json_object_get(root, "mlp_bias"))) {
+            snprintf(err, errlen, "%s: mlp_bias=true is not supported", file); goto done;
+        }
+        /* rope: rope_theta / rope_scaling at the top level, or inside rope_parameters (newer transformers) */
+        json_t *rp = json_object_get(root, "rope_parameters");
+        json_t *rs = json_object_get(root, "rope_scaling");
+        if (json_num(root, "rope_theta", &x) == 0) c->rope_theta = (float)x;
+        if (json_is_object(rp) && json_num(rp, "rope_theta", &x) == 0) c->rope_theta = (float)x;
+        if (!json_is_object(rs) && json_is_object(rp)) rs = rp;
+        if (json_is_object(rs)) {
+            json_t *t = json_object_get(rs, "rope_type");
+            if (!t) t = json_object_get(rs, "type");
+            const char *rt = json_is_string(t) ? json_string_value(t) : "default";
+            if (!strcmp(rt, "llama3")) {
+                c->rope_llama3 = 1;
+                double f = 8, lo = 1, hi = 4, om = 8192;
+                json_num(rs, "factor", &f); json_num(rs, "low_freq_factor", &lo);
+                json_num(rs, "high_freq_factor", &hi); json_num(rs, "original_max_position_embeddings", &om);
+                c->rope_factor = (float)f; c->rope_low_freq_factor = (float)lo;
+                c->rope_high_freq_factor = (float)hi; c->rope_orig_max_pos = (int)om;
+            } else if (strcmp(rt, "default")) {
+                snprintf(err, errlen, "%s: rope type \"%s\" is not supported (default or llama3)", file, rt); goto done;
+            }
+        }
+    }
+    json_t *tie = json_object_get(root, "tie_word_embeddings");
+    if (tie) c->tie_embeddings = json_is_true(tie);
+    if (json_num(root, "bos_token_id", &x) == 0) c->bos_token_id = (int)x;
+    if (json_num(root, "eos_token_id", &x) == 0) c->eos_token_id = (int)x;
+    else {
+        json_t *e = json_object_get(root, "eos_token_id");
+        if (json_is_array(e) && json_array_size(e) > 0 && json_is_number(json_array_get(e, 0)))
+            c->eos_token_id = (int)json_number_value(json_array_get(e, 0));
+    }
+    char verr[256];
+    if (model_config_validate(c, verr, sizeof(verr)) != 0) { snprintf(err, errlen, "%s: %s", file, verr); goto done; }
+    rc = 0;
+done:
+    json_decref(root);
+    return rc;
+}
+
+int model_config_validate(const ModelConfig *c, char *err, size_t errlen) {
+    if (c->vocab_size <= 0 || c->n_layer <= 0 || c->n_embd <= 0 || c->n_head <= 0 || c->n_kv_head <= 0 ||
+        c->head_dim <= 0 || c->d_ff <= 0 || c->max_seq_len <= 0) {
+        snprintf(err, errlen, "sizes must be positive (vocab %d, layers %d, hidden %d, heads %d, kv heads %d, "
+                 "head_dim %d, ff %d, positions %d)", c->vocab_size, c->n_layer, c->n_embd, c->n_head,
+                 c->n_kv_head, c->head_dim, c->d_ff, c->max_seq_len);
+        return -1;
+    }
+    if (c->family == FAMILY_GPT2 && c->n_embd % c->n_head != 0) {
+        snprintf(err, errlen, "n_embd %d is not divisible by n_head %d", c->n_embd, c->n_head); return -1;
+    }
+    if (c->family != FAMILY_GPT2 && c->head_dim % 2 != 0) {
+        snprintf(err, errlen, "head_dim %d must be even for RoPE", c->head_dim); return -1;
+    }
+    if (c->n_head % c->n_kv_head != 0) {
+        snprintf(err, errlen, "num_attention_heads %d is not a multiple of num_key_value_heads %d", c->n_head, c->n_kv_head);
+        return -1;
+    }
+    if (!(c->norm_eps > 0)) { snprintf(err, errlen, "norm epsilon must be positive"); return -1; }
+    if (c->rope_llama3 && !(c->rope_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor &&
+                            c->rope_orig_max_pos > 0)) {
+        snprintf(err, errlen, "llama3 rope_scaling needs factor > 0, high_freq_factor > low_freq_factor, "
+                 "original_max_position_embeddings > 0"); return -1;
+    }
+    return 0;
+}
+
+char *model_config_to_json(const ModelConfig *c) {
+    json_t *o = json_object();
+    if (c->family == FAMILY_GPT2) {
+        json_object_set_new(o, "architectures", json_pack("[s]", "GPT2LMHeadModel"));
+        json_object_set_new(o, "model_type", json_string("gpt2"));
+        json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
+        json_object_set_new(o, "n_positions", json_integer(c->max_seq_len));
+        json_object_set_new(o, "n_ctx", json_integer(c->max_seq_len));
+        json_object_set_new(o, "n_embd", json_integer(c->n_embd));
+        json_object_set_new(o, "n_layer", json_integer(c->n_layer));
+        json_object_set_new(o, "n_head", json_integer(c->n_head));
+        json_object_set_new(o, "n_inner", json_integer(c->d_ff));
+        json_object_set_new(o, "activation_function", json_string("gelu_new"));
+        json_object_set_new(o, "layer_norm_epsilon", json_real(c->norm_eps));
+        json_object_set_new(o, "resid_pdrop", json_real(0.0));
+        json_object_set_new(o, "embd_pdrop", json_real(0.0));
+        json_object_set_new(o, "attn_pdrop", json_real(0.0));
+    } else {
+        const char *arch = c->family == FAMILY_LLAMA ? "LlamaForCausalLM" : c->family == FAMILY_QWEN2 ?
+                           "Qwen2ForCausalLM" : "Qwen3ForCausalLM";
+        json_object_set_new(o, "architectures", json_pack("[s]", arch));
+        json_object_set_new(o, "model_type", json_string(family_name(c->family)));
+        json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
+        json_object_set_new(o, "max_position_embeddings", json_integer(c->max_seq_len));
+        json_object_set_new(o, "hidden_size", json_integer(c->n_embd));
+        json_object_set_new(o, "intermediate_size", json_integer(c->d_ff));
+        json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layer));
+        json_object_set_new(o, "num_attention_heads", json_integer(c->n_head));
+        json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_head));
+        json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+        json_object_set_new(o, "hidden_act", json_string("silu"));
+        json_object_set_new(o, "rms_norm_eps", json_real(c->norm_eps));
+        json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
+        if (c->rope_llama3)
+            json_object_set_new(o, "rope_scaling", json_pack("{s:s,s:f,s:f,s:f,s:i}", "rope_type", "llama3",
+                                "factor", c->rope_factor, "low_freq_factor", c->rope_low_freq_factor,
+                                "high_freq_factor", c->rope_high_freq_factor,
+                                "original_max_position_embeddings", c->rope_orig_max_pos));
+        else json_object_set_new(o, "rope_scaling", json_null());
+        if (c->family != FAMILY_QWEN2) json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
+        json_object_set_new(o, "mlp_bias", json_false());
+        json_object_set_new(o, "attention_dropout", json_real(0.0));
+        if (c->family == FAMILY_QWEN2) json_object_set_new(o, "use_sliding_window", json_false());
+    }
+    json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    if (c->bos_token_id >= 0) json_object_set_new(o, "bos_token_id", json_integer(c->bos_token_id));
+    if (c->eos_token_id >= 0) json_object_set_new(o, "eos_token_id", json_integer(c->eos_token_id));
+    json_object_set_new(o, "torch_dtype", json_string("float32"));
+    json_object_set_new(o, "initializer_range", json_real(0.02));
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* layers
+   Every function works on flat row-major arrays. N = number of rows (usually B*T). Backward functions
+   add (+=) into every gradient they write. */
+
+/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:]   (wpe may be NULL: no learned positions)
+   backward:  dwte[tok[b,t],:] += dout[b,t,:];  dwpe[t,:] += dout[b,t,:]
+   The backward is parallel over channel blocks, so every sum runs in the same order on every run. */
+void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C) {
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *e = wte + (size_t)tokens[b * T + t] * C;
+            const float *p = wpe ? wpe + (size_t)t * C : NULL;
+            for (int c = 0; c < C; c++) o[c] = e[c] + (p ? p[c] : 0.0f);
+        }
+}
+
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V) {
+    const int CB = 32;
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += CB) {
+        int c1 = c0 + CB < C ? c0 + CB : C;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                const float *d = dout + ((size_t)b * T + t) * C;
+                float *e = dwte + (size_t)tokens[b * T + t] * C;
+                for (int c = c0; c < c1; c++) e[c] += d[c];
+                if (dwpe) { float *p = dwpe + (size_t)t * C; for (int c = c0; c < c1; c++) p[c] += d[c]; }
+            }
+    }
+}
+
+/* layernorm: mean = sum(x)/C, rstd = 1/sqrt(sum((x-mean)^2)/C + eps), n = (x-mean)*rstd, y = n*w + b
+   backward:  dn = dy*w;  dx += rstd * (dn - mean(dn) - n*mean(dn*n));  dw += sum_rows dy*n;  db += sum_rows dy */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, int N, int C, float eps) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        float var = 0.0f;
+        for (int c = 0; c < C; c++) { float d = x[c] - m; var += d * d; }
+        var /= C;
+        float s = 1.0f / sqrtf(var + eps);
+        float *y = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+        mean[n] = m; rstd[n] = s;
+    }
+}
+
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                        const float *weight, const float *mean, const float *rstd, int N, int C) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float m = mean[n], s = rstd[n];
+        float dn_mean = 0.0f, dn_n_mean = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float dn = dy[c] * weight[c];
+            dn_mean += dn;
+            dn_n_mean += dn * (x[c] - m) * s;
+        }
+        dn_mean /= C; dn_n_mean /= C;
+        float *dx = dinp + (size_t)n * C;
+        for (int c = 0; c < C; c++) {
+            float nrm = (x[c] - m) * s;
+            dx[c] += s * (dy[c] * weight[c] - dn_mean - nrm * dn_n_mean);
+        }
+    }
+    const int CB = 32;
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += CB) {
+        int c1 = c0 + CB < C ? c0 + CB : C;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) {
+                dweight[c] += dy[c] * (x[c] - mean[n]) * rstd[n];
+                dbias[c] += dy[c];
+            }
+        }
+    }
+}
+
+/* rmsnorm: rstd = 1/sqrt(sum(x^2)/C + eps), n = x*rstd, y = n*w
+   backward: dn = dy*w;  dx += rstd * (dn - n*mean(dn*n));  dw += sum_rows dy*n */
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float ss = 0.0f;
+        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        float s = 1.0f / sqrtf(ss / C + eps);
+        float *y = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) y[c] = x[c] * s * weight[c];
+        rstd[n] = s;
+    }
+}
+
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int N, int C) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float s = rstd[n], dn_n_mean = 0.0f;
+        for (int c = 0; c < C; c++) dn_n_mean += dy[c] * weight[c] * x[c] * s;
+        dn_n_mean /= C;
+        float *dx = dinp + (size_t)n * C;
+        for (int c = 0; c < C; c++) dx[c] += s * (dy[c] * weight[c] - x[c] * s * dn_n_mean);
+    }
+    const int CB = 32;
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += CB) {
+        int c1 = c0 + CB < C ? c0 + CB : C;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) dweight[c] += dy[c] * x[c] * rstd[n];
+        }
+    }
+}
+
+static inline float dot_f32(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    #pragma omp simd reduction(+:s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline void axpy_f32(float *y, float a, const float *x, int n) {
+    #pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* matmul: out[n,o] = sum_i inp[n,i] * w[o,i] + bias[o]      (w is [OC, IC], the layout of torch Linear)
+   backward: dinp[n,i] += sum_o dout[n,o] * w[o,i]
+             dw[o,i]   += sum_n dout[n,o] * inp[n,i]
+             dbias[o]  += sum_n dout[n,o]
+   Loops are blocked over output rows so a block of w stays in cache while the batch rows stream by. */
+#define MATMUL_OB 16
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
+    #pragma omp parallel for schedule(static)
+    for (int o0 = 0; o0 < OC; o0 += MATMUL_OB) {
+        int o1 = o0 + MATMUL_OB < OC ? o0 + MATMUL_OB : OC;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * IC;
+            float *y = out + (size_t)n * OC;
+            for (int o = o0; o < o1; o++)
+                y[o] = dot_f32(x, weight + (size_t)o * IC, IC) + (bias ? bias[o] : 0.0f);
+        }
+    }
+}
+
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int IC, int OC) {
+    if (dinp) {
+        const int NB = 32;
+        #pragma omp parallel for schedule(static)
+        for (int n0 = 0; n0 < N; n0 += NB) {
+            int n1 = n0 + NB < N ? n0 + NB : N;
+            for (int o0 = 0; o0 < OC; o0 += 4 * MATMUL_OB) {
+                int o1 = o0 + 4 * MATMUL_OB < OC ? o0 + 4 * MATMUL_OB : OC;
+                for (int n = n0; n < n1; n++) {
+                    float *dx = dinp + (size_t)n * IC;
+                    const float *dy = dout + (size_t)n * OC;
+                    for (int o = o0; o < o1; o++) axpy_f32(dx, dy[o], weight + (size_t)o * IC, IC);
+                }
+            }
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int o0 = 0; o0 < OC; o0 += MATMUL_OB) {
+        int o1 = o0 + MATMUL_OB < OC ? o0 + MATMUL_OB : OC;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * IC;
+            const float *dy = dout + (size_t)n * OC;
+            for (int o = o0; o < o1; o++) {
+                axpy_f32(dweight + (size_t)o * IC, dy[o], x, IC);
+                if (dbias) dbias[o] += dy[o];
+            }
+        }
+    }
+}
+
+/* rope tables: inv_freq[i] = theta^(-2i/HD) for i < HD/2, optionally rescaled by the llama3 rule:
+   wavelen = 2pi/inv_freq; wavelen < orig/high_ff: keep; wavelen > orig/low_ff: inv_freq/factor;
+   otherwise s = (orig/wavelen - low_ff)/(high_ff - low_ff), inv_freq = (1-s)*inv_freq/factor + s*inv_freq.
+   cos_table[t,i] = cos(t*inv_freq[i]), sin_table likewise, for t < T. */
+void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T) {
+    int HD = cfg->head_dim, half = HD / 2;
+    for (int i = 0; i < half; i++) {
+        float inv = 1.0f / powf(cfg->rope_theta, (float)(2 * i) / (float)HD);
+        if (cfg->rope_llama3) {
+            double wavelen = 2.0 * M_PI / inv;
+            double lo_wl = cfg->rope_orig_max_pos / cfg->rope_low_freq_factor;
+            double hi_wl = cfg->rope_orig_max_pos / cfg->rope_high_freq_factor;
+            if (wavelen > lo_wl) inv = inv / cfg->rope_factor;
+            else if (wavelen >= hi_wl) {
+                double s = (cfg->rope_orig_max_pos / wavelen - cfg->rope_low_freq_factor) /
+                           (cfg->rope_high_freq_factor - cfg->rope_low_freq_factor);
+                inv = (float)((1.0 - s) * inv / cfg->rope_factor + s * inv);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float angle = (float)t * inv;
+            cos_table[(size_t)t * half + i] = cosf(angle);
+            sin_table[(size_t)t * half + i] = sinf(angle);
+        }
+    }
+}
+
+/* rope (HF rotate-half): within each head, element i pairs with element i + HD/2; at position t
+     out[i]      = x[i]*cos - x[i+HD/2]*sin
+     out[i+HD/2] = x[i+HD/2]*cos + x[i]*sin
+   backward (the transpose rotation):
+     dx[i] += dout[i]*cos + dout[i+HD/2]*sin;   dx[i+HD/2] += dout[i+HD/2]*cos - dout[i]*sin
+   inp/out are [B,T,NH,HD]. */
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD) {
+    int half = HD / 2;
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
+            for (int h = 0; h < NH; h++) {
+                const float *x = inp + (((size_t)b * T + t) * NH + h) * HD;
+                float *y = out + (((size_t)b * T + t) * NH + h) * HD;
+                for (int i = 0; i < half; i++) {
+                    float x1 = x[i], x2 = x[i + half];
+                    y[i] = x1 * cs[i] - x2 * sn[i];
+                    y[i + half] = x2 * cs[i] + x1 * sn[i];
+                }
+            }
+        }
+}
+
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD) {
+    int half = HD / 2;
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
+            for (int h = 0; h < NH; h++) {
+                const float *dy = dout + (((size_t)b * T + t) * NH + h) * HD;
+                float *dx = dinp + (((size_t)b * T + t) * NH + h) * HD;
+                for (int i = 0; i < half; i++) {
+                    float d1 = dy[i], d2 = dy[i + half];
+                    dx[i] += d1 * cs[i] + d2 * sn[i];
+                    dx[i + half] += d2 * cs[i] - d1 * sn[i];
+                }
+            }
+        }
+}
+
+/* causal attention with grouped-query heads: query head h reads key/value head h / (NH/NKV).
+   q [B,T,NH,HD], k and v [B,T,NKV,HD], att [B,NH,T,T], out [B,T,NH,HD]
+     a[t,s]   = q[t]·k[s] / sqrt(HD)  for s <= t
+     att[t,s] = softmax_s(a[t,:])      (0 for s > t)
+     out[t]   = sum_s att[t,s] * v[s]
+   backward:
+     datt[t,s] = dout[t]·v[s];  dv[s] += att[t,s]*dout[t]
+     da[t,s]   = att[t,s] * (datt[t,s] - sum_s' att[t,s']*datt[t,s'])
+     dq[t] += sum_s da[t,s]*k[s]/sqrt(HD);  dk[s] += sum_t da[t,s]*q[t]/sqrt(HD)
+   The backward runs one task per (b, kv head), which owns every dk/dv row it writes. */
+void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                       int B, int T, int NH, int NKV, int HD) {
+    int G = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+    #pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                int kh = h / G;
+                const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
+                float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                float maxv = -INFINITY;
+                for (int s = 0; s <= t; s++) {
+                    float x = dot_f32(qt, k + (((size_t)b * T + s) * NKV + kh) * HD, HD) * scale;
+                    a[s] = x;
+                    if (x > maxv) maxv = x;
+                }
+                float sum = 0.0f;
+                for (int s = 0; s <= t; s++) { a[s] = expf(a[s] - maxv); sum += a[s]; }
+                float inv = 1.0f / sum;
+                for (int s = 0; s <= t; s++) a[s] *= inv;
+                for (int s = t + 1; s < T; s++) a[s] = 0.0f;
+                float *o = out + (((size_t)b * T + t) * NH + h) * HD;
+                for (int i = 0; i < HD; i++) o[i] = 0.0f;
+                for (int s = 0; s <= t; s++) axpy_f32(o, a[s], v + (((size_t)b * T + s) * NKV + kh) * HD, HD);
+            }
+}
+
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD) {
+    int G = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+    #pragma omp parallel
+    {
+        float *da = (float *)malloc((size_t)T * sizeof(float));
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int kh = 0; kh < NKV; kh++)
+                for (int h = kh * G; h < (kh + 1) * G; h++)
+                    for (int t = 0; t < T; t++) {
+                        const float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                        const float *dy = dout + (((size_t)b * T + t) * NH + h) * HD;
+                        const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
+                        float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;
+                        float sum = 0.0f;
+                        for (int s = 0; s <= t; s++) {
+                            size_t kv = (((size_t)b * T + s) * NKV + kh) * HD;
+                            da[s] = dot_f32(dy, v + kv, HD);
+                            sum += a[s] * da[s];
+                            axpy_f32(dv + kv, a[s], dy, HD);
+                        }
+                        for (int s = 0; s <= t; s++) {
+                            size_t kv = (((size_t)b * T + s) * NKV + kh) * HD;
+                            float g = a[s] * (da[s] - sum) * scale;
+                            axpy_f32(dqt, g, k + kv, HD);
+                            axpy_f32(dk + kv, g, qt, HD);
+                        }
+                    }
+        free(da);
+    }
+}
+
+/* gelu (tanh approximation, HF "gelu_new"): y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+   backward: dx += dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3*0.044715 x^2)) */
+#define GELU_K 0.7978845608028654f
+void gelu_forward(float *out, const float *inp, size_t N) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+    }
+}
+
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
+        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+    }
+}
+
+/* swiglu: inp rows are [gate (F) | up (F)];  y = silu(g) * u,  silu(g) = g * sigmoid(g)
+   backward: dg += dy * u * sigmoid(g) * (1 + g (1 - sigmoid(g)));  du += dy * silu(g) */
+void swiglu_forward(float *out, const float *inp, int N, int F) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *g = inp + (size_t)n * 2 * F, *u = g + F;
+        float *y = out + (size_t)n * F;
+        for (int f = 0; f < F; f++) y[f] = g[f] / (1.0f + expf(-g[f])) * u[f];
+    }
+}
+
+void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, int F) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *g = inp + (size_t)n * 2 * F, *u = g + F;
+        float *dg = dinp + (size_t)n * 2 * F, *du = dg + F;
+        const float *dy = dout + (size_t)n * F;
+        for (int f = 0; f < F; f++) {
+            float sg = 1.0f / (1.0f + expf(-g[f]));
+            dg[f] += dy[f] * u[f] * sg * (1.0f + g[f] * (1.0f - sg));
+            du[f] += dy[f] * g[f] * sg;
+        }
+    }
+}
+
+/* residual: out = a + b;  backward: da += dout, db += dout */
+void residual_forward(float *out, const float *inp1, const float *inp2, size_t N) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
+}
+
+void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < N; i++) { dinp1[i] += dout[i]; dinp2[i] += dout[i]; }
+}
+
+/* crossentropy: lse[n] = log sum_v exp(logits[n,v]);  losses[n] = lse[n] - logits[n, target[n]]
+   (rows with target < 0 are ignored: loss 0)
+   backward: dlogits[n,v] += dloss * (exp(logits[n,v] - lse[n]) - [v == target[n]]) */
+void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *x = logits + (size_t)n * V;
+        float maxv = -INFINITY;
+        for (int v = 0; v < V; v++) if (x[v] > maxv) maxv = x[v];
+        double sum = 0.0;
+        for (int v = 0; v < V; v++) sum += expf(x[v] - maxv);
+        lse[n] = maxv + (float)log(sum);
+        losses[n] = (targets && targets[n] >= 0) ? lse[n] - x[targets[n]] : 0.0f;
+    }
+}
+
+void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
+                           float dloss, int N, int V) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) continue;
+        const float *x = logits + (size_t)n * V;
+        float *dx = dlogits + (size_t)n * V;
+        for (int v = 0; v < V; v++) dx[v] += dloss * expf(x[v] - lse[n]);
+        dx[targets[n]] -= dloss;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* model */
+
+static int qkv_rows(const ModelConfig *c) { return (c->n_head + 2 * c->n_kv_head) * c->head_dim; }
+static int fc_rows(const ModelConfig *c) { return c->family == FAMILY_GPT2 ? c->d_ff : 2 * c->d_ff; }
+
+static void param_sizes(const ModelConfig *c, size_t *s) {
+    size_t V = c->vocab_size, C = c->n_embd, L = c->n_layer, HD = c->head_dim, F = c->d_ff;
+    size_t QKV = qkv_rows(c), FC = fc_rows(c), A = (size_t)c->n_head * HD;
+    int gpt2 = c->family == FAMILY_GPT2;
+    s[P_WTE] = V * C;
+    s[P_WPE] = gpt2 ? (size_t)c->max_seq_len * C : 0;
+    s[P_LN1W] = L * C;
+    s[P_LN1B] = gpt2 ? L * C : 0;
+    s[P_WQKV] = L * QKV * C;
+    s[P_BQKV] = c->qkv_bias ? L * QKV : 0;
+    s[P_QNW] = c->qk_norm ? L * HD : 0;
+    s[P_KNW] = c->qk_norm ? L * HD : 0;
+    s[P_WO] = L * C * A;
+    s[P_BO] = gpt2 ? L * C : 0;
+    s[P_LN2W] = L * C;
+    s[P_LN2B] = gpt2 ? L * C : 0;
+    s[P_WFC] = L * FC * C;
+    s[P_BFC] = gpt2 ? L * F : 0;
+    s[P_WPROJ] = L * C * F;
+    s[P_BPROJ] = gpt2 ? L * C : 0;
+    s[P_LNFW] = C;
+    s[P_LNFB] = gpt2 ? C : 0;
+    s[P_LMHEAD] = c->tie_embeddings ? 0 : V * C;
+}
+
+int param_has_decay(int t) {
+    return t == P_WTE || t == P_WPE || t == P_WQKV || t == P_WO || t == P_WFC || t == P_WPROJ || t == P_LMHEAD;
+}
+
+static void point_params(ParameterTensors *p, float *mem, const size_t *offsets, const size_t *sizes) {
+    float **ptrs[NUM_PARAM_TENSORS] = {&p->wte, &p->wpe, &p->ln1w, &p->ln1b, &p->wqkv, &p->bqkv, &p->qnw,
+        &p->knw, &p->wo, &p->bo, &p->ln2w, &p->ln2b, &p->wfc, &p->bfc, &p->wproj, &p->bproj, &p->lnfw,
+        &p->lnfb, &p->lmhead};
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) *ptrs[i] = sizes[i] ? mem + offsets[i] : NULL;
+}
+
+int model_build(Model *m, const ModelConfig *cfg) {
+    memset(m, 0, sizeof(*m));
+    m->cfg = *cfg;
+    param_sizes(cfg, m->param_sizes);
+    m->num_params = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { m->param_offsets[i] = m->num_params; m->num_params += m->param_sizes[i]; }
+    m->params_memory = (float *)calloc(m->num_params, sizeof(float));
+    m->grads_memory = (float *)calloc(m->num_params, sizeof(float));
+    if (!m->params_memory || !m->grads_memory) return -1;
+    point_params(&m->params, m->params_memory, m->param_offsets, m->param_sizes);
+    point_params(&m->grads, m->grads_memory, m->param_offsets, m->param_sizes);
+    m->mean_loss = -1.0f;
+    return 0;
+}
+
+void model_init_weights(Model *m, uint64_t seed, float std) {
+    const ModelConfig *c = &m->cfg;
+    float resid_std = std / sqrtf(2.0f * c->n_layer);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        float *p = m->params_memory + m->param_offsets[t];
+        size_t n = m->param_sizes[t];
+        int is_norm_w = t == P_LN1W || t == P_LN2W || t == P_LNFW || t == P_QNW || t == P_KNW;
+        if (is_norm_w) { for (size_t i = 0; i < n; i++) p[i] = 1.0f; continue; }
+        if (!param_has_decay(t)) { memset(p, 0, n * sizeof(float)); continue; }
+        float s = (t == P_WO || t == P_WPROJ) ? resid_std : std;
+        uint64_t stream = seed * 0x9E3779B97F4A7C15ULL + (uint64_t)t + 1;
+        #pragma omp parallel for
+        for (size_t i = 0; i < n; i++) p[i] = s * rng_normal(stream, i);
+    }
+}
+
+static void act_sizes(const ModelConfig *c, int B, int T, size_t *s) {
+    size_t BT = (size_t)B * T, L = c->n_layer, C = c->n_embd, HD = c->head_dim;
+    size_t QD = (size_t)c->n_head * HD, KD = (size_t)c->n_kv_head * HD;
+    int gpt2 = c->family == FAMILY_GPT2, qkn = c->qk_norm;
+    s[A_ENCODED] = BT * C;
+    s[A_LN1] = L * BT * C;
+    s[A_LN1_MEAN] = gpt2 ? L * BT : 0;
+    s[A_LN1_RSTD] = L * BT;
+    s[A_Q] = L * BT * QD;
+    s[A_K] = L * BT * KD;
+    s[A_V] = L * BT * KD;
+    s[A_QN] = qkn ? L * BT * QD : 0;
+    s[A_KN] = qkn ? L * BT * KD : 0;
+    s[A_QN_RSTD] = qkn ? L * BT * c->n_head : 0;
+    s[A_KN_RSTD] = qkn ? L * BT * c->n_kv_head : 0;
+    s[A_QR] = gpt2 ? 0 : L * BT * QD;
+    s[A_KR] = gpt2 ? 0 : L * BT * KD;
+    s[A_ATT] = L * B * (size_t)c->n_head * T * T;
+    s[A_ATTY] = L * BT * QD;
+    s[A_ATTPROJ] = L * BT * C;
+    s[A_RESID2] = L * BT * C;
+    s[A_LN2] = L * BT * C;
+    s[A_LN2_MEAN] = gpt2 ? L * BT : 0;
+    s[A_LN2_RSTD] = L * BT;
+    s[A_FCH] = L * BT * fc_rows(c);
+    s[A_FCH_ACT] = L * BT * c->d_ff;
+    s[A_FCPROJ] = L * BT * C;
+    s[A_RESID3] = L * BT * C;
+    s[A_LNF] = BT * C;
+    s[A_LNF_MEAN] = gpt2 ? BT : 0;
+    s[A_LNF_RSTD] = BT;
+    s[A_LOGITS] = BT * c->vocab_size;
+    s[A_LSE] = BT;
+    s[A_LOSSES] = BT;
+}
+
+static void point_acts(ActivationTensors *a, float *mem, const size_t *sizes) {
+    float **ptrs[NUM_ACT_TENSORS] = {&a->encoded, &a->ln1, &a->ln1_mean, &a->ln1_rstd, &a->q, &a->k, &a->v,
+        &a->qn, &a->kn, &a->qn_rstd, &a->kn_rstd, &a->qr, &a->kr, &a->att, &a->atty, &a->attproj, &a->resid2,
+        &a->ln2, &a->ln2_mean, &a->ln2_rstd, &a->fch, &a->fch_act, &a->fcproj, &a->resid3, &a->lnf,
+        &a->lnf_mean, &a->lnf_rstd, &a->logits, &a->lse, &a->losses};
+    size_t off = 0;
+    for (int i = 0; i < NUM_ACT_TENSORS; i++) { *ptrs[i] = sizes[i] ? mem + off : NULL; off += sizes[i]; }
+}
+
+/* (Re)allocates activations when (B, T) outgrows them, then points them at the layout for (B, T). */
+static void model_prepare(Model *m, int B, int T) {
+    if (B > m->B || T > m->T) {
+        int nB = B > m->B ? B : m->B, nT = T > m->T ? T : m->T;
+        free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
+        free(m->inputs); free(m->targets);
+        act_sizes(&m->cfg, nB, nT, m->act_sizes);
+        m->num_acts = 0;
+        for (int i = 0; i < NUM_ACT_TENSORS; i++) m->num_acts += m->act_sizes[i];
+        m->acts_memory = (float *)calloc(m->num_acts, sizeof(float));
+        m->grads_acts_memory = (float *)calloc(m->num_acts, sizeof(float));
+        size_t half = m->cfg.head_dim / 2;
+        m->rope_cos = (float *)malloc((size_t)nT * half * sizeof(float));
+        m->rope_sin = (float *)malloc((size_t)nT * half * sizeof(float));
+        rope_init(m->rope_cos, m->rope_sin, &m->cfg, nT);
+        m->inputs = (int *)malloc((size_t)nB * nT * sizeof(int));
+        m->targets = (int *)malloc((size_t)nB * nT * sizeof(int));
+        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs) {
+            fprintf(stderr, "out of memory allocating activations for B=%d T=%d\n", nB, nT);
+            exit(1);
+        }
+        m->B = nB; m->T = nT;
+    }
+    size_t sizes[NUM_ACT_TENSORS];
+    act_sizes(&m->cfg, B, T, sizes);
+    point_acts(&m->acts, m->acts_memory, sizes);
+    point_acts(&m->grads_acts, m->grads_acts_memory, sizes);
+}
+
+/* the norm of the family: LayerNorm (GPT-2) or RMSNorm (LLaMA, Qwen) */
+static void norm_forward(const ModelConfig *c, float *out, float *mean, float *rstd, const float *inp,
+                         const float *w, const float *b, int N, int C) {
+    if (c->family == FAMILY_GPT2) layernorm_forward(out, mean, rstd, inp, w, b, N, C, c->norm_eps);
+    else rmsnorm_forward(out, rstd, inp, w, N, C, c->norm_eps);
+}
+
+static void norm_backward(const ModelConfig *c, float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *w, const float *mean, const float *rstd, int N, int C) {
+    if (c->family == FAMILY_GPT2) layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+    else rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
+}
+
+/* Pointer to layer l's slice of a per-layer tensor (NULL stays NULL). */
+static inline float *at_layer(float *base, int l, size_t per_layer) { return base ? base + l * per_layer : NULL; }
+
+float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
+    const ModelConfig *c = &m->cfg;
+    if (T > c->max_seq_len && c->family == FAMILY_GPT2) {
+        fprintf(stderr, "sequence length %d exceeds the model's %d positions\n", T, c->max_seq_len);
+        exit(1);
+    }
+    for (int i = 0; i < B * T; i++)
+        if (inputs[i] < 0 || inputs[i] >= c->vocab_size) {
+            fprintf(stderr, "token id %d out of range for vocab size %d\n", inputs[i], c->vocab_size);
+            exit(1);
+        }
+    model_prepare(m, B, T);
+    m->cur_B = B; m->cur_T = T;
+    memcpy(m->inputs, inputs, (size_t)B * T * sizeof(int));
+    if (targets) memcpy(m->targets, targets, (size_t)B * T * sizeof(int));
+    m->mean_loss = -1.0f;
+    ParameterTensors p = m->params;
+    ActivationTensors a = m->acts;
+    int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff;
+    int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
+    size_t NC = (size_t)N * C;
+
+    embedding_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
+        float *ln1 = a.ln1 + l * NC, *ln1_mean = at_layer(a.ln1_mean, l, N), *ln1_rstd = a.ln1_rstd + l * N;
+        float *q = a.q + (size_t)l * N * QD, *k = a.k + (size_t)l * N * KD, *v = a.v + (size_t)l * N * KD;
+        const float *wqkv = p.wqkv + (size_t)l * QKV * C, *bqkv = at_layer(p.bqkv, l, QKV);
+        float *att = a.att + (size_t)l * B * NH * T * T, *atty = a.atty + (size_t)l * N * QD;
+        float *attproj = a.attproj + l * NC, *resid2 = a.resid2 + l * NC;
+        float *ln2 = a.ln2 + l * NC, *ln2_mean = at_layer(a.ln2_mean, l, N), *ln2_rstd = a.ln2_rstd + l * N;
+        float *fch = a.fch + (size_t)l * N * FC, *fch_act = a.fch_act + (size_t)l * N * F;
+        float *fcproj = a.fcproj + l * NC, *resid3 = a.resid3 + l * NC;
+
+        norm_forward(c, ln1, ln1_mean, ln1_rstd, x, p.ln1w + l * C, at_layer(p.ln1b, l, C), N, C);
+        matmul_forward(q, ln1, wqkv, bqkv, N, C, QD);
+        matmul_forward(k, ln1, wqkv + (size_t)QD * C, bqkv ? bqkv + QD : NULL, N, C, KD);
+        matmul_forward(v, ln1, wqkv + (size_t)(QD + KD) * C, bqkv ? bqkv + QD + KD : NULL, N, C, KD);
+        const float *qa = q, *ka = k;   /* what attention reads */
+        if (c->family != FAMILY_GPT2) {
+            float *qr = a.qr + (size_t)l * N * QD, *kr = a.kr + (size_t)l * N * KD;
+            if (c->qk_norm) {
+                float *qn = a.qn + (size_t)l * N * QD, *kn = a.kn + (size_t)l * N * KD;
+                rmsnorm_forward(qn, a.qn_rstd + (size_t)l * N * NH, q, p.qnw + l * HD, N * NH, HD, c->norm_eps);
+                rmsnorm_forward(kn, a.kn_rstd + (size_t)l * N * NKV, k, p.knw + l * HD, N * NKV, HD, c->norm_eps);
+                qa = qn; ka = kn;
+            }
+            rope_forward(qr, qa, m->rope_cos, m->rope_sin, B, T, NH, HD);
+            rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+            qa = qr; ka = kr;
+        }
+        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD);
+        matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, at_layer(p.bo, l, C), N, QD, C);
+        residual_forward(resid2, x, attproj, NC);
+        norm_forward(c, ln2, ln2_mean, ln2_rstd, resid2, p.ln2w + l * C, at_layer(p.ln2b, l, C), N, C);
+        matmul_forward(fch, ln2, p.wfc + (size_t)l * FC * C, at_layer(p.bfc, l, F), N, C, FC);
+        if (c->family == FAMILY_GPT2) gelu_forward(fch_act, fch, (size_t)N * F);
+        else swiglu_forward(fch_act, fch, N, F);
+        matmul_forward(fcproj, fch_act, p.wproj + (size_t)l * C * F, at_layer(p.bproj, l, C), N, F, C);
+        residual_forward(resid3, resid2, fcproj, NC);
+    }
+    norm_forward(c, a.lnf, a.lnf_mean, a.lnf_rstd, a.resid3 + (c->n_layer - 1) * NC, p.lnfw, p.lnfb, N, C);
+    matmul_forward(a.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, NULL, N, C, c->vocab_size);
+    crossentropy_forward(a.losses, a.lse, a.logits, targets, N, c->vocab_size);
+    if (!targets) return -1.0f;
+    double sum = 0.0;
+    int valid = 0;
+    for (int i = 0; i < N; i++) if (targets[i] >= 0) { sum += a.losses[i]; valid++; }
+    m->num_valid = valid;
+    m->mean_loss = valid ? (float)(sum / valid) : 0.0f;
+    return m->mean_loss;
+}
+
+void model_zero_grad(Model *m) { memset(m->grads_memory, 0, m->num_params * sizeof(float)); }
+
+void model_backward(Model *m, float loss_scale) {
+    const ModelConfig *c = &m->cfg;
+    if (m->mean_loss < 0) { fprintf(stderr, "model_backward: the last forward had no targets\n"); exit(1); }
+    int B = m->cur_B, T = m->cur_T;
+    ParameterTensors p = m->params, g = m->grads;
+    ActivationTensors a = m->acts, d = m->grads_acts;
+    int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff;
+    int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
+    size_t NC = (size_t)N * C;
+    memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
+
+    /* the mean loss over valid targets: every valid row gets dloss = scale / valid */
+    float dloss = m->num_valid ? loss_scale / m->num_valid : 0.0f;
+    crossentropy_backward(d.logits, a.logits, a.lse, m->targets, dloss, N, c->vocab_size);
+    matmul_backward(d.lnf, p.lmhead ? g.lmhead : g.wte, NULL, d.logits, a.lnf, p.lmhead ? p.lmhead : p.wte,
+                    N, C, c->vocab_size);
+    float *last = a.resid3 + (c->n_layer - 1) * NC, *dlast = d.resid3 + (c->n_layer - 1) * NC;
+    norm_backward(c, dlast, g.lnfw, g.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, N, C);
+
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
+        float *dx = l == 0 ? d.encoded : d.resid3 + (l - 1) * NC;
+        size_t oq = (size_t)l * N * QD, ok = (size_t)l * N * KD;
+        const float *wqkv = p.wqkv + (size_t)l * QKV * C;
+        float *dwqkv = g.wqkv + (size_t)l * QKV * C, *dbqkv = at_layer(g.bqkv, l, QKV);
+
+        /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))) */
+        residual_backward(d.resid2 + l * NC, d.fcproj + l * NC, d.resid3 + l * NC, NC);
+        matmul_backward(d.fch_act + (size_t)l * N * F, g.wproj + (size_t)l * C * F, at_layer(g.bproj, l, C),
+                        d.fcproj + l * NC, a.fch_act + (size_t)l * N * F, p.wproj + (size_t)l * C * F, N, F, C);
+        if (c->family == FAMILY_GPT2)
+            gelu_backward(d.fch + (size_t)l * N * FC, a.fch + (size_t)l * N * FC, d.fch_act + (size_t)l * N * F, (size_t)N * F);
+        else
+            swiglu_backward(d.fch + (size_t)l * N * FC, d.fch_act + (size_t)l * N * F, a.fch + (size_t)l * N * FC, N, F);
+        matmul_backward(d.ln2 + l * NC, g.wfc + (size_t)l * FC * C, at_layer(g.bfc, l, F), d.fch + (size_t)l * N * FC,
+                        a.ln2 + l * NC, p.wfc + (size_t)l * FC * C, N, C, FC);
+        norm_backward(c, d.resid2 + l * NC, g.ln2w + l * C, at_layer(g.ln2b, l, C), d.ln2 + l * NC,
+                      a.resid2 + l * NC, p.ln2w + l * C, at_layer(a.ln2_mean, l, N), a.ln2_rstd + l * N, N, C);
+
+        /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)) */
+        residual_backward(dx, d.attproj + l * NC, d.resid2 + l * NC, NC);
+        matmul_backward(d.atty + oq, g.wo + (size_t)l * C * QD, at_layer(g.bo, l, C), d.attproj + l * NC,
+                        a.atty + oq, p.wo + (size_t)l * C * QD, N, QD, C);
+        if (c->family == FAMILY_GPT2) {
+            attention_backward(d.q + oq, d.k + ok, d.v + ok, d.atty + oq, a.q + oq, a.k + ok, a.v + ok,
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD);
+        } else {
+            attention_backward(d.qr + oq, d.kr + ok, d.v + ok, d.atty + oq, a.qr + oq, a.kr + ok, a.v + ok,
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD);
+            if (c->qk_norm) {
+                rope_backward(d.qn + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD);
+                rope_backward(d.kn + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+                rmsnorm_backward(d.q + oq, g.qnw + l * HD, d.qn + oq, a.q + oq, p.qnw + l * HD,
+                                 a.qn_rstd + (size_t)l * N * NH, N * NH, HD);
+                rmsnorm_backward(d.k + ok, g.knw + l * HD, d.kn + ok, a.k + ok, p.knw + l * HD,
+                                 a.kn_rstd + (size_t)l * N * NKV, N * NKV, HD);
+            } else {
+                rope_backward(d.q + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD);
+                rope_backward(d.k + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+            }
+        }
+        float *ln1 = a.ln1 + l * NC, *dln1 = d.ln1 + l * NC;
+        matmul_backward(dln1, dwqkv, dbqkv, d.q + oq, ln1, wqkv, N, C, QD);
+        matmul_backward(dln1, dwqkv + (size_t)QD * C, dbqkv ? dbqkv + QD : NULL, d.k + ok, ln1,
+                        wqkv + (size_t)QD * C, N, C, KD);
+        matmul_backward(dln1, dwqkv + (size_t)(QD + KD) * C, dbqkv ? dbqkv + QD + KD : NULL, d.v + ok, ln1,
+                        wqkv + (size_t)(QD + KD) * C, N, C, KD);
+        norm_backward(c, dx, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1, x, p.ln1w + l * C,
+                      at_layer(a.ln1_mean, l, N), a.ln1_rstd + l * N, N, C);
+    }
+    embedding_backward(g.wte, g.wpe, d.encoded, m->inputs, B, T, C, c->vocab_size);
+}
+
+void model_free(Model *m) {
+    free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
+    free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
+    free(m->inputs); free(m->targets);
+    memset(m, 0, sizeof(*m));
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* optimizer */
+
+/* AdamW (torch.optim.AdamW): p *= 1 - lr*wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)   (t = step, 1-based) */
+void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int step) {
+    float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
+    float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2);
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float g = grads[i];
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi; v[i] = vi;
+        float p = params[i] * (1.0f - lr * weight_decay);
+        params[i] = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    }
+}
+
+void model_adamw_update(Model *m, const AdamWConfig *o, int step, size_t begin, size_t end) {
+    if (!m->m_memory) {
+        m->m_memory = (float *)calloc(m->num_params, sizeof(float));
+        m->v_memory = (float *)calloc(m->num_params, sizeof(float));
+    }
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        size_t b = m->param_offsets[t], e = b + m->param_sizes[t];
+        if (b < begin) b = begin;
+        if (e > end) e = end;
+        if (b >= e) continue;
+        adamw_update(m->params_memory + b, m->grads_memory + b, m->m_memory + b, m->v_memory + b, e - b,
+                     o->lr, o->beta1, o->beta2, o->eps, param_has_decay(t) ? o->weight_decay : 0.0f, step);
+    }
+}
+
+/* sum of squares in fixed chunks (partial sums in double, added in chunk order): the same result for
+   any thread count */
+double grad_sumsq(const float *grads, size_t begin, size_t end) {
+    const size_t CH = 1 << 16;
+    size_t n = end > begin ? end - begin : 0, nch = (n + CH - 1) / CH;
+    double *part = (double *)calloc(nch ? nch : 1, sizeof(double));
+    #pragma omp parallel for schedule(static)
+    for (size_t ch = 0; ch < nch; ch++) {
+        size_t b = begin + ch * CH, e = b + CH < end ? b + CH : end;
+        double s = 0.0;
+        for (size_t i = b; i < e; i++) s += (double)grads[i] * grads[i];
+        part[ch] = s;
+    }
+    double s = 0.0;
+    for (size_t ch = 0; ch < nch; ch++) s += part[ch];
+    free(part);
+    return s;
+}
+
+void grad_clip(float *grads, size_t n, double norm, float max_norm) {
+    float coef = (float)(max_norm / (norm + 1e-6));
+    if (max_norm <= 0 || coef >= 1.0f) return;
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) grads[i] *= coef;
+}
+
+/* warmup: lr = max_lr * step / warmup for step <= warmup;
+   then with r = (step - warmup) / (decay_steps - warmup):  cosine: min + (max-min) * 0.5 (1 + cos(pi r)),
+   linear: min + (max-min) (1 - r);  after decay_steps: min_lr */
+float lr_schedule(int step, float max_lr, float min_lr, int warmup, int decay_steps, int style) {
+    if (warmup > 0 && step <= warmup) return max_lr * (float)step / (float)warmup;
+    if (style == LR_CONSTANT) return max_lr;
+    if (step >= decay_steps) return min_lr;
+    float r = (float)(step - warmup) / (float)(decay_steps - warmup);
+    float coeff = style == LR_COSINE ? 0.5f * (1.0f + cosf((float)M_PI * r)) : 1.0f - r;
+    return min_lr + coeff * (max_lr - min_lr);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* rng: value = mix(mix(seed) ^ counter), mix = the SplitMix64 finaliser */
+
+static inline uint64_t rng_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+uint64_t rng_u64(uint64_t seed, uint64_t counter) { return rng_mix(rng_mix(seed) ^ counter); }
+
+float rng_uniform(uint64_t seed, uint64_t counter) { return (float)(rng_u64(seed, counter) >> 40) * (1.0f / 16777216.0f); }
+
+/* Box-Muller on two uniforms drawn from counters 2c and 2c+1 */
+float rng_normal(uint64_t seed, uint64_t counter) {
+    double u1 = ((rng_u64(seed, 2 * counter) >> 11) + 1) * (1.0 / 9007199254740992.0);
+    double u2 = (rng_u64(seed, 2 * counter + 1) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+}
+
+void rng_permutation(uint64_t *perm, uint64_t n, uint64_t seed) {
+    for (uint64_t i = 0; i < n; i++) perm[i] = i;
+    for (uint64_t i = n; i > 1; i--) {
+        uint64_t j = rng_u64(seed, i) % i;
+        uint64_t t = perm[i - 1]; perm[i - 1] = perm[j]; perm[j] = t;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* data: Megatron MMIDIDX (.idx header: magic, version 1, dtype code, S, D+1; int32 lengths[S];
+   int64 byte pointers[S]; int64 document_indices[D+1]) */
+
+static uint64_t rd_u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+static unsigned char *map_file(const char *path, size_t *size, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) { snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno)); close(fd); return NULL; }
+    *size = (size_t)sb.st_size;
+    if (*size == 0) { close(fd); return (unsigned char *)""; }
+    void *p = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) { snprintf(err, errlen, "%s: cannot mmap: %s", path, strerror(errno)); return NULL; }
+    return (unsigned char *)p;
+}
+
+static void unmap_file(const unsigned char *p, size_t size) { if (p && size) munmap((void *)p, size); }
+
+int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size_t errlen) {
+    memset(ds, 0, sizeof(*ds));
+    snprintf(ds->path, sizeof(ds->path), "%s", prefix);
+    char ip[1100], bp[1100];
+    snprintf(ip, sizeof(ip), "%s.idx", prefix);
+    snprintf(bp, sizeof(bp), "%s.bin", prefix);
+    size_t isz;
+    unsigned char *idx = map_file(ip, &isz, err, errlen);
+    if (!idx) return -1;
+    int rc = -1;
+    static const unsigned char magic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', 0, 0};
+    if (isz < 34 || memcmp(idx, magic, 9) != 0) { snprintf(err, errlen, "%s: not a Megatron MMIDIDX index (bad magic)", ip); goto done; }
+    if (rd_u64(idx + 9) != 1) { snprintf(err, errlen, "%s: unsupported version %llu (expected 1)", ip, (unsigned long long)rd_u64(idx + 9)); goto done; }
+    ds->dtype_code = idx[17];
+    if (ds->dtype_code == 8) ds->itemsize = 2;
+    else if (ds->dtype_code == 4) ds->itemsize = 4;
+    else { snprintf(err, errlen, "%s: token dtype code %d not supported (8 uint16 or 4 int32)", ip, ds->dtype_code); goto done; }
+    uint64_t S = rd_u64(idx + 18), D1 = rd_u64(idx + 26);
+    if (D1 < 1 || S > isz / 12 || D1 > isz / 8 || 34 + 12 * S + 8 * D1 > isz) {
+        snprintf(err, errlen, "%s: truncated index (%llu sequences, %llu document indices, %zu bytes)", ip,
+                 (unsigned long long)S, (unsigned long long)D1, isz);
+        goto done;
+    }
+    ds->num_seqs = S; ds->num_docs = D1 - 1;
+    ds->bin = map_file(bp, &ds->bin_size, err, errlen);
+    if (!ds->bin) goto done;
+    const unsigned char *lens = idx + 34, *ptrs = idx + 34 + 4 * S, *docs = idx + 34 + 12 * S;
+    ds->doc_start = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
+    ds->doc_len = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
+    /* sequences must be stored back to back; a document is the run of sequences between two indices */
+    int64_t expect = 0;
+    for (uint64_t i = 0; i < S; i++) {
+        int32_t len; int64_t ptr;
+        memcpy(&len, lens + 4 * i, 4); memcpy(&ptr, ptrs + 8 * i, 8);
+        if (len < 0 || ptr != expect) { snprintf(err, errlen, "%s: sequence %llu has length %d at byte %lld (expected byte %lld)", ip, (unsigned long long)i, len, (long long)ptr, (long long)expect); goto done; }
+        expect += (int64_t)len * ds->itemsize;
+    }
+    if ((size_t)expect != ds->bin_size) { snprintf(err, errlen, "%s: holds %zu bytes but the index describes %lld", bp, ds->bin_size, (long long)expect); goto done; }
+    int64_t prev = 0;
+    for (uint64_t d = 0; d < D1; d++) {
+        int64_t di; memcpy(&di, docs + 8 * d, 8);
+        if ((d == 0 && di != 0) || di < prev || (uint64_t)di > S || (d == D1 - 1 && (uint64_t)di != S)) {
+            snprintf(err, errlen, "%s: document index %llu = %lld is out of order or range", ip, (unsigned long long)d, (long long)di); goto done;
+        }
+        if (d > 0) {
+            int64_t first = prev, n = 0, start = 0;
+            if (first < (int64_t)S) { int64_t p; memcpy(&p, ptrs + 8 * first, 8); start = p / ds->itemsize; }
+            else start = expect / ds->itemsize;
+            for (int64_t s = first; s < di; s++) { int32_t len; memcpy(&len, lens + 4 * s, 4); n += len; }
+            ds->doc_start[d - 1] = start; ds->doc_len[d - 1] = n;
+        }
+        prev = di;
+    }
+    int64_t ntok = (int64_t)(ds->bin_size / ds->itemsize), mx = -1;
+    for (int64_t i = 0; i < ntok; i++) { int64_t t = indexed_dataset_token(ds, i); if (t > mx) mx = t; }
+    ds->max_token = mx;
+    rc = 0;
+done:
+    unmap_file(idx, isz);
+    if (rc != 0) indexed_dataset_close(ds);
+    return rc;
+}
+
+int64_t indexed_dataset_token(const IndexedDataset *ds, int64_t e) {
+    if (ds->itemsize == 2) { uint16_t v; memcpy(&v, ds->bin + 2 * e, 2); return v; }
+    int32_t v; memcpy(&v, ds->bin + 4 * e, 4); return v;
+}
+
+void indexed_dataset_close(IndexedDataset *ds) {
+    unmap_file(ds->bin, ds->bin_size);
+    free(ds->doc_start); free(ds->doc_len);
+    memset(ds, 0, sizeof(*ds));
+}
+
+int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen) {
+    double w[3] = {0, 0, 0}, sum = 0;
+    const char *p = spec;
+    for (int i = 0; i < 3 && *p; i++) {
+        char *e;
+        w[i] = strtod(p, &e);
+        if (e == p || w[i] < 0) { snprintf(err, errlen, "--split \"%s\": expected up to 3 non-negative numbers like 949,50,1", spec); return -1; }
+        sum += w[i];
+        p = e;
+        if (*p == ',' || *p == '/') p++;
+        else if (*p) { snprintf(err, errlen, "--split \"%s\": expected up to 3 non-negative numbers like 949,50,1", spec); return -1; }
+    }
+    if (*p || sum <= 0) { snprintf(err, errlen, "--split \"%s\": expected up to 3 non-negative numbers with a positive sum", spec); return -1; }
+    double acc = 0;
+    uint64_t b = 0;
+    for (int i = 0; i < 3; i++) {
+        acc += w[i] / sum;
+        uint64_t e = i == 2 ? D : (uint64_t)llround(acc * (double)D);
+        if (e > D) e = D;
+        begin[i] = b; end[i] = e; b = e;
+    }
+    return 0;
+}
+
+/* the orders of one epoch: documents (seed, epoch) and windows (seed, epoch) */
+static void sampler_epoch(Sampler *s, int64_t epoch) {
+    uint64_t nd = s->doc_end - s->doc_begin;
+    if (s->shuffle) rng_permutation(s->doc_order, nd, rng_u64(s->seed, 2 * (uint64_t)epoch));
+    else for (uint64_t i = 0; i < nd; i++) s->doc_order[i] = i;
+    s->doc_cum[0] = 0;
+    for (uint64_t i = 0; i < nd; i++) s->doc_cum[i + 1] = s->doc_cum[i] + s->ds->doc_len[s->doc_begin + s->doc_order[i]];
+    if (s->shuffle) rng_permutation(s->win_order, s->windows_per_epoch, rng_u64(s->seed, 2 * (uint64_t)epoch + 1));
+    else for (uint64_t i = 0; i < s->windows_per_epoch; i++) s->win_order[i] = i;
+    s->epoch = epoch;
+}
+
+int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int T,
+                 uint64_t seed, int shuffle, char *err, size_t errlen) {
+    memset(s, 0, sizeof(*s));
+    s->ds = ds; s->doc_begin = doc_begin; s->doc_end = doc_end; s->T = T; s->seed = seed; s->shuffle = shuffle;
+    for (uint64_t d = doc_begin; d < doc_end; d++) s->tokens_per_epoch += ds->doc_len[d];
+    if (s->tokens_per_epoch < (uint64_t)T + 1) {
+        snprintf(err, errlen, "%s: documents %llu..%llu hold %llu tokens, fewer than one window of %d", ds->path,
+                 (unsigned long long)doc_begin, (unsigned long long)doc_end, (unsigned long long)s->tokens_per_epoch, T + 1);
+        return -1;
+    }
+    s->windows_per_epoch = (s->tokens_per_epoch - 1) / T;
+    uint64_t nd = doc_end - doc_begin;
+    s->doc_order = (uint64_t *)malloc(nd * sizeof(uint64_t));
+    s->doc_cum = (uint64_t *)malloc((nd + 1) * sizeof(uint64_t));
+    s->win_order = (uint64_t *)malloc(s->windows_per_epoch * sizeof(uint64_t));
+    if (!s->doc_order || !s->doc_cum || !s->win_order) { snprintf(err, errlen, "out of memory in the sampler"); return -1; }
+    sampler_epoch(s, 0);
+    return 0;
+}
+
+void sampler_window(Sampler *s, uint64_t k, int *out) {
+    int64_t epoch = (int64_t)(k / s->windows_per_epoch);
+    if (epoch != s->epoch) sampler_epoch(s, epoch);
+    uint64_t start = s->win_order[k % s->windows_per_epoch] * (uint64_t)s->T;
+    uint64_t nd = s->doc_end - s->doc_begin;
+    /* find the document holding stream position `start`: the last i with doc_cum[i] <= start */
+    uint64_t lo = 0, hi = nd;
+    while (hi - lo > 1) { uint64_t mid = (lo + hi) / 2; if (s->doc_cum[mid] <= start) lo = mid; else hi = mid; }
+    uint64_t i = lo, off = start - s->doc_cum[i];
+    for (int t = 0; t <= s->T; t++) {
+        while (off >= (uint64_t)s->ds->doc_len[s->doc_begin + s->doc_order[i]]) { i++; off = 0; }
+        out[t] = (int)indexed_dataset_token(s->ds, s->ds->doc_start[s->doc_begin + s->doc_order[i]] + off);
+        off++;
+    }
+}
+
+void sampler_free(Sampler *s) { free(s->doc_order); free(s->doc_cum); free(s->win_order); memset(s, 0, sizeof(*s)); }
+
+void dataloader_init(DataLoader *dl, Sampler *s, int B, int rank, int world) {
+    memset(dl, 0, sizeof(*dl));
+    dl->sampler = s; dl->B = B; dl->T = s->T; dl->rank = rank; dl->world = world;
+    dl->window = (int *)malloc((size_t)(s->T + 1) * sizeof(int));
+    dl->inputs = (int *)malloc((size_t)B * s->T * sizeof(int));
+    dl->targets = (int *)malloc((size_t)B * s->T * sizeof(int));
+}
+
+void dataloader_next(DataLoader *dl) {
+    int T = dl->T;
+    for (int b = 0; b < dl->B; b++) {
+        sampler_window(dl->sampler, dl->cursor + (uint64_t)dl->rank + (uint64_t)dl->world * b, dl->window);
+        memcpy(dl->inputs + (size_t)b * T, dl->window, T * sizeof(int));
+        memcpy(dl->targets + (size_t)b * T, dl->window + 1, T * sizeof(int));
+    }
+    dl->cursor += (uint64_t)dl->B * dl->world;
+}
+
+void dataloader_free(DataLoader *dl) { free(dl->window); free(dl->inputs); free(dl->targets); memset(dl, 0, sizeof(*dl)); }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* io: safetensors = u64 header length N, N bytes of JSON {name: {dtype, shape, data_offsets}}, data */
+
+static int st_dtype(const char *s, int *bytes) {
+    if (!strcmp(s, "F32")) { *bytes = 4; return ST_F32; }
+    if (!strcmp(s, "F16")) { *bytes = 2; return ST_F16; }
+    if (!strcmp(s, "BF16")) { *bytes = 2; return ST_BF16; }
+    if (!strcmp(s, "I32")) { *bytes = 4; return ST_I32; }
+    if (!strcmp(s, "I64")) { *bytes = 8; return ST_I64; }
+    if (!strcmp(s, "U8") || !strcmp(s, "I8") || !strcmp(s, "BOOL")) { *bytes = 1; return ST_U8; }
+    if (!strcmp(s, "F64") || !strcmp(s, "U64")) { *bytes = 8; return ST_OTHER; }
+    if (!strcmp(s, "I16") || !strcmp(s, "U16")) { *bytes = 2; return ST_OTHER; }
+    if (!strcmp(s, "U32")) { *bytes = 4; return ST_OTHER; }
+    return -1;
+}
+
+static const char *st_dtype_name(int dt) {
+    return dt == ST_F32 ? "F32" : dt == ST_F16 ? "F16" : dt == ST_BF16 ? "BF16" : dt == ST_I32 ? "I32" :
+           dt == ST_I64 ? "I64" : dt == ST_U8 ? "U8" : "?";
+}
+
+static int cmp_tensor_begin(const void *a, const void *b) {
+    const SafeTensor *x = (const SafeTensor *)a, *y = (const SafeTensor *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
+}
+
+int safetensors_open(SafeTensors *st, const char *path, char *err, size_t errlen) {
+    memset(st, 0, sizeof(*st));
+    snprintf(st->path, sizeof(st->path), "%s", path);
+    st->map = map_file(path, &st->size, err, errlen);
+    if (!st->map) return -1;
+    json_t *root = NULL;
+    int rc = -1;
+    if (st->size < 8) { snprintf(err, errlen, "%s: truncated safetensors file (%zu bytes)", path, st->size); goto done; }
+    uint64_t hlen = rd_u64(st->map);
+    if (hlen > 100000000ULL || 8 + hlen > st->size) {
+        snprintf(err, errlen, "%s: header length %llu is beyond the file's %zu bytes or the 100 MB bound", path, (unsigned long long)hlen, st->size);
+        goto done;
+    }
+    json_error_t je;
+    root = json_loadb((const char *)st->map + 8, hlen, JSON_REJECT_DUPLICATES, &je);
+    if (!root || !json_is_object(root)) {
+        snprintf(err, errlen, "%s: malformed header JSON at byte %d: %s", path, root ? 8 : 8 + je.position, root ? "not an object" : je.text);
+        goto done;
+    }
+    st->data = st->map + 8 + hlen;
+    uint64_t data_size = st->size - 8 - hlen;
+    size_t n = json_object_size(root);
+    st->tensors = (SafeTensor *)calloc(n ? n : 1, sizeof(SafeTensor));
+    const char *key; json_t *val;
+    json_object_foreach(root, key, val) {
+        if (!strcmp(key, "__metadata__")) { st->metadata_json = json_dumps(val, JSON_COMPACT); continue; }
+        SafeTensor *t = &st->tensors[st->num_tensors];
+        if (strlen(key) >= sizeof(t->name)) { snprintf(err, errlen, "%s: tensor name too long: %.60s...", path, key); goto done; }
+        snprintf(t->name, sizeof(t->name), "%s", key);
+        json_t *dt = json_object_get(val, "dtype"), *sh = json_object_get(val, "shape"), *of = json_object_get(val, "data_offsets");
+        int bytes = 0;
+        if (!json_is_string(dt) || (t->dtype = st_dtype(json_string_value(dt), &bytes)) < 0) {
+            snprintf(err, errlen, "%s: tensor \"%s\": missing or unknown dtype", path, key); goto done;
+        }
+        if (!json_is_array(sh) || json_array_size(sh) > 8) { snprintf(err, errlen, "%s: tensor \"%s\": bad shape", path, key); goto done; }
+        if (!json_is_array(of) || json_array_size(of) != 2 || !json_is_integer(json_array_get(of, 0)) ||
+            !json_is_integer(json_array_get(of, 1))) {
+            snprintf(err, errlen, "%s: tensor \"%s\": bad data_offsets", path, key); goto done;
+        }
+        t->ndim = (int)json_array_size(sh);
+        uint64_t numel = 1;
+        for (int i = 0; i < t->ndim; i++) {
+            json_t *d = json_array_get(sh, i);
+            if (!json_is_integer(d) || json_integer_value(d) < 0) { snprintf(err, errlen, "%s: tensor \"%s\": bad shape", path, key); goto done; }
+            t->shape[i] = json_integer_value(d);
+            numel *= (uint64_t)t->shape[i];
+        }
+        json_int_t b = json_integer_value(json_array_get(of, 0)), e = json_integer_value(json_array_get(of, 1));
+        if (b < 0 || e < b || (uint64_t)e > data_size) {
+            snprintf(err, errlen, "%s: tensor \"%s\": data_offsets [%lld, %lld] outside the %llu data bytes", path, key,
+                     (long long)b, (long long)e, (unsigned long long)data_size);
+            goto done;
+        }
+        t->begin = (uint64_t)b; t->end = (uint64_t)e;
+        if (t->end - t->begin != numel * (uint64_t)bytes) {
+            snprintf(err, errlen, "%s: tensor \"%s\": %llu bytes but dtype x shape needs %llu", path, key,
+                     (unsigned long long)(t->end - t->begin), (unsigned long long)(numel * bytes));
+            goto done;
+        }
+        st->num_tensors++;
+    }
+    /* the tensors, sorted by offset, must tile the data buffer exactly */
+    SafeTensor *sorted = (SafeTensor *)malloc((st->num_tensors ? st->num_tensors : 1) * sizeof(SafeTensor));
+    memcpy(sorted, st->tensors, st->num_tensors * sizeof(SafeTensor));
+    qsort(sorted, st->num_tensors, sizeof(SafeTensor), cmp_tensor_begin);
+    uint64_t pos = 0;
+    for (int i = 0; i < st->num_tensors; i++) {
+        if (sorted[i].begin != pos) {
+            snprintf(err, errlen, "%s: tensor \"%s\" starts at byte %llu, expected %llu (offsets must tile the buffer)", path,
+                     sorted[i].name, (unsigned long long)sorted[i].begin, (unsigned long long)pos);
+            free(sorted); goto done;
+        }
+        pos = sorted[i].end;
+    }
+    free(sorted);
+    if (pos != data_size) { snprintf(err, errlen, "%s: tensors cover %llu data bytes but the file holds %llu", path, (unsigned long long)pos, (unsigned long long)data_size); goto done; }
+    rc = 0;
+done:
+    if (root) json_decref(root);
+    if (rc != 0) safetensors_close(st);
+    return rc;
+}
+
+const SafeTensor *safetensors_find(const SafeTensors *st, const char *name) {
+    for (int i = 0; i < st->num_tensors; i++) if (!strcmp(st->tensors[i].name, name)) return &st->tensors[i];
+    return NULL;
+}
+
+int64_t safetensor_numel(const SafeTensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+static float half_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000 | (man << 13);
+    else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+int safetensors_read_f32(const SafeTensors *st, const SafeTensor *t, float *dst, int transpose) {
+    int64_t n = safetensor_numel(t);
+    const unsigned char *src = st->data + t->begin;
+    int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->ndim == 2 ? t->shape[1] : n;
+    if (transpose && t->ndim != 2) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        float f;
+        if (t->dtype == ST_F32) memcpy(&f, src + 4 * i, 4);
+        else if (t->dtype == ST_BF16) { uint16_t h; memcpy(&h, src + 2 * i, 2); uint32_t b = (uint32_t)h << 16; memcpy(&f, &b, 4); }
+        else if (t->dtype == ST_F16) { uint16_t h; memcpy(&h, src + 2 * i, 2); f = half_to_f32(h); }
+        else return -1;
+        if (transpose) dst[(i % cols) * rows + i / cols] = f;   /* src [rows, cols] -> dst [cols, rows] */
+        else dst[i] = f;
+    }
+    return 0;
+}
+
+void safetensors_close(SafeTensors *st) {
+    unmap_file(st->map, st->size);
+    free(st->tensors); free(st->metadata_json);
+    memset(st, 0, sizeof(*st));
+}
+
+static int write_all(FILE *f, const void *p, size_t n) { return fwrite(p, 1, n, f) == n ? 0 : -1; }
+
+int safetensors_write(const char *path, const SafeTensorOut *ts, int n, const char *metadata_json,
+                      char *err, size_t errlen) {
+    json_t *h = json_object();
+    if (metadata_json) {
+        json_error_t je;
+        json_t *md = json_loads(metadata_json, 0, &je);
+        if (md) json_object_set_new(h, "__metadata__", md);
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        int bytes = ts[i].dtype == ST_I64 ? 8 : 4;
+        int64_t numel = 1;
+        json_t *shape = json_array();
+        for (int d = 0; d < ts[i].ndim; d++) { numel *= ts[i].shape[d]; json_array_append_new(shape, json_integer(ts[i].shape[d])); }
+        json_object_set_new(h, ts[i].name, json_pack("{s:s,s:o,s:[I,I]}", "dtype", st_dtype_name(ts[i].dtype), "shape", shape,
+                            "data_offsets", (json_int_t)off, (json_int_t)(off + numel * bytes)));
+        off += (uint64_t)numel * bytes;
+    }
+    char *hs = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(h);
+    size_t hl = strlen(hs), padded = (hl + 7) / 8 * 8;
+    char tmp[1200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { snprintf(err, errlen, "%s: cannot write: %s", tmp, strerror(errno)); free(hs); return -1; }
+    uint64_t hl64 = padded;
+    int bad = write_all(f, &hl64, 8) || write_all(f, hs, hl);
+    for (size_t i = hl; i < padded && !bad; i++) bad = fputc(' ', f) == EOF;
+    free(hs);
+    for (int i = 0; i < n && !bad; i++) {
+        int64_t numel = 1;
+        for (int d = 0; d < ts[i].ndim; d++) numel *= ts[i].shape[d];
+        bad = write_all(f, ts[i].data, (size_t)numel * (ts[i].dtype == ST_I64 ? 8 : 4));
+    }
+    if (!bad) bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+    if (fclose(f) != 0) bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* HF names: GPT-2 (Conv1D weights stored [in, out], the transpose of ours; fused c_attn = our q|k|v rows),
+   LLaMA/Qwen (torch Linear [out, in], our layout; q/k/v and gate/up are row blocks of our fused tensors). */
+static void hf_add(HFTensor *list, int *n, const char *name, size_t offset, int64_t d0, int64_t d1, int transpose) {
+    if (list) {
+        HFTensor *t = &list[*n];
+        snprintf(t->name, sizeof(t->name), "%s", name);
+        t->ndim = d1 ? 2 : 1; t->shape[0] = d0; t->shape[1] = d1; t->offset = offset; t->transpose = transpose;
+    }
+    (*n)++;
+}
+
+int model_hf_tensors(const Model *m, HFTensor *list) {
+    const ModelConfig *c = &m->cfg;
+    const size_t *o = m->param_offsets;
+    int n = 0, L = c->n_layer;
+    int64_t C = c->n_embd, V = c->vocab_size, HD = c->head_dim, F = c->d_ff, QD = c->n_head * HD, KD = c->n_kv_head * HD;
+    int64_t QKV = qkv_rows(c), FC = fc_rows(c);
+    char nm[128];
+    if (c->family == FAMILY_GPT2) {
+        hf_add(list, &n, "wte.weight", o[P_WTE], V, C, 0);
+        hf_add(list, &n, "wpe.weight", o[P_WPE], c->max_seq_len, C, 0);
+        for (int l = 0; l < L; l++) {
+            #define GPT2_NAME(s) (snprintf(nm, sizeof(nm), "h.%d.%s", l, s), nm)
+            hf_add(list, &n, GPT2_NAME("ln_1.weight"), o[P_LN1W] + l * C, C, 0, 0);
+            hf_add(list, &n, GPT2_NAME("ln_1.bias"), o[P_LN1B] + l * C, C, 0, 0);
+            hf_add(list, &n, GPT2_NAME("attn.c_attn.weight"), o[P_WQKV] + l * QKV * C, C, QKV, 1);
+            hf_add(list, &n, GPT2_NAME("attn.c_attn.bias"), o[P_BQKV] + l * QKV, QKV, 0, 0);
+            hf_add(list, &n, GPT2_NAME("attn.c_proj.weight"), o[P_WO] + l * C * QD, QD, C, 1);
+            hf_add(list, &n, GPT2_NAME("attn.c_proj.bias"), o[P_BO] + l * C, C, 0, 0);
+            hf_add(list, &n, GPT2_NAME("ln_2.weight"), o[P_LN2W] + l * C, C, 0, 0);
+            hf_add(list, &n, GPT2_NAME("ln_2.bias"), o[P_LN2B] + l * C, C, 0, 0);
+            hf_add(list, &n, GPT2_NAME("mlp.c_fc.weight"), o[P_WFC] + l * FC * C, C, FC, 1);
+            hf_add(list, &n, GPT2_NAME("mlp.c_fc.bias"), o[P_BFC] + l * F, F, 0, 0);
+            hf_add(list, &n, GPT2_NAME("mlp.c_proj.weight"), o[P_WPROJ] + l * C * F, F, C, 1);
+            hf_add(list, &n, GPT2_NAME("mlp.c_proj.bias"), o[P_BPROJ] + l * C, C, 0, 0);
+            #undef GPT2_NAME
+        }
+        hf_add(list, &n, "ln_f.weight", o[P_LNFW], C, 0, 0);
+        hf_add(list, &n, "ln_f.bias", o[P_LNFB], C, 0, 0);
+        if (!c->tie_embeddings) hf_add(list, &n, "lm_head.weight", o[P_LMHEAD], V, C, 0);
+        return n;
+    }
+    hf_add(list, &n, "model.embed_tokens.weight", o[P_WTE], V, C, 0);
+    for (int l = 0; l < L; l++) {
+        #define LLAMA_NAME(s) (snprintf(nm, sizeof(nm), "model.layers.%d.%s", l, s), nm)
+        size_t wq = o[P_WQKV] + l * QKV * C, bq = o[P_BQKV] + l * QKV;
+        hf_add(list, &n, LLAMA_NAME("input_layernorm.weight"), o[P_LN1W] + l * C, C, 0, 0);
+        hf_add(list, &n, LLAMA_NAME("self_attn.q_proj.weight"), wq, QD, C, 0);
+        hf_add(list, &n, LLAMA_NAME("self_attn.k_proj.weight"), wq + QD * C, KD, C, 0);
+        hf_add(list, &n, LLAMA_NAME("self_attn.v_proj.weight"), wq + (QD + KD) * C, KD, C, 0);
+        if (c->qkv_bias) {
+            hf_add(list, &n, LLAMA_NAME("self_attn.q_proj.bias"), bq, QD, 0, 0);
+            hf_add(list, &n, LLAMA_NAME("self_attn.k_proj.bias"), bq + QD, KD, 0, 0);
+            hf_add(list, &n, LLAMA_NAME("self_attn.v_proj.bias"), bq + QD + KD, KD, 0, 0);
+        }
+        if (c->qk_norm) {
+            hf_add(list, &n, LLAMA_NAME("self_attn.q_norm.weight"), o[P_QNW] + l * HD, HD, 0, 0);
+            hf_add(list, &n, LLAMA_NAME("self_attn.k_norm.weight"), o[P_KNW] + l * HD, HD, 0, 0);
+        }
+        hf_add(list, &n, LLAMA_NAME("self_attn.o_proj.weight"), o[P_WO] + l * C * QD, C, QD, 0);
+        hf_add(list, &n, LLAMA_NAME("post_attention_layernorm.weight"), o[P_LN2W] + l * C, C, 0, 0);
+        hf_add(list, &n, LLAMA_NAME("mlp.gate_proj.weight"), o[P_WFC] + l * FC * C, F, C, 0);
+        hf_add(list, &n, LLAMA_NAME("mlp.up_proj.weight"), o[P_WFC] + l * FC * C + F * C, F, C, 0);
+        hf_add(list, &n, LLAMA_NAME("mlp.down_proj.weight"), o[P_WPROJ] + l * C * F, C, F, 0);
+        #undef LLAMA_NAME
+    }
+    hf_add(list, &n, "model.norm.weight", o[P_LNFW], C, 0, 0);
+    if (!c->tie_embeddings) hf_add(list, &n, "lm_head.weight", o[P_LMHEAD], V, C, 0);
+    return n;
+}
+
+/* HF keys that are buffers, not parameters */
+static int hf_ignored(const char *name) {
+    size_t n = strlen(name);
+    const char *ends[] = {".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"};
+    for (int i = 0; i < 3; i++) { size_t k = strlen(ends[i]); if (n >= k && !strcmp(name + n - k, ends[i])) return 1; }
+    return 0;
+}
+
+int model_load_safetensors(Model *m, const char *path, char *err, size_t errlen) {
+    SafeTensors st;
+    if (safetensors_open(&st, path, err, errlen) != 0) return -1;
+    int n = model_hf_tensors(m, NULL);
+    HFTensor *list = (HFTensor *)malloc(n * sizeof(HFTensor));
+    model_hf_tensors(m, list);
+    char *used = (char *)calloc(st.num_tensors ? st.num_tensors : 1, 1);
+    int rc = -1;
+    for (int i = 0; i < n; i++) {
+        const SafeTensor *t = safetensors_find(&st, list[i].name);
+        if (!t && m->cfg.family == FAMILY_GPT2) {
+            char alt[160];
+            snprintf(alt, sizeof(alt), "transformer.%s", list[i].name);
+            t = safetensors_find(&st, alt);
+        }
+        if (!t) { snprintf(err, errlen, "%s: missing tensor \"%s\" for a %s model", path, list[i].name, family_name(m->cfg.family)); goto done; }
+        int shape_ok = t->ndim == list[i].ndim && t->shape[0] == list[i].shape[0] && (t->ndim == 1 || t->shape[1] == list[i].shape[1]);
+        if (!shape_ok) {
+            snprintf(err, errlen, "%s: tensor \"%s\" has shape [%lld%s%lld], the config needs [%lld%s%lld]", path, t->name,
+                     (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                     (long long)list[i].shape[0], list[i].ndim > 1 ? ", " : "", list[i].ndim > 1 ? (long long)list[i].shape[1] : 0LL);
+            goto done;
+        }
+        if (safetensors_read_f32(&st, t, m->params_memory + list[i].offset, list[i].transpose) != 0) {
+            snprintf(err, errlen, "%s: tensor \"%s\": dtype must be F32, BF16 or F16", path, t->name); goto done;
+        }
+        used[t - st.tensors] = 1;
+    }
+    for (int i = 0; i < st.num_tensors; i++) {
+        const char *nm = st.tensors[i].name;
+        int tied_head = m->cfg.tie_embeddings && !strcmp(nm, "lm_head.weight");
+        if (!used[i] && !hf_ignored(nm) && !tied_head) { snprintf(err, errlen, "%s: unexpected tensor \"%s\" for this config", path, nm); goto done; }
+    }
+    rc = 0;
+done:
+    free(used); free(list);
+    safetensors_close(&st);
+    return rc;
+}
+
+int model_save_safetensors(const Model *m, const char *path, char *err, size_t errlen) {
+    int n = model_hf_tensors(m, NULL);
+    HFTensor *list = (HFTensor *)malloc(n * sizeof(HFTensor));
+    model_hf_tensors(m, list);
+    SafeTensorOut *out = (SafeTensorOut *)calloc(n, sizeof(SafeTensorOut));
+    float **bufs = (float **)calloc(n, sizeof(float *));
+    char (*names)[160] = calloc(n, 160);
+    for (int i = 0; i < n; i++) {
+        const float *src = m->params_memory + list[i].offset;
+        int64_t numel = list[i].shape[0] * (list[i].ndim == 2 ? list[i].shape[1] : 1);
+        if (list[i].transpose) {  /* ours [cols, rows] -> HF [rows, cols] */
+            int64_t R = list[i].shape[0], Cc = list[i].shape[1];
+            bufs[i] = (float *)malloc(numel * sizeof(float));
+            for (int64_t r = 0; r < R; r++) for (int64_t c = 0; c < Cc; c++) bufs[i][r * Cc + c] = src[c * R + r];
+            src = bufs[i];
+        }
+        snprintf(names[i], 160, "%s%s", m->cfg.family == FAMILY_GPT2 && strncmp(list[i].name, "lm_head", 7) ? "transformer." : "", list[i].name);
+        out[i].name = names[i]; out[i].dtype = ST_F32; out[i].ndim = list[i].ndim;
+        out[i].shape[0] = list[i].shape[0]; out[i].shape[1] = list[i].shape[1]; out[i].data = src;
+    }
+    int rc = safetensors_write(path, out, n, "{\"format\":\"pt\"}", err, errlen);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    free(bufs); free(out); free(names); free(list);
+    return rc;
+}
+
+#endif /* LLMTRAIN_IMPLEMENTATION */
