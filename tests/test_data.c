@@ -1,0 +1,207 @@
+/*
+ The data side of llmtrain.h: the Megatron MMIDIDX reader on a file built byte by byte from the format
+ (formats.md sec. 1), the window sampler of DESIGN.md sec. 4, the rank-strided data loader, the document
+ split, and the errors for broken files.
+*/
+#define LLMTRAIN_IMPLEMENTATION
+#include "llmtrain.h"
+
+static int failures = 0;
+#define CHECK(cond, ...) do { if (!(cond)) { printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); failures++; } } while (0)
+
+static void put_u64(FILE *f, uint64_t v) { fwrite(&v, 8, 1, f); }
+
+/* Writes PREFIX.idx/.bin by hand: docs[d] has lens[d] tokens; each document is one sequence unless
+   split2 is set, in which case documents are stored as two sequences (Megatron's sentence mode). */
+static void write_dataset(const char *prefix, int ndocs, const int *lens, const int *tokens, int dtype_code, int split2) {
+    char p[256];
+    int itemsize = dtype_code == 8 ? 2 : 4;
+    snprintf(p, sizeof(p), "%s.bin", prefix);
+    FILE *f = fopen(p, "wb");
+    int total = 0;
+    for (int d = 0; d < ndocs; d++) total += lens[d];
+    for (int i = 0; i < total; i++) {
+        if (itemsize == 2) { uint16_t v = (uint16_t)tokens[i]; fwrite(&v, 2, 1, f); }
+        else { int32_t v = tokens[i]; fwrite(&v, 4, 1, f); }
+    }
+    fclose(f);
+    /* sequences */
+    int seq_len[64], nseq = 0, doc_idx[65], nd = 0;
+    doc_idx[nd++] = 0;
+    for (int d = 0; d < ndocs; d++) {
+        if (split2 && lens[d] >= 2) { seq_len[nseq++] = lens[d] / 2; seq_len[nseq++] = lens[d] - lens[d] / 2; }
+        else seq_len[nseq++] = lens[d];
+        doc_idx[nd++] = nseq;
+    }
+    snprintf(p, sizeof(p), "%s.idx", prefix);
+    f = fopen(p, "wb");
+    fwrite("MMIDIDX\0\0", 1, 9, f);
+    put_u64(f, 1);
+    unsigned char code = (unsigned char)dtype_code;
+    fwrite(&code, 1, 1, f);
+    put_u64(f, (uint64_t)nseq);
+    put_u64(f, (uint64_t)nd);
+    for (int i = 0; i < nseq; i++) { int32_t l = seq_len[i]; fwrite(&l, 4, 1, f); }
+    int64_t ptr = 0;
+    for (int i = 0; i < nseq; i++) { fwrite(&ptr, 8, 1, f); ptr += (int64_t)seq_len[i] * itemsize; }
+    for (int i = 0; i < nd; i++) { int64_t v = doc_idx[i]; fwrite(&v, 8, 1, f); }
+    fclose(f);
+}
+
+static void test_reader(int dtype_code, int split2) {
+    int lens[5] = {5, 0, 7, 1, 12};
+    int tokens[25];
+    for (int i = 0; i < 25; i++) tokens[i] = dtype_code == 8 ? 60000 + i : 100000 + i;
+    write_dataset("tests/tmp/ds", 5, lens, tokens, dtype_code, split2);
+    IndexedDataset ds;
+    char err[512];
+    int rc = indexed_dataset_open(&ds, "tests/tmp/ds", err, sizeof(err));
+    CHECK(rc == 0, "open: %s", err);
+    if (rc) return;
+    CHECK(ds.num_docs == 5, "num_docs %llu", (unsigned long long)ds.num_docs);
+    CHECK(ds.itemsize == (dtype_code == 8 ? 2 : 4), "itemsize %d", ds.itemsize);
+    int start = 0;
+    for (int d = 0; d < 5; d++) {
+        CHECK(ds.doc_len[d] == lens[d] && ds.doc_start[d] == start, "doc %d: start %lld len %lld", d,
+              (long long)ds.doc_start[d], (long long)ds.doc_len[d]);
+        start += lens[d];
+    }
+    for (int i = 0; i < 25; i++) CHECK(indexed_dataset_token(&ds, i) == tokens[i], "token %d", i);
+    CHECK(ds.max_token == tokens[24], "max token %lld", (long long)ds.max_token);
+    indexed_dataset_close(&ds);
+    printf("reader (dtype %d, %s): ok\n", dtype_code, split2 ? "two sequences per document" : "one sequence per document");
+}
+
+/* Every window of an epoch is T+1 consecutive tokens of the documents concatenated in that epoch's order;
+   the epoch's windows are exactly the stride-T cuts, each once. */
+static void test_sampler(void) {
+    enum { ND = 9, T = 4 };
+    int lens[ND] = {3, 6, 1, 9, 4, 0, 5, 2, 8};
+    int tokens[64], n = 0;
+    for (int d = 0; d < ND; d++) for (int i = 0; i < lens[d]; i++) tokens[n++] = 1000 * (d + 1) + i;
+    write_dataset("tests/tmp/sm", ND, lens, tokens, 8, 0);
+    IndexedDataset ds;
+    char err[512];
+    CHECK(indexed_dataset_open(&ds, "tests/tmp/sm", err, sizeof(err)) == 0, "%s", err);
+    Sampler s;
+    CHECK(sampler_init(&s, &ds, 0, ND, T, 42, 1, err, sizeof(err)) == 0, "%s", err);
+    CHECK(s.tokens_per_epoch == (uint64_t)n, "tokens %llu", (unsigned long long)s.tokens_per_epoch);
+    uint64_t W = s.windows_per_epoch;
+    CHECK(W == (uint64_t)(n - 1) / T, "windows %llu", (unsigned long long)W);
+    for (int epoch = 0; epoch < 3; epoch++) {
+        sampler_window(&s, (uint64_t)epoch * W, (int[T + 1]){0});  /* load the epoch's orders */
+        int stream[64], k = 0;
+        for (uint64_t i = 0; i < ND; i++) {
+            uint64_t d = s.doc_order[i];
+            for (int j = 0; j < lens[d]; j++) stream[k++] = 1000 * ((int)d + 1) + j;
+        }
+        int seen[64] = {0};
+        for (uint64_t w = 0; w < W; w++) {
+            int win[T + 1];
+            sampler_window(&s, (uint64_t)epoch * W + w, win);
+            uint64_t cut = s.win_order[w];
+            CHECK(cut < W && !seen[cut], "window order is not a permutation");
+            seen[cut] = 1;
+            for (int t = 0; t <= T; t++) CHECK(win[t] == stream[cut * T + t], "epoch %d window %llu token %d", epoch, (unsigned long long)w, t);
+        }
+    }
+    /* the same seed gives the same stream; another seed another one; epochs differ */
+    Sampler s2, s3;
+    sampler_init(&s2, &ds, 0, ND, T, 42, 1, err, sizeof(err));
+    sampler_init(&s3, &ds, 0, ND, T, 43, 1, err, sizeof(err));
+    int same = 1, other = 1, epochs_differ = 0;
+    for (uint64_t k = 0; k < 2 * W; k++) {
+        int a[T + 1], b[T + 1], c[T + 1];
+        sampler_window(&s, k, a); sampler_window(&s2, k, b); sampler_window(&s3, k, c);
+        same &= !memcmp(a, b, sizeof(a));
+        other &= !memcmp(a, c, sizeof(a));
+        if (k < W) { int d[T + 1]; sampler_window(&s, k + W, d); sampler_window(&s, k, a); epochs_differ |= memcmp(a, d, sizeof(a)) != 0; }
+    }
+    CHECK(same, "the same seed gave different windows");
+    CHECK(!other, "seeds 42 and 43 gave the same windows");
+    CHECK(epochs_differ, "epochs 0 and 1 have the same order");
+    /* unshuffled (validation): file order */
+    Sampler v;
+    sampler_init(&v, &ds, 2, 5, T, 42, 0, err, sizeof(err));
+    int win[T + 1];
+    sampler_window(&v, 0, win);
+    int expect[T + 1] = {3000, 4000, 4001, 4002, 4003};
+    CHECK(!memcmp(win, expect, sizeof(win)), "unshuffled window 0 starts %d %d", win[0], win[1]);
+    /* too little data for one window */
+    Sampler tiny;
+    CHECK(sampler_init(&tiny, &ds, 2, 3, T, 1, 1, err, sizeof(err)) != 0, "a 1-token split should not make a window");
+    printf("too-small split error: %s\n", err);
+
+    /* data loader: rank r of W takes windows cursor + r + W*b, so ranks together read the world-1 batch */
+    DataLoader one, r0, r1;
+    dataloader_init(&one, &s, 4, 0, 1);
+    dataloader_init(&r0, &s2, 2, 0, 2);
+    dataloader_init(&r1, &s3, 2, 1, 2);
+    r1.sampler = &s2;  /* both ranks read the same stream */
+    for (int step = 0; step < 5; step++) {
+        dataloader_next(&one); dataloader_next(&r0); dataloader_next(&r1);
+        for (int b = 0; b < 4; b++) {
+            const int *rows = (b % 2 == 0 ? r0.inputs : r1.inputs) + (b / 2) * T;
+            const int *trg = (b % 2 == 0 ? r0.targets : r1.targets) + (b / 2) * T;
+            CHECK(!memcmp(one.inputs + b * T, rows, T * sizeof(int)), "step %d row %d inputs differ across world sizes", step, b);
+            CHECK(!memcmp(one.targets + b * T, trg, T * sizeof(int)), "step %d row %d targets differ", step, b);
+            CHECK(one.targets[b * T] == one.inputs[b * T + 1], "targets are not inputs shifted by one");
+        }
+    }
+    CHECK(one.cursor == 20 && r0.cursor == 20, "cursor %llu", (unsigned long long)one.cursor);
+    dataloader_free(&one); dataloader_free(&r0); dataloader_free(&r1);
+    sampler_free(&s); sampler_free(&s2); sampler_free(&s3); sampler_free(&v);
+    indexed_dataset_close(&ds);
+    printf("sampler and loader: ok\n");
+}
+
+static void test_split(void) {
+    uint64_t b[3], e[3];
+    char err[256];
+    CHECK(split_documents("949,50,1", 1000, b, e, err, sizeof(err)) == 0, "%s", err);
+    CHECK(b[0] == 0 && e[0] == 949 && b[1] == 949 && e[1] == 999 && b[2] == 999 && e[2] == 1000, "949,50,1 of 1000");
+    CHECK(split_documents("98,2", 100, b, e, err, sizeof(err)) == 0 && e[0] == 98 && e[1] == 100 && e[2] == 100, "98,2");
+    CHECK(split_documents("1,1,1", 10, b, e, err, sizeof(err)) == 0 && e[0] == 3 && e[1] == 7 && e[2] == 10, "1,1,1 of 10");
+    CHECK(split_documents("a,b", 10, b, e, err, sizeof(err)) != 0, "bad split accepted");
+    CHECK(split_documents("0,0,0", 10, b, e, err, sizeof(err)) != 0, "zero split accepted");
+    printf("split: ok\n");
+}
+
+/* Broken files give one clear error naming the file. */
+static void expect_open_error(const char *what, const char *needle) {
+    IndexedDataset ds;
+    char err[512] = "";
+    int rc = indexed_dataset_open(&ds, "tests/tmp/bad", err, sizeof(err));
+    CHECK(rc != 0, "%s: opened without error", what);
+    CHECK(strstr(err, "tests/tmp/bad") && strstr(err, needle), "%s: error \"%s\" lacks \"%s\"", what, err, needle);
+    printf("%-28s -> %s\n", what, err);
+}
+
+static void test_errors(void) {
+    int lens[2] = {3, 4}, tokens[7] = {1, 2, 3, 4, 5, 6, 7};
+    unlink("tests/tmp/bad.idx"); unlink("tests/tmp/bad.bin");
+    expect_open_error("missing files", "cannot open");
+    write_dataset("tests/tmp/bad", 2, lens, tokens, 8, 0);
+    FILE *f = fopen("tests/tmp/bad.idx", "r+b"); fwrite("X", 1, 1, f); fclose(f);
+    expect_open_error("bad magic", "magic");
+    write_dataset("tests/tmp/bad", 2, lens, tokens, 8, 0);
+    truncate("tests/tmp/bad.idx", 40);
+    expect_open_error("truncated index", "truncated");
+    write_dataset("tests/tmp/bad", 2, lens, tokens, 8, 0);
+    truncate("tests/tmp/bad.bin", 10);
+    expect_open_error("short .bin", "bytes");
+    write_dataset("tests/tmp/bad", 2, lens, tokens, 7, 0);
+    expect_open_error("float32 tokens", "dtype");
+}
+
+int main(void) {
+    mkdir("tests/tmp", 0755);
+    test_reader(8, 0);
+    test_reader(4, 0);
+    test_reader(8, 1);
+    test_sampler();
+    test_split();
+    test_errors();
+    printf("%s\n", failures ? "FAILED" : "all data checks passed");
+    return failures ? 1 : 0;
+}

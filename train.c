@@ -1,0 +1,363 @@
+/*
+ train.c — the CPU trainer: flags -> config -> model -> loop (step, log, eval, sample, save).
+
+   ./train --data out/tinyshakespeare_text_document --model tiny-gpt2 --tokenizer data/gpt2_tokenizer.json
+
+ Everything numeric lives in llmtrain.h; this file reads flags, wires the pieces together and prints.
+*/
+#define LLMTRAIN_IMPLEMENTATION
+#include "llmtrain.h"
+#include "prepro/tokenizer.h"
+
+#include <stdarg.h>
+#include <time.h>
+
+typedef struct {
+    const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule;
+    int batch_size, seq_len, grad_accum, steps, warmup_steps, decay_steps;
+    float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
+    uint64_t seed;
+    int eval_every, eval_steps, sample_every, sample_len, top_k, threads, log_every;
+    float temperature;
+} Args;
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "train: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+static void usage(void) {
+    printf(
+"usage: train --data PREFIX [options]\n"
+"\n"
+"data\n"
+"  --data PREFIX           Megatron dataset prefix (PREFIX.bin / PREFIX.idx), e.g. out/shakespeare_text_document\n"
+"  --split A,B,C           train/validation/test split by documents (default 98,2,0)\n"
+"  --seq-len T             tokens per sequence (default 64)\n"
+"  --batch-size B          sequences per micro-step (default 8)\n"
+"  --grad-accum K          micro-steps per optimizer step (default 1)\n"
+"model\n"
+"  --model NAME|PATH       preset (gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, llama-1b) or a HF\n"
+"                          config.json / directory holding one (default tiny-gpt2)\n"
+"  --init-from DIR         start from the HF weights in DIR (config.json + model.safetensors)\n"
+"  --init-std S            std of the random init (default 0.02; residual projections S/sqrt(2L))\n"
+"optimizer (AdamW)\n"
+"  --lr LR                 peak learning rate (default 3e-4)\n"
+"  --min-lr LR             final learning rate (default lr/10)\n"
+"  --warmup-steps N        linear warmup steps (default 0)\n"
+"  --decay-steps N         step at which the decay reaches min-lr (default --steps)\n"
+"  --lr-schedule S         cosine | linear | constant (default cosine)\n"
+"  --weight-decay W        decoupled weight decay on 2-D weights (default 0.1)\n"
+"  --beta1 B1 --beta2 B2   AdamW betas (default 0.9, 0.95)\n"
+"  --eps E                 AdamW epsilon (default 1e-8)\n"
+"  --clip C                clip the global grad norm to C; 0 disables (default 1.0)\n"
+"run\n"
+"  --steps N               optimizer steps (default 100)\n"
+"  --seed S                seed of init, data order and sampling (default 1234)\n"
+"  --threads N             OpenMP threads (default: all cores)\n"
+"  --log-every N           print a step line every N steps (default 1)\n"
+"  --eval-every N          validation loss every N steps, and at the end; 0 disables (default 100)\n"
+"  --eval-steps N          validation batches per evaluation (default 8)\n"
+"  --sample-every N        print a generated sample every N steps and at the end; 0 disables (default 0)\n"
+"  --sample-len N          tokens per sample (default 64)\n"
+"  --temperature X         sampling temperature (default 1.0)\n"
+"  --top-k K               sample from the K most likely tokens; 0 = all (default 40)\n"
+"  --tokenizer FILE        HF tokenizer.json, to print samples as text\n"
+"  --out DIR               write DIR/log.jsonl and, at the end, DIR/final/{config.json,model.safetensors}\n");
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static long parse_int(const char *flag, const char *s) {
+    char *e;
+    long v = strtol(s, &e, 10);
+    if (e == s || *e) die("%s expects an integer, got \"%s\"", flag, s);
+    return v;
+}
+
+static float parse_float(const char *flag, const char *s) {
+    char *e;
+    float v = strtof(s, &e);
+    if (e == s || *e) die("%s expects a number, got \"%s\"", flag, s);
+    return v;
+}
+
+static void parse_args(Args *a, int argc, char **argv) {
+    memset(a, 0, sizeof(*a));
+    a->model = "tiny-gpt2"; a->split = "98,2,0"; a->schedule = "cosine";
+    a->batch_size = 8; a->seq_len = 64; a->grad_accum = 1; a->steps = 100; a->decay_steps = -1;
+    a->lr = 3e-4f; a->min_lr = -1; a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
+    a->clip = 1.0f; a->init_std = 0.02f; a->seed = 1234; a->eval_every = 100; a->eval_steps = 8;
+    a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(); exit(0); }
+        if (i + 1 >= argc) die("%s needs a value (see --help)", f);
+        const char *v = argv[++i];
+        if (!strcmp(f, "--data")) a->data = v;
+        else if (!strcmp(f, "--model")) a->model = v;
+        else if (!strcmp(f, "--init-from")) a->init_from = v;
+        else if (!strcmp(f, "--tokenizer")) a->tokenizer = v;
+        else if (!strcmp(f, "--out")) a->out = v;
+        else if (!strcmp(f, "--split")) a->split = v;
+        else if (!strcmp(f, "--lr-schedule")) a->schedule = v;
+        else if (!strcmp(f, "--batch-size")) a->batch_size = (int)parse_int(f, v);
+        else if (!strcmp(f, "--seq-len")) a->seq_len = (int)parse_int(f, v);
+        else if (!strcmp(f, "--grad-accum")) a->grad_accum = (int)parse_int(f, v);
+        else if (!strcmp(f, "--steps")) a->steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--warmup-steps")) a->warmup_steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--decay-steps")) a->decay_steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--lr")) a->lr = parse_float(f, v);
+        else if (!strcmp(f, "--min-lr")) a->min_lr = parse_float(f, v);
+        else if (!strcmp(f, "--weight-decay")) a->weight_decay = parse_float(f, v);
+        else if (!strcmp(f, "--beta1")) a->beta1 = parse_float(f, v);
+        else if (!strcmp(f, "--beta2")) a->beta2 = parse_float(f, v);
+        else if (!strcmp(f, "--eps")) a->eps = parse_float(f, v);
+        else if (!strcmp(f, "--clip")) a->clip = parse_float(f, v);
+        else if (!strcmp(f, "--init-std")) a->init_std = parse_float(f, v);
+        else if (!strcmp(f, "--seed")) a->seed = (uint64_t)parse_int(f, v);
+        else if (!strcmp(f, "--threads")) a->threads = (int)parse_int(f, v);
+        else if (!strcmp(f, "--log-every")) a->log_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--eval-every")) a->eval_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--eval-steps")) a->eval_steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--sample-every")) a->sample_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--sample-len")) a->sample_len = (int)parse_int(f, v);
+        else if (!strcmp(f, "--top-k")) a->top_k = (int)parse_int(f, v);
+        else if (!strcmp(f, "--temperature")) a->temperature = parse_float(f, v);
+        else die("unknown flag %s (see --help)", f);
+    }
+    if (!a->data) die("--data PREFIX is required (see --help)");
+    if (a->batch_size < 1 || a->seq_len < 1 || a->grad_accum < 1 || a->steps < 0)
+        die("--batch-size, --seq-len and --grad-accum must be >= 1 and --steps >= 0");
+    if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
+    if (a->decay_steps < 0) a->decay_steps = a->steps;
+    if (a->log_every < 1) a->log_every = 1;
+}
+
+static int lr_style(const char *s) {
+    if (!strcmp(s, "cosine")) return LR_COSINE;
+    if (!strcmp(s, "linear")) return LR_LINEAR;
+    if (!strcmp(s, "constant")) return LR_CONSTANT;
+    die("--lr-schedule must be cosine, linear or constant, got \"%s\"", s);
+    return 0;
+}
+
+/* Mean loss over the first n batches of the (unshuffled) validation stream: the same tokens every time. */
+static float evaluate(Model *m, Sampler *val, int B, int n) {
+    DataLoader dl;
+    dataloader_init(&dl, val, B, 0, 1);
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        dataloader_next(&dl);
+        sum += model_forward(m, dl.inputs, dl.targets, B, dl.T);
+    }
+    dataloader_free(&dl);
+    return (float)(sum / n);
+}
+
+/* Draws the next token from the logits of one position: temperature, then the top-k most likely. */
+static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
+    if (top_k <= 0 || top_k > V) top_k = V;
+    int *idx = (int *)malloc(top_k * sizeof(int));
+    int n = 0;
+    for (int v = 0; v < V; v++) {  /* keep idx sorted by descending logit (insertion into a small list) */
+        if (n == top_k && logits[v] <= logits[idx[n - 1]]) continue;
+        int j = n < top_k ? n++ : n - 1;
+        while (j > 0 && logits[idx[j - 1]] < logits[v]) { idx[j] = idx[j - 1]; j--; }
+        idx[j] = v;
+    }
+    float t = temperature > 0 ? temperature : 1e-6f;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += exp((logits[idx[i]] - logits[idx[0]]) / t);
+    double r = coin * sum, acc = 0.0;
+    int pick = idx[n - 1];
+    for (int i = 0; i < n; i++) {
+        acc += exp((logits[idx[i]] - logits[idx[0]]) / t);
+        if (r < acc) { pick = idx[i]; break; }
+    }
+    free(idx);
+    return pick;
+}
+
+static void print_sample(Model *m, const Args *a, Tokenizer *tok, int step) {
+    int T = a->seq_len, V = m->cfg.vocab_size;
+    int start = m->cfg.eos_token_id >= 0 && m->cfg.eos_token_id < V ? m->cfg.eos_token_id : 0;
+    if (tok && tokenizer_bos_id(tok) >= 0) start = tokenizer_bos_id(tok);
+    else if (tok && tokenizer_eos_id(tok) >= 0) start = tokenizer_eos_id(tok);
+    int n = a->sample_len + 1;
+    int *ids = (int *)malloc(n * sizeof(int));
+    ids[0] = start;
+    for (int i = 1; i < n; i++) {
+        int ctx = i < T ? i : T;    /* the last T tokens */
+        model_forward(m, ids + i - ctx, NULL, 1, ctx);
+        const float *logits = m->acts.logits + (size_t)(ctx - 1) * V;
+        ids[i] = sample_token(logits, V, a->temperature, a->top_k, rng_uniform(a->seed ^ 0x5A5A5A5AULL, (uint64_t)step * n + i));
+    }
+    printf("--- sample at step %d ---\n", step);
+    if (tok) {
+        int32_t *ids32 = (int32_t *)malloc(n * sizeof(int32_t));
+        for (int i = 0; i < n; i++) ids32[i] = ids[i];
+        char *text = tokenizer_decode(tok, ids32 + 1, n - 1);
+        printf("%s\n", text ? text : "(decode failed)");
+        free(text); free(ids32);
+    } else {
+        for (int i = 1; i < n; i++) printf("%d ", ids[i]);
+        printf("\n");
+    }
+    printf("---\n");
+    fflush(stdout);
+    free(ids);
+}
+
+static void save_final(const Model *m, const char *out) {
+    char dir[1200], tmpdir[1200], path[1300], err[512];
+    snprintf(dir, sizeof(dir), "%s/final", out);
+    snprintf(tmpdir, sizeof(tmpdir), "%s/final.tmp", out);
+    snprintf(path, sizeof(path), "rm -rf '%s'", tmpdir);
+    if (mkdir(tmpdir, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", tmpdir, strerror(errno));
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    if (model_save_safetensors(m, path, err, sizeof(err)) != 0) die("%s", err);
+    snprintf(path, sizeof(path), "%s/config.json", tmpdir);
+    char *js = model_config_to_json(&m->cfg);
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(js, f) == EOF || fputc('\n', f) == EOF || fclose(f) != 0) die("%s: cannot write", path);
+    free(js);
+    /* replace an older final/ only once the new one is complete */
+    char old[1300];
+    snprintf(old, sizeof(old), "%s/final.old", out);
+    rename(dir, old);
+    if (rename(tmpdir, dir) != 0) die("%s: cannot rename to %s: %s", tmpdir, dir, strerror(errno));
+    snprintf(path, sizeof(path), "%s/model.safetensors", old); unlink(path);
+    snprintf(path, sizeof(path), "%s/config.json", old); unlink(path);
+    rmdir(old);
+    printf("saved %s/{config.json,model.safetensors}\n", dir);
+}
+
+int main(int argc, char **argv) {
+    Args a;
+    parse_args(&a, argc, argv);
+    if (a.threads > 0) omp_set_num_threads(a.threads);
+    char err[1024];
+
+    /* model config: HF weights, a config.json, or a preset */
+    ModelConfig cfg;
+    if (a.init_from) {
+        if (model_config_from_json(&cfg, a.init_from, err, sizeof(err)) != 0) die("%s", err);
+    } else if (model_config_preset(&cfg, a.model) != 0) {
+        if (access(a.model, R_OK) != 0)
+            die("--model \"%s\" is neither a preset (gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, "
+                "llama-1b) nor a readable config.json", a.model);
+        if (model_config_from_json(&cfg, a.model, err, sizeof(err)) != 0) die("%s", err);
+    }
+    if (cfg.family == FAMILY_GPT2 && a.seq_len > cfg.max_seq_len)
+        die("--seq-len %d exceeds the model's %d positions", a.seq_len, cfg.max_seq_len);
+
+    /* data */
+    IndexedDataset ds;
+    if (indexed_dataset_open(&ds, a.data, err, sizeof(err)) != 0) die("%s", err);
+    if (ds.max_token >= cfg.vocab_size)
+        die("%s: token id %lld is outside the model's vocabulary of %d", a.data, (long long)ds.max_token, cfg.vocab_size);
+    uint64_t sb[3], se[3];
+    if (split_documents(a.split, ds.num_docs, sb, se, err, sizeof(err)) != 0) die("%s", err);
+    Sampler train_s, val_s;
+    if (sampler_init(&train_s, &ds, sb[0], se[0], a.seq_len, a.seed, 1, err, sizeof(err)) != 0) die("train split: %s", err);
+    int have_val = se[1] > sb[1] && a.eval_every > 0;
+    if (have_val && sampler_init(&val_s, &ds, sb[1], se[1], a.seq_len, a.seed, 0, err, sizeof(err)) != 0) die("validation split: %s", err);
+    DataLoader dl;
+    dataloader_init(&dl, &train_s, a.batch_size, 0, 1);
+
+    /* model */
+    Model m;
+    if (model_build(&m, &cfg) != 0) die("out of memory for %zu parameters", (size_t)0);
+    if (a.init_from) {
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/model.safetensors", a.init_from);
+        if (model_load_safetensors(&m, path, err, sizeof(err)) != 0) die("%s", err);
+    } else {
+        model_init_weights(&m, a.seed, a.init_std);
+    }
+    Tokenizer *tok = NULL;
+    if (a.tokenizer) {
+        tok = tokenizer_load(a.tokenizer, err, sizeof(err));
+        if (!tok) die("%s", err);
+    }
+    FILE *logf = NULL;
+    if (a.out) {
+        if (mkdir(a.out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", a.out, strerror(errno));
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/log.jsonl", a.out);
+        logf = fopen(path, "w");
+        if (!logf) die("%s: cannot write: %s", path, strerror(errno));
+    }
+
+    int style = lr_style(a.schedule);
+    printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
+           family_name(cfg.family), cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff,
+           cfg.vocab_size, m.num_params);
+    printf("data %s: %llu documents (train %llu, valid %llu), %llu train tokens/epoch, %llu windows of %d\n",
+           a.data, (unsigned long long)ds.num_docs, (unsigned long long)(se[0] - sb[0]), (unsigned long long)(se[1] - sb[1]),
+           (unsigned long long)train_s.tokens_per_epoch, (unsigned long long)train_s.windows_per_epoch, a.seq_len);
+    printf("batch %d x %d tokens x %d accumulation = %d tokens/step; %d threads\n", a.batch_size, a.seq_len,
+           a.grad_accum, a.batch_size * a.seq_len * a.grad_accum, omp_get_max_threads());
+    if (have_val) {
+        float vl = evaluate(&m, &val_s, a.batch_size, a.eval_steps);
+        printf("step %d | val loss %.4f\n", 0, vl);
+        if (logf) { fprintf(logf, "{\"step\":0,\"val_loss\":%.6f}\n", vl); fflush(logf); }
+    }
+
+    AdamWConfig opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay};
+    double total_ms = 0.0;
+    long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum;
+    for (int step = 1; step <= a.steps; step++) {
+        double t0 = now_ms();
+        model_zero_grad(&m);
+        double loss = 0.0;
+        for (int micro = 0; micro < a.grad_accum; micro++) {
+            dataloader_next(&dl);
+            loss += model_forward(&m, dl.inputs, dl.targets, a.batch_size, a.seq_len);
+            model_backward(&m, 1.0f / a.grad_accum);
+        }
+        loss /= a.grad_accum;
+        double norm = sqrt(grad_sumsq(m.grads_memory, 0, m.num_params));
+        if (!isfinite(loss) || !isfinite(norm)) die("step %d: non-finite loss %f or grad norm %f", step, loss, norm);
+        grad_clip(m.grads_memory, m.num_params, norm, a.clip);
+        opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
+        model_adamw_update(&m, &opt, step, 0, m.num_params);
+        double ms = now_ms() - t0;
+        total_ms += ms;
+        if (step % a.log_every == 0 || step == a.steps) {
+            printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s\n", step, a.steps, loss,
+                   opt.lr, norm, ms, tokens_per_step / (ms / 1000.0));
+            fflush(stdout);
+        }
+        if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f}\n",
+                          step, loss, opt.lr, norm, ms, tokens_per_step / (ms / 1000.0));
+        if (have_val && (step % a.eval_every == 0 || step == a.steps)) {
+            float vl = evaluate(&m, &val_s, a.batch_size, a.eval_steps);
+            printf("step %d | val loss %.4f\n", step, vl);
+            if (logf) { fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl); fflush(logf); }
+        }
+        if (a.sample_every > 0 && (step % a.sample_every == 0 || step == a.steps)) print_sample(&m, &a, tok, step);
+    }
+    if (a.steps > 0)
+        printf("done: %d steps, %.1f ms/step, %.0f tokens/s\n", a.steps, total_ms / a.steps,
+               tokens_per_step * a.steps / (total_ms / 1000.0));
+    if (a.out) save_final(&m, a.out);
+    if (logf) fclose(logf);
+    if (tok) tokenizer_free(tok);
+    dataloader_free(&dl);
+    sampler_free(&train_s);
+    if (have_val) sampler_free(&val_s);
+    indexed_dataset_close(&ds);
+    model_free(&m);
+    return 0;
+}
