@@ -460,27 +460,23 @@ int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t e
     else { snprintf(err, errlen, "%s: unknown model_type \"%s\" (expected gpt2, llama, qwen2 or qwen3)", file, type); goto done; }
     config_defaults(c, family);
 
-    /* the keys each family uses, with their HF names; -1 marks a required key */
-    struct { const char *key; double def; double val; } k[16];
-    int nk = 0;
-    const char *names_gpt2[] = {"vocab_size", "n_positions", "n_layer", "n_embd", "n_head", "n_inner", "layer_norm_epsilon"};
-    const char *names_llama[] = {"vocab_size", "max_position_embeddings", "num_hidden_layers", "hidden_size",
-                                 "num_attention_heads", "intermediate_size", "rms_norm_eps"};
+    /* the sizes every family has, under the family's HF names; a default < 0 marks a required key */
+    const char *names_gpt2[7] = {"vocab_size", "n_positions", "n_layer", "n_embd", "n_head", "n_inner", "layer_norm_epsilon"};
+    const char *names_llama[7] = {"vocab_size", "max_position_embeddings", "num_hidden_layers", "hidden_size",
+                                  "num_attention_heads", "intermediate_size", "rms_norm_eps"};
     const char **names = family == FAMILY_GPT2 ? names_gpt2 : names_llama;
-    double defs[7] = {-1, family == FAMILY_GPT2 ? 1024 : 2048, -1, -1, -1, family == FAMILY_GPT2 ? 0 : -1,
-                      family == FAMILY_GPT2 ? 1e-5 : 1e-6};
+    double val[7], defs[7] = {-1, family == FAMILY_GPT2 ? 1024 : 2048, -1, -1, -1, family == FAMILY_GPT2 ? 0 : -1,
+                              family == FAMILY_GPT2 ? 1e-5 : 1e-6};
     for (int i = 0; i < 7; i++) {
-        k[nk].key = names[i]; k[nk].def = defs[i];
-        int r = json_num(root, names[i], &k[nk].val);
+        int r = json_num(root, names[i], &val[i]);
         if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, names[i]); goto done; }
         if (r == 1) {
             if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, names[i], type); goto done; }
-            k[nk].val = defs[i];
+            val[i] = defs[i];
         }
-        nk++;
     }
-    c->vocab_size = (int)k[0].val; c->max_seq_len = (int)k[1].val; c->n_layer = (int)k[2].val;
-    c->n_embd = (int)k[3].val; c->n_head = (int)k[4].val; c->d_ff = (int)k[5].val; c->norm_eps = (float)k[6].val;
+    c->vocab_size = (int)val[0]; c->max_seq_len = (int)val[1]; c->n_layer = (int)val[2];
+    c->n_embd = (int)val[3]; c->n_head = (int)val[4]; c->d_ff = (int)val[5]; c->norm_eps = (float)val[6];
     c->n_kv_head = c->n_head;
     c->head_dim = c->n_head > 0 ? c->n_embd / c->n_head : 0;
     double x;
