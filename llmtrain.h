@@ -282,16 +282,35 @@ void sampler_free(Sampler *s);
 /* Splits D documents by weights "949,50,1" into [begin,end) ranges for train/valid/test. 0 on success. */
 int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen);
 
-/* Batches from a sampler: micro-batch of B rows per rank; rank r takes windows cursor + r + world*b. */
+/* A weighted blend of samplers (Megatron's rule, no RNG): stream window s comes from the dataset i with the
+   largest w_i * max(s, 1) - count_i, which then serves its own window count_i. One dataset = weight 1. */
+#define MAX_BLEND 16
 typedef struct {
-    Sampler *sampler;
-    int B, T, rank, world;
+    int n;
+    double weights[MAX_BLEND];       /* normalised to sum 1 */
+    Sampler *samplers[MAX_BLEND];
+    uint64_t counts[MAX_BLEND];      /* windows taken from each dataset by stream position `pos` */
+    uint64_t pos;
+} Blend;
+
+void blend_init(Blend *b, int n, const double *weights, Sampler **samplers);
+/* Writes the T+1 tokens of blend window k (fastest when k grows from call to call). */
+void blend_window(Blend *b, uint64_t k, int *out);
+/* Parses --data: "PREFIX", "P1 P2 ..." (weights from their token counts, filled in by the caller: -1) or
+   "W1 P1 W2 P2 ...". Returns the number of datasets (prefixes point into buf), or -1 with err. */
+int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes, double *weights, int max, char *err, size_t errlen);
+
+/* Batches from a blend: micro-batch of B rows per rank; rank r takes windows cursor + r + world*b.
+   eod >= 0 masks targets equal to eod (they become -1: no loss). */
+typedef struct {
+    Blend *source;
+    int B, T, rank, world, eod;
     uint64_t cursor;        /* next stream window of the global batch (the loader state to checkpoint) */
     int *window;            /* [T+1] */
     int *inputs, *targets;  /* [B*T] */
 } DataLoader;
 
-void dataloader_init(DataLoader *dl, Sampler *s, int B, int rank, int world);
+void dataloader_init(DataLoader *dl, Blend *source, int B, int rank, int world);
 void dataloader_next(DataLoader *dl);
 void dataloader_free(DataLoader *dl);
 
@@ -351,6 +370,34 @@ int model_hf_tensors(const Model *m, HFTensor *list);
 int model_load_safetensors(Model *m, const char *path, char *err, size_t errlen);
 /* Saves weights with HF names (model.safetensors, as transformers writes them). */
 int model_save_safetensors(const Model *m, const char *path, char *err, size_t errlen);
+/* Loads HF weights from a folder: model.safetensors, or the shards listed in model.safetensors.index.json. */
+int model_load_hf_dir(Model *m, const char *dir, char *err, size_t errlen);
+/* Writes config.json and model.safetensors into dir; with max_shard_bytes > 0 and a larger model, shards
+   model-0000i-of-0000n.safetensors plus model.safetensors.index.json instead. */
+int model_save_hf_dir(const Model *m, const char *dir, size_t max_shard_bytes, char *err, size_t errlen);
+/* Writes a small file atomically: temp file, fsync, rename. */
+int write_file_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen);
+
+/* What a checkpoint holds besides the weights (train_state.safetensors). The RNG is counter-based, so the
+   step and the seed in run_flags are its whole state. */
+typedef struct {
+    int64_t step;            /* optimizer steps done */
+    uint64_t data_cursor;    /* the next window of the training stream */
+    int64_t skipped;         /* steps skipped for a non-finite loss or grad norm */
+    char run_flags[4096];    /* JSON object of the settings a resume must match */
+} TrainState;
+
+/* Saves OUT/step_%06d/{config.json, model.safetensors, train_state.safetensors, tokenizer.json} through a
+   temp folder and a rename, then points OUT/latest at it, then removes all but the newest `keep` (keep > 0).
+   The AdamW moments come from m (zeros before the first update). */
+int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, const char *tokenizer_path,
+                    size_t max_shard_bytes, int keep, char *saved, size_t saved_len, char *err, size_t errlen);
+/* The folder OUT/latest names, if it is complete: 0 and its path in dir, or -1. */
+int checkpoint_latest(const char *out_dir, char *dir, size_t len);
+/* Loads weights, AdamW moments and the train state of a checkpoint folder into a model built from its config. */
+int checkpoint_load(const char *dir, Model *m, TrainState *ts, char *err, size_t errlen);
+/* Compares two run_flags objects; 0 if equal, else -1 with the first difference in err. */
+int run_flags_compare(const char *saved, const char *now, char *err, size_t errlen);
 
 #endif /* LLMTRAIN_H */
 
@@ -363,6 +410,7 @@ int model_save_safetensors(const Model *m, const char *path, char *err, size_t e
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1621,20 +1669,75 @@ void sampler_window(Sampler *s, uint64_t k, int *out) {
 
 void sampler_free(Sampler *s) { free(s->doc_order); free(s->doc_cum); free(s->win_order); memset(s, 0, sizeof(*s)); }
 
-void dataloader_init(DataLoader *dl, Sampler *s, int B, int rank, int world) {
+void blend_init(Blend *b, int n, const double *weights, Sampler **samplers) {
+    memset(b, 0, sizeof(*b));
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += weights[i];
+    b->n = n;
+    for (int i = 0; i < n; i++) { b->weights[i] = weights[i] / sum; b->samplers[i] = samplers[i]; }
+}
+
+/* the dataset of stream position b->pos */
+static int blend_pick(const Blend *b) {
+    double x = b->pos > 1 ? (double)b->pos : 1.0, best = -INFINITY;
+    int pick = 0;
+    for (int i = 0; i < b->n; i++) {
+        double e = b->weights[i] * x - (double)b->counts[i];
+        if (e > best) { best = e; pick = i; }
+    }
+    return pick;
+}
+
+void blend_window(Blend *b, uint64_t k, int *out) {
+    if (k < b->pos) { memset(b->counts, 0, sizeof(b->counts)); b->pos = 0; }
+    while (b->pos < k) { b->counts[blend_pick(b)]++; b->pos++; }
+    int i = blend_pick(b);
+    sampler_window(b->samplers[i], b->counts[i], out);
+    b->counts[i]++; b->pos++;
+}
+
+int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes, double *weights, int max, char *err, size_t errlen) {
+    snprintf(buf, buflen, "%s", spec);
+    char *words[2 * MAX_BLEND + 1];
+    int nw = 0;
+    for (char *w = strtok(buf, " \t\n"); w; w = strtok(NULL, " \t\n")) {
+        if (nw == 2 * max) { snprintf(err, errlen, "--data: at most %d datasets", max); return -1; }
+        words[nw++] = w;
+    }
+    if (nw == 0) { snprintf(err, errlen, "--data is empty"); return -1; }
+    /* weighted form: an even count where every odd word is a number */
+    int weighted = nw % 2 == 0;
+    for (int i = 0; i < nw && weighted; i += 2) { char *e; strtod(words[i], &e); weighted = *e == 0; }
+    int n = 0;
+    if (weighted) {
+        for (int i = 0; i < nw; i += 2, n++) {
+            weights[n] = strtod(words[i], NULL);
+            prefixes[n] = words[i + 1];
+            if (!(weights[n] > 0)) { snprintf(err, errlen, "--data: weight %s of %s must be positive", words[i], words[i + 1]); return -1; }
+        }
+    } else {
+        if (nw > max) { snprintf(err, errlen, "--data: at most %d datasets", max); return -1; }
+        for (int i = 0; i < nw; i++, n++) { prefixes[n] = words[i]; weights[n] = -1; }
+    }
+    return n;
+}
+
+void dataloader_init(DataLoader *dl, Blend *source, int B, int rank, int world) {
     memset(dl, 0, sizeof(*dl));
-    dl->sampler = s; dl->B = B; dl->T = s->T; dl->rank = rank; dl->world = world;
-    dl->window = (int *)malloc((size_t)(s->T + 1) * sizeof(int));
-    dl->inputs = (int *)malloc((size_t)B * s->T * sizeof(int));
-    dl->targets = (int *)malloc((size_t)B * s->T * sizeof(int));
+    int T = source->samplers[0]->T;
+    dl->source = source; dl->B = B; dl->T = T; dl->rank = rank; dl->world = world; dl->eod = -1;
+    dl->window = (int *)malloc((size_t)(T + 1) * sizeof(int));
+    dl->inputs = (int *)malloc((size_t)B * T * sizeof(int));
+    dl->targets = (int *)malloc((size_t)B * T * sizeof(int));
 }
 
 void dataloader_next(DataLoader *dl) {
     int T = dl->T;
     for (int b = 0; b < dl->B; b++) {
-        sampler_window(dl->sampler, dl->cursor + (uint64_t)dl->rank + (uint64_t)dl->world * b, dl->window);
+        blend_window(dl->source, dl->cursor + (uint64_t)dl->rank + (uint64_t)dl->world * b, dl->window);
         memcpy(dl->inputs + (size_t)b * T, dl->window, T * sizeof(int));
-        memcpy(dl->targets + (size_t)b * T, dl->window + 1, T * sizeof(int));
+        int *tg = dl->targets + (size_t)b * T;
+        for (int t = 0; t < T; t++) tg[t] = dl->eod >= 0 && dl->window[t + 1] == dl->eod ? -1 : dl->window[t + 1];
     }
     dl->cursor += (uint64_t)dl->B * dl->world;
 }
@@ -1821,7 +1924,7 @@ int safetensors_write(const char *path, const SafeTensorOut *ts, int n, const ch
     char *hs = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(h);
     size_t hl = strlen(hs), padded = (hl + 7) / 8 * 8;
-    char tmp[1200];
+    char tmp[1600];
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) { snprintf(err, errlen, "%s: cannot write: %s", tmp, strerror(errno)); free(hs); return -1; }
@@ -1923,53 +2026,109 @@ static int hf_ignored(const char *name) {
     return 0;
 }
 
-int model_load_safetensors(Model *m, const char *path, char *err, size_t errlen) {
-    SafeTensors st;
-    if (safetensors_open(&st, path, err, errlen) != 0) return -1;
+/* Fills the model's weights from one or more open safetensors files (the shards of one checkpoint). Every
+   tensor the config needs must be present with its shape; a tensor nobody needs is an error too, since it
+   means the config does not describe these weights. */
+static int load_hf_files(Model *m, SafeTensors *sts, int nst, char *err, size_t errlen) {
     int n = model_hf_tensors(m, NULL);
     HFTensor *list = (HFTensor *)malloc(n * sizeof(HFTensor));
     model_hf_tensors(m, list);
-    char *used = (char *)calloc(st.num_tensors ? st.num_tensors : 1, 1);
+    char **used = (char **)calloc(nst, sizeof(char *));
+    for (int f = 0; f < nst; f++) used[f] = (char *)calloc(sts[f].num_tensors + 1, 1);
     int rc = -1;
     for (int i = 0; i < n; i++) {
-        const SafeTensor *t = safetensors_find(&st, list[i].name);
-        if (!t && m->cfg.family == FAMILY_GPT2) {
-            char alt[160];
-            snprintf(alt, sizeof(alt), "transformer.%s", list[i].name);
-            t = safetensors_find(&st, alt);
+        const SafeTensor *t = NULL;
+        int f = 0;
+        for (; f < nst && !t; f++) {
+            t = safetensors_find(&sts[f], list[i].name);
+            if (!t && m->cfg.family == FAMILY_GPT2) {
+                char alt[160];
+                snprintf(alt, sizeof(alt), "transformer.%s", list[i].name);
+                t = safetensors_find(&sts[f], alt);
+            }
         }
-        if (!t) { snprintf(err, errlen, "%s: missing tensor \"%s\" for a %s model", path, list[i].name, family_name(m->cfg.family)); goto done; }
+        f--;
+        if (!t) { snprintf(err, errlen, "%s: missing tensor \"%s\" for a %s model", sts[0].path, list[i].name, family_name(m->cfg.family)); goto done; }
         int shape_ok = t->ndim == list[i].ndim && t->shape[0] == list[i].shape[0] && (t->ndim == 1 || t->shape[1] == list[i].shape[1]);
         if (!shape_ok) {
-            snprintf(err, errlen, "%s: tensor \"%s\" has shape [%lld%s%lld], the config needs [%lld%s%lld]", path, t->name,
+            snprintf(err, errlen, "%s: tensor \"%s\" has shape [%lld%s%lld], the config needs [%lld%s%lld]", sts[f].path, t->name,
                      (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
                      (long long)list[i].shape[0], list[i].ndim > 1 ? ", " : "", list[i].ndim > 1 ? (long long)list[i].shape[1] : 0LL);
             goto done;
         }
-        if (safetensors_read_f32(&st, t, m->params_memory + list[i].offset, list[i].transpose) != 0) {
-            snprintf(err, errlen, "%s: tensor \"%s\": dtype must be F32, BF16 or F16", path, t->name); goto done;
+        if (safetensors_read_f32(&sts[f], t, m->params_memory + list[i].offset, list[i].transpose) != 0) {
+            snprintf(err, errlen, "%s: tensor \"%s\": dtype must be F32, BF16 or F16", sts[f].path, t->name); goto done;
         }
-        used[t - st.tensors] = 1;
+        used[f][t - sts[f].tensors] = 1;
     }
-    for (int i = 0; i < st.num_tensors; i++) {
-        const char *nm = st.tensors[i].name;
-        int tied_head = m->cfg.tie_embeddings && !strcmp(nm, "lm_head.weight");
-        if (!used[i] && !hf_ignored(nm) && !tied_head) { snprintf(err, errlen, "%s: unexpected tensor \"%s\" for this config", path, nm); goto done; }
-    }
+    for (int f = 0; f < nst; f++)
+        for (int i = 0; i < sts[f].num_tensors; i++) {
+            const char *nm = sts[f].tensors[i].name;
+            int tied_head = m->cfg.tie_embeddings && !strcmp(nm, "lm_head.weight");
+            if (!used[f][i] && !hf_ignored(nm) && !tied_head) { snprintf(err, errlen, "%s: unexpected tensor \"%s\" for this config", sts[f].path, nm); goto done; }
+        }
     rc = 0;
 done:
+    for (int f = 0; f < nst; f++) free(used[f]);
     free(used); free(list);
+    return rc;
+}
+
+int model_load_safetensors(Model *m, const char *path, char *err, size_t errlen) {
+    SafeTensors st;
+    if (safetensors_open(&st, path, err, errlen) != 0) return -1;
+    int rc = load_hf_files(m, &st, 1, err, errlen);
     safetensors_close(&st);
     return rc;
 }
 
-int model_save_safetensors(const Model *m, const char *path, char *err, size_t errlen) {
-    int n = model_hf_tensors(m, NULL);
-    HFTensor *list = (HFTensor *)malloc(n * sizeof(HFTensor));
-    model_hf_tensors(m, list);
-    SafeTensorOut *out = (SafeTensorOut *)calloc(n, sizeof(SafeTensorOut));
-    float **bufs = (float **)calloc(n, sizeof(float *));
-    char (*names)[160] = calloc(n, 160);
+int model_load_hf_dir(Model *m, const char *dir, char *err, size_t errlen) {
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
+    if (access(path, F_OK) != 0) {
+        snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+        return model_load_safetensors(m, path, err, errlen);
+    }
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    json_t *wm = root ? json_object_get(root, "weight_map") : NULL;
+    if (!json_is_object(wm)) {
+        if (!root) snprintf(err, errlen, "%s:%d:%d: malformed JSON: %s", path, je.line, je.column, je.text);
+        else snprintf(err, errlen, "%s: no \"weight_map\" object", path);
+        json_decref(root);
+        return -1;
+    }
+    /* the distinct shard files, in first-seen order */
+    const char **files = (const char **)calloc(json_object_size(wm) + 1, sizeof(char *));
+    int nf = 0, rc = -1;
+    const char *key; json_t *val;
+    json_object_foreach(wm, key, val) {
+        if (!json_is_string(val) || strchr(json_string_value(val), '/')) { snprintf(err, errlen, "%s: weight_map[\"%s\"] must be a file name", path, key); goto done; }
+        int seen = 0;
+        for (int i = 0; i < nf; i++) seen |= !strcmp(files[i], json_string_value(val));
+        if (!seen) files[nf++] = json_string_value(val);
+    }
+    SafeTensors *sts = (SafeTensors *)calloc(nf + 1, sizeof(SafeTensors));
+    int opened = 0;
+    for (; opened < nf; opened++) {
+        char sp[1400];
+        snprintf(sp, sizeof(sp), "%s/%s", dir, files[opened]);
+        if (safetensors_open(&sts[opened], sp, err, errlen) != 0) break;
+    }
+    if (opened == nf) rc = load_hf_files(m, sts, nf, err, errlen);
+    for (int i = 0; i < opened; i++) safetensors_close(&sts[i]);
+    free(sts);
+done:
+    free(files);
+    json_decref(root);
+    return rc;
+}
+
+/* Writes HF tensors list[0..n) of the model into one safetensors file (GPT-2 names get "transformer."). */
+static int save_hf_tensors(const Model *m, const HFTensor *list, int n, const char *path, char *err, size_t errlen) {
+    SafeTensorOut *out = (SafeTensorOut *)calloc(n + 1, sizeof(SafeTensorOut));
+    float **bufs = (float **)calloc(n + 1, sizeof(float *));
+    char (*names)[160] = calloc(n + 1, 160);
     for (int i = 0; i < n; i++) {
         const float *src = m->params_memory + list[i].offset;
         int64_t numel = list[i].shape[0] * (list[i].ndim == 2 ? list[i].shape[1] : 1);
@@ -1985,7 +2144,257 @@ int model_save_safetensors(const Model *m, const char *path, char *err, size_t e
     }
     int rc = safetensors_write(path, out, n, "{\"format\":\"pt\"}", err, errlen);
     for (int i = 0; i < n; i++) free(bufs[i]);
-    free(bufs); free(out); free(names); free(list);
+    free(bufs); free(out); free(names);
+    return rc;
+}
+
+int model_save_safetensors(const Model *m, const char *path, char *err, size_t errlen) {
+    int n = model_hf_tensors(m, NULL);
+    HFTensor *list = (HFTensor *)malloc(n * sizeof(HFTensor));
+    model_hf_tensors(m, list);
+    int rc = save_hf_tensors(m, list, n, path, err, errlen);
+    free(list);
+    return rc;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen) {
+    char tmp[1600];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { snprintf(err, errlen, "%s: cannot write: %s", tmp, strerror(errno)); return -1; }
+    int bad = write_all(f, data, len) || fflush(f) != 0 || fsync(fileno(f)) != 0;
+    if (fclose(f) != 0) bad = 1;
+    if (bad || rename(tmp, path) != 0) { snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno)); unlink(tmp); return -1; }
+    return 0;
+}
+
+static int fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int model_save_hf_dir(const Model *m, const char *dir, size_t max_shard_bytes, char *err, size_t errlen) {
+    char path[1400];
+    char *cfg = model_config_to_json(&m->cfg);
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    int rc = write_file_atomic(path, cfg, strlen(cfg), err, errlen);
+    free(cfg);
+    if (rc) return rc;
+    int n = model_hf_tensors(m, NULL);
+    HFTensor *list = (HFTensor *)malloc(n * sizeof(HFTensor));
+    model_hf_tensors(m, list);
+    /* shards: tensors in order, a new shard when the next tensor would overflow the current one */
+    int *shard = (int *)malloc(n * sizeof(int)), nshards = 1;
+    size_t cur = 0, total = 0;
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)list[i].shape[0] * (list[i].ndim == 2 ? list[i].shape[1] : 1) * 4;
+        if (max_shard_bytes > 0 && cur > 0 && cur + bytes > max_shard_bytes) { nshards++; cur = 0; }
+        shard[i] = nshards - 1; cur += bytes; total += bytes;
+    }
+    if (nshards == 1) {
+        snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+        rc = save_hf_tensors(m, list, n, path, err, errlen);
+    } else {
+        json_t *wm = json_object();
+        for (int s = 0, first = 0; s < nshards && rc == 0; s++) {
+            int last = first;
+            while (last < n && shard[last] == s) last++;
+            char fname[64];
+            snprintf(fname, sizeof(fname), "model-%05d-of-%05d.safetensors", s + 1, nshards);
+            snprintf(path, sizeof(path), "%s/%s", dir, fname);
+            rc = save_hf_tensors(m, list + first, last - first, path, err, errlen);
+            for (int i = first; i < last; i++) {
+                char nm[160];
+                snprintf(nm, sizeof(nm), "%s%s", m->cfg.family == FAMILY_GPT2 && strncmp(list[i].name, "lm_head", 7) ? "transformer." : "", list[i].name);
+                json_object_set_new(wm, nm, json_string(fname));
+            }
+            first = last;
+        }
+        if (rc == 0) {
+            json_t *idx = json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t)total, "weight_map", wm);
+            char *js = json_dumps(idx, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
+            rc = write_file_atomic(path, js, strlen(js), err, errlen);
+            free(js);
+            json_decref(idx);
+        } else json_decref(wm);
+    }
+    free(shard); free(list);
+    return rc;
+}
+
+static int remove_dir_files(const char *dir) {
+    char cmd[1300];
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(cmd, sizeof(cmd), "%s/%s", dir, e->d_name);
+        unlink(cmd);
+    }
+    closedir(d);
+    return rmdir(dir);
+}
+
+static int copy_file(const char *src, const char *dst, char *err, size_t errlen) {
+    size_t size;
+    unsigned char *p = map_file(src, &size, err, errlen);
+    if (!p) return -1;
+    int rc = write_file_atomic(dst, p, size, err, errlen);
+    unmap_file(p, size);
+    return rc;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, const char *tokenizer_path,
+                    size_t max_shard_bytes, int keep, char *saved, size_t saved_len, char *err, size_t errlen) {
+    char name[64], dir[1200], tmp[1300], path[1400];
+    snprintf(name, sizeof(name), "step_%06lld", (long long)ts->step);
+    snprintf(dir, sizeof(dir), "%s/%s", out_dir, name);
+    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", out_dir, name);
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) { snprintf(err, errlen, "%s: cannot create: %s", out_dir, strerror(errno)); return -1; }
+    remove_dir_files(tmp);   /* a leftover of an interrupted save */
+    if (mkdir(tmp, 0755) != 0) { snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno)); return -1; }
+    if (model_save_hf_dir(m, tmp, max_shard_bytes, err, errlen) != 0) return -1;
+    /* train state: flat AdamW moments in our parameter order, the counters, the run's settings */
+    float *zeros = NULL;
+    if (!m->m_memory) zeros = (float *)calloc(m->num_params, sizeof(float));
+    int64_t step = ts->step, cursor = (int64_t)ts->data_cursor, skipped = ts->skipped;
+    SafeTensorOut t[5] = {
+        {"optimizer.m", ST_F32, 1, {(int64_t)m->num_params}, m->m_memory ? m->m_memory : zeros},
+        {"optimizer.v", ST_F32, 1, {(int64_t)m->num_params}, m->v_memory ? m->v_memory : zeros},
+        {"step", ST_I64, 1, {1}, &step},
+        {"data_cursor", ST_I64, 1, {1}, &cursor},
+        {"skipped_steps", ST_I64, 1, {1}, &skipped},
+    };
+    json_t *md = json_pack("{s:s,s:s}", "format", "llmtrain-train-state-1", "run_flags", ts->run_flags);
+    char *mds = json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(md);
+    snprintf(path, sizeof(path), "%s/train_state.safetensors", tmp);
+    int rc = safetensors_write(path, t, 5, mds, err, errlen);
+    free(mds); free(zeros);
+    if (rc) return -1;
+    if (tokenizer_path) {
+        snprintf(path, sizeof(path), "%s/tokenizer.json", tmp);
+        if (copy_file(tokenizer_path, path, err, errlen) != 0) return -1;
+    }
+    /* publish: fsync the folder, rename it into place, then move `latest` to it */
+    fsync_dir(tmp);
+    if (access(dir, F_OK) == 0) {  /* a checkpoint of the same step from an earlier run */
+        char old[1400];
+        snprintf(old, sizeof(old), "%s/.%s.old", out_dir, name);
+        remove_dir_files(old);
+        if (rename(dir, old) != 0 || remove_dir_files(old) != 0) { snprintf(err, errlen, "%s: cannot replace", dir); return -1; }
+    }
+    if (rename(tmp, dir) != 0) { snprintf(err, errlen, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno)); return -1; }
+    fsync_dir(out_dir);
+    snprintf(path, sizeof(path), "%s/latest", out_dir);
+    char line[80];
+    snprintf(line, sizeof(line), "%s\n", name);
+    if (write_file_atomic(path, line, strlen(line), err, errlen) != 0) return -1;
+    fsync_dir(out_dir);
+    if (saved) snprintf(saved, saved_len, "%s", dir);
+    /* keep the newest `keep` checkpoints */
+    if (keep > 0) {
+        DIR *d = opendir(out_dir);
+        char **names = NULL;
+        int n = 0;
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (strncmp(e->d_name, "step_", 5) != 0 || strchr(e->d_name, '.')) continue;
+            names = (char **)realloc(names, (n + 1) * sizeof(char *));
+            names[n++] = strdup(e->d_name);
+        }
+        if (d) closedir(d);
+        qsort(names, n, sizeof(char *), cmp_str);
+        for (int i = 0; i < n; i++) {
+            if (i < n - keep && strcmp(names[i], name) != 0) {
+                snprintf(path, sizeof(path), "%s/%s", out_dir, names[i]);
+                remove_dir_files(path);
+            }
+            free(names[i]);
+        }
+        free(names);
+    }
+    return 0;
+}
+
+int checkpoint_latest(const char *out_dir, char *dir, size_t len) {
+    char path[1200], name[256] = "";
+    snprintf(path, sizeof(path), "%s/latest", out_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int ok = fgets(name, sizeof(name), f) != NULL;
+    fclose(f);
+    if (!ok) return -1;
+    name[strcspn(name, "\r\n")] = 0;
+    if (!name[0] || strchr(name, '/')) return -1;
+    snprintf(dir, len, "%s/%s", out_dir, name);
+    return 0;
+}
+
+static int read_i64(const SafeTensors *st, const char *name, int64_t *v, char *err, size_t errlen) {
+    const SafeTensor *t = safetensors_find(st, name);
+    if (!t || t->dtype != ST_I64 || safetensor_numel(t) != 1) { snprintf(err, errlen, "%s: missing I64 scalar \"%s\"", st->path, name); return -1; }
+    memcpy(v, st->data + t->begin, 8);
+    return 0;
+}
+
+int checkpoint_load(const char *dir, Model *m, TrainState *ts, char *err, size_t errlen) {
+    if (model_load_hf_dir(m, dir, err, errlen) != 0) return -1;
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/train_state.safetensors", dir);
+    SafeTensors st;
+    if (safetensors_open(&st, path, err, errlen) != 0) return -1;
+    int rc = -1;
+    memset(ts, 0, sizeof(*ts));
+    const SafeTensor *tm = safetensors_find(&st, "optimizer.m"), *tv = safetensors_find(&st, "optimizer.v");
+    if (!tm || !tv || tm->dtype != ST_F32 || tv->dtype != ST_F32 ||
+        safetensor_numel(tm) != (int64_t)m->num_params || safetensor_numel(tv) != (int64_t)m->num_params) {
+        snprintf(err, errlen, "%s: optimizer.m/optimizer.v must be F32 [%zu] for this model", path, m->num_params);
+        goto done;
+    }
+    if (!m->m_memory) { m->m_memory = (float *)calloc(m->num_params, sizeof(float)); m->v_memory = (float *)calloc(m->num_params, sizeof(float)); }
+    memcpy(m->m_memory, st.data + tm->begin, m->num_params * sizeof(float));
+    memcpy(m->v_memory, st.data + tv->begin, m->num_params * sizeof(float));
+    int64_t cursor;
+    if (read_i64(&st, "step", &ts->step, err, errlen) || read_i64(&st, "data_cursor", &cursor, err, errlen) ||
+        read_i64(&st, "skipped_steps", &ts->skipped, err, errlen)) goto done;
+    ts->data_cursor = (uint64_t)cursor;
+    json_error_t je;
+    json_t *md = st.metadata_json ? json_loads(st.metadata_json, 0, &je) : NULL;
+    json_t *rf = md ? json_object_get(md, "run_flags") : NULL;
+    if (!json_is_string(rf)) { snprintf(err, errlen, "%s: metadata has no run_flags", path); json_decref(md); goto done; }
+    snprintf(ts->run_flags, sizeof(ts->run_flags), "%s", json_string_value(rf));
+    json_decref(md);
+    rc = 0;
+done:
+    safetensors_close(&st);
+    return rc;
+}
+
+int run_flags_compare(const char *saved, const char *now, char *err, size_t errlen) {
+    json_error_t je;
+    json_t *a = json_loads(saved, 0, &je), *b = json_loads(now, 0, &je);
+    int rc = 0;
+    if (!json_is_object(a) || !json_is_object(b)) { snprintf(err, errlen, "unreadable run settings"); rc = -1; }
+    const char *key; json_t *val;
+    if (rc == 0) json_object_foreach(b, key, val) {
+        json_t *old = json_object_get(a, key);
+        if (!old || !json_equal(old, val)) {
+            char *x = old ? json_dumps(old, JSON_ENCODE_ANY) : strdup("(unset)"), *y = json_dumps(val, JSON_ENCODE_ANY);
+            snprintf(err, errlen, "%s was %s in the checkpoint, now %s", key, x, y);
+            free(x); free(y);
+            rc = -1;
+            break;
+        }
+    }
+    json_decref(a); json_decref(b);
     return rc;
 }
 

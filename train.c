@@ -9,6 +9,7 @@
 #include "llmtrain.h"
 #include "prepro/tokenizer.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <time.h>
 
@@ -18,6 +19,8 @@ typedef struct {
     float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
     uint64_t seed;
     int eval_every, eval_steps, sample_every, sample_len, top_k, threads, log_every;
+    int save_every, keep, resume, eod_mask_loss, skip_nonfinite;
+    long max_shard_mb;
     float temperature;
 } Args;
 
@@ -36,7 +39,9 @@ static void usage(void) {
 "usage: train --data PREFIX [options]\n"
 "\n"
 "data\n"
-"  --data PREFIX           Megatron dataset prefix (PREFIX.bin / PREFIX.idx), e.g. out/shakespeare_text_document\n"
+"  --data SPEC             Megatron dataset prefix (PREFIX.bin / PREFIX.idx), e.g. out/shakespeare_text_document,\n"
+"                          or a blend: \"0.7 PREFIX_A 0.3 PREFIX_B\" (weights), \"PREFIX_A PREFIX_B\" (by token count)\n"
+"  --eod-mask-loss         no loss on targets that are the EOD token (the config's eos_token_id)\n"
 "  --split A,B,C           train/validation/test split by documents (default 98,2,0)\n"
 "  --seq-len T             tokens per sequence (default 64)\n"
 "  --batch-size B          sequences per micro-step (default 8)\n"
@@ -68,7 +73,14 @@ static void usage(void) {
 "  --temperature X         sampling temperature (default 1.0)\n"
 "  --top-k K               sample from the K most likely tokens; 0 = all (default 40)\n"
 "  --tokenizer FILE        HF tokenizer.json, to print samples as text\n"
-"  --out DIR               write DIR/log.jsonl and, at the end, DIR/final/{config.json,model.safetensors}\n");
+"checkpoints\n"
+"  --out DIR               write DIR/log.jsonl and checkpoints DIR/step_NNNNNN/ (HF config.json +\n"
+"                          model.safetensors, train_state.safetensors, tokenizer.json); DIR/latest names the newest\n"
+"  --save-every N          checkpoint every N steps (default 0: only at the end and on SIGINT/SIGTERM)\n"
+"  --keep N                keep the newest N checkpoints (default 0: all)\n"
+"  --resume                continue from DIR/latest (exactly: weights, AdamW state, step, data position)\n"
+"  --max-shard-size MB     split model.safetensors into shards of at most MB megabytes (default 0: one file)\n"
+"  --skip-nonfinite        skip a step whose loss or grad norm is not finite (default: stop with an error)\n");
 }
 
 static double now_ms(void) {
@@ -101,6 +113,9 @@ static void parse_args(Args *a, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(); exit(0); }
+        if (!strcmp(f, "--resume")) { a->resume = 1; continue; }
+        if (!strcmp(f, "--eod-mask-loss")) { a->eod_mask_loss = 1; continue; }
+        if (!strcmp(f, "--skip-nonfinite")) { a->skip_nonfinite = 1; continue; }
         if (i + 1 >= argc) die("%s needs a value (see --help)", f);
         const char *v = argv[++i];
         if (!strcmp(f, "--data")) a->data = v;
@@ -133,9 +148,13 @@ static void parse_args(Args *a, int argc, char **argv) {
         else if (!strcmp(f, "--sample-len")) a->sample_len = (int)parse_int(f, v);
         else if (!strcmp(f, "--top-k")) a->top_k = (int)parse_int(f, v);
         else if (!strcmp(f, "--temperature")) a->temperature = parse_float(f, v);
+        else if (!strcmp(f, "--save-every")) a->save_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--keep")) a->keep = (int)parse_int(f, v);
+        else if (!strcmp(f, "--max-shard-size")) a->max_shard_mb = parse_int(f, v);
         else die("unknown flag %s (see --help)", f);
     }
     if (!a->data) die("--data PREFIX is required (see --help)");
+    if (a->resume && !a->out) die("--resume needs --out DIR");
     if (a->batch_size < 1 || a->seq_len < 1 || a->grad_accum < 1 || a->steps < 0)
         die("--batch-size, --seq-len and --grad-accum must be >= 1 and --steps >= 0");
     if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
@@ -152,9 +171,10 @@ static int lr_style(const char *s) {
 }
 
 /* Mean loss over the first n batches of the (unshuffled) validation stream: the same tokens every time. */
-static float evaluate(Model *m, Sampler *val, int B, int n) {
+static float evaluate(Model *m, Blend *val, int B, int n, int eod) {
     DataLoader dl;
     dataloader_init(&dl, val, B, 0, 1);
+    dl.eod = eod;
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
         dataloader_next(&dl);
@@ -218,28 +238,82 @@ static void print_sample(Model *m, const Args *a, Tokenizer *tok, int step) {
     free(ids);
 }
 
-static void save_final(const Model *m, const char *out) {
-    char dir[1200], tmpdir[1200], path[1300], err[512];
-    snprintf(dir, sizeof(dir), "%s/final", out);
-    snprintf(tmpdir, sizeof(tmpdir), "%s/final.tmp", out);
-    snprintf(path, sizeof(path), "rm -rf '%s'", tmpdir);
-    if (mkdir(tmpdir, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", tmpdir, strerror(errno));
-    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
-    if (model_save_safetensors(m, path, err, sizeof(err)) != 0) die("%s", err);
-    snprintf(path, sizeof(path), "%s/config.json", tmpdir);
-    char *js = model_config_to_json(&m->cfg);
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(js, f) == EOF || fputc('\n', f) == EOF || fclose(f) != 0) die("%s: cannot write", path);
-    free(js);
-    /* replace an older final/ only once the new one is complete */
-    char old[1300];
-    snprintf(old, sizeof(old), "%s/final.old", out);
-    rename(dir, old);
-    if (rename(tmpdir, dir) != 0) die("%s: cannot rename to %s: %s", tmpdir, dir, strerror(errno));
-    snprintf(path, sizeof(path), "%s/model.safetensors", old); unlink(path);
-    snprintf(path, sizeof(path), "%s/config.json", old); unlink(path);
-    rmdir(old);
-    printf("saved %s/{config.json,model.safetensors}\n", dir);
+/* SIGINT / SIGTERM: finish the step, save, exit 0 */
+static volatile sig_atomic_t stop_requested = 0;
+static void on_signal(int sig) { (void)sig; stop_requested = 1; }
+
+/* The datasets of --data, split into train and validation blends with the same weights. */
+typedef struct {
+    int n;
+    IndexedDataset ds[MAX_BLEND];
+    Sampler train[MAX_BLEND], valid[MAX_BLEND];
+    Blend train_blend, valid_blend;
+    int have_valid;
+    uint64_t train_tokens;
+} Data;
+
+static void open_data(Data *d, const Args *a, int vocab_size) {
+    char buf[8192], *prefixes[MAX_BLEND], err[1024];
+    double w[MAX_BLEND];
+    memset(d, 0, sizeof(*d));
+    d->n = parse_data_spec(a->data, buf, sizeof(buf), prefixes, w, MAX_BLEND, err, sizeof(err));
+    if (d->n < 0) die("%s", err);
+    Sampler *tr[MAX_BLEND], *va[MAX_BLEND];
+    double wv[MAX_BLEND];
+    int nvalid = 0;
+    for (int i = 0; i < d->n; i++) {
+        IndexedDataset *ds = &d->ds[i];
+        if (indexed_dataset_open(ds, prefixes[i], err, sizeof(err)) != 0) die("%s", err);
+        if (ds->max_token >= vocab_size)
+            die("%s: token id %lld is outside the model's vocabulary of %d", prefixes[i], (long long)ds->max_token, vocab_size);
+        uint64_t sb[3], se[3];
+        if (split_documents(a->split, ds->num_docs, sb, se, err, sizeof(err)) != 0) die("%s", err);
+        /* each dataset's stream gets its own seed, so two blended copies of one file do not march in step */
+        if (sampler_init(&d->train[i], ds, sb[0], se[0], a->seq_len, a->seed + 1000003ULL * i, 1, err, sizeof(err)) != 0)
+            die("train split: %s", err);
+        if (w[i] < 0) w[i] = (double)d->train[i].tokens_per_epoch;
+        tr[i] = &d->train[i];
+        d->train_tokens += d->train[i].tokens_per_epoch;
+        if (se[1] > sb[1] && a->eval_every > 0) {
+            if (sampler_init(&d->valid[i], ds, sb[1], se[1], a->seq_len, a->seed, 0, err, sizeof(err)) != 0)
+                die("validation split: %s", err);
+            va[nvalid] = &d->valid[i]; wv[nvalid++] = w[i];
+        }
+    }
+    blend_init(&d->train_blend, d->n, w, tr);
+    d->have_valid = nvalid > 0;
+    if (d->have_valid) blend_init(&d->valid_blend, nvalid, wv, va);
+}
+
+static void close_data(Data *d) {
+    for (int i = 0; i < d->n; i++) {
+        sampler_free(&d->train[i]);
+        if (d->valid[i].ds) sampler_free(&d->valid[i]);
+        indexed_dataset_close(&d->ds[i]);
+    }
+}
+
+/* The settings a resumed run must share with the run that saved the checkpoint. */
+static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig *cfg, int world) {
+    char *mc = model_config_to_json(cfg);
+    json_t *mj = json_loads(mc, 0, NULL);
+    free(mc);
+    json_t *o = json_pack("{s:o,s:s,s:s,s:i,s:i,s:i,s:i,s:I,s:b}", "model", mj, "data", a->data, "split", a->split,
+                          "seq_len", a->seq_len, "batch_size", a->batch_size, "grad_accum", a->grad_accum,
+                          "world_size", world, "seed", (json_int_t)a->seed, "eod_mask_loss", a->eod_mask_loss);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    if (strlen(s) >= n) die("run settings too long to record (%zu bytes)", strlen(s));
+    snprintf(out, n, "%s", s);
+    free(s);
+    json_decref(o);
+}
+
+static void save_checkpoint(const Model *m, const Args *a, const TrainState *ts) {
+    char err[1024], saved[1300];
+    if (checkpoint_save(a->out, m, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved), err, sizeof(err)) != 0)
+        die("checkpoint: %s", err);
+    printf("saved %s\n", saved);
+    fflush(stdout);
 }
 
 int main(int argc, char **argv) {
@@ -260,31 +334,36 @@ int main(int argc, char **argv) {
     }
     if (cfg.family == FAMILY_GPT2 && a.seq_len > cfg.max_seq_len)
         die("--seq-len %d exceeds the model's %d positions", a.seq_len, cfg.max_seq_len);
+    if (a.eod_mask_loss && cfg.eos_token_id < 0) die("--eod-mask-loss needs eos_token_id in the model config");
 
-    /* data */
-    IndexedDataset ds;
-    if (indexed_dataset_open(&ds, a.data, err, sizeof(err)) != 0) die("%s", err);
-    if (ds.max_token >= cfg.vocab_size)
-        die("%s: token id %lld is outside the model's vocabulary of %d", a.data, (long long)ds.max_token, cfg.vocab_size);
-    uint64_t sb[3], se[3];
-    if (split_documents(a.split, ds.num_docs, sb, se, err, sizeof(err)) != 0) die("%s", err);
-    Sampler train_s, val_s;
-    if (sampler_init(&train_s, &ds, sb[0], se[0], a.seq_len, a.seed, 1, err, sizeof(err)) != 0) die("train split: %s", err);
-    int have_val = se[1] > sb[1] && a.eval_every > 0;
-    if (have_val && sampler_init(&val_s, &ds, sb[1], se[1], a.seq_len, a.seed, 0, err, sizeof(err)) != 0) die("validation split: %s", err);
+    Data data;
+    open_data(&data, &a, cfg.vocab_size);
     DataLoader dl;
-    dataloader_init(&dl, &train_s, a.batch_size, 0, 1);
+    dataloader_init(&dl, &data.train_blend, a.batch_size, 0, 1);
+    dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
+    int eod = dl.eod;
 
-    /* model */
+    /* model: resumed, continued from HF weights, or fresh */
     Model m;
-    if (model_build(&m, &cfg) != 0) die("out of memory for %zu parameters", (size_t)0);
-    if (a.init_from) {
-        char path[1200];
-        snprintf(path, sizeof(path), "%s/model.safetensors", a.init_from);
-        if (model_load_safetensors(&m, path, err, sizeof(err)) != 0) die("%s", err);
+    if (model_build(&m, &cfg) != 0) die("out of memory for the model");
+    TrainState ts;
+    memset(&ts, 0, sizeof(ts));
+    char run_flags[sizeof(ts.run_flags)], ckpt[1300];
+    make_run_flags(run_flags, sizeof(run_flags), &a, &cfg, 1);
+    int resumed = 0;
+    if (a.resume && checkpoint_latest(a.out, ckpt, sizeof(ckpt)) == 0) {
+        if (checkpoint_load(ckpt, &m, &ts, err, sizeof(err)) != 0) die("resume: %s", err);
+        if (run_flags_compare(ts.run_flags, run_flags, err, sizeof(err)) != 0) die("resume from %s: %s", ckpt, err);
+        dl.cursor = ts.data_cursor;
+        resumed = 1;
+        printf("resumed from %s at step %lld\n", ckpt, (long long)ts.step);
+    } else if (a.init_from) {
+        if (model_load_hf_dir(&m, a.init_from, err, sizeof(err)) != 0) die("%s", err);
     } else {
+        if (a.resume) printf("no checkpoint in %s: starting fresh\n", a.out);
         model_init_weights(&m, a.seed, a.init_std);
     }
+    snprintf(ts.run_flags, sizeof(ts.run_flags), "%s", run_flags);
     Tokenizer *tok = NULL;
     if (a.tokenizer) {
         tok = tokenizer_load(a.tokenizer, err, sizeof(err));
@@ -295,29 +374,32 @@ int main(int argc, char **argv) {
         if (mkdir(a.out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", a.out, strerror(errno));
         char path[1200];
         snprintf(path, sizeof(path), "%s/log.jsonl", a.out);
-        logf = fopen(path, "w");
+        logf = fopen(path, resumed ? "a" : "w");
         if (!logf) die("%s: cannot write: %s", path, strerror(errno));
     }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
 
     int style = lr_style(a.schedule);
     printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
            family_name(cfg.family), cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff,
            cfg.vocab_size, m.num_params);
-    printf("data %s: %llu documents (train %llu, valid %llu), %llu train tokens/epoch, %llu windows of %d\n",
-           a.data, (unsigned long long)ds.num_docs, (unsigned long long)(se[0] - sb[0]), (unsigned long long)(se[1] - sb[1]),
-           (unsigned long long)train_s.tokens_per_epoch, (unsigned long long)train_s.windows_per_epoch, a.seq_len);
+    printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a.data, data.n,
+           (unsigned long long)data.train_tokens, a.seq_len);
     printf("batch %d x %d tokens x %d accumulation = %d tokens/step; %d threads\n", a.batch_size, a.seq_len,
            a.grad_accum, a.batch_size * a.seq_len * a.grad_accum, omp_get_max_threads());
-    if (have_val) {
-        float vl = evaluate(&m, &val_s, a.batch_size, a.eval_steps);
+    if (data.have_valid && !resumed) {
+        float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
         printf("step %d | val loss %.4f\n", 0, vl);
         if (logf) { fprintf(logf, "{\"step\":0,\"val_loss\":%.6f}\n", vl); fflush(logf); }
     }
+    fflush(stdout);
 
     AdamWConfig opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay};
     double total_ms = 0.0;
+    int steps_run = 0;
     long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum;
-    for (int step = 1; step <= a.steps; step++) {
+    for (int step = (int)ts.step + 1; step <= a.steps; step++) {
         double t0 = now_ms();
         model_zero_grad(&m);
         double loss = 0.0;
@@ -328,36 +410,45 @@ int main(int argc, char **argv) {
         }
         loss /= a.grad_accum;
         double norm = sqrt(grad_sumsq(m.grads_memory, 0, m.num_params));
-        if (!isfinite(loss) || !isfinite(norm)) die("step %d: non-finite loss %f or grad norm %f", step, loss, norm);
-        grad_clip(m.grads_memory, m.num_params, norm, a.clip);
         opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
-        model_adamw_update(&m, &opt, step, 0, m.num_params);
+        int skip = !isfinite(loss) || !isfinite(norm);
+        if (skip && !a.skip_nonfinite)
+            die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
+        if (skip) ts.skipped++;
+        else {
+            grad_clip(m.grads_memory, m.num_params, norm, a.clip);
+            model_adamw_update(&m, &opt, step - (int)ts.skipped, 0, m.num_params);
+        }
+        ts.step = step;
+        ts.data_cursor = dl.cursor;
         double ms = now_ms() - t0;
         total_ms += ms;
-        if (step % a.log_every == 0 || step == a.steps) {
-            printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s\n", step, a.steps, loss,
-                   opt.lr, norm, ms, tokens_per_step / (ms / 1000.0));
+        steps_run++;
+        if (step % a.log_every == 0 || step == a.steps || skip) {
+            printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s%s\n", step, a.steps, loss,
+                   opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), skip ? " | skipped (non-finite)" : "");
             fflush(stdout);
         }
-        if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f}\n",
-                          step, loss, opt.lr, norm, ms, tokens_per_step / (ms / 1000.0));
-        if (have_val && (step % a.eval_every == 0 || step == a.steps)) {
-            float vl = evaluate(&m, &val_s, a.batch_size, a.eval_steps);
+        if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f,\"skipped\":%lld}\n",
+                          step, loss, opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), (long long)ts.skipped);
+        if (data.have_valid && (step % a.eval_every == 0 || step == a.steps)) {
+            float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
             printf("step %d | val loss %.4f\n", step, vl);
-            if (logf) { fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl); fflush(logf); }
+            if (logf) fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
         }
+        if (logf) fflush(logf);
         if (a.sample_every > 0 && (step % a.sample_every == 0 || step == a.steps)) print_sample(&m, &a, tok, step);
+        int last = step == a.steps || stop_requested;
+        if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(&m, &a, &ts);
+        if (stop_requested) { printf("stopped by signal after step %d\n", step); break; }
     }
-    if (a.steps > 0)
-        printf("done: %d steps, %.1f ms/step, %.0f tokens/s\n", a.steps, total_ms / a.steps,
-               tokens_per_step * a.steps / (total_ms / 1000.0));
-    if (a.out) save_final(&m, a.out);
+    if (steps_run > 0)
+        printf("done: %d steps, %.1f ms/step, %.0f tokens/s\n", steps_run, total_ms / steps_run,
+               tokens_per_step * steps_run / (total_ms / 1000.0));
     if (logf) fclose(logf);
     if (tok) tokenizer_free(tok);
     dataloader_free(&dl);
-    sampler_free(&train_s);
-    if (have_val) sampler_free(&val_s);
-    indexed_dataset_close(&ds);
+    close_data(&data);
     model_free(&m);
     return 0;
 }
