@@ -9,11 +9,18 @@ CFLAGS  += $(OPT) -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-unused-funct
 LDLIBS  += -lm -ljansson -lpcre2-8
 DEB_PKGS = gcc make libpcre2-dev libjansson-dev libgomp1
 
-TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h
+TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h prepro/unicode_tables.h
 
-.PHONY: all deps run test clean
+# the GPU trainer is compiled wherever nvcc is (it runs only where a GPU is)
+NVCC      ?= $(shell command -v nvcc 2>/dev/null)
+CUDA_ARCH ?= sm_90
+NVFLAGS   ?= -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -fopenmp -D_GNU_SOURCE
+NVLIBS     = -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm -lgomp
+GPU_BINS   = $(if $(NVCC),$(if $(wildcard train_gpu.cu),train_gpu))
 
-all: train prepro/prepro
+.PHONY: all deps run test test-gpu bench plot clean
+
+all: train prepro/prepro $(GPU_BINS)
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -37,6 +44,9 @@ run: deps all
 	    --batch-size 8 --seq-len 64 --steps 300 --lr 3e-3 --warmup-steps 20 --split 95,5,0 \
 	    --eval-every 50 --eval-steps 8 --sample-every 300 --sample-len 96 --out $(RUN_DIR)
 
+train_gpu: train_gpu.cu llmtrain.h $(TOKENIZER)
+	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
+
 # ---- tests
 TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer
 
@@ -46,6 +56,20 @@ tests/bin/%: tests/%.c llmtrain.h $(TOKENIZER)
 
 test: deps all $(TEST_BINS)
 	@bash tests/run.sh
+
+# GPU tests: skipped with a message where there is no GPU
+test-gpu: all
+	@if [ -z "$(NVCC)" ]; then echo "test-gpu: no nvcc: skipped"; exit 0; fi; \
+	mkdir -p tests/bin && $(NVCC) $(NVFLAGS) -Itests -I. -o tests/bin/gpu_test_gpu tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS) && ./tests/bin/gpu_test_gpu
+
+# loss curves of a run folder (RUN=out/run) to RUN/loss.png, with gnuplot
+plot:
+	@command -v gnuplot >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq gnuplot-nox; } || { echo "plot needs gnuplot"; exit 1; }
+	bash dev/plot.sh $(RUN)
+
+# speed: the CPU step time of GPT-2 124M at B=4, T=64 (llm.c's CPU configuration) and the tokenizer side by side
+bench: all
+	bash dev/bench_cpu.sh
 
 clean:
 	rm -rf train prepro/prepro tests/bin out tests/tmp

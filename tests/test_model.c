@@ -152,12 +152,117 @@ static void check_roundtrip(void) {
     model_free(&a); model_free(&b);
 }
 
+/* Our checkpoints, read by transformers: dev/check_hf_interop.py let our trainer continue each fixture model,
+   loaded the folder it saved with AutoModelForCausalLM.from_pretrained and kept HF's logits. Our forward on
+   the same files must give those logits, and saving the loaded weights again must give the same bytes. */
+static void check_interop(const char *name) {
+    char dir[256], path[320], err[512];
+    snprintf(dir, sizeof(dir), "tests/fixtures/interop/%s", name);
+    ModelConfig cfg;
+    Model m;
+    if (model_config_from_json(&cfg, dir, err, sizeof(err)) != 0 || model_build(&m, &cfg) != 0 ||
+        model_load_hf_dir(&m, dir, err, sizeof(err)) != 0) { printf("interop %s: %s\n", name, err); failures++; return; }
+    SafeTensors ref;
+    snprintf(path, sizeof(path), "%s/hf_logits.safetensors", dir);
+    if (safetensors_open(&ref, path, err, sizeof(err)) != 0) { printf("%s\n", err); failures++; return; }
+    size_t n;
+    const SafeTensor *ids_t = safetensors_find(&ref, "input_ids");
+    int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
+    float *f_in = read_tensor(&ref, "input_ids", &n);
+    int *inputs = (int *)malloc(n * sizeof(int));
+    for (size_t i = 0; i < n; i++) inputs[i] = (int)f_in[i];
+    model_forward(&m, inputs, NULL, B, T);
+    float *hf = read_tensor(&ref, "logits", &n);
+    char what[160];
+    snprintf(what, sizeof(what), "interop %s: HF logits of our checkpoint", name);
+    check(what, rel_err(m.acts.logits, hf, n), 1e-5);
+    mkdir("tests/tmp", 0755);
+    snprintf(path, sizeof(path), "tests/tmp/interop_%s.safetensors", name);
+    int same = model_save_safetensors(&m, path, err, sizeof(err)) == 0;
+    if (same) {
+        char orig[320];
+        snprintf(orig, sizeof(orig), "%s/model.safetensors", dir);
+        size_t a_len, b_len;
+        unsigned char *a = map_file(orig, &a_len, err, sizeof(err)), *b = map_file(path, &b_len, err, sizeof(err));
+        same = a && b && a_len == b_len && memcmp(a, b, a_len) == 0;
+        unmap_file(a, a_len); unmap_file(b, b_len);
+        unlink(path);
+    }
+    printf("  interop %s: re-saved model.safetensors is byte-identical: %s\n", name, same ? "ok" : "FAIL");
+    if (!same) failures++;
+    free(f_in); free(inputs); free(hf);
+    safetensors_close(&ref);
+    model_free(&m);
+}
+
+/* A safetensors file with the given header JSON and data bytes; open must fail with an error naming `needle`. */
+static void expect_bad_safetensors(const char *what, const char *header, size_t data_bytes, const char *needle) {
+    const char *path = "tests/tmp/bad.safetensors";
+    FILE *f = fopen(path, "wb");
+    uint64_t n = strlen(header);
+    fwrite(&n, 8, 1, f);
+    fwrite(header, 1, n, f);
+    for (size_t i = 0; i < data_bytes; i++) fputc(0, f);
+    fclose(f);
+    SafeTensors st;
+    char err[512] = "";
+    int rc = safetensors_open(&st, path, err, sizeof(err));
+    int ok = rc != 0 && strstr(err, path) && strstr(err, needle);
+    printf("  %-28s %s -> %s\n", what, ok ? "ok  " : "FAIL", err);
+    if (!ok) failures++;
+    if (rc == 0) safetensors_close(&st);
+    unlink(path);
+}
+
+static void check_safetensors_validation(void) {
+    mkdir("tests/tmp", 0755);
+    printf("safetensors validation\n");
+    expect_bad_safetensors("gap between tensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                           "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]}}", 16, "\"b\" starts at byte 12");
+    expect_bad_safetensors("overlapping tensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                           "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "tile");
+    expect_bad_safetensors("size != dtype x shape", "{\"a\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "dtype x shape");
+    expect_bad_safetensors("duplicate name", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                           "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "duplicate");
+    expect_bad_safetensors("offsets past the data", "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, "outside");
+    expect_bad_safetensors("trailing bytes", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8, "cover 4 data bytes");
+    expect_bad_safetensors("unknown dtype", "{\"a\":{\"dtype\":\"Q4\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "dtype");
+    expect_bad_safetensors("malformed header", "{\"a\":{\"dtype\":", 4, "malformed header");
+    /* a header length beyond the file */
+    FILE *f = fopen("tests/tmp/bad.safetensors", "wb");
+    uint64_t n = 1ULL << 40;
+    fwrite(&n, 8, 1, f);
+    fclose(f);
+    SafeTensors st;
+    char err[512] = "";
+    int bad = safetensors_open(&st, "tests/tmp/bad.safetensors", err, sizeof(err)) != 0 && strstr(err, "header length");
+    printf("  %-28s %s -> %s\n", "header length bound", bad ? "ok  " : "FAIL", err);
+    if (!bad) failures++;
+    unlink("tests/tmp/bad.safetensors");
+    /* a model file whose tensor has the wrong shape for the config names the tensor */
+    ModelConfig cfg;
+    Model m;
+    model_config_from_json(&cfg, "tests/fixtures/models/llama", err, sizeof(err));
+    cfg.d_ff = 80;
+    model_build(&m, &cfg);
+    bad = model_load_safetensors(&m, "tests/fixtures/models/llama/model.safetensors", err, sizeof(err)) != 0 &&
+          strstr(err, "model.layers.0.mlp.gate_proj.weight") && strstr(err, "[96, 64]");
+    printf("  %-28s %s -> %s\n", "shape vs config", bad ? "ok  " : "FAIL", err);
+    if (!bad) failures++;
+    model_free(&m);
+}
+
 int main(void) {
     run_case("gpt2", FAMILY_GPT2);
     run_case("llama", FAMILY_LLAMA);
     run_case("qwen2", FAMILY_QWEN2);
     run_case("qwen3", FAMILY_QWEN3);
     check_roundtrip();
+    check_interop("gpt2");
+    check_interop("llama");
+    check_interop("qwen2");
+    check_interop("qwen3");
+    check_safetensors_validation();
     printf("%s\n", failures ? "FAILED" : "all model checks passed");
     return failures ? 1 : 0;
 }

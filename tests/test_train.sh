@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The trainer end to end on the bundled corpus: prepro -> train a small LLaMA-shaped model -> the validation
+# loss falls by a stated margin; the run repeats bit for bit (same seed; 1 thread vs 2 threads); the saved
+# model reloads; and each class of bad input gives a one-line error and a non-zero exit.
+set -u
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail=0
+ok()   { echo "ok   $*"; }
+bad()  { echo "FAIL $*"; fail=1; }
+
+# a quarter of the bundled corpus keeps this quick
+head -c 300000 data/tinyshakespeare.txt > "$tmp/shk.txt"
+./prepro/prepro --input "$tmp/shk.txt" --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
+    --output-prefix "$tmp/shk" --append-eod 2> "$tmp/prepro.err" || { cat "$tmp/prepro.err"; bad "prepro"; exit 1; }
+data="$tmp/shk_text_document"
+[ -f "$data.bin" ] && [ -f "$data.idx" ] && ok "prepro wrote $data.{bin,idx}" || bad "prepro output missing"
+
+common=(--data "$data" --model tests/fixtures/configs/train_small.json --batch-size 4 --seq-len 32 --steps 60
+        --lr 1e-2 --warmup-steps 5 --split 90,10,0 --eval-every 60 --eval-steps 4 --seed 7 --log-every 10)
+./train "${common[@]}" --threads 2 --out "$tmp/run" > "$tmp/a.log" 2>&1 || { cat "$tmp/a.log"; bad "training run"; }
+v0=$(awk '/^step 0 \| val loss/ {print $6}' "$tmp/a.log")
+v1=$(awk '/^step 60 \| val loss/ {print $6}' "$tmp/a.log")
+echo "     val loss $v0 -> $v1"
+# a random init starts near ln(50257) = 10.8; 60 steps must take at least 3 nats off
+if awk -v a="$v0" -v b="$v1" 'BEGIN { exit !(a > 10 && b < a - 3.0) }'; then ok "val loss fell by > 3 nats"; else bad "val loss $v0 -> $v1"; fi
+
+./train "${common[@]}" --threads 1 > "$tmp/b.log" 2>&1
+if diff <(grep -E '^step' "$tmp/a.log" | sed 's/| [0-9.]* ms.*//') <(grep -E '^step' "$tmp/b.log" | sed 's/| [0-9.]* ms.*//') > /dev/null; then
+    ok "1 thread and 2 threads give identical losses and norms"
+else bad "runs with 1 and 2 threads differ"; fi
+
+[ -f "$tmp/run/final/model.safetensors" ] && [ -f "$tmp/run/final/config.json" ] && ok "final model saved" || bad "no final model"
+grep -q '"val_loss"' "$tmp/run/log.jsonl" && ok "log.jsonl has step and eval records" || bad "log.jsonl"
+# continue from the saved HF-format folder: its first validation loss is the last one of the run
+./train --data "$data" --init-from "$tmp/run/final" --batch-size 4 --seq-len 32 --steps 0 --split 90,10,0 \
+    --eval-steps 4 --eval-every 1 > "$tmp/c.log" 2>&1 || { cat "$tmp/c.log"; bad "--init-from"; }
+v2=$(awk '/^step 0 \| val loss/ {print $6}' "$tmp/c.log")
+[ "$v2" = "$v1" ] && ok "--init-from the saved model gives the same val loss ($v2)" || bad "--init-from val loss $v2 != $v1"
+
+# bad input: one line on stderr naming the problem, non-zero exit
+expect_error() {  # name, expected substring, command...
+    local name=$1 needle=$2; shift 2
+    "$@" > "$tmp/out" 2> "$tmp/err"; local rc=$?
+    local lines; lines=$(wc -l < "$tmp/err")
+    if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -q -- "$needle" "$tmp/err"; then ok "$name: $(cat "$tmp/err")"
+    else bad "$name (exit $rc, $lines lines): $(cat "$tmp/err")"; fi
+}
+expect_error "missing data" "nope.idx" ./train --data "$tmp/nope"
+expect_error "unknown model_type" 'unknown model_type "bert"' ./train --data "$data" --model tests/fixtures/configs/bad_model_type.json
+expect_error "inconsistent heads" "not a multiple" ./train --data "$data" --model tests/fixtures/configs/bad_heads.json
+expect_error "malformed config" "bad_json.json:3" ./train --data "$data" --model tests/fixtures/configs/bad_json.json
+expect_error "missing config key" 'missing key "intermediate_size"' ./train --data "$data" --model tests/fixtures/configs/bad_missing.json
+expect_error "unknown preset" "neither a preset" ./train --data "$data" --model gpt9
+expect_error "unknown flag" "unknown flag --bogus" ./train --data "$data" --bogus 1
+mkdir -p "$tmp/trunc"; cp "$tmp/run/final/config.json" "$tmp/trunc/"
+head -c 5000 "$tmp/run/final/model.safetensors" > "$tmp/trunc/model.safetensors"
+expect_error "truncated safetensors" "model.safetensors" ./train --data "$data" --init-from "$tmp/trunc"
+expect_error "vocab too small" "outside the model's vocabulary" ./train --data "$data" --model tests/fixtures/models/llama/config.json
+exit $fail
