@@ -54,7 +54,11 @@ tests/bin/%: tests/%.c llmtrain.h $(TOKENIZER)
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c $(LDLIBS)
 
-test: deps all $(TEST_BINS)
+tests/bin/st_maxdiff: tests/tools/st_maxdiff.c llmtrain.h
+	@mkdir -p tests/bin
+	$(CC) $(CFLAGS) -I. -o $@ $< $(LDLIBS)
+
+test: deps all $(TEST_BINS) tests/bin/st_maxdiff
 	@bash tests/run.sh
 
 # GPU tests: skipped with a message where there is no GPU

@@ -399,6 +399,37 @@ int checkpoint_load(const char *dir, Model *m, TrainState *ts, char *err, size_t
 /* Compares two run_flags objects; 0 if equal, else -1 with the first difference in err. */
 int run_flags_compare(const char *saved, const char *now, char *err, size_t errlen);
 
+/* ------------------------------------------------------------------------------------------------ */
+/* comm: the collectives a data-parallel trainer needs. On the CPU the ranks are processes forked from one
+   parent, sharing one memory region; reductions add the ranks' values in rank order, so a run repeats
+   bit for bit. ZeRO-1: the flat parameters are cut into `world` contiguous shards; rank r owns shard r. */
+
+/* [begin, end) of rank's shard of n values: ceil(n / world) each, the last one shorter */
+void zero_shard(size_t n, int world, int rank, size_t *begin, size_t *end);
+
+typedef struct CommShared CommShared;
+typedef struct {
+    int rank, world;
+    CommShared *sh;          /* shared by all ranks (NULL when world == 1) */
+    size_t chunk;            /* floats per rank in the reduction buffer */
+} Comm;
+
+/* Creates the shared region for `world` ranks, then forks world-1 children; returns in every process with
+   its rank set (the parent is rank 0). gather_floats bounds comm_all_gather. 0 on success. */
+int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t errlen);
+/* every rank waits for all; a rank that exits or fails makes the others stop with an error */
+void comm_barrier(Comm *c);
+/* data[0..n) summed over ranks; afterwards rank r holds the sums of its shard zero_shard(n, world, r) */
+void comm_reduce_scatter(Comm *c, float *data, size_t n);
+/* every rank contributes data[its shard]; afterwards all of data[0..n) is the same on every rank */
+void comm_all_gather(Comm *c, float *data, size_t n);
+/* x[0..k) summed over ranks (k <= 64), the same result on every rank */
+void comm_all_reduce_double(Comm *c, double *x, int k);
+/* marks the run failed (the other ranks stop at their next collective) */
+void comm_abort(Comm *c);
+/* rank 0 waits for its children; returns non-zero if one failed */
+int comm_finish(Comm *c);
+
 #endif /* LLMTRAIN_H */
 
 /* ================================================================================================ */
@@ -413,6 +444,7 @@ int run_flags_compare(const char *saved, const char *now, char *err, size_t errl
 #include <dirent.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <jansson.h>
 #include <omp.h>
@@ -2396,6 +2428,145 @@ int run_flags_compare(const char *saved, const char *now, char *err, size_t errl
     }
     json_decref(a); json_decref(b);
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* comm */
+
+void zero_shard(size_t n, int world, int rank, size_t *begin, size_t *end) {
+    size_t per = (n + (size_t)world - 1) / (size_t)world;
+    size_t b = per * (size_t)rank, e = b + per;
+    *begin = b < n ? b : n;
+    *end = e < n ? e : n;
+}
+
+#define COMM_MAX_RANKS 64
+struct CommShared {
+    int arrived;                  /* ranks at the barrier in the current generation (atomic) */
+    int generation;               /* (atomic) */
+    int failed;                   /* (atomic) */
+    pid_t pids[COMM_MAX_RANKS];
+    double dbl[COMM_MAX_RANKS][64];
+    size_t gather_floats;
+    /* followed by the reduction buffer [world][chunk] floats and the gather buffer [gather_floats] */
+};
+
+static float *comm_reduce_buf(Comm *c) { return (float *)((char *)c->sh + sizeof(CommShared)); }
+static float *comm_gather_buf(Comm *c) { return comm_reduce_buf(c) + (size_t)c->world * c->chunk; }
+
+int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t errlen) {
+    memset(c, 0, sizeof(*c));
+    c->world = world > 1 ? world : 1;
+    if (world <= 1) return 0;
+    if (world > COMM_MAX_RANKS) { snprintf(err, errlen, "at most %d ranks", COMM_MAX_RANKS); return -1; }
+    c->chunk = 1 << 20;
+    size_t bytes = sizeof(CommShared) + ((size_t)world * c->chunk + gather_floats) * sizeof(float);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { snprintf(err, errlen, "cannot map %zu bytes of shared memory: %s", bytes, strerror(errno)); return -1; }
+    c->sh = (CommShared *)p;
+    memset(c->sh, 0, sizeof(CommShared));
+    c->sh->gather_floats = gather_floats;
+    c->sh->pids[0] = getpid();
+    fflush(NULL);
+    for (int r = 1; r < world; r++) {
+        pid_t pid = fork();
+        if (pid < 0) { snprintf(err, errlen, "fork: %s", strerror(errno)); comm_abort(c); return -1; }
+        if (pid == 0) { c->rank = r; c->sh->pids[r] = getpid(); break; }
+        c->sh->pids[r] = pid;
+    }
+    comm_barrier(c);
+    return 0;
+}
+
+void comm_abort(Comm *c) { if (c->sh) __atomic_store_n(&c->sh->failed, 1, __ATOMIC_SEQ_CST); }
+
+/* Has a rank died? Rank 0 reaps its children; the children watch rank 0. */
+static int comm_peer_lost(Comm *c) {
+    if (c->rank == 0) {
+        for (int r = 1; r < c->world; r++) {
+            int st;
+            if (waitpid(c->sh->pids[r], &st, WNOHANG) == c->sh->pids[r]) { c->sh->pids[r] = 0; return 1; }
+            if (c->sh->pids[r] == 0) return 1;
+        }
+        return 0;
+    }
+    return getppid() != c->sh->pids[0];
+}
+
+/* generation barrier: the last rank to arrive opens the next generation */
+void comm_barrier(Comm *c) {
+    if (c->world <= 1) return;
+    CommShared *sh = c->sh;
+    int gen = __atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&sh->arrived, 1, __ATOMIC_ACQ_REL) == c->world) {
+        __atomic_store_n(&sh->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&sh->generation, 1, __ATOMIC_ACQ_REL);
+        return;
+    }
+    for (long spin = 0; __atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE) == gen; spin++) {
+        if (spin < 4096) continue;
+        if (__atomic_load_n(&sh->failed, __ATOMIC_ACQUIRE) || (spin % 8192 == 0 && comm_peer_lost(c))) {
+            comm_abort(c);
+            fprintf(stderr, "rank %d: another rank stopped; stopping too\n", c->rank);
+            _exit(1);
+        }
+        usleep(20);
+    }
+}
+
+void comm_reduce_scatter(Comm *c, float *data, size_t n) {
+    if (c->world <= 1) return;
+    float *buf = comm_reduce_buf(c);
+    size_t sb, se;
+    zero_shard(n, c->world, c->rank, &sb, &se);
+    for (size_t c0 = 0; c0 < n; c0 += c->chunk) {
+        size_t len = n - c0 < c->chunk ? n - c0 : c->chunk;
+        memcpy(buf + (size_t)c->rank * c->chunk, data + c0, len * sizeof(float));
+        comm_barrier(c);
+        size_t lo = sb > c0 ? sb : c0, hi = se < c0 + len ? se : c0 + len;
+        #pragma omp parallel for
+        for (size_t i = lo; i < hi; i++) {
+            float s = buf[i - c0];
+            for (int r = 1; r < c->world; r++) s += buf[(size_t)r * c->chunk + i - c0];
+            data[i] = s;
+        }
+        comm_barrier(c);
+    }
+}
+
+void comm_all_gather(Comm *c, float *data, size_t n) {
+    if (c->world <= 1) return;
+    if (n > c->sh->gather_floats) { fprintf(stderr, "comm_all_gather: %zu values exceed the %zu reserved\n", n, c->sh->gather_floats); comm_abort(c); exit(1); }
+    float *buf = comm_gather_buf(c);
+    size_t sb, se;
+    zero_shard(n, c->world, c->rank, &sb, &se);
+    memcpy(buf + sb, data + sb, (se - sb) * sizeof(float));
+    comm_barrier(c);
+    memcpy(data, buf, n * sizeof(float));
+    comm_barrier(c);
+}
+
+void comm_all_reduce_double(Comm *c, double *x, int k) {
+    if (c->world <= 1) return;
+    memcpy(c->sh->dbl[c->rank], x, (size_t)k * sizeof(double));
+    comm_barrier(c);
+    for (int i = 0; i < k; i++) {
+        double s = 0.0;
+        for (int r = 0; r < c->world; r++) s += c->sh->dbl[r][i];
+        x[i] = s;
+    }
+    comm_barrier(c);
+}
+
+int comm_finish(Comm *c) {
+    if (c->world <= 1 || c->rank != 0) return 0;
+    int bad = 0;
+    for (int r = 1; r < c->world; r++) {
+        int st = 0;
+        if (c->sh->pids[r] == 0) { bad = 1; continue; }
+        if (waitpid(c->sh->pids[r], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) bad = 1;
+    }
+    return bad;
 }
 
 #endif /* LLMTRAIN_IMPLEMENTATION */

@@ -19,12 +19,15 @@ typedef struct {
     float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
     uint64_t seed;
     int eval_every, eval_steps, sample_every, sample_len, top_k, threads, log_every;
-    int save_every, keep, resume, eod_mask_loss, skip_nonfinite;
+    int save_every, keep, resume, eod_mask_loss, skip_nonfinite, nproc;
     long max_shard_mb;
     float temperature;
 } Args;
 
+static Comm comm;   /* the data-parallel ranks (one process each); world 1 by default */
+
 static void die(const char *fmt, ...) {
+    comm_abort(&comm);
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "train: ");
@@ -64,7 +67,9 @@ static void usage(void) {
 "run\n"
 "  --steps N               optimizer steps (default 100)\n"
 "  --seed S                seed of init, data order and sampling (default 1234)\n"
-"  --threads N             OpenMP threads (default: all cores)\n"
+"  --threads N             OpenMP threads per process (default: all cores / --nproc)\n"
+"  -n, --nproc N           data-parallel processes on this machine (ZeRO-1: each owns 1/N of the AdamW\n"
+"                          state); the global batch is batch-size x grad-accum x N (default 1)\n"
 "  --log-every N           print a step line every N steps (default 1)\n"
 "  --eval-every N          validation loss every N steps, and at the end; 0 disables (default 100)\n"
 "  --eval-steps N          validation batches per evaluation (default 8)\n"
@@ -117,6 +122,7 @@ static void parse_args(Args *a, int argc, char **argv) {
         if (!strcmp(f, "--eod-mask-loss")) { a->eod_mask_loss = 1; continue; }
         if (!strcmp(f, "--skip-nonfinite")) { a->skip_nonfinite = 1; continue; }
         if (i + 1 >= argc) die("%s needs a value (see --help)", f);
+        if (!strcmp(f, "-n")) f = "--nproc";
         const char *v = argv[++i];
         if (!strcmp(f, "--data")) a->data = v;
         else if (!strcmp(f, "--model")) a->model = v;
@@ -148,6 +154,7 @@ static void parse_args(Args *a, int argc, char **argv) {
         else if (!strcmp(f, "--sample-len")) a->sample_len = (int)parse_int(f, v);
         else if (!strcmp(f, "--top-k")) a->top_k = (int)parse_int(f, v);
         else if (!strcmp(f, "--temperature")) a->temperature = parse_float(f, v);
+        else if (!strcmp(f, "--nproc")) a->nproc = (int)parse_int(f, v);
         else if (!strcmp(f, "--save-every")) a->save_every = (int)parse_int(f, v);
         else if (!strcmp(f, "--keep")) a->keep = (int)parse_int(f, v);
         else if (!strcmp(f, "--max-shard-size")) a->max_shard_mb = parse_int(f, v);
@@ -160,6 +167,7 @@ static void parse_args(Args *a, int argc, char **argv) {
     if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
     if (a->decay_steps < 0) a->decay_steps = a->steps;
     if (a->log_every < 1) a->log_every = 1;
+    if (a->nproc < 1) a->nproc = 1;
 }
 
 static int lr_style(const char *s) {
@@ -308,18 +316,26 @@ static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig
     json_decref(o);
 }
 
-static void save_checkpoint(const Model *m, const Args *a, const TrainState *ts) {
-    char err[1024], saved[1300];
-    if (checkpoint_save(a->out, m, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved), err, sizeof(err)) != 0)
-        die("checkpoint: %s", err);
-    printf("saved %s\n", saved);
-    fflush(stdout);
+static void save_checkpoint(Model *m, const Args *a, const TrainState *ts) {
+    /* the AdamW moments live sharded: gather them so rank 0 writes the whole state */
+    if (!m->m_memory) { m->m_memory = (float *)calloc(m->num_params, sizeof(float)); m->v_memory = (float *)calloc(m->num_params, sizeof(float)); }
+    comm_all_gather(&comm, m->m_memory, m->num_params);
+    comm_all_gather(&comm, m->v_memory, m->num_params);
+    if (comm.rank == 0) {
+        char err[1024], saved[1300];
+        if (checkpoint_save(a->out, m, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved), err, sizeof(err)) != 0)
+            die("checkpoint: %s", err);
+        printf("saved %s\n", saved);
+        fflush(stdout);
+    }
+    comm_barrier(&comm);
 }
 
 int main(int argc, char **argv) {
     Args a;
     parse_args(&a, argc, argv);
     if (a.threads > 0) omp_set_num_threads(a.threads);
+    else if (a.nproc > 1) omp_set_num_threads(omp_get_num_procs() / a.nproc > 0 ? omp_get_num_procs() / a.nproc : 1);
     char err[1024];
 
     /* model config: HF weights, a config.json, or a preset */
@@ -335,32 +351,37 @@ int main(int argc, char **argv) {
     if (cfg.family == FAMILY_GPT2 && a.seq_len > cfg.max_seq_len)
         die("--seq-len %d exceeds the model's %d positions", a.seq_len, cfg.max_seq_len);
     if (a.eod_mask_loss && cfg.eos_token_id < 0) die("--eod-mask-loss needs eos_token_id in the model config");
-
     Data data;
     open_data(&data, &a, cfg.vocab_size);
+    Model m;
+    if (model_build(&m, &cfg) != 0) die("out of memory for the model");
+
+    /* the data-parallel ranks: from here on every process runs the same loop on its rows of each batch */
+    if (comm_init_fork(&comm, a.nproc, m.num_params, err, sizeof(err)) != 0) die("%s", err);
+    int rank = comm.rank, world = comm.world, main_rank = rank == 0;
+    size_t shard_begin, shard_end;
+    zero_shard(m.num_params, world, rank, &shard_begin, &shard_end);
     DataLoader dl;
-    dataloader_init(&dl, &data.train_blend, a.batch_size, 0, 1);
+    dataloader_init(&dl, &data.train_blend, a.batch_size, rank, world);
     dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
     int eod = dl.eod;
 
-    /* model: resumed, continued from HF weights, or fresh */
-    Model m;
-    if (model_build(&m, &cfg) != 0) die("out of memory for the model");
+    /* weights: resumed, continued from HF weights, or fresh */
     TrainState ts;
     memset(&ts, 0, sizeof(ts));
     char run_flags[sizeof(ts.run_flags)], ckpt[1300];
-    make_run_flags(run_flags, sizeof(run_flags), &a, &cfg, 1);
+    make_run_flags(run_flags, sizeof(run_flags), &a, &cfg, world);
     int resumed = 0;
     if (a.resume && checkpoint_latest(a.out, ckpt, sizeof(ckpt)) == 0) {
         if (checkpoint_load(ckpt, &m, &ts, err, sizeof(err)) != 0) die("resume: %s", err);
         if (run_flags_compare(ts.run_flags, run_flags, err, sizeof(err)) != 0) die("resume from %s: %s", ckpt, err);
         dl.cursor = ts.data_cursor;
         resumed = 1;
-        printf("resumed from %s at step %lld\n", ckpt, (long long)ts.step);
+        if (main_rank) printf("resumed from %s at step %lld\n", ckpt, (long long)ts.step);
     } else if (a.init_from) {
         if (model_load_hf_dir(&m, a.init_from, err, sizeof(err)) != 0) die("%s", err);
     } else {
-        if (a.resume) printf("no checkpoint in %s: starting fresh\n", a.out);
+        if (a.resume && main_rank) printf("no checkpoint in %s: starting fresh\n", a.out);
         model_init_weights(&m, a.seed, a.init_std);
     }
     snprintf(ts.run_flags, sizeof(ts.run_flags), "%s", run_flags);
@@ -370,7 +391,7 @@ int main(int argc, char **argv) {
         if (!tok) die("%s", err);
     }
     FILE *logf = NULL;
-    if (a.out) {
+    if (a.out && main_rank) {
         if (mkdir(a.out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", a.out, strerror(errno));
         char path[1200];
         snprintf(path, sizeof(path), "%s/log.jsonl", a.out);
@@ -381,24 +402,26 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
 
     int style = lr_style(a.schedule);
-    printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
-           family_name(cfg.family), cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff,
-           cfg.vocab_size, m.num_params);
-    printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a.data, data.n,
-           (unsigned long long)data.train_tokens, a.seq_len);
-    printf("batch %d x %d tokens x %d accumulation = %d tokens/step; %d threads\n", a.batch_size, a.seq_len,
-           a.grad_accum, a.batch_size * a.seq_len * a.grad_accum, omp_get_max_threads());
-    if (data.have_valid && !resumed) {
-        float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
-        printf("step %d | val loss %.4f\n", 0, vl);
-        if (logf) { fprintf(logf, "{\"step\":0,\"val_loss\":%.6f}\n", vl); fflush(logf); }
+    if (main_rank) {
+        printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
+               family_name(cfg.family), cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff,
+               cfg.vocab_size, m.num_params);
+        printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a.data, data.n,
+               (unsigned long long)data.train_tokens, a.seq_len);
+        printf("batch %d x %d tokens x %d accumulation x %d processes = %d tokens/step; %d threads each\n", a.batch_size,
+               a.seq_len, a.grad_accum, world, a.batch_size * a.seq_len * a.grad_accum * world, omp_get_max_threads());
+        if (data.have_valid && !resumed) {
+            float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
+            printf("step %d | val loss %.4f\n", 0, vl);
+            if (logf) { fprintf(logf, "{\"step\":0,\"val_loss\":%.6f}\n", vl); fflush(logf); }
+        }
+        fflush(stdout);
     }
-    fflush(stdout);
 
     AdamWConfig opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay};
     double total_ms = 0.0;
     int steps_run = 0;
-    long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum;
+    long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum * world;
     for (int step = (int)ts.step + 1; step <= a.steps; step++) {
         double t0 = now_ms();
         model_zero_grad(&m);
@@ -406,43 +429,51 @@ int main(int argc, char **argv) {
         for (int micro = 0; micro < a.grad_accum; micro++) {
             dataloader_next(&dl);
             loss += model_forward(&m, dl.inputs, dl.targets, a.batch_size, a.seq_len);
-            model_backward(&m, 1.0f / a.grad_accum);
+            model_backward(&m, 1.0f / (a.grad_accum * world));
         }
-        loss /= a.grad_accum;
-        double norm = sqrt(grad_sumsq(m.grads_memory, 0, m.num_params));
+        /* ZeRO-1: sum the gradients into their owners' shards; the norm is the sum of the shards' norms */
+        comm_reduce_scatter(&comm, m.grads_memory, m.num_params);
+        double red[3] = {loss / a.grad_accum, grad_sumsq(m.grads_memory, shard_begin, shard_end), (double)stop_requested};
+        comm_all_reduce_double(&comm, red, 3);
+        loss = red[0] / world;
+        double norm = sqrt(red[1]);
+        int stop = red[2] > 0;
         opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
         int skip = !isfinite(loss) || !isfinite(norm);
         if (skip && !a.skip_nonfinite)
             die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
         if (skip) ts.skipped++;
         else {
-            grad_clip(m.grads_memory, m.num_params, norm, a.clip);
-            model_adamw_update(&m, &opt, step - (int)ts.skipped, 0, m.num_params);
+            grad_clip(m.grads_memory + shard_begin, shard_end - shard_begin, norm, a.clip);
+            model_adamw_update(&m, &opt, step - (int)ts.skipped, shard_begin, shard_end);
         }
+        comm_all_gather(&comm, m.params_memory, m.num_params);
         ts.step = step;
         ts.data_cursor = dl.cursor;
         double ms = now_ms() - t0;
         total_ms += ms;
         steps_run++;
-        if (step % a.log_every == 0 || step == a.steps || skip) {
-            printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s%s\n", step, a.steps, loss,
-                   opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), skip ? " | skipped (non-finite)" : "");
-            fflush(stdout);
+        if (main_rank) {
+            if (step % a.log_every == 0 || step == a.steps || skip) {
+                printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s%s\n", step, a.steps, loss,
+                       opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), skip ? " | skipped (non-finite)" : "");
+                fflush(stdout);
+            }
+            if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f,\"skipped\":%lld}\n",
+                              step, loss, opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), (long long)ts.skipped);
+            if (data.have_valid && (step % a.eval_every == 0 || step == a.steps)) {
+                float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
+                printf("step %d | val loss %.4f\n", step, vl);
+                if (logf) fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
+            }
+            if (logf) fflush(logf);
+            if (a.sample_every > 0 && (step % a.sample_every == 0 || step == a.steps)) print_sample(&m, &a, tok, step);
         }
-        if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f,\"skipped\":%lld}\n",
-                          step, loss, opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), (long long)ts.skipped);
-        if (data.have_valid && (step % a.eval_every == 0 || step == a.steps)) {
-            float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
-            printf("step %d | val loss %.4f\n", step, vl);
-            if (logf) fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
-        }
-        if (logf) fflush(logf);
-        if (a.sample_every > 0 && (step % a.sample_every == 0 || step == a.steps)) print_sample(&m, &a, tok, step);
-        int last = step == a.steps || stop_requested;
+        int last = step == a.steps || stop;
         if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(&m, &a, &ts);
-        if (stop_requested) { printf("stopped by signal after step %d\n", step); break; }
+        if (stop) { if (main_rank) printf("stopped by signal after step %d\n", step); break; }
     }
-    if (steps_run > 0)
+    if (steps_run > 0 && main_rank)
         printf("done: %d steps, %.1f ms/step, %.0f tokens/s\n", steps_run, total_ms / steps_run,
                tokens_per_step * steps_run / (total_ms / 1000.0));
     if (logf) fclose(logf);
@@ -450,5 +481,7 @@ int main(int argc, char **argv) {
     dataloader_free(&dl);
     close_data(&data);
     model_free(&m);
+    if (!main_rank) exit(0);
+    if (comm_finish(&comm) != 0) { fprintf(stderr, "train: a data-parallel process failed\n"); return 1; }
     return 0;
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Data parallel on the CPU (train -n N: forked processes, shared-memory collectives, ZeRO-1 sharded AdamW):
+# 1, 2 and 4 ranks on the same global batch give the same losses (to the printed digits) and checkpoints
+# equal to fp32 sum-order tolerance; a rank that dies stops the others with an error.
+set -u
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail=0
+ok()  { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fail=1; }
+head -c 60000 data/tinyshakespeare.txt > "$tmp/shk.txt"
+./prepro/prepro --input "$tmp/shk.txt" --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
+    --output-prefix "$tmp/shk" --append-eod 2> /dev/null || { bad "prepro"; exit 1; }
+common=(--data "$tmp/shk_text_document" --model tests/fixtures/configs/train_small.json --seq-len 16 --lr 1e-2
+        --warmup-steps 2 --steps 6 --grad-accum 2 --split 90,10,0 --eval-every 0 --seed 5 --threads 1)
+./train "${common[@]}" --batch-size 4 --out "$tmp/r1" > "$tmp/r1.log" 2>&1 || { cat "$tmp/r1.log"; bad "1 rank"; }
+./train "${common[@]}" --batch-size 2 -n 2 --out "$tmp/r2" > "$tmp/r2.log" 2>&1 || { cat "$tmp/r2.log"; bad "2 ranks"; }
+./train "${common[@]}" --batch-size 1 -n 4 --out "$tmp/r4" > "$tmp/r4.log" 2>&1 || { cat "$tmp/r4.log"; bad "4 ranks"; }
+losses() { grep -E '^step +[0-9]+/' "$1" | awk -F'|' '{print $2, $4}'; }
+for n in 2 4; do
+    if diff <(losses "$tmp/r1.log") <(losses "$tmp/r$n.log") > /dev/null; then ok "1 rank == $n ranks: losses and grad norms"
+    else bad "1 rank vs $n ranks"; paste <(losses "$tmp/r1.log") <(losses "$tmp/r$n.log"); fi
+    for f in model train_state; do
+        d=$(./tests/bin/st_maxdiff "$tmp/r1/step_000006/$f.safetensors" "$tmp/r$n/step_000006/$f.safetensors")
+        awk -v d="$d" 'BEGIN { exit !(d <= 1e-4) }' && ok "$f.safetensors 1 vs $n ranks: max diff $d" || bad "$f 1 vs $n ranks: max diff $d"
+    done
+done
+# a rank killed mid-run: the others stop with an error instead of waiting forever
+./train "${common[@]}" --steps 100000 --batch-size 2 -n 2 > "$tmp/k.log" 2> "$tmp/k.err" &
+pid=$!; sleep 2
+child=$(pgrep -P $pid | head -n 1)
+kill -KILL "$child" 2>/dev/null
+end=$((SECONDS + 20)); while kill -0 $pid 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.2; done
+if kill -0 $pid 2>/dev/null; then kill -KILL $pid; bad "rank 0 still waiting after its peer died"
+else wait $pid; rc=$?; [ $rc -ne 0 ] && ok "rank 0 stopped (exit $rc): $(head -n 1 "$tmp/k.err")" || bad "rank 0 exit 0 after a peer died"; fi
+exit $fail
