@@ -1,0 +1,809 @@
+/*
+ train_gpu.cu — the GPU trainer: the same flags, data, log and files as train.c, with the layers of
+ llmtrain.h as CUDA kernels (and cuBLASLt for the matmuls), data parallel over NCCL with ZeRO-1.
+
+   ./train_gpu --data out/tinyshakespeare_text_document --model gpt2-124m --batch-size 16 --seq-len 1024
+   ./train_gpu --nproc-per-node 8 ...             (forks one process per GPU; or run it under torchrun)
+
+ Build (see also `make train_gpu`):
+   nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -o train_gpu train_gpu.cu \
+        prepro/tokenizer.c -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm
+ With a header that does not yet compile as C++, add -DLLMTRAIN_C_IMPL and dev/cuda/llmtrain_impl.c.
+
+ Reading order: numerics helpers; one kernel (or cuBLASLt call) per layer of llmtrain.h, each with the
+ name of its CPU mirror inside namespace gpu (gpu::layernorm_forward mirrors layernorm_forward); the
+ model on the device (forward, backward, AdamW on the ZeRO-1 shard); the distributed bootstrap; main.
+
+ Numerics (DESIGN.md sec. 5): params and activations in T (bf16, or fp32 with --dtype fp32); fp32 master
+ weights and AdamW moments, sharded over ranks; gradients of the weights in fp32; the residual-stream
+ gradient in fp32; norms, softmax, losses and reductions in fp32. The bf16 copy of the weights is made
+ from the fp32 masters by stochastic rounding with the header's counter-based RNG (rng_mix ported below).
+ Every reduction runs in a fixed order: a run repeats bit for bit on the same GPU and the same world size.
+*/
+#ifdef LLMTRAIN_C_IMPL
+extern "C" {
+#include "llmtrain.h"
+}
+#else
+#define LLMTRAIN_IMPLEMENTATION
+#include "llmtrain.h"
+#endif
+extern "C" {
+#include "prepro/tokenizer.h"
+}
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublasLt.h>
+#include <nccl.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <omp.h>
+#include <jansson.h>
+
+typedef __nv_bfloat16 bf16;
+
+/* ------------------------------------------------------------------------------------------------ */
+/* errors */
+
+static void gpu_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "train_gpu: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+#define CUDA_CHECK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) \
+    gpu_die("%s:%d: CUDA: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(e_), #x); } while (0)
+#define CUBLAS_CHECK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) \
+    gpu_die("%s:%d: cuBLASLt status %d (%s)", __FILE__, __LINE__, (int)s_, #x); } while (0)
+#define NCCL_CHECK(x) do { ncclResult_t r_ = (x); if (r_ != ncclSuccess) \
+    gpu_die("%s:%d: NCCL: %s (%s)", __FILE__, __LINE__, ncclGetErrorString(r_), #x); } while (0)
+#define KERNEL_CHECK() CUDA_CHECK(cudaGetLastError())
+
+static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* numerics helpers */
+
+/* T is float or bf16; arithmetic is always in float */
+__host__ __device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+/* host-side bf16 <-> float (round to nearest even), for uploads and tests */
+static inline uint16_t host_f32_to_bf16_bits(float f) {
+    uint32_t b; memcpy(&b, &f, 4);
+    if ((b & 0x7f800000u) == 0x7f800000u) return (uint16_t)((b >> 16) | ((b & 0xffff) ? 0x40 : 0));  /* inf / nan */
+    b += 0x7fffu + ((b >> 16) & 1u);
+    return (uint16_t)(b >> 16);
+}
+static inline float host_bf16_bits_to_f32(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
+
+/* 16 bytes of T: 8 bf16 or 4 float. Tensors are laid out so rows start on 16-byte boundaries
+   (C, F, HD multiples of 8; checked at startup). */
+template <typename T> struct alignas(16) Pack {
+    static constexpr int N = 16 / sizeof(T);
+    T v[N];
+};
+template <typename T> __device__ __forceinline__ Pack<T> ld_pack(const T *p) { return *reinterpret_cast<const Pack<T> *>(p); }
+template <typename T> __device__ __forceinline__ void st_pack(T *p, const Pack<T> &x) { *reinterpret_cast<Pack<T> *>(p) = x; }
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+/* rng: the header's counter-based generator, the same bits on the device (llmtrain.h, section rng) */
+__device__ __forceinline__ uint64_t rng_mix_dev(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ uint64_t rng_u64_dev(uint64_t seed, uint64_t counter) { return rng_mix_dev(rng_mix_dev(seed) ^ counter); }
+
+/* stochastic rounding of x to bf16: add 16 random bits below the bf16 mantissa, then truncate. The result is
+   one of the two bf16 neighbours of x, the upper one with probability (x - lower) / (upper - lower). */
+__device__ __forceinline__ bf16 stochastic_round_bf16(float x, uint64_t r) {
+    uint32_t b = __float_as_uint(x);
+    if ((b & 0x7f800000u) != 0x7f800000u) b += (uint32_t)(r & 0xffffu);   /* inf and nan stay as they are */
+    __nv_bfloat16_raw raw;
+    raw.x = (unsigned short)(b >> 16);
+    return bf16(raw);
+}
+template <typename T> __device__ __forceinline__ T round_param(float x, uint64_t r);
+template <> __device__ __forceinline__ float round_param<float>(float x, uint64_t r) { return x; }
+template <> __device__ __forceinline__ bf16 round_param<bf16>(float x, uint64_t r) { return stochastic_round_bf16(x, r); }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* device memory: every allocation goes through here, so the peak is known */
+
+static size_t g_dev_bytes = 0, g_dev_peak = 0;
+
+static void *dev_alloc(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) return NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        gpu_die("out of GPU memory allocating %.2f GiB (%.2f GiB allocated so far, %.2f GiB free of %.2f): "
+                "lower --batch-size, raise --recompute, or use more GPUs", bytes / 1073741824.0,
+                g_dev_bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0);
+    }
+    g_dev_bytes += bytes;
+    if (g_dev_bytes > g_dev_peak) g_dev_peak = g_dev_bytes;
+    return p;
+}
+
+static void dev_free(void *p, size_t bytes) {
+    if (!p) return;
+    CUDA_CHECK(cudaFree(p));
+    g_dev_bytes -= bytes;
+}
+
+/* ================================================================================================ */
+/* layers: kernels that mirror llmtrain.h. Shapes as in the header: N rows (B*T), C channels, ... */
+
+/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:] */
+template <typename T>
+__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte, const T *wpe, int N, int Tn, int C) {
+    constexpr int VW = Pack<T>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= (size_t)N * C) return;
+    int n = (int)(i / C), c = (int)(i % C);
+    Pack<T> e = ld_pack(wte + (size_t)tokens[n] * C + c);
+    if (wpe) {
+        Pack<T> p = ld_pack(wpe + (size_t)(n % Tn) * C + c);
+        #pragma unroll
+        for (int k = 0; k < VW; k++) e.v[k] = from_f<T>(to_f(e.v[k]) + to_f(p.v[k]));
+    }
+    st_pack(out + i, e);
+}
+
+/* embedding backward, deterministic and without atomics: the host sorts the positions by token
+   (counting sort, stable), so block u owns the distinct token uniq[u] and adds the rows pos[offs[u]..offs[u+1])
+   in increasing position order (the CPU's order): dwte[tok,c] += sum dout[n,c] */
+__global__ void embedding_backward_wte_kernel(float *dwte, const float *dout, const int *uniq, const int *offs,
+                                              const int *pos, int C) {
+    int u = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (int j = offs[u]; j < offs[u + 1]; j++) acc += dout[(size_t)pos[j] * C + c];
+    dwte[(size_t)uniq[u] * C + c] += acc;
+}
+
+/* dwpe[t,c] += sum_b dout[b,t,c] */
+__global__ void embedding_backward_wpe_kernel(float *dwpe, const float *dout, int B, int Tn, int C) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)Tn * C) return;
+    int t = (int)(i / C), c = (int)(i % C);
+    float acc = 0.0f;
+    for (int b = 0; b < B; b++) acc += dout[((size_t)b * Tn + t) * C + c];
+    dwpe[i] += acc;
+}
+
+/* residual + norm, one warp per row:
+     resid = inp1 + inp2 (when inp2; rounded to T, stored in resid_out) else resid = inp1
+     layernorm: mean = sum(x)/C, rstd = 1/sqrt(sum((x-mean)^2)/C + eps), y = (x-mean)*rstd*w + b
+     rmsnorm:   rstd = 1/sqrt(sum(x^2)/C + eps),                         y = x*rstd*w
+   Row r of the input starts at inp1 + (r / heads) * ld + (r % heads) * C (heads = 1, ld = C for the usual
+   [N, C] rows; heads = NH, ld = row width for Qwen3's per-head q/k norm on a [N, ld] buffer). The output is
+   [rows, C] contiguous. mean may be NULL (rmsnorm). */
+template <typename T>
+__global__ void norm_forward_kernel(T *resid_out, T *out, float *mean, float *rstd, const T *inp1, const T *inp2,
+                                    int heads, int ld, const T *w, const T *b, int rows, int C, float eps, int layernorm) {
+    constexpr int VW = Pack<T>::N;
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const T *x = inp1 + (size_t)(row / heads) * ld + (size_t)(row % heads) * C;
+    float sum = 0.0f;
+    if (inp2) {
+        const T *x2 = inp2 + (size_t)row * C;
+        T *r = resid_out + (size_t)row * C;
+        for (int c = lane * VW; c < C; c += 32 * VW) {
+            Pack<T> a = ld_pack(x + c), bb = ld_pack(x2 + c);
+            #pragma unroll
+            for (int k = 0; k < VW; k++) { a.v[k] = from_f<T>(to_f(a.v[k]) + to_f(bb.v[k])); sum += to_f(a.v[k]); }
+            st_pack(r + c, a);
+        }
+        x = r;   /* the rounded sum, as the backward will read it */
+    } else {
+        for (int c = lane * VW; c < C; c += 32 * VW) {
+            Pack<T> a = ld_pack(x + c);
+            #pragma unroll
+            for (int k = 0; k < VW; k++) sum += to_f(a.v[k]);
+        }
+    }
+    float m = layernorm ? warp_sum(sum) / C : 0.0f;
+    float ss = 0.0f;
+    for (int c = lane * VW; c < C; c += 32 * VW) {
+        Pack<T> a = ld_pack(x + c);
+        #pragma unroll
+        for (int k = 0; k < VW; k++) { float d = to_f(a.v[k]) - m; ss += d * d; }
+    }
+    float s = 1.0f / sqrtf(warp_sum(ss) / C + eps);
+    T *y = out + (size_t)row * C;
+    for (int c = lane * VW; c < C; c += 32 * VW) {
+        Pack<T> a = ld_pack(x + c), wv = ld_pack(w + c), o;
+        #pragma unroll
+        for (int k = 0; k < VW; k++) {
+            float v = (to_f(a.v[k]) - m) * s * to_f(wv.v[k]);
+            if (b) v += to_f(b[c + k]);
+            o.v[k] = from_f<T>(v);
+        }
+        st_pack(y + c, o);
+    }
+    if (lane == 0) { if (mean) mean[row] = m; rstd[row] = s; }
+}
+
+/* the forward's normalisation again from the saved mean/rstd (--recompute 2): the same arithmetic, so the
+   same values as the forward wrote */
+template <typename T>
+__global__ void norm_apply_kernel(T *out, const T *inp, const float *mean, const float *rstd, const T *w, const T *b,
+                                  int rows, int C) {
+    constexpr int VW = Pack<T>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= (size_t)rows * C) return;
+    int row = (int)(i / C), c = (int)(i % C);
+    float m = mean ? mean[row] : 0.0f, s = rstd[row];
+    Pack<T> a = ld_pack(inp + i), wv = ld_pack(w + c), o;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float v = (to_f(a.v[k]) - m) * s * to_f(wv.v[k]);
+        if (b) v += to_f(b[c + k]);
+        o.v[k] = from_f<T>(v);
+    }
+    st_pack(out + i, o);
+}
+
+/* norm backward for the input, one warp per row:
+     dn = dy*w, n = (x-mean)*rstd
+     layernorm: dx = rstd * (dn - mean(dn) - n*mean(dn*n));   rmsnorm: dx = rstd * (dn - n*mean(dn*n))
+   Residual-stream form (dres != NULL): dres = (accumulate ? dres : 0) + dx in fp32, and dres_t = T(dres) for
+   the next matmul. Otherwise dx is written as T into dinp at the input's row addressing (heads, ld). */
+template <typename T>
+__global__ void norm_backward_kernel(float *dres, T *dres_t, T *dinp, const T *dout, const T *inp, int heads, int ld,
+                                     const T *w, const float *mean, const float *rstd, int rows, int C, int accumulate) {
+    constexpr int VW = Pack<T>::N;
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t xoff = (size_t)(row / heads) * ld + (size_t)(row % heads) * C;
+    const T *x = inp + xoff, *dy = dout + (size_t)row * C;
+    float m = mean ? mean[row] : 0.0f, s = rstd[row];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int c = lane * VW; c < C; c += 32 * VW) {
+        Pack<T> a = ld_pack(x + c), g = ld_pack(dy + c), wv = ld_pack(w + c);
+        #pragma unroll
+        for (int k = 0; k < VW; k++) {
+            float dn = to_f(g.v[k]) * to_f(wv.v[k]);
+            s1 += dn;
+            s2 += dn * (to_f(a.v[k]) - m) * s;
+        }
+    }
+    float dn_mean = mean ? warp_sum(s1) / C : 0.0f, dnn_mean = warp_sum(s2) / C;
+    for (int c = lane * VW; c < C; c += 32 * VW) {
+        Pack<T> a = ld_pack(x + c), g = ld_pack(dy + c), wv = ld_pack(w + c), o;
+        float dx[VW];
+        #pragma unroll
+        for (int k = 0; k < VW; k++) {
+            float nrm = (to_f(a.v[k]) - m) * s;
+            dx[k] = s * (to_f(g.v[k]) * to_f(wv.v[k]) - dn_mean - nrm * dnn_mean);
+        }
+        if (dres) {
+            float *r = dres + (size_t)row * C + c;
+            #pragma unroll
+            for (int k = 0; k < VW; k++) { float v = (accumulate ? r[k] : 0.0f) + dx[k]; r[k] = v; o.v[k] = from_f<T>(v); }
+            st_pack(dres_t + (size_t)row * C + c, o);
+        } else {
+            #pragma unroll
+            for (int k = 0; k < VW; k++) o.v[k] = from_f<T>(dx[k]);
+            st_pack(dinp + xoff + c, o);
+        }
+    }
+}
+
+/* Column sums over rows, deterministic in two stages (no atomics):
+     dw[c] += sum_r dy[r,c] * (x[r,c] - mean[r]) * rstd[r]   (when x; norm weights)
+     db[c] += sum_r dy[r,c]                                   (when db; norm and matmul biases)
+   Stage 1: block (chunk of 64 columns, row block rb) sums its rows in a fixed order into part[rb][c];
+   stage 2 adds the row blocks in order. dy is [rows, C]; x uses the (heads, ld) row addressing. */
+#define COLSUM_COLS 64
+#define COLSUM_WARPS 8
+template <typename T>
+__global__ void colsum_stage1_kernel(float *part_w, float *part_b, const T *dy, const T *x, int heads, int ld,
+                                     const float *mean, const float *rstd, int rows, int C, int rows_per_block) {
+    __shared__ float sw[COLSUM_WARPS][COLSUM_COLS], sb[COLSUM_WARPS][COLSUM_COLS];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int c0 = blockIdx.x * COLSUM_COLS + 2 * lane;
+    int r0 = blockIdx.y * rows_per_block, r1 = min(rows, r0 + rows_per_block);
+    float aw[2] = {0.0f, 0.0f}, ab[2] = {0.0f, 0.0f};
+    for (int r = r0 + warp; r < r1; r += COLSUM_WARPS) {
+        float m = (x && mean) ? mean[r] : 0.0f, s = x ? rstd[r] : 0.0f;
+        const T *xr = x ? x + (size_t)(r / heads) * ld + (size_t)(r % heads) * C : NULL;
+        #pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int c = c0 + k;
+            if (c < C) {
+                float g = to_f(dy[(size_t)r * C + c]);
+                ab[k] += g;
+                if (x) aw[k] += g * (to_f(xr[c]) - m) * s;
+            }
+        }
+    }
+    #pragma unroll
+    for (int k = 0; k < 2; k++) { sw[warp][2 * lane + k] = aw[k]; sb[warp][2 * lane + k] = ab[k]; }
+    __syncthreads();
+    if (threadIdx.x < COLSUM_COLS) {
+        int c = blockIdx.x * COLSUM_COLS + threadIdx.x;
+        float tw = 0.0f, tb = 0.0f;
+        for (int w = 0; w < COLSUM_WARPS; w++) { tw += sw[w][threadIdx.x]; tb += sb[w][threadIdx.x]; }
+        if (c < C) {
+            if (part_w) part_w[(size_t)blockIdx.y * C + c] = tw;
+            if (part_b) part_b[(size_t)blockIdx.y * C + c] = tb;
+        }
+    }
+}
+
+__global__ void colsum_stage2_kernel(float *dw, float *db, const float *part_w, const float *part_b, int nblocks, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float tw = 0.0f, tb = 0.0f;
+    for (int i = 0; i < nblocks; i++) {
+        if (dw) tw += part_w[(size_t)i * C + c];
+        if (db) tb += part_b[(size_t)i * C + c];
+    }
+    if (dw) dw[c] += tw;
+    if (db) db[c] += tb;
+}
+
+/* gelu (tanh form): y = 0.5 x (1 + tanh(k (x + 0.044715 x^3))) */
+#define GELU_KF 0.7978845608028654f
+template <typename T>
+__global__ void gelu_forward_kernel(T *out, const T *inp, size_t n) {
+    constexpr int VW = Pack<T>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= n) return;
+    Pack<T> a = ld_pack(inp + i), o;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(a.v[k]);
+        o.v[k] = from_f<T>(0.5f * x * (1.0f + tanhf(GELU_KF * (x + 0.044715f * x * x * x))));
+    }
+    st_pack(out + i, o);
+}
+
+/* dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3*0.044715 x^2)); written, not accumulated */
+template <typename T>
+__global__ void gelu_backward_kernel(T *dinp, const T *inp, const T *dout, size_t n) {
+    constexpr int VW = Pack<T>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= n) return;
+    Pack<T> a = ld_pack(inp + i), g = ld_pack(dout + i), o;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(a.v[k]);
+        float th = tanhf(GELU_KF * (x + 0.044715f * x * x * x));
+        float du = GELU_KF * (1.0f + 3.0f * 0.044715f * x * x);
+        o.v[k] = from_f<T>(to_f(g.v[k]) * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du));
+    }
+    st_pack(dinp + i, o);
+}
+
+/* swiglu: rows of inp are [gate (F) | up (F)]; y = silu(g) * u */
+template <typename T>
+__global__ void swiglu_forward_kernel(T *out, const T *inp, int N, int F) {
+    constexpr int VW = Pack<T>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= (size_t)N * F) return;
+    size_t n = i / F, f = i % F;
+    Pack<T> g = ld_pack(inp + n * 2 * F + f), u = ld_pack(inp + n * 2 * F + F + f), o;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(g.v[k]);
+        o.v[k] = from_f<T>(x / (1.0f + expf(-x)) * to_f(u.v[k]));
+    }
+    st_pack(out + i, o);
+}
+
+/* dg = dy * u * sig(g) * (1 + g (1 - sig(g)));  du = dy * silu(g); written, not accumulated */
+template <typename T>
+__global__ void swiglu_backward_kernel(T *dinp, const T *dout, const T *inp, int N, int F) {
+    constexpr int VW = Pack<T>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= (size_t)N * F) return;
+    size_t n = i / F, f = i % F;
+    Pack<T> g = ld_pack(inp + n * 2 * F + f), u = ld_pack(inp + n * 2 * F + F + f), dy = ld_pack(dout + i), dg, du;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(g.v[k]), sg = 1.0f / (1.0f + expf(-x)), d = to_f(dy.v[k]);
+        dg.v[k] = from_f<T>(d * to_f(u.v[k]) * sg * (1.0f + x * (1.0f - sg)));
+        du.v[k] = from_f<T>(d * x * sg);
+    }
+    st_pack(dinp + n * 2 * F + f, dg);
+    st_pack(dinp + n * 2 * F + F + f, du);
+}
+
+/* fused classifier, one block per row of logits (row stride ldl >= V):
+     lse = log sum_v exp(x_v);  loss = lse - x[target]   (0 when target < 0)
+     with dloss != 0: the row is overwritten in place by dlogits = dloss * (softmax(x) - onehot(target))
+   so the logits of a chunk of rows live only in T, and only until the head's backward reads them. */
+template <typename T>
+__global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *targets, int V, int ldl, float dloss,
+                                          int backward) {
+    __shared__ float sm_m[32], sm_s[32];
+    int row = blockIdx.x;
+    T *x = logits + (size_t)row * ldl;
+    float m = -INFINITY, s = 0.0f;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float a = to_f(x[v]);
+        if (a > m) { s = s * expf(m - a) + 1.0f; m = a; }
+        else s += expf(a - m);
+    }
+    /* combine (m, s) pairs: warp, then block */
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffffu, m, o), os = __shfl_xor_sync(0xffffffffu, s, o);
+        float M = fmaxf(m, om);
+        s = (M == -INFINITY) ? 0.0f : s * expf(m - M) + os * expf(om - M);
+        m = M;
+    }
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
+    __syncthreads();
+    float M = -INFINITY, S = 0.0f;
+    for (int w = 0; w < nw; w++) M = fmaxf(M, sm_m[w]);
+    for (int w = 0; w < nw; w++) S += sm_m[w] == -INFINITY ? 0.0f : sm_s[w] * expf(sm_m[w] - M);
+    float lse = M + logf(S);
+    int tgt = targets ? targets[row] : -1;
+    if (threadIdx.x == 0) losses[row] = tgt >= 0 ? lse - to_f(x[tgt]) : 0.0f;
+    if (!backward) return;
+    __syncthreads();   /* every thread has read x[tgt] (thread 0) before the row is overwritten */
+    float d = tgt >= 0 ? dloss : 0.0f;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float p = expf(to_f(x[v]) - lse);
+        x[v] = from_f<T>(d * (p - (v == tgt ? 1.0f : 0.0f)));
+    }
+}
+
+/* adamw_update on a slice of the flat vector (torch.optim.AdamW):
+     p = p (1 - lr wd);  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+   g = grad * grad_scale (the clip coefficient). The fp32 master is updated and the T copy of the weight is
+   rounded from it, stochastically for bf16 with rng_u64(seed, global index): the same bits whatever the sharding. */
+template <typename T>
+__global__ void adamw_kernel(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr,
+                             float beta1, float beta2, float eps, float wd, float step_size, float bc2_sqrt,
+                             float grad_scale, uint64_t seed, uint64_t global_offset) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = grads[i] * grad_scale;
+    float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi; v[i] = vi;
+    float p = master[i] * (1.0f - lr * wd);
+    p = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    master[i] = p;
+    params[i] = round_param<T>(p, rng_u64_dev(seed, global_offset + i));
+}
+
+/* fp32 -> T, round to nearest (the first copy of the weights, and uploads) */
+template <typename T>
+__global__ void convert_kernel(T *out, const float *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f<T>(in[i]);
+}
+
+template <typename T>
+__global__ void to_float_kernel(float *out, const T *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = to_f(in[i]);
+}
+
+/* sum of squares in a fixed order: block b sums its chunk (double per thread, tree in shared memory) into
+   part[b]; sum_doubles_kernel then adds the parts in order. */
+#define SUMSQ_BLOCKS 512
+__global__ void sumsq_kernel(double *part, const float *x, size_t n) {
+    __shared__ double sh[256];
+    size_t chunk = (n + gridDim.x - 1) / gridDim.x;
+    size_t b = (size_t)blockIdx.x * chunk, e = b + chunk < n ? b + chunk : n;
+    double s = 0.0;
+    for (size_t i = b + threadIdx.x; i < e; i += blockDim.x) s += (double)x[i] * x[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+
+/* out[0] (+)= sum of x[0..n) in order; one thread: n is small (parts, or the losses of one micro-batch) */
+template <typename S>
+__global__ void sum_in_order_kernel(double *out, const S *x, int n, int accumulate) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)x[i];
+    out[0] = accumulate ? out[0] + s : s;
+}
+
+/* rows sum of a [rows, n] fp32 buffer into out[rows] in order: the losses of a micro-batch, per sequence */
+__global__ void sum_losses_kernel(double *out, const float *losses, int N, int accumulate) {
+    __shared__ double sh[256];
+    double s = 0.0;
+    /* fixed assignment: thread i adds rows i, i+256, ...; then a fixed tree */
+    for (int i = threadIdx.x; i < N; i += blockDim.x) s += (double)losses[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = accumulate ? out[0] + sh[0] : sh[0];
+}
+
+__global__ void fill_kernel(float *x, float v, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = v;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* attention (causal, grouped-query heads: query head h reads key/value head h / (NH/NKV)), with RoPE fused
+   into the loads: q and k are rotated (HF rotate-half) as they are read, and the gradients are rotated back
+   as they are written. q, k, v are rows of a wider buffer (row strides ldq, ldk, ldv), e.g. the fused qkv
+   matmul output [N, (NH + 2 NKV) HD]. Forward writes out [N, NH*HD] (row stride ldo) and the log-sum-exp of
+   each query row lse [B, NH, T] (fp32), which is all the backward needs to rebuild the probabilities.
+     a[t,s] = q'[t].k'[s] / sqrt(HD) (s <= t);  p = softmax_s(a);  out[t] = sum_s p[t,s] v[s]
+     backward: D[t] = dout[t].out[t];  dp[t,s] = dout[t].v[s];  da = p (dp - D[t])
+               dq'[t] = sum_s da k'[s] / sqrt(HD);  dk'[s] = sum_t da q'[t] / sqrt(HD);  dv[s] = sum_t p dout[t] */
+
+template <typename T>
+struct AttnArgs {
+    const T *q, *k, *v;          /* forward inputs (q, k before RoPE) */
+    int ldq, ldk, ldv;
+    T *out; int ldo;             /* forward output */
+    float *lse;                  /* [B, NH, T] */
+    const T *dout; int lddo;     /* backward */
+    T *dq, *dk, *dv; int lddq, lddk, lddv;
+    float *delta;                /* [B, NH, T] scratch: D = dout . out */
+    const float *cos, *sin;      /* [T, HD/2] or NULL (no RoPE) */
+    int B, Tn, NH, NKV, HD;
+};
+
+/* element d of row x (position t) after RoPE; cs/sn point at the table row of t, or NULL */
+template <typename T>
+__device__ __forceinline__ float rope_load(const T *x, int d, int HD, const float *cs, const float *sn) {
+    if (!cs) return to_f(x[d]);
+    int half = HD / 2;
+    if (d < half) return to_f(x[d]) * cs[d] - to_f(x[d + half]) * sn[d];
+    int i = d - half;
+    return to_f(x[d]) * cs[i] + to_f(x[i]) * sn[i];
+}
+/* element d of the gradient w.r.t. the unrotated row, from the gradient g w.r.t. the rotated one */
+__device__ __forceinline__ float rope_back(const float *g, int d, int HD, const float *cs, const float *sn) {
+    if (!cs) return g[d];
+    int half = HD / 2;
+    if (d < half) return g[d] * cs[d] + g[d + half] * sn[d];
+    int i = d - half;
+    return g[d] * cs[i] - g[i] * sn[i];
+}
+
+/* D[b,h,t] = sum_d dout[t,d] * out[t,d]; one warp per row */
+template <typename T>
+__global__ void attention_delta_kernel(AttnArgs<T> a) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= a.B * a.NH * a.Tn) return;
+    int t = row % a.Tn, h = (row / a.Tn) % a.NH, b = row / (a.Tn * a.NH);
+    const T *o = a.out + ((size_t)b * a.Tn + t) * a.ldo + (size_t)h * a.HD;
+    const T *g = a.dout + ((size_t)b * a.Tn + t) * a.lddo + (size_t)h * a.HD;
+    float s = 0.0f;
+    for (int d = lane; d < a.HD; d += 32) s += to_f(o[d]) * to_f(g[d]);
+    s = warp_sum(s);
+    if (lane == 0) a.delta[row] = s;
+}
+
+/* --- the plain kernels: any HD <= 256, float or bf16; one warp per output row, fp32 arithmetic. They are the
+   reference for the tensor-core kernels below and the path for --dtype fp32. */
+#define ATT_MAXHD 256
+#define ATT_WARPS 4
+
+template <typename T>
+__global__ void attention_forward_plain_kernel(AttnArgs<T> a) {
+    __shared__ float qs_all[ATT_WARPS][ATT_MAXHD];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * ATT_WARPS + warp;
+    if (row >= a.B * a.NH * a.Tn) return;
+    int T_ = a.Tn, HD = a.HD, half = HD / 2;
+    int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
+    float scale = 1.0f / sqrtf((float)HD);
+    float *qs = qs_all[warp];
+    const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
+    const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+    for (int d = lane; d < HD; d += 32) qs[d] = rope_load(qrow, d, HD, cq, sq);
+    __syncwarp();
+    /* pass 1: max and sum of exp over the keys s <= t (lane-strided), then combined over the warp */
+    float m = -INFINITY, l = 0.0f;
+    for (int s = lane; s <= t; s += 32) {
+        const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
+        const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+        float x = 0.0f;
+        for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
+        x *= scale;
+        if (x > m) { l = l * expf(m - x) + 1.0f; m = x; } else l += expf(x - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffffu, m, o), ol = __shfl_xor_sync(0xffffffffu, l, o);
+        float M = fmaxf(m, om);
+        l = (M == -INFINITY) ? 0.0f : l * expf(m - M) + ol * expf(om - M);
+        m = M;
+    }
+    float lse = m + logf(l);
+    /* pass 2: out = sum_s p v[s]; lane owns dims lane + 32 i */
+    float acc[ATT_MAXHD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
+    for (int s0 = 0; s0 <= t; s0 += 32) {
+        int s = s0 + lane;
+        float p = 0.0f;
+        if (s <= t) {
+            const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
+            const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+            float x = 0.0f;
+            for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
+            p = expf(x * scale - lse);
+        }
+        int n = min(32, t - s0 + 1);
+        for (int j = 0; j < n; j++) {
+            float pj = __shfl_sync(0xffffffffu, p, j);
+            const T *vrow = a.v + ((size_t)b * T_ + s0 + j) * a.ldv + (size_t)kh * HD;
+            #pragma unroll
+            for (int i = 0; i < ATT_MAXHD / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < HD) acc[i] += pj * to_f(vrow[d]);
+            }
+        }
+    }
+    T *orow = a.out + ((size_t)b * T_ + t) * a.ldo + (size_t)h * HD;
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < HD) orow[d] = from_f<T>(acc[i]);
+    }
+    if (lane == 0) a.lse[row] = lse;
+}
+
+/* dq: one warp per query row (b, h, t) */
+template <typename T>
+__global__ void attention_backward_dq_plain_kernel(AttnArgs<T> a) {
+    __shared__ float qs_all[ATT_WARPS][ATT_MAXHD], gs_all[ATT_WARPS][ATT_MAXHD];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * ATT_WARPS + warp;
+    if (row >= a.B * a.NH * a.Tn) return;
+    int T_ = a.Tn, HD = a.HD, half = HD / 2;
+    int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
+    float scale = 1.0f / sqrtf((float)HD);
+    float *qs = qs_all[warp], *gs = gs_all[warp];
+    const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
+    const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
+    const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+    for (int d = lane; d < HD; d += 32) { qs[d] = rope_load(qrow, d, HD, cq, sq); gs[d] = to_f(grow[d]); }
+    __syncwarp();
+    float lse = a.lse[row], D = a.delta[row];
+    float acc[ATT_MAXHD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
+    for (int s0 = 0; s0 <= t; s0 += 32) {
+        int s = s0 + lane;
+        float ds = 0.0f;
+        if (s <= t) {
+            const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
+            const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
+            const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+            float x = 0.0f, dp = 0.0f;
+            for (int d = 0; d < HD; d++) { x += qs[d] * rope_load(krow, d, HD, ck, sk); dp += gs[d] * to_f(vrow[d]); }
+            float p = expf(x * scale - lse);
+            ds = p * (dp - D);
+        }
+        int n = min(32, t - s0 + 1);
+        for (int j = 0; j < n; j++) {
+            float dsj = __shfl_sync(0xffffffffu, ds, j);
+            int sj = s0 + j;
+            const T *krow = a.k + ((size_t)b * T_ + sj) * a.ldk + (size_t)kh * HD;
+            const float *ck = a.cos ? a.cos + (size_t)sj * half : NULL, *sk = a.sin ? a.sin + (size_t)sj * half : NULL;
+            #pragma unroll
+            for (int i = 0; i < ATT_MAXHD / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < HD) acc[i] += dsj * rope_load(krow, d, HD, ck, sk);
+            }
+        }
+    }
+    __syncwarp();
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) gs[d] = acc[i] * scale; }
+    __syncwarp();
+    T *dqrow = a.dq + ((size_t)b * T_ + t) * a.lddq + (size_t)h * HD;
+    for (int d = lane; d < HD; d += 32) dqrow[d] = from_f<T>(rope_back(gs, d, HD, cq, sq));
+}
+
+/* dk, dv: one warp per key row (b, kv head, s), summing over the query heads of its group */
+template <typename T>
+__global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
+    __shared__ float ks_all[ATT_WARPS][ATT_MAXHD], vs_all[ATT_WARPS][ATT_MAXHD];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * ATT_WARPS + warp;
+    if (row >= a.B * a.NKV * a.Tn) return;
+    int T_ = a.Tn, HD = a.HD, half = HD / 2, G = a.NH / a.NKV;
+    int s = row % T_, kh = (row / T_) % a.NKV, b = row / (T_ * a.NKV);
+    float scale = 1.0f / sqrtf((float)HD);
+    float *ks = ks_all[warp], *vs = vs_all[warp];
+    const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
+    const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
+    const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+    for (int d = lane; d < HD; d += 32) { ks[d] = rope_load(krow, d, HD, ck, sk); vs[d] = to_f(vrow[d]); }
+    __syncwarp();
+    float dk[ATT_MAXHD / 32], dv[ATT_MAXHD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) { dk[i] = 0.0f; dv[i] = 0.0f; }
+    for (int h = kh * G; h < (kh + 1) * G; h++) {
+        for (int t0 = s; t0 < T_; t0 += 32) {
+            int t = t0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t < T_) {
+                const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
+                const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
+                const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+                float x = 0.0f, dp = 0.0f;
+                for (int d = 0; d < HD; d++) { x += rope_load(qrow, d, HD, cq, sq) * ks[d]; dp += to_f(grow[d]) * vs[d]; }
+                size_t r = ((size_t)b * a.NH + h) * T_ + t;
+                p = expf(x * scale - a.lse[r]);
+                ds = p * (dp - a.delta[r]);
+            }
+            int n = min(32, T_ - t0);
+            for (int j = 0; j < n; j++) {
+                float pj = __shfl_sync(0xffffffffu, p, j), dsj = __shfl_sync(0xffffffffu, ds, j);
+                int tj = t0 + j;
+                const T *qrow = a.q + ((size_t)b * T_ + tj) * a.ldq + (size_t)h * HD;
+                const T *grow = a.dout + ((size_t)b * T_ + tj) * a.lddo + (size_t)h * HD;
+                const float *cq = a.cos ? a.cos + (size_t)tj * half : NULL, *sq = a.sin ? a.sin + (size_t)tj * half : NULL;
+                #pragma unroll
+                for (int i = 0; i < ATT_MAXHD / 32; i++) {
+                    int d = lane + 32 * i;
+                    if (d < HD) { dv[i] += pj * to_f(grow[d]); dk[i] += dsj * rope_load(qrow, d, HD, cq, sq); }
+                }
+            }
+        }
+    }
+    __syncwarp();
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) ks[d] = dk[i] * scale; }
+    __syncwarp();
+    T *dkrow = a.dk + ((size_t)b * T_ + s) * a.lddk + (size_t)kh * HD;
+    T *dvrow = a.dv + ((size_t)b * T_ + s) * a.lddv + (size_t)kh * HD;
+    for (int d = lane; d < HD; d += 32) dkrow[d] = from_f<T>(rope_back(ks, d, HD, ck, sk));
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) dvrow[d] = from_f<T>(dv[i]); }
+}
