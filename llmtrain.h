@@ -515,29 +515,18 @@ static int json_num(json_t *obj, const char *key, double *out) {
     return 0;
 }
 
-int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t errlen) {
-    char file[1200];
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(file, sizeof(file), "%s/config.json", path);
-    else snprintf(file, sizeof(file), "%s", path);
-    json_error_t je;
-    json_t *root = json_load_file(file, 0, &je);
-    if (!root) {
-        if (access(file, R_OK) != 0) snprintf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
-        else snprintf(err, errlen, "%s:%d:%d: malformed JSON: %s", file, je.line, je.column, je.text);
-        return -1;
-    }
-    int rc = -1;
-    if (!json_is_object(root)) { snprintf(err, errlen, "%s: expected a JSON object", file); goto done; }
+/* The body of model_config_from_json on a parsed JSON document. */
+static int config_from_root(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
+    if (!json_is_object(root)) { snprintf(err, errlen, "%s: expected a JSON object", file); return -1; }
     json_t *mt = json_object_get(root, "model_type");
-    if (!json_is_string(mt)) { snprintf(err, errlen, "%s: missing string key \"model_type\"", file); goto done; }
+    if (!json_is_string(mt)) { snprintf(err, errlen, "%s: missing string key \"model_type\"", file); return -1; }
     const char *type = json_string_value(mt);
     int family;
     if (!strcmp(type, "gpt2")) family = FAMILY_GPT2;
     else if (!strcmp(type, "llama")) family = FAMILY_LLAMA;
     else if (!strcmp(type, "qwen2")) family = FAMILY_QWEN2;
     else if (!strcmp(type, "qwen3")) family = FAMILY_QWEN3;
-    else { snprintf(err, errlen, "%s: unknown model_type \"%s\" (expected gpt2, llama, qwen2 or qwen3)", file, type); goto done; }
+    else { snprintf(err, errlen, "%s: unknown model_type \"%s\" (expected gpt2, llama, qwen2 or qwen3)", file, type); return -1; }
     config_defaults(c, family);
 
     /* the sizes every family has, under the family's HF names; a default < 0 marks a required key */
@@ -545,13 +534,13 @@ int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t e
     const char *names_llama[7] = {"vocab_size", "max_position_embeddings", "num_hidden_layers", "hidden_size",
                                   "num_attention_heads", "intermediate_size", "rms_norm_eps"};
     const char **names = family == FAMILY_GPT2 ? names_gpt2 : names_llama;
-    double val[7], defs[7] = {-1, family == FAMILY_GPT2 ? 1024 : 2048, -1, -1, -1, family == FAMILY_GPT2 ? 0 : -1,
+    double val[7], defs[7] = {-1.0, family == FAMILY_GPT2 ? 1024.0 : 2048.0, -1.0, -1.0, -1.0, family == FAMILY_GPT2 ? 0.0 : -1.0,
                               family == FAMILY_GPT2 ? 1e-5 : 1e-6};
     for (int i = 0; i < 7; i++) {
         int r = json_num(root, names[i], &val[i]);
-        if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, names[i]); goto done; }
+        if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, names[i]); return -1; }
         if (r == 1) {
-            if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, names[i], type); goto done; }
+            if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, names[i], type); return -1; }
             val[i] = defs[i];
         }
     }
@@ -565,7 +554,7 @@ int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t e
         json_t *act = json_object_get(root, "activation_function");
         if (act && !(json_is_string(act) && (!strcmp(json_string_value(act), "gelu_new") ||
                      !strcmp(json_string_value(act), "gelu_pytorch_tanh")))) {
-            snprintf(err, errlen, "%s: activation_function must be \"gelu_new\" (tanh GELU)", file); goto done;
+            snprintf(err, errlen, "%s: activation_function must be \"gelu_new\" (tanh GELU)", file); return -1;
         }
     } else {
         if (json_num(root, "num_key_value_heads", &x) == 0) c->n_kv_head = (int)x;
@@ -573,12 +562,12 @@ int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t e
         else if (family == FAMILY_QWEN3 && !json_object_get(root, "head_dim")) c->head_dim = 128;
         json_t *act = json_object_get(root, "hidden_act");
         if (act && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
-            snprintf(err, errlen, "%s: hidden_act must be \"silu\"", file); goto done;
+            snprintf(err, errlen, "%s: hidden_act must be \"silu\"", file); return -1;
         }
         json_t *b = json_object_get(root, "attention_bias");
         if (family != FAMILY_QWEN2 && json_is_true(b)) c->qkv_bias = 1;
         if (json_is_true(json_object_get(root, "mlp_bias"))) {
-            snprintf(err, errlen, "%s: mlp_bias=true is not supported", file); goto done;
+            snprintf(err, errlen, "%s: mlp_bias=true is not supported", file); return -1;
         }
         /* rope: rope_theta / rope_scaling at the top level, or inside rope_parameters (newer transformers) */
         json_t *rp = json_object_get(root, "rope_parameters");
@@ -598,7 +587,7 @@ int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t e
                 c->rope_factor = (float)f; c->rope_low_freq_factor = (float)lo;
                 c->rope_high_freq_factor = (float)hi; c->rope_orig_max_pos = (int)om;
             } else if (strcmp(rt, "default")) {
-                snprintf(err, errlen, "%s: rope type \"%s\" is not supported (default or llama3)", file, rt); goto done;
+                snprintf(err, errlen, "%s: rope type \"%s\" is not supported (default or llama3)", file, rt); return -1;
             }
         }
     }
@@ -612,9 +601,23 @@ int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t e
             c->eos_token_id = (int)json_number_value(json_array_get(e, 0));
     }
     char verr[256];
-    if (model_config_validate(c, verr, sizeof(verr)) != 0) { snprintf(err, errlen, "%s: %s", file, verr); goto done; }
-    rc = 0;
-done:
+    if (model_config_validate(c, verr, sizeof(verr)) != 0) { snprintf(err, errlen, "%s: %s", file, verr); return -1; }
+    return 0;
+}
+
+int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t errlen) {
+    char file[1200];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(file, sizeof(file), "%s/config.json", path);
+    else snprintf(file, sizeof(file), "%s", path);
+    json_error_t je;
+    json_t *root = json_load_file(file, 0, &je);
+    if (!root) {
+        if (access(file, R_OK) != 0) snprintf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
+        else snprintf(err, errlen, "%s:%d:%d: malformed JSON: %s", file, je.line, je.column, je.text);
+        return -1;
+    }
+    int rc = config_from_root(c, root, file, err, errlen);
     json_decref(root);
     return rc;
 }
@@ -1553,32 +1556,24 @@ static unsigned char *map_file(const char *path, size_t *size, char *err, size_t
 
 static void unmap_file(const unsigned char *p, size_t size) { if (p && size) munmap((void *)p, size); }
 
-int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size_t errlen) {
-    memset(ds, 0, sizeof(*ds));
-    snprintf(ds->path, sizeof(ds->path), "%s", prefix);
-    char ip[1100], bp[1100];
-    snprintf(ip, sizeof(ip), "%s.idx", prefix);
-    snprintf(bp, sizeof(bp), "%s.bin", prefix);
-    size_t isz;
-    unsigned char *idx = map_file(ip, &isz, err, errlen);
-    if (!idx) return -1;
-    int rc = -1;
+/* Checks the index idx[0..isz) and fills ds (opening the .bin); -1 with err on any inconsistency. */
+static int indexed_dataset_parse(IndexedDataset *ds, const unsigned char *idx, size_t isz, const char *ip, const char *bp, char *err, size_t errlen) {
     static const unsigned char magic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', 0, 0};
-    if (isz < 34 || memcmp(idx, magic, 9) != 0) { snprintf(err, errlen, "%s: not a Megatron MMIDIDX index (bad magic)", ip); goto done; }
-    if (rd_u64(idx + 9) != 1) { snprintf(err, errlen, "%s: unsupported version %llu (expected 1)", ip, (unsigned long long)rd_u64(idx + 9)); goto done; }
+    if (isz < 34 || memcmp(idx, magic, 9) != 0) { snprintf(err, errlen, "%s: not a Megatron MMIDIDX index (bad magic)", ip); return -1; }
+    if (rd_u64(idx + 9) != 1) { snprintf(err, errlen, "%s: unsupported version %llu (expected 1)", ip, (unsigned long long)rd_u64(idx + 9)); return -1; }
     ds->dtype_code = idx[17];
     if (ds->dtype_code == 8) ds->itemsize = 2;
     else if (ds->dtype_code == 4) ds->itemsize = 4;
-    else { snprintf(err, errlen, "%s: token dtype code %d not supported (8 uint16 or 4 int32)", ip, ds->dtype_code); goto done; }
+    else { snprintf(err, errlen, "%s: token dtype code %d not supported (8 uint16 or 4 int32)", ip, ds->dtype_code); return -1; }
     uint64_t S = rd_u64(idx + 18), D1 = rd_u64(idx + 26);
     if (D1 < 1 || S > isz / 12 || D1 > isz / 8 || 34 + 12 * S + 8 * D1 > isz) {
         snprintf(err, errlen, "%s: truncated index (%llu sequences, %llu document indices, %zu bytes)", ip,
                  (unsigned long long)S, (unsigned long long)D1, isz);
-        goto done;
+        return -1;
     }
     ds->num_seqs = S; ds->num_docs = D1 - 1;
     ds->bin = map_file(bp, &ds->bin_size, err, errlen);
-    if (!ds->bin) goto done;
+    if (!ds->bin) return -1;
     const unsigned char *lens = idx + 34, *ptrs = idx + 34 + 4 * S, *docs = idx + 34 + 12 * S;
     ds->doc_start = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
     ds->doc_len = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
@@ -1587,15 +1582,15 @@ int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size
     for (uint64_t i = 0; i < S; i++) {
         int32_t len; int64_t ptr;
         memcpy(&len, lens + 4 * i, 4); memcpy(&ptr, ptrs + 8 * i, 8);
-        if (len < 0 || ptr != expect) { snprintf(err, errlen, "%s: sequence %llu has length %d at byte %lld (expected byte %lld)", ip, (unsigned long long)i, len, (long long)ptr, (long long)expect); goto done; }
+        if (len < 0 || ptr != expect) { snprintf(err, errlen, "%s: sequence %llu has length %d at byte %lld (expected byte %lld)", ip, (unsigned long long)i, len, (long long)ptr, (long long)expect); return -1; }
         expect += (int64_t)len * ds->itemsize;
     }
-    if ((size_t)expect != ds->bin_size) { snprintf(err, errlen, "%s: holds %zu bytes but the index describes %lld", bp, ds->bin_size, (long long)expect); goto done; }
+    if ((size_t)expect != ds->bin_size) { snprintf(err, errlen, "%s: holds %zu bytes but the index describes %lld", bp, ds->bin_size, (long long)expect); return -1; }
     int64_t prev = 0;
     for (uint64_t d = 0; d < D1; d++) {
         int64_t di; memcpy(&di, docs + 8 * d, 8);
         if ((d == 0 && di != 0) || di < prev || (uint64_t)di > S || (d == D1 - 1 && (uint64_t)di != S)) {
-            snprintf(err, errlen, "%s: document index %llu = %lld is out of order or range", ip, (unsigned long long)d, (long long)di); goto done;
+            snprintf(err, errlen, "%s: document index %llu = %lld is out of order or range", ip, (unsigned long long)d, (long long)di); return -1;
         }
         if (d > 0) {
             int64_t first = prev, n = 0, start = 0;
@@ -1609,8 +1604,19 @@ int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size
     int64_t ntok = (int64_t)(ds->bin_size / ds->itemsize), mx = -1;
     for (int64_t i = 0; i < ntok; i++) { int64_t t = indexed_dataset_token(ds, i); if (t > mx) mx = t; }
     ds->max_token = mx;
-    rc = 0;
-done:
+    return 0;
+}
+
+int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size_t errlen) {
+    memset(ds, 0, sizeof(*ds));
+    snprintf(ds->path, sizeof(ds->path), "%s", prefix);
+    char ip[1100], bp[1100];
+    snprintf(ip, sizeof(ip), "%s.idx", prefix);
+    snprintf(bp, sizeof(bp), "%s.bin", prefix);
+    size_t isz;
+    unsigned char *idx = map_file(ip, &isz, err, errlen);
+    if (!idx) return -1;
+    int rc = indexed_dataset_parse(ds, idx, isz, ip, bp, err, errlen);
     unmap_file(idx, isz);
     if (rc != 0) indexed_dataset_close(ds);
     return rc;
@@ -1802,24 +1808,19 @@ static int cmp_tensor_begin(const void *a, const void *b) {
     return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
 }
 
-int safetensors_open(SafeTensors *st, const char *path, char *err, size_t errlen) {
-    memset(st, 0, sizeof(*st));
-    snprintf(st->path, sizeof(st->path), "%s", path);
-    st->map = map_file(path, &st->size, err, errlen);
-    if (!st->map) return -1;
-    json_t *root = NULL;
-    int rc = -1;
-    if (st->size < 8) { snprintf(err, errlen, "%s: truncated safetensors file (%zu bytes)", path, st->size); goto done; }
+/* The checks of safetensors_open on the mapped file; *rootp gets the parsed header for the caller to free. */
+static int safetensors_parse(SafeTensors *st, json_t **rootp, const char *path, char *err, size_t errlen) {
+    if (st->size < 8) { snprintf(err, errlen, "%s: truncated safetensors file (%zu bytes)", path, st->size); return -1; }
     uint64_t hlen = rd_u64(st->map);
     if (hlen > 100000000ULL || 8 + hlen > st->size) {
         snprintf(err, errlen, "%s: header length %llu is beyond the file's %zu bytes or the 100 MB bound", path, (unsigned long long)hlen, st->size);
-        goto done;
+        return -1;
     }
     json_error_t je;
-    root = json_loadb((const char *)st->map + 8, hlen, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = *rootp = json_loadb((const char *)st->map + 8, hlen, JSON_REJECT_DUPLICATES, &je);
     if (!root || !json_is_object(root)) {
         snprintf(err, errlen, "%s: malformed header JSON at byte %d: %s", path, root ? 8 : 8 + je.position, root ? "not an object" : je.text);
-        goto done;
+        return -1;
     }
     st->data = st->map + 8 + hlen;
     uint64_t data_size = st->size - 8 - hlen;
@@ -1829,23 +1830,23 @@ int safetensors_open(SafeTensors *st, const char *path, char *err, size_t errlen
     json_object_foreach(root, key, val) {
         if (!strcmp(key, "__metadata__")) { st->metadata_json = json_dumps(val, JSON_COMPACT); continue; }
         SafeTensor *t = &st->tensors[st->num_tensors];
-        if (strlen(key) >= sizeof(t->name)) { snprintf(err, errlen, "%s: tensor name too long: %.60s...", path, key); goto done; }
+        if (strlen(key) >= sizeof(t->name)) { snprintf(err, errlen, "%s: tensor name too long: %.60s...", path, key); return -1; }
         snprintf(t->name, sizeof(t->name), "%s", key);
         json_t *dt = json_object_get(val, "dtype"), *sh = json_object_get(val, "shape"), *of = json_object_get(val, "data_offsets");
         int bytes = 0;
         if (!json_is_string(dt) || (t->dtype = st_dtype(json_string_value(dt), &bytes)) < 0) {
-            snprintf(err, errlen, "%s: tensor \"%s\": missing or unknown dtype", path, key); goto done;
+            snprintf(err, errlen, "%s: tensor \"%s\": missing or unknown dtype", path, key); return -1;
         }
-        if (!json_is_array(sh) || json_array_size(sh) > 8) { snprintf(err, errlen, "%s: tensor \"%s\": bad shape", path, key); goto done; }
+        if (!json_is_array(sh) || json_array_size(sh) > 8) { snprintf(err, errlen, "%s: tensor \"%s\": bad shape", path, key); return -1; }
         if (!json_is_array(of) || json_array_size(of) != 2 || !json_is_integer(json_array_get(of, 0)) ||
             !json_is_integer(json_array_get(of, 1))) {
-            snprintf(err, errlen, "%s: tensor \"%s\": bad data_offsets", path, key); goto done;
+            snprintf(err, errlen, "%s: tensor \"%s\": bad data_offsets", path, key); return -1;
         }
         t->ndim = (int)json_array_size(sh);
         uint64_t numel = 1;
         for (int i = 0; i < t->ndim; i++) {
             json_t *d = json_array_get(sh, i);
-            if (!json_is_integer(d) || json_integer_value(d) < 0) { snprintf(err, errlen, "%s: tensor \"%s\": bad shape", path, key); goto done; }
+            if (!json_is_integer(d) || json_integer_value(d) < 0) { snprintf(err, errlen, "%s: tensor \"%s\": bad shape", path, key); return -1; }
             t->shape[i] = json_integer_value(d);
             numel *= (uint64_t)t->shape[i];
         }
@@ -1853,13 +1854,13 @@ int safetensors_open(SafeTensors *st, const char *path, char *err, size_t errlen
         if (b < 0 || e < b || (uint64_t)e > data_size) {
             snprintf(err, errlen, "%s: tensor \"%s\": data_offsets [%lld, %lld] outside the %llu data bytes", path, key,
                      (long long)b, (long long)e, (unsigned long long)data_size);
-            goto done;
+            return -1;
         }
         t->begin = (uint64_t)b; t->end = (uint64_t)e;
         if (t->end - t->begin != numel * (uint64_t)bytes) {
             snprintf(err, errlen, "%s: tensor \"%s\": %llu bytes but dtype x shape needs %llu", path, key,
                      (unsigned long long)(t->end - t->begin), (unsigned long long)(numel * bytes));
-            goto done;
+            return -1;
         }
         st->num_tensors++;
     }
@@ -1872,14 +1873,22 @@ int safetensors_open(SafeTensors *st, const char *path, char *err, size_t errlen
         if (sorted[i].begin != pos) {
             snprintf(err, errlen, "%s: tensor \"%s\" starts at byte %llu, expected %llu (offsets must tile the buffer)", path,
                      sorted[i].name, (unsigned long long)sorted[i].begin, (unsigned long long)pos);
-            free(sorted); goto done;
+            free(sorted); return -1;
         }
         pos = sorted[i].end;
     }
     free(sorted);
-    if (pos != data_size) { snprintf(err, errlen, "%s: tensors cover %llu data bytes but the file holds %llu", path, (unsigned long long)pos, (unsigned long long)data_size); goto done; }
-    rc = 0;
-done:
+    if (pos != data_size) { snprintf(err, errlen, "%s: tensors cover %llu data bytes but the file holds %llu", path, (unsigned long long)pos, (unsigned long long)data_size); return -1; }
+    return 0;
+}
+
+int safetensors_open(SafeTensors *st, const char *path, char *err, size_t errlen) {
+    memset(st, 0, sizeof(*st));
+    snprintf(st->path, sizeof(st->path), "%s", path);
+    st->map = map_file(path, &st->size, err, errlen);
+    if (!st->map) return -1;
+    json_t *root = NULL;
+    int rc = safetensors_parse(st, &root, path, err, errlen);
     if (root) json_decref(root);
     if (rc != 0) safetensors_close(st);
     return rc;
@@ -2132,7 +2141,8 @@ int model_load_hf_dir(Model *m, const char *dir, char *err, size_t errlen) {
     }
     /* the distinct shard files, in first-seen order */
     const char **files = (const char **)calloc(json_object_size(wm) + 1, sizeof(char *));
-    int nf = 0, rc = -1;
+    int nf = 0, rc = -1, opened = 0;
+    SafeTensors *sts = NULL;
     const char *key; json_t *val;
     json_object_foreach(wm, key, val) {
         if (!json_is_string(val) || strchr(json_string_value(val), '/')) { snprintf(err, errlen, "%s: weight_map[\"%s\"] must be a file name", path, key); goto done; }
@@ -2140,8 +2150,7 @@ int model_load_hf_dir(Model *m, const char *dir, char *err, size_t errlen) {
         for (int i = 0; i < nf; i++) seen |= !strcmp(files[i], json_string_value(val));
         if (!seen) files[nf++] = json_string_value(val);
     }
-    SafeTensors *sts = (SafeTensors *)calloc(nf + 1, sizeof(SafeTensors));
-    int opened = 0;
+    sts = (SafeTensors *)calloc(nf + 1, sizeof(SafeTensors));
     for (; opened < nf; opened++) {
         char sp[1400];
         snprintf(sp, sizeof(sp), "%s/%s", dir, files[opened]);
@@ -2160,7 +2169,7 @@ done:
 static int save_hf_tensors(const Model *m, const HFTensor *list, int n, const char *path, char *err, size_t errlen) {
     SafeTensorOut *out = (SafeTensorOut *)calloc(n + 1, sizeof(SafeTensorOut));
     float **bufs = (float **)calloc(n + 1, sizeof(float *));
-    char (*names)[160] = calloc(n + 1, 160);
+    char (*names)[160] = (char (*)[160])calloc(n + 1, 160);
     for (int i = 0; i < n; i++) {
         const float *src = m->params_memory + list[i].offset;
         int64_t numel = list[i].shape[0] * (list[i].ndim == 2 ? list[i].shape[1] : 1);
@@ -2384,6 +2393,9 @@ int checkpoint_load(const char *dir, Model *m, TrainState *ts, char *err, size_t
     SafeTensors st;
     if (safetensors_open(&st, path, err, errlen) != 0) return -1;
     int rc = -1;
+    int64_t cursor;
+    json_error_t je;
+    json_t *md = NULL, *rf = NULL;
     memset(ts, 0, sizeof(*ts));
     const SafeTensor *tm = safetensors_find(&st, "optimizer.m"), *tv = safetensors_find(&st, "optimizer.v");
     if (!tm || !tv || tm->dtype != ST_F32 || tv->dtype != ST_F32 ||
@@ -2394,13 +2406,11 @@ int checkpoint_load(const char *dir, Model *m, TrainState *ts, char *err, size_t
     if (!m->m_memory) { m->m_memory = (float *)calloc(m->num_params, sizeof(float)); m->v_memory = (float *)calloc(m->num_params, sizeof(float)); }
     memcpy(m->m_memory, st.data + tm->begin, m->num_params * sizeof(float));
     memcpy(m->v_memory, st.data + tv->begin, m->num_params * sizeof(float));
-    int64_t cursor;
     if (read_i64(&st, "step", &ts->step, err, errlen) || read_i64(&st, "data_cursor", &cursor, err, errlen) ||
         read_i64(&st, "skipped_steps", &ts->skipped, err, errlen)) goto done;
     ts->data_cursor = (uint64_t)cursor;
-    json_error_t je;
-    json_t *md = st.metadata_json ? json_loads(st.metadata_json, 0, &je) : NULL;
-    json_t *rf = md ? json_object_get(md, "run_flags") : NULL;
+    md = st.metadata_json ? json_loads(st.metadata_json, 0, &je) : NULL;
+    rf = md ? json_object_get(md, "run_flags") : NULL;
     if (!json_is_string(rf)) { snprintf(err, errlen, "%s: metadata has no run_flags", path); json_decref(md); goto done; }
     snprintf(ts->run_flags, sizeof(ts->run_flags), "%s", json_string_value(rf));
     json_decref(md);
