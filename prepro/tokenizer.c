@@ -14,6 +14,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -974,10 +975,13 @@ static int default_eos(const Tokenizer *t) {
 Tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
     LoadCtx c = {path, err, errlen};
     if (errlen) err[0] = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) { snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
     json_error_t je;
-    json_t *root = json_load_file(path, JSON_ALLOW_NUL, &je);
+    json_t *root = json_loadf(f, JSON_ALLOW_NUL, &je);
+    fclose(f);
     if (!root) {
-        if (je.line > 0) snprintf(err, errlen, "%s:%d:%d: %s", path, je.line, je.column, je.text);
+        if (je.line > 0) snprintf(err, errlen, "%s:%d:%d: %s", path, je.line, je.column > 0 ? je.column : 1, je.text);
         else snprintf(err, errlen, "%s: %s", path, je.text);
         return NULL;
     }

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# prepro end to end: the .idx/.bin bytes against files built here by hand (docs/formats.md sec. 1),
+# the .txt modes, .jsonl / .json / .csv / directories, workers, and every class of bad input
+# (one error line, non-zero exit, no output left behind). Needs ./prepro/prepro built; run from anywhere.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+PREPRO=./prepro/prepro
+TOK=data/gpt2_tokenizer.json
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+checks=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+ok() { checks=$((checks + 1)); }
+
+[ -x "$PREPRO" ] || { echo "FAIL: $PREPRO is not built (run make)"; exit 1; }
+
+# little-endian bytes of an integer
+le() {
+  local v=$1 n=$2 i
+  for ((i = 0; i < n; i++)); do printf "\\x$(printf %02x $(((v >> (8 * i)) & 255)))"; done
+}
+# make_idx DTYPE_CODE ITEMSIZE "seq lengths" "document boundaries (sequence counts, without the leading 0)"
+make_idx() {
+  local code=$1 item=$2 lens=($3) docs=($4) l d p=0
+  printf 'MMIDIDX\x00\x00'; le 1 8; le "$code" 1; le ${#lens[@]} 8; le $((${#docs[@]} + 1)) 8
+  for l in "${lens[@]}"; do le "$l" 4; done
+  for l in "${lens[@]}"; do le $p 8; p=$((p + l * item)); done
+  le 0 8
+  for d in "${docs[@]}"; do le "$d" 8; done
+}
+# make_bin ITEMSIZE ids...
+make_bin() { local item=$1 v; shift; for v in "$@"; do le "$v" "$item"; done; }
+
+# run_ok NAME ARGS...: prepro must succeed; its stderr is kept in $T/NAME.err
+run_ok() {
+  local name=$1; shift
+  if ! "$PREPRO" "$@" 2> "$T/$name.err"; then fail "$name: prepro failed: $(cat "$T/$name.err")"; return 1; fi
+  ok
+}
+same() { # same NAME FILE1 FILE2
+  if cmp -s "$2" "$3"; then ok; else fail "$1: $2 and $3 differ"; cmp "$2" "$3" | head -3; fi
+}
+doc_count() { # documents in an .idx: header field at byte 26, minus the leading 0
+  echo $(($(od -An -t u8 -j 26 -N 8 "$1") - 1))
+}
+
+# ---- paragraph mode (the default run's mode), with --append-eod: exact .idx and .bin bytes
+printf 'Hello world\n\n\nSecond doc\nline two\n  \t\nOne\n' > "$T/para.txt"
+run_ok para --input "$T/para.txt" --tokenizer $TOK --output-prefix "$T/para" --append-eod --txt-mode paragraph --workers 2
+make_idx 8 2 "3 6 2" "1 2 3" > "$T/want.idx"
+make_bin 2 15496 995 50256 12211 2205 198 1370 734 50256 3198 50256 > "$T/want.bin"
+same para "$T/want.idx" "$T/para_text_document.idx"
+same para "$T/want.bin" "$T/para_text_document.bin"
+grep -q '"documents": 3' "$T/para_text_document.json" && grep -q '"sha256": "[0-9a-f]\{64\}"' "$T/para_text_document.json" \
+  && grep -q '"dtype": "uint16"' "$T/para_text_document.json" && ok || fail "para: metadata sidecar"
+grep -q "^prepro: done: 3 documents, 11 tokens" "$T/para.err" && ok || fail "para: summary line: $(cat "$T/para.err")"
+
+# ---- line mode: one document per non-blank line, no EOD
+run_ok line --input "$T/para.txt" --tokenizer $TOK --output-prefix "$T/line" --txt-mode line
+make_idx 8 2 "2 2 2 1" "1 2 3 4" > "$T/want.idx"
+make_bin 2 15496 995 12211 2205 1370 734 3198 > "$T/want.bin"
+same line "$T/want.idx" "$T/line_text_document.idx"
+same line "$T/want.bin" "$T/line_text_document.bin"
+
+# ---- file mode: the whole file is one document
+run_ok file --input "$T/para.txt" --tokenizer $TOK --output-prefix "$T/file" --txt-mode file
+[ "$(doc_count "$T/file_text_document.idx")" = 1 ] && ok || fail "file mode: want 1 document"
+
+# ---- jsonl: a list value is one document of several sequences; empty documents are skipped and counted
+cat > "$T/docs.jsonl" <<'EOF'
+{"text": "Hello world"}
+{"text": ["One", "Two words"], "id": 2}
+{"text": ""}
+
+{"text": "Hi", "id": 3}
+EOF
+run_ok jsonl --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$T/jsonl" --append-eod
+make_idx 8 2 "3 1 3 2" "1 3 4" > "$T/want.idx"
+make_bin 2 15496 995 50256 3198 7571 2456 50256 17250 50256 > "$T/want.bin"
+same jsonl "$T/want.idx" "$T/jsonl_text_document.idx"
+same jsonl "$T/want.bin" "$T/jsonl_text_document.bin"
+grep -q "1 empty skipped" "$T/jsonl.err" && ok || fail "jsonl: empty document not counted: $(cat "$T/jsonl.err")"
+
+# ---- .json array and .csv give the same files as the equivalent .jsonl
+printf '[{"text": "Hello world"},\n {"text": ["One", "Two words"], "id": 2},\n {"text": ""},\n {"text": "Hi", "id": 3}\n]\n' > "$T/docs.json"
+run_ok json --input "$T/docs.json" --tokenizer $TOK --output-prefix "$T/json" --append-eod
+same json "$T/jsonl_text_document.idx" "$T/json_text_document.idx"
+same json "$T/jsonl_text_document.bin" "$T/json_text_document.bin"
+printf 'id,text\r\n1,Hello world\r\n2,"Say ""hi"", then\nnew line"\r\n3,Hi\r\n' > "$T/docs.csv"
+printf '{"text": "Hello world"}\n{"text": "Say \\"hi\\", then\\nnew line"}\n{"text": "Hi"}\n' > "$T/csv_equiv.jsonl"
+run_ok csv --input "$T/docs.csv" --tokenizer $TOK --output-prefix "$T/csv"
+run_ok csv_equiv --input "$T/csv_equiv.jsonl" --tokenizer $TOK --output-prefix "$T/csv_equiv"
+same csv "$T/csv_equiv_text_document.idx" "$T/csv_text_document.idx"
+same csv "$T/csv_equiv_text_document.bin" "$T/csv_text_document.bin"
+
+# ---- a directory: files in path order; several keys give one output each
+mkdir -p "$T/dir/sub"
+printf '{"text": "Hi", "title": "One"}\n' > "$T/dir/b.jsonl"
+printf '{"text": "Hello world", "title": "Two words"}\n' > "$T/dir/a.jsonl"
+printf '{"text": "One", "title": "Hi"}\n' > "$T/dir/sub/c.jsonl"
+printf 'ignored\n' > "$T/dir/notes.md"
+run_ok dir --input "$T/dir" --tokenizer $TOK --output-prefix "$T/dir_out" --json-keys text title
+make_bin 2 15496 995 17250 3198 > "$T/want.bin"
+same dir "$T/want.bin" "$T/dir_out_text_document.bin"
+make_bin 2 7571 2456 3198 17250 > "$T/want.bin"
+same dir "$T/want.bin" "$T/dir_out_title_document.bin"
+
+# ---- special tokens in the text: matched by default, plain text with --special-as-text
+printf 'x<|endoftext|>y\n' > "$T/special.txt"
+run_ok special --input "$T/special.txt" --tokenizer $TOK --output-prefix "$T/sp" --txt-mode line
+make_bin 2 87 50256 88 > "$T/want.bin"
+same special "$T/want.bin" "$T/sp_text_document.bin"
+run_ok special_text --input "$T/special.txt" --tokenizer $TOK --output-prefix "$T/spt" --txt-mode line --special-as-text
+make_bin 2 87 27 91 437 1659 5239 91 29 88 > "$T/want.bin"
+same special_text "$T/want.bin" "$T/spt_text_document.bin"
+
+# ---- vocab >= 65500: int32 tokens (dtype code 4)
+printf 'abcab\n' > "$T/tiny.txt"
+run_ok int32 --input "$T/tiny.txt" --tokenizer tests/fixtures/prepro/tiny_tokenizer.json --output-prefix "$T/i32" --append-eod
+make_idx 4 4 "4" "1" > "$T/want.idx"
+make_bin 4 3 2 3 70000 > "$T/want.bin"
+same int32 "$T/want.idx" "$T/i32_text_document.idx"
+same int32 "$T/want.bin" "$T/i32_text_document.bin"
+
+# ---- workers: byte-identical output for every N (several batches: 1.1 MB, line mode)
+for n in 1 2 3; do
+  run_ok "workers$n" --input data/tinyshakespeare.txt --tokenizer $TOK --output-prefix "$T/w$n" --txt-mode line --append-eod --workers $n
+done
+for n in 2 3; do
+  same "workers $n" "$T/w1_text_document.bin" "$T/w${n}_text_document.bin"
+  same "workers $n" "$T/w1_text_document.idx" "$T/w${n}_text_document.idx"
+done
+[ "$(doc_count "$T/w1_text_document.idx")" = "$(grep -cv '^[[:space:]]*$' data/tinyshakespeare.txt)" ] && ok \
+  || fail "workers: document count is not the number of non-blank lines"
+
+# ---- bad inputs: one error line naming the place, exit != 0, nothing left in the output folder
+# expect_error NAME REGEX ARGS... (outputs go to $T/bad/out)
+expect_error() {
+  local name=$1 re=$2; shift 2
+  rm -rf "$T/bad"; mkdir -p "$T/bad"
+  "$PREPRO" "$@" > "$T/bad.out" 2> "$T/bad.err"
+  local rc=$? lines
+  lines=$(wc -l < "$T/bad.err")
+  if [ $rc -eq 0 ]; then fail "$name: exit 0, want an error"
+  elif [ "$lines" -ne 1 ]; then fail "$name: $lines stderr lines, want 1:"; sed 's/^/    /' "$T/bad.err"
+  elif ! grep -Eq -- "$re" "$T/bad.err"; then fail "$name: error \"$(cat "$T/bad.err")\" does not match /$re/"
+  elif [ -n "$(ls -A "$T/bad")" ]; then fail "$name: files left behind: $(ls -A "$T/bad")"
+  else ok; fi
+}
+B="$T/bad/out"
+expect_error missing_file "^prepro: $T/nope.jsonl: cannot open: No such file" --input "$T/nope.jsonl" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": "ok"}\n{"text": "unterminated}\n' > "$T/malformed.jsonl"
+expect_error malformed_json "^prepro: $T/malformed.jsonl:2:[0-9]+: malformed JSON" --input "$T/malformed.jsonl" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": "ok"}\n{"content": "x", "id": 1}\n' > "$T/nokey.jsonl"
+expect_error missing_key "^prepro: $T/nokey.jsonl:2: key \"text\" not found \(keys present: \"content\", \"id\"\)" --input "$T/nokey.jsonl" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": 5}\n' > "$T/number.jsonl"
+expect_error not_string "^prepro: $T/number.jsonl:1: key \"text\" is a number, expected a string" --input "$T/number.jsonl" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": ["a", null]}\n' > "$T/listnull.jsonl"
+expect_error list_not_string "^prepro: $T/listnull.jsonl:1: key \"text\"\[1\] is null" --input "$T/listnull.jsonl" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": "ok"}\n{"text": "a\xffb"}\n' > "$T/utf8.jsonl"
+expect_error utf8_jsonl "^prepro: $T/utf8.jsonl:2:12: invalid UTF-8 \(byte 0xFF\)" --input "$T/utf8.jsonl" --tokenizer $TOK --output-prefix "$B"
+printf 'fine\nab\xe2\x82 cut\n' > "$T/utf8.txt"
+expect_error utf8_txt "^prepro: $T/utf8.txt:2:3: invalid UTF-8" --input "$T/utf8.txt" --tokenizer $TOK --output-prefix "$B"
+printf 'id,text\n1,"never closed\n2,x\n' > "$T/quote.csv"
+expect_error csv_quote "^prepro: $T/quote.csv:2: unterminated quoted field" --input "$T/quote.csv" --tokenizer $TOK --output-prefix "$B"
+printf 'id,body\n1,x\n' > "$T/nocol.csv"
+expect_error csv_column "^prepro: $T/nocol.csv:1: column \"text\" not found \(columns: \"id\", \"body\"\)" --input "$T/nocol.csv" --tokenizer $TOK --output-prefix "$B"
+printf 'id,text\n1,x\n2,y,z\n' > "$T/fields.csv"
+expect_error csv_fields "^prepro: $T/fields.csv:3: record has 3 fields, the header has 2" --input "$T/fields.csv" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": "not an array"}\n' > "$T/object.json"
+expect_error json_not_array "^prepro: $T/object.json:1:1: expected a JSON array" --input "$T/object.json" --tokenizer $TOK --output-prefix "$B"
+printf '[{"text": "a"},\n {"text": "b"\n' > "$T/cut.json"
+expect_error json_cut "^prepro: $T/cut.json:[0-9]+:[0-9]+: malformed JSON" --input "$T/cut.json" --tokenizer $TOK --output-prefix "$B"
+printf '{"model": {"vocab": {"a": 0,}}}' > "$T/badtok.json"
+expect_error bad_tokenizer "^prepro: $T/badtok.json:1:[0-9]+: " --input "$T/docs.jsonl" --tokenizer "$T/badtok.json" --output-prefix "$B"
+expect_error no_output_dir "^prepro: $T/bad/missing/x_text_document.bin.tmp: cannot create" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$T/bad/missing/x"
+expect_error unknown_flag "^prepro: unknown flag --bogus" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --bogus 1
+expect_error eod_token "--eod-token \"<nope>\" is not a token" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --eod-token '<nope>'
+expect_error txt_two_keys "two|2 --json-keys" --input "$T/para.txt" --tokenizer $TOK --output-prefix "$B" --json-keys a b
+# the error is found in a later batch, after output was written: the temps still go
+python_free_big="$T/big.jsonl"
+for i in $(seq 1 3000); do printf '{"text": "document number %d with some words in it"}\n' "$i"; done > "$python_free_big"
+printf '{"txt": "late"}\n' >> "$python_free_big"
+expect_error late_error "^prepro: $python_free_big:3001: key \"text\" not found" --input "$python_free_big" --tokenizer $TOK --output-prefix "$B" --workers 2
+
+# ---- --on-error skip: bad documents are counted, the rest is written
+cat "$T/docs.jsonl" "$T/nokey.jsonl" "$T/number.jsonl" "$T/utf8.jsonl" > "$T/mixed.jsonl"
+run_ok skip --input "$T/mixed.jsonl" --tokenizer $TOK --output-prefix "$T/skip" --on-error skip
+grep -q "3 bad skipped" "$T/skip.err" && ok || fail "skip: summary: $(tail -1 "$T/skip.err")"
+[ "$(grep -c '(document skipped)' "$T/skip.err")" = 3 ] && ok || fail "skip: want 3 skipped-document lines"
+[ "$(doc_count "$T/skip_text_document.idx")" = 5 ] && ok || fail "skip: want 5 documents"
+
+# ---- other tokenizer families, when their files are present (never committed)
+QWEN=../shared/data/tokenizers/qwen2/tokenizer.json
+if [ -f $QWEN ]; then
+  run_ok qwen --input "$T/docs.jsonl" --tokenizer $QWEN --output-prefix "$T/qwen" --append-eod
+  [ "$(od -An -t u1 -j 17 -N 1 "$T/qwen_text_document.idx" | tr -d ' ')" = 4 ] && ok || fail "qwen: want int32 (dtype code 4)"
+  grep -q '"eod_id": 151643' "$T/qwen_text_document.json" && ok || fail "qwen: eod id"
+else
+  echo "skip qwen2 checks: $QWEN absent"
+fi
+
+echo "$checks checks, $fails failures"
+[ $fails -eq 0 ]
