@@ -30,10 +30,11 @@ if diff <(grep -E '^step' "$tmp/a.log" | sed 's/| [0-9.]* ms.*//') <(grep -E '^s
     ok "1 thread and 2 threads give identical losses and norms"
 else bad "runs with 1 and 2 threads differ"; fi
 
-[ -f "$tmp/run/final/model.safetensors" ] && [ -f "$tmp/run/final/config.json" ] && ok "final model saved" || bad "no final model"
+final="$tmp/run/$(cat "$tmp/run/latest" 2>/dev/null)"
+[ -f "$final/model.safetensors" ] && [ -f "$final/config.json" ] && ok "final checkpoint $final" || bad "no final checkpoint"
 grep -q '"val_loss"' "$tmp/run/log.jsonl" && ok "log.jsonl has step and eval records" || bad "log.jsonl"
 # continue from the saved HF-format folder: its first validation loss is the last one of the run
-./train --data "$data" --init-from "$tmp/run/final" --batch-size 4 --seq-len 32 --steps 0 --split 90,10,0 \
+./train --data "$data" --init-from "$final" --batch-size 4 --seq-len 32 --steps 0 --split 90,10,0 \
     --eval-steps 4 --eval-every 1 > "$tmp/c.log" 2>&1 || { cat "$tmp/c.log"; bad "--init-from"; }
 v2=$(awk '/^step 0 \| val loss/ {print $6}' "$tmp/c.log")
 [ "$v2" = "$v1" ] && ok "--init-from the saved model gives the same val loss ($v2)" || bad "--init-from val loss $v2 != $v1"
@@ -49,12 +50,12 @@ expect_error() {  # name, expected substring, command...
 expect_error "missing data" "nope.idx" ./train --data "$tmp/nope"
 expect_error "unknown model_type" 'unknown model_type "bert"' ./train --data "$data" --model tests/fixtures/configs/bad_model_type.json
 expect_error "inconsistent heads" "not a multiple" ./train --data "$data" --model tests/fixtures/configs/bad_heads.json
-expect_error "malformed config" "bad_json.json:3" ./train --data "$data" --model tests/fixtures/configs/bad_json.json
+expect_error "malformed config" "bad_json.json:2:" ./train --data "$data" --model tests/fixtures/configs/bad_json.json
 expect_error "missing config key" 'missing key "intermediate_size"' ./train --data "$data" --model tests/fixtures/configs/bad_missing.json
 expect_error "unknown preset" "neither a preset" ./train --data "$data" --model gpt9
 expect_error "unknown flag" "unknown flag --bogus" ./train --data "$data" --bogus 1
-mkdir -p "$tmp/trunc"; cp "$tmp/run/final/config.json" "$tmp/trunc/"
-head -c 5000 "$tmp/run/final/model.safetensors" > "$tmp/trunc/model.safetensors"
+mkdir -p "$tmp/trunc"; cp "$final/config.json" "$tmp/trunc/"
+head -c 5000 "$final/model.safetensors" > "$tmp/trunc/model.safetensors"
 expect_error "truncated safetensors" "model.safetensors" ./train --data "$data" --init-from "$tmp/trunc"
 expect_error "vocab too small" "outside the model's vocabulary" ./train --data "$data" --model tests/fixtures/models/llama/config.json
 exit $fail
