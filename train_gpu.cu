@@ -8,7 +8,6 @@
  Build (see also `make train_gpu`):
    nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -o train_gpu train_gpu.cu \
         prepro/tokenizer.c -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm
- With a header that does not yet compile as C++, add -DLLMTRAIN_C_IMPL and dev/cuda/llmtrain_impl.c.
 
  Reading order: numerics helpers; one kernel (or cuBLASLt call) per layer of llmtrain.h, each with the
  name of its CPU mirror inside namespace gpu (gpu::layernorm_forward mirrors layernorm_forward); the
@@ -20,14 +19,8 @@
  from the fp32 masters by stochastic rounding with the header's counter-based RNG (rng_mix ported below).
  Every reduction runs in a fixed order: a run repeats bit for bit on the same GPU and the same world size.
 */
-#ifdef LLMTRAIN_C_IMPL
-extern "C" {
-#include "llmtrain.h"
-}
-#else
 #define LLMTRAIN_IMPLEMENTATION
 #include "llmtrain.h"
-#endif
 extern "C" {
 #include "prepro/tokenizer.h"
 }
@@ -806,4 +799,385 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
     for (int d = lane; d < HD; d += 32) dkrow[d] = from_f<T>(rope_back(ks, d, HD, ck, sk));
     #pragma unroll
     for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) dvrow[d] = from_f<T>(dv[i]); }
+}
+
+/* --- the tensor-core kernels: bf16, HD in {32, 64, 128}, flash-style (the T x T probabilities are never
+   stored). Each warp owns 16 rows of a tile and multiplies with mma.sync m16n8k16 (bf16 in, fp32 accumulate).
+   Fragment layout (PTX ISA, m16n8k16 .bf16), with g = lane / 4 and q = lane % 4:
+     A 16x16 (row-major): a[0] = A[g][2q..2q+1], a[1] = A[g+8][2q..], a[2] = A[g][2q+8..], a[3] = A[g+8][2q+8..]
+     B 16x8  (k x n):     b[0] = B[2q..2q+1][g],  b[1] = B[2q+8..2q+9][g]
+     C 16x8  (fp32):      c[0..1] = C[g][2q..2q+1], c[2..3] = C[g+8][2q..2q+1]
+   Two C tiles side by side (16x16) are exactly the A fragment of the next product (P of QK^T feeds PV), so the
+   probabilities go from one mma to the next in registers. Tiles sit in shared memory with rows padded to
+   HD+8 elements, which spreads a fragment's 32 loads over distinct banks. */
+
+#define TC_PAD 8
+
+__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+__device__ __forceinline__ uint32_t ld_u32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+__device__ __forceinline__ uint32_t pack_bf16_pair(bf16 lo, bf16 hi) {
+    return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+/* A fragment of rows r0.. and columns k0.. of a row-major smem tile with pitch P */
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *M, int P, int r0, int k0, int g, int q) {
+    a[0] = ld_u32(M + (r0 + g) * P + k0 + 2 * q);
+    a[1] = ld_u32(M + (r0 + g + 8) * P + k0 + 2 * q);
+    a[2] = ld_u32(M + (r0 + g) * P + k0 + 2 * q + 8);
+    a[3] = ld_u32(M + (r0 + g + 8) * P + k0 + 2 * q + 8);
+}
+/* B fragment for B[k][n] = M[n0+n][k0+k] (M row-major, rows indexed by n): contiguous pairs */
+__device__ __forceinline__ void frag_b_rows(uint32_t b[2], const bf16 *M, int P, int n0, int k0, int g, int q) {
+    b[0] = ld_u32(M + (n0 + g) * P + k0 + 2 * q);
+    b[1] = ld_u32(M + (n0 + g) * P + k0 + 2 * q + 8);
+}
+/* B fragment for B[k][n] = M[k0+k][n0+n] (M row-major, rows indexed by k): gathered halves */
+__device__ __forceinline__ void frag_b_cols(uint32_t b[2], const bf16 *M, int P, int k0, int n0, int g, int q) {
+    b[0] = pack_bf16_pair(M[(k0 + 2 * q) * P + n0 + g], M[(k0 + 2 * q + 1) * P + n0 + g]);
+    b[1] = pack_bf16_pair(M[(k0 + 2 * q + 8) * P + n0 + g], M[(k0 + 2 * q + 9) * P + n0 + g]);
+}
+/* the A fragment of a 16x16 block made of C tiles c0 (columns 0..7) and c1 (columns 8..15) */
+__device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
+    a[0] = pack_bf16x2(c0[0], c0[1]);
+    a[1] = pack_bf16x2(c0[2], c0[3]);
+    a[2] = pack_bf16x2(c1[0], c1[1]);
+    a[3] = pack_bf16x2(c1[2], c1[3]);
+}
+
+/* rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8), RoPE'd when cs != NULL; zeros past T.
+   base points at position 0 of the (batch, head); row p at base + p*ld. */
+template <int HD>
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn,
+                                          const float *cs, const float *sn) {
+    constexpr int P = HD + TC_PAD, half = HD / 2, H8 = half / 8;
+    for (int i = threadIdx.x; i < rows * H8; i += blockDim.x) {
+        int r = i / H8, c = (i % H8) * 8, pos = pos0 + r;
+        Pack<bf16> x1, x2;
+        if (pos < Tn) {
+            const bf16 *src = base + (size_t)pos * ld;
+            x1 = ld_pack(src + c);
+            x2 = ld_pack(src + c + half);
+            if (cs) {
+                const float *cr = cs + (size_t)pos * half + c, *sr = sn + (size_t)pos * half + c;
+                #pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    float a1 = to_f(x1.v[k]), a2 = to_f(x2.v[k]);
+                    x1.v[k] = from_f<bf16>(a1 * cr[k] - a2 * sr[k]);
+                    x2.v[k] = from_f<bf16>(a2 * cr[k] + a1 * sr[k]);
+                }
+            }
+        } else {
+            #pragma unroll
+            for (int k = 0; k < 8; k++) { x1.v[k] = from_f<bf16>(0.0f); x2.v[k] = from_f<bf16>(0.0f); }
+        }
+        st_pack(dst + r * P + c, x1);
+        st_pack(dst + r * P + c + half, x2);
+    }
+}
+
+/* Writes a warp's 16 x HD fp32 accumulator (rows row0 + g, row0 + g + 8) as bf16, scaled, rotated back by RoPE
+   (element d and d + HD/2 sit in the same thread: tiles n and n + HD/16) when cs != NULL. */
+template <int HD>
+__device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn, float acc[HD / 8][4], float scale,
+                                           const float *cs, const float *sn, int g, int q) {
+    constexpr int half = HD / 2;
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        int pos = row0 + g + 8 * hr;
+        if (pos >= Tn) continue;
+        bf16 *dst = base + (size_t)pos * ld;
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            #pragma unroll
+            for (int e = 0; e < 2; e++) acc[n][2 * hr + e] *= scale;
+        }
+        if (cs) {
+            const float *cr = cs + (size_t)pos * half, *sr = sn + (size_t)pos * half;
+            #pragma unroll
+            for (int n = 0; n < HD / 16; n++) {
+                #pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int d = n * 8 + 2 * q + e;
+                    float g1 = acc[n][2 * hr + e], g2 = acc[n + HD / 16][2 * hr + e];
+                    acc[n][2 * hr + e] = g1 * cr[d] + g2 * sr[d];
+                    acc[n + HD / 16][2 * hr + e] = g2 * cr[d] - g1 * sr[d];
+                }
+            }
+        }
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++)
+            *reinterpret_cast<uint32_t *>(dst + n * 8 + 2 * q) = pack_bf16x2(acc[n][2 * hr], acc[n][2 * hr + 1]);
+    }
+}
+
+#define LOG2E 1.4426950408889634f
+
+/* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal */
+template <int HD>
+__global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16> a) {
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Ks = Qs + BR * P, *Vs = Ks + BC * P;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
+    int kh = h / (a.NH / a.NKV), q0 = qt * BR;
+    const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
+    const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
+    const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
+    load_tile<HD>(Qs, qbase, a.ldq, q0, BR, Tn, a.cos, a.sin);
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+    #pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], Qs, P, warp * 16, kk * 16, g, q);
+    float o[HD / 8][4];
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const float sl2 = LOG2E / sqrtf((float)HD);
+    int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    for (int kt = 0; kt <= qt; kt++) {
+        int k0 = kt * BC;
+        __syncthreads();
+        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn, a.cos, a.sin);
+        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
+        __syncthreads();
+        float s[BC / 8][4];
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        #pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            #pragma unroll
+            for (int j = 0; j < BC / 8; j++) {
+                uint32_t bf[2];
+                frag_b_rows(bf, Ks, P, j * 8, kk * 16, g, q);
+                mma_16816(s[j], qf[kk], bf);
+            }
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
+                float x = s[j][e] * sl2;
+                if (col > row[hr] || col >= Tn) x = -INFINITY;
+                s[j][e] = x;
+                mx[hr] = fmaxf(mx[hr], x);
+            }
+        }
+        float corr[2], ref[2];
+        #pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+            float mn = fmaxf(m[hr], mx[hr]);
+            ref[hr] = mn == -INFINITY ? 0.0f : mn;
+            corr[hr] = exp2f(m[hr] - ref[hr]);
+            m[hr] = mn;
+        }
+        float rs[2] = {0.0f, 0.0f};
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) { float p = exp2f(s[j][e] - ref[e >> 1]); s[j][e] = p; rs[e >> 1] += p; }
+        }
+        #pragma unroll
+        for (int hr = 0; hr < 2; hr++) l[hr] = l[hr] * corr[hr] + rs[hr];
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) { o[n][0] *= corr[0]; o[n][1] *= corr[0]; o[n][2] *= corr[1]; o[n][3] *= corr[1]; }
+        #pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) {
+            uint32_t pa[4];
+            frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
+            #pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
+                uint32_t bf[2];
+                frag_b_cols(bf, Vs, P, kc * 16, n * 8, g, q);
+                mma_16816(o[n], pa, bf);
+            }
+        }
+    }
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
+    }
+    bf16 *obase = a.out + (size_t)b * Tn * a.ldo + (size_t)h * HD;
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        float inv = 1.0f / l[hr];
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) { o[n][2 * hr] *= inv; o[n][2 * hr + 1] *= inv; }
+        if (q == 0 && row[hr] < Tn) a.lse[((size_t)b * a.NH + h) * Tn + row[hr]] = (m[hr] + log2f(l[hr])) / LOG2E;
+    }
+    store_rows<HD>(obase, a.ldo, q0 + warp * 16, Tn, o, 1.0f, NULL, NULL, g, q);
+}
+
+/* backward dq: block = 64 query rows of one (b, h); key tiles up to the diagonal.
+     S = Q K^T, P = exp(S/sqrt(HD) - lse), dP = dO V^T, dS = P (dP - D), dQ = dS K / sqrt(HD) */
+template <int HD>
+__global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<bf16> a) {
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + BR * P, *Ks = Gs + BR * P, *Vs = Ks + BC * P;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
+    int kh = h / (a.NH / a.NKV), q0 = qt * BR;
+    load_tile<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn, a.cos, a.sin);
+    load_tile<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn, NULL, NULL);
+    const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
+    const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
+    const float sl2 = LOG2E / sqrtf((float)HD);
+    int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    float lse2[2], D[2];
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        size_t r = ((size_t)b * a.NH + h) * Tn + row[hr];
+        lse2[hr] = row[hr] < Tn ? a.lse[r] * LOG2E : INFINITY;
+        D[hr] = row[hr] < Tn ? a.delta[r] : 0.0f;
+    }
+    float dq[HD / 8][4];
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    for (int kt = 0; kt <= qt; kt++) {
+        int k0 = kt * BC;
+        __syncthreads();
+        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn, a.cos, a.sin);
+        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
+        __syncthreads();
+        float s[BC / 8][4], dp[BC / 8][4];
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) { s[j][e] = 0.0f; dp[j][e] = 0.0f; }
+        #pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t qa[4], ga[4];
+            frag_a(qa, Qs, P, warp * 16, kk * 16, g, q);
+            frag_a(ga, Gs, P, warp * 16, kk * 16, g, q);
+            #pragma unroll
+            for (int j = 0; j < BC / 8; j++) {
+                uint32_t bk[2], bv[2];
+                frag_b_rows(bk, Ks, P, j * 8, kk * 16, g, q);
+                frag_b_rows(bv, Vs, P, j * 8, kk * 16, g, q);
+                mma_16816(s[j], qa, bk);
+                mma_16816(dp[j], ga, bv);
+            }
+        }
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
+                float p = (col > row[hr] || col >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2[hr]);
+                s[j][e] = p * (dp[j][e] - D[hr]);   /* dS */
+            }
+        }
+        #pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) {
+            uint32_t da[4];
+            frag_a_from_c(da, s[2 * kc], s[2 * kc + 1]);
+            #pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
+                uint32_t bf[2];
+                frag_b_cols(bf, Ks, P, kc * 16, n * 8, g, q);
+                mma_16816(dq[n], da, bf);
+            }
+        }
+    }
+    store_rows<HD>(a.dq + (size_t)b * Tn * a.lddq + (size_t)h * HD, a.lddq, q0 + warp * 16, Tn, dq,
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
+}
+
+/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of 32 from the diagonal to T, for each
+   query head of the group. Computed transposed (rows = keys):
+     S^T = K Q^T, P^T = exp(S^T/sqrt(HD) - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
+     dK += dS^T Q / sqrt(HD) */
+template <int HD>
+__global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a) {
+    constexpr int P = HD + TC_PAD, BK = 64, BQ = 32;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *Qs = Vs + BK * P, *Gs = Qs + BQ * P;
+    float *lse2s = reinterpret_cast<float *>(Gs + BQ * P), *Ds = lse2s + BQ;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, Tn = a.Tn, G = a.NH / a.NKV;
+    int k0 = kt * BK;
+    load_tile<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn, a.cos, a.sin);
+    load_tile<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn, NULL, NULL);
+    const float sl2 = LOG2E / sqrtf((float)HD);
+    int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+    float dk[HD / 8][4], dv[HD / 8][4];
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+        #pragma unroll
+        for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
+    for (int h = kh * G; h < (kh + 1) * G; h++) {
+        const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
+        const bf16 *gbase = a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD;
+        for (int t0 = k0; t0 < Tn; t0 += BQ) {
+            __syncthreads();
+            load_tile<HD>(Qs, qbase, a.ldq, t0, BQ, Tn, a.cos, a.sin);
+            load_tile<HD>(Gs, gbase, a.lddo, t0, BQ, Tn, NULL, NULL);
+            if (threadIdx.x < BQ) {
+                int t = t0 + threadIdx.x;
+                size_t r = ((size_t)b * a.NH + h) * Tn + t;
+                lse2s[threadIdx.x] = t < Tn ? a.lse[r] * LOG2E : INFINITY;
+                Ds[threadIdx.x] = t < Tn ? a.delta[r] : 0.0f;
+            }
+            __syncthreads();
+            float s[BQ / 8][4], dp[BQ / 8][4];
+            #pragma unroll
+            for (int j = 0; j < BQ / 8; j++)
+                #pragma unroll
+                for (int e = 0; e < 4; e++) { s[j][e] = 0.0f; dp[j][e] = 0.0f; }
+            #pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                uint32_t ka[4], va[4];
+                frag_a(ka, Ks, P, warp * 16, kk * 16, g, q);
+                frag_a(va, Vs, P, warp * 16, kk * 16, g, q);
+                #pragma unroll
+                for (int j = 0; j < BQ / 8; j++) {
+                    uint32_t bq[2], bg[2];
+                    frag_b_rows(bq, Qs, P, j * 8, kk * 16, g, q);
+                    frag_b_rows(bg, Gs, P, j * 8, kk * 16, g, q);
+                    mma_16816(s[j], ka, bq);
+                    mma_16816(dp[j], va, bg);
+                }
+            }
+            #pragma unroll
+            for (int j = 0; j < BQ / 8; j++) {
+                #pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int ci = j * 8 + 2 * q + (e & 1), t = t0 + ci, hr = e >> 1;
+                    float p = (key[hr] > t || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
+                    s[j][e] = p;                               /* P^T */
+                    dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
+                }
+            }
+            #pragma unroll
+            for (int kc = 0; kc < BQ / 16; kc++) {
+                uint32_t pa[4], da[4];
+                frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
+                frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
+                #pragma unroll
+                for (int n = 0; n < HD / 8; n++) {
+                    uint32_t bg[2], bq[2];
+                    frag_b_cols(bg, Gs, P, kc * 16, n * 8, g, q);
+                    frag_b_cols(bq, Qs, P, kc * 16, n * 8, g, q);
+                    mma_16816(dv[n], pa, bg);
+                    mma_16816(dk[n], da, bq);
+                }
+            }
+        }
+    }
+    store_rows<HD>(a.dk + (size_t)b * Tn * a.lddk + (size_t)kh * HD, a.lddk, k0 + warp * 16, Tn, dk,
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
+    store_rows<HD>(a.dv + (size_t)b * Tn * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, Tn, dv, 1.0f, NULL, NULL, g, q);
 }
