@@ -4,13 +4,8 @@
 # equal to fp32 sum-order tolerance; a rank that dies stops the others with an error.
 set -u
 cd "$(dirname "$0")/.."
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fail=0
-ok()  { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fail=1; }
-head -c 60000 data/tinyshakespeare.txt > "$tmp/shk.txt"
-./prepro/prepro --input "$tmp/shk.txt" --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
-    --output-prefix "$tmp/shk" --append-eod 2> /dev/null || { bad "prepro"; exit 1; }
+. tests/lib/common.sh
+shakespeare_data 60000
 common=(--data "$tmp/shk_text_document" --model tests/fixtures/configs/train_small.json --seq-len 16 --lr 1e-2
         --warmup-steps 2 --steps 6 --grad-accum 2 --split 90,10,0 --eval-every 0 --seed 5 --threads 1)
 ./train "${common[@]}" --batch-size 4 --out "$tmp/r1" > "$tmp/r1.log" 2>&1 || { cat "$tmp/r1.log"; bad "1 rank"; }

@@ -4,14 +4,8 @@
 # `latest` that does not load; sharded checkpoints load.
 set -u
 cd "$(dirname "$0")/.."
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fail=0
-ok()  { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fail=1; }
-
-head -c 60000 data/tinyshakespeare.txt > "$tmp/shk.txt"
-./prepro/prepro --input "$tmp/shk.txt" --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
-    --output-prefix "$tmp/shk" --append-eod 2> /dev/null || { bad "prepro"; exit 1; }
+. tests/lib/common.sh
+shakespeare_data 60000
 common=(--data "$tmp/shk_text_document" --model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 16
         --lr 1e-2 --warmup-steps 2 --decay-steps 12 --split 90,10,0 --eval-every 6 --eval-steps 2 --seed 11 --threads 2)
 

@@ -4,15 +4,9 @@
 # model reloads; and each class of bad input gives a one-line error and a non-zero exit.
 set -u
 cd "$(dirname "$0")/.."
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fail=0
-ok()   { echo "ok   $*"; }
-bad()  { echo "FAIL $*"; fail=1; }
-
+. tests/lib/common.sh
 # a quarter of the bundled corpus keeps this quick
-head -c 300000 data/tinyshakespeare.txt > "$tmp/shk.txt"
-./prepro/prepro --input "$tmp/shk.txt" --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
-    --output-prefix "$tmp/shk" --append-eod 2> "$tmp/prepro.err" || { cat "$tmp/prepro.err"; bad "prepro"; exit 1; }
+shakespeare_data 300000
 data="$tmp/shk_text_document"
 [ -f "$data.bin" ] && [ -f "$data.idx" ] && ok "prepro wrote $data.{bin,idx}" || bad "prepro output missing"
 
