@@ -1075,6 +1075,8 @@ int main(int argc, char **argv) {
         fatal("%s: no end-of-document token found; name one with --eod-token", o.tokenizer);
     char tok_sha[65];
     sha256_file(o.tokenizer, tok_sha);
+    double t_load = now_sec() - t0;
+    t0 = now_sec();   // throughput is measured from here: reading, tokenizing and writing
     int vocab = tokenizer_vocab_size(tok);
     int itemsize = vocab < 65500 ? 2 : 4;   // Megatron's DType.optimal_dtype
 
@@ -1174,9 +1176,9 @@ int main(int argc, char **argv) {
     for (int k = 0; k < o.nkeys; k++) { tokens += bd[k].ntokens; empty += bd[k].nempty; }
     if (g_progress_open) fputc('\n', stderr);
     fprintf(stderr, "prepro: done: %lld documents, %lld tokens (%s), %lld empty skipped, %lld bad skipped, "
-            "%.2f MB in %.2f s (%.1f MB/s, %d workers) -> %s_%s_document.{bin,idx}%s\n",
+            "%.2f MB in %.2f s (%.1f MB/s, %d workers; tokenizer load %.2f s) -> %s_%s_document.{bin,idx}%s\n",
             bd[0].ndocs, tokens, itemsize == 2 ? "uint16" : "int32", empty, r.errors_skipped,
-            bytes / 1e6, secs, bytes / 1e6 / (secs > 0 ? secs : 1e-9), o.workers, o.prefix, o.keys[0],
+            bytes / 1e6, secs, bytes / 1e6 / (secs > 0 ? secs : 1e-9), o.workers, t_load, o.prefix, o.keys[0],
             o.nkeys > 1 ? " (and the other keys)" : "");
     tokenizer_free(tok);
     return 0;

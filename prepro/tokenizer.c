@@ -340,7 +340,13 @@ typedef struct { uint64_t key; uint32_t rank; int32_t id; } PairSlot;
 typedef struct { PairSlot *slots; size_t mask, n; } PairMap;
 
 static uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
-static size_t pair_slot(uint64_t key, size_t mask) { return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & mask; }
+// Both ids must reach the slot bits: a full 64-bit finalizer (murmur3 fmix64).
+static size_t pair_slot(uint64_t key, size_t mask) {
+    key ^= key >> 33; key *= 0xFF51AFD7ED558CCDull;
+    key ^= key >> 33; key *= 0xC4CEB9FE1A85EC53ull;
+    key ^= key >> 33;
+    return (size_t)key & mask;
+}
 
 static int pairmap_init(PairMap *m, size_t expected) {
     size_t cap = 1024;
@@ -485,6 +491,7 @@ struct Tokenizer {
     int32_t *bmp_id;            // otherwise: id of each BMP code point as a token, -1 if absent
     int32_t fallback_id[256];   // byte_fallback: id of "<0xNN>", -1 if absent
     int unk_id, fuse_unk, byte_fallback, ignore_merges;
+    int word_split;      // pieces may be cut before each word-initial U+2581 (see load_model)
     char *cont_prefix, *end_suffix;   // NULL when empty
     // pipeline
     Regex re[MAX_REGEX]; int nre;
@@ -880,6 +887,7 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
     size_t nm = json_array_size(merges);
     if (pairmap_init(&t->merges, nm)) { fail(c, "out of memory"); return -1; }
     size_t plen = t->cont_prefix ? strlen(t->cont_prefix) : 0;
+    int joins_space = 0;
     Buf tmp = {0};
     for (size_t i = 0; i < nm; i++) {
         json_t *m = json_array_get(merges, i);
@@ -904,8 +912,20 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
             free(tmp.data); return -1;
         }
         pairmap_put(&t->merges, ia, ib, (uint32_t)i, inew);
+        // a merge joining something that holds a non-U+2581 char with something starting with U+2581?
+        if (blen >= 3 && !memcmp(b, "\xE2\x96\x81", 3)) {
+            int all_space = alen % 3 == 0;
+            for (size_t k = 0; all_space && k < alen; k += 3) if (memcmp(a + k, "\xE2\x96\x81", 3)) all_space = 0;
+            if (!all_space) joins_space = 1;
+        }
     }
     free(tmp.data);
+    // SentencePiece-style vocabularies (Metaspace, or Prepend+Replace) make the whole text one BPE
+    // word. When no merge joins a symbol holding a non-U+2581 char with one starting with U+2581, no
+    // symbol ever spans such a boundary, and merges on either side never interact: cutting the word
+    // there gives the same ids, and the pieces (words) hit the cache.
+    t->word_split = !t->byte_level && !t->ignore_merges && !t->cont_prefix && !t->end_suffix && !joins_space &&
+                    strmap_get(&t->vocab, "\xE2\x96\x81", 3) >= 0;
 
     // fast tables for single units
     for (int b = 0; b < 256; b++) {
@@ -1434,7 +1454,20 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
 
 static void pretok_apply(const Tokenizer *t, TokenizerState *st, int level, Piece p) {
     if (st->error) return;
-    if (level == t->npre) { bpe_piece(t, st, piece_ptr(st, p), p.len); return; }
+    if (level == t->npre) {
+        const char *s = piece_ptr(st, p);
+        if (!t->word_split) { bpe_piece(t, st, s, p.len); return; }
+        // cut before each U+2581 that follows another char (see word_split)
+        size_t start = 0;
+        for (size_t i = 1; i + 3 <= p.len; i++) {
+            if (memcmp(s + i, "\xE2\x96\x81", 3) != 0) continue;
+            if (i >= 3 && memcmp(s + i - 3, "\xE2\x96\x81", 3) == 0) continue;   // inside a run of U+2581
+            bpe_piece(t, st, s + start, i - start);
+            start = i;
+        }
+        bpe_piece(t, st, s + start, p.len - start);
+        return;
+    }
     const PreOp *op = &t->pre[level];
     if (op->type == PRE_BYTELEVEL) {
         if (op->add_prefix_space && piece_ptr(st, p)[0] != ' ') {
