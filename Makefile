@@ -41,8 +41,8 @@ run: deps all
 	./prepro/prepro --input data/tinyshakespeare.txt --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
 	    --output-prefix out/tinyshakespeare --append-eod
 	./train --data out/tinyshakespeare_text_document --model tiny-gpt2 --tokenizer data/gpt2_tokenizer.json \
-	    --batch-size 8 --seq-len 64 --steps 300 --lr 3e-3 --warmup-steps 20 --split 95,5,0 \
-	    --eval-every 50 --eval-steps 8 --sample-every 300 --sample-len 96 --out $(RUN_DIR)
+	    --batch-size 8 --seq-len 64 --steps 400 --lr 3e-3 --warmup-steps 20 --split 95,5,0 --log-every 10 \
+	    --eval-every 100 --eval-steps 8 --sample-every 400 --sample-len 96 --out $(RUN_DIR)
 
 train_gpu: train_gpu.cu llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)

@@ -347,7 +347,7 @@ void safetensors_close(SafeTensors *st);
 /* One named tensor to write. */
 typedef struct {
     const char *name;
-    int dtype;              /* ST_F32 or ST_I32 or ST_I64 */
+    int dtype;              /* ST_F32, ST_BF16, ST_F16, ST_I32 or ST_I64 (data already in that type) */
     int ndim;
     int64_t shape[8];
     const void *data;
@@ -1798,6 +1798,8 @@ static int st_dtype(const char *s, int *bytes) {
     return -1;
 }
 
+static int st_dtype_bytes(int dt) { return dt == ST_I64 ? 8 : dt == ST_BF16 || dt == ST_F16 ? 2 : dt == ST_U8 ? 1 : 4; }
+
 static const char *st_dtype_name(int dt) {
     return dt == ST_F32 ? "F32" : dt == ST_F16 ? "F16" : dt == ST_BF16 ? "BF16" : dt == ST_I32 ? "I32" :
            dt == ST_I64 ? "I64" : dt == ST_U8 ? "U8" : "?";
@@ -1954,7 +1956,7 @@ int safetensors_write(const char *path, const SafeTensorOut *ts, int n, const ch
     }
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
-        int bytes = ts[i].dtype == ST_I64 ? 8 : 4;
+        int bytes = st_dtype_bytes(ts[i].dtype);
         int64_t numel = 1;
         json_t *shape = json_array();
         for (int d = 0; d < ts[i].ndim; d++) { numel *= ts[i].shape[d]; json_array_append_new(shape, json_integer(ts[i].shape[d])); }
@@ -1976,7 +1978,7 @@ int safetensors_write(const char *path, const SafeTensorOut *ts, int n, const ch
     for (int i = 0; i < n && !bad; i++) {
         int64_t numel = 1;
         for (int d = 0; d < ts[i].ndim; d++) numel *= ts[i].shape[d];
-        bad = write_all(f, ts[i].data, (size_t)numel * (ts[i].dtype == ST_I64 ? 8 : 4));
+        bad = write_all(f, ts[i].data, (size_t)numel * st_dtype_bytes(ts[i].dtype));
     }
     if (!bad) bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
     if (fclose(f) != 0) bad = 1;

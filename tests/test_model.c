@@ -252,12 +252,52 @@ static void check_safetensors_validation(void) {
     model_free(&m);
 }
 
+/* bf16 checkpoints load: the llama fixture's weights rounded to bf16 (nearest even) and written as BF16
+   load back to exactly those rounded values. */
+static void check_bf16_load(void) {
+    char err[512];
+    ModelConfig cfg;
+    Model a, b;
+    model_config_from_json(&cfg, "tests/fixtures/models/llama", err, sizeof(err));
+    model_build(&a, &cfg); model_build(&b, &cfg);
+    model_load_safetensors(&a, "tests/fixtures/models/llama/model.safetensors", err, sizeof(err));
+    int n = model_hf_tensors(&a, NULL);
+    HFTensor *list = (HFTensor *)malloc(n * sizeof(HFTensor));
+    model_hf_tensors(&a, list);
+    SafeTensorOut *out = (SafeTensorOut *)calloc(n, sizeof(SafeTensorOut));
+    uint16_t **bufs = (uint16_t **)calloc(n, sizeof(uint16_t *));
+    for (int i = 0; i < n; i++) {
+        int64_t numel = list[i].shape[0] * (list[i].ndim == 2 ? list[i].shape[1] : 1);
+        bufs[i] = (uint16_t *)malloc(numel * 2);
+        float *src = a.params_memory + list[i].offset;
+        for (int64_t j = 0; j < numel; j++) {
+            uint32_t u; memcpy(&u, &src[j], 4);
+            u += 0x7FFF + ((u >> 16) & 1);         /* round to nearest even */
+            bufs[i][j] = (uint16_t)(u >> 16);
+            u = (uint32_t)bufs[i][j] << 16; memcpy(&src[j], &u, 4);   /* a now holds the rounded weights */
+        }
+        out[i].name = list[i].name; out[i].dtype = ST_BF16; out[i].ndim = list[i].ndim;
+        out[i].shape[0] = list[i].shape[0]; out[i].shape[1] = list[i].shape[1]; out[i].data = bufs[i];
+    }
+    mkdir("tests/tmp", 0755);
+    int ok = safetensors_write("tests/tmp/bf16.safetensors", out, n, NULL, err, sizeof(err)) == 0 &&
+             model_load_safetensors(&b, "tests/tmp/bf16.safetensors", err, sizeof(err)) == 0 &&
+             memcmp(a.params_memory, b.params_memory, a.num_params * sizeof(float)) == 0;
+    printf("bf16 safetensors load (llama): %s %s\n", ok ? "ok" : "FAIL", ok ? "" : err);
+    if (!ok) failures++;
+    unlink("tests/tmp/bf16.safetensors");
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    free(bufs); free(out); free(list);
+    model_free(&a); model_free(&b);
+}
+
 int main(void) {
     run_case("gpt2", FAMILY_GPT2);
     run_case("llama", FAMILY_LLAMA);
     run_case("qwen2", FAMILY_QWEN2);
     run_case("qwen3", FAMILY_QWEN3);
     check_roundtrip();
+    check_bf16_load();
     check_interop("gpt2");
     check_interop("llama");
     check_interop("qwen2");

@@ -33,6 +33,16 @@ grep -q '"val_loss"' "$tmp/run/log.jsonl" && ok "log.jsonl has step and eval rec
 v2=$(awk '/^step 0 \| val loss/ {print $6}' "$tmp/c.log")
 [ "$v2" = "$v1" ] && ok "--init-from the saved model gives the same val loss ($v2)" || bad "--init-from val loss $v2 != $v1"
 
+# a learning rate that blows the weights up: the run stops at the first non-finite step with a clear error,
+# or, with --skip-nonfinite, skips such steps, counts them and goes on
+blowup=(--data "$data" --model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 16 --steps 6 --lr 1e30
+        --clip 0 --eval-every 0 --split 90,10,0)
+./train "${blowup[@]}" > "$tmp/nf.log" 2> "$tmp/nf.err"; rc=$?
+[ $rc -ne 0 ] && grep -q "not finite" "$tmp/nf.err" && ok "non-finite step stops the run: $(cat "$tmp/nf.err")" || bad "non-finite (exit $rc)"
+./train "${blowup[@]}" --skip-nonfinite --out "$tmp/nf" > "$tmp/nf2.log" 2>&1; rc=$?
+n=$(grep -c "skipped (non-finite)" "$tmp/nf2.log")
+[ $rc -eq 0 ] && [ "$n" -ge 1 ] && grep -q '"skipped":[1-9]' "$tmp/nf/log.jsonl" && ok "--skip-nonfinite skipped $n steps and finished" || bad "--skip-nonfinite (exit $rc, $n skipped)"
+
 # bad input: one line on stderr naming the problem, non-zero exit
 expect_error() {  # name, expected substring, command...
     local name=$1 needle=$2; shift 2
