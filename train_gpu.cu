@@ -544,8 +544,8 @@ __global__ void sum_in_order_kernel(double *out, const S *x, int n, int accumula
     out[0] = accumulate ? out[0] + s : s;
 }
 
-/* rows sum of a [rows, n] fp32 buffer into out[rows] in order: the losses of a micro-batch, per sequence */
-__global__ void sum_losses_kernel(double *out, const float *losses, int N, int accumulate) {
+/* out[0] = (accumulate ? out[0] : 0) + scale * sum of losses[0..N), in a fixed order */
+__global__ void sum_losses_kernel(double *out, const float *losses, int N, double scale, int accumulate) {
     __shared__ double sh[256];
     double s = 0.0;
     /* fixed assignment: thread i adds rows i, i+256, ...; then a fixed tree */
@@ -556,7 +556,7 @@ __global__ void sum_losses_kernel(double *out, const float *losses, int N, int a
         if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[0] = accumulate ? out[0] + sh[0] : sh[0];
+    if (threadIdx.x == 0) out[0] = (accumulate ? out[0] : 0.0) + scale * sh[0];
 }
 
 __global__ void fill_kernel(float *x, float v, size_t n) {
@@ -1180,4 +1180,771 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
     store_rows<HD>(a.dk + (size_t)b * Tn * a.lddk + (size_t)kh * HD, a.lddk, k0 + warp * 16, Tn, dk,
                    1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
     store_rows<HD>(a.dv + (size_t)b * Tn * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, Tn, dv, 1.0f, NULL, NULL, g, q);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* matmul: cuBLASLt. Our matrices are row-major (x [N, IC], w [OC, IC] as torch Linear, y [N, OC]); cuBLAS is
+   column-major, where a row-major [R, C] matrix is a [C, R] one. So y^T = w x^T is  D[OC, N] = op(A) B with
+   A = w (col-major [IC, OC], transposed), B = x (col-major [IC, N]). */
+
+static cublasLtHandle_t g_lt;
+static void *g_lt_ws;
+static const size_t g_lt_ws_size = 32u << 20;   /* what cuBLASLt asks for on Hopper */
+
+typedef struct {
+    int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, al_a, al_b, al_d;
+    cublasLtMatmulAlgo_t algo;
+} LtAlgo;
+#define LT_CACHE 512
+static LtAlgo g_lt_cache[LT_CACHE];
+static int g_lt_cached = 0;
+
+static int ptr_alignment(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    int al = 256;
+    while (al > 1 && (a % al)) al >>= 1;
+    return al;
+}
+
+/* D[m, n] (col-major, ld ldd) = alpha op(A) op(B) + beta D, with an optional epilogue:
+   bias (length m), GELU with its input kept in aux, or D times GELU'(aux) */
+static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B, cudaDataType ab_type, const void *bias,
+                      int m, int n, int k, int lda, int ldb, int ldd, int ta, int tb, float beta,
+                      cublasLtEpilogue_t epi, void *aux, int ldaux, cudaStream_t stream) {
+    cublasLtMatmulDesc_t op;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (aux) {
+        int64_t ld64 = ldaux;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld64, sizeof(ld64)));
+    }
+    cublasLtMatrixLayout_t la, lb, ld;
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, ab_type, ta ? k : m, ta ? m : k, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab_type, tb ? n : k, tb ? k : n, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, d_type, m, n, ldd));
+    int al_a = ptr_alignment(A), al_b = ptr_alignment(B), al_d = ptr_alignment(D);
+    LtAlgo key = {m, n, k, lda, ldb, ldd, ta, tb, (int)ab_type, (int)d_type, (int)epi, bias != NULL, al_a, al_b, al_d, {}};
+    const cublasLtMatmulAlgo_t *algo = NULL;
+    for (int i = 0; i < g_lt_cached; i++)
+        if (!memcmp(&g_lt_cache[i], &key, offsetof(LtAlgo, algo))) { algo = &g_lt_cache[i].algo; break; }
+    cublasLtMatmulHeuristicResult_t res;
+    if (!algo) {
+        cublasLtMatmulPreference_t pref;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        size_t ws = g_lt_ws_size;
+        uint32_t a32 = al_a, b32 = al_b, d32 = al_d;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a32, sizeof(a32)));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32, sizeof(b32)));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d32, sizeof(d32)));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d32, sizeof(d32)));
+        int found = 0;
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, op, la, lb, ld, ld, pref, 1, &res, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+            gpu_die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
+                    m, n, k, ta, tb, (int)epi, al_a, al_b, al_d);
+        if (g_lt_cached < LT_CACHE) { key.algo = res.algo; g_lt_cache[g_lt_cached++] = key; algo = &g_lt_cache[g_lt_cached - 1].algo; }
+        else algo = &res.algo;
+    }
+    const float alpha = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(g_lt, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld, algo, g_lt_ws, g_lt_ws_size, stream));
+    cublasLtMatrixLayoutDestroy(la); cublasLtMatrixLayoutDestroy(lb); cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(op);
+}
+
+template <typename T> static cudaDataType cuda_type();
+template <> cudaDataType cuda_type<float>() { return CUDA_R_32F; }
+template <> cudaDataType cuda_type<bf16>() { return CUDA_R_16BF; }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* the layers as the model calls them: gpu::<name> mirrors <name> of llmtrain.h */
+
+namespace gpu {
+
+static int g_num_sms = 132;
+
+template <typename T>
+void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, int B, int Tn, int C, cudaStream_t s) {
+    size_t packs = (size_t)B * Tn * C / Pack<T>::N;
+    embedding_forward_kernel<T><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, B * Tn, Tn, C);
+    KERNEL_CHECK();
+}
+
+/* buckets of the positions of each distinct token (device arrays filled from the host's counting sort) */
+struct EmbBuckets { int *uniq, *offs, *pos; int nuniq; };
+
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s) {
+    if (bk.nuniq > 0) {
+        dim3 grid(bk.nuniq, ceil_div(C, 256));
+        embedding_backward_wte_kernel<<<grid, 256, 0, s>>>(dwte, dout, bk.uniq, bk.offs, bk.pos, C);
+        KERNEL_CHECK();
+    }
+    if (dwpe) {
+        embedding_backward_wpe_kernel<<<ceil_div((size_t)Tn * C, 256), 256, 0, s>>>(dwpe, dout, B, Tn, C);
+        KERNEL_CHECK();
+    }
+}
+
+/* layernorm_forward / rmsnorm_forward, with the residual add before it when inp2 != NULL */
+template <typename T>
+void norm_forward(T *resid_out, T *out, float *mean, float *rstd, const T *inp1, const T *inp2, int heads, int ld,
+                  const T *w, const T *b, int rows, int C, float eps, int layernorm, cudaStream_t s) {
+    norm_forward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(resid_out, out, mean, rstd, inp1, inp2, heads, ld, w, b,
+                                                             rows, C, eps, layernorm);
+    KERNEL_CHECK();
+}
+
+template <typename T>
+void norm_apply(T *out, const T *inp, const float *mean, const float *rstd, const T *w, const T *b, int rows, int C, cudaStream_t s) {
+    norm_apply_kernel<T><<<ceil_div((size_t)rows * C / Pack<T>::N, 256), 256, 0, s>>>(out, inp, mean, rstd, w, b, rows, C);
+    KERNEL_CHECK();
+}
+
+/* scratch for the column sums: part_w and part_b, each COLSUM_MAX_RB x (widest row) floats */
+#define COLSUM_MAX_RB 128
+
+/* dw[c] += sum_r dy[r,c] n[r,c] (when x), db[c] += sum_r dy[r,c] (when db) */
+template <typename T>
+void column_sums(float *dw, float *db, const T *dy, const T *x, int heads, int ld, const float *mean, const float *rstd,
+                 int rows, int C, float *scratch, cudaStream_t s) {
+    int chunks = ceil_div(C, COLSUM_COLS);
+    int rb = 2 * g_num_sms / chunks;
+    if (rb < 1) rb = 1;
+    if (rb > COLSUM_MAX_RB) rb = COLSUM_MAX_RB;
+    if (rb > ceil_div(rows, 32)) rb = ceil_div(rows, 32);
+    int rpb = ceil_div(rows, rb);
+    rb = ceil_div(rows, rpb);
+    float *pw = scratch, *pb = scratch + (size_t)COLSUM_MAX_RB * C;
+    colsum_stage1_kernel<T><<<dim3(chunks, rb), 32 * COLSUM_WARPS, 0, s>>>(x ? pw : NULL, db ? pb : NULL, dy, x, heads, ld,
+                                                                           mean, rstd, rows, C, rpb);
+    KERNEL_CHECK();
+    colsum_stage2_kernel<<<ceil_div(C, 256), 256, 0, s>>>(x ? dw : NULL, db, pw, pb, rb, C);
+    KERNEL_CHECK();
+}
+
+/* layernorm_backward / rmsnorm_backward (see norm_backward_kernel for the two output forms) */
+template <typename T>
+void norm_backward(float *dres, T *dres_t, T *dinp, float *dw, float *db, const T *dout, const T *inp, int heads, int ld,
+                   const T *w, const float *mean, const float *rstd, int rows, int C, int accumulate, float *scratch,
+                   cudaStream_t s) {
+    norm_backward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(dres, dres_t, dinp, dout, inp, heads, ld, w, mean, rstd,
+                                                              rows, C, accumulate);
+    KERNEL_CHECK();
+    column_sums<T>(dw, db, dout, inp, heads, ld, mean, rstd, rows, C, scratch, s);
+}
+
+/* matmul_forward: out[N, OC] (row stride ldo) = inp[N, IC] w[OC, IC]^T + bias.
+   gelu_aux != NULL: out = gelu(inp w^T + bias) and gelu_aux = inp w^T + bias (cuBLASLt's GELU epilogue) */
+template <typename T>
+void matmul_forward(T *out, const T *inp, const T *w, const T *bias, int N, int IC, int OC, int ldo, T *gelu_aux, cudaStream_t s) {
+    cublasLtEpilogue_t epi = gelu_aux ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                                      : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+    matmul_lt(out, cuda_type<T>(), w, inp, cuda_type<T>(), bias, OC, N, IC, IC, IC, ldo, 1, 0, 0.0f, epi, gelu_aux, OC, s);
+}
+
+/* matmul_backward: dinp[N, IC] (=, or += with accumulate) = dout w;  dw[OC, IC] += dout^T inp (fp32);
+   dbias[OC] += column sums of dout. dout has row stride lddo. dgelu_aux != NULL: dinp = (dout w) * gelu'(aux). */
+template <typename T>
+void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *inp, const T *w, int N, int IC, int OC,
+                     int lddo, int accumulate, const T *dgelu_aux, float *scratch, cudaStream_t s) {
+    if (dinp)
+        matmul_lt(dinp, cuda_type<T>(), w, dout, cuda_type<T>(), NULL, IC, N, OC, IC, lddo, IC, 0, 0,
+                  accumulate ? 1.0f : 0.0f, dgelu_aux ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT,
+                  (void *)dgelu_aux, IC, s);
+    if (dw)
+        matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), NULL, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
+                  CUBLASLT_EPILOGUE_DEFAULT, NULL, 0, s);
+    if (dbias) column_sums<T>(NULL, dbias, dout, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
+}
+
+template <typename T>
+void gelu_forward(T *out, const T *inp, size_t n, cudaStream_t s) {
+    gelu_forward_kernel<T><<<ceil_div(n / Pack<T>::N, 256), 256, 0, s>>>(out, inp, n);
+    KERNEL_CHECK();
+}
+template <typename T>
+void gelu_backward(T *dinp, const T *inp, const T *dout, size_t n, cudaStream_t s) {
+    gelu_backward_kernel<T><<<ceil_div(n / Pack<T>::N, 256), 256, 0, s>>>(dinp, inp, dout, n);
+    KERNEL_CHECK();
+}
+template <typename T>
+void swiglu_forward(T *out, const T *inp, int N, int F, cudaStream_t s) {
+    swiglu_forward_kernel<T><<<ceil_div((size_t)N * F / Pack<T>::N, 256), 256, 0, s>>>(out, inp, N, F);
+    KERNEL_CHECK();
+}
+template <typename T>
+void swiglu_backward(T *dinp, const T *dout, const T *inp, int N, int F, cudaStream_t s) {
+    swiglu_backward_kernel<T><<<ceil_div((size_t)N * F / Pack<T>::N, 256), 256, 0, s>>>(dinp, dout, inp, N, F);
+    KERNEL_CHECK();
+}
+
+/* crossentropy_forward (+ crossentropy_backward in place when backward) on rows of logits */
+template <typename T>
+void crossentropy_fused(T *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
+    crossentropy_fused_kernel<T><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
+    KERNEL_CHECK();
+}
+
+/* which attention kernels run: the tensor-core ones for bf16 and HD 32/64/128 unless plain is asked for */
+template <typename T> static int attention_uses_tc(int HD, int force_plain) {
+    if (force_plain) return 0;
+    if constexpr (std::is_same<T, bf16>::value) return HD == 32 || HD == 64 || HD == 128;
+    return 0;
+}
+
+template <int HD> static size_t tc_smem_forward() { return (size_t)3 * 64 * (HD + TC_PAD) * sizeof(bf16); }
+template <int HD> static size_t tc_smem_dq() { return (size_t)4 * 64 * (HD + TC_PAD) * sizeof(bf16); }
+template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 2 * 32) * (HD + TC_PAD) * sizeof(bf16) + 2 * 32 * sizeof(float); }
+
+template <int HD> static void attention_forward_tc(AttnArgs<bf16> &a, cudaStream_t s) {
+    static int init = 0;
+    size_t sm = tc_smem_forward<HD>();
+    if (!init) { CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)); init = 1; }
+    attention_forward_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sm, s>>>(a);
+    KERNEL_CHECK();
+}
+template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, cudaStream_t s) {
+    static int init = 0;
+    size_t sq = tc_smem_dq<HD>(), sk = tc_smem_dkdv<HD>();
+    if (!init) {
+        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sq));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sk));
+        init = 1;
+    }
+    attention_backward_dq_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sq, s>>>(a);
+    KERNEL_CHECK();
+    attention_backward_dkdv_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NKV, a.B), 128, sk, s>>>(a);
+    KERNEL_CHECK();
+}
+
+/* rope_forward + attention_forward */
+template <typename T>
+void attention_forward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
+    if (a.HD > ATT_MAXHD) gpu_die("head_dim %d: the attention kernels support up to %d", a.HD, ATT_MAXHD);
+    if constexpr (std::is_same<T, bf16>::value) {
+        if (attention_uses_tc<T>(a.HD, force_plain)) {
+            if (a.HD == 32) attention_forward_tc<32>(a, s);
+            else if (a.HD == 64) attention_forward_tc<64>(a, s);
+            else attention_forward_tc<128>(a, s);
+            return;
+        }
+    }
+    attention_forward_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    KERNEL_CHECK();
+}
+
+/* attention_backward + rope_backward: writes (does not accumulate) dq, dk, dv */
+template <typename T>
+void attention_backward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
+    attention_delta_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, 8), 256, 0, s>>>(a);
+    KERNEL_CHECK();
+    if constexpr (std::is_same<T, bf16>::value) {
+        if (attention_uses_tc<T>(a.HD, force_plain)) {
+            if (a.HD == 32) attention_backward_tc<32>(a, s);
+            else if (a.HD == 64) attention_backward_tc<64>(a, s);
+            else attention_backward_tc<128>(a, s);
+            return;
+        }
+    }
+    attention_backward_dq_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    KERNEL_CHECK();
+    attention_backward_dkdv_plain_kernel<T><<<ceil_div((size_t)a.B * a.NKV * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    KERNEL_CHECK();
+}
+
+/* adamw_update on master[0..n) = flat elements [global_offset, global_offset + n) */
+template <typename T>
+void adamw_update(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float wd, int step, float grad_scale, uint64_t seed, uint64_t global_offset,
+                  cudaStream_t s) {
+    if (n == 0) return;
+    float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
+    adamw_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, lr / bc1,
+                                                     sqrtf(bc2), grad_scale, seed, global_offset);
+    KERNEL_CHECK();
+}
+
+/* grad_sumsq: sum of squares of x[0..n) into out[0] (double), in a fixed order */
+void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream_t s) {
+    sumsq_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(parts, x, n);
+    KERNEL_CHECK();
+    sum_in_order_kernel<double><<<1, 1, 0, s>>>(out, parts, SUMSQ_BLOCKS, 0);
+    KERNEL_CHECK();
+}
+
+} /* namespace gpu */
+
+/* ================================================================================================ */
+/* the model on the device: the header's flat layout (Model.param_offsets) for the T weights and the fp32
+   gradients, so the host Model (fp32) can be uploaded and downloaded as one buffer; the fp32 masters and AdamW
+   moments hold only this rank's ZeRO-1 shard. */
+
+typedef struct {
+    int rank, world, local_rank;
+    ncclComm_t comm;             /* NULL when world == 1 */
+} Dist;
+
+template <typename T> static ncclDataType_t nccl_type();
+template <> ncclDataType_t nccl_type<float>() { return ncclFloat; }
+template <> ncclDataType_t nccl_type<bf16>() { return ncclBfloat16; }
+
+template <typename T>
+struct GModel {
+    ModelConfig cfg;
+    Model *host;                 /* layout, and the fp32 weights (and moments) for init, load and save */
+    int Bmax, Tmax;              /* the activations are allocated for this shape */
+    int C, NH, NKV, HD, F, QD, KD, QKV, FC, V, Vp, L, gpt2;
+    int recompute, plain_attn, fuse_gelu, chunk_rows;
+    int rank, world;
+    size_t nparams, shard, padded, shard_begin;  /* ZeRO-1: shard = ceil(n / world), padded = shard * world */
+    T *params;                   /* [padded] */
+    float *grads;                /* [padded] fp32 */
+    float *master, *mom, *vel;   /* [shard] fp32 */
+    T *pt[NUM_PARAM_TENSORS];
+    float *gt[NUM_PARAM_TENSORS];
+    /* activations; a per-layer buffer kept only once (recompute) has layer stride 0 */
+    T *encoded, *ln1, *qkv, *qn, *kn, *atty, *resid2, *ln2, *fch, *fch_act, *resid3, *lnf, *proj, *logits;
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *qn_rstd, *kn_rstd, *lse, *lnf_mean, *lnf_rstd, *losses;
+    int ln_layers, act_layers;   /* L or 1 */
+    /* backward scratch */
+    float *dres, *delta, *scratch;
+    T *dres_t, *dfch_act, *dfch, *dln, *datty, *dqkv, *dqn, *dkn, *dlnf;
+    float *rope_cos, *rope_sin;
+    /* inputs */
+    int *inputs, *targets;
+    gpu::EmbBuckets bk;
+    int *h_in, *h_tg, *h_uniq, *h_offs, *h_pos, *h_count;
+    cudaEvent_t upload_done;
+    int cur_B, cur_T, num_valid, has_targets;
+    int logits_r0;               /* first row of the chunk of logits in g.logits */
+    double *red;                 /* [4] device: [0] grad sumsq, [1] loss accumulator; [2..3] parts scratch use */
+    double *norm_parts;
+    cudaStream_t stream;
+    void *allocs[96]; size_t alloc_sizes[96]; int nallocs;
+};
+
+template <typename T> static void *gm_alloc(GModel<T> &g, size_t bytes) {
+    if (bytes == 0) return NULL;
+    if (g.nallocs >= 96) gpu_die("too many device buffers");
+    void *p = dev_alloc(bytes);
+    g.allocs[g.nallocs] = p; g.alloc_sizes[g.nallocs++] = bytes;
+    return p;
+}
+#define GM_ALLOC(g, type, n) ((type *)gm_alloc(g, (size_t)(n) * sizeof(type)))
+
+typedef struct {
+    int recompute;       /* 0: keep every activation; 1: recompute GELU/SwiGLU outputs; 2: also the norms' outputs */
+    int plain_attn;      /* 1: the plain attention kernels even where tensor-core ones exist */
+    int fuse_gelu;       /* 1: GELU in cuBLASLt's epilogue (GPT-2) */
+    size_t logits_bytes; /* bound on the classifier's chunk of logits (0: 512 MiB) */
+} GOptions;
+
+/* Builds the device model for host (whose weights need not be set yet) and batches up to B x Tn. */
+template <typename T>
+void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, const Dist &d, cudaStream_t stream) {
+    memset(&g, 0, sizeof(g));
+    const ModelConfig *c = &host->cfg;
+    g.cfg = *c; g.host = host; g.Bmax = B; g.Tmax = Tn; g.stream = stream;
+    g.C = c->n_embd; g.NH = c->n_head; g.NKV = c->n_kv_head; g.HD = c->head_dim; g.F = c->d_ff; g.L = c->n_layer;
+    g.QD = g.NH * g.HD; g.KD = g.NKV * g.HD; g.QKV = g.QD + 2 * g.KD; g.gpt2 = c->family == FAMILY_GPT2;
+    g.FC = g.gpt2 ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 63) / 64 * 64;
+    g.recompute = o.recompute; g.plain_attn = o.plain_attn; g.fuse_gelu = o.fuse_gelu && g.gpt2;
+    g.rank = d.rank; g.world = d.world;
+    if (g.C % 8 || g.F % 8 || g.HD % 8)
+        gpu_die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
+    /* parameters: the header's layout, padded to world equal shards */
+    g.nparams = host->num_params;
+    g.shard = (g.nparams + d.world - 1) / d.world;
+    g.shard = (g.shard + 63) / 64 * 64;      /* keep every shard 256-byte aligned */
+    g.padded = g.shard * d.world;
+    g.shard_begin = g.shard * d.rank;
+    g.params = GM_ALLOC(g, T, g.padded);
+    g.grads = GM_ALLOC(g, float, g.padded);
+    g.master = GM_ALLOC(g, float, g.shard);
+    g.mom = GM_ALLOC(g, float, g.shard);
+    g.vel = GM_ALLOC(g, float, g.shard);
+    CUDA_CHECK(cudaMemset(g.params, 0, g.padded * sizeof(T)));
+    CUDA_CHECK(cudaMemset(g.grads, 0, g.padded * sizeof(float)));
+    CUDA_CHECK(cudaMemset(g.mom, 0, g.shard * sizeof(float)));
+    CUDA_CHECK(cudaMemset(g.vel, 0, g.shard * sizeof(float)));
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        g.pt[t] = host->param_sizes[t] ? g.params + host->param_offsets[t] : NULL;
+        g.gt[t] = host->param_sizes[t] ? g.grads + host->param_offsets[t] : NULL;
+    }
+    /* activations */
+    size_t N = (size_t)B * Tn, C = g.C, L = g.L;
+    g.ln_layers = o.recompute >= 2 ? 1 : g.L;
+    g.act_layers = o.recompute >= 1 ? 1 : g.L;
+    g.encoded = GM_ALLOC(g, T, N * C);
+    g.ln1 = GM_ALLOC(g, T, g.ln_layers * N * C);
+    g.ln1_mean = g.gpt2 ? GM_ALLOC(g, float, L * N) : NULL;
+    g.ln1_rstd = GM_ALLOC(g, float, L * N);
+    g.qkv = GM_ALLOC(g, T, L * N * g.QKV);
+    if (c->qk_norm) {
+        g.qn = GM_ALLOC(g, T, L * N * g.QD); g.kn = GM_ALLOC(g, T, L * N * g.KD);
+        g.qn_rstd = GM_ALLOC(g, float, L * N * g.NH); g.kn_rstd = GM_ALLOC(g, float, L * N * g.NKV);
+        g.dqn = GM_ALLOC(g, T, N * g.QD); g.dkn = GM_ALLOC(g, T, N * g.KD);
+    }
+    g.atty = GM_ALLOC(g, T, L * N * g.QD);
+    g.lse = GM_ALLOC(g, float, L * N * g.NH);
+    g.resid2 = GM_ALLOC(g, T, L * N * C);
+    g.ln2 = GM_ALLOC(g, T, g.ln_layers * N * C);
+    g.ln2_mean = g.gpt2 ? GM_ALLOC(g, float, L * N) : NULL;
+    g.ln2_rstd = GM_ALLOC(g, float, L * N);
+    g.fch = GM_ALLOC(g, T, L * N * g.FC);
+    g.fch_act = GM_ALLOC(g, T, g.act_layers * N * g.F);
+    g.resid3 = GM_ALLOC(g, T, L * N * C);
+    g.lnf = GM_ALLOC(g, T, N * C);
+    g.lnf_mean = g.gpt2 ? GM_ALLOC(g, float, N) : NULL;
+    g.lnf_rstd = GM_ALLOC(g, float, N);
+    g.proj = GM_ALLOC(g, T, N * C);
+    size_t lb = o.logits_bytes ? o.logits_bytes : ((size_t)512 << 20);
+    size_t rows = lb / ((size_t)g.Vp * sizeof(T));
+    if (rows < 1) rows = 1;
+    if (rows > N) rows = N;
+    g.chunk_rows = (int)rows;
+    g.logits = GM_ALLOC(g, T, rows * g.Vp);
+    g.losses = GM_ALLOC(g, float, N);
+    g.dres = GM_ALLOC(g, float, N * C);
+    g.dres_t = GM_ALLOC(g, T, N * C);
+    g.dfch_act = GM_ALLOC(g, T, N * g.F);
+    g.dfch = GM_ALLOC(g, T, N * g.FC);
+    g.dln = GM_ALLOC(g, T, N * C);
+    g.datty = GM_ALLOC(g, T, N * g.QD);
+    g.dqkv = GM_ALLOC(g, T, N * g.QKV);
+    g.dlnf = GM_ALLOC(g, T, N * C);
+    g.delta = GM_ALLOC(g, float, N * g.NH);
+    size_t widest = C > (size_t)g.QKV ? C : (size_t)g.QKV;
+    if ((size_t)g.FC > widest) widest = g.FC;
+    g.scratch = GM_ALLOC(g, float, 2 * (size_t)COLSUM_MAX_RB * widest);
+    if (!g.gpt2) {
+        size_t half = g.HD / 2;
+        float *cs = (float *)malloc(Tn * half * sizeof(float)), *sn = (float *)malloc(Tn * half * sizeof(float));
+        rope_init(cs, sn, c, Tn);
+        g.rope_cos = GM_ALLOC(g, float, Tn * half);
+        g.rope_sin = GM_ALLOC(g, float, Tn * half);
+        CUDA_CHECK(cudaMemcpy(g.rope_cos, cs, Tn * half * sizeof(float), cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(g.rope_sin, sn, Tn * half * sizeof(float), cudaMemcpyHostToDevice));
+        free(cs); free(sn);
+    }
+    g.inputs = GM_ALLOC(g, int, N);
+    g.targets = GM_ALLOC(g, int, N);
+    g.bk.uniq = GM_ALLOC(g, int, N);
+    g.bk.offs = GM_ALLOC(g, int, N + 1);
+    g.bk.pos = GM_ALLOC(g, int, N);
+    CUDA_CHECK(cudaMallocHost(&g.h_in, N * sizeof(int)));
+    CUDA_CHECK(cudaMallocHost(&g.h_tg, N * sizeof(int)));
+    CUDA_CHECK(cudaMallocHost(&g.h_uniq, N * sizeof(int)));
+    CUDA_CHECK(cudaMallocHost(&g.h_offs, (N + 1) * sizeof(int)));
+    CUDA_CHECK(cudaMallocHost(&g.h_pos, N * sizeof(int)));
+    g.h_count = (int *)calloc(g.V, sizeof(int));
+    CUDA_CHECK(cudaEventCreateWithFlags(&g.upload_done, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
+    g.red = GM_ALLOC(g, double, 4);
+    g.norm_parts = GM_ALLOC(g, double, SUMSQ_BLOCKS);
+    CUDA_CHECK(cudaMemset(g.red, 0, 4 * sizeof(double)));
+}
+
+template <typename T>
+void gmodel_free(GModel<T> &g) {
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+    for (int i = 0; i < g.nallocs; i++) dev_free(g.allocs[i], g.alloc_sizes[i]);
+    cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); cudaFreeHost(g.h_uniq); cudaFreeHost(g.h_offs); cudaFreeHost(g.h_pos);
+    free(g.h_count);
+    cudaEventDestroy(g.upload_done);
+    memset(&g, 0, sizeof(g));
+}
+
+/* host fp32 weights (g.host->params_memory) -> T weights everywhere and this rank's fp32 masters; the AdamW
+   moments from g.host->m_memory / v_memory when present (a resumed run), else zero. The fp32 grads buffer is
+   the staging area (it is free between steps). */
+template <typename T>
+void gmodel_upload(GModel<T> &g) {
+    cudaStream_t s = g.stream;
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    float *stage = g.grads;
+    CUDA_CHECK(cudaMemset(stage, 0, g.padded * sizeof(float)));
+    CUDA_CHECK(cudaMemcpy(stage, g.host->params_memory, g.nparams * sizeof(float), cudaMemcpyHostToDevice));
+    convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded);
+    KERNEL_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(g.master, stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    float *hm[2] = {g.host->m_memory, g.host->v_memory}, *dm[2] = {g.mom, g.vel};
+    for (int i = 0; i < 2; i++) {
+        CUDA_CHECK(cudaStreamSynchronize(s));
+        if (!hm[i]) { CUDA_CHECK(cudaMemset(dm[i], 0, g.shard * sizeof(float))); continue; }
+        CUDA_CHECK(cudaMemset(stage, 0, g.padded * sizeof(float)));
+        CUDA_CHECK(cudaMemcpy(stage, hm[i], g.nparams * sizeof(float), cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(dm[i], stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice));
+    }
+    CUDA_CHECK(cudaMemset(g.grads, 0, g.padded * sizeof(float)));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+/* the shards of src (fp32 [shard] on every rank) gathered into dst[0..nparams) on the host (every rank) */
+template <typename T>
+static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *dst) {
+    cudaStream_t s = g.stream;
+    float *stage = g.grads;
+    if (d.world > 1) NCCL_CHECK(ncclAllGather(src, stage, g.shard, ncclFloat, d.comm, s));
+    else CUDA_CHECK(cudaMemcpyAsync(stage, src, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    CUDA_CHECK(cudaMemcpyAsync(dst, stage, g.nparams * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+/* device -> host: the fp32 masters into g.host->params_memory, and with moments also m and v (allocated when
+   absent). Collective: every rank calls it. Clobbers the grads (call between steps). */
+template <typename T>
+void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
+    gather_shards(g, d, g.master, g.host->params_memory);
+    if (moments) {
+        if (!g.host->m_memory) g.host->m_memory = (float *)calloc(g.nparams, sizeof(float));
+        if (!g.host->v_memory) g.host->v_memory = (float *)calloc(g.nparams, sizeof(float));
+        gather_shards(g, d, g.mom, g.host->m_memory);
+        gather_shards(g, d, g.vel, g.host->v_memory);
+    }
+    CUDA_CHECK(cudaMemset(g.grads, 0, g.padded * sizeof(float)));
+}
+
+/* per-layer slices (stride 0 for a buffer kept once) */
+template <typename P> static inline P *lay(P *base, int l, size_t per) { return base ? base + (size_t)l * per : NULL; }
+
+/* Uploads a batch. With targets, also the embedding-backward buckets: a stable counting sort of the positions
+   by token id. The pinned buffers are reused only after the previous upload has run. */
+template <typename T>
+static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targets, int B, int Tn) {
+    if (B > g.Bmax || Tn > g.Tmax) gpu_die("batch %d x %d exceeds the allocated %d x %d", B, Tn, g.Bmax, g.Tmax);
+    int N = B * Tn;
+    for (int i = 0; i < N; i++)
+        if (inputs[i] < 0 || inputs[i] >= g.V) gpu_die("token id %d out of range for vocab size %d", inputs[i], g.V);
+    CUDA_CHECK(cudaEventSynchronize(g.upload_done));
+    cudaStream_t s = g.stream;
+    memcpy(g.h_in, inputs, N * sizeof(int));
+    CUDA_CHECK(cudaMemcpyAsync(g.inputs, g.h_in, N * sizeof(int), cudaMemcpyHostToDevice, s));
+    g.has_targets = targets != NULL;
+    g.num_valid = 0;
+    if (targets) {
+        memcpy(g.h_tg, targets, N * sizeof(int));
+        for (int i = 0; i < N; i++) g.num_valid += targets[i] >= 0;
+        CUDA_CHECK(cudaMemcpyAsync(g.targets, g.h_tg, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        int nu = 0;
+        for (int n = 0; n < N; n++) if (g.h_count[inputs[n]]++ == 0) g.h_uniq[nu++] = inputs[n];
+        g.h_offs[0] = 0;
+        for (int u = 0; u < nu; u++) { g.h_offs[u + 1] = g.h_offs[u] + g.h_count[g.h_uniq[u]]; g.h_count[g.h_uniq[u]] = g.h_offs[u]; }
+        for (int n = 0; n < N; n++) g.h_pos[g.h_count[inputs[n]]++] = n;
+        for (int u = 0; u < nu; u++) g.h_count[g.h_uniq[u]] = 0;
+        g.bk.nuniq = nu;
+        CUDA_CHECK(cudaMemcpyAsync(g.bk.uniq, g.h_uniq, nu * sizeof(int), cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(g.bk.offs, g.h_offs, (nu + 1) * sizeof(int), cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(g.bk.pos, g.h_pos, N * sizeof(int), cudaMemcpyHostToDevice, s));
+    }
+    CUDA_CHECK(cudaEventRecord(g.upload_done, s));
+    g.cur_B = B; g.cur_T = Tn;
+}
+
+template <typename T> static AttnArgs<T> attn_args(GModel<T> &g, int l) {
+    size_t N = (size_t)g.cur_B * g.cur_T;
+    AttnArgs<T> a;
+    memset(&a, 0, sizeof(a));
+    T *qkv = g.qkv + (size_t)l * N * g.QKV;
+    if (g.cfg.qk_norm) { a.q = g.qn + (size_t)l * N * g.QD; a.ldq = g.QD; a.k = g.kn + (size_t)l * N * g.KD; a.ldk = g.KD; }
+    else { a.q = qkv; a.ldq = g.QKV; a.k = qkv + g.QD; a.ldk = g.QKV; }
+    a.v = qkv + g.QD + g.KD; a.ldv = g.QKV;
+    a.out = g.atty + (size_t)l * N * g.QD; a.ldo = g.QD;
+    a.lse = g.lse + (size_t)l * N * g.NH;
+    a.cos = g.rope_cos; a.sin = g.rope_sin;
+    a.B = g.cur_B; a.Tn = g.cur_T; a.NH = g.NH; a.NKV = g.NKV; a.HD = g.HD;
+    a.dout = g.datty; a.lddo = g.QD;
+    if (g.cfg.qk_norm) { a.dq = g.dqn; a.lddq = g.QD; a.dk = g.dkn; a.lddk = g.KD; }
+    else { a.dq = g.dqkv; a.lddq = g.QKV; a.dk = g.dqkv + g.QD; a.lddk = g.QKV; }
+    a.dv = g.dqkv + g.QD + g.KD; a.lddv = g.QKV;
+    a.delta = g.delta;
+    return a;
+}
+
+/* model_forward on the uploaded batch. With targets the per-row losses are summed into red[1] scaled by
+   loss_acc_scale / num_valid (the mean loss of the batch, times the caller's scale). With backward_head the
+   classifier also runs its backward, chunk by chunk (dloss = loss_scale / num_valid): the logits of a chunk are
+   overwritten by their gradient, which gives dlnf and the lm_head gradient at once. */
+template <typename T>
+void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double loss_acc_scale, int accumulate_loss) {
+    cudaStream_t s = g.stream;
+    const ModelConfig *c = &g.cfg;
+    int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
+    size_t NC = (size_t)N * C;
+    int ln = !g.gpt2 ? 0 : 1;
+    gpu::embedding_forward<T>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, Tn, C, s);
+    gpu::norm_forward<T>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
+                         N, C, c->norm_eps, ln, s);
+    for (int l = 0; l < g.L; l++) {
+        const T *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
+        T *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
+        T *qkv = g.qkv + (size_t)l * N * g.QKV;
+        T *fch = g.fch + (size_t)l * N * g.FC, *fch_act = lay(g.fch_act, l, g.act_layers > 1 ? (size_t)N * g.F : 0);
+        T *resid2 = g.resid2 + l * NC, *resid3 = g.resid3 + l * NC;
+        gpu::matmul_forward<T>(qkv, ln1, g.pt[P_WQKV] + (size_t)l * g.QKV * C, lay(g.pt[P_BQKV], l, g.QKV), N, C, g.QKV,
+                               g.QKV, NULL, s);
+        if (c->qk_norm) {
+            gpu::norm_forward<T>(NULL, g.qn + (size_t)l * N * g.QD, NULL, g.qn_rstd + (size_t)l * N * g.NH, qkv, NULL,
+                                 g.NH, g.QKV, g.pt[P_QNW] + l * g.HD, NULL, N * g.NH, g.HD, c->norm_eps, 0, s);
+            gpu::norm_forward<T>(NULL, g.kn + (size_t)l * N * g.KD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, qkv + g.QD,
+                                 NULL, g.NKV, g.QKV, g.pt[P_KNW] + l * g.HD, NULL, N * g.NKV, g.HD, c->norm_eps, 0, s);
+        }
+        AttnArgs<T> a = attn_args(g, l);
+        gpu::attention_forward<T>(a, g.plain_attn, s);
+        gpu::matmul_forward<T>(g.proj, a.out, g.pt[P_WO] + (size_t)l * C * g.QD, lay(g.pt[P_BO], l, C), N, g.QD, C, C, NULL, s);
+        gpu::norm_forward<T>(resid2, ln2, lay(g.ln2_mean, l, N), g.ln2_rstd + (size_t)l * N, x, g.proj, 1, C,
+                             g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, c->norm_eps, ln, s);
+        const T *wfc = g.pt[P_WFC] + (size_t)l * g.FC * C, *bfc = lay(g.pt[P_BFC], l, g.F);
+        if (g.fuse_gelu) {
+            gpu::matmul_forward<T>(fch_act, ln2, wfc, bfc, N, C, g.FC, g.FC, fch, s);
+        } else {
+            gpu::matmul_forward<T>(fch, ln2, wfc, bfc, N, C, g.FC, g.FC, NULL, s);
+            if (g.gpt2) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
+            else gpu::swiglu_forward<T>(fch_act, fch, N, g.F, s);
+        }
+        gpu::matmul_forward<T>(g.proj, fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, lay(g.pt[P_BPROJ], l, C), N, g.F,
+                               C, C, NULL, s);
+        /* resid3 = resid2 + proj, then the next layer's first norm (or the final norm) */
+        int last = l == g.L - 1;
+        T *next_ln = last ? g.lnf : lay(g.ln1, l + 1, g.ln_layers > 1 ? NC : 0);
+        float *nm = last ? g.lnf_mean : lay(g.ln1_mean, l + 1, N), *nr = last ? g.lnf_rstd : g.ln1_rstd + (size_t)(l + 1) * N;
+        const T *nw = last ? g.pt[P_LNFW] : g.pt[P_LN1W] + (l + 1) * C;
+        const T *nb = last ? g.pt[P_LNFB] : lay(g.pt[P_LN1B], l + 1, C);
+        gpu::norm_forward<T>(resid3, next_ln, nm, nr, resid2, g.proj, 1, C, nw, nb, N, C, c->norm_eps, ln, s);
+    }
+    /* the classifier, in chunks of rows */
+    const T *wlm = g.pt[P_LMHEAD] ? g.pt[P_LMHEAD] : g.pt[P_WTE];
+    float *dwlm = g.gt[P_LMHEAD] ? g.gt[P_LMHEAD] : g.gt[P_WTE];
+    float dloss = g.num_valid ? loss_scale / g.num_valid : 0.0f;
+    for (int r0 = 0; r0 < N; r0 += g.chunk_rows) {
+        int n = N - r0 < g.chunk_rows ? N - r0 : g.chunk_rows;
+        gpu::matmul_forward<T>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const T *)NULL, n, C, g.V, g.Vp, NULL, s);
+        g.logits_r0 = r0;
+        if (!g.has_targets) continue;   /* sampling: the last chunk stays in g.logits */
+        gpu::crossentropy_fused<T>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
+                                   backward_head, s);
+        if (backward_head)
+            gpu::matmul_backward<T>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.V,
+                                    g.Vp, 0, NULL, g.scratch, s);
+    }
+    if (g.has_targets) {
+        double sc = g.num_valid ? loss_acc_scale / g.num_valid : 0.0;
+        sum_losses_kernel<<<1, 256, 0, s>>>(g.red + 1, g.losses, N, sc, accumulate_loss);
+        KERNEL_CHECK();
+    }
+}
+
+/* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams */
+template <typename T>
+void gmodel_backward(GModel<T> &g) {
+    cudaStream_t s = g.stream;
+    const ModelConfig *c = &g.cfg;
+    int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
+    size_t NC = (size_t)N * C;
+    float *sc = g.scratch;
+    /* final norm: dres = d(resid3 of the last layer) */
+    gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf, g.resid3 + (g.L - 1) * NC, 1, C,
+                          g.pt[P_LNFW], g.lnf_mean, g.lnf_rstd, N, C, 0, sc, s);
+    for (int l = g.L - 1; l >= 0; l--) {
+        const T *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
+        T *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
+        T *qkv = g.qkv + (size_t)l * N * g.QKV, *fch = g.fch + (size_t)l * N * g.FC;
+        T *fch_act = lay(g.fch_act, l, g.act_layers > 1 ? (size_t)N * g.F : 0);
+        T *resid2 = g.resid2 + l * NC;
+        float *ln1_mean = lay(g.ln1_mean, l, N), *ln1_rstd = g.ln1_rstd + (size_t)l * N;
+        float *ln2_mean = lay(g.ln2_mean, l, N), *ln2_rstd = g.ln2_rstd + (size_t)l * N;
+
+        /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))); dres_t = d(proj output) */
+        if (g.recompute >= 1) {
+            if (g.gpt2) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
+            else gpu::swiglu_forward<T>(fch_act, fch, N, g.F, s);
+        }
+        if (g.fuse_gelu) {
+            gpu::matmul_backward<T>(g.dfch, g.gt[P_WPROJ] + (size_t)l * C * g.F, lay(g.gt[P_BPROJ], l, C), g.dres_t, fch_act,
+                                    g.pt[P_WPROJ] + (size_t)l * C * g.F, N, g.F, C, C, 0, fch, sc, s);
+        } else {
+            gpu::matmul_backward<T>(g.dfch_act, g.gt[P_WPROJ] + (size_t)l * C * g.F, lay(g.gt[P_BPROJ], l, C), g.dres_t,
+                                    fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, N, g.F, C, C, 0, NULL, sc, s);
+            if (g.gpt2) gpu::gelu_backward<T>(g.dfch, fch, g.dfch_act, (size_t)N * g.F, s);
+            else gpu::swiglu_backward<T>(g.dfch, g.dfch_act, fch, N, g.F, s);
+        }
+        if (g.recompute >= 2)
+            gpu::norm_apply<T>(ln2, resid2, ln2_mean, ln2_rstd, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, s);
+        gpu::matmul_backward<T>(g.dln, g.gt[P_WFC] + (size_t)l * g.FC * C, lay(g.gt[P_BFC], l, g.F), g.dfch, ln2,
+                                g.pt[P_WFC] + (size_t)l * g.FC * C, N, C, g.FC, g.FC, 0, NULL, sc, s);
+        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LN2W] + l * C, lay(g.gt[P_LN2B], l, C), g.dln, resid2, 1, C,
+                              g.pt[P_LN2W] + l * C, ln2_mean, ln2_rstd, N, C, 1, sc, s);
+
+        /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)); dres_t = d(o output) */
+        AttnArgs<T> a = attn_args(g, l);
+        gpu::matmul_backward<T>(g.datty, g.gt[P_WO] + (size_t)l * C * g.QD, lay(g.gt[P_BO], l, C), g.dres_t, a.out,
+                                g.pt[P_WO] + (size_t)l * C * g.QD, N, g.QD, C, C, 0, NULL, sc, s);
+        gpu::attention_backward<T>(a, g.plain_attn, s);
+        if (c->qk_norm) {
+            gpu::norm_backward<T>(NULL, NULL, g.dqkv, g.gt[P_QNW] + l * g.HD, NULL, g.dqn, qkv, g.NH, g.QKV,
+                                  g.pt[P_QNW] + l * g.HD, NULL, g.qn_rstd + (size_t)l * N * g.NH, N * g.NH, g.HD, 0, sc, s);
+            gpu::norm_backward<T>(NULL, NULL, g.dqkv + g.QD, g.gt[P_KNW] + l * g.HD, NULL, g.dkn, qkv + g.QD, g.NKV, g.QKV,
+                                  g.pt[P_KNW] + l * g.HD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, N * g.NKV, g.HD, 0, sc, s);
+        }
+        if (g.recompute >= 2)
+            gpu::norm_apply<T>(ln1, x, ln1_mean, ln1_rstd, g.pt[P_LN1W] + l * C, lay(g.pt[P_LN1B], l, C), N, C, s);
+        gpu::matmul_backward<T>(g.dln, g.gt[P_WQKV] + (size_t)l * g.QKV * C, lay(g.gt[P_BQKV], l, g.QKV), g.dqkv, ln1,
+                                g.pt[P_WQKV] + (size_t)l * g.QKV * C, N, C, g.QKV, g.QKV, 0, NULL, sc, s);
+        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LN1W] + l * C, lay(g.gt[P_LN1B], l, C), g.dln, x, 1, C,
+                              g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
+    }
+    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s);
+}
+
+template <typename T> void gmodel_zero_grad(GModel<T> &g) {
+    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
+}
+
+/* reads red[1] (the accumulated loss), waiting for the stream */
+template <typename T> double gmodel_read_loss(GModel<T> &g) {
+    double v;
+    CUDA_CHECK(cudaMemcpyAsync(&v, g.red + 1, sizeof(double), cudaMemcpyDeviceToHost, g.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+    return v;
+}
+
+/* One optimizer step after the micro-steps (DESIGN.md sec. 7):
+   reduce-scatter the grads into the shards -> global grad norm (sum of the shards' squares, all-reduced with the
+   loss) -> clip -> AdamW on the own shard -> all-gather the T weights. Returns the mean loss over ranks and the
+   norm; with a non-finite loss or norm the update is skipped (the caller decides what that means). */
+template <typename T>
+void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
+                 double *loss_out, double *norm_out) {
+    cudaStream_t s = g.stream;
+    float *gshard = g.grads + g.shard_begin;
+    if (d.world > 1) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
+    gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
+    if (d.world > 1) NCCL_CHECK(ncclAllReduce(g.red, g.red, 2, ncclDouble, ncclSum, d.comm, s));
+    double red[2];
+    CUDA_CHECK(cudaMemcpyAsync(red, g.red, 2 * sizeof(double), cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    double loss = red[1] / d.world, norm = sqrt(red[0]);
+    *loss_out = loss; *norm_out = norm;
+    if (do_update && isfinite(loss) && isfinite(norm)) {
+        float coef = (float)(clip / (norm + 1e-6));
+        float scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
+        uint64_t sr_seed = rng_u64(seed ^ 0x5EEDB16ULL, (uint64_t)step);
+        size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
+        for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+            size_t b = g.host->param_offsets[t], e = b + g.host->param_sizes[t];
+            if (b < sb) b = sb;
+            if (e > se) e = se;
+            if (b >= e) continue;
+            gpu::adamw_update<T>(g.params + b, g.master + (b - sb), g.grads + b, g.mom + (b - sb), g.vel + (b - sb), e - b,
+                                 opt->lr, opt->beta1, opt->beta2, opt->eps, param_has_decay(t) ? opt->weight_decay : 0.0f,
+                                 step, scale, sr_seed, b, s);
+        }
+    }
+    if (d.world > 1) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<T>(), d.comm, s));
 }
