@@ -414,7 +414,7 @@ static char *translate_regex(const char *pat) {
 static int regex_compile(Regex *re, const char *pat, int literal, char *err, size_t errlen) {
     char *p = NULL;
     uint32_t opts = PCRE2_UTF | PCRE2_UCP;
-    if (literal) { p = strdup(pat); opts |= PCRE2_LITERAL; }
+    if (literal) { p = strdup(pat); opts = PCRE2_UTF | PCRE2_LITERAL; }   // LITERAL refuses UCP
     else p = translate_regex(pat);
     if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
     int ec; PCRE2_SIZE eo;
@@ -953,18 +953,30 @@ static void normalize_string(const Tokenizer *t, TokenizerState *st, const char 
 static int load_added_tokens(Tokenizer *t, LoadCtx *c, json_t *arr) {
     if (!arr || json_is_null(arr)) return 0;
     if (!json_is_array(arr)) { fail(c, "added_tokens: expected an array"); return -1; }
-    t->nadded = (int)json_array_size(arr);
-    t->added = calloc((size_t)t->nadded + 1, sizeof(AddedToken));
+    size_t n = json_array_size(arr);
+    t->added = calloc(n + 1, sizeof(AddedToken));
     if (!t->added) { fail(c, "out of memory"); return -1; }
-    for (int i = 0; i < t->nadded; i++) {
-        json_t *a = json_array_get(arr, (size_t)i);
-        json_t *id = json_object_get(a, "id"), *content = json_object_get(a, "content");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || !json_is_string(content)) {
-            fail(c, "added_tokens[%d]: expected an object with integer \"id\" and string \"content\"", i); return -1;
+    // HF ignores the ids written here: a token already known keeps its id, a new one gets the next
+    // id after the model vocab (counted in entries) or after the highest added id above it
+    int32_t next_id = (int32_t)t->vocab.n;
+    t->nadded = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *a = json_array_get(arr, i);
+        json_t *content = json_object_get(a, "content");
+        if (!json_is_object(a) || !json_is_string(content)) {
+            fail(c, "added_tokens[%zu]: expected an object with a string \"content\"", i); return -1;
         }
-        AddedToken *at = &t->added[i];
-        at->id = (int32_t)json_integer_value(id);
-        at->content = strdup(json_string_value(content));
+        const char *text = json_string_value(content);
+        if (!*text) continue;   // HF skips empty tokens
+        int32_t id = tokenizer_token_id(t, text);
+        int slot = t->nadded;
+        if (id >= 0) {
+            for (int k = 0; k < t->nadded; k++) if (t->added[k].id == id) { slot = k; break; }   // redefined
+        } else id = next_id++;
+        AddedToken *at = &t->added[slot];
+        if (slot == t->nadded) t->nadded++; else free(at->content);
+        at->id = id;
+        at->content = strdup(text);
         at->len = strlen(at->content);
         at->special = jbool(a, "special", 0);
         at->lstrip = jbool(a, "lstrip", 0);
