@@ -832,6 +832,14 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+static void batch_free(Batch *b) {
+    free(b->text.data); free(b->doc_line); free(b->doc_file);
+    for (int k = 0; k < MAX_KEYS; k++) {
+        KeyPart *kp = &b->key[k];
+        free(kp->seg_off); free(kp->seg_len); free(kp->doc_nseg); free(kp->ids); free(kp->seq_len); free(kp->doc_nseq);
+    }
+}
+
 static void batch_reset(Batch *b, int nkeys) {
     b->text.len = 0;
     b->ndocs = 0;
@@ -1180,6 +1188,12 @@ int main(int argc, char **argv) {
             bd[0].ndocs, tokens, itemsize == 2 ? "uint16" : "int32", empty, r.errors_skipped,
             bytes / 1e6, secs, bytes / 1e6 / (secs > 0 ? secs : 1e-9), o.workers, t_load, o.prefix, o.keys[0],
             o.nkeys > 1 ? " (and the other keys)" : "");
+    for (int i = 0; i < p.nslots; i++) batch_free(&p.slots[i]);
+    free(p.slots); free(threads);
+    for (int k = 0; k < o.nkeys; k++) free(bd[k].conv);
+    for (int i = 0; i < r.nfiles; i++) free(r.files[i]);
+    free(r.files); free(r.scratch.data);
+    free(g_fields.buf.data); free(g_fields.off); free(g_fields.len);
     tokenizer_free(tok);
     return 0;
 }

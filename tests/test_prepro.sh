@@ -94,6 +94,15 @@ run_ok csv_equiv --input "$T/csv_equiv.jsonl" --tokenizer $TOK --output-prefix "
 same csv "$T/csv_equiv_text_document.idx" "$T/csv_text_document.idx"
 same csv "$T/csv_equiv_text_document.bin" "$T/csv_text_document.bin"
 
+# ---- a .json array larger than the read buffer (1 MB): elements are parsed across refills
+awk 'BEGIN { for (i = 1; i <= 12000; i++) printf "{\"text\": \"line %d of a long array, with some words to make it longer than a buffer\"}\n", i }' > "$T/big.jsonl"
+{ echo "["; sed '$!s/$/,/' "$T/big.jsonl"; echo "]"; } > "$T/big.json"
+run_ok big_jsonl --input "$T/big.jsonl" --tokenizer $TOK --output-prefix "$T/bigl" --append-eod
+run_ok big_json --input "$T/big.json" --tokenizer $TOK --output-prefix "$T/bigj" --append-eod
+same big_json "$T/bigl_text_document.bin" "$T/bigj_text_document.bin"
+same big_json "$T/bigl_text_document.idx" "$T/bigj_text_document.idx"
+[ "$(doc_count "$T/bigj_text_document.idx")" = 12000 ] && ok || fail "big json: want 12000 documents"
+
 # ---- a directory: files in path order; several keys give one output each
 mkdir -p "$T/dir/sub"
 printf '{"text": "Hi", "title": "One"}\n' > "$T/dir/b.jsonl"
@@ -199,6 +208,22 @@ if [ -f $QWEN ]; then
   grep -q '"eod_id": 151643' "$T/qwen_text_document.json" && ok || fail "qwen: eod id"
 else
   echo "skip qwen2 checks: $QWEN absent"
+fi
+# BOS from the TemplateProcessing post-processor (Mistral: <s> = 1), dropped by --no-bos
+MISTRAL=../shared/data/tokenizers/llama2/mistral-7b-v0.1/tokenizer.json
+if [ -f $MISTRAL ]; then
+  run_ok bos --input "$T/docs.jsonl" --tokenizer $MISTRAL --output-prefix "$T/bos" --append-eod
+  run_ok nobos --input "$T/docs.jsonl" --tokenizer $MISTRAL --output-prefix "$T/nobos" --append-eod --no-bos
+  first_tok() { od -An -t u2 -N 2 "$1" | tr -d ' '; }
+  [ "$(first_tok "$T/bos_text_document.bin")" = 1 ] && ok || fail "mistral: first token should be BOS 1"
+  [ "$(first_tok "$T/nobos_text_document.bin")" != 1 ] && ok || fail "mistral --no-bos: BOS still there"
+  # one BOS per sequence: 4 sequences, so the files differ by exactly 4 tokens
+  [ $(($(stat -c %s "$T/bos_text_document.bin") - $(stat -c %s "$T/nobos_text_document.bin"))) = 8 ] && ok \
+    || fail "mistral: want one BOS per sequence"
+  grep -q '"bos_id": 1' "$T/bos_text_document.json" && grep -q '"eod_id": 2' "$T/bos_text_document.json" && ok \
+    || fail "mistral: metadata bos/eod ids"
+else
+  echo "skip mistral checks: $MISTRAL absent"
 fi
 
 echo "$checks checks, $fails failures"
