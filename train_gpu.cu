@@ -41,6 +41,7 @@ extern "C" {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -1523,7 +1524,7 @@ struct GModel {
     cudaEvent_t upload_done;
     int cur_B, cur_T, num_valid, has_targets;
     int logits_r0;               /* first row of the chunk of logits in g.logits */
-    double *red;                 /* [4] device: [0] grad sumsq, [1] loss accumulator; [2..3] parts scratch use */
+    double *red;                 /* [4] device: [0] grad sumsq, [1] loss accumulator, [2] stop flag */
     double *norm_parts;
     cudaStream_t stream;
     void *allocs[96]; size_t alloc_sizes[96]; int nallocs;
@@ -1920,17 +1921,19 @@ template <typename T> double gmodel_read_loss(GModel<T> &g) {
    norm; with a non-finite loss or norm the update is skipped (the caller decides what that means). */
 template <typename T>
 void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
-                 double *loss_out, double *norm_out) {
+                 double *loss_out, double *norm_out, int *stop_inout) {
     cudaStream_t s = g.stream;
     float *gshard = g.grads + g.shard_begin;
+    double stop = *stop_inout ? 1.0 : 0.0;
+    CUDA_CHECK(cudaMemcpyAsync(g.red + 2, &stop, sizeof(double), cudaMemcpyHostToDevice, s));
     if (d.world > 1) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
     gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
-    if (d.world > 1) NCCL_CHECK(ncclAllReduce(g.red, g.red, 2, ncclDouble, ncclSum, d.comm, s));
-    double red[2];
-    CUDA_CHECK(cudaMemcpyAsync(red, g.red, 2 * sizeof(double), cudaMemcpyDeviceToHost, s));
+    if (d.world > 1) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, d.comm, s));
+    double red[3];
+    CUDA_CHECK(cudaMemcpyAsync(red, g.red, 3 * sizeof(double), cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
     double loss = red[1] / d.world, norm = sqrt(red[0]);
-    *loss_out = loss; *norm_out = norm;
+    *loss_out = loss; *norm_out = norm; *stop_inout = red[2] > 0;
     if (do_update && isfinite(loss) && isfinite(norm)) {
         float coef = (float)(clip / (norm + 1e-6));
         float scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
@@ -1948,3 +1951,765 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
     }
     if (d.world > 1) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<T>(), d.comm, s));
 }
+
+/* ================================================================================================ */
+/* distributed bootstrap, MPI-free (DESIGN.md sec. 7): one process per GPU. The ranks come from torchrun's
+   variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or from our own launcher, which forks the
+   local ranks and sets the same variables. Rank 0 makes the NCCL unique id and serves it over TCP; the others
+   connect with retries until a timeout. Each hello carries the run id, so a rank never joins a stale run. */
+
+#define BOOT_MAGIC "LLMTGPU1"
+typedef struct { char magic[8]; char run_id[64]; int32_t rank, world; } BootHello;
+typedef struct { char magic[8]; int32_t status; char run_id[64]; ncclUniqueId id; } BootReply;
+enum { BOOT_OK = 0, BOOT_OTHER_RUN = 1, BOOT_BAD_WORLD = 2, BOOT_DUP_RANK = 3 };
+
+static double wall_s(void) { struct timeval tv; gettimeofday(&tv, NULL); return tv.tv_sec + tv.tv_usec * 1e-6; }
+
+static int io_all(int fd, void *buf, size_t n, int wr, double deadline) {
+    char *p = (char *)buf;
+    while (n > 0) {
+        double left = deadline - wall_s();
+        if (left <= 0) return -1;
+        fd_set fs; FD_ZERO(&fs); FD_SET(fd, &fs);
+        struct timeval tv = {(long)left, (long)((left - (long)left) * 1e6)};
+        int r = select(fd + 1, wr ? NULL : &fs, wr ? &fs : NULL, NULL, &tv);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        ssize_t k = wr ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
+        if (k <= 0) { if (k < 0 && errno == EINTR) continue; return -1; }
+        p += k; n -= (size_t)k;
+    }
+    return 0;
+}
+
+static void boot_serve(ncclUniqueId *id, const char *run_id, int world, int port, double timeout_s) {
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (ls < 0) gpu_die("rank 0: socket: %s", strerror(errno));
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET; a.sin_addr.s_addr = htonl(INADDR_ANY); a.sin_port = htons((uint16_t)port);
+    if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0)
+        gpu_die("rank 0: cannot listen on port %d: %s (another run still holding it? pick --master-port)", port, strerror(errno));
+    if (listen(ls, 256) != 0) gpu_die("rank 0: listen: %s", strerror(errno));
+    int *fds = (int *)calloc(world, sizeof(int));
+    int joined = 0;
+    double deadline = wall_s() + timeout_s;
+    while (joined < world - 1) {
+        double left = deadline - wall_s();
+        if (left <= 0) gpu_die("rank 0: only %d of %d ranks joined within %.0f s (run id %s)", joined + 1, world, timeout_s, run_id);
+        fd_set fs; FD_ZERO(&fs); FD_SET(ls, &fs);
+        struct timeval tv = {(long)left, 0};
+        if (select(ls + 1, &fs, NULL, NULL, &tv) <= 0) continue;
+        int fd = accept(ls, NULL, NULL);
+        if (fd < 0) continue;
+        BootHello h;
+        BootReply r;
+        memset(&r, 0, sizeof(r));
+        memcpy(r.magic, BOOT_MAGIC, 8);
+        snprintf(r.run_id, sizeof(r.run_id), "%s", run_id);
+        if (io_all(fd, &h, sizeof(h), 0, wall_s() + 10) != 0 || memcmp(h.magic, BOOT_MAGIC, 8) != 0) { close(fd); continue; }
+        h.run_id[63] = 0;
+        if (strcmp(h.run_id, run_id) != 0) r.status = BOOT_OTHER_RUN;
+        else if (h.world != world || h.rank <= 0 || h.rank >= world) r.status = BOOT_BAD_WORLD;
+        else if (fds[h.rank]) r.status = BOOT_DUP_RANK;
+        if (r.status != BOOT_OK) {
+            fprintf(stderr, "train_gpu: rank 0: refused rank %d of run \"%s\" (world %d): status %d\n", h.rank, h.run_id, h.world, r.status);
+            io_all(fd, &r, sizeof(r), 1, wall_s() + 5);
+            close(fd);
+            continue;
+        }
+        fds[h.rank] = fd;
+        joined++;
+    }
+    BootReply r;
+    memset(&r, 0, sizeof(r));
+    memcpy(r.magic, BOOT_MAGIC, 8);
+    snprintf(r.run_id, sizeof(r.run_id), "%s", run_id);
+    r.id = *id;
+    for (int i = 1; i < world; i++) {
+        if (io_all(fds[i], &r, sizeof(r), 1, wall_s() + 30) != 0) gpu_die("rank 0: lost rank %d during the handshake", i);
+        close(fds[i]);
+    }
+    free(fds);
+    close(ls);
+}
+
+static void boot_join(ncclUniqueId *id, const char *run_id, int rank, int world, const char *addr, int port, double timeout_s) {
+    double deadline = wall_s() + timeout_s;
+    char ports[16];
+    snprintf(ports, sizeof(ports), "%d", port);
+    const char *last_err = "no answer";
+    for (;;) {
+        if (wall_s() > deadline)
+            gpu_die("rank %d: could not reach rank 0 at %s:%d within %.0f s (%s); is rank 0 running with the same "
+                    "--master-addr/--master-port?", rank, addr, port, timeout_s, last_err);
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_family = AF_INET; hints.ai_socktype = SOCK_STREAM;
+        int gai = getaddrinfo(addr, ports, &hints, &res);
+        if (gai != 0) { last_err = gai_strerror(gai); sleep(1); continue; }
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        int ok = fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0;
+        freeaddrinfo(res);
+        if (!ok) { last_err = strerror(errno); if (fd >= 0) close(fd); sleep(1); continue; }
+        BootHello h;
+        memset(&h, 0, sizeof(h));
+        memcpy(h.magic, BOOT_MAGIC, 8);
+        snprintf(h.run_id, sizeof(h.run_id), "%s", run_id);
+        h.rank = rank; h.world = world;
+        BootReply r;
+        if (io_all(fd, &h, sizeof(h), 1, deadline) != 0 || io_all(fd, &r, sizeof(r), 0, deadline) != 0 ||
+            memcmp(r.magic, BOOT_MAGIC, 8) != 0) {
+            close(fd); last_err = "connection closed during the handshake"; sleep(1); continue;
+        }
+        close(fd);
+        r.run_id[63] = 0;
+        if (r.status == BOOT_OTHER_RUN)
+            gpu_die("rank %d: the process at %s:%d belongs to another run (run id \"%s\", ours \"%s\"): a stale run? "
+                    "stop it or pick another --master-port", rank, addr, port, r.run_id, run_id);
+        if (r.status == BOOT_BAD_WORLD) gpu_die("rank %d: rank 0 expects a different world size (ours %d)", rank, world);
+        if (r.status == BOOT_DUP_RANK) gpu_die("rank %d: another process already joined as rank %d", rank, rank);
+        *id = r.id;
+        return;
+    }
+}
+
+typedef struct {
+    int nproc_per_node, nnodes, node_rank, master_port;
+    const char *master_addr, *run_id;
+    double timeout_s;
+} LaunchArgs;
+
+static pid_t g_children[1024];
+static int g_nchildren = 0;
+static void forward_signal(int sig) { for (int i = 0; i < g_nchildren; i++) kill(g_children[i], sig); }
+
+static uint64_t fnv1a(const char *s, uint64_t h) { for (; *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001b3ULL; } return h; }
+
+/* Our launcher: with --nproc-per-node N (and no torchrun variables) fork N processes, each with RANK, WORLD_SIZE,
+   LOCAL_RANK, MASTER_ADDR, MASTER_PORT and LLMTRAIN_RUN_ID set, and wait for them. Returns in each child; the
+   parent exits with the first failure's status (and stops the other ranks). Must run before any CUDA call. */
+static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
+    if (getenv("RANK") && getenv("WORLD_SIZE")) return;
+    int world = la->nproc_per_node * la->nnodes;
+    if (world <= 1) return;
+    if (la->nproc_per_node > 1024) gpu_die("--nproc-per-node %d: at most 1024", la->nproc_per_node);
+    char run_id[64];
+    if (la->run_id) snprintf(run_id, sizeof(run_id), "%s", la->run_id);
+    else if (la->nnodes == 1) snprintf(run_id, sizeof(run_id), "local-%d-%ld", (int)getpid(), (long)time(NULL));
+    else {   /* the same command line on every node gives the same id */
+        uint64_t h = 0xcbf29ce484222325ULL;
+        for (int i = 1; i < argc; i++) {
+            if (!strcmp(argv[i], "--node-rank")) { i++; continue; }
+            h = fnv1a(argv[i], h); h = fnv1a(" ", h);
+        }
+        snprintf(run_id, sizeof(run_id), "argv-%016llx", (unsigned long long)h);
+    }
+    char v[64];
+    setenv("WORLD_SIZE", (snprintf(v, sizeof(v), "%d", world), v), 1);
+    setenv("MASTER_ADDR", la->master_addr, 1);
+    setenv("MASTER_PORT", (snprintf(v, sizeof(v), "%d", la->master_port), v), 1);
+    setenv("LLMTRAIN_RUN_ID", run_id, 1);
+    fflush(stdout); fflush(stderr);
+    for (int i = 0; i < la->nproc_per_node; i++) {
+        pid_t p = fork();
+        if (p < 0) gpu_die("fork: %s", strerror(errno));
+        if (p == 0) {
+            setenv("RANK", (snprintf(v, sizeof(v), "%d", la->node_rank * la->nproc_per_node + i), v), 1);
+            setenv("LOCAL_RANK", (snprintf(v, sizeof(v), "%d", i), v), 1);
+            setenv("LOCAL_WORLD_SIZE", (snprintf(v, sizeof(v), "%d", la->nproc_per_node), v), 1);
+            return;
+        }
+        g_children[g_nchildren++] = p;
+    }
+    signal(SIGINT, forward_signal);
+    signal(SIGTERM, forward_signal);
+    int rc = 0, left = g_nchildren;
+    while (left > 0) {
+        int st;
+        pid_t p = wait(&st);
+        if (p < 0) { if (errno == EINTR) continue; break; }
+        left--;
+        int bad = !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        if (bad && rc == 0) {
+            rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            fprintf(stderr, "train_gpu: a rank failed (status %d): stopping the others\n", rc);
+            for (int i = 0; i < g_nchildren; i++) if (g_children[i] != p) kill(g_children[i], SIGTERM);
+        }
+    }
+    exit(rc);
+}
+
+/* rank layout from the environment (torchrun's, or our launcher's), the device, and NCCL */
+static void dist_init(Dist *d, const LaunchArgs *la) {
+    memset(d, 0, sizeof(*d));
+    const char *r = getenv("RANK"), *w = getenv("WORLD_SIZE"), *lr = getenv("LOCAL_RANK");
+    d->rank = r ? atoi(r) : 0;
+    d->world = w ? atoi(w) : 1;
+    d->local_rank = lr ? atoi(lr) : 0;
+    if (d->world < 1 || d->rank < 0 || d->rank >= d->world) gpu_die("bad RANK %d / WORLD_SIZE %d", d->rank, d->world);
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) gpu_die("no CUDA device found");
+    if (d->local_rank >= ndev) gpu_die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
+    CUDA_CHECK(cudaSetDevice(d->local_rank));
+    if (d->world == 1) return;
+    const char *addr = getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : la->master_addr;
+    int port = getenv("MASTER_PORT") ? atoi(getenv("MASTER_PORT")) : la->master_port;
+    char run_id[64];
+    const char *rid = getenv("LLMTRAIN_RUN_ID") ? getenv("LLMTRAIN_RUN_ID") : la->run_id ? la->run_id : getenv("TORCHELASTIC_RUN_ID");
+    if (rid) snprintf(run_id, sizeof(run_id), "%s", rid);
+    else snprintf(run_id, sizeof(run_id), "env-%s-%d-%d", addr, port, d->world);
+    ncclUniqueId id;
+    if (d->rank == 0) {
+        NCCL_CHECK(ncclGetUniqueId(&id));
+        boot_serve(&id, run_id, d->world, port, la->timeout_s);
+    } else {
+        boot_join(&id, run_id, d->rank, d->world, addr, port, la->timeout_s);
+    }
+    NCCL_CHECK(ncclCommInitRank(&d->comm, d->world, id, d->rank));
+}
+
+/* ================================================================================================ */
+/* the trainer: train.c's flags and loop, on the device model */
+
+#ifndef TRAIN_GPU_NO_MAIN
+
+typedef struct {
+    const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule, *dtype;
+    int batch_size, seq_len, grad_accum, steps, warmup_steps, decay_steps;
+    float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
+    uint64_t seed;
+    int eval_every, eval_steps, sample_every, sample_len, top_k, threads, log_every;
+    int save_every, keep, resume, eod_mask_loss, skip_nonfinite;
+    long max_shard_mb;
+    float temperature;
+    int recompute, zero, plain_attn, fuse_gelu;
+    long logits_mb;
+    LaunchArgs launch;
+} Args;
+
+static void usage(void) {
+    printf(
+"usage: train_gpu --data PREFIX [options]      (the flags of train, plus GPU and launcher flags)\n"
+"\n"
+"data\n"
+"  --data SPEC             Megatron dataset prefix, or a blend \"0.7 PREFIX_A 0.3 PREFIX_B\" / \"PREFIX_A PREFIX_B\"\n"
+"  --eod-mask-loss         no loss on targets that are the EOD token (the config's eos_token_id)\n"
+"  --split A,B,C           train/validation/test split by documents (default 98,2,0)\n"
+"  --seq-len T             tokens per sequence (default 64)\n"
+"  --batch-size B          sequences per micro-step per GPU (default 8)\n"
+"  --grad-accum K          micro-steps per optimizer step (default 1)\n"
+"model\n"
+"  --model NAME|PATH       preset (gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, llama-1b) or a HF\n"
+"                          config.json / directory holding one (default tiny-gpt2)\n"
+"  --init-from DIR         start from the HF weights in DIR\n"
+"  --init-std S            std of the random init (default 0.02; residual projections S/sqrt(2L))\n"
+"optimizer (AdamW)\n"
+"  --lr LR  --min-lr LR  --warmup-steps N  --decay-steps N  --lr-schedule cosine|linear|constant\n"
+"  --weight-decay W  --beta1 B1  --beta2 B2  --eps E  --clip C      (defaults as train)\n"
+"run\n"
+"  --steps N  --seed S  --threads N  --log-every N  --eval-every N  --eval-steps N\n"
+"  --sample-every N  --sample-len N  --temperature X  --top-k K  --tokenizer FILE\n"
+"checkpoints\n"
+"  --out DIR  --save-every N  --keep N  --resume  --max-shard-size MB  --skip-nonfinite   (as train)\n"
+"GPU\n"
+"  --dtype bf16|fp32       weights and activations (default bf16; masters, moments and grads are fp32)\n"
+"  --recompute 0|1|2       0 keep all activations; 1 recompute GELU/SwiGLU outputs; 2 also the norms (default 1)\n"
+"  --zero 1                ZeRO stage: 1 shards the fp32 masters and AdamW moments (the only stage here)\n"
+"  --attention tc|plain    tensor-core flash attention (bf16, head dim 32/64/128) or the plain kernels\n"
+"  --fuse-gelu 0|1         GPT-2's GELU in the cuBLASLt epilogue (default 0)\n"
+"  --logits-mb MB          bound on the classifier's chunk of logits (default 512)\n"
+"multi-GPU (one process per GPU; or start under torchrun, which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)\n"
+"  --nproc-per-node N      fork N ranks on this node (alias --nproc; default 1)\n"
+"  --nnodes M --node-rank R  nodes and this node's index (default 1, 0)\n"
+"  --master-addr A --master-port P  where rank 0 serves the NCCL id (default 127.0.0.1:29500)\n"
+"  --run-id ID             run id checked in the handshake (default: made by the launcher)\n"
+"  --dist-timeout S        seconds to wait for all ranks (default 300)\n");
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static long parse_int(const char *flag, const char *s) {
+    char *e;
+    long v = strtol(s, &e, 10);
+    if (e == s || *e) gpu_die("%s expects an integer, got \"%s\"", flag, s);
+    return v;
+}
+
+static float parse_float(const char *flag, const char *s) {
+    char *e;
+    float v = strtof(s, &e);
+    if (e == s || *e) gpu_die("%s expects a number, got \"%s\"", flag, s);
+    return v;
+}
+
+static void parse_args(Args *a, int argc, char **argv) {
+    memset(a, 0, sizeof(*a));
+    a->model = "tiny-gpt2"; a->split = "98,2,0"; a->schedule = "cosine"; a->dtype = "bf16";
+    a->batch_size = 8; a->seq_len = 64; a->grad_accum = 1; a->steps = 100; a->decay_steps = -1;
+    a->lr = 3e-4f; a->min_lr = -1; a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
+    a->clip = 1.0f; a->init_std = 0.02f; a->seed = 1234; a->eval_every = 100; a->eval_steps = 8;
+    a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1;
+    a->recompute = 1; a->zero = 1; a->logits_mb = 512;
+    a->launch.nproc_per_node = 1; a->launch.nnodes = 1; a->launch.master_addr = "127.0.0.1";
+    a->launch.master_port = 29500; a->launch.timeout_s = 300;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(); exit(0); }
+        if (!strcmp(f, "--resume")) { a->resume = 1; continue; }
+        if (!strcmp(f, "--eod-mask-loss")) { a->eod_mask_loss = 1; continue; }
+        if (!strcmp(f, "--skip-nonfinite")) { a->skip_nonfinite = 1; continue; }
+        if (i + 1 >= argc) gpu_die("%s needs a value (see --help)", f);
+        const char *v = argv[++i];
+        if (!strcmp(f, "--data")) a->data = v;
+        else if (!strcmp(f, "--model")) a->model = v;
+        else if (!strcmp(f, "--init-from")) a->init_from = v;
+        else if (!strcmp(f, "--tokenizer")) a->tokenizer = v;
+        else if (!strcmp(f, "--out")) a->out = v;
+        else if (!strcmp(f, "--split")) a->split = v;
+        else if (!strcmp(f, "--lr-schedule")) a->schedule = v;
+        else if (!strcmp(f, "--batch-size")) a->batch_size = (int)parse_int(f, v);
+        else if (!strcmp(f, "--seq-len")) a->seq_len = (int)parse_int(f, v);
+        else if (!strcmp(f, "--grad-accum")) a->grad_accum = (int)parse_int(f, v);
+        else if (!strcmp(f, "--steps")) a->steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--warmup-steps")) a->warmup_steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--decay-steps")) a->decay_steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--lr")) a->lr = parse_float(f, v);
+        else if (!strcmp(f, "--min-lr")) a->min_lr = parse_float(f, v);
+        else if (!strcmp(f, "--weight-decay")) a->weight_decay = parse_float(f, v);
+        else if (!strcmp(f, "--beta1")) a->beta1 = parse_float(f, v);
+        else if (!strcmp(f, "--beta2")) a->beta2 = parse_float(f, v);
+        else if (!strcmp(f, "--eps")) a->eps = parse_float(f, v);
+        else if (!strcmp(f, "--clip")) a->clip = parse_float(f, v);
+        else if (!strcmp(f, "--init-std")) a->init_std = parse_float(f, v);
+        else if (!strcmp(f, "--seed")) a->seed = (uint64_t)parse_int(f, v);
+        else if (!strcmp(f, "--threads")) a->threads = (int)parse_int(f, v);
+        else if (!strcmp(f, "--log-every")) a->log_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--eval-every")) a->eval_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--eval-steps")) a->eval_steps = (int)parse_int(f, v);
+        else if (!strcmp(f, "--sample-every")) a->sample_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--sample-len")) a->sample_len = (int)parse_int(f, v);
+        else if (!strcmp(f, "--top-k")) a->top_k = (int)parse_int(f, v);
+        else if (!strcmp(f, "--temperature")) a->temperature = parse_float(f, v);
+        else if (!strcmp(f, "--save-every")) a->save_every = (int)parse_int(f, v);
+        else if (!strcmp(f, "--keep")) a->keep = (int)parse_int(f, v);
+        else if (!strcmp(f, "--max-shard-size")) a->max_shard_mb = parse_int(f, v);
+        else if (!strcmp(f, "--dtype")) a->dtype = v;
+        else if (!strcmp(f, "--recompute")) a->recompute = (int)parse_int(f, v);
+        else if (!strcmp(f, "--zero")) a->zero = (int)parse_int(f, v);
+        else if (!strcmp(f, "--attention")) {
+            if (strcmp(v, "tc") && strcmp(v, "plain")) gpu_die("--attention must be tc or plain, got \"%s\"", v);
+            a->plain_attn = !strcmp(v, "plain");
+        }
+        else if (!strcmp(f, "--fuse-gelu")) a->fuse_gelu = (int)parse_int(f, v);
+        else if (!strcmp(f, "--logits-mb")) a->logits_mb = parse_int(f, v);
+        else if (!strcmp(f, "--nproc-per-node") || !strcmp(f, "--nproc")) a->launch.nproc_per_node = (int)parse_int(f, v);
+        else if (!strcmp(f, "--nnodes")) a->launch.nnodes = (int)parse_int(f, v);
+        else if (!strcmp(f, "--node-rank")) a->launch.node_rank = (int)parse_int(f, v);
+        else if (!strcmp(f, "--master-addr")) a->launch.master_addr = v;
+        else if (!strcmp(f, "--master-port")) a->launch.master_port = (int)parse_int(f, v);
+        else if (!strcmp(f, "--run-id")) a->launch.run_id = v;
+        else if (!strcmp(f, "--dist-timeout")) a->launch.timeout_s = parse_float(f, v);
+        else gpu_die("unknown flag %s (see --help)", f);
+    }
+    if (!a->data) gpu_die("--data PREFIX is required (see --help)");
+    if (a->resume && !a->out) gpu_die("--resume needs --out DIR");
+    if (a->batch_size < 1 || a->seq_len < 1 || a->grad_accum < 1 || a->steps < 0)
+        gpu_die("--batch-size, --seq-len and --grad-accum must be >= 1 and --steps >= 0");
+    if (strcmp(a->dtype, "bf16") && strcmp(a->dtype, "fp32")) gpu_die("--dtype must be bf16 or fp32, got \"%s\"", a->dtype);
+    if (a->recompute < 0 || a->recompute > 2) gpu_die("--recompute must be 0, 1 or 2");
+    if (a->zero != 1) gpu_die("--zero %d: only ZeRO-1 is implemented (fp32 masters and AdamW moments sharded)", a->zero);
+    if (a->launch.nproc_per_node < 1 || a->launch.nnodes < 1 || a->launch.node_rank < 0 || a->launch.node_rank >= a->launch.nnodes)
+        gpu_die("--nproc-per-node, --nnodes must be >= 1 and 0 <= --node-rank < --nnodes");
+    if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
+    if (a->decay_steps < 0) a->decay_steps = a->steps;
+    if (a->log_every < 1) a->log_every = 1;
+}
+
+static int lr_style(const char *s) {
+    if (!strcmp(s, "cosine")) return LR_COSINE;
+    if (!strcmp(s, "linear")) return LR_LINEAR;
+    if (!strcmp(s, "constant")) return LR_CONSTANT;
+    gpu_die("--lr-schedule must be cosine, linear or constant, got \"%s\"", s);
+    return 0;
+}
+
+/* The datasets of --data, split into train and validation blends with the same weights (as train.c). */
+typedef struct {
+    int n;
+    IndexedDataset ds[MAX_BLEND];
+    Sampler train[MAX_BLEND], valid[MAX_BLEND];
+    Blend train_blend, valid_blend;
+    int have_valid;
+    uint64_t train_tokens;
+} Data;
+
+static void open_data(Data *d, const Args *a, int vocab_size) {
+    char buf[8192], *prefixes[MAX_BLEND], err[1024];
+    double w[MAX_BLEND];
+    memset(d, 0, sizeof(*d));
+    d->n = parse_data_spec(a->data, buf, sizeof(buf), prefixes, w, MAX_BLEND, err, sizeof(err));
+    if (d->n < 0) gpu_die("%s", err);
+    Sampler *tr[MAX_BLEND], *va[MAX_BLEND];
+    double wv[MAX_BLEND];
+    int nvalid = 0;
+    for (int i = 0; i < d->n; i++) {
+        IndexedDataset *ds = &d->ds[i];
+        if (indexed_dataset_open(ds, prefixes[i], err, sizeof(err)) != 0) gpu_die("%s", err);
+        if (ds->max_token >= vocab_size)
+            gpu_die("%s: token id %lld is outside the model's vocabulary of %d", prefixes[i], (long long)ds->max_token, vocab_size);
+        uint64_t sb[3], se[3];
+        if (split_documents(a->split, ds->num_docs, sb, se, err, sizeof(err)) != 0) gpu_die("%s", err);
+        if (sampler_init(&d->train[i], ds, sb[0], se[0], a->seq_len, a->seed + 1000003ULL * i, 1, err, sizeof(err)) != 0)
+            gpu_die("train split: %s", err);
+        if (w[i] < 0) w[i] = (double)d->train[i].tokens_per_epoch;
+        tr[i] = &d->train[i];
+        d->train_tokens += d->train[i].tokens_per_epoch;
+        if (se[1] > sb[1] && a->eval_every > 0) {
+            if (sampler_init(&d->valid[i], ds, sb[1], se[1], a->seq_len, a->seed, 0, err, sizeof(err)) != 0)
+                gpu_die("validation split: %s", err);
+            va[nvalid] = &d->valid[i]; wv[nvalid++] = w[i];
+        }
+    }
+    blend_init(&d->train_blend, d->n, w, tr);
+    d->have_valid = nvalid > 0;
+    if (d->have_valid) blend_init(&d->valid_blend, nvalid, wv, va);
+}
+
+static void close_data(Data *d) {
+    for (int i = 0; i < d->n; i++) {
+        sampler_free(&d->train[i]);
+        if (d->valid[i].ds) sampler_free(&d->valid[i]);
+        indexed_dataset_close(&d->ds[i]);
+    }
+}
+
+/* The settings a resumed run must share with the run that saved the checkpoint (the same keys as train.c, so a
+   checkpoint moves between the CPU and GPU trainers at the same world size). */
+static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig *cfg, int world) {
+    char *mc = model_config_to_json(cfg);
+    json_t *mj = json_loads(mc, 0, NULL);
+    free(mc);
+    json_t *o = json_pack("{s:o,s:s,s:s,s:i,s:i,s:i,s:i,s:I,s:b}", "model", mj, "data", a->data, "split", a->split,
+                          "seq_len", a->seq_len, "batch_size", a->batch_size, "grad_accum", a->grad_accum,
+                          "world_size", world, "seed", (json_int_t)a->seed, "eod_mask_loss", a->eod_mask_loss);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    if (strlen(s) >= n) gpu_die("run settings too long to record (%zu bytes)", strlen(s));
+    snprintf(out, n, "%s", s);
+    free(s);
+    json_decref(o);
+}
+
+/* SIGINT / SIGTERM: finish the step, save, exit 0 */
+static volatile sig_atomic_t stop_requested = 0;
+static void on_signal(int sig) { (void)sig; stop_requested = 1; }
+
+/* Peak dense bf16 tensor FLOP/s by device name (the first match wins; 0: unknown, MFU not shown). */
+static double peak_bf16_flops(const char *name) {
+    static const struct { const char *key; double tflops; } table[] = {
+        {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H200", 989}, {"GH200", 989}, {"H800", 989},
+        {"B200", 2250}, {"B100", 1750}, {"A100", 312}, {"A800", 312}, {"L40S", 362}, {"L40", 181}, {"A10G", 70},
+        {"A10", 125}, {"L4", 121}, {"RTX 4090", 165}, {"RTX 3090", 71}, {"A6000", 155},
+    };
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (strstr(name, table[i].key)) return table[i].tflops * 1e12;
+    return 0.0;
+}
+
+/* Model FLOPs of one token of training (forward + backward = 3 x forward; a multiply-add counts 2):
+     matmuls:   6 * (L * (QKV*C + C*QD + FC*C + C*F) + V*C)        (the lm_head included, the lookup not)
+     attention: 6 * L * T * QD     (QK^T and PV: 2 * 2 * QD flops per (query, key) pair, T/2 keys per query
+                                    on average under the causal mask, times 3)
+   MFU = this * tokens/s / the device's peak dense bf16 FLOP/s. Recomputation is not counted (it is overhead). */
+static double flops_per_token(const ModelConfig *c, int T) {
+    double C = c->n_embd, L = c->n_layer, QD = (double)c->n_head * c->head_dim, KD = (double)c->n_kv_head * c->head_dim;
+    double F = c->d_ff, FC = c->family == FAMILY_GPT2 ? F : 2 * F, QKV = QD + 2 * KD, V = c->vocab_size;
+    return 6.0 * (L * (QKV * C + C * QD + FC * C + C * F) + V * C) + 6.0 * L * T * QD;
+}
+
+static double device_used_gib(double *peak) {
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    double used = (double)(tot - fr) / 1073741824.0;
+    if (used > *peak) *peak = used;
+    return used;
+}
+
+/* Draws the next token from the logits of one position: temperature, then the top-k most likely. */
+static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
+    if (top_k <= 0 || top_k > V) top_k = V;
+    int *idx = (int *)malloc(top_k * sizeof(int));
+    int n = 0;
+    for (int v = 0; v < V; v++) {
+        if (n == top_k && logits[v] <= logits[idx[n - 1]]) continue;
+        int j = n < top_k ? n++ : n - 1;
+        while (j > 0 && logits[idx[j - 1]] < logits[v]) { idx[j] = idx[j - 1]; j--; }
+        idx[j] = v;
+    }
+    float t = temperature > 0 ? temperature : 1e-6f;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += exp((logits[idx[i]] - logits[idx[0]]) / t);
+    double r = coin * sum, acc = 0.0;
+    int pick = idx[n - 1];
+    for (int i = 0; i < n; i++) {
+        acc += exp((logits[idx[i]] - logits[idx[0]]) / t);
+        if (r < acc) { pick = idx[i]; break; }
+    }
+    free(idx);
+    return pick;
+}
+
+template <typename T>
+static void print_sample(GModel<T> &g, const Args *a, Tokenizer *tok, int step) {
+    int Tn = a->seq_len, V = g.V;
+    int start = g.cfg.eos_token_id >= 0 && g.cfg.eos_token_id < V ? g.cfg.eos_token_id : 0;
+    if (tok && tokenizer_bos_id(tok) >= 0) start = tokenizer_bos_id(tok);
+    else if (tok && tokenizer_eos_id(tok) >= 0) start = tokenizer_eos_id(tok);
+    int n = a->sample_len + 1;
+    int *ids = (int *)malloc(n * sizeof(int));
+    T *row_t = (T *)malloc(V * sizeof(T));
+    float *row = (float *)malloc(V * sizeof(float));
+    ids[0] = start;
+    for (int i = 1; i < n; i++) {
+        int ctx = i < Tn ? i : Tn;
+        gmodel_upload_batch(g, ids + i - ctx, NULL, 1, ctx);
+        gmodel_forward(g, 0, 0.0f, 0.0, 0);
+        CUDA_CHECK(cudaMemcpyAsync(row_t, g.logits + (size_t)(ctx - 1 - g.logits_r0) * g.Vp, V * sizeof(T),
+                                   cudaMemcpyDeviceToHost, g.stream));
+        CUDA_CHECK(cudaStreamSynchronize(g.stream));
+        for (int v = 0; v < V; v++) {
+            if (sizeof(T) == 4) memcpy(&row[v], &row_t[v], 4);
+            else { uint16_t h; memcpy(&h, &row_t[v], 2); row[v] = host_bf16_bits_to_f32(h); }
+        }
+        ids[i] = sample_token(row, V, a->temperature, a->top_k, rng_uniform(a->seed ^ 0x5A5A5A5AULL, (uint64_t)step * n + i));
+    }
+    printf("--- sample at step %d ---\n", step);
+    if (tok) {
+        int32_t *ids32 = (int32_t *)malloc(n * sizeof(int32_t));
+        for (int i = 0; i < n; i++) ids32[i] = ids[i];
+        char *text = tokenizer_decode(tok, ids32 + 1, n - 1);
+        printf("%s\n", text ? text : "(decode failed)");
+        free(text); free(ids32);
+    } else {
+        for (int i = 1; i < n; i++) printf("%d ", ids[i]);
+        printf("\n");
+    }
+    printf("---\n");
+    fflush(stdout);
+    free(ids); free(row_t); free(row);
+}
+
+/* Mean loss over the first n batches of the (unshuffled) validation stream: the same tokens every time. */
+template <typename T>
+static float evaluate(GModel<T> &g, Blend *val, int B, int n, int eod) {
+    DataLoader dl;
+    dataloader_init(&dl, val, B, 0, 1);
+    dl.eod = eod;
+    for (int i = 0; i < n; i++) {
+        dataloader_next(&dl);
+        gmodel_upload_batch(g, dl.inputs, dl.targets, B, dl.T);
+        gmodel_forward(g, 0, 0.0f, 1.0, i > 0);
+    }
+    double sum = gmodel_read_loss(g);
+    dataloader_free(&dl);
+    return (float)(sum / n);
+}
+
+template <typename T>
+static void save_checkpoint(GModel<T> &g, const Dist &d, const Args *a, const TrainState *ts) {
+    gmodel_download(g, d, 1);   /* collective: masters and moments gathered from the shards */
+    if (d.rank == 0) {
+        char err[1024], saved[1300];
+        if (checkpoint_save(a->out, g.host, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved),
+                            err, sizeof(err)) != 0)
+            gpu_die("checkpoint: %s", err);
+        printf("saved %s\n", saved);
+        fflush(stdout);
+    }
+}
+
+template <typename T>
+static int run(Args &a, Dist &d) {
+    char err[1024];
+    int rank = d.rank, world = d.world, main_rank = rank == 0;
+    ModelConfig cfg;
+    if (a.init_from) {
+        if (model_config_from_json(&cfg, a.init_from, err, sizeof(err)) != 0) gpu_die("%s", err);
+    } else if (model_config_preset(&cfg, a.model) != 0) {
+        if (access(a.model, R_OK) != 0)
+            gpu_die("--model \"%s\" is neither a preset (gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, "
+                    "llama-1b) nor a readable config.json", a.model);
+        if (model_config_from_json(&cfg, a.model, err, sizeof(err)) != 0) gpu_die("%s", err);
+    }
+    if (cfg.family == FAMILY_GPT2 && a.seq_len > cfg.max_seq_len)
+        gpu_die("--seq-len %d exceeds the model's %d positions", a.seq_len, cfg.max_seq_len);
+    if (a.eod_mask_loss && cfg.eos_token_id < 0) gpu_die("--eod-mask-loss needs eos_token_id in the model config");
+    Data data;
+    open_data(&data, &a, cfg.vocab_size);
+    Model m;
+    if (model_build(&m, &cfg) != 0) gpu_die("out of memory for the model");
+    DataLoader dl;
+    dataloader_init(&dl, &data.train_blend, a.batch_size, rank, world);
+    dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
+    int eod = dl.eod;
+
+    /* weights: resumed, continued from HF weights, or fresh (the header's init: the CPU trainer's weights) */
+    TrainState ts;
+    memset(&ts, 0, sizeof(ts));
+    char run_flags[sizeof(ts.run_flags)], ckpt[1300];
+    make_run_flags(run_flags, sizeof(run_flags), &a, &cfg, world);
+    int resumed = 0;
+    if (a.resume && checkpoint_latest(a.out, ckpt, sizeof(ckpt)) == 0) {
+        if (checkpoint_load(ckpt, &m, &ts, err, sizeof(err)) != 0) gpu_die("resume: %s", err);
+        if (run_flags_compare(ts.run_flags, run_flags, err, sizeof(err)) != 0) gpu_die("resume from %s: %s", ckpt, err);
+        dl.cursor = ts.data_cursor;
+        resumed = 1;
+        if (main_rank) printf("resumed from %s at step %lld\n", ckpt, (long long)ts.step);
+    } else if (a.init_from) {
+        if (model_load_hf_dir(&m, a.init_from, err, sizeof(err)) != 0) gpu_die("%s", err);
+    } else {
+        if (a.resume && main_rank) printf("no checkpoint in %s: starting fresh\n", a.out);
+        model_init_weights(&m, a.seed, a.init_std);
+    }
+    snprintf(ts.run_flags, sizeof(ts.run_flags), "%s", run_flags);
+
+    cudaStream_t stream;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20};
+    GModel<T> g;
+    gmodel_build(g, &m, a.batch_size, a.seq_len, o, d, stream);
+    gmodel_upload(g);
+    free(m.m_memory); free(m.v_memory); m.m_memory = m.v_memory = NULL;   /* the shards live on the device now */
+
+    Tokenizer *tok = NULL;
+    if (a.tokenizer) {
+        tok = tokenizer_load(a.tokenizer, err, sizeof(err));
+        if (!tok) gpu_die("%s", err);
+    }
+    FILE *logf = NULL;
+    if (a.out && main_rank) {
+        if (mkdir(a.out, 0755) != 0 && errno != EEXIST) gpu_die("%s: cannot create: %s", a.out, strerror(errno));
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/log.jsonl", a.out);
+        logf = fopen(path, resumed ? "a" : "w");
+        if (!logf) gpu_die("%s: cannot write: %s", path, strerror(errno));
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, d.local_rank));
+    double peak = peak_bf16_flops(prop.name), fpt = flops_per_token(&cfg, a.seq_len), mem_peak = 0.0;
+    int style = lr_style(a.schedule);
+    if (main_rank) {
+        printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
+               family_name(cfg.family), cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff,
+               cfg.vocab_size, m.num_params);
+        printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a.data, data.n,
+               (unsigned long long)data.train_tokens, a.seq_len);
+        printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a.batch_size, a.seq_len,
+               a.grad_accum, world, a.batch_size * a.seq_len * a.grad_accum * world);
+        printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-1 over %d rank(s), %.2f GiB allocated; "
+               "%.1f GFLOP/token, peak %.0f TFLOP/s bf16\n", prop.name, prop.multiProcessorCount, a.dtype, a.recompute,
+               gpu::attention_uses_tc<T>(cfg.head_dim, a.plain_attn) ? "tensor-core flash" : "plain",
+               world, g_dev_bytes / 1073741824.0, fpt / 1e9, peak / 1e12);
+        if (data.have_valid && !resumed) {
+            float vl = evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod);
+            printf("step %d | val loss %.4f\n", 0, vl);
+            if (logf) { fprintf(logf, "{\"step\":0,\"val_loss\":%.6f}\n", vl); fflush(logf); }
+        }
+        fflush(stdout);
+    }
+
+    AdamWConfig opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay};
+    double total_ms = 0.0;
+    int steps_run = 0;
+    long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum * world;
+    for (int step = (int)ts.step + 1; step <= a.steps; step++) {
+        double t0 = now_ms();
+        gmodel_zero_grad(g);
+        for (int micro = 0; micro < a.grad_accum; micro++) {
+            dataloader_next(&dl);
+            gmodel_upload_batch(g, dl.inputs, dl.targets, a.batch_size, a.seq_len);
+            gmodel_forward(g, 1, 1.0f / (a.grad_accum * world), 1.0 / a.grad_accum, micro > 0);
+            gmodel_backward(g);
+        }
+        opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
+        double loss, norm;
+        int stop = stop_requested;
+        gmodel_step(g, d, &opt, step - (int)ts.skipped, a.clip, a.seed, 1, &loss, &norm, &stop);
+        int skip = !isfinite(loss) || !isfinite(norm);
+        if (skip && !a.skip_nonfinite)
+            gpu_die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
+        if (skip) ts.skipped++;
+        ts.step = step;
+        ts.data_cursor = dl.cursor;
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        double ms = now_ms() - t0;
+        total_ms += ms;
+        steps_run++;
+        double tps = tokens_per_step / (ms / 1000.0), mfu = peak > 0 ? 100.0 * fpt * tps / world / peak : -1;
+        double mem = device_used_gib(&mem_peak);
+        (void)mem;
+        if (main_rank) {
+            if (step % a.log_every == 0 || step == a.steps || skip) {
+                char mfus[32];
+                if (mfu >= 0) snprintf(mfus, sizeof(mfus), "%.1f%%", mfu); else snprintf(mfus, sizeof(mfus), "n/a");
+                printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s | MFU %s | mem %.2f GiB%s\n",
+                       step, a.steps, loss, opt.lr, norm, ms, tps, mfus, mem_peak, skip ? " | skipped (non-finite)" : "");
+                fflush(stdout);
+            }
+            if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f,"
+                              "\"skipped\":%lld,\"mfu\":%.4f,\"mem_gib\":%.3f}\n", step, loss, opt.lr, norm, ms, tps,
+                              (long long)ts.skipped, mfu >= 0 ? mfu / 100.0 : 0.0, mem_peak);
+            if (data.have_valid && (step % a.eval_every == 0 || step == a.steps)) {
+                float vl = evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod);
+                printf("step %d | val loss %.4f\n", step, vl);
+                if (logf) fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
+            }
+            if (logf) fflush(logf);
+            if (a.sample_every > 0 && (step % a.sample_every == 0 || step == a.steps)) print_sample(g, &a, tok, step);
+        }
+        int last = step == a.steps || stop;
+        if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(g, d, &a, &ts);
+        if (stop) { if (main_rank) printf("stopped by signal after step %d\n", step); break; }
+    }
+    if (steps_run > 0 && main_rank)
+        printf("done: %d steps, %.1f ms/step, %.0f tokens/s, peak GPU memory %.2f GiB\n", steps_run, total_ms / steps_run,
+               tokens_per_step * steps_run / (total_ms / 1000.0), mem_peak);
+    if (logf) fclose(logf);
+    if (tok) tokenizer_free(tok);
+    gmodel_free(g);
+    dataloader_free(&dl);
+    close_data(&data);
+    model_free(&m);
+    return 0;
+}
+
+static void gpu_setup(void) {
+    int dev;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&gpu::g_num_sms, cudaDevAttrMultiProcessorCount, dev));
+    CUBLAS_CHECK(cublasLtCreate(&g_lt));
+    g_lt_ws = dev_alloc(g_lt_ws_size);
+}
+
+int main(int argc, char **argv) {
+    Args a;
+    parse_args(&a, argc, argv);
+    maybe_launch(&a.launch, argc, argv);   /* forks the local ranks; returns in each of them */
+    if (a.threads > 0) omp_set_num_threads(a.threads);
+    Dist d;
+    dist_init(&d, &a.launch);
+    gpu_setup();
+    int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
+    if (d.comm) ncclCommDestroy(d.comm);
+    return rc;
+}
+
+#endif /* TRAIN_GPU_NO_MAIN */
