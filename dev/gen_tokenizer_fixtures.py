@@ -27,7 +27,8 @@ The C test (tests/test_tokenizer.c) reads it. Line format:
     group FIRST COUNT NIDS HASH   documents [FIRST, FIRST+COUNT): total ids and the FNV-1a 64 hash of
                                   their ids (add_special_tokens=False) as little-endian int32 bytes
 Also written: tests/fixtures/tokenizer/stress.jsonl, random text over scripts, whitespace kinds,
-combining marks, emoji and special-token strings (a bulk corpus of every family).
+combining marks, emoji and special-token strings (a bulk corpus of every family), and
+tests/fixtures/tokenizer/nfc.jsonl, text dense in what Unicode normalization changes.
 """
 import argparse
 import json
@@ -175,6 +176,33 @@ def stress_docs(seed=1234, ndocs=150):
     return docs
 
 
+def nfc_docs(seed=11, ndocs=400):
+    """Text dense in characters NFC/NFD change: decomposable letters, combining marks in every
+    order, Hangul syllables and jamo, singletons (CJK compatibility ideographs, Angstrom sign)."""
+    import unicodedata
+    marks, decomposable = [], []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        if unicodedata.combining(ch):
+            marks.append(ch)
+        elif unicodedata.normalize("NFD", ch) != ch:
+            decomposable.append(ch)
+    jamo = [chr(c) for c in list(range(0x1100, 0x1113)) + list(range(0x1161, 0x1176)) + list(range(0x11A8, 0x11C3))]
+    base = list("aeiouAEIOUnNcCsS ") + ["\uac00", "\ud7a3", "\uac01"]
+    rnd = random.Random(seed)
+    docs = []
+    for _ in range(ndocs):
+        out = []
+        for _ in range(rnd.randint(1, 30)):
+            r = rnd.random()
+            pool = marks if r < 0.4 else decomposable if r < 0.7 else jamo if r < 0.8 else base
+            out.append(rnd.choice(pool))
+        docs.append("".join(out))
+    return docs
+
+
 def load_bulk_docs(path, fmt, maxdocs):
     with open(path, encoding="utf-8", newline="") as f:
         if fmt == "paragraphs":
@@ -255,6 +283,10 @@ def main():
     with open(os.path.join(OUT, "stress.jsonl"), "w", encoding="utf-8") as f:
         for d in stress_docs():
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    with open(os.path.join(OUT, "nfc.jsonl"), "w", encoding="utf-8") as f:
+        for d in nfc_docs():
+            f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    nfcb = ("nfc", "tests/fixtures/tokenizer/nfc.jsonl", "jsonl", 100000)
     rel = lambda p: os.path.relpath(p, ROOT)
     zh = rel(os.path.join(shared, "corpora", "zh", "zh_classics.jsonl"))
     stress = ("stress", "tests/fixtures/tokenizer/stress.jsonl", "jsonl", 100000)
@@ -268,6 +300,9 @@ def main():
     write_family("mistral", tk("llama2", "mistral-7b-v0.1", "tokenizer.json"), 1, [stress, shakes, zhb], shared)
     write_family("gpt2_added", "data/gpt2_tokenizer.json", 0, [stress], shared, patch=ADDED_PATCH)
     write_family("qwen2_added", tk("qwen2", "tokenizer.json"), 1, [stress], shared, patch=QWEN_ADDED_PATCH)
+    # byte-level GPT-2 with an NFC / NFD normalizer: the ids spell out the normalized text exactly
+    write_family("gpt2_nfc", "data/gpt2_tokenizer.json", 0, [nfcb, stress], shared, patch={"normalizer": {"type": "NFC"}})
+    write_family("gpt2_nfd", "data/gpt2_tokenizer.json", 0, [nfcb], shared, patch={"normalizer": {"type": "NFD"}})
     write_family("llama2_legacy", tk("llama2", "mistral-7b-v0.1", "tokenizer.json"), 1, [stress, shakes], shared,
                  patch=LEGACY_PATCH)
 

@@ -405,7 +405,8 @@ int main(void) {
     const char *files[] = {"tests/fixtures/tokenizer/gpt2_cases.txt", "tests/fixtures/tokenizer/qwen2_cases.txt",
                            "tests/fixtures/tokenizer/llama3_cases.txt", "tests/fixtures/tokenizer/mistral_cases.txt",
                            "tests/fixtures/tokenizer/gpt2_added_cases.txt", "tests/fixtures/tokenizer/qwen2_added_cases.txt",
-                           "tests/fixtures/tokenizer/llama2_legacy_cases.txt"};
+                           "tests/fixtures/tokenizer/llama2_legacy_cases.txt", "tests/fixtures/tokenizer/gpt2_nfc_cases.txt",
+                           "tests/fixtures/tokenizer/gpt2_nfd_cases.txt"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) run_fixture(files[i]);
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
