@@ -40,7 +40,9 @@ run: deps all
 	@mkdir -p out
 	./prepro/prepro --input data/tinyshakespeare.txt --txt-mode paragraph --tokenizer data/gpt2_tokenizer.json \
 	    --output-prefix out/tinyshakespeare --append-eod
-	./train --data out/tinyshakespeare_text_document --model tiny-gpt2 --tokenizer data/gpt2_tokenizer.json \
+	@if [ -x ./train_gpu ] && nvidia-smi -L >/dev/null 2>&1; then echo "GPU found: training with ./train_gpu"; fi
+	$$( [ -x ./train_gpu ] && nvidia-smi -L >/dev/null 2>&1 && echo ./train_gpu || echo ./train ) \
+	    --data out/tinyshakespeare_text_document --model tiny-gpt2 --tokenizer data/gpt2_tokenizer.json \
 	    --batch-size 8 --seq-len 64 --steps 400 --lr 3e-3 --warmup-steps 20 --split 95,5,0 --log-every 10 \
 	    --eval-every 100 --eval-steps 8 --sample-every 400 --sample-len 96 --out $(RUN_DIR)
 

@@ -5,6 +5,7 @@
 */
 #define LLMTRAIN_IMPLEMENTATION
 #include "llmtrain.h"
+#include "prepro/tokenizer.h"
 
 static int failures = 0;
 #define CHECK(cond, ...) do { if (!(cond)) { printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); failures++; } } while (0)
@@ -251,6 +252,49 @@ static void test_errors(void) {
     expect_open_error("float32 tokens", "dtype");
 }
 
+/* prepro's output read back by the header's reader: each document is the tokenizer's ids for its text
+   followed by the EOD id, in input order, and the dtype follows the vocabulary size. */
+static void test_prepro_readback(void) {
+    const char *docs[] = {"Hello world, this is a test.", "Second document\nwith two lines.", "",
+                          "<|endoftext|> inside text", "naïve café 你好 🙂 1234567"};
+    int ndocs = 5;
+    FILE *f = fopen("tests/tmp/rb.jsonl", "w");
+    for (int i = 0; i < ndocs; i++) {
+        json_t *o = json_pack("{s:s}", "text", docs[i]);
+        char *line = json_dumps(o, JSON_COMPACT);
+        fprintf(f, "%s\n", line);
+        free(line); json_decref(o);
+    }
+    fclose(f);
+    int rc = system("./prepro/prepro --input tests/tmp/rb.jsonl --tokenizer data/gpt2_tokenizer.json "
+                    "--output-prefix tests/tmp/rb --append-eod --workers 2 2> /dev/null");
+    CHECK(rc == 0, "prepro exit %d", rc);
+    char err[512];
+    Tokenizer *tok = tokenizer_load("data/gpt2_tokenizer.json", err, sizeof(err));
+    CHECK(tok != NULL, "%s", err);
+    if (!tok || rc != 0) return;
+    TokenizerState *st = tokenizer_state_new(tok);
+    IndexedDataset ds;
+    CHECK(indexed_dataset_open(&ds, "tests/tmp/rb_text_document", err, sizeof(err)) == 0, "%s", err);
+    CHECK(ds.dtype_code == 8, "GPT-2's 50257 ids need uint16 (code 8), got %d", ds.dtype_code);
+    int eod = tokenizer_eos_id(tok), d = 0;
+    for (int i = 0; i < ndocs; i++) {
+        if (!docs[i][0]) continue;   /* empty documents are skipped */
+        size_t n;
+        const int32_t *ids = tokenizer_encode(tok, st, docs[i], strlen(docs[i]), 0, &n);
+        CHECK(ds.doc_len[d] == (int64_t)n + 1, "document %d: %lld tokens, expected %zu + EOD", i, (long long)ds.doc_len[d], n);
+        for (size_t j = 0; j < n && (int64_t)j < ds.doc_len[d]; j++)
+            CHECK(indexed_dataset_token(&ds, ds.doc_start[d] + j) == ids[j], "document %d token %zu", i, j);
+        CHECK(indexed_dataset_token(&ds, ds.doc_start[d] + ds.doc_len[d] - 1) == eod, "document %d does not end in EOD", i);
+        d++;
+    }
+    CHECK(ds.num_docs == (uint64_t)d, "%llu documents, expected %d", (unsigned long long)ds.num_docs, d);
+    indexed_dataset_close(&ds);
+    tokenizer_state_free(st);
+    tokenizer_free(tok);
+    printf("prepro output read back: ok (%d documents)\n", d);
+}
+
 int main(void) {
     mkdir("tests/tmp", 0755);
     test_reader(8, 0);
@@ -260,6 +304,7 @@ int main(void) {
     test_blend();
     test_split();
     test_errors();
+    test_prepro_readback();
     printf("%s\n", failures ? "FAILED" : "all data checks passed");
     return failures ? 1 : 0;
 }
