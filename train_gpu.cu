@@ -87,7 +87,7 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
 
 /* host-side bf16 <-> float (round to nearest even), for uploads and tests */
-static inline uint16_t host_f32_to_bf16_bits(float f) {
+[[maybe_unused]] static inline uint16_t host_f32_to_bf16_bits(float f) {
     uint32_t b; memcpy(&b, &f, 4);
     if ((b & 0x7f800000u) == 0x7f800000u) return (uint16_t)((b >> 16) | ((b & 0xffff) ? 0x40 : 0));  /* inf / nan */
     b += 0x7fffu + ((b >> 16) & 1u);
@@ -2170,8 +2170,17 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     NCCL_CHECK(ncclCommInitRank(&d->comm, d->world, id, d->rank));
 }
 
+/* the process-wide GPU state: SM count and the cuBLASLt handle and workspace (after cudaSetDevice) */
+static void gpu_setup(void) {
+    int dev;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&gpu::g_num_sms, cudaDevAttrMultiProcessorCount, dev));
+    CUBLAS_CHECK(cublasLtCreate(&g_lt));
+    g_lt_ws = dev_alloc(g_lt_ws_size);
+}
+
 /* ================================================================================================ */
-/* the trainer: train.c's flags and loop, on the device model */
+/* the trainer: train.c's flags and loop, on the device model (left out when a test includes this file) */
 
 #ifndef TRAIN_GPU_NO_MAIN
 
@@ -2689,14 +2698,6 @@ static int run(Args &a, Dist &d) {
     close_data(&data);
     model_free(&m);
     return 0;
-}
-
-static void gpu_setup(void) {
-    int dev;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&gpu::g_num_sms, cudaDevAttrMultiProcessorCount, dev));
-    CUBLAS_CHECK(cublasLtCreate(&g_lt));
-    g_lt_ws = dev_alloc(g_lt_ws_size);
 }
 
 int main(int argc, char **argv) {

@@ -1,0 +1,532 @@
+/*
+ test_gpu.cu — every kernel of train_gpu.cu against its CPU layer in llmtrain.h, a whole forward + backward
+ against the CPU model on the same weights and batch, and 20 training steps whose losses track the CPU's.
+ Without a GPU it prints "no GPU: skipped" and exits 0.
+
+ Inputs are fresh random numbers; for bf16 they are rounded to bf16 first, so the CPU sees the same values and
+ only the kernel's own rounding differs. Every output buffer is filled with NaN before its kernel runs, so an
+ element the kernel forgot to write fails the comparison. Pass: |gpu - cpu| <= atol + rtol |cpu| everywhere
+ (fp32: 1e-5 scale; bf16: 1e-2 scale), or a relative error norm for whole-model gradients.
+
+ Build: nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -I. -o tests/bin/test_gpu \
+        tests/test_gpu.cu prepro/tokenizer.c -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm
+*/
+#define TRAIN_GPU_NO_MAIN
+#include "../train_gpu.cu"
+
+#include <vector>
+
+static int g_fail = 0, g_pass = 0;
+static const char *g_dtype = "";
+
+/* ---- helpers ---- */
+
+template <typename T> static const char *tname() { return sizeof(T) == 4 ? "fp32" : "bf16"; }
+template <typename T> static float tol_a() { return sizeof(T) == 4 ? 2e-5f : 2e-2f; }
+template <typename T> static float tol_r() { return sizeof(T) == 4 ? 1e-4f : 2e-2f; }
+
+static float round_bf16(float x) { return host_bf16_bits_to_f32(host_f32_to_bf16_bits(x)); }
+
+/* n values in [-scale, scale), rounded to T's precision */
+template <typename T> static std::vector<float> rand_vec(size_t n, uint64_t seed, float scale = 1.0f) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; i++) {
+        float x = (2.0f * rng_uniform(seed, i) - 1.0f) * scale;
+        v[i] = sizeof(T) == 4 ? x : round_bf16(x);
+    }
+    return v;
+}
+
+template <typename T> static T *to_dev(const std::vector<float> &h) {
+    size_t n = h.size();
+    T *d = (T *)dev_alloc(n * sizeof(T) + 16);
+    if (sizeof(T) == 4) CUDA_CHECK(cudaMemcpy(d, h.data(), n * 4, cudaMemcpyHostToDevice));
+    else {
+        std::vector<uint16_t> b(n);
+        for (size_t i = 0; i < n; i++) b[i] = host_f32_to_bf16_bits(h[i]);
+        CUDA_CHECK(cudaMemcpy(d, b.data(), n * 2, cudaMemcpyHostToDevice));
+    }
+    return d;
+}
+
+template <typename T> static std::vector<float> from_dev(const T *d, size_t n) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> h(n);
+    if (sizeof(T) == 4) CUDA_CHECK(cudaMemcpy(h.data(), d, n * 4, cudaMemcpyDeviceToHost));
+    else {
+        std::vector<uint16_t> b(n);
+        CUDA_CHECK(cudaMemcpy(b.data(), d, n * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < n; i++) h[i] = host_bf16_bits_to_f32(b[i]);
+    }
+    return h;
+}
+
+template <typename T> static T *dev_nan(size_t n) {
+    T *d = (T *)dev_alloc(n * sizeof(T) + 16);
+    CUDA_CHECK(cudaMemset(d, 0xff, n * sizeof(T)));   /* all-ones bits: NaN in fp32 and in bf16 */
+    return d;
+}
+template <typename T> static void poison(T *d, size_t n) { CUDA_CHECK(cudaMemset(d, 0xff, n * sizeof(T))); }
+
+static void check(const char *what, const std::vector<float> &gpu, const float *cpu, size_t n, float atol, float rtol) {
+    double worst = 0.0, maxerr = 0.0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)gpu[i] - cpu[i]);
+        double r = e / (atol + rtol * fabs(cpu[i]));
+        if (!(r <= worst) || !isfinite(gpu[i])) {  /* NaN counts as the worst */
+            if (!isfinite(gpu[i]) || r > worst) { worst = isfinite(gpu[i]) ? r : INFINITY; at = i; }
+        }
+        if (e > maxerr) maxerr = e;
+    }
+    int ok = worst <= 1.0;
+    printf("%s %-5s %-44s max abs err %.3g%s\n", ok ? "ok  " : "FAIL", g_dtype, what, maxerr,
+           ok ? "" : "  <--");
+    if (!ok) printf("       worst at %zu: gpu %.7g cpu %.7g\n", at, gpu[at], cpu[at]);
+    ok ? g_pass++ : g_fail++;
+}
+static void check(const char *what, const std::vector<float> &gpu, const std::vector<float> &cpu, float atol, float rtol) {
+    check(what, gpu, cpu.data(), cpu.size(), atol, rtol);
+}
+/* relative error of whole tensors: ||gpu - cpu|| / (||cpu|| + tiny) */
+static void check_norm(const char *what, const float *gpu, const float *cpu, size_t n, double tol) {
+    double num = 0, den = 0;
+    int finite = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(gpu[i])) finite = 0;
+        num += ((double)gpu[i] - cpu[i]) * ((double)gpu[i] - cpu[i]);
+        den += (double)cpu[i] * cpu[i];
+    }
+    double rel = sqrt(num) / (sqrt(den) + 1e-12);
+    int ok = finite && rel <= tol;
+    printf("%s %-5s %-44s rel err %.3g%s\n", ok ? "ok  " : "FAIL", g_dtype, what, finite ? rel : INFINITY, ok ? "" : "  <--");
+    ok ? g_pass++ : g_fail++;
+}
+
+/* ---- kernels vs layers ---- */
+
+__global__ void rng_test_kernel(uint64_t *out, uint64_t seed, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = rng_u64_dev(seed, (uint64_t)i * 7919);
+}
+
+static void test_rng(void) {
+    const int n = 1000;
+    uint64_t *d = (uint64_t *)dev_alloc(n * 8);
+    rng_test_kernel<<<4, 256>>>(d, 0xABCDEF12345ULL, n);
+    std::vector<uint64_t> h(n);
+    CUDA_CHECK(cudaMemcpy(h.data(), d, n * 8, cudaMemcpyDeviceToHost));
+    int bad = 0;
+    for (int i = 0; i < n; i++) bad += h[i] != rng_u64(0xABCDEF12345ULL, (uint64_t)i * 7919);
+    printf("%s       rng_u64 on the device == the header's       %d mismatches\n", bad ? "FAIL" : "ok  ", bad);
+    bad ? g_fail++ : g_pass++;
+}
+
+template <typename T> static void test_embedding(void) {
+    int B = 3, Tn = 37, C = 64, V = 50, N = B * Tn;
+    auto wte = rand_vec<T>((size_t)V * C, 1), wpe = rand_vec<T>((size_t)Tn * C, 2);
+    std::vector<int> tok(N);
+    for (int i = 0; i < N; i++) tok[i] = (int)(rng_u64(3, i) % 7) * 7;   /* repeated tokens */
+    std::vector<float> ref((size_t)N * C);
+    embedding_forward(ref.data(), tok.data(), wte.data(), wpe.data(), B, Tn, C);
+    T *dwte = to_dev<T>(wte), *dwpe = to_dev<T>(wpe), *out = dev_nan<T>((size_t)N * C);
+    int *dtok = (int *)dev_alloc(N * 4);
+    CUDA_CHECK(cudaMemcpy(dtok, tok.data(), N * 4, cudaMemcpyHostToDevice));
+    gpu::embedding_forward<T>(out, dtok, dwte, dwpe, B, Tn, C, 0);
+    check("embedding_forward", from_dev(out, (size_t)N * C), ref, tol_a<T>(), tol_r<T>());
+    /* backward: fp32 dout, the host's counting sort */
+    std::vector<float> dout((size_t)N * C);
+    for (size_t i = 0; i < dout.size(); i++) dout[i] = 2.0f * rng_uniform(4, i) - 1.0f;
+    std::vector<float> gwte((size_t)V * C, 0.5f), gwpe((size_t)Tn * C, 0.25f);
+    std::vector<float> rwte = gwte, rwpe = gwpe;
+    embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V);
+    std::vector<int> cnt(V, 0), uniq, offs(1, 0), pos(N);
+    for (int n = 0; n < N; n++) if (cnt[tok[n]]++ == 0) uniq.push_back(tok[n]);
+    for (size_t u = 0; u < uniq.size(); u++) { offs.push_back(offs[u] + cnt[uniq[u]]); cnt[uniq[u]] = offs[u]; }
+    for (int n = 0; n < N; n++) pos[cnt[tok[n]]++] = n;
+    gpu::EmbBuckets bk;
+    bk.nuniq = (int)uniq.size();
+    bk.uniq = (int *)dev_alloc(N * 4); bk.offs = (int *)dev_alloc((N + 1) * 4); bk.pos = (int *)dev_alloc(N * 4);
+    CUDA_CHECK(cudaMemcpy(bk.uniq, uniq.data(), uniq.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(bk.offs, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(bk.pos, pos.data(), N * 4, cudaMemcpyHostToDevice));
+    float *ddout = to_dev<float>(dout), *dgwte = to_dev<float>(gwte), *dgwpe = to_dev<float>(gwpe);
+    gpu::embedding_backward(dgwte, dgwpe, ddout, bk, B, Tn, C, 0);
+    check("embedding_backward dwte", from_dev(dgwte, gwte.size()), rwte, 1e-5f, 1e-5f);
+    check("embedding_backward dwpe", from_dev(dgwpe, gwpe.size()), rwpe, 1e-5f, 1e-5f);
+}
+
+/* residual + layernorm / rmsnorm, forward and backward */
+template <typename T> static void test_norm(int layernorm) {
+    int N = 45, C = 96;
+    float eps = 1e-5f;
+    auto a = rand_vec<T>((size_t)N * C, 10), b = rand_vec<T>((size_t)N * C, 11), w = rand_vec<T>(C, 12, 1.0f);
+    auto bias = rand_vec<T>(C, 13, 0.5f), dy = rand_vec<T>((size_t)N * C, 14);
+    for (auto &x : w) x = sizeof(T) == 4 ? 1.0f + 0.5f * x : round_bf16(1.0f + 0.5f * x);
+    /* CPU: resid = a + b (rounded as the GPU stores it), then the norm */
+    std::vector<float> resid((size_t)N * C), out((size_t)N * C), mean(N), rstd(N);
+    residual_forward(resid.data(), a.data(), b.data(), resid.size());
+    if (sizeof(T) == 2) for (auto &x : resid) x = round_bf16(x);
+    if (layernorm) layernorm_forward(out.data(), mean.data(), rstd.data(), resid.data(), w.data(), bias.data(), N, C, eps);
+    else rmsnorm_forward(out.data(), rstd.data(), resid.data(), w.data(), N, C, eps);
+    T *da = to_dev<T>(a), *db = to_dev<T>(b), *dw = to_dev<T>(w), *dbias = layernorm ? to_dev<T>(bias) : NULL;
+    T *dres_out = dev_nan<T>((size_t)N * C), *dout = dev_nan<T>((size_t)N * C);
+    float *dmean = layernorm ? dev_nan<float>(N) : NULL, *drstd = dev_nan<float>(N);
+    gpu::norm_forward<T>(dres_out, dout, dmean, drstd, da, db, 1, C, dw, dbias, N, C, eps, layernorm, 0);
+    const char *nm = layernorm ? "layernorm" : "rmsnorm";
+    char what[96];
+    snprintf(what, sizeof(what), "residual+%s_forward resid", nm); check(what, from_dev(dres_out, resid.size()), resid, tol_a<T>(), tol_r<T>());
+    snprintf(what, sizeof(what), "residual+%s_forward out", nm); check(what, from_dev(dout, out.size()), out, tol_a<T>(), tol_r<T>());
+    snprintf(what, sizeof(what), "%s_forward rstd", nm); check(what, from_dev(drstd, N), rstd, 1e-5f, 1e-5f);
+    if (layernorm) { snprintf(what, sizeof(what), "%s_forward mean", nm); check(what, from_dev(dmean, N), mean, 1e-5f, 1e-5f); }
+    /* backward: dres = dres_in + dx; dw, db accumulate */
+    std::vector<float> dres_in((size_t)N * C);
+    for (size_t i = 0; i < dres_in.size(); i++) dres_in[i] = rng_uniform(15, i) - 0.5f;
+    std::vector<float> dx = dres_in, gw(C, 0.1f), gb(C, 0.2f);
+    if (layernorm) layernorm_backward(dx.data(), gw.data(), gb.data(), dy.data(), resid.data(), w.data(), mean.data(), rstd.data(), N, C);
+    else rmsnorm_backward(dx.data(), gw.data(), dy.data(), resid.data(), w.data(), rstd.data(), N, C);
+    float *ddres = to_dev<float>(dres_in), *dgw = to_dev<float>(std::vector<float>(C, 0.1f));
+    float *dgb = layernorm ? to_dev<float>(std::vector<float>(C, 0.2f)) : NULL;
+    float *scratch = (float *)dev_alloc(2 * COLSUM_MAX_RB * C * sizeof(float));
+    T *ddy = to_dev<T>(dy), *dres_t = dev_nan<T>((size_t)N * C);
+    /* the backward reads the forward's saved stats and resid */
+    gpu::norm_backward<T>(ddres, dres_t, NULL, dgw, dgb, ddy, dres_out, 1, C, dw, dmean, drstd, N, C, 1, scratch, 0);
+    float ta = sizeof(T) == 4 ? 1e-4f : 3e-2f;
+    snprintf(what, sizeof(what), "%s_backward dres (fp32 stream)", nm); check(what, from_dev(ddres, dx.size()), dx, ta, tol_r<T>());
+    snprintf(what, sizeof(what), "%s_backward dres (T copy)", nm); check(what, from_dev(dres_t, dx.size()), dx, ta, tol_r<T>());
+    snprintf(what, sizeof(what), "%s_backward dweight", nm); check(what, from_dev(dgw, C), gw, ta * 10, tol_r<T>());
+    if (layernorm) { snprintf(what, sizeof(what), "%s_backward dbias", nm); check(what, from_dev(dgb, C), gb, ta * 10, tol_r<T>()); }
+}
+
+/* Qwen3's per-head q norm: rows addressed inside a wider buffer */
+template <typename T> static void test_head_norm(void) {
+    int N = 20, H = 3, HD = 32, ld = 4 * H * HD, off = HD, rows = N * H;
+    float eps = 1e-6f;
+    auto buf = rand_vec<T>((size_t)N * ld, 20), w = rand_vec<T>(HD, 21), dy = rand_vec<T>((size_t)rows * HD, 22);
+    std::vector<float> x((size_t)rows * HD), out(x.size()), rstd(rows), dx(x.size(), 0.0f), gw(HD, 0.0f);
+    for (int r = 0; r < rows; r++) memcpy(&x[(size_t)r * HD], &buf[(size_t)(r / H) * ld + off + (r % H) * HD], HD * 4);
+    rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), rows, HD, eps);
+    rmsnorm_backward(dx.data(), gw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, HD);
+    T *dbuf = to_dev<T>(buf), *dw = to_dev<T>(w), *dout = dev_nan<T>(x.size()), *ddy = to_dev<T>(dy);
+    float *drstd = dev_nan<float>(rows), *dgw = to_dev<float>(std::vector<float>(HD, 0.0f));
+    float *scratch = (float *)dev_alloc(2 * COLSUM_MAX_RB * HD * sizeof(float));
+    gpu::norm_forward<T>(NULL, dout, NULL, drstd, dbuf + off, NULL, H, ld, dw, NULL, rows, HD, eps, 0, 0);
+    check("rmsnorm_forward per head (q/k norm)", from_dev(dout, out.size()), out, tol_a<T>(), tol_r<T>());
+    T *ddx = dev_nan<T>((size_t)N * ld);
+    gpu::norm_backward<T>(NULL, NULL, ddx + off, dgw, NULL, ddy, dbuf + off, H, ld, dw, NULL, drstd, rows, HD, 0, scratch, 0);
+    auto got = from_dev(ddx, (size_t)N * ld);
+    std::vector<float> g2(x.size());
+    for (int r = 0; r < rows; r++) memcpy(&g2[(size_t)r * HD], &got[(size_t)(r / H) * ld + off + (r % H) * HD], HD * 4);
+    float ta = sizeof(T) == 4 ? 1e-4f : 3e-2f;
+    check("rmsnorm_backward per head dinp", g2, dx, ta, tol_r<T>());
+    check("rmsnorm_backward per head dweight", from_dev(dgw, HD), gw, ta * 10, tol_r<T>());
+}
+
+template <typename T> static void test_matmul(void) {
+    int N = 70, IC = 96, OC = 136;
+    auto x = rand_vec<T>((size_t)N * IC, 30), w = rand_vec<T>((size_t)OC * IC, 31, 0.2f), b = rand_vec<T>(OC, 32);
+    auto dy = rand_vec<T>((size_t)N * OC, 33);
+    std::vector<float> y((size_t)N * OC), dx((size_t)N * IC, 0.0f), dw((size_t)OC * IC, 0.5f), db(OC, 0.25f);
+    matmul_forward(y.data(), x.data(), w.data(), b.data(), N, IC, OC);
+    matmul_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), N, IC, OC);
+    T *dxx = to_dev<T>(x), *dww = to_dev<T>(w), *dbb = to_dev<T>(b), *dyy = to_dev<T>(dy), *out = dev_nan<T>(y.size());
+    T *dinp = dev_nan<T>(dx.size());
+    float *gw = to_dev<float>(std::vector<float>(dw.size(), 0.5f)), *gb = to_dev<float>(std::vector<float>(OC, 0.25f));
+    float *scratch = (float *)dev_alloc(2 * COLSUM_MAX_RB * OC * sizeof(float));
+    gpu::matmul_forward<T>(out, dxx, dww, dbb, N, IC, OC, OC, NULL, 0);
+    check("matmul_forward (+bias epilogue)", from_dev(out, y.size()), y, tol_a<T>() * 5, tol_r<T>());
+    gpu::matmul_backward<T>(dinp, gw, gb, dyy, dxx, dww, N, IC, OC, OC, 0, NULL, scratch, 0);
+    check("matmul_backward dinp", from_dev(dinp, dx.size()), dx, tol_a<T>() * 5, tol_r<T>());
+    check("matmul_backward dweight (fp32, +=)", from_dev(gw, dw.size()), dw, tol_a<T>() * 10, tol_r<T>());
+    check("matmul_backward dbias", from_dev(gb, OC), db, tol_a<T>() * 10, tol_r<T>());
+}
+
+template <typename T> static void test_activations(void) {
+    int N = 33, F = 64;
+    auto x = rand_vec<T>((size_t)N * 2 * F, 40, 3.0f), dy = rand_vec<T>((size_t)N * 2 * F, 41);
+    size_t n = (size_t)N * F;
+    std::vector<float> y(n), dx(n, 0.0f);
+    gelu_forward(y.data(), x.data(), n);
+    gelu_backward(dx.data(), x.data(), dy.data(), n);
+    T *dxx = to_dev<T>(x), *ddy = to_dev<T>(dy), *out = dev_nan<T>(n), *din = dev_nan<T>(2 * n);
+    gpu::gelu_forward<T>(out, dxx, n, 0);
+    check("gelu_forward", from_dev(out, n), y, tol_a<T>(), tol_r<T>());
+    gpu::gelu_backward<T>(din, dxx, ddy, n, 0);
+    check("gelu_backward", from_dev(din, n), dx, tol_a<T>(), tol_r<T>());
+    std::vector<float> s(n), ds(2 * n, 0.0f);
+    swiglu_forward(s.data(), x.data(), N, F);
+    swiglu_backward(ds.data(), dy.data(), x.data(), N, F);
+    poison(out, n); poison(din, 2 * n);
+    gpu::swiglu_forward<T>(out, dxx, N, F, 0);
+    check("swiglu_forward", from_dev(out, n), s, tol_a<T>(), tol_r<T>());
+    gpu::swiglu_backward<T>(din, ddy, dxx, N, F, 0);
+    check("swiglu_backward", from_dev(din, 2 * n), ds, tol_a<T>(), tol_r<T>());
+}
+
+template <typename T> static void test_classifier(void) {
+    int N = 37, V = 1001, ldl = 1024;
+    auto logits = rand_vec<T>((size_t)N * V, 50, 4.0f);
+    std::vector<int> tg(N);
+    for (int i = 0; i < N; i++) tg[i] = i % 5 == 3 ? -1 : (int)(rng_u64(51, i) % V);
+    std::vector<float> losses(N), lse(N), dl((size_t)N * V, 0.0f);
+    float dloss = 1.0f / 30;
+    crossentropy_forward(losses.data(), lse.data(), logits.data(), tg.data(), N, V);
+    crossentropy_backward(dl.data(), logits.data(), lse.data(), tg.data(), dloss, N, V);
+    std::vector<float> padded((size_t)N * ldl, 0.0f);
+    for (int n = 0; n < N; n++) memcpy(&padded[(size_t)n * ldl], &logits[(size_t)n * V], V * 4);
+    T *d = to_dev<T>(padded);
+    float *dlos = dev_nan<float>(N);
+    int *dtg = (int *)dev_alloc(N * 4);
+    CUDA_CHECK(cudaMemcpy(dtg, tg.data(), N * 4, cudaMemcpyHostToDevice));
+    gpu::crossentropy_fused<T>(d, dlos, dtg, N, V, ldl, dloss, 1, 0);
+    check("crossentropy_forward (fused) losses", from_dev(dlos, N), losses, 1e-5f, 1e-5f);
+    auto got = from_dev(d, (size_t)N * ldl);
+    std::vector<float> g2((size_t)N * V);
+    for (int n = 0; n < N; n++) memcpy(&g2[(size_t)n * V], &got[(size_t)n * ldl], V * 4);
+    check("crossentropy_backward (fused, in place)", g2, dl, sizeof(T) == 4 ? 1e-7f : 1e-4f, tol_r<T>());
+}
+
+template <typename T> static void test_adamw(void) {
+    size_t n = 5000;
+    auto p = rand_vec<float>(n, 60), gr = rand_vec<float>(n, 61, 0.1f), m = rand_vec<float>(n, 62, 0.01f);
+    auto v = rand_vec<float>(n, 63, 0.001f);
+    for (auto &x : v) x = fabsf(x);
+    std::vector<float> rp = p, rm = m, rv = v;
+    adamw_update(rp.data(), gr.data(), rm.data(), rv.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+    float *dp = to_dev<float>(p), *dg = to_dev<float>(gr), *dm = to_dev<float>(m), *dv = to_dev<float>(v);
+    T *dparams = dev_nan<T>(n);
+    gpu::adamw_update<T>(dparams, dp, dg, dm, dv, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 1.0f, 99, 1000, 0);
+    check("adamw_update master", from_dev(dp, n), rp, 1e-7f, 1e-6f);
+    check("adamw_update m", from_dev(dm, n), rm, 1e-9f, 1e-6f);
+    check("adamw_update v", from_dev(dv, n), rv, 1e-9f, 1e-6f);
+    /* the T copy: fp32 equal; bf16 one of the two neighbours of the master */
+    check("adamw_update weights (stochastic rounding)", from_dev(dparams, n), rp, 0.0f, sizeof(T) == 4 ? 1e-6f : 1.0f / 128);
+}
+
+static void test_sumsq(void) {
+    size_t n = 300001;
+    auto x = rand_vec<float>(n, 70);
+    double ref = grad_sumsq(x.data(), 0, n);
+    float *d = to_dev<float>(x);
+    double *out = (double *)dev_alloc(8), *parts = (double *)dev_alloc(SUMSQ_BLOCKS * 8), got;
+    gpu::grad_sumsq(out, parts, d, n, 0);
+    CUDA_CHECK(cudaMemcpy(&got, out, 8, cudaMemcpyDeviceToHost));
+    int ok = fabs(got - ref) <= 1e-9 * ref;
+    printf("%s       grad_sumsq                                   %.12g vs %.12g\n", ok ? "ok  " : "FAIL", got, ref);
+    ok ? g_pass++ : g_fail++;
+}
+
+/* rope + attention forward and backward, q/k/v as column blocks of one qkv buffer (the model's layout) */
+template <typename T> static void test_attention(int B, int Tn, int NH, int NKV, int HD, int rope, int plain) {
+    int N = B * Tn, QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
+    auto qkv = rand_vec<T>((size_t)N * QKV, 80 + HD, 1.5f), dy = rand_vec<T>((size_t)N * QD, 81);
+    std::vector<float> q((size_t)N * QD), k((size_t)N * KD), v((size_t)N * KD);
+    for (int n = 0; n < N; n++) {
+        memcpy(&q[(size_t)n * QD], &qkv[(size_t)n * QKV], QD * 4);
+        memcpy(&k[(size_t)n * KD], &qkv[(size_t)n * QKV + QD], KD * 4);
+        memcpy(&v[(size_t)n * KD], &qkv[(size_t)n * QKV + QD + KD], KD * 4);
+    }
+    ModelConfig cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.head_dim = HD; cfg.rope_theta = 10000.0f;
+    std::vector<float> cs((size_t)Tn * HD / 2), sn(cs.size());
+    rope_init(cs.data(), sn.data(), &cfg, Tn);
+    std::vector<float> qr = q, kr = k;
+    if (rope) {
+        rope_forward(qr.data(), q.data(), cs.data(), sn.data(), B, Tn, NH, HD);
+        rope_forward(kr.data(), k.data(), cs.data(), sn.data(), B, Tn, NKV, HD);
+    }
+    std::vector<float> out((size_t)N * QD), att((size_t)B * NH * Tn * Tn);
+    attention_forward(out.data(), att.data(), qr.data(), kr.data(), v.data(), B, Tn, NH, NKV, HD);
+    std::vector<float> dqr(q.size(), 0.0f), dkr(k.size(), 0.0f), dv(v.size(), 0.0f);
+    attention_backward(dqr.data(), dkr.data(), dv.data(), dy.data(), qr.data(), kr.data(), v.data(), att.data(), B, Tn, NH, NKV, HD);
+    std::vector<float> dq = dqr, dk = dkr;
+    if (rope) {
+        std::fill(dq.begin(), dq.end(), 0.0f); std::fill(dk.begin(), dk.end(), 0.0f);
+        rope_backward(dq.data(), dqr.data(), cs.data(), sn.data(), B, Tn, NH, HD);
+        rope_backward(dk.data(), dkr.data(), cs.data(), sn.data(), B, Tn, NKV, HD);
+    }
+    T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size()), *dgrad = dev_nan<T>((size_t)N * QKV);
+    float *dlse = dev_nan<float>((size_t)B * NH * Tn), *ddelta = dev_nan<float>((size_t)B * NH * Tn);
+    float *dcs = rope ? to_dev<float>(cs) : NULL, *dsn = rope ? to_dev<float>(sn) : NULL;
+    AttnArgs<T> a;
+    memset(&a, 0, sizeof(a));
+    a.q = dqkv; a.k = dqkv + QD; a.v = dqkv + QD + KD; a.ldq = a.ldk = a.ldv = QKV;
+    a.out = dout; a.ldo = QD; a.lse = dlse; a.dout = ddy; a.lddo = QD;
+    a.dq = dgrad; a.dk = dgrad + QD; a.dv = dgrad + QD + KD; a.lddq = a.lddk = a.lddv = QKV;
+    a.delta = ddelta; a.cos = dcs; a.sin = dsn; a.B = B; a.Tn = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
+    int tc = gpu::attention_uses_tc<T>(HD, plain);
+    gpu::attention_forward<T>(a, plain, 0);
+    char what[128];
+    snprintf(what, sizeof(what), "attention_forward %s B%d T%d H%d/%d HD%d%s", tc ? "tc" : "plain", B, Tn, NH, NKV, HD, rope ? " rope" : "");
+    check(what, from_dev(dout, out.size()), out, tol_a<T>() * 2, tol_r<T>());
+    gpu::attention_backward<T>(a, plain, 0);
+    auto g = from_dev(dgrad, (size_t)N * QKV);
+    std::vector<float> gq(q.size()), gk(k.size()), gv(v.size());
+    for (int n = 0; n < N; n++) {
+        memcpy(&gq[(size_t)n * QD], &g[(size_t)n * QKV], QD * 4);
+        memcpy(&gk[(size_t)n * KD], &g[(size_t)n * QKV + QD], KD * 4);
+        memcpy(&gv[(size_t)n * KD], &g[(size_t)n * QKV + QD + KD], KD * 4);
+    }
+    float ta = sizeof(T) == 4 ? 1e-4f : 4e-2f, tr = sizeof(T) == 4 ? 1e-4f : 4e-2f;
+    snprintf(what, sizeof(what), "attention_backward %s dq", tc ? "tc" : "plain"); check(what, gq, dq, ta, tr);
+    snprintf(what, sizeof(what), "attention_backward %s dk", tc ? "tc" : "plain"); check(what, gk, dk, ta, tr);
+    snprintf(what, sizeof(what), "attention_backward %s dv", tc ? "tc" : "plain"); check(what, gv, dv, ta, tr);
+}
+
+/* ---- whole model ---- */
+
+static ModelConfig small_config(int family) {
+    ModelConfig c;
+    memset(&c, 0, sizeof(c));
+    model_config_preset(&c, family == FAMILY_GPT2 ? "tiny-gpt2" : family == FAMILY_QWEN3 ? "tiny-qwen3" : "tiny-llama");
+    c.vocab_size = 501; c.n_layer = 2; c.max_seq_len = 128;
+    if (family == FAMILY_QWEN2) { c.family = FAMILY_QWEN2; c.qkv_bias = 1; c.tie_embeddings = 0; }
+    return c;
+}
+
+static void make_batch(std::vector<int> &in, std::vector<int> &tg, int B, int Tn, int V, uint64_t seed) {
+    in.resize((size_t)B * Tn); tg.resize(in.size());
+    for (size_t i = 0; i < in.size(); i++) {
+        in[i] = (int)(rng_u64(seed, 2 * i) % V);
+        tg[i] = i % 17 == 5 ? -1 : (int)(rng_u64(seed, 2 * i + 1) % V);
+    }
+}
+
+template <typename T> static void round_model(Model *m) {
+    if (sizeof(T) == 2) for (size_t i = 0; i < m->num_params; i++) m->params_memory[i] = round_bf16(m->params_memory[i]);
+}
+
+template <typename T> static void test_model(int family, int recompute, int plain) {
+    ModelConfig cfg = small_config(family);
+    int B = 2, Tn = 80;
+    Model cpu, gh;
+    model_build(&cpu, &cfg);
+    model_init_weights(&cpu, 7, 0.05f);
+    round_model<T>(&cpu);
+    model_build(&gh, &cfg);
+    memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
+    std::vector<int> in, tg;
+    make_batch(in, tg, B, Tn, cfg.vocab_size, 5);
+    float cl = model_forward(&cpu, in.data(), tg.data(), B, Tn);
+    model_zero_grad(&cpu);
+    model_backward(&cpu, 1.0f);
+    Dist d = {0, 1, 0, NULL};
+    GOptions o = {recompute, plain, 0, (size_t)64 * 501 * sizeof(T)};   /* small chunks: several per batch */
+    GModel<T> g;
+    gmodel_build(g, &gh, B, Tn, o, d, 0);
+    gmodel_upload(g);
+    gmodel_zero_grad(g);
+    gmodel_upload_batch(g, in.data(), tg.data(), B, Tn);
+    gmodel_forward(g, 1, 1.0f, 1.0, 0);
+    gmodel_backward(g);
+    double gl = gmodel_read_loss(g);
+    std::vector<float> grads = from_dev(g.grads, g.nparams);
+    char what[128];
+    snprintf(what, sizeof(what), "model %s recompute %d%s: loss", family_name(family), recompute, plain ? " plain" : "");
+    std::vector<float> lg(1, (float)gl);
+    check(what, lg, &cl, 1, 0.0f, sizeof(T) == 4 ? 1e-5f : 1e-2f);
+    static const char *names[NUM_PARAM_TENSORS] = {"wte", "wpe", "ln1w", "ln1b", "wqkv", "bqkv", "qnw", "knw", "wo", "bo",
+        "ln2w", "ln2b", "wfc", "bfc", "wproj", "bproj", "lnfw", "lnfb", "lmhead"};
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        if (!cpu.param_sizes[t]) continue;
+        snprintf(what, sizeof(what), "model %s rc%d: d%s", family_name(family), recompute, names[t]);
+        check_norm(what, grads.data() + cpu.param_offsets[t], cpu.grads_memory + cpu.param_offsets[t], cpu.param_sizes[t],
+                   sizeof(T) == 4 ? 1e-4 : 5e-2);
+    }
+    gmodel_free(g);
+    model_free(&cpu); model_free(&gh);
+}
+
+/* 20 AdamW steps on the CPU and the GPU from the same weights and batches */
+template <typename T> static void test_training(int family) {
+    ModelConfig cfg = small_config(family);
+    int B = 2, Tn = 64, steps = 20;
+    Model cpu, gh;
+    model_build(&cpu, &cfg);
+    model_init_weights(&cpu, 11, 0.02f);
+    round_model<T>(&cpu);
+    model_build(&gh, &cfg);
+    memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
+    Dist d = {0, 1, 0, NULL};
+    GOptions o = {1, 0, 0, 0};
+    GModel<T> g;
+    gmodel_build(g, &gh, B, Tn, o, d, 0);
+    gmodel_upload(g);
+    AdamWConfig opt = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    double worst = 0.0;
+    float first = 0, lastc = 0, lastg = 0;
+    for (int step = 1; step <= steps; step++) {
+        std::vector<int> in, tg;
+        make_batch(in, tg, B, Tn, 64, 100 + step % 4);   /* a few repeated batches of a small token range: learnable */
+        float cl = model_forward(&cpu, in.data(), tg.data(), B, Tn);
+        model_zero_grad(&cpu);
+        model_backward(&cpu, 1.0f);
+        double norm = sqrt(grad_sumsq(cpu.grads_memory, 0, cpu.num_params));
+        grad_clip(cpu.grads_memory, cpu.num_params, norm, 1.0f);
+        model_adamw_update(&cpu, &opt, step, 0, cpu.num_params);
+        gmodel_zero_grad(g);
+        gmodel_upload_batch(g, in.data(), tg.data(), B, Tn);
+        gmodel_forward(g, 1, 1.0f, 1.0, 0);
+        gmodel_backward(g);
+        double gl, gn;
+        int stop = 0;
+        gmodel_step(g, d, &opt, step, 1.0f, 1234, 1, &gl, &gn, &stop);
+        double rel = fabs(gl - cl) / fabs(cl);
+        if (rel > worst) worst = rel;
+        if (step == 1) first = cl;
+        lastc = cl; lastg = (float)gl;
+    }
+    double tol = sizeof(T) == 4 ? 1e-3 : 3e-2;
+    int ok = worst <= tol && lastc < first;
+    printf("%s %-5s training %-8s 20 steps: loss %.4f -> cpu %.4f gpu %.4f, worst rel diff %.2g%s\n", ok ? "ok  " : "FAIL",
+           g_dtype, family_name(family), first, lastc, lastg, worst, ok ? "" : "  <--");
+    ok ? g_pass++ : g_fail++;
+    gmodel_free(g);
+    model_free(&cpu); model_free(&gh);
+}
+
+template <typename T> static void run_all(void) {
+    g_dtype = tname<T>();
+    test_embedding<T>();
+    test_norm<T>(1);
+    test_norm<T>(0);
+    test_head_norm<T>();
+    test_matmul<T>();
+    test_activations<T>();
+    test_classifier<T>();
+    test_adamw<T>();
+    for (int plain = 1; plain >= 0; plain--) {
+        if (!plain && sizeof(T) == 4) break;
+        test_attention<T>(2, 70, 4, 2, 32, 1, plain);
+        test_attention<T>(1, 130, 2, 2, 64, 0, plain);
+        test_attention<T>(1, 200, 4, 1, 128, 1, plain);
+        test_attention<T>(2, 64, 6, 3, 64, 1, plain);
+    }
+    int fams[4] = {FAMILY_GPT2, FAMILY_LLAMA, FAMILY_QWEN2, FAMILY_QWEN3};
+    for (int f = 0; f < 4; f++) test_model<T>(fams[f], 0, 0);
+    test_model<T>(FAMILY_GPT2, 2, 0);
+    test_model<T>(FAMILY_QWEN3, 1, 0);
+    if (sizeof(T) == 2) test_model<T>(FAMILY_LLAMA, 2, 1);
+    test_training<T>(FAMILY_GPT2);
+    test_training<T>(FAMILY_LLAMA);
+}
+
+int main(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("no GPU: skipped\n");
+        return 0;
+    }
+    cudaDeviceProp p;
+    CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+    printf("device %s\n", p.name);
+    gpu_setup();
+    omp_set_num_threads(omp_get_num_procs() < 8 ? omp_get_num_procs() : 8);
+    test_rng();
+    test_sumsq();
+    run_all<float>();
+    run_all<bf16>();
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
