@@ -12,6 +12,7 @@ Prints the number of documents whose ids differ and the first few of them.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def main():
     print("%d documents, %d differ" % (len(docs), len(bad)))
     for i in bad[:10]:
         print("  %r" % docs[i][:80])
+    shutil.rmtree(tmp)
     sys.exit(1 if bad else 0)
 
 
