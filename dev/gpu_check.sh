@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# dev/gpu_check.sh — on a machine with an NVIDIA Hopper GPU: build train_gpu and test_gpu for sm_90, run the
+# kernel/model tests, compute-sanitizer on short runs, and the benchmarks (GPT-2 124M at T=1024, LLaMA ~1B at
+# T=2048, bf16); the last thing printed is a short table. ARCH=sm_80 etc. builds for another GPU.
+#   bash dev/gpu_check.sh            (from anywhere; writes under out/gpu_check/)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ARCH=${ARCH:-sm_90}
+OUT=out/gpu_check
+mkdir -p "$OUT" tests/bin
+NVFLAGS="-O3 -arch=$ARCH -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp"
+LIBS="prepro/tokenizer.c -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm"
+declare -a ROWS
+row() { ROWS+=("$(printf '%-34s %s' "$1" "$2")"); }
+say() { echo; echo "=== $*"; }
+
+say "build ($ARCH)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+if ! nvcc $NVFLAGS -o train_gpu train_gpu.cu $LIBS; then echo "build of train_gpu failed"; exit 1; fi
+if ! nvcc $NVFLAGS -I. -o tests/bin/test_gpu tests/test_gpu.cu $LIBS; then echo "build of test_gpu failed"; exit 1; fi
+row "build" "ok"
+
+say "test_gpu: kernels vs llmtrain.h, model vs CPU, 20 steps vs CPU"
+./tests/bin/test_gpu 2>&1 | tee "$OUT/test_gpu.log"
+rc=${PIPESTATUS[0]}
+row "test_gpu" "$(tail -n 1 "$OUT/test_gpu.log") (exit $rc)"
+grep -E "^FAIL" "$OUT/test_gpu.log" | head -n 20
+
+say "data: the bundled corpus as .bin/.idx"
+DATA=out/tinyshakespeare_text_document
+if [ ! -f "$DATA.idx" ]; then
+  make prepro/prepro >/dev/null && ./prepro/prepro --input data/tinyshakespeare.txt --txt-mode paragraph \
+    --tokenizer data/gpt2_tokenizer.json --output-prefix out/tinyshakespeare --append-eod || { echo "prepro failed"; exit 1; }
+fi
+
+say "compute-sanitizer (short runs)"
+if command -v compute-sanitizer >/dev/null; then
+  for spec in "memcheck tiny-gpt2 tc" "memcheck tiny-llama tc" "memcheck tiny-qwen3 plain" "racecheck tiny-llama tc" \
+              "synccheck tiny-gpt2 tc"; do
+    set -- $spec
+    log="$OUT/sanitize_$1_$2_$3.log"
+    compute-sanitizer --tool "$1" --error-exitcode 9 ./train_gpu --data "$DATA" --model "$2" --attention "$3" \
+      --batch-size 2 --seq-len 80 --steps 2 --eval-every 0 --recompute 2 > "$log" 2>&1
+    r=$?
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)
+    echo "$1 $2 ($3 attention): exit $r ${summary}"
+    row "sanitizer $1 $2 $3" "exit $r ${summary:-}"
+  done
+else
+  echo "compute-sanitizer not found"; row "sanitizer" "not found"
+fi
+
+say "training smoke run (tiny-gpt2, 200 steps, loss should fall)"
+./train_gpu --data "$DATA" --model tiny-gpt2 --batch-size 8 --seq-len 64 --steps 200 --lr 3e-3 --warmup-steps 20 \
+  --split 95,5,0 --eval-every 100 --eval-steps 8 --log-every 50 2>&1 | tee "$OUT/smoke.log"
+row "smoke tiny-gpt2 val loss" "$(grep 'val loss' "$OUT/smoke.log" | awk '{print $5}' | tr '\n' ' ')"
+
+# mean tok/s and MFU over the steps after the first 5, and the peak memory, from the step lines
+bench() {
+  name=$1; shift
+  log="$OUT/bench_$name.log"
+  ./train_gpu --data "$DATA" --eval-every 0 --log-every 1 "$@" > "$log" 2>&1
+  r=$?
+  stats=$(grep -E '^step +[0-9]+/' "$log" | awk -F'|' 'NR > 5 {
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /tok\/s/) { split($i, a, " "); tps += a[1]; n++ }
+        if ($i ~ /MFU/) { split($i, b, " "); sub("%", "", b[2]); mfu += b[2] }
+        if ($i ~ /mem/) { split($i, c, " "); mem = c[2] }
+      } }
+      END { if (n) printf "%.0f tok/s  MFU %.1f%%  mem %s GiB", tps / n, mfu / n, mem; else printf "no steps" }')
+  [ $r -eq 0 ] || stats="FAILED (exit $r): $(tail -n 1 "$log")"
+  echo "$name: $stats"
+  row "bench $name" "$stats"
+}
+
+say "benchmarks"
+bench gpt2-124m-T1024-bf16 --model gpt2-124m --batch-size 32 --seq-len 1024 --steps 30 --recompute 0
+bench gpt2-124m-T1024-bf16-rc1 --model gpt2-124m --batch-size 32 --seq-len 1024 --steps 30 --recompute 1
+bench llama-1b-T2048-bf16 --model llama-1b --batch-size 8 --seq-len 2048 --steps 20 --recompute 1
+
+echo
+echo "=== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1))"
+for r in "${ROWS[@]}"; do echo "$r"; done
