@@ -1229,7 +1229,11 @@ static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab_type, tb ? n : k, tb ? k : n, ldb));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, d_type, m, n, ldd));
     int al_a = ptr_alignment(A), al_b = ptr_alignment(B), al_d = ptr_alignment(D);
-    LtAlgo key = {m, n, k, lda, ldb, ldd, ta, tb, (int)ab_type, (int)d_type, (int)epi, bias != NULL, al_a, al_b, al_d, {}};
+    LtAlgo key;
+    memset(&key, 0, sizeof(key));   /* the padding too: keys are compared with memcmp */
+    key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldd = ldd; key.ta = ta; key.tb = tb;
+    key.ab_type = (int)ab_type; key.d_type = (int)d_type; key.epi = (int)epi; key.has_bias = bias != NULL;
+    key.al_a = al_a; key.al_b = al_b; key.al_d = al_d;
     const cublasLtMatmulAlgo_t *algo = NULL;
     for (int i = 0; i < g_lt_cached; i++)
         if (!memcmp(&g_lt_cache[i], &key, offsetof(LtAlgo, algo))) { algo = &g_lt_cache[i].algo; break; }

@@ -53,7 +53,7 @@ fi
 say "training smoke run (tiny-gpt2, 200 steps, loss should fall)"
 ./train_gpu --data "$DATA" --model tiny-gpt2 --batch-size 8 --seq-len 64 --steps 200 --lr 3e-3 --warmup-steps 20 \
   --split 95,5,0 --eval-every 100 --eval-steps 8 --log-every 50 2>&1 | tee "$OUT/smoke.log"
-row "smoke tiny-gpt2 val loss" "$(grep 'val loss' "$OUT/smoke.log" | awk '{print $5}' | tr '\n' ' ')"
+row "smoke tiny-gpt2 val loss" "$(grep 'val loss' "$OUT/smoke.log" | awk '{print $6}' | tr '\n' ' ')"
 
 # mean tok/s and MFU over the steps after the first 5, and the peak memory, from the step lines
 bench() {
