@@ -74,6 +74,10 @@ bench() {
 }
 
 say "benchmarks"
+if nvcc $NVFLAGS -I. -o dev/cuda/bench_attention dev/cuda/bench_attention.cu $LIBS; then
+  ./dev/cuda/bench_attention | tee "$OUT/bench_attention.log"
+  while read -r line; do row "attention ${line:0:16}" "${line:37}"; done < <(grep -v skipped "$OUT/bench_attention.log")
+fi
 bench gpt2-124m-T1024-bf16 --model gpt2-124m --batch-size 32 --seq-len 1024 --steps 30 --recompute 0
 bench gpt2-124m-T1024-bf16-rc1 --model gpt2-124m --batch-size 32 --seq-len 1024 --steps 30 --recompute 1
 bench llama-1b-T2048-bf16 --model llama-1b --batch-size 8 --seq-len 2048 --steps 20 --recompute 1
