@@ -74,8 +74,8 @@ bench() {
 }
 
 say "benchmarks"
-if nvcc $NVFLAGS -I. -o dev/cuda/bench_attention dev/cuda/bench_attention.cu $LIBS; then
-  ./dev/cuda/bench_attention | tee "$OUT/bench_attention.log"
+if nvcc $NVFLAGS -I. -o "$OUT/bench_attention" dev/cuda/bench_attention.cu $LIBS; then
+  "$OUT/bench_attention" | tee "$OUT/bench_attention.log"
   while read -r line; do row "attention ${line:0:16}" "${line:37}"; done < <(grep -v skipped "$OUT/bench_attention.log")
 fi
 bench gpt2-124m-T1024-bf16 --model gpt2-124m --batch-size 32 --seq-len 1024 --steps 30 --recompute 0

@@ -1,7 +1,7 @@
 /*
  dev/cuda/bench_attention.cu — times train_gpu.cu's attention kernels (tensor-core vs plain, forward and
  backward) at the GPT-2 124M and LLaMA-1B shapes, in TFLOP/s by the causal count that MFU uses.
-   nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -I. -o dev/cuda/bench_attention \
+   nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -I. -o out/bench_attention \
         dev/cuda/bench_attention.cu prepro/tokenizer.c -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm
 */
 #define TRAIN_GPU_NO_MAIN
