@@ -28,7 +28,7 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; fi
 
-train: train.c llmtrain.h $(TOKENIZER)
+train: train.c train_common.h llmtrain.h $(TOKENIZER)
 	$(CC) $(CFLAGS) -o $@ train.c prepro/tokenizer.c $(LDLIBS)
 
 prepro/prepro: prepro/prepro.c $(TOKENIZER)
@@ -46,7 +46,7 @@ run: deps all
 	    --batch-size 8 --seq-len 64 --steps 400 --lr 3e-3 --warmup-steps 20 --split 95,5,0 --log-every 10 \
 	    --eval-every 100 --eval-steps 8 --sample-every 400 --sample-len 96 --out $(RUN_DIR)
 
-train_gpu: train_gpu.cu llmtrain.h $(TOKENIZER)
+train_gpu: train_gpu.cu train_common.h llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
