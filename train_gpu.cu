@@ -512,6 +512,14 @@ __global__ void convert_kernel(T *out, const float *in, size_t n) {
     if (i < n) out[i] = from_f<T>(in[i]);
 }
 
+/* fp32 -> T with the AdamW step's stochastic rounding (index = flat position): rebuilds, on resume, the exact T
+   copy that the step which produced these masters made */
+template <typename T>
+__global__ void sr_convert_kernel(T *out, const float *in, size_t n, uint64_t seed) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = round_param<T>(in[i], rng_u64_dev(seed, i));
+}
+
 template <typename T>
 __global__ void to_float_kernel(float *out, const T *in, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1666,17 +1674,22 @@ void gmodel_free(GModel<T> &g) {
     memset(&g, 0, sizeof(g));
 }
 
-/* host fp32 weights (g.host->params_memory) -> T weights everywhere and this rank's fp32 masters; the AdamW
+/* host fp32 weights (g.host->params_memory) -> T weights everywhere (rounded to nearest, or with the stochastic
+   rounding of AdamW step sr_step when > 0) and this rank's fp32 masters; the AdamW
    moments from g.host->m_memory / v_memory when present (a resumed run), else zero. The fp32 grads buffer is
    the staging area (it is free between steps). */
+/* the seed of the stochastic rounding of AdamW step `step` (1-based count of updates) */
+static uint64_t sr_seed_of(uint64_t seed, int step) { return rng_u64(seed ^ 0x5EEDB16ULL, (uint64_t)step); }
+
 template <typename T>
-void gmodel_upload(GModel<T> &g) {
+void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
     cudaStream_t s = g.stream;
     CUDA_CHECK(cudaStreamSynchronize(s));
     float *stage = g.grads;
     CUDA_CHECK(cudaMemset(stage, 0, g.padded * sizeof(float)));
     CUDA_CHECK(cudaMemcpy(stage, g.host->params_memory, g.nparams * sizeof(float), cudaMemcpyHostToDevice));
-    convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded);
+    if (sr_step > 0) sr_convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded, sr_seed_of(seed, sr_step));
+    else convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded);
     KERNEL_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(g.master, stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
     float *hm[2] = {g.host->m_memory, g.host->v_memory}, *dm[2] = {g.mom, g.vel};
@@ -1941,7 +1954,7 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
     if (do_update && isfinite(loss) && isfinite(norm)) {
         float coef = (float)(clip / (norm + 1e-6));
         float scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
-        uint64_t sr_seed = rng_u64(seed ^ 0x5EEDB16ULL, (uint64_t)step);
+        uint64_t sr_seed = sr_seed_of(seed, step);
         size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
         for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
             size_t b = g.host->param_offsets[t], e = b + g.host->param_sizes[t];
@@ -2596,7 +2609,7 @@ static int run(Args &a, Dist &d) {
     GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20};
     GModel<T> g;
     gmodel_build(g, &m, a.batch_size, a.seq_len, o, d, stream);
-    gmodel_upload(g);
+    gmodel_upload(g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
     free(m.m_memory); free(m.v_memory); m.m_memory = m.v_memory = NULL;   /* the shards live on the device now */
 
     Tokenizer *tok = NULL;
