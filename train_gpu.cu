@@ -1573,10 +1573,12 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
         gpu_die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
     /* parameters: the header's layout, padded to world equal shards */
     g.nparams = host->num_params;
-    g.shard = (g.nparams + d.world - 1) / d.world;
-    g.shard = (g.shard + 63) / 64 * 64;      /* keep every shard 256-byte aligned */
-    g.padded = g.shard * d.world;
+    size_t zb, ze;
+    zero_shard(g.nparams, d.world, d.rank, &zb, &ze);   /* the header's shard arithmetic: ceil(n / world) each */
+    g.shard = (g.nparams + d.world - 1) / d.world;      /* every rank's shard padded to that size (the last one's */
+    g.padded = g.shard * d.world;                        /* tail is zeros that AdamW never touches) */
     g.shard_begin = g.shard * d.rank;
+    if (ze > zb && zb != g.shard_begin) gpu_die("shard layout disagrees with zero_shard");
     g.params = GM_ALLOC(g, T, g.padded);
     g.grads = GM_ALLOC(g, float, g.padded);
     g.master = GM_ALLOC(g, float, g.shard);
