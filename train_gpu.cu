@@ -23,6 +23,7 @@
 #include "llmtrain.h"
 extern "C" {
 #include "prepro/tokenizer.h"
+#include "train_common.h"
 }
 
 #include <cuda_runtime.h>
@@ -56,22 +57,13 @@ typedef __nv_bfloat16 bf16;
 /* ------------------------------------------------------------------------------------------------ */
 /* errors */
 
-static void gpu_die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "train_gpu: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
-}
 
 #define CUDA_CHECK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) \
-    gpu_die("%s:%d: CUDA: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(e_), #x); } while (0)
+    die("%s:%d: CUDA: %s (%s)", __FILE__, __LINE__, cudaGetErrorString(e_), #x); } while (0)
 #define CUBLAS_CHECK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) \
-    gpu_die("%s:%d: cuBLASLt status %d (%s)", __FILE__, __LINE__, (int)s_, #x); } while (0)
+    die("%s:%d: cuBLASLt status %d (%s)", __FILE__, __LINE__, (int)s_, #x); } while (0)
 #define NCCL_CHECK(x) do { ncclResult_t r_ = (x); if (r_ != ncclSuccess) \
-    gpu_die("%s:%d: NCCL: %s (%s)", __FILE__, __LINE__, ncclGetErrorString(r_), #x); } while (0)
+    die("%s:%d: NCCL: %s (%s)", __FILE__, __LINE__, ncclGetErrorString(r_), #x); } while (0)
 #define KERNEL_CHECK() CUDA_CHECK(cudaGetLastError())
 
 static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
@@ -147,7 +139,7 @@ static void *dev_alloc(size_t bytes) {
     if (e != cudaSuccess) {
         size_t fr = 0, tot = 0;
         cudaMemGetInfo(&fr, &tot);
-        gpu_die("out of GPU memory allocating %.2f GiB (%.2f GiB allocated so far, %.2f GiB free of %.2f): "
+        die("out of GPU memory allocating %.2f GiB (%.2f GiB allocated so far, %.2f GiB free of %.2f): "
                 "lower --batch-size, raise --recompute, or use more GPUs", bytes / 1073741824.0,
                 g_dev_bytes / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0);
     }
@@ -1260,7 +1252,7 @@ static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B
         cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, op, la, lb, ld, ld, pref, 1, &res, &found);
         cublasLtMatmulPreferenceDestroy(pref);
         if (st != CUBLAS_STATUS_SUCCESS || found == 0)
-            gpu_die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
+            die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
                     m, n, k, ta, tb, (int)epi, al_a, al_b, al_d);
         if (g_lt_cached < LT_CACHE) { key.algo = res.algo; g_lt_cache[g_lt_cached++] = key; algo = &g_lt_cache[g_lt_cached - 1].algo; }
         else algo = &res.algo;
@@ -1439,7 +1431,7 @@ template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, cudaStrea
 /* rope_forward + attention_forward */
 template <typename T>
 void attention_forward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
-    if (a.HD > ATT_MAXHD) gpu_die("head_dim %d: the attention kernels support up to %d", a.HD, ATT_MAXHD);
+    if (a.HD > ATT_MAXHD) die("head_dim %d: the attention kernels support up to %d", a.HD, ATT_MAXHD);
     if constexpr (std::is_same<T, bf16>::value) {
         if (attention_uses_tc<T>(a.HD, force_plain)) {
             if (a.HD == 32) attention_forward_tc<32>(a, s);
@@ -1544,7 +1536,7 @@ struct GModel {
 
 template <typename T> static void *gm_alloc(GModel<T> &g, size_t bytes) {
     if (bytes == 0) return NULL;
-    if (g.nallocs >= 96) gpu_die("too many device buffers");
+    if (g.nallocs >= 96) die("too many device buffers");
     void *p = dev_alloc(bytes);
     g.allocs[g.nallocs] = p; g.alloc_sizes[g.nallocs++] = bytes;
     return p;
@@ -1570,7 +1562,7 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.recompute = o.recompute; g.plain_attn = o.plain_attn; g.fuse_gelu = o.fuse_gelu && g.gpt2;
     g.rank = d.rank; g.world = d.world;
     if (g.C % 8 || g.F % 8 || g.HD % 8)
-        gpu_die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
+        die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
     /* parameters: the header's layout, padded to world equal shards */
     g.nparams = host->num_params;
     size_t zb, ze;
@@ -1578,7 +1570,7 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.shard = (g.nparams + d.world - 1) / d.world;      /* every rank's shard padded to that size (the last one's */
     g.padded = g.shard * d.world;                        /* tail is zeros that AdamW never touches) */
     g.shard_begin = g.shard * d.rank;
-    if (ze > zb && zb != g.shard_begin) gpu_die("shard layout disagrees with zero_shard");
+    if (ze > zb && zb != g.shard_begin) die("shard layout disagrees with zero_shard");
     g.params = GM_ALLOC(g, T, g.padded);
     g.grads = GM_ALLOC(g, float, g.padded);
     g.master = GM_ALLOC(g, float, g.shard);
@@ -1738,10 +1730,10 @@ template <typename P> static inline P *lay(P *base, int l, size_t per) { return 
    by token id. The pinned buffers are reused only after the previous upload has run. */
 template <typename T>
 static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targets, int B, int Tn) {
-    if (B > g.Bmax || Tn > g.Tmax) gpu_die("batch %d x %d exceeds the allocated %d x %d", B, Tn, g.Bmax, g.Tmax);
+    if (B > g.Bmax || Tn > g.Tmax) die("batch %d x %d exceeds the allocated %d x %d", B, Tn, g.Bmax, g.Tmax);
     int N = B * Tn;
     for (int i = 0; i < N; i++)
-        if (inputs[i] < 0 || inputs[i] >= g.V) gpu_die("token id %d out of range for vocab size %d", inputs[i], g.V);
+        if (inputs[i] < 0 || inputs[i] >= g.V) die("token id %d out of range for vocab size %d", inputs[i], g.V);
     CUDA_CHECK(cudaEventSynchronize(g.upload_done));
     cudaStream_t s = g.stream;
     memcpy(g.h_in, inputs, N * sizeof(int));
@@ -2003,20 +1995,20 @@ static int io_all(int fd, void *buf, size_t n, int wr, double deadline) {
 
 static void boot_serve(ncclUniqueId *id, const char *run_id, int world, int port, double timeout_s) {
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    if (ls < 0) gpu_die("rank 0: socket: %s", strerror(errno));
+    if (ls < 0) die("rank 0: socket: %s", strerror(errno));
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     struct sockaddr_in a;
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET; a.sin_addr.s_addr = htonl(INADDR_ANY); a.sin_port = htons((uint16_t)port);
     if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0)
-        gpu_die("rank 0: cannot listen on port %d: %s (another run still holding it? pick --master-port)", port, strerror(errno));
-    if (listen(ls, 256) != 0) gpu_die("rank 0: listen: %s", strerror(errno));
+        die("rank 0: cannot listen on port %d: %s (another run still holding it? pick --master-port)", port, strerror(errno));
+    if (listen(ls, 256) != 0) die("rank 0: listen: %s", strerror(errno));
     int *fds = (int *)calloc(world, sizeof(int));
     int joined = 0;
     double deadline = wall_s() + timeout_s;
     while (joined < world - 1) {
         double left = deadline - wall_s();
-        if (left <= 0) gpu_die("rank 0: only %d of %d ranks joined within %.0f s (run id %s)", joined + 1, world, timeout_s, run_id);
+        if (left <= 0) die("rank 0: only %d of %d ranks joined within %.0f s (run id %s)", joined + 1, world, timeout_s, run_id);
         fd_set fs; FD_ZERO(&fs); FD_SET(ls, &fs);
         struct timeval tv = {(long)left, 0};
         if (select(ls + 1, &fs, NULL, NULL, &tv) <= 0) continue;
@@ -2047,7 +2039,7 @@ static void boot_serve(ncclUniqueId *id, const char *run_id, int world, int port
     snprintf(r.run_id, sizeof(r.run_id), "%s", run_id);
     r.id = *id;
     for (int i = 1; i < world; i++) {
-        if (io_all(fds[i], &r, sizeof(r), 1, wall_s() + 30) != 0) gpu_die("rank 0: lost rank %d during the handshake", i);
+        if (io_all(fds[i], &r, sizeof(r), 1, wall_s() + 30) != 0) die("rank 0: lost rank %d during the handshake", i);
         close(fds[i]);
     }
     free(fds);
@@ -2061,7 +2053,7 @@ static void boot_join(ncclUniqueId *id, const char *run_id, int rank, int world,
     const char *last_err = "no answer";
     for (;;) {
         if (wall_s() > deadline)
-            gpu_die("rank %d: could not reach rank 0 at %s:%d within %.0f s (%s); is rank 0 running with the same "
+            die("rank %d: could not reach rank 0 at %s:%d within %.0f s (%s); is rank 0 running with the same "
                     "--master-addr/--master-port?", rank, addr, port, timeout_s, last_err);
         struct addrinfo hints, *res = NULL;
         memset(&hints, 0, sizeof(hints));
@@ -2085,10 +2077,10 @@ static void boot_join(ncclUniqueId *id, const char *run_id, int rank, int world,
         close(fd);
         r.run_id[63] = 0;
         if (r.status == BOOT_OTHER_RUN)
-            gpu_die("rank %d: the process at %s:%d belongs to another run (run id \"%s\", ours \"%s\"): a stale run? "
+            die("rank %d: the process at %s:%d belongs to another run (run id \"%s\", ours \"%s\"): a stale run? "
                     "stop it or pick another --master-port", rank, addr, port, r.run_id, run_id);
-        if (r.status == BOOT_BAD_WORLD) gpu_die("rank %d: rank 0 expects a different world size (ours %d)", rank, world);
-        if (r.status == BOOT_DUP_RANK) gpu_die("rank %d: another process already joined as rank %d", rank, rank);
+        if (r.status == BOOT_BAD_WORLD) die("rank %d: rank 0 expects a different world size (ours %d)", rank, world);
+        if (r.status == BOOT_DUP_RANK) die("rank %d: another process already joined as rank %d", rank, rank);
         *id = r.id;
         return;
     }
@@ -2113,7 +2105,7 @@ static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
     if (getenv("RANK") && getenv("WORLD_SIZE")) return;
     int world = la->nproc_per_node * la->nnodes;
     if (world <= 1) return;
-    if (la->nproc_per_node > 1024) gpu_die("--nproc-per-node %d: at most 1024", la->nproc_per_node);
+    if (la->nproc_per_node > 1024) die("--nproc-per-node %d: at most 1024", la->nproc_per_node);
     char run_id[64];
     if (la->run_id) snprintf(run_id, sizeof(run_id), "%s", la->run_id);
     else if (la->nnodes == 1) snprintf(run_id, sizeof(run_id), "local-%d-%ld", (int)getpid(), (long)time(NULL));
@@ -2133,7 +2125,7 @@ static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
     fflush(stdout); fflush(stderr);
     for (int i = 0; i < la->nproc_per_node; i++) {
         pid_t p = fork();
-        if (p < 0) gpu_die("fork: %s", strerror(errno));
+        if (p < 0) die("fork: %s", strerror(errno));
         if (p == 0) {
             setenv("RANK", (snprintf(v, sizeof(v), "%d", la->node_rank * la->nproc_per_node + i), v), 1);
             setenv("LOCAL_RANK", (snprintf(v, sizeof(v), "%d", i), v), 1);
@@ -2167,10 +2159,10 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     d->rank = r ? atoi(r) : 0;
     d->world = w ? atoi(w) : 1;
     d->local_rank = lr ? atoi(lr) : 0;
-    if (d->world < 1 || d->rank < 0 || d->rank >= d->world) gpu_die("bad RANK %d / WORLD_SIZE %d", d->rank, d->world);
+    if (d->world < 1 || d->rank < 0 || d->rank >= d->world) die("bad RANK %d / WORLD_SIZE %d", d->rank, d->world);
     int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) gpu_die("no CUDA device found");
-    if (d->local_rank >= ndev) gpu_die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) die("no CUDA device found");
+    if (d->local_rank >= ndev) die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
     CUDA_CHECK(cudaSetDevice(d->local_rank));
     if (d->world == 1) return;
     const char *addr = getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : la->master_addr;
@@ -2203,241 +2195,6 @@ static void gpu_setup(void) {
 
 #ifndef TRAIN_GPU_NO_MAIN
 
-typedef struct {
-    const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule, *dtype;
-    int batch_size, seq_len, grad_accum, steps, warmup_steps, decay_steps;
-    float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
-    uint64_t seed;
-    int eval_every, eval_steps, sample_every, sample_len, top_k, threads, log_every;
-    int save_every, keep, resume, eod_mask_loss, skip_nonfinite;
-    long max_shard_mb;
-    float temperature;
-    int recompute, zero, plain_attn, fuse_gelu;
-    long logits_mb;
-    LaunchArgs launch;
-} Args;
-
-static void usage(void) {
-    printf(
-"usage: train_gpu --data PREFIX [options]      (the flags of train, plus GPU and launcher flags)\n"
-"\n"
-"data\n"
-"  --data SPEC             Megatron dataset prefix, or a blend \"0.7 PREFIX_A 0.3 PREFIX_B\" / \"PREFIX_A PREFIX_B\"\n"
-"  --eod-mask-loss         no loss on targets that are the EOD token (the config's eos_token_id)\n"
-"  --split A,B,C           train/validation/test split by documents (default 98,2,0)\n"
-"  --seq-len T             tokens per sequence (default 64)\n"
-"  --batch-size B          sequences per micro-step per GPU (default 8)\n"
-"  --grad-accum K          micro-steps per optimizer step (default 1)\n"
-"model\n"
-"  --model NAME|PATH       preset (gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, llama-1b) or a HF\n"
-"                          config.json / directory holding one (default tiny-gpt2)\n"
-"  --init-from DIR         start from the HF weights in DIR\n"
-"  --init-std S            std of the random init (default 0.02; residual projections S/sqrt(2L))\n"
-"optimizer (AdamW)\n"
-"  --lr LR  --min-lr LR  --warmup-steps N  --decay-steps N  --lr-schedule cosine|linear|constant\n"
-"  --weight-decay W  --beta1 B1  --beta2 B2  --eps E  --clip C      (defaults as train)\n"
-"run\n"
-"  --steps N  --seed S  --threads N  --log-every N  --eval-every N  --eval-steps N\n"
-"  --sample-every N  --sample-len N  --temperature X  --top-k K  --tokenizer FILE\n"
-"checkpoints\n"
-"  --out DIR  --save-every N  --keep N  --resume  --max-shard-size MB  --skip-nonfinite   (as train)\n"
-"GPU\n"
-"  --dtype bf16|fp32       weights and activations (default bf16; masters, moments and grads are fp32)\n"
-"  --recompute 0|1|2       0 keep all activations; 1 recompute GELU/SwiGLU outputs; 2 also the norms (default 1)\n"
-"  --zero 1                ZeRO stage: 1 shards the fp32 masters and AdamW moments (the only stage here)\n"
-"  --attention tc|plain    tensor-core flash attention (bf16, head dim 32/64/128) or the plain kernels\n"
-"  --fuse-gelu 0|1         GPT-2's GELU in the cuBLASLt epilogue (default 0)\n"
-"  --logits-mb MB          bound on the classifier's chunk of logits (default 512)\n"
-"multi-GPU (one process per GPU; or start under torchrun, which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)\n"
-"  --nproc-per-node N      fork N ranks on this node (alias --nproc; default 1)\n"
-"  --nnodes M --node-rank R  nodes and this node's index (default 1, 0)\n"
-"  --master-addr A --master-port P  where rank 0 serves the NCCL id (default 127.0.0.1:29500)\n"
-"  --run-id ID             run id checked in the handshake (default: made by the launcher)\n"
-"  --dist-timeout S        seconds to wait for all ranks (default 300)\n");
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static long parse_int(const char *flag, const char *s) {
-    char *e;
-    long v = strtol(s, &e, 10);
-    if (e == s || *e) gpu_die("%s expects an integer, got \"%s\"", flag, s);
-    return v;
-}
-
-static float parse_float(const char *flag, const char *s) {
-    char *e;
-    float v = strtof(s, &e);
-    if (e == s || *e) gpu_die("%s expects a number, got \"%s\"", flag, s);
-    return v;
-}
-
-static void parse_args(Args *a, int argc, char **argv) {
-    memset(a, 0, sizeof(*a));
-    a->model = "tiny-gpt2"; a->split = "98,2,0"; a->schedule = "cosine"; a->dtype = "bf16";
-    a->batch_size = 8; a->seq_len = 64; a->grad_accum = 1; a->steps = 100; a->decay_steps = -1;
-    a->lr = 3e-4f; a->min_lr = -1; a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
-    a->clip = 1.0f; a->init_std = 0.02f; a->seed = 1234; a->eval_every = 100; a->eval_steps = 8;
-    a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1;
-    a->recompute = 1; a->zero = 1; a->logits_mb = 512;
-    a->launch.nproc_per_node = 1; a->launch.nnodes = 1; a->launch.master_addr = "127.0.0.1";
-    a->launch.master_port = 29500; a->launch.timeout_s = 300;
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(); exit(0); }
-        if (!strcmp(f, "--resume")) { a->resume = 1; continue; }
-        if (!strcmp(f, "--eod-mask-loss")) { a->eod_mask_loss = 1; continue; }
-        if (!strcmp(f, "--skip-nonfinite")) { a->skip_nonfinite = 1; continue; }
-        if (i + 1 >= argc) gpu_die("%s needs a value (see --help)", f);
-        const char *v = argv[++i];
-        if (!strcmp(f, "--data")) a->data = v;
-        else if (!strcmp(f, "--model")) a->model = v;
-        else if (!strcmp(f, "--init-from")) a->init_from = v;
-        else if (!strcmp(f, "--tokenizer")) a->tokenizer = v;
-        else if (!strcmp(f, "--out")) a->out = v;
-        else if (!strcmp(f, "--split")) a->split = v;
-        else if (!strcmp(f, "--lr-schedule")) a->schedule = v;
-        else if (!strcmp(f, "--batch-size")) a->batch_size = (int)parse_int(f, v);
-        else if (!strcmp(f, "--seq-len")) a->seq_len = (int)parse_int(f, v);
-        else if (!strcmp(f, "--grad-accum")) a->grad_accum = (int)parse_int(f, v);
-        else if (!strcmp(f, "--steps")) a->steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--warmup-steps")) a->warmup_steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--decay-steps")) a->decay_steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--lr")) a->lr = parse_float(f, v);
-        else if (!strcmp(f, "--min-lr")) a->min_lr = parse_float(f, v);
-        else if (!strcmp(f, "--weight-decay")) a->weight_decay = parse_float(f, v);
-        else if (!strcmp(f, "--beta1")) a->beta1 = parse_float(f, v);
-        else if (!strcmp(f, "--beta2")) a->beta2 = parse_float(f, v);
-        else if (!strcmp(f, "--eps")) a->eps = parse_float(f, v);
-        else if (!strcmp(f, "--clip")) a->clip = parse_float(f, v);
-        else if (!strcmp(f, "--init-std")) a->init_std = parse_float(f, v);
-        else if (!strcmp(f, "--seed")) a->seed = (uint64_t)parse_int(f, v);
-        else if (!strcmp(f, "--threads")) a->threads = (int)parse_int(f, v);
-        else if (!strcmp(f, "--log-every")) a->log_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--eval-every")) a->eval_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--eval-steps")) a->eval_steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--sample-every")) a->sample_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--sample-len")) a->sample_len = (int)parse_int(f, v);
-        else if (!strcmp(f, "--top-k")) a->top_k = (int)parse_int(f, v);
-        else if (!strcmp(f, "--temperature")) a->temperature = parse_float(f, v);
-        else if (!strcmp(f, "--save-every")) a->save_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--keep")) a->keep = (int)parse_int(f, v);
-        else if (!strcmp(f, "--max-shard-size")) a->max_shard_mb = parse_int(f, v);
-        else if (!strcmp(f, "--dtype")) a->dtype = v;
-        else if (!strcmp(f, "--recompute")) a->recompute = (int)parse_int(f, v);
-        else if (!strcmp(f, "--zero")) a->zero = (int)parse_int(f, v);
-        else if (!strcmp(f, "--attention")) {
-            if (strcmp(v, "tc") && strcmp(v, "plain")) gpu_die("--attention must be tc or plain, got \"%s\"", v);
-            a->plain_attn = !strcmp(v, "plain");
-        }
-        else if (!strcmp(f, "--fuse-gelu")) a->fuse_gelu = (int)parse_int(f, v);
-        else if (!strcmp(f, "--logits-mb")) a->logits_mb = parse_int(f, v);
-        else if (!strcmp(f, "--nproc-per-node") || !strcmp(f, "--nproc")) a->launch.nproc_per_node = (int)parse_int(f, v);
-        else if (!strcmp(f, "--nnodes")) a->launch.nnodes = (int)parse_int(f, v);
-        else if (!strcmp(f, "--node-rank")) a->launch.node_rank = (int)parse_int(f, v);
-        else if (!strcmp(f, "--master-addr")) a->launch.master_addr = v;
-        else if (!strcmp(f, "--master-port")) a->launch.master_port = (int)parse_int(f, v);
-        else if (!strcmp(f, "--run-id")) a->launch.run_id = v;
-        else if (!strcmp(f, "--dist-timeout")) a->launch.timeout_s = parse_float(f, v);
-        else gpu_die("unknown flag %s (see --help)", f);
-    }
-    if (!a->data) gpu_die("--data PREFIX is required (see --help)");
-    if (a->resume && !a->out) gpu_die("--resume needs --out DIR");
-    if (a->batch_size < 1 || a->seq_len < 1 || a->grad_accum < 1 || a->steps < 0)
-        gpu_die("--batch-size, --seq-len and --grad-accum must be >= 1 and --steps >= 0");
-    if (strcmp(a->dtype, "bf16") && strcmp(a->dtype, "fp32")) gpu_die("--dtype must be bf16 or fp32, got \"%s\"", a->dtype);
-    if (a->recompute < 0 || a->recompute > 2) gpu_die("--recompute must be 0, 1 or 2");
-    if (a->zero != 1) gpu_die("--zero %d: only ZeRO-1 is implemented (fp32 masters and AdamW moments sharded)", a->zero);
-    if (a->launch.nproc_per_node < 1 || a->launch.nnodes < 1 || a->launch.node_rank < 0 || a->launch.node_rank >= a->launch.nnodes)
-        gpu_die("--nproc-per-node, --nnodes must be >= 1 and 0 <= --node-rank < --nnodes");
-    if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
-    if (a->decay_steps < 0) a->decay_steps = a->steps;
-    if (a->log_every < 1) a->log_every = 1;
-}
-
-static int lr_style(const char *s) {
-    if (!strcmp(s, "cosine")) return LR_COSINE;
-    if (!strcmp(s, "linear")) return LR_LINEAR;
-    if (!strcmp(s, "constant")) return LR_CONSTANT;
-    gpu_die("--lr-schedule must be cosine, linear or constant, got \"%s\"", s);
-    return 0;
-}
-
-/* The datasets of --data, split into train and validation blends with the same weights (as train.c). */
-typedef struct {
-    int n;
-    IndexedDataset ds[MAX_BLEND];
-    Sampler train[MAX_BLEND], valid[MAX_BLEND];
-    Blend train_blend, valid_blend;
-    int have_valid;
-    uint64_t train_tokens;
-} Data;
-
-static void open_data(Data *d, const Args *a, int vocab_size) {
-    char buf[8192], *prefixes[MAX_BLEND], err[1024];
-    double w[MAX_BLEND];
-    memset(d, 0, sizeof(*d));
-    d->n = parse_data_spec(a->data, buf, sizeof(buf), prefixes, w, MAX_BLEND, err, sizeof(err));
-    if (d->n < 0) gpu_die("%s", err);
-    Sampler *tr[MAX_BLEND], *va[MAX_BLEND];
-    double wv[MAX_BLEND];
-    int nvalid = 0;
-    for (int i = 0; i < d->n; i++) {
-        IndexedDataset *ds = &d->ds[i];
-        if (indexed_dataset_open(ds, prefixes[i], err, sizeof(err)) != 0) gpu_die("%s", err);
-        if (ds->max_token >= vocab_size)
-            gpu_die("%s: token id %lld is outside the model's vocabulary of %d", prefixes[i], (long long)ds->max_token, vocab_size);
-        uint64_t sb[3], se[3];
-        if (split_documents(a->split, ds->num_docs, sb, se, err, sizeof(err)) != 0) gpu_die("%s", err);
-        if (sampler_init(&d->train[i], ds, sb[0], se[0], a->seq_len, a->seed + 1000003ULL * i, 1, err, sizeof(err)) != 0)
-            gpu_die("train split: %s", err);
-        if (w[i] < 0) w[i] = (double)d->train[i].tokens_per_epoch;
-        tr[i] = &d->train[i];
-        d->train_tokens += d->train[i].tokens_per_epoch;
-        if (se[1] > sb[1] && a->eval_every > 0) {
-            if (sampler_init(&d->valid[i], ds, sb[1], se[1], a->seq_len, a->seed, 0, err, sizeof(err)) != 0)
-                gpu_die("validation split: %s", err);
-            va[nvalid] = &d->valid[i]; wv[nvalid++] = w[i];
-        }
-    }
-    blend_init(&d->train_blend, d->n, w, tr);
-    d->have_valid = nvalid > 0;
-    if (d->have_valid) blend_init(&d->valid_blend, nvalid, wv, va);
-}
-
-static void close_data(Data *d) {
-    for (int i = 0; i < d->n; i++) {
-        sampler_free(&d->train[i]);
-        if (d->valid[i].ds) sampler_free(&d->valid[i]);
-        indexed_dataset_close(&d->ds[i]);
-    }
-}
-
-/* The settings a resumed run must share with the run that saved the checkpoint (the same keys as train.c, so a
-   checkpoint moves between the CPU and GPU trainers at the same world size). */
-static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig *cfg, int world) {
-    char *mc = model_config_to_json(cfg);
-    json_t *mj = json_loads(mc, 0, NULL);
-    free(mc);
-    json_t *o = json_pack("{s:o,s:s,s:s,s:i,s:i,s:i,s:i,s:I,s:b}", "model", mj, "data", a->data, "split", a->split,
-                          "seq_len", a->seq_len, "batch_size", a->batch_size, "grad_accum", a->grad_accum,
-                          "world_size", world, "seed", (json_int_t)a->seed, "eod_mask_loss", a->eod_mask_loss);
-    char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
-    if (strlen(s) >= n) gpu_die("run settings too long to record (%zu bytes)", strlen(s));
-    snprintf(out, n, "%s", s);
-    free(s);
-    json_decref(o);
-}
-
-/* SIGINT / SIGTERM: finish the step, save, exit 0 */
-static volatile sig_atomic_t stop_requested = 0;
-static void on_signal(int sig) { (void)sig; stop_requested = 1; }
-
-/* Peak dense bf16 tensor FLOP/s by device name (the first match wins; 0: unknown, MFU not shown). */
 static double peak_bf16_flops(const char *name) {
     static const struct { const char *key; double tflops; } table[] = {
         {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H200", 989}, {"GH200", 989}, {"H800", 989},
@@ -2469,29 +2226,6 @@ static double device_used_gib(double *peak) {
 }
 
 /* Draws the next token from the logits of one position: temperature, then the top-k most likely. */
-static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
-    if (top_k <= 0 || top_k > V) top_k = V;
-    int *idx = (int *)malloc(top_k * sizeof(int));
-    int n = 0;
-    for (int v = 0; v < V; v++) {
-        if (n == top_k && logits[v] <= logits[idx[n - 1]]) continue;
-        int j = n < top_k ? n++ : n - 1;
-        while (j > 0 && logits[idx[j - 1]] < logits[v]) { idx[j] = idx[j - 1]; j--; }
-        idx[j] = v;
-    }
-    float t = temperature > 0 ? temperature : 1e-6f;
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += exp((logits[idx[i]] - logits[idx[0]]) / t);
-    double r = coin * sum, acc = 0.0;
-    int pick = idx[n - 1];
-    for (int i = 0; i < n; i++) {
-        acc += exp((logits[idx[i]] - logits[idx[0]]) / t);
-        if (r < acc) { pick = idx[i]; break; }
-    }
-    free(idx);
-    return pick;
-}
-
 template <typename T>
 static void print_sample(GModel<T> &g, const Args *a, Tokenizer *tok, int step) {
     int Tn = a->seq_len, V = g.V;
@@ -2555,7 +2289,7 @@ static void save_checkpoint(GModel<T> &g, const Dist &d, const Args *a, const Tr
         char err[1024], saved[1300];
         if (checkpoint_save(a->out, g.host, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved),
                             err, sizeof(err)) != 0)
-            gpu_die("checkpoint: %s", err);
+            die("checkpoint: %s", err);
         printf("saved %s\n", saved);
         fflush(stdout);
     }
@@ -2566,21 +2300,11 @@ static int run(Args &a, Dist &d) {
     char err[1024];
     int rank = d.rank, world = d.world, main_rank = rank == 0;
     ModelConfig cfg;
-    if (a.init_from) {
-        if (model_config_from_json(&cfg, a.init_from, err, sizeof(err)) != 0) gpu_die("%s", err);
-    } else if (model_config_preset(&cfg, a.model) != 0) {
-        if (access(a.model, R_OK) != 0)
-            gpu_die("--model \"%s\" is neither a preset (gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, "
-                    "llama-1b) nor a readable config.json", a.model);
-        if (model_config_from_json(&cfg, a.model, err, sizeof(err)) != 0) gpu_die("%s", err);
-    }
-    if (cfg.family == FAMILY_GPT2 && a.seq_len > cfg.max_seq_len)
-        gpu_die("--seq-len %d exceeds the model's %d positions", a.seq_len, cfg.max_seq_len);
-    if (a.eod_mask_loss && cfg.eos_token_id < 0) gpu_die("--eod-mask-loss needs eos_token_id in the model config");
+    choose_config(&cfg, &a);
     Data data;
     open_data(&data, &a, cfg.vocab_size);
     Model m;
-    if (model_build(&m, &cfg) != 0) gpu_die("out of memory for the model");
+    if (model_build(&m, &cfg) != 0) die("out of memory for the model");
     DataLoader dl;
     dataloader_init(&dl, &data.train_blend, a.batch_size, rank, world);
     dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
@@ -2593,13 +2317,13 @@ static int run(Args &a, Dist &d) {
     make_run_flags(run_flags, sizeof(run_flags), &a, &cfg, world);
     int resumed = 0;
     if (a.resume && checkpoint_latest(a.out, ckpt, sizeof(ckpt)) == 0) {
-        if (checkpoint_load(ckpt, &m, &ts, err, sizeof(err)) != 0) gpu_die("resume: %s", err);
-        if (run_flags_compare(ts.run_flags, run_flags, err, sizeof(err)) != 0) gpu_die("resume from %s: %s", ckpt, err);
+        if (checkpoint_load(ckpt, &m, &ts, err, sizeof(err)) != 0) die("resume: %s", err);
+        if (run_flags_compare(ts.run_flags, run_flags, err, sizeof(err)) != 0) die("resume from %s: %s", ckpt, err);
         dl.cursor = ts.data_cursor;
         resumed = 1;
         if (main_rank) printf("resumed from %s at step %lld\n", ckpt, (long long)ts.step);
     } else if (a.init_from) {
-        if (model_load_hf_dir(&m, a.init_from, err, sizeof(err)) != 0) gpu_die("%s", err);
+        if (model_load_hf_dir(&m, a.init_from, err, sizeof(err)) != 0) die("%s", err);
     } else {
         if (a.resume && main_rank) printf("no checkpoint in %s: starting fresh\n", a.out);
         model_init_weights(&m, a.seed, a.init_std);
@@ -2617,15 +2341,15 @@ static int run(Args &a, Dist &d) {
     Tokenizer *tok = NULL;
     if (a.tokenizer) {
         tok = tokenizer_load(a.tokenizer, err, sizeof(err));
-        if (!tok) gpu_die("%s", err);
+        if (!tok) die("%s", err);
     }
     FILE *logf = NULL;
     if (a.out && main_rank) {
-        if (mkdir(a.out, 0755) != 0 && errno != EEXIST) gpu_die("%s: cannot create: %s", a.out, strerror(errno));
+        if (mkdir(a.out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", a.out, strerror(errno));
         char path[1200];
         snprintf(path, sizeof(path), "%s/log.jsonl", a.out);
         logf = fopen(path, resumed ? "a" : "w");
-        if (!logf) gpu_die("%s: cannot write: %s", path, strerror(errno));
+        if (!logf) die("%s: cannot write: %s", path, strerror(errno));
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -2673,7 +2397,7 @@ static int run(Args &a, Dist &d) {
         gmodel_step(g, d, &opt, step - (int)ts.skipped, a.clip, a.seed, 1, &loss, &norm, &stop);
         int skip = !isfinite(loss) || !isfinite(norm);
         if (skip && !a.skip_nonfinite)
-            gpu_die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
+            die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
         if (skip) ts.skipped++;
         ts.step = step;
         ts.data_cursor = dl.cursor;
@@ -2720,12 +2444,14 @@ static int run(Args &a, Dist &d) {
 }
 
 int main(int argc, char **argv) {
+    trainer_name = "train_gpu";
     Args a;
-    parse_args(&a, argc, argv);
-    maybe_launch(&a.launch, argc, argv);   /* forks the local ranks; returns in each of them */
+    parse_args(&a, argc, argv, 1);
+    LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout};
+    maybe_launch(&launch, argc, argv);   /* forks the local ranks; returns in each of them */
     if (a.threads > 0) omp_set_num_threads(a.threads);
     Dist d;
-    dist_init(&d, &a.launch);
+    dist_init(&d, &launch);
     gpu_setup();
     int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
     if (d.comm) ncclCommDestroy(d.comm);
