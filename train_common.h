@@ -273,6 +273,30 @@ static int sample_token(const float *logits, int V, float temperature, int top_k
     return pick;
 }
 
+/* The first token of a sample: the tokenizer's BOS, else its EOD, else the config's EOS. */
+static int sample_start_token(const ModelConfig *cfg, Tokenizer *tok) {
+    if (tok && tokenizer_bos_id(tok) >= 0) return tokenizer_bos_id(tok);
+    if (tok && tokenizer_eos_id(tok) >= 0) return tokenizer_eos_id(tok);
+    return cfg->eos_token_id >= 0 && cfg->eos_token_id < cfg->vocab_size ? cfg->eos_token_id : 0;
+}
+
+/* Prints generated ids as text (or as numbers without a tokenizer). */
+static void print_sample_text(Tokenizer *tok, const int *ids, int n, int step) {
+    printf("--- sample at step %d ---\n", step);
+    if (tok) {
+        int32_t *ids32 = (int32_t *)malloc((n + 1) * sizeof(int32_t));
+        for (int i = 0; i < n; i++) ids32[i] = ids[i];
+        char *text = tokenizer_decode(tok, ids32, n);
+        printf("%s\n", text ? text : "(decode failed)");
+        free(text); free(ids32);
+    } else {
+        for (int i = 0; i < n; i++) printf("%d ", ids[i]);
+        printf("\n");
+    }
+    printf("---\n");
+    fflush(stdout);
+}
+
 /* The datasets of --data, split into train and validation blends with the same weights. */
 typedef struct {
     int n;
@@ -337,6 +361,30 @@ static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig
     snprintf(out, n, "%s", s);
     free(s);
     json_decref(o);
+}
+
+/* The starting weights: with --resume and a checkpoint in --out, the checkpoint (weights, AdamW moments,
+   step, data position; its run settings must match these); else --init-from's HF weights; else a fresh
+   init. ts->run_flags gets this run's settings. Returns 1 when resumed. */
+static int start_weights(Model *m, TrainState *ts, DataLoader *dl, const Args *a, const ModelConfig *cfg, int world, int main_rank) {
+    char err[1024], run_flags[sizeof(ts->run_flags)], ckpt[1300];
+    memset(ts, 0, sizeof(*ts));
+    make_run_flags(run_flags, sizeof(run_flags), a, cfg, world);
+    int resumed = 0;
+    if (a->resume && checkpoint_latest(a->out, ckpt, sizeof(ckpt)) == 0) {
+        if (checkpoint_load(ckpt, m, ts, err, sizeof(err)) != 0) die("resume: %s", err);
+        if (run_flags_compare(ts->run_flags, run_flags, err, sizeof(err)) != 0) die("resume from %s: %s", ckpt, err);
+        dl->cursor = ts->data_cursor;
+        resumed = 1;
+        if (main_rank) printf("resumed from %s at step %lld\n", ckpt, (long long)ts->step);
+    } else if (a->init_from) {
+        if (model_load_hf_dir(m, a->init_from, err, sizeof(err)) != 0) die("%s", err);
+    } else {
+        if (a->resume && main_rank) printf("no checkpoint in %s: starting fresh\n", a->out);
+        model_init_weights(m, a->seed, a->init_std);
+    }
+    snprintf(ts->run_flags, sizeof(ts->run_flags), "%s", run_flags);
+    return resumed;
 }
 
 #endif /* TRAIN_COMMON_H */

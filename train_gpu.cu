@@ -2229,9 +2229,7 @@ static double device_used_gib(double *peak) {
 template <typename T>
 static void print_sample(GModel<T> &g, const Args *a, Tokenizer *tok, int step) {
     int Tn = a->seq_len, V = g.V;
-    int start = g.cfg.eos_token_id >= 0 && g.cfg.eos_token_id < V ? g.cfg.eos_token_id : 0;
-    if (tok && tokenizer_bos_id(tok) >= 0) start = tokenizer_bos_id(tok);
-    else if (tok && tokenizer_eos_id(tok) >= 0) start = tokenizer_eos_id(tok);
+    int start = sample_start_token(&g.cfg, tok);
     int n = a->sample_len + 1;
     int *ids = (int *)malloc(n * sizeof(int));
     T *row_t = (T *)malloc(V * sizeof(T));
@@ -2250,19 +2248,7 @@ static void print_sample(GModel<T> &g, const Args *a, Tokenizer *tok, int step) 
         }
         ids[i] = sample_token(row, V, a->temperature, a->top_k, rng_uniform(a->seed ^ 0x5A5A5A5AULL, (uint64_t)step * n + i));
     }
-    printf("--- sample at step %d ---\n", step);
-    if (tok) {
-        int32_t *ids32 = (int32_t *)malloc(n * sizeof(int32_t));
-        for (int i = 0; i < n; i++) ids32[i] = ids[i];
-        char *text = tokenizer_decode(tok, ids32 + 1, n - 1);
-        printf("%s\n", text ? text : "(decode failed)");
-        free(text); free(ids32);
-    } else {
-        for (int i = 1; i < n; i++) printf("%d ", ids[i]);
-        printf("\n");
-    }
-    printf("---\n");
-    fflush(stdout);
+    print_sample_text(tok, ids + 1, n - 1, step);
     free(ids); free(row_t); free(row);
 }
 
@@ -2310,25 +2296,9 @@ static int run(Args &a, Dist &d) {
     dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
     int eod = dl.eod;
 
-    /* weights: resumed, continued from HF weights, or fresh (the header's init: the CPU trainer's weights) */
+    /* weights: resumed, continued from HF weights, or fresh */
     TrainState ts;
-    memset(&ts, 0, sizeof(ts));
-    char run_flags[sizeof(ts.run_flags)], ckpt[1300];
-    make_run_flags(run_flags, sizeof(run_flags), &a, &cfg, world);
-    int resumed = 0;
-    if (a.resume && checkpoint_latest(a.out, ckpt, sizeof(ckpt)) == 0) {
-        if (checkpoint_load(ckpt, &m, &ts, err, sizeof(err)) != 0) die("resume: %s", err);
-        if (run_flags_compare(ts.run_flags, run_flags, err, sizeof(err)) != 0) die("resume from %s: %s", ckpt, err);
-        dl.cursor = ts.data_cursor;
-        resumed = 1;
-        if (main_rank) printf("resumed from %s at step %lld\n", ckpt, (long long)ts.step);
-    } else if (a.init_from) {
-        if (model_load_hf_dir(&m, a.init_from, err, sizeof(err)) != 0) die("%s", err);
-    } else {
-        if (a.resume && main_rank) printf("no checkpoint in %s: starting fresh\n", a.out);
-        model_init_weights(&m, a.seed, a.init_std);
-    }
-    snprintf(ts.run_flags, sizeof(ts.run_flags), "%s", run_flags);
+    int resumed = start_weights(&m, &ts, &dl, &a, &cfg, world, main_rank);
 
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
