@@ -3,13 +3,14 @@
 #
 #   bash dev/bench_prepro.sh [SHARED_DATA_DIR]      (default ../shared/data; needs python3 with
 #                                                   tokenizers and tiktoken: pip install tokenizers tiktoken)
+#   ONLY=qwen2 bash dev/bench_prepro.sh             only the rows of one tokenizer family
 #
 # For each (tokenizer, corpus) row:
 #   prepro 1w / Nw   prepro --workers 1 / --workers $(nproc): input bytes / time after the tokenizer
 #                    is loaded (reading, tokenizing and writing the .bin/.idx all count)
 #   HF 1t / Nt       tokenizers encode_batch on the in-memory documents, RAYON_NUM_THREADS=1 / all
-#   tiktoken 1t      tiktoken encode_ordinary per document on one thread (GPT-2 and Llama-3 only:
-#                    the encodings are built from the local files, no download)
+#   tiktoken 1t      tiktoken encode_ordinary per document on one thread (byte-level families only:
+#                    the encodings are built from the local files, no download; no NFC for Qwen2)
 # Token totals are compared: prepro must equal HF (tiktoken differs only where special-token text occurs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ ROWS=(
 printf "%-8s %-36s %7s %9s %9s %9s %9s %11s %s\n" tokenizer corpus MB "prepro1w" "prepro${NPROC}w" "HF 1t" "HF ${NPROC}t" "tiktoken1t" "tokens (prepro = HF?)"
 for row in "${ROWS[@]}"; do
   IFS='|' read -r fam tok corpus mode <<< "$row"
+  [ -n "${ONLY:-}" ] && [ "$ONLY" != "$fam" ] && continue
   if [ ! -f "$tok" ] || [ ! -f "$corpus" ]; then echo "skip $fam $(basename "$corpus"): file absent"; continue; fi
   args=(--input "$corpus" --tokenizer "$tok" --output-prefix "$OUT/b")
   [ "$mode" != jsonl ] && args+=(--txt-mode "$mode")
@@ -74,16 +76,23 @@ tk = "-"
 try:
     import tiktoken, base64
     enc = None
-    if fam == "gpt2":
+    if fam in ("gpt2", "qwen2"):
+        # byte-level vocab -> tiktoken ranks (rank = id; both vocabularies are rank ordered)
         vocab = json.load(open(tok_path))["model"]["vocab"]
         bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
         cs = bs[:]; k = 0
         for b in range(256):
             if b not in bs: bs.append(b); cs.append(256 + k); k += 1
         dec = {chr(c): b for b, c in zip(bs, cs)}
-        ranks = {bytes(dec[ch] for ch in s): i for s, i in vocab.items() if s != "<|endoftext|>"}
-        pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-        enc = tiktoken.Encoding("gpt2-local", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+        ranks = {bytes(dec[ch] for ch in s): i for s, i in vocab.items() if all(ch in dec for ch in s)}
+        if fam == "gpt2":
+            ranks.pop(b"<|endoftext|>", None)
+            pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+            special = {"<|endoftext|>": 50256}
+        else:
+            pat = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+            special = {}
+        enc = tiktoken.Encoding(fam + "-local", pat_str=pat, mergeable_ranks=ranks, special_tokens=special)
     elif fam == "llama3":
         model = os.path.join(os.path.dirname(tok_path), "tokenizer.model")
         from tiktoken.load import load_tiktoken_bpe
