@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "tokenizer.h"
 
@@ -62,7 +63,7 @@ static const char *USAGE =
     "\n"
     "Tokenizes text into Megatron MMIDIDX files P_KEY_document.bin/.idx (+ P_KEY_document.json metadata).\n"
     "Inputs: .txt, .jsonl, .json (array of objects), .csv, each optionally .gz; a directory is searched\n"
-    "recursively for those (sorted by path).\n"
+    "recursively for those (sorted by path; hidden files and *_document.json sidecars are left out).\n"
     "\n"
     "  --input PATH ...           input files or directories (the flag may repeat)\n"
     "  --tokenizer FILE           Hugging Face tokenizer.json\n"
@@ -214,24 +215,37 @@ static void bytes_append(Bytes *b, const void *s, size_t n) {
 typedef struct {
     const char *path;
     int fd;
+    gzFile gz;             // .gz input (zlib reads it; several concatenated members are fine)
     char *buf; size_t cap, pos, end;
     int eof;
     long line;             // number of the line last returned by src_line
     uint64_t bytes;        // bytes read so far
 } Source;
 
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
 static void src_open(Source *s, const char *path) {
     memset(s, 0, sizeof *s);
     s->path = path;
     s->fd = open(path, O_RDONLY);
     if (s->fd < 0) fatal("%s: cannot open: %s", path, strerror(errno));
+    if (has_suffix(path, ".gz")) {
+        s->gz = gzdopen(s->fd, "rb");
+        if (!s->gz) fatal("%s: cannot open: out of memory", path);
+        s->fd = -1;   // gzclose closes it
+        gzbuffer(s->gz, 1 << 18);
+    }
     s->cap = 1 << 20;
     s->buf = xmalloc(s->cap + 1);
 }
 static void src_close(Source *s) {
     if (s->fd >= 0) close(s->fd);
+    if (s->gz) gzclose(s->gz);
     free(s->buf);
-    s->fd = -1; s->buf = NULL;
+    s->fd = -1; s->gz = NULL; s->buf = NULL;
 }
 // Reads more bytes after the unread ones, compacting or growing the buffer; 0 at end of file.
 static size_t src_more(Source *s) {
@@ -242,8 +256,20 @@ static size_t src_more(Source *s) {
     }
     if (s->end == s->cap) { s->cap *= 2; s->buf = xrealloc(s->buf, s->cap + 1); }
     ssize_t r;
-    do r = read(s->fd, s->buf + s->end, s->cap - s->end); while (r < 0 && errno == EINTR);
-    if (r < 0) fatal("%s: read error: %s", s->path, strerror(errno));
+    if (s->gz) {
+        size_t want = s->cap - s->end < (1u << 30) ? s->cap - s->end : (1u << 30);
+        r = gzread(s->gz, s->buf + s->end, (unsigned)want);
+        int zerr = Z_OK;
+        const char *msg = gzerror(s->gz, &zerr);
+        if (r < 0 || (zerr != Z_OK && zerr != Z_STREAM_END)) {
+            const char *colon = strstr(msg, ": ");   // zlib writes "<fd:N>: message"
+            fatal("%s: gzip data is damaged or cut short (%s)", s->path, zerr == Z_ERRNO ? strerror(errno) : colon ? colon + 2 : msg);
+        }
+        if (r > 0 && gzdirect(s->gz)) fatal("%s: not gzip data (the name ends in .gz)", s->path);
+    } else {
+        do r = read(s->fd, s->buf + s->end, s->cap - s->end); while (r < 0 && errno == EINTR);
+        if (r < 0) fatal("%s: read error: %s", s->path, strerror(errno));
+    }
     if (r == 0) { s->eof = 1; return 0; }
     s->end += (size_t)r;
     s->bytes += (uint64_t)r;
@@ -298,7 +324,7 @@ typedef struct {
 
 typedef struct {
     const Options *o;
-    char **files; int nfiles; int formats[4096];
+    char **files; int nfiles; int *formats;
     int cur;                 // index of the open file, -1 before the first
     Source src;
     int fmt;
@@ -353,7 +379,12 @@ static void collect_dir(const char *dir, char ***files, int *n, int *cap) {
         struct stat st;
         if (stat(names[i], &st) != 0) { free(names[i]); continue; }
         if (S_ISDIR(st.st_mode)) { collect_dir(names[i], files, n, cap); free(names[i]); continue; }
-        if (format_of(names[i]) == FMT_AUTO) { free(names[i]); continue; }
+        // unknown extensions, and the metadata sidecars of an earlier run, are not inputs
+        size_t nl = strlen(names[i]);
+        if (format_of(names[i]) == FMT_AUTO || (nl > 14 && !strcmp(names[i] + nl - 14, "_document.json"))) {
+            free(names[i]);
+            continue;
+        }
         size_t c = (size_t)*cap;
         grow((void **)files, &c, (size_t)*n + 1, sizeof(char *));
         *cap = (int)c;
@@ -382,13 +413,10 @@ static void reader_init(Reader *r, const Options *o) {
             r->files[r->nfiles++] = strdup(o->inputs[i]);
         }
     }
-    if (r->nfiles > 4096) fatal("too many input files (%d, at most 4096)", r->nfiles);
+    r->formats = xmalloc(sizeof(int) * (size_t)r->nfiles);
     for (int i = 0; i < r->nfiles; i++) {
         int f = o->format ? o->format : format_of(r->files[i]);
         if (f == FMT_AUTO) fatal("%s: unknown input format (use .txt, .jsonl, .json, .csv or --format)", r->files[i]);
-        size_t len = strlen(r->files[i]);
-        if (len > 3 && !strcmp(r->files[i] + len - 3, ".gz"))
-            fatal("%s: .gz input is not supported by this build", r->files[i]);
         if ((f == FMT_TXT || f == FMT_CSV) && o->nkeys != 1)
             fatal("%s: .%s input has one text field, but %d --json-keys were given", r->files[i], fmt_name(f), o->nkeys);
         r->formats[i] = f;
@@ -762,7 +790,7 @@ static int reader_next(Reader *r, Batch *b) {
 // ----------------------------------------------------------------------------------------------
 // 5. batches and workers
 
-#define BATCH_BYTES (1 << 20)    // a batch is about this much text (more when one document is larger)
+#define BATCH_BYTES (256 << 10)  // a batch is about this much text (more when one document is larger)
 #define BATCH_DOCS 8192
 
 enum { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
@@ -1192,7 +1220,7 @@ int main(int argc, char **argv) {
     free(p.slots); free(threads);
     for (int k = 0; k < o.nkeys; k++) free(bd[k].conv);
     for (int i = 0; i < r.nfiles; i++) free(r.files[i]);
-    free(r.files); free(r.scratch.data);
+    free(r.files); free(r.formats); free(r.scratch.data);
     free(g_fields.buf.data); free(g_fields.off); free(g_fields.len);
     tokenizer_free(tok);
     return 0;

@@ -103,17 +103,35 @@ same big_json "$T/bigl_text_document.bin" "$T/bigj_text_document.bin"
 same big_json "$T/bigl_text_document.idx" "$T/bigj_text_document.idx"
 [ "$(doc_count "$T/bigj_text_document.idx")" = 12000 ] && ok || fail "big json: want 12000 documents"
 
+# ---- .gz input (zlib): the same files as the plain input; several gzip members in one file are fine
+if command -v gzip > /dev/null; then
+  gzip -c "$T/docs.jsonl" > "$T/docs.jsonl.gz"
+  run_ok gz --input "$T/docs.jsonl.gz" --tokenizer $TOK --output-prefix "$T/gz" --append-eod
+  same gz "$T/jsonl_text_document.idx" "$T/gz_text_document.idx"
+  same gz "$T/jsonl_text_document.bin" "$T/gz_text_document.bin"
+  { head -n 2 "$T/para.txt" | gzip -c; tail -n +3 "$T/para.txt" | gzip -c; } > "$T/para2.txt.gz"
+  run_ok gz_members --input "$T/para2.txt.gz" --tokenizer $TOK --output-prefix "$T/gzm" --append-eod
+  same gz_members "$T/para_text_document.bin" "$T/gzm_text_document.bin"
+else
+  echo "skip .gz checks: no gzip command to make the input"
+fi
+
 # ---- a directory: files in path order; several keys give one output each
 mkdir -p "$T/dir/sub"
 printf '{"text": "Hi", "title": "One"}\n' > "$T/dir/b.jsonl"
 printf '{"text": "Hello world", "title": "Two words"}\n' > "$T/dir/a.jsonl"
 printf '{"text": "One", "title": "Hi"}\n' > "$T/dir/sub/c.jsonl"
 printf 'ignored\n' > "$T/dir/notes.md"
+cp "$T/para_text_document.json" "$T/dir/old_text_document.json"   # an earlier run's sidecar: not an input
 run_ok dir --input "$T/dir" --tokenizer $TOK --output-prefix "$T/dir_out" --json-keys text title
 make_bin 2 15496 995 17250 3198 > "$T/want.bin"
 same dir "$T/want.bin" "$T/dir_out_text_document.bin"
 make_bin 2 7571 2456 3198 17250 > "$T/want.bin"
 same dir "$T/want.bin" "$T/dir_out_title_document.bin"
+
+# ---- --max-docs stops early
+run_ok maxdocs --input "$T/big.jsonl" --tokenizer $TOK --output-prefix "$T/maxd" --max-docs 100
+[ "$(doc_count "$T/maxd_text_document.idx")" = 100 ] && ok || fail "max-docs: want 100 documents"
 
 # ---- special tokens in the text: matched by default, plain text with --special-as-text
 printf 'x<|endoftext|>y\n' > "$T/special.txt"
@@ -187,6 +205,12 @@ expect_error no_output_dir "^prepro: $T/bad/missing/x_text_document.bin.tmp: can
 expect_error unknown_flag "^prepro: unknown flag --bogus" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --bogus 1
 expect_error eod_token "--eod-token \"<nope>\" is not a token" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --eod-token '<nope>'
 expect_error txt_two_keys "two|2 --json-keys" --input "$T/para.txt" --tokenizer $TOK --output-prefix "$B" --json-keys a b
+if command -v gzip > /dev/null; then
+  head -c 40 "$T/docs.jsonl.gz" > "$T/cut.jsonl.gz"
+  expect_error gz_cut "^prepro: $T/cut.jsonl.gz: gzip data is damaged or cut short" --input "$T/cut.jsonl.gz" --tokenizer $TOK --output-prefix "$B"
+  printf '{"text": "plain"}\n' > "$T/plain.jsonl.gz"
+  expect_error gz_not_gzip "^prepro: $T/plain.jsonl.gz: not gzip data" --input "$T/plain.jsonl.gz" --tokenizer $TOK --output-prefix "$B"
+fi
 # the error is found in a later batch, after output was written: the temps still go
 python_free_big="$T/big.jsonl"
 for i in $(seq 1 3000); do printf '{"text": "document number %d with some words in it"}\n' "$i"; done > "$python_free_big"
