@@ -12,7 +12,7 @@ DEB_PKGS = gcc make libpcre2-dev libjansson-dev libgomp1
 TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h prepro/unicode_tables.h
 
 # the GPU trainer is compiled wherever nvcc is (it runs only where a GPU is)
-NVCC      ?= $(shell command -v nvcc 2>/dev/null)
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_ARCH ?= sm_90
 NVFLAGS   ?= -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -fopenmp -D_GNU_SOURCE
 NVLIBS     = -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm -lgomp
