@@ -6,8 +6,8 @@
 CC      ?= gcc
 OPT     ?= -O3 -march=native
 CFLAGS  += $(OPT) -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -fopenmp -D_GNU_SOURCE
-LDLIBS  += -lm -ljansson -lpcre2-8 -lz
-DEB_PKGS = gcc make libpcre2-dev libjansson-dev zlib1g-dev libgomp1
+LDLIBS  += -lm -ljansson -lpcre2-8 -lz -lzstd
+DEB_PKGS = gcc make libpcre2-dev libjansson-dev zlib1g-dev libzstd-dev libgomp1
 
 TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h prepro/unicode_tables.h
 
@@ -15,7 +15,7 @@ TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h prepro/unicode_tables.h
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_ARCH ?= sm_90
 NVFLAGS   ?= -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -fopenmp -D_GNU_SOURCE
-NVLIBS     = -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lz -lm -lgomp
+NVLIBS     = -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lz -lzstd -lm -lgomp
 GPU_BINS   = $(if $(NVCC),$(if $(wildcard train_gpu.cu),train_gpu))
 
 .PHONY: all deps run test test-gpu bench plot clean

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include "tokenizer.h"
 
@@ -62,7 +63,7 @@ static const char *USAGE =
     "usage: prepro --input FILE|DIR [FILE|DIR ...] --tokenizer tokenizer.json --output-prefix P [options]\n"
     "\n"
     "Tokenizes text into Megatron MMIDIDX files P_KEY_document.bin/.idx (+ P_KEY_document.json metadata).\n"
-    "Inputs: .txt, .jsonl, .json (array of objects), .csv, each optionally .gz; a directory is searched\n"
+    "Inputs: .txt, .jsonl, .json (array of objects), .csv, each optionally .gz or .zst; a directory is searched\n"
     "recursively for those (sorted by path; hidden files and *_document.json sidecars are left out).\n"
     "\n"
     "  --input PATH ...           input files or directories (the flag may repeat)\n"
@@ -216,6 +217,10 @@ typedef struct {
     const char *path;
     int fd;
     gzFile gz;             // .gz input (zlib reads it; several concatenated members are fine)
+    ZSTD_DStream *zst;     // .zst input (libzstd streaming; several frames are fine)
+    char *zin;             // compressed bytes read from fd, zi.pos of zi.size consumed
+    ZSTD_inBuffer zi;
+    size_t zst_left;       // 0 when the last frame decoded so far is complete
     char *buf; size_t cap, pos, end;
     int eof;
     long line;             // number of the line last returned by src_line
@@ -237,6 +242,11 @@ static void src_open(Source *s, const char *path) {
         if (!s->gz) fatal("%s: cannot open: out of memory", path);
         s->fd = -1;   // gzclose closes it
         gzbuffer(s->gz, 1 << 18);
+    } else if (has_suffix(path, ".zst")) {
+        s->zst = ZSTD_createDStream();
+        if (!s->zst) fatal("%s: cannot open: out of memory", path);
+        ZSTD_initDStream(s->zst);
+        s->zin = xmalloc(ZSTD_DStreamInSize());
     }
     s->cap = 1 << 20;
     s->buf = xmalloc(s->cap + 1);
@@ -244,8 +254,9 @@ static void src_open(Source *s, const char *path) {
 static void src_close(Source *s) {
     if (s->fd >= 0) close(s->fd);
     if (s->gz) gzclose(s->gz);
-    free(s->buf);
-    s->fd = -1; s->gz = NULL; s->buf = NULL;
+    if (s->zst) ZSTD_freeDStream(s->zst);
+    free(s->buf); free(s->zin);
+    s->fd = -1; s->gz = NULL; s->zst = NULL; s->buf = NULL; s->zin = NULL;
 }
 // Reads more bytes after the unread ones, compacting or growing the buffer; 0 at end of file.
 static size_t src_more(Source *s) {
@@ -266,6 +277,25 @@ static size_t src_more(Source *s) {
             fatal("%s: gzip data is damaged or cut short (%s)", s->path, zerr == Z_ERRNO ? strerror(errno) : colon ? colon + 2 : msg);
         }
         if (r > 0 && gzdirect(s->gz)) fatal("%s: not gzip data (the name ends in .gz)", s->path);
+    } else if (s->zst) {
+        /* decompress until some output appears or the file ends (where the last frame must be complete) */
+        ZSTD_outBuffer out = {s->buf + s->end, s->cap - s->end, 0};
+        while (out.pos == 0) {
+            if (s->zi.pos == s->zi.size) {
+                ssize_t n;
+                do n = read(s->fd, s->zin, ZSTD_DStreamInSize()); while (n < 0 && errno == EINTR);
+                if (n < 0) fatal("%s: read error: %s", s->path, strerror(errno));
+                if (n == 0) {
+                    if (s->zst_left != 0) fatal("%s: zstd data is cut short", s->path);
+                    break;
+                }
+                s->zi.src = s->zin; s->zi.size = (size_t)n; s->zi.pos = 0;
+            }
+            size_t rc = ZSTD_decompressStream(s->zst, &out, &s->zi);
+            if (ZSTD_isError(rc)) fatal("%s: zstd data is damaged (%s)", s->path, ZSTD_getErrorName(rc));
+            s->zst_left = rc;
+        }
+        r = (ssize_t)out.pos;
     } else {
         do r = read(s->fd, s->buf + s->end, s->cap - s->end); while (r < 0 && errno == EINTR);
         if (r < 0) fatal("%s: read error: %s", s->path, strerror(errno));
@@ -342,13 +372,14 @@ typedef struct {
 
 static const char *fmt_name(int f) { return f == FMT_TXT ? "txt" : f == FMT_JSONL ? "jsonl" : f == FMT_JSON ? "json" : "csv"; }
 
-// Format from the file name: .txt .jsonl .ndjson .json .csv (a trailing .gz is looked through).
+// Format from the file name: .txt .jsonl .ndjson .json .csv (a trailing .gz or .zst is looked through).
 static int format_of(const char *path) {
     size_t n = strlen(path);
     char name[4096];
     if (n >= sizeof name) return FMT_AUTO;
     strcpy(name, path);
     if (n > 3 && !strcmp(name + n - 3, ".gz")) name[n - 3] = 0;
+    else if (n > 4 && !strcmp(name + n - 4, ".zst")) name[n - 4] = 0;
     const char *dot = strrchr(name, '.');
     if (!dot || strchr(dot, '/')) return FMT_AUTO;
     if (!strcasecmp(dot, ".txt") || !strcasecmp(dot, ".text")) return FMT_TXT;

@@ -115,6 +115,18 @@ if command -v gzip > /dev/null; then
 else
   echo "skip .gz checks: no gzip command to make the input"
 fi
+# ---- .zst input (libzstd): the same files as the plain input; several frames in one file are fine
+if command -v zstd > /dev/null; then
+  zstd -q -c "$T/docs.jsonl" > "$T/docs.jsonl.zst"
+  run_ok zst --input "$T/docs.jsonl.zst" --tokenizer $TOK --output-prefix "$T/zst" --append-eod
+  same zst "$T/jsonl_text_document.idx" "$T/zst_text_document.idx"
+  same zst "$T/jsonl_text_document.bin" "$T/zst_text_document.bin"
+  { head -n 2 "$T/para.txt" | zstd -q -c; tail -n +3 "$T/para.txt" | zstd -q -c; } > "$T/para2.txt.zst"
+  run_ok zst_frames --input "$T/para2.txt.zst" --tokenizer $TOK --output-prefix "$T/zsf" --append-eod
+  same zst_frames "$T/para_text_document.bin" "$T/zsf_text_document.bin"
+else
+  echo "skip .zst checks: no zstd command to make the input"
+fi
 
 # ---- a directory: files in path order; several keys give one output each
 mkdir -p "$T/dir/sub"
@@ -210,6 +222,12 @@ if command -v gzip > /dev/null; then
   expect_error gz_cut "^prepro: $T/cut.jsonl.gz: gzip data is damaged or cut short" --input "$T/cut.jsonl.gz" --tokenizer $TOK --output-prefix "$B"
   printf '{"text": "plain"}\n' > "$T/plain.jsonl.gz"
   expect_error gz_not_gzip "^prepro: $T/plain.jsonl.gz: not gzip data" --input "$T/plain.jsonl.gz" --tokenizer $TOK --output-prefix "$B"
+fi
+if command -v zstd > /dev/null; then
+  head -c 30 "$T/docs.jsonl.zst" > "$T/cut.jsonl.zst"
+  expect_error zst_cut "^prepro: $T/cut.jsonl.zst: zstd data is cut short" --input "$T/cut.jsonl.zst" --tokenizer $TOK --output-prefix "$B"
+  printf '{"text": "plain"}\n' > "$T/plain.jsonl.zst"
+  expect_error zst_not_zstd "^prepro: $T/plain.jsonl.zst: zstd data is damaged" --input "$T/plain.jsonl.zst" --tokenizer $TOK --output-prefix "$B"
 fi
 # the error is found in a later batch, after output was written: the temps still go
 python_free_big="$T/big.jsonl"
