@@ -57,6 +57,8 @@ typedef struct {
     int skip_errors;
     double log_interval;
     long long max_docs;
+    int pack;               // also write P_packed_KEY_document: the token stream cut into seq_len-token sequences
+    long seq_len;
 } Options;
 
 static const char *USAGE =
@@ -83,6 +85,9 @@ static const char *USAGE =
     "  --workers N                tokenizing threads (default: number of CPUs); output is identical for any N\n"
     "  --on-error fail|skip       on a bad document: stop (default) or skip it and count it\n"
     "  --max-docs N               stop after N documents\n"
+    "  --pack --seq-len T         also write P_packed_KEY_document.bin/.idx: all documents' tokens (with their\n"
+    "                             EOD) concatenated and cut into sequences of exactly T tokens, one per\n"
+    "                             document; the last partial sequence is dropped\n"
     "  --log-interval SECONDS     progress line interval (default 10)\n"
     "  -h, --help                 this text\n";
 
@@ -107,6 +112,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         if (!strcmp(a, "--append-eod")) { o->append_eod = 1; continue; }
         if (!strcmp(a, "--no-bos")) { o->no_bos = 1; continue; }
         if (!strcmp(a, "--special-as-text")) { o->special_as_text = 1; continue; }
+        if (!strcmp(a, "--pack")) { o->pack = 1; continue; }
         if (!strcmp(a, "--input") || !strcmp(a, "--json-keys")) {
             int keys = a[2] == 'j', n = 0;
             while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
@@ -142,6 +148,11 @@ static void parse_args(int argc, char **argv, Options *o) {
             char *end; long n = strtol(v, &end, 10);
             if (*end || n < 1 || n > 1024) usage_error("--workers must be a number from 1 to 1024, not \"%s\"", v);
             o->workers = (int)n;
+        } else if (!strcmp(a, "--seq-len")) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end || n < 1 || n > (1L << 30)) usage_error("--seq-len must be a positive number, not \"%s\"", v);
+            o->seq_len = n;
         } else if (!strcmp(a, "--max-docs")) {
             char *end; long long n = strtoll(v, &end, 10);
             if (*end || n < 1) usage_error("--max-docs must be a positive number, not \"%s\"", v);
@@ -156,12 +167,14 @@ static void parse_args(int argc, char **argv, Options *o) {
     if (!o->tokenizer) usage_error("--tokenizer is required");
     if (!o->prefix) usage_error("--output-prefix is required");
     if (o->nkeys == 0) o->keys[o->nkeys++] = "text";
+    if (o->pack && o->seq_len == 0) usage_error("--pack needs --seq-len T");
+    if (o->seq_len && !o->pack) usage_error("--seq-len is used with --pack");
 }
 
 // ----------------------------------------------------------------------------------------------
 // 2. errors and temp files
 
-static char *g_temps[MAX_KEYS * 5];
+static char *g_temps[MAX_KEYS * 10];   // five per output, two outputs per key with --pack
 static int g_ntemps;
 static volatile sig_atomic_t g_interrupted;
 static int g_progress_open;   // a '\r' progress line is on the terminal
@@ -969,6 +982,36 @@ static void builder_add(Builder *bd, const KeyPart *kp, size_t ndocs) {
     bd->ntokens += (long long)kp->nids;
 }
 
+// One sequence that is a whole document.
+static void builder_add_seq(Builder *bd, const int32_t *ids, size_t n) {
+    if (bd->itemsize == 2) {
+        grow(&bd->conv, &bd->cap_conv, n, 2);
+        uint16_t *u = bd->conv;
+        for (size_t i = 0; i < n; i++) u[i] = (uint16_t)ids[i];
+        xfwrite(u, 2, n, bd->bin, bd->tmp_bin);
+    } else xfwrite(ids, 4, n, bd->bin, bd->tmp_bin);
+    int32_t len = (int32_t)n;
+    xfwrite(&len, 4, 1, bd->lens, bd->tmp_lens);
+    int64_t s = ++bd->nseq;
+    xfwrite(&s, 8, 1, bd->docs, bd->tmp_docs);
+    bd->ndocs++;
+    bd->ntokens += (long long)n;
+}
+
+// --pack: the tokens of all documents in order, cut into sequences of exactly T; `carry` holds the
+// tokens not yet written (fewer than T between batches).
+typedef struct { Builder bd; int32_t *carry; size_t n, cap; } Packer;
+
+static void packer_add(Packer *pk, const KeyPart *kp, size_t T) {
+    grow((void **)&pk->carry, &pk->cap, pk->n + kp->nids, 4);
+    memcpy(pk->carry + pk->n, kp->ids, kp->nids * 4);
+    pk->n += kp->nids;
+    size_t at = 0;
+    for (; pk->n - at >= T; at += T) builder_add_seq(&pk->bd, pk->carry + at, T);
+    memmove(pk->carry, pk->carry + at, (pk->n - at) * 4);
+    pk->n -= at;
+}
+
 static void write_u64(FILE *f, uint64_t v, const char *path) { xfwrite(&v, 8, 1, f, path); }
 
 // The .idx: header, int32 lengths, int64 byte pointers, int64 document indices (formats.md 1.2).
@@ -1152,6 +1195,11 @@ int main(int argc, char **argv) {
 
     Builder bd[MAX_KEYS];
     for (int k = 0; k < o.nkeys; k++) builder_open(&bd[k], o.prefix, o.keys[k], itemsize);
+    Packer pk[MAX_KEYS];
+    memset(pk, 0, sizeof pk);
+    char packed_prefix[4200];
+    snprintf(packed_prefix, sizeof packed_prefix, "%s_packed", o.prefix);
+    for (int k = 0; o.pack && k < o.nkeys; k++) builder_open(&pk[k].bd, packed_prefix, o.keys[k], itemsize);
 
     Pool p;
     memset(&p, 0, sizeof p);
@@ -1184,6 +1232,7 @@ int main(int argc, char **argv) {
                       b->err_at == (size_t)-2 ? "more than 2^31 tokens" : "out of memory or a regex limit");
             }
             for (int k = 0; k < o.nkeys; k++) builder_add(&bd[k], &b->key[k], b->ndocs);
+            for (int k = 0; o.pack && k < o.nkeys; k++) packer_add(&pk[k], &b->key[k], (size_t)o.seq_len);
             pthread_mutex_lock(&p.mu);
             b->state = SLOT_FREE;
             p.next_write++;
@@ -1228,14 +1277,20 @@ int main(int argc, char **argv) {
     for (int k = 0; k < o.nkeys; k++) {
         builder_finish(&bd[k]);
         write_metadata(&bd[k], &o, &r, tok, k, tok_sha, argc, argv);
+        if (!o.pack) continue;
+        builder_finish(&pk[k].bd);
+        write_metadata(&pk[k].bd, &o, &r, tok, k, tok_sha, argc, argv);
     }
     // everything is complete: move the files into place
-    for (int k = 0; k < o.nkeys; k++) {
-        if (rename(bd[k].tmp_bin, bd[k].final_bin) || rename(bd[k].tmp_idx, bd[k].final_idx) ||
-            rename(bd[k].tmp_json, bd[k].final_json))
-            fatal("%s: cannot rename the finished output into place: %s", bd[k].final_bin, strerror(errno));
+    for (int k = 0; k < o.nkeys * (o.pack ? 2 : 1); k++) {
+        Builder *b = k < o.nkeys ? &bd[k] : &pk[k - o.nkeys].bd;
+        if (rename(b->tmp_bin, b->final_bin) || rename(b->tmp_idx, b->final_idx) || rename(b->tmp_json, b->final_json))
+            fatal("%s: cannot rename the finished output into place: %s", b->final_bin, strerror(errno));
     }
     g_ntemps = 0;
+    for (int k = 0; o.pack && k < o.nkeys; k++)
+        fprintf(stderr, "prepro: --pack: %lld sequences of %ld tokens -> %s; the last %zu tokens (less than --seq-len) were dropped\n",
+                pk[k].bd.nseq, o.seq_len, pk[k].bd.final_bin, pk[k].n);
 
     double secs = now_sec() - t0;
     uint64_t bytes = r.bytes_done + r.src.bytes;
@@ -1249,7 +1304,10 @@ int main(int argc, char **argv) {
             o.nkeys > 1 ? " (and the other keys)" : "");
     for (int i = 0; i < p.nslots; i++) batch_free(&p.slots[i]);
     free(p.slots); free(threads);
-    for (int k = 0; k < o.nkeys; k++) free(bd[k].conv);
+    for (int k = 0; k < o.nkeys; k++) {
+        free(bd[k].conv);
+        free(pk[k].bd.conv); free(pk[k].carry);
+    }
     for (int i = 0; i < r.nfiles; i++) free(r.files[i]);
     free(r.files); free(r.formats); free(r.scratch.data);
     free(g_fields.buf.data); free(g_fields.off); free(g_fields.len);

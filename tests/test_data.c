@@ -293,6 +293,20 @@ static void test_prepro_readback(void) {
     tokenizer_state_free(st);
     tokenizer_free(tok);
     printf("prepro output read back: ok (%d documents)\n", d);
+
+    /* --pack --seq-len 7: the same token stream cut into 7-token documents, the tail dropped */
+    rc = system("./prepro/prepro --input tests/tmp/rb.jsonl --tokenizer data/gpt2_tokenizer.json "
+                "--output-prefix tests/tmp/rb --append-eod --pack --seq-len 7 2> /dev/null");
+    CHECK(rc == 0, "prepro --pack exit %d", rc);
+    IndexedDataset doc, pk;
+    CHECK(indexed_dataset_open(&doc, "tests/tmp/rb_text_document", err, sizeof(err)) == 0, "%s", err);
+    CHECK(indexed_dataset_open(&pk, "tests/tmp/rb_packed_text_document", err, sizeof(err)) == 0, "%s", err);
+    int64_t total = (int64_t)(doc.bin_size / doc.itemsize);
+    CHECK((int64_t)pk.num_docs == total / 7, "%llu packed sequences for %lld tokens", (unsigned long long)pk.num_docs, (long long)total);
+    for (uint64_t i = 0; i < pk.num_docs; i++) CHECK(pk.doc_len[i] == 7, "packed sequence %llu has %lld tokens", (unsigned long long)i, (long long)pk.doc_len[i]);
+    for (int64_t i = 0; i < total / 7 * 7; i++) CHECK(indexed_dataset_token(&pk, i) == indexed_dataset_token(&doc, i), "packed token %lld", (long long)i);
+    indexed_dataset_close(&doc); indexed_dataset_close(&pk);
+    printf("prepro --pack: ok (%lld tokens -> %lld sequences of 7)\n", (long long)total, (long long)(total / 7));
 }
 
 int main(void) {
