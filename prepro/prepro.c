@@ -1218,6 +1218,13 @@ int main(int argc, char **argv) {
 
     int tty = isatty(2);
     double last_log = t0;
+    // the input size, for an ETA (unknown when an input is compressed: progress counts decompressed bytes)
+    double total_bytes = 0;
+    for (int i = 0; i < r.nfiles && total_bytes >= 0; i++) {
+        struct stat st;
+        if (has_suffix(r.files[i], ".gz") || has_suffix(r.files[i], ".zst") || stat(r.files[i], &st) != 0) total_bytes = -1;
+        else total_bytes += (double)st.st_size;
+    }
     int input_done = 0;
     long long docs_limit = o.max_docs > 0 ? o.max_docs : -1;
     pthread_mutex_lock(&p.mu);
@@ -1253,8 +1260,12 @@ int main(int argc, char **argv) {
                 char dd[32], tt[32];
                 human_count((double)r.docs_read, dd, sizeof dd);
                 human_count((double)bd[0].ntokens, tt, sizeof tt);
-                fprintf(stderr, "%sprepro: %.1f MB read, %s documents, %s tokens, %.1f MB/s%s", tty ? "\r" : "",
-                        bytes / 1e6, dd, tt, bytes / 1e6 / (t - t0), tty ? "   " : "\n");
+                double rate = bytes / (t - t0);
+                char eta[48] = "";
+                if (total_bytes > 0 && rate > 0 && bytes <= total_bytes)
+                    snprintf(eta, sizeof eta, ", %.0f%%, ETA %.0f s", 100.0 * bytes / total_bytes, (total_bytes - bytes) / rate);
+                fprintf(stderr, "%sprepro: %.1f MB read, %s documents, %s tokens, %.1f MB/s%s%s", tty ? "\r" : "",
+                        bytes / 1e6, dd, tt, rate / 1e6, eta, tty ? "   " : "\n");
                 g_progress_open = tty;
                 last_log = t;
             }
