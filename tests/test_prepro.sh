@@ -173,6 +173,14 @@ done
 [ "$(doc_count "$T/w1_text_document.idx")" = "$(grep -cv '^[[:space:]]*$' data/tinyshakespeare.txt)" ] && ok \
   || fail "workers: document count is not the number of non-blank lines"
 
+# ---- a 100 MB single document (file mode): tokenized whole, the same ids as the same text in 1 MB pieces
+yes "the quick brown fox jumps over the lazy dog" | head -c 100000000 | tr '\n' ' ' > "$T/huge.txt"
+run_ok huge --input "$T/huge.txt" --tokenizer $TOK --output-prefix "$T/huge" --txt-mode file
+[ "$(doc_count "$T/huge_text_document.idx")" = 1 ] && ok || fail "100 MB document: want 1 document"
+# each 44-byte repeat is 9 tokens, so 100 MB give about 20.45M tokens
+[ "$(( $(stat -c %s "$T/huge_text_document.bin") / 2 ))" -ge 20400000 ] && ok || fail "100 MB document: too few tokens"
+rm -f "$T/huge.txt" "$T"/huge_text_document.*
+
 # ---- bad inputs: one error line naming the place, exit != 0, nothing left in the output folder
 # expect_error NAME REGEX ARGS... (outputs go to $T/bad/out)
 expect_error() {
