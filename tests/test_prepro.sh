@@ -173,7 +173,7 @@ done
 [ "$(doc_count "$T/w1_text_document.idx")" = "$(grep -cv '^[[:space:]]*$' data/tinyshakespeare.txt)" ] && ok \
   || fail "workers: document count is not the number of non-blank lines"
 
-# ---- a 100 MB single document (file mode): tokenized whole, the same ids as the same text in 1 MB pieces
+# ---- a 100 MB single document (file mode) is tokenized whole
 yes "the quick brown fox jumps over the lazy dog" | head -c 100000000 | tr '\n' ' ' > "$T/huge.txt"
 run_ok huge --input "$T/huge.txt" --tokenizer $TOK --output-prefix "$T/huge" --txt-mode file
 [ "$(doc_count "$T/huge_text_document.idx")" = 1 ] && ok || fail "100 MB document: want 1 document"
