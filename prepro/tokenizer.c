@@ -1451,6 +1451,9 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
     sb->len = 0;
     const char *s = piece_ptr(st, p);
     size_t pos = 0, prev = 0, ms, me;
+    // Isolated and Removed segments do not interact, so a long piece is passed on in runs of segments and
+    // memory stays bounded however long the document; the other behaviors merge neighbours, so they wait.
+    int streaming = behavior == SPLIT_ISOLATED || behavior == SPLIT_REMOVED;
     while (pos < p.len) {
         int r = regex_find(st, ri, s, p.len, pos, &ms, &me);
         if (r < 0) return;
@@ -1459,6 +1462,12 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
         if (seg_push(sb, ms, me - ms, !invert)) { st->error = 1; return; }
         prev = me;
         pos = me > ms ? me : ms + (size_t)utf8_len((unsigned char)s[ms]);
+        if (streaming && sb->len >= 4096) {
+            emit_segs(t, st, level, p, sb, behavior);
+            if (st->error) return;
+            sb->len = 0;
+            s = piece_ptr(st, p);   // the arena may have moved while the segments were processed
+        }
     }
     if (prev < p.len && seg_push(sb, prev, p.len - prev, invert)) { st->error = 1; return; }
     emit_segs(t, st, level, p, sb, behavior);
