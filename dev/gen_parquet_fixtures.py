@@ -292,6 +292,17 @@ def main():
     pg = ps.index(g1[0]) - sum(1 for p in ps if p[0] == 0)
     next_error("bad_bit_width.parquet", "row group 1, page %d: dictionary index bit width 40 is over 32" % pg)
 
+    # page checksums: a changed byte in a page's data is caught
+    crc = write("small_crc_zstd_v2.parquet", pa.table({"text": pa.array(opt[:60], pa.string())}), compression="zstd",
+                data_page_version="2.0", row_group_size=20, write_page_checksum=True)
+    cases.append({"file": crc, "column": "text", "expect": "values_nulls.jsonl", "count": 60})
+    ps = pages(fixture_path(crc), "text")
+    g2 = [p for p in ps if p[0] == 2]
+    b = bytearray(open(fixture_path(crc), "rb").read())
+    b[g2[1][4] + g2[1][5] + g2[1][6] - 1] ^= 1              # the last byte of row group 2's data page
+    open(fixture_path("bad_checksum.parquet"), "wb").write(b)
+    next_error("bad_checksum.parquet", "row group 2, page 1: page checksum mismatch")
+
     with open(fixture_path("cases.json"), "w") as f:
         json.dump({"cases": cases}, f, indent=1, ensure_ascii=False)
         f.write("\n")

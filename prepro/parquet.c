@@ -6,6 +6,8 @@
  * A column chunk is a sequence of pages, each a thrift PageHeader followed by its (compressed) bytes:
  * at most one dictionary page first, then data pages.
  *
+ * Page checksums (CRC-32), where the writer stored them, are checked.
+ *
  * Reading order:
  *   1. format constants, errors, small helpers
  *   2. the thrift compact protocol decoder (bounds-checked; errors are sticky)
@@ -609,6 +611,7 @@ static int delta_len(ParquetReader *r, Delta *d, const char *what, size_t *len) 
 typedef struct {
     int type;
     int32_t usize, csize;
+    int has_crc; uint32_t crc;                       // CRC-32 of the page as stored
     int32_t num_values, encoding, def_encoding;      // data page v1 / dictionary page
     int32_t num_nulls, def_len, rep_len, compressed; // data page v2
 } PageHeader;
@@ -621,6 +624,7 @@ static void parse_page_header(Thrift *t, PageHeader *h) {
         if (id == 1) h->type = th_i32(t, type);
         else if (id == 2) h->usize = th_i32(t, type);
         else if (id == 3) h->csize = th_i32(t, type);
+        else if (id == 4) { h->crc = (uint32_t)th_i32(t, type); h->has_crc = 1; }
         else if ((id == 5 || id == 7 || id == 8) && type == CT_STRUCT) {
             int slast = 0, st, sid;
             while (th_field(t, &slast, &st, &sid)) {
@@ -779,6 +783,9 @@ static int next_page(ParquetReader *r) {
         if (read_page_header(r, &h, &hlen) < 0) return -1;
         if (reserve(r, &r->raw, &r->raw_cap, (size_t)h.csize + 1) < 0 || read_at(r, r->raw, (size_t)h.csize, r->pos + hlen) < 0) return -1;
         r->pos += hlen + h.csize;
+        if (h.has_crc && (uint32_t)crc32(0, r->raw, (uInt)h.csize) != h.crc)
+            return fail(r, "page checksum mismatch (CRC-32 %08x, the header says %08x): the page is corrupt",
+                        (unsigned)crc32(0, r->raw, (uInt)h.csize), h.crc);
         int codec = r->chunks[r->rg].codec;
         if (h.type == PAGE_DICTIONARY) {
             if (h.num_values < 0 || h.encoding < 0) return fail(r, "dictionary page header is incomplete");

@@ -14,7 +14,7 @@
  * The column must be a top-level BYTE_ARRAY column (string / binary / large_string in Arrow terms),
  * required or optional. Supported: data pages v1 and v2, dictionary pages; encodings PLAIN,
  * PLAIN_DICTIONARY / RLE_DICTIONARY, DELTA_LENGTH_BYTE_ARRAY and DELTA_BYTE_ARRAY; RLE definition
- * levels; codecs UNCOMPRESSED, SNAPPY, GZIP and ZSTD. Row groups are read one page at a time: memory
+ * levels; codecs UNCOMPRESSED, SNAPPY, GZIP and ZSTD; page CRC-32 checksums where present. Row groups are read one page at a time: memory
  * is one page (compressed and uncompressed) plus the column chunk's dictionary.
  *
  * Link with -lsnappy -lzstd -lz (Debian: libsnappy-dev libzstd-dev zlib1g-dev).

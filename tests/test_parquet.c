@@ -1,6 +1,6 @@
 // The Parquet reader vs fixtures from pyarrow (dev/gen_parquet_fixtures.py): every value of every file,
 // the error messages of broken files, and files damaged at random (no crash, no hang, one-line errors).
-// Run from the repository root.
+// Run from the repository root; PARQUET_FUZZ=100 damages files 100 times as often.
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -150,7 +150,8 @@ static void check_next_error(const char *path, const char *column, const char *m
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint64_t rng(void) { rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17; return rng_state; }
 
-static long outcomes[3];   // opened and read to the end, failed at open, failed while reading
+static long outcomes[3];
+static int rounds = 1;     // PARQUET_FUZZ=N: N times as many random damages (and a seed of N)   // opened and read to the end, failed at open, failed while reading
 
 static void try_damaged(const uint8_t *data, size_t n, const char *column, long max_values, const char *what) {
     char err[512];
@@ -186,14 +187,14 @@ static void fuzz(const char *name, const char *column, long rows) {
     long max_values = 4 * rows + 1000;
     char what[600];
     // random bytes changed anywhere, 1 to 4 at a time
-    for (int k = 0; k < 400; k++) {
+    for (int k = 0; k < 400 * rounds; k++) {
         memcpy(d, good, n);
         for (int j = 1 + (int)(rng() % 4); j > 0; j--) d[rng() % n] = (uint8_t)rng();
         snprintf(what, sizeof what, "%s with random bytes changed (%d)", name, k);
         try_damaged(d, n, column, max_values, what);
     }
     // random bytes changed in the footer only
-    for (int k = 0; k < 300 && flen > 0 && flen < n - 8; k++) {
+    for (int k = 0; k < 300 * rounds && flen > 0 && flen < n - 8; k++) {
         memcpy(d, good, n);
         for (int j = 1 + (int)(rng() % 3); j > 0; j--) d[n - 8 - flen + rng() % flen] = (uint8_t)rng();
         snprintf(what, sizeof what, "%s with footer bytes changed (%d)", name, k);
@@ -223,6 +224,7 @@ int main(void) {
     json_t *root = json_load_file(DIR "cases.json", 0, &e);
     if (!root) { fprintf(stderr, "FAIL: " DIR "cases.json: %s (run dev/gen_parquet_fixtures.py)\n", e.text); return 1; }
     mkdir("tests/tmp", 0777);
+    if (getenv("PARQUET_FUZZ")) { rounds = atoi(getenv("PARQUET_FUZZ")); rng_state += (uint64_t)rounds; if (rounds < 1) rounds = 1; }
     json_t *cases = json_object_get(root, "cases"), *c;
     size_t i;
     json_array_foreach(cases, i, c) {
