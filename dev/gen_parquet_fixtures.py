@@ -262,7 +262,7 @@ def main():
     mid = len(good) // 3
     assert mid + 300 < fstart
     open(fixture_path("cut_middle.parquet"), "wb").write(good[:mid] + good[mid + 300:])
-    open_error("cut_middle.parquet", "text", "lies outside the data")
+    open_error("cut_middle.parquet", "text", "row group 2: the column chunk (500 bytes at byte 964) lies outside the data")
 
     # ---- errors while reading (the footer is fine)
     def next_error(name, msg):

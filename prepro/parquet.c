@@ -379,7 +379,7 @@ static void parse_column_meta(Thrift *t, Chunk *c, int *type, int *path_ok, cons
 static int parse_footer(ParquetReader *r, const uint8_t *footer, size_t n, const char *column, int64_t data_end) {
     Thrift t = {.start = footer, .p = footer, .end = footer + n};
     SchemaElement *schema = NULL;
-    int64_t nschema = 0, num_rows = -1, leaf = -1, nleaves = 0;
+    int64_t nschema = 0, num_rows = -1, leaf = -1, nleaves = 0, total = 0;
     int last = 0, type, id, elem, rc = -1, found = 0;
     while (th_field(&t, &last, &type, &id)) {
         if (id == 2 && !schema) {
@@ -426,9 +426,10 @@ static int parse_footer(ParquetReader *r, const uint8_t *footer, size_t n, const
                 goto done;
             }
         } else if (id == 3) num_rows = th_int(&t, type);
-        else if (id == 4 && schema) {
+        else if (id == 4 && schema && !r->chunks) {
             uint64_t ngroups = th_list(&t, type, &elem);
             if (!t.err && elem != CT_STRUCT) th_fail(&t, "row_groups is not a list of structs", 0);
+            if (ngroups > INT32_MAX) { fail(r, "footer: %llu row groups", (unsigned long long)ngroups); goto done; }
             r->chunks = calloc(ngroups + 1, sizeof *r->chunks);
             if (!r->chunks) { fail(r, "out of memory reading the footer"); goto done; }
             for (uint64_t g = 0; g < ngroups && !t.err; g++) {
@@ -466,20 +467,19 @@ static int parse_footer(ParquetReader *r, const uint8_t *footer, size_t n, const
                          (long long)k, c->codec >= 0 && c->codec <= CODEC_LZ4_RAW ? CODEC_NAMES[c->codec] : "unknown");
                     goto done;
                 }
-                if (c->num_values != rg_rows || rg_rows < 0) { fail(r, "footer: row group %lld has %lld rows but the column %lld values", (long long)k, (long long)rg_rows, (long long)c->num_values); goto done; }
+                if (c->num_values != rg_rows || rg_rows < 0 || rg_rows > INT64_MAX - total) { fail(r, "footer: row group %lld has %lld rows but the column %lld values", (long long)k, (long long)rg_rows, (long long)c->num_values); goto done; }
                 if (c->num_values > 0 && (c->start < 4 || c->size < 0 || c->start > data_end || c->size > data_end - c->start)) {
-                    fail(r, "footer: row group %lld: the column chunk (bytes %lld..%lld) lies outside the data (4..%lld); the file is cut short or corrupt",
-                         (long long)k, (long long)c->start, (long long)(c->start + c->size), (long long)data_end);
+                    fail(r, "footer: row group %lld: the column chunk (%lld bytes at byte %lld) lies outside the data (bytes 4..%lld); the file is cut short or corrupt",
+                         (long long)k, (long long)c->size, (long long)c->start, (long long)data_end);
                     goto done;
                 }
+                total += rg_rows;
             }
         } else th_skip(&t, type);
     }
     if (t.err) { fail(r, "corrupt footer (thrift FileMetaData, byte %ld of %zu): %s", t.err_at, n, t.err); goto done; }
     if (!schema) { fail(r, "corrupt footer: no schema"); goto done; }
     if (!r->chunks) { fail(r, "corrupt footer: no row groups"); goto done; }
-    int64_t total = 0;
-    for (int g = 0; g < r->nchunks; g++) total += r->chunks[g].num_values;
     if (num_rows != total) { fail(r, "footer: num_rows is %lld but the row groups hold %lld", (long long)num_rows, (long long)total); goto done; }
     r->num_rows = num_rows;
     rc = 0;
