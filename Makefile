@@ -6,8 +6,8 @@
 CC      ?= gcc
 OPT     ?= -O3 -march=native
 CFLAGS  += $(OPT) -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -fopenmp -D_GNU_SOURCE
-LDLIBS  += -lm -ljansson -lpcre2-8 -lz -lzstd
-DEB_PKGS = gcc make libpcre2-dev libjansson-dev zlib1g-dev libzstd-dev libgomp1
+LDLIBS  += -lm -ljansson -lpcre2-8 -lz -lzstd -lsnappy
+DEB_PKGS = gcc make libpcre2-dev libjansson-dev zlib1g-dev libzstd-dev libsnappy-dev libgomp1
 
 TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h prepro/unicode_tables.h
 
@@ -31,8 +31,10 @@ deps:
 train: train.c train_common.h llmtrain.h $(TOKENIZER)
 	$(CC) $(CFLAGS) -o $@ train.c prepro/tokenizer.c $(LDLIBS)
 
-prepro/prepro: prepro/prepro.c $(TOKENIZER)
-	$(CC) $(CFLAGS) -o $@ prepro/prepro.c prepro/tokenizer.c $(LDLIBS)
+PARQUET = prepro/parquet.c prepro/parquet.h
+
+prepro/prepro: prepro/prepro.c $(TOKENIZER) $(PARQUET)
+	$(CC) $(CFLAGS) -o $@ prepro/prepro.c prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
 
 # ---- the default run: bundled corpus -> .bin/.idx -> a small GPT-2 on the CPU -> sample
 RUN_DIR ?= out/run
@@ -50,11 +52,11 @@ train_gpu: train_gpu.cu train_common.h llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
-TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer
+TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer tests/bin/test_parquet
 
-tests/bin/%: tests/%.c llmtrain.h $(TOKENIZER)
+tests/bin/%: tests/%.c llmtrain.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p tests/bin
-	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
 
 tests/bin/st_maxdiff: tests/tools/st_maxdiff.c llmtrain.h
 	@mkdir -p tests/bin

@@ -31,6 +31,7 @@
 #include <zstd.h>
 
 #include "tokenizer.h"
+#include "parquet.h"
 
 // ----------------------------------------------------------------------------------------------
 // 1. options
@@ -38,7 +39,7 @@
 #define MAX_KEYS 16
 #define MAX_INPUTS 256
 
-enum { FMT_AUTO, FMT_TXT, FMT_JSONL, FMT_JSON, FMT_CSV };
+enum { FMT_AUTO, FMT_TXT, FMT_JSONL, FMT_JSON, FMT_CSV, FMT_PARQUET };
 enum { TXT_FILE, TXT_LINE, TXT_PARAGRAPH };
 
 typedef struct {
@@ -65,7 +66,8 @@ static const char *USAGE =
     "usage: prepro --input FILE|DIR [FILE|DIR ...] --tokenizer tokenizer.json --output-prefix P [options]\n"
     "\n"
     "Tokenizes text into Megatron MMIDIDX files P_KEY_document.bin/.idx (+ P_KEY_document.json metadata).\n"
-    "Inputs: .txt, .jsonl, .json (array of objects), .csv, each optionally .gz or .zst; a directory is searched\n"
+    "Inputs: .txt, .jsonl, .json (array of objects), .csv, each optionally .gz or .zst, and .parquet (string\n"
+    "columns named by --json-keys); a directory is searched\n"
     "recursively for those (sorted by path; hidden files and *_document.json sidecars are left out).\n"
     "\n"
     "  --input PATH ...           input files or directories (the flag may repeat)\n"
@@ -79,7 +81,7 @@ static const char *USAGE =
     "  --txt-mode file|line|paragraph  .txt documents: the whole file, each non-blank line, or blocks\n"
     "                             separated by blank lines (default: paragraph)\n"
     "  --csv-column NAME          .csv column holding the text (default: the key)\n"
-    "  --format txt|jsonl|json|csv  read every input as this format instead of by extension\n"
+    "  --format txt|jsonl|json|csv|parquet  read every input as this format instead of by extension\n"
     "  --no-bos                   do not add the tokens the tokenizer's post-processor adds (BOS)\n"
     "  --special-as-text          tokenize special-token strings in the text (\"<|endoftext|>\") as text\n"
     "  --workers N                tokenizing threads (default: number of CPUs); output is identical for any N\n"
@@ -139,6 +141,7 @@ static void parse_args(int argc, char **argv, Options *o) {
             else if (!strcmp(v, "jsonl")) o->format = FMT_JSONL;
             else if (!strcmp(v, "json")) o->format = FMT_JSON;
             else if (!strcmp(v, "csv")) o->format = FMT_CSV;
+            else if (!strcmp(v, "parquet")) o->format = FMT_PARQUET;
             else usage_error("--format must be txt, jsonl, json or csv, not \"%s\"", v);
         } else if (!strcmp(a, "--on-error")) {
             if (!strcmp(v, "fail")) o->skip_errors = 0;
@@ -376,6 +379,8 @@ typedef struct {
     // json array
     int json_state;          // 0: before '[', 1: inside, 2: done
     int txt_file_done;       // --txt-mode file: the open file's document was read
+    ParquetReader *pq[MAX_KEYS];   // .parquet: one reader per key (column), read row by row in step
+    long pq_row;
     long json_line; long json_col;   // position of src.pos
     // counters
     long long docs_read, errors_skipped, errors_shown;
@@ -383,7 +388,9 @@ typedef struct {
     Bytes scratch;
 } Reader;
 
-static const char *fmt_name(int f) { return f == FMT_TXT ? "txt" : f == FMT_JSONL ? "jsonl" : f == FMT_JSON ? "json" : "csv"; }
+static const char *fmt_name(int f) {
+    return f == FMT_TXT ? "txt" : f == FMT_JSONL ? "jsonl" : f == FMT_JSON ? "json" : f == FMT_CSV ? "csv" : "parquet";
+}
 
 // Format from the file name: .txt .jsonl .ndjson .json .csv (a trailing .gz or .zst is looked through).
 static int format_of(const char *path) {
@@ -399,6 +406,7 @@ static int format_of(const char *path) {
     if (!strcasecmp(dot, ".jsonl") || !strcasecmp(dot, ".ndjson")) return FMT_JSONL;
     if (!strcasecmp(dot, ".json")) return FMT_JSON;
     if (!strcasecmp(dot, ".csv")) return FMT_CSV;
+    if (!strcasecmp(dot, ".parquet") && strlen(name) == n) return FMT_PARQUET;   // (never compressed as a whole)
     return FMT_AUTO;
 }
 
@@ -460,7 +468,7 @@ static void reader_init(Reader *r, const Options *o) {
     r->formats = xmalloc(sizeof(int) * (size_t)r->nfiles);
     for (int i = 0; i < r->nfiles; i++) {
         int f = o->format ? o->format : format_of(r->files[i]);
-        if (f == FMT_AUTO) fatal("%s: unknown input format (use .txt, .jsonl, .json, .csv or --format)", r->files[i]);
+        if (f == FMT_AUTO) fatal("%s: unknown input format (use .txt, .jsonl, .json, .csv, .parquet or --format)", r->files[i]);
         if ((f == FMT_TXT || f == FMT_CSV) && o->nkeys != 1)
             fatal("%s: .%s input has one text field, but %d --json-keys were given", r->files[i], fmt_name(f), o->nkeys);
         r->formats[i] = f;
@@ -806,6 +814,50 @@ static int next_csv(Reader *r, Batch *b) {
 }
 
 // Adds the next document to b; 0 when every input is done.
+// .parquet: row i of the file is a document; key k's text is column keys[k] (--csv-column for a single
+// key). A null value is an empty text. Rows are reported as "FILE:ROW" (counted from 1).
+static int next_parquet(Reader *r, Batch *b) {
+    const char *path = r->files[r->cur];
+    char err[600];
+    if (!r->pq[0]) {
+        for (int k = 0; k < r->o->nkeys; k++) {
+            const char *col = r->o->nkeys == 1 && r->o->csv_column ? r->o->csv_column : r->o->keys[k];
+            r->pq[k] = parquet_open(path, col, err, sizeof err);
+            if (!r->pq[k]) fatal("%s", err);
+        }
+        r->pq_row = 0;
+    }
+    const char *s[MAX_KEYS];
+    size_t len[MAX_KEYS];
+    long row;
+    for (int bad = 1; bad;) {   // (with --on-error skip, rows with invalid UTF-8 are passed over)
+        for (int k = 0; k < r->o->nkeys; k++) {
+            int rc = parquet_next(r->pq[k], &s[k], &len[k], err, sizeof err);
+            if (rc < 0) fatal("%s", err);
+            if (rc == 0) return 0;
+        }
+        row = ++r->pq_row;
+        bad = 0;
+        for (int k = 0; k < r->o->nkeys && !bad; k++) {
+            size_t ok = s[k] ? utf8_valid_prefix(s[k], len[k]) : 0;
+            if (s[k] && ok != len[k]) {
+                doc_error(r, "%s:%ld: column \"%s\": invalid UTF-8 at byte %zu (0x%02X)", path, row, r->o->keys[k], ok + 1, (unsigned char)s[k][ok]);
+                bad = 1;
+            }
+        }
+    }
+    batch_begin_doc(b, r, row);
+    for (int k = 0; k < r->o->nkeys; k++) if (s[k]) batch_add_seg(b, k, s[k], len[k]);
+    batch_end_doc(b, r);
+    return 1;
+}
+
+static void parquet_done(Reader *r) {
+    struct stat st;
+    if (stat(r->files[r->cur], &st) == 0) r->bytes_done += (uint64_t)st.st_size;   // for the progress line
+    for (int k = 0; k < MAX_KEYS; k++) if (r->pq[k]) { parquet_close(r->pq[k]); r->pq[k] = NULL; }
+}
+
 static int reader_next(Reader *r, Batch *b) {
     for (;;) {
         if (r->cur >= 0) {
@@ -815,16 +867,18 @@ static int reader_next(Reader *r, Batch *b) {
             case FMT_JSONL: got = next_jsonl(r, b); break;
             case FMT_JSON: got = next_json(r, b); break;
             case FMT_CSV: got = next_csv(r, b); break;
+            case FMT_PARQUET: got = next_parquet(r, b); break;
             }
             if (got) return 1;
+            if (r->fmt == FMT_PARQUET) parquet_done(r);
             r->bytes_done += r->src.bytes;
             r->src.bytes = 0;
             src_close(&r->src);
         }
         if (r->cur + 1 >= r->nfiles) return 0;
         r->cur++;
-        src_open(&r->src, r->files[r->cur]);
         r->fmt = r->formats[r->cur];
+        if (r->fmt != FMT_PARQUET) src_open(&r->src, r->files[r->cur]);
         r->csv_col = -1;
         r->json_state = 0; r->json_line = 1; r->json_col = 1;
         r->txt_file_done = 0;

@@ -128,6 +128,20 @@ else
   echo "skip .zst checks: no zstd command to make the input"
 fi
 
+# ---- .parquet (a string column; snappy/zstd/gzip pages, dictionary and plain encodings): the same files
+# as a .jsonl of the same values (the fixture's expected values are one JSON string per line)
+PQ=tests/fixtures/parquet
+sed 's/^/{"text": /; s/$/}/' $PQ/values_required.jsonl > "$T/pq_equiv.jsonl"
+run_ok pq_equiv --input "$T/pq_equiv.jsonl" --tokenizer $TOK --output-prefix "$T/pqe" --append-eod
+for f in dict_gzip_v1_required plain_zstd_v1_required; do
+  run_ok "pq_$f" --input $PQ/$f.parquet --tokenizer $TOK --output-prefix "$T/pq_$f" --append-eod
+  same "parquet $f" "$T/pqe_text_document.bin" "$T/pq_${f}_text_document.bin"
+  same "parquet $f" "$T/pqe_text_document.idx" "$T/pq_${f}_text_document.idx"
+done
+# nulls are empty documents: skipped and counted
+run_ok pq_nulls --input $PQ/dict_snappy_v1.parquet --tokenizer $TOK --output-prefix "$T/pqn" --append-eod
+grep -q "empty skipped" "$T/pq_nulls.err" && ! grep -q " 0 empty skipped" "$T/pq_nulls.err" && ok || fail "parquet nulls not counted: $(tail -1 "$T/pq_nulls.err")"
+
 # ---- a directory: files in path order; several keys give one output each
 mkdir -p "$T/dir/sub"
 printf '{"text": "Hi", "title": "One"}\n' > "$T/dir/b.jsonl"
@@ -237,6 +251,9 @@ if command -v zstd > /dev/null; then
   printf '{"text": "plain"}\n' > "$T/plain.jsonl.zst"
   expect_error zst_not_zstd "^prepro: $T/plain.jsonl.zst: zstd data is damaged" --input "$T/plain.jsonl.zst" --tokenizer $TOK --output-prefix "$B"
 fi
+expect_error parquet_column "^prepro: $PQ/plain_none_v1.parquet: no column \"body\" \(columns: " --input $PQ/plain_none_v1.parquet --tokenizer $TOK --output-prefix "$B" --json-keys body
+expect_error parquet_cut "^prepro: $PQ/truncated.parquet: " --input $PQ/truncated.parquet --tokenizer $TOK --output-prefix "$B"
+expect_error parquet_footer "^prepro: $PQ/corrupt_footer.parquet: " --input $PQ/corrupt_footer.parquet --tokenizer $TOK --output-prefix "$B"
 # the error is found in a later batch, after output was written: the temps still go
 python_free_big="$T/big.jsonl"
 for i in $(seq 1 3000); do printf '{"text": "document number %d with some words in it"}\n' "$i"; done > "$python_free_big"
