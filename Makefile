@@ -54,7 +54,7 @@ train_gpu: train_gpu.cu train_common.h llmtrain.h $(TOKENIZER)
 # ---- tests
 TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer tests/bin/test_parquet
 
-tests/bin/%: tests/%.c llmtrain.h $(TOKENIZER) $(PARQUET)
+tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
 

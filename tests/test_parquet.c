@@ -13,28 +13,7 @@
 #define DIR "tests/fixtures/parquet/"
 #define TMP "tests/tmp/parquet_damaged.parquet"
 
-static int failures = 0, checks = 0;
-
-static void failf(const char *fmt, ...) {
-    va_list ap; va_start(ap, fmt);
-    fprintf(stderr, "FAIL: "); vfprintf(stderr, fmt, ap); fprintf(stderr, "\n");
-    va_end(ap);
-    failures++;
-}
-
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) { fclose(f); free(buf); return NULL; }
-    fclose(f);
-    buf[len] = 0;
-    *n = (size_t)len;
-    return buf;
-}
+#include "test_util.h"
 
 static int write_file(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
