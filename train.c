@@ -88,19 +88,8 @@ int main(int argc, char **argv) {
     /* weights: resumed, continued from HF weights, or fresh */
     TrainState ts;
     int resumed = start_weights(&m, &ts, &dl, &a, &cfg, world, main_rank);
-    Tokenizer *tok = NULL;
-    if (a.tokenizer) {
-        tok = tokenizer_load(a.tokenizer, err, sizeof(err));
-        if (!tok) die("%s", err);
-    }
-    FILE *logf = NULL;
-    if (a.out && main_rank) {
-        if (mkdir(a.out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", a.out, strerror(errno));
-        char path[1200];
-        snprintf(path, sizeof(path), "%s/log.jsonl", a.out);
-        logf = fopen(path, resumed ? "a" : "w");
-        if (!logf) die("%s: cannot write: %s", path, strerror(errno));
-    }
+    Tokenizer *tok = open_tokenizer(&a);
+    FILE *logf = main_rank ? open_run_log(&a, resumed) : NULL;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 

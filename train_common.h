@@ -387,4 +387,24 @@ static int start_weights(Model *m, TrainState *ts, DataLoader *dl, const Args *a
     return resumed;
 }
 
+/* --tokenizer, for samples and checkpoints (NULL without the flag). */
+static Tokenizer *open_tokenizer(const Args *a) {
+    if (!a->tokenizer) return NULL;
+    char err[1024];
+    Tokenizer *tok = tokenizer_load(a->tokenizer, err, sizeof(err));
+    if (!tok) die("%s", err);
+    return tok;
+}
+
+/* OUT/log.jsonl: one JSON object per step and per evaluation; a resumed run appends. NULL without --out. */
+static FILE *open_run_log(const Args *a, int resumed) {
+    if (!a->out) return NULL;
+    if (mkdir(a->out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", a->out, strerror(errno));
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/log.jsonl", a->out);
+    FILE *f = fopen(path, resumed ? "a" : "w");
+    if (!f) die("%s: cannot write: %s", path, strerror(errno));
+    return f;
+}
+
 #endif /* TRAIN_COMMON_H */
