@@ -506,6 +506,9 @@ int model_config_preset(ModelConfig *c, const char *name) {
     return 0;
 }
 
+/* A count or id read from JSON: a whole number in [0, 2^30] (larger ones do not fit the int fields). */
+static int int_in_range(double x) { return x >= 0 && x <= 1073741824.0 && x == floor(x); }
+
 /* Reads an optional number; returns 0 when present and numeric, 1 when absent, -1 when of the wrong type. */
 static int json_num(json_t *obj, const char *key, double *out) {
     json_t *v = json_object_get(obj, key);
@@ -543,6 +546,9 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
             if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, names[i], type); return -1; }
             val[i] = defs[i];
         }
+        if (i < 6 && !int_in_range(val[i])) {
+            snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^30, not %g", file, names[i], val[i]); return -1;
+        }
     }
     c->vocab_size = (int)val[0]; c->max_seq_len = (int)val[1]; c->n_layer = (int)val[2];
     c->n_embd = (int)val[3]; c->n_head = (int)val[4]; c->d_ff = (int)val[5]; c->norm_eps = (float)val[6];
@@ -557,8 +563,14 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
             snprintf(err, errlen, "%s: activation_function must be \"gelu_new\" (tanh GELU)", file); return -1;
         }
     } else {
-        if (json_num(root, "num_key_value_heads", &x) == 0) c->n_kv_head = (int)x;
-        if (json_num(root, "head_dim", &x) == 0) c->head_dim = (int)x;
+        if (json_num(root, "num_key_value_heads", &x) == 0) {
+            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"num_key_value_heads\" must be a whole number from 0 to 2^30", file); return -1; }
+            c->n_kv_head = (int)x;
+        }
+        if (json_num(root, "head_dim", &x) == 0) {
+            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"head_dim\" must be a whole number from 0 to 2^30", file); return -1; }
+            c->head_dim = (int)x;
+        }
         else if (family == FAMILY_QWEN3 && !json_object_get(root, "head_dim")) c->head_dim = 128;
         json_t *act = json_object_get(root, "hidden_act");
         if (act && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
@@ -585,7 +597,8 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
                 json_num(rs, "factor", &f); json_num(rs, "low_freq_factor", &lo);
                 json_num(rs, "high_freq_factor", &hi); json_num(rs, "original_max_position_embeddings", &om);
                 c->rope_factor = (float)f; c->rope_low_freq_factor = (float)lo;
-                c->rope_high_freq_factor = (float)hi; c->rope_orig_max_pos = (int)om;
+                c->rope_high_freq_factor = (float)hi;
+                c->rope_orig_max_pos = int_in_range(om) ? (int)om : 0;   /* 0 fails the validation below */
             } else if (strcmp(rt, "default")) {
                 snprintf(err, errlen, "%s: rope type \"%s\" is not supported (default or llama3)", file, rt); return -1;
             }
@@ -593,11 +606,12 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
     }
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie) c->tie_embeddings = json_is_true(tie);
-    if (json_num(root, "bos_token_id", &x) == 0) c->bos_token_id = (int)x;
-    if (json_num(root, "eos_token_id", &x) == 0) c->eos_token_id = (int)x;
+    if (json_num(root, "bos_token_id", &x) == 0 && int_in_range(x)) c->bos_token_id = (int)x;
+    if (json_num(root, "eos_token_id", &x) == 0 && int_in_range(x)) c->eos_token_id = (int)x;
     else {
         json_t *e = json_object_get(root, "eos_token_id");
-        if (json_is_array(e) && json_array_size(e) > 0 && json_is_number(json_array_get(e, 0)))
+        if (json_is_array(e) && json_array_size(e) > 0 && json_is_number(json_array_get(e, 0)) &&
+            int_in_range(json_number_value(json_array_get(e, 0))))
             c->eos_token_id = (int)json_number_value(json_array_get(e, 0));
     }
     char verr[256];
