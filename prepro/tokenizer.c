@@ -1461,7 +1461,8 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
         if (ms > prev && seg_push(sb, prev, ms - prev, invert)) { st->error = 1; return; }
         if (seg_push(sb, ms, me - ms, !invert)) { st->error = 1; return; }
         prev = me;
-        pos = me > ms ? me : ms + (size_t)utf8_len((unsigned char)s[ms]);
+        // an empty match steps over one character (none is left after an empty match at the end)
+        pos = me > ms ? me : ms < p.len ? ms + (size_t)utf8_len((unsigned char)s[ms]) : p.len + 1;
         if (streaming && sb->len >= 4096) {
             emit_segs(t, st, level, p, sb, behavior);
             if (st->error) return;
