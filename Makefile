@@ -18,7 +18,7 @@ NVFLAGS   ?= -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -fopenmp -D_GNU_SOURCE
 NVLIBS     = -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lz -lzstd -lm -lgomp
 GPU_BINS   = $(if $(NVCC),$(if $(wildcard train_gpu.cu),train_gpu))
 
-.PHONY: all deps run test test-gpu bench plot clean
+.PHONY: all deps run test test-gpu bench plot fuzz clean
 
 all: train prepro/prepro $(GPU_BINS)
 
@@ -78,6 +78,12 @@ plot:
 # speed: the CPU step time of GPT-2 124M at B=4, T=64 (llm.c's CPU configuration) and the tokenizer side by side
 bench: all
 	bash dev/bench_cpu.sh
+
+# libFuzzer targets (clang, ASan + UBSan) for the tokenizer, tokenizer.json, .idx, safetensors and config.json
+# readers, each for FUZZ_SECONDS (default 60)
+fuzz:
+	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang libclang-rt-14-dev; } || { echo "fuzz needs clang"; exit 1; }
+	bash dev/fuzz.sh
 
 clean:
 	rm -rf train prepro/prepro tests/bin out tests/tmp
