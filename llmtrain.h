@@ -506,8 +506,9 @@ int model_config_preset(ModelConfig *c, const char *name) {
     return 0;
 }
 
-/* A count or id read from JSON: a whole number in [0, 2^30] (larger ones do not fit the int fields). */
-static int int_in_range(double x) { return x >= 0 && x <= 1073741824.0 && x == floor(x); }
+/* A count or id read from JSON: a whole number in [0, 2^24] (so that products such as 4 * n_embd still
+   fit the int fields). */
+static int int_in_range(double x) { return x >= 0 && x <= 16777216.0 && x == floor(x); }
 
 /* Reads an optional number; returns 0 when present and numeric, 1 when absent, -1 when of the wrong type. */
 static int json_num(json_t *obj, const char *key, double *out) {
@@ -547,7 +548,7 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
             val[i] = defs[i];
         }
         if (i < 6 && !int_in_range(val[i])) {
-            snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^30, not %g", file, names[i], val[i]); return -1;
+            snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24, not %g", file, names[i], val[i]); return -1;
         }
     }
     c->vocab_size = (int)val[0]; c->max_seq_len = (int)val[1]; c->n_layer = (int)val[2];
@@ -564,11 +565,11 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
         }
     } else {
         if (json_num(root, "num_key_value_heads", &x) == 0) {
-            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"num_key_value_heads\" must be a whole number from 0 to 2^30", file); return -1; }
+            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"num_key_value_heads\" must be a whole number from 0 to 2^24", file); return -1; }
             c->n_kv_head = (int)x;
         }
         if (json_num(root, "head_dim", &x) == 0) {
-            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"head_dim\" must be a whole number from 0 to 2^30", file); return -1; }
+            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"head_dim\" must be a whole number from 0 to 2^24", file); return -1; }
             c->head_dim = (int)x;
         }
         else if (family == FAMILY_QWEN3 && !json_object_get(root, "head_dim")) c->head_dim = 128;
@@ -654,7 +655,8 @@ int model_config_validate(const ModelConfig *c, char *err, size_t errlen) {
         snprintf(err, errlen, "num_attention_heads %d is not a multiple of num_key_value_heads %d", c->n_head, c->n_kv_head);
         return -1;
     }
-    if (!(c->norm_eps > 0)) { snprintf(err, errlen, "norm epsilon must be positive"); return -1; }
+    if (!(c->norm_eps > 0) || !isfinite(c->norm_eps)) { snprintf(err, errlen, "norm epsilon must be positive and finite"); return -1; }
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) { snprintf(err, errlen, "rope_theta must be positive and finite"); return -1; }
     if (c->rope_llama3 && !(c->rope_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor &&
                             c->rope_orig_max_pos > 0)) {
         snprintf(err, errlen, "llama3 rope_scaling needs factor > 0, high_freq_factor > low_freq_factor, "
@@ -1891,11 +1893,16 @@ static int safetensors_parse(SafeTensors *st, json_t **rootp, const char *path, 
             snprintf(err, errlen, "%s: tensor \"%s\": bad data_offsets", path, key); return -1;
         }
         t->ndim = (int)json_array_size(sh);
-        uint64_t numel = 1;
+        uint64_t numel = 1, nonzero = 1;
         for (int i = 0; i < t->ndim; i++) {
             json_t *d = json_array_get(sh, i);
             if (!json_is_integer(d) || json_integer_value(d) < 0) { snprintf(err, errlen, "%s: tensor \"%s\": bad shape", path, key); return -1; }
             t->shape[i] = json_integer_value(d);
+            /* the product of the non-zero dimensions must stay far from overflowing (2^62) */
+            if (t->shape[i] > 0 && nonzero > ((uint64_t)1 << 62) / (uint64_t)t->shape[i]) {
+                snprintf(err, errlen, "%s: tensor \"%s\": shape too large", path, key); return -1;
+            }
+            if (t->shape[i] > 0) nonzero *= (uint64_t)t->shape[i];
             numel *= (uint64_t)t->shape[i];
         }
         json_int_t b = json_integer_value(json_array_get(of, 0)), e = json_integer_value(json_array_get(of, 1));
@@ -1905,7 +1912,7 @@ static int safetensors_parse(SafeTensors *st, json_t **rootp, const char *path, 
             return -1;
         }
         t->begin = (uint64_t)b; t->end = (uint64_t)e;
-        if (t->end - t->begin != numel * (uint64_t)bytes) {
+        if (numel > UINT64_MAX / 8 || t->end - t->begin != numel * (uint64_t)bytes) {
             snprintf(err, errlen, "%s: tensor \"%s\": %llu bytes but dtype x shape needs %llu", path, key,
                      (unsigned long long)(t->end - t->begin), (unsigned long long)(numel * bytes));
             return -1;

@@ -56,7 +56,7 @@ expect_error "unknown model_type" 'unknown model_type "bert"' ./train --data "$d
 expect_error "inconsistent heads" "not a multiple" ./train --data "$data" --model tests/fixtures/configs/bad_heads.json
 expect_error "malformed config" "bad_json.json:2:" ./train --data "$data" --model tests/fixtures/configs/bad_json.json
 expect_error "missing config key" 'missing key "intermediate_size"' ./train --data "$data" --model tests/fixtures/configs/bad_missing.json
-expect_error "size out of range" 'key "n_head" must be a whole number' ./train --data "$data" --model tests/fixtures/configs/bad_range.json
+expect_error "size out of range" 'key "n_head" must be a whole number from 0 to 2^24' ./train --data "$data" --model tests/fixtures/configs/bad_range.json
 expect_error "unknown preset" "neither a preset" ./train --data "$data" --model gpt9
 expect_error "unknown flag" "unknown flag --bogus" ./train --data "$data" --bogus 1
 mkdir -p "$tmp/trunc"; cp "$final/config.json" "$tmp/trunc/"
