@@ -413,7 +413,8 @@ static char *translate_regex(const char *pat) {
 // Compiles pat (an Oniguruma-style pattern, or a literal string when literal is set).
 static int regex_compile(Regex *re, const char *pat, int literal, char *err, size_t errlen) {
     char *p = NULL;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP;
+    // \C (one byte) could cut a character in two: refused, so every piece stays valid UTF-8
+    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C;
     if (literal) { p = strdup(pat); opts = PCRE2_UTF | PCRE2_LITERAL; }   // LITERAL refuses UCP
     else p = translate_regex(pat);
     if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
@@ -750,8 +751,9 @@ static int template_ids(Tokenizer *t, json_t *special, const char *name, int32_t
     json_t *ids = json_object_get(st, "ids");
     if (json_is_array(ids)) {
         for (size_t i = 0; i < json_array_size(ids); i++) {
-            if (*nout == max) return -1;
-            out[(*nout)++] = (int32_t)json_integer_value(json_array_get(ids, i));
+            json_int_t v = json_integer_value(json_array_get(ids, i));
+            if (*nout == max || !json_is_integer(json_array_get(ids, i)) || v < 0 || v >= tokenizer_vocab_size(t)) return -1;
+            out[(*nout)++] = (int32_t)v;
         }
         return 0;
     }
