@@ -81,7 +81,7 @@ for t in $TARGETS; do
     for c in tests/fuzz/crashes/"$t"/*; do
       [ -f "$c" ] || continue
       if FUZZ_STRICT=1 timeout 60 "$BIN/$t" -runs=1 "$c" > "$WORK/replay.log" 2>&1; then fixed=$((fixed+1)); echo "  fixed:    $c"
-      else still=$((still+1)); echo "  crashing: $c ($(grep -m1 -E 'ERROR|runtime error|FUZZ_CHECK' "$WORK/replay.log" | cut -c1-150))"; fi
+      else still=$((still+1)); echo "  crashing: $c ($(grep -a -m1 -E 'ERROR|runtime error|FUZZ_CHECK' "$WORK/replay.log" | cut -c1-150))"; fi
     done
     [ $still -gt 0 ] && status=1
     summary+=("$(printf '%-20s %s; saved crashes: %d still crash, %d fixed' "$t" "$line" "$still" "$fixed")")
@@ -99,15 +99,15 @@ for t in $TARGETS; do
   secs=$(( $(date +%s) - start ))
   after=$(ls "$WORK/artifacts/$t" | wc -l)
   # the last status line: "#RUNS ... cov: N ft: N corp: N/SIZE ... exec/s: N"
-  last=$(grep -E '^#[0-9]+|cov: [0-9]+' "$log" | tail -n 1)
-  runs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' | tail -n 1)
+  last=$(grep -a -E '^#[0-9]+|cov: [0-9]+' "$log" | tail -n 1)
+  runs=$(grep -a -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' | tail -n 1)
   [ -n "$runs" ] || runs=$(echo "$last" | sed -nE 's/^#([0-9]+).*/\1/p')
   cov=$(echo "$last" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
   ft=$(echo "$last" | sed -nE 's/.*ft: ([0-9]+).*/\1/p')
   corp=$(echo "$last" | sed -nE 's/.*corp: ([0-9]+(\/[0-9A-Za-z]+)?).*/\1/p')
   if [ "${FUZZ_FORK:-0}" = 1 ]; then
     # fork mode counts coverage its own way: measure the corpus once more as a plain run does
-    last=$("$BIN/$t" -runs=0 $(opts_for "$t") "$WORK/$t" 2>&1 | grep -E 'INITED|DONE' | tail -n 1)
+    last=$("$BIN/$t" -runs=0 $(opts_for "$t") "$WORK/$t" 2>&1 | grep -a -E 'INITED|DONE' | tail -n 1)
     cov=$(echo "$last" | sed -nE 's/.*cov: ([0-9]+).*/\1/p')
     ft=$(echo "$last" | sed -nE 's/.*ft: ([0-9]+).*/\1/p')
     corp=$(echo "$last" | sed -nE 's/.*corp: ([0-9]+(\/[0-9A-Za-z]+)?).*/\1/p')
@@ -116,7 +116,7 @@ for t in $TARGETS; do
   verdict=ok
   if [ "$new" -gt 0 ] || { [ $rc -ne 0 ] && [ "${FUZZ_FORK:-0}" != 1 ]; }; then
     verdict="CRASH ($new new file(s) in $WORK/artifacts/$t/; log $log)"
-    grep -m3 -E 'ERROR: AddressSanitizer|runtime error|FUZZ_CHECK|ERROR: libFuzzer' "$log" | sed 's/^/    /'
+    grep -a -m3 -E 'ERROR: AddressSanitizer|runtime error|FUZZ_CHECK|ERROR: libFuzzer' "$log" | sed 's/^/    /'
     status=1
   fi
   summary+=("$(printf '%-20s %4ss  runs %-9s cov %-5s ft %-6s corpus %-10s %s' "$t" "$secs" "${runs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$verdict")")
