@@ -106,21 +106,26 @@ __device__ __forceinline__ float warp_max(float x) {
 }
 
 /* rng: the header's counter-based generator, the same bits on the device (llmtrain.h, section rng) */
-__device__ __forceinline__ uint64_t rng_mix_dev(uint64_t z) {
+__host__ __device__ __forceinline__ uint64_t rng_mix_dev(uint64_t z) {
     z += 0x9E3779B97F4A7C15ULL;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
 }
-__device__ __forceinline__ uint64_t rng_u64_dev(uint64_t seed, uint64_t counter) { return rng_mix_dev(rng_mix_dev(seed) ^ counter); }
+__host__ __device__ __forceinline__ uint64_t rng_u64_dev(uint64_t seed, uint64_t counter) { return rng_mix_dev(rng_mix_dev(seed) ^ counter); }
 
 /* stochastic rounding of x to bf16: add 16 random bits below the bf16 mantissa, then truncate. The result is
-   one of the two bf16 neighbours of x, the upper one with probability (x - lower) / (upper - lower). */
-__device__ __forceinline__ bf16 stochastic_round_bf16(float x, uint64_t r) {
-    uint32_t b = __float_as_uint(x);
+   one of the two bf16 neighbours of x (in magnitude: the sign bit is apart), the one further from zero with
+   probability (|x| - lower) / (upper - lower), so E[result] = x. As bits, for host tests too. */
+__host__ __device__ __forceinline__ uint16_t stochastic_round_bf16_bits(float x, uint64_t r) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
     if ((b & 0x7f800000u) != 0x7f800000u) b += (uint32_t)(r & 0xffffu);   /* inf and nan stay as they are */
+    return (uint16_t)(b >> 16);
+}
+__device__ __forceinline__ bf16 stochastic_round_bf16(float x, uint64_t r) {
     __nv_bfloat16_raw raw;
-    raw.x = (unsigned short)(b >> 16);
+    raw.x = stochastic_round_bf16_bits(x, r);
     return bf16(raw);
 }
 template <typename T> __device__ __forceinline__ T round_param(float x, uint64_t r);
@@ -319,11 +324,11 @@ __global__ void norm_backward_kernel(float *dres, T *dres_t, T *dinp, const T *d
      dw[c] += sum_r dy[r,c] * (x[r,c] - mean[r]) * rstd[r]   (when x; norm weights)
      db[c] += sum_r dy[r,c]                                   (when db; norm and matmul biases)
    Stage 1: block (chunk of 64 columns, row block rb) sums its rows in a fixed order into part[rb][c];
-   stage 2 adds the row blocks in order. dy is [rows, C]; x uses the (heads, ld) row addressing. */
+   stage 2 adds the row blocks in order. dy is [rows, C] with row stride lddy; x uses the (heads, ld) row addressing. */
 #define COLSUM_COLS 64
 #define COLSUM_WARPS 8
 template <typename T>
-__global__ void colsum_stage1_kernel(float *part_w, float *part_b, const T *dy, const T *x, int heads, int ld,
+__global__ void colsum_stage1_kernel(float *part_w, float *part_b, const T *dy, int lddy, const T *x, int heads, int ld,
                                      const float *mean, const float *rstd, int rows, int C, int rows_per_block) {
     __shared__ float sw[COLSUM_WARPS][COLSUM_COLS], sb[COLSUM_WARPS][COLSUM_COLS];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -337,7 +342,7 @@ __global__ void colsum_stage1_kernel(float *part_w, float *part_b, const T *dy, 
         for (int k = 0; k < 2; k++) {
             int c = c0 + k;
             if (c < C) {
-                float g = to_f(dy[(size_t)r * C + c]);
+                float g = to_f(dy[(size_t)r * lddy + c]);
                 ab[k] += g;
                 if (x) aw[k] += g * (to_f(xr[c]) - m) * s;
             }
@@ -1314,10 +1319,10 @@ void norm_apply(T *out, const T *inp, const float *mean, const float *rstd, cons
 /* scratch for the column sums: part_w and part_b, each COLSUM_MAX_RB x (widest row) floats */
 #define COLSUM_MAX_RB 128
 
-/* dw[c] += sum_r dy[r,c] n[r,c] (when x), db[c] += sum_r dy[r,c] (when db) */
+/* dw[c] += sum_r dy[r,c] n[r,c] (when x), db[c] += sum_r dy[r,c] (when db); dy has row stride lddy */
 template <typename T>
-void column_sums(float *dw, float *db, const T *dy, const T *x, int heads, int ld, const float *mean, const float *rstd,
-                 int rows, int C, float *scratch, cudaStream_t s) {
+void column_sums(float *dw, float *db, const T *dy, int lddy, const T *x, int heads, int ld, const float *mean,
+                 const float *rstd, int rows, int C, float *scratch, cudaStream_t s) {
     int chunks = ceil_div(C, COLSUM_COLS);
     int rb = 2 * g_num_sms / chunks;
     if (rb < 1) rb = 1;
@@ -1326,7 +1331,7 @@ void column_sums(float *dw, float *db, const T *dy, const T *x, int heads, int l
     int rpb = ceil_div(rows, rb);
     rb = ceil_div(rows, rpb);
     float *pw = scratch, *pb = scratch + (size_t)COLSUM_MAX_RB * C;
-    colsum_stage1_kernel<T><<<dim3(chunks, rb), 32 * COLSUM_WARPS, 0, s>>>(x ? pw : NULL, db ? pb : NULL, dy, x, heads, ld,
+    colsum_stage1_kernel<T><<<dim3(chunks, rb), 32 * COLSUM_WARPS, 0, s>>>(x ? pw : NULL, db ? pb : NULL, dy, lddy, x, heads, ld,
                                                                            mean, rstd, rows, C, rpb);
     KERNEL_CHECK();
     colsum_stage2_kernel<<<ceil_div(C, 256), 256, 0, s>>>(x ? dw : NULL, db, pw, pb, rb, C);
@@ -1341,7 +1346,7 @@ void norm_backward(float *dres, T *dres_t, T *dinp, float *dw, float *db, const 
     norm_backward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(dres, dres_t, dinp, dout, inp, heads, ld, w, mean, rstd,
                                                               rows, C, accumulate);
     KERNEL_CHECK();
-    column_sums<T>(dw, db, dout, inp, heads, ld, mean, rstd, rows, C, scratch, s);
+    column_sums<T>(dw, db, dout, C, inp, heads, ld, mean, rstd, rows, C, scratch, s);
 }
 
 /* matmul_forward: out[N, OC] (row stride ldo) = inp[N, IC] w[OC, IC]^T + bias.
@@ -1365,7 +1370,7 @@ void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *i
     if (dw)
         matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), NULL, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
                   CUBLASLT_EPILOGUE_DEFAULT, NULL, 0, s);
-    if (dbias) column_sums<T>(NULL, dbias, dout, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
+    if (dbias) column_sums<T>(NULL, dbias, dout, lddo, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
 }
 
 template <typename T>
@@ -1550,6 +1555,19 @@ typedef struct {
     size_t logits_bytes; /* bound on the classifier's chunk of logits (0: 512 MiB) */
 } GOptions;
 
+/* ZeRO-1 layout of n values over world ranks: the header's zero_shard (ceil(n / world) each, the last one shorter)
+   with every shard padded to that size, so the NCCL collectives see equal counts: rank r owns
+   [begin, begin + shard) of a buffer of padded = shard * world values, whose tail past n stays zero (AdamW never
+   touches it: the tensors end at n). */
+static void zero_layout(size_t n, int world, int rank, size_t *shard, size_t *padded, size_t *begin) {
+    size_t zb, ze;
+    zero_shard(n, world, rank, &zb, &ze);
+    *shard = (n + world - 1) / world;
+    *padded = *shard * world;
+    *begin = *shard * rank;
+    if (ze > zb && zb != *begin) die("shard layout disagrees with zero_shard");
+}
+
 /* Builds the device model for host (whose weights need not be set yet) and batches up to B x Tn. */
 template <typename T>
 void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, const Dist &d, cudaStream_t stream) {
@@ -1565,21 +1583,18 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
         die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
     /* parameters: the header's layout, padded to world equal shards */
     g.nparams = host->num_params;
-    size_t zb, ze;
-    zero_shard(g.nparams, d.world, d.rank, &zb, &ze);   /* the header's shard arithmetic: ceil(n / world) each */
-    g.shard = (g.nparams + d.world - 1) / d.world;      /* every rank's shard padded to that size (the last one's */
-    g.padded = g.shard * d.world;                        /* tail is zeros that AdamW never touches) */
-    g.shard_begin = g.shard * d.rank;
-    if (ze > zb && zb != g.shard_begin) die("shard layout disagrees with zero_shard");
+    zero_layout(g.nparams, d.world, d.rank, &g.shard, &g.padded, &g.shard_begin);
     g.params = GM_ALLOC(g, T, g.padded);
     g.grads = GM_ALLOC(g, float, g.padded);
     g.master = GM_ALLOC(g, float, g.shard);
     g.mom = GM_ALLOC(g, float, g.shard);
     g.vel = GM_ALLOC(g, float, g.shard);
-    CUDA_CHECK(cudaMemset(g.params, 0, g.padded * sizeof(T)));
-    CUDA_CHECK(cudaMemset(g.grads, 0, g.padded * sizeof(float)));
-    CUDA_CHECK(cudaMemset(g.mom, 0, g.shard * sizeof(float)));
-    CUDA_CHECK(cudaMemset(g.vel, 0, g.shard * sizeof(float)));
+    /* Every copy and memset below goes on `stream`: the trainer's stream is non-blocking, so work on the legacy
+       default stream (plain cudaMemset / cudaMemcpy) would not be ordered before the kernels that read it. */
+    CUDA_CHECK(cudaMemsetAsync(g.params, 0, g.padded * sizeof(T), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.mom, 0, g.shard * sizeof(float), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.vel, 0, g.shard * sizeof(float), stream));
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         g.pt[t] = host->param_sizes[t] ? g.params + host->param_offsets[t] : NULL;
         g.gt[t] = host->param_sizes[t] ? g.grads + host->param_offsets[t] : NULL;
@@ -1636,8 +1651,9 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
         rope_init(cs, sn, c, Tn);
         g.rope_cos = GM_ALLOC(g, float, Tn * half);
         g.rope_sin = GM_ALLOC(g, float, Tn * half);
-        CUDA_CHECK(cudaMemcpy(g.rope_cos, cs, Tn * half * sizeof(float), cudaMemcpyHostToDevice));
-        CUDA_CHECK(cudaMemcpy(g.rope_sin, sn, Tn * half * sizeof(float), cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpyAsync(g.rope_cos, cs, Tn * half * sizeof(float), cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaMemcpyAsync(g.rope_sin, sn, Tn * half * sizeof(float), cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));   /* before cs, sn are freed */
         free(cs); free(sn);
     }
     g.inputs = GM_ALLOC(g, int, N);
@@ -1655,7 +1671,8 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
     g.red = GM_ALLOC(g, double, 4);
     g.norm_parts = GM_ALLOC(g, double, SUMSQ_BLOCKS);
-    CUDA_CHECK(cudaMemset(g.red, 0, 4 * sizeof(double)));
+    CUDA_CHECK(cudaMemsetAsync(g.red, 0, 4 * sizeof(double), stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 template <typename T>
@@ -1677,24 +1694,23 @@ static uint64_t sr_seed_of(uint64_t seed, int step) { return rng_u64(seed ^ 0x5E
 
 template <typename T>
 void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
+    /* all on g.stream (see gmodel_build), then one synchronize */
     cudaStream_t s = g.stream;
-    CUDA_CHECK(cudaStreamSynchronize(s));
     float *stage = g.grads;
-    CUDA_CHECK(cudaMemset(stage, 0, g.padded * sizeof(float)));
-    CUDA_CHECK(cudaMemcpy(stage, g.host->params_memory, g.nparams * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemsetAsync(stage, 0, g.padded * sizeof(float), s));
+    CUDA_CHECK(cudaMemcpyAsync(stage, g.host->params_memory, g.nparams * sizeof(float), cudaMemcpyHostToDevice, s));
     if (sr_step > 0) sr_convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded, sr_seed_of(seed, sr_step));
     else convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded);
     KERNEL_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(g.master, stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
     float *hm[2] = {g.host->m_memory, g.host->v_memory}, *dm[2] = {g.mom, g.vel};
     for (int i = 0; i < 2; i++) {
-        CUDA_CHECK(cudaStreamSynchronize(s));
-        if (!hm[i]) { CUDA_CHECK(cudaMemset(dm[i], 0, g.shard * sizeof(float))); continue; }
-        CUDA_CHECK(cudaMemset(stage, 0, g.padded * sizeof(float)));
-        CUDA_CHECK(cudaMemcpy(stage, hm[i], g.nparams * sizeof(float), cudaMemcpyHostToDevice));
-        CUDA_CHECK(cudaMemcpy(dm[i], stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice));
+        if (!hm[i]) { CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s)); continue; }
+        CUDA_CHECK(cudaMemsetAsync(stage, 0, g.padded * sizeof(float), s));
+        CUDA_CHECK(cudaMemcpyAsync(stage, hm[i], g.nparams * sizeof(float), cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(dm[i], stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
     }
-    CUDA_CHECK(cudaMemset(g.grads, 0, g.padded * sizeof(float)));
+    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), s));
     CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
@@ -1720,7 +1736,21 @@ void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
         gather_shards(g, d, g.mom, g.host->m_memory);
         gather_shards(g, d, g.vel, g.host->v_memory);
     }
-    CUDA_CHECK(cudaMemset(g.grads, 0, g.padded * sizeof(float)));
+    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));   /* on the stream: ordered before the next step */
+}
+
+/* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id.
+   uniq[u] is the u-th distinct token (in order of first appearance), its positions are pos[offs[u]..offs[u+1])
+   in increasing order. count[0..V) must be zero on entry and is zero again on return. Returns the number of
+   distinct tokens. */
+static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *pos) {
+    int nu = 0;
+    for (int n = 0; n < N; n++) if (count[tokens[n]]++ == 0) uniq[nu++] = tokens[n];
+    offs[0] = 0;
+    for (int u = 0; u < nu; u++) { offs[u + 1] = offs[u] + count[uniq[u]]; count[uniq[u]] = offs[u]; }
+    for (int n = 0; n < N; n++) pos[count[tokens[n]]++] = n;
+    for (int u = 0; u < nu; u++) count[uniq[u]] = 0;
+    return nu;
 }
 
 /* per-layer slices (stride 0 for a buffer kept once) */
@@ -1744,12 +1774,7 @@ static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targ
         memcpy(g.h_tg, targets, N * sizeof(int));
         for (int i = 0; i < N; i++) g.num_valid += targets[i] >= 0;
         CUDA_CHECK(cudaMemcpyAsync(g.targets, g.h_tg, N * sizeof(int), cudaMemcpyHostToDevice, s));
-        int nu = 0;
-        for (int n = 0; n < N; n++) if (g.h_count[inputs[n]]++ == 0) g.h_uniq[nu++] = inputs[n];
-        g.h_offs[0] = 0;
-        for (int u = 0; u < nu; u++) { g.h_offs[u + 1] = g.h_offs[u] + g.h_count[g.h_uniq[u]]; g.h_count[g.h_uniq[u]] = g.h_offs[u]; }
-        for (int n = 0; n < N; n++) g.h_pos[g.h_count[inputs[n]]++] = n;
-        for (int u = 0; u < nu; u++) g.h_count[g.h_uniq[u]] = 0;
+        int nu = emb_buckets_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_pos);
         g.bk.nuniq = nu;
         CUDA_CHECK(cudaMemcpyAsync(g.bk.uniq, g.h_uniq, nu * sizeof(int), cudaMemcpyHostToDevice, s));
         CUDA_CHECK(cudaMemcpyAsync(g.bk.offs, g.h_offs, (nu + 1) * sizeof(int), cudaMemcpyHostToDevice, s));
@@ -2094,7 +2119,7 @@ typedef struct {
 
 static pid_t g_children[1024];
 static int g_nchildren = 0;
-static void forward_signal(int sig) { for (int i = 0; i < g_nchildren; i++) kill(g_children[i], sig); }
+static void forward_signal(int sig) { for (int i = 0; i < g_nchildren; i++) if (g_children[i] > 0) kill(g_children[i], sig); }
 
 static uint64_t fnv1a(const char *s, uint64_t h) { for (; *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001b3ULL; } return h; }
 
@@ -2136,17 +2161,32 @@ static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
     }
     signal(SIGINT, forward_signal);
     signal(SIGTERM, forward_signal);
-    int rc = 0, left = g_nchildren;
+    /* After a failure the others get SIGTERM; a rank catches it to finish its step, which it cannot do while a
+       collective waits for the dead rank, so whoever is still there after a grace period gets SIGKILL. */
+    const double grace_s = 30.0;
+    int rc = 0, left = g_nchildren, killed = 0;
+    double kill_at = 0.0;
     while (left > 0) {
         int st;
-        pid_t p = wait(&st);
+        pid_t p = waitpid(-1, &st, rc ? WNOHANG : 0);
         if (p < 0) { if (errno == EINTR) continue; break; }
+        if (p == 0) {   /* only with WNOHANG: nobody exited yet */
+            if (!killed && wall_s() >= kill_at) {
+                fprintf(stderr, "train_gpu: %d rank(s) still running %.0f s after the failure: killing them\n", left, grace_s);
+                for (int i = 0; i < g_nchildren; i++) if (g_children[i] > 0) kill(g_children[i], SIGKILL);
+                killed = 1;
+            }
+            usleep(100000);
+            continue;
+        }
         left--;
+        for (int i = 0; i < g_nchildren; i++) if (g_children[i] == p) g_children[i] = -1;   /* reaped: never signal it again */
         int bad = !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
         if (bad && rc == 0) {
             rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
             fprintf(stderr, "train_gpu: a rank failed (status %d): stopping the others\n", rc);
-            for (int i = 0; i < g_nchildren; i++) if (g_children[i] != p) kill(g_children[i], SIGTERM);
+            for (int i = 0; i < g_nchildren; i++) if (g_children[i] > 0) kill(g_children[i], SIGTERM);
+            kill_at = wall_s() + grace_s;
         }
     }
     exit(rc);
