@@ -1,7 +1,9 @@
 /*
  test_gpu.cu — every kernel of train_gpu.cu against its CPU layer in llmtrain.h, a whole forward + backward
- against the CPU model on the same weights and batch, and 20 training steps whose losses track the CPU's.
- Without a GPU it prints "no GPU: skipped" and exits 0.
+ against the CPU model on the same weights and batch, and 20 training steps whose losses track the CPU's (then
+ a download + re-upload must rebuild the same bf16 weights, as a resumed run does). First the host-side pieces
+ that need no GPU (embedding buckets, ZeRO layout, stochastic rounding); without a GPU only those run.
+ --quick: the kernel tests only (no whole model, no training), e.g. under compute-sanitizer.
 
  Inputs are fresh random numbers; for bf16 they are rounded to bf16 first, so the CPU sees the same values and
  only the kernel's own rounding differs. Every output buffer is filled with NaN before its kernel runs, so an
@@ -103,6 +105,116 @@ static void check_norm(const char *what, const float *gpu, const float *cpu, siz
     ok ? g_pass++ : g_fail++;
 }
 
+/* ---- host-side pieces (no GPU needed) ---- */
+
+static void pass_fail(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s host  ", ok ? "ok  " : "FAIL");
+    vprintf(fmt, ap);
+    printf("%s\n", ok ? "" : "  <--");
+    va_end(ap);
+    ok ? g_pass++ : g_fail++;
+}
+
+/* emb_buckets_build against its definition: bucket u holds exactly the positions of token uniq[u], increasing;
+   the buckets are in order of first appearance and cover every position once; count[] is left zero */
+static void test_host_buckets(void) {
+    int bad = 0;
+    const int Ns[3] = {1, 777, 4096}, Vs[3] = {3, 50, 50257};
+    for (int c = 0; c < 3; c++) {
+        int N = Ns[c], V = Vs[c];
+        std::vector<int> tok(N), count(V, 0), uniq(N), offs(N + 1), pos(N), seen(N, 0), first(V, -1);
+        for (int n = 0; n < N; n++) tok[n] = (int)(rng_u64(90 + c, n) % (uint64_t)(c == 2 ? 300 : V)) * (c == 2 ? 167 : 1);
+        int nu = emb_buckets_build(tok.data(), N, count.data(), uniq.data(), offs.data(), pos.data());
+        for (int v = 0; v < V; v++) bad += count[v] != 0;
+        bad += offs[0] != 0 || offs[nu] != N;
+        for (int n = 0; n < N; n++) if (first[tok[n]] < 0) first[tok[n]] = n;
+        for (int u = 0; u < nu; u++) {
+            if (u > 0 && first[uniq[u]] <= first[uniq[u - 1]]) bad++;   /* order of first appearance, distinct */
+            for (int j = offs[u]; j < offs[u + 1]; j++) {
+                bad += tok[pos[j]] != uniq[u];
+                if (j > offs[u]) bad += pos[j] <= pos[j - 1];
+                seen[pos[j]]++;
+            }
+        }
+        for (int n = 0; n < N; n++) bad += seen[n] != 1;
+    }
+    pass_fail(!bad, "embedding backward buckets (counting sort)     %d violations", bad);
+}
+
+/* zero_layout: equal padded shards that hold zero_shard's ranges, over a buffer of shard * world >= n */
+static void test_host_zero_layout(void) {
+    int bad = 0;
+    const size_t ns[6] = {1, 7, 64, 1001, 124439808, 1235814400};
+    const int worlds[6] = {1, 2, 3, 7, 8, 64};
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+            size_t n = ns[i], covered = 0;
+            int world = worlds[j];
+            for (int r = 0; r < world; r++) {
+                size_t shard, padded, begin, zb, ze;
+                zero_layout(n, world, r, &shard, &padded, &begin);
+                zero_shard(n, world, r, &zb, &ze);
+                bad += padded != shard * world || padded < n || padded - n >= (size_t)world;
+                bad += begin != shard * r || begin + shard > padded;
+                bad += (begin < n ? begin : n) != zb || (begin + shard < n ? begin + shard : n) != ze;
+                covered += ze - zb;
+            }
+            bad += covered != n;
+        }
+    pass_fail(!bad, "ZeRO-1 layout (padded shards vs zero_shard)     %d violations", bad);
+}
+
+/* stochastic rounding: always one of the two bf16 neighbours, unbiased (mean within 5 sigma over many draws),
+   bf16 values, inf and nan unchanged; the rng is the header's */
+static void test_host_stochastic_rounding(void) {
+    int bad = 0;
+    for (uint64_t i = 0; i < 1000; i++) bad += rng_u64_dev(77, i * 31) != rng_u64(77, i * 31);
+    const float xs[8] = {1.0f + 1.0f / 3 * 0x1p-7f, -3.14159265f, 0.1f, -1e-3f, 0x1.fffffep-1f, 6.5e-39f, 3.0e38f, 1e-20f};
+    const int K = 200000;
+    double worst_sigma = 0.0;
+    for (int c = 0; c < 8; c++) {
+        float x = xs[c];
+        uint32_t b; memcpy(&b, &x, 4);
+        uint32_t lo_b = b & 0xffff0000u, hi_b = lo_b + 0x10000u;   /* the neighbours, in magnitude */
+        float lo, hi; memcpy(&lo, &lo_b, 4); memcpy(&hi, &hi_b, 4);
+        double sum = 0.0;
+        for (int k = 0; k < K; k++) {
+            uint16_t r = stochastic_round_bf16_bits(x, rng_u64_dev(1234 + c, (uint64_t)k));
+            float y = host_bf16_bits_to_f32(r);
+            if (y != lo && y != hi) bad++;
+            sum += y;
+        }
+        double p = ((double)x - lo) / ((double)hi - lo);   /* P(hi) */
+        double sigma = fabs((double)hi - lo) * sqrt(p * (1 - p) / K) + 1e-300;
+        double dev = fabs(sum / K - x) / sigma;
+        if (dev > worst_sigma) worst_sigma = dev;
+        if (dev > 5.0) bad++;
+    }
+    /* exact bf16 values stay, whatever the random bits; inf and nan stay */
+    for (int k = 0; k < 1000; k++) {
+        uint64_t r = rng_u64(5, k);
+        float v = host_bf16_bits_to_f32((uint16_t)rng_u64(6, k));
+        uint16_t vb = host_f32_to_bf16_bits(v);
+        if (isfinite(v) && stochastic_round_bf16_bits(v, r) != vb) bad++;
+    }
+    float inf = INFINITY, nan = NAN;
+    bad += stochastic_round_bf16_bits(inf, ~0ull) != 0x7f80 || stochastic_round_bf16_bits(-inf, ~0ull) != 0xff80;
+    bad += !isnan(host_bf16_bits_to_f32(stochastic_round_bf16_bits(nan, ~0ull)));
+    pass_fail(!bad, "stochastic rounding to bf16 (neighbours, unbiased) %d violations, worst %.1f sigma", bad, worst_sigma);
+}
+
+/* round to nearest even on the host (uploads, tests) */
+static void test_host_bf16(void) {
+    int bad = 0;
+    const float in[6] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -1.0f - 0x1p-8f - 0x1p-20f, 0x1.ff8p127f, 0.0f, -0.0f};
+    const uint16_t want[6] = {0x3f80, 0x3f82, 0xbf81, 0x7f80, 0x0000, 0x8000};
+    for (int i = 0; i < 6; i++) bad += host_f32_to_bf16_bits(in[i]) != want[i];
+    bad += !isnan(host_bf16_bits_to_f32(host_f32_to_bf16_bits(NAN)));
+    pass_fail(!bad, "bf16 round to nearest even                     %d violations", bad);
+}
+
 /* ---- kernels vs layers ---- */
 
 __global__ void rng_test_kernel(uint64_t *out, uint64_t seed, int n) {
@@ -140,15 +252,12 @@ template <typename T> static void test_embedding(void) {
     std::vector<float> gwte((size_t)V * C, 0.5f), gwpe((size_t)Tn * C, 0.25f);
     std::vector<float> rwte = gwte, rwpe = gwpe;
     embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V);
-    std::vector<int> cnt(V, 0), uniq, offs(1, 0), pos(N);
-    for (int n = 0; n < N; n++) if (cnt[tok[n]]++ == 0) uniq.push_back(tok[n]);
-    for (size_t u = 0; u < uniq.size(); u++) { offs.push_back(offs[u] + cnt[uniq[u]]); cnt[uniq[u]] = offs[u]; }
-    for (int n = 0; n < N; n++) pos[cnt[tok[n]]++] = n;
+    std::vector<int> cnt(V, 0), uniq(N), offs(N + 1), pos(N);
     gpu::EmbBuckets bk;
-    bk.nuniq = (int)uniq.size();
+    bk.nuniq = emb_buckets_build(tok.data(), N, cnt.data(), uniq.data(), offs.data(), pos.data());
     bk.uniq = (int *)dev_alloc(N * 4); bk.offs = (int *)dev_alloc((N + 1) * 4); bk.pos = (int *)dev_alloc(N * 4);
-    CUDA_CHECK(cudaMemcpy(bk.uniq, uniq.data(), uniq.size() * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(bk.offs, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(bk.uniq, uniq.data(), bk.nuniq * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(bk.offs, offs.data(), (bk.nuniq + 1) * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(bk.pos, pos.data(), N * 4, cudaMemcpyHostToDevice));
     float *ddout = to_dev<float>(dout), *dgwte = to_dev<float>(gwte), *dgwpe = to_dev<float>(gwpe);
     gpu::embedding_backward(dgwte, dgwpe, ddout, bk, B, Tn, C, 0);
@@ -303,6 +412,35 @@ template <typename T> static void test_adamw(void) {
     check("adamw_update weights (stochastic rounding)", from_dev(dparams, n), rp, 0.0f, sizeof(T) == 4 ? 1e-6f : 1.0f / 128);
 }
 
+/* the device's stochastic rounding (sr_convert_kernel, as a resume uses it; AdamW shares the function): the mean
+   of many roundings of one value is that value */
+static void test_sr_device(void) {
+    const size_t n = 1 << 20;
+    const float xs[3] = {1.0f + 0.3f * 0x1p-7f, -0.0123456f, 300.7f};
+    int bad = 0;
+    double worst = 0.0;
+    float *in = (float *)dev_alloc(n * 4);
+    bf16 *out = (bf16 *)dev_alloc(n * 2);
+    for (int c = 0; c < 3; c++) {
+        float x = xs[c];
+        fill_kernel<<<ceil_div(n, 256), 256>>>(in, x, n);
+        sr_convert_kernel<bf16><<<ceil_div(n, 256), 256>>>(out, in, n, 42 + c);
+        auto y = from_dev(out, n);
+        uint32_t b; memcpy(&b, &x, 4);
+        uint32_t lo_b = b & 0xffff0000u, hi_b = lo_b + 0x10000u;
+        float lo, hi; memcpy(&lo, &lo_b, 4); memcpy(&hi, &hi_b, 4);
+        double sum = 0.0;
+        for (size_t i = 0; i < n; i++) { sum += y[i]; bad += y[i] != lo && y[i] != hi; }
+        double p = ((double)x - lo) / ((double)hi - lo);
+        double dev = fabs(sum / n - x) / (fabs((double)hi - lo) * sqrt(p * (1 - p) / n));
+        if (dev > worst) worst = dev;
+        bad += dev > 5.0;
+    }
+    printf("%s bf16  stochastic rounding on the device           %d violations, worst %.1f sigma%s\n",
+           bad ? "FAIL" : "ok  ", bad, worst, bad ? "  <--" : "");
+    bad ? g_fail++ : g_pass++;
+}
+
 static void test_sumsq(void) {
     size_t n = 300001;
     auto x = rand_vec<float>(n, 70);
@@ -397,7 +535,7 @@ template <typename T> static void round_model(Model *m) {
     if (sizeof(T) == 2) for (size_t i = 0; i < m->num_params; i++) m->params_memory[i] = round_bf16(m->params_memory[i]);
 }
 
-template <typename T> static void test_model(int family, int recompute, int plain) {
+template <typename T> static void test_model(int family, int recompute, int plain, int fuse_gelu = 0) {
     ModelConfig cfg = small_config(family);
     int B = 2, Tn = 80;
     Model cpu, gh;
@@ -412,9 +550,11 @@ template <typename T> static void test_model(int family, int recompute, int plai
     model_zero_grad(&cpu);
     model_backward(&cpu, 1.0f);
     Dist d = {0, 1, 0, NULL};
-    GOptions o = {recompute, plain, 0, (size_t)64 * 501 * sizeof(T)};   /* small chunks: several per batch */
+    GOptions o = {recompute, plain, fuse_gelu, (size_t)64 * 501 * sizeof(T)};   /* small chunks: several per batch */
+    cudaStream_t st;   /* the trainer's kind of stream: not ordered with the legacy default stream */
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     GModel<T> g;
-    gmodel_build(g, &gh, B, Tn, o, d, 0);
+    gmodel_build(g, &gh, B, Tn, o, d, st);
     gmodel_upload(g);
     gmodel_zero_grad(g);
     gmodel_upload_batch(g, in.data(), tg.data(), B, Tn);
@@ -423,18 +563,20 @@ template <typename T> static void test_model(int family, int recompute, int plai
     double gl = gmodel_read_loss(g);
     std::vector<float> grads = from_dev(g.grads, g.nparams);
     char what[128];
-    snprintf(what, sizeof(what), "model %s recompute %d%s: loss", family_name(family), recompute, plain ? " plain" : "");
+    snprintf(what, sizeof(what), "model %s recompute %d%s%s: loss", family_name(family), recompute, plain ? " plain" : "",
+             g.fuse_gelu ? " fused gelu" : "");
     std::vector<float> lg(1, (float)gl);
     check(what, lg, &cl, 1, 0.0f, sizeof(T) == 4 ? 1e-5f : 1e-2f);
     static const char *names[NUM_PARAM_TENSORS] = {"wte", "wpe", "ln1w", "ln1b", "wqkv", "bqkv", "qnw", "knw", "wo", "bo",
         "ln2w", "ln2b", "wfc", "bfc", "wproj", "bproj", "lnfw", "lnfb", "lmhead"};
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         if (!cpu.param_sizes[t]) continue;
-        snprintf(what, sizeof(what), "model %s rc%d: d%s", family_name(family), recompute, names[t]);
+        snprintf(what, sizeof(what), "model %s rc%d%s: d%s", family_name(family), recompute, g.fuse_gelu ? " fg" : "", names[t]);
         check_norm(what, grads.data() + cpu.param_offsets[t], cpu.grads_memory + cpu.param_offsets[t], cpu.param_sizes[t],
                    sizeof(T) == 4 ? 1e-4 : 5e-2);
     }
     gmodel_free(g);
+    CUDA_CHECK(cudaStreamDestroy(st));
     model_free(&cpu); model_free(&gh);
 }
 
@@ -450,8 +592,10 @@ template <typename T> static void test_training(int family) {
     memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
     Dist d = {0, 1, 0, NULL};
     GOptions o = {1, 0, 0, 0};
+    cudaStream_t st;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     GModel<T> g;
-    gmodel_build(g, &gh, B, Tn, o, d, 0);
+    gmodel_build(g, &gh, B, Tn, o, d, st);
     gmodel_upload(g);
     AdamWConfig opt = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
     double worst = 0.0;
@@ -482,11 +626,23 @@ template <typename T> static void test_training(int family) {
     printf("%s %-5s training %-8s 20 steps: loss %.4f -> cpu %.4f gpu %.4f, worst rel diff %.2g%s\n", ok ? "ok  " : "FAIL",
            g_dtype, family_name(family), first, lastc, lastg, worst, ok ? "" : "  <--");
     ok ? g_pass++ : g_fail++;
+    /* a resumed run: the masters and moments go to the host (as a checkpoint saves them) and back with the
+       rounding of the last update, which must rebuild the T weights bit for bit */
+    std::vector<float> before = from_dev(g.params, g.nparams);
+    gmodel_download(g, d, 1);
+    gmodel_upload(g, steps, 1234);
+    std::vector<float> after = from_dev(g.params, g.nparams);
+    size_t diff = 0;
+    for (size_t i = 0; i < g.nparams; i++) diff += memcmp(&before[i], &after[i], 4) != 0;
+    printf("%s %-5s resume %-8s rebuilds the weights bit for bit   %zu of %zu differ%s\n", diff ? "FAIL" : "ok  ", g_dtype,
+           family_name(family), diff, g.nparams, diff ? "  <--" : "");
+    diff ? g_fail++ : g_pass++;
     gmodel_free(g);
+    CUDA_CHECK(cudaStreamDestroy(st));
     model_free(&cpu); model_free(&gh);
 }
 
-template <typename T> static void run_all(void) {
+template <typename T> static void run_all(int quick) {
     g_dtype = tname<T>();
     test_embedding<T>();
     test_norm<T>(1);
@@ -502,21 +658,31 @@ template <typename T> static void run_all(void) {
         test_attention<T>(1, 130, 2, 2, 64, 0, plain);
         test_attention<T>(1, 200, 4, 1, 128, 1, plain);
         test_attention<T>(2, 64, 6, 3, 64, 1, plain);
+        test_attention<T>(1, 96, 8, 1, 64, 1, plain);    /* 8 query heads per kv head */
+        test_attention<T>(1, 65, 8, 2, 32, 1, plain);    /* 4 per kv head; one row past a tile */
     }
+    if (quick) return;
     int fams[4] = {FAMILY_GPT2, FAMILY_LLAMA, FAMILY_QWEN2, FAMILY_QWEN3};
     for (int f = 0; f < 4; f++) test_model<T>(fams[f], 0, 0);
     test_model<T>(FAMILY_GPT2, 2, 0);
     test_model<T>(FAMILY_QWEN3, 1, 0);
+    test_model<T>(FAMILY_GPT2, 1, 0, 1);   /* GELU in cuBLASLt's epilogues (GELU_AUX_BIAS, DGELU) */
     if (sizeof(T) == 2) test_model<T>(FAMILY_LLAMA, 2, 1);
     test_training<T>(FAMILY_GPT2);
     test_training<T>(FAMILY_LLAMA);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    test_host_buckets();
+    test_host_zero_layout();
+    test_host_stochastic_rounding();
+    test_host_bf16();
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("no GPU: skipped\n");
-        return 0;
+        printf("no GPU: the device tests skipped\n");
+        printf("%d passed, %d failed\n", g_pass, g_fail);
+        return g_fail ? 1 : 0;
     }
     cudaDeviceProp p;
     CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
@@ -525,8 +691,9 @@ int main(void) {
     omp_set_num_threads(omp_get_num_procs() < 8 ? omp_get_num_procs() : 8);
     test_rng();
     test_sumsq();
-    run_all<float>();
-    run_all<bf16>();
+    test_sr_device();
+    run_all<float>(quick);
+    run_all<bf16>(quick);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }
