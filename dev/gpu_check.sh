@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dev/gpu_check.sh — on a machine with an NVIDIA Hopper GPU: build train_gpu and test_gpu for sm_90, run the
-# kernel/model tests, compute-sanitizer on short runs, and the benchmarks (GPT-2 124M at T=1024, LLaMA ~1B at
-# T=2048, bf16); the last thing printed is a short table. ARCH=sm_80 etc. builds for another GPU.
+# kernel/model tests, compute-sanitizer on the kernel tests and on short runs, determinism and resume checks,
+# a 2-GPU run where there are 2 GPUs, and the benchmarks (GPT-2 124M at T=1024, LLaMA ~1B at T=2048, bf16); the
+# last thing printed is a short table. ARCH=sm_80 etc. builds for another GPU.
 #   bash dev/gpu_check.sh            (from anywhere; writes under out/gpu_check/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,18 +34,26 @@ if [ ! -f "$DATA.idx" ]; then
     --tokenizer data/gpt2_tokenizer.json --output-prefix out/tinyshakespeare --append-eod || { echo "prepro failed"; exit 1; }
 fi
 
-say "compute-sanitizer (short runs)"
+say "compute-sanitizer (the kernel tests, then short runs)"
 if command -v compute-sanitizer >/dev/null; then
-  for spec in "memcheck tiny-gpt2 tc" "memcheck tiny-llama tc" "memcheck tiny-qwen3 plain" "racecheck tiny-llama tc" \
-              "synccheck tiny-gpt2 tc"; do
-    set -- $spec
-    log="$OUT/sanitize_$1_$2_$3.log"
-    compute-sanitizer --tool "$1" --error-exitcode 9 ./train_gpu --data "$DATA" --model "$2" --attention "$3" \
-      --batch-size 2 --seq-len 80 --steps 2 --eval-every 0 --recompute 2 > "$log" 2>&1
+  for tool in memcheck racecheck synccheck; do
+    log="$OUT/sanitize_test_gpu_$tool.log"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 ./tests/bin/test_gpu --quick > "$log" 2>&1
     r=$?
     summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)
-    echo "$1 $2 ($3 attention): exit $r ${summary}"
-    row "sanitizer $1 $2 $3" "exit $r ${summary:-}"
+    echo "$tool test_gpu --quick: exit $r ${summary} ($(tail -n 1 "$log"))"
+    row "sanitizer $tool test_gpu --quick" "exit $r ${summary:-}"
+  done
+  for spec in "memcheck tiny-gpt2 tc" "memcheck tiny-llama tc" "memcheck tiny-qwen3 plain" "racecheck tiny-llama tc" \
+              "synccheck tiny-gpt2 tc" "memcheck tiny-gpt2 tc --fuse-gelu 1"; do
+    set -- $spec
+    log="$OUT/sanitize_$1_$2_$3${4:+_fused}.log"
+    compute-sanitizer --tool "$1" --error-exitcode 9 ./train_gpu --data "$DATA" --model "$2" --attention "$3" \
+      --batch-size 2 --seq-len 80 --steps 2 --eval-every 0 --recompute 2 "${@:4}" > "$log" 2>&1
+    r=$?
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)
+    echo "$1 $2 ($3 attention${4:+, $4 $5}): exit $r ${summary}"
+    row "sanitizer $1 $2 $3${4:+ fused}" "exit $r ${summary:-}"
   done
 else
   echo "compute-sanitizer not found"; row "sanitizer" "not found"
@@ -54,6 +63,32 @@ say "training smoke run (tiny-gpt2, 200 steps, loss should fall)"
 ./train_gpu --data "$DATA" --model tiny-gpt2 --batch-size 8 --seq-len 64 --steps 200 --lr 3e-3 --warmup-steps 20 \
   --split 95,5,0 --eval-every 100 --eval-steps 8 --log-every 50 2>&1 | tee "$OUT/smoke.log"
 row "smoke tiny-gpt2 val loss" "$(grep 'val loss' "$OUT/smoke.log" | awk '{print $6}' | tr '\n' ' ')"
+
+# the step lines without the timing columns
+steps_of() { grep -E '^step +[0-9]+/' "$1" | sed 's/ | [0-9.]* ms.*//'; }
+
+say "determinism and resume (tiny-llama, bf16, 8 steps; then 4 steps + --resume to 8)"
+det=(--data "$DATA" --model tiny-llama --batch-size 4 --seq-len 96 --steps 8 --decay-steps 8 --warmup-steps 2 --lr 3e-3
+     --eval-every 0 --log-every 1)   # the schedule fixed, so the 4-step part runs the same steps
+rm -rf "$OUT/det_a" "$OUT/det_b"
+./train_gpu "${det[@]}" --out "$OUT/det_a" > "$OUT/det_a.log" 2>&1
+./train_gpu "${det[@]}" > "$OUT/det_a2.log" 2>&1
+if diff <(steps_of "$OUT/det_a.log") <(steps_of "$OUT/det_a2.log") > /dev/null && [ -n "$(steps_of "$OUT/det_a.log")" ]; then
+  r="same losses and norms"; else r="DIFFERENT (see $OUT/det_a*.log)"; fi
+echo "two runs: $r"; row "determinism" "$r"
+./train_gpu "${det[@]}" --steps 4 --out "$OUT/det_b" > "$OUT/det_b1.log" 2>&1
+./train_gpu "${det[@]}" --resume --out "$OUT/det_b" > "$OUT/det_b2.log" 2>&1
+if diff <(steps_of "$OUT/det_a.log" | tail -n 4) <(steps_of "$OUT/det_b2.log") > /dev/null && [ -n "$(steps_of "$OUT/det_b2.log")" ]; then
+  r="steps 5-8 as in the uninterrupted run"; else r="DIFFERENT (see $OUT/det_b2.log)"; fi
+echo "resume: $r"; row "resume" "$r"
+
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$ngpu" -ge 2 ]; then
+  say "2 GPUs (ZeRO-1 over NCCL): tiny-llama, 100 steps, loss should fall"
+  ./train_gpu --data "$DATA" --model tiny-llama --nproc-per-node 2 --batch-size 4 --seq-len 128 --steps 100 \
+    --lr 3e-3 --warmup-steps 10 --eval-every 100 --eval-steps 8 --log-every 25 2>&1 | tee "$OUT/dp2.log"
+  row "2 GPUs tiny-llama val loss" "$(grep 'val loss' "$OUT/dp2.log" | awk '{print $6}' | tr '\n' ' ')"
+fi
 
 # mean tok/s and MFU over the steps after the first 5, and the peak memory, from the step lines
 bench() {
