@@ -1201,6 +1201,9 @@ typedef struct {
     int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, al_a, al_b, al_d;
     cublasLtMatmulAlgo_t algo;
 } LtAlgo;
+/* the key: the ints only (no padding inside them; the bytes before algo may be padding, which a struct copy
+   need not keep) */
+#define LT_KEY_BYTES (offsetof(LtAlgo, al_d) + sizeof(int))
 #define LT_CACHE 512
 static LtAlgo g_lt_cache[LT_CACHE];
 static int g_lt_cached = 0;
@@ -1235,13 +1238,13 @@ static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, d_type, m, n, ldd));
     int al_a = ptr_alignment(A), al_b = ptr_alignment(B), al_d = ptr_alignment(D);
     LtAlgo key;
-    memset(&key, 0, sizeof(key));   /* the padding too: keys are compared with memcmp */
+    memset(&key, 0, sizeof(key));
     key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldd = ldd; key.ta = ta; key.tb = tb;
     key.ab_type = (int)ab_type; key.d_type = (int)d_type; key.epi = (int)epi; key.has_bias = bias != NULL;
     key.al_a = al_a; key.al_b = al_b; key.al_d = al_d;
     const cublasLtMatmulAlgo_t *algo = NULL;
     for (int i = 0; i < g_lt_cached; i++)
-        if (!memcmp(&g_lt_cache[i], &key, offsetof(LtAlgo, algo))) { algo = &g_lt_cache[i].algo; break; }
+        if (!memcmp(&g_lt_cache[i], &key, LT_KEY_BYTES)) { algo = &g_lt_cache[i].algo; break; }
     cublasLtMatmulHeuristicResult_t res;
     if (!algo) {
         cublasLtMatmulPreference_t pref;
