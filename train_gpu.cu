@@ -2210,6 +2210,11 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     if (d->world == 1) return;
     const char *addr = getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : la->master_addr;
     int port = getenv("MASTER_PORT") ? atoi(getenv("MASTER_PORT")) : la->master_port;
+    /* Under torchrun with TORCHELASTIC_USE_AGENT_STORE=True the agent on node 0 already serves its own TCP store on
+       MASTER_PORT (the workers are meant to join it as clients), so rank 0 could not listen there: the handshake
+       uses the port above it (every rank gets the same environment, so they agree). */
+    const char *agent_store = getenv("TORCHELASTIC_USE_AGENT_STORE");
+    if (agent_store && !strcmp(agent_store, "True")) port += 1;
     char run_id[64];
     const char *rid = getenv("LLMTRAIN_RUN_ID") ? getenv("LLMTRAIN_RUN_ID") : la->run_id ? la->run_id : getenv("TORCHELASTIC_RUN_ID");
     if (rid) snprintf(run_id, sizeof(run_id), "%s", rid);
