@@ -58,17 +58,23 @@ tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
 
+# the GPU test program: its host checks run in `make test` wherever nvcc is; its device checks need a GPU
+GPU_TEST_BINS = $(if $(GPU_BINS),tests/bin/test_gpu)
+tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h llmtrain.h $(TOKENIZER)
+	@mkdir -p tests/bin
+	$(NVCC) $(NVFLAGS) -Itests -I. -o $@ tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS)
+
 tests/bin/st_maxdiff: tests/tools/st_maxdiff.c llmtrain.h
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -I. -o $@ $< $(LDLIBS)
 
-test: deps all $(TEST_BINS) tests/bin/st_maxdiff
+test: deps all $(TEST_BINS) $(GPU_TEST_BINS) tests/bin/st_maxdiff
 	@bash tests/run.sh
 
 # GPU tests: skipped with a message where there is no GPU
 test-gpu: all
 	@if [ -z "$(NVCC)" ]; then echo "test-gpu: no nvcc: skipped"; exit 0; fi; \
-	mkdir -p tests/bin && $(NVCC) $(NVFLAGS) -Itests -I. -o tests/bin/gpu_test_gpu tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS) && ./tests/bin/gpu_test_gpu
+	$(MAKE) tests/bin/test_gpu && ./tests/bin/test_gpu
 
 # loss curves of a run folder (RUN=out/run) to RUN/loss.png, with gnuplot
 plot:
