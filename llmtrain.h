@@ -407,6 +407,16 @@ int run_flags_compare(const char *saved, const char *now, char *err, size_t errl
 /* [begin, end) of rank's shard of n values: ceil(n / world) each, the last one shorter */
 void zero_shard(size_t n, int world, int rank, size_t *begin, size_t *end);
 
+/* A run [begin, end) of the flat parameters inside one tensor and one rank's shard (owner). */
+typedef struct { size_t begin, end; int tensor, owner; } ShardPiece;
+/* The gradient pieces that are final once the backward has passed layer l (0 <= l < L): that layer's slice of
+   every per-layer tensor; or, for l == L, the tensors outside the layers (embeddings, final norm, lm_head),
+   final only at the end of the backward. Each is cut at the borders of zero_shard(num_params, world, .).
+   Writes up to cap pieces to out (out may be NULL) and returns how many there are. Over l = 0..L the pieces
+   cover [0, num_params) exactly once. A trainer that reduces layer l's pieces as soon as its backward is done
+   overlaps the ZeRO reduction with the rest of the backward. */
+int zero_grad_pieces(const Model *m, int l, int world, ShardPiece *out, int cap);
+
 typedef struct CommShared CommShared;
 typedef struct {
     int rank, world;
@@ -421,6 +431,8 @@ int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t e
 void comm_barrier(Comm *c);
 /* data[0..n) summed over ranks; afterwards rank r holds the sums of its shard zero_shard(n, world, r) */
 void comm_reduce_scatter(Comm *c, float *data, size_t n);
+/* for each piece, data[begin, end) summed over ranks into rank owner's data (the others' stay as they were) */
+void comm_reduce_pieces(Comm *c, float *data, const ShardPiece *p, int n);
 /* every rank contributes data[its shard]; afterwards all of data[0..n) is the same on every rank */
 void comm_all_gather(Comm *c, float *data, size_t n);
 /* x[0..k) summed over ranks (k <= 64), the same result on every rank */
@@ -2505,6 +2517,28 @@ void zero_shard(size_t n, int world, int rank, size_t *begin, size_t *end) {
     *end = e < n ? e : n;
 }
 
+static int param_is_per_layer(int t) { return t >= P_LN1W && t <= P_BPROJ; }
+
+int zero_grad_pieces(const Model *m, int l, int world, ShardPiece *out, int cap) {
+    int L = m->cfg.n_layer, np = 0;
+    size_t per = (m->num_params + (size_t)world - 1) / (size_t)world;   /* zero_shard's shard length */
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        size_t size = m->param_sizes[t];
+        if (size == 0 || param_is_per_layer(t) != (l < L)) continue;
+        size_t b = m->param_offsets[t], e = b + size;
+        if (l < L) { b += (size / L) * l; e = b + size / L; }
+        while (b < e) {   /* cut at the shard borders */
+            int owner = (int)(b / per);
+            size_t cut = (size_t)(owner + 1) * per;
+            size_t end = cut < e ? cut : e;
+            if (out && np < cap) { out[np].begin = b; out[np].end = end; out[np].tensor = t; out[np].owner = owner; }
+            np++;
+            b = end;
+        }
+    }
+    return np;
+}
+
 #define COMM_MAX_RANKS 64
 struct CommShared {
     int arrived;                  /* ranks at the barrier in the current generation (atomic) */
@@ -2579,24 +2613,53 @@ void comm_barrier(Comm *c) {
     }
 }
 
-void comm_reduce_scatter(Comm *c, float *data, size_t n) {
-    if (c->world <= 1) return;
+/* One pass over the part [c0, c1) of the pieces laid end to end: copy it into this rank's row of the reduction
+   buffer (sum = 0), or, for the pieces this rank owns, sum the ranks' rows in rank order into data (sum = 1). */
+static void comm_pieces_pass(Comm *c, float *data, const ShardPiece *p, int n, size_t c0, size_t c1, int sum) {
     float *buf = comm_reduce_buf(c);
-    size_t sb, se;
-    zero_shard(n, c->world, c->rank, &sb, &se);
-    for (size_t c0 = 0; c0 < n; c0 += c->chunk) {
-        size_t len = n - c0 < c->chunk ? n - c0 : c->chunk;
-        memcpy(buf + (size_t)c->rank * c->chunk, data + c0, len * sizeof(float));
-        comm_barrier(c);
-        size_t lo = sb > c0 ? sb : c0, hi = se < c0 + len ? se : c0 + len;
-        #pragma omp parallel for
-        for (size_t i = lo; i < hi; i++) {
-            float s = buf[i - c0];
-            for (int r = 1; r < c->world; r++) s += buf[(size_t)r * c->chunk + i - c0];
-            data[i] = s;
+    size_t s = 0;   /* where piece i starts in the concatenation */
+    for (int i = 0; i < n && s < c1; i++) {
+        size_t len = p[i].end - p[i].begin, lo = s > c0 ? s : c0, hi = s + len < c1 ? s + len : c1;
+        if (lo < hi) {
+            float *d = data + p[i].begin + (lo - s), *b = buf + (lo - c0);
+            size_t k = hi - lo;
+            if (!sum) memcpy(b + (size_t)c->rank * c->chunk, d, k * sizeof(float));
+            else if (p[i].owner == c->rank) {
+                #pragma omp parallel for
+                for (size_t j = 0; j < k; j++) {
+                    float v = b[j];
+                    for (int r = 1; r < c->world; r++) v += b[(size_t)r * c->chunk + j];
+                    d[j] = v;
+                }
+            }
         }
+        s += len;
+    }
+}
+
+/* the pieces go through the shared buffer a chunk at a time: each rank copies its values in, then the owners sum */
+void comm_reduce_pieces(Comm *c, float *data, const ShardPiece *p, int n) {
+    if (c->world <= 1) return;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += p[i].end - p[i].begin;
+    for (size_t c0 = 0; c0 < total; c0 += c->chunk) {
+        size_t c1 = total - c0 < c->chunk ? total : c0 + c->chunk;
+        comm_pieces_pass(c, data, p, n, c0, c1, 0);
+        comm_barrier(c);
+        comm_pieces_pass(c, data, p, n, c0, c1, 1);
         comm_barrier(c);
     }
+}
+
+/* the pieces of [0, n) cut at the shard borders, one per rank */
+void comm_reduce_scatter(Comm *c, float *data, size_t n) {
+    if (c->world <= 1) return;
+    ShardPiece p[COMM_MAX_RANKS];
+    for (int r = 0; r < c->world; r++) {
+        zero_shard(n, c->world, r, &p[r].begin, &p[r].end);
+        p[r].tensor = -1; p[r].owner = r;
+    }
+    comm_reduce_pieces(c, data, p, c->world);
 }
 
 void comm_all_gather(Comm *c, float *data, size_t n) {

@@ -28,6 +28,19 @@ static float evaluate(Model *m, Blend *val, int B, int n, int eod) {
     return (float)(sum / n);
 }
 
+/* Every gradient piece of ZeRO-1's reduction, in the order train_gpu overlaps them with the backward: the layers
+   last to first, then the embeddings, final norm and lm_head (zero_grad_pieces). */
+static ShardPiece *all_grad_pieces(const Model *m, int world, int *count) {
+    int L = m->cfg.n_layer, n = 0;
+    for (int l = 0; l <= L; l++) n += zero_grad_pieces(m, l, world, NULL, 0);
+    ShardPiece *p = (ShardPiece *)malloc((size_t)n * sizeof(ShardPiece));
+    if (!p) die("out of memory");
+    int k = 0;
+    for (int l = L - 1; l >= -1; l--) k += zero_grad_pieces(m, l < 0 ? L : l, world, p + k, n - k);
+    *count = k;
+    return p;
+}
+
 static void print_sample(Model *m, const Args *a, Tokenizer *tok, int step) {
     int T = a->seq_len, V = m->cfg.vocab_size;
     int start = sample_start_token(&m->cfg, tok);
@@ -80,6 +93,8 @@ int main(int argc, char **argv) {
     int rank = comm.rank, world = comm.world, main_rank = rank == 0;
     size_t shard_begin, shard_end;
     zero_shard(m.num_params, world, rank, &shard_begin, &shard_end);
+    int npieces;
+    ShardPiece *pieces = all_grad_pieces(&m, world, &npieces);
     DataLoader dl;
     dataloader_init(&dl, &data.train_blend, a.batch_size, rank, world);
     dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
@@ -124,7 +139,7 @@ int main(int argc, char **argv) {
             model_backward(&m, 1.0f / (a.grad_accum * world));
         }
         /* ZeRO-1: sum the gradients into their owners' shards; the norm is the sum of the shards' norms */
-        comm_reduce_scatter(&comm, m.grads_memory, m.num_params);
+        comm_reduce_pieces(&comm, m.grads_memory, pieces, npieces);
         double red[3] = {loss / a.grad_accum, grad_sumsq(m.grads_memory, shard_begin, shard_end), (double)stop_requested};
         comm_all_reduce_double(&comm, red, 3);
         loss = red[0] / world;
@@ -170,6 +185,7 @@ int main(int argc, char **argv) {
                tokens_per_step * steps_run / (total_ms / 1000.0));
     if (logf) fclose(logf);
     if (tok) tokenizer_free(tok);
+    free(pieces);
     dataloader_free(&dl);
     close_data(&data);
     model_free(&m);

@@ -1,0 +1,176 @@
+/* test_comm: the ZeRO shard arithmetic both trainers share (zero_shard, zero_grad_pieces) and the CPU
+   collectives (comm_reduce_pieces, comm_reduce_scatter, comm_all_gather, comm_all_reduce_double) across forked
+   ranks, with a reduction buffer cut small so that pieces straddle its chunks.
+
+   The pieces: for every family preset and every world size, the pieces of layers 0..L-1 and of the rest cover
+   [0, num_params) exactly once; each lies in one tensor, in its owner's zero_shard, and a layer's pieces in
+   that layer's slice of the tensor. The collectives: each rank fills its buffer with values of its own; after
+   the call the owner of every element holds the sum in rank order (bit for bit: the same float additions),
+   and the other ranks' values are untouched. */
+#define LLMTRAIN_IMPLEMENTATION
+#include "llmtrain.h"
+#include "test_util.h"
+
+static int cmp_piece(const void *a, const void *b) {
+    const ShardPiece *x = (const ShardPiece *)a, *y = (const ShardPiece *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+static void check_pieces(const char *name, const Model *m, int world) {
+    int L = m->cfg.n_layer, total = 0;
+    for (int l = 0; l <= L; l++) total += zero_grad_pieces(m, l, world, NULL, 0);
+    ShardPiece *all = (ShardPiece *)malloc((size_t)total * sizeof(ShardPiece));
+    int k = 0, bad = 0;
+    for (int l = 0; l <= L; l++) {
+        int n = zero_grad_pieces(m, l, world, all + k, total - k);
+        for (int i = k; i < k + n; i++) {
+            ShardPiece p = all[i];
+            size_t tb = m->param_offsets[p.tensor], ts = m->param_sizes[p.tensor], sb, se;
+            zero_shard(m->num_params, world, p.owner, &sb, &se);
+            int in_tensor = p.begin >= tb && p.end <= tb + ts && p.begin < p.end;
+            int in_shard = p.owner >= 0 && p.owner < world && p.begin >= sb && p.end <= se;
+            int in_layer = 1;
+            if (l < L) {   /* a per-layer tensor: this layer's slice */
+                size_t per = ts / L;
+                in_layer = ts % L == 0 && (p.begin - tb) / per == (size_t)l && (p.end - 1 - tb) / per == (size_t)l;
+            } else {
+                in_layer = p.tensor == P_WTE || p.tensor == P_WPE || p.tensor == P_LNFW || p.tensor == P_LNFB ||
+                           p.tensor == P_LMHEAD;
+            }
+            if (!in_tensor || !in_shard || !in_layer) {
+                if (bad++ < 5)
+                    failf("%s world %d layer %d: piece [%zu, %zu) tensor %d owner %d: %s", name, world, l, p.begin, p.end,
+                          p.tensor, p.owner, !in_tensor ? "not inside its tensor" : !in_shard ? "not inside its owner's shard" : "not in its layer's slice");
+            }
+        }
+        k += n;
+    }
+    qsort(all, (size_t)total, sizeof(ShardPiece), cmp_piece);
+    size_t at = 0;
+    for (int i = 0; i < total; i++) {
+        if (all[i].begin != at) { failf("%s world %d: a %s at %zu", name, world, all[i].begin > at ? "gap" : "overlap", at); bad++; break; }
+        at = all[i].end;
+    }
+    if (at != m->num_params && !bad) { failf("%s world %d: the pieces end at %zu, not %zu", name, world, at, m->num_params); bad++; }
+    checks++;
+    free(all);
+}
+
+static void test_pieces(void) {
+    const char *presets[] = {"tiny-gpt2", "tiny-llama", "tiny-qwen3"};
+    const int worlds[] = {1, 2, 3, 4, 5, 7, 8, 13, 64};
+    for (int i = 0; i < 3; i++) {
+        for (int tie = 0; tie < 2; tie++) {
+            ModelConfig cfg;
+            if (model_config_preset(&cfg, presets[i]) != 0) { failf("%s: no such preset", presets[i]); continue; }
+            cfg.tie_embeddings = tie;
+            Model m;
+            if (model_build(&m, &cfg) != 0) { failf("%s: model_build", presets[i]); continue; }
+            char name[64];
+            snprintf(name, sizeof(name), "%s%s", presets[i], tie ? " tied" : " untied");
+            for (size_t w = 0; w < sizeof(worlds) / sizeof(worlds[0]); w++) check_pieces(name, &m, worlds[w]);
+            model_free(&m);
+        }
+    }
+    printf("zero_grad_pieces: %d layouts x worlds checked\n", checks);
+}
+
+/* the value rank r holds at i: distinct per rank, with fractions whose sum order matters in fp32 */
+static float value_of(int r, size_t i) { return (float)((i * 2654435761u + (size_t)r * 40503u) % 100003) / 977.0f - 50.0f; }
+
+static float rank_order_sum(int world, size_t i) {
+    float s = value_of(0, i);
+    for (int r = 1; r < world; r++) s += value_of(r, i);
+    return s;
+}
+
+/* runs in every rank; returns the number of wrong values this rank saw */
+static int collectives_in_rank(Comm *c, const Model *m) {
+    int world = c->world, rank = c->rank, wrong = 0;
+    size_t n = m->num_params;
+    float *data = (float *)malloc(n * sizeof(float));
+    /* comm_reduce_pieces over the pieces of every layer, in the trainers' order (layers last to first, then the rest) */
+    int L = m->cfg.n_layer, total = 0;
+    for (int l = 0; l <= L; l++) total += zero_grad_pieces(m, l, world, NULL, 0);
+    ShardPiece *p = (ShardPiece *)malloc((size_t)total * sizeof(ShardPiece));
+    int k = 0;
+    for (int l = L - 1; l >= -1; l--) k += zero_grad_pieces(m, l < 0 ? L : l, world, p + k, total - k);
+    for (size_t i = 0; i < n; i++) data[i] = value_of(rank, i);
+    comm_reduce_pieces(c, data, p, k);
+    size_t sb, se;
+    zero_shard(n, world, rank, &sb, &se);
+    for (size_t i = 0; i < n; i++) {
+        float want = i >= sb && i < se ? rank_order_sum(world, i) : value_of(rank, i);
+        if (memcmp(&data[i], &want, sizeof(float)) != 0 && wrong++ < 3)
+            fprintf(stderr, "FAIL: rank %d/%d reduce_pieces [%zu] = %.9g, want %.9g\n", rank, world, i, data[i], want);
+    }
+    /* comm_reduce_scatter on an odd length, then comm_all_gather of the shards */
+    size_t n2 = n - 3;
+    for (size_t i = 0; i < n2; i++) data[i] = value_of(rank, i);
+    comm_reduce_scatter(c, data, n2);
+    zero_shard(n2, world, rank, &sb, &se);
+    for (size_t i = sb; i < se; i++) {
+        float want = rank_order_sum(world, i);
+        if (memcmp(&data[i], &want, sizeof(float)) != 0 && wrong++ < 3)
+            fprintf(stderr, "FAIL: rank %d/%d reduce_scatter [%zu] = %.9g, want %.9g\n", rank, world, i, data[i], want);
+    }
+    comm_all_gather(c, data, n2);
+    for (size_t i = 0; i < n2; i++) {
+        float want = rank_order_sum(world, i);
+        if (memcmp(&data[i], &want, sizeof(float)) != 0 && wrong++ < 3)
+            fprintf(stderr, "FAIL: rank %d/%d all_gather [%zu] = %.9g, want %.9g\n", rank, world, i, data[i], want);
+    }
+    double x[3] = {rank + 0.5, -rank * 2.0, 1.0};
+    comm_all_reduce_double(c, x, 3);
+    double w0 = 0, w1 = 0;
+    for (int r = 0; r < world; r++) { w0 += r + 0.5; w1 += -r * 2.0; }
+    if ((x[0] != w0 || x[1] != w1 || x[2] != world) && wrong++ < 3)
+        fprintf(stderr, "FAIL: rank %d/%d all_reduce_double: %g %g %g\n", rank, world, x[0], x[1], x[2]);
+    free(p);
+    free(data);
+    return wrong;
+}
+
+/* One world size, in a child process of its own: forking ranks from a process whose OpenMP thread pool exists
+   would leave the children's pool broken, so the test's own process never runs a parallel region. */
+static int collectives_world(const Model *m, int world, size_t chunk) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        char err[256];
+        Comm c;
+        omp_set_num_threads(1);
+        if (comm_init_fork(&c, world, m->num_params, err, sizeof(err)) != 0) { fprintf(stderr, "FAIL: comm_init_fork: %s\n", err); _exit(2); }
+        c.chunk = chunk;   /* every rank the same, smaller than the pieces: they straddle chunk borders */
+        int wrong = collectives_in_rank(&c, m);
+        comm_barrier(&c);
+        if (c.rank != 0) _exit(wrong ? 1 : 0);
+        _exit(comm_finish(&c) != 0 || wrong ? 1 : 0);
+    }
+    int st = 0;
+    if (waitpid(pid, &st, 0) < 0) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void test_collectives(void) {
+    ModelConfig cfg;
+    if (model_config_preset(&cfg, "tiny-llama") != 0) { failf("tiny-llama: no such preset"); return; }
+    Model m;
+    if (model_build(&m, &cfg) != 0) { failf("model_build"); return; }
+    const int worlds[] = {2, 3, 4};
+    for (int w = 0; w < 3; w++) {
+        int rc = collectives_world(&m, worlds[w], 3001 + 37 * w);
+        if (rc != 0) failf("collectives over %d ranks: exit %d (see above)", worlds[w], rc);
+        else printf("collectives over %d ranks: ok\n", worlds[w]);
+        checks++;
+    }
+    model_free(&m);
+}
+
+int main(void) {
+    test_pieces();
+    test_collectives();
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
