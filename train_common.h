@@ -22,11 +22,11 @@ typedef struct {
     int nproc;                 /* processes on this machine: CPU ranks, or GPUs per node */
     /* train_gpu only */
     const char *dtype;         /* bf16 | fp32 */
-    int recompute, zero, plain_attn, fuse_gelu;
+    int recompute, zero, plain_attn, fuse_gelu, overlap, nccl_one;
     long logits_mb;
     int nnodes, node_rank, master_port;
     const char *master_addr, *run_id;
-    float dist_timeout;
+    float dist_timeout, nccl_timeout;
 } Args;
 
 /* The program's name for messages, and what to do before exiting on an error (stop the other ranks). */
@@ -106,7 +106,12 @@ static void usage(int gpu) {
 "  --nnodes M --node-rank R  nodes and this node's index (default 1, 0)\n"
 "  --master-addr A --master-port P  where rank 0 serves the NCCL id (default 127.0.0.1:29500)\n"
 "  --run-id ID             run id checked in the handshake (default: made by the launcher)\n"
-"  --dist-timeout S        seconds to wait for all ranks (default 300)\n");
+"  --dist-timeout S        seconds to wait for all ranks (default 300)\n"
+"  --overlap 0|1           reduce each layer's gradients into their ZeRO shards while the backward goes on\n"
+"                          (default 1); 0: one reduce-scatter after the backward\n"
+"  --nccl 0|1              1: NCCL even with one rank (the multi-GPU code path, testable on one GPU; default 0)\n"
+"  --nccl-timeout S        stop all ranks when NCCL reports an error, or when no step ends within S seconds\n"
+"                          (a rank died or hangs); 0: no time limit (default 1800)\n");
 }
 
 static double now_ms(void) {
@@ -139,8 +144,10 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1; a->nproc = 1;
     a->dtype = "bf16"; a->recompute = 1; a->zero = 1; a->logits_mb = 512;
     a->nnodes = 1; a->master_addr = "127.0.0.1"; a->master_port = 29500; a->dist_timeout = 300;
+    a->overlap = 1; a->nccl_timeout = 1800;
     static const char *gpu_flags[] = {"--dtype", "--recompute", "--zero", "--attention", "--fuse-gelu", "--logits-mb",
-        "--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--run-id", "--dist-timeout"};
+        "--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--run-id", "--dist-timeout",
+        "--overlap", "--nccl", "--nccl-timeout"};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(gpu); exit(0); }
@@ -202,6 +209,9 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
         else if (!strcmp(f, "--master-port")) a->master_port = (int)parse_int(f, v);
         else if (!strcmp(f, "--run-id")) a->run_id = v;
         else if (!strcmp(f, "--dist-timeout")) a->dist_timeout = parse_float(f, v);
+        else if (!strcmp(f, "--overlap")) a->overlap = (int)parse_int(f, v);
+        else if (!strcmp(f, "--nccl")) a->nccl_one = (int)parse_int(f, v);
+        else if (!strcmp(f, "--nccl-timeout")) a->nccl_timeout = parse_float(f, v);
         else die("unknown flag %s (see --help)", f);
     }
     if (!a->data) die("--data PREFIX is required (see --help)");
@@ -216,6 +226,9 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
         if (strcmp(a->dtype, "bf16") && strcmp(a->dtype, "fp32")) die("--dtype must be bf16 or fp32, got \"%s\"", a->dtype);
         if (a->recompute < 0 || a->recompute > 2) die("--recompute must be 0, 1 or 2");
         if (a->zero != 1) die("--zero %d: only ZeRO-1 is implemented (fp32 masters and AdamW moments sharded)", a->zero);
+        if ((a->overlap != 0 && a->overlap != 1) || (a->nccl_one != 0 && a->nccl_one != 1))
+            die("--overlap and --nccl must be 0 or 1");
+        if (!(a->nccl_timeout >= 0)) die("--nccl-timeout must be >= 0 seconds");
         if (a->nnodes < 1 || a->node_rank < 0 || a->node_rank >= a->nnodes)
             die("--nnodes must be >= 1 and 0 <= --node-rank < --nnodes");
     }

@@ -37,6 +37,7 @@ extern "C" {
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1500,7 +1501,7 @@ void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream
 
 typedef struct {
     int rank, world, local_rank;
-    ncclComm_t comm;             /* NULL when world == 1 */
+    ncclComm_t comm;             /* NULL when world == 1 (unless NCCL is asked for with one rank) */
 } Dist;
 
 template <typename T> static ncclDataType_t nccl_type();
@@ -1539,6 +1540,14 @@ struct GModel {
     double *red;                 /* [4] device: [0] grad sumsq, [1] loss accumulator, [2] stop flag */
     double *norm_parts;
     cudaStream_t stream;
+    /* ZeRO-1 over NCCL: the reduction of layer l's gradient pieces (zero_grad_pieces; l == L: the rest) goes on
+       comm_stream as soon as the backward has passed layer l; comm_done tells the compute stream it is over */
+    ncclComm_t comm;             /* NULL: one rank, no NCCL */
+    int overlap, reduced;        /* reduced: this step's gradients are already in their shards */
+    ShardPiece *pieces;          /* layer l's pieces are pieces[piece_start[l] .. piece_start[l + 1]) */
+    int *piece_start;
+    cudaStream_t comm_stream;
+    cudaEvent_t *layer_done, comm_done;
     void *allocs[96]; size_t alloc_sizes[96]; int nallocs;
 };
 
@@ -1556,6 +1565,8 @@ typedef struct {
     int plain_attn;      /* 1: the plain attention kernels even where tensor-core ones exist */
     int fuse_gelu;       /* 1: GELU in cuBLASLt's epilogue (GPT-2) */
     size_t logits_bytes; /* bound on the classifier's chunk of logits (0: 512 MiB) */
+    int overlap;         /* with NCCL: reduce each layer's gradients while the backward goes on (else one
+                            reduce-scatter after it) */
 } GOptions;
 
 /* ZeRO-1 layout of n values over world ranks: the header's zero_shard (ceil(n / world) each, the last one shorter)
@@ -1675,6 +1686,24 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.red = GM_ALLOC(g, double, 4);
     g.norm_parts = GM_ALLOC(g, double, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaMemsetAsync(g.red, 0, 4 * sizeof(double), stream));
+    /* the gradient pieces of each layer, and the stream that reduces them */
+    g.comm = d.comm;
+    g.overlap = o.overlap && d.comm;
+    if (g.overlap) {
+        g.piece_start = (int *)malloc((g.L + 2) * sizeof(int));
+        int total = 0;
+        for (int l = 0; l <= g.L; l++) { g.piece_start[l] = total; total += zero_grad_pieces(host, l, d.world, NULL, 0); }
+        g.piece_start[g.L + 1] = total;
+        g.pieces = (ShardPiece *)malloc((size_t)total * sizeof(ShardPiece));
+        for (int l = 0; l <= g.L; l++)
+            zero_grad_pieces(host, l, d.world, g.pieces + g.piece_start[l], g.piece_start[l + 1] - g.piece_start[l]);
+        int lo, hi;
+        CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+        CUDA_CHECK(cudaStreamCreateWithPriority(&g.comm_stream, cudaStreamNonBlocking, hi));   /* ahead of the compute */
+        g.layer_done = (cudaEvent_t *)malloc((g.L + 1) * sizeof(cudaEvent_t));
+        for (int l = 0; l <= g.L; l++) CUDA_CHECK(cudaEventCreateWithFlags(&g.layer_done[l], cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&g.comm_done, cudaEventDisableTiming));
+    }
     CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
@@ -1685,6 +1714,13 @@ void gmodel_free(GModel<T> &g) {
     cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); cudaFreeHost(g.h_uniq); cudaFreeHost(g.h_offs); cudaFreeHost(g.h_pos);
     free(g.h_count);
     cudaEventDestroy(g.upload_done);
+    if (g.overlap) {
+        CUDA_CHECK(cudaStreamSynchronize(g.comm_stream));
+        for (int l = 0; l <= g.L; l++) cudaEventDestroy(g.layer_done[l]);
+        cudaEventDestroy(g.comm_done);
+        cudaStreamDestroy(g.comm_stream);
+        free(g.layer_done); free(g.pieces); free(g.piece_start);
+    }
     memset(&g, 0, sizeof(g));
 }
 
@@ -1722,7 +1758,7 @@ template <typename T>
 static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *dst) {
     cudaStream_t s = g.stream;
     float *stage = g.grads;
-    if (d.world > 1) NCCL_CHECK(ncclAllGather(src, stage, g.shard, ncclFloat, d.comm, s));
+    if (d.comm) NCCL_CHECK(ncclAllGather(src, stage, g.shard, ncclFloat, d.comm, s));
     else CUDA_CHECK(cudaMemcpyAsync(stage, src, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
     CUDA_CHECK(cudaMemcpyAsync(dst, stage, g.nparams * sizeof(float), cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
@@ -1880,9 +1916,33 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
     }
 }
 
-/* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams */
+/* ZeRO-1 overlapped with the backward: once the backward has passed layer l (l == L: the whole backward, for the
+   embeddings, final norm and lm_head), that layer's gradients are final, and NCCL reduces each of its pieces into
+   its owner's shard on comm_stream while the compute stream goes on with layer l - 1. Every rank issues the same
+   reduces in the same order (the pieces are the same everywhere). In place: the owner's grads hold the sum. */
 template <typename T>
-void gmodel_backward(GModel<T> &g) {
+static void gmodel_reduce_layer(GModel<T> &g, int l) {
+    CUDA_CHECK(cudaEventRecord(g.layer_done[l], g.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(g.comm_stream, g.layer_done[l], 0));
+    NCCL_CHECK(ncclGroupStart());
+    for (int i = g.piece_start[l]; i < g.piece_start[l + 1]; i++) {
+        const ShardPiece *p = &g.pieces[i];
+        NCCL_CHECK(ncclReduce(g.grads + p->begin, g.grads + p->begin, p->end - p->begin, ncclFloat, ncclSum, p->owner,
+                              g.comm, g.comm_stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    if (l == g.L) {   /* the last: the compute stream (the optimizer step) waits for all of them */
+        CUDA_CHECK(cudaEventRecord(g.comm_done, g.comm_stream));
+        CUDA_CHECK(cudaStreamWaitEvent(g.stream, g.comm_done, 0));
+        g.reduced = 1;
+    }
+}
+
+/* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams.
+   reduce: the last micro-step before an optimizer step; with NCCL and overlap the reduction goes along. */
+template <typename T>
+void gmodel_backward(GModel<T> &g, int reduce = 0) {
+    reduce = reduce && g.overlap;
     cudaStream_t s = g.stream;
     const ModelConfig *c = &g.cfg;
     int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
@@ -1938,8 +1998,10 @@ void gmodel_backward(GModel<T> &g) {
                                 g.pt[P_WQKV] + (size_t)l * g.QKV * C, N, C, g.QKV, g.QKV, 0, NULL, sc, s);
         gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LN1W] + l * C, lay(g.gt[P_LN1B], l, C), g.dln, x, 1, C,
                               g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
+        if (reduce) gmodel_reduce_layer(g, l);
     }
     gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s);
+    if (reduce) gmodel_reduce_layer(g, g.L);
 }
 
 template <typename T> void gmodel_zero_grad(GModel<T> &g) {
@@ -1955,7 +2017,7 @@ template <typename T> double gmodel_read_loss(GModel<T> &g) {
 }
 
 /* One optimizer step after the micro-steps (DESIGN.md sec. 7):
-   reduce-scatter the grads into the shards -> global grad norm (sum of the shards' squares, all-reduced with the
+   reduce-scatter the grads into the shards (unless the backward did it, overlapped) -> global grad norm (sum of the shards' squares, all-reduced with the
    loss) -> clip -> AdamW on the own shard -> all-gather the T weights. Returns the mean loss over ranks and the
    norm; with a non-finite loss or norm the update is skipped (the caller decides what that means). */
 template <typename T>
@@ -1965,9 +2027,10 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
     float *gshard = g.grads + g.shard_begin;
     double stop = *stop_inout ? 1.0 : 0.0;
     CUDA_CHECK(cudaMemcpyAsync(g.red + 2, &stop, sizeof(double), cudaMemcpyHostToDevice, s));
-    if (d.world > 1) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
+    if (d.comm && !g.reduced) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
+    g.reduced = 0;
     gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
-    if (d.world > 1) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, d.comm, s));
+    if (d.comm) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, d.comm, s));
     double red[3];
     CUDA_CHECK(cudaMemcpyAsync(red, g.red, 3 * sizeof(double), cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
@@ -1988,7 +2051,7 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
                                  step, scale, sr_seed, b, s);
         }
     }
-    if (d.world > 1) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<T>(), d.comm, s));
+    if (d.comm) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<T>(), d.comm, s));
 }
 
 /* ================================================================================================ */
@@ -2118,6 +2181,7 @@ typedef struct {
     int nproc_per_node, nnodes, node_rank, master_port;
     const char *master_addr, *run_id;
     double timeout_s;
+    int nccl_one;          /* NCCL even with one rank */
 } LaunchArgs;
 
 static pid_t g_children[1024];
@@ -2207,7 +2271,14 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) die("no CUDA device found");
     if (d->local_rank >= ndev) die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
     CUDA_CHECK(cudaSetDevice(d->local_rank));
-    if (d->world == 1) return;
+    if (d->world == 1) {
+        if (la->nccl_one) {   /* a communicator of one: the NCCL code path on one GPU */
+            ncclUniqueId id;
+            NCCL_CHECK(ncclGetUniqueId(&id));
+            NCCL_CHECK(ncclCommInitRank(&d->comm, 1, id, 0));
+        }
+        return;
+    }
     const char *addr = getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : la->master_addr;
     int port = getenv("MASTER_PORT") ? atoi(getenv("MASTER_PORT")) : la->master_port;
     /* Under torchrun with TORCHELASTIC_USE_AGENT_STORE=True the agent on node 0 already serves its own TCP store on
@@ -2227,6 +2298,49 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
         boot_join(&id, run_id, d->rank, d->world, addr, port, la->timeout_s);
     }
     NCCL_CHECK(ncclCommInitRank(&d->comm, d->world, id, d->rank));
+}
+
+/* The NCCL watchdog: a thread that stops this rank when NCCL reports an asynchronous error (a connection to a peer
+   broke) or when no step has ended for --nccl-timeout seconds (a peer died without breaking a connection, or
+   hangs). Without it a collective that waits for a dead rank on another node waits forever. It exits the
+   process: the driver ends its kernels, the peers' connections break, and our launcher (or torchrun) stops the
+   other local ranks. */
+static long long g_progress_ms = 0;     /* when the last step (or evaluation, or checkpoint) ended (atomic) */
+static double g_nccl_timeout_s = 0.0;
+static ncclComm_t g_watched = NULL;
+static int g_watched_rank = 0;
+
+static long long wall_ms(void) { return (long long)(wall_s() * 1000.0); }
+static void progress_mark(void) { __atomic_store_n(&g_progress_ms, wall_ms(), __ATOMIC_RELEASE); }
+
+static void *nccl_watchdog(void *arg) {
+    (void)arg;
+    for (;;) {
+        sleep(1);
+        ncclResult_t st = ncclSuccess;
+        ncclResult_t r = ncclCommGetAsyncError(g_watched, &st);
+        if (r != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
+            fprintf(stderr, "%s: rank %d: NCCL reports an error (%s): stopping\n", trainer_name, g_watched_rank,
+                    ncclGetErrorString(r != ncclSuccess ? r : st));
+            _exit(1);
+        }
+        double idle = (wall_ms() - __atomic_load_n(&g_progress_ms, __ATOMIC_ACQUIRE)) / 1000.0;
+        if (g_nccl_timeout_s > 0 && idle > g_nccl_timeout_s) {
+            fprintf(stderr, "%s: rank %d: no step ended in %.0f s (a rank died or hangs; see --nccl-timeout): stopping\n",
+                    trainer_name, g_watched_rank, idle);
+            _exit(1);
+        }
+    }
+    return NULL;
+}
+
+static void watchdog_start(const Dist *d, double timeout_s) {
+    if (!d->comm) return;
+    g_watched = d->comm; g_watched_rank = d->rank; g_nccl_timeout_s = timeout_s;
+    progress_mark();
+    pthread_t th;
+    if (pthread_create(&th, NULL, nccl_watchdog, NULL) != 0) die("cannot start the NCCL watchdog thread");
+    pthread_detach(th);
 }
 
 /* the process-wide GPU state: SM count and the cuBLASLt handle and workspace (after cudaSetDevice) */
@@ -2350,7 +2464,7 @@ static int run(Args &a, Dist &d) {
 
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20};
+    GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20, a.overlap};
     GModel<T> g;
     gmodel_build(g, &m, a.batch_size, a.seq_len, o, d, stream);
     gmodel_upload(g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
@@ -2384,10 +2498,11 @@ static int run(Args &a, Dist &d) {
                (unsigned long long)data.train_tokens, a.seq_len);
         printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a.batch_size, a.seq_len,
                a.grad_accum, world, a.batch_size * a.seq_len * a.grad_accum * world);
-        printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-1 over %d rank(s), %.2f GiB allocated; "
+        printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-1 over %d rank(s)%s, %.2f GiB allocated; "
                "%.1f GFLOP/token, peak %.0f TFLOP/s bf16\n", prop.name, prop.multiProcessorCount, a.dtype, a.recompute,
-               gpu::attention_uses_tc<T>(cfg.head_dim, a.plain_attn) ? "tensor-core flash" : "plain",
-               world, g_dev_bytes / 1073741824.0, fpt / 1e9, peak / 1e12);
+               gpu::attention_uses_tc<T>(cfg.head_dim, a.plain_attn) ? "tensor-core flash" : "plain", world,
+               !d.comm ? "" : g.overlap ? " (NCCL, reduce overlapped with the backward)" : " (NCCL, reduce-scatter)",
+               g_dev_bytes / 1073741824.0, fpt / 1e9, peak / 1e12);
         if (data.have_valid && !resumed) {
             float vl = evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod);
             printf("step %d | val loss %.4f\n", 0, vl);
@@ -2400,6 +2515,7 @@ static int run(Args &a, Dist &d) {
     double total_ms = 0.0;
     int steps_run = 0;
     long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum * world;
+    progress_mark();
     for (int step = (int)ts.step + 1; step <= a.steps; step++) {
         double t0 = now_ms();
         gmodel_zero_grad(g);
@@ -2407,7 +2523,7 @@ static int run(Args &a, Dist &d) {
             dataloader_next(&dl);
             gmodel_upload_batch(g, dl.inputs, dl.targets, a.batch_size, a.seq_len);
             gmodel_forward(g, 1, 1.0f / (a.grad_accum * world), 1.0 / a.grad_accum, micro > 0);
-            gmodel_backward(g);
+            gmodel_backward(g, micro == a.grad_accum - 1);
         }
         opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
         double loss, norm;
@@ -2420,6 +2536,7 @@ static int run(Args &a, Dist &d) {
         ts.step = step;
         ts.data_cursor = dl.cursor;
         CUDA_CHECK(cudaStreamSynchronize(stream));
+        progress_mark();
         double ms = now_ms() - t0;
         total_ms += ms;
         steps_run++;
@@ -2447,6 +2564,7 @@ static int run(Args &a, Dist &d) {
         }
         int last = step == a.steps || stop;
         if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(g, d, &a, &ts);
+        progress_mark();   /* the evaluation and the checkpoint are not a hang */
         if (stop) { if (main_rank) printf("stopped by signal after step %d\n", step); break; }
     }
     if (steps_run > 0 && main_rank)
@@ -2465,11 +2583,12 @@ int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
-    LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout};
+    LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout, a.nccl_one};
     maybe_launch(&launch, argc, argv);   /* forks the local ranks; returns in each of them */
     if (a.threads > 0) omp_set_num_threads(a.threads);
     Dist d;
     dist_init(&d, &launch);
+    watchdog_start(&d, a.nccl_timeout);
     gpu_setup();
     int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
     if (d.comm) ncclCommDestroy(d.comm);

@@ -82,12 +82,25 @@ if diff <(steps_of "$OUT/det_a.log" | tail -n 4) <(steps_of "$OUT/det_b2.log") >
   r="steps 5-8 as in the uninterrupted run"; else r="DIFFERENT (see $OUT/det_b2.log)"; fi
 echo "resume: $r"; row "resume" "$r"
 
+say "the NCCL path on one GPU (--nccl 1: per-layer reduces overlapped, or one reduce-scatter) == no NCCL"
+for ov in 1 0; do
+  ./train_gpu "${det[@]}" --nccl 1 --overlap $ov > "$OUT/nccl1_ov$ov.log" 2>&1
+  if diff <(steps_of "$OUT/det_a.log") <(steps_of "$OUT/nccl1_ov$ov.log") > /dev/null && [ -n "$(steps_of "$OUT/nccl1_ov$ov.log")" ]; then
+    r="same losses and norms"; else r="DIFFERENT (see $OUT/nccl1_ov$ov.log)"; fi
+  echo "--nccl 1 --overlap $ov: $r"; row "NCCL 1 rank, overlap $ov" "$r"
+done
+
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$ngpu" -ge 2 ]; then
   say "2 GPUs (ZeRO-1 over NCCL): tiny-llama, 100 steps, loss should fall"
   ./train_gpu --data "$DATA" --model tiny-llama --nproc-per-node 2 --batch-size 4 --seq-len 128 --steps 100 \
     --lr 3e-3 --warmup-steps 10 --eval-every 100 --eval-steps 8 --log-every 25 2>&1 | tee "$OUT/dp2.log"
   row "2 GPUs tiny-llama val loss" "$(grep 'val loss' "$OUT/dp2.log" | awk '{print $6}' | tr '\n' ' ')"
+  ./train_gpu "${det[@]}" --nproc-per-node 2 --batch-size 2 > "$OUT/dp2_ov1.log" 2>&1
+  ./train_gpu "${det[@]}" --nproc-per-node 2 --batch-size 2 --overlap 0 > "$OUT/dp2_ov0.log" 2>&1
+  if diff <(steps_of "$OUT/dp2_ov1.log") <(steps_of "$OUT/dp2_ov0.log") > /dev/null && [ -n "$(steps_of "$OUT/dp2_ov1.log")" ]; then
+    r="same losses and norms"; else r="DIFFERENT (see $OUT/dp2_ov*.log)"; fi
+  echo "2 GPUs, overlapped reduces vs reduce-scatter: $r"; row "2 GPUs overlap 1 vs 0" "$r"
 fi
 
 # mean tok/s and MFU over the steps after the first 5, and the peak memory, from the step lines

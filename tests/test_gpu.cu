@@ -642,6 +642,72 @@ template <typename T> static void test_training(int family) {
     model_free(&cpu); model_free(&gh);
 }
 
+/* 6 optimizer steps of 2 micro-steps each; the losses, norms and final weights */
+template <typename T>
+static void train_a_little(int family, ncclComm_t comm, int overlap, std::vector<double> &out, std::vector<float> &w) {
+    ModelConfig cfg = small_config(family);
+    int B = 2, Tn = 64;
+    Model gh;
+    model_build(&gh, &cfg);
+    model_init_weights(&gh, 13, 0.02f);
+    Dist d = {0, 1, 0, comm};
+    GOptions o = {1, 0, 0, 0, overlap};
+    cudaStream_t st;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    GModel<T> g;
+    gmodel_build(g, &gh, B, Tn, o, d, st);
+    gmodel_upload(g);
+    AdamWConfig opt = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    out.clear();
+    for (int step = 1; step <= 6; step++) {
+        gmodel_zero_grad(g);
+        for (int micro = 0; micro < 2; micro++) {
+            std::vector<int> in, tg;
+            make_batch(in, tg, B, Tn, cfg.vocab_size, 300 + 2 * step + micro);
+            gmodel_upload_batch(g, in.data(), tg.data(), B, Tn);
+            gmodel_forward(g, 1, 0.5f, 0.5, micro > 0);
+            gmodel_backward(g, micro == 1);
+        }
+        double gl, gn;
+        int stop = 0;
+        gmodel_step(g, d, &opt, step, 1.0f, 1234, 1, &gl, &gn, &stop);
+        out.push_back(gl);
+        out.push_back(gn);
+    }
+    w = from_dev(g.params, g.nparams);
+    gmodel_free(g);
+    CUDA_CHECK(cudaStreamDestroy(st));
+    model_free(&gh);
+}
+
+/* The NCCL code path (a communicator of one rank: ncclReduce of every layer's pieces overlapped with the
+   backward, or one ncclReduceScatter; then the all-reduce of the norm and the all-gather of the weights) gives
+   the same losses, norms and weights, bit for bit, as the path without NCCL. */
+template <typename T> static void test_nccl_one_rank(int family) {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    ncclComm_t comm;
+    NCCL_CHECK(ncclCommInitAll(&comm, 1, &dev));
+    std::vector<double> base, ov, rs;
+    std::vector<float> wb, wo, wr;
+    train_a_little<T>(family, NULL, 0, base, wb);
+    train_a_little<T>(family, comm, 1, ov, wo);
+    train_a_little<T>(family, comm, 0, rs, wr);
+    ncclCommDestroy(comm);
+    const char *how[2] = {"overlapped reduces", "reduce-scatter"};
+    std::vector<double> *runs[2] = {&ov, &rs};
+    std::vector<float> *ws[2] = {&wo, &wr};
+    for (int k = 0; k < 2; k++) {
+        int same = runs[k]->size() == base.size() && memcmp(runs[k]->data(), base.data(), base.size() * sizeof(double)) == 0;
+        size_t diff = 0;
+        for (size_t i = 0; i < wb.size(); i++) diff += memcmp(&wb[i], &(*ws[k])[i], 4) != 0;
+        int ok = same && diff == 0 && wb.size() == ws[k]->size();
+        printf("%s %-5s NCCL one rank %-8s %-18s == no NCCL: losses/norms %s, %zu weights differ%s\n", ok ? "ok  " : "FAIL",
+               g_dtype, family_name(family), how[k], same ? "same" : "DIFFERENT", diff, ok ? "" : "  <--");
+        ok ? g_pass++ : g_fail++;
+    }
+}
+
 template <typename T> static void run_all(int quick) {
     g_dtype = tname<T>();
     test_embedding<T>();
@@ -669,6 +735,8 @@ template <typename T> static void run_all(int quick) {
     if (sizeof(T) == 2) test_model<T>(FAMILY_LLAMA, 2, 1);
     test_training<T>(FAMILY_GPT2);
     test_training<T>(FAMILY_LLAMA);
+    test_nccl_one_rank<T>(FAMILY_GPT2);
+    test_nccl_one_rank<T>(FAMILY_QWEN3);
 }
 
 int main(int argc, char **argv) {
