@@ -97,7 +97,8 @@ static void usage(int gpu) {
 "GPU\n"
 "  --dtype bf16|fp32       weights and activations (default bf16; masters, moments and grads are fp32)\n"
 "  --recompute 0|1|2       0 keep all activations; 1 recompute GELU/SwiGLU outputs; 2 also the norms (default 1)\n"
-"  --zero 1                ZeRO stage: 1 shards the fp32 masters and AdamW moments (the only stage here)\n"
+"  --zero 1|2              ZeRO stage: 1 shards the fp32 masters and AdamW moments; 2 also keeps only this\n"
+"                          rank's shard of the summed gradients (default 1)\n"
 "  --attention tc|plain    tensor-core flash attention (bf16, head dim 32/64/128) or the plain kernels\n"
 "  --fuse-gelu 0|1         GPT-2's GELU in the cuBLASLt epilogue (default 0)\n"
 "  --logits-mb MB          bound on the classifier's chunk of logits (default 512)\n"
@@ -225,7 +226,7 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     if (gpu) {
         if (strcmp(a->dtype, "bf16") && strcmp(a->dtype, "fp32")) die("--dtype must be bf16 or fp32, got \"%s\"", a->dtype);
         if (a->recompute < 0 || a->recompute > 2) die("--recompute must be 0, 1 or 2");
-        if (a->zero != 1) die("--zero %d: only ZeRO-1 is implemented (fp32 masters and AdamW moments sharded)", a->zero);
+        if (a->zero != 1 && a->zero != 2) die("--zero must be 1 or 2, got %d", a->zero);
         if ((a->overlap != 0 && a->overlap != 1) || (a->nccl_one != 0 && a->nccl_one != 1))
             die("--overlap and --nccl must be 0 or 1");
         if (!(a->nccl_timeout >= 0)) die("--nccl-timeout must be >= 0 seconds");

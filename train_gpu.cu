@@ -513,9 +513,15 @@ __global__ void convert_kernel(T *out, const float *in, size_t n) {
 /* fp32 -> T with the AdamW step's stochastic rounding (index = flat position): rebuilds, on resume, the exact T
    copy that the step which produced these masters made */
 template <typename T>
-__global__ void sr_convert_kernel(T *out, const float *in, size_t n, uint64_t seed) {
+__global__ void sr_convert_kernel(T *out, const float *in, size_t n, uint64_t seed, uint64_t global_offset = 0) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = round_param<T>(in[i], rng_u64_dev(seed, i));
+    if (i < n) out[i] = round_param<T>(in[i], rng_u64_dev(seed, global_offset + i));
+}
+
+/* x[i] += y[i] */
+__global__ void add_kernel(float *x, const float *y, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
 }
 
 template <typename T>
@@ -1516,10 +1522,20 @@ struct GModel {
     int C, NH, NKV, HD, F, QD, KD, QKV, FC, V, Vp, L, gpt2;
     int recompute, plain_attn, fuse_gelu, chunk_rows;
     int rank, world;
-    size_t nparams, shard, padded, shard_begin;  /* ZeRO-1: shard = ceil(n / world), padded = shard * world */
+    size_t nparams, shard, padded, shard_begin;  /* ZeRO: shard = ceil(n / world), padded = shard * world */
     T *params;                   /* [padded] */
-    float *grads;                /* [padded] fp32 */
+    float *grads;                /* ZeRO-1: [padded] fp32; ZeRO-2: NULL */
+    float *gshard;               /* this rank's shard of the summed gradients: grads + shard_begin, or [shard] */
     float *master, *mom, *vel;   /* [shard] fp32 */
+    /* ZeRO-2 (zero2): no full gradient buffer. A layer's gradients go to layer buffer l % 2 ([layer_floats]; tensor
+       t at lbuf_off[t]), are reduced into their owners' gshard after the layer's backward, every micro-step, and
+       the buffer is reused two layers later; the tensors outside the layers keep whole gradients in outer. */
+    int zero2;
+    float *lbuf[2], *outer;
+    size_t lbuf_off[NUM_PARAM_TENSORS], layer_floats;
+    cudaEvent_t lbuf_free[2];    /* recorded on comm_stream when the reduction reading lbuf[i] is over */
+    float *stage;                /* fp32 staging for uploads and downloads: [stage_floats] (ZeRO-1: the grads) */
+    size_t stage_floats;
     T *pt[NUM_PARAM_TENSORS];
     float *gt[NUM_PARAM_TENSORS];
     /* activations; a per-layer buffer kept only once (recompute) has layer stride 0 */
@@ -1567,6 +1583,7 @@ typedef struct {
     size_t logits_bytes; /* bound on the classifier's chunk of logits (0: 512 MiB) */
     int overlap;         /* with NCCL: reduce each layer's gradients while the backward goes on (else one
                             reduce-scatter after it) */
+    int zero;            /* 1 or 2 (2 needs NCCL: keeps only this rank's shard of the summed gradients) */
 } GOptions;
 
 /* ZeRO-1 layout of n values over world ranks: the header's zero_shard (ceil(n / world) each, the last one shorter)
@@ -1580,6 +1597,26 @@ static void zero_layout(size_t n, int world, int rank, size_t *shard, size_t *pa
     *padded = *shard * world;
     *begin = *shard * rank;
     if (ze > zb && zb != *begin) die("shard layout disagrees with zero_shard");
+}
+
+/* ZeRO-2's gradient buffers: a per-layer tensor's slice of one layer sits at off[t] in a layer buffer of
+   *layer_floats; a tensor outside the layers at off[t] in the outer buffer of *outer_floats. */
+static void zero2_layout(const Model *m, size_t *off, size_t *layer_floats, size_t *outer_floats) {
+    int L = m->cfg.n_layer;
+    *layer_floats = 0; *outer_floats = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        off[t] = 0;
+        if (!m->param_sizes[t]) continue;
+        if (t >= P_LN1W && t <= P_BPROJ) { off[t] = *layer_floats; *layer_floats += m->param_sizes[t] / L; }
+        else { off[t] = *outer_floats; *outer_floats += m->param_sizes[t]; }
+    }
+}
+
+/* where piece p of layer l (l == L: outside the layers) sits in its ZeRO-2 buffer */
+static size_t zero2_piece_offset(const Model *m, const size_t *off, const ShardPiece *p, int l) {
+    size_t in_tensor = p->begin - m->param_offsets[p->tensor];
+    if (l == m->cfg.n_layer) return off[p->tensor] + in_tensor;
+    return off[p->tensor] + in_tensor - (size_t)l * (m->param_sizes[p->tensor] / m->cfg.n_layer);
 }
 
 /* Builds the device model for host (whose weights need not be set yet) and batches up to B x Tn. */
@@ -1598,20 +1635,39 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     /* parameters: the header's layout, padded to world equal shards */
     g.nparams = host->num_params;
     zero_layout(g.nparams, d.world, d.rank, &g.shard, &g.padded, &g.shard_begin);
+    g.zero2 = o.zero == 2;
+    if (g.zero2 && !d.comm) die("ZeRO-2 reduces through NCCL: it needs a communicator (with one rank, --nccl 1)");
     g.params = GM_ALLOC(g, T, g.padded);
-    g.grads = GM_ALLOC(g, float, g.padded);
     g.master = GM_ALLOC(g, float, g.shard);
     g.mom = GM_ALLOC(g, float, g.shard);
     g.vel = GM_ALLOC(g, float, g.shard);
     /* Every copy and memset below goes on `stream`: the trainer's stream is non-blocking, so work on the legacy
        default stream (plain cudaMemset / cudaMemcpy) would not be ordered before the kernels that read it. */
     CUDA_CHECK(cudaMemsetAsync(g.params, 0, g.padded * sizeof(T), stream));
-    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), stream));
     CUDA_CHECK(cudaMemsetAsync(g.mom, 0, g.shard * sizeof(float), stream));
     CUDA_CHECK(cudaMemsetAsync(g.vel, 0, g.shard * sizeof(float), stream));
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        g.pt[t] = host->param_sizes[t] ? g.params + host->param_offsets[t] : NULL;
-        g.gt[t] = host->param_sizes[t] ? g.grads + host->param_offsets[t] : NULL;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.pt[t] = host->param_sizes[t] ? g.params + host->param_offsets[t] : NULL;
+    if (!g.zero2) {
+        g.grads = GM_ALLOC(g, float, g.padded);
+        CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), stream));
+        g.gshard = g.grads + g.shard_begin;
+        for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.gt[t] = host->param_sizes[t] ? g.grads + host->param_offsets[t] : NULL;
+        g.stage = g.grads; g.stage_floats = g.padded;   /* free between steps */
+    } else {
+        size_t outer;
+        zero2_layout(host, g.lbuf_off, &g.layer_floats, &outer);
+        g.gshard = GM_ALLOC(g, float, g.shard);
+        g.outer = GM_ALLOC(g, float, outer);
+        for (int i = 0; i < 2; i++) g.lbuf[i] = GM_ALLOC(g, float, g.layer_floats);
+        for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+            g.gt[t] = host->param_sizes[t] && !(t >= P_LN1W && t <= P_BPROJ) ? g.outer + g.lbuf_off[t] : NULL;
+        CUDA_CHECK(cudaMemsetAsync(g.gshard, 0, g.shard * sizeof(float), stream));
+        CUDA_CHECK(cudaMemsetAsync(g.outer, 0, outer * sizeof(float), stream));
+        for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g.lbuf_free[i], cudaEventDisableTiming));
+        /* staging in pieces of at most 64 MiB, a whole number of per-rank parts for the gathers */
+        size_t want = (size_t)16 << 20, per = want / d.world > 0 ? want / d.world : 1;
+        g.stage_floats = per * d.world < g.padded ? per * d.world : g.padded;
+        g.stage = GM_ALLOC(g, float, g.stage_floats);
     }
     /* activations */
     size_t N = (size_t)B * Tn, C = g.C, L = g.L;
@@ -1688,7 +1744,7 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     CUDA_CHECK(cudaMemsetAsync(g.red, 0, 4 * sizeof(double), stream));
     /* the gradient pieces of each layer, and the stream that reduces them */
     g.comm = d.comm;
-    g.overlap = o.overlap && d.comm;
+    g.overlap = (o.overlap || g.zero2) && d.comm;   /* ZeRO-2 reduces layer by layer always */
     if (g.overlap) {
         g.piece_start = (int *)malloc((g.L + 2) * sizeof(int));
         int total = 0;
@@ -1718,54 +1774,79 @@ void gmodel_free(GModel<T> &g) {
         CUDA_CHECK(cudaStreamSynchronize(g.comm_stream));
         for (int l = 0; l <= g.L; l++) cudaEventDestroy(g.layer_done[l]);
         cudaEventDestroy(g.comm_done);
+        if (g.zero2) for (int i = 0; i < 2; i++) cudaEventDestroy(g.lbuf_free[i]);
         cudaStreamDestroy(g.comm_stream);
         free(g.layer_done); free(g.pieces); free(g.piece_start);
     }
     memset(&g, 0, sizeof(g));
 }
 
-/* host fp32 weights (g.host->params_memory) -> T weights everywhere (rounded to nearest, or with the stochastic
-   rounding of AdamW step sr_step when > 0) and this rank's fp32 masters; the AdamW
-   moments from g.host->m_memory / v_memory when present (a resumed run), else zero. The fp32 grads buffer is
-   the staging area (it is free between steps). */
 /* the seed of the stochastic rounding of AdamW step `step` (1-based count of updates) */
 static uint64_t sr_seed_of(uint64_t seed, int step) { return rng_u64(seed ^ 0x5EEDB16ULL, (uint64_t)step); }
 
+/* host values src[0..nparams) (zero past them) staged onto the device a piece of at most stage_floats at a time:
+   the T weights (when params_out: rounded to nearest, or stochastically with sr_seed) and this rank's shard into
+   shard_out. Stream-ordered on g.stream. */
+template <typename T>
+static void upload_staged(GModel<T> &g, const float *src, T *params_out, int sr, uint64_t sr_seed, float *shard_out) {
+    cudaStream_t s = g.stream;
+    size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
+    for (size_t c0 = 0; c0 < g.padded; c0 += g.stage_floats) {
+        size_t len = g.padded - c0 < g.stage_floats ? g.padded - c0 : g.stage_floats;
+        size_t have = c0 >= g.nparams ? 0 : (g.nparams - c0 < len ? g.nparams - c0 : len);
+        if (have < len) CUDA_CHECK(cudaMemsetAsync(g.stage + have, 0, (len - have) * sizeof(float), s));
+        if (have) CUDA_CHECK(cudaMemcpyAsync(g.stage, src + c0, have * sizeof(float), cudaMemcpyHostToDevice, s));
+        if (params_out) {
+            if (sr) sr_convert_kernel<T><<<ceil_div(len, 256), 256, 0, s>>>(params_out + c0, g.stage, len, sr_seed, c0);
+            else convert_kernel<T><<<ceil_div(len, 256), 256, 0, s>>>(params_out + c0, g.stage, len);
+            KERNEL_CHECK();
+        }
+        size_t lo = c0 > sb ? c0 : sb, hi = c0 + len < se ? c0 + len : se;
+        if (lo < hi) CUDA_CHECK(cudaMemcpyAsync(shard_out + (lo - sb), g.stage + (lo - c0), (hi - lo) * sizeof(float),
+                                                cudaMemcpyDeviceToDevice, s));
+    }
+}
+
+/* host fp32 weights (g.host->params_memory) -> T weights everywhere (rounded to nearest, or with the stochastic
+   rounding of AdamW step sr_step when > 0) and this rank's fp32 masters; the AdamW moments from
+   g.host->m_memory / v_memory when present (a resumed run), else zero. Under ZeRO-1 the staging buffer is the
+   fp32 grads (free between steps). */
 template <typename T>
 void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
     /* all on g.stream (see gmodel_build), then one synchronize */
     cudaStream_t s = g.stream;
-    float *stage = g.grads;
-    CUDA_CHECK(cudaMemsetAsync(stage, 0, g.padded * sizeof(float), s));
-    CUDA_CHECK(cudaMemcpyAsync(stage, g.host->params_memory, g.nparams * sizeof(float), cudaMemcpyHostToDevice, s));
-    if (sr_step > 0) sr_convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded, sr_seed_of(seed, sr_step));
-    else convert_kernel<T><<<ceil_div(g.padded, 256), 256, 0, s>>>(g.params, stage, g.padded);
-    KERNEL_CHECK();
-    CUDA_CHECK(cudaMemcpyAsync(g.master, stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    upload_staged(g, g.host->params_memory, g.params, sr_step > 0, sr_step > 0 ? sr_seed_of(seed, sr_step) : 0, g.master);
     float *hm[2] = {g.host->m_memory, g.host->v_memory}, *dm[2] = {g.mom, g.vel};
     for (int i = 0; i < 2; i++) {
-        if (!hm[i]) { CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s)); continue; }
-        CUDA_CHECK(cudaMemsetAsync(stage, 0, g.padded * sizeof(float), s));
-        CUDA_CHECK(cudaMemcpyAsync(stage, hm[i], g.nparams * sizeof(float), cudaMemcpyHostToDevice, s));
-        CUDA_CHECK(cudaMemcpyAsync(dm[i], stage + g.shard_begin, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
+        if (hm[i]) upload_staged<T>(g, hm[i], NULL, 0, 0, dm[i]);
+        else CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s));
     }
-    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), s));
+    if (g.stage == g.grads) CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), s));
     CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-/* the shards of src (fp32 [shard] on every rank) gathered into dst[0..nparams) on the host (every rank) */
+/* the shards of src (fp32 [shard] on every rank) gathered into dst[0..nparams) on the host (every rank), through
+   the staging buffer: part k of every rank's shard at a time */
 template <typename T>
 static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *dst) {
     cudaStream_t s = g.stream;
-    float *stage = g.grads;
-    if (d.comm) NCCL_CHECK(ncclAllGather(src, stage, g.shard, ncclFloat, d.comm, s));
-    else CUDA_CHECK(cudaMemcpyAsync(stage, src, g.shard * sizeof(float), cudaMemcpyDeviceToDevice, s));
-    CUDA_CHECK(cudaMemcpyAsync(dst, stage, g.nparams * sizeof(float), cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
+    size_t part = g.stage_floats / d.world;
+    for (size_t k0 = 0; k0 < g.shard; k0 += part) {
+        size_t cnt = g.shard - k0 < part ? g.shard - k0 : part;
+        if (d.comm) NCCL_CHECK(ncclAllGather(src + k0, g.stage, cnt, ncclFloat, d.comm, s));
+        else CUDA_CHECK(cudaMemcpyAsync(g.stage, src + k0, cnt * sizeof(float), cudaMemcpyDeviceToDevice, s));
+        for (int r = 0; r < d.world; r++) {   /* rank r's part lands at r * shard + k0 in the flat order */
+            size_t at = (size_t)r * g.shard + k0;
+            if (at >= g.nparams) break;
+            size_t n = g.nparams - at < cnt ? g.nparams - at : cnt;
+            CUDA_CHECK(cudaMemcpyAsync(dst + at, g.stage + (size_t)r * cnt, n * sizeof(float), cudaMemcpyDeviceToHost, s));
+        }
+        CUDA_CHECK(cudaStreamSynchronize(s));
+    }
 }
 
 /* device -> host: the fp32 masters into g.host->params_memory, and with moments also m and v (allocated when
-   absent). Collective: every rank calls it. Clobbers the grads (call between steps). */
+   absent). Collective: every rank calls it. Clobbers the grads under ZeRO-1 (call between steps). */
 template <typename T>
 void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
     gather_shards(g, d, g.master, g.host->params_memory);
@@ -1775,7 +1856,8 @@ void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
         gather_shards(g, d, g.mom, g.host->m_memory);
         gather_shards(g, d, g.vel, g.host->v_memory);
     }
-    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));   /* on the stream: ordered before the next step */
+    if (g.stage == g.grads)   /* on the stream: ordered before the next step */
+        CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
 }
 
 /* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id.
@@ -1916,21 +1998,50 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
     }
 }
 
-/* ZeRO-1 overlapped with the backward: once the backward has passed layer l (l == L: the whole backward, for the
+/* the gradient of layer l's slice of per-layer tensor t: in the flat buffer (ZeRO-1), or in layer buffer l % 2
+   (ZeRO-2); NULL when the family has no such tensor */
+template <typename T> static inline float *lgrad(GModel<T> &g, int t, int l) {
+    if (!g.host->param_sizes[t]) return NULL;
+    if (g.zero2) return g.lbuf[l & 1] + g.lbuf_off[t];
+    return g.gt[t] + (size_t)l * (g.host->param_sizes[t] / g.L);
+}
+
+/* where the gradient values of a piece are on this rank (ZeRO-2: in the layer buffer, or in outer) */
+template <typename T> static float *piece_grads(GModel<T> &g, const ShardPiece *p, int l) {
+    if (!g.zero2) return g.grads + p->begin;
+    return (l == g.L ? g.outer : g.lbuf[l & 1]) + zero2_piece_offset(g.host, g.lbuf_off, p, l);
+}
+
+/* ZeRO overlapped with the backward: once the backward has passed layer l (l == L: the whole backward, for the
    embeddings, final norm and lm_head), that layer's gradients are final, and NCCL reduces each of its pieces into
    its owner's shard on comm_stream while the compute stream goes on with layer l - 1. Every rank issues the same
-   reduces in the same order (the pieces are the same everywhere). In place: the owner's grads hold the sum. */
+   reduces in the same order (the pieces are the same everywhere).
+   ZeRO-1: in place in the flat buffer, after the last micro-step. ZeRO-2: after every micro-step, from the layer
+   buffer into gshard; the owner first adds what gshard holds from the earlier micro-steps to its own piece, so
+   the reduce leaves the running sum there. */
 template <typename T>
 static void gmodel_reduce_layer(GModel<T> &g, int l) {
     CUDA_CHECK(cudaEventRecord(g.layer_done[l], g.stream));
     CUDA_CHECK(cudaStreamWaitEvent(g.comm_stream, g.layer_done[l], 0));
+    int a = g.piece_start[l], b = g.piece_start[l + 1];
+    if (g.zero2) {
+        for (int i = a; i < b; i++) {
+            const ShardPiece *p = &g.pieces[i];
+            if (p->owner != g.rank) continue;
+            size_t n = p->end - p->begin;
+            add_kernel<<<ceil_div(n, 256), 256, 0, g.comm_stream>>>(piece_grads(g, p, l), g.gshard + (p->begin - g.shard_begin), n);
+            KERNEL_CHECK();
+        }
+    }
     NCCL_CHECK(ncclGroupStart());
-    for (int i = g.piece_start[l]; i < g.piece_start[l + 1]; i++) {
+    for (int i = a; i < b; i++) {
         const ShardPiece *p = &g.pieces[i];
-        NCCL_CHECK(ncclReduce(g.grads + p->begin, g.grads + p->begin, p->end - p->begin, ncclFloat, ncclSum, p->owner,
-                              g.comm, g.comm_stream));
+        float *src = piece_grads(g, p, l);
+        float *dst = !g.zero2 ? src : p->owner == g.rank ? g.gshard + (p->begin - g.shard_begin) : src;   /* root only */
+        NCCL_CHECK(ncclReduce(src, dst, p->end - p->begin, ncclFloat, ncclSum, p->owner, g.comm, g.comm_stream));
     }
     NCCL_CHECK(ncclGroupEnd());
+    if (g.zero2 && l < g.L) CUDA_CHECK(cudaEventRecord(g.lbuf_free[l & 1], g.comm_stream));
     if (l == g.L) {   /* the last: the compute stream (the optimizer step) waits for all of them */
         CUDA_CHECK(cudaEventRecord(g.comm_done, g.comm_stream));
         CUDA_CHECK(cudaStreamWaitEvent(g.stream, g.comm_done, 0));
@@ -1941,8 +2052,8 @@ static void gmodel_reduce_layer(GModel<T> &g, int l) {
 /* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams.
    reduce: the last micro-step before an optimizer step; with NCCL and overlap the reduction goes along. */
 template <typename T>
-void gmodel_backward(GModel<T> &g, int reduce = 0) {
-    reduce = reduce && g.overlap;
+void gmodel_backward(GModel<T> &g, int last = 0) {
+    int reduce_layers = g.zero2 || (last && g.overlap), reduce_rest = last && g.overlap;
     cudaStream_t s = g.stream;
     const ModelConfig *c = &g.cfg;
     int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
@@ -1952,6 +2063,10 @@ void gmodel_backward(GModel<T> &g, int reduce = 0) {
     gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf, g.resid3 + (g.L - 1) * NC, 1, C,
                           g.pt[P_LNFW], g.lnf_mean, g.lnf_rstd, N, C, 0, sc, s);
     for (int l = g.L - 1; l >= 0; l--) {
+        if (g.zero2) {   /* layer buffer l % 2, once the reduction of the layer that used it last has read it */
+            CUDA_CHECK(cudaStreamWaitEvent(s, g.lbuf_free[l & 1], 0));
+            CUDA_CHECK(cudaMemsetAsync(g.lbuf[l & 1], 0, g.layer_floats * sizeof(float), s));
+        }
         const T *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
         T *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
         T *qkv = g.qkv + (size_t)l * N * g.QKV, *fch = g.fch + (size_t)l * N * g.FC;
@@ -1966,46 +2081,50 @@ void gmodel_backward(GModel<T> &g, int reduce = 0) {
             else gpu::swiglu_forward<T>(fch_act, fch, N, g.F, s);
         }
         if (g.fuse_gelu) {
-            gpu::matmul_backward<T>(g.dfch, g.gt[P_WPROJ] + (size_t)l * C * g.F, lay(g.gt[P_BPROJ], l, C), g.dres_t, fch_act,
+            gpu::matmul_backward<T>(g.dfch, lgrad(g, P_WPROJ, l), lgrad(g, P_BPROJ, l), g.dres_t, fch_act,
                                     g.pt[P_WPROJ] + (size_t)l * C * g.F, N, g.F, C, C, 0, fch, sc, s);
         } else {
-            gpu::matmul_backward<T>(g.dfch_act, g.gt[P_WPROJ] + (size_t)l * C * g.F, lay(g.gt[P_BPROJ], l, C), g.dres_t,
+            gpu::matmul_backward<T>(g.dfch_act, lgrad(g, P_WPROJ, l), lgrad(g, P_BPROJ, l), g.dres_t,
                                     fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, N, g.F, C, C, 0, NULL, sc, s);
             if (g.gpt2) gpu::gelu_backward<T>(g.dfch, fch, g.dfch_act, (size_t)N * g.F, s);
             else gpu::swiglu_backward<T>(g.dfch, g.dfch_act, fch, N, g.F, s);
         }
         if (g.recompute >= 2)
             gpu::norm_apply<T>(ln2, resid2, ln2_mean, ln2_rstd, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, s);
-        gpu::matmul_backward<T>(g.dln, g.gt[P_WFC] + (size_t)l * g.FC * C, lay(g.gt[P_BFC], l, g.F), g.dfch, ln2,
+        gpu::matmul_backward<T>(g.dln, lgrad(g, P_WFC, l), lgrad(g, P_BFC, l), g.dfch, ln2,
                                 g.pt[P_WFC] + (size_t)l * g.FC * C, N, C, g.FC, g.FC, 0, NULL, sc, s);
-        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LN2W] + l * C, lay(g.gt[P_LN2B], l, C), g.dln, resid2, 1, C,
+        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, lgrad(g, P_LN2W, l), lgrad(g, P_LN2B, l), g.dln, resid2, 1, C,
                               g.pt[P_LN2W] + l * C, ln2_mean, ln2_rstd, N, C, 1, sc, s);
 
         /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)); dres_t = d(o output) */
         AttnArgs<T> a = attn_args(g, l);
-        gpu::matmul_backward<T>(g.datty, g.gt[P_WO] + (size_t)l * C * g.QD, lay(g.gt[P_BO], l, C), g.dres_t, a.out,
+        gpu::matmul_backward<T>(g.datty, lgrad(g, P_WO, l), lgrad(g, P_BO, l), g.dres_t, a.out,
                                 g.pt[P_WO] + (size_t)l * C * g.QD, N, g.QD, C, C, 0, NULL, sc, s);
         gpu::attention_backward<T>(a, g.plain_attn, s);
         if (c->qk_norm) {
-            gpu::norm_backward<T>(NULL, NULL, g.dqkv, g.gt[P_QNW] + l * g.HD, NULL, g.dqn, qkv, g.NH, g.QKV,
+            gpu::norm_backward<T>(NULL, NULL, g.dqkv, lgrad(g, P_QNW, l), NULL, g.dqn, qkv, g.NH, g.QKV,
                                   g.pt[P_QNW] + l * g.HD, NULL, g.qn_rstd + (size_t)l * N * g.NH, N * g.NH, g.HD, 0, sc, s);
-            gpu::norm_backward<T>(NULL, NULL, g.dqkv + g.QD, g.gt[P_KNW] + l * g.HD, NULL, g.dkn, qkv + g.QD, g.NKV, g.QKV,
+            gpu::norm_backward<T>(NULL, NULL, g.dqkv + g.QD, lgrad(g, P_KNW, l), NULL, g.dkn, qkv + g.QD, g.NKV, g.QKV,
                                   g.pt[P_KNW] + l * g.HD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, N * g.NKV, g.HD, 0, sc, s);
         }
         if (g.recompute >= 2)
             gpu::norm_apply<T>(ln1, x, ln1_mean, ln1_rstd, g.pt[P_LN1W] + l * C, lay(g.pt[P_LN1B], l, C), N, C, s);
-        gpu::matmul_backward<T>(g.dln, g.gt[P_WQKV] + (size_t)l * g.QKV * C, lay(g.gt[P_BQKV], l, g.QKV), g.dqkv, ln1,
+        gpu::matmul_backward<T>(g.dln, lgrad(g, P_WQKV, l), lgrad(g, P_BQKV, l), g.dqkv, ln1,
                                 g.pt[P_WQKV] + (size_t)l * g.QKV * C, N, C, g.QKV, g.QKV, 0, NULL, sc, s);
-        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LN1W] + l * C, lay(g.gt[P_LN1B], l, C), g.dln, x, 1, C,
+        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, lgrad(g, P_LN1W, l), lgrad(g, P_LN1B, l), g.dln, x, 1, C,
                               g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
-        if (reduce) gmodel_reduce_layer(g, l);
+        if (reduce_layers) gmodel_reduce_layer(g, l);
     }
     gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s);
-    if (reduce) gmodel_reduce_layer(g, g.L);
+    if (reduce_rest) gmodel_reduce_layer(g, g.L);
 }
 
 template <typename T> void gmodel_zero_grad(GModel<T> &g) {
-    CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
+    if (!g.zero2) { CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream)); return; }
+    size_t off[NUM_PARAM_TENSORS], layer, outer;
+    zero2_layout(g.host, off, &layer, &outer);
+    CUDA_CHECK(cudaMemsetAsync(g.gshard, 0, g.shard * sizeof(float), g.stream));
+    CUDA_CHECK(cudaMemsetAsync(g.outer, 0, outer * sizeof(float), g.stream));
 }
 
 /* reads red[1] (the accumulated loss), waiting for the stream */
@@ -2024,10 +2143,10 @@ template <typename T>
 void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
                  double *loss_out, double *norm_out, int *stop_inout) {
     cudaStream_t s = g.stream;
-    float *gshard = g.grads + g.shard_begin;
+    float *gshard = g.gshard;
     double stop = *stop_inout ? 1.0 : 0.0;
     CUDA_CHECK(cudaMemcpyAsync(g.red + 2, &stop, sizeof(double), cudaMemcpyHostToDevice, s));
-    if (d.comm && !g.reduced) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
+    if (d.comm && !g.reduced && !g.zero2) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
     g.reduced = 0;
     gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
     if (d.comm) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, d.comm, s));
@@ -2046,7 +2165,7 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
             if (b < sb) b = sb;
             if (e > se) e = se;
             if (b >= e) continue;
-            gpu::adamw_update<T>(g.params + b, g.master + (b - sb), g.grads + b, g.mom + (b - sb), g.vel + (b - sb), e - b,
+            gpu::adamw_update<T>(g.params + b, g.master + (b - sb), gshard + (b - sb), g.mom + (b - sb), g.vel + (b - sb), e - b,
                                  opt->lr, opt->beta1, opt->beta2, opt->eps, param_has_decay(t) ? opt->weight_decay : 0.0f,
                                  step, scale, sr_seed, b, s);
         }
@@ -2464,7 +2583,7 @@ static int run(Args &a, Dist &d) {
 
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20, a.overlap};
+    GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20, a.overlap, a.zero};
     GModel<T> g;
     gmodel_build(g, &m, a.batch_size, a.seq_len, o, d, stream);
     gmodel_upload(g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
@@ -2498,9 +2617,9 @@ static int run(Args &a, Dist &d) {
                (unsigned long long)data.train_tokens, a.seq_len);
         printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a.batch_size, a.seq_len,
                a.grad_accum, world, a.batch_size * a.seq_len * a.grad_accum * world);
-        printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-1 over %d rank(s)%s, %.2f GiB allocated; "
+        printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-%d over %d rank(s)%s, %.2f GiB allocated; "
                "%.1f GFLOP/token, peak %.0f TFLOP/s bf16\n", prop.name, prop.multiProcessorCount, a.dtype, a.recompute,
-               gpu::attention_uses_tc<T>(cfg.head_dim, a.plain_attn) ? "tensor-core flash" : "plain", world,
+               gpu::attention_uses_tc<T>(cfg.head_dim, a.plain_attn) ? "tensor-core flash" : "plain", g.zero2 ? 2 : 1, world,
                !d.comm ? "" : g.overlap ? " (NCCL, reduce overlapped with the backward)" : " (NCCL, reduce-scatter)",
                g_dev_bytes / 1073741824.0, fpt / 1e9, peak / 1e12);
         if (data.have_valid && !resumed) {
@@ -2583,7 +2702,9 @@ int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
-    LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout, a.nccl_one};
+    /* ZeRO-2 reduces through NCCL, with one rank too */
+    LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,
+                         a.nccl_one || a.zero == 2};
     maybe_launch(&launch, argc, argv);   /* forks the local ranks; returns in each of them */
     if (a.threads > 0) omp_set_num_threads(a.threads);
     Dist d;

@@ -89,6 +89,10 @@ for ov in 1 0; do
     r="same losses and norms"; else r="DIFFERENT (see $OUT/nccl1_ov$ov.log)"; fi
   echo "--nccl 1 --overlap $ov: $r"; row "NCCL 1 rank, overlap $ov" "$r"
 done
+./train_gpu "${det[@]}" --zero 2 > "$OUT/zero2.log" 2>&1
+if diff <(steps_of "$OUT/det_a.log") <(steps_of "$OUT/zero2.log") > /dev/null && [ -n "$(steps_of "$OUT/zero2.log")" ]; then
+  r="same losses and norms"; else r="DIFFERENT (see $OUT/zero2.log)"; fi
+echo "--zero 2 (one rank): $r"; row "ZeRO-2 1 rank" "$r"
 
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$ngpu" -ge 2 ]; then
