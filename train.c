@@ -82,11 +82,9 @@ int main(int argc, char **argv) {
     char err[1024];
 
     ModelConfig cfg;
-    choose_config(&cfg, &a);
     Data data;
-    open_data(&data, &a, cfg.vocab_size);
     Model m;
-    if (model_build(&m, &cfg) != 0) die("out of memory for the model");
+    open_run(&a, &cfg, &data, &m);
 
     /* the data-parallel ranks: from here on every process runs the same loop on its rows of each batch */
     if (comm_init_fork(&comm, a.nproc, m.num_params, err, sizeof(err)) != 0) die("%s", err);
@@ -95,14 +93,11 @@ int main(int argc, char **argv) {
     zero_shard(m.num_params, world, rank, &shard_begin, &shard_end);
     int npieces;
     ShardPiece *pieces = all_grad_pieces(&m, world, &npieces);
+    /* the loader, and the weights: resumed, continued from HF weights, or fresh */
     DataLoader dl;
-    dataloader_init(&dl, &data.train_blend, a.batch_size, rank, world);
-    dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
-    int eod = dl.eod;
-
-    /* weights: resumed, continued from HF weights, or fresh */
     TrainState ts;
-    int resumed = start_weights(&m, &ts, &dl, &a, &cfg, world, main_rank);
+    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, rank, world);
+    int eod = dl.eod;
     Tokenizer *tok = open_tokenizer(&a);
     FILE *logf = main_rank ? open_run_log(&a, resumed) : NULL;
     signal(SIGINT, on_signal);
@@ -110,18 +105,10 @@ int main(int argc, char **argv) {
 
     int style = lr_style(a.schedule);
     if (main_rank) {
-        printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
-               family_name(cfg.family), cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff,
-               cfg.vocab_size, m.num_params);
-        printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a.data, data.n,
-               (unsigned long long)data.train_tokens, a.seq_len);
+        print_run_start(&cfg, m.num_params, &a, &data);
         printf("batch %d x %d tokens x %d accumulation x %d processes = %d tokens/step; %d threads each\n", a.batch_size,
                a.seq_len, a.grad_accum, world, a.batch_size * a.seq_len * a.grad_accum * world, omp_get_max_threads());
-        if (data.have_valid && !resumed) {
-            float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
-            printf("step %d | val loss %.4f\n", 0, vl);
-            if (logf) { fprintf(logf, "{\"step\":0,\"val_loss\":%.6f}\n", vl); fflush(logf); }
-        }
+        if (data.have_valid && !resumed) log_val(logf, 0, evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod));
         fflush(stdout);
     }
 
@@ -161,20 +148,11 @@ int main(int argc, char **argv) {
         total_ms += ms;
         steps_run++;
         if (main_rank) {
-            if (step % a.log_every == 0 || step == a.steps || skip) {
-                printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s%s\n", step, a.steps, loss,
-                       opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), skip ? " | skipped (non-finite)" : "");
-                fflush(stdout);
-            }
-            if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f,\"skipped\":%lld}\n",
-                              step, loss, opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), (long long)ts.skipped);
-            if (data.have_valid && (step % a.eval_every == 0 || step == a.steps)) {
-                float vl = evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod);
-                printf("step %d | val loss %.4f\n", step, vl);
-                if (logf) fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
-            }
-            if (logf) fflush(logf);
-            if (a.sample_every > 0 && (step % a.sample_every == 0 || step == a.steps)) print_sample(&m, &a, tok, step);
+            StepLog sl = {step, skip, (long long)ts.skipped, loss, opt.lr, norm, ms, tokens_per_step / (ms / 1000.0), -1, 0};
+            log_step(&a, logf, &sl);
+            if (data.have_valid && due(&a, step, a.eval_every))
+                log_val(logf, step, evaluate(&m, &data.valid_blend, a.batch_size, a.eval_steps, eod));
+            if (due(&a, step, a.sample_every)) print_sample(&m, &a, tok, step);
         }
         int last = step == a.steps || stop;
         if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(&m, &a, &ts);

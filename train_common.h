@@ -377,10 +377,22 @@ static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig
     json_decref(o);
 }
 
-/* The starting weights: with --resume and a checkpoint in --out, the checkpoint (weights, AdamW moments,
-   step, data position; its run settings must match these); else --init-from's HF weights; else a fresh
-   init. ts->run_flags gets this run's settings. Returns 1 when resumed. */
-static int start_weights(Model *m, TrainState *ts, DataLoader *dl, const Args *a, const ModelConfig *cfg, int world, int main_rank) {
+/* The model config (choose_config), the datasets (open_data) and the fp32 model, its weights not set yet. */
+static void open_run(const Args *a, ModelConfig *cfg, Data *data, Model *m) {
+    choose_config(cfg, a);
+    open_data(data, a, cfg->vocab_size);
+    if (model_build(m, cfg) != 0) die("out of memory for the model");
+}
+
+/* The rank's loader (rows rank, rank + world, ... of each batch; the EOD mask) and the starting weights: with
+   --resume and a checkpoint in --out, the checkpoint (weights, AdamW moments, step, data position; its run
+   settings must match these); else --init-from's HF weights; else a fresh init. ts->run_flags gets this run's
+   settings. Returns 1 when resumed. */
+static int start_weights(Model *m, TrainState *ts, DataLoader *dl, Data *data, const Args *a, const ModelConfig *cfg,
+                         int rank, int world) {
+    int main_rank = rank == 0;
+    dataloader_init(dl, &data->train_blend, a->batch_size, rank, world);
+    dl->eod = a->eod_mask_loss ? cfg->eos_token_id : -1;
     char err[1024], run_flags[sizeof(ts->run_flags)], ckpt[1300];
     memset(ts, 0, sizeof(*ts));
     make_run_flags(run_flags, sizeof(run_flags), a, cfg, world);
@@ -422,3 +434,47 @@ static FILE *open_run_log(const Args *a, int resumed) {
 }
 
 #endif /* TRAIN_COMMON_H */
+
+/* The run's first lines: the model and the data. */
+static void print_run_start(const ModelConfig *cfg, size_t nparams, const Args *a, const Data *data) {
+    printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
+           family_name(cfg->family), cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->n_kv_head, cfg->head_dim, cfg->d_ff,
+           cfg->vocab_size, nparams);
+    printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a->data, data->n,
+           (unsigned long long)data->train_tokens, a->seq_len);
+}
+
+/* One step's numbers: a line on stdout (every --log-every steps, at the last step and at a skipped one) and a
+   record in log.jsonl. mfu < 0 leaves out MFU and memory (the CPU trainer). */
+typedef struct {
+    int step, skip;
+    long long skipped;
+    double loss, lr, norm, ms, tokens_per_s, mfu, mem_gib;
+} StepLog;
+
+static void log_step(const Args *a, FILE *logf, const StepLog *s) {
+    char gpu[96] = "";
+    if (s->mfu >= 0) snprintf(gpu, sizeof(gpu), " | MFU %.1f%% | mem %.2f GiB", s->mfu, s->mem_gib);
+    else if (s->mem_gib > 0) snprintf(gpu, sizeof(gpu), " | MFU n/a | mem %.2f GiB", s->mem_gib);
+    if (s->step % a->log_every == 0 || s->step == a->steps || s->skip) {
+        printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s%s%s\n", s->step, a->steps, s->loss,
+               s->lr, s->norm, s->ms, s->tokens_per_s, gpu, s->skip ? " | skipped (non-finite)" : "");
+        fflush(stdout);
+    }
+    if (!logf) return;
+    fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f,\"skipped\":%lld",
+            s->step, s->loss, s->lr, s->norm, s->ms, s->tokens_per_s, s->skipped);
+    if (s->mem_gib > 0) fprintf(logf, ",\"mfu\":%.4f,\"mem_gib\":%.3f", s->mfu >= 0 ? s->mfu / 100.0 : 0.0, s->mem_gib);
+    fprintf(logf, "}\n");
+    fflush(logf);
+}
+
+/* a validation loss: printed and logged */
+static void log_val(FILE *logf, int step, float vl) {
+    printf("step %d | val loss %.4f\n", step, vl);
+    fflush(stdout);
+    if (logf) { fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl); fflush(logf); }
+}
+
+/* is a periodic event (evaluation, sample) due after this step? every <= 0: never */
+static int due(const Args *a, int step, int every) { return every > 0 && (step % every == 0 || step == a->steps); }

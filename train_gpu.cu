@@ -930,6 +930,31 @@ __device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn,
     }
 }
 
+/* Two products of one warp's 16 rows at once, over the head dim (both backward kernels recompute their score
+   tiles this way): c1 = A1[r0..r0+16) B1^T and c2 = A2[r0..r0+16) B2^T, with B1, B2 tiles of NJ * 8 rows. */
+template <int HD, int NJ>
+__device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ][4], const bf16 *A1, const bf16 *B1,
+                                              const bf16 *A2, const bf16 *B2, int P, int r0, int g, int q) {
+    #pragma unroll
+    for (int j = 0; j < NJ; j++)
+        #pragma unroll
+        for (int e = 0; e < 4; e++) { c1[j][e] = 0.0f; c2[j][e] = 0.0f; }
+    #pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        uint32_t a1[4], a2[4];
+        frag_a(a1, A1, P, r0, kk * 16, g, q);
+        frag_a(a2, A2, P, r0, kk * 16, g, q);
+        #pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            uint32_t b1[2], b2[2];
+            frag_b_rows(b1, B1, P, j * 8, kk * 16, g, q);
+            frag_b_rows(b2, B2, P, j * 8, kk * 16, g, q);
+            mma_16816(c1[j], a1, b1);
+            mma_16816(c2[j], a2, b2);
+        }
+    }
+}
+
 #define LOG2E 1.4426950408889634f
 
 /* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal */
@@ -1066,24 +1091,7 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
         load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
         __syncthreads();
         float s[BC / 8][4], dp[BC / 8][4];
-        #pragma unroll
-        for (int j = 0; j < BC / 8; j++)
-            #pragma unroll
-            for (int e = 0; e < 4; e++) { s[j][e] = 0.0f; dp[j][e] = 0.0f; }
-        #pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            uint32_t qa[4], ga[4];
-            frag_a(qa, Qs, P, warp * 16, kk * 16, g, q);
-            frag_a(ga, Gs, P, warp * 16, kk * 16, g, q);
-            #pragma unroll
-            for (int j = 0; j < BC / 8; j++) {
-                uint32_t bk[2], bv[2];
-                frag_b_rows(bk, Ks, P, j * 8, kk * 16, g, q);
-                frag_b_rows(bv, Vs, P, j * 8, kk * 16, g, q);
-                mma_16816(s[j], qa, bk);
-                mma_16816(dp[j], ga, bv);
-            }
-        }
+        mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, g, q);   /* S = Q K^T, dP = dO V^T */
         #pragma unroll
         for (int j = 0; j < BC / 8; j++) {
             #pragma unroll
@@ -1146,24 +1154,7 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
             }
             __syncthreads();
             float s[BQ / 8][4], dp[BQ / 8][4];
-            #pragma unroll
-            for (int j = 0; j < BQ / 8; j++)
-                #pragma unroll
-                for (int e = 0; e < 4; e++) { s[j][e] = 0.0f; dp[j][e] = 0.0f; }
-            #pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                uint32_t ka[4], va[4];
-                frag_a(ka, Ks, P, warp * 16, kk * 16, g, q);
-                frag_a(va, Vs, P, warp * 16, kk * 16, g, q);
-                #pragma unroll
-                for (int j = 0; j < BQ / 8; j++) {
-                    uint32_t bq[2], bg[2];
-                    frag_b_rows(bq, Qs, P, j * 8, kk * 16, g, q);
-                    frag_b_rows(bg, Gs, P, j * 8, kk * 16, g, q);
-                    mma_16816(s[j], ka, bq);
-                    mma_16816(dp[j], va, bg);
-                }
-            }
+            mma_tile_pair<HD, BQ / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, g, q);   /* S^T = K Q^T, dP^T = V dO^T */
             #pragma unroll
             for (int j = 0; j < BQ / 8; j++) {
                 #pragma unroll
@@ -1443,18 +1434,24 @@ template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, cudaStrea
     KERNEL_CHECK();
 }
 
+/* the tensor-core kernels (forward or backward) for head dim 32, 64 or 128; 0 where they do not apply */
+template <typename T>
+static int attention_tc(AttnArgs<T> &a, int force_plain, int backward, cudaStream_t s) {
+    if constexpr (std::is_same<T, bf16>::value) {
+        if (!attention_uses_tc<T>(a.HD, force_plain)) return 0;
+        if (a.HD == 32) { if (backward) attention_backward_tc<32>(a, s); else attention_forward_tc<32>(a, s); }
+        else if (a.HD == 64) { if (backward) attention_backward_tc<64>(a, s); else attention_forward_tc<64>(a, s); }
+        else { if (backward) attention_backward_tc<128>(a, s); else attention_forward_tc<128>(a, s); }
+        return 1;
+    }
+    return 0;
+}
+
 /* rope_forward + attention_forward */
 template <typename T>
 void attention_forward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
     if (a.HD > ATT_MAXHD) die("head_dim %d: the attention kernels support up to %d", a.HD, ATT_MAXHD);
-    if constexpr (std::is_same<T, bf16>::value) {
-        if (attention_uses_tc<T>(a.HD, force_plain)) {
-            if (a.HD == 32) attention_forward_tc<32>(a, s);
-            else if (a.HD == 64) attention_forward_tc<64>(a, s);
-            else attention_forward_tc<128>(a, s);
-            return;
-        }
-    }
+    if (attention_tc(a, force_plain, 0, s)) return;
     attention_forward_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
 }
@@ -1464,14 +1461,7 @@ template <typename T>
 void attention_backward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
     attention_delta_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, 8), 256, 0, s>>>(a);
     KERNEL_CHECK();
-    if constexpr (std::is_same<T, bf16>::value) {
-        if (attention_uses_tc<T>(a.HD, force_plain)) {
-            if (a.HD == 32) attention_backward_tc<32>(a, s);
-            else if (a.HD == 64) attention_backward_tc<64>(a, s);
-            else attention_backward_tc<128>(a, s);
-            return;
-        }
-    }
+    if (attention_tc(a, force_plain, 1, s)) return;
     attention_backward_dq_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
     attention_backward_dkdv_plain_kernel<T><<<ceil_div((size_t)a.B * a.NKV * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
@@ -2564,22 +2554,16 @@ static void save_checkpoint(GModel<T> &g, const Dist &d, const Args *a, const Tr
 
 template <typename T>
 static int run(Args &a, Dist &d) {
-    char err[1024];
     int rank = d.rank, world = d.world, main_rank = rank == 0;
     ModelConfig cfg;
-    choose_config(&cfg, &a);
     Data data;
-    open_data(&data, &a, cfg.vocab_size);
     Model m;
-    if (model_build(&m, &cfg) != 0) die("out of memory for the model");
+    open_run(&a, &cfg, &data, &m);
+    /* the loader, and the weights: resumed, continued from HF weights, or fresh */
     DataLoader dl;
-    dataloader_init(&dl, &data.train_blend, a.batch_size, rank, world);
-    dl.eod = a.eod_mask_loss ? cfg.eos_token_id : -1;
-    int eod = dl.eod;
-
-    /* weights: resumed, continued from HF weights, or fresh */
     TrainState ts;
-    int resumed = start_weights(&m, &ts, &dl, &a, &cfg, world, main_rank);
+    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, rank, world);
+    int eod = dl.eod;
 
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -2589,19 +2573,8 @@ static int run(Args &a, Dist &d) {
     gmodel_upload(g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
     free(m.m_memory); free(m.v_memory); m.m_memory = m.v_memory = NULL;   /* the shards live on the device now */
 
-    Tokenizer *tok = NULL;
-    if (a.tokenizer) {
-        tok = tokenizer_load(a.tokenizer, err, sizeof(err));
-        if (!tok) die("%s", err);
-    }
-    FILE *logf = NULL;
-    if (a.out && main_rank) {
-        if (mkdir(a.out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", a.out, strerror(errno));
-        char path[1200];
-        snprintf(path, sizeof(path), "%s/log.jsonl", a.out);
-        logf = fopen(path, resumed ? "a" : "w");
-        if (!logf) die("%s: cannot write: %s", path, strerror(errno));
-    }
+    Tokenizer *tok = open_tokenizer(&a);
+    FILE *logf = main_rank ? open_run_log(&a, resumed) : NULL;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 
@@ -2610,11 +2583,7 @@ static int run(Args &a, Dist &d) {
     double peak = peak_bf16_flops(prop.name), fpt = flops_per_token(&cfg, a.seq_len), mem_peak = 0.0;
     int style = lr_style(a.schedule);
     if (main_rank) {
-        printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
-               family_name(cfg.family), cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_ff,
-               cfg.vocab_size, m.num_params);
-        printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a.data, data.n,
-               (unsigned long long)data.train_tokens, a.seq_len);
+        print_run_start(&cfg, m.num_params, &a, &data);
         printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a.batch_size, a.seq_len,
                a.grad_accum, world, a.batch_size * a.seq_len * a.grad_accum * world);
         printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-%d over %d rank(s)%s, %.2f GiB allocated; "
@@ -2622,11 +2591,7 @@ static int run(Args &a, Dist &d) {
                gpu::attention_uses_tc<T>(cfg.head_dim, a.plain_attn) ? "tensor-core flash" : "plain", g.zero2 ? 2 : 1, world,
                !d.comm ? "" : g.overlap ? " (NCCL, reduce overlapped with the backward)" : " (NCCL, reduce-scatter)",
                g_dev_bytes / 1073741824.0, fpt / 1e9, peak / 1e12);
-        if (data.have_valid && !resumed) {
-            float vl = evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod);
-            printf("step %d | val loss %.4f\n", 0, vl);
-            if (logf) { fprintf(logf, "{\"step\":0,\"val_loss\":%.6f}\n", vl); fflush(logf); }
-        }
+        if (data.have_valid && !resumed) log_val(logf, 0, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
         fflush(stdout);
     }
 
@@ -2660,26 +2625,13 @@ static int run(Args &a, Dist &d) {
         total_ms += ms;
         steps_run++;
         double tps = tokens_per_step / (ms / 1000.0), mfu = peak > 0 ? 100.0 * fpt * tps / world / peak : -1;
-        double mem = device_used_gib(&mem_peak);
-        (void)mem;
+        device_used_gib(&mem_peak);
         if (main_rank) {
-            if (step % a.log_every == 0 || step == a.steps || skip) {
-                char mfus[32];
-                if (mfu >= 0) snprintf(mfus, sizeof(mfus), "%.1f%%", mfu); else snprintf(mfus, sizeof(mfus), "n/a");
-                printf("step %4d/%d | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s | MFU %s | mem %.2f GiB%s\n",
-                       step, a.steps, loss, opt.lr, norm, ms, tps, mfus, mem_peak, skip ? " | skipped (non-finite)" : "");
-                fflush(stdout);
-            }
-            if (logf) fprintf(logf, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tokens_per_s\":%.1f,"
-                              "\"skipped\":%lld,\"mfu\":%.4f,\"mem_gib\":%.3f}\n", step, loss, opt.lr, norm, ms, tps,
-                              (long long)ts.skipped, mfu >= 0 ? mfu / 100.0 : 0.0, mem_peak);
-            if (data.have_valid && (step % a.eval_every == 0 || step == a.steps)) {
-                float vl = evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod);
-                printf("step %d | val loss %.4f\n", step, vl);
-                if (logf) fprintf(logf, "{\"step\":%d,\"val_loss\":%.6f}\n", step, vl);
-            }
-            if (logf) fflush(logf);
-            if (a.sample_every > 0 && (step % a.sample_every == 0 || step == a.steps)) print_sample(g, &a, tok, step);
+            StepLog sl = {step, skip, (long long)ts.skipped, loss, opt.lr, norm, ms, tps, mfu, mem_peak};
+            log_step(&a, logf, &sl);
+            if (data.have_valid && due(&a, step, a.eval_every))
+                log_val(logf, step, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
+            if (due(&a, step, a.sample_every)) print_sample(g, &a, tok, step);
         }
         int last = step == a.steps || stop;
         if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(g, d, &a, &ts);
