@@ -2416,8 +2416,9 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
    other local ranks. */
 static long long g_progress_ms = 0;     /* when the last step (or evaluation, or checkpoint) ended (atomic) */
 static double g_nccl_timeout_s = 0.0;
-static ncclComm_t g_watched = NULL;
+static ncclComm_t g_watched = NULL;     /* NULL once the run is over (under g_watch_lock) */
 static int g_watched_rank = 0;
+static pthread_mutex_t g_watch_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static long long wall_ms(void) { return (long long)(wall_s() * 1000.0); }
 static void progress_mark(void) { __atomic_store_n(&g_progress_ms, wall_ms(), __ATOMIC_RELEASE); }
@@ -2426,8 +2427,12 @@ static void *nccl_watchdog(void *arg) {
     (void)arg;
     for (;;) {
         sleep(1);
-        ncclResult_t st = ncclSuccess;
-        ncclResult_t r = ncclCommGetAsyncError(g_watched, &st);
+        ncclResult_t st = ncclSuccess, r = ncclSuccess;
+        pthread_mutex_lock(&g_watch_lock);
+        int over = g_watched == NULL;
+        if (!over) r = ncclCommGetAsyncError(g_watched, &st);
+        pthread_mutex_unlock(&g_watch_lock);
+        if (over) return NULL;
         if (r != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
             fprintf(stderr, "%s: rank %d: NCCL reports an error (%s): stopping\n", trainer_name, g_watched_rank,
                     ncclGetErrorString(r != ncclSuccess ? r : st));
@@ -2450,6 +2455,13 @@ static void watchdog_start(const Dist *d, double timeout_s) {
     pthread_t th;
     if (pthread_create(&th, NULL, nccl_watchdog, NULL) != 0) die("cannot start the NCCL watchdog thread");
     pthread_detach(th);
+}
+
+/* the run is over: the watchdog stops looking before the communicator goes */
+static void watchdog_stop(void) {
+    pthread_mutex_lock(&g_watch_lock);
+    g_watched = NULL;
+    pthread_mutex_unlock(&g_watch_lock);
 }
 
 /* the process-wide GPU state: SM count and the cuBLASLt handle and workspace (after cudaSetDevice) */
@@ -2664,6 +2676,7 @@ int main(int argc, char **argv) {
     watchdog_start(&d, a.nccl_timeout);
     gpu_setup();
     int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
+    watchdog_stop();
     if (d.comm) ncclCommDestroy(d.comm);
     return rc;
 }
