@@ -5,7 +5,7 @@
  that need no GPU (embedding buckets, ZeRO layout, stochastic rounding); without a GPU only those run.
  --quick: the kernel tests only (no whole model, no training), e.g. under compute-sanitizer.
 
- Inputs are fresh random numbers; for bf16 they are rounded to bf16 first, so the CPU sees the same values and
+ Inputs and weights are fresh random numbers each run (the seed is printed; TEST_GPU_SEED=N repeats it); for bf16 they are rounded to bf16 first, so the CPU sees the same values and
  only the kernel's own rounding differs. Every output buffer is filled with NaN before its kernel runs, so an
  element the kernel forgot to write fails the comparison. Pass: |gpu - cpu| <= atol + rtol |cpu| everywhere
  (fp32: 1e-5 scale; bf16: 1e-2 scale), or a relative error norm for whole-model gradients.
@@ -20,6 +20,8 @@
 
 static int g_fail = 0, g_pass = 0;
 static const char *g_dtype = "";
+/* mixed into every seed of the inputs and weights: new each run (printed; TEST_GPU_SEED=N repeats a run) */
+static uint64_t g_seed = 0;
 
 /* ---- helpers ---- */
 
@@ -33,7 +35,7 @@ static float round_bf16(float x) { return host_bf16_bits_to_f32(host_f32_to_bf16
 template <typename T> static std::vector<float> rand_vec(size_t n, uint64_t seed, float scale = 1.0f) {
     std::vector<float> v(n);
     for (size_t i = 0; i < n; i++) {
-        float x = (2.0f * rng_uniform(seed, i) - 1.0f) * scale;
+        float x = (2.0f * rng_uniform(seed ^ g_seed, i) - 1.0f) * scale;
         v[i] = sizeof(T) == 4 ? x : round_bf16(x);
     }
     return v;
@@ -125,7 +127,7 @@ static void test_host_buckets(void) {
     for (int c = 0; c < 3; c++) {
         int N = Ns[c], V = Vs[c];
         std::vector<int> tok(N), count(V, 0), uniq(N), offs(N + 1), pos(N), seen(N, 0), first(V, -1);
-        for (int n = 0; n < N; n++) tok[n] = (int)(rng_u64(90 + c, n) % (uint64_t)(c == 2 ? 300 : V)) * (c == 2 ? 167 : 1);
+        for (int n = 0; n < N; n++) tok[n] = (int)(rng_u64((90 + c) ^ g_seed, n) % (uint64_t)(c == 2 ? 300 : V)) * (c == 2 ? 167 : 1);
         int nu = emb_buckets_build(tok.data(), N, count.data(), uniq.data(), offs.data(), pos.data());
         for (int v = 0; v < V; v++) bad += count[v] != 0;
         bad += offs[0] != 0 || offs[nu] != N;
@@ -238,7 +240,7 @@ template <typename T> static void test_embedding(void) {
     int B = 3, Tn = 37, C = 64, V = 50, N = B * Tn;
     auto wte = rand_vec<T>((size_t)V * C, 1), wpe = rand_vec<T>((size_t)Tn * C, 2);
     std::vector<int> tok(N);
-    for (int i = 0; i < N; i++) tok[i] = (int)(rng_u64(3, i) % 7) * 7;   /* repeated tokens */
+    for (int i = 0; i < N; i++) tok[i] = (int)(rng_u64(3 ^ g_seed, i) % 7) * 7;   /* repeated tokens */
     std::vector<float> ref((size_t)N * C);
     embedding_forward(ref.data(), tok.data(), wte.data(), wpe.data(), B, Tn, C);
     T *dwte = to_dev<T>(wte), *dwpe = to_dev<T>(wpe), *out = dev_nan<T>((size_t)N * C);
@@ -248,7 +250,7 @@ template <typename T> static void test_embedding(void) {
     check("embedding_forward", from_dev(out, (size_t)N * C), ref, tol_a<T>(), tol_r<T>());
     /* backward: fp32 dout, the host's counting sort */
     std::vector<float> dout((size_t)N * C);
-    for (size_t i = 0; i < dout.size(); i++) dout[i] = 2.0f * rng_uniform(4, i) - 1.0f;
+    for (size_t i = 0; i < dout.size(); i++) dout[i] = 2.0f * rng_uniform(4 ^ g_seed, i) - 1.0f;
     std::vector<float> gwte((size_t)V * C, 0.5f), gwpe((size_t)Tn * C, 0.25f);
     std::vector<float> rwte = gwte, rwpe = gwpe;
     embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V);
@@ -290,7 +292,7 @@ template <typename T> static void test_norm(int layernorm) {
     if (layernorm) { snprintf(what, sizeof(what), "%s_forward mean", nm); check(what, from_dev(dmean, N), mean, 1e-5f, 1e-5f); }
     /* backward: dres = dres_in + dx; dw, db accumulate */
     std::vector<float> dres_in((size_t)N * C);
-    for (size_t i = 0; i < dres_in.size(); i++) dres_in[i] = rng_uniform(15, i) - 0.5f;
+    for (size_t i = 0; i < dres_in.size(); i++) dres_in[i] = rng_uniform(15 ^ g_seed, i) - 0.5f;
     std::vector<float> dx = dres_in, gw(C, 0.1f), gb(C, 0.2f);
     if (layernorm) layernorm_backward(dx.data(), gw.data(), gb.data(), dy.data(), resid.data(), w.data(), mean.data(), rstd.data(), N, C);
     else rmsnorm_backward(dx.data(), gw.data(), dy.data(), resid.data(), w.data(), rstd.data(), N, C);
@@ -376,7 +378,7 @@ template <typename T> static void test_classifier(void) {
     int N = 37, V = 1001, ldl = 1024;
     auto logits = rand_vec<T>((size_t)N * V, 50, 4.0f);
     std::vector<int> tg(N);
-    for (int i = 0; i < N; i++) tg[i] = i % 5 == 3 ? -1 : (int)(rng_u64(51, i) % V);
+    for (int i = 0; i < N; i++) tg[i] = i % 5 == 3 ? -1 : (int)(rng_u64(51 ^ g_seed, i) % V);
     std::vector<float> losses(N), lse(N), dl((size_t)N * V, 0.0f);
     float dloss = 1.0f / 30;
     crossentropy_forward(losses.data(), lse.data(), logits.data(), tg.data(), N, V);
@@ -526,8 +528,8 @@ static ModelConfig small_config(int family) {
 static void make_batch(std::vector<int> &in, std::vector<int> &tg, int B, int Tn, int V, uint64_t seed) {
     in.resize((size_t)B * Tn); tg.resize(in.size());
     for (size_t i = 0; i < in.size(); i++) {
-        in[i] = (int)(rng_u64(seed, 2 * i) % V);
-        tg[i] = i % 17 == 5 ? -1 : (int)(rng_u64(seed, 2 * i + 1) % V);
+        in[i] = (int)(rng_u64(seed ^ g_seed, 2 * i) % V);
+        tg[i] = i % 17 == 5 ? -1 : (int)(rng_u64(seed ^ g_seed, 2 * i + 1) % V);
     }
 }
 
@@ -540,7 +542,7 @@ template <typename T> static void test_model(int family, int recompute, int plai
     int B = 2, Tn = 80;
     Model cpu, gh;
     model_build(&cpu, &cfg);
-    model_init_weights(&cpu, 7, 0.05f);
+    model_init_weights(&cpu, 7 ^ g_seed, 0.05f);
     round_model<T>(&cpu);
     model_build(&gh, &cfg);
     memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
@@ -586,7 +588,7 @@ template <typename T> static void test_training(int family) {
     int B = 2, Tn = 64, steps = 20;
     Model cpu, gh;
     model_build(&cpu, &cfg);
-    model_init_weights(&cpu, 11, 0.02f);
+    model_init_weights(&cpu, 11 ^ g_seed, 0.02f);
     round_model<T>(&cpu);
     model_build(&gh, &cfg);
     memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
@@ -650,7 +652,7 @@ static void train_a_little(int family, ncclComm_t comm, int overlap, int zero, i
     int B = 2, Tn = 64;
     Model gh;
     model_build(&gh, &cfg);
-    model_init_weights(&gh, 13, 0.02f);
+    model_init_weights(&gh, 13 ^ g_seed, 0.02f);
     Dist d = {0, 1, 0, comm};
     GOptions o = {1, 0, 0, 0, overlap, zero};
     cudaStream_t st;
@@ -789,6 +791,9 @@ static void test_host_zero2_layout(void) {
 
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    const char *fixed = getenv("TEST_GPU_SEED");
+    g_seed = fixed ? strtoull(fixed, NULL, 10) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+    printf("seed %llu (TEST_GPU_SEED=%llu repeats these inputs)\n", (unsigned long long)g_seed, (unsigned long long)g_seed);
     test_host_buckets();
     test_host_zero_layout();
     test_host_zero2_layout();
