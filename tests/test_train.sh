@@ -63,4 +63,13 @@ mkdir -p "$tmp/trunc"; cp "$final/config.json" "$tmp/trunc/"
 head -c 5000 "$final/model.safetensors" > "$tmp/trunc/model.safetensors"
 expect_error "truncated safetensors" "model.safetensors" ./train --data "$data" --init-from "$tmp/trunc"
 expect_error "vocab too small" "outside the model's vocabulary" ./train --data "$data" --model tests/fixtures/models/llama/config.json
+expect_error "a GPU flag to train" "is a flag of train_gpu" ./train --data "$data" --zero 2
+# train_gpu (built wherever nvcc is) checks its flags before it looks for a GPU
+if [ -x ./train_gpu ]; then
+    expect_error "train_gpu --zero 3" "--zero must be 1 or 2" ./train_gpu --data "$data" --zero 3
+    expect_error "train_gpu --overlap 2" "--overlap and --nccl must be 0 or 1" ./train_gpu --data "$data" --overlap 2
+    expect_error "train_gpu --nccl-timeout -1" "--nccl-timeout must be" ./train_gpu --data "$data" --nccl-timeout -1
+    expect_error "train_gpu --dtype fp16" "--dtype must be bf16 or fp32" ./train_gpu --data "$data" --dtype fp16
+    ./train_gpu --help | grep -q -- "--zero 1|2" && ok "train_gpu --help lists the GPU flags" || bad "train_gpu --help"
+fi
 exit $fail
