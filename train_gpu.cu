@@ -43,6 +43,8 @@ extern "C" {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1815,8 +1817,8 @@ void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
     CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-/* the shards of src (fp32 [shard] on every rank) gathered into dst[0..nparams) on the host (every rank), through
-   the staging buffer: part k of every rank's shard at a time */
+/* the shards of src (fp32 [shard] on every rank) gathered into dst[0..nparams) on the host, through the staging
+   buffer: part k of every rank's shard at a time. Collective; a rank with dst NULL only contributes. */
 template <typename T>
 static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *dst) {
     cudaStream_t s = g.stream;
@@ -1825,7 +1827,7 @@ static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *
         size_t cnt = g.shard - k0 < part ? g.shard - k0 : part;
         if (d.comm) NCCL_CHECK(ncclAllGather(src + k0, g.stage, cnt, ncclFloat, d.comm, s));
         else CUDA_CHECK(cudaMemcpyAsync(g.stage, src + k0, cnt * sizeof(float), cudaMemcpyDeviceToDevice, s));
-        for (int r = 0; r < d.world; r++) {   /* rank r's part lands at r * shard + k0 in the flat order */
+        for (int r = 0; dst && r < d.world; r++) {   /* rank r's part lands at r * shard + k0 in the flat order */
             size_t at = (size_t)r * g.shard + k0;
             if (at >= g.nparams) break;
             size_t n = g.nparams - at < cnt ? g.nparams - at : cnt;
@@ -1835,16 +1837,19 @@ static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *
     }
 }
 
-/* device -> host: the fp32 masters into g.host->params_memory, and with moments also m and v (allocated when
-   absent). Collective: every rank calls it. Clobbers the grads under ZeRO-1 (call between steps). */
+/* device -> host on rank 0 (the one that writes checkpoints): the fp32 masters into g.host->params_memory, and
+   with moments also m and v (allocated when absent). Collective: every rank calls it. Clobbers the grads under
+   ZeRO-1 (call between steps). */
 template <typename T>
 void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
-    gather_shards(g, d, g.master, g.host->params_memory);
+    int here = d.rank == 0;
+    gather_shards(g, d, g.master, here ? g.host->params_memory : NULL);
     if (moments) {
-        if (!g.host->m_memory) g.host->m_memory = (float *)calloc(g.nparams, sizeof(float));
-        if (!g.host->v_memory) g.host->v_memory = (float *)calloc(g.nparams, sizeof(float));
-        gather_shards(g, d, g.mom, g.host->m_memory);
-        gather_shards(g, d, g.vel, g.host->v_memory);
+        if (here && !g.host->m_memory) g.host->m_memory = (float *)calloc(g.nparams, sizeof(float));
+        if (here && !g.host->v_memory) g.host->v_memory = (float *)calloc(g.nparams, sizeof(float));
+        if (here && (!g.host->m_memory || !g.host->v_memory)) die("out of host memory for the AdamW moments");
+        gather_shards(g, d, g.mom, here ? g.host->m_memory : NULL);
+        gather_shards(g, d, g.vel, here ? g.host->v_memory : NULL);
     }
     if (g.stage == g.grads)   /* on the stream: ordered before the next step */
         CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
@@ -2136,6 +2141,7 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
     float *gshard = g.gshard;
     double stop = *stop_inout ? 1.0 : 0.0;
     CUDA_CHECK(cudaMemcpyAsync(g.red + 2, &stop, sizeof(double), cudaMemcpyHostToDevice, s));
+    if (g.zero2 && !g.reduced) die("ZeRO-2: an optimizer step without the last micro-step's reduction (gmodel_backward(g, 1))");
     if (d.comm && !g.reduced && !g.zero2) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
     g.reduced = 0;
     gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
@@ -2193,6 +2199,30 @@ static int io_all(int fd, void *buf, size_t n, int wr, double deadline) {
     return 0;
 }
 
+/* connect() that gives up at the deadline (a blocking one can hang for minutes on an unreachable address) */
+static int connect_by(int fd, const struct sockaddr *addr, socklen_t len, double deadline) {
+    int fl = fcntl(fd, F_GETFL, 0);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+    int r = connect(fd, addr, len);
+    if (r != 0 && errno == EINPROGRESS) {
+        for (;;) {
+            double left = deadline - wall_s();
+            if (left <= 0) { errno = ETIMEDOUT; return -1; }
+            fd_set fs; FD_ZERO(&fs); FD_SET(fd, &fs);
+            struct timeval tv = {(long)left, (long)((left - (long)left) * 1e6)};
+            int k = select(fd + 1, NULL, &fs, NULL, &tv);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) { errno = ETIMEDOUT; return -1; }
+            int err = 0;
+            socklen_t el = sizeof(err);
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0) return -1;
+            if (err) { errno = err; return -1; }
+            break;
+        }
+    } else if (r != 0) return -1;
+    return fcntl(fd, F_SETFL, fl);
+}
+
 static void boot_serve(ncclUniqueId *id, const char *run_id, int world, int port, double timeout_s) {
     int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     if (ls < 0) die("rank 0: socket: %s", strerror(errno));
@@ -2210,7 +2240,7 @@ static void boot_serve(ncclUniqueId *id, const char *run_id, int world, int port
         double left = deadline - wall_s();
         if (left <= 0) die("rank 0: only %d of %d ranks joined within %.0f s (run id %s)", joined + 1, world, timeout_s, run_id);
         fd_set fs; FD_ZERO(&fs); FD_SET(ls, &fs);
-        struct timeval tv = {(long)left, 0};
+        struct timeval tv = {(long)left, (long)((left - (long)left) * 1e6)};
         if (select(ls + 1, &fs, NULL, NULL, &tv) <= 0) continue;
         int fd = accept(ls, NULL, NULL);
         if (fd < 0) continue;
@@ -2261,7 +2291,8 @@ static void boot_join(ncclUniqueId *id, const char *run_id, int rank, int world,
         int gai = getaddrinfo(addr, ports, &hints, &res);
         if (gai != 0) { last_err = gai_strerror(gai); sleep(1); continue; }
         int fd = socket(AF_INET, SOCK_STREAM, 0);
-        int ok = fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0;
+        double attempt = wall_s() + 10.0 < deadline ? wall_s() + 10.0 : deadline;
+        int ok = fd >= 0 && connect_by(fd, res->ai_addr, res->ai_addrlen, attempt) == 0;
         freeaddrinfo(res);
         if (!ok) { last_err = strerror(errno); if (fd >= 0) close(fd); sleep(1); continue; }
         BootHello h;
@@ -2295,6 +2326,7 @@ typedef struct {
 
 static pid_t g_children[1024];
 static int g_nchildren = 0;
+static pid_t g_launcher_pid = 0;
 static void forward_signal(int sig) { for (int i = 0; i < g_nchildren; i++) if (g_children[i] > 0) kill(g_children[i], sig); }
 
 static uint64_t fnv1a(const char *s, uint64_t h) { for (; *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001b3ULL; } return h; }
@@ -2324,10 +2356,13 @@ static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
     setenv("MASTER_PORT", (snprintf(v, sizeof(v), "%d", la->master_port), v), 1);
     setenv("LLMTRAIN_RUN_ID", run_id, 1);
     fflush(stdout); fflush(stderr);
+    g_launcher_pid = getpid();
     for (int i = 0; i < la->nproc_per_node; i++) {
         pid_t p = fork();
         if (p < 0) die("fork: %s", strerror(errno));
         if (p == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGTERM);           /* the launcher killed: the ranks stop too */
+            if (getppid() != g_launcher_pid) _exit(1);  /* ... also when it died before the line above */
             setenv("RANK", (snprintf(v, sizeof(v), "%d", la->node_rank * la->nproc_per_node + i), v), 1);
             setenv("LOCAL_RANK", (snprintf(v, sizeof(v), "%d", i), v), 1);
             setenv("LOCAL_WORLD_SIZE", (snprintf(v, sizeof(v), "%d", la->nproc_per_node), v), 1);
@@ -2337,6 +2372,7 @@ static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
     }
     signal(SIGINT, forward_signal);
     signal(SIGTERM, forward_signal);
+    signal(SIGHUP, forward_signal);
     /* After a failure the others get SIGTERM; a rank catches it to finish its step, which it cannot do while a
        collective waits for the dead rank, so whoever is still there after a grace period gets SIGKILL. */
     const double grace_s = 30.0;
@@ -2411,7 +2447,8 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
 
 /* The NCCL watchdog: a thread that stops this rank when NCCL reports an asynchronous error (a connection to a peer
    broke) or when no step has ended for --nccl-timeout seconds (a peer died without breaking a connection, or
-   hangs). Without it a collective that waits for a dead rank on another node waits forever. It exits the
+   hangs; progress is marked at each micro-step, evaluation and checkpoint, and the timer starts with the
+   training loop). Without it a collective that waits for a dead rank on another node waits forever. It exits the
    process: the driver ends its kernels, the peers' connections break, and our launcher (or torchrun) stops the
    other local ranks. */
 static long long g_progress_ms = 0;     /* when the last step (or evaluation, or checkpoint) ended (atomic) */
@@ -2420,8 +2457,8 @@ static ncclComm_t g_watched = NULL;     /* NULL once the run is over (under g_wa
 static int g_watched_rank = 0;
 static pthread_mutex_t g_watch_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static long long wall_ms(void) { return (long long)(wall_s() * 1000.0); }
-static void progress_mark(void) { __atomic_store_n(&g_progress_ms, wall_ms(), __ATOMIC_RELEASE); }
+static long long mono_ms(void) { return (long long)now_ms(); }   /* CLOCK_MONOTONIC: wall-clock steps do not count */
+static void progress_mark(void) { __atomic_store_n(&g_progress_ms, mono_ms(), __ATOMIC_RELEASE); }
 
 static void *nccl_watchdog(void *arg) {
     (void)arg;
@@ -2438,7 +2475,7 @@ static void *nccl_watchdog(void *arg) {
                     ncclGetErrorString(r != ncclSuccess ? r : st));
             _exit(1);
         }
-        double idle = (wall_ms() - __atomic_load_n(&g_progress_ms, __ATOMIC_ACQUIRE)) / 1000.0;
+        double idle = (mono_ms() - __atomic_load_n(&g_progress_ms, __ATOMIC_ACQUIRE)) / 1000.0;
         if (g_nccl_timeout_s > 0 && idle > g_nccl_timeout_s) {
             fprintf(stderr, "%s: rank %d: no step ended in %.0f s (a rank died or hangs; see --nccl-timeout): stopping\n",
                     trainer_name, g_watched_rank, idle);
@@ -2449,7 +2486,7 @@ static void *nccl_watchdog(void *arg) {
 }
 
 static void watchdog_start(const Dist *d, double timeout_s) {
-    if (!d->comm) return;
+    if (!d->comm || d->world == 1) return;   /* one rank waits for nobody */
     g_watched = d->comm; g_watched_rank = d->rank; g_nccl_timeout_s = timeout_s;
     progress_mark();
     pthread_t th;
@@ -2587,8 +2624,6 @@ static int run(Args &a, Dist &d) {
 
     Tokenizer *tok = open_tokenizer(&a);
     FILE *logf = main_rank ? open_run_log(&a, resumed) : NULL;
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
 
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, d.local_rank));
@@ -2611,7 +2646,7 @@ static int run(Args &a, Dist &d) {
     double total_ms = 0.0;
     int steps_run = 0;
     long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum * world;
-    progress_mark();
+    watchdog_start(&d, a.nccl_timeout);
     for (int step = (int)ts.step + 1; step <= a.steps; step++) {
         double t0 = now_ms();
         gmodel_zero_grad(g);
@@ -2620,6 +2655,7 @@ static int run(Args &a, Dist &d) {
             gmodel_upload_batch(g, dl.inputs, dl.targets, a.batch_size, a.seq_len);
             gmodel_forward(g, 1, 1.0f / (a.grad_accum * world), 1.0 / a.grad_accum, micro > 0);
             gmodel_backward(g, micro == a.grad_accum - 1);
+            progress_mark();   /* the upload of the next micro-step waits for this one: the GPU moves */
         }
         opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
         double loss, norm;
@@ -2670,10 +2706,11 @@ int main(int argc, char **argv) {
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,
                          a.nccl_one || a.zero == 2};
     maybe_launch(&launch, argc, argv);   /* forks the local ranks; returns in each of them */
+    signal(SIGINT, on_signal);           /* from here on a signal ends the run after a step, with a checkpoint */
+    signal(SIGTERM, on_signal);
     if (a.threads > 0) omp_set_num_threads(a.threads);
     Dist d;
     dist_init(&d, &launch);
-    watchdog_start(&d, a.nccl_timeout);
     gpu_setup();
     int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
     watchdog_stop();

@@ -789,6 +789,85 @@ static void test_host_zero2_layout(void) {
     bad ? g_fail++ : g_pass++;
 }
 
+/* The MPI-free handshake over TCP (no GPU needed): rank 0 serves the NCCL id to the others of its run; a rank of
+   another run is refused with a clear error; a rank that finds nobody gives up at its timeout. Each process is
+   forked (the handshake's errors exit the process); returns the exit status and the first line of stderr. */
+static int boot_child(int role, const char *run_id, int rank, int world, int port, double timeout, const ncclUniqueId *want) {
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/llmtrain_boot_%d_%d.err", (int)getpid(), rank + 100 * role);
+    fflush(NULL);
+    pid_t p = fork();
+    if (p == 0) {
+        if (!freopen(path, "w", stderr)) _exit(3);
+        ncclUniqueId id;
+        if (role == 0) { id = *want; boot_serve(&id, run_id, world, port, timeout); _exit(0); }
+        memset(&id, 0, sizeof(id));
+        boot_join(&id, run_id, rank, world, "127.0.0.1", port, timeout);
+        _exit(memcmp(&id, want, sizeof(id)) == 0 ? 0 : 2);
+    }
+    return (int)p;
+}
+
+static int boot_wait(int pid) {
+    int st = 0;
+    waitpid((pid_t)pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET; a.sin_addr.s_addr = htonl(INADDR_LOOPBACK); a.sin_port = 0;
+    socklen_t len = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || getsockname(fd, (struct sockaddr *)&a, &len) != 0) return 29500;
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int stderr_has(int pid_key, const char *needle) {
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/llmtrain_boot_%d_%d.err", (int)getpid(), pid_key);
+    char t[4096] = "";
+    FILE *f = fopen(path, "r");
+    if (f) { size_t k = fread(t, 1, sizeof(t) - 1, f); t[k] = 0; fclose(f); }
+    int has = f && strstr(t, needle) != NULL;
+    if (!has) fprintf(stderr, "  stderr of %s: %s\n", path, f ? t : "(none)");
+    unlink(path);
+    return has;
+}
+
+static void test_host_bootstrap(void) {
+    ncclUniqueId id;
+    for (size_t i = 0; i < sizeof(id); i++) ((unsigned char *)&id)[i] = (unsigned char)(rng_u64(g_seed, i) & 0xff);
+    int bad = 0;
+    /* rank 0 and two others of the same run: the id arrives (the stderr files are only removed) */
+    int port = free_port();
+    int s = boot_child(0, "run-a", 0, 3, port, 20, &id);
+    int j1 = boot_child(1, "run-a", 1, 3, port, 20, &id);
+    int j2 = boot_child(1, "run-a", 2, 3, port, 20, &id);
+    int rs = boot_wait(s), r1 = boot_wait(j1), r2 = boot_wait(j2);
+    if (rs || r1 || r2) { bad++; fprintf(stderr, "FAIL: handshake of 3 ranks: exits %d %d %d\n", rs, r1, r2); }
+    stderr_has(0, ""); stderr_has(101, ""); stderr_has(102, "");
+    /* a rank of another run is refused, and rank 0 then times out waiting */
+    port = free_port();
+    s = boot_child(0, "run-a", 0, 2, port, 3, &id);
+    j1 = boot_child(1, "run-b", 1, 2, port, 20, &id);
+    r1 = boot_wait(j1); rs = boot_wait(s);
+    if (r1 != 1 || !stderr_has(101, "belongs to another run")) { bad++; fprintf(stderr, "FAIL: a stale run's rank: exit %d\n", r1); }
+    if (rs != 1 || !stderr_has(0, "only 1 of 2 ranks joined")) { bad++; fprintf(stderr, "FAIL: rank 0 alone: exit %d\n", rs); }
+    /* nobody at the port: the joiner gives up at its timeout */
+    port = free_port();
+    double t0 = wall_s();
+    j1 = boot_child(1, "run-a", 1, 2, port, 2, &id);
+    r1 = boot_wait(j1);
+    double took = wall_s() - t0;
+    if (r1 != 1 || took > 6 || !stderr_has(101, "could not reach rank 0")) { bad++; fprintf(stderr, "FAIL: no rank 0: exit %d after %.1f s\n", r1, took); }
+    printf("%s host  TCP handshake: id served, stale run refused, timeouts   %d failures%s\n", bad ? "FAIL" : "ok  ", bad,
+           bad ? "  <--" : "");
+    bad ? g_fail++ : g_pass++;
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
     const char *fixed = getenv("TEST_GPU_SEED");
@@ -797,6 +876,7 @@ int main(int argc, char **argv) {
     test_host_buckets();
     test_host_zero_layout();
     test_host_zero2_layout();
+    test_host_bootstrap();
     test_host_stochastic_rounding();
     test_host_bf16();
     int n = 0;
