@@ -537,6 +537,16 @@ template <typename T> static void round_model(Model *m) {
     if (sizeof(T) == 2) for (size_t i = 0; i < m->num_params; i++) m->params_memory[i] = round_bf16(m->params_memory[i]);
 }
 
+/* the device model of gh's weights on a stream of the trainer's kind (not ordered with the legacy default stream) */
+template <typename T>
+static cudaStream_t start_gmodel(GModel<T> &g, Model *gh, int B, int Tn, const GOptions &o, const Dist &d) {
+    cudaStream_t st;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    gmodel_build(g, gh, B, Tn, o, d, st);
+    gmodel_upload(g);
+    return st;
+}
+
 template <typename T> static void test_model(int family, int recompute, int plain, int fuse_gelu = 0) {
     ModelConfig cfg = small_config(family);
     int B = 2, Tn = 80;
@@ -553,11 +563,8 @@ template <typename T> static void test_model(int family, int recompute, int plai
     model_backward(&cpu, 1.0f);
     Dist d = {0, 1, 0, NULL};
     GOptions o = {recompute, plain, fuse_gelu, (size_t)64 * 501 * sizeof(T)};   /* small chunks: several per batch */
-    cudaStream_t st;   /* the trainer's kind of stream: not ordered with the legacy default stream */
-    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     GModel<T> g;
-    gmodel_build(g, &gh, B, Tn, o, d, st);
-    gmodel_upload(g);
+    cudaStream_t st = start_gmodel(g, &gh, B, Tn, o, d);
     gmodel_zero_grad(g);
     gmodel_upload_batch(g, in.data(), tg.data(), B, Tn);
     gmodel_forward(g, 1, 1.0f, 1.0, 0);
@@ -594,11 +601,8 @@ template <typename T> static void test_training(int family) {
     memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
     Dist d = {0, 1, 0, NULL};
     GOptions o = {1, 0, 0, 0};
-    cudaStream_t st;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     GModel<T> g;
-    gmodel_build(g, &gh, B, Tn, o, d, st);
-    gmodel_upload(g);
+    cudaStream_t st = start_gmodel(g, &gh, B, Tn, o, d);
     AdamWConfig opt = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
     double worst = 0.0;
     float first = 0, lastc = 0, lastg = 0;
@@ -655,11 +659,8 @@ static void train_a_little(int family, ncclComm_t comm, int overlap, int zero, i
     model_init_weights(&gh, 13 ^ g_seed, 0.02f);
     Dist d = {0, 1, 0, comm};
     GOptions o = {1, 0, 0, 0, overlap, zero};
-    cudaStream_t st;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     GModel<T> g;
-    gmodel_build(g, &gh, B, Tn, o, d, st);
-    gmodel_upload(g);
+    cudaStream_t st = start_gmodel(g, &gh, B, Tn, o, d);
     AdamWConfig opt = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
     out.clear();
     for (int step = 1; step <= 6; step++) {
