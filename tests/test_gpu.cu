@@ -537,6 +537,15 @@ template <typename T> static void round_model(Model *m) {
     if (sizeof(T) == 2) for (size_t i = 0; i < m->num_params; i++) m->params_memory[i] = round_bf16(m->params_memory[i]);
 }
 
+/* the CPU model and the host side of the GPU one with the same random weights (rounded to T's precision) */
+template <typename T> static void twin_models(Model *cpu, Model *gh, const ModelConfig *cfg, uint64_t seed, float std) {
+    model_build(cpu, cfg);
+    model_init_weights(cpu, seed ^ g_seed, std);
+    round_model<T>(cpu);
+    model_build(gh, cfg);
+    memcpy(gh->params_memory, cpu->params_memory, cpu->num_params * sizeof(float));
+}
+
 /* the device model of gh's weights on a stream of the trainer's kind (not ordered with the legacy default stream) */
 template <typename T>
 static cudaStream_t start_gmodel(GModel<T> &g, Model *gh, int B, int Tn, const GOptions &o, const Dist &d) {
@@ -551,11 +560,7 @@ template <typename T> static void test_model(int family, int recompute, int plai
     ModelConfig cfg = small_config(family);
     int B = 2, Tn = 80;
     Model cpu, gh;
-    model_build(&cpu, &cfg);
-    model_init_weights(&cpu, 7 ^ g_seed, 0.05f);
-    round_model<T>(&cpu);
-    model_build(&gh, &cfg);
-    memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
+    twin_models<T>(&cpu, &gh, &cfg, 7, 0.05f);
     std::vector<int> in, tg;
     make_batch(in, tg, B, Tn, cfg.vocab_size, 5);
     float cl = model_forward(&cpu, in.data(), tg.data(), B, Tn);
@@ -594,11 +599,7 @@ template <typename T> static void test_training(int family) {
     ModelConfig cfg = small_config(family);
     int B = 2, Tn = 64, steps = 20;
     Model cpu, gh;
-    model_build(&cpu, &cfg);
-    model_init_weights(&cpu, 11 ^ g_seed, 0.02f);
-    round_model<T>(&cpu);
-    model_build(&gh, &cfg);
-    memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
+    twin_models<T>(&cpu, &gh, &cfg, 11, 0.02f);
     Dist d = {0, 1, 0, NULL};
     GOptions o = {1, 0, 0, 0};
     GModel<T> g;
