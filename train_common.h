@@ -433,8 +433,6 @@ static FILE *open_run_log(const Args *a, int resumed) {
     return f;
 }
 
-#endif /* TRAIN_COMMON_H */
-
 /* The run's first lines: the model and the data. */
 static void print_run_start(const ModelConfig *cfg, size_t nparams, const Args *a, const Data *data) {
     printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
@@ -445,7 +443,8 @@ static void print_run_start(const ModelConfig *cfg, size_t nparams, const Args *
 }
 
 /* One step's numbers: a line on stdout (every --log-every steps, at the last step and at a skipped one) and a
-   record in log.jsonl. mfu < 0 leaves out MFU and memory (the CPU trainer). */
+   record in log.jsonl. mem_gib 0 (the CPU trainer) leaves out MFU and memory; mfu < 0 is a device whose peak
+   FLOP/s is not in the table (MFU n/a). */
 typedef struct {
     int step, skip;
     long long skipped;
@@ -478,3 +477,5 @@ static void log_val(FILE *logf, int step, float vl) {
 
 /* is a periodic event (evaluation, sample) due after this step? every <= 0: never */
 static int due(const Args *a, int step, int every) { return every > 0 && (step % every == 0 || step == a->steps); }
+
+#endif /* TRAIN_COMMON_H */
