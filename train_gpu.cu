@@ -1198,15 +1198,15 @@ static void *g_lt_ws;
 static const size_t g_lt_ws_size = 32u << 20;   /* what cuBLASLt asks for on Hopper */
 
 typedef struct {
-    int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, al_a, al_b, al_d;
+    int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, al_a, al_b, al_d, al_bias, al_aux, ldaux;
     cublasLtMatmulAlgo_t algo;
 } LtAlgo;
 /* the key: the ints only (no padding inside them; the bytes before algo may be padding, which a struct copy
    need not keep) */
-#define LT_KEY_BYTES (offsetof(LtAlgo, al_d) + sizeof(int))
+#define LT_KEY_BYTES (offsetof(LtAlgo, ldaux) + sizeof(int))
 #define LT_CACHE 512
 static LtAlgo g_lt_cache[LT_CACHE];
-static int g_lt_cached = 0;
+static int g_lt_cached = 0, g_lt_next = 0;   /* when full, entries are replaced round robin */
 
 static int ptr_alignment(const void *p) {
     uintptr_t a = (uintptr_t)p;
@@ -1242,6 +1242,7 @@ static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B
     key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldd = ldd; key.ta = ta; key.tb = tb;
     key.ab_type = (int)ab_type; key.d_type = (int)d_type; key.epi = (int)epi; key.has_bias = bias != NULL;
     key.al_a = al_a; key.al_b = al_b; key.al_d = al_d;
+    key.al_bias = bias ? ptr_alignment(bias) : 0; key.al_aux = aux ? ptr_alignment(aux) : 0; key.ldaux = aux ? ldaux : 0;
     const cublasLtMatmulAlgo_t *algo = NULL;
     for (int i = 0; i < g_lt_cached; i++)
         if (!memcmp(&g_lt_cache[i], &key, LT_KEY_BYTES)) { algo = &g_lt_cache[i].algo; break; }
@@ -1262,8 +1263,10 @@ static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B
         if (st != CUBLAS_STATUS_SUCCESS || found == 0)
             die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
                     m, n, k, ta, tb, (int)epi, al_a, al_b, al_d);
-        if (g_lt_cached < LT_CACHE) { key.algo = res.algo; g_lt_cache[g_lt_cached++] = key; algo = &g_lt_cache[g_lt_cached - 1].algo; }
-        else algo = &res.algo;
+        int slot = g_lt_cached < LT_CACHE ? g_lt_cached++ : g_lt_next++ % LT_CACHE;
+        key.algo = res.algo;
+        g_lt_cache[slot] = key;
+        algo = &g_lt_cache[slot].algo;
     }
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasLtMatmul(g_lt, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld, algo, g_lt_ws, g_lt_ws_size, stream));
@@ -1366,6 +1369,8 @@ void matmul_forward(T *out, const T *inp, const T *w, const T *bias, int N, int 
 template <typename T>
 void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *inp, const T *w, int N, int IC, int OC,
                      int lddo, int accumulate, const T *dgelu_aux, float *scratch, cudaStream_t s) {
+    /* the epilogue would apply GELU' to the sum with the old dinp, not to the new product alone */
+    if (accumulate && dgelu_aux) die("matmul_backward: the DGELU epilogue cannot accumulate into dinp");
     if (dinp)
         matmul_lt(dinp, cuda_type<T>(), w, dout, cuda_type<T>(), NULL, IC, N, OC, IC, lddo, IC, 0, 0,
                   accumulate ? 1.0f : 0.0f, dgelu_aux ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT,
