@@ -205,6 +205,8 @@ void model_zero_grad(Model *m);
 void model_free(Model *m);
 /* 1 if params tensor t gets weight decay (2-D weights), 0 for norms and biases. */
 int param_has_decay(int t);
+/* 1 if params tensor t holds one slice per layer ([L][...]), 0 for the embeddings, final norm and lm_head. */
+int param_is_per_layer(int t);
 
 /* ------------------------------------------------------------------------------------------------ */
 /* optimizer */
@@ -416,6 +418,8 @@ typedef struct { size_t begin, end; int tensor, owner; } ShardPiece;
    cover [0, num_params) exactly once. A trainer that reduces layer l's pieces as soon as its backward is done
    overlaps the ZeRO reduction with the rest of the backward. */
 int zero_grad_pieces(const Model *m, int l, int world, ShardPiece *out, int cap);
+/* Every piece, in the order a backward finishes them: layers L-1 .. 0, then the rest. malloc'd; NULL if out of memory. */
+ShardPiece *zero_all_grad_pieces(const Model *m, int world, int *count);
 
 typedef struct CommShared CommShared;
 typedef struct {
@@ -2517,7 +2521,7 @@ void zero_shard(size_t n, int world, int rank, size_t *begin, size_t *end) {
     *end = e < n ? e : n;
 }
 
-static int param_is_per_layer(int t) { return t >= P_LN1W && t <= P_BPROJ; }
+int param_is_per_layer(int t) { return t >= P_LN1W && t <= P_BPROJ; }
 
 int zero_grad_pieces(const Model *m, int l, int world, ShardPiece *out, int cap) {
     int L = m->cfg.n_layer, np = 0;
@@ -2537,6 +2541,16 @@ int zero_grad_pieces(const Model *m, int l, int world, ShardPiece *out, int cap)
         }
     }
     return np;
+}
+
+ShardPiece *zero_all_grad_pieces(const Model *m, int world, int *count) {
+    int L = m->cfg.n_layer, n = 0, k = 0;
+    for (int l = 0; l <= L; l++) n += zero_grad_pieces(m, l, world, NULL, 0);
+    ShardPiece *p = (ShardPiece *)malloc((size_t)(n > 0 ? n : 1) * sizeof(ShardPiece));
+    if (!p) return NULL;
+    for (int l = L - 1; l >= -1; l--) k += zero_grad_pieces(m, l < 0 ? L : l, world, p + k, n - k);
+    *count = k;
+    return p;
 }
 
 #define COMM_MAX_RANKS 64

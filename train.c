@@ -28,19 +28,6 @@ static float evaluate(Model *m, Blend *val, int B, int n, int eod) {
     return (float)(sum / n);
 }
 
-/* Every gradient piece of ZeRO-1's reduction, in the order train_gpu overlaps them with the backward: the layers
-   last to first, then the embeddings, final norm and lm_head (zero_grad_pieces). */
-static ShardPiece *all_grad_pieces(const Model *m, int world, int *count) {
-    int L = m->cfg.n_layer, n = 0;
-    for (int l = 0; l <= L; l++) n += zero_grad_pieces(m, l, world, NULL, 0);
-    ShardPiece *p = (ShardPiece *)malloc((size_t)n * sizeof(ShardPiece));
-    if (!p) die("out of memory");
-    int k = 0;
-    for (int l = L - 1; l >= -1; l--) k += zero_grad_pieces(m, l < 0 ? L : l, world, p + k, n - k);
-    *count = k;
-    return p;
-}
-
 static void print_sample(Model *m, const Args *a, Tokenizer *tok, int step) {
     int T = a->seq_len, V = m->cfg.vocab_size;
     int start = sample_start_token(&m->cfg, tok);
@@ -91,8 +78,9 @@ int main(int argc, char **argv) {
     int rank = comm.rank, world = comm.world, main_rank = rank == 0;
     size_t shard_begin, shard_end;
     zero_shard(m.num_params, world, rank, &shard_begin, &shard_end);
-    int npieces;
-    ShardPiece *pieces = all_grad_pieces(&m, world, &npieces);
+    int npieces;   /* ZeRO-1's reduction by pieces, in the order train_gpu overlaps them with the backward */
+    ShardPiece *pieces = zero_all_grad_pieces(&m, world, &npieces);
+    if (!pieces) die("out of memory");
     /* the loader, and the weights: resumed, continued from HF weights, or fresh */
     DataLoader dl;
     TrainState ts;

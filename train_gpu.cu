@@ -1529,7 +1529,7 @@ struct GModel {
        the buffer is reused two layers later; the tensors outside the layers keep whole gradients in outer. */
     int zero2;
     float *lbuf[2], *outer;
-    size_t lbuf_off[NUM_PARAM_TENSORS], layer_floats;
+    size_t lbuf_off[NUM_PARAM_TENSORS], layer_floats, outer_floats;
     cudaEvent_t lbuf_free[2];    /* recorded on comm_stream when the reduction reading lbuf[i] is over */
     float *stage;                /* fp32 staging for uploads and downloads: [stage_floats] (ZeRO-1: the grads) */
     size_t stage_floats;
@@ -1604,7 +1604,7 @@ static void zero2_layout(const Model *m, size_t *off, size_t *layer_floats, size
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         off[t] = 0;
         if (!m->param_sizes[t]) continue;
-        if (t >= P_LN1W && t <= P_BPROJ) { off[t] = *layer_floats; *layer_floats += m->param_sizes[t] / L; }
+        if (param_is_per_layer(t)) { off[t] = *layer_floats; *layer_floats += m->param_sizes[t] / L; }
         else { off[t] = *outer_floats; *outer_floats += m->param_sizes[t]; }
     }
 }
@@ -1651,15 +1651,14 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
         for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.gt[t] = host->param_sizes[t] ? g.grads + host->param_offsets[t] : NULL;
         g.stage = g.grads; g.stage_floats = g.padded;   /* free between steps */
     } else {
-        size_t outer;
-        zero2_layout(host, g.lbuf_off, &g.layer_floats, &outer);
+        zero2_layout(host, g.lbuf_off, &g.layer_floats, &g.outer_floats);
         g.gshard = GM_ALLOC(g, float, g.shard);
-        g.outer = GM_ALLOC(g, float, outer);
+        g.outer = GM_ALLOC(g, float, g.outer_floats);
         for (int i = 0; i < 2; i++) g.lbuf[i] = GM_ALLOC(g, float, g.layer_floats);
         for (int t = 0; t < NUM_PARAM_TENSORS; t++)
-            g.gt[t] = host->param_sizes[t] && !(t >= P_LN1W && t <= P_BPROJ) ? g.outer + g.lbuf_off[t] : NULL;
+            g.gt[t] = host->param_sizes[t] && !param_is_per_layer(t) ? g.outer + g.lbuf_off[t] : NULL;
         CUDA_CHECK(cudaMemsetAsync(g.gshard, 0, g.shard * sizeof(float), stream));
-        CUDA_CHECK(cudaMemsetAsync(g.outer, 0, outer * sizeof(float), stream));
+        CUDA_CHECK(cudaMemsetAsync(g.outer, 0, g.outer_floats * sizeof(float), stream));
         for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g.lbuf_free[i], cudaEventDisableTiming));
         /* staging in pieces of at most 64 MiB, a whole number of per-rank parts for the gathers */
         size_t want = (size_t)16 << 20, per = want / d.world > 0 ? want / d.world : 1;
@@ -2121,10 +2120,8 @@ void gmodel_backward(GModel<T> &g, int last = 0) {
 
 template <typename T> void gmodel_zero_grad(GModel<T> &g) {
     if (!g.zero2) { CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream)); return; }
-    size_t off[NUM_PARAM_TENSORS], layer, outer;
-    zero2_layout(g.host, off, &layer, &outer);
     CUDA_CHECK(cudaMemsetAsync(g.gshard, 0, g.shard * sizeof(float), g.stream));
-    CUDA_CHECK(cudaMemsetAsync(g.outer, 0, outer * sizeof(float), g.stream));
+    CUDA_CHECK(cudaMemsetAsync(g.outer, 0, g.outer_floats * sizeof(float), g.stream));
 }
 
 /* reads red[1] (the accumulated loss), waiting for the stream */

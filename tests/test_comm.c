@@ -90,11 +90,8 @@ static int collectives_in_rank(Comm *c, const Model *m) {
     size_t n = m->num_params;
     float *data = (float *)malloc(n * sizeof(float));
     /* comm_reduce_pieces over the pieces of every layer, in the trainers' order (layers last to first, then the rest) */
-    int L = m->cfg.n_layer, total = 0;
-    for (int l = 0; l <= L; l++) total += zero_grad_pieces(m, l, world, NULL, 0);
-    ShardPiece *p = (ShardPiece *)malloc((size_t)total * sizeof(ShardPiece));
     int k = 0;
-    for (int l = L - 1; l >= -1; l--) k += zero_grad_pieces(m, l < 0 ? L : l, world, p + k, total - k);
+    ShardPiece *p = zero_all_grad_pieces(m, world, &k);
     for (size_t i = 0; i < n; i++) data[i] = value_of(rank, i);
     comm_reduce_pieces(c, data, p, k);
     size_t sb, se;
