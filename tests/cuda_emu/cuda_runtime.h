@@ -17,7 +17,7 @@
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 /* static shared memory: one copy, in its own section, so its addresses are known (blocks run one at a time) */
 #define __shared__ static __attribute__((section("emu_smem")))

@@ -477,7 +477,8 @@ static void ldmatrix_x4(WarpGroup &G, int trans) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* shared memory: the static section and the dynamic area, per 4-byte word: the block generation that last
+/* shared memory: the static section and the dynamic area, per 2-byte granule (a "word" below; bf16 is the
+   smallest type the kernels store): the block generation that last
    touched it, its last writer, and the readers since the last __syncthreads. Two accesses of one word by
    different threads, one of them a write, race unless a __syncthreads lies between them, or, in one warp,
    a __syncwarp naming both lanes. */
@@ -490,7 +491,7 @@ static std::vector<SmemWord> g_smem;
 static uint32_t g_gen = 0;
 
 static void shared_block_start(void) {
-    size_t words = (size_t)(__stop_emu_smem - __start_emu_smem) / 4 + 1 + SMEM_OPTIN_MAX / 4 + 1;
+    size_t words = (size_t)(__stop_emu_smem - __start_emu_smem) / 2 + 1 + SMEM_OPTIN_MAX / 2 + 1;
     if (g_smem.size() < words) g_smem.resize(words);
     g_gen++;
     if (__stop_emu_smem > __start_emu_smem) memset(__start_emu_smem, 0xff, __stop_emu_smem - __start_emu_smem);
@@ -498,7 +499,7 @@ static void shared_block_start(void) {
 }
 
 static void check_smem(uintptr_t a, size_t n, int write) {
-    size_t first, last, nstatic = (size_t)(__stop_emu_smem - __start_emu_smem) / 4 + 1;
+    size_t first, last, nstatic = (size_t)(__stop_emu_smem - __start_emu_smem) / 2 + 1;
     if (!g_cur) {
         if (a >= (uintptr_t)g_dyn && a < (uintptr_t)g_dev) emu_fail("host code accesses shared memory at %p", (void *)a);
         return;   /* the static shared variables' storage, touched by the runtime only */
@@ -507,11 +508,11 @@ static void check_smem(uintptr_t a, size_t n, int write) {
         if (a + n > (uintptr_t)g_dyn + g_dyn_bytes)
             emu_fail("out-of-bounds %zu-byte %s of dynamic shared memory at offset %zu (the launch gave %zu bytes)", n,
                      write ? "store" : "load", (size_t)(a - (uintptr_t)g_dyn), g_dyn_bytes);
-        first = nstatic + (a - (uintptr_t)g_dyn) / 4;
-        last = nstatic + (a + n - 1 - (uintptr_t)g_dyn) / 4;
+        first = nstatic + (a - (uintptr_t)g_dyn) / 2;
+        last = nstatic + (a + n - 1 - (uintptr_t)g_dyn) / 2;
     } else {
-        first = (a - (uintptr_t)__start_emu_smem) / 4;
-        last = (a + n - 1 - (uintptr_t)__start_emu_smem) / 4;
+        first = (a - (uintptr_t)__start_emu_smem) / 2;
+        last = (a + n - 1 - (uintptr_t)__start_emu_smem) / 2;
     }
     if ((n == 2 || n == 4 || n == 8 || n == 16) && a % n) emu_fail("misaligned %zu-byte shared-memory %s at %p", n, write ? "store" : "load", (void *)a);
     int t = g_cur->linear, w = g_cur->warp, l = g_cur->lane;
@@ -519,7 +520,7 @@ static void check_smem(uintptr_t a, size_t n, int write) {
     for (size_t k = first; k <= last; k++) {
         SmemWord &s = g_smem[k];
         if (s.gen != g_gen) {
-            if (!write) emu_fail("%zu-byte shared-memory load at %p reads a word no thread of this block has written", n, (void *)a);
+            if (!write) emu_fail("%zu-byte shared-memory load at %p reads what no thread of this block has written (a missing barrier?)", n, (void *)a);
             s.gen = g_gen; s.w_tid = -1; s.r_bar = ~0u; s.r_warps = 0; s.r_lanes = 0; s.r_wc = 0;
         }
         int u = s.w_tid;
@@ -587,6 +588,19 @@ extern "C" void __asan_storeN_noabort(void *p, size_t n) {
     if (in_reservation((uintptr_t)p) || in_static_smem((uintptr_t)p)) access((uintptr_t)p, n, 1);
 }
 extern "C" void __asan_handle_no_return(void) {}
+
+/* -fsanitize=alignment checks each dereference against its type's alignment before the optimiser may split a
+   vector access (a float4 load) into scalar ones; a misaligned access in a kernel is a fault on the GPU */
+struct UbsanLoc { const char *file; uint32_t line, col; };
+struct UbsanType { uint16_t kind, info; char name[1]; };
+struct UbsanMismatch { UbsanLoc loc; const UbsanType *type; unsigned char log_align, kind; };
+extern "C" void __ubsan_handle_type_mismatch_v1(UbsanMismatch *d, uintptr_t p) {
+    uintptr_t align = (uintptr_t)1 << d->log_align;
+    if (!g_cur || !p || !(p & (align - 1))) return;   /* host code: x86 tolerates it */
+    emu_fail("misaligned %s at %p: %s needs %zu-byte alignment (%s:%u)", d->kind == 1 ? "store" : "load", (void *)p,
+             d->type->name, (size_t)align, d->loc.file, d->loc.line);
+}
+extern "C" void __ubsan_handle_type_mismatch_v1_abort(UbsanMismatch *d, uintptr_t p) { __ubsan_handle_type_mismatch_v1(d, p); }
 extern "C" void __asan_before_dynamic_init(const char *m) {}
 extern "C" void __asan_after_dynamic_init(void) {}
 
