@@ -69,7 +69,7 @@ tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h llmtrain.h $(T
 # compiled with gcc's kernel-address instrumentation, each access a call into the emulation's checks.
 EMU       = tests/cuda_emu
 EMU_BIN   = tests/bin/emu
-EMU_CXX   = g++ -std=c++17 -O1 -g -fno-strict-aliasing -fopenmp -D_GNU_SOURCE -I$(EMU) -I.
+EMU_CXX   = g++ -std=c++17 -O1 -g -march=native -fno-strict-aliasing -fopenmp -D_GNU_SOURCE -rdynamic -I$(EMU) -I.
 EMU_CHECK = -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0 --param asan-stack=0 \
             --param asan-globals=0 -fsanitize=alignment
 EMU_OBJS  = $(EMU_BIN)/emu_runtime.o $(EMU_BIN)/emu_cublaslt.o $(EMU_BIN)/emu_nccl.o $(EMU_BIN)/tokenizer.o

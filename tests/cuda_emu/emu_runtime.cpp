@@ -15,6 +15,7 @@
 #include "cuda_runtime.h"
 
 #include <errno.h>
+#include <execinfo.h>
 #include <map>
 #include <pthread.h>
 #include <stdarg.h>
@@ -62,6 +63,11 @@ void emu_fail(const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "%s\n", ctx);
+    if (getenv("CUDA_EMU_BACKTRACE")) {   /* the host's call stack (symbols with -rdynamic) */
+        void *frames[32];
+        int n = backtrace(frames, 32);
+        backtrace_symbols_fd(frames, n, 2);
+    }
     fflush(stderr);
     _exit(99);
 }
@@ -171,13 +177,20 @@ static void check_global(uintptr_t a, size_t n, int write, int from_kernel) {
     if (from_kernel && (n == 2 || n == 4 || n == 8 || n == 16) && (a % n))
         emu_fail("misaligned %zu-byte %s at %p", n, write ? "store" : "load", (void *)a);
     uint8_t *st = g_state + off;
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;                                       /* the common case first: every byte written */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, st + i, 8);
+        if (v != 0x0202020202020202ull) break;
+    }
+    for (; i < n; i++) {
+        if (st[i] == ST_INIT) continue;
         if (st[i] == ST_NONE) {
             char d[160];
             describe_addr(a + i, d, sizeof(d));
             emu_fail("out-of-bounds %zu-byte %s at %p (%s)", n, write ? "store" : "load", (void *)a, d);
         }
-        if (!write && st[i] == ST_ALLOC) {
+        if (!write) {
             char d[160];
             describe_addr(a + i, d, sizeof(d));
             emu_fail("%zu-byte load at %p reads memory never written (%s)", n, (void *)a, d);
@@ -589,6 +602,16 @@ extern "C" void __asan_storeN_noabort(void *p, size_t n) {
 }
 extern "C" void __asan_handle_no_return(void) {}
 
+/* memcpy is not instrumented (the compiler calls the C library): this one replaces it in the program, so a
+   host memcpy into pinned memory (a staging buffer) is checked and marked written like any other store */
+extern "C" void *memcpy(void *dst, const void *src, size_t n) {
+    if (g_base && n && (in_reservation((uintptr_t)dst) || in_reservation((uintptr_t)src))) {
+        emu_access(src, n, 0);
+        emu_access(dst, n, 1);
+    }
+    return memmove(dst, src, n);
+}
+
 /* -fsanitize=alignment checks each dereference against its type's alignment before the optimiser may split a
    vector access (a float4 load) into scalar ones; a misaligned access in a kernel is a fault on the GPU */
 struct UbsanLoc { const char *file; uint32_t line, col; };
@@ -710,6 +733,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorInitializationError: return "cudaErrorInitializationError";
     default: return "cudaError";
     }
 }
@@ -723,6 +747,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorInitializationError: return "initialization error";
     default: return "unknown error";
     }
 }
@@ -730,10 +755,10 @@ cudaError_t cudaGetLastError(void) { cudaError_t e = g_last; g_last = cudaSucces
 cudaError_t cudaPeekAtLastError(void) { return g_last; }
 
 /* CUDA_EMU_DEVICES=N emulated devices (default 1); CUDA_EMU_DEVICES=0 is a machine without one, and
-   CUDA_EMU_FAIL_INIT=1 one whose driver is too old for the runtime */
+   CUDA_EMU_FAIL_INIT=1 one whose CUDA initialisation fails */
 cudaError_t cudaGetDeviceCount(int *n) {
     const char *f = getenv("CUDA_EMU_FAIL_INIT");
-    if (f && atoi(f)) { *n = 0; return cudaErrorInsufficientDriver; }
+    if (f && atoi(f)) { *n = 0; return cudaErrorInitializationError; }
     const char *e = getenv("CUDA_EMU_DEVICES");
     *n = e ? atoi(e) : 1;
     return *n > 0 ? cudaSuccess : cudaErrorNoDevice;
