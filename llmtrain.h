@@ -2443,15 +2443,22 @@ static int checkpoint_publish(const char *out_dir, const char *name, char *err, 
     return 0;
 }
 
-int checkpoint_clean(const char *out_dir, char *err, size_t errlen) {
-    char named[256] = "", path[1300];
+/* the folder name in OUT/latest: 0, or -1 (no such file, or not a name inside OUT) */
+static int read_latest(const char *out_dir, char *name, size_t len) {
+    char path[1200];
     snprintf(path, sizeof(path), "%s/latest", out_dir);
     FILE *f = fopen(path, "r");
-    if (f) {
-        if (!fgets(named, sizeof(named), f)) named[0] = 0;
-        fclose(f);
-        named[strcspn(named, "\r\n")] = 0;
-    }
+    if (!f) return -1;
+    int ok = fgets(name, (int)len, f) != NULL;
+    fclose(f);
+    if (!ok) return -1;
+    name[strcspn(name, "\r\n")] = 0;
+    return name[0] && !strchr(name, '/') ? 0 : -1;
+}
+
+int checkpoint_clean(const char *out_dir, char *err, size_t errlen) {
+    char named[256], path[1300];
+    if (read_latest(out_dir, named, sizeof(named)) != 0) named[0] = 0;
     DIR *d = opendir(out_dir);
     if (!d) return 0;
     int removed = 0;
@@ -2533,15 +2540,8 @@ int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, c
 }
 
 int checkpoint_latest(const char *out_dir, char *dir, size_t len) {
-    char path[1200], name[256] = "";
-    snprintf(path, sizeof(path), "%s/latest", out_dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    int ok = fgets(name, sizeof(name), f) != NULL;
-    fclose(f);
-    if (!ok) return -1;
-    name[strcspn(name, "\r\n")] = 0;
-    if (!name[0] || strchr(name, '/')) return -1;
+    char name[256];
+    if (read_latest(out_dir, name, sizeof(name)) != 0) return -1;
     snprintf(dir, len, "%s/%s", out_dir, name);
     return 0;
 }
