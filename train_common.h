@@ -485,6 +485,7 @@ static void trim_run_log(const char *out, long long step) {
     fclose(in);
     if (fflush(o) != 0 || fsync(fileno(o)) != 0 || fclose(o) != 0 || rename(tmp, path) != 0)
         die("%s: cannot rewrite: %s", path, strerror(errno));
+    fsync_dir(out);
     if (dropped) printf("%s: dropped %ld record(s) after step %lld\n", path, dropped, step);
 }
 
