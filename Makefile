@@ -109,6 +109,8 @@ tests/bin/st_maxdiff: tests/tools/st_maxdiff.c llmtrain.h
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -I. -o $@ $< $(LDLIBS)
 
+# test_resume.sh kills saves at chosen system calls with strace; the emulated GPU tests need g++
+test: DEB_PKGS += strace g++
 test: deps all $(TEST_BINS) $(GPU_TEST_BINS) $(EMU_TESTS) tests/bin/st_maxdiff
 	@bash tests/run.sh
 

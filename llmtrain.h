@@ -389,11 +389,16 @@ typedef struct {
     char run_flags[4096];    /* JSON object of the settings a resume must match */
 } TrainState;
 
-/* Saves OUT/step_%06d/{config.json, model.safetensors, train_state.safetensors, tokenizer.json} through a
-   temp folder and a rename, then points OUT/latest at it, then removes all but the newest `keep` (keep > 0).
-   The AdamW moments come from m (zeros before the first update). */
+/* Saves OUT/step_%06d/{config.json, model.safetensors, train_state.safetensors, tokenizer.json}: written and
+   fsynced in the temp folder OUT/.step_%06d.tmp, moved into place (exchanged with an existing folder of that
+   step), then OUT/latest points at it; then removes all but the newest `keep` (keep > 0). OUT/latest names a
+   complete checkpoint at every instant. The AdamW moments come from m (zeros before the first update). */
 int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, const char *tokenizer_path,
                     size_t max_shard_bytes, int keep, char *saved, size_t saved_len, char *err, size_t errlen);
+/* For the one run that writes OUT, at its start: finishes a save that a kill interrupted while it moved a
+   checkpoint into place, and deletes the temp folders of other interrupted saves (OUT/.step_*). Returns how
+   many it deleted, or -1 with err. */
+int checkpoint_clean(const char *out_dir, char *err, size_t errlen);
 /* The folder OUT/latest names, if it is complete: 0 and its path in dir, or -1. */
 int checkpoint_latest(const char *out_dir, char *dir, size_t len);
 /* Loads weights, AdamW moments and the train state of a checkpoint folder into a model built from its config. */
@@ -2363,6 +2368,117 @@ static int copy_file(const char *src, const char *dst, char *err, size_t errlen)
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* OUT/latest := name (a small file replaced by a rename), and the folder entry made durable */
+static int write_latest(const char *out_dir, const char *name, char *err, size_t errlen) {
+    char path[1200], line[320];
+    snprintf(path, sizeof(path), "%s/latest", out_dir);
+    snprintf(line, sizeof(line), "%s\n", name);
+    if (write_file_atomic(path, line, strlen(line), err, errlen) != 0) return -1;
+    fsync_dir(out_dir);
+    return 0;
+}
+
+/* Publishing where the file system cannot exchange two names: latest names the complete temp folder
+   OUT/.NAME.tmp while OUT/NAME is deleted and made again from hard links to the temp folder's files (no copy);
+   then latest names NAME. A kill on the way leaves latest naming the temp folder, which checkpoint_clean
+   finishes. drop_tmp: delete the temp folder at the end (checkpoint_clean keeps it: another rank may be
+   reading it). */
+static int publish_by_links(const char *out_dir, const char *name, int drop_tmp, char *err, size_t errlen) {
+    char tmp_name[300], tmp[1300], dir[1300], old[1300], lnk[1300], a[1600], b[1600];
+    snprintf(tmp_name, sizeof(tmp_name), ".%s.tmp", name);
+    snprintf(tmp, sizeof(tmp), "%s/%s", out_dir, tmp_name);
+    snprintf(dir, sizeof(dir), "%s/%s", out_dir, name);
+    snprintf(old, sizeof(old), "%s/.%s.old", out_dir, name);
+    snprintf(lnk, sizeof(lnk), "%s/.%s.link", out_dir, name);
+    if (write_latest(out_dir, tmp_name, err, errlen) != 0) return -1;
+    remove_dir_files(old);
+    if (access(dir, F_OK) == 0 && (rename(dir, old) != 0 || remove_dir_files(old) != 0)) {
+        snprintf(err, errlen, "%s: cannot replace: %s", dir, strerror(errno));
+        return -1;
+    }
+    remove_dir_files(lnk);
+    DIR *d = mkdir(lnk, 0755) == 0 ? opendir(tmp) : NULL;
+    struct dirent *e;
+    int bad = d == NULL;
+    while (!bad && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(a, sizeof(a), "%s/%s", tmp, e->d_name);
+        snprintf(b, sizeof(b), "%s/%s", lnk, e->d_name);
+        bad = link(a, b) != 0;
+    }
+    if (d) closedir(d);
+    if (!bad) bad = fsync_dir(lnk) != 0 || rename(lnk, dir) != 0;
+    if (bad) { snprintf(err, errlen, "%s: cannot make from %s: %s", dir, tmp, strerror(errno)); return -1; }
+    fsync_dir(out_dir);
+    if (write_latest(out_dir, name, err, errlen) != 0) return -1;
+    if (drop_tmp) remove_dir_files(tmp);
+    return 0;
+}
+
+/* Moves the complete, fsynced folder OUT/.NAME.tmp to OUT/NAME and points OUT/latest at it, so that latest
+   names a complete checkpoint at every instant. A new NAME: one rename, then latest. An existing NAME (a
+   step saved again, e.g. by a second run into the same folder, while latest may name it): the two folders
+   swap names in one step (renameat2 RENAME_EXCHANGE), so NAME is the old or the new checkpoint at every
+   instant; the old one, now under the temp name, is deleted after latest is written. File systems without
+   the exchange (NFS) go through publish_by_links. */
+static int checkpoint_publish(const char *out_dir, const char *name, char *err, size_t errlen) {
+    char tmp[1300], dir[1300];
+    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", out_dir, name);
+    snprintf(dir, sizeof(dir), "%s/%s", out_dir, name);
+    int exists = access(dir, F_OK) == 0;
+    if (exists && renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) != 0) {
+        if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+            snprintf(err, errlen, "%s: cannot exchange with %s: %s", tmp, dir, strerror(errno));
+            return -1;
+        }
+        return publish_by_links(out_dir, name, 1, err, errlen);
+    }
+    if (!exists && rename(tmp, dir) != 0) {
+        snprintf(err, errlen, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno));
+        return -1;
+    }
+    fsync_dir(out_dir);
+    if (write_latest(out_dir, name, err, errlen) != 0) return -1;
+    if (exists) remove_dir_files(tmp);   /* the replaced checkpoint */
+    return 0;
+}
+
+/* the folder name in OUT/latest: 0, or -1 (no such file, or not a name inside OUT) */
+static int read_latest(const char *out_dir, char *name, size_t len) {
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/latest", out_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int ok = fgets(name, (int)len, f) != NULL;
+    fclose(f);
+    if (!ok) return -1;
+    name[strcspn(name, "\r\n")] = 0;
+    return name[0] && !strchr(name, '/') ? 0 : -1;
+}
+
+int checkpoint_clean(const char *out_dir, char *err, size_t errlen) {
+    char named[256], path[1300];
+    if (read_latest(out_dir, named, sizeof(named)) != 0) named[0] = 0;
+    DIR *d = opendir(out_dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, ".step_", 6) != 0 || !strcmp(e->d_name, named)) continue;
+        snprintf(path, sizeof(path), "%s/%s", out_dir, e->d_name);
+        if (remove_dir_files(path) == 0) removed++;
+    }
+    closedir(d);
+    /* latest names a temp folder: publish_by_links was killed; finish it */
+    size_t n = strlen(named);
+    if (!strncmp(named, ".step_", 6) && n > 10 && !strcmp(named + n - 4, ".tmp")) {
+        char name[256];
+        snprintf(name, sizeof(name), "%.*s", (int)(n - 5), named + 1);
+        if (publish_by_links(out_dir, name, 0, err, errlen) != 0) return -1;
+    }
+    return removed;
+}
+
 int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, const char *tokenizer_path,
                     size_t max_shard_bytes, int keep, char *saved, size_t saved_len, char *err, size_t errlen) {
     char name[64], dir[1200], tmp[1300], path[1400];
@@ -2395,21 +2511,8 @@ int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, c
         snprintf(path, sizeof(path), "%s/tokenizer.json", tmp);
         if (copy_file(tokenizer_path, path, err, errlen) != 0) return -1;
     }
-    /* publish: fsync the folder, rename it into place, then move `latest` to it */
     fsync_dir(tmp);
-    if (access(dir, F_OK) == 0) {  /* a checkpoint of the same step from an earlier run */
-        char old[1400];
-        snprintf(old, sizeof(old), "%s/.%s.old", out_dir, name);
-        remove_dir_files(old);
-        if (rename(dir, old) != 0 || remove_dir_files(old) != 0) { snprintf(err, errlen, "%s: cannot replace", dir); return -1; }
-    }
-    if (rename(tmp, dir) != 0) { snprintf(err, errlen, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno)); return -1; }
-    fsync_dir(out_dir);
-    snprintf(path, sizeof(path), "%s/latest", out_dir);
-    char line[80];
-    snprintf(line, sizeof(line), "%s\n", name);
-    if (write_file_atomic(path, line, strlen(line), err, errlen) != 0) return -1;
-    fsync_dir(out_dir);
+    if (checkpoint_publish(out_dir, name, err, errlen) != 0) return -1;
     if (saved) snprintf(saved, saved_len, "%s", dir);
     /* keep the newest `keep` checkpoints */
     if (keep > 0) {
@@ -2437,15 +2540,8 @@ int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, c
 }
 
 int checkpoint_latest(const char *out_dir, char *dir, size_t len) {
-    char path[1200], name[256] = "";
-    snprintf(path, sizeof(path), "%s/latest", out_dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    int ok = fgets(name, sizeof(name), f) != NULL;
-    fclose(f);
-    if (!ok) return -1;
-    name[strcspn(name, "\r\n")] = 0;
-    if (!name[0] || strchr(name, '/')) return -1;
+    char name[256];
+    if (read_latest(out_dir, name, sizeof(name)) != 0) return -1;
     snprintf(dir, len, "%s/%s", out_dir, name);
     return 0;
 }
