@@ -108,72 +108,58 @@ def make_qwen3():
     return Qwen3ForCausalLM(cfg)
 
 
+def make_gpt2_small(**extra):
+    cfg = GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=16, n_head=2,
+        activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=63, eos_token_id=63, attn_implementation="eager",
+        **extra,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
 def make_gpt2_layer_scaled():
     # layer l's attention scores divided by l + 1; the reordered fp32 score
     # path (the same math in fp32)
-    cfg = GPT2Config(
-        vocab_size=64, n_positions=16, n_embd=16, n_layer=3, n_head=2,
-        activation_function="gelu_new", layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
-        bos_token_id=63, eos_token_id=63,
-        attn_implementation="eager",
-    )
-    return GPT2LMHeadModel(cfg)
+    return make_gpt2_small(n_layer=3, scale_attn_by_inverse_layer_idx=True,
+                           reorder_and_upcast_attn=True)
 
 
 def make_gpt2_unscaled():
     # scores not divided by sqrt(head_dim)
-    cfg = GPT2Config(
-        vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-        activation_function="gelu_new", layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        scale_attn_weights=False, bos_token_id=63, eos_token_id=63,
-        attn_implementation="eager",
-    )
-    return GPT2LMHeadModel(cfg)
+    return make_gpt2_small(n_layer=2, scale_attn_weights=False)
+
+
+# the shared sizes of the small LLaMA / Qwen feature cases
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48,
+             num_attention_heads=4, num_key_value_heads=2,
+             tie_word_embeddings=True, max_position_embeddings=64,
+             attention_dropout=0.0, attn_implementation="eager")
 
 
 def make_llama_bias():
     # attention_bias: biases on q, k, v and o_proj
-    cfg = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=True, attention_bias=True,
-        max_position_embeddings=64, attention_dropout=0.0,
-        attn_implementation="eager",
-    )
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(LlamaConfig(
+        **SMALL, num_hidden_layers=2, head_dim=8, rms_norm_eps=1e-5,
+        rope_theta=10000.0, attention_bias=True))
 
 
 def make_qwen2_window():
     # sliding window of 5 < T on layers >= max_window_layers = 1 (of 3)
-    cfg = Qwen2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=48,
-        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-        rope_theta=10000.0, tie_word_embeddings=True, rms_norm_eps=1e-6,
-        max_position_embeddings=64, use_sliding_window=True,
-        sliding_window=5, max_window_layers=1,
-        attention_dropout=0.0, bos_token_id=1, eos_token_id=2,
-        attn_implementation="eager",
-    )
-    return Qwen2ForCausalLM(cfg)
+    return Qwen2ForCausalLM(Qwen2Config(
+        **SMALL, num_hidden_layers=3, rope_theta=10000.0, rms_norm_eps=1e-6,
+        use_sliding_window=True, sliding_window=5, max_window_layers=1,
+        bos_token_id=1, eos_token_id=2))
 
 
 def make_qwen3_bias_window():
     # attention_bias (q, k, v, o_proj biases) and a sliding window of 4 on
     # layer 1 of 2
-    cfg = Qwen3Config(
-        vocab_size=64, hidden_size=32, intermediate_size=48,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8, rope_theta=1000000.0, tie_word_embeddings=True,
-        rms_norm_eps=1e-6, attention_bias=True, max_position_embeddings=64,
-        use_sliding_window=True, sliding_window=4, max_window_layers=1,
-        attention_dropout=0.0, bos_token_id=1, eos_token_id=2,
-        attn_implementation="eager",
-    )
-    return Qwen3ForCausalLM(cfg)
+    return Qwen3ForCausalLM(Qwen3Config(
+        **SMALL, num_hidden_layers=2, head_dim=8, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, attention_bias=True, use_sliding_window=True,
+        sliding_window=4, max_window_layers=1, bos_token_id=1, eos_token_id=2))
 
 
 CASES = [
