@@ -2720,10 +2720,25 @@ static int run(Args &a, Dist &d) {
     return 0;
 }
 
+/* Config features the CUDA kernels do not implement, refused by their config key before any rank starts
+   (./train runs them on the CPU). A sliding window at least --seq-len long is full attention. */
+static void refuse_gpu_config(const Args *a) {
+    ModelConfig c;
+    choose_config(&c, a);
+    const char *key = NULL;
+    if (c.o_bias && c.family != FAMILY_GPT2) key = "attention_bias (the o_proj bias)";
+    else if (c.attn_unscaled) key = "scale_attn_weights false";
+    else if (c.attn_by_layer) key = "scale_attn_by_inverse_layer_idx";
+    for (int l = 0; l < c.n_layer && !key; l++)
+        if (attention_window(&c, l) > 0 && attention_window(&c, l) < a->seq_len) key = "use_sliding_window (sliding_window below --seq-len)";
+    if (key) die("config key %s is not implemented on the GPU; train this model with ./train", key);
+}
+
 int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
+    refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,
                          a.nccl_one || a.zero == 2};

@@ -480,9 +480,9 @@ template <typename T> static void test_attention(int B, int Tn, int NH, int NKV,
         rope_forward(kr.data(), k.data(), cs.data(), sn.data(), B, Tn, NKV, HD);
     }
     std::vector<float> out((size_t)N * QD), att((size_t)B * NH * Tn * Tn);
-    attention_forward(out.data(), att.data(), qr.data(), kr.data(), v.data(), B, Tn, NH, NKV, HD);
+    attention_forward(out.data(), att.data(), qr.data(), kr.data(), v.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
     std::vector<float> dqr(q.size(), 0.0f), dkr(k.size(), 0.0f), dv(v.size(), 0.0f);
-    attention_backward(dqr.data(), dkr.data(), dv.data(), dy.data(), qr.data(), kr.data(), v.data(), att.data(), B, Tn, NH, NKV, HD);
+    attention_backward(dqr.data(), dkr.data(), dv.data(), dy.data(), qr.data(), kr.data(), v.data(), att.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
     std::vector<float> dq = dqr, dk = dkr;
     if (rope) {
         std::fill(dq.begin(), dq.end(), 0.0f); std::fill(dk.begin(), dk.end(), 0.0f);

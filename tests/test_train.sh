@@ -70,6 +70,12 @@ if [ -x ./train_gpu ]; then
     expect_error "train_gpu --overlap 2" "--overlap and --nccl must be 0 or 1" ./train_gpu --data "$data" --overlap 2
     expect_error "train_gpu --nccl-timeout -1" "--nccl-timeout must be" ./train_gpu --data "$data" --nccl-timeout -1
     expect_error "train_gpu --dtype fp16" "--dtype must be bf16 or fp32" ./train_gpu --data "$data" --dtype fp16
+    # config features its kernels do not implement are refused by key before any rank starts
+    m=tests/fixtures/models
+    expect_error "train_gpu o_proj bias" "config key attention_bias" ./train_gpu --data "$data" --model $m/llama_bias
+    expect_error "train_gpu sliding window" "config key use_sliding_window" ./train_gpu --data "$data" --model $m/qwen2_window --seq-len 16
+    expect_error "train_gpu layer-scaled attention" "config key scale_attn_by_inverse_layer_idx" ./train_gpu --data "$data" --model $m/gpt2_layer_scaled --seq-len 16
+    expect_error "train_gpu unscaled attention" "config key scale_attn_weights" ./train_gpu --data "$data" --model $m/gpt2_unscaled --seq-len 16
     ./train_gpu --help | grep -q -- "--zero 1|2" && ok "train_gpu --help lists the GPU flags" || bad "train_gpu --help"
 fi
 exit $fail
