@@ -73,7 +73,7 @@ EMU_CXX   = g++ -std=c++17 -O1 -g -march=native -fno-strict-aliasing -fopenmp -D
 EMU_CHECK = -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0 --param asan-stack=0 \
             --param asan-globals=0 -fsanitize=alignment
 EMU_OBJS  = $(EMU_BIN)/emu_runtime.o $(EMU_BIN)/emu_cublaslt.o $(EMU_BIN)/emu_nccl.o $(EMU_BIN)/tokenizer.o
-EMU_HDRS  = $(EMU)/emu_core.h $(EMU)/cuda_runtime.h $(EMU)/cuda_bf16.h $(EMU)/cublasLt.h $(EMU)/nccl.h
+EMU_HDRS  = Makefile $(EMU)/emu_core.h $(EMU)/cuda_runtime.h $(EMU)/cuda_bf16.h $(EMU)/cublasLt.h $(EMU)/nccl.h
 EMU_TESTS = tests/bin/test_cuda_emu $(EMU_BIN)/test_gpu_emu $(EMU_BIN)/train_gpu_emu
 
 $(EMU_BIN)/%.cu: %.cu $(EMU)/emu_source.sh
