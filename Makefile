@@ -74,7 +74,7 @@ EMU_CHECK = -fsanitize=kernel-address --param asan-instrumentation-with-call-thr
             --param asan-globals=0 -fsanitize=alignment
 EMU_OBJS  = $(EMU_BIN)/emu_runtime.o $(EMU_BIN)/emu_cublaslt.o $(EMU_BIN)/emu_nccl.o $(EMU_BIN)/tokenizer.o
 EMU_HDRS  = Makefile $(EMU)/emu_core.h $(EMU)/cuda_runtime.h $(EMU)/cuda_bf16.h $(EMU)/cublasLt.h $(EMU)/nccl.h
-EMU_TESTS = tests/bin/test_cuda_emu $(EMU_BIN)/test_gpu_emu $(EMU_BIN)/train_gpu_emu
+EMU_TESTS = tests/bin/test_cuda_emu tests/bin/test_emu_libs $(EMU_BIN)/test_gpu_emu $(EMU_BIN)/train_gpu_emu
 
 $(EMU_BIN)/%.cu: %.cu $(EMU)/emu_source.sh
 	@mkdir -p $(EMU_BIN)
@@ -100,6 +100,10 @@ $(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_
 tests/bin/test_cuda_emu: $(EMU_BIN)/test_cuda_emu.cu $(EMU_OBJS) $(EMU_HDRS)
 	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $(EMU_BIN)/test_cuda_emu.o $(EMU_BIN)/test_cuda_emu.cu
 	$(EMU_CXX) -o $@ $(EMU_BIN)/test_cuda_emu.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
+
+# the cuBLASLt and NCCL emulations against plain references (their memory checks stubbed)
+tests/bin/test_emu_libs: $(EMU)/test_emu_libs.cpp $(EMU)/emu_cublaslt.cpp $(EMU)/emu_nccl.cpp $(EMU_HDRS)
+	$(EMU_CXX) -O2 -DEMU_LIBS_STANDALONE -o $@ $(EMU)/test_emu_libs.cpp $(EMU)/emu_cublaslt.cpp $(EMU)/emu_nccl.cpp -lpthread -lrt
 
 # the emulated GPU tests in full (make test runs the --quick set and the multi-rank runs)
 test-gpu-emu: $(EMU_TESTS) all

@@ -4,7 +4,7 @@
 #  2. train_gpu with 2 and 4 emulated ranks (the NCCL emulation across processes) gives the losses and grad
 #     norms of `train -n 2` / `-n 4` on the same batches: tiny-llama and tiny-gpt2, ZeRO-1 with --overlap 0
 #     and 1, ZeRO-2; fp32 within fp32 sum-order tolerance (2e-5 relative on the loss, 1e-3 on the norm), bf16
-#     within 2e-2 relative on the loss;
+#     within 2e-2 relative on the loss and 5e-2 on the norm (bf16 activations; the CPU runs fp32);
 #  3. only a machine without a GPU skips: a CUDA initialisation failure is an error.
 set -u
 cd "$(dirname "$0")/.."
@@ -38,26 +38,35 @@ compare() {
         { n++; if (NF != 4 || rel($3, $1) > tl || rel($4, $2) > tn) bad = 1; if (rel($3, $1) > w) w = rel($3, $1) }
         END { printf "%d steps, worst loss rel diff %.2g", n, w; exit !(n == 3 && !bad) }'
 }
-ranks=(2 4)
-[ "${EMU_FULL:-0}" = 1 ] || ranks=(2)
+# the runs: "model ranks dtype flags"; make test runs a subset that still covers every path with 2 and 4 ranks
+all=()
 for model in tiny-llama tiny-gpt2; do
-    for n in "${ranks[@]}"; do
-        ./train "${common[@]}" --model "$model" -n "$n" --out "$tmp/cpu_$model$n" > "$tmp/cpu_$model$n.log" 2>&1 \
-            || { tail -n 5 "$tmp/cpu_$model$n.log"; bad "train -n $n $model"; continue; }
-        runs=("fp32 --zero 1 --overlap 1" "fp32 --zero 1 --overlap 0" "fp32 --zero 2" "bf16 --zero 1 --overlap 1")
-        [ "${EMU_FULL:-0}" = 1 ] || [ "$model" = tiny-llama ] || runs=("fp32 --zero 1 --overlap 1" "bf16 --zero 1 --overlap 1")
-        for r in "${runs[@]}"; do
-            set -- $r
-            dtype=$1; shift
-            log="$tmp/gpu_$model$n$dtype$*.log"
-            CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${common[@]}" --model "$model" --nproc-per-node "$n" --dtype "$dtype" \
-                "$@" --out "$tmp/gpu" > "$log" 2>&1
-            rc=$?
-            if [ $rc -ne 0 ]; then grep -v '^step' "$log" | tail -n 8; bad "train_gpu $model $n ranks $dtype $* (exit $rc)"; continue; fi
-            if [ "$dtype" = fp32 ]; then tl=2e-5; tn=1e-3; else tl=2e-2; tn=1; fi
-            if res=$(compare "$tmp/cpu_$model$n.log" "$log" "$tl" "$tn"); then ok "train_gpu $model $n ranks $dtype $* == train -n $n: $res"
-            else bad "train_gpu $model $n ranks $dtype $* vs train -n $n: $res"; paste <(losses "$tmp/cpu_$model$n.log") <(losses "$log"); fi
+    for n in 2 4; do
+        for r in "fp32 --zero 1 --overlap 1" "fp32 --zero 1 --overlap 0" "fp32 --zero 2" "bf16 --zero 1 --overlap 1"; do
+            all+=("$model $n $r")
         done
     done
+done
+quick=("tiny-llama 2 fp32 --zero 1 --overlap 1" "tiny-llama 2 fp32 --zero 1 --overlap 0" "tiny-llama 2 fp32 --zero 2"
+       "tiny-llama 2 bf16 --zero 1 --overlap 1" "tiny-llama 4 fp32 --zero 2" "tiny-gpt2 2 fp32 --zero 1 --overlap 1"
+       "tiny-gpt2 2 bf16 --zero 1 --overlap 1" "tiny-gpt2 4 fp32 --zero 1 --overlap 0")
+[ "${EMU_FULL:-0}" = 1 ] && runs=("${all[@]}") || runs=("${quick[@]}")
+for r in "${runs[@]}"; do
+    set -- $r
+    model=$1 n=$2 dtype=$3; shift 3
+    cpu="$tmp/cpu_$model$n.log"
+    if [ ! -e "$cpu" ]; then
+        rm -rf "$tmp/cpu"
+        ./train "${common[@]}" --model "$model" -n "$n" --out "$tmp/cpu" > "$cpu" 2>&1 || { tail -n 5 "$cpu"; bad "train -n $n $model"; continue; }
+    fi
+    log="$tmp/gpu.log"
+    rm -rf "$tmp/gpu"
+    CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${common[@]}" --model "$model" --nproc-per-node "$n" --dtype "$dtype" "$@" \
+        --out "$tmp/gpu" > "$log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then grep -v '^step' "$log" | tail -n 8; bad "train_gpu $model $n ranks $dtype $* (exit $rc)"; continue; fi
+    if [ "$dtype" = fp32 ]; then tl=2e-5; tn=1e-3; else tl=2e-2; tn=5e-2; fi
+    if res=$(compare "$cpu" "$log" "$tl" "$tn"); then ok "train_gpu $model $n ranks $dtype $* == train -n $n: $res"
+    else bad "train_gpu $model $n ranks $dtype $* vs train -n $n: $res"; paste <(losses "$cpu") <(losses "$log"); fi
 done
 exit $fail
