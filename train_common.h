@@ -6,9 +6,12 @@
 #ifndef TRAIN_COMMON_H
 #define TRAIN_COMMON_H
 
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <time.h>
+
+#include "flags.h"
 
 typedef struct {
     const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule;
@@ -121,21 +124,8 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static long parse_int(const char *flag, const char *s) {
-    char *e;
-    long v = strtol(s, &e, 10);
-    if (e == s || *e) die("%s expects an integer, got \"%s\"", flag, s);
-    return v;
-}
-
-static float parse_float(const char *flag, const char *s) {
-    char *e;
-    float v = strtof(s, &e);
-    if (e == s || *e) die("%s expects a number, got \"%s\"", flag, s);
-    return v;
-}
-
-/* gpu: accept the GPU and launcher flags (train_gpu); the CPU trainer refuses them by name. */
+/* gpu: accept the GPU and launcher flags (train_gpu); the CPU trainer refuses them by name. Every flag is an
+   entry of a table (flags.h) with its type and valid range; a value outside it stops the program. */
 static void parse_args(Args *a, int argc, char **argv, int gpu) {
     memset(a, 0, sizeof(*a));
     a->model = "tiny-gpt2"; a->split = "98,2,0"; a->schedule = "cosine";
@@ -146,93 +136,90 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     a->dtype = "bf16"; a->recompute = 1; a->zero = 1; a->logits_mb = 512;
     a->nnodes = 1; a->master_addr = "127.0.0.1"; a->master_port = 29500; a->dist_timeout = 300;
     a->overlap = 1; a->nccl_timeout = 1800;
-    static const char *gpu_flags[] = {"--dtype", "--recompute", "--zero", "--attention", "--fuse-gelu", "--logits-mb",
-        "--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--run-id", "--dist-timeout",
-        "--overlap", "--nccl", "--nccl-timeout"};
+    const char *attention = "tc";
+    const double inf = INFINITY, imax = INT_MAX;
+    const double max_nproc = gpu ? 1024 : COMM_MAX_RANKS;   /* GPUs per node, or CPU ranks */
+    const Flag flags[] = {
+        {"--data", FLAG_STRING, &a->data, 0, 0, 0, NULL},
+        {"--model", FLAG_STRING, &a->model, 0, 0, 0, NULL},
+        {"--init-from", FLAG_STRING, &a->init_from, 0, 0, 0, NULL},
+        {"--tokenizer", FLAG_STRING, &a->tokenizer, 0, 0, 0, NULL},
+        {"--out", FLAG_STRING, &a->out, 0, 0, 0, NULL},
+        {"--split", FLAG_STRING, &a->split, 0, 0, 0, NULL},
+        {"--lr-schedule", FLAG_CHOICE, &a->schedule, 0, 0, 0, "cosine|linear|constant"},
+        {"--resume", FLAG_SWITCH, &a->resume, 0, 0, 0, NULL},
+        {"--eod-mask-loss", FLAG_SWITCH, &a->eod_mask_loss, 0, 0, 0, NULL},
+        {"--skip-nonfinite", FLAG_SWITCH, &a->skip_nonfinite, 0, 0, 0, NULL},
+        {"--batch-size", FLAG_INT, &a->batch_size, 1, imax, 0, NULL},
+        {"--seq-len", FLAG_INT, &a->seq_len, 1, imax, 0, NULL},
+        {"--grad-accum", FLAG_INT, &a->grad_accum, 1, imax, 0, NULL},
+        {"--steps", FLAG_INT, &a->steps, 0, imax, 0, "0: no training step"},
+        {"--warmup-steps", FLAG_INT, &a->warmup_steps, 0, imax, 0, "0: no warmup"},
+        {"--decay-steps", FLAG_INT, &a->decay_steps, 1, imax, 0, NULL},
+        {"--lr", FLAG_FLOAT, &a->lr, 0, inf, 0, NULL},
+        {"--min-lr", FLAG_FLOAT, &a->min_lr, 0, inf, 0, NULL},
+        {"--weight-decay", FLAG_FLOAT, &a->weight_decay, 0, inf, 0, NULL},
+        {"--beta1", FLAG_FLOAT, &a->beta1, 0, 1, FLAG_OPEN_MAX, NULL},
+        {"--beta2", FLAG_FLOAT, &a->beta2, 0, 1, FLAG_OPEN_MAX, NULL},
+        {"--eps", FLAG_FLOAT, &a->eps, 0, inf, FLAG_OPEN_MIN, NULL},
+        {"--clip", FLAG_FLOAT, &a->clip, 0, inf, 0, "0: off"},
+        {"--init-std", FLAG_FLOAT, &a->init_std, 0, inf, 0, NULL},
+        {"--seed", FLAG_U64, &a->seed, 0, 0, 0, NULL},
+        {"--threads", FLAG_INT, &a->threads, 0, 1024, 0, "0: all cores / --nproc"},
+        {"--nproc", FLAG_INT, &a->nproc, 1, max_nproc, 0, NULL},
+        {"-n", FLAG_INT, &a->nproc, 1, max_nproc, 0, NULL},
+        {"--log-every", FLAG_INT, &a->log_every, 1, imax, 0, NULL},
+        {"--eval-every", FLAG_INT, &a->eval_every, 0, imax, 0, "0: off"},
+        {"--eval-steps", FLAG_INT, &a->eval_steps, 1, imax, 0, NULL},
+        {"--sample-every", FLAG_INT, &a->sample_every, 0, imax, 0, "0: off"},
+        {"--sample-len", FLAG_INT, &a->sample_len, 1, imax - 1, 0, NULL},
+        {"--top-k", FLAG_INT, &a->top_k, 0, imax, 0, "0: all"},
+        {"--temperature", FLAG_FLOAT, &a->temperature, 0, inf, 0, "0: the most likely token"},
+        {"--save-every", FLAG_INT, &a->save_every, 0, imax, 0, "0: only at the end"},
+        {"--keep", FLAG_INT, &a->keep, 0, imax, 0, "0: all"},
+        {"--max-shard-size", FLAG_LONG, &a->max_shard_mb, 0, 1 << 30, 0, "0: one file"},
+    };
+    const Flag gpu_flags[] = {
+        {"--dtype", FLAG_CHOICE, &a->dtype, 0, 0, 0, "bf16|fp32"},
+        {"--recompute", FLAG_INT, &a->recompute, 0, 2, 0, NULL},
+        {"--zero", FLAG_INT, &a->zero, 1, 2, 0, NULL},
+        {"--attention", FLAG_CHOICE, &attention, 0, 0, 0, "tc|plain"},
+        {"--fuse-gelu", FLAG_INT, &a->fuse_gelu, 0, 1, 0, NULL},
+        {"--logits-mb", FLAG_LONG, &a->logits_mb, 1, 1 << 20, 0, NULL},
+        {"--nproc-per-node", FLAG_INT, &a->nproc, 1, max_nproc, 0, NULL},
+        {"--nnodes", FLAG_INT, &a->nnodes, 1, 65536, 0, NULL},
+        {"--node-rank", FLAG_INT, &a->node_rank, 0, 65535, 0, NULL},
+        {"--master-addr", FLAG_STRING, &a->master_addr, 0, 0, 0, NULL},
+        {"--master-port", FLAG_INT, &a->master_port, 1, 65535, 0, NULL},
+        {"--run-id", FLAG_STRING, &a->run_id, 0, 0, 0, NULL},
+        {"--dist-timeout", FLAG_FLOAT, &a->dist_timeout, 0, inf, FLAG_OPEN_MIN, NULL},
+        {"--overlap", FLAG_INT, &a->overlap, 0, 1, 0, NULL},
+        {"--nccl", FLAG_INT, &a->nccl_one, 0, 1, 0, NULL},
+        {"--nccl-timeout", FLAG_FLOAT, &a->nccl_timeout, 0, inf, 0, "0: no time limit"},
+    };
+    const int nflags = (int)(sizeof(flags) / sizeof(flags[0])), ngpu = (int)(sizeof(gpu_flags) / sizeof(gpu_flags[0]));
+    char err[512];
     for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(gpu); exit(0); }
-        for (size_t k = 0; !gpu && k < sizeof(gpu_flags) / sizeof(gpu_flags[0]); k++)
-            if (!strcmp(f, gpu_flags[k])) die("%s is a flag of train_gpu (see --help)", f);
-        if (!strcmp(f, "--resume")) { a->resume = 1; continue; }
-        if (!strcmp(f, "--eod-mask-loss")) { a->eod_mask_loss = 1; continue; }
-        if (!strcmp(f, "--skip-nonfinite")) { a->skip_nonfinite = 1; continue; }
-        if (i + 1 >= argc) die("%s needs a value (see --help)", f);
-        if (!strcmp(f, "-n")) f = "--nproc";
-        const char *v = argv[++i];
-        if (!strcmp(f, "--data")) a->data = v;
-        else if (!strcmp(f, "--model")) a->model = v;
-        else if (!strcmp(f, "--init-from")) a->init_from = v;
-        else if (!strcmp(f, "--tokenizer")) a->tokenizer = v;
-        else if (!strcmp(f, "--out")) a->out = v;
-        else if (!strcmp(f, "--split")) a->split = v;
-        else if (!strcmp(f, "--lr-schedule")) a->schedule = v;
-        else if (!strcmp(f, "--batch-size")) a->batch_size = (int)parse_int(f, v);
-        else if (!strcmp(f, "--seq-len")) a->seq_len = (int)parse_int(f, v);
-        else if (!strcmp(f, "--grad-accum")) a->grad_accum = (int)parse_int(f, v);
-        else if (!strcmp(f, "--steps")) a->steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--warmup-steps")) a->warmup_steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--decay-steps")) a->decay_steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--lr")) a->lr = parse_float(f, v);
-        else if (!strcmp(f, "--min-lr")) a->min_lr = parse_float(f, v);
-        else if (!strcmp(f, "--weight-decay")) a->weight_decay = parse_float(f, v);
-        else if (!strcmp(f, "--beta1")) a->beta1 = parse_float(f, v);
-        else if (!strcmp(f, "--beta2")) a->beta2 = parse_float(f, v);
-        else if (!strcmp(f, "--eps")) a->eps = parse_float(f, v);
-        else if (!strcmp(f, "--clip")) a->clip = parse_float(f, v);
-        else if (!strcmp(f, "--init-std")) a->init_std = parse_float(f, v);
-        else if (!strcmp(f, "--seed")) a->seed = (uint64_t)parse_int(f, v);
-        else if (!strcmp(f, "--threads")) a->threads = (int)parse_int(f, v);
-        else if (!strcmp(f, "--log-every")) a->log_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--eval-every")) a->eval_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--eval-steps")) a->eval_steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--sample-every")) a->sample_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--sample-len")) a->sample_len = (int)parse_int(f, v);
-        else if (!strcmp(f, "--top-k")) a->top_k = (int)parse_int(f, v);
-        else if (!strcmp(f, "--temperature")) a->temperature = parse_float(f, v);
-        else if (!strcmp(f, "--nproc")) a->nproc = (int)parse_int(f, v);
-        else if (!strcmp(f, "--save-every")) a->save_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--keep")) a->keep = (int)parse_int(f, v);
-        else if (!strcmp(f, "--max-shard-size")) a->max_shard_mb = parse_int(f, v);
-        else if (!strcmp(f, "--dtype")) a->dtype = v;
-        else if (!strcmp(f, "--recompute")) a->recompute = (int)parse_int(f, v);
-        else if (!strcmp(f, "--zero")) a->zero = (int)parse_int(f, v);
-        else if (!strcmp(f, "--attention")) {
-            if (strcmp(v, "tc") && strcmp(v, "plain")) die("--attention must be tc or plain, got \"%s\"", v);
-            a->plain_attn = !strcmp(v, "plain");
+        const char *name = argv[i];
+        if (!strcmp(name, "--help") || !strcmp(name, "-h")) { usage(gpu); exit(0); }
+        const Flag *f = flag_find(flags, nflags, name);
+        if (!f && flag_find(gpu_flags, ngpu, name)) {
+            if (!gpu) die("%s is a flag of train_gpu (see --help)", name);
+            f = flag_find(gpu_flags, ngpu, name);
         }
-        else if (!strcmp(f, "--fuse-gelu")) a->fuse_gelu = (int)parse_int(f, v);
-        else if (!strcmp(f, "--logits-mb")) a->logits_mb = parse_int(f, v);
-        else if (!strcmp(f, "--nproc-per-node")) a->nproc = (int)parse_int(f, v);
-        else if (!strcmp(f, "--nnodes")) a->nnodes = (int)parse_int(f, v);
-        else if (!strcmp(f, "--node-rank")) a->node_rank = (int)parse_int(f, v);
-        else if (!strcmp(f, "--master-addr")) a->master_addr = v;
-        else if (!strcmp(f, "--master-port")) a->master_port = (int)parse_int(f, v);
-        else if (!strcmp(f, "--run-id")) a->run_id = v;
-        else if (!strcmp(f, "--dist-timeout")) a->dist_timeout = parse_float(f, v);
-        else if (!strcmp(f, "--overlap")) a->overlap = (int)parse_int(f, v);
-        else if (!strcmp(f, "--nccl")) a->nccl_one = (int)parse_int(f, v);
-        else if (!strcmp(f, "--nccl-timeout")) a->nccl_timeout = parse_float(f, v);
-        else die("unknown flag %s (see --help)", f);
+        if (!f) die("unknown flag %s (see --help)", name);
+        if (f->type != FLAG_SWITCH && i + 1 >= argc) die("%s needs a value (see --help)", name);
+        if (flag_set(f, f->type == FLAG_SWITCH ? NULL : argv[++i], err, sizeof(err)) != 0) die("%s", err);
     }
+    a->plain_attn = !strcmp(attention, "plain");
     if (!a->data) die("--data PREFIX is required (see --help)");
     if (a->resume && !a->out) die("--resume needs --out DIR");
-    if (a->batch_size < 1 || a->seq_len < 1 || a->grad_accum < 1 || a->steps < 0)
-        die("--batch-size, --seq-len and --grad-accum must be >= 1 and --steps >= 0");
+    long long tokens = (long long)a->batch_size * a->seq_len * a->grad_accum * a->nproc * a->nnodes;
+    if (tokens > INT_MAX)
+        die("--batch-size x --seq-len x --grad-accum x processes = %lld tokens per step: more than %d", tokens, INT_MAX);
     if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
     if (a->decay_steps < 0) a->decay_steps = a->steps;
-    if (a->log_every < 1) a->log_every = 1;
-    if (a->nproc < 1) die("--nproc must be >= 1");
-    if (gpu) {
-        if (strcmp(a->dtype, "bf16") && strcmp(a->dtype, "fp32")) die("--dtype must be bf16 or fp32, got \"%s\"", a->dtype);
-        if (a->recompute < 0 || a->recompute > 2) die("--recompute must be 0, 1 or 2");
-        if (a->zero != 1 && a->zero != 2) die("--zero must be 1 or 2, got %d", a->zero);
-        if ((a->overlap != 0 && a->overlap != 1) || (a->nccl_one != 0 && a->nccl_one != 1))
-            die("--overlap and --nccl must be 0 or 1");
-        if (!(a->nccl_timeout >= 0)) die("--nccl-timeout must be >= 0 seconds");
-        if (a->nnodes < 1 || a->node_rank < 0 || a->node_rank >= a->nnodes)
-            die("--nnodes must be >= 1 and 0 <= --node-rank < --nnodes");
-    }
+    if (a->node_rank >= a->nnodes) die("--node-rank %d: out of range [0, %d] (--nnodes %d)", a->node_rank, a->nnodes - 1, a->nnodes);
 }
 
 /* SIGINT / SIGTERM: finish the step, save, exit 0 */
