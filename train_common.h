@@ -250,23 +250,65 @@ static int lr_style(const char *s) {
     return 0;
 }
 
-/* Draws the next token from the logits of one position: temperature, then the top-k most likely. */
-static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
-    if (top_k <= 0 || top_k > V) top_k = V;
-    int *idx = (int *)malloc(top_k * sizeof(int));
-    int n = 0;
-    for (int v = 0; v < V; v++) {  /* keep idx sorted by descending logit (insertion into a small list) */
-        if (n == top_k && logits[v] <= logits[idx[n - 1]]) continue;
-        int j = n < top_k ? n++ : n - 1;
-        while (j > 0 && logits[idx[j - 1]] < logits[v]) { idx[j] = idx[j - 1]; j--; }
-        idx[j] = v;
+/* Sampling the next token from the logits l of one position, at temperature t (0 stands for 1e-6: the most
+   likely token): p_v = exp((l_v - l_max) / t) / sum, over the top_k most likely tokens, or over all V when
+   top_k is 0 or >= V. The token drawn is the first whose cumulative p exceeds coin, in [0, 1): among the top
+   k in order of falling logit (ties: the lower id first); over all V in id order, which needs no sort. */
+
+/* does token a rank below token b (a smaller logit, or an equal one and a larger id)? */
+static int ranks_below(const float *logits, int a, int b) {
+    return logits[a] < logits[b] || (logits[a] == logits[b] && a > b);
+}
+
+/* restores the heap h[0..n) below position i: every entry ranks below neither of its children (the root is
+   the lowest ranked) */
+static void sift_down(const float *logits, int *h, int n, int i) {
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && ranks_below(logits, h[c + 1], h[c])) c++;
+        if (!ranks_below(logits, h[c], h[i])) return;
+        int x = h[i]; h[i] = h[c]; h[c] = x;
+        i = c;
     }
+}
+
+/* the k highest ranked tokens into idx[0..k), highest first: a heap of the best k so far, its lowest at the
+   root, then sorted by taking the root out k times (O(V log k), no sort of the vocabulary) */
+static void top_k_tokens(const float *logits, int V, int k, int *idx) {
+    for (int v = 0; v < k; v++) idx[v] = v;
+    for (int i = k / 2 - 1; i >= 0; i--) sift_down(logits, idx, k, i);
+    for (int v = k; v < V; v++)
+        if (ranks_below(logits, idx[0], v)) { idx[0] = v; sift_down(logits, idx, k, 0); }
+    for (int n = k - 1; n > 0; n--) {
+        int x = idx[0]; idx[0] = idx[n]; idx[n] = x;
+        sift_down(logits, idx, n, 0);
+    }
+}
+
+static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
     float t = temperature > 0 ? temperature : 1e-6f;
+    if (top_k <= 0 || top_k >= V) {   /* all V: inverse CDF in id order, O(V) */
+        int top = 0;
+        for (int v = 1; v < V; v++) if (logits[v] > logits[top]) top = v;
+        double *w = (double *)malloc(V * sizeof(double)), sum = 0.0;
+        for (int v = 0; v < V; v++) { w[v] = exp((logits[v] - logits[top]) / t); sum += w[v]; }
+        double r = coin * sum, acc = 0.0;
+        int pick = top;   /* kept only when a logit is nan */
+        for (int v = 0; v < V; v++) {
+            acc += w[v];
+            if (r < acc) { pick = v; break; }
+        }
+        free(w);
+        return pick;
+    }
+    int *idx = (int *)malloc(top_k * sizeof(int));
+    top_k_tokens(logits, V, top_k, idx);
     double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += exp((logits[idx[i]] - logits[idx[0]]) / t);
+    for (int i = 0; i < top_k; i++) sum += exp((logits[idx[i]] - logits[idx[0]]) / t);
     double r = coin * sum, acc = 0.0;
-    int pick = idx[n - 1];
-    for (int i = 0; i < n; i++) {
+    int pick = idx[top_k - 1];
+    for (int i = 0; i < top_k; i++) {
         acc += exp((logits[idx[i]] - logits[idx[0]]) / t);
         if (r < acc) { pick = idx[i]; break; }
     }
@@ -320,17 +362,19 @@ static void open_data(Data *d, const Args *a, int vocab_size) {
     for (int i = 0; i < d->n; i++) {
         IndexedDataset *ds = &d->ds[i];
         if (indexed_dataset_open(ds, prefixes[i], err, sizeof(err)) != 0) die("%s", err);
-        if (ds->max_token >= vocab_size)
-            die("%s: token id %lld is outside the model's vocabulary of %d", prefixes[i], (long long)ds->max_token, vocab_size);
         uint64_t sb[3], se[3];
         if (split_documents(a->split, ds->num_docs, sb, se, err, sizeof(err)) != 0) die("%s", err);
+        /* every token the run reads (the training split, and the validation split when it evaluates) is an id of
+           the model's vocabulary: checked here, once, before any step */
+        int evaluates = se[1] > sb[1] && a->eval_every > 0;
+        if (indexed_dataset_check_ids(ds, sb[0], evaluates ? se[1] : se[0], vocab_size, err, sizeof(err)) != 0) die("%s", err);
         /* each dataset's stream gets its own seed, so two blended copies of one file do not march in step */
         if (sampler_init(&d->train[i], ds, sb[0], se[0], a->seq_len, a->seed + 1000003ULL * i, 1, err, sizeof(err)) != 0)
             die("train split: %s", err);
         if (w[i] < 0) w[i] = (double)d->train[i].tokens_per_epoch;
         tr[i] = &d->train[i];
         d->train_tokens += d->train[i].tokens_per_epoch;
-        if (se[1] > sb[1] && a->eval_every > 0) {
+        if (evaluates) {
             if (sampler_init(&d->valid[i], ds, sb[1], se[1], a->seq_len, a->seed, 0, err, sizeof(err)) != 0)
                 die("validation split: %s", err);
             va[nvalid] = &d->valid[i]; wv[nvalid++] = w[i];

@@ -64,6 +64,29 @@ head -c 5000 "$final/model.safetensors" > "$tmp/trunc/model.safetensors"
 expect_error "truncated safetensors" "model.safetensors" ./train --data "$data" --init-from "$tmp/trunc"
 expect_error "vocab too small" "outside the model's vocabulary" ./train --data "$data" --model tests/fixtures/models/llama/config.json
 expect_error "a GPU flag to train" "is a flag of train_gpu" ./train --data "$data" --zero 2
+# token ids outside the vocabulary (an int32 .bin of 10 documents of 20 tokens): found when the data is opened,
+# in the documents the run reads, wherever they are (the very last token is only ever a target)
+. tests/lib/mmidx.sh
+ids_data() {  # ids_data NAME ELEMENT ID: document ELEMENT / 20 holds ID at place ELEMENT % 20
+    local ids=() i
+    for ((i = 0; i < 200; i++)); do ids+=($(( (i * 37) % 1000 ))); done
+    ids[$2]=$3
+    make_idx 4 4 "$(printf '20 %.0s' {1..10})" "$(seq -s ' ' 1 10)" > "$tmp/$1.idx"
+    make_bin 4 "${ids[@]}" > "$tmp/$1.bin"
+}
+ids_run=(--model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 8 --steps 1 --log-every 1)
+ids_data neg 123 -5
+expect_error "negative id" "train: $tmp/neg.bin: document 6, token 3: id -5 is outside the model's vocabulary [0, 50257)" \
+    ./train --data "$tmp/neg" "${ids_run[@]}" --split 100,0,0 --eval-every 0
+ids_data last 199 -1
+expect_error "negative id as the last target" "train: $tmp/last.bin: document 9, token 19: id -1 is outside" \
+    ./train --data "$tmp/last" "${ids_run[@]}" --split 100,0,0 --eval-every 0
+ids_data big 185 50257
+expect_error "id past the vocabulary in the validation split" "train: $tmp/big.bin: document 9, token 5: id 50257 is outside" \
+    ./train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 1
+./train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 0 > "$tmp/out" 2>&1 \
+    && ./train --data "$tmp/big" "${ids_run[@]}" --split 80,10,10 --eval-every 1 > "$tmp/out" 2>&1 \
+    && ok "a bad id in a split the run does not read is not refused" || bad "bad id outside the splits read: $(tail -1 "$tmp/out")"
 # every number is checked against its flag's range (flags.h): nothing wraps, nothing non-finite gets in
 while read -r flag value range; do
     expect_error "$flag $value" "train: $flag $value: out of range $range" ./train --data "$data" "$flag" "$value"
