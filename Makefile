@@ -52,11 +52,13 @@ train_gpu: train_gpu.cu train_common.h flags.h llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
-TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer tests/bin/test_parquet tests/bin/test_comm
+TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer tests/bin/test_parquet tests/bin/test_comm \
+            tests/bin/test_sample
 
 tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
+tests/bin/test_sample: train_common.h flags.h
 
 # the GPU test program: its host checks run in `make test` wherever nvcc is; its device checks need a GPU
 GPU_TEST_BINS = $(if $(GPU_BINS),tests/bin/test_gpu)
