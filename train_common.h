@@ -85,7 +85,7 @@ static void usage(int gpu) {
 "  --eval-steps N          validation batches per evaluation (default 8)\n"
 "  --sample-every N        print a generated sample every N steps and at the end; 0 disables (default 0)\n"
 "  --sample-len N          tokens per sample (default 64)\n"
-"  --temperature X         sampling temperature (default 1.0)\n"
+"  --temperature X         sampling temperature; 0: the most likely token (default 1.0)\n"
 "  --top-k K               sample from the K most likely tokens; 0 = all (default 40)\n"
 "  --tokenizer FILE        HF tokenizer.json, to print samples as text\n"
 "checkpoints\n"
@@ -286,32 +286,29 @@ static void top_k_tokens(const float *logits, int V, int k, int *idx) {
     }
 }
 
+/* the token whose cumulative p first exceeds coin, walking ids[0..n) (or the ids 0..n-1 when ids is NULL);
+   p_i = exp((l_i - l_top) / t) / sum. The top token is returned only when a logit is nan. */
+static int draw_by_cdf(const float *logits, const int *ids, int n, int top, float t, float coin) {
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += exp((logits[ids ? ids[i] : i] - logits[top]) / t);
+    double r = coin * sum, acc = 0.0;
+    for (int i = 0; i < n; i++) {
+        acc += exp((logits[ids ? ids[i] : i] - logits[top]) / t);
+        if (r < acc) return ids ? ids[i] : i;
+    }
+    return top;
+}
+
 static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
     float t = temperature > 0 ? temperature : 1e-6f;
-    if (top_k <= 0 || top_k >= V) {   /* all V: inverse CDF in id order, O(V) */
+    if (top_k <= 0 || top_k >= V) {   /* all V, in id order: O(V) */
         int top = 0;
         for (int v = 1; v < V; v++) if (logits[v] > logits[top]) top = v;
-        double *w = (double *)malloc(V * sizeof(double)), sum = 0.0;
-        for (int v = 0; v < V; v++) { w[v] = exp((logits[v] - logits[top]) / t); sum += w[v]; }
-        double r = coin * sum, acc = 0.0;
-        int pick = top;   /* kept only when a logit is nan */
-        for (int v = 0; v < V; v++) {
-            acc += w[v];
-            if (r < acc) { pick = v; break; }
-        }
-        free(w);
-        return pick;
+        return draw_by_cdf(logits, NULL, V, top, t, coin);
     }
     int *idx = (int *)malloc(top_k * sizeof(int));
     top_k_tokens(logits, V, top_k, idx);
-    double sum = 0.0;
-    for (int i = 0; i < top_k; i++) sum += exp((logits[idx[i]] - logits[idx[0]]) / t);
-    double r = coin * sum, acc = 0.0;
-    int pick = idx[top_k - 1];
-    for (int i = 0; i < top_k; i++) {
-        acc += exp((logits[idx[i]] - logits[idx[0]]) / t);
-        if (r < acc) { pick = idx[i]; break; }
-    }
+    int pick = draw_by_cdf(logits, idx, top_k, idx[0], t, coin);
     free(idx);
     return pick;
 }
