@@ -18,7 +18,7 @@ NVFLAGS   ?= -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -fopenmp -D_GNU_SOURCE
 NVLIBS     = -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lz -lzstd -lm -lgomp
 GPU_BINS   = $(if $(NVCC),$(if $(wildcard train_gpu.cu),train_gpu))
 
-.PHONY: all deps run test test-gpu bench plot fuzz clean
+.PHONY: all deps run test test-gpu test-gpu-emu bench plot fuzz clean
 
 all: train prepro/prepro $(GPU_BINS)
 
@@ -66,11 +66,54 @@ tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h flags.h llmtra
 	@mkdir -p tests/bin
 	$(NVCC) $(NVFLAGS) -Itests -I. -o $@ tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
+# ---- the GPU code on the CPU: train_gpu.cu and test_gpu.cu rewritten (emu_source.sh) and compiled with g++
+# against the CUDA emulation in tests/cuda_emu (README: "GPU tests without a GPU"). The code under test is
+# compiled with gcc's kernel-address instrumentation, each access a call into the emulation's checks.
+EMU       = tests/cuda_emu
+EMU_BIN   = tests/bin/emu
+EMU_CXX   = g++ -std=c++17 -O1 -g -march=native -fno-strict-aliasing -fopenmp -D_GNU_SOURCE -rdynamic -I$(EMU) -I.
+EMU_CHECK = -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0 --param asan-stack=0 \
+            --param asan-globals=0 -fsanitize=alignment
+EMU_OBJS  = $(EMU_BIN)/emu_runtime.o $(EMU_BIN)/emu_cublaslt.o $(EMU_BIN)/emu_nccl.o $(EMU_BIN)/tokenizer.o
+EMU_HDRS  = $(EMU)/emu_core.h $(EMU)/cuda_runtime.h $(EMU)/cuda_bf16.h $(EMU)/cublasLt.h $(EMU)/nccl.h
+EMU_TESTS = tests/bin/test_cuda_emu $(EMU_BIN)/test_gpu_emu $(EMU_BIN)/train_gpu_emu
+
+$(EMU_BIN)/%.cu: %.cu $(EMU)/emu_source.sh
+	@mkdir -p $(EMU_BIN)
+	$(EMU)/emu_source.sh $< $@
+$(EMU_BIN)/test_gpu.cu: tests/test_gpu.cu $(EMU)/emu_source.sh
+	@mkdir -p $(EMU_BIN)
+	$(EMU)/emu_source.sh $< $@
+$(EMU_BIN)/test_cuda_emu.cu: $(EMU)/test_cuda_emu.cu $(EMU)/emu_source.sh
+	@mkdir -p $(EMU_BIN)
+	$(EMU)/emu_source.sh $< $@
+$(EMU_BIN)/%.o: $(EMU)/%.cpp $(EMU_HDRS)
+	@mkdir -p $(EMU_BIN)
+	$(EMU_CXX) -O2 -c -o $@ $<
+$(EMU_BIN)/tokenizer.o: $(TOKENIZER)
+	@mkdir -p $(EMU_BIN)
+	$(CC) $(CFLAGS) -c -o $@ prepro/tokenizer.c
+$(EMU_BIN)/test_gpu_emu: $(EMU_BIN)/test_gpu.cu $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h llmtrain.h
+	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/test_gpu.cu
+	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
+$(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h llmtrain.h
+	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/train_gpu.cu
+	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
+tests/bin/test_cuda_emu: $(EMU_BIN)/test_cuda_emu.cu $(EMU_OBJS) $(EMU_HDRS)
+	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $(EMU_BIN)/test_cuda_emu.o $(EMU_BIN)/test_cuda_emu.cu
+	$(EMU_CXX) -o $@ $(EMU_BIN)/test_cuda_emu.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
+
+# the emulated GPU tests in full (make test runs the --quick set and the multi-rank runs)
+test-gpu-emu: $(EMU_TESTS) all
+	./tests/bin/test_cuda_emu && ./$(EMU_BIN)/test_gpu_emu && EMU_FULL=1 bash tests/test_gpu_emu.sh
+
 tests/bin/st_maxdiff: tests/tools/st_maxdiff.c llmtrain.h
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -I. -o $@ $< $(LDLIBS)
 
-test: deps all $(TEST_BINS) $(GPU_TEST_BINS) tests/bin/st_maxdiff
+# test_resume.sh kills saves at chosen system calls with strace; the emulated GPU tests need g++
+test: DEB_PKGS += strace g++
+test: deps all $(TEST_BINS) $(GPU_TEST_BINS) $(EMU_TESTS) tests/bin/st_maxdiff
 	@bash tests/run.sh
 
 # GPU tests: skipped with a message where there is no GPU

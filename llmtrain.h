@@ -47,8 +47,14 @@ typedef struct {
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_orig_max_pos;
     int tie_embeddings;  /* lm_head shares the token embedding */
-    int qkv_bias;        /* biases on the q/k/v projections (GPT-2, Qwen2, LLaMA attention_bias) */
+    int qkv_bias;        /* biases on the q/k/v projections (GPT-2, Qwen2, LLaMA/Qwen3 attention_bias) */
+    int o_bias;          /* bias on the attention output projection (GPT-2, LLaMA/Qwen3 attention_bias) */
     int qk_norm;         /* per-head RMSNorm on q and k before RoPE (Qwen3) */
+    int attn_unscaled;   /* GPT-2 scale_attn_weights false: scores not divided by sqrt(HD) */
+    int attn_by_layer;   /* GPT-2 scale_attn_by_inverse_layer_idx: layer l's scores also divided by l + 1 */
+    int attn_upcast;     /* GPT-2 reorder_and_upcast_attn: fp32 scores (always so here); kept for config.json */
+    int sliding_window;  /* > 0: layers l >= max_window_layers see only the last sliding_window positions */
+    int max_window_layers;
     int bos_token_id, eos_token_id;
 } ModelConfig;
 
@@ -60,6 +66,8 @@ int model_config_preset(ModelConfig *cfg, const char *name);
 int model_config_from_json(ModelConfig *cfg, const char *path, char *err, size_t errlen);
 /* Checks sizes are positive and consistent; 0 if fine, else -1 with the reason in err. */
 int model_config_validate(const ModelConfig *cfg, char *err, size_t errlen);
+/* Layer l's sliding attention window (0: full causal attention). */
+int attention_window(const ModelConfig *cfg, int l);
 /* Writes cfg as a Hugging Face config.json string (malloc'ed). */
 char *model_config_to_json(const ModelConfig *cfg);
 
@@ -177,9 +185,9 @@ void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T
 void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
 void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                       int B, int T, int NH, int NKV, int HD);
+                       int B, int T, int NH, int NKV, int HD, float scale, int window);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD);
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window);
 void gelu_forward(float *out, const float *inp, size_t N);
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
 void swiglu_forward(float *out, const float *inp, int N, int F);
@@ -391,11 +399,16 @@ typedef struct {
     char run_flags[4096];    /* JSON object of the settings a resume must match */
 } TrainState;
 
-/* Saves OUT/step_%06d/{config.json, model.safetensors, train_state.safetensors, tokenizer.json} through a
-   temp folder and a rename, then points OUT/latest at it, then removes all but the newest `keep` (keep > 0).
-   The AdamW moments come from m (zeros before the first update). */
+/* Saves OUT/step_%06d/{config.json, model.safetensors, train_state.safetensors, tokenizer.json}: written and
+   fsynced in the temp folder OUT/.step_%06d.tmp, moved into place (exchanged with an existing folder of that
+   step), then OUT/latest points at it; then removes all but the newest `keep` (keep > 0). OUT/latest names a
+   complete checkpoint at every instant. The AdamW moments come from m (zeros before the first update). */
 int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, const char *tokenizer_path,
                     size_t max_shard_bytes, int keep, char *saved, size_t saved_len, char *err, size_t errlen);
+/* For the one run that writes OUT, at its start: finishes a save that a kill interrupted while it moved a
+   checkpoint into place, and deletes the temp folders of other interrupted saves (OUT/.step_*). Returns how
+   many it deleted, or -1 with err. */
+int checkpoint_clean(const char *out_dir, char *err, size_t errlen);
 /* The folder OUT/latest names, if it is complete: 0 and its path in dir, or -1. */
 int checkpoint_latest(const char *out_dir, char *dir, size_t len);
 /* Loads weights, AdamW moments and the train state of a checkpoint folder into a model built from its config. */
@@ -487,6 +500,8 @@ static void config_defaults(ModelConfig *c, int family) {
     c->rope_theta = 10000.0f;
     c->tie_embeddings = family == FAMILY_GPT2;
     c->qkv_bias = family == FAMILY_GPT2 || family == FAMILY_QWEN2;
+    c->o_bias = family == FAMILY_GPT2;
+    c->max_window_layers = 28;   /* the Qwen default; no layer slides while sliding_window is 0 */
     c->qk_norm = family == FAMILY_QWEN3;
     c->bos_token_id = c->eos_token_id = -1;
 }
@@ -537,6 +552,210 @@ static int json_num(json_t *obj, const char *key, double *out) {
     return 0;
 }
 
+/* How the reader treats each key of a Hugging Face config.json, per family (docs/hf_config_keys.md gives the
+   reason for each). KEY_READ: read and implemented. KEY_IGNORED: changes nothing in the weights, the forward or
+   the backward. KEY_OFF: accepted only while null, false, 0, "" or empty; any other value is refused by name.
+   A key not listed for the family is refused by name. */
+enum { KEY_READ, KEY_IGNORED, KEY_OFF };
+enum { FK_GPT2 = 1, FK_LLAMA = 2, FK_QWEN2 = 4, FK_QWEN3 = 8, FK_ROPE = 14, FK_QWEN = 12, FK_ALL = 15 };
+typedef struct { const char *key; int families, how; } ConfigKey;
+static const ConfigKey config_keys[] = {
+    /* every family */
+    {"model_type", FK_ALL, KEY_READ}, {"vocab_size", FK_ALL, KEY_READ}, {"tie_word_embeddings", FK_ALL, KEY_READ},
+    {"bos_token_id", FK_ALL, KEY_READ}, {"eos_token_id", FK_ALL, KEY_READ},
+    {"architectures", FK_ALL, KEY_IGNORED}, {"transformers_version", FK_ALL, KEY_IGNORED},
+    {"dtype", FK_ALL, KEY_IGNORED}, {"torch_dtype", FK_ALL, KEY_IGNORED}, {"pad_token_id", FK_ALL, KEY_IGNORED},
+    {"sep_token_id", FK_ALL, KEY_IGNORED}, {"decoder_start_token_id", FK_ALL, KEY_IGNORED},
+    {"initializer_range", FK_ALL, KEY_IGNORED}, {"use_cache", FK_ALL, KEY_IGNORED},
+    {"output_hidden_states", FK_ALL, KEY_IGNORED}, {"output_attentions", FK_ALL, KEY_IGNORED},
+    {"return_dict", FK_ALL, KEY_IGNORED}, {"chunk_size_feed_forward", FK_ALL, KEY_IGNORED},
+    {"id2label", FK_ALL, KEY_IGNORED}, {"label2id", FK_ALL, KEY_IGNORED}, {"num_labels", FK_ALL, KEY_IGNORED},
+    {"problem_type", FK_ALL, KEY_IGNORED}, {"finetuning_task", FK_ALL, KEY_IGNORED},
+    {"task_specific_params", FK_ALL, KEY_IGNORED}, {"tokenizer_class", FK_ALL, KEY_IGNORED},
+    {"prefix", FK_ALL, KEY_IGNORED}, {"tie_last_hidden_states", FK_ALL, KEY_IGNORED},
+    {"_name_or_path", FK_ALL, KEY_IGNORED}, {"name_or_path", FK_ALL, KEY_IGNORED},
+    {"_commit_hash", FK_ALL, KEY_IGNORED}, {"attn_implementation", FK_ALL, KEY_IGNORED},
+    {"_attn_implementation_autoset", FK_ALL, KEY_IGNORED}, {"experts_implementation", FK_ALL, KEY_IGNORED},
+    {"torchscript", FK_ALL, KEY_IGNORED}, {"use_bfloat16", FK_ALL, KEY_IGNORED},
+    {"tf_legacy_loss", FK_ALL, KEY_IGNORED}, {"is_decoder", FK_ALL, KEY_IGNORED},
+    {"tie_encoder_decoder", FK_ALL, KEY_IGNORED}, {"cross_attention_hidden_size", FK_ALL, KEY_IGNORED},
+    {"gradient_checkpointing", FK_ALL, KEY_IGNORED},
+    /* generation settings (transformers moves them to GenerationConfig) */
+    {"max_length", FK_ALL, KEY_IGNORED}, {"min_length", FK_ALL, KEY_IGNORED}, {"do_sample", FK_ALL, KEY_IGNORED},
+    {"early_stopping", FK_ALL, KEY_IGNORED}, {"num_beams", FK_ALL, KEY_IGNORED},
+    {"num_beam_groups", FK_ALL, KEY_IGNORED}, {"diversity_penalty", FK_ALL, KEY_IGNORED},
+    {"temperature", FK_ALL, KEY_IGNORED}, {"top_k", FK_ALL, KEY_IGNORED}, {"top_p", FK_ALL, KEY_IGNORED},
+    {"typical_p", FK_ALL, KEY_IGNORED}, {"epsilon_cutoff", FK_ALL, KEY_IGNORED}, {"eta_cutoff", FK_ALL, KEY_IGNORED},
+    {"repetition_penalty", FK_ALL, KEY_IGNORED}, {"encoder_repetition_penalty", FK_ALL, KEY_IGNORED},
+    {"length_penalty", FK_ALL, KEY_IGNORED}, {"no_repeat_ngram_size", FK_ALL, KEY_IGNORED},
+    {"encoder_no_repeat_ngram_size", FK_ALL, KEY_IGNORED}, {"bad_words_ids", FK_ALL, KEY_IGNORED},
+    {"num_return_sequences", FK_ALL, KEY_IGNORED}, {"output_scores", FK_ALL, KEY_IGNORED},
+    {"return_dict_in_generate", FK_ALL, KEY_IGNORED}, {"forced_bos_token_id", FK_ALL, KEY_IGNORED},
+    {"forced_eos_token_id", FK_ALL, KEY_IGNORED}, {"remove_invalid_values", FK_ALL, KEY_IGNORED},
+    {"exponential_decay_length_penalty", FK_ALL, KEY_IGNORED}, {"suppress_tokens", FK_ALL, KEY_IGNORED},
+    {"begin_suppress_tokens", FK_ALL, KEY_IGNORED}, {"num_assistant_tokens", FK_ALL, KEY_IGNORED},
+    {"num_assistant_tokens_schedule", FK_ALL, KEY_IGNORED}, {"assistant_confidence_threshold", FK_ALL, KEY_IGNORED},
+    {"assistant_lookbehind", FK_ALL, KEY_IGNORED}, {"target_lookbehind", FK_ALL, KEY_IGNORED},
+    /* architecture switches this code does not implement */
+    {"is_encoder_decoder", FK_ALL, KEY_OFF}, {"add_cross_attention", FK_ALL, KEY_OFF},
+    {"pruned_heads", FK_ALL, KEY_OFF}, {"per_layer_config", FK_ALL, KEY_OFF},
+    /* GPT-2 (hidden_size, max_position_embeddings, num_attention_heads, num_hidden_layers: its aliases) */
+    {"n_positions", FK_GPT2, KEY_READ}, {"n_layer", FK_GPT2, KEY_READ}, {"n_embd", FK_GPT2, KEY_READ},
+    {"n_head", FK_GPT2, KEY_READ}, {"n_inner", FK_GPT2, KEY_READ}, {"layer_norm_epsilon", FK_GPT2, KEY_READ},
+    {"activation_function", FK_GPT2, KEY_READ}, {"scale_attn_weights", FK_GPT2, KEY_READ},
+    {"scale_attn_by_inverse_layer_idx", FK_GPT2, KEY_READ}, {"reorder_and_upcast_attn", FK_GPT2, KEY_READ},
+    {"n_ctx", FK_GPT2, KEY_IGNORED}, {"resid_pdrop", FK_GPT2, KEY_IGNORED}, {"embd_pdrop", FK_GPT2, KEY_IGNORED},
+    {"attn_pdrop", FK_GPT2, KEY_IGNORED}, {"summary_type", FK_GPT2, KEY_IGNORED},
+    {"summary_use_proj", FK_GPT2, KEY_IGNORED}, {"summary_activation", FK_GPT2, KEY_IGNORED},
+    {"summary_proj_to_labels", FK_GPT2, KEY_IGNORED}, {"summary_first_dropout", FK_GPT2, KEY_IGNORED},
+    /* the sizes, under the LLaMA names (GPT-2 aliases) */
+    {"hidden_size", FK_ALL, KEY_READ}, {"max_position_embeddings", FK_ALL, KEY_READ},
+    {"num_attention_heads", FK_ALL, KEY_READ}, {"num_hidden_layers", FK_ALL, KEY_READ},
+    /* LLaMA, Qwen2, Qwen3 */
+    {"intermediate_size", FK_ROPE, KEY_READ}, {"num_key_value_heads", FK_ROPE, KEY_READ},
+    {"head_dim", FK_ROPE, KEY_READ}, {"hidden_act", FK_ROPE, KEY_READ}, {"rms_norm_eps", FK_ROPE, KEY_READ},
+    {"rope_theta", FK_ROPE, KEY_READ}, {"rope_scaling", FK_ROPE, KEY_READ}, {"rope_parameters", FK_ROPE, KEY_READ},
+    {"partial_rotary_factor", FK_ROPE, KEY_READ}, {"attention_dropout", FK_ROPE, KEY_IGNORED},
+    {"attention_bias", FK_LLAMA | FK_QWEN3, KEY_READ}, {"attention_bias", FK_QWEN2, KEY_IGNORED},
+    {"mlp_bias", FK_LLAMA, KEY_OFF}, {"mlp_bias", FK_QWEN, KEY_IGNORED}, {"pretraining_tp", FK_LLAMA, KEY_IGNORED},
+    {"use_sliding_window", FK_QWEN, KEY_READ}, {"sliding_window", FK_QWEN, KEY_READ},
+    {"max_window_layers", FK_QWEN, KEY_READ}, {"layer_types", FK_QWEN, KEY_READ},
+};
+
+/* null, false, 0, "" or an empty object/array: the value of a KEY_OFF key that is accepted */
+static int json_is_off(json_t *v) {
+    return !v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == 0) ||
+           (json_is_string(v) && !json_string_length(v)) || (json_is_object(v) && !json_object_size(v)) ||
+           (json_is_array(v) && !json_array_size(v));
+}
+
+/* Every key of root must be listed for the family; KEY_OFF keys must be off. */
+static int config_check_keys(json_t *root, int family, const char *file, char *err, size_t errlen) {
+    const char *key;
+    json_t *v;
+    int bit = 1 << family, n = (int)(sizeof(config_keys) / sizeof(config_keys[0]));
+    json_object_foreach(root, key, v) {
+        int how = -1;
+        for (int i = 0; i < n && how < 0; i++)
+            if ((config_keys[i].families & bit) && !strcmp(config_keys[i].key, key)) how = config_keys[i].how;
+        if (how < 0) {
+            snprintf(err, errlen, "%s: key \"%s\" is not a %s config key this code knows (see docs/hf_config_keys.md)",
+                     file, key, family_name(family));
+            return -1;
+        }
+        if (how == KEY_OFF && !json_is_off(v)) {
+            snprintf(err, errlen, "%s: key \"%s\" is not supported (only null, false or empty)", file, key); return -1;
+        }
+    }
+    return 0;
+}
+
+/* An optional boolean key: 0 when absent or null, -1 (with err) when of another type. */
+static int json_flag(json_t *root, const char *key, int *out, const char *file, char *err, size_t errlen) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v)) { snprintf(err, errlen, "%s: key \"%s\" must be true or false", file, key); return -1; }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* An optional whole-number key in [0, 2^24]: 0 when absent (out unchanged) or fine, -1 (with err) otherwise. */
+static int json_count(json_t *obj, const char *key, int *out, const char *file, char *err, size_t errlen) {
+    double x;
+    int r = json_num(obj, key, &x);
+    if (r == 1) return 0;
+    if (r < 0 || !int_in_range(x)) {
+        snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24", file, key); return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+/* RoPE: the rope dict is rope_scaling when it is a non-empty object, else rope_parameters (transformers 5
+   writes rope_theta and the rope type there); rope_theta comes from that dict, else the top level, else
+   10000. Types: default, llama3. */
+static int config_rope(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
+    json_t *rs = json_object_get(root, "rope_scaling"), *rp = json_object_get(root, "rope_parameters");
+    if (rs && !json_is_null(rs) && !json_is_object(rs)) { snprintf(err, errlen, "%s: key \"rope_scaling\" must be an object or null", file); return -1; }
+    if (rp && !json_is_null(rp) && !json_is_object(rp)) { snprintf(err, errlen, "%s: key \"rope_parameters\" must be an object or null", file); return -1; }
+    json_t *d = json_is_object(rs) && json_object_size(rs) ? rs : json_is_object(rp) ? rp : NULL;
+    const char *dname = d == rs ? "rope_scaling" : "rope_parameters";
+    double x = 10000.0, prf = 1.0;
+    if (json_num(root, "rope_theta", &x) < 0 || (d && json_num(d, "rope_theta", &x) < 0)) {
+        snprintf(err, errlen, "%s: key \"rope_theta\" must be a number", file); return -1;
+    }
+    c->rope_theta = (float)x;
+    if (json_num(root, "partial_rotary_factor", &prf) < 0 || prf != 1.0) {
+        snprintf(err, errlen, "%s: key \"partial_rotary_factor\" is not supported (only 1)", file); return -1;
+    }
+    if (!d) return 0;
+    json_t *t = json_object_get(d, "rope_type");
+    if (!t) t = json_object_get(d, "type");
+    if (t && !json_is_string(t)) { snprintf(err, errlen, "%s: %s.rope_type must be a string", file, dname); return -1; }
+    const char *rt = t ? json_string_value(t) : "default";
+    const char *llama3_keys[4] = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+    if (!strcmp(rt, "llama3")) {
+        double v[4];
+        for (int i = 0; i < 4; i++)
+            if (json_num(d, llama3_keys[i], &v[i]) != 0) {
+                snprintf(err, errlen, "%s: llama3 %s needs the number \"%s\"", file, dname, llama3_keys[i]); return -1;
+            }
+        c->rope_llama3 = 1;
+        c->rope_factor = (float)v[0]; c->rope_low_freq_factor = (float)v[1]; c->rope_high_freq_factor = (float)v[2];
+        c->rope_orig_max_pos = int_in_range(v[3]) ? (int)v[3] : 0;   /* 0 fails the validation */
+    } else if (strcmp(rt, "default")) {
+        snprintf(err, errlen, "%s: %s rope type \"%s\" is not supported (default or llama3)", file, dname, rt); return -1;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(d, key, v) {
+        int known = !strcmp(key, "rope_type") || !strcmp(key, "type") || !strcmp(key, "rope_theta");
+        for (int i = 0; i < 4 && c->rope_llama3; i++) known |= !strcmp(key, llama3_keys[i]);
+        if (!strcmp(key, "partial_rotary_factor") && json_is_number(v) && json_number_value(v) == 1.0) known = 1;
+        if (!known) { snprintf(err, errlen, "%s: %s key \"%s\" is not supported for rope type %s", file, dname, key, rt); return -1; }
+    }
+    return 0;
+}
+
+/* Qwen sliding-window attention, as transformers reads it: sliding_window counts only with use_sliding_window
+   true; layer_types, when given, names each layer's attention ("full_attention" or "sliding_attention"), else
+   the layers l >= max_window_layers slide. Sliding layers must come after all full ones. */
+static int config_sliding(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
+    int use = 0, w = 0;
+    if (json_flag(root, "use_sliding_window", &use, file, err, errlen) != 0) return -1;
+    if (json_count(root, "max_window_layers", &c->max_window_layers, file, err, errlen) != 0) return -1;
+    if (use && json_count(root, "sliding_window", &w, file, err, errlen) != 0) return -1;
+    json_t *sw = json_object_get(root, "sliding_window");
+    if (use && w == 0 && sw && !json_is_null(sw)) {
+        snprintf(err, errlen, "%s: key \"sliding_window\" must be at least 1", file); return -1;
+    }
+    c->sliding_window = w;
+    json_t *lt = json_object_get(root, "layer_types");
+    if (!lt || json_is_null(lt)) return 0;
+    if (!json_is_array(lt) || (int)json_array_size(lt) != c->n_layer) {
+        snprintf(err, errlen, "%s: key \"layer_types\" must be a list of %d layer types", file, c->n_layer); return -1;
+    }
+    int first_sliding = c->n_layer;
+    for (int l = 0; l < c->n_layer; l++) {
+        const char *s = json_string_value(json_array_get(lt, l));
+        int sliding = s && !strcmp(s, "sliding_attention");
+        if (!s || !(sliding || !strcmp(s, "full_attention") || !strcmp(s, "attention"))) {
+            snprintf(err, errlen, "%s: layer_types[%d] must be \"full_attention\" or \"sliding_attention\"", file, l); return -1;
+        }
+        if (sliding && first_sliding == c->n_layer) first_sliding = l;
+        if (!sliding && first_sliding < l) {
+            snprintf(err, errlen, "%s: layer_types[%d] is full attention after a sliding layer (not supported)", file, l); return -1;
+        }
+    }
+    if (first_sliding < c->n_layer && c->sliding_window == 0) {
+        snprintf(err, errlen, "%s: layer_types has sliding_attention layers but no sliding_window "
+                 "(use_sliding_window false or sliding_window null)", file); return -1;
+    }
+    c->max_window_layers = first_sliding;
+    if (first_sliding == c->n_layer) c->sliding_window = 0;
+    return 0;
+}
+
 /* The body of model_config_from_json on a parsed JSON document. */
 static int config_from_root(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
     if (!json_is_object(root)) { snprintf(err, errlen, "%s: expected a JSON object", file); return -1; }
@@ -550,8 +769,10 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
     else if (!strcmp(type, "qwen3")) family = FAMILY_QWEN3;
     else { snprintf(err, errlen, "%s: unknown model_type \"%s\" (expected gpt2, llama, qwen2 or qwen3)", file, type); return -1; }
     config_defaults(c, family);
+    if (config_check_keys(root, family, file, err, errlen) != 0) return -1;
 
-    /* the sizes every family has, under the family's HF names; a default < 0 marks a required key */
+    /* the sizes every family has, under the family's HF names (GPT-2 also takes the LLaMA names as aliases,
+       as transformers' attribute_map does); a default < 0 marks a required key */
     const char *names_gpt2[7] = {"vocab_size", "n_positions", "n_layer", "n_embd", "n_head", "n_inner", "layer_norm_epsilon"};
     const char *names_llama[7] = {"vocab_size", "max_position_embeddings", "num_hidden_layers", "hidden_size",
                                   "num_attention_heads", "intermediate_size", "rms_norm_eps"};
@@ -559,14 +780,21 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
     double val[7], defs[7] = {-1.0, family == FAMILY_GPT2 ? 1024.0 : 2048.0, -1.0, -1.0, -1.0, family == FAMILY_GPT2 ? 0.0 : -1.0,
                               family == FAMILY_GPT2 ? 1e-5 : 1e-6};
     for (int i = 0; i < 7; i++) {
-        int r = json_num(root, names[i], &val[i]);
-        if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, names[i]); return -1; }
+        const char *name = names[i];
+        if (family == FAMILY_GPT2 && names_gpt2[i] != names_llama[i] && i >= 1 && i <= 4 && json_object_get(root, names_llama[i])) {
+            if (json_object_get(root, names_gpt2[i])) {
+                snprintf(err, errlen, "%s: both \"%s\" and its alias \"%s\" are set", file, names_gpt2[i], names_llama[i]); return -1;
+            }
+            name = names_llama[i];
+        }
+        int r = json_num(root, name, &val[i]);
+        if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, name); return -1; }
         if (r == 1) {
-            if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, names[i], type); return -1; }
+            if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, name, type); return -1; }
             val[i] = defs[i];
         }
         if (i < 6 && !int_in_range(val[i])) {
-            snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24, not %g", file, names[i], val[i]); return -1;
+            snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24, not %g", file, name, val[i]); return -1;
         }
     }
     c->vocab_size = (int)val[0]; c->max_seq_len = (int)val[1]; c->n_layer = (int)val[2];
@@ -581,50 +809,28 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
                      !strcmp(json_string_value(act), "gelu_pytorch_tanh")))) {
             snprintf(err, errlen, "%s: activation_function must be \"gelu_new\" (tanh GELU)", file); return -1;
         }
+        int scaled = 1;
+        if (json_flag(root, "scale_attn_weights", &scaled, file, err, errlen) != 0 ||
+            json_flag(root, "scale_attn_by_inverse_layer_idx", &c->attn_by_layer, file, err, errlen) != 0 ||
+            json_flag(root, "reorder_and_upcast_attn", &c->attn_upcast, file, err, errlen) != 0) return -1;
+        c->attn_unscaled = !scaled;
     } else {
-        if (json_num(root, "num_key_value_heads", &x) == 0) {
-            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"num_key_value_heads\" must be a whole number from 0 to 2^24", file); return -1; }
-            c->n_kv_head = (int)x;
-        }
-        if (json_num(root, "head_dim", &x) == 0) {
-            if (!int_in_range(x)) { snprintf(err, errlen, "%s: key \"head_dim\" must be a whole number from 0 to 2^24", file); return -1; }
-            c->head_dim = (int)x;
-        }
-        else if (family == FAMILY_QWEN3 && !json_object_get(root, "head_dim")) c->head_dim = 128;
+        if (json_count(root, "num_key_value_heads", &c->n_kv_head, file, err, errlen) != 0) return -1;
+        if (family == FAMILY_QWEN3) c->head_dim = 128;   /* Qwen3Config's default; the others use hidden / heads */
+        if (json_count(root, "head_dim", &c->head_dim, file, err, errlen) != 0) return -1;
         json_t *act = json_object_get(root, "hidden_act");
-        if (act && !(json_is_string(act) && !strcmp(json_string_value(act), "silu"))) {
+        if (act && !(json_is_string(act) && (!strcmp(json_string_value(act), "silu") || !strcmp(json_string_value(act), "swish")))) {
             snprintf(err, errlen, "%s: hidden_act must be \"silu\"", file); return -1;
         }
-        json_t *b = json_object_get(root, "attention_bias");
-        if (family != FAMILY_QWEN2 && json_is_true(b)) c->qkv_bias = 1;
-        if (json_is_true(json_object_get(root, "mlp_bias"))) {
-            snprintf(err, errlen, "%s: mlp_bias=true is not supported", file); return -1;
+        if (family != FAMILY_QWEN2) {   /* Qwen2 always has q/k/v biases and no o_proj bias */
+            int bias = 0;
+            if (json_flag(root, "attention_bias", &bias, file, err, errlen) != 0) return -1;
+            c->qkv_bias = c->o_bias = bias;
         }
-        /* rope: rope_theta / rope_scaling at the top level, or inside rope_parameters (newer transformers) */
-        json_t *rp = json_object_get(root, "rope_parameters");
-        json_t *rs = json_object_get(root, "rope_scaling");
-        if (json_num(root, "rope_theta", &x) == 0) c->rope_theta = (float)x;
-        if (json_is_object(rp) && json_num(rp, "rope_theta", &x) == 0) c->rope_theta = (float)x;
-        if (!json_is_object(rs) && json_is_object(rp)) rs = rp;
-        if (json_is_object(rs)) {
-            json_t *t = json_object_get(rs, "rope_type");
-            if (!t) t = json_object_get(rs, "type");
-            const char *rt = json_is_string(t) ? json_string_value(t) : "default";
-            if (!strcmp(rt, "llama3")) {
-                c->rope_llama3 = 1;
-                double f = 8, lo = 1, hi = 4, om = 8192;
-                json_num(rs, "factor", &f); json_num(rs, "low_freq_factor", &lo);
-                json_num(rs, "high_freq_factor", &hi); json_num(rs, "original_max_position_embeddings", &om);
-                c->rope_factor = (float)f; c->rope_low_freq_factor = (float)lo;
-                c->rope_high_freq_factor = (float)hi;
-                c->rope_orig_max_pos = int_in_range(om) ? (int)om : 0;   /* 0 fails the validation below */
-            } else if (strcmp(rt, "default")) {
-                snprintf(err, errlen, "%s: rope type \"%s\" is not supported (default or llama3)", file, rt); return -1;
-            }
-        }
+        if (config_rope(c, root, file, err, errlen) != 0) return -1;
+        if (family != FAMILY_LLAMA && config_sliding(c, root, file, err, errlen) != 0) return -1;
     }
-    json_t *tie = json_object_get(root, "tie_word_embeddings");
-    if (tie) c->tie_embeddings = json_is_true(tie);
+    if (json_flag(root, "tie_word_embeddings", &c->tie_embeddings, file, err, errlen) != 0) return -1;
     if (json_num(root, "bos_token_id", &x) == 0 && int_in_range(x)) c->bos_token_id = (int)x;
     if (json_num(root, "eos_token_id", &x) == 0 && int_in_range(x)) c->eos_token_id = (int)x;
     else {
@@ -700,6 +906,9 @@ char *model_config_to_json(const ModelConfig *c) {
         json_object_set_new(o, "resid_pdrop", json_real(0.0));
         json_object_set_new(o, "embd_pdrop", json_real(0.0));
         json_object_set_new(o, "attn_pdrop", json_real(0.0));
+        json_object_set_new(o, "scale_attn_weights", json_boolean(!c->attn_unscaled));
+        json_object_set_new(o, "scale_attn_by_inverse_layer_idx", json_boolean(c->attn_by_layer));
+        json_object_set_new(o, "reorder_and_upcast_attn", json_boolean(c->attn_upcast));
     } else {
         const char *arch = c->family == FAMILY_LLAMA ? "LlamaForCausalLM" : c->family == FAMILY_QWEN2 ?
                            "Qwen2ForCausalLM" : "Qwen3ForCausalLM";
@@ -723,9 +932,17 @@ char *model_config_to_json(const ModelConfig *c) {
                                 "original_max_position_embeddings", c->rope_orig_max_pos));
         else json_object_set_new(o, "rope_scaling", json_null());
         if (c->family != FAMILY_QWEN2) json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
-        json_object_set_new(o, "mlp_bias", json_false());
+        if (c->family == FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_false());
         json_object_set_new(o, "attention_dropout", json_real(0.0));
-        if (c->family == FAMILY_QWEN2) json_object_set_new(o, "use_sliding_window", json_false());
+        if (c->family != FAMILY_LLAMA) {
+            json_object_set_new(o, "use_sliding_window", json_boolean(c->sliding_window > 0));
+            json_object_set_new(o, "sliding_window", c->sliding_window > 0 ? json_integer(c->sliding_window) : json_null());
+            json_object_set_new(o, "max_window_layers", json_integer(c->max_window_layers));
+            json_t *types = json_array();
+            for (int l = 0; l < c->n_layer; l++)
+                json_array_append_new(types, json_string(attention_window(c, l) ? "sliding_attention" : "full_attention"));
+            json_object_set_new(o, "layer_types", types);
+        }
     }
     json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
     if (c->bos_token_id >= 0) json_object_set_new(o, "bos_token_id", json_integer(c->bos_token_id));
@@ -1025,47 +1242,49 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
 }
 
 /* causal attention with grouped-query heads: query head h reads key/value head h / (NH/NKV).
-   q [B,T,NH,HD], k and v [B,T,NKV,HD], att [B,NH,T,T], out [B,T,NH,HD]
-     a[t,s]   = q[t]·k[s] / sqrt(HD)  for s <= t
-     att[t,s] = softmax_s(a[t,:])      (0 for s > t)
+   q [B,T,NH,HD], k and v [B,T,NKV,HD], att [B,NH,T,T], out [B,T,NH,HD]; scale is usually 1/sqrt(HD); with
+   window W > 0 position t sees only s > t - W (a sliding window), else every s <= t. Let s0 = first s seen:
+     a[t,s]   = scale * q[t]·k[s]  for s0 <= s <= t
+     att[t,s] = softmax_s(a[t,:])   (0 for the other s)
      out[t]   = sum_s att[t,s] * v[s]
    backward:
      datt[t,s] = dout[t]·v[s];  dv[s] += att[t,s]*dout[t]
      da[t,s]   = att[t,s] * (datt[t,s] - sum_s' att[t,s']*datt[t,s'])
-     dq[t] += sum_s da[t,s]*k[s]/sqrt(HD);  dk[s] += sum_t da[t,s]*q[t]/sqrt(HD)
+     dq[t] += scale * sum_s da[t,s]*k[s];  dk[s] += scale * sum_t da[t,s]*q[t]
    The backward runs one task per (b, kv head), which owns every dk/dv row it writes. */
+static inline int attention_first(int t, int window) { return window > 0 && t >= window ? t - window + 1 : 0; }
+
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                       int B, int T, int NH, int NKV, int HD) {
+                       int B, int T, int NH, int NKV, int HD, float scale, int window) {
     int G = NH / NKV;
-    float scale = 1.0f / sqrtf((float)HD);
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
-                int kh = h / G;
+                int kh = h / G, s0 = attention_first(t, window);
                 const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
                 float *a = att + (((size_t)b * NH + h) * T + t) * T;
                 float maxv = -INFINITY;
-                for (int s = 0; s <= t; s++) {
+                for (int s = s0; s <= t; s++) {
                     float x = dot_f32(qt, k + (((size_t)b * T + s) * NKV + kh) * HD, HD) * scale;
                     a[s] = x;
                     if (x > maxv) maxv = x;
                 }
                 float sum = 0.0f;
-                for (int s = 0; s <= t; s++) { a[s] = expf(a[s] - maxv); sum += a[s]; }
+                for (int s = s0; s <= t; s++) { a[s] = expf(a[s] - maxv); sum += a[s]; }
                 float inv = 1.0f / sum;
-                for (int s = 0; s <= t; s++) a[s] *= inv;
+                for (int s = s0; s <= t; s++) a[s] *= inv;
+                for (int s = 0; s < s0; s++) a[s] = 0.0f;
                 for (int s = t + 1; s < T; s++) a[s] = 0.0f;
                 float *o = out + (((size_t)b * T + t) * NH + h) * HD;
                 for (int i = 0; i < HD; i++) o[i] = 0.0f;
-                for (int s = 0; s <= t; s++) axpy_f32(o, a[s], v + (((size_t)b * T + s) * NKV + kh) * HD, HD);
+                for (int s = s0; s <= t; s++) axpy_f32(o, a[s], v + (((size_t)b * T + s) * NKV + kh) * HD, HD);
             }
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD) {
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window) {
     int G = NH / NKV;
-    float scale = 1.0f / sqrtf((float)HD);
     #pragma omp parallel
     {
         float *da = (float *)malloc((size_t)T * sizeof(float));
@@ -1078,14 +1297,15 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *dy = dout + (((size_t)b * T + t) * NH + h) * HD;
                         const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
                         float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;
+                        int s0 = attention_first(t, window);
                         float sum = 0.0f;
-                        for (int s = 0; s <= t; s++) {
+                        for (int s = s0; s <= t; s++) {
                             size_t kv = (((size_t)b * T + s) * NKV + kh) * HD;
                             da[s] = dot_f32(dy, v + kv, HD);
                             sum += a[s] * da[s];
                             axpy_f32(dv + kv, a[s], dy, HD);
                         }
-                        for (int s = 0; s <= t; s++) {
+                        for (int s = s0; s <= t; s++) {
                             size_t kv = (((size_t)b * T + s) * NKV + kh) * HD;
                             float g = a[s] * (da[s] - sum) * scale;
                             axpy_f32(dqt, g, k + kv, HD);
@@ -1200,7 +1420,7 @@ static void param_sizes(const ModelConfig *c, size_t *s) {
     s[P_QNW] = c->qk_norm ? L * HD : 0;
     s[P_KNW] = c->qk_norm ? L * HD : 0;
     s[P_WO] = L * C * A;
-    s[P_BO] = gpt2 ? L * C : 0;
+    s[P_BO] = c->o_bias ? L * C : 0;
     s[P_LN2W] = L * C;
     s[P_LN2B] = gpt2 ? L * C : 0;
     s[P_WFC] = L * FC * C;
@@ -1341,6 +1561,18 @@ static void norm_backward(const ModelConfig *c, float *dinp, float *dw, float *d
     else rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
 }
 
+/* Layer l's attention score scale: 1/sqrt(HD), or 1 (GPT-2 scale_attn_weights false), then / (l + 1) with GPT-2
+   scale_attn_by_inverse_layer_idx. */
+static float attention_scale(const ModelConfig *c, int l) {
+    float s = c->attn_unscaled ? 1.0f : 1.0f / sqrtf((float)c->head_dim);
+    return c->attn_by_layer ? s / (float)(l + 1) : s;
+}
+
+/* Layer l's sliding window (0: full causal attention): Qwen layers l >= max_window_layers when it is set. */
+int attention_window(const ModelConfig *c, int l) {
+    return c->sliding_window > 0 && l >= c->max_window_layers ? c->sliding_window : 0;
+}
+
 /* Pointer to layer l's slice of a per-layer tensor (NULL stays NULL). */
 static inline float *at_layer(float *base, int l, size_t per_layer) { return base ? base + l * per_layer : NULL; }
 
@@ -1395,7 +1627,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
             rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD);
             qa = qr; ka = kr;
         }
-        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD);
+        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, l), attention_window(c, l));
         matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, at_layer(p.bo, l, C), N, QD, C);
         residual_forward(resid2, x, attproj, NC);
         norm_forward(c, ln2, ln2_mean, ln2_rstd, resid2, p.ln2w + l * C, at_layer(p.ln2b, l, C), N, C);
@@ -1444,6 +1676,8 @@ void model_backward(Model *m, float loss_scale) {
         size_t oq = (size_t)l * N * QD, ok = (size_t)l * N * KD;
         const float *wqkv = p.wqkv + (size_t)l * QKV * C;
         float *dwqkv = g.wqkv + (size_t)l * QKV * C, *dbqkv = at_layer(g.bqkv, l, QKV);
+        float scale = attention_scale(c, l);
+        int window = attention_window(c, l);
 
         /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))) */
         residual_backward(d.resid2 + l * NC, d.fcproj + l * NC, d.resid3 + l * NC, NC);
@@ -1464,10 +1698,10 @@ void model_backward(Model *m, float loss_scale) {
                         a.atty + oq, p.wo + (size_t)l * C * QD, N, QD, C);
         if (c->family == FAMILY_GPT2) {
             attention_backward(d.q + oq, d.k + ok, d.v + ok, d.atty + oq, a.q + oq, a.k + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD);
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window);
         } else {
             attention_backward(d.qr + oq, d.kr + ok, d.v + ok, d.atty + oq, a.qr + oq, a.kr + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD);
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window);
             if (c->qk_norm) {
                 rope_backward(d.qn + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD);
                 rope_backward(d.kn + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD);
@@ -2148,6 +2382,7 @@ int model_hf_tensors(const Model *m, HFTensor *list) {
             hf_add(list, &n, LLAMA_NAME("self_attn.k_norm.weight"), o[P_KNW] + l * HD, HD, 0, 0);
         }
         hf_add(list, &n, LLAMA_NAME("self_attn.o_proj.weight"), o[P_WO] + l * C * QD, C, QD, 0);
+        if (c->o_bias) hf_add(list, &n, LLAMA_NAME("self_attn.o_proj.bias"), o[P_BO] + l * C, C, 0, 0);
         hf_add(list, &n, LLAMA_NAME("post_attention_layernorm.weight"), o[P_LN2W] + l * C, C, 0, 0);
         hf_add(list, &n, LLAMA_NAME("mlp.gate_proj.weight"), o[P_WFC] + l * FC * C, F, C, 0);
         hf_add(list, &n, LLAMA_NAME("mlp.up_proj.weight"), o[P_WFC] + l * FC * C + F * C, F, C, 0);
@@ -2392,6 +2627,117 @@ static int copy_file(const char *src, const char *dst, char *err, size_t errlen)
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* OUT/latest := name (a small file replaced by a rename), and the folder entry made durable */
+static int write_latest(const char *out_dir, const char *name, char *err, size_t errlen) {
+    char path[1200], line[320];
+    snprintf(path, sizeof(path), "%s/latest", out_dir);
+    snprintf(line, sizeof(line), "%s\n", name);
+    if (write_file_atomic(path, line, strlen(line), err, errlen) != 0) return -1;
+    fsync_dir(out_dir);
+    return 0;
+}
+
+/* Publishing where the file system cannot exchange two names: latest names the complete temp folder
+   OUT/.NAME.tmp while OUT/NAME is deleted and made again from hard links to the temp folder's files (no copy);
+   then latest names NAME. A kill on the way leaves latest naming the temp folder, which checkpoint_clean
+   finishes. drop_tmp: delete the temp folder at the end (checkpoint_clean keeps it: another rank may be
+   reading it). */
+static int publish_by_links(const char *out_dir, const char *name, int drop_tmp, char *err, size_t errlen) {
+    char tmp_name[300], tmp[1300], dir[1300], old[1300], lnk[1300], a[1600], b[1600];
+    snprintf(tmp_name, sizeof(tmp_name), ".%s.tmp", name);
+    snprintf(tmp, sizeof(tmp), "%s/%s", out_dir, tmp_name);
+    snprintf(dir, sizeof(dir), "%s/%s", out_dir, name);
+    snprintf(old, sizeof(old), "%s/.%s.old", out_dir, name);
+    snprintf(lnk, sizeof(lnk), "%s/.%s.link", out_dir, name);
+    if (write_latest(out_dir, tmp_name, err, errlen) != 0) return -1;
+    remove_dir_files(old);
+    if (access(dir, F_OK) == 0 && (rename(dir, old) != 0 || remove_dir_files(old) != 0)) {
+        snprintf(err, errlen, "%s: cannot replace: %s", dir, strerror(errno));
+        return -1;
+    }
+    remove_dir_files(lnk);
+    DIR *d = mkdir(lnk, 0755) == 0 ? opendir(tmp) : NULL;
+    struct dirent *e;
+    int bad = d == NULL;
+    while (!bad && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(a, sizeof(a), "%s/%s", tmp, e->d_name);
+        snprintf(b, sizeof(b), "%s/%s", lnk, e->d_name);
+        bad = link(a, b) != 0;
+    }
+    if (d) closedir(d);
+    if (!bad) bad = fsync_dir(lnk) != 0 || rename(lnk, dir) != 0;
+    if (bad) { snprintf(err, errlen, "%s: cannot make from %s: %s", dir, tmp, strerror(errno)); return -1; }
+    fsync_dir(out_dir);
+    if (write_latest(out_dir, name, err, errlen) != 0) return -1;
+    if (drop_tmp) remove_dir_files(tmp);
+    return 0;
+}
+
+/* Moves the complete, fsynced folder OUT/.NAME.tmp to OUT/NAME and points OUT/latest at it, so that latest
+   names a complete checkpoint at every instant. A new NAME: one rename, then latest. An existing NAME (a
+   step saved again, e.g. by a second run into the same folder, while latest may name it): the two folders
+   swap names in one step (renameat2 RENAME_EXCHANGE), so NAME is the old or the new checkpoint at every
+   instant; the old one, now under the temp name, is deleted after latest is written. File systems without
+   the exchange (NFS) go through publish_by_links. */
+static int checkpoint_publish(const char *out_dir, const char *name, char *err, size_t errlen) {
+    char tmp[1300], dir[1300];
+    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", out_dir, name);
+    snprintf(dir, sizeof(dir), "%s/%s", out_dir, name);
+    int exists = access(dir, F_OK) == 0;
+    if (exists && renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) != 0) {
+        if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+            snprintf(err, errlen, "%s: cannot exchange with %s: %s", tmp, dir, strerror(errno));
+            return -1;
+        }
+        return publish_by_links(out_dir, name, 1, err, errlen);
+    }
+    if (!exists && rename(tmp, dir) != 0) {
+        snprintf(err, errlen, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno));
+        return -1;
+    }
+    fsync_dir(out_dir);
+    if (write_latest(out_dir, name, err, errlen) != 0) return -1;
+    if (exists) remove_dir_files(tmp);   /* the replaced checkpoint */
+    return 0;
+}
+
+/* the folder name in OUT/latest: 0, or -1 (no such file, or not a name inside OUT) */
+static int read_latest(const char *out_dir, char *name, size_t len) {
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/latest", out_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int ok = fgets(name, (int)len, f) != NULL;
+    fclose(f);
+    if (!ok) return -1;
+    name[strcspn(name, "\r\n")] = 0;
+    return name[0] && !strchr(name, '/') ? 0 : -1;
+}
+
+int checkpoint_clean(const char *out_dir, char *err, size_t errlen) {
+    char named[256], path[1300];
+    if (read_latest(out_dir, named, sizeof(named)) != 0) named[0] = 0;
+    DIR *d = opendir(out_dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, ".step_", 6) != 0 || !strcmp(e->d_name, named)) continue;
+        snprintf(path, sizeof(path), "%s/%s", out_dir, e->d_name);
+        if (remove_dir_files(path) == 0) removed++;
+    }
+    closedir(d);
+    /* latest names a temp folder: publish_by_links was killed; finish it */
+    size_t n = strlen(named);
+    if (!strncmp(named, ".step_", 6) && n > 10 && !strcmp(named + n - 4, ".tmp")) {
+        char name[256];
+        snprintf(name, sizeof(name), "%.*s", (int)(n - 5), named + 1);
+        if (publish_by_links(out_dir, name, 0, err, errlen) != 0) return -1;
+    }
+    return removed;
+}
+
 int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, const char *tokenizer_path,
                     size_t max_shard_bytes, int keep, char *saved, size_t saved_len, char *err, size_t errlen) {
     char name[64], dir[1200], tmp[1300], path[1400];
@@ -2424,21 +2770,8 @@ int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, c
         snprintf(path, sizeof(path), "%s/tokenizer.json", tmp);
         if (copy_file(tokenizer_path, path, err, errlen) != 0) return -1;
     }
-    /* publish: fsync the folder, rename it into place, then move `latest` to it */
     fsync_dir(tmp);
-    if (access(dir, F_OK) == 0) {  /* a checkpoint of the same step from an earlier run */
-        char old[1400];
-        snprintf(old, sizeof(old), "%s/.%s.old", out_dir, name);
-        remove_dir_files(old);
-        if (rename(dir, old) != 0 || remove_dir_files(old) != 0) { snprintf(err, errlen, "%s: cannot replace", dir); return -1; }
-    }
-    if (rename(tmp, dir) != 0) { snprintf(err, errlen, "%s: cannot rename to %s: %s", tmp, dir, strerror(errno)); return -1; }
-    fsync_dir(out_dir);
-    snprintf(path, sizeof(path), "%s/latest", out_dir);
-    char line[80];
-    snprintf(line, sizeof(line), "%s\n", name);
-    if (write_file_atomic(path, line, strlen(line), err, errlen) != 0) return -1;
-    fsync_dir(out_dir);
+    if (checkpoint_publish(out_dir, name, err, errlen) != 0) return -1;
     if (saved) snprintf(saved, saved_len, "%s", dir);
     /* keep the newest `keep` checkpoints */
     if (keep > 0) {
@@ -2466,15 +2799,8 @@ int checkpoint_save(const char *out_dir, const Model *m, const TrainState *ts, c
 }
 
 int checkpoint_latest(const char *out_dir, char *dir, size_t len) {
-    char path[1200], name[256] = "";
-    snprintf(path, sizeof(path), "%s/latest", out_dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    int ok = fgets(name, sizeof(name), f) != NULL;
-    fclose(f);
-    if (!ok) return -1;
-    name[strcspn(name, "\r\n")] = 0;
-    if (!name[0] || strchr(name, '/')) return -1;
+    char name[256];
+    if (read_latest(out_dir, name, sizeof(name)) != 0) return -1;
     snprintf(dir, len, "%s/%s", out_dir, name);
     return 0;
 }

@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <stdarg.h>
 #include <time.h>
 
@@ -70,6 +71,7 @@ static void usage(int gpu) {
 "  --warmup-steps N        linear warmup steps (default 0)\n"
 "  --decay-steps N         step at which the decay reaches min-lr (default --steps)\n"
 "  --lr-schedule S         cosine | linear | constant (default cosine)\n"
+"                          --resume keeps the checkpoint's values of these five flags unless they are given\n"
 "  --weight-decay W        decoupled weight decay on 2-D weights (default 0.1)\n"
 "  --beta1 B1 --beta2 B2   AdamW betas (default 0.9, 0.95)\n"
 "  --eps E                 AdamW epsilon (default 1e-8)\n"
@@ -90,10 +92,12 @@ static void usage(int gpu) {
 "  --tokenizer FILE        HF tokenizer.json, to print samples as text\n"
 "checkpoints\n"
 "  --out DIR               write DIR/log.jsonl and checkpoints DIR/step_NNNNNN/ (HF config.json +\n"
-"                          model.safetensors, train_state.safetensors, tokenizer.json); DIR/latest names the newest\n"
+"                          model.safetensors, train_state.safetensors, tokenizer.json); DIR/latest names the newest;\n"
+"                          one run at a time writes DIR (it holds DIR/.lock)\n"
 "  --save-every N          checkpoint every N steps (default 0: only at the end and on SIGINT/SIGTERM)\n"
 "  --keep N                keep the newest N checkpoints (default 0: all)\n"
-"  --resume                continue from DIR/latest (exactly: weights, AdamW state, step, data position)\n"
+"  --resume                continue from DIR/latest (exactly: weights, AdamW state, step, data position,\n"
+"                          LR schedule)\n"
 "  --max-shard-size MB     split model.safetensors into shards of at most MB megabytes (default 0: one file)\n"
 "  --skip-nonfinite        skip a step whose loss or grad norm is not finite (default: stop with an error)\n");
     if (gpu) printf(
@@ -128,9 +132,9 @@ static double now_ms(void) {
    entry of a table (flags.h) with its type and valid range; a value outside it stops the program. */
 static void parse_args(Args *a, int argc, char **argv, int gpu) {
     memset(a, 0, sizeof(*a));
-    a->model = "tiny-gpt2"; a->split = "98,2,0"; a->schedule = "cosine";
-    a->batch_size = 8; a->seq_len = 64; a->grad_accum = 1; a->steps = 100; a->decay_steps = -1;
-    a->lr = 3e-4f; a->min_lr = -1; a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
+    a->model = "tiny-gpt2"; a->split = "98,2,0";
+    a->batch_size = 8; a->seq_len = 64; a->grad_accum = 1; a->steps = 100;
+    a->lr = -1; a->min_lr = -1; a->warmup_steps = -1; a->decay_steps = -1;   /* the schedule: set by resolve_schedule */ a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
     a->clip = 1.0f; a->init_std = 0.02f; a->seed = 1234; a->eval_every = 100; a->eval_steps = 8;
     a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1; a->nproc = 1;
     a->dtype = "bf16"; a->recompute = 1; a->zero = 1; a->logits_mb = 512;
@@ -217,8 +221,6 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     long long tokens = (long long)a->batch_size * a->seq_len * a->grad_accum * a->nproc * a->nnodes;
     if (tokens > INT_MAX)
         die("--batch-size x --seq-len x --grad-accum x processes = %lld tokens per step: more than %d", tokens, INT_MAX);
-    if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
-    if (a->decay_steps < 0) a->decay_steps = a->steps;
     if (a->node_rank >= a->nnodes) die("--node-rank %d: out of range [0, %d] (--nnodes %d)", a->node_rank, a->nnodes - 1, a->nnodes);
 }
 
@@ -390,19 +392,116 @@ static void close_data(Data *d) {
     }
 }
 
-/* The settings a resumed run must share with the run that saved the checkpoint. */
-static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig *cfg, int world) {
+/* The settings a resumed run must share with the run that saved the checkpoint; with schedule, also the LR
+   schedule under "lr_schedule" (recorded in checkpoints; a resume takes it over, see resolve_schedule). */
+static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig *cfg, int world, int schedule) {
     char *mc = model_config_to_json(cfg);
     json_t *mj = json_loads(mc, 0, NULL);
     free(mc);
     json_t *o = json_pack("{s:o,s:s,s:s,s:i,s:i,s:i,s:i,s:I,s:b}", "model", mj, "data", a->data, "split", a->split,
                           "seq_len", a->seq_len, "batch_size", a->batch_size, "grad_accum", a->grad_accum,
                           "world_size", world, "seed", (json_int_t)a->seed, "eod_mask_loss", a->eod_mask_loss);
+    if (schedule)
+        json_object_set_new(o, "lr_schedule", json_pack("{s:s,s:f,s:f,s:i,s:i}", "lr_schedule", a->schedule,
+                            "lr", (double)a->lr, "min_lr", (double)a->min_lr, "warmup_steps", a->warmup_steps,
+                            "decay_steps", a->decay_steps));
     char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     if (strlen(s) >= n) die("run settings too long to record (%zu bytes)", strlen(s));
     snprintf(out, n, "%s", s);
     free(s);
     json_decref(o);
+}
+
+/* The LR schedule: --lr-schedule, --lr, --min-lr, --warmup-steps, --decay-steps. A flag given wins. On a
+   resume (saved: the checkpoint's run_flags), a flag not given takes the checkpoint's value, so the schedule
+   goes on as it was: --steps 10 then --steps 20 --resume decays to min-lr at step 10 (--decay-steps defaulted
+   to that run's --steps) and runs steps 11-20 at min-lr, as --steps 20 --decay-steps 10 straight does. Else
+   the defaults: cosine, lr 3e-4, min-lr lr/10, warmup 0, decay at --steps. A resume says what it uses. */
+static void resolve_schedule(Args *a, const char *saved, long long step, int verbose) {
+    json_t *root = saved ? json_loads(saved, 0, NULL) : NULL;
+    json_t *old = json_object_get(root, "lr_schedule");
+    const char *given[5] = {NULL, NULL, NULL, NULL, NULL};   /* the flags given that change the checkpoint's value */
+    char was[5][64], now[5][64];
+    if (old) {
+        const char *style = json_string_value(json_object_get(old, "lr_schedule"));
+        double lr = json_number_value(json_object_get(old, "lr")), min_lr = json_number_value(json_object_get(old, "min_lr"));
+        int warmup = (int)json_integer_value(json_object_get(old, "warmup_steps"));
+        int decay = (int)json_integer_value(json_object_get(old, "decay_steps"));
+        if (!a->schedule) a->schedule = strdup(style ? style : "cosine");
+        else if (style && strcmp(a->schedule, style)) { given[0] = "--lr-schedule"; snprintf(was[0], 64, "%s", style); snprintf(now[0], 64, "%s", a->schedule); }
+        if (a->lr < 0) a->lr = (float)lr;
+        else if (a->lr != (float)lr) { given[1] = "--lr"; snprintf(was[1], 64, "%g", lr); snprintf(now[1], 64, "%g", a->lr); }
+        if (a->min_lr < 0) a->min_lr = (float)min_lr;
+        else if (a->min_lr != (float)min_lr) { given[2] = "--min-lr"; snprintf(was[2], 64, "%g", min_lr); snprintf(now[2], 64, "%g", a->min_lr); }
+        if (a->warmup_steps < 0) a->warmup_steps = warmup;
+        else if (a->warmup_steps != warmup) { given[3] = "--warmup-steps"; snprintf(was[3], 64, "%d", warmup); snprintf(now[3], 64, "%d", a->warmup_steps); }
+        if (a->decay_steps < 0) a->decay_steps = decay;
+        else if (a->decay_steps != decay) { given[4] = "--decay-steps"; snprintf(was[4], 64, "%d", decay); snprintf(now[4], 64, "%d", a->decay_steps); }
+    }
+    json_decref(root);
+    if (!a->schedule) a->schedule = "cosine";
+    if (a->lr < 0) a->lr = 3e-4f;
+    if (a->min_lr < 0) a->min_lr = a->lr / 10.0f;
+    if (a->warmup_steps < 0) a->warmup_steps = 0;
+    if (a->decay_steps < 0) a->decay_steps = a->steps;
+    if (!saved || !verbose) return;
+    printf("LR schedule %s: %s, warmup %d steps, lr %g decaying to min-lr %g at step %d\n",
+           old ? "of the checkpoint but for the flags given" : "of the flags (the checkpoint records none)", a->schedule,
+           a->warmup_steps, a->lr, a->min_lr, a->decay_steps);
+    for (int i = 0; i < 5; i++)
+        if (given[i]) printf("%s %s replaces the checkpoint's %s: the learning rate follows the new schedule from step %lld\n",
+                             given[i], now[i], was[i], step + 1);
+    if (strcmp(a->schedule, "constant") && a->decay_steps < a->steps)
+        printf("steps %lld-%d run at min-lr %g (give --decay-steps N to decay to step N instead)\n",
+               (a->decay_steps > step ? a->decay_steps : step) + 1, a->steps, a->min_lr);
+    fflush(stdout);
+}
+
+/* The run that writes OUT holds OUT/.lock (flock) until it exits: a second run into the same folder stops
+   with an error instead of mixing its checkpoints and log with the first one's. The file holds the pid. */
+static void lock_run_folder(const char *out) {
+    char path[1200], pid[32] = "";
+    if (mkdir(out, 0755) != 0 && errno != EEXIST) die("%s: cannot create: %s", out, strerror(errno));
+    snprintf(path, sizeof(path), "%s/.lock", out);
+    int fd = open(path, O_RDWR | O_CREAT, 0644);   /* stays open: the lock lasts until the process exits */
+    if (fd < 0) die("%s: cannot open: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK) return;   /* a file system without locks */
+        ssize_t n = read(fd, pid, sizeof(pid) - 1);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        die("--out %s: another run (pid %s) is writing this folder; wait for it to end or choose another --out",
+            out, pid[0] ? pid : "?");
+    }
+    snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, strlen(pid), 0) < 0) die("%s: cannot write: %s", path, strerror(errno));
+}
+
+/* OUT/log.jsonl on a resume from `step`: the records of later steps (written before the run stopped without
+   saving them; this run writes them again) and a torn last line are dropped. Temp file, fsync, rename. */
+static void trim_run_log(const char *out, long long step) {
+    char path[1200], tmp[1300];
+    snprintf(path, sizeof(path), "%s/log.jsonl", out);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *in = fopen(path, "r");
+    if (!in) return;
+    FILE *o = fopen(tmp, "w");
+    if (!o) die("%s: cannot write: %s", tmp, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    long dropped = 0;
+    while ((len = getline(&line, &cap, in)) > 0) {
+        long long s;
+        if (line[len - 1] == '\n' && sscanf(line, "{\"step\":%lld", &s) == 1 && s <= step) fputs(line, o);
+        else dropped++;
+    }
+    free(line);
+    fclose(in);
+    if (fflush(o) != 0 || fsync(fileno(o)) != 0 || fclose(o) != 0 || rename(tmp, path) != 0)
+        die("%s: cannot rewrite: %s", path, strerror(errno));
+    fsync_dir(out);
+    if (dropped) printf("%s: dropped %ld record(s) after step %lld\n", path, dropped, step);
 }
 
 /* The model config (choose_config), the datasets (open_data) and the fp32 model, its weights not set yet. */
@@ -414,16 +513,23 @@ static void open_run(const Args *a, ModelConfig *cfg, Data *data, Model *m) {
 
 /* The rank's loader (rows rank, rank + world, ... of each batch; the EOD mask) and the starting weights: with
    --resume and a checkpoint in --out, the checkpoint (weights, AdamW moments, step, data position; its run
-   settings must match these); else --init-from's HF weights; else a fresh init. ts->run_flags gets this run's
-   settings. Returns 1 when resumed. */
-static int start_weights(Model *m, TrainState *ts, DataLoader *dl, Data *data, const Args *a, const ModelConfig *cfg,
+   settings must match these; its LR schedule goes on, resolve_schedule); else --init-from's HF weights; else a
+   fresh init. Rank 0 first takes --out (lock_run_folder, checkpoint_clean) and, resumed, trims its log.
+   ts->run_flags gets this run's settings. Returns 1 when resumed. */
+static int start_weights(Model *m, TrainState *ts, DataLoader *dl, Data *data, Args *a, const ModelConfig *cfg,
                          int rank, int world) {
     int main_rank = rank == 0;
     dataloader_init(dl, &data->train_blend, a->batch_size, rank, world);
     dl->eod = a->eod_mask_loss ? cfg->eos_token_id : -1;
     char err[1024], run_flags[sizeof(ts->run_flags)], ckpt[1300];
     memset(ts, 0, sizeof(*ts));
-    make_run_flags(run_flags, sizeof(run_flags), a, cfg, world);
+    if (main_rank && a->out) {
+        lock_run_folder(a->out);
+        int n = checkpoint_clean(a->out, err, sizeof(err));
+        if (n < 0) die("%s", err);
+        if (n > 0) printf("%s: deleted %d folder(s) of interrupted saves\n", a->out, n);
+    }
+    make_run_flags(run_flags, sizeof(run_flags), a, cfg, world, 0);
     int resumed = 0;
     if (a->resume && checkpoint_latest(a->out, ckpt, sizeof(ckpt)) == 0) {
         if (checkpoint_load(ckpt, m, ts, err, sizeof(err)) != 0) die("resume: %s", err);
@@ -431,13 +537,16 @@ static int start_weights(Model *m, TrainState *ts, DataLoader *dl, Data *data, c
         dl->cursor = ts->data_cursor;
         resumed = 1;
         if (main_rank) printf("resumed from %s at step %lld\n", ckpt, (long long)ts->step);
+        resolve_schedule(a, ts->run_flags, (long long)ts->step, main_rank);
+        if (main_rank) trim_run_log(a->out, (long long)ts->step);
     } else if (a->init_from) {
         if (model_load_hf_dir(m, a->init_from, err, sizeof(err)) != 0) die("%s", err);
     } else {
         if (a->resume && main_rank) printf("no checkpoint in %s: starting fresh\n", a->out);
         model_init_weights(m, a->seed, a->init_std);
     }
-    snprintf(ts->run_flags, sizeof(ts->run_flags), "%s", run_flags);
+    if (!resumed) resolve_schedule(a, NULL, 0, 0);
+    make_run_flags(ts->run_flags, sizeof(ts->run_flags), a, cfg, world, 1);
     return resumed;
 }
 

@@ -32,6 +32,7 @@ extern "C" {
 #include <nccl.h>
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <math.h>
 #include <netdb.h>
@@ -70,6 +71,25 @@ typedef __nv_bfloat16 bf16;
 #define KERNEL_CHECK() CUDA_CHECK(cudaGetLastError())
 
 static inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+/* The GPUs of this machine. A machine without one (no NVIDIA driver library at all, which the runtime reports
+   as an insufficient driver, or a driver that sees no device) has 0; any other failure, such as a driver older
+   than the CUDA runtime this program was built with, stops with the runtime's message. */
+static int gpu_count(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e == cudaSuccess) return n;
+    if (e == cudaErrorNoDevice) return 0;
+    if (e == cudaErrorInsufficientDriver) {
+        void *lib = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+        if (!lib) return 0;
+        dlclose(lib);
+        die("CUDA initialisation failed: %s: the NVIDIA driver is older than the CUDA runtime this program was "
+            "built with (update the driver)", cudaGetErrorString(e));
+    }
+    die("CUDA initialisation failed: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    return 0;
+}
 
 /* ------------------------------------------------------------------------------------------------ */
 /* numerics helpers */
@@ -2414,8 +2434,8 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     d->world = w ? atoi(w) : 1;
     d->local_rank = lr ? atoi(lr) : 0;
     if (d->world < 1 || d->rank < 0 || d->rank >= d->world) die("bad RANK %d / WORLD_SIZE %d", d->rank, d->world);
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) die("no CUDA device found");
+    int ndev = gpu_count();
+    if (ndev == 0) die("no CUDA device found");
     if (d->local_rank >= ndev) die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
     CUDA_CHECK(cudaSetDevice(d->local_rank));
     if (d->world == 1) {
@@ -2700,10 +2720,25 @@ static int run(Args &a, Dist &d) {
     return 0;
 }
 
+/* Config features the CUDA kernels do not implement, refused by their config key before any rank starts
+   (./train runs them on the CPU). A sliding window at least --seq-len long is full attention. */
+static void refuse_gpu_config(const Args *a) {
+    ModelConfig c;
+    choose_config(&c, a);
+    const char *key = NULL;
+    if (c.o_bias && c.family != FAMILY_GPT2) key = "attention_bias (the o_proj bias)";
+    else if (c.attn_unscaled) key = "scale_attn_weights false";
+    else if (c.attn_by_layer) key = "scale_attn_by_inverse_layer_idx";
+    for (int l = 0; l < c.n_layer && !key; l++)
+        if (attention_window(&c, l) > 0 && attention_window(&c, l) < a->seq_len) key = "use_sliding_window (sliding_window below --seq-len)";
+    if (key) die("config key %s is not implemented on the GPU; train this model with ./train", key);
+}
+
 int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
+    refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,
                          a.nccl_one || a.zero == 2};

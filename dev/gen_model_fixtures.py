@@ -12,6 +12,7 @@ Usage:  python3 dev/gen_model_fixtures.py [--out tests/fixtures/models]
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -107,12 +108,99 @@ def make_qwen3():
     return Qwen3ForCausalLM(cfg)
 
 
+def make_gpt2_small(**extra):
+    cfg = GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=16, n_head=2,
+        activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=63, eos_token_id=63, attn_implementation="eager",
+        **extra,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def make_gpt2_layer_scaled():
+    # layer l's attention scores divided by l + 1; the reordered fp32 score
+    # path (the same math in fp32)
+    return make_gpt2_small(n_layer=3, scale_attn_by_inverse_layer_idx=True,
+                           reorder_and_upcast_attn=True)
+
+
+def make_gpt2_unscaled():
+    # scores not divided by sqrt(head_dim)
+    return make_gpt2_small(n_layer=2, scale_attn_weights=False)
+
+
+# the shared sizes of the small LLaMA / Qwen feature cases
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48,
+             num_attention_heads=4, num_key_value_heads=2,
+             tie_word_embeddings=True, max_position_embeddings=64,
+             attention_dropout=0.0, attn_implementation="eager")
+
+
+def make_llama_bias():
+    # attention_bias: biases on q, k, v and o_proj
+    return LlamaForCausalLM(LlamaConfig(
+        **SMALL, num_hidden_layers=2, head_dim=8, rms_norm_eps=1e-5,
+        rope_theta=10000.0, attention_bias=True))
+
+
+def make_qwen2_window():
+    # sliding window of 5 < T on layers >= max_window_layers = 1 (of 3)
+    return Qwen2ForCausalLM(Qwen2Config(
+        **SMALL, num_hidden_layers=3, rope_theta=10000.0, rms_norm_eps=1e-6,
+        use_sliding_window=True, sliding_window=5, max_window_layers=1,
+        bos_token_id=1, eos_token_id=2))
+
+
+def make_qwen3_bias_window():
+    # attention_bias (q, k, v, o_proj biases) and a sliding window of 4 on
+    # layer 1 of 2
+    return Qwen3ForCausalLM(Qwen3Config(
+        **SMALL, num_hidden_layers=2, head_dim=8, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, attention_bias=True, use_sliding_window=True,
+        sliding_window=4, max_window_layers=1, bos_token_id=1, eos_token_id=2))
+
+
 CASES = [
     ("gpt2", make_gpt2),
     ("llama", make_llama),
     ("qwen2", make_qwen2),
     ("qwen3", make_qwen3),
+    ("gpt2_layer_scaled", make_gpt2_layer_scaled),
+    ("gpt2_unscaled", make_gpt2_unscaled),
+    ("llama_bias", make_llama_bias),
+    ("qwen2_window", make_qwen2_window),
+    ("qwen3_bias_window", make_qwen3_bias_window),
 ]
+
+CONFIG_CLASSES = [
+    ("gpt2", GPT2Config),
+    ("llama", LlamaConfig),
+    ("qwen2", Qwen2Config),
+    ("qwen3", Qwen3Config),
+]
+
+
+def write_config_keys(path):
+    """Every key transformers knows for each family's config class: its
+    fields and the keys of its to_dict(), the attribute_map aliases, and the
+    generation settings that PreTrainedConfig moves out of a config. The C
+    config reader must classify each one."""
+    gen = sorted(transformers.GenerationConfig
+                 ._get_default_generation_params().keys())
+    out = {}
+    for name, cls in CONFIG_CLASSES:
+        keys = {f.name for f in dataclasses.fields(cls)}
+        keys |= set(cls().to_dict().keys())
+        keys |= set(getattr(cls, "attribute_map", {}).keys())
+        keys |= set(gen)
+        out[name] = sorted(keys)
+    out["transformers_version"] = transformers.__version__
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"wrote {path}")
 
 
 def is_norm_weight(name):
@@ -339,6 +427,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
         "models"))
+    ap.add_argument("--cases", default=None,
+                    help="comma-separated case names (default: all)")
     args = ap.parse_args()
     out = os.path.normpath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -351,14 +441,19 @@ def main():
         "numpy_version": np.__version__,
     }
     print("versions:", versions)
+    wanted = args.cases.split(",") if args.cases else [n for n, _ in CASES]
+    unknown = set(wanted) - {n for n, _ in CASES}
+    assert not unknown, f"unknown cases {sorted(unknown)}"
     for name, make in CASES:
-        gen_case(name, make, out, versions)
+        if name in wanted:
+            gen_case(name, make, out, versions)
+    write_config_keys(os.path.join(out, "hf_config_keys.json"))
     total = 0
     for root, _, files in os.walk(out):
         for f in files:
             total += os.path.getsize(os.path.join(root, f))
     print(f"total fixture size under {out}: {total} bytes ({total / 1024:.1f} KiB)")
-    assert total < 2 * 1024 * 1024
+    assert total < 3 * 1024 * 1024
 
 
 if __name__ == "__main__":

@@ -410,8 +410,11 @@ template <typename T> static void test_adamw(void) {
     check("adamw_update master", from_dev(dp, n), rp, 1e-7f, 1e-6f);
     check("adamw_update m", from_dev(dm, n), rm, 1e-9f, 1e-6f);
     check("adamw_update v", from_dev(dv, n), rv, 1e-9f, 1e-6f);
-    /* the T copy: fp32 equal; bf16 one of the two neighbours of the master */
-    check("adamw_update weights (stochastic rounding)", from_dev(dparams, n), rp, 0.0f, sizeof(T) == 4 ? 1e-6f : 1.0f / 128);
+    /* the T copy: fp32 the master; bf16 one of the two neighbours of the master. The device may contract
+       b1 m + (1 - b1) g (and the v update) into one FMA where the host rounds twice: m and v then differ in
+       their last bit, which moves an update of size ~lr = 1e-3 by ~1e-3 * 1e-6, hence atol 1e-8 for fp32 */
+    check("adamw_update weights (stochastic rounding)", from_dev(dparams, n), rp, sizeof(T) == 4 ? 1e-8f : 0.0f,
+          sizeof(T) == 4 ? 1e-6f : 1.0f / 128);
 }
 
 /* the device's stochastic rounding (sr_convert_kernel, as a resume uses it; AdamW shares the function): the mean
@@ -477,9 +480,9 @@ template <typename T> static void test_attention(int B, int Tn, int NH, int NKV,
         rope_forward(kr.data(), k.data(), cs.data(), sn.data(), B, Tn, NKV, HD);
     }
     std::vector<float> out((size_t)N * QD), att((size_t)B * NH * Tn * Tn);
-    attention_forward(out.data(), att.data(), qr.data(), kr.data(), v.data(), B, Tn, NH, NKV, HD);
+    attention_forward(out.data(), att.data(), qr.data(), kr.data(), v.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
     std::vector<float> dqr(q.size(), 0.0f), dkr(k.size(), 0.0f), dv(v.size(), 0.0f);
-    attention_backward(dqr.data(), dkr.data(), dv.data(), dy.data(), qr.data(), kr.data(), v.data(), att.data(), B, Tn, NH, NKV, HD);
+    attention_backward(dqr.data(), dkr.data(), dv.data(), dy.data(), qr.data(), kr.data(), v.data(), att.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
     std::vector<float> dq = dqr, dk = dkr;
     if (rope) {
         std::fill(dq.begin(), dq.end(), 0.0f); std::fill(dk.begin(), dk.end(), 0.0f);
@@ -604,7 +607,8 @@ template <typename T> static void test_training(int family) {
     GOptions o = {1, 0, 0, 0};
     GModel<T> g;
     cudaStream_t st = start_gmodel(g, &gh, B, Tn, o, d);
-    AdamWConfig opt = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    /* lr 1e-3: at 3e-3 the CPU reference itself spikes in most seeds, and bf16 then drifts far from it */
+    AdamWConfig opt = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
     double worst = 0.0;
     float first = 0, lastc = 0, lastg = 0;
     for (int step = 1; step <= steps; step++) {
@@ -881,8 +885,7 @@ int main(int argc, char **argv) {
     test_host_bootstrap();
     test_host_stochastic_rounding();
     test_host_bf16();
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    if (gpu_count() == 0) {   /* only a machine without a GPU skips; any other CUDA failure stops the test */
         printf("no GPU: the device tests skipped\n");
         printf("%d passed, %d failed\n", g_pass, g_fail);
         return g_fail ? 1 : 0;

@@ -451,11 +451,15 @@ static void test_rope(const char *pre, const ModelConfig *cfg) {
 /* ------------------------------------------------------------------------------------------------ */
 /* attention */
 
-typedef struct { int B, T, NH, NKV, HD; double *q, *k, *v, *dout, *out, *att; } AttCtx;
+typedef struct { int B, T, NH, NKV, HD; double scale; int window; double *q, *k, *v, *dout, *out, *att; } AttCtx;
+
+/* whether position t sees position s: causal, and with a window W > 0 only the W latest (t - s < W), as
+   transformers' sliding_window_overlay (kv_idx > q_idx - sliding_window) */
+static int att_sees(int t, int s, int window) { return s <= t && (window <= 0 || t - s < window); }
 
 static void att_fwd_d(AttCtx *c) {
     int B = c->B, T = c->T, NH = c->NH, NKV = c->NKV, HD = c->HD, G = NH / NKV;
-    double scale = 1.0 / sqrt((double)HD);
+    double scale = c->scale;
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             int kh = h / G;                               /* HF repeat_kv: query heads [kh*G, kh*G+G) share kv head kh */
@@ -464,7 +468,7 @@ static void att_fwd_d(AttCtx *c) {
                 double *a = c->att + (((size_t)b * NH + h) * T + t) * T;
                 double mx = -INFINITY;
                 for (int s = 0; s < T; s++) {
-                    if (s > t) { a[s] = 0.0; continue; }
+                    if (!att_sees(t, s, c->window)) { a[s] = 0.0; continue; }
                     const double *ks = c->k + (((size_t)b * T + s) * NKV + kh) * HD;
                     double d = 0.0;
                     for (int i = 0; i < HD; i++) d += qt[i] * ks[i];
@@ -472,7 +476,7 @@ static void att_fwd_d(AttCtx *c) {
                     if (a[s] > mx) mx = a[s];
                 }
                 double sum = 0.0;
-                for (int s = 0; s <= t; s++) { a[s] = exp(a[s] - mx); sum += a[s]; }
+                for (int s = 0; s <= t; s++) if (att_sees(t, s, c->window)) { a[s] = exp(a[s] - mx); sum += a[s]; }
                 for (int s = 0; s <= t; s++) a[s] /= sum;
                 double *o = c->out + (((size_t)b * T + t) * NH + h) * HD;
                 for (int i = 0; i < HD; i++) {
@@ -485,29 +489,31 @@ static void att_fwd_d(AttCtx *c) {
 }
 static double att_loss(void *p) { AttCtx *c = (AttCtx *)p; att_fwd_d(c); return ddot(c->out, c->dout, (size_t)c->B * c->T * c->NH * c->HD); }
 
-static void test_attention(int B, int T, int NH, int NKV, int HD) {
-    char pre[64];
-    snprintf(pre, sizeof(pre), "attention(B=%d,T=%d,NH=%d,NKV=%d,HD=%d)", B, T, NH, NKV, HD);
+/* scale 0: the usual 1/sqrt(HD); window 0: full causal attention */
+static void test_attention(int B, int T, int NH, int NKV, int HD, float scale, int window) {
+    char pre[96];
+    if (scale == 0.0f) scale = 1.0f / sqrtf((float)HD);
+    snprintf(pre, sizeof(pre), "attention(B=%d,T=%d,NH=%d,NKV=%d,HD=%d,scale=%.3g,W=%d)", B, T, NH, NKV, HD, scale, window);
     size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
     float *q = frand_gauss(nq, 0, 1), *k = frand_gauss(nkv, 0, 1), *v = frand_gauss(nkv, 0, 1);
     float *dout = frand_gauss(nq, 0, 1), *out = fnew(nq), *att = fnew(na);
     for (size_t i = 0; i < na; i++) att[i] = NAN;       /* the forward must write every entry, masked ones too */
-    attention_forward(out, att, q, k, v, B, T, NH, NKV, HD);
+    attention_forward(out, att, q, k, v, B, T, NH, NKV, HD, scale, window);
 
-    AttCtx c = { B, T, NH, NKV, HD, to_double(q, nq), to_double(k, nkv), to_double(v, nkv), to_double(dout, nq), dnew(nq), dnew(na) };
+    AttCtx c = { B, T, NH, NKV, HD, scale, window, to_double(q, nq), to_double(k, nkv), to_double(v, nkv), to_double(dout, nq), dnew(nq), dnew(na) };
     att_fwd_d(&c);
     check(nm(pre, "fwd out"), out, c.out, nq, TOL_FWD);
     check(nm(pre, "fwd att"), att, c.att, na, TOL_FWD);
 
     float *dq = fnew(nq), *dk = fnew(nkv), *dv = fnew(nkv);
-    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD);
+    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD, scale, window);
     double *gq = fd_grad(att_loss, &c, c.q, nq), *gk = fd_grad(att_loss, &c, c.k, nkv), *gv = fd_grad(att_loss, &c, c.v, nkv);
     check(nm(pre, "dq"), dq, gq, nq, TOL_GRAD);
     check(nm(pre, "dk"), dk, gk, nkv, TOL_GRAD);
     check(nm(pre, "dv"), dv, gv, nkv, TOL_GRAD);
 
     float *g1q = fcopy(dq, nq), *g1k = fcopy(dk, nkv), *g1v = fcopy(dv, nkv);
-    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD);
+    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD, scale, window);
     check_twice(nm(pre, "accumulate dq"), dq, g1q, nq, TOL_TWICE);
     check_twice(nm(pre, "accumulate dk"), dk, g1k, nkv, TOL_TWICE);
     check_twice(nm(pre, "accumulate dv"), dv, g1v, nkv, TOL_TWICE);
@@ -763,12 +769,12 @@ static void test_determinism(void) {
         size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
         float *q = frand_gauss(nq, 0, 1), *k = frand_gauss(nkv, 0, 1), *v = frand_gauss(nkv, 0, 1), *dout = frand_gauss(nq, 0, 1);
         float *out = fnew(nq), *att = fnew(na);
-        attention_forward(out, att, q, k, v, B, T, NH, NKV, HD);
+        attention_forward(out, att, q, k, v, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
         float *r[NTHREADS_TRIED][3];
         for (int i = 0; i < NTHREADS_TRIED; i++) {
             omp_set_num_threads(THREADS[i]);
             r[i][0] = fnew(nq); r[i][1] = fnew(nkv); r[i][2] = fnew(nkv);
-            attention_backward(r[i][0], r[i][1], r[i][2], dout, q, k, v, att, B, T, NH, NKV, HD);
+            attention_backward(r[i][0], r[i][1], r[i][2], dout, q, k, v, att, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
         }
         for (int i = 1; i < NTHREADS_TRIED; i++) {
             char s[96];
@@ -803,9 +809,13 @@ int main(void) {
         test_rope("rope(llama3 HD16)", &l3);
         test_rope("rope(plain HD16)", &plain);
     }
-    test_attention(2, 7, 3, 3, 8);   /* MHA */
-    test_attention(2, 9, 4, 2, 8);   /* GQA */
-    test_attention(1, 5, 4, 1, 8);   /* one kv head */
+    test_attention(2, 7, 3, 3, 8, 0.0f, 0);   /* MHA */
+    test_attention(2, 9, 4, 2, 8, 0.0f, 0);   /* GQA */
+    test_attention(1, 5, 4, 1, 8, 0.0f, 0);   /* one kv head */
+    test_attention(2, 9, 4, 2, 8, 0.0f, 3);   /* GQA, sliding window of 3 */
+    test_attention(1, 6, 2, 2, 8, 0.0f, 1);   /* window of 1: each position sees only itself */
+    test_attention(2, 7, 3, 3, 8, 0.25f, 0);  /* GPT-2 scale_attn_by_inverse_layer_idx: 1/(sqrt(HD) (l + 1)) */
+    test_attention(1, 7, 3, 3, 8, 1.0f, 4);   /* unscaled (scale_attn_weights false), window 4 */
     test_gelu();
     test_swiglu();
     test_residual();

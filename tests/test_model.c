@@ -133,6 +133,167 @@ static void run_case(const char *name, int expect_family) {
     model_free(&m);
 }
 
+/* The fixture exercises a config feature: with the feature switched off after loading (as a reader that
+   ignored its key would compute), the logits move far past the 1e-5 tolerance of run_case. */
+static void off_o_bias(Model *m) { memset(m->params.bo, 0, m->param_sizes[P_BO] * sizeof(float)); }
+static void off_window(Model *m) { m->cfg.sliding_window = 0; }
+static void off_layer_scale(Model *m) { m->cfg.attn_by_layer = 0; }
+static void off_unscaled(Model *m) { m->cfg.attn_unscaled = 0; }
+
+static void check_feature_needed(const char *name, const char *feature, void (*off)(Model *m)) {
+    char dir[256], path[320], err[512];
+    snprintf(dir, sizeof(dir), "tests/fixtures/models/%s", name);
+    ModelConfig cfg;
+    Model m;
+    SafeTensors ref;
+    snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
+    if (model_config_from_json(&cfg, dir, err, sizeof(err)) != 0 || model_build(&m, &cfg) != 0 ||
+        model_load_hf_dir(&m, dir, err, sizeof(err)) != 0 || safetensors_open(&ref, path, err, sizeof(err)) != 0) {
+        printf("  %s\n", err); failures++; return;
+    }
+    size_t n;
+    const SafeTensor *ids_t = safetensors_find(&ref, "input_ids");
+    int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
+    float *f_in = read_tensor(&ref, "input_ids", &n), *hf = NULL;
+    int *inputs = (int *)malloc(n * sizeof(int));
+    for (size_t i = 0; i < n; i++) inputs[i] = (int)f_in[i];
+    off(&m);
+    model_forward(&m, inputs, NULL, B, T);
+    hf = read_tensor(&ref, "logits", &n);
+    double e = rel_err(m.acts.logits, hf, n);
+    int ok = e > 1e-3;
+    printf("  %s without %s: logits rel err %.2e (must exceed 1e-3) %s\n", name, feature, e, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    free(f_in); free(inputs); free(hf);
+    safetensors_close(&ref);
+    model_free(&m);
+}
+
+/* Every key that transformers' GPT2Config, LlamaConfig, Qwen2Config and Qwen3Config know (listed by
+   dev/gen_model_fixtures.py from the installed transformers) is classified by the config reader, and every
+   classified key is explained in docs/hf_config_keys.md. */
+static void check_key_table(void) {
+    json_error_t je;
+    json_t *root = json_load_file("tests/fixtures/models/hf_config_keys.json", 0, &je);
+    if (!root) { printf("hf_config_keys.json: %s\n", je.text); failures++; return; }
+    const char *fams[4] = {"gpt2", "llama", "qwen2", "qwen3"};
+    int nk = (int)(sizeof(config_keys) / sizeof(config_keys[0])), checked = 0, missing = 0;
+    for (int f = 0; f < 4; f++) {
+        json_t *arr = json_object_get(root, fams[f]);
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            const char *key = json_string_value(json_array_get(arr, i));
+            int found = 0;
+            for (int k = 0; k < nk && !found; k++) found = (config_keys[k].families & (1 << f)) && !strcmp(config_keys[k].key, key);
+            if (!found) { printf("  %s key \"%s\" is not classified\n", fams[f], key); missing++; }
+            checked++;
+        }
+    }
+    json_decref(root);
+    size_t len;
+    char merr[256];
+    unsigned char *doc = map_file("docs/hf_config_keys.md", &len, merr, sizeof(merr));
+    char *text = doc ? (char *)calloc(len + 1, 1) : NULL;
+    if (text) memcpy(text, doc, len);
+    for (int k = 0; k < nk; k++) {
+        char quoted[96];
+        snprintf(quoted, sizeof(quoted), "`%s`", config_keys[k].key);
+        if (!text || !strstr(text, quoted)) { printf("  docs/hf_config_keys.md does not explain %s\n", quoted); missing++; }
+    }
+    free(text);
+    unmap_file(doc, len);
+    printf("config keys: %d transformers keys of 4 families classified, %d table keys documented: %s\n", checked, nk,
+           missing ? "FAIL" : "ok");
+    if (missing) failures++;
+}
+
+/* Configs whose meaning this code does not implement are refused, naming the key (and the file). */
+static void check_config_refusals(void) {
+    const char *cases[][2] = {
+        {"refuse_rope_linear", "\"linear\""}, {"refuse_rope_dynamic", "\"dynamic\""}, {"refuse_rope_yarn", "\"yarn\""},
+        {"refuse_rope_extra_key", "\"factor\""}, {"refuse_llama3_missing", "\"low_freq_factor\""},
+        {"refuse_partial_rotary", "\"partial_rotary_factor\""}, {"refuse_mlp_bias", "\"mlp_bias\""},
+        {"refuse_hidden_act", "hidden_act"}, {"refuse_activation_function", "activation_function"},
+        {"refuse_cross_attention", "\"add_cross_attention\""}, {"refuse_pruned_heads", "\"pruned_heads\""},
+        {"refuse_unknown_key", "\"sliding_window\" is not a llama config key"},
+        {"refuse_quantization", "\"quantization_config\""}, {"refuse_bias_type", "\"attention_bias\" must be true or false"},
+        {"refuse_gpt2_alias_both", "\"hidden_size\""}, {"refuse_layer_types_order", "layer_types[1]"},
+        {"refuse_layer_types_no_window", "sliding_window"}, {"refuse_sliding_window_zero", "\"sliding_window\" must be at least 1"},
+        {"refuse_scale_attn_type", "\"scale_attn_by_inverse_layer_idx\" must be true or false"},
+    };
+    int n = (int)(sizeof(cases) / sizeof(cases[0]));
+    printf("config refusals\n");
+    for (int i = 0; i < n; i++) {
+        char path[256], err[512] = "";
+        snprintf(path, sizeof(path), "tests/fixtures/configs/%s.json", cases[i][0]);
+        ModelConfig cfg;
+        int rc = model_config_from_json(&cfg, path, err, sizeof(err));
+        int ok = rc != 0 && strstr(err, path) && strstr(err, cases[i][1]) && !strchr(err, '\n');
+        printf("  %-30s %s -> %s\n", cases[i][0], ok ? "ok  " : "FAIL", err);
+        if (!ok) failures++;
+    }
+}
+
+/* Writes JSON to tests/tmp/<name>.json and reads it as a config; 0 on success. */
+static int config_from_json_value(json_t *o, const char *name, ModelConfig *cfg, char *err, size_t errlen) {
+    char path[256];
+    mkdir("tests/tmp", 0755);
+    snprintf(path, sizeof(path), "tests/tmp/%s.json", name);
+    json_dump_file(o, path, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    int rc = model_config_from_json(cfg, path, err, errlen);
+    unlink(path);
+    return rc;
+}
+
+/* Equivalent spellings give the same config, and saved configs say what the model computes: each fixture's
+   config written by model_config_to_json reads back to the same ModelConfig. */
+static void check_config_spellings(void) {
+    char err[512];
+    printf("config spellings and saved configs\n");
+    const char *names[] = {"gpt2", "llama", "qwen2", "qwen3", "gpt2_layer_scaled", "gpt2_unscaled", "llama_bias",
+                           "qwen2_window", "qwen3_bias_window"};
+    for (int i = 0; i < 9; i++) {
+        char dir[256];
+        snprintf(dir, sizeof(dir), "tests/fixtures/models/%s", names[i]);
+        ModelConfig a, b;
+        if (model_config_from_json(&a, dir, err, sizeof(err)) != 0) { printf("  %s\n", err); failures++; continue; }
+        char *s = model_config_to_json(&a);
+        json_t *o = json_loads(s, 0, NULL);
+        int ok = o && config_from_json_value(o, "saved", &b, err, sizeof(err)) == 0 && !memcmp(&a, &b, sizeof(a));
+        printf("  %-40s %s %s\n", names[i], ok ? "ok" : "FAIL", ok ? "" : err);
+        if (!ok) failures++;
+        json_decref(o); free(s);
+    }
+    /* Qwen: without layer_types, the layers >= max_window_layers slide, as transformers derives them */
+    ModelConfig a, b;
+    json_error_t je;
+    json_t *o = json_load_file("tests/fixtures/models/qwen2_window/config.json", 0, &je);
+    model_config_from_json(&a, "tests/fixtures/models/qwen2_window", err, sizeof(err));
+    json_object_del(o, "layer_types");
+    int ok = config_from_json_value(o, "no_layer_types", &b, err, sizeof(err)) == 0 && !memcmp(&a, &b, sizeof(a)) &&
+             attention_window(&b, 0) == 0 && attention_window(&b, 1) == 5 && attention_window(&b, 2) == 5;
+    printf("  %-40s %s %s\n", "qwen2_window without layer_types", ok ? "ok" : "FAIL", ok ? "" : err);
+    if (!ok) failures++;
+    /* ... and with use_sliding_window false the window is not used, whatever sliding_window says */
+    json_object_set_new(o, "use_sliding_window", json_false());
+    ok = config_from_json_value(o, "window_off", &b, err, sizeof(err)) == 0 && attention_window(&b, 2) == 0;
+    printf("  %-40s %s %s\n", "qwen2_window with use_sliding_window false", ok ? "ok" : "FAIL", ok ? "" : err);
+    if (!ok) failures++;
+    json_decref(o);
+    /* GPT-2: the LLaMA size names are aliases (transformers' attribute_map) */
+    o = json_load_file("tests/fixtures/models/gpt2/config.json", 0, &je);
+    model_config_from_json(&a, "tests/fixtures/models/gpt2", err, sizeof(err));
+    const char *pairs[4][2] = {{"n_embd", "hidden_size"}, {"n_positions", "max_position_embeddings"},
+                               {"n_head", "num_attention_heads"}, {"n_layer", "num_hidden_layers"}};
+    for (int i = 0; i < 4; i++) {
+        json_object_set(o, pairs[i][1], json_object_get(o, pairs[i][0]));
+        json_object_del(o, pairs[i][0]);
+    }
+    ok = config_from_json_value(o, "gpt2_aliases", &b, err, sizeof(err)) == 0 && !memcmp(&a, &b, sizeof(a));
+    printf("  %-40s %s %s\n", "gpt2 with hidden_size etc.", ok ? "ok" : "FAIL", ok ? "" : err);
+    if (!ok) failures++;
+    json_decref(o);
+}
+
 /* Saving and reloading gives the same weights, under the same names HF uses. */
 static void check_roundtrip(void) {
     char err[512];
@@ -296,6 +457,21 @@ int main(void) {
     run_case("llama", FAMILY_LLAMA);
     run_case("qwen2", FAMILY_QWEN2);
     run_case("qwen3", FAMILY_QWEN3);
+    run_case("gpt2_layer_scaled", FAMILY_GPT2);
+    run_case("gpt2_unscaled", FAMILY_GPT2);
+    run_case("llama_bias", FAMILY_LLAMA);
+    run_case("qwen2_window", FAMILY_QWEN2);
+    run_case("qwen3_bias_window", FAMILY_QWEN3);
+    printf("the new fixtures need their features\n");
+    check_feature_needed("gpt2_layer_scaled", "scale_attn_by_inverse_layer_idx", off_layer_scale);
+    check_feature_needed("gpt2_unscaled", "scale_attn_weights false", off_unscaled);
+    check_feature_needed("llama_bias", "the o_proj bias", off_o_bias);
+    check_feature_needed("qwen2_window", "the sliding window", off_window);
+    check_feature_needed("qwen3_bias_window", "the o_proj bias", off_o_bias);
+    check_feature_needed("qwen3_bias_window", "the sliding window", off_window);
+    check_key_table();
+    check_config_refusals();
+    check_config_spellings();
     check_roundtrip();
     check_bf16_load();
     check_interop("gpt2");

@@ -136,6 +136,12 @@ if [ -x ./train_gpu ]; then
     expect_error "train_gpu --lr nan" "train_gpu: --lr nan: out of range [0, inf)" ./train_gpu --data "$data" --lr nan
     expect_error "train_gpu --sample-len -1" "train_gpu: --sample-len -1: out of range [1, 2147483646]" ./train_gpu --data "$data" --sample-len -1
     expect_error "train_gpu --nproc-per-node 0" "train_gpu: --nproc-per-node 0: out of range [1, 1024]" ./train_gpu --data "$data" --nproc-per-node 0
+    # config features its kernels do not implement are refused by key before any rank starts
+    m=tests/fixtures/models
+    expect_error "train_gpu o_proj bias" "config key attention_bias" ./train_gpu --data "$data" --model $m/llama_bias
+    expect_error "train_gpu sliding window" "config key use_sliding_window" ./train_gpu --data "$data" --model $m/qwen2_window --seq-len 16
+    expect_error "train_gpu layer-scaled attention" "config key scale_attn_by_inverse_layer_idx" ./train_gpu --data "$data" --model $m/gpt2_layer_scaled --seq-len 16
+    expect_error "train_gpu unscaled attention" "config key scale_attn_weights" ./train_gpu --data "$data" --model $m/gpt2_unscaled --seq-len 16
     ./train_gpu --help | grep -q -- "--zero 1|2" && ok "train_gpu --help lists the GPU flags" || bad "train_gpu --help"
 fi
 exit $fail

@@ -1,0 +1,469 @@
+/* emu_nccl.cpp: NCCL's communicator and collectives between processes on this machine, written from NCCL's API
+   reference.
+
+   ncclGetUniqueId puts a fresh POSIX shared-memory name in the id; ncclCommInitRank opens that segment (the first
+   rank to come creates it), records its pid, and waits for all nranks ranks; the name is unlinked once all are
+   in. The segment holds a barrier and one staging slot per rank. A collective runs at the call, in call order
+   (NCCL requires every rank to make the same calls in the same order): chunk by chunk, each rank copies its
+   part into its slot, all meet at the barrier, each reads what it needs from the slots, all meet again. Sums go
+   over the ranks in order 0..n-1 in the element type (bf16: in fp32, rounded once).
+
+   Nothing waits forever: a wait gives up with ncclRemoteError when a peer process has died and with
+   ncclSystemError after NCCL_EMU_TIMEOUT seconds (default 600); the communicator then stays in that error, every
+   later call returns it, ncclCommGetAsyncError reports it, and the other ranks see it in the segment. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include "nccl.h"
+#include "emu_core.h"
+
+#define MAX_RANKS 256
+#define SLOT_BYTES ((size_t)1 << 20)          /* staging per rank and chunk */
+#define SHM_MAGIC 0x4c4c4d4e43434c31ull       /* "LLMNCCL1" */
+
+/* the shared segment: this header, then nranks slots of SLOT_BYTES */
+struct Shared {
+    uint64_t magic;             /* written last by the creator */
+    int32_t nranks;
+    uint32_t attached;          /* ranks in so far */
+    uint32_t arrived;           /* at the current barrier */
+    uint32_t generation;        /* barriers passed; the futex word the ranks wait on */
+    int32_t error;              /* the first error any rank hit (ncclResult_t), 0 if none */
+    int32_t pids[MAX_RANKS];    /* 0: rank not in yet */
+};
+#define HEADER_BYTES ((sizeof(Shared) + 63) / 64 * 64)
+
+struct ncclComm {
+    Shared *sh;
+    size_t map_bytes;
+    int rank, nranks;
+    int error;                  /* this rank's sticky error (atomic: the watchdog thread reads it) */
+    char name[64];
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double timeout_s(void) {
+    const char *e = getenv("NCCL_EMU_TIMEOUT");
+    double t = e ? atof(e) : 600.0;
+    return t > 0 ? t : 600.0;
+}
+
+const char *ncclGetErrorString(ncclResult_t r) {
+    switch (r) {
+    case ncclSuccess: return "no error";
+    case ncclUnhandledCudaError: return "unhandled cuda error";
+    case ncclSystemError: return "unhandled system error";
+    case ncclInternalError: return "internal error";
+    case ncclInvalidArgument: return "invalid argument";
+    case ncclInvalidUsage: return "invalid usage";
+    case ncclRemoteError: return "remote process exited or there was a network error";
+    case ncclInProgress: return "NCCL operation in progress";
+    default: return "unknown result code";
+    }
+}
+
+static ncclResult_t warn(ncclResult_t r, const char *fn, int rank, const char *why) {
+    fprintf(stderr, "cuda-emu: %s: rank %d: %s\n", fn, rank, why);
+    return r;
+}
+
+/* the communicator fails for good: every later call returns r, and the peers see it in the segment */
+static ncclResult_t comm_fail(ncclComm *c, ncclResult_t r, const char *fn, const char *why) {
+    int none = 0;
+    __atomic_compare_exchange_n(&c->error, &none, (int)r, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    none = 0;
+    __atomic_compare_exchange_n(&c->sh->error, &none, (int)ncclRemoteError, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    return warn(r, fn, c->rank, why);
+}
+
+/* a process is gone when it no longer exists or is a zombie nobody has reaped yet */
+static int process_dead(pid_t pid) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return 1;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');   /* "pid (comm) S ...": the state follows the command name */
+    return p && (p[2] == 'Z' || p[2] == 'X');
+}
+
+/* the first rank whose process died, or -1 */
+static int dead_peer(const ncclComm *c) {
+    for (int r = 0; r < c->nranks; r++) {
+        int pid = __atomic_load_n(&c->sh->pids[r], __ATOMIC_ACQUIRE);
+        if (r != c->rank && pid > 0 && process_dead(pid)) return r;
+    }
+    return -1;
+}
+
+/* between two polls of a wait: an error from a peer, a dead peer, or the deadline end it */
+static ncclResult_t wait_check(ncclComm *c, double deadline, const char *fn, const char *what) {
+    char why[160];
+    if (__atomic_load_n(&c->sh->error, __ATOMIC_ACQUIRE)) {
+        snprintf(why, sizeof(why), "%s: another rank failed", what);
+        return comm_fail(c, ncclRemoteError, fn, why);
+    }
+    int d = dead_peer(c);
+    if (d >= 0) {
+        snprintf(why, sizeof(why), "%s: rank %d (pid %d) has exited", what, d, (int)c->sh->pids[d]);
+        return comm_fail(c, ncclRemoteError, fn, why);
+    }
+    if (now_s() > deadline) {
+        snprintf(why, sizeof(why), "%s: no progress in %.0f s (NCCL_EMU_TIMEOUT)", what, timeout_s());
+        return comm_fail(c, ncclSystemError, fn, why);
+    }
+    return ncclSuccess;
+}
+
+/* all ranks meet: the last to arrive opens the next generation and wakes the others (futex on the shared word) */
+static ncclResult_t barrier(ncclComm *c, const char *fn) {
+    Shared *sh = c->sh;
+    uint32_t gen = __atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&sh->arrived, 1, __ATOMIC_ACQ_REL) == (uint32_t)c->nranks) {
+        __atomic_store_n(&sh->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&sh->generation, 1, __ATOMIC_RELEASE);
+        syscall(SYS_futex, &sh->generation, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        return ncclSuccess;
+    }
+    double deadline = now_s() + timeout_s();
+    while (__atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE) == gen) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        syscall(SYS_futex, &sh->generation, FUTEX_WAIT, gen, &ts, NULL, 0);
+        if (__atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE) != gen) break;
+        ncclResult_t r = wait_check(c, deadline, fn, "waiting for the other ranks");
+        if (r != ncclSuccess) return r;
+    }
+    return ncclSuccess;
+}
+
+static char *slot(const ncclComm *c, int r) { return (char *)c->sh + HEADER_BYTES + (size_t)r * SLOT_BYTES; }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* ids and communicators */
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
+    static unsigned counter = 0;
+    if (!id) return warn(ncclInvalidArgument, "ncclGetUniqueId", -1, "uniqueId is NULL");
+    uint64_t rnd = 0;
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd < 0 || read(fd, &rnd, sizeof(rnd)) != (ssize_t)sizeof(rnd)) rnd = (uint64_t)(now_s() * 1e9);
+    if (fd >= 0) close(fd);
+    memset(id, 0, sizeof(*id));
+    snprintf(id->internal, sizeof(id->internal), "/llmtrain-nccl-%d-%u-%016llx", (int)getpid(),
+             __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED), (unsigned long long)rnd);
+    return ncclSuccess;
+}
+
+/* open the segment named in the id, creating it if this rank is the first; wait for the creator to fill it in */
+static ncclResult_t attach(ncclComm *c, double deadline) {
+    const char *fn = "ncclCommInitRank";
+    size_t bytes = HEADER_BYTES + (size_t)c->nranks * SLOT_BYTES;
+    int fd = shm_open(c->name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    int creator = fd >= 0;
+    if (!creator && errno == EEXIST) fd = shm_open(c->name, O_RDWR, 0600);
+    if (fd < 0) return warn(ncclSystemError, fn, c->rank, "shm_open failed");
+    if (creator) {
+        int e = posix_fallocate(fd, 0, (off_t)bytes);   /* fails now, rather than SIGBUS later, when shm is full */
+        if (e) {
+            close(fd);
+            shm_unlink(c->name);
+            return warn(ncclSystemError, fn, c->rank, "cannot size the shared memory segment (is /dev/shm full?)");
+        }
+    } else {
+        struct stat st;
+        for (;;) {
+            if (fstat(fd, &st) != 0) { close(fd); return warn(ncclSystemError, fn, c->rank, "fstat failed"); }
+            if (st.st_size != 0) break;
+            if (now_s() > deadline) { close(fd); return warn(ncclSystemError, fn, c->rank, "the segment was never sized"); }
+            usleep(1000);
+        }
+        if ((size_t)st.st_size != bytes) {
+            close(fd);
+            return warn(ncclInvalidUsage, fn, c->rank, "the ranks disagree on nranks");
+        }
+    }
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return warn(ncclSystemError, fn, c->rank, "mmap failed");
+    c->sh = (Shared *)p;
+    c->map_bytes = bytes;
+    if (creator) {
+        c->sh->nranks = c->nranks;
+        __atomic_store_n(&c->sh->magic, SHM_MAGIC, __ATOMIC_RELEASE);
+    }
+    while (__atomic_load_n(&c->sh->magic, __ATOMIC_ACQUIRE) != SHM_MAGIC) {
+        if (now_s() > deadline) return warn(ncclSystemError, fn, c->rank, "the segment was never initialised");
+        usleep(1000);
+    }
+    return ncclSuccess;
+}
+
+static void comm_free(ncclComm *c) {
+    if (c->sh) munmap(c->sh, c->map_bytes);
+    free(c);
+}
+
+/* NCCL docs: collective over the nranks ranks; returns once all of them have joined */
+ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank) {
+    const char *fn = "ncclCommInitRank";
+    if (!comm) return warn(ncclInvalidArgument, fn, rank, "comm is NULL");
+    *comm = NULL;
+    if (nranks < 1 || nranks > MAX_RANKS || rank < 0 || rank >= nranks)
+        return warn(ncclInvalidArgument, fn, rank, "nranks or rank out of range");
+    if (id.internal[0] != '/' || !memchr(id.internal, 0, sizeof(id.internal)) || strlen(id.internal) >= 64)
+        return warn(ncclInvalidArgument, fn, rank, "the unique id is not one from ncclGetUniqueId");
+    ncclComm *c = (ncclComm *)calloc(1, sizeof(ncclComm));
+    if (!c) return ncclSystemError;
+    c->rank = rank;
+    c->nranks = nranks;
+    snprintf(c->name, sizeof(c->name), "%s", id.internal);
+    double deadline = now_s() + timeout_s();
+    ncclResult_t r = attach(c, deadline);
+    if (r != ncclSuccess) { comm_free(c); return r; }
+    if (c->sh->nranks != nranks) {
+        comm_free(c);
+        return warn(ncclInvalidUsage, fn, rank, "the ranks disagree on nranks");
+    }
+    int none = 0;
+    if (!__atomic_compare_exchange_n(&c->sh->pids[rank], &none, (int)getpid(), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        comm_free(c);
+        return warn(ncclInvalidUsage, fn, rank, "two processes joined as the same rank");
+    }
+    __atomic_add_fetch(&c->sh->attached, 1, __ATOMIC_ACQ_REL);
+    while (__atomic_load_n(&c->sh->attached, __ATOMIC_ACQUIRE) < (uint32_t)nranks) {
+        r = wait_check(c, deadline, fn, "waiting for all ranks to join");
+        if (r != ncclSuccess) {
+            shm_unlink(c->name);
+            comm_free(c);
+            return r;
+        }
+        usleep(1000);
+    }
+    shm_unlink(c->name);   /* all are in: the name is no longer needed (ENOENT for all but the first) */
+    *comm = c;
+    return ncclSuccess;
+}
+
+/* NCCL docs: one process, one communicator per device. Collectives here run at the call, so one process can drive
+   only one rank. */
+ncclResult_t ncclCommInitAll(ncclComm_t *comms, int ndev, const int *devlist) {
+    (void)devlist;
+    if (!comms || ndev < 1) return warn(ncclInvalidArgument, "ncclCommInitAll", -1, "comms is NULL or ndev < 1");
+    if (ndev > 1) return warn(ncclInvalidUsage, "ncclCommInitAll", -1, "the emulation drives one rank per process");
+    ncclUniqueId id;
+    ncclGetUniqueId(&id);
+    return ncclCommInitRank(&comms[0], 1, id, 0);
+}
+
+ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    if (!comm) return ncclSuccess;
+    shm_unlink(comm->name);
+    comm_free(comm);
+    return ncclSuccess;
+}
+
+/* safe from another thread while a collective runs: it only reads atomics */
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *asyncError) {
+    if (!comm || !asyncError) return ncclInvalidArgument;
+    int e = __atomic_load_n(&comm->error, __ATOMIC_ACQUIRE);
+    if (!e && __atomic_load_n(&comm->sh->error, __ATOMIC_ACQUIRE)) e = ncclRemoteError;
+    *asyncError = (ncclResult_t)e;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommCount(const ncclComm_t comm, int *count) {
+    if (!comm || !count) return ncclInvalidArgument;
+    *count = comm->nranks;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommUserRank(const ncclComm_t comm, int *rank) {
+    if (!comm || !rank) return ncclInvalidArgument;
+    *rank = comm->rank;
+    return ncclSuccess;
+}
+
+/* NCCL docs: calls between ncclGroupStart and ncclGroupEnd are launched together. Every rank makes the same
+   calls in the same order, so running each at its call, in order, gives the same result. */
+static __thread int g_group_depth = 0;
+
+ncclResult_t ncclGroupStart(void) {
+    g_group_depth++;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclGroupEnd(void) {
+    if (g_group_depth == 0) return warn(ncclInvalidUsage, "ncclGroupEnd", -1, "without ncclGroupStart");
+    g_group_depth--;
+    return ncclSuccess;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* collectives */
+
+static size_t type_size(ncclDataType_t t) {
+    switch (t) {
+    case ncclInt8: case ncclUint8: case ncclFloat8e4m3: case ncclFloat8e5m2: return 1;
+    case ncclFloat16: case ncclBfloat16: return 2;
+    case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
+    case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
+    default: return 0;
+    }
+}
+
+/* NCCL's argument checks, then the emulation's limits; a failed check does not break the communicator */
+static ncclResult_t check_args(ncclComm *c, const char *fn, const void *send, const void *recv, int uses_recv,
+                               size_t count, ncclDataType_t t, int reduces, ncclRedOp_t op, int root) {
+    if (!c) return warn(ncclInvalidArgument, fn, -1, "comm is NULL");
+    int e = __atomic_load_n(&c->error, __ATOMIC_ACQUIRE);
+    if (e) return warn((ncclResult_t)e, fn, c->rank, "the communicator has failed before");
+    if ((int)t < 0 || (int)t >= ncclNumTypes) return warn(ncclInvalidArgument, fn, c->rank, "invalid datatype");
+    if (reduces && ((int)op < 0 || (int)op >= ncclNumOps)) return warn(ncclInvalidArgument, fn, c->rank, "invalid op");
+    if (root < 0 || root >= c->nranks) return warn(ncclInvalidArgument, fn, c->rank, "invalid root");
+    if (count > 0 && (!send || (uses_recv && !recv)))
+        return warn(ncclInvalidArgument, fn, c->rank, "sendbuff or recvbuff is NULL");
+    if (reduces && op != ncclSum) return warn(ncclInvalidUsage, fn, c->rank, "only ncclSum is emulated");
+    if (reduces && t != ncclFloat && t != ncclDouble && t != ncclBfloat16)
+        return warn(ncclInvalidUsage, fn, c->rank, "reductions are emulated for ncclFloat, ncclDouble and ncclBfloat16");
+    return ncclSuccess;
+}
+
+/* NCCL docs define in-place operation (recvbuff at one documented place in or at sendbuff); buffers that overlap
+   in any other way are not a valid use */
+static ncclResult_t check_overlap(ncclComm *c, const char *fn, const void *send, size_t send_bytes, const void *recv,
+                                  size_t recv_bytes, const void *in_place_recv, const void *in_place_send) {
+    const char *s = (const char *)send, *r = (const char *)recv;
+    if (!send_bytes || !recv_bytes || (s + send_bytes <= r || r + recv_bytes <= s)) return ncclSuccess;
+    if (recv == in_place_recv || send == in_place_send) return ncclSuccess;
+    return warn(ncclInvalidArgument, fn, c->rank, "sendbuff and recvbuff overlap but not as the in-place form");
+}
+
+/* dst[i] = sum over ranks r = 0..n-1, in order, of element i at byte offset off of slot r */
+static void sum_slots(const ncclComm *c, size_t off, size_t cnt, ncclDataType_t t, void *dst) {
+    for (size_t i = 0; i < cnt; i++) {
+        if (t == ncclDouble) {
+            double acc = ((const double *)(slot(c, 0) + off))[i];
+            for (int r = 1; r < c->nranks; r++) acc += ((const double *)(slot(c, r) + off))[i];
+            ((double *)dst)[i] = acc;
+        } else if (t == ncclFloat) {
+            float acc = ((const float *)(slot(c, 0) + off))[i];
+            for (int r = 1; r < c->nranks; r++) acc += ((const float *)(slot(c, r) + off))[i];
+            ((float *)dst)[i] = acc;
+        } else {   /* ncclBfloat16: in fp32, rounded once */
+            float acc = emu_bf16_to_float(((const uint16_t *)(slot(c, 0) + off))[i]);
+            for (int r = 1; r < c->nranks; r++) acc += emu_bf16_to_float(((const uint16_t *)(slot(c, r) + off))[i]);
+            ((uint16_t *)dst)[i] = emu_bf16_from_float_rn(acc);
+        }
+    }
+}
+
+/* AllReduce (all: every rank gets the sum) and Reduce (only root's recvbuff is written). In place: recvbuff =
+   sendbuff. */
+static ncclResult_t reduce_common(const char *fn, const void *send, void *recv, size_t count, ncclDataType_t t,
+                                  ncclRedOp_t op, int root, int all, ncclComm *c, cudaStream_t stream) {
+    /* NCCL docs, ncclReduce: recvbuff is used only on the root */
+    int writes = all || (c && root == c->rank);
+    ncclResult_t r = check_args(c, fn, send, recv, writes, count, t, 1, op, root);
+    if (r != ncclSuccess) return r;
+    size_t es = type_size(t), bytes = count * es;
+    if (writes && (r = check_overlap(c, fn, send, bytes, recv, bytes, send, recv)) != ncclSuccess) return r;
+    emu_op_begin(stream, fn);
+    emu_access(send, bytes, 0);
+    if (writes) emu_access(recv, bytes, 1);
+    size_t per = SLOT_BYTES / es;
+    for (size_t off = 0; off < count && r == ncclSuccess; off += per) {
+        size_t cnt = count - off < per ? count - off : per;
+        memcpy(slot(c, c->rank), (const char *)send + off * es, cnt * es);
+        if ((r = barrier(c, fn)) != ncclSuccess) break;
+        if (writes) sum_slots(c, 0, cnt, t, (char *)recv + off * es);
+        r = barrier(c, fn);
+    }
+    emu_op_end();
+    return r;
+}
+
+ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
+                           ncclComm_t comm, cudaStream_t stream) {
+    return reduce_common("ncclAllReduce", sendbuff, recvbuff, count, datatype, op, 0, 1, comm, stream);
+}
+
+ncclResult_t ncclReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
+                        int root, ncclComm_t comm, cudaStream_t stream) {
+    return reduce_common("ncclReduce", sendbuff, recvbuff, count, datatype, op, root, 0, comm, stream);
+}
+
+/* NCCL docs: sendbuff holds nranks blocks of recvcount; rank r receives the sum of block r. In place:
+   recvbuff = sendbuff + rank * recvcount. */
+ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recvcount, ncclDataType_t datatype,
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+    const char *fn = "ncclReduceScatter";
+    ncclComm *c = comm;
+    ncclResult_t r = check_args(c, fn, sendbuff, recvbuff, 1, recvcount, datatype, 1, op, 0);
+    if (r != ncclSuccess) return r;
+    size_t es = type_size(datatype), n = (size_t)c->nranks;
+    const char *send = (const char *)sendbuff;
+    if ((r = check_overlap(c, fn, send, n * recvcount * es, recvbuff, recvcount * es, send + c->rank * recvcount * es,
+                           NULL)) != ncclSuccess)
+        return r;
+    emu_op_begin(stream, fn);
+    emu_access(send, n * recvcount * es, 0);
+    emu_access(recvbuff, recvcount * es, 1);
+    size_t per = SLOT_BYTES / (n * es);
+    for (size_t off = 0; off < recvcount && r == ncclSuccess; off += per) {
+        size_t cnt = recvcount - off < per ? recvcount - off : per;
+        for (size_t b = 0; b < n; b++)   /* slot layout: [block b][cnt elements] */
+            memcpy(slot(c, c->rank) + b * cnt * es, send + (b * recvcount + off) * es, cnt * es);
+        if ((r = barrier(c, fn)) != ncclSuccess) break;
+        sum_slots(c, (size_t)c->rank * cnt * es, cnt, datatype, (char *)recvbuff + off * es);
+        r = barrier(c, fn);
+    }
+    emu_op_end();
+    return r;
+}
+
+/* NCCL docs: recvbuff holds the nranks sendbuffs of sendcount, in rank order. In place:
+   sendbuff = recvbuff + rank * sendcount. */
+ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcount, ncclDataType_t datatype,
+                           ncclComm_t comm, cudaStream_t stream) {
+    const char *fn = "ncclAllGather";
+    ncclComm *c = comm;
+    ncclResult_t r = check_args(c, fn, sendbuff, recvbuff, 1, sendcount, datatype, 0, ncclSum, 0);
+    if (r != ncclSuccess) return r;
+    size_t es = type_size(datatype), n = (size_t)c->nranks;
+    char *recv = (char *)recvbuff;
+    if ((r = check_overlap(c, fn, sendbuff, sendcount * es, recv, n * sendcount * es, NULL,
+                           recv + c->rank * sendcount * es)) != ncclSuccess)
+        return r;
+    emu_op_begin(stream, fn);
+    emu_access(sendbuff, sendcount * es, 0);
+    emu_access(recv, n * sendcount * es, 1);
+    size_t per = SLOT_BYTES / es;
+    for (size_t off = 0; off < sendcount && r == ncclSuccess; off += per) {
+        size_t cnt = sendcount - off < per ? sendcount - off : per;
+        memcpy(slot(c, c->rank), (const char *)sendbuff + off * es, cnt * es);
+        if ((r = barrier(c, fn)) != ncclSuccess) break;
+        for (size_t q = 0; q < n; q++) memcpy(recv + (q * sendcount + off) * es, slot(c, (int)q), cnt * es);
+        r = barrier(c, fn);
+    }
+    emu_op_end();
+    return r;
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU trainer's own code on the CPU, through the CUDA emulation (tests/cuda_emu/README.md):
+#  1. test_gpu's kernel tests (--quick; EMU_FULL=1: the whole program, as `make test-gpu-emu` runs it);
+#  2. train_gpu with 2 and 4 emulated ranks (the NCCL emulation across processes) gives the losses and grad
+#     norms of `train -n 2` / `-n 4` on the same batches: tiny-llama and tiny-gpt2, ZeRO-1 with --overlap 0
+#     and 1, ZeRO-2; fp32 within fp32 sum-order tolerance (2e-5 relative on the loss, 1e-3 on the norm), bf16
+#     within 2e-2 relative on the loss;
+#  3. only a machine without a GPU skips: a CUDA initialisation failure is an error.
+set -u
+cd "$(dirname "$0")/.."
+. tests/lib/common.sh
+emu=tests/bin/emu
+for b in "$emu/test_gpu_emu" "$emu/train_gpu_emu"; do [ -x "$b" ] || { bad "$b not built (make $b)"; exit 1; }; done
+
+if [ "${EMU_FULL:-0}" = 1 ]; then "$emu/test_gpu_emu" > "$tmp/kernels.log" 2>&1; else "$emu/test_gpu_emu" --quick > "$tmp/kernels.log" 2>&1; fi
+rc=$?
+[ $rc -eq 0 ] && ok "test_gpu on the emulation: $(tail -n 1 "$tmp/kernels.log")" || { grep -v '^ok' "$tmp/kernels.log" | tail -n 20; bad "test_gpu on the emulation (exit $rc)"; }
+
+CUDA_EMU_DEVICES=0 "$emu/test_gpu_emu" --quick > "$tmp/nodev.log" 2>&1 && grep -q 'no GPU: the device tests skipped' "$tmp/nodev.log" \
+    && ok "no device: the device tests skip" || bad "no device: $(tail -n 2 "$tmp/nodev.log")"
+CUDA_EMU_FAIL_INIT=1 "$emu/test_gpu_emu" --quick > "$tmp/init.log" 2>&1
+rc=$?; [ $rc -ne 0 ] && grep -q 'CUDA initialisation failed: initialization error' "$tmp/init.log" \
+    && ok "a CUDA initialisation failure fails test_gpu (exit $rc)" || bad "init failure: exit $rc, $(tail -n 2 "$tmp/init.log")"
+
+shakespeare_data 30000
+common=(--data "$tmp/shk_text_document" --seq-len 16 --lr 1e-3 --warmup-steps 1 --steps 3 --split 90,10,0
+        --eval-every 0 --seed 5 --threads 1 --batch-size 1)
+CUDA_EMU_FAIL_INIT=1 "$emu/train_gpu_emu" "${common[@]}" --model tiny-llama > "$tmp/tinit.log" 2>&1
+rc=$?; [ $rc -ne 0 ] && grep -q 'CUDA initialisation failed' "$tmp/tinit.log" \
+    && ok "a CUDA initialisation failure stops train_gpu (exit $rc)" || bad "train_gpu init failure: exit $rc, $(tail -n 2 "$tmp/tinit.log")"
+
+# step lines: "step    1/3 | loss 10.8557 | lr ... | norm 3.490 | ..." -> "loss norm"
+losses() { grep -E '^step +[0-9]+/' "$1" | awk -F'|' '{ sub(/ *loss /, "", $2); sub(/ *norm /, "", $4); print $2, $4 }'; }
+# compare A B LOSS_TOL NORM_TOL: every step's loss and norm within the relative tolerances
+compare() {
+    paste -d ' ' <(losses "$1") <(losses "$2") | awk -v tl="$3" -v tn="$4" '
+        function rel(a, b) { d = a - b; if (d < 0) d = -d; return d / (b < 0 ? -b : b) }
+        { n++; if (NF != 4 || rel($3, $1) > tl || rel($4, $2) > tn) bad = 1; if (rel($3, $1) > w) w = rel($3, $1) }
+        END { printf "%d steps, worst loss rel diff %.2g", n, w; exit !(n == 3 && !bad) }'
+}
+ranks=(2 4)
+[ "${EMU_FULL:-0}" = 1 ] || ranks=(2)
+for model in tiny-llama tiny-gpt2; do
+    for n in "${ranks[@]}"; do
+        ./train "${common[@]}" --model "$model" -n "$n" --out "$tmp/cpu_$model$n" > "$tmp/cpu_$model$n.log" 2>&1 \
+            || { tail -n 5 "$tmp/cpu_$model$n.log"; bad "train -n $n $model"; continue; }
+        runs=("fp32 --zero 1 --overlap 1" "fp32 --zero 1 --overlap 0" "fp32 --zero 2" "bf16 --zero 1 --overlap 1")
+        [ "${EMU_FULL:-0}" = 1 ] || [ "$model" = tiny-llama ] || runs=("fp32 --zero 1 --overlap 1" "bf16 --zero 1 --overlap 1")
+        for r in "${runs[@]}"; do
+            set -- $r
+            dtype=$1; shift
+            log="$tmp/gpu_$model$n$dtype$*.log"
+            CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${common[@]}" --model "$model" --nproc-per-node "$n" --dtype "$dtype" \
+                "$@" --out "$tmp/gpu" > "$log" 2>&1
+            rc=$?
+            if [ $rc -ne 0 ]; then grep -v '^step' "$log" | tail -n 8; bad "train_gpu $model $n ranks $dtype $* (exit $rc)"; continue; fi
+            if [ "$dtype" = fp32 ]; then tl=2e-5; tn=1e-3; else tl=2e-2; tn=1; fi
+            if res=$(compare "$tmp/cpu_$model$n.log" "$log" "$tl" "$tn"); then ok "train_gpu $model $n ranks $dtype $* == train -n $n: $res"
+            else bad "train_gpu $model $n ranks $dtype $* vs train -n $n: $res"; paste <(losses "$tmp/cpu_$model$n.log") <(losses "$log"); fi
+        done
+    done
+done
+exit $fail
