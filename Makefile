@@ -93,10 +93,10 @@ $(EMU_BIN)/%.o: $(EMU)/%.cpp $(EMU_HDRS)
 $(EMU_BIN)/tokenizer.o: $(TOKENIZER)
 	@mkdir -p $(EMU_BIN)
 	$(CC) $(CFLAGS) -c -o $@ prepro/tokenizer.c
-$(EMU_BIN)/test_gpu_emu: $(EMU_BIN)/test_gpu.cu $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h llmtrain.h
+$(EMU_BIN)/test_gpu_emu: $(EMU_BIN)/test_gpu.cu $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h flags.h llmtrain.h
 	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/test_gpu.cu
 	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
-$(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h llmtrain.h
+$(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h flags.h llmtrain.h
 	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/train_gpu.cu
 	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
 tests/bin/test_cuda_emu: $(EMU_BIN)/test_cuda_emu.cu $(EMU_OBJS) $(EMU_HDRS)
