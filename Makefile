@@ -28,12 +28,12 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; fi
 
-train: train.c train_common.h llmtrain.h $(TOKENIZER)
+train: train.c train_common.h flags.h llmtrain.h $(TOKENIZER)
 	$(CC) $(CFLAGS) -o $@ train.c prepro/tokenizer.c $(LDLIBS)
 
 PARQUET = prepro/parquet.c prepro/parquet.h
 
-prepro/prepro: prepro/prepro.c $(TOKENIZER) $(PARQUET)
+prepro/prepro: prepro/prepro.c flags.h $(TOKENIZER) $(PARQUET)
 	$(CC) $(CFLAGS) -o $@ prepro/prepro.c prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
 
 # ---- the default run: bundled corpus -> .bin/.idx -> a small GPT-2 on the CPU -> sample
@@ -48,19 +48,21 @@ run: deps all
 	    --batch-size 8 --seq-len 64 --steps 400 --lr 3e-3 --warmup-steps 20 --split 95,5,0 --log-every 10 \
 	    --eval-every 100 --eval-steps 8 --sample-every 400 --sample-len 96 --out $(RUN_DIR)
 
-train_gpu: train_gpu.cu train_common.h llmtrain.h $(TOKENIZER)
+train_gpu: train_gpu.cu train_common.h flags.h llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
-TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer tests/bin/test_parquet tests/bin/test_comm
+TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer tests/bin/test_parquet tests/bin/test_comm \
+            tests/bin/test_sample
 
 tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
+tests/bin/test_sample: train_common.h flags.h
 
 # the GPU test program: its host checks run in `make test` wherever nvcc is; its device checks need a GPU
 GPU_TEST_BINS = $(if $(GPU_BINS),tests/bin/test_gpu)
-tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h llmtrain.h $(TOKENIZER)
+tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h flags.h llmtrain.h $(TOKENIZER)
 	@mkdir -p tests/bin
 	$(NVCC) $(NVFLAGS) -Itests -I. -o $@ tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
@@ -91,10 +93,10 @@ $(EMU_BIN)/%.o: $(EMU)/%.cpp $(EMU_HDRS)
 $(EMU_BIN)/tokenizer.o: $(TOKENIZER)
 	@mkdir -p $(EMU_BIN)
 	$(CC) $(CFLAGS) -c -o $@ prepro/tokenizer.c
-$(EMU_BIN)/test_gpu_emu: $(EMU_BIN)/test_gpu.cu $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h llmtrain.h
+$(EMU_BIN)/test_gpu_emu: $(EMU_BIN)/test_gpu.cu $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h flags.h llmtrain.h
 	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/test_gpu.cu
 	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
-$(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h llmtrain.h
+$(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h flags.h llmtrain.h
 	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/train_gpu.cu
 	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
 tests/bin/test_cuda_emu: $(EMU_BIN)/test_cuda_emu.cu $(EMU_OBJS) $(EMU_HDRS)

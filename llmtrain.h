@@ -258,13 +258,15 @@ typedef struct {
     int64_t *doc_start;     /* [D] first token (element index into .bin) of each document */
     int64_t *doc_len;       /* [D] tokens of each document */
     const unsigned char *bin; size_t bin_size;
-    int64_t max_token;      /* largest token id seen in the .bin (computed on open) */
 } IndexedDataset;
 
 /* Opens PREFIX.idx / PREFIX.bin; 0 on success, else -1 with a one-line message in err. */
 int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size_t errlen);
 void indexed_dataset_close(IndexedDataset *ds);
 int64_t indexed_dataset_token(const IndexedDataset *ds, int64_t element);
+/* Checks that every token of documents [doc_begin, doc_end) is an id of a vocabulary of `vocab`: 0 <= id < vocab.
+   0 if so, else -1 with the .bin, the document, the token's place in it and the id of the first bad one in err. */
+int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int vocab, char *err, size_t errlen);
 
 /* Documents [doc_begin, doc_end) of a dataset, in a seeded shuffled order per epoch, concatenated and
    cut into windows of T+1 tokens with stride T; the windows are shuffled with the seed. Window k of the
@@ -1899,9 +1901,6 @@ static int indexed_dataset_parse(IndexedDataset *ds, const unsigned char *idx, s
         }
         prev = di;
     }
-    int64_t ntok = (int64_t)(ds->bin_size / ds->itemsize), mx = -1;
-    for (int64_t i = 0; i < ntok; i++) { int64_t t = indexed_dataset_token(ds, i); if (t > mx) mx = t; }
-    ds->max_token = mx;
     return 0;
 }
 
@@ -1923,6 +1922,36 @@ int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size
 int64_t indexed_dataset_token(const IndexedDataset *ds, int64_t e) {
     if (ds->itemsize == 2) { uint16_t v; memcpy(&v, ds->bin + 2 * e, 2); return v; }
     int32_t v; memcpy(&v, ds->bin + 4 * e, 4); return v;
+}
+
+/* the first of elements [begin, end) that is not in [0, vocab), or -1: a pass without branches over the mapped
+   .bin (the file is mapped at a page boundary, so the elements are aligned), then a search only on failure */
+static int64_t first_bad_id(const IndexedDataset *ds, int64_t begin, int64_t end, int64_t vocab) {
+    int bad = 0;
+    if (ds->itemsize == 2) {
+        const uint16_t *t = (const uint16_t *)ds->bin;
+        for (int64_t i = begin; i < end; i++) bad |= t[i] >= vocab;
+    } else {
+        const int32_t *t = (const int32_t *)ds->bin;
+        for (int64_t i = begin; i < end; i++) bad |= (t[i] < 0) | (t[i] >= vocab);
+    }
+    if (!bad) return -1;
+    for (int64_t i = begin; i < end; i++) {
+        int64_t id = indexed_dataset_token(ds, i);
+        if (id < 0 || id >= vocab) return i;
+    }
+    return -1;
+}
+
+int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int vocab, char *err, size_t errlen) {
+    for (uint64_t d = doc_begin; d < doc_end; d++) {
+        int64_t e = first_bad_id(ds, ds->doc_start[d], ds->doc_start[d] + ds->doc_len[d], vocab);
+        if (e < 0) continue;
+        snprintf(err, errlen, "%s.bin: document %llu, token %lld: id %lld is outside the model's vocabulary [0, %d)", ds->path,
+                 (unsigned long long)d, (long long)(e - ds->doc_start[d]), (long long)indexed_dataset_token(ds, e), vocab);
+        return -1;
+    }
+    return 0;
 }
 
 void indexed_dataset_close(IndexedDataset *ds) {

@@ -6,10 +6,13 @@
 #ifndef TRAIN_COMMON_H
 #define TRAIN_COMMON_H
 
+#include <limits.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <stdarg.h>
 #include <time.h>
+
+#include "flags.h"
 
 typedef struct {
     const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule;
@@ -84,7 +87,7 @@ static void usage(int gpu) {
 "  --eval-steps N          validation batches per evaluation (default 8)\n"
 "  --sample-every N        print a generated sample every N steps and at the end; 0 disables (default 0)\n"
 "  --sample-len N          tokens per sample (default 64)\n"
-"  --temperature X         sampling temperature (default 1.0)\n"
+"  --temperature X         sampling temperature; 0: the most likely token (default 1.0)\n"
 "  --top-k K               sample from the K most likely tokens; 0 = all (default 40)\n"
 "  --tokenizer FILE        HF tokenizer.json, to print samples as text\n"
 "checkpoints\n"
@@ -125,34 +128,8 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static long parse_int(const char *flag, const char *s) {
-    char *e;
-    long v = strtol(s, &e, 10);
-    if (e == s || *e) die("%s expects an integer, got \"%s\"", flag, s);
-    return v;
-}
-
-static float parse_float(const char *flag, const char *s) {
-    char *e;
-    float v = strtof(s, &e);
-    if (e == s || *e) die("%s expects a number, got \"%s\"", flag, s);
-    return v;
-}
-
-/* the values of --lr, --min-lr, --warmup-steps, --decay-steps: not negative (negative marks a flag not given) */
-static float parse_nonneg(const char *flag, const char *s) {
-    float v = parse_float(flag, s);
-    if (!(v >= 0)) die("%s must be >= 0, got \"%s\"", flag, s);
-    return v;
-}
-
-static long parse_count(const char *flag, const char *s) {
-    long v = parse_int(flag, s);
-    if (v < 0) die("%s must be >= 0, got \"%s\"", flag, s);
-    return v;
-}
-
-/* gpu: accept the GPU and launcher flags (train_gpu); the CPU trainer refuses them by name. */
+/* gpu: accept the GPU and launcher flags (train_gpu); the CPU trainer refuses them by name. Every flag is an
+   entry of a table (flags.h) with its type and valid range; a value outside it stops the program. */
 static void parse_args(Args *a, int argc, char **argv, int gpu) {
     memset(a, 0, sizeof(*a));
     a->model = "tiny-gpt2"; a->split = "98,2,0";
@@ -163,91 +140,88 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     a->dtype = "bf16"; a->recompute = 1; a->zero = 1; a->logits_mb = 512;
     a->nnodes = 1; a->master_addr = "127.0.0.1"; a->master_port = 29500; a->dist_timeout = 300;
     a->overlap = 1; a->nccl_timeout = 1800;
-    static const char *gpu_flags[] = {"--dtype", "--recompute", "--zero", "--attention", "--fuse-gelu", "--logits-mb",
-        "--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--run-id", "--dist-timeout",
-        "--overlap", "--nccl", "--nccl-timeout"};
+    const char *attention = "tc";
+    const double inf = INFINITY, imax = INT_MAX;
+    const double max_nproc = gpu ? 1024 : COMM_MAX_RANKS;   /* GPUs per node, or CPU ranks */
+    const Flag flags[] = {
+        {"--data", FLAG_STRING, &a->data, 0, 0, 0, NULL},
+        {"--model", FLAG_STRING, &a->model, 0, 0, 0, NULL},
+        {"--init-from", FLAG_STRING, &a->init_from, 0, 0, 0, NULL},
+        {"--tokenizer", FLAG_STRING, &a->tokenizer, 0, 0, 0, NULL},
+        {"--out", FLAG_STRING, &a->out, 0, 0, 0, NULL},
+        {"--split", FLAG_STRING, &a->split, 0, 0, 0, NULL},
+        {"--lr-schedule", FLAG_CHOICE, &a->schedule, 0, 0, 0, "cosine|linear|constant"},
+        {"--resume", FLAG_SWITCH, &a->resume, 0, 0, 0, NULL},
+        {"--eod-mask-loss", FLAG_SWITCH, &a->eod_mask_loss, 0, 0, 0, NULL},
+        {"--skip-nonfinite", FLAG_SWITCH, &a->skip_nonfinite, 0, 0, 0, NULL},
+        {"--batch-size", FLAG_INT, &a->batch_size, 1, imax, 0, NULL},
+        {"--seq-len", FLAG_INT, &a->seq_len, 1, imax, 0, NULL},
+        {"--grad-accum", FLAG_INT, &a->grad_accum, 1, imax, 0, NULL},
+        {"--steps", FLAG_INT, &a->steps, 0, imax, 0, "0: no training step"},
+        {"--warmup-steps", FLAG_INT, &a->warmup_steps, 0, imax, 0, "0: no warmup"},
+        {"--decay-steps", FLAG_INT, &a->decay_steps, 1, imax, 0, NULL},
+        {"--lr", FLAG_FLOAT, &a->lr, 0, inf, 0, NULL},
+        {"--min-lr", FLAG_FLOAT, &a->min_lr, 0, inf, 0, NULL},
+        {"--weight-decay", FLAG_FLOAT, &a->weight_decay, 0, inf, 0, NULL},
+        {"--beta1", FLAG_FLOAT, &a->beta1, 0, 1, FLAG_OPEN_MAX, NULL},
+        {"--beta2", FLAG_FLOAT, &a->beta2, 0, 1, FLAG_OPEN_MAX, NULL},
+        {"--eps", FLAG_FLOAT, &a->eps, 0, inf, FLAG_OPEN_MIN, NULL},
+        {"--clip", FLAG_FLOAT, &a->clip, 0, inf, 0, "0: off"},
+        {"--init-std", FLAG_FLOAT, &a->init_std, 0, inf, 0, NULL},
+        {"--seed", FLAG_U64, &a->seed, 0, 0, 0, NULL},
+        {"--threads", FLAG_INT, &a->threads, 0, 1024, 0, "0: all cores / --nproc"},
+        {"--nproc", FLAG_INT, &a->nproc, 1, max_nproc, 0, NULL},
+        {"-n", FLAG_INT, &a->nproc, 1, max_nproc, 0, NULL},
+        {"--log-every", FLAG_INT, &a->log_every, 1, imax, 0, NULL},
+        {"--eval-every", FLAG_INT, &a->eval_every, 0, imax, 0, "0: off"},
+        {"--eval-steps", FLAG_INT, &a->eval_steps, 1, imax, 0, NULL},
+        {"--sample-every", FLAG_INT, &a->sample_every, 0, imax, 0, "0: off"},
+        {"--sample-len", FLAG_INT, &a->sample_len, 1, imax - 1, 0, NULL},
+        {"--top-k", FLAG_INT, &a->top_k, 0, imax, 0, "0: all"},
+        {"--temperature", FLAG_FLOAT, &a->temperature, 0, inf, 0, "0: the most likely token"},
+        {"--save-every", FLAG_INT, &a->save_every, 0, imax, 0, "0: only at the end"},
+        {"--keep", FLAG_INT, &a->keep, 0, imax, 0, "0: all"},
+        {"--max-shard-size", FLAG_LONG, &a->max_shard_mb, 0, 1 << 30, 0, "0: one file"},
+    };
+    const Flag gpu_flags[] = {
+        {"--dtype", FLAG_CHOICE, &a->dtype, 0, 0, 0, "bf16|fp32"},
+        {"--recompute", FLAG_INT, &a->recompute, 0, 2, 0, NULL},
+        {"--zero", FLAG_INT, &a->zero, 1, 2, 0, NULL},
+        {"--attention", FLAG_CHOICE, &attention, 0, 0, 0, "tc|plain"},
+        {"--fuse-gelu", FLAG_INT, &a->fuse_gelu, 0, 1, 0, NULL},
+        {"--logits-mb", FLAG_LONG, &a->logits_mb, 1, 1 << 20, 0, NULL},
+        {"--nproc-per-node", FLAG_INT, &a->nproc, 1, max_nproc, 0, NULL},
+        {"--nnodes", FLAG_INT, &a->nnodes, 1, 65536, 0, NULL},
+        {"--node-rank", FLAG_INT, &a->node_rank, 0, 65535, 0, NULL},
+        {"--master-addr", FLAG_STRING, &a->master_addr, 0, 0, 0, NULL},
+        {"--master-port", FLAG_INT, &a->master_port, 1, 65535, 0, NULL},
+        {"--run-id", FLAG_STRING, &a->run_id, 0, 0, 0, NULL},
+        {"--dist-timeout", FLAG_FLOAT, &a->dist_timeout, 0, inf, FLAG_OPEN_MIN, NULL},
+        {"--overlap", FLAG_INT, &a->overlap, 0, 1, 0, NULL},
+        {"--nccl", FLAG_INT, &a->nccl_one, 0, 1, 0, NULL},
+        {"--nccl-timeout", FLAG_FLOAT, &a->nccl_timeout, 0, inf, 0, "0: no time limit"},
+    };
+    const int nflags = (int)(sizeof(flags) / sizeof(flags[0])), ngpu = (int)(sizeof(gpu_flags) / sizeof(gpu_flags[0]));
+    char err[512];
     for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(gpu); exit(0); }
-        for (size_t k = 0; !gpu && k < sizeof(gpu_flags) / sizeof(gpu_flags[0]); k++)
-            if (!strcmp(f, gpu_flags[k])) die("%s is a flag of train_gpu (see --help)", f);
-        if (!strcmp(f, "--resume")) { a->resume = 1; continue; }
-        if (!strcmp(f, "--eod-mask-loss")) { a->eod_mask_loss = 1; continue; }
-        if (!strcmp(f, "--skip-nonfinite")) { a->skip_nonfinite = 1; continue; }
-        if (i + 1 >= argc) die("%s needs a value (see --help)", f);
-        if (!strcmp(f, "-n")) f = "--nproc";
-        const char *v = argv[++i];
-        if (!strcmp(f, "--data")) a->data = v;
-        else if (!strcmp(f, "--model")) a->model = v;
-        else if (!strcmp(f, "--init-from")) a->init_from = v;
-        else if (!strcmp(f, "--tokenizer")) a->tokenizer = v;
-        else if (!strcmp(f, "--out")) a->out = v;
-        else if (!strcmp(f, "--split")) a->split = v;
-        else if (!strcmp(f, "--lr-schedule")) a->schedule = v;
-        else if (!strcmp(f, "--batch-size")) a->batch_size = (int)parse_int(f, v);
-        else if (!strcmp(f, "--seq-len")) a->seq_len = (int)parse_int(f, v);
-        else if (!strcmp(f, "--grad-accum")) a->grad_accum = (int)parse_int(f, v);
-        else if (!strcmp(f, "--steps")) a->steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--warmup-steps")) a->warmup_steps = (int)parse_count(f, v);
-        else if (!strcmp(f, "--decay-steps")) a->decay_steps = (int)parse_count(f, v);
-        else if (!strcmp(f, "--lr")) a->lr = parse_nonneg(f, v);
-        else if (!strcmp(f, "--min-lr")) a->min_lr = parse_nonneg(f, v);
-        else if (!strcmp(f, "--weight-decay")) a->weight_decay = parse_float(f, v);
-        else if (!strcmp(f, "--beta1")) a->beta1 = parse_float(f, v);
-        else if (!strcmp(f, "--beta2")) a->beta2 = parse_float(f, v);
-        else if (!strcmp(f, "--eps")) a->eps = parse_float(f, v);
-        else if (!strcmp(f, "--clip")) a->clip = parse_float(f, v);
-        else if (!strcmp(f, "--init-std")) a->init_std = parse_float(f, v);
-        else if (!strcmp(f, "--seed")) a->seed = (uint64_t)parse_int(f, v);
-        else if (!strcmp(f, "--threads")) a->threads = (int)parse_int(f, v);
-        else if (!strcmp(f, "--log-every")) a->log_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--eval-every")) a->eval_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--eval-steps")) a->eval_steps = (int)parse_int(f, v);
-        else if (!strcmp(f, "--sample-every")) a->sample_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--sample-len")) a->sample_len = (int)parse_int(f, v);
-        else if (!strcmp(f, "--top-k")) a->top_k = (int)parse_int(f, v);
-        else if (!strcmp(f, "--temperature")) a->temperature = parse_float(f, v);
-        else if (!strcmp(f, "--nproc")) a->nproc = (int)parse_int(f, v);
-        else if (!strcmp(f, "--save-every")) a->save_every = (int)parse_int(f, v);
-        else if (!strcmp(f, "--keep")) a->keep = (int)parse_int(f, v);
-        else if (!strcmp(f, "--max-shard-size")) a->max_shard_mb = parse_int(f, v);
-        else if (!strcmp(f, "--dtype")) a->dtype = v;
-        else if (!strcmp(f, "--recompute")) a->recompute = (int)parse_int(f, v);
-        else if (!strcmp(f, "--zero")) a->zero = (int)parse_int(f, v);
-        else if (!strcmp(f, "--attention")) {
-            if (strcmp(v, "tc") && strcmp(v, "plain")) die("--attention must be tc or plain, got \"%s\"", v);
-            a->plain_attn = !strcmp(v, "plain");
+        const char *name = argv[i];
+        if (!strcmp(name, "--help") || !strcmp(name, "-h")) { usage(gpu); exit(0); }
+        const Flag *f = flag_find(flags, nflags, name);
+        if (!f && flag_find(gpu_flags, ngpu, name)) {
+            if (!gpu) die("%s is a flag of train_gpu (see --help)", name);
+            f = flag_find(gpu_flags, ngpu, name);
         }
-        else if (!strcmp(f, "--fuse-gelu")) a->fuse_gelu = (int)parse_int(f, v);
-        else if (!strcmp(f, "--logits-mb")) a->logits_mb = parse_int(f, v);
-        else if (!strcmp(f, "--nproc-per-node")) a->nproc = (int)parse_int(f, v);
-        else if (!strcmp(f, "--nnodes")) a->nnodes = (int)parse_int(f, v);
-        else if (!strcmp(f, "--node-rank")) a->node_rank = (int)parse_int(f, v);
-        else if (!strcmp(f, "--master-addr")) a->master_addr = v;
-        else if (!strcmp(f, "--master-port")) a->master_port = (int)parse_int(f, v);
-        else if (!strcmp(f, "--run-id")) a->run_id = v;
-        else if (!strcmp(f, "--dist-timeout")) a->dist_timeout = parse_float(f, v);
-        else if (!strcmp(f, "--overlap")) a->overlap = (int)parse_int(f, v);
-        else if (!strcmp(f, "--nccl")) a->nccl_one = (int)parse_int(f, v);
-        else if (!strcmp(f, "--nccl-timeout")) a->nccl_timeout = parse_float(f, v);
-        else die("unknown flag %s (see --help)", f);
+        if (!f) die("unknown flag %s (see --help)", name);
+        if (f->type != FLAG_SWITCH && i + 1 >= argc) die("%s needs a value (see --help)", name);
+        if (flag_set(f, f->type == FLAG_SWITCH ? NULL : argv[++i], err, sizeof(err)) != 0) die("%s", err);
     }
+    a->plain_attn = !strcmp(attention, "plain");
     if (!a->data) die("--data PREFIX is required (see --help)");
     if (a->resume && !a->out) die("--resume needs --out DIR");
-    if (a->batch_size < 1 || a->seq_len < 1 || a->grad_accum < 1 || a->steps < 0)
-        die("--batch-size, --seq-len and --grad-accum must be >= 1 and --steps >= 0");
-    if (a->log_every < 1) a->log_every = 1;
-    if (a->nproc < 1) die("--nproc must be >= 1");
-    if (gpu) {
-        if (strcmp(a->dtype, "bf16") && strcmp(a->dtype, "fp32")) die("--dtype must be bf16 or fp32, got \"%s\"", a->dtype);
-        if (a->recompute < 0 || a->recompute > 2) die("--recompute must be 0, 1 or 2");
-        if (a->zero != 1 && a->zero != 2) die("--zero must be 1 or 2, got %d", a->zero);
-        if ((a->overlap != 0 && a->overlap != 1) || (a->nccl_one != 0 && a->nccl_one != 1))
-            die("--overlap and --nccl must be 0 or 1");
-        if (!(a->nccl_timeout >= 0)) die("--nccl-timeout must be >= 0 seconds");
-        if (a->nnodes < 1 || a->node_rank < 0 || a->node_rank >= a->nnodes)
-            die("--nnodes must be >= 1 and 0 <= --node-rank < --nnodes");
-    }
+    long long tokens = (long long)a->batch_size * a->seq_len * a->grad_accum * a->nproc * a->nnodes;
+    if (tokens > INT_MAX)
+        die("--batch-size x --seq-len x --grad-accum x processes = %lld tokens per step: more than %d", tokens, INT_MAX);
+    if (a->node_rank >= a->nnodes) die("--node-rank %d: out of range [0, %d] (--nnodes %d)", a->node_rank, a->nnodes - 1, a->nnodes);
 }
 
 /* SIGINT / SIGTERM: finish the step, save, exit 0 */
@@ -278,26 +252,65 @@ static int lr_style(const char *s) {
     return 0;
 }
 
-/* Draws the next token from the logits of one position: temperature, then the top-k most likely. */
-static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
-    if (top_k <= 0 || top_k > V) top_k = V;
-    int *idx = (int *)malloc(top_k * sizeof(int));
-    int n = 0;
-    for (int v = 0; v < V; v++) {  /* keep idx sorted by descending logit (insertion into a small list) */
-        if (n == top_k && logits[v] <= logits[idx[n - 1]]) continue;
-        int j = n < top_k ? n++ : n - 1;
-        while (j > 0 && logits[idx[j - 1]] < logits[v]) { idx[j] = idx[j - 1]; j--; }
-        idx[j] = v;
+/* Sampling the next token from the logits l of one position, at temperature t (0 stands for 1e-6: the most
+   likely token): p_v = exp((l_v - l_max) / t) / sum, over the top_k most likely tokens, or over all V when
+   top_k is 0 or >= V. The token drawn is the first whose cumulative p exceeds coin, in [0, 1): among the top
+   k in order of falling logit (ties: the lower id first); over all V in id order, which needs no sort. */
+
+/* does token a rank below token b (a smaller logit, or an equal one and a larger id)? */
+static int ranks_below(const float *logits, int a, int b) {
+    return logits[a] < logits[b] || (logits[a] == logits[b] && a > b);
+}
+
+/* restores the heap h[0..n) below position i: every entry ranks below neither of its children (the root is
+   the lowest ranked) */
+static void sift_down(const float *logits, int *h, int n, int i) {
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && ranks_below(logits, h[c + 1], h[c])) c++;
+        if (!ranks_below(logits, h[c], h[i])) return;
+        int x = h[i]; h[i] = h[c]; h[c] = x;
+        i = c;
     }
-    float t = temperature > 0 ? temperature : 1e-6f;
+}
+
+/* the k highest ranked tokens into idx[0..k), highest first: a heap of the best k so far, its lowest at the
+   root, then sorted by taking the root out k times (O(V log k), no sort of the vocabulary) */
+static void top_k_tokens(const float *logits, int V, int k, int *idx) {
+    for (int v = 0; v < k; v++) idx[v] = v;
+    for (int i = k / 2 - 1; i >= 0; i--) sift_down(logits, idx, k, i);
+    for (int v = k; v < V; v++)
+        if (ranks_below(logits, idx[0], v)) { idx[0] = v; sift_down(logits, idx, k, 0); }
+    for (int n = k - 1; n > 0; n--) {
+        int x = idx[0]; idx[0] = idx[n]; idx[n] = x;
+        sift_down(logits, idx, n, 0);
+    }
+}
+
+/* the token whose cumulative p first exceeds coin, walking ids[0..n) (or the ids 0..n-1 when ids is NULL);
+   p_i = exp((l_i - l_top) / t) / sum. The top token is returned only when a logit is nan. */
+static int draw_by_cdf(const float *logits, const int *ids, int n, int top, float t, float coin) {
     double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += exp((logits[idx[i]] - logits[idx[0]]) / t);
+    for (int i = 0; i < n; i++) sum += exp((logits[ids ? ids[i] : i] - logits[top]) / t);
     double r = coin * sum, acc = 0.0;
-    int pick = idx[n - 1];
     for (int i = 0; i < n; i++) {
-        acc += exp((logits[idx[i]] - logits[idx[0]]) / t);
-        if (r < acc) { pick = idx[i]; break; }
+        acc += exp((logits[ids ? ids[i] : i] - logits[top]) / t);
+        if (r < acc) return ids ? ids[i] : i;
     }
+    return top;
+}
+
+static int sample_token(const float *logits, int V, float temperature, int top_k, float coin) {
+    float t = temperature > 0 ? temperature : 1e-6f;
+    if (top_k <= 0 || top_k >= V) {   /* all V, in id order: O(V) */
+        int top = 0;
+        for (int v = 1; v < V; v++) if (logits[v] > logits[top]) top = v;
+        return draw_by_cdf(logits, NULL, V, top, t, coin);
+    }
+    int *idx = (int *)malloc(top_k * sizeof(int));
+    top_k_tokens(logits, V, top_k, idx);
+    int pick = draw_by_cdf(logits, idx, top_k, idx[0], t, coin);
     free(idx);
     return pick;
 }
@@ -348,17 +361,19 @@ static void open_data(Data *d, const Args *a, int vocab_size) {
     for (int i = 0; i < d->n; i++) {
         IndexedDataset *ds = &d->ds[i];
         if (indexed_dataset_open(ds, prefixes[i], err, sizeof(err)) != 0) die("%s", err);
-        if (ds->max_token >= vocab_size)
-            die("%s: token id %lld is outside the model's vocabulary of %d", prefixes[i], (long long)ds->max_token, vocab_size);
         uint64_t sb[3], se[3];
         if (split_documents(a->split, ds->num_docs, sb, se, err, sizeof(err)) != 0) die("%s", err);
+        /* every token the run reads (the training split, and the validation split when it evaluates) is an id of
+           the model's vocabulary: checked here, once, before any step */
+        int evaluates = se[1] > sb[1] && a->eval_every > 0;
+        if (indexed_dataset_check_ids(ds, sb[0], evaluates ? se[1] : se[0], vocab_size, err, sizeof(err)) != 0) die("%s", err);
         /* each dataset's stream gets its own seed, so two blended copies of one file do not march in step */
         if (sampler_init(&d->train[i], ds, sb[0], se[0], a->seq_len, a->seed + 1000003ULL * i, 1, err, sizeof(err)) != 0)
             die("train split: %s", err);
         if (w[i] < 0) w[i] = (double)d->train[i].tokens_per_epoch;
         tr[i] = &d->train[i];
         d->train_tokens += d->train[i].tokens_per_epoch;
-        if (se[1] > sb[1] && a->eval_every > 0) {
+        if (evaluates) {
             if (sampler_init(&d->valid[i], ds, sb[1], se[1], a->seq_len, a->seed, 0, err, sizeof(err)) != 0)
                 die("validation split: %s", err);
             va[nvalid] = &d->valid[i]; wv[nvalid++] = w[i];

@@ -30,6 +30,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "../flags.h"
 #include "tokenizer.h"
 #include "parquet.h"
 
@@ -57,7 +58,8 @@ typedef struct {
     int special_as_text;
     int skip_errors;
     double log_interval;
-    long long max_docs;
+    long max_docs;
+    int allow_empty;        // write a dataset of 0 documents instead of stopping with an error
     int pack;               // also write P_packed_KEY_document: the token stream cut into seq_len-token sequences
     long seq_len;
 } Options;
@@ -87,6 +89,7 @@ static const char *USAGE =
     "  --workers N                tokenizing threads (default: number of CPUs); output is identical for any N\n"
     "  --on-error fail|skip       on a bad document: stop (default) or skip it and count it\n"
     "  --max-docs N               stop after N documents\n"
+    "  --allow-empty              write a dataset even when no input has a non-empty document (default: error)\n"
     "  --pack --seq-len T         also write P_packed_KEY_document.bin/.idx: all documents' tokens (with their\n"
     "                             EOD) concatenated and cut into sequences of exactly T tokens, one per\n"
     "                             document; the last partial sequence is dropped\n"
@@ -100,21 +103,36 @@ static void usage_error(const char *fmt, ...) {
     exit(2);
 }
 
+/* Every flag but the two that take a list (--input, --json-keys) is an entry of a table (../flags.h) with its
+   type and valid range. A value may not start with "--" (that is the next flag). */
 static void parse_args(int argc, char **argv, Options *o) {
     memset(o, 0, sizeof *o);
-    o->txt_mode = TXT_PARAGRAPH;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     o->workers = ncpu > 0 ? (int)ncpu : 1;
     o->log_interval = 10;
+    const char *txt_mode = "paragraph", *format = NULL, *on_error = "fail";
+    const Flag flags[] = {
+        {"--tokenizer", FLAG_STRING, &o->tokenizer, 0, 0, 0, NULL},
+        {"--output-prefix", FLAG_STRING, &o->prefix, 0, 0, 0, NULL},
+        {"--eod-token", FLAG_STRING, &o->eod_token, 0, 0, 0, NULL},
+        {"--csv-column", FLAG_STRING, &o->csv_column, 0, 0, 0, NULL},
+        {"--txt-mode", FLAG_CHOICE, &txt_mode, 0, 0, 0, "file|line|paragraph"},
+        {"--format", FLAG_CHOICE, &format, 0, 0, 0, "txt|jsonl|json|csv|parquet"},
+        {"--on-error", FLAG_CHOICE, &on_error, 0, 0, 0, "fail|skip"},
+        {"--append-eod", FLAG_SWITCH, &o->append_eod, 0, 0, 0, NULL},
+        {"--no-bos", FLAG_SWITCH, &o->no_bos, 0, 0, 0, NULL},
+        {"--special-as-text", FLAG_SWITCH, &o->special_as_text, 0, 0, 0, NULL},
+        {"--pack", FLAG_SWITCH, &o->pack, 0, 0, 0, NULL},
+        {"--allow-empty", FLAG_SWITCH, &o->allow_empty, 0, 0, 0, NULL},
+        {"--workers", FLAG_INT, &o->workers, 1, 1024, 0, NULL},
+        {"--seq-len", FLAG_LONG, &o->seq_len, 1, 1 << 30, 0, NULL},
+        {"--max-docs", FLAG_LONG, &o->max_docs, 1, 9007199254740992.0, 0, NULL},
+        {"--log-interval", FLAG_DOUBLE, &o->log_interval, 0, INFINITY, FLAG_OPEN_MIN, NULL},
+    };
+    char err[512];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int has_v = v && strncmp(v, "--", 2) != 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(USAGE, stdout); exit(0); }
-        if (!strcmp(a, "--append-eod")) { o->append_eod = 1; continue; }
-        if (!strcmp(a, "--no-bos")) { o->no_bos = 1; continue; }
-        if (!strcmp(a, "--special-as-text")) { o->special_as_text = 1; continue; }
-        if (!strcmp(a, "--pack")) { o->pack = 1; continue; }
         if (!strcmp(a, "--input") || !strcmp(a, "--json-keys")) {
             int keys = a[2] == 'j', n = 0;
             while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
@@ -125,47 +143,19 @@ static void parse_args(int argc, char **argv, Options *o) {
             if (n == 0) usage_error("%s needs a value", a);
             continue;
         }
-        if (!has_v) usage_error(strncmp(a, "--", 2) ? "unexpected argument %s" : "unknown flag %s or it needs a value", a);
-        i++;
-        if (!strcmp(a, "--tokenizer")) o->tokenizer = v;
-        else if (!strcmp(a, "--output-prefix")) o->prefix = v;
-        else if (!strcmp(a, "--eod-token")) o->eod_token = v;
-        else if (!strcmp(a, "--csv-column")) o->csv_column = v;
-        else if (!strcmp(a, "--txt-mode")) {
-            if (!strcmp(v, "file")) o->txt_mode = TXT_FILE;
-            else if (!strcmp(v, "line")) o->txt_mode = TXT_LINE;
-            else if (!strcmp(v, "paragraph")) o->txt_mode = TXT_PARAGRAPH;
-            else usage_error("--txt-mode must be file, line or paragraph, not \"%s\"", v);
-        } else if (!strcmp(a, "--format")) {
-            if (!strcmp(v, "txt")) o->format = FMT_TXT;
-            else if (!strcmp(v, "jsonl")) o->format = FMT_JSONL;
-            else if (!strcmp(v, "json")) o->format = FMT_JSON;
-            else if (!strcmp(v, "csv")) o->format = FMT_CSV;
-            else if (!strcmp(v, "parquet")) o->format = FMT_PARQUET;
-            else usage_error("--format must be txt, jsonl, json or csv, not \"%s\"", v);
-        } else if (!strcmp(a, "--on-error")) {
-            if (!strcmp(v, "fail")) o->skip_errors = 0;
-            else if (!strcmp(v, "skip")) o->skip_errors = 1;
-            else usage_error("--on-error must be fail or skip, not \"%s\"", v);
-        } else if (!strcmp(a, "--workers")) {
-            char *end; long n = strtol(v, &end, 10);
-            if (*end || n < 1 || n > 1024) usage_error("--workers must be a number from 1 to 1024, not \"%s\"", v);
-            o->workers = (int)n;
-        } else if (!strcmp(a, "--seq-len")) {
-            char *end;
-            long n = strtol(v, &end, 10);
-            if (*end || n < 1 || n > (1L << 30)) usage_error("--seq-len must be a positive number, not \"%s\"", v);
-            o->seq_len = n;
-        } else if (!strcmp(a, "--max-docs")) {
-            char *end; long long n = strtoll(v, &end, 10);
-            if (*end || n < 1) usage_error("--max-docs must be a positive number, not \"%s\"", v);
-            o->max_docs = n;
-        } else if (!strcmp(a, "--log-interval")) {
-            char *end; double s = strtod(v, &end);
-            if (*end || s <= 0) usage_error("--log-interval must be a positive number of seconds, not \"%s\"", v);
-            o->log_interval = s;
-        } else usage_error("unknown flag %s", a);
+        const Flag *f = flag_find(flags, (int)(sizeof flags / sizeof flags[0]), a);
+        if (!f) usage_error(strncmp(a, "--", 2) ? "unexpected argument %s" : "unknown flag %s", a);
+        const char *v = NULL;
+        if (f->type != FLAG_SWITCH) {
+            if (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2)) usage_error("%s needs a value", a);
+            v = argv[++i];
+        }
+        if (flag_set(f, v, err, sizeof err) != 0) usage_error("%s", err);
     }
+    o->txt_mode = !strcmp(txt_mode, "file") ? TXT_FILE : !strcmp(txt_mode, "line") ? TXT_LINE : TXT_PARAGRAPH;
+    o->format = !format ? FMT_AUTO : !strcmp(format, "txt") ? FMT_TXT : !strcmp(format, "jsonl") ? FMT_JSONL
+              : !strcmp(format, "json") ? FMT_JSON : !strcmp(format, "csv") ? FMT_CSV : FMT_PARQUET;
+    o->skip_errors = !strcmp(on_error, "skip");
     if (o->ninputs == 0) usage_error("--input is required");
     if (!o->tokenizer) usage_error("--tokenizer is required");
     if (!o->prefix) usage_error("--output-prefix is required");
@@ -1338,6 +1328,14 @@ int main(int argc, char **argv) {
     pthread_mutex_unlock(&p.mu);
     for (int i = 0; i < o.workers; i++) pthread_join(threads[i], NULL);
     if (g_interrupted) fatal("interrupted; no output written");
+    // a dataset of no documents trains nothing: an error, unless asked for
+    for (int k = 0; k < o.nkeys && !o.allow_empty; k++) {
+        if (bd[k].ndocs > 0) continue;
+        char key[300] = "";
+        if (o.nkeys > 1) snprintf(key, sizeof key, " for key \"%s\"", o.keys[k]);
+        fatal("%s%s: no documents%s (%lld empty, %lld bad skipped); --allow-empty writes an empty dataset",
+              r.files[0], r.nfiles > 1 ? " and the other inputs" : "", key, bd[k].nempty, r.errors_skipped);
+    }
 
     for (int k = 0; k < o.nkeys; k++) {
         builder_finish(&bd[k]);

@@ -68,7 +68,10 @@ static void test_reader(int dtype_code, int split2) {
         start += lens[d];
     }
     for (int i = 0; i < 25; i++) CHECK(indexed_dataset_token(&ds, i) == tokens[i], "token %d", i);
-    CHECK(ds.max_token == tokens[24], "max token %lld", (long long)ds.max_token);
+    /* every id (the largest is the last) fits a vocabulary one larger than it, and not one equal to it */
+    CHECK(indexed_dataset_check_ids(&ds, 0, 5, tokens[24] + 1, err, sizeof(err)) == 0, "check ids: %s", err);
+    CHECK(indexed_dataset_check_ids(&ds, 0, 5, tokens[24], err, sizeof(err)) != 0 &&
+          strstr(err, "document 4, token 11: id") != NULL, "check ids with the largest id out: \"%s\"", err);
     indexed_dataset_close(&ds);
     printf("reader (dtype %d, %s): ok\n", dtype_code, split2 ? "two sequences per document" : "one sequence per document");
 }
@@ -252,6 +255,46 @@ static void test_errors(void) {
     expect_open_error("float32 tokens", "dtype");
 }
 
+/* The id check on an int32 .bin: a negative id or one past the vocabulary is found wherever it is in the
+   documents checked (the first token, the last: a token that is only ever a target), named by document and
+   place; documents outside the range checked are not read. */
+static void test_check_ids(void) {
+    enum { ND = 4, V = 100 };
+    int lens[ND] = {3, 0, 5, 4}, good[12] = {0, 5, 99, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    struct { int at, id, doc, pos; } cases[] = {{0, -1, 0, 0}, {6, -2147483647 - 1, 2, 3}, {11, -5, 3, 3}, {4, V, 2, 1}};
+    char err[2048], want[128];
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        int tokens[12];
+        memcpy(tokens, good, sizeof(tokens));
+        tokens[cases[c].at] = cases[c].id;
+        write_dataset("tests/tmp/ids", ND, lens, tokens, 4, c % 2);
+        IndexedDataset ds;
+        int rc = indexed_dataset_open(&ds, "tests/tmp/ids", err, sizeof(err));
+        CHECK(rc == 0, "open: %s", err);   /* opening does not judge the ids: the vocabulary is the model's */
+        if (rc) continue;
+        snprintf(want, sizeof(want), "tests/tmp/ids.bin: document %d, token %d: id %d is outside the model's vocabulary [0, %d)",
+                 cases[c].doc, cases[c].pos, cases[c].id, V);
+        err[0] = 0;
+        CHECK(indexed_dataset_check_ids(&ds, 0, ND, V, err, sizeof(err)) != 0 && !strcmp(err, want),
+              "id %d at %d: \"%s\", want \"%s\"", cases[c].id, cases[c].at, err, want);
+        /* the documents before the bad one pass */
+        CHECK(indexed_dataset_check_ids(&ds, 0, (uint64_t)cases[c].doc, V, err, sizeof(err)) == 0, "documents before: %s", err);
+        indexed_dataset_close(&ds);
+    }
+    /* uint16 ids are never negative; one at the vocabulary size is caught */
+    int t16[12];
+    memcpy(t16, good, sizeof(t16));
+    t16[2] = V;
+    write_dataset("tests/tmp/ids", ND, lens, t16, 8, 0);
+    IndexedDataset ds;
+    CHECK(indexed_dataset_open(&ds, "tests/tmp/ids", err, sizeof(err)) == 0, "open: %s", err);
+    CHECK(indexed_dataset_check_ids(&ds, 0, ND, V, err, sizeof(err)) != 0 && strstr(err, "document 0, token 2: id 100"),
+          "uint16 id %d: \"%s\"", V, err);
+    CHECK(indexed_dataset_check_ids(&ds, 0, ND, V + 1, err, sizeof(err)) == 0, "uint16 vocab %d: %s", V + 1, err);
+    indexed_dataset_close(&ds);
+    printf("id check: ok\n");
+}
+
 /* prepro's output read back by the header's reader: each document is the tokenizer's ids for its text
    followed by the EOD id, in input order, and the dtype follows the vocabulary size. */
 static void test_prepro_readback(void) {
@@ -318,6 +361,7 @@ int main(void) {
     test_blend();
     test_split();
     test_errors();
+    test_check_ids();
     test_prepro_readback();
     printf("%s\n", failures ? "FAILED" : "all data checks passed");
     return failures ? 1 : 0;

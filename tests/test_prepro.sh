@@ -15,22 +15,7 @@ ok() { checks=$((checks + 1)); }
 
 [ -x "$PREPRO" ] || { echo "FAIL: $PREPRO is not built (run make)"; exit 1; }
 
-# little-endian bytes of an integer
-le() {
-  local v=$1 n=$2 i
-  for ((i = 0; i < n; i++)); do printf "\\x$(printf %02x $(((v >> (8 * i)) & 255)))"; done
-}
-# make_idx DTYPE_CODE ITEMSIZE "seq lengths" "document boundaries (sequence counts, without the leading 0)"
-make_idx() {
-  local code=$1 item=$2 lens=($3) docs=($4) l d p=0
-  printf 'MMIDIDX\x00\x00'; le 1 8; le "$code" 1; le ${#lens[@]} 8; le $((${#docs[@]} + 1)) 8
-  for l in "${lens[@]}"; do le "$l" 4; done
-  for l in "${lens[@]}"; do le $p 8; p=$((p + l * item)); done
-  le 0 8
-  for d in "${docs[@]}"; do le "$d" 8; done
-}
-# make_bin ITEMSIZE ids...
-make_bin() { local item=$1 v; shift; for v in "$@"; do le "$v" "$item"; done; }
+. tests/lib/mmidx.sh   # le, make_idx, make_bin
 
 # run_ok NAME ARGS...: prepro must succeed; its stderr is kept in $T/NAME.err
 run_ok() {
@@ -259,6 +244,24 @@ python_free_big="$T/big.jsonl"
 for i in $(seq 1 3000); do printf '{"text": "document number %d with some words in it"}\n' "$i"; done > "$python_free_big"
 printf '{"txt": "late"}\n' >> "$python_free_big"
 expect_error late_error "^prepro: $python_free_big:3001: key \"text\" not found" --input "$python_free_big" --tokenizer $TOK --output-prefix "$B" --workers 2
+
+# numbers are checked against each flag's range (flags.h), choices against their list
+expect_error workers_range "^prepro: --workers 0: out of range \[1, 1024\]" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --workers 0
+expect_error workers_wrap "^prepro: --workers 4294967298: out of range \[1, 1024\]" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --workers 4294967298
+expect_error max_docs_range "^prepro: --max-docs -5: out of range \[1, 9007199254740992\]" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --max-docs -5
+expect_error seq_len_range "^prepro: --seq-len 4294967297: out of range \[1, 1073741824\]" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --pack --seq-len 4294967297
+expect_error log_interval_nan "^prepro: --log-interval nan: out of range \(0, inf\)" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --log-interval nan
+expect_error workers_text "^prepro: --workers two: not a whole number" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --workers two
+expect_error txt_mode_choice "^prepro: --txt-mode pages: must be one of file\|line\|paragraph" --input "$T/para.txt" --tokenizer $TOK --output-prefix "$B" --txt-mode pages
+# no documents at all (an empty file; only empty documents): an error unless --allow-empty
+: > "$T/empty.txt"
+expect_error empty_file "^prepro: $T/empty.txt: no documents \(0 empty, 0 bad skipped\); --allow-empty" --input "$T/empty.txt" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": ""}\n{"text": ""}\n' > "$T/empty.jsonl"
+expect_error only_empty_docs "^prepro: $T/empty.jsonl: no documents \(2 empty, 0 bad skipped\)" --input "$T/empty.jsonl" --tokenizer $TOK --output-prefix "$B"
+printf '{"text": "", "title": "T"}\n' > "$T/empty_text.jsonl"
+expect_error empty_key "^prepro: $T/empty_text.jsonl and the other inputs: no documents for key \"text\" \(2 empty" --input "$T/empty_text.jsonl" "$T/empty_text.jsonl" --tokenizer $TOK --output-prefix "$B" --json-keys text title
+run_ok allow_empty --input "$T/empty.jsonl" --tokenizer $TOK --output-prefix "$T/allow_empty" --allow-empty
+[ "$(doc_count "$T/allow_empty_text_document.idx")" = 0 ] && ok || fail "--allow-empty: want a dataset of 0 documents"
 
 # ---- --on-error skip: bad documents are counted, the rest is written
 cat "$T/docs.jsonl" "$T/nokey.jsonl" "$T/number.jsonl" "$T/utf8.jsonl" > "$T/mixed.jsonl"

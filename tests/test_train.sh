@@ -44,11 +44,11 @@ n=$(grep -c "skipped (non-finite)" "$tmp/nf2.log")
 [ $rc -eq 0 ] && [ "$n" -ge 1 ] && grep -q '"skipped":[1-9]' "$tmp/nf/log.jsonl" && ok "--skip-nonfinite skipped $n steps and finished" || bad "--skip-nonfinite (exit $rc, $n skipped)"
 
 # bad input: one line on stderr naming the problem, non-zero exit
-expect_error() {  # name, expected substring, command...
+expect_error() {  # name, expected substring (fixed text, not a pattern), command...
     local name=$1 needle=$2; shift 2
     "$@" > "$tmp/out" 2> "$tmp/err"; local rc=$?
     local lines; lines=$(wc -l < "$tmp/err")
-    if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -q -- "$needle" "$tmp/err"; then ok "$name: $(cat "$tmp/err")"
+    if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -qF -- "$needle" "$tmp/err"; then ok "$name: $(cat "$tmp/err")"
     else bad "$name (exit $rc, $lines lines): $(cat "$tmp/err")"; fi
 }
 expect_error "missing data" "nope.idx" ./train --data "$tmp/nope"
@@ -64,12 +64,78 @@ head -c 5000 "$final/model.safetensors" > "$tmp/trunc/model.safetensors"
 expect_error "truncated safetensors" "model.safetensors" ./train --data "$data" --init-from "$tmp/trunc"
 expect_error "vocab too small" "outside the model's vocabulary" ./train --data "$data" --model tests/fixtures/models/llama/config.json
 expect_error "a GPU flag to train" "is a flag of train_gpu" ./train --data "$data" --zero 2
+# token ids outside the vocabulary (an int32 .bin of 10 documents of 20 tokens): found when the data is opened,
+# in the documents the run reads, wherever they are (the very last token is only ever a target)
+. tests/lib/mmidx.sh
+ids_data() {  # ids_data NAME ELEMENT ID: document ELEMENT / 20 holds ID at place ELEMENT % 20
+    local ids=() i
+    for ((i = 0; i < 200; i++)); do ids+=($(( (i * 37) % 1000 ))); done
+    ids[$2]=$3
+    make_idx 4 4 "$(printf '20 %.0s' {1..10})" "$(seq -s ' ' 1 10)" > "$tmp/$1.idx"
+    make_bin 4 "${ids[@]}" > "$tmp/$1.bin"
+}
+ids_run=(--model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 8 --steps 1 --log-every 1)
+ids_data neg 123 -5
+expect_error "negative id" "train: $tmp/neg.bin: document 6, token 3: id -5 is outside the model's vocabulary [0, 50257)" \
+    ./train --data "$tmp/neg" "${ids_run[@]}" --split 100,0,0 --eval-every 0
+ids_data last 199 -1
+expect_error "negative id as the last target" "train: $tmp/last.bin: document 9, token 19: id -1 is outside" \
+    ./train --data "$tmp/last" "${ids_run[@]}" --split 100,0,0 --eval-every 0
+ids_data big 185 50257
+expect_error "id past the vocabulary in the validation split" "train: $tmp/big.bin: document 9, token 5: id 50257 is outside" \
+    ./train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 1
+./train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 0 > "$tmp/out" 2>&1 \
+    && ./train --data "$tmp/big" "${ids_run[@]}" --split 80,10,10 --eval-every 1 > "$tmp/out" 2>&1 \
+    && ok "a bad id in a split the run does not read is not refused" || bad "bad id outside the splits read: $(tail -1 "$tmp/out")"
+# every number is checked against its flag's range (flags.h): nothing wraps, nothing non-finite gets in
+while read -r flag value range; do
+    expect_error "$flag $value" "train: $flag $value: out of range $range" ./train --data "$data" "$flag" "$value"
+done <<'RANGES'
+--sample-len -1 [1, 2147483646]
+--sample-len 0 [1, 2147483646]
+--lr nan [0, inf)
+--lr inf [0, inf)
+--lr -1 [0, inf)
+--lr 1e39 [0, inf)
+--min-lr -0.1 [0, inf)
+--beta1 2 [0, 1)
+--beta2 1 [0, 1)
+--eps 0 (0, inf)
+--clip -1 [0, inf) (0: off)
+--weight-decay -inf [0, inf)
+--warmup-steps -5 [0, 2147483647] (0: no warmup)
+--decay-steps 0 [1, 2147483647]
+--threads -1 [0, 1024] (0: all cores / --nproc)
+--temperature -1 [0, inf) (0: the most likely token)
+--eval-steps 0 [1, 2147483647]
+--eval-every -1 [0, 2147483647] (0: off)
+--log-every 0 [1, 2147483647]
+--steps 4294967297 [0, 2147483647] (0: no training step)
+--steps -1 [0, 2147483647] (0: no training step)
+--batch-size 4294967297 [1, 2147483647]
+--grad-accum 0 [1, 2147483647]
+--top-k -1 [0, 2147483647] (0: all)
+--nproc 65 [1, 64]
+--seed -1 [0, 18446744073709551615]
+--seed 18446744073709551616 [0, 18446744073709551615]
+--max-shard-size -1 [0, 1073741824] (0: one file)
+RANGES
+expect_error "--steps 1.5" "train: --steps 1.5: not a whole number" ./train --data "$data" --steps 1.5
+expect_error "--lr abc" "train: --lr abc: not a number" ./train --data "$data" --lr abc
+expect_error "--lr-schedule" "train: --lr-schedule step: must be one of cosine|linear|constant" ./train --data "$data" --lr-schedule step
+expect_error "--steps without a value" "train: --steps needs a value" ./train --data "$data" --steps
+expect_error "tokens per step" "4294967296 tokens per step" ./train --data "$data" --batch-size 65536 --seq-len 65536
 # train_gpu (built wherever nvcc is) checks its flags before it looks for a GPU
 if [ -x ./train_gpu ]; then
-    expect_error "train_gpu --zero 3" "--zero must be 1 or 2" ./train_gpu --data "$data" --zero 3
-    expect_error "train_gpu --overlap 2" "--overlap and --nccl must be 0 or 1" ./train_gpu --data "$data" --overlap 2
-    expect_error "train_gpu --nccl-timeout -1" "--nccl-timeout must be" ./train_gpu --data "$data" --nccl-timeout -1
-    expect_error "train_gpu --dtype fp16" "--dtype must be bf16 or fp32" ./train_gpu --data "$data" --dtype fp16
+    expect_error "train_gpu --zero 3" "train_gpu: --zero 3: out of range [1, 2]" ./train_gpu --data "$data" --zero 3
+    expect_error "train_gpu --overlap 2" "train_gpu: --overlap 2: out of range [0, 1]" ./train_gpu --data "$data" --overlap 2
+    expect_error "train_gpu --nccl-timeout -1" "train_gpu: --nccl-timeout -1: out of range [0, inf) (0: no time limit)" ./train_gpu --data "$data" --nccl-timeout -1
+    expect_error "train_gpu --dtype fp16" "train_gpu: --dtype fp16: must be one of bf16|fp32" ./train_gpu --data "$data" --dtype fp16
+    expect_error "train_gpu --master-port 70000" "train_gpu: --master-port 70000: out of range [1, 65535]" ./train_gpu --data "$data" --master-port 70000
+    expect_error "train_gpu --node-rank 1" "train_gpu: --node-rank 1: out of range [0, 0]" ./train_gpu --data "$data" --node-rank 1
+    expect_error "train_gpu --lr nan" "train_gpu: --lr nan: out of range [0, inf)" ./train_gpu --data "$data" --lr nan
+    expect_error "train_gpu --sample-len -1" "train_gpu: --sample-len -1: out of range [1, 2147483646]" ./train_gpu --data "$data" --sample-len -1
+    expect_error "train_gpu --nproc-per-node 0" "train_gpu: --nproc-per-node 0: out of range [1, 1024]" ./train_gpu --data "$data" --nproc-per-node 0
     # config features its kernels do not implement are refused by key before any rank starts
     m=tests/fixtures/models
     expect_error "train_gpu o_proj bias" "config key attention_bias" ./train_gpu --data "$data" --model $m/llama_bias

@@ -7,9 +7,9 @@
    flags bit 2: the sampler shuffles; T = 1 + T % 64; the sampler covers documents [a % (D+1), ..).
  Without bits 0/1 the pair is used as given (a mismatching .bin, broken pointers).
 
- When the pair opens: documents tile the tokens, max_token is right, every token of every document is
- read, and the sampler's windows (every window of epoch 0 and the first of epoch 1) are the T+1-token
- cuts at stride T of the documents concatenated in the epoch's order.
+ When the pair opens: documents tile the tokens, every token of every document is read, the id check
+ finds exactly the ids outside the vocabulary, and the sampler's windows (every window of epoch 0 and the
+ first of epoch 1) are the T+1-token cuts at stride T of the documents concatenated in the epoch's order.
 */
 #define LLMTRAIN_IMPLEMENTATION
 #include "llmtrain.h"
@@ -69,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     FUZZ_CHECK(ds.itemsize == 2 || ds.itemsize == 4, "itemsize %d", ds.itemsize);
     FUZZ_CHECK(ds.bin_size == blen, "bin_size %zu, file %zu", ds.bin_size, blen);
-    int64_t ntok = (int64_t)(ds.bin_size / (size_t)ds.itemsize), pos = 0, mx = -1;
+    int64_t ntok = (int64_t)(ds.bin_size / (size_t)ds.itemsize), pos = 0, mx = -1, mn = 0;
     for (uint64_t d = 0; d < ds.num_docs; d++) {
         FUZZ_CHECK(ds.doc_len[d] >= 0 && ds.doc_start[d] == pos, "document %llu starts at %lld (expected %lld), %lld tokens",
                    (unsigned long long)d, (long long)ds.doc_start[d], (long long)pos, (long long)ds.doc_len[d]);
@@ -82,8 +82,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     (uint32_t)bin[4 * i + 1] << 8 | (uint32_t)bin[4 * i + 2] << 16 | (uint32_t)bin[4 * i + 3] << 24);
         FUZZ_CHECK(indexed_dataset_token(&ds, i) == t, "token %lld", (long long)i);
         if (t > mx) mx = t;
+        if (t < mn) mn = t;
     }
-    FUZZ_CHECK(ds.max_token == mx, "max_token %lld, expected %lld", (long long)ds.max_token, (long long)mx);
+    /* the id check over all documents: passes a vocabulary of max + 1 ids exactly when no id is negative, and
+       never passes one of max ids */
+    if (ntok > 0 && mx >= 0 && mx < INT32_MAX) {
+        int ok = indexed_dataset_check_ids(&ds, 0, ds.num_docs, (int)mx + 1, err, sizeof(err)) == 0;
+        FUZZ_CHECK(ok == (mn >= 0), "check_ids with vocabulary %lld: %d, smallest id %lld", (long long)mx + 1, ok, (long long)mn);
+        FUZZ_CHECK(indexed_dataset_check_ids(&ds, 0, ds.num_docs, (int)mx, err, sizeof(err)) != 0, "check_ids passed id %lld", (long long)mx);
+    }
 
     /* the sampler over documents [db, de) */
     uint64_t D = ds.num_docs, db = ra % (D + 1), de = db + rb % (D - db + 1);
