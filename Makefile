@@ -2,6 +2,7 @@
 #   make        build train and prepro (and train_gpu when nvcc is present)
 #   make run    install missing packages (as root), build, preprocess the bundled corpus, train, sample
 #   make test   build and run the whole test suite (no GPU, no Python)
+#   make test-sanitize   the same suite with every program built under ASan + UBSan, leaks checked
 
 CC      ?= gcc
 OPT     ?= -O3 -march=native
@@ -18,9 +19,12 @@ NVFLAGS   ?= -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -fopenmp -D_GNU_SOURCE
 NVLIBS     = -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lz -lzstd -lm -lgomp
 GPU_BINS   = $(if $(NVCC),$(if $(wildcard train_gpu.cu),train_gpu))
 
-.PHONY: all deps run test test-gpu bench plot fuzz clean
+# B: where the programs go, with the same layout as here (empty: in place; build/san/ for test-sanitize)
+B ?=
 
-all: train prepro/prepro $(GPU_BINS)
+.PHONY: all deps run test test-bins test-sanitize test-gpu bench plot fuzz clean
+
+all: $(B)train $(B)prepro/prepro $(GPU_BINS)
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -28,12 +32,14 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; fi
 
-train: train.c train_common.h llmtrain.h $(TOKENIZER)
+$(B)train: train.c train_common.h llmtrain.h $(TOKENIZER)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ train.c prepro/tokenizer.c $(LDLIBS)
 
 PARQUET = prepro/parquet.c prepro/parquet.h
 
-prepro/prepro: prepro/prepro.c $(TOKENIZER) $(PARQUET)
+$(B)prepro/prepro: prepro/prepro.c $(TOKENIZER) $(PARQUET)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ prepro/prepro.c prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
 
 # ---- the default run: bundled corpus -> .bin/.idx -> a small GPT-2 on the CPU -> sample
@@ -52,10 +58,10 @@ train_gpu: train_gpu.cu train_common.h llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
-TEST_BINS = tests/bin/test_layers tests/bin/test_model tests/bin/test_data tests/bin/test_tokenizer tests/bin/test_parquet tests/bin/test_comm
+TEST_BINS = $(addprefix $(B)tests/bin/,test_layers test_model test_data test_tokenizer test_parquet test_comm st_maxdiff)
 
-tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
-	@mkdir -p tests/bin
+$(B)tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
 
 # the GPU test program: its host checks run in `make test` wherever nvcc is; its device checks need a GPU
@@ -64,12 +70,27 @@ tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h llmtrain.h $(T
 	@mkdir -p tests/bin
 	$(NVCC) $(NVFLAGS) -Itests -I. -o $@ tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
-tests/bin/st_maxdiff: tests/tools/st_maxdiff.c llmtrain.h
-	@mkdir -p tests/bin
+$(B)tests/bin/st_maxdiff: tests/tools/st_maxdiff.c llmtrain.h
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -I. -o $@ $< $(LDLIBS)
 
-test: deps all $(TEST_BINS) $(GPU_TEST_BINS) tests/bin/st_maxdiff
+test-bins: $(TEST_BINS)
+
+test: deps all test-bins $(GPU_TEST_BINS)
 	@bash tests/run.sh
+
+# The whole suite again with train, prepro and the C test programs built into build/san/ under AddressSanitizer
+# (with LeakSanitizer) and UndefinedBehaviorSanitizer; tests/run.sh runs the programs under BIN_DIR. Any leak,
+# bad access or undefined behaviour fails the test that hit it. tests/lsan.supp silences leaks inside system
+# libraries only. The CUDA test program is not built here: its host code is the same C as train's.
+# SAN_STEPS shortens the long shell-test runs (the sanitized programs are several times slower).
+SAN_DIR  = build/san
+SAN_OPT  = -O1 -g -march=native -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+test-sanitize: deps
+	@$(MAKE) --no-print-directory B=$(SAN_DIR)/ OPT="$(SAN_OPT)" GPU_BINS= all test-bins
+	@BIN_DIR=$(SAN_DIR) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
+	    LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 bash tests/run.sh
 
 # GPU tests: skipped with a message where there is no GPU
 test-gpu: all
@@ -92,4 +113,4 @@ fuzz:
 	bash dev/fuzz.sh
 
 clean:
-	rm -rf train prepro/prepro tests/bin out tests/tmp
+	rm -rf train prepro/prepro tests/bin out tests/tmp build

@@ -12,14 +12,14 @@ data="$tmp/shk_text_document"
 
 common=(--data "$data" --model tests/fixtures/configs/train_small.json --batch-size 4 --seq-len 32 --steps 60
         --lr 1e-2 --warmup-steps 5 --split 90,10,0 --eval-every 60 --eval-steps 4 --seed 7 --log-every 10)
-./train "${common[@]}" --threads 2 --out "$tmp/run" > "$tmp/a.log" 2>&1 || { cat "$tmp/a.log"; bad "training run"; }
+$BIN_DIR/train "${common[@]}" --threads 2 --out "$tmp/run" > "$tmp/a.log" 2>&1 || { cat "$tmp/a.log"; bad "training run"; }
 v0=$(awk '/^step 0 \| val loss/ {print $6}' "$tmp/a.log")
 v1=$(awk '/^step 60 \| val loss/ {print $6}' "$tmp/a.log")
 echo "     val loss $v0 -> $v1"
 # a random init starts near ln(50257) = 10.8; 60 steps must take at least 3 nats off
 if awk -v a="$v0" -v b="$v1" 'BEGIN { exit !(a > 10 && b < a - 3.0) }'; then ok "val loss fell by > 3 nats"; else bad "val loss $v0 -> $v1"; fi
 
-./train "${common[@]}" --threads 1 > "$tmp/b.log" 2>&1
+$BIN_DIR/train "${common[@]}" --threads 1 > "$tmp/b.log" 2>&1
 if diff <(grep -E '^step' "$tmp/a.log" | sed 's/| [0-9.]* ms.*//') <(grep -E '^step' "$tmp/b.log" | sed 's/| [0-9.]* ms.*//') > /dev/null; then
     ok "1 thread and 2 threads give identical losses and norms"
 else bad "runs with 1 and 2 threads differ"; fi
@@ -28,7 +28,7 @@ final="$tmp/run/$(cat "$tmp/run/latest" 2>/dev/null)"
 [ -f "$final/model.safetensors" ] && [ -f "$final/config.json" ] && ok "final checkpoint $final" || bad "no final checkpoint"
 grep -q '"val_loss"' "$tmp/run/log.jsonl" && ok "log.jsonl has step and eval records" || bad "log.jsonl"
 # continue from the saved HF-format folder: its first validation loss is the last one of the run
-./train --data "$data" --init-from "$final" --batch-size 4 --seq-len 32 --steps 0 --split 90,10,0 \
+$BIN_DIR/train --data "$data" --init-from "$final" --batch-size 4 --seq-len 32 --steps 0 --split 90,10,0 \
     --eval-steps 4 --eval-every 1 > "$tmp/c.log" 2>&1 || { cat "$tmp/c.log"; bad "--init-from"; }
 v2=$(awk '/^step 0 \| val loss/ {print $6}' "$tmp/c.log")
 [ "$v2" = "$v1" ] && ok "--init-from the saved model gives the same val loss ($v2)" || bad "--init-from val loss $v2 != $v1"
@@ -37,9 +37,9 @@ v2=$(awk '/^step 0 \| val loss/ {print $6}' "$tmp/c.log")
 # or, with --skip-nonfinite, skips such steps, counts them and goes on
 blowup=(--data "$data" --model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 16 --steps 6 --lr 1e30
         --clip 0 --eval-every 0 --split 90,10,0)
-./train "${blowup[@]}" > "$tmp/nf.log" 2> "$tmp/nf.err"; rc=$?
+$BIN_DIR/train "${blowup[@]}" > "$tmp/nf.log" 2> "$tmp/nf.err"; rc=$?
 [ $rc -ne 0 ] && grep -q "not finite" "$tmp/nf.err" && ok "non-finite step stops the run: $(cat "$tmp/nf.err")" || bad "non-finite (exit $rc)"
-./train "${blowup[@]}" --skip-nonfinite --out "$tmp/nf" > "$tmp/nf2.log" 2>&1; rc=$?
+$BIN_DIR/train "${blowup[@]}" --skip-nonfinite --out "$tmp/nf" > "$tmp/nf2.log" 2>&1; rc=$?
 n=$(grep -c "skipped (non-finite)" "$tmp/nf2.log")
 [ $rc -eq 0 ] && [ "$n" -ge 1 ] && grep -q '"skipped":[1-9]' "$tmp/nf/log.jsonl" && ok "--skip-nonfinite skipped $n steps and finished" || bad "--skip-nonfinite (exit $rc, $n skipped)"
 
@@ -51,25 +51,25 @@ expect_error() {  # name, expected substring, command...
     if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -q -- "$needle" "$tmp/err"; then ok "$name: $(cat "$tmp/err")"
     else bad "$name (exit $rc, $lines lines): $(cat "$tmp/err")"; fi
 }
-expect_error "missing data" "nope.idx" ./train --data "$tmp/nope"
-expect_error "unknown model_type" 'unknown model_type "bert"' ./train --data "$data" --model tests/fixtures/configs/bad_model_type.json
-expect_error "inconsistent heads" "not a multiple" ./train --data "$data" --model tests/fixtures/configs/bad_heads.json
-expect_error "malformed config" "bad_json.json:2:" ./train --data "$data" --model tests/fixtures/configs/bad_json.json
-expect_error "missing config key" 'missing key "intermediate_size"' ./train --data "$data" --model tests/fixtures/configs/bad_missing.json
-expect_error "size out of range" 'key "n_head" must be a whole number from 0 to 2^24' ./train --data "$data" --model tests/fixtures/configs/bad_range.json
-expect_error "unknown preset" "neither a preset" ./train --data "$data" --model gpt9
-expect_error "unknown flag" "unknown flag --bogus" ./train --data "$data" --bogus 1
+expect_error "missing data" "nope.idx" $BIN_DIR/train --data "$tmp/nope"
+expect_error "unknown model_type" 'unknown model_type "bert"' $BIN_DIR/train --data "$data" --model tests/fixtures/configs/bad_model_type.json
+expect_error "inconsistent heads" "not a multiple" $BIN_DIR/train --data "$data" --model tests/fixtures/configs/bad_heads.json
+expect_error "malformed config" "bad_json.json:2:" $BIN_DIR/train --data "$data" --model tests/fixtures/configs/bad_json.json
+expect_error "missing config key" 'missing key "intermediate_size"' $BIN_DIR/train --data "$data" --model tests/fixtures/configs/bad_missing.json
+expect_error "size out of range" 'key "n_head" must be a whole number from 0 to 2^24' $BIN_DIR/train --data "$data" --model tests/fixtures/configs/bad_range.json
+expect_error "unknown preset" "neither a preset" $BIN_DIR/train --data "$data" --model gpt9
+expect_error "unknown flag" "unknown flag --bogus" $BIN_DIR/train --data "$data" --bogus 1
 mkdir -p "$tmp/trunc"; cp "$final/config.json" "$tmp/trunc/"
 head -c 5000 "$final/model.safetensors" > "$tmp/trunc/model.safetensors"
-expect_error "truncated safetensors" "model.safetensors" ./train --data "$data" --init-from "$tmp/trunc"
-expect_error "vocab too small" "outside the model's vocabulary" ./train --data "$data" --model tests/fixtures/models/llama/config.json
-expect_error "a GPU flag to train" "is a flag of train_gpu" ./train --data "$data" --zero 2
-# train_gpu (built wherever nvcc is) checks its flags before it looks for a GPU
-if [ -x ./train_gpu ]; then
-    expect_error "train_gpu --zero 3" "--zero must be 1 or 2" ./train_gpu --data "$data" --zero 3
-    expect_error "train_gpu --overlap 2" "--overlap and --nccl must be 0 or 1" ./train_gpu --data "$data" --overlap 2
-    expect_error "train_gpu --nccl-timeout -1" "--nccl-timeout must be" ./train_gpu --data "$data" --nccl-timeout -1
-    expect_error "train_gpu --dtype fp16" "--dtype must be bf16 or fp32" ./train_gpu --data "$data" --dtype fp16
-    ./train_gpu --help | grep -q -- "--zero 1|2" && ok "train_gpu --help lists the GPU flags" || bad "train_gpu --help"
+expect_error "truncated safetensors" "model.safetensors" $BIN_DIR/train --data "$data" --init-from "$tmp/trunc"
+expect_error "vocab too small" "outside the model's vocabulary" $BIN_DIR/train --data "$data" --model tests/fixtures/models/llama/config.json
+expect_error "a GPU flag to train" "is a flag of train_gpu" $BIN_DIR/train --data "$data" --zero 2
+# train_gpu (built wherever nvcc is) checks its flags before it looks for a GPU (the sanitized build has none)
+if [ -x $BIN_DIR/train_gpu ]; then
+    expect_error "train_gpu --zero 3" "--zero must be 1 or 2" $BIN_DIR/train_gpu --data "$data" --zero 3
+    expect_error "train_gpu --overlap 2" "--overlap and --nccl must be 0 or 1" $BIN_DIR/train_gpu --data "$data" --overlap 2
+    expect_error "train_gpu --nccl-timeout -1" "--nccl-timeout must be" $BIN_DIR/train_gpu --data "$data" --nccl-timeout -1
+    expect_error "train_gpu --dtype fp16" "--dtype must be bf16 or fp32" $BIN_DIR/train_gpu --data "$data" --dtype fp16
+    $BIN_DIR/train_gpu --help | grep -q -- "--zero 1|2" && ok "train_gpu --help lists the GPU flags" || bad "train_gpu --help"
 fi
 exit $fail
