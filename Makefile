@@ -83,12 +83,12 @@ test: deps all test-bins $(GPU_TEST_BINS)
 # (with LeakSanitizer) and UndefinedBehaviorSanitizer; tests/run.sh runs the programs under BIN_DIR. Any leak,
 # bad access or undefined behaviour fails the test that hit it. tests/lsan.supp silences leaks inside system
 # libraries only. The CUDA test program is not built here: its host code is the same C as train's.
-# SAN_STEPS shortens the long shell-test runs (the sanitized programs are several times slower).
+# TEST_SHORT=1 shortens the longest training run of tests/test_train.sh (the sanitized programs are ~10x slower).
 SAN_DIR  = build/san
 SAN_OPT  = -O1 -g -march=native -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 test-sanitize: deps
 	@$(MAKE) --no-print-directory B=$(SAN_DIR)/ OPT="$(SAN_OPT)" GPU_BINS= all test-bins
-	@BIN_DIR=$(SAN_DIR) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
+	@BIN_DIR=$(SAN_DIR) TEST_SHORT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
 	    LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 bash tests/run.sh
 
