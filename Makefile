@@ -26,10 +26,17 @@ B ?=
 
 all: $(B)train $(B)prepro/prepro $(GPU_BINS)
 
+# $(call apt_install,PACKAGES): installs them (as root) with one line of output; apt's own output goes to
+# APT_LOG, whose last lines are shown if it fails
+APT_LOG = $${TMPDIR:-/tmp}/llmtrain-apt.log
+apt_install = echo "installing$(1) (apt-get output: $(APT_LOG))"; \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); } > $(APT_LOG) 2>&1 \
+	|| { tail -n 20 $(APT_LOG); echo "apt-get failed: see $(APT_LOG)"; exit 1; }
+
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then $(call apt_install,$$missing); \
 	  else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; fi
 
 $(B)train: train.c train_common.h llmtrain.h $(TOKENIZER)
@@ -97,9 +104,10 @@ test-gpu: all
 	@if [ -z "$(NVCC)" ]; then echo "test-gpu: no nvcc: skipped"; exit 0; fi; \
 	$(MAKE) tests/bin/test_gpu && ./tests/bin/test_gpu
 
-# loss curves of a run folder (RUN=out/run) to RUN/loss.png, with gnuplot
+# loss curves of a run folder (RUN, default the run of `make run`) to RUN/loss.png, with gnuplot
+RUN ?= $(RUN_DIR)
 plot:
-	@command -v gnuplot >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq gnuplot-nox; } || { echo "plot needs gnuplot"; exit 1; }
+	@command -v gnuplot >/dev/null || { [ "$$(id -u)" = 0 ] && { $(call apt_install, gnuplot-nox); }; } || { echo "plot needs gnuplot"; exit 1; }
 	bash dev/plot.sh $(RUN)
 
 # speed: the CPU step time of GPT-2 124M at B=4, T=64 (llm.c's CPU configuration) and the tokenizer side by side
@@ -109,8 +117,9 @@ bench: all
 # libFuzzer targets (clang, ASan + UBSan) for the tokenizer, tokenizer.json, .idx, safetensors and config.json
 # readers, each for FUZZ_SECONDS (default 60)
 fuzz:
-	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang libclang-rt-14-dev; } || { echo "fuzz needs clang"; exit 1; }
+	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && { $(call apt_install, clang libclang-rt-14-dev); }; } || { echo "fuzz needs clang"; exit 1; }
 	bash dev/fuzz.sh
 
+# build outputs only: runs and preprocessed data in out/ stay (rm -rf out removes them)
 clean:
-	rm -rf train prepro/prepro tests/bin out tests/tmp build
+	rm -rf train prepro/prepro train_gpu tests/bin tests/tmp build
