@@ -416,7 +416,7 @@ static void collect_dir(const char *dir, char ***files, int *n, int *cap) {
         nn++;
     }
     closedir(d);
-    qsort(names, nn, sizeof(char *), cmp_str);
+    if (nn > 1) qsort(names, nn, sizeof(char *), cmp_str);   // (an empty directory has no array at all)
     for (size_t i = 0; i < nn; i++) {
         struct stat st;
         if (stat(names[i], &st) != 0) { free(names[i]); continue; }
@@ -447,7 +447,7 @@ static void reader_init(Reader *r, const Options *o) {
         if (S_ISDIR(st.st_mode)) {
             int before = r->nfiles;
             collect_dir(o->inputs[i], &r->files, &r->nfiles, &cap);
-            if (r->nfiles == before) fatal("%s: no .txt, .jsonl, .json or .csv files in this directory", o->inputs[i]);
+            if (r->nfiles == before) fatal("%s: no .txt, .jsonl, .json, .csv or .parquet files in this directory", o->inputs[i]);
         } else {
             size_t c = (size_t)cap;
             grow((void **)&r->files, &c, (size_t)r->nfiles + 1, sizeof(char *));
@@ -846,6 +846,14 @@ static void parquet_done(Reader *r) {
     struct stat st;
     if (stat(r->files[r->cur], &st) == 0) r->bytes_done += (uint64_t)st.st_size;   // for the progress line
     for (int k = 0; k < MAX_KEYS; k++) if (r->pq[k]) { parquet_close(r->pq[k]); r->pq[k] = NULL; }
+}
+
+// Closes the file being read (the reader may stop before the end, as with --max-docs) and frees the reader.
+static void reader_free(Reader *r) {
+    if (r->cur >= 0 && r->cur < r->nfiles && r->fmt == FMT_PARQUET) parquet_done(r);
+    src_close(&r->src);
+    for (int i = 0; i < r->nfiles; i++) free(r->files[i]);
+    free(r->files); free(r->formats); free(r->scratch.data);
 }
 
 static int reader_next(Reader *r, Batch *b) {
@@ -1371,8 +1379,7 @@ int main(int argc, char **argv) {
         free(bd[k].conv);
         free(pk[k].bd.conv); free(pk[k].carry);
     }
-    for (int i = 0; i < r.nfiles; i++) free(r.files[i]);
-    free(r.files); free(r.formats); free(r.scratch.data);
+    reader_free(&r);
     free(g_fields.buf.data); free(g_fields.off); free(g_fields.len);
     tokenizer_free(tok);
     return 0;

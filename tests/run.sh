@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test binary in tests/bin and every tests/test_*.sh script from the repository root;
 # each exits 0 on success. Prints one line per test and a closing "N passed, N failed" line.
+# BIN_DIR (default .) is where the programs are: BIN_DIR/train, BIN_DIR/prepro/prepro, BIN_DIR/tests/bin/*;
+# `make test-sanitize` points it at the sanitized build.
 cd "$(dirname "$0")/.." || exit 1
+export BIN_DIR=${BIN_DIR:-.}
 pass=0; fail=0; failed=""
-for t in tests/bin/test_* tests/test_*.sh; do
+for t in "$BIN_DIR"/tests/bin/test_* tests/test_*.sh; do
   [ -e "$t" ] || continue
   start=$(date +%s)
   if [ "${t%.sh}" != "$t" ]; then bash "$t" > "tests/tmp_$$.log" 2>&1; else "$t" > "tests/tmp_$$.log" 2>&1; fi

@@ -295,6 +295,16 @@ static void test_check_ids(void) {
     printf("id check: ok\n");
 }
 
+/* Runs prepro (BIN_DIR/prepro/prepro, BIN_DIR from tests/run.sh, default .) on tests/tmp/rb.jsonl into
+   tests/tmp/rb with --append-eod and the extra flags; its exit status as system() gives it. */
+static int run_prepro(const char *flags) {
+    const char *bin = getenv("BIN_DIR");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/prepro/prepro --input tests/tmp/rb.jsonl --tokenizer data/gpt2_tokenizer.json "
+             "--output-prefix tests/tmp/rb --append-eod %s 2> /dev/null", bin && *bin ? bin : ".", flags);
+    return system(cmd);
+}
+
 /* prepro's output read back by the header's reader: each document is the tokenizer's ids for its text
    followed by the EOD id, in input order, and the dtype follows the vocabulary size. */
 static void test_prepro_readback(void) {
@@ -309,8 +319,7 @@ static void test_prepro_readback(void) {
         free(line); json_decref(o);
     }
     fclose(f);
-    int rc = system("./prepro/prepro --input tests/tmp/rb.jsonl --tokenizer data/gpt2_tokenizer.json "
-                    "--output-prefix tests/tmp/rb --append-eod --workers 2 2> /dev/null");
+    int rc = run_prepro("--workers 2");
     CHECK(rc == 0, "prepro exit %d", rc);
     char err[512];
     Tokenizer *tok = tokenizer_load("data/gpt2_tokenizer.json", err, sizeof(err));
@@ -338,8 +347,7 @@ static void test_prepro_readback(void) {
     printf("prepro output read back: ok (%d documents)\n", d);
 
     /* --pack --seq-len 7: the same token stream cut into 7-token documents, the tail dropped */
-    rc = system("./prepro/prepro --input tests/tmp/rb.jsonl --tokenizer data/gpt2_tokenizer.json "
-                "--output-prefix tests/tmp/rb --append-eod --pack --seq-len 7 2> /dev/null");
+    rc = run_prepro("--pack --seq-len 7");
     CHECK(rc == 0, "prepro --pack exit %d", rc);
     IndexedDataset doc, pk;
     CHECK(indexed_dataset_open(&doc, "tests/tmp/rb_text_document", err, sizeof(err)) == 0, "%s", err);

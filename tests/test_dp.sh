@@ -8,20 +8,20 @@ cd "$(dirname "$0")/.."
 shakespeare_data 60000
 common=(--data "$tmp/shk_text_document" --model tests/fixtures/configs/train_small.json --seq-len 16 --lr 1e-2
         --warmup-steps 2 --steps 6 --grad-accum 2 --split 90,10,0 --eval-every 0 --seed 5 --threads 1)
-./train "${common[@]}" --batch-size 4 --out "$tmp/r1" > "$tmp/r1.log" 2>&1 || { cat "$tmp/r1.log"; bad "1 rank"; }
-./train "${common[@]}" --batch-size 2 -n 2 --out "$tmp/r2" > "$tmp/r2.log" 2>&1 || { cat "$tmp/r2.log"; bad "2 ranks"; }
-./train "${common[@]}" --batch-size 1 -n 4 --out "$tmp/r4" > "$tmp/r4.log" 2>&1 || { cat "$tmp/r4.log"; bad "4 ranks"; }
+$BIN_DIR/train "${common[@]}" --batch-size 4 --out "$tmp/r1" > "$tmp/r1.log" 2>&1 || { cat "$tmp/r1.log"; bad "1 rank"; }
+$BIN_DIR/train "${common[@]}" --batch-size 2 -n 2 --out "$tmp/r2" > "$tmp/r2.log" 2>&1 || { cat "$tmp/r2.log"; bad "2 ranks"; }
+$BIN_DIR/train "${common[@]}" --batch-size 1 -n 4 --out "$tmp/r4" > "$tmp/r4.log" 2>&1 || { cat "$tmp/r4.log"; bad "4 ranks"; }
 losses() { grep -E '^step +[0-9]+/' "$1" | awk -F'|' '{print $2, $4}'; }
 for n in 2 4; do
     if diff <(losses "$tmp/r1.log") <(losses "$tmp/r$n.log") > /dev/null; then ok "1 rank == $n ranks: losses and grad norms"
     else bad "1 rank vs $n ranks"; paste <(losses "$tmp/r1.log") <(losses "$tmp/r$n.log"); fi
     for f in model train_state; do
-        d=$(./tests/bin/st_maxdiff "$tmp/r1/step_000006/$f.safetensors" "$tmp/r$n/step_000006/$f.safetensors")
+        d=$($BIN_DIR/tests/bin/st_maxdiff "$tmp/r1/step_000006/$f.safetensors" "$tmp/r$n/step_000006/$f.safetensors")
         [ -n "$d" ] && awk -v d="$d" 'BEGIN { exit !(d + 0 <= 1e-4) }' && ok "$f.safetensors 1 vs $n ranks: max diff $d" || bad "$f 1 vs $n ranks: max diff $d"
     done
 done
 # a rank killed mid-run: the others stop with an error instead of waiting forever
-./train "${common[@]}" --steps 100000 --batch-size 2 -n 2 > "$tmp/k.log" 2> "$tmp/k.err" &
+$BIN_DIR/train "${common[@]}" --steps 100000 --batch-size 2 -n 2 > "$tmp/k.log" 2> "$tmp/k.err" &
 pid=$!; sleep 2
 child=$(pgrep -P $pid | head -n 1)
 kill -KILL "$child" 2>/dev/null

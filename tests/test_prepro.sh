@@ -4,7 +4,7 @@
 # (one error line, non-zero exit, no output left behind). Needs ./prepro/prepro built; run from anywhere.
 set -u
 cd "$(dirname "$0")/.." || exit 1
-PREPRO=./prepro/prepro
+PREPRO=${BIN_DIR:-.}/prepro/prepro   # BIN_DIR: see tests/run.sh
 TOK=data/gpt2_tokenizer.json
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
@@ -143,6 +143,16 @@ same dir "$T/want.bin" "$T/dir_out_title_document.bin"
 # ---- --max-docs stops early
 run_ok maxdocs --input "$T/big.jsonl" --tokenizer $TOK --output-prefix "$T/maxd" --max-docs 100
 [ "$(doc_count "$T/maxd_text_document.idx")" = 100 ] && ok || fail "max-docs: want 100 documents"
+# stopping inside a compressed or parquet file closes it (make test-sanitize finds what is left open)
+if command -v gzip > /dev/null; then
+  gzip -c "$T/big.jsonl" > "$T/big.jsonl.gz"
+  run_ok maxdocs_gz --input "$T/big.jsonl.gz" --tokenizer $TOK --output-prefix "$T/maxdgz" --max-docs 100
+  same maxdocs_gz "$T/maxd_text_document.bin" "$T/maxdgz_text_document.bin"
+fi
+run_ok maxdocs_pq --input $PQ/dict_gzip_v1_required.parquet --tokenizer $TOK --output-prefix "$T/maxdpq" --max-docs 5
+run_ok maxdocs_pq_equiv --input "$T/pq_equiv.jsonl" --tokenizer $TOK --output-prefix "$T/maxdpqe" --max-docs 5
+same maxdocs_parquet "$T/maxdpqe_text_document.bin" "$T/maxdpq_text_document.bin"
+same maxdocs_parquet "$T/maxdpqe_text_document.idx" "$T/maxdpq_text_document.idx"
 
 # ---- special tokens in the text: matched by default, plain text with --special-as-text
 printf 'x<|endoftext|>y\n' > "$T/special.txt"
@@ -221,6 +231,8 @@ expect_error json_cut "^prepro: $T/cut.json:[0-9]+:[0-9]+: malformed JSON" --inp
 printf '{"model": {"vocab": {"a": 0,}}}' > "$T/badtok.json"
 expect_error bad_tokenizer "^prepro: $T/badtok.json:1:[0-9]+: " --input "$T/docs.jsonl" --tokenizer "$T/badtok.json" --output-prefix "$B"
 expect_error no_output_dir "^prepro: $T/bad/missing/x_text_document.bin.tmp: cannot create" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$T/bad/missing/x"
+mkdir -p "$T/emptydir"
+expect_error empty_dir "^prepro: $T/emptydir: no .txt, .jsonl, .json, .csv or .parquet files in this directory" --input "$T/emptydir" --tokenizer $TOK --output-prefix "$B"
 expect_error unknown_flag "^prepro: unknown flag --bogus" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --bogus 1
 expect_error eod_token "--eod-token \"<nope>\" is not a token" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --eod-token '<nope>'
 expect_error txt_two_keys "two|2 --json-keys" --input "$T/para.txt" --tokenizer $TOK --output-prefix "$B" --json-keys a b

@@ -231,19 +231,19 @@ static void run_fixture(const char *file) {
         arg = arg ? arg + 1 : line + strlen(line);
         if (line[0] == '#' || line[0] == 0) continue;
         if (!strncmp(line, "tokenizer ", 10)) { snprintf(tokpath, sizeof tokpath, "%s", arg); continue; }
-        if (!strncmp(line, "patch ", 6)) { patch = unhex(arg, &patchn); continue; }
+        if (!strncmp(line, "patch ", 6)) { free(patch); patch = unhex(arg, &patchn); continue; }
         if (!strncmp(line, "optional ", 9)) {
             optional = atoi(arg);
             if (access(tokpath, R_OK) != 0) {
-                if (optional) { printf("skip %s: %s absent\n", file, tokpath); fclose(f); return; }
-                failf("%s: tokenizer %s absent", file, tokpath); fclose(f); return;
+                if (optional) printf("skip %s: %s absent\n", file, tokpath);
+                else failf("%s: tokenizer %s absent", file, tokpath);
+                break;
             }
             char err[1024];
-            if (patch && patch_tokenizer(tokpath, patch, patched, sizeof patched)) { failf("%s: cannot patch %s", file, tokpath); fclose(f); return; }
+            if (patch && patch_tokenizer(tokpath, patch, patched, sizeof patched)) { failf("%s: cannot patch %s", file, tokpath); break; }
             tok = tokenizer_load(patch ? patched : tokpath, err, sizeof err);
             if (patch) unlink(patched);
-            free(patch); patch = NULL;
-            if (!tok) { failf("%s: %s", file, err); fclose(f); return; }
+            if (!tok) { failf("%s: %s", file, err); break; }
             st = tokenizer_state_new(tok);
             printf("%s: %s\n", tokpath, tokenizer_describe(tok));
             continue;
@@ -282,8 +282,8 @@ static void run_fixture(const char *file) {
         if (!strncmp(line, "bulk ", 5)) { check_bulk(tok, file, arg, f); continue; }
         failf("%s: unknown line: %.60s", file, line);
     }
-    printf("  %d cases\n", ncases);
-    free(text); free(dec);
+    if (tok) printf("  %d cases\n", ncases);
+    free(patch); free(text); free(dec);
     for (int k = 0; k < 3; k++) free(want[k]);
     tokenizer_state_free(st);
     tokenizer_free(tok);
