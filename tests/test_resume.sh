@@ -53,7 +53,7 @@ pid=$!; sleep 2; kill -TERM $pid; wait $pid; rc=$?
 # replaced.
 quick=("${common[@]}" --eval-every 0 --threads 1)   # one thread: fast on a busy machine
 command -v strace > /dev/null || bad "strace is missing (make deps installs it)"
-./train "${quick[@]}" --steps 1 --out "$tmp/re0" > /dev/null 2>&1 || bad "first save of step 1"
+$BIN_DIR/train "${quick[@]}" --steps 1 --out "$tmp/re0" > /dev/null 2>&1 || bad "first save of step 1"
 resave_ok=0; resave_n=0
 for trial in "exchange rename 3" "exchange renameat2 1" "exchange rename 4" "exchange rename 5" \
              "links rename 5" "links rename 6" "links rename 7"; do
@@ -61,12 +61,12 @@ for trial in "exchange rename 3" "exchange renameat2 1" "exchange rename 4" "exc
     inject=(-e "inject=$2:signal=KILL:when=$3")
     [ "$1" = links ] && inject+=(-e inject=renameat2:error=EINVAL)
     rm -rf "$tmp/re"; cp -r "$tmp/re0" "$tmp/re"
-    (strace -f -o /dev/null "${inject[@]}" ./train "${quick[@]}" --steps 1 --out "$tmp/re" > /dev/null 2>&1; true) 2> /dev/null
+    (strace -f -o /dev/null "${inject[@]}" $BIN_DIR/train "${quick[@]}" --steps 1 --out "$tmp/re" > /dev/null 2>&1; true) 2> /dev/null
     resave_n=$((resave_n + 1))
     # a resume at the checkpoint's step only loads it; the second start finds nothing left to clean
-    if ./train "${quick[@]}" --steps 1 --out "$tmp/re" --resume > "$tmp/re.log" 2>&1 &&
+    if $BIN_DIR/train "${quick[@]}" --steps 1 --out "$tmp/re" --resume > "$tmp/re.log" 2>&1 &&
        grep -q "resumed from $tmp/re/step_000001 at step 1" "$tmp/re.log" &&
-       ./train "${quick[@]}" --steps 1 --out "$tmp/re" --resume > /dev/null 2>&1 &&
+       $BIN_DIR/train "${quick[@]}" --steps 1 --out "$tmp/re" --resume > /dev/null 2>&1 &&
        ! ls -d "$tmp"/re/.step_* > /dev/null 2>&1; then resave_ok=$((resave_ok + 1))
     else echo "     $trial: latest $(cat "$tmp/re/latest"), left $(ls -A "$tmp/re" | tr '\n' ' ')"; cat "$tmp/re.log"; fi
 done
@@ -75,19 +75,19 @@ done
 
 # log.jsonl after a kill and a resume: each step once, with the losses of a straight run (the kill comes at the
 # first rename of the save of step 4, the 6th of the run: steps 3 and 4 were logged, step 2 is the last saved)
-(strace -f -o /dev/null -e inject=rename:signal=KILL:when=6 ./train "${quick[@]}" --steps 4 --save-every 2 --out "$tmp/lg" > /dev/null 2>&1; true) 2> /dev/null
-./train "${quick[@]}" --steps 4 --out "$tmp/lg" --resume > "$tmp/lg.log" 2>&1 || { cat "$tmp/lg.log"; bad "resume after a kill"; }
-./train "${quick[@]}" --steps 4 --out "$tmp/lg1" > /dev/null 2>&1
+(strace -f -o /dev/null -e inject=rename:signal=KILL:when=6 $BIN_DIR/train "${quick[@]}" --steps 4 --save-every 2 --out "$tmp/lg" > /dev/null 2>&1; true) 2> /dev/null
+$BIN_DIR/train "${quick[@]}" --steps 4 --out "$tmp/lg" --resume > "$tmp/lg.log" 2>&1 || { cat "$tmp/lg.log"; bad "resume after a kill"; }
+$BIN_DIR/train "${quick[@]}" --steps 4 --out "$tmp/lg1" > /dev/null 2>&1
 losses() { grep -o '"step":[0-9]*,"loss":[0-9.]*' "$1/log.jsonl"; }
 if grep -q "resumed from $tmp/lg/step_000002 at step 2" "$tmp/lg.log" && [ "$(losses "$tmp/lg" | wc -l)" = 4 ] && diff <(losses "$tmp/lg") <(losses "$tmp/lg1") > /dev/null
 then ok "log.jsonl after kill + resume: steps 1-4 once each, as straight ($(grep -o 'dropped.*' "$tmp/lg.log"))"
 else bad "log.jsonl after kill + resume:"; losses "$tmp/lg"; fi
 
 # a second run into a folder that a run is writing stops, naming it
-./train "${quick[@]}" --steps 100000 --out "$tmp/lk" > /dev/null 2>&1 &
+$BIN_DIR/train "${quick[@]}" --steps 100000 --out "$tmp/lk" > /dev/null 2>&1 &
 pid=$!
 for i in $(seq 50); do [ -s "$tmp/lk/.lock" ] && break; sleep 0.1; done
-./train "${quick[@]}" --steps 1 --out "$tmp/lk" > /dev/null 2> "$tmp/lk.err"; rc=$?
+$BIN_DIR/train "${quick[@]}" --steps 1 --out "$tmp/lk" > /dev/null 2> "$tmp/lk.err"; rc=$?
 kill -TERM $pid; wait $pid
 [ $rc -ne 0 ] && grep -q "another run (pid $pid) is writing this folder" "$tmp/lk.err" && ok "a second run into a busy --out stops: $(cat "$tmp/lk.err")" ||
     bad "second run into a busy --out (exit $rc): $(cat "$tmp/lk.err")"
@@ -96,13 +96,13 @@ kill -TERM $pid; wait $pid
 # --steps 5 --decay-steps 3 straight, and says so; a --decay-steps given replaces it, and says so
 sched=(--data "$tmp/shk_text_document" --model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 16
        --lr 1e-2 --warmup-steps 1 --split 90,10,0 --eval-every 0 --seed 11 --threads 1)
-./train "${sched[@]}" --steps 3 --out "$tmp/sc" > /dev/null 2>&1
-./train "${sched[@]}" --steps 5 --out "$tmp/sc" --resume > "$tmp/sc.log" 2>&1
-./train "${sched[@]}" --steps 5 --decay-steps 3 --out "$tmp/sc1" > /dev/null 2>&1
+$BIN_DIR/train "${sched[@]}" --steps 3 --out "$tmp/sc" > /dev/null 2>&1
+$BIN_DIR/train "${sched[@]}" --steps 5 --out "$tmp/sc" --resume > "$tmp/sc.log" 2>&1
+$BIN_DIR/train "${sched[@]}" --steps 5 --decay-steps 3 --out "$tmp/sc1" > /dev/null 2>&1
 cmp -s "$tmp/sc/step_000005/model.safetensors" "$tmp/sc1/step_000005/model.safetensors" &&
     grep -q "steps 4-5 run at min-lr 0.001" "$tmp/sc.log" && ok "resume keeps the LR schedule: == --decay-steps 3 straight; $(grep -h 'LR schedule\|min-lr 0.001 (' "$tmp/sc.log" | tr '\n' ' ')" ||
     { bad "resume with a longer --steps changed the LR schedule"; cat "$tmp/sc.log"; }
-./train "${sched[@]}" --steps 6 --decay-steps 6 --out "$tmp/sc" --resume > "$tmp/sc2.log" 2>&1
+$BIN_DIR/train "${sched[@]}" --steps 6 --decay-steps 6 --out "$tmp/sc" --resume > "$tmp/sc2.log" 2>&1
 grep -q -- "--decay-steps 6 replaces the checkpoint's 3: the learning rate follows the new schedule from step 6" "$tmp/sc2.log" &&
     ok "a --decay-steps given at resume is announced" || { bad "--decay-steps at resume"; cat "$tmp/sc2.log"; }
 
