@@ -632,7 +632,8 @@ template <typename T> static void test_training(int family) {
         if (step == 1) first = cl;
         lastc = cl; lastg = (float)gl;
     }
-    double tol = sizeof(T) == 4 ? 1e-3 : 3e-2;
+    /* on the emulation, lr 1e-3: fp32 within 4e-7, bf16 within 1.1e-3 (llama) and 4e-4 (gpt2) of the CPU */
+    double tol = sizeof(T) == 4 ? 1e-4 : 1e-2;
     int ok = worst <= tol && lastc < first;
     printf("%s %-5s training %-8s 20 steps: loss %.4f -> cpu %.4f gpu %.4f, worst rel diff %.2g%s\n", ok ? "ok  " : "FAIL",
            g_dtype, family_name(family), first, lastc, lastg, worst, ok ? "" : "  <--");
