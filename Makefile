@@ -43,11 +43,11 @@ $(B)train: train.c train_common.h flags.h llmtrain.h $(TOKENIZER)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ train.c prepro/tokenizer.c $(LDLIBS)
 
-PARQUET = prepro/parquet.c prepro/parquet.h
+PARQUET = prepro/parquet.c prepro/parquet.h prepro/arrow.c prepro/arrow.h prepro/file_io.h
 
 $(B)prepro/prepro: prepro/prepro.c flags.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ prepro/prepro.c prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ prepro/prepro.c prepro/tokenizer.c prepro/parquet.c prepro/arrow.c $(LDLIBS)
 
 # ---- the default run: bundled corpus -> .bin/.idx -> a small GPT-2 on the CPU -> sample. The schedule
 # (peak lr 2e-3 after 50 warmup steps) trains without the loss spike a 3e-3 peak after 20 steps gives; a step
@@ -67,11 +67,11 @@ train_gpu: train_gpu.cu train_common.h flags.h llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
-TEST_BINS = $(addprefix $(B)tests/bin/,test_layers test_model test_data test_tokenizer test_parquet test_comm test_sample st_maxdiff)
+TEST_BINS = $(addprefix $(B)tests/bin/,test_layers test_model test_data test_tokenizer test_columnar test_comm test_sample st_maxdiff)
 
 $(B)tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c prepro/arrow.c $(LDLIBS)
 
 $(B)tests/bin/test_sample: train_common.h flags.h
 

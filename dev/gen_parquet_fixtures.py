@@ -12,7 +12,7 @@ Written:
                             to PLAIN / DELTA_LENGTH_BYTE_ARRAY / DELTA_BYTE_ARRAY; UNCOMPRESSED, SNAPPY,
                             GZIP, ZSTD; data pages v1 and v2; several row groups and pages; nested columns
                             beside the string column; an empty file; files cut short or corrupted
-    cases.json              what tests/test_parquet.c checks: for each case a file and a column, and either
+    cases.json              what tests/test_columnar.c checks: for each case a file and a column, and either
                             the expected values (a .jsonl) or a piece of the expected error message
                             ("open_error": from parquet_open, "next_error": from parquet_next)
 

@@ -21,6 +21,7 @@
 #define _GNU_SOURCE   // pread, O_CLOEXEC
 #endif
 #include "parquet.h"
+#include "file_io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -116,36 +117,17 @@ static int fail(ParquetReader *r, const char *fmt, ...) {
     return -1;
 }
 
-static void put_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap; va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
-static uint32_t le32(const uint8_t *p) { return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
-
-// Makes *buf hold at least n bytes; -1 when out of memory.
 static int reserve(ParquetReader *r, uint8_t **buf, size_t *cap, size_t n) {
-    if (n <= *cap) return 0;
-    size_t c = *cap ? *cap : 4096;
-    while (c < n) c = c > SIZE_MAX / 2 ? n : c * 2;
-    uint8_t *b = realloc(*buf, c);
-    if (!b) return fail(r, "out of memory (%zu bytes)", n);
-    *buf = b; *cap = c;
-    return 0;
+    return grow_bytes(buf, cap, n) < 0 ? fail(r, "out of memory (%zu bytes)", n) : 0;
 }
 
 // Reads exactly n bytes at offset off.
 static int read_at(ParquetReader *r, void *dst, size_t n, int64_t off) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t k = pread(r->fd, (char *)dst + got, n - got, (off_t)(off + (int64_t)got));
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) return fail(r, "read error at byte %lld: %s", (long long)(off + (int64_t)got), strerror(errno));
-        if (k == 0) return fail(r, "file ends at byte %lld (cut short?)", (long long)(off + (int64_t)got));
-        got += (size_t)k;
-    }
+    int64_t at;
+    int rc = pread_exact(r->fd, dst, n, off, &at);
+    if (rc == -1) return fail(r, "read error at byte %lld: %s", (long long)at, strerror(errno));
+    if (rc == -2) return fail(r, "file ends at byte %lld (cut short?)", (long long)at);
     return 0;
 }
 

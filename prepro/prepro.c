@@ -33,6 +33,7 @@
 #include "../flags.h"
 #include "tokenizer.h"
 #include "parquet.h"
+#include "arrow.h"
 
 // ----------------------------------------------------------------------------------------------
 // 1. options
@@ -40,7 +41,7 @@
 #define MAX_KEYS 16
 #define MAX_INPUTS 256
 
-enum { FMT_AUTO, FMT_TXT, FMT_JSONL, FMT_JSON, FMT_CSV, FMT_PARQUET };
+enum { FMT_AUTO, FMT_TXT, FMT_JSONL, FMT_JSON, FMT_CSV, FMT_PARQUET, FMT_ARROW };
 enum { TXT_FILE, TXT_LINE, TXT_PARAGRAPH };
 
 typedef struct {
@@ -68,9 +69,10 @@ static const char *USAGE =
     "usage: prepro --input FILE|DIR [FILE|DIR ...] --tokenizer tokenizer.json --output-prefix P [options]\n"
     "\n"
     "Tokenizes text into Megatron MMIDIDX files P_KEY_document.bin/.idx (+ P_KEY_document.json metadata).\n"
-    "Inputs: .txt, .jsonl, .json (array of objects), .csv, each optionally .gz or .zst, and .parquet (string\n"
-    "columns named by --json-keys); a directory is searched\n"
-    "recursively for those (sorted by path; hidden files and *_document.json sidecars are left out).\n"
+    "Inputs: .txt, .jsonl, .json (array of objects), .csv, each optionally .gz or .zst, and .parquet and\n"
+    ".arrow (Arrow IPC stream or file, as Hugging Face datasets saves; string columns named by --json-keys);\n"
+    "a directory is searched recursively for those (sorted by path; formats may be mixed; hidden files,\n"
+    "*_document.json sidecars and the datasets metadata files beside .arrow files are left out).\n"
     "\n"
     "  --input PATH ...           input files or directories (the flag may repeat)\n"
     "  --tokenizer FILE           Hugging Face tokenizer.json\n"
@@ -83,7 +85,7 @@ static const char *USAGE =
     "  --txt-mode file|line|paragraph  .txt documents: the whole file, each non-blank line, or blocks\n"
     "                             separated by blank lines (default: paragraph)\n"
     "  --csv-column NAME          .csv column holding the text (default: the key)\n"
-    "  --format txt|jsonl|json|csv|parquet  read every input as this format instead of by extension\n"
+    "  --format txt|jsonl|json|csv|parquet|arrow  read every input as this format instead of by extension\n"
     "  --no-bos                   do not add the tokens the tokenizer's post-processor adds (BOS)\n"
     "  --special-as-text          tokenize special-token strings in the text (\"<|endoftext|>\") as text\n"
     "  --workers N                tokenizing threads (default: number of CPUs); output is identical for any N\n"
@@ -117,7 +119,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         {"--eod-token", FLAG_STRING, &o->eod_token, 0, 0, 0, NULL},
         {"--csv-column", FLAG_STRING, &o->csv_column, 0, 0, 0, NULL},
         {"--txt-mode", FLAG_CHOICE, &txt_mode, 0, 0, 0, "file|line|paragraph"},
-        {"--format", FLAG_CHOICE, &format, 0, 0, 0, "txt|jsonl|json|csv|parquet"},
+        {"--format", FLAG_CHOICE, &format, 0, 0, 0, "txt|jsonl|json|csv|parquet|arrow"},
         {"--on-error", FLAG_CHOICE, &on_error, 0, 0, 0, "fail|skip"},
         {"--append-eod", FLAG_SWITCH, &o->append_eod, 0, 0, 0, NULL},
         {"--no-bos", FLAG_SWITCH, &o->no_bos, 0, 0, 0, NULL},
@@ -154,7 +156,7 @@ static void parse_args(int argc, char **argv, Options *o) {
     }
     o->txt_mode = !strcmp(txt_mode, "file") ? TXT_FILE : !strcmp(txt_mode, "line") ? TXT_LINE : TXT_PARAGRAPH;
     o->format = !format ? FMT_AUTO : !strcmp(format, "txt") ? FMT_TXT : !strcmp(format, "jsonl") ? FMT_JSONL
-              : !strcmp(format, "json") ? FMT_JSON : !strcmp(format, "csv") ? FMT_CSV : FMT_PARQUET;
+              : !strcmp(format, "json") ? FMT_JSON : !strcmp(format, "csv") ? FMT_CSV : !strcmp(format, "parquet") ? FMT_PARQUET : FMT_ARROW;
     o->skip_errors = !strcmp(on_error, "skip");
     if (o->ninputs == 0) usage_error("--input is required");
     if (!o->tokenizer) usage_error("--tokenizer is required");
@@ -370,16 +372,18 @@ typedef struct {
     int json_state;          // 0: before '[', 1: inside, 2: done
     int txt_file_done;       // --txt-mode file: the open file's document was read
     ParquetReader *pq[MAX_KEYS];   // .parquet: one reader per key (column), read row by row in step
+    ArrowReader *ar[MAX_KEYS];     // .arrow: the same
     long pq_row;
     long json_line; long json_col;   // position of src.pos
     // counters
     long long docs_read, errors_skipped, errors_shown;
+    long long *file_docs, *file_skipped;   // per input file: documents read, bad documents skipped
     uint64_t bytes_done;     // bytes of files already closed
     Bytes scratch;
 } Reader;
 
 static const char *fmt_name(int f) {
-    return f == FMT_TXT ? "txt" : f == FMT_JSONL ? "jsonl" : f == FMT_JSON ? "json" : f == FMT_CSV ? "csv" : "parquet";
+    return f == FMT_TXT ? "txt" : f == FMT_JSONL ? "jsonl" : f == FMT_JSON ? "json" : f == FMT_CSV ? "csv" : f == FMT_PARQUET ? "parquet" : "arrow";
 }
 
 // Format from the file name: .txt .jsonl .ndjson .json .csv (a trailing .gz or .zst is looked through).
@@ -397,6 +401,7 @@ static int format_of(const char *path) {
     if (!strcasecmp(dot, ".json")) return FMT_JSON;
     if (!strcasecmp(dot, ".csv")) return FMT_CSV;
     if (!strcasecmp(dot, ".parquet") && strlen(name) == n) return FMT_PARQUET;   // (never compressed as a whole)
+    if (!strcasecmp(dot, ".arrow") && strlen(name) == n) return FMT_ARROW;
     return FMT_AUTO;
 }
 
@@ -417,13 +422,18 @@ static void collect_dir(const char *dir, char ***files, int *n, int *cap) {
     }
     closedir(d);
     if (nn > 1) qsort(names, nn, sizeof(char *), cmp_str);   // (an empty directory has no array at all)
+    // a folder saved by Hugging Face datasets: its .json files describe the .arrow files beside them
+    int arrow = 0;
+    for (size_t i = 0; i < nn; i++) arrow |= format_of(names[i]) == FMT_ARROW;
     for (size_t i = 0; i < nn; i++) {
         struct stat st;
         if (stat(names[i], &st) != 0) { free(names[i]); continue; }
         if (S_ISDIR(st.st_mode)) { collect_dir(names[i], files, n, cap); free(names[i]); continue; }
         // unknown extensions, and the metadata sidecars of an earlier run, are not inputs
         size_t nl = strlen(names[i]);
-        if (format_of(names[i]) == FMT_AUTO || (nl > 14 && !strcmp(names[i] + nl - 14, "_document.json"))) {
+        const char *base = names[i] + strlen(dir) + 1;
+        if (format_of(names[i]) == FMT_AUTO || (nl > 14 && !strcmp(names[i] + nl - 14, "_document.json")) ||
+            !strcmp(base, "dataset_dict.json") || (arrow && (!strcmp(base, "dataset_info.json") || !strcmp(base, "state.json")))) {
             free(names[i]);
             continue;
         }
@@ -447,7 +457,7 @@ static void reader_init(Reader *r, const Options *o) {
         if (S_ISDIR(st.st_mode)) {
             int before = r->nfiles;
             collect_dir(o->inputs[i], &r->files, &r->nfiles, &cap);
-            if (r->nfiles == before) fatal("%s: no .txt, .jsonl, .json, .csv or .parquet files in this directory", o->inputs[i]);
+            if (r->nfiles == before) fatal("%s: no .txt, .jsonl, .json, .csv, .parquet or .arrow files in this directory", o->inputs[i]);
         } else {
             size_t c = (size_t)cap;
             grow((void **)&r->files, &c, (size_t)r->nfiles + 1, sizeof(char *));
@@ -456,9 +466,12 @@ static void reader_init(Reader *r, const Options *o) {
         }
     }
     r->formats = xmalloc(sizeof(int) * (size_t)r->nfiles);
+    r->file_docs = calloc((size_t)r->nfiles + 1, sizeof(long long));
+    r->file_skipped = calloc((size_t)r->nfiles + 1, sizeof(long long));
+    if (!r->file_docs || !r->file_skipped) fatal("out of memory");
     for (int i = 0; i < r->nfiles; i++) {
         int f = o->format ? o->format : format_of(r->files[i]);
-        if (f == FMT_AUTO) fatal("%s: unknown input format (use .txt, .jsonl, .json, .csv, .parquet or --format)", r->files[i]);
+        if (f == FMT_AUTO) fatal("%s: unknown input format (use .txt, .jsonl, .json, .csv, .parquet, .arrow or --format)", r->files[i]);
         if ((f == FMT_TXT || f == FMT_CSV) && o->nkeys != 1)
             fatal("%s: .%s input has one text field, but %d --json-keys were given", r->files[i], fmt_name(f), o->nkeys);
         r->formats[i] = f;
@@ -471,6 +484,7 @@ static void doc_error(Reader *r, const char *fmt, ...) {
     va_list ap; va_start(ap, fmt); vsnprintf(msg, sizeof msg, fmt, ap); va_end(ap);
     if (!r->o->skip_errors) fatal("%s", msg);
     r->errors_skipped++;
+    r->file_skipped[r->cur]++;
     if (r->errors_shown < 10) {
         if (g_progress_open) { fputc('\n', stderr); g_progress_open = 0; }
         for (char *p = msg; *p; p++) if (*p == '\n' || *p == '\r') *p = ' ';
@@ -508,7 +522,7 @@ static void batch_add_seg(Batch *b, int k, const char *s, size_t n) {
     kp->doc_nseg[b->ndocs]++;
     bytes_append(&b->text, s, n);
 }
-static void batch_end_doc(Batch *b, Reader *r) { b->ndocs++; r->docs_read++; }
+static void batch_end_doc(Batch *b, Reader *r) { b->ndocs++; r->docs_read++; r->file_docs[r->cur]++; }
 
 // Undo a document begun but found bad (skip mode).
 static void batch_drop_doc(Batch *b, Reader *r) {
@@ -804,16 +818,18 @@ static int next_csv(Reader *r, Batch *b) {
 }
 
 // Adds the next document to b; 0 when every input is done.
-// .parquet: row i of the file is a document; key k's text is column keys[k] (--csv-column for a single
-// key). A null value is an empty text. Rows are reported as "FILE:ROW" (counted from 1).
+// .parquet and .arrow: row i of the file is a document; key k's text is column keys[k] (--csv-column for
+// a single key). A null value is an empty text. Rows are reported as "FILE:ROW" (counted from 1).
 static int next_parquet(Reader *r, Batch *b) {
     const char *path = r->files[r->cur];
     char err[600];
-    if (!r->pq[0]) {
+    int arrow = r->fmt == FMT_ARROW;
+    if (!r->pq[0] && !r->ar[0]) {
         for (int k = 0; k < r->o->nkeys; k++) {
             const char *col = r->o->nkeys == 1 && r->o->csv_column ? r->o->csv_column : r->o->keys[k];
-            r->pq[k] = parquet_open(path, col, err, sizeof err);
-            if (!r->pq[k]) fatal("%s", err);
+            if (arrow) r->ar[k] = arrow_open(path, col, err, sizeof err);
+            else r->pq[k] = parquet_open(path, col, err, sizeof err);
+            if (!r->pq[k] && !r->ar[k]) fatal("%s", err);
         }
         r->pq_row = 0;
     }
@@ -822,7 +838,8 @@ static int next_parquet(Reader *r, Batch *b) {
     long row;
     for (int bad = 1; bad;) {   // (with --on-error skip, rows with invalid UTF-8 are passed over)
         for (int k = 0; k < r->o->nkeys; k++) {
-            int rc = parquet_next(r->pq[k], &s[k], &len[k], err, sizeof err);
+            int rc = arrow ? arrow_next(r->ar[k], &s[k], &len[k], err, sizeof err)
+                           : parquet_next(r->pq[k], &s[k], &len[k], err, sizeof err);
             if (rc < 0) fatal("%s", err);
             if (rc == 0) return 0;
         }
@@ -846,14 +863,15 @@ static void parquet_done(Reader *r) {
     struct stat st;
     if (stat(r->files[r->cur], &st) == 0) r->bytes_done += (uint64_t)st.st_size;   // for the progress line
     for (int k = 0; k < MAX_KEYS; k++) if (r->pq[k]) { parquet_close(r->pq[k]); r->pq[k] = NULL; }
+    for (int k = 0; k < MAX_KEYS; k++) if (r->ar[k]) { arrow_close(r->ar[k]); r->ar[k] = NULL; }
 }
 
 // Closes the file being read (the reader may stop before the end, as with --max-docs) and frees the reader.
 static void reader_free(Reader *r) {
-    if (r->cur >= 0 && r->cur < r->nfiles && r->fmt == FMT_PARQUET) parquet_done(r);
+    if (r->cur >= 0 && r->cur < r->nfiles && (r->fmt == FMT_PARQUET || r->fmt == FMT_ARROW)) parquet_done(r);
     src_close(&r->src);
     for (int i = 0; i < r->nfiles; i++) free(r->files[i]);
-    free(r->files); free(r->formats); free(r->scratch.data);
+    free(r->files); free(r->formats); free(r->file_docs); free(r->file_skipped); free(r->scratch.data);
 }
 
 static int reader_next(Reader *r, Batch *b) {
@@ -865,10 +883,10 @@ static int reader_next(Reader *r, Batch *b) {
             case FMT_JSONL: got = next_jsonl(r, b); break;
             case FMT_JSON: got = next_json(r, b); break;
             case FMT_CSV: got = next_csv(r, b); break;
-            case FMT_PARQUET: got = next_parquet(r, b); break;
+            case FMT_PARQUET: case FMT_ARROW: got = next_parquet(r, b); break;
             }
             if (got) return 1;
-            if (r->fmt == FMT_PARQUET) parquet_done(r);
+            if (r->fmt == FMT_PARQUET || r->fmt == FMT_ARROW) parquet_done(r);
             r->bytes_done += r->src.bytes;
             r->src.bytes = 0;
             src_close(&r->src);
@@ -876,7 +894,7 @@ static int reader_next(Reader *r, Batch *b) {
         if (r->cur + 1 >= r->nfiles) return 0;
         r->cur++;
         r->fmt = r->formats[r->cur];
-        if (r->fmt != FMT_PARQUET) src_open(&r->src, r->files[r->cur]);
+        if (r->fmt != FMT_PARQUET && r->fmt != FMT_ARROW) src_open(&r->src, r->files[r->cur]);
         r->csv_col = -1;
         r->json_state = 0; r->json_line = 1; r->json_col = 1;
         r->txt_file_done = 0;
@@ -1180,7 +1198,8 @@ static void write_metadata(Builder *bd, const Options *o, const Reader *r, const
     for (int i = 0; i < r->nfiles; i++) {
         struct stat st;
         json_int_t size = stat(r->files[i], &st) == 0 ? (json_int_t)st.st_size : -1;
-        json_array_append_new(inputs, json_pack("{s:s, s:s, s:I}", "path", r->files[i], "format", fmt_name(r->formats[i]), "bytes", size));
+        json_array_append_new(inputs, json_pack("{s:s, s:s, s:I, s:I, s:I}", "path", r->files[i], "format", fmt_name(r->formats[i]),
+            "bytes", size, "documents_read", (json_int_t)r->file_docs[i], "bad_documents_skipped", (json_int_t)r->file_skipped[i]));
     }
     Bytes cmd = {0};
     for (int i = 0; i < argc; i++) { if (i) bytes_append(&cmd, " ", 1); bytes_append(&cmd, argv[i], strlen(argv[i])); }

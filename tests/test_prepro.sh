@@ -127,6 +127,41 @@ done
 run_ok pq_nulls --input $PQ/dict_snappy_v1.parquet --tokenizer $TOK --output-prefix "$T/pqn" --append-eod
 grep -q "empty skipped" "$T/pq_nulls.err" && ! grep -q " 0 empty skipped" "$T/pq_nulls.err" && ok || fail "parquet nulls not counted: $(tail -1 "$T/pq_nulls.err")"
 
+# ---- .arrow (Arrow IPC stream and file formats; string and large_string columns beside other types;
+# nulls; several record batches; zstd-compressed batches; a folder saved by Hugging Face datasets): the same documents as a .jsonl
+AR=tests/fixtures/arrow
+run_ok ar_equiv --input $AR/docs.jsonl --tokenizer $TOK --output-prefix "$T/are" --append-eod --json-keys text title
+for f in stream_utf8 stream_large file_utf8 stream_zstd hf/data-00000-of-00001; do
+  n=${f##*/}
+  run_ok "ar_$n" --input $AR/$f.arrow --tokenizer $TOK --output-prefix "$T/ar_$n" --append-eod --json-keys text title
+  for k in text title; do
+    same "arrow $f $k" "$T/are_${k}_document.bin" "$T/ar_${n}_${k}_document.bin"
+    same "arrow $f $k" "$T/are_${k}_document.idx" "$T/ar_${n}_${k}_document.idx"
+  done
+done
+# the datasets folder (its dataset_info.json and state.json are not inputs), and the metadata's per-file counts
+run_ok ar_hf_dir --input $AR/hf --tokenizer $TOK --output-prefix "$T/arhf" --append-eod
+same "arrow datasets folder" "$T/are_text_document.bin" "$T/arhf_text_document.bin"
+grep -q '"path": "tests/fixtures/arrow/hf/state.json"' "$T/arhf_text_document.json" && fail "arrow folder: state.json read as input" || ok
+# a folder of mixed formats: each file read by its own format, in path order
+mkdir -p "$T/mixed_dir"
+head -n 100 $AR/docs.jsonl > "$T/mixed_dir/a.jsonl"
+cp $AR/stream_utf8.arrow "$T/mixed_dir/b.arrow"
+printf '{"text": "last", "title": "x"}\n' > "$T/mixed_dir/c.jsonl"
+{ cat "$T/mixed_dir/a.jsonl" $AR/docs.jsonl "$T/mixed_dir/c.jsonl"; } > "$T/mixed_equiv.jsonl"
+run_ok mixed_dir --input "$T/mixed_dir" --tokenizer $TOK --output-prefix "$T/mixd" --append-eod
+run_ok mixed_equiv --input "$T/mixed_equiv.jsonl" --tokenizer $TOK --output-prefix "$T/mixe" --append-eod
+same "mixed folder" "$T/mixe_text_document.bin" "$T/mixd_text_document.bin"
+same "mixed folder" "$T/mixe_text_document.idx" "$T/mixd_text_document.idx"
+# per input file: documents read (nulls and empty texts included; they are skipped later) and bad ones skipped
+counts=$(tr -d ' \n' < "$T/mixd_text_document.json" | grep -o '"format":"[a-z]*","bytes":[0-9]*,"documents_read":[0-9]*,"bad_documents_skipped":[0-9]*' | sed 's/"bytes":[0-9]*,//' | tr '\n' ' ')
+want='"format":"jsonl","documents_read":100,"bad_documents_skipped":0 "format":"arrow","documents_read":160,"bad_documents_skipped":0 "format":"jsonl","documents_read":1,"bad_documents_skipped":0 '
+[ "$counts" = "$want" ] && ok || fail "per-file counts in the metadata: $counts"
+printf '{"text": "bad \xff utf-8", "title": "x"}\n' >> "$T/mixed_dir/c.jsonl"
+run_ok mixed_skip --input "$T/mixed_dir" --tokenizer $TOK --output-prefix "$T/mixs" --on-error skip
+tr -d ' \n' < "$T/mixs_text_document.json" | grep -q '"path":"'"$T"'/mixed_dir/c.jsonl","format":"jsonl","bytes":[0-9]*,"documents_read":1,"bad_documents_skipped":1' && ok \
+  || fail "per-file bad document count: $(tr -d ' \n' < "$T/mixs_text_document.json" | grep -o '"inputs.*')"
+
 # ---- a directory: files in path order; several keys give one output each
 mkdir -p "$T/dir/sub"
 printf '{"text": "Hi", "title": "One"}\n' > "$T/dir/b.jsonl"
@@ -232,7 +267,7 @@ printf '{"model": {"vocab": {"a": 0,}}}' > "$T/badtok.json"
 expect_error bad_tokenizer "^prepro: $T/badtok.json:1:[0-9]+: " --input "$T/docs.jsonl" --tokenizer "$T/badtok.json" --output-prefix "$B"
 expect_error no_output_dir "^prepro: $T/bad/missing/x_text_document.bin.tmp: cannot create" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$T/bad/missing/x"
 mkdir -p "$T/emptydir"
-expect_error empty_dir "^prepro: $T/emptydir: no .txt, .jsonl, .json, .csv or .parquet files in this directory" --input "$T/emptydir" --tokenizer $TOK --output-prefix "$B"
+expect_error empty_dir "^prepro: $T/emptydir: no .txt, .jsonl, .json, .csv, .parquet or .arrow files in this directory" --input "$T/emptydir" --tokenizer $TOK --output-prefix "$B"
 expect_error unknown_flag "^prepro: unknown flag --bogus" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --bogus 1
 expect_error eod_token "--eod-token \"<nope>\" is not a token" --input "$T/docs.jsonl" --tokenizer $TOK --output-prefix "$B" --eod-token '<nope>'
 expect_error txt_two_keys "two|2 --json-keys" --input "$T/para.txt" --tokenizer $TOK --output-prefix "$B" --json-keys a b
@@ -251,6 +286,12 @@ fi
 expect_error parquet_column "^prepro: $PQ/plain_none_v1.parquet: no column \"body\" \(columns: " --input $PQ/plain_none_v1.parquet --tokenizer $TOK --output-prefix "$B" --json-keys body
 expect_error parquet_cut "^prepro: $PQ/truncated.parquet: " --input $PQ/truncated.parquet --tokenizer $TOK --output-prefix "$B"
 expect_error parquet_footer "^prepro: $PQ/corrupt_footer.parquet: " --input $PQ/corrupt_footer.parquet --tokenizer $TOK --output-prefix "$B"
+expect_error arrow_column "^prepro: $AR/stream_utf8.arrow: no column \"body\" \(columns: \"id\", \"tags\", \"text\", \"meta\", \"title\"\)$" --input $AR/stream_utf8.arrow --tokenizer $TOK --output-prefix "$B" --json-keys body
+expect_error arrow_type "^prepro: $AR/stream_utf8.arrow: column \"id\" has type Int, not a string" --input $AR/stream_utf8.arrow --tokenizer $TOK --output-prefix "$B" --json-keys id
+expect_error arrow_cut "^prepro: $AR/bad_cut.arrow: record batch 3: .*outside the file" --input $AR/bad_cut.arrow --tokenizer $TOK --output-prefix "$B"
+expect_error arrow_no_eos "^prepro: $AR/bad_no_eos.arrow: record batch 4: .*without the end-of-stream marker" --input $AR/bad_no_eos.arrow --tokenizer $TOK --output-prefix "$B"
+expect_error arrow_lz4 "^prepro: $AR/bad_lz4.arrow: record batch 0: compressed \(LZ4_FRAME\)" --input $AR/bad_lz4.arrow --tokenizer $TOK --output-prefix "$B"
+expect_error arrow_not_arrow "^prepro: $AR/bad_not_arrow.arrow: no message at byte 0" --input $AR/bad_not_arrow.arrow --tokenizer $TOK --output-prefix "$B"
 # the error is found in a later batch, after output was written: the temps still go
 python_free_big="$T/big.jsonl"
 for i in $(seq 1 3000); do printf '{"text": "document number %d with some words in it"}\n' "$i"; done > "$python_free_big"
