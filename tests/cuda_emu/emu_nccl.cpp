@@ -115,14 +115,22 @@ static int dead_peer(const ncclComm *c) {
     return -1;
 }
 
-/* between two polls of a wait: an error from a peer, a dead peer, or the deadline end it */
-static ncclResult_t wait_check(ncclComm *c, double deadline, const char *fn, const char *what) {
+/* what a wait waits for: every rank has joined (n = nranks), or the barrier of generation n has opened */
+static int all_joined(const ncclComm *c, uint32_t n) { return __atomic_load_n(&c->sh->attached, __ATOMIC_ACQUIRE) >= n; }
+static int barrier_open(const ncclComm *c, uint32_t gen) { return __atomic_load_n(&c->sh->generation, __ATOMIC_ACQUIRE) != gen; }
+
+/* between two polls of a wait: an error from a peer, a dead peer, or the deadline end it. A peer may finish
+   the wait and exit at once: what it did before exiting is visible once it is dead, so the wait's own
+   condition is looked at again before its death counts as a failure. */
+static ncclResult_t wait_check(ncclComm *c, double deadline, const char *fn, const char *what,
+                               int (*done)(const ncclComm *, uint32_t), uint32_t arg) {
     char why[160];
     if (__atomic_load_n(&c->sh->error, __ATOMIC_ACQUIRE)) {
         snprintf(why, sizeof(why), "%s: another rank failed", what);
         return comm_fail(c, ncclRemoteError, fn, why);
     }
     int d = dead_peer(c);
+    if (d >= 0 && done(c, arg)) return ncclSuccess;
     if (d >= 0) {
         snprintf(why, sizeof(why), "%s: rank %d (pid %d) has exited", what, d, (int)c->sh->pids[d]);
         return comm_fail(c, ncclRemoteError, fn, why);
@@ -149,7 +157,7 @@ static ncclResult_t barrier(ncclComm *c, const char *fn) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         syscall(SYS_futex, &sh->generation, FUTEX_WAIT, gen, &ts, NULL, 0);
         if (__atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE) != gen) break;
-        ncclResult_t r = wait_check(c, deadline, fn, "waiting for the other ranks");
+        ncclResult_t r = wait_check(c, deadline, fn, "waiting for the other ranks", barrier_open, gen);
         if (r != ncclSuccess) return r;
     }
     return ncclSuccess;
@@ -250,7 +258,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int
     }
     __atomic_add_fetch(&c->sh->attached, 1, __ATOMIC_ACQ_REL);
     while (__atomic_load_n(&c->sh->attached, __ATOMIC_ACQUIRE) < (uint32_t)nranks) {
-        r = wait_check(c, deadline, fn, "waiting for all ranks to join");
+        r = wait_check(c, deadline, fn, "waiting for all ranks to join", all_joined, (uint32_t)nranks);
         if (r != ncclSuccess) {
             shm_unlink(c->name);
             comm_free(c);
