@@ -427,7 +427,8 @@ static void resolve_schedule(Args *a, const char *saved, long long step, int ver
         double lr = json_number_value(json_object_get(old, "lr")), min_lr = json_number_value(json_object_get(old, "min_lr"));
         int warmup = (int)json_integer_value(json_object_get(old, "warmup_steps"));
         int decay = (int)json_integer_value(json_object_get(old, "decay_steps"));
-        if (!a->schedule) a->schedule = strdup(style ? style : "cosine");
+        static char saved_style[32];   /* the checkpoint's name, kept for the rest of the run */
+        if (!a->schedule) { snprintf(saved_style, sizeof(saved_style), "%s", style ? style : "cosine"); a->schedule = saved_style; }
         else if (style && strcmp(a->schedule, style)) { given[0] = "--lr-schedule"; snprintf(was[0], 64, "%s", style); snprintf(now[0], 64, "%s", a->schedule); }
         if (a->lr < 0) a->lr = (float)lr;
         else if (a->lr != (float)lr) { given[1] = "--lr"; snprintf(was[1], 64, "%g", lr); snprintf(now[1], 64, "%g", a->lr); }
