@@ -13,7 +13,7 @@
  name of its CPU mirror inside namespace gpu (gpu::layernorm_forward mirrors layernorm_forward); the
  model on the device (forward, backward, AdamW on the ZeRO-1 shard); the distributed bootstrap; main.
 
- Numerics (DESIGN.md sec. 5): params and activations in T (bf16, or fp32 with --dtype fp32); fp32 master
+ Numerics (docs/design.md sec. 5): params and activations in T (bf16, or fp32 with --dtype fp32); fp32 master
  weights and AdamW moments, sharded over ranks; gradients of the weights in fp32; the residual-stream
  gradient in fp32; norms, softmax, losses and reductions in fp32. The bf16 copy of the weights is made
  from the fp32 masters by stochastic rounding with the header's counter-based RNG (rng_mix ported below).
@@ -2152,7 +2152,7 @@ template <typename T> double gmodel_read_loss(GModel<T> &g) {
     return v;
 }
 
-/* One optimizer step after the micro-steps (DESIGN.md sec. 7):
+/* One optimizer step after the micro-steps (docs/design.md sec. 7):
    reduce-scatter the grads into the shards (unless the backward did it, overlapped) -> global grad norm (sum of the shards' squares, all-reduced with the
    loss) -> clip -> AdamW on the own shard -> all-gather the T weights. Returns the mean loss over ranks and the
    norm; with a non-finite loss or norm the update is skipped (the caller decides what that means). */
@@ -2192,7 +2192,7 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
 }
 
 /* ================================================================================================ */
-/* distributed bootstrap, MPI-free (DESIGN.md sec. 7): one process per GPU. The ranks come from torchrun's
+/* distributed bootstrap, MPI-free (docs/design.md sec. 7): one process per GPU. The ranks come from torchrun's
    variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or from our own launcher, which forks the
    local ranks and sets the same variables. Rank 0 makes the NCCL unique id and serves it over TCP; the others
    connect with retries until a timeout. Each hello carries the run id, so a rank never joins a stale run. */

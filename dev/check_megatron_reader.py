@@ -19,7 +19,7 @@ through them (int32 tokens; a BOS added by the post-processor).
 Usage: python3 dev/check_megatron_reader.py [--keep] [--gpt2-only]
 Needs: pip install megatron-core tokenizers (megatron-core pulls in torch; no GPU is needed).
 When megatron-core cannot be imported whole, only its indexed_dataset module is loaded; when that fails
-too, a reader written from shared/docs/formats.md sec. 1 is used and the output says so on every line
+too, a reader written from docs/formats.md sec. 1 is used and the output says so on every line
 that matters: that run does NOT show that Megatron's reader accepts the files.
 Prints one line per check and a closing PASS/FAIL line; exits 0 on PASS.
 """
@@ -52,7 +52,7 @@ def shared(rel):
 # ------------------------------------------------------------------------------------------------ the reader
 
 class FallbackIndexedDataset:
-    """MMIDIDX reader written from shared/docs/formats.md sec. 1 (used only when megatron-core is missing)."""
+    """MMIDIDX reader written from docs/formats.md sec. 1 (used only when megatron-core is missing)."""
     DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float64", 7: "float32", 8: "uint16"}
 
     def __init__(self, prefix):
@@ -125,7 +125,7 @@ def load_reader():
         errors.append("load indexed_dataset.py alone: %s: %s" % (type(e).__name__, e))
     for e in errors:
         print("reader: " + e)
-    return FallbackIndexedDataset, ("FALLBACK reader written from shared/docs/formats.md sec. 1, NOT Megatron's code "
+    return FallbackIndexedDataset, ("FALLBACK reader written from docs/formats.md sec. 1, NOT Megatron's code "
                                     "(pip install megatron-core to check against Megatron itself)")
 
 

@@ -1084,7 +1084,7 @@ static void packer_add(Packer *pk, const KeyPart *kp, size_t T) {
 
 static void write_u64(FILE *f, uint64_t v, const char *path) { xfwrite(&v, 8, 1, f, path); }
 
-// The .idx: header, int32 lengths, int64 byte pointers, int64 document indices (formats.md 1.2).
+// The .idx: header, int32 lengths, int64 byte pointers, int64 document indices (docs/formats.md sec. 1.2).
 static void builder_finish(Builder *bd) {
     if (fclose(bd->bin)) fatal("%s: write error: %s", bd->tmp_bin, strerror(errno));
     if (fclose(bd->lens) || fclose(bd->docs)) fatal("%s: write error: %s", bd->tmp_lens, strerror(errno));

@@ -1,6 +1,6 @@
 /*
  The data side of llmtrain.h: the Megatron MMIDIDX reader on a file built byte by byte from the format
- (formats.md sec. 1), the window sampler of DESIGN.md sec. 4, the rank-strided data loader, the document
+ (docs/formats.md sec. 1), the window sampler of docs/design.md sec. 4, the rank-strided data loader, the document
  split, and the errors for broken files.
 */
 #define LLMTRAIN_IMPLEMENTATION

@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t blen = size - 6 - ilen;
     uint8_t *binbuf = NULL;
 
-    /* what the index describes, read the way the format says (formats.md sec. 1.2) */
+    /* what the index describes, read the way the format says (docs/formats.md sec. 1.2) */
     int item = ilen >= 18 ? (idx[17] == 8 ? 2 : idx[17] == 4 ? 4 : 0) : 0;
     uint64_t S = ilen >= 34 ? rd64(idx + 18) : 0;
     int sane = item && ilen >= 34 && S <= (ilen - 34) / 12;
