@@ -257,6 +257,7 @@ typedef struct {
     uint64_t num_docs;      /* D = len(document_indices) - 1 */
     int64_t *doc_start;     /* [D] first token (element index into .bin) of each document */
     int64_t *doc_len;       /* [D] tokens of each document */
+    int64_t *seq_start;     /* [S + 1] first token of each sequence (seq_start[S]: the token count) */
     const unsigned char *bin; size_t bin_size;
 } IndexedDataset;
 
@@ -264,35 +265,38 @@ typedef struct {
 int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size_t errlen);
 void indexed_dataset_close(IndexedDataset *ds);
 int64_t indexed_dataset_token(const IndexedDataset *ds, int64_t element);
-/* Checks that every token of documents [doc_begin, doc_end) is an id of a vocabulary of `vocab`: 0 <= id < vocab.
-   0 if so, else -1 with the .bin, the document, the token's place in it and the id of the first bad one in err. */
-int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int vocab, char *err, size_t errlen);
+/* Checks that every token of sequences [seq_begin, seq_end) is an id of a vocabulary of `vocab`: 0 <= id < vocab.
+   0 if so, else -1 with the .bin, the sequence, the token's place in it and the id of the first bad one in err. */
+int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int vocab, char *err, size_t errlen);
 
-/* Documents [doc_begin, doc_end) of a dataset, in a seeded shuffled order per epoch, concatenated and
-   cut into windows of T+1 tokens with stride T; the windows are shuffled with the seed. Window k of the
-   stream (k counts across epochs) is a pure function of (seed, k). */
+/* Sequences [seq_begin, seq_end) of a dataset (the units of Megatron's GPT dataset: a document stored as
+   several sequences is several units), in a seeded shuffled order per epoch, concatenated and cut into
+   windows of T+1 tokens with stride T; the windows are shuffled with the seed. Window k of the stream
+   (k counts across epochs) is a pure function of (seed, k). */
 typedef struct {
     const IndexedDataset *ds;
-    uint64_t doc_begin, doc_end;
+    uint64_t seq_begin, seq_end;
     int T;
     uint64_t seed;
-    int shuffle;               /* 0: documents and windows in file order (validation) */
+    int shuffle;               /* 0: sequences and windows in file order (validation) */
     uint64_t tokens_per_epoch;
     uint64_t windows_per_epoch;
     int64_t epoch;             /* the epoch whose orders are cached below (-1: none) */
-    uint64_t *doc_order;       /* [n docs] */
-    uint64_t *doc_cum;         /* [n docs + 1] token offset of each document in the epoch's stream */
+    uint64_t *seq_order;       /* [n seqs] */
+    uint64_t *seq_cum;         /* [n seqs + 1] token offset of each sequence in the epoch's stream */
     uint64_t *win_order;       /* [windows_per_epoch] */
 } Sampler;
 
-int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int T,
+int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T,
                  uint64_t seed, int shuffle, char *err, size_t errlen);
 /* Writes the T+1 tokens of stream window k. */
 void sampler_window(Sampler *s, uint64_t k, int *out);
 void sampler_free(Sampler *s);
 
-/* Splits D documents by weights "949,50,1" into [begin,end) ranges for train/valid/test. 0 on success. */
-int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen);
+/* Splits N units (a GPT dataset's sequences) by weights "949,50,1" into [begin,end) ranges for
+   train/valid/test as Megatron does: w normalised to sum 1, boundary i = round(N * (w_0 + ... + w_i))
+   with the sums taken left to right and round() half to even (Python's round). 0 on success. */
+int split_sequences(const char *spec, uint64_t N, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen);
 
 /* A weighted blend of samplers (Megatron's rule, no RNG): stream window s comes from the dataset i with the
    largest w_i * max(s, 1) - count_i, which then serves its own window count_i. One dataset = weight 1. */
@@ -313,7 +317,8 @@ void blend_window(Blend *b, uint64_t k, int *out);
 int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes, double *weights, int max, char *err, size_t errlen);
 
 /* Batches from a blend: micro-batch of B rows per rank; rank r takes windows cursor + r + world*b.
-   eod >= 0 masks targets equal to eod (they become -1: no loss). */
+   eod >= 0 drops the loss where the INPUT token is eod (Megatron's loss_mask[tokens == eod] = 0): that
+   target becomes -1 (no loss). The prediction of the EOD itself keeps its loss. */
 typedef struct {
     Blend *source;
     int B, T, rank, world, eod;
@@ -323,6 +328,8 @@ typedef struct {
 } DataLoader;
 
 void dataloader_init(DataLoader *dl, Blend *source, int B, int rank, int world);
+/* The T targets of a window of T+1 tokens: window[t+1], or -1 (no loss) where eod >= 0 and window[t] == eod. */
+void window_targets(int *targets, const int *window, int T, int eod);
 void dataloader_next(DataLoader *dl);
 void dataloader_free(DataLoader *dl);
 
@@ -1877,14 +1884,18 @@ static int indexed_dataset_parse(IndexedDataset *ds, const unsigned char *idx, s
     const unsigned char *lens = idx + 34, *ptrs = idx + 34 + 4 * S, *docs = idx + 34 + 12 * S;
     ds->doc_start = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
     ds->doc_len = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
+    ds->seq_start = (int64_t *)malloc((S + 1) * sizeof(int64_t));
+    if (!ds->doc_start || !ds->doc_len || !ds->seq_start) { snprintf(err, errlen, "%s: out of memory for %llu sequences", ip, (unsigned long long)S); return -1; }
     /* sequences must be stored back to back; a document is the run of sequences between two indices */
     int64_t expect = 0;
     for (uint64_t i = 0; i < S; i++) {
         int32_t len; int64_t ptr;
         memcpy(&len, lens + 4 * i, 4); memcpy(&ptr, ptrs + 8 * i, 8);
         if (len < 0 || ptr != expect) { snprintf(err, errlen, "%s: sequence %llu has length %d at byte %lld (expected byte %lld)", ip, (unsigned long long)i, len, (long long)ptr, (long long)expect); return -1; }
+        ds->seq_start[i] = expect / ds->itemsize;
         expect += (int64_t)len * ds->itemsize;
     }
+    ds->seq_start[S] = expect / ds->itemsize;
     if ((size_t)expect != ds->bin_size) { snprintf(err, errlen, "%s: holds %zu bytes but the index describes %lld", bp, ds->bin_size, (long long)expect); return -1; }
     int64_t prev = 0;
     for (uint64_t d = 0; d < D1; d++) {
@@ -1943,24 +1954,25 @@ static int64_t first_bad_id(const IndexedDataset *ds, int64_t begin, int64_t end
     return -1;
 }
 
-int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int vocab, char *err, size_t errlen) {
-    for (uint64_t d = doc_begin; d < doc_end; d++) {
-        int64_t e = first_bad_id(ds, ds->doc_start[d], ds->doc_start[d] + ds->doc_len[d], vocab);
-        if (e < 0) continue;
-        snprintf(err, errlen, "%s.bin: document %llu, token %lld: id %lld is outside the model's vocabulary [0, %d)", ds->path,
-                 (unsigned long long)d, (long long)(e - ds->doc_start[d]), (long long)indexed_dataset_token(ds, e), vocab);
-        return -1;
-    }
-    return 0;
+int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int vocab, char *err, size_t errlen) {
+    if (seq_begin >= seq_end) return 0;
+    /* the sequences are stored back to back: one pass over their tokens, then the sequence of a bad one */
+    int64_t e = first_bad_id(ds, ds->seq_start[seq_begin], ds->seq_start[seq_end], vocab);
+    if (e < 0) return 0;
+    uint64_t q = seq_begin;
+    while (ds->seq_start[q + 1] <= e) q++;
+    snprintf(err, errlen, "%s.bin: sequence %llu, token %lld: id %lld is outside the model's vocabulary [0, %d)", ds->path,
+             (unsigned long long)q, (long long)(e - ds->seq_start[q]), (long long)indexed_dataset_token(ds, e), vocab);
+    return -1;
 }
 
 void indexed_dataset_close(IndexedDataset *ds) {
     unmap_file(ds->bin, ds->bin_size);
-    free(ds->doc_start); free(ds->doc_len);
+    free(ds->doc_start); free(ds->doc_len); free(ds->seq_start);
     memset(ds, 0, sizeof(*ds));
 }
 
-int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen) {
+int split_sequences(const char *spec, uint64_t N, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen) {
     double w[3] = {0, 0, 0}, sum = 0;
     const char *p = spec;
     for (int i = 0; i < 3 && *p; i++) {
@@ -1973,45 +1985,48 @@ int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t en
         else if (*p) { snprintf(err, errlen, "--split \"%s\": expected up to 3 non-negative numbers like 949,50,1", spec); return -1; }
     }
     if (*p || sum <= 0) { snprintf(err, errlen, "--split \"%s\": expected up to 3 non-negative numbers with a positive sum", spec); return -1; }
+    /* nearbyint in the default rounding mode: to nearest, ties to even, as Python's round */
     double acc = 0;
     uint64_t b = 0;
     for (int i = 0; i < 3; i++) {
         acc += w[i] / sum;
-        uint64_t e = i == 2 ? D : (uint64_t)llround(acc * (double)D);
-        if (e > D) e = D;
+        double r = nearbyint(acc * (double)N);
+        uint64_t e = r >= (double)N ? N : (uint64_t)r;
         begin[i] = b; end[i] = e; b = e;
     }
     return 0;
 }
 
-/* the orders of one epoch: documents (seed, epoch) and windows (seed, epoch) */
+static int64_t seq_tokens(const IndexedDataset *ds, uint64_t q) { return ds->seq_start[q + 1] - ds->seq_start[q]; }
+
+/* the orders of one epoch: sequences (seed, epoch) and windows (seed, epoch) */
 static void sampler_epoch(Sampler *s, int64_t epoch) {
-    uint64_t nd = s->doc_end - s->doc_begin;
-    if (s->shuffle) rng_permutation(s->doc_order, nd, rng_u64(s->seed, 2 * (uint64_t)epoch));
-    else for (uint64_t i = 0; i < nd; i++) s->doc_order[i] = i;
-    s->doc_cum[0] = 0;
-    for (uint64_t i = 0; i < nd; i++) s->doc_cum[i + 1] = s->doc_cum[i] + s->ds->doc_len[s->doc_begin + s->doc_order[i]];
+    uint64_t nd = s->seq_end - s->seq_begin;
+    if (s->shuffle) rng_permutation(s->seq_order, nd, rng_u64(s->seed, 2 * (uint64_t)epoch));
+    else for (uint64_t i = 0; i < nd; i++) s->seq_order[i] = i;
+    s->seq_cum[0] = 0;
+    for (uint64_t i = 0; i < nd; i++) s->seq_cum[i + 1] = s->seq_cum[i] + seq_tokens(s->ds, s->seq_begin + s->seq_order[i]);
     if (s->shuffle) rng_permutation(s->win_order, s->windows_per_epoch, rng_u64(s->seed, 2 * (uint64_t)epoch + 1));
     else for (uint64_t i = 0; i < s->windows_per_epoch; i++) s->win_order[i] = i;
     s->epoch = epoch;
 }
 
-int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int T,
+int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T,
                  uint64_t seed, int shuffle, char *err, size_t errlen) {
     memset(s, 0, sizeof(*s));
-    s->ds = ds; s->doc_begin = doc_begin; s->doc_end = doc_end; s->T = T; s->seed = seed; s->shuffle = shuffle;
-    for (uint64_t d = doc_begin; d < doc_end; d++) s->tokens_per_epoch += ds->doc_len[d];
+    s->ds = ds; s->seq_begin = seq_begin; s->seq_end = seq_end; s->T = T; s->seed = seed; s->shuffle = shuffle;
+    s->tokens_per_epoch = seq_begin < seq_end ? (uint64_t)(ds->seq_start[seq_end] - ds->seq_start[seq_begin]) : 0;
     if (s->tokens_per_epoch < (uint64_t)T + 1) {
-        snprintf(err, errlen, "%s: documents %llu..%llu hold %llu tokens, fewer than one window of %d", ds->path,
-                 (unsigned long long)doc_begin, (unsigned long long)doc_end, (unsigned long long)s->tokens_per_epoch, T + 1);
+        snprintf(err, errlen, "%s: sequences %llu..%llu hold %llu tokens, fewer than one window of %d", ds->path,
+                 (unsigned long long)seq_begin, (unsigned long long)seq_end, (unsigned long long)s->tokens_per_epoch, T + 1);
         return -1;
     }
     s->windows_per_epoch = (s->tokens_per_epoch - 1) / T;
-    uint64_t nd = doc_end - doc_begin;
-    s->doc_order = (uint64_t *)malloc(nd * sizeof(uint64_t));
-    s->doc_cum = (uint64_t *)malloc((nd + 1) * sizeof(uint64_t));
+    uint64_t nd = seq_end - seq_begin;
+    s->seq_order = (uint64_t *)malloc(nd * sizeof(uint64_t));
+    s->seq_cum = (uint64_t *)malloc((nd + 1) * sizeof(uint64_t));
     s->win_order = (uint64_t *)malloc(s->windows_per_epoch * sizeof(uint64_t));
-    if (!s->doc_order || !s->doc_cum || !s->win_order) { snprintf(err, errlen, "out of memory in the sampler"); return -1; }
+    if (!s->seq_order || !s->seq_cum || !s->win_order) { snprintf(err, errlen, "out of memory in the sampler"); return -1; }
     sampler_epoch(s, 0);
     return 0;
 }
@@ -2020,19 +2035,19 @@ void sampler_window(Sampler *s, uint64_t k, int *out) {
     int64_t epoch = (int64_t)(k / s->windows_per_epoch);
     if (epoch != s->epoch) sampler_epoch(s, epoch);
     uint64_t start = s->win_order[k % s->windows_per_epoch] * (uint64_t)s->T;
-    uint64_t nd = s->doc_end - s->doc_begin;
-    /* find the document holding stream position `start`: the last i with doc_cum[i] <= start */
+    uint64_t nd = s->seq_end - s->seq_begin;
+    /* find the sequence holding stream position `start`: the last i with seq_cum[i] <= start */
     uint64_t lo = 0, hi = nd;
-    while (hi - lo > 1) { uint64_t mid = (lo + hi) / 2; if (s->doc_cum[mid] <= start) lo = mid; else hi = mid; }
-    uint64_t i = lo, off = start - s->doc_cum[i];
+    while (hi - lo > 1) { uint64_t mid = (lo + hi) / 2; if (s->seq_cum[mid] <= start) lo = mid; else hi = mid; }
+    uint64_t i = lo, off = start - s->seq_cum[i];
     for (int t = 0; t <= s->T; t++) {
-        while (off >= (uint64_t)s->ds->doc_len[s->doc_begin + s->doc_order[i]]) { i++; off = 0; }
-        out[t] = (int)indexed_dataset_token(s->ds, s->ds->doc_start[s->doc_begin + s->doc_order[i]] + off);
+        while (off >= (uint64_t)seq_tokens(s->ds, s->seq_begin + s->seq_order[i])) { i++; off = 0; }
+        out[t] = (int)indexed_dataset_token(s->ds, s->ds->seq_start[s->seq_begin + s->seq_order[i]] + off);
         off++;
     }
 }
 
-void sampler_free(Sampler *s) { free(s->doc_order); free(s->doc_cum); free(s->win_order); memset(s, 0, sizeof(*s)); }
+void sampler_free(Sampler *s) { free(s->seq_order); free(s->seq_cum); free(s->win_order); memset(s, 0, sizeof(*s)); }
 
 void blend_init(Blend *b, int n, const double *weights, Sampler **samplers) {
     memset(b, 0, sizeof(*b));
@@ -2096,13 +2111,16 @@ void dataloader_init(DataLoader *dl, Blend *source, int B, int rank, int world) 
     dl->targets = (int *)malloc((size_t)B * T * sizeof(int));
 }
 
+void window_targets(int *targets, const int *window, int T, int eod) {
+    for (int t = 0; t < T; t++) targets[t] = eod >= 0 && window[t] == eod ? -1 : window[t + 1];
+}
+
 void dataloader_next(DataLoader *dl) {
     int T = dl->T;
     for (int b = 0; b < dl->B; b++) {
         blend_window(dl->source, dl->cursor + (uint64_t)dl->rank + (uint64_t)dl->world * b, dl->window);
         memcpy(dl->inputs + (size_t)b * T, dl->window, T * sizeof(int));
-        int *tg = dl->targets + (size_t)b * T;
-        for (int t = 0; t < T; t++) tg[t] = dl->eod >= 0 && dl->window[t + 1] == dl->eod ? -1 : dl->window[t + 1];
+        window_targets(dl->targets + (size_t)b * T, dl->window, T, dl->eod);
     }
     dl->cursor += (uint64_t)dl->B * dl->world;
 }

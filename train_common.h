@@ -55,8 +55,8 @@ static void usage(int gpu) {
 "data\n"
 "  --data SPEC             Megatron dataset prefix (PREFIX.bin / PREFIX.idx), e.g. out/shakespeare_text_document,\n"
 "                          or a blend: \"0.7 PREFIX_A 0.3 PREFIX_B\" (weights), \"PREFIX_A PREFIX_B\" (by token count)\n"
-"  --eod-mask-loss         no loss on targets that are the EOD token (the config's eos_token_id)\n"
-"  --split A,B,C           train/validation/test split by documents (default 98,2,0)\n"
+"  --eod-mask-loss         no loss where the input token is the EOD (the config's eos_token_id), as Megatron\n"
+"  --split A,B,C           train/validation/test split by sequences, as Megatron (default 98,2,0)\n"
 "  --seq-len T             tokens per sequence (default 64)\n"
 "  --batch-size B          sequences per micro-step (default 8)\n"
 "  --grad-accum K          micro-steps per optimizer step (default 1)\n"
@@ -362,7 +362,7 @@ static void open_data(Data *d, const Args *a, int vocab_size) {
         IndexedDataset *ds = &d->ds[i];
         if (indexed_dataset_open(ds, prefixes[i], err, sizeof(err)) != 0) die("%s", err);
         uint64_t sb[3], se[3];
-        if (split_documents(a->split, ds->num_docs, sb, se, err, sizeof(err)) != 0) die("%s", err);
+        if (split_sequences(a->split, ds->num_seqs, sb, se, err, sizeof(err)) != 0) die("%s", err);
         /* every token the run reads (the training split, and the validation split when it evaluates) is an id of
            the model's vocabulary: checked here, once, before any step */
         int evaluates = se[1] > sb[1] && a->eval_every > 0;

@@ -68,8 +68,8 @@ head -c 5000 "$final/model.safetensors" > "$tmp/trunc/model.safetensors"
 expect_error "truncated safetensors" "model.safetensors" $BIN_DIR/train --data "$data" --init-from "$tmp/trunc"
 expect_error "vocab too small" "outside the model's vocabulary" $BIN_DIR/train --data "$data" --model tests/fixtures/models/llama/config.json
 expect_error "a GPU flag to train" "is a flag of train_gpu" $BIN_DIR/train --data "$data" --zero 2
-# token ids outside the vocabulary (an int32 .bin of 10 documents of 20 tokens): found when the data is opened,
-# in the documents the run reads, wherever they are (the very last token is only ever a target)
+# token ids outside the vocabulary (an int32 .bin of 10 one-sequence documents of 20 tokens): found when the data is opened,
+# in the sequences the run reads, wherever they are (the very last token is only ever a target)
 . tests/lib/mmidx.sh
 ids_data() {  # ids_data NAME ELEMENT ID: document ELEMENT / 20 holds ID at place ELEMENT % 20
     local ids=() i
@@ -80,13 +80,13 @@ ids_data() {  # ids_data NAME ELEMENT ID: document ELEMENT / 20 holds ID at plac
 }
 ids_run=(--model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 8 --steps 1 --log-every 1)
 ids_data neg 123 -5
-expect_error "negative id" "train: $tmp/neg.bin: document 6, token 3: id -5 is outside the model's vocabulary [0, 50257)" \
+expect_error "negative id" "train: $tmp/neg.bin: sequence 6, token 3: id -5 is outside the model's vocabulary [0, 50257)" \
     $BIN_DIR/train --data "$tmp/neg" "${ids_run[@]}" --split 100,0,0 --eval-every 0
 ids_data last 199 -1
-expect_error "negative id as the last target" "train: $tmp/last.bin: document 9, token 19: id -1 is outside" \
+expect_error "negative id as the last target" "train: $tmp/last.bin: sequence 9, token 19: id -1 is outside" \
     $BIN_DIR/train --data "$tmp/last" "${ids_run[@]}" --split 100,0,0 --eval-every 0
 ids_data big 185 50257
-expect_error "id past the vocabulary in the validation split" "train: $tmp/big.bin: document 9, token 5: id 50257 is outside" \
+expect_error "id past the vocabulary in the validation split" "train: $tmp/big.bin: sequence 9, token 5: id 50257 is outside" \
     $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 1
 $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 0 > "$tmp/out" 2>&1 \
     && $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,10,10 --eval-every 1 > "$tmp/out" 2>&1 \
