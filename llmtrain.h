@@ -298,18 +298,67 @@ void sampler_free(Sampler *s);
    with the sums taken left to right and round() half to even (Python's round). 0 on success. */
 int split_sequences(const char *spec, uint64_t N, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen);
 
+/* numpy's legacy RandomState (numpy.random.RandomState(seed) with a seed < 2^32): MT19937 seeded by
+   init_genrand, the legacy bounded integer (a mask of the bits of max, redrawn until <= max; 32-bit words
+   when max < 2^32, else two words high first) and the legacy shuffle (Fisher-Yates from the end). */
+typedef struct { uint32_t mt[624]; int pos; } NumpyRandom;
+void numpy_random_seed(NumpyRandom *r, uint32_t seed);
+uint32_t numpy_random_u32(NumpyRandom *r);
+uint64_t numpy_random_interval(NumpyRandom *r, uint64_t max);   /* uniform in [0, max] */
+void numpy_random_shuffle(NumpyRandom *r, int64_t *x, int64_t n);
+/* numpy.sum of n doubles (its pairwise order, exact for n <= 128) */
+double numpy_sum(const double *a, int n);
+
+/* --data-order megatron: the training samples of Megatron's GPTDataset over sequences [seq_begin, seq_end)
+   for num_samples requested samples (-1: one epoch, as Megatron builds for a blend without weights): the
+   epochs needed, the document index (the split's sequences once per epoch, shuffled with RandomState(seed);
+   when the last epoch would be used for less than 80% of its samples it is shuffled on its own), the
+   samples (windows of T+1 tokens with stride T over the sequences in that order) and the shuffle index (a
+   permutation of the samples; the last epoch's samples on their own when it is separate). Sample j of the
+   dataset is window shuffle[j]. */
+typedef struct {
+    const IndexedDataset *ds;
+    uint64_t seq_begin, seq_end;
+    int T;
+    int64_t tokens_per_epoch, num_epochs, num_samples;   /* num_samples: windows of the sample index */
+    int separate_last;
+    int64_t ndoc;             /* num_epochs * (seq_end - seq_begin) */
+    int64_t *doc_index;       /* [ndoc] sequence ids */
+    int64_t *doc_cum;         /* [ndoc + 1] first stream token of each entry */
+    int64_t *shuffle;         /* [num_samples] */
+} MegatronGPT;
+
+int megatron_gpt_init(MegatronGPT *g, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T, uint32_t seed,
+                      int64_t num_samples, char *err, size_t errlen);
+/* The T+1 tokens of sample j (j modulo num_samples). */
+void megatron_gpt_window(const MegatronGPT *g, uint64_t j, int *out);
+void megatron_gpt_free(MegatronGPT *g);
+
 /* A weighted blend of samplers (Megatron's rule, no RNG): stream window s comes from the dataset i with the
-   largest w_i * max(s, 1) - count_i, which then serves its own window count_i. One dataset = weight 1. */
+   largest w_i * max(s, 1) - count_i, which then serves its own window count_i. One dataset = weight 1.
+   With --data-order megatron the datasets are MegatronGPT samples instead (megatron_blend_init). */
 #define MAX_BLEND 16
 typedef struct {
-    int n;
+    int n, T;
     double weights[MAX_BLEND];       /* normalised to sum 1 */
     Sampler *samplers[MAX_BLEND];
+    MegatronGPT *megatron[MAX_BLEND];  /* set: the datasets are Megatron's (samplers unused) */
+    int64_t size;                    /* megatron: the samples of Megatron's blend (its training length) */
     uint64_t counts[MAX_BLEND];      /* windows taken from each dataset by stream position `pos` */
     uint64_t pos;
 } Blend;
 
 void blend_init(Blend *b, int n, const double *weights, Sampler **samplers);
+/* Megatron's training dataset for `target` samples over n datasets (sequence ranges [begin[i], end[i]) of
+   ds[i]), built as its BlendedMegatronDatasetBuilder does: one dataset without a weight (weights[0] < 0) is
+   a GPTDataset of target samples; weights w (normalised): dataset i gets ceil(ceil(target * w_i) * 1.005)
+   samples and the blend sum_i ceil(target * w_i); no weights (all < 0, n > 1): one epoch of each, blended by
+   their sample counts, min(target, total) samples. Fills g[0..n). 0, or -1 with err. */
+int megatron_blend_init(Blend *b, MegatronGPT *g, int n, const double *weights, const IndexedDataset *ds,
+                        const uint64_t *begin, const uint64_t *end, int T, uint32_t seed, int64_t target,
+                        char *err, size_t errlen);
+/* The dataset of blend window k, and that dataset's window index in *sample (fastest when k grows). */
+int blend_source(Blend *b, uint64_t k, uint64_t *sample);
 /* Writes the T+1 tokens of blend window k (fastest when k grows from call to call). */
 void blend_window(Blend *b, uint64_t k, int *out);
 /* Parses --data: "PREFIX", "P1 P2 ..." (weights from their token counts, filled in by the caller: -1) or
@@ -2053,7 +2102,7 @@ void blend_init(Blend *b, int n, const double *weights, Sampler **samplers) {
     memset(b, 0, sizeof(*b));
     double sum = 0;
     for (int i = 0; i < n; i++) sum += weights[i];
-    b->n = n;
+    b->n = n; b->T = samplers[0]->T;
     for (int i = 0; i < n; i++) { b->weights[i] = weights[i] / sum; b->samplers[i] = samplers[i]; }
 }
 
@@ -2068,12 +2117,176 @@ static int blend_pick(const Blend *b) {
     return pick;
 }
 
-void blend_window(Blend *b, uint64_t k, int *out) {
+int blend_source(Blend *b, uint64_t k, uint64_t *sample) {
     if (k < b->pos) { memset(b->counts, 0, sizeof(b->counts)); b->pos = 0; }
     while (b->pos < k) { b->counts[blend_pick(b)]++; b->pos++; }
     int i = blend_pick(b);
-    sampler_window(b->samplers[i], b->counts[i], out);
+    *sample = b->counts[i];
     b->counts[i]++; b->pos++;
+    return i;
+}
+
+void blend_window(Blend *b, uint64_t k, int *out) {
+    uint64_t j;
+    int i = blend_source(b, k, &j);
+    if (b->megatron[i]) megatron_gpt_window(b->megatron[i], j, out);
+    else sampler_window(b->samplers[i], j, out);
+}
+
+/* numpy's MT19937: init_genrand seeding, the reference generator and tempering */
+void numpy_random_seed(NumpyRandom *r, uint32_t seed) {
+    r->mt[0] = seed;
+    for (int i = 1; i < 624; i++) r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) + (uint32_t)i;
+    r->pos = 624;
+}
+
+uint32_t numpy_random_u32(NumpyRandom *r) {
+    if (r->pos == 624) {
+        for (int i = 0; i < 624; i++) {
+            uint32_t y = (r->mt[i] & 0x80000000u) | (r->mt[(i + 1) % 624] & 0x7fffffffu);
+            r->mt[i] = r->mt[(i + 397) % 624] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+        }
+        r->pos = 0;
+    }
+    uint32_t y = r->mt[r->pos++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    y ^= y >> 18;
+    return y;
+}
+
+uint64_t numpy_random_interval(NumpyRandom *r, uint64_t max) {
+    if (max == 0) return 0;
+    uint64_t mask = max, v;
+    for (int sh = 1; sh <= 32; sh *= 2) mask |= mask >> sh;   /* the smallest all-ones mask >= max */
+    if (max <= 0xffffffffu) {
+        do v = numpy_random_u32(r) & mask; while (v > max);
+    } else {
+        do { uint64_t hi = numpy_random_u32(r); v = ((hi << 32) | numpy_random_u32(r)) & mask; } while (v > max);
+    }
+    return v;
+}
+
+void numpy_random_shuffle(NumpyRandom *r, int64_t *x, int64_t n) {
+    for (int64_t i = n - 1; i >= 1; i--) {
+        int64_t j = (int64_t)numpy_random_interval(r, (uint64_t)i);
+        int64_t t = x[i]; x[i] = x[j]; x[j] = t;
+    }
+}
+
+double numpy_sum(const double *a, int n) {
+    if (n < 8) { double s = 0.0; for (int i = 0; i < n; i++) s += a[i]; return s; }
+    double q[8];
+    int i;
+    for (int j = 0; j < 8; j++) q[j] = a[j];
+    for (i = 8; i < n - n % 8; i += 8)
+        for (int j = 0; j < 8; j++) q[j] += a[i + j];
+    double s = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+    for (; i < n; i++) s += a[i];
+    return s;
+}
+
+/* Megatron's _build_document_index: the sequences once per epoch, shuffled together */
+static void megatron_doc_index(int64_t *out, uint64_t seq_begin, uint64_t seq_end, int64_t epochs, NumpyRandom *r) {
+    int64_t n = (int64_t)(seq_end - seq_begin);
+    for (int64_t e = 0; e < epochs; e++)
+        for (int64_t i = 0; i < n; i++) out[e * n + i] = (int64_t)seq_begin + i;
+    numpy_random_shuffle(r, out, epochs * n);
+}
+
+int megatron_gpt_init(MegatronGPT *g, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T, uint32_t seed,
+                      int64_t num_samples, char *err, size_t errlen) {
+    memset(g, 0, sizeof(*g));
+    g->ds = ds; g->seq_begin = seq_begin; g->seq_end = seq_end; g->T = T;
+    g->tokens_per_epoch = seq_begin < seq_end ? ds->seq_start[seq_end] - ds->seq_start[seq_begin] : 0;
+    if (g->tokens_per_epoch < (int64_t)T + 1) {
+        snprintf(err, errlen, "%s: sequences %llu..%llu hold %lld tokens, fewer than one window of %d", ds->path,
+                 (unsigned long long)seq_begin, (unsigned long long)seq_end, (long long)g->tokens_per_epoch, T + 1);
+        return -1;
+    }
+    /* epochs: enough for num_samples windows of T + 1 tokens with stride T */
+    g->num_epochs = 1;
+    if (num_samples >= 0) {
+        int64_t have = g->tokens_per_epoch, want = num_samples * (int64_t)T + 1;
+        while (have < want) { g->num_epochs++; have += g->tokens_per_epoch; }
+    }
+    int64_t sans_last = 0;
+    if (g->num_epochs > 1) {
+        sans_last = ((g->num_epochs - 1) * g->tokens_per_epoch - 1) / T;
+        int64_t per_epoch = (g->tokens_per_epoch - 1) / T, from_last = num_samples - sans_last;
+        g->separate_last = from_last < (int64_t)(0.80 * (double)per_epoch);
+    }
+    int64_t n = (int64_t)(seq_end - seq_begin);
+    g->ndoc = g->num_epochs * n;
+    g->num_samples = (g->num_epochs * g->tokens_per_epoch - 1) / T;
+    g->doc_index = (int64_t *)malloc((size_t)g->ndoc * sizeof(int64_t));
+    g->doc_cum = (int64_t *)malloc((size_t)(g->ndoc + 1) * sizeof(int64_t));
+    g->shuffle = (int64_t *)malloc((size_t)g->num_samples * sizeof(int64_t));
+    if (!g->doc_index || !g->doc_cum || !g->shuffle) { snprintf(err, errlen, "%s: out of memory for Megatron's indices (%lld samples)", ds->path, (long long)g->num_samples); return -1; }
+    NumpyRandom r;
+    numpy_random_seed(&r, seed);
+    if (!g->separate_last) megatron_doc_index(g->doc_index, seq_begin, seq_end, g->num_epochs, &r);
+    else {
+        megatron_doc_index(g->doc_index, seq_begin, seq_end, g->num_epochs - 1, &r);
+        megatron_doc_index(g->doc_index + (g->num_epochs - 1) * n, seq_begin, seq_end, 1, &r);
+    }
+    g->doc_cum[0] = 0;
+    for (int64_t i = 0; i < g->ndoc; i++) g->doc_cum[i + 1] = g->doc_cum[i] + seq_tokens(ds, (uint64_t)g->doc_index[i]);
+    for (int64_t i = 0; i < g->num_samples; i++) g->shuffle[i] = i;
+    int64_t first = g->separate_last ? sans_last : g->num_samples;
+    numpy_random_shuffle(&r, g->shuffle, first);
+    numpy_random_shuffle(&r, g->shuffle + first, g->num_samples - first);
+    return 0;
+}
+
+void megatron_gpt_window(const MegatronGPT *g, uint64_t j, int *out) {
+    int64_t start = g->shuffle[j % (uint64_t)g->num_samples] * (int64_t)g->T;
+    /* the entry of the document index holding stream token `start`: the last i with doc_cum[i] <= start */
+    int64_t lo = 0, hi = g->ndoc;
+    while (hi - lo > 1) { int64_t mid = (lo + hi) / 2; if (g->doc_cum[mid] <= start) lo = mid; else hi = mid; }
+    int64_t i = lo, off = start - g->doc_cum[i];
+    for (int t = 0; t <= g->T; t++) {
+        while (off >= seq_tokens(g->ds, (uint64_t)g->doc_index[i])) { i++; off = 0; }
+        out[t] = (int)indexed_dataset_token(g->ds, g->ds->seq_start[g->doc_index[i]] + off);
+        off++;
+    }
+}
+
+void megatron_gpt_free(MegatronGPT *g) { free(g->doc_index); free(g->doc_cum); free(g->shuffle); memset(g, 0, sizeof(*g)); }
+
+int megatron_blend_init(Blend *b, MegatronGPT *g, int n, const double *weights, const IndexedDataset *ds,
+                        const uint64_t *begin, const uint64_t *end, int T, uint32_t seed, int64_t target,
+                        char *err, size_t errlen) {
+    memset(b, 0, sizeof(*b));
+    b->n = n; b->T = T;
+    double w[MAX_BLEND], sum;
+    if (n == 1 && weights[0] < 0) {   /* one dataset, no weight: the GPTDataset itself */
+        if (megatron_gpt_init(&g[0], &ds[0], begin[0], end[0], T, seed, target, err, errlen) != 0) return -1;
+        b->weights[0] = 1.0; b->megatron[0] = &g[0]; b->size = target;
+        return 0;
+    }
+    if (weights[0] >= 0) {
+        for (int i = 0; i < n; i++) w[i] = weights[i];
+        sum = numpy_sum(w, n);
+        for (int i = 0; i < n; i++) w[i] /= sum;
+        for (int i = 0; i < n; i++) {
+            double want = ceil((double)target * w[i]);
+            if (megatron_gpt_init(&g[i], &ds[i], begin[i], end[i], T, seed, (int64_t)ceil(want * (1.0 + 0.005)), err, errlen) != 0) return -1;
+            b->size += (int64_t)want;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            if (megatron_gpt_init(&g[i], &ds[i], begin[i], end[i], T, seed, -1, err, errlen) != 0) return -1;
+            w[i] = (double)g[i].num_samples;
+            b->size += g[i].num_samples;
+        }
+        if (target < b->size) b->size = target;
+    }
+    /* the blend normalises its weights once more */
+    sum = numpy_sum(w, n);
+    for (int i = 0; i < n; i++) { b->weights[i] = w[i] / sum; b->megatron[i] = &g[i]; }
+    return 0;
 }
 
 int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes, double *weights, int max, char *err, size_t errlen) {
@@ -2104,7 +2317,7 @@ int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes,
 
 void dataloader_init(DataLoader *dl, Blend *source, int B, int rank, int world) {
     memset(dl, 0, sizeof(*dl));
-    int T = source->samplers[0]->T;
+    int T = source->T;
     dl->source = source; dl->B = B; dl->T = T; dl->rank = rank; dl->world = world; dl->eod = -1;
     dl->window = (int *)malloc((size_t)(T + 1) * sizeof(int));
     dl->inputs = (int *)malloc((size_t)B * T * sizeof(int));

@@ -280,6 +280,95 @@ static void test_eod_mask(void) {
     printf("EOD loss mask: ok (%d windows as megatron-core's)\n", windows);
 }
 
+/* numpy.random.RandomState reimplemented (tests/fixtures/megatron/numpy.txt, from numpy): the raw 32-bit
+   words, shuffle of arange(n), permutation(n), and bounded draws above 2^32 (two words each). */
+static void test_numpy_random(void) {
+    FILE *f = fopen("tests/fixtures/megatron/numpy.txt", "r");
+    CHECK(f != NULL, "tests/fixtures/megatron/numpy.txt: cannot open");
+    char kind[32];
+    unsigned long long seed;
+    int rows = 0;
+    while (f && fscanf(f, "%31s %llu", kind, &seed) == 2) {
+        NumpyRandom r;
+        numpy_random_seed(&r, (uint32_t)seed);
+        long long n = 8, v, max = 0;
+        if (strcmp(kind, "raw")) CHECK(fscanf(f, "%lld", strcmp(kind, "bounded64") ? &n : &max) == 1, "numpy.txt: %s", kind);
+        if (!strcmp(kind, "bounded64")) n = 6;
+        int64_t *x = malloc(n * sizeof(int64_t));
+        for (long long i = 0; i < n; i++) x[i] = i;
+        if (!strcmp(kind, "shuffle") || !strcmp(kind, "permutation")) numpy_random_shuffle(&r, x, n);
+        for (long long i = 0; i < n; i++) {
+            if (!strcmp(kind, "raw")) x[i] = numpy_random_u32(&r);
+            if (!strcmp(kind, "bounded64")) x[i] = (int64_t)numpy_random_interval(&r, (uint64_t)max);
+            CHECK(fscanf(f, "%lld", &v) == 1 && v == x[i], "numpy %s seed %llu n %lld: item %lld is %lld, numpy's %lld", kind, seed, n, i, (long long)x[i], v);
+        }
+        free(x);
+        rows++;
+    }
+    if (f) fclose(f);
+    CHECK(rows == 28, "%d numpy rows read", rows);
+    printf("numpy RandomState: ok (%d draws as numpy's)\n", rows);
+}
+
+/* --data-order megatron: the first 1,000 training samples of megatron-core's GPTDataset / BlendedDataset
+   (tests/fixtures/megatron/windows_NAME.txt): the dataset, its sample index, the shuffle index entry and the
+   T+1 tokens of each. */
+static void test_megatron_order(const char *name) {
+    char path[256], line[8192], err[512];
+    snprintf(path, sizeof(path), "tests/fixtures/megatron/windows_%s.txt", name);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "%s: cannot open", path);
+    if (!f) return;
+    /* # data A B C weights 0.5 0.3 0.2 seed S seq_len T split SPEC samples N */
+    CHECK(fgets(line, sizeof(line), f) != NULL, "%s: empty", path);
+    char *words[64];
+    int nw = 0;
+    for (char *w = strtok(line, " \n"); w && nw < 64; w = strtok(NULL, " \n")) words[nw++] = w;
+    int i = 2, n = 0, T = 0;
+    unsigned long long seed = 0;
+    long long target = 0;
+    const char *spec = NULL;
+    IndexedDataset ds[MAX_BLEND];
+    double weights[MAX_BLEND];
+    uint64_t begin[MAX_BLEND], end[MAX_BLEND], b3[3], e3[3];
+    for (; i < nw && strcmp(words[i], "weights"); i++, n++) {
+        snprintf(path, sizeof(path), "tests/fixtures/megatron/%s", words[i]);
+        CHECK(indexed_dataset_open(&ds[n], path, err, sizeof(err)) == 0, "%s", err);
+        weights[n] = -1;
+    }
+    for (int k = 0, j = i + 1; k < n && strcmp(words[j], "-"); k++, j++) weights[k] = atof(words[j]);
+    for (; i + 1 < nw; i++) {
+        if (!strcmp(words[i], "seed")) seed = strtoull(words[i + 1], NULL, 10);
+        if (!strcmp(words[i], "seq_len")) T = atoi(words[i + 1]);
+        if (!strcmp(words[i], "split")) spec = words[i + 1];
+        if (!strcmp(words[i], "samples")) target = atoll(words[i + 1]);
+    }
+    for (int k = 0; k < n; k++) {
+        CHECK(split_sequences(spec, ds[k].num_seqs, b3, e3, err, sizeof(err)) == 0, "%s", err);
+        begin[k] = b3[0]; end[k] = e3[0];
+    }
+    Blend b;
+    MegatronGPT g[MAX_BLEND];
+    CHECK(megatron_blend_init(&b, g, n, weights, ds, begin, end, T, (uint32_t)seed, target, err, sizeof(err)) == 0, "%s", err);
+    int *win = malloc((T + 1) * sizeof(int)), rows = 0, bad = 0, separate = 0;
+    long long k, d, j, sh, v;
+    while (fscanf(f, "%lld %lld %lld %lld", &k, &d, &j, &sh) == 4) {
+        uint64_t sample;
+        int src = blend_source(&b, (uint64_t)k, &sample);
+        int ok = src == d && (long long)sample == j && g[src].shuffle[sample] == sh;
+        blend_window(&b, (uint64_t)k, win);
+        for (int t = 0; t <= T; t++) { CHECK(fscanf(f, "%lld", &v) == 1, "%s: short line %lld", name, k); ok &= win[t] == v; }
+        if (!ok && bad++ < 3) CHECK(0, "%s window %lld: dataset %d sample %llu (shuffled %lld), Megatron's %lld %lld (%lld), or tokens differ",
+                                    name, k, src, (unsigned long long)sample, (long long)g[src].shuffle[sample], d, j, sh);
+        rows++;
+    }
+    fclose(f);
+    CHECK(rows == 1000 && bad == 0, "%s: %d windows, %d differ", name, rows, bad);
+    for (int q = 0; q < n; q++) { separate += g[q].separate_last; megatron_gpt_free(&g[q]); indexed_dataset_close(&ds[q]); }
+    free(win);
+    printf("megatron order %s: ok (%d windows as megatron-core's; %d dataset(s), %d with a separate last epoch)\n", name, rows, n, separate);
+}
+
 /* Broken files give one clear error naming the file. */
 static void expect_open_error(const char *what, const char *needle) {
     IndexedDataset ds;
@@ -422,6 +511,10 @@ int main(void) {
     test_blend();
     test_split();
     test_eod_mask();
+    test_numpy_random();
+    test_megatron_order("single");
+    test_megatron_order("multi");
+    test_megatron_order("blend");
     test_errors();
     test_check_ids();
     test_prepro_readback();

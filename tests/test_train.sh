@@ -91,6 +91,17 @@ expect_error "id past the vocabulary in the validation split" "train: $tmp/big.b
 $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 0 > "$tmp/out" 2>&1 \
     && $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,10,10 --eval-every 1 > "$tmp/out" 2>&1 \
     && ok "a bad id in a split the run does not read is not refused" || bad "bad id outside the splits read: $(tail -1 "$tmp/out")"
+# --data-order megatron (its windows are checked against megatron-core's in test_data): a 3-way blend trains;
+# a seed numpy's RandomState cannot take, an unknown order and a blend too short for the run are refused
+mg=tests/fixtures/megatron
+$BIN_DIR/train --data "0.5 $mg/single 0.3 $mg/multi 0.2 $mg/third" --data-order megatron "${ids_run[@]}" --seed 42 \
+    --eval-every 0 > "$tmp/out" 2>&1 && grep -q "^done: 1 steps" "$tmp/out" \
+    && ok "--data-order megatron trains on a 3-way blend" || bad "--data-order megatron: $(tail -1 "$tmp/out")"
+expect_error "megatron seed" "train: --seed 4294967296: --data-order megatron needs a seed below 2^32" \
+    $BIN_DIR/train --data "$mg/single" --data-order megatron --seed 4294967296
+expect_error "data order" "train: --data-order random: must be one of default|megatron" $BIN_DIR/train --data "$mg/single" --data-order random
+expect_error "megatron blend too short" "samples (one epoch of each dataset, as Megatron builds it), fewer than the 2000" \
+    $BIN_DIR/train --data "$mg/single $mg/third" --data-order megatron "${ids_run[@]}" --steps 1000 --eval-every 0
 # every number is checked against its flag's range (flags.h): nothing wraps, nothing non-finite gets in
 while read -r flag value range; do
     expect_error "$flag $value" "train: $flag $value: out of range $range" $BIN_DIR/train --data "$data" "$flag" "$value"
