@@ -162,6 +162,10 @@ typedef struct {
     ActivationTensors acts, grads_acts;
     float *rope_cos, *rope_sin; /* [max T, HD/2] */
     int *inputs, *targets;      /* [B*T] copies of the last batch */
+    /* Megatron's --reset-attention-mask / --reset-position-ids: each EOD (id eod) in the inputs ends a document;
+       the rows after it see only their own document's keys and count positions from its start */
+    int reset_attention, reset_positions, eod;
+    int *doc_start, *pos;       /* [B*T] of the last batch (document_starts), when either is on */
     float mean_loss;            /* mean loss of the last forward with targets (-1 if none) */
     int num_valid;              /* targets >= 0 in the last forward */
 } Model;
@@ -169,8 +173,11 @@ typedef struct {
 /* ------------------------------------------------------------------------------------------------ */
 /* layers (see the definitions for the math) */
 
-void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C);
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V);
+/* pos [B*T]: the position of each token (NULL: t), as document_starts makes for --reset-position-ids;
+   doc_start [B*T]: the first key each row may see (NULL: 0), for --reset-attention-mask */
+void document_starts(int *doc_start, int *pos, const int *inputs, int B, int T, int eod);
+void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos);
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V, const int *pos);
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int N, int C, float eps);
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
@@ -182,12 +189,15 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int IC, int OC);
 void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T);
-void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
-void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                  const int *pos);
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                   const int *pos);
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                       int B, int T, int NH, int NKV, int HD, float scale, int window);
+                       int B, int T, int NH, int NKV, int HD, float scale, int window, const int *doc_start);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window);
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window,
+                        const int *doc_start);
 void gelu_forward(float *out, const float *inp, size_t N);
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
 void swiglu_forward(float *out, const float *inp, int N, int F);
@@ -1015,21 +1025,37 @@ char *model_config_to_json(const ModelConfig *c) {
    Every function works on flat row-major arrays. N = number of rows (usually B*T). Backward functions
    add (+=) into every gradient they write. */
 
-/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:]   (wpe may be NULL: no learned positions)
-   backward:  dwte[tok[b,t],:] += dout[b,t,:];  dwpe[t,:] += dout[b,t,:]
+/* document starts (Megatron's _get_ltor_masks_and_position_ids): an EOD at input position i of a row ends a
+   document, so the positions after it start a new one:
+     doc_start[b,t] = 1 + the last i < t with inputs[b,i] == eod (0 if none);  pos[b,t] = t - doc_start[b,t]
+   Rows then attend to keys doc_start[b,t] <= s <= t, and RoPE / learned positions use pos. */
+void document_starts(int *doc_start, int *pos, const int *inputs, int B, int T, int eod) {
+    for (int b = 0; b < B; b++) {
+        int start = 0;
+        for (int t = 0; t < T; t++) {
+            if (t > 0 && inputs[b * T + t - 1] == eod) start = t;
+            if (doc_start) doc_start[b * T + t] = start;
+            if (pos) pos[b * T + t] = t - start;
+        }
+    }
+}
+
+/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b,t] (or t when pos is NULL; wpe may be NULL:
+   no learned positions)
+   backward:  dwte[tok[b,t],:] += dout[b,t,:];  dwpe[p,:] += dout[b,t,:]
    The backward is parallel over channel blocks, so every sum runs in the same order on every run. */
-void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C) {
+void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
             const float *e = wte + (size_t)tokens[b * T + t] * C;
-            const float *p = wpe ? wpe + (size_t)t * C : NULL;
+            const float *p = wpe ? wpe + (size_t)(pos ? pos[b * T + t] : t) * C : NULL;
             for (int c = 0; c < C; c++) o[c] = e[c] + (p ? p[c] : 0.0f);
         }
 }
 
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V) {
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V, const int *pos) {
     const int CB = 32;
     #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < C; c0 += CB) {
@@ -1039,7 +1065,7 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *
                 const float *d = dout + ((size_t)b * T + t) * C;
                 float *e = dwte + (size_t)tokens[b * T + t] * C;
                 for (int c = c0; c < c1; c++) e[c] += d[c];
-                if (dwpe) { float *p = dwpe + (size_t)t * C; for (int c = c0; c < c1; c++) p[c] += d[c]; }
+                if (dwpe) { float *p = dwpe + (size_t)(pos ? pos[b * T + t] : t) * C; for (int c = c0; c < c1; c++) p[c] += d[c]; }
             }
     }
 }
@@ -1260,13 +1286,15 @@ void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T
      out[i+HD/2] = x[i+HD/2]*cos + x[i]*sin
    backward (the transpose rotation):
      dx[i] += dout[i]*cos + dout[i+HD/2]*sin;   dx[i+HD/2] += dout[i+HD/2]*cos - dout[i]*sin
-   inp/out are [B,T,NH,HD]. */
-void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD) {
+   inp/out are [B,T,NH,HD]; the angle of row (b,t) is that of position pos[b,t] (t when pos is NULL). */
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                  const int *pos) {
     int half = HD / 2;
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
+            size_t p = (size_t)(pos ? pos[b * T + t] : t);
+            const float *cs = cos_table + p * half, *sn = sin_table + p * half;
             for (int h = 0; h < NH; h++) {
                 const float *x = inp + (((size_t)b * T + t) * NH + h) * HD;
                 float *y = out + (((size_t)b * T + t) * NH + h) * HD;
@@ -1279,12 +1307,14 @@ void rope_forward(float *out, const float *inp, const float *cos_table, const fl
         }
 }
 
-void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD) {
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                   const int *pos) {
     int half = HD / 2;
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
+            size_t p = (size_t)(pos ? pos[b * T + t] : t);
+            const float *cs = cos_table + p * half, *sn = sin_table + p * half;
             for (int h = 0; h < NH; h++) {
                 const float *dy = dout + (((size_t)b * T + t) * NH + h) * HD;
                 float *dx = dinp + (((size_t)b * T + t) * NH + h) * HD;
@@ -1299,7 +1329,8 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
 
 /* causal attention with grouped-query heads: query head h reads key/value head h / (NH/NKV).
    q [B,T,NH,HD], k and v [B,T,NKV,HD], att [B,NH,T,T], out [B,T,NH,HD]; scale is usually 1/sqrt(HD); with
-   window W > 0 position t sees only s > t - W (a sliding window), else every s <= t. Let s0 = first s seen:
+   window W > 0 position t sees only s > t - W (a sliding window), else every s <= t; with doc_start (NULL:
+   none) row (b,t) also sees no s < doc_start[b,t] (its document's start). Let s0 = first s seen:
      a[t,s]   = scale * q[t]·k[s]  for s0 <= s <= t
      att[t,s] = softmax_s(a[t,:])   (0 for the other s)
      out[t]   = sum_s att[t,s] * v[s]
@@ -1308,16 +1339,19 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
      da[t,s]   = att[t,s] * (datt[t,s] - sum_s' att[t,s']*datt[t,s'])
      dq[t] += scale * sum_s da[t,s]*k[s];  dk[s] += scale * sum_t da[t,s]*q[t]
    The backward runs one task per (b, kv head), which owns every dk/dv row it writes. */
-static inline int attention_first(int t, int window) { return window > 0 && t >= window ? t - window + 1 : 0; }
+static inline int attention_first(int t, int window, const int *doc_start) {
+    int s0 = window > 0 && t >= window ? t - window + 1 : 0;
+    return doc_start && *doc_start > s0 ? *doc_start : s0;
+}
 
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                       int B, int T, int NH, int NKV, int HD, float scale, int window) {
+                       int B, int T, int NH, int NKV, int HD, float scale, int window, const int *doc_start) {
     int G = NH / NKV;
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
-                int kh = h / G, s0 = attention_first(t, window);
+                int kh = h / G, s0 = attention_first(t, window, doc_start ? doc_start + b * T + t : NULL);
                 const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
                 float *a = att + (((size_t)b * NH + h) * T + t) * T;
                 float maxv = -INFINITY;
@@ -1339,7 +1373,8 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window) {
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window,
+                        const int *doc_start) {
     int G = NH / NKV;
     #pragma omp parallel
     {
@@ -1353,7 +1388,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *dy = dout + (((size_t)b * T + t) * NH + h) * HD;
                         const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
                         float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;
-                        int s0 = attention_first(t, window);
+                        int s0 = attention_first(t, window, doc_start ? doc_start + b * T + t : NULL);
                         float sum = 0.0f;
                         for (int s = s0; s <= t; s++) {
                             size_t kv = (((size_t)b * T + s) * NKV + kh) * HD;
@@ -1580,7 +1615,7 @@ static void model_prepare(Model *m, int B, int T) {
     if (B > m->B || T > m->T) {
         int nB = B > m->B ? B : m->B, nT = T > m->T ? T : m->T;
         free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-        free(m->inputs); free(m->targets);
+        free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos);
         act_sizes(&m->cfg, nB, nT, m->act_sizes);
         m->num_acts = 0;
         for (int i = 0; i < NUM_ACT_TENSORS; i++) m->num_acts += m->act_sizes[i];
@@ -1592,7 +1627,9 @@ static void model_prepare(Model *m, int B, int T) {
         rope_init(m->rope_cos, m->rope_sin, &m->cfg, nT);
         m->inputs = (int *)malloc((size_t)nB * nT * sizeof(int));
         m->targets = (int *)malloc((size_t)nB * nT * sizeof(int));
-        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs) {
+        m->doc_start = (int *)malloc((size_t)nB * nT * sizeof(int));
+        m->pos = (int *)malloc((size_t)nB * nT * sizeof(int));
+        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs || !m->doc_start || !m->pos) {
             fprintf(stderr, "out of memory allocating activations for B=%d T=%d\n", nB, nT);
             exit(1);
         }
@@ -1654,7 +1691,9 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
     int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
     size_t NC = (size_t)N * C;
 
-    embedding_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C);
+    const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;
+    if (doc_start || pos) document_starts(m->doc_start, m->pos, inputs, B, T, m->eod);
+    embedding_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C, pos);
     for (int l = 0; l < c->n_layer; l++) {
         const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
         float *ln1 = a.ln1 + l * NC, *ln1_mean = at_layer(a.ln1_mean, l, N), *ln1_rstd = a.ln1_rstd + l * N;
@@ -1679,11 +1718,11 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
                 rmsnorm_forward(kn, a.kn_rstd + (size_t)l * N * NKV, k, p.knw + l * HD, N * NKV, HD, c->norm_eps);
                 qa = qn; ka = kn;
             }
-            rope_forward(qr, qa, m->rope_cos, m->rope_sin, B, T, NH, HD);
-            rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+            rope_forward(qr, qa, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
+            rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
             qa = qr; ka = kr;
         }
-        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, l), attention_window(c, l));
+        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, l), attention_window(c, l), doc_start);
         matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, at_layer(p.bo, l, C), N, QD, C);
         residual_forward(resid2, x, attproj, NC);
         norm_forward(c, ln2, ln2_mean, ln2_rstd, resid2, p.ln2w + l * C, at_layer(p.ln2b, l, C), N, C);
@@ -1711,6 +1750,7 @@ void model_backward(Model *m, float loss_scale) {
     const ModelConfig *c = &m->cfg;
     if (m->mean_loss < 0) { fprintf(stderr, "model_backward: the last forward had no targets\n"); exit(1); }
     int B = m->cur_B, T = m->cur_T;
+    const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;   /* the forward's */
     ParameterTensors p = m->params, g = m->grads;
     ActivationTensors a = m->acts, d = m->grads_acts;
     int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff;
@@ -1754,20 +1794,20 @@ void model_backward(Model *m, float loss_scale) {
                         a.atty + oq, p.wo + (size_t)l * C * QD, N, QD, C);
         if (c->family == FAMILY_GPT2) {
             attention_backward(d.q + oq, d.k + ok, d.v + ok, d.atty + oq, a.q + oq, a.k + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window);
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window, doc_start);
         } else {
             attention_backward(d.qr + oq, d.kr + ok, d.v + ok, d.atty + oq, a.qr + oq, a.kr + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window);
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window, doc_start);
             if (c->qk_norm) {
-                rope_backward(d.qn + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD);
-                rope_backward(d.kn + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+                rope_backward(d.qn + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
+                rope_backward(d.kn + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
                 rmsnorm_backward(d.q + oq, g.qnw + l * HD, d.qn + oq, a.q + oq, p.qnw + l * HD,
                                  a.qn_rstd + (size_t)l * N * NH, N * NH, HD);
                 rmsnorm_backward(d.k + ok, g.knw + l * HD, d.kn + ok, a.k + ok, p.knw + l * HD,
                                  a.kn_rstd + (size_t)l * N * NKV, N * NKV, HD);
             } else {
-                rope_backward(d.q + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD);
-                rope_backward(d.k + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+                rope_backward(d.q + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
+                rope_backward(d.k + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
             }
         }
         float *ln1 = a.ln1 + l * NC, *dln1 = d.ln1 + l * NC;
@@ -1779,13 +1819,13 @@ void model_backward(Model *m, float loss_scale) {
         norm_backward(c, dx, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1, x, p.ln1w + l * C,
                       at_layer(a.ln1_mean, l, N), a.ln1_rstd + l * N, N, C);
     }
-    embedding_backward(g.wte, g.wpe, d.encoded, m->inputs, B, T, C, c->vocab_size);
+    embedding_backward(g.wte, g.wpe, d.encoded, m->inputs, B, T, C, c->vocab_size, pos);
 }
 
 void model_free(Model *m) {
     free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
     free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-    free(m->inputs); free(m->targets);
+    free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos);
     memset(m, 0, sizeof(*m));
 }
 

@@ -20,7 +20,7 @@ typedef struct {
     float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
     uint64_t seed;
     int eval_every, eval_steps, sample_every, sample_len, top_k, threads, log_every;
-    int save_every, keep, resume, eod_mask_loss, skip_nonfinite;
+    int save_every, keep, resume, eod_mask_loss, skip_nonfinite, reset_attention_mask, reset_position_ids;
     long max_shard_mb;
     float temperature;
     int nproc;                 /* processes on this machine: CPU ranks, or GPUs per node */
@@ -56,6 +56,8 @@ static void usage(int gpu) {
 "  --data SPEC             Megatron dataset prefix (PREFIX.bin / PREFIX.idx), e.g. out/shakespeare_text_document,\n"
 "                          or a blend: \"0.7 PREFIX_A 0.3 PREFIX_B\" (weights), \"PREFIX_A PREFIX_B\" (by token count)\n"
 "  --eod-mask-loss         no loss where the input token is the EOD (the config's eos_token_id), as Megatron\n"
+"  --reset-attention-mask  attention does not cross an EOD inside a window: each document sees only itself (Megatron)\n"
+"  --reset-position-ids    positions (RoPE, learned) restart after each EOD inside a window (Megatron)\n"
 "  --split A,B,C           train/validation/test split by sequences, as Megatron (default 98,2,0)\n"
 "  --data-order O          default | megatron: the training windows in exactly the order of Megatron's GPTDataset\n"
 "                          (+ BlendedDataset) for the same seed (< 2^32), --seq-len, --split, blend and\n"
@@ -157,6 +159,8 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
         {"--lr-schedule", FLAG_CHOICE, &a->schedule, 0, 0, 0, "cosine|linear|constant"},
         {"--resume", FLAG_SWITCH, &a->resume, 0, 0, 0, NULL},
         {"--eod-mask-loss", FLAG_SWITCH, &a->eod_mask_loss, 0, 0, 0, NULL},
+        {"--reset-attention-mask", FLAG_SWITCH, &a->reset_attention_mask, 0, 0, 0, NULL},
+        {"--reset-position-ids", FLAG_SWITCH, &a->reset_position_ids, 0, 0, 0, NULL},
         {"--skip-nonfinite", FLAG_SWITCH, &a->skip_nonfinite, 0, 0, 0, NULL},
         {"--batch-size", FLAG_INT, &a->batch_size, 1, imax, 0, NULL},
         {"--seq-len", FLAG_INT, &a->seq_len, 1, imax, 0, NULL},
@@ -248,6 +252,8 @@ static void choose_config(ModelConfig *cfg, const Args *a) {
     if (cfg->family == FAMILY_GPT2 && a->seq_len > cfg->max_seq_len)
         die("--seq-len %d exceeds the model's %d positions", a->seq_len, cfg->max_seq_len);
     if (a->eod_mask_loss && cfg->eos_token_id < 0) die("--eod-mask-loss needs eos_token_id in the model config");
+    if (a->reset_attention_mask && cfg->eos_token_id < 0) die("--reset-attention-mask needs eos_token_id in the model config");
+    if (a->reset_position_ids && cfg->eos_token_id < 0) die("--reset-position-ids needs eos_token_id in the model config");
 }
 
 static int lr_style(const char *s) {
@@ -424,6 +430,8 @@ static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig
     json_t *o = json_pack("{s:o,s:s,s:s,s:i,s:i,s:i,s:i,s:I,s:b}", "model", mj, "data", a->data, "split", a->split,
                           "seq_len", a->seq_len, "batch_size", a->batch_size, "grad_accum", a->grad_accum,
                           "world_size", world, "seed", (json_int_t)a->seed, "eod_mask_loss", a->eod_mask_loss);
+    if (a->reset_attention_mask) json_object_set_new(o, "reset_attention_mask", json_true());
+    if (a->reset_position_ids) json_object_set_new(o, "reset_position_ids", json_true());
     if (strcmp(a->data_order, "default")) {   /* Megatron's order depends on the run's length */
         json_object_set_new(o, "data_order", json_string(a->data_order));
         json_object_set_new(o, "megatron_samples", json_integer((json_int_t)a->steps * a->batch_size * a->grad_accum * world));
@@ -537,6 +545,7 @@ static void open_run(const Args *a, ModelConfig *cfg, Data *data, Model *m) {
     choose_config(cfg, a);
     open_data(data, a, cfg->vocab_size);
     if (model_build(m, cfg) != 0) die("out of memory for the model");
+    m->reset_attention = a->reset_attention_mask; m->reset_positions = a->reset_position_ids; m->eod = cfg->eos_token_id;
 }
 
 /* The rank's loader (rows rank, rank + world, ... of each batch; the EOD mask) and the starting weights: with

@@ -249,7 +249,9 @@ static void test_split(void) {
 }
 
 /* --eod-mask-loss as Megatron's _get_ltor_masks_and_position_ids (tests/fixtures/megatron/masks.txt): no loss
-   where the input token is the EOD (0 here); on 5 6 7 0 8 9 0 10 11 that is positions 3 and 6. */
+   where the input token is the EOD (0 here); on 5 6 7 0 8 9 0 10 11 that is positions 3 and 6. Its position ids
+   (--reset-position-ids) and the first key each row's attention mask allows (--reset-attention-mask) are
+   document_starts' pos and doc_start. */
 static void test_eod_mask(void) {
     FILE *f = fopen("tests/fixtures/megatron/masks.txt", "r");
     CHECK(f != NULL, "tests/fixtures/megatron/masks.txt: cannot open");
@@ -269,6 +271,12 @@ static void test_eod_mask(void) {
                 CHECK((tg[t] >= 0) == v[t] && (tg[t] < 0 || tg[t] == win[t + 1]), "window %d position %d: target %d, Megatron's loss mask %d", windows, t, tg[t], v[t]);
             windows++;
         }
+        if (!strcmp(line, "pos") || !strcmp(line, "start")) {   /* --reset-position-ids, --reset-attention-mask */
+            int st[256], ps[256], *got = !strcmp(line, "pos") ? ps : st;
+            document_starts(st, ps, win, 1, n, 0);
+            for (int t = 0; t < n; t++)
+                CHECK(got[t] == v[t], "window %d position %d: %s %d, Megatron's %d", windows - 1, t, line, got[t], v[t]);
+        }
     }
     if (f) fclose(f);
     int ex[10] = {5, 6, 7, 0, 8, 9, 0, 10, 11, 12}, tg[9];
@@ -277,7 +285,7 @@ static void test_eod_mask(void) {
     window_targets(tg, ex, 9, -1);
     CHECK(tg[3] == 8 && tg[6] == 10, "no EOD mask: every target kept");
     CHECK(windows == 11, "%d mask windows read", windows);
-    printf("EOD loss mask: ok (%d windows as megatron-core's)\n", windows);
+    printf("EOD loss mask, reset positions and attention starts: ok (%d windows as megatron-core's)\n", windows);
 }
 
 /* numpy.random.RandomState reimplemented (tests/fixtures/megatron/numpy.txt, from numpy): the raw 32-bit

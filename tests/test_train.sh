@@ -100,6 +100,15 @@ $BIN_DIR/train --data "0.5 $mg/single 0.3 $mg/multi 0.2 $mg/third" --data-order 
 expect_error "megatron seed" "train: --seed 4294967296: --data-order megatron needs a seed below 2^32" \
     $BIN_DIR/train --data "$mg/single" --data-order megatron --seed 4294967296
 expect_error "data order" "train: --data-order random: must be one of default|megatron" $BIN_DIR/train --data "$mg/single" --data-order random
+# documents packed in windows (their losses are checked against HF in test_model): a run with both flags, on
+# the multi-sequence dataset whose EOD (0) is the config's eos_token_id; a config without one is refused
+sed 's/"eos_token_id": 50256/"eos_token_id": 0/' tests/fixtures/configs/train_small.json > "$tmp/eod0.json"
+$BIN_DIR/train --data "$mg/multi" --model "$tmp/eod0.json" --reset-attention-mask --reset-position-ids --eod-mask-loss \
+    --batch-size 2 --seq-len 16 --steps 2 --eval-every 0 > "$tmp/out" 2>&1 && grep -q "^done: 2 steps" "$tmp/out" \
+    && ok "--reset-attention-mask --reset-position-ids train" || bad "reset flags: $(tail -1 "$tmp/out")"
+sed 's/"hidden_act": "silu",/"hidden_act": "silu"/; /eos_token_id/d' tests/fixtures/configs/train_small.json > "$tmp/noeos.json"
+expect_error "--reset-attention-mask without an EOD" "--reset-attention-mask needs eos_token_id" \
+    $BIN_DIR/train --data "$mg/multi" --model "$tmp/noeos.json" --reset-attention-mask
 expect_error "megatron blend too short" "samples (one epoch of each dataset, as Megatron builds it), fewer than the 2000" \
     $BIN_DIR/train --data "$mg/single $mg/third" --data-order megatron "${ids_run[@]}" --steps 1000 --eval-every 0
 # every number is checked against its flag's range (flags.h): nothing wraps, nothing non-finite gets in
@@ -157,6 +166,8 @@ if [ -x $BIN_DIR/train_gpu ]; then
     expect_error "train_gpu sliding window" "config key use_sliding_window" $BIN_DIR/train_gpu --data "$data" --model $m/qwen2_window --seq-len 16
     expect_error "train_gpu layer-scaled attention" "config key scale_attn_by_inverse_layer_idx" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_layer_scaled --seq-len 16
     expect_error "train_gpu unscaled attention" "config key scale_attn_weights" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_unscaled --seq-len 16
+    expect_error "train_gpu --reset-attention-mask" "train_gpu: --reset-attention-mask: train_gpu does not support it yet" $BIN_DIR/train_gpu --data "$data" --reset-attention-mask
+    expect_error "train_gpu --reset-position-ids" "train_gpu: --reset-position-ids: train_gpu does not support it yet" $BIN_DIR/train_gpu --data "$data" --reset-position-ids
     $BIN_DIR/train_gpu --help | grep -q -- "--zero 1|2" && ok "train_gpu --help lists the GPU flags" || bad "train_gpu --help"
 fi
 exit $fail
