@@ -614,6 +614,12 @@ static void print_run_start(const ModelConfig *cfg, size_t nparams, const Args *
            cfg->vocab_size, nparams);
     printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a->data, data->n,
            (unsigned long long)data->train_tokens, a->seq_len);
+    for (int i = 0; i < data->n && data->train_blend.megatron[i]; i++) {
+        const MegatronGPT *g = data->train_blend.megatron[i];
+        printf("megatron order: dataset %d: %lld samples over %lld epoch(s)%s%s", i, (long long)g->num_samples, (long long)g->num_epochs,
+               g->separate_last ? " (the last shuffled apart)" : "", i + 1 == data->n ? "" : "\n");
+        if (i + 1 == data->n) printf("; the blend: %lld samples\n", (long long)data->train_blend.size);
+    }
 }
 
 /* One step's numbers: a line on stdout (every --log-every steps, at the last step and at a skipped one) and a
