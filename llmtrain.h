@@ -162,6 +162,10 @@ typedef struct {
     ActivationTensors acts, grads_acts;
     float *rope_cos, *rope_sin; /* [max T, HD/2] */
     int *inputs, *targets;      /* [B*T] copies of the last batch */
+    /* Megatron's --reset-attention-mask / --reset-position-ids: each EOD (id eod) in the inputs ends a document;
+       the rows after it see only their own document's keys and count positions from its start */
+    int reset_attention, reset_positions, eod;
+    int *doc_start, *pos;       /* [B*T] of the last batch (document_starts), when either is on */
     float mean_loss;            /* mean loss of the last forward with targets (-1 if none) */
     int num_valid;              /* targets >= 0 in the last forward */
 } Model;
@@ -169,8 +173,11 @@ typedef struct {
 /* ------------------------------------------------------------------------------------------------ */
 /* layers (see the definitions for the math) */
 
-void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C);
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V);
+/* pos [B*T]: the position of each token (NULL: t), as document_starts makes for --reset-position-ids;
+   doc_start [B*T]: the first key each row may see (NULL: 0), for --reset-attention-mask */
+void document_starts(int *doc_start, int *pos, const int *inputs, int B, int T, int eod);
+void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos);
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V, const int *pos);
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int N, int C, float eps);
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
@@ -182,12 +189,15 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int IC, int OC);
 void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T);
-void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
-void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD);
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                  const int *pos);
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                   const int *pos);
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                       int B, int T, int NH, int NKV, int HD, float scale, int window);
+                       int B, int T, int NH, int NKV, int HD, float scale, int window, const int *doc_start);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window);
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window,
+                        const int *doc_start);
 void gelu_forward(float *out, const float *inp, size_t N);
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
 void swiglu_forward(float *out, const float *inp, int N, int F);
@@ -257,6 +267,7 @@ typedef struct {
     uint64_t num_docs;      /* D = len(document_indices) - 1 */
     int64_t *doc_start;     /* [D] first token (element index into .bin) of each document */
     int64_t *doc_len;       /* [D] tokens of each document */
+    int64_t *seq_start;     /* [S + 1] first token of each sequence (seq_start[S]: the token count) */
     const unsigned char *bin; size_t bin_size;
 } IndexedDataset;
 
@@ -264,48 +275,100 @@ typedef struct {
 int indexed_dataset_open(IndexedDataset *ds, const char *prefix, char *err, size_t errlen);
 void indexed_dataset_close(IndexedDataset *ds);
 int64_t indexed_dataset_token(const IndexedDataset *ds, int64_t element);
-/* Checks that every token of documents [doc_begin, doc_end) is an id of a vocabulary of `vocab`: 0 <= id < vocab.
-   0 if so, else -1 with the .bin, the document, the token's place in it and the id of the first bad one in err. */
-int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int vocab, char *err, size_t errlen);
+/* Checks that every token of sequences [seq_begin, seq_end) is an id of a vocabulary of `vocab`: 0 <= id < vocab.
+   0 if so, else -1 with the .bin, the sequence, the token's place in it and the id of the first bad one in err. */
+int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int vocab, char *err, size_t errlen);
 
-/* Documents [doc_begin, doc_end) of a dataset, in a seeded shuffled order per epoch, concatenated and
-   cut into windows of T+1 tokens with stride T; the windows are shuffled with the seed. Window k of the
-   stream (k counts across epochs) is a pure function of (seed, k). */
+/* Sequences [seq_begin, seq_end) of a dataset (the units of Megatron's GPT dataset: a document stored as
+   several sequences is several units), in a seeded shuffled order per epoch, concatenated and cut into
+   windows of T+1 tokens with stride T; the windows are shuffled with the seed. Window k of the stream
+   (k counts across epochs) is a pure function of (seed, k). */
 typedef struct {
     const IndexedDataset *ds;
-    uint64_t doc_begin, doc_end;
+    uint64_t seq_begin, seq_end;
     int T;
     uint64_t seed;
-    int shuffle;               /* 0: documents and windows in file order (validation) */
+    int shuffle;               /* 0: sequences and windows in file order (validation) */
     uint64_t tokens_per_epoch;
     uint64_t windows_per_epoch;
     int64_t epoch;             /* the epoch whose orders are cached below (-1: none) */
-    uint64_t *doc_order;       /* [n docs] */
-    uint64_t *doc_cum;         /* [n docs + 1] token offset of each document in the epoch's stream */
+    uint64_t *seq_order;       /* [n seqs] */
+    uint64_t *seq_cum;         /* [n seqs + 1] token offset of each sequence in the epoch's stream */
     uint64_t *win_order;       /* [windows_per_epoch] */
 } Sampler;
 
-int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int T,
+int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T,
                  uint64_t seed, int shuffle, char *err, size_t errlen);
 /* Writes the T+1 tokens of stream window k. */
 void sampler_window(Sampler *s, uint64_t k, int *out);
 void sampler_free(Sampler *s);
 
-/* Splits D documents by weights "949,50,1" into [begin,end) ranges for train/valid/test. 0 on success. */
-int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen);
+/* Splits N units (a GPT dataset's sequences) by weights "949,50,1" into [begin,end) ranges for
+   train/valid/test as Megatron does: w normalised to sum 1, boundary i = round(N * (w_0 + ... + w_i))
+   with the sums taken left to right and round() half to even (Python's round). 0 on success. */
+int split_sequences(const char *spec, uint64_t N, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen);
+
+/* numpy's legacy RandomState (numpy.random.RandomState(seed) with a seed < 2^32): MT19937 seeded by
+   init_genrand, the legacy bounded integer (a mask of the bits of max, redrawn until <= max; 32-bit words
+   when max < 2^32, else two words high first) and the legacy shuffle (Fisher-Yates from the end). */
+typedef struct { uint32_t mt[624]; int pos; } NumpyRandom;
+void numpy_random_seed(NumpyRandom *r, uint32_t seed);
+uint32_t numpy_random_u32(NumpyRandom *r);
+uint64_t numpy_random_interval(NumpyRandom *r, uint64_t max);   /* uniform in [0, max] */
+void numpy_random_shuffle(NumpyRandom *r, int64_t *x, int64_t n);
+/* numpy.sum of n doubles (its pairwise order, exact for n <= 128) */
+double numpy_sum(const double *a, int n);
+
+/* --data-order megatron: the training samples of Megatron's GPTDataset over sequences [seq_begin, seq_end)
+   for num_samples requested samples (-1: one epoch, as Megatron builds for a blend without weights): the
+   epochs needed, the document index (the split's sequences once per epoch, shuffled with RandomState(seed);
+   when the last epoch would be used for less than 80% of its samples it is shuffled on its own), the
+   samples (windows of T+1 tokens with stride T over the sequences in that order) and the shuffle index (a
+   permutation of the samples; the last epoch's samples on their own when it is separate). Sample j of the
+   dataset is window shuffle[j]. */
+typedef struct {
+    const IndexedDataset *ds;
+    uint64_t seq_begin, seq_end;
+    int T;
+    int64_t tokens_per_epoch, num_epochs, num_samples;   /* num_samples: windows of the sample index */
+    int separate_last;
+    int64_t ndoc;             /* num_epochs * (seq_end - seq_begin) */
+    int64_t *doc_index;       /* [ndoc] sequence ids */
+    int64_t *doc_cum;         /* [ndoc + 1] first stream token of each entry */
+    int64_t *shuffle;         /* [num_samples] */
+} MegatronGPT;
+
+int megatron_gpt_init(MegatronGPT *g, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T, uint32_t seed,
+                      int64_t num_samples, char *err, size_t errlen);
+/* The T+1 tokens of sample j (j modulo num_samples). */
+void megatron_gpt_window(const MegatronGPT *g, uint64_t j, int *out);
+void megatron_gpt_free(MegatronGPT *g);
 
 /* A weighted blend of samplers (Megatron's rule, no RNG): stream window s comes from the dataset i with the
-   largest w_i * max(s, 1) - count_i, which then serves its own window count_i. One dataset = weight 1. */
+   largest w_i * max(s, 1) - count_i, which then serves its own window count_i. One dataset = weight 1.
+   With --data-order megatron the datasets are MegatronGPT samples instead (megatron_blend_init). */
 #define MAX_BLEND 16
 typedef struct {
-    int n;
+    int n, T;
     double weights[MAX_BLEND];       /* normalised to sum 1 */
     Sampler *samplers[MAX_BLEND];
+    MegatronGPT *megatron[MAX_BLEND];  /* set: the datasets are Megatron's (samplers unused) */
+    int64_t size;                    /* megatron: the samples of Megatron's blend (its training length) */
     uint64_t counts[MAX_BLEND];      /* windows taken from each dataset by stream position `pos` */
     uint64_t pos;
 } Blend;
 
 void blend_init(Blend *b, int n, const double *weights, Sampler **samplers);
+/* Megatron's training dataset for `target` samples over n datasets (sequence ranges [begin[i], end[i]) of
+   ds[i]), built as its BlendedMegatronDatasetBuilder does: one dataset without a weight (weights[0] < 0) is
+   a GPTDataset of target samples; weights w (normalised): dataset i gets ceil(ceil(target * w_i) * 1.005)
+   samples and the blend sum_i ceil(target * w_i); no weights (all < 0, n > 1): one epoch of each, blended by
+   their sample counts, min(target, total) samples. Fills g[0..n). 0, or -1 with err. */
+int megatron_blend_init(Blend *b, MegatronGPT *g, int n, const double *weights, const IndexedDataset *ds,
+                        const uint64_t *begin, const uint64_t *end, int T, uint32_t seed, int64_t target,
+                        char *err, size_t errlen);
+/* The dataset of blend window k, and that dataset's window index in *sample (fastest when k grows). */
+int blend_source(Blend *b, uint64_t k, uint64_t *sample);
 /* Writes the T+1 tokens of blend window k (fastest when k grows from call to call). */
 void blend_window(Blend *b, uint64_t k, int *out);
 /* Parses --data: "PREFIX", "P1 P2 ..." (weights from their token counts, filled in by the caller: -1) or
@@ -313,7 +376,8 @@ void blend_window(Blend *b, uint64_t k, int *out);
 int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes, double *weights, int max, char *err, size_t errlen);
 
 /* Batches from a blend: micro-batch of B rows per rank; rank r takes windows cursor + r + world*b.
-   eod >= 0 masks targets equal to eod (they become -1: no loss). */
+   eod >= 0 drops the loss where the INPUT token is eod (Megatron's loss_mask[tokens == eod] = 0): that
+   target becomes -1 (no loss). The prediction of the EOD itself keeps its loss. */
 typedef struct {
     Blend *source;
     int B, T, rank, world, eod;
@@ -323,6 +387,8 @@ typedef struct {
 } DataLoader;
 
 void dataloader_init(DataLoader *dl, Blend *source, int B, int rank, int world);
+/* The T targets of a window of T+1 tokens: window[t+1], or -1 (no loss) where eod >= 0 and window[t] == eod. */
+void window_targets(int *targets, const int *window, int T, int eod);
 void dataloader_next(DataLoader *dl);
 void dataloader_free(DataLoader *dl);
 
@@ -959,21 +1025,37 @@ char *model_config_to_json(const ModelConfig *c) {
    Every function works on flat row-major arrays. N = number of rows (usually B*T). Backward functions
    add (+=) into every gradient they write. */
 
-/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:]   (wpe may be NULL: no learned positions)
-   backward:  dwte[tok[b,t],:] += dout[b,t,:];  dwpe[t,:] += dout[b,t,:]
+/* document starts (Megatron's _get_ltor_masks_and_position_ids): an EOD at input position i of a row ends a
+   document, so the positions after it start a new one:
+     doc_start[b,t] = 1 + the last i < t with inputs[b,i] == eod (0 if none);  pos[b,t] = t - doc_start[b,t]
+   Rows then attend to keys doc_start[b,t] <= s <= t, and RoPE / learned positions use pos. */
+void document_starts(int *doc_start, int *pos, const int *inputs, int B, int T, int eod) {
+    for (int b = 0; b < B; b++) {
+        int start = 0;
+        for (int t = 0; t < T; t++) {
+            if (t > 0 && inputs[b * T + t - 1] == eod) start = t;
+            if (doc_start) doc_start[b * T + t] = start;
+            if (pos) pos[b * T + t] = t - start;
+        }
+    }
+}
+
+/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b,t] (or t when pos is NULL; wpe may be NULL:
+   no learned positions)
+   backward:  dwte[tok[b,t],:] += dout[b,t,:];  dwpe[p,:] += dout[b,t,:]
    The backward is parallel over channel blocks, so every sum runs in the same order on every run. */
-void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C) {
+void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
             const float *e = wte + (size_t)tokens[b * T + t] * C;
-            const float *p = wpe ? wpe + (size_t)t * C : NULL;
+            const float *p = wpe ? wpe + (size_t)(pos ? pos[b * T + t] : t) * C : NULL;
             for (int c = 0; c < C; c++) o[c] = e[c] + (p ? p[c] : 0.0f);
         }
 }
 
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V) {
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V, const int *pos) {
     const int CB = 32;
     #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < C; c0 += CB) {
@@ -983,7 +1065,7 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *
                 const float *d = dout + ((size_t)b * T + t) * C;
                 float *e = dwte + (size_t)tokens[b * T + t] * C;
                 for (int c = c0; c < c1; c++) e[c] += d[c];
-                if (dwpe) { float *p = dwpe + (size_t)t * C; for (int c = c0; c < c1; c++) p[c] += d[c]; }
+                if (dwpe) { float *p = dwpe + (size_t)(pos ? pos[b * T + t] : t) * C; for (int c = c0; c < c1; c++) p[c] += d[c]; }
             }
     }
 }
@@ -1204,13 +1286,15 @@ void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T
      out[i+HD/2] = x[i+HD/2]*cos + x[i]*sin
    backward (the transpose rotation):
      dx[i] += dout[i]*cos + dout[i+HD/2]*sin;   dx[i+HD/2] += dout[i+HD/2]*cos - dout[i]*sin
-   inp/out are [B,T,NH,HD]. */
-void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD) {
+   inp/out are [B,T,NH,HD]; the angle of row (b,t) is that of position pos[b,t] (t when pos is NULL). */
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                  const int *pos) {
     int half = HD / 2;
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
+            size_t p = (size_t)(pos ? pos[b * T + t] : t);
+            const float *cs = cos_table + p * half, *sn = sin_table + p * half;
             for (int h = 0; h < NH; h++) {
                 const float *x = inp + (((size_t)b * T + t) * NH + h) * HD;
                 float *y = out + (((size_t)b * T + t) * NH + h) * HD;
@@ -1223,12 +1307,14 @@ void rope_forward(float *out, const float *inp, const float *cos_table, const fl
         }
 }
 
-void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD) {
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
+                   const int *pos) {
     int half = HD / 2;
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
+            size_t p = (size_t)(pos ? pos[b * T + t] : t);
+            const float *cs = cos_table + p * half, *sn = sin_table + p * half;
             for (int h = 0; h < NH; h++) {
                 const float *dy = dout + (((size_t)b * T + t) * NH + h) * HD;
                 float *dx = dinp + (((size_t)b * T + t) * NH + h) * HD;
@@ -1243,7 +1329,8 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
 
 /* causal attention with grouped-query heads: query head h reads key/value head h / (NH/NKV).
    q [B,T,NH,HD], k and v [B,T,NKV,HD], att [B,NH,T,T], out [B,T,NH,HD]; scale is usually 1/sqrt(HD); with
-   window W > 0 position t sees only s > t - W (a sliding window), else every s <= t. Let s0 = first s seen:
+   window W > 0 position t sees only s > t - W (a sliding window), else every s <= t; with doc_start (NULL:
+   none) row (b,t) also sees no s < doc_start[b,t] (its document's start). Let s0 = first s seen:
      a[t,s]   = scale * q[t]·k[s]  for s0 <= s <= t
      att[t,s] = softmax_s(a[t,:])   (0 for the other s)
      out[t]   = sum_s att[t,s] * v[s]
@@ -1252,16 +1339,19 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
      da[t,s]   = att[t,s] * (datt[t,s] - sum_s' att[t,s']*datt[t,s'])
      dq[t] += scale * sum_s da[t,s]*k[s];  dk[s] += scale * sum_t da[t,s]*q[t]
    The backward runs one task per (b, kv head), which owns every dk/dv row it writes. */
-static inline int attention_first(int t, int window) { return window > 0 && t >= window ? t - window + 1 : 0; }
+static inline int attention_first(int t, int window, const int *doc_start) {
+    int s0 = window > 0 && t >= window ? t - window + 1 : 0;
+    return doc_start && *doc_start > s0 ? *doc_start : s0;
+}
 
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
-                       int B, int T, int NH, int NKV, int HD, float scale, int window) {
+                       int B, int T, int NH, int NKV, int HD, float scale, int window, const int *doc_start) {
     int G = NH / NKV;
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
-                int kh = h / G, s0 = attention_first(t, window);
+                int kh = h / G, s0 = attention_first(t, window, doc_start ? doc_start + b * T + t : NULL);
                 const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
                 float *a = att + (((size_t)b * NH + h) * T + t) * T;
                 float maxv = -INFINITY;
@@ -1283,7 +1373,8 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window) {
+                        const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window,
+                        const int *doc_start) {
     int G = NH / NKV;
     #pragma omp parallel
     {
@@ -1297,7 +1388,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *dy = dout + (((size_t)b * T + t) * NH + h) * HD;
                         const float *qt = q + (((size_t)b * T + t) * NH + h) * HD;
                         float *dqt = dq + (((size_t)b * T + t) * NH + h) * HD;
-                        int s0 = attention_first(t, window);
+                        int s0 = attention_first(t, window, doc_start ? doc_start + b * T + t : NULL);
                         float sum = 0.0f;
                         for (int s = s0; s <= t; s++) {
                             size_t kv = (((size_t)b * T + s) * NKV + kh) * HD;
@@ -1524,7 +1615,7 @@ static void model_prepare(Model *m, int B, int T) {
     if (B > m->B || T > m->T) {
         int nB = B > m->B ? B : m->B, nT = T > m->T ? T : m->T;
         free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-        free(m->inputs); free(m->targets);
+        free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos);
         act_sizes(&m->cfg, nB, nT, m->act_sizes);
         m->num_acts = 0;
         for (int i = 0; i < NUM_ACT_TENSORS; i++) m->num_acts += m->act_sizes[i];
@@ -1536,7 +1627,9 @@ static void model_prepare(Model *m, int B, int T) {
         rope_init(m->rope_cos, m->rope_sin, &m->cfg, nT);
         m->inputs = (int *)malloc((size_t)nB * nT * sizeof(int));
         m->targets = (int *)malloc((size_t)nB * nT * sizeof(int));
-        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs) {
+        m->doc_start = (int *)malloc((size_t)nB * nT * sizeof(int));
+        m->pos = (int *)malloc((size_t)nB * nT * sizeof(int));
+        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs || !m->doc_start || !m->pos) {
             fprintf(stderr, "out of memory allocating activations for B=%d T=%d\n", nB, nT);
             exit(1);
         }
@@ -1598,7 +1691,9 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
     int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
     size_t NC = (size_t)N * C;
 
-    embedding_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C);
+    const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;
+    if (doc_start || pos) document_starts(m->doc_start, m->pos, inputs, B, T, m->eod);
+    embedding_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C, pos);
     for (int l = 0; l < c->n_layer; l++) {
         const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
         float *ln1 = a.ln1 + l * NC, *ln1_mean = at_layer(a.ln1_mean, l, N), *ln1_rstd = a.ln1_rstd + l * N;
@@ -1623,11 +1718,11 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
                 rmsnorm_forward(kn, a.kn_rstd + (size_t)l * N * NKV, k, p.knw + l * HD, N * NKV, HD, c->norm_eps);
                 qa = qn; ka = kn;
             }
-            rope_forward(qr, qa, m->rope_cos, m->rope_sin, B, T, NH, HD);
-            rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+            rope_forward(qr, qa, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
+            rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
             qa = qr; ka = kr;
         }
-        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, l), attention_window(c, l));
+        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, l), attention_window(c, l), doc_start);
         matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, at_layer(p.bo, l, C), N, QD, C);
         residual_forward(resid2, x, attproj, NC);
         norm_forward(c, ln2, ln2_mean, ln2_rstd, resid2, p.ln2w + l * C, at_layer(p.ln2b, l, C), N, C);
@@ -1655,6 +1750,7 @@ void model_backward(Model *m, float loss_scale) {
     const ModelConfig *c = &m->cfg;
     if (m->mean_loss < 0) { fprintf(stderr, "model_backward: the last forward had no targets\n"); exit(1); }
     int B = m->cur_B, T = m->cur_T;
+    const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;   /* the forward's */
     ParameterTensors p = m->params, g = m->grads;
     ActivationTensors a = m->acts, d = m->grads_acts;
     int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff;
@@ -1698,20 +1794,20 @@ void model_backward(Model *m, float loss_scale) {
                         a.atty + oq, p.wo + (size_t)l * C * QD, N, QD, C);
         if (c->family == FAMILY_GPT2) {
             attention_backward(d.q + oq, d.k + ok, d.v + ok, d.atty + oq, a.q + oq, a.k + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window);
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window, doc_start);
         } else {
             attention_backward(d.qr + oq, d.kr + ok, d.v + ok, d.atty + oq, a.qr + oq, a.kr + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window);
+                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window, doc_start);
             if (c->qk_norm) {
-                rope_backward(d.qn + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD);
-                rope_backward(d.kn + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+                rope_backward(d.qn + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
+                rope_backward(d.kn + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
                 rmsnorm_backward(d.q + oq, g.qnw + l * HD, d.qn + oq, a.q + oq, p.qnw + l * HD,
                                  a.qn_rstd + (size_t)l * N * NH, N * NH, HD);
                 rmsnorm_backward(d.k + ok, g.knw + l * HD, d.kn + ok, a.k + ok, p.knw + l * HD,
                                  a.kn_rstd + (size_t)l * N * NKV, N * NKV, HD);
             } else {
-                rope_backward(d.q + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD);
-                rope_backward(d.k + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD);
+                rope_backward(d.q + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
+                rope_backward(d.k + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
             }
         }
         float *ln1 = a.ln1 + l * NC, *dln1 = d.ln1 + l * NC;
@@ -1723,13 +1819,13 @@ void model_backward(Model *m, float loss_scale) {
         norm_backward(c, dx, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1, x, p.ln1w + l * C,
                       at_layer(a.ln1_mean, l, N), a.ln1_rstd + l * N, N, C);
     }
-    embedding_backward(g.wte, g.wpe, d.encoded, m->inputs, B, T, C, c->vocab_size);
+    embedding_backward(g.wte, g.wpe, d.encoded, m->inputs, B, T, C, c->vocab_size, pos);
 }
 
 void model_free(Model *m) {
     free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
     free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-    free(m->inputs); free(m->targets);
+    free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos);
     memset(m, 0, sizeof(*m));
 }
 
@@ -1877,14 +1973,18 @@ static int indexed_dataset_parse(IndexedDataset *ds, const unsigned char *idx, s
     const unsigned char *lens = idx + 34, *ptrs = idx + 34 + 4 * S, *docs = idx + 34 + 12 * S;
     ds->doc_start = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
     ds->doc_len = (int64_t *)malloc((ds->num_docs + 1) * sizeof(int64_t));
+    ds->seq_start = (int64_t *)malloc((S + 1) * sizeof(int64_t));
+    if (!ds->doc_start || !ds->doc_len || !ds->seq_start) { snprintf(err, errlen, "%s: out of memory for %llu sequences", ip, (unsigned long long)S); return -1; }
     /* sequences must be stored back to back; a document is the run of sequences between two indices */
     int64_t expect = 0;
     for (uint64_t i = 0; i < S; i++) {
         int32_t len; int64_t ptr;
         memcpy(&len, lens + 4 * i, 4); memcpy(&ptr, ptrs + 8 * i, 8);
         if (len < 0 || ptr != expect) { snprintf(err, errlen, "%s: sequence %llu has length %d at byte %lld (expected byte %lld)", ip, (unsigned long long)i, len, (long long)ptr, (long long)expect); return -1; }
+        ds->seq_start[i] = expect / ds->itemsize;
         expect += (int64_t)len * ds->itemsize;
     }
+    ds->seq_start[S] = expect / ds->itemsize;
     if ((size_t)expect != ds->bin_size) { snprintf(err, errlen, "%s: holds %zu bytes but the index describes %lld", bp, ds->bin_size, (long long)expect); return -1; }
     int64_t prev = 0;
     for (uint64_t d = 0; d < D1; d++) {
@@ -1943,24 +2043,25 @@ static int64_t first_bad_id(const IndexedDataset *ds, int64_t begin, int64_t end
     return -1;
 }
 
-int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int vocab, char *err, size_t errlen) {
-    for (uint64_t d = doc_begin; d < doc_end; d++) {
-        int64_t e = first_bad_id(ds, ds->doc_start[d], ds->doc_start[d] + ds->doc_len[d], vocab);
-        if (e < 0) continue;
-        snprintf(err, errlen, "%s.bin: document %llu, token %lld: id %lld is outside the model's vocabulary [0, %d)", ds->path,
-                 (unsigned long long)d, (long long)(e - ds->doc_start[d]), (long long)indexed_dataset_token(ds, e), vocab);
-        return -1;
-    }
-    return 0;
+int indexed_dataset_check_ids(const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int vocab, char *err, size_t errlen) {
+    if (seq_begin >= seq_end) return 0;
+    /* the sequences are stored back to back: one pass over their tokens, then the sequence of a bad one */
+    int64_t e = first_bad_id(ds, ds->seq_start[seq_begin], ds->seq_start[seq_end], vocab);
+    if (e < 0) return 0;
+    uint64_t q = seq_begin;
+    while (ds->seq_start[q + 1] <= e) q++;
+    snprintf(err, errlen, "%s.bin: sequence %llu, token %lld: id %lld is outside the model's vocabulary [0, %d)", ds->path,
+             (unsigned long long)q, (long long)(e - ds->seq_start[q]), (long long)indexed_dataset_token(ds, e), vocab);
+    return -1;
 }
 
 void indexed_dataset_close(IndexedDataset *ds) {
     unmap_file(ds->bin, ds->bin_size);
-    free(ds->doc_start); free(ds->doc_len);
+    free(ds->doc_start); free(ds->doc_len); free(ds->seq_start);
     memset(ds, 0, sizeof(*ds));
 }
 
-int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen) {
+int split_sequences(const char *spec, uint64_t N, uint64_t begin[3], uint64_t end[3], char *err, size_t errlen) {
     double w[3] = {0, 0, 0}, sum = 0;
     const char *p = spec;
     for (int i = 0; i < 3 && *p; i++) {
@@ -1973,45 +2074,48 @@ int split_documents(const char *spec, uint64_t D, uint64_t begin[3], uint64_t en
         else if (*p) { snprintf(err, errlen, "--split \"%s\": expected up to 3 non-negative numbers like 949,50,1", spec); return -1; }
     }
     if (*p || sum <= 0) { snprintf(err, errlen, "--split \"%s\": expected up to 3 non-negative numbers with a positive sum", spec); return -1; }
+    /* nearbyint in the default rounding mode: to nearest, ties to even, as Python's round */
     double acc = 0;
     uint64_t b = 0;
     for (int i = 0; i < 3; i++) {
         acc += w[i] / sum;
-        uint64_t e = i == 2 ? D : (uint64_t)llround(acc * (double)D);
-        if (e > D) e = D;
+        double r = nearbyint(acc * (double)N);
+        uint64_t e = r >= (double)N ? N : (uint64_t)r;
         begin[i] = b; end[i] = e; b = e;
     }
     return 0;
 }
 
-/* the orders of one epoch: documents (seed, epoch) and windows (seed, epoch) */
+static int64_t seq_tokens(const IndexedDataset *ds, uint64_t q) { return ds->seq_start[q + 1] - ds->seq_start[q]; }
+
+/* the orders of one epoch: sequences (seed, epoch) and windows (seed, epoch) */
 static void sampler_epoch(Sampler *s, int64_t epoch) {
-    uint64_t nd = s->doc_end - s->doc_begin;
-    if (s->shuffle) rng_permutation(s->doc_order, nd, rng_u64(s->seed, 2 * (uint64_t)epoch));
-    else for (uint64_t i = 0; i < nd; i++) s->doc_order[i] = i;
-    s->doc_cum[0] = 0;
-    for (uint64_t i = 0; i < nd; i++) s->doc_cum[i + 1] = s->doc_cum[i] + s->ds->doc_len[s->doc_begin + s->doc_order[i]];
+    uint64_t nd = s->seq_end - s->seq_begin;
+    if (s->shuffle) rng_permutation(s->seq_order, nd, rng_u64(s->seed, 2 * (uint64_t)epoch));
+    else for (uint64_t i = 0; i < nd; i++) s->seq_order[i] = i;
+    s->seq_cum[0] = 0;
+    for (uint64_t i = 0; i < nd; i++) s->seq_cum[i + 1] = s->seq_cum[i] + seq_tokens(s->ds, s->seq_begin + s->seq_order[i]);
     if (s->shuffle) rng_permutation(s->win_order, s->windows_per_epoch, rng_u64(s->seed, 2 * (uint64_t)epoch + 1));
     else for (uint64_t i = 0; i < s->windows_per_epoch; i++) s->win_order[i] = i;
     s->epoch = epoch;
 }
 
-int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t doc_begin, uint64_t doc_end, int T,
+int sampler_init(Sampler *s, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T,
                  uint64_t seed, int shuffle, char *err, size_t errlen) {
     memset(s, 0, sizeof(*s));
-    s->ds = ds; s->doc_begin = doc_begin; s->doc_end = doc_end; s->T = T; s->seed = seed; s->shuffle = shuffle;
-    for (uint64_t d = doc_begin; d < doc_end; d++) s->tokens_per_epoch += ds->doc_len[d];
+    s->ds = ds; s->seq_begin = seq_begin; s->seq_end = seq_end; s->T = T; s->seed = seed; s->shuffle = shuffle;
+    s->tokens_per_epoch = seq_begin < seq_end ? (uint64_t)(ds->seq_start[seq_end] - ds->seq_start[seq_begin]) : 0;
     if (s->tokens_per_epoch < (uint64_t)T + 1) {
-        snprintf(err, errlen, "%s: documents %llu..%llu hold %llu tokens, fewer than one window of %d", ds->path,
-                 (unsigned long long)doc_begin, (unsigned long long)doc_end, (unsigned long long)s->tokens_per_epoch, T + 1);
+        snprintf(err, errlen, "%s: sequences %llu..%llu hold %llu tokens, fewer than one window of %d", ds->path,
+                 (unsigned long long)seq_begin, (unsigned long long)seq_end, (unsigned long long)s->tokens_per_epoch, T + 1);
         return -1;
     }
     s->windows_per_epoch = (s->tokens_per_epoch - 1) / T;
-    uint64_t nd = doc_end - doc_begin;
-    s->doc_order = (uint64_t *)malloc(nd * sizeof(uint64_t));
-    s->doc_cum = (uint64_t *)malloc((nd + 1) * sizeof(uint64_t));
+    uint64_t nd = seq_end - seq_begin;
+    s->seq_order = (uint64_t *)malloc(nd * sizeof(uint64_t));
+    s->seq_cum = (uint64_t *)malloc((nd + 1) * sizeof(uint64_t));
     s->win_order = (uint64_t *)malloc(s->windows_per_epoch * sizeof(uint64_t));
-    if (!s->doc_order || !s->doc_cum || !s->win_order) { snprintf(err, errlen, "out of memory in the sampler"); return -1; }
+    if (!s->seq_order || !s->seq_cum || !s->win_order) { snprintf(err, errlen, "out of memory in the sampler"); return -1; }
     sampler_epoch(s, 0);
     return 0;
 }
@@ -2020,25 +2124,25 @@ void sampler_window(Sampler *s, uint64_t k, int *out) {
     int64_t epoch = (int64_t)(k / s->windows_per_epoch);
     if (epoch != s->epoch) sampler_epoch(s, epoch);
     uint64_t start = s->win_order[k % s->windows_per_epoch] * (uint64_t)s->T;
-    uint64_t nd = s->doc_end - s->doc_begin;
-    /* find the document holding stream position `start`: the last i with doc_cum[i] <= start */
+    uint64_t nd = s->seq_end - s->seq_begin;
+    /* find the sequence holding stream position `start`: the last i with seq_cum[i] <= start */
     uint64_t lo = 0, hi = nd;
-    while (hi - lo > 1) { uint64_t mid = (lo + hi) / 2; if (s->doc_cum[mid] <= start) lo = mid; else hi = mid; }
-    uint64_t i = lo, off = start - s->doc_cum[i];
+    while (hi - lo > 1) { uint64_t mid = (lo + hi) / 2; if (s->seq_cum[mid] <= start) lo = mid; else hi = mid; }
+    uint64_t i = lo, off = start - s->seq_cum[i];
     for (int t = 0; t <= s->T; t++) {
-        while (off >= (uint64_t)s->ds->doc_len[s->doc_begin + s->doc_order[i]]) { i++; off = 0; }
-        out[t] = (int)indexed_dataset_token(s->ds, s->ds->doc_start[s->doc_begin + s->doc_order[i]] + off);
+        while (off >= (uint64_t)seq_tokens(s->ds, s->seq_begin + s->seq_order[i])) { i++; off = 0; }
+        out[t] = (int)indexed_dataset_token(s->ds, s->ds->seq_start[s->seq_begin + s->seq_order[i]] + off);
         off++;
     }
 }
 
-void sampler_free(Sampler *s) { free(s->doc_order); free(s->doc_cum); free(s->win_order); memset(s, 0, sizeof(*s)); }
+void sampler_free(Sampler *s) { free(s->seq_order); free(s->seq_cum); free(s->win_order); memset(s, 0, sizeof(*s)); }
 
 void blend_init(Blend *b, int n, const double *weights, Sampler **samplers) {
     memset(b, 0, sizeof(*b));
     double sum = 0;
     for (int i = 0; i < n; i++) sum += weights[i];
-    b->n = n;
+    b->n = n; b->T = samplers[0]->T;
     for (int i = 0; i < n; i++) { b->weights[i] = weights[i] / sum; b->samplers[i] = samplers[i]; }
 }
 
@@ -2053,12 +2157,176 @@ static int blend_pick(const Blend *b) {
     return pick;
 }
 
-void blend_window(Blend *b, uint64_t k, int *out) {
+int blend_source(Blend *b, uint64_t k, uint64_t *sample) {
     if (k < b->pos) { memset(b->counts, 0, sizeof(b->counts)); b->pos = 0; }
     while (b->pos < k) { b->counts[blend_pick(b)]++; b->pos++; }
     int i = blend_pick(b);
-    sampler_window(b->samplers[i], b->counts[i], out);
+    *sample = b->counts[i];
     b->counts[i]++; b->pos++;
+    return i;
+}
+
+void blend_window(Blend *b, uint64_t k, int *out) {
+    uint64_t j;
+    int i = blend_source(b, k, &j);
+    if (b->megatron[i]) megatron_gpt_window(b->megatron[i], j, out);
+    else sampler_window(b->samplers[i], j, out);
+}
+
+/* numpy's MT19937: init_genrand seeding, the reference generator and tempering */
+void numpy_random_seed(NumpyRandom *r, uint32_t seed) {
+    r->mt[0] = seed;
+    for (int i = 1; i < 624; i++) r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) + (uint32_t)i;
+    r->pos = 624;
+}
+
+uint32_t numpy_random_u32(NumpyRandom *r) {
+    if (r->pos == 624) {
+        for (int i = 0; i < 624; i++) {
+            uint32_t y = (r->mt[i] & 0x80000000u) | (r->mt[(i + 1) % 624] & 0x7fffffffu);
+            r->mt[i] = r->mt[(i + 397) % 624] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+        }
+        r->pos = 0;
+    }
+    uint32_t y = r->mt[r->pos++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    y ^= y >> 18;
+    return y;
+}
+
+uint64_t numpy_random_interval(NumpyRandom *r, uint64_t max) {
+    if (max == 0) return 0;
+    uint64_t mask = max, v;
+    for (int sh = 1; sh <= 32; sh *= 2) mask |= mask >> sh;   /* the smallest all-ones mask >= max */
+    if (max <= 0xffffffffu) {
+        do v = numpy_random_u32(r) & mask; while (v > max);
+    } else {
+        do { uint64_t hi = numpy_random_u32(r); v = ((hi << 32) | numpy_random_u32(r)) & mask; } while (v > max);
+    }
+    return v;
+}
+
+void numpy_random_shuffle(NumpyRandom *r, int64_t *x, int64_t n) {
+    for (int64_t i = n - 1; i >= 1; i--) {
+        int64_t j = (int64_t)numpy_random_interval(r, (uint64_t)i);
+        int64_t t = x[i]; x[i] = x[j]; x[j] = t;
+    }
+}
+
+double numpy_sum(const double *a, int n) {
+    if (n < 8) { double s = 0.0; for (int i = 0; i < n; i++) s += a[i]; return s; }
+    double q[8];
+    int i;
+    for (int j = 0; j < 8; j++) q[j] = a[j];
+    for (i = 8; i < n - n % 8; i += 8)
+        for (int j = 0; j < 8; j++) q[j] += a[i + j];
+    double s = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+    for (; i < n; i++) s += a[i];
+    return s;
+}
+
+/* Megatron's _build_document_index: the sequences once per epoch, shuffled together */
+static void megatron_doc_index(int64_t *out, uint64_t seq_begin, uint64_t seq_end, int64_t epochs, NumpyRandom *r) {
+    int64_t n = (int64_t)(seq_end - seq_begin);
+    for (int64_t e = 0; e < epochs; e++)
+        for (int64_t i = 0; i < n; i++) out[e * n + i] = (int64_t)seq_begin + i;
+    numpy_random_shuffle(r, out, epochs * n);
+}
+
+int megatron_gpt_init(MegatronGPT *g, const IndexedDataset *ds, uint64_t seq_begin, uint64_t seq_end, int T, uint32_t seed,
+                      int64_t num_samples, char *err, size_t errlen) {
+    memset(g, 0, sizeof(*g));
+    g->ds = ds; g->seq_begin = seq_begin; g->seq_end = seq_end; g->T = T;
+    g->tokens_per_epoch = seq_begin < seq_end ? ds->seq_start[seq_end] - ds->seq_start[seq_begin] : 0;
+    if (g->tokens_per_epoch < (int64_t)T + 1) {
+        snprintf(err, errlen, "%s: sequences %llu..%llu hold %lld tokens, fewer than one window of %d", ds->path,
+                 (unsigned long long)seq_begin, (unsigned long long)seq_end, (long long)g->tokens_per_epoch, T + 1);
+        return -1;
+    }
+    /* epochs: enough for num_samples windows of T + 1 tokens with stride T */
+    g->num_epochs = 1;
+    if (num_samples >= 0) {
+        int64_t have = g->tokens_per_epoch, want = num_samples * (int64_t)T + 1;
+        while (have < want) { g->num_epochs++; have += g->tokens_per_epoch; }
+    }
+    int64_t sans_last = 0;
+    if (g->num_epochs > 1) {
+        sans_last = ((g->num_epochs - 1) * g->tokens_per_epoch - 1) / T;
+        int64_t per_epoch = (g->tokens_per_epoch - 1) / T, from_last = num_samples - sans_last;
+        g->separate_last = from_last < (int64_t)(0.80 * (double)per_epoch);
+    }
+    int64_t n = (int64_t)(seq_end - seq_begin);
+    g->ndoc = g->num_epochs * n;
+    g->num_samples = (g->num_epochs * g->tokens_per_epoch - 1) / T;
+    g->doc_index = (int64_t *)malloc((size_t)g->ndoc * sizeof(int64_t));
+    g->doc_cum = (int64_t *)malloc((size_t)(g->ndoc + 1) * sizeof(int64_t));
+    g->shuffle = (int64_t *)malloc((size_t)g->num_samples * sizeof(int64_t));
+    if (!g->doc_index || !g->doc_cum || !g->shuffle) { snprintf(err, errlen, "%s: out of memory for Megatron's indices (%lld samples)", ds->path, (long long)g->num_samples); return -1; }
+    NumpyRandom r;
+    numpy_random_seed(&r, seed);
+    if (!g->separate_last) megatron_doc_index(g->doc_index, seq_begin, seq_end, g->num_epochs, &r);
+    else {
+        megatron_doc_index(g->doc_index, seq_begin, seq_end, g->num_epochs - 1, &r);
+        megatron_doc_index(g->doc_index + (g->num_epochs - 1) * n, seq_begin, seq_end, 1, &r);
+    }
+    g->doc_cum[0] = 0;
+    for (int64_t i = 0; i < g->ndoc; i++) g->doc_cum[i + 1] = g->doc_cum[i] + seq_tokens(ds, (uint64_t)g->doc_index[i]);
+    for (int64_t i = 0; i < g->num_samples; i++) g->shuffle[i] = i;
+    int64_t first = g->separate_last ? sans_last : g->num_samples;
+    numpy_random_shuffle(&r, g->shuffle, first);
+    numpy_random_shuffle(&r, g->shuffle + first, g->num_samples - first);
+    return 0;
+}
+
+void megatron_gpt_window(const MegatronGPT *g, uint64_t j, int *out) {
+    int64_t start = g->shuffle[j % (uint64_t)g->num_samples] * (int64_t)g->T;
+    /* the entry of the document index holding stream token `start`: the last i with doc_cum[i] <= start */
+    int64_t lo = 0, hi = g->ndoc;
+    while (hi - lo > 1) { int64_t mid = (lo + hi) / 2; if (g->doc_cum[mid] <= start) lo = mid; else hi = mid; }
+    int64_t i = lo, off = start - g->doc_cum[i];
+    for (int t = 0; t <= g->T; t++) {
+        while (off >= seq_tokens(g->ds, (uint64_t)g->doc_index[i])) { i++; off = 0; }
+        out[t] = (int)indexed_dataset_token(g->ds, g->ds->seq_start[g->doc_index[i]] + off);
+        off++;
+    }
+}
+
+void megatron_gpt_free(MegatronGPT *g) { free(g->doc_index); free(g->doc_cum); free(g->shuffle); memset(g, 0, sizeof(*g)); }
+
+int megatron_blend_init(Blend *b, MegatronGPT *g, int n, const double *weights, const IndexedDataset *ds,
+                        const uint64_t *begin, const uint64_t *end, int T, uint32_t seed, int64_t target,
+                        char *err, size_t errlen) {
+    memset(b, 0, sizeof(*b));
+    b->n = n; b->T = T;
+    double w[MAX_BLEND], sum;
+    if (n == 1 && weights[0] < 0) {   /* one dataset, no weight: the GPTDataset itself */
+        if (megatron_gpt_init(&g[0], &ds[0], begin[0], end[0], T, seed, target, err, errlen) != 0) return -1;
+        b->weights[0] = 1.0; b->megatron[0] = &g[0]; b->size = target;
+        return 0;
+    }
+    if (weights[0] >= 0) {
+        for (int i = 0; i < n; i++) w[i] = weights[i];
+        sum = numpy_sum(w, n);
+        for (int i = 0; i < n; i++) w[i] /= sum;
+        for (int i = 0; i < n; i++) {
+            double want = ceil((double)target * w[i]);
+            if (megatron_gpt_init(&g[i], &ds[i], begin[i], end[i], T, seed, (int64_t)ceil(want * (1.0 + 0.005)), err, errlen) != 0) return -1;
+            b->size += (int64_t)want;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            if (megatron_gpt_init(&g[i], &ds[i], begin[i], end[i], T, seed, -1, err, errlen) != 0) return -1;
+            w[i] = (double)g[i].num_samples;
+            b->size += g[i].num_samples;
+        }
+        if (target < b->size) b->size = target;
+    }
+    /* the blend normalises its weights once more */
+    sum = numpy_sum(w, n);
+    for (int i = 0; i < n; i++) { b->weights[i] = w[i] / sum; b->megatron[i] = &g[i]; }
+    return 0;
 }
 
 int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes, double *weights, int max, char *err, size_t errlen) {
@@ -2089,11 +2357,15 @@ int parse_data_spec(const char *spec, char *buf, size_t buflen, char **prefixes,
 
 void dataloader_init(DataLoader *dl, Blend *source, int B, int rank, int world) {
     memset(dl, 0, sizeof(*dl));
-    int T = source->samplers[0]->T;
+    int T = source->T;
     dl->source = source; dl->B = B; dl->T = T; dl->rank = rank; dl->world = world; dl->eod = -1;
     dl->window = (int *)malloc((size_t)(T + 1) * sizeof(int));
     dl->inputs = (int *)malloc((size_t)B * T * sizeof(int));
     dl->targets = (int *)malloc((size_t)B * T * sizeof(int));
+}
+
+void window_targets(int *targets, const int *window, int T, int eod) {
+    for (int t = 0; t < T; t++) targets[t] = eod >= 0 && window[t] == eod ? -1 : window[t + 1];
 }
 
 void dataloader_next(DataLoader *dl) {
@@ -2101,8 +2373,7 @@ void dataloader_next(DataLoader *dl) {
     for (int b = 0; b < dl->B; b++) {
         blend_window(dl->source, dl->cursor + (uint64_t)dl->rank + (uint64_t)dl->world * b, dl->window);
         memcpy(dl->inputs + (size_t)b * T, dl->window, T * sizeof(int));
-        int *tg = dl->targets + (size_t)b * T;
-        for (int t = 0; t < T; t++) tg[t] = dl->eod >= 0 && dl->window[t + 1] == dl->eod ? -1 : dl->window[t + 1];
+        window_targets(dl->targets + (size_t)b * T, dl->window, T, dl->eod);
     }
     dl->cursor += (uint64_t)dl->B * dl->world;
 }

@@ -15,12 +15,12 @@
 #include "flags.h"
 
 typedef struct {
-    const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule;
+    const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule, *data_order;
     int batch_size, seq_len, grad_accum, steps, warmup_steps, decay_steps;
     float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
     uint64_t seed;
     int eval_every, eval_steps, sample_every, sample_len, top_k, threads, log_every;
-    int save_every, keep, resume, eod_mask_loss, skip_nonfinite;
+    int save_every, keep, resume, eod_mask_loss, skip_nonfinite, reset_attention_mask, reset_position_ids;
     long max_shard_mb;
     float temperature;
     int nproc;                 /* processes on this machine: CPU ranks, or GPUs per node */
@@ -55,8 +55,13 @@ static void usage(int gpu) {
 "data\n"
 "  --data SPEC             Megatron dataset prefix (PREFIX.bin / PREFIX.idx), e.g. out/shakespeare_text_document,\n"
 "                          or a blend: \"0.7 PREFIX_A 0.3 PREFIX_B\" (weights), \"PREFIX_A PREFIX_B\" (by token count)\n"
-"  --eod-mask-loss         no loss on targets that are the EOD token (the config's eos_token_id)\n"
-"  --split A,B,C           train/validation/test split by documents (default 98,2,0)\n"
+"  --eod-mask-loss         no loss where the input token is the EOD (the config's eos_token_id), as Megatron\n"
+"  --reset-attention-mask  attention does not cross an EOD inside a window: each document sees only itself (Megatron)\n"
+"  --reset-position-ids    positions (RoPE, learned) restart after each EOD inside a window (Megatron)\n"
+"  --split A,B,C           train/validation/test split by sequences, as Megatron (default 98,2,0)\n"
+"  --data-order O          default | megatron: the training windows in exactly the order of Megatron's GPTDataset\n"
+"                          (+ BlendedDataset) for the same seed (< 2^32), --seq-len, --split, blend and\n"
+"                          --steps x global batch samples (default: default)\n"
 "  --seq-len T             tokens per sequence (default 64)\n"
 "  --batch-size B          sequences per micro-step (default 8)\n"
 "  --grad-accum K          micro-steps per optimizer step (default 1)\n"
@@ -132,7 +137,7 @@ static double now_ms(void) {
    entry of a table (flags.h) with its type and valid range; a value outside it stops the program. */
 static void parse_args(Args *a, int argc, char **argv, int gpu) {
     memset(a, 0, sizeof(*a));
-    a->model = "tiny-gpt2"; a->split = "98,2,0";
+    a->model = "tiny-gpt2"; a->split = "98,2,0"; a->data_order = "default";
     a->batch_size = 8; a->seq_len = 64; a->grad_accum = 1; a->steps = 100;
     a->lr = -1; a->min_lr = -1; a->warmup_steps = -1; a->decay_steps = -1;   /* the schedule: set by resolve_schedule */ a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
     a->clip = 1.0f; a->init_std = 0.02f; a->seed = 1234; a->eval_every = 100; a->eval_steps = 8;
@@ -150,9 +155,12 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
         {"--tokenizer", FLAG_STRING, &a->tokenizer, 0, 0, 0, NULL},
         {"--out", FLAG_STRING, &a->out, 0, 0, 0, NULL},
         {"--split", FLAG_STRING, &a->split, 0, 0, 0, NULL},
+        {"--data-order", FLAG_CHOICE, &a->data_order, 0, 0, 0, "default|megatron"},
         {"--lr-schedule", FLAG_CHOICE, &a->schedule, 0, 0, 0, "cosine|linear|constant"},
         {"--resume", FLAG_SWITCH, &a->resume, 0, 0, 0, NULL},
         {"--eod-mask-loss", FLAG_SWITCH, &a->eod_mask_loss, 0, 0, 0, NULL},
+        {"--reset-attention-mask", FLAG_SWITCH, &a->reset_attention_mask, 0, 0, 0, NULL},
+        {"--reset-position-ids", FLAG_SWITCH, &a->reset_position_ids, 0, 0, 0, NULL},
         {"--skip-nonfinite", FLAG_SWITCH, &a->skip_nonfinite, 0, 0, 0, NULL},
         {"--batch-size", FLAG_INT, &a->batch_size, 1, imax, 0, NULL},
         {"--seq-len", FLAG_INT, &a->seq_len, 1, imax, 0, NULL},
@@ -221,6 +229,8 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     long long tokens = (long long)a->batch_size * a->seq_len * a->grad_accum * a->nproc * a->nnodes;
     if (tokens > INT_MAX)
         die("--batch-size x --seq-len x --grad-accum x processes = %lld tokens per step: more than %d", tokens, INT_MAX);
+    if (!strcmp(a->data_order, "megatron") && a->seed > UINT32_MAX)
+        die("--seed %llu: --data-order megatron needs a seed below 2^32 (numpy's RandomState)", (unsigned long long)a->seed);
     if (a->node_rank >= a->nnodes) die("--node-rank %d: out of range [0, %d] (--nnodes %d)", a->node_rank, a->nnodes - 1, a->nnodes);
 }
 
@@ -242,6 +252,8 @@ static void choose_config(ModelConfig *cfg, const Args *a) {
     if (cfg->family == FAMILY_GPT2 && a->seq_len > cfg->max_seq_len)
         die("--seq-len %d exceeds the model's %d positions", a->seq_len, cfg->max_seq_len);
     if (a->eod_mask_loss && cfg->eos_token_id < 0) die("--eod-mask-loss needs eos_token_id in the model config");
+    if (a->reset_attention_mask && cfg->eos_token_id < 0) die("--reset-attention-mask needs eos_token_id in the model config");
+    if (a->reset_position_ids && cfg->eos_token_id < 0) die("--reset-position-ids needs eos_token_id in the model config");
 }
 
 static int lr_style(const char *s) {
@@ -344,6 +356,7 @@ typedef struct {
     int n;
     IndexedDataset ds[MAX_BLEND];
     Sampler train[MAX_BLEND], valid[MAX_BLEND];
+    MegatronGPT megatron[MAX_BLEND];   /* --data-order megatron: the training datasets */
     Blend train_blend, valid_blend;
     int have_valid;
     uint64_t train_tokens;
@@ -356,30 +369,45 @@ static void open_data(Data *d, const Args *a, int vocab_size) {
     d->n = parse_data_spec(a->data, buf, sizeof(buf), prefixes, w, MAX_BLEND, err, sizeof(err));
     if (d->n < 0) die("%s", err);
     Sampler *tr[MAX_BLEND], *va[MAX_BLEND];
-    double wv[MAX_BLEND];
-    int nvalid = 0;
+    double wv[MAX_BLEND], given[MAX_BLEND];
+    uint64_t train_begin[MAX_BLEND], train_end[MAX_BLEND];
+    int nvalid = 0, megatron = !strcmp(a->data_order, "megatron");
+    memcpy(given, w, sizeof(w));
     for (int i = 0; i < d->n; i++) {
         IndexedDataset *ds = &d->ds[i];
         if (indexed_dataset_open(ds, prefixes[i], err, sizeof(err)) != 0) die("%s", err);
         uint64_t sb[3], se[3];
-        if (split_documents(a->split, ds->num_docs, sb, se, err, sizeof(err)) != 0) die("%s", err);
+        if (split_sequences(a->split, ds->num_seqs, sb, se, err, sizeof(err)) != 0) die("%s", err);
         /* every token the run reads (the training split, and the validation split when it evaluates) is an id of
            the model's vocabulary: checked here, once, before any step */
         int evaluates = se[1] > sb[1] && a->eval_every > 0;
         if (indexed_dataset_check_ids(ds, sb[0], evaluates ? se[1] : se[0], vocab_size, err, sizeof(err)) != 0) die("%s", err);
+        train_begin[i] = sb[0]; train_end[i] = se[0];
         /* each dataset's stream gets its own seed, so two blended copies of one file do not march in step */
-        if (sampler_init(&d->train[i], ds, sb[0], se[0], a->seq_len, a->seed + 1000003ULL * i, 1, err, sizeof(err)) != 0)
+        if (!megatron && sampler_init(&d->train[i], ds, sb[0], se[0], a->seq_len, a->seed + 1000003ULL * i, 1, err, sizeof(err)) != 0)
             die("train split: %s", err);
-        if (w[i] < 0) w[i] = (double)d->train[i].tokens_per_epoch;
+        uint64_t tokens = (uint64_t)(ds->seq_start[se[0]] - ds->seq_start[sb[0]]);
+        if (w[i] < 0) w[i] = (double)tokens;
         tr[i] = &d->train[i];
-        d->train_tokens += d->train[i].tokens_per_epoch;
+        d->train_tokens += tokens;
         if (evaluates) {
             if (sampler_init(&d->valid[i], ds, sb[1], se[1], a->seq_len, a->seed, 0, err, sizeof(err)) != 0)
                 die("validation split: %s", err);
             va[nvalid] = &d->valid[i]; wv[nvalid++] = w[i];
         }
     }
-    blend_init(&d->train_blend, d->n, w, tr);
+    if (megatron) {
+        /* Megatron builds its indices for the samples of the whole run (--train-iters x global batch) */
+        long long target = (long long)a->steps * a->batch_size * a->grad_accum * a->nproc * a->nnodes;
+        if (target < 1) target = 1;
+        if (megatron_blend_init(&d->train_blend, d->megatron, d->n, given, d->ds, train_begin, train_end, a->seq_len,
+                                (uint32_t)a->seed, target, err, sizeof(err)) != 0)
+            die("train split: %s", err);
+        if (d->train_blend.size < target)
+            die("--data-order megatron: the blend without weights holds %lld samples (one epoch of each dataset, as "
+                "Megatron builds it), fewer than the %lld of --steps x global batch; give weights", (long long)d->train_blend.size, target);
+    } else
+        blend_init(&d->train_blend, d->n, w, tr);
     d->have_valid = nvalid > 0;
     if (d->have_valid) blend_init(&d->valid_blend, nvalid, wv, va);
 }
@@ -387,6 +415,7 @@ static void open_data(Data *d, const Args *a, int vocab_size) {
 static void close_data(Data *d) {
     for (int i = 0; i < d->n; i++) {
         sampler_free(&d->train[i]);
+        megatron_gpt_free(&d->megatron[i]);
         if (d->valid[i].ds) sampler_free(&d->valid[i]);
         indexed_dataset_close(&d->ds[i]);
     }
@@ -401,6 +430,12 @@ static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig
     json_t *o = json_pack("{s:o,s:s,s:s,s:i,s:i,s:i,s:i,s:I,s:b}", "model", mj, "data", a->data, "split", a->split,
                           "seq_len", a->seq_len, "batch_size", a->batch_size, "grad_accum", a->grad_accum,
                           "world_size", world, "seed", (json_int_t)a->seed, "eod_mask_loss", a->eod_mask_loss);
+    if (a->reset_attention_mask) json_object_set_new(o, "reset_attention_mask", json_true());
+    if (a->reset_position_ids) json_object_set_new(o, "reset_position_ids", json_true());
+    if (strcmp(a->data_order, "default")) {   /* Megatron's order depends on the run's length */
+        json_object_set_new(o, "data_order", json_string(a->data_order));
+        json_object_set_new(o, "megatron_samples", json_integer((json_int_t)a->steps * a->batch_size * a->grad_accum * world));
+    }
     if (schedule)
         json_object_set_new(o, "lr_schedule", json_pack("{s:s,s:f,s:f,s:i,s:i}", "lr_schedule", a->schedule,
                             "lr", (double)a->lr, "min_lr", (double)a->min_lr, "warmup_steps", a->warmup_steps,
@@ -510,6 +545,7 @@ static void open_run(const Args *a, ModelConfig *cfg, Data *data, Model *m) {
     choose_config(cfg, a);
     open_data(data, a, cfg->vocab_size);
     if (model_build(m, cfg) != 0) die("out of memory for the model");
+    m->reset_attention = a->reset_attention_mask; m->reset_positions = a->reset_position_ids; m->eod = cfg->eos_token_id;
 }
 
 /* The rank's loader (rows rank, rank + world, ... of each batch; the EOD mask) and the starting weights: with
@@ -578,6 +614,12 @@ static void print_run_start(const ModelConfig *cfg, size_t nparams, const Args *
            cfg->vocab_size, nparams);
     printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a->data, data->n,
            (unsigned long long)data->train_tokens, a->seq_len);
+    for (int i = 0; i < data->n && data->train_blend.megatron[i]; i++) {
+        const MegatronGPT *g = data->train_blend.megatron[i];
+        printf("megatron order: dataset %d: %lld samples over %lld epoch(s)%s%s", i, (long long)g->num_samples, (long long)g->num_epochs,
+               g->separate_last ? " (the last shuffled apart)" : "", i + 1 == data->n ? "" : "\n");
+        if (i + 1 == data->n) printf("; the blend: %lld samples\n", (long long)data->train_blend.size);
+    }
 }
 
 /* One step's numbers: a line on stdout (every --log-every steps, at the last step and at a skipped one) and a

@@ -2738,6 +2738,8 @@ int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
+    if (a.reset_attention_mask || a.reset_position_ids)
+        die("%s: train_gpu does not support it yet; train with ./train", a.reset_attention_mask ? "--reset-attention-mask" : "--reset-position-ids");
     refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,

@@ -68,10 +68,15 @@ static void test_reader(int dtype_code, int split2) {
         start += lens[d];
     }
     for (int i = 0; i < 25; i++) CHECK(indexed_dataset_token(&ds, i) == tokens[i], "token %d", i);
-    /* every id (the largest is the last) fits a vocabulary one larger than it, and not one equal to it */
-    CHECK(indexed_dataset_check_ids(&ds, 0, 5, tokens[24] + 1, err, sizeof(err)) == 0, "check ids: %s", err);
-    CHECK(indexed_dataset_check_ids(&ds, 0, 5, tokens[24], err, sizeof(err)) != 0 &&
-          strstr(err, "document 4, token 11: id") != NULL, "check ids with the largest id out: \"%s\"", err);
+    /* sequences: documents of >= 2 tokens are two sequences with split2 (8 in all), else one each */
+    uint64_t S = split2 ? 8 : 5;
+    CHECK(ds.num_seqs == S && ds.seq_start[0] == 0 && ds.seq_start[S] == 25, "%llu sequences over %lld..%lld",
+          (unsigned long long)ds.num_seqs, (long long)ds.seq_start[0], (long long)ds.seq_start[ds.num_seqs]);
+    /* every id (the largest is the last) fits a vocabulary one larger than it, and not one equal to it; the
+       place is named by sequence (the last one: 12 tokens, or the second half of 6) */
+    CHECK(indexed_dataset_check_ids(&ds, 0, S, tokens[24] + 1, err, sizeof(err)) == 0, "check ids: %s", err);
+    CHECK(indexed_dataset_check_ids(&ds, 0, S, tokens[24], err, sizeof(err)) != 0 &&
+          strstr(err, split2 ? "sequence 7, token 5: id" : "sequence 4, token 11: id") != NULL, "check ids with the largest id out: \"%s\"", err);
     indexed_dataset_close(&ds);
     printf("reader (dtype %d, %s): ok\n", dtype_code, split2 ? "two sequences per document" : "one sequence per document");
 }
@@ -96,7 +101,7 @@ static void test_sampler(void) {
         sampler_window(&s, (uint64_t)epoch * W, (int[T + 1]){0});  /* load the epoch's orders */
         int stream[64], k = 0;
         for (uint64_t i = 0; i < ND; i++) {
-            uint64_t d = s.doc_order[i];
+            uint64_t d = s.seq_order[i];
             for (int j = 0; j < lens[d]; j++) stream[k++] = 1000 * ((int)d + 1) + j;
         }
         int seen[64] = {0};
@@ -158,13 +163,16 @@ static void test_sampler(void) {
         }
     }
     CHECK(one.cursor == 20 && r0.cursor == 20, "cursor %llu", (unsigned long long)one.cursor);
-    /* EOD masking: targets equal to the EOD id become -1 */
+    /* EOD masking: no loss where the input is the EOD id */
     DataLoader em;
     dataloader_init(&em, &b_one, 4, 0, 1);
-    em.eod = one.targets[0];
+    em.eod = one.inputs[1];
     dataloader_next(&em);
     int masked = 0;
-    for (int i = 0; i < 4 * T; i++) { masked += em.targets[i] == -1; CHECK(em.targets[i] != em.eod, "eod target kept"); }
+    for (int i = 0; i < 4 * T; i++) {
+        masked += em.targets[i] == -1;
+        CHECK((em.targets[i] == -1) == (em.inputs[i] == em.eod), "position %d: input %d, target %d", i, em.inputs[i], em.targets[i]);
+    }
     CHECK(masked >= 1, "nothing masked");
     dataloader_free(&em);
     dataloader_free(&one); dataloader_free(&r0); dataloader_free(&r1);
@@ -216,16 +224,157 @@ static void test_blend(void) {
     printf("blend: ok (dataset a served %d of 1000 windows at weight 0.7)\n", from_a);
 }
 
+/* The split ranges of Megatron's GPT dataset (tests/fixtures/megatron/split.txt, from megatron-core by
+   dev/gen_megatron_data_fixtures.py): "SPEC N b0 e0 b1 e1 b2 e2" for 10 specs x 20 sizes, ties rounded to even. */
 static void test_split(void) {
     uint64_t b[3], e[3];
-    char err[256];
-    CHECK(split_documents("949,50,1", 1000, b, e, err, sizeof(err)) == 0, "%s", err);
-    CHECK(b[0] == 0 && e[0] == 949 && b[1] == 949 && e[1] == 999 && b[2] == 999 && e[2] == 1000, "949,50,1 of 1000");
-    CHECK(split_documents("98,2", 100, b, e, err, sizeof(err)) == 0 && e[0] == 98 && e[1] == 100 && e[2] == 100, "98,2");
-    CHECK(split_documents("1,1,1", 10, b, e, err, sizeof(err)) == 0 && e[0] == 3 && e[1] == 7 && e[2] == 10, "1,1,1 of 10");
-    CHECK(split_documents("a,b", 10, b, e, err, sizeof(err)) != 0, "bad split accepted");
-    CHECK(split_documents("0,0,0", 10, b, e, err, sizeof(err)) != 0, "zero split accepted");
-    printf("split: ok\n");
+    char err[256], spec[64];
+    FILE *f = fopen("tests/fixtures/megatron/split.txt", "r");
+    CHECK(f != NULL, "tests/fixtures/megatron/split.txt: cannot open");
+    int rows = 0;
+    unsigned long long n, w[6];
+    while (f && fscanf(f, "%63s %llu %llu %llu %llu %llu %llu %llu", spec, &n, &w[0], &w[1], &w[2], &w[3], &w[4], &w[5]) == 8) {
+        CHECK(split_sequences(spec, n, b, e, err, sizeof(err)) == 0, "%s", err);
+        for (int i = 0; i < 3; i++)
+            if (w[2 * i] != w[2 * i + 1] || b[i] != e[i])   /* an empty split: any empty range */
+                CHECK(b[i] == w[2 * i] && e[i] == w[2 * i + 1], "--split %s of %llu: split %d is [%llu, %llu), Megatron's [%llu, %llu)",
+                      spec, n, i, (unsigned long long)b[i], (unsigned long long)e[i], w[2 * i], w[2 * i + 1]);
+        rows++;
+    }
+    if (f) fclose(f);
+    CHECK(rows == 200, "%d split rows read", rows);
+    CHECK(split_sequences("a,b", 10, b, e, err, sizeof(err)) != 0, "bad split accepted");
+    CHECK(split_sequences("0,0,0", 10, b, e, err, sizeof(err)) != 0, "zero split accepted");
+    printf("split: ok (%d ranges as megatron-core's)\n", rows);
+}
+
+/* --eod-mask-loss as Megatron's _get_ltor_masks_and_position_ids (tests/fixtures/megatron/masks.txt): no loss
+   where the input token is the EOD (0 here); on 5 6 7 0 8 9 0 10 11 that is positions 3 and 6. Its position ids
+   (--reset-position-ids) and the first key each row's attention mask allows (--reset-attention-mask) are
+   document_starts' pos and doc_start. */
+static void test_eod_mask(void) {
+    FILE *f = fopen("tests/fixtures/megatron/masks.txt", "r");
+    CHECK(f != NULL, "tests/fixtures/megatron/masks.txt: cannot open");
+    char line[4096];
+    int win[256], n = 0, windows = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        char *p = strchr(line, ' ');
+        if (!p) continue;
+        *p++ = 0;
+        int v[256], k = 0, used;
+        while (k < 255 && sscanf(p, "%d%n", &v[k], &used) == 1) { p += used; k++; }
+        if (!strcmp(line, "tokens")) { memcpy(win, v, k * sizeof(int)); win[k] = 1; n = k; }
+        if (!strcmp(line, "loss")) {
+            int tg[256];
+            window_targets(tg, win, n, 0);
+            for (int t = 0; t < n; t++)
+                CHECK((tg[t] >= 0) == v[t] && (tg[t] < 0 || tg[t] == win[t + 1]), "window %d position %d: target %d, Megatron's loss mask %d", windows, t, tg[t], v[t]);
+            windows++;
+        }
+        if (!strcmp(line, "pos") || !strcmp(line, "start")) {   /* --reset-position-ids, --reset-attention-mask */
+            int st[256], ps[256], *got = !strcmp(line, "pos") ? ps : st;
+            document_starts(st, ps, win, 1, n, 0);
+            for (int t = 0; t < n; t++)
+                CHECK(got[t] == v[t], "window %d position %d: %s %d, Megatron's %d", windows - 1, t, line, got[t], v[t]);
+        }
+    }
+    if (f) fclose(f);
+    int ex[10] = {5, 6, 7, 0, 8, 9, 0, 10, 11, 12}, tg[9];
+    window_targets(tg, ex, 9, 0);
+    CHECK(tg[3] == -1 && tg[6] == -1 && tg[2] == 0 && tg[5] == 0, "the README's window: targets %d %d %d %d", tg[2], tg[3], tg[5], tg[6]);
+    window_targets(tg, ex, 9, -1);
+    CHECK(tg[3] == 8 && tg[6] == 10, "no EOD mask: every target kept");
+    CHECK(windows == 11, "%d mask windows read", windows);
+    printf("EOD loss mask, reset positions and attention starts: ok (%d windows as megatron-core's)\n", windows);
+}
+
+/* numpy.random.RandomState reimplemented (tests/fixtures/megatron/numpy.txt, from numpy): the raw 32-bit
+   words, shuffle of arange(n), permutation(n), and bounded draws above 2^32 (two words each). */
+static void test_numpy_random(void) {
+    FILE *f = fopen("tests/fixtures/megatron/numpy.txt", "r");
+    CHECK(f != NULL, "tests/fixtures/megatron/numpy.txt: cannot open");
+    char kind[32];
+    unsigned long long seed;
+    int rows = 0;
+    while (f && fscanf(f, "%31s %llu", kind, &seed) == 2) {
+        NumpyRandom r;
+        numpy_random_seed(&r, (uint32_t)seed);
+        long long n = 8, v, max = 0;
+        if (strcmp(kind, "raw")) CHECK(fscanf(f, "%lld", strcmp(kind, "bounded64") ? &n : &max) == 1, "numpy.txt: %s", kind);
+        if (!strcmp(kind, "bounded64")) n = 6;
+        int64_t *x = malloc(n * sizeof(int64_t));
+        for (long long i = 0; i < n; i++) x[i] = i;
+        if (!strcmp(kind, "shuffle") || !strcmp(kind, "permutation")) numpy_random_shuffle(&r, x, n);
+        for (long long i = 0; i < n; i++) {
+            if (!strcmp(kind, "raw")) x[i] = numpy_random_u32(&r);
+            if (!strcmp(kind, "bounded64")) x[i] = (int64_t)numpy_random_interval(&r, (uint64_t)max);
+            CHECK(fscanf(f, "%lld", &v) == 1 && v == x[i], "numpy %s seed %llu n %lld: item %lld is %lld, numpy's %lld", kind, seed, n, i, (long long)x[i], v);
+        }
+        free(x);
+        rows++;
+    }
+    if (f) fclose(f);
+    CHECK(rows == 28, "%d numpy rows read", rows);
+    printf("numpy RandomState: ok (%d draws as numpy's)\n", rows);
+}
+
+/* --data-order megatron: the first 1,000 training samples of megatron-core's GPTDataset / BlendedDataset
+   (tests/fixtures/megatron/windows_NAME.txt): the dataset, its sample index, the shuffle index entry and the
+   T+1 tokens of each. */
+static void test_megatron_order(const char *name) {
+    char path[256], line[8192], err[512];
+    snprintf(path, sizeof(path), "tests/fixtures/megatron/windows_%s.txt", name);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "%s: cannot open", path);
+    if (!f) return;
+    /* # data A B C weights 0.5 0.3 0.2 seed S seq_len T split SPEC samples N */
+    CHECK(fgets(line, sizeof(line), f) != NULL, "%s: empty", path);
+    char *words[64];
+    int nw = 0;
+    for (char *w = strtok(line, " \n"); w && nw < 64; w = strtok(NULL, " \n")) words[nw++] = w;
+    int i = 2, n = 0, T = 0;
+    unsigned long long seed = 0;
+    long long target = 0;
+    const char *spec = NULL;
+    IndexedDataset ds[MAX_BLEND];
+    double weights[MAX_BLEND];
+    uint64_t begin[MAX_BLEND], end[MAX_BLEND], b3[3], e3[3];
+    for (; i < nw && strcmp(words[i], "weights"); i++, n++) {
+        snprintf(path, sizeof(path), "tests/fixtures/megatron/%s", words[i]);
+        CHECK(indexed_dataset_open(&ds[n], path, err, sizeof(err)) == 0, "%s", err);
+        weights[n] = -1;
+    }
+    for (int k = 0, j = i + 1; k < n && strcmp(words[j], "-"); k++, j++) weights[k] = atof(words[j]);
+    for (; i + 1 < nw; i++) {
+        if (!strcmp(words[i], "seed")) seed = strtoull(words[i + 1], NULL, 10);
+        if (!strcmp(words[i], "seq_len")) T = atoi(words[i + 1]);
+        if (!strcmp(words[i], "split")) spec = words[i + 1];
+        if (!strcmp(words[i], "samples")) target = atoll(words[i + 1]);
+    }
+    for (int k = 0; k < n; k++) {
+        CHECK(split_sequences(spec, ds[k].num_seqs, b3, e3, err, sizeof(err)) == 0, "%s", err);
+        begin[k] = b3[0]; end[k] = e3[0];
+    }
+    Blend b;
+    MegatronGPT g[MAX_BLEND];
+    CHECK(megatron_blend_init(&b, g, n, weights, ds, begin, end, T, (uint32_t)seed, target, err, sizeof(err)) == 0, "%s", err);
+    int *win = malloc((T + 1) * sizeof(int)), rows = 0, bad = 0, separate = 0;
+    long long k, d, j, sh, v;
+    while (fscanf(f, "%lld %lld %lld %lld", &k, &d, &j, &sh) == 4) {
+        uint64_t sample;
+        int src = blend_source(&b, (uint64_t)k, &sample);
+        int ok = src == d && (long long)sample == j && g[src].shuffle[sample] == sh;
+        blend_window(&b, (uint64_t)k, win);
+        for (int t = 0; t <= T; t++) { CHECK(fscanf(f, "%lld", &v) == 1, "%s: short line %lld", name, k); ok &= win[t] == v; }
+        if (!ok && bad++ < 3) CHECK(0, "%s window %lld: dataset %d sample %llu (shuffled %lld), Megatron's %lld %lld (%lld), or tokens differ",
+                                    name, k, src, (unsigned long long)sample, (long long)g[src].shuffle[sample], d, j, sh);
+        rows++;
+    }
+    fclose(f);
+    CHECK(rows == 1000 && bad == 0, "%s: %d windows, %d differ", name, rows, bad);
+    for (int q = 0; q < n; q++) { separate += g[q].separate_last; megatron_gpt_free(&g[q]); indexed_dataset_close(&ds[q]); }
+    free(win);
+    printf("megatron order %s: ok (%d windows as megatron-core's; %d dataset(s), %d with a separate last epoch)\n", name, rows, n, separate);
 }
 
 /* Broken files give one clear error naming the file. */
@@ -256,12 +405,13 @@ static void test_errors(void) {
 }
 
 /* The id check on an int32 .bin: a negative id or one past the vocabulary is found wherever it is in the
-   documents checked (the first token, the last: a token that is only ever a target), named by document and
-   place; documents outside the range checked are not read. */
+   sequences checked (the first token, the last: a token that is only ever a target), named by sequence and
+   place; sequences outside the range checked are not read. Odd cases store each document as two sequences
+   (lengths 1,2 | 0 | 2,3 | 2,2), so token 6 is token 1 of sequence 4. */
 static void test_check_ids(void) {
     enum { ND = 4, V = 100 };
     int lens[ND] = {3, 0, 5, 4}, good[12] = {0, 5, 99, 1, 2, 3, 4, 5, 6, 7, 8, 9};
-    struct { int at, id, doc, pos; } cases[] = {{0, -1, 0, 0}, {6, -2147483647 - 1, 2, 3}, {11, -5, 3, 3}, {4, V, 2, 1}};
+    struct { int at, id, doc, pos; } cases[] = {{0, -1, 0, 0}, {6, -2147483647 - 1, 4, 1}, {11, -5, 3, 3}, {4, V, 3, 1}};
     char err[2048], want[128];
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         int tokens[12];
@@ -272,13 +422,13 @@ static void test_check_ids(void) {
         int rc = indexed_dataset_open(&ds, "tests/tmp/ids", err, sizeof(err));
         CHECK(rc == 0, "open: %s", err);   /* opening does not judge the ids: the vocabulary is the model's */
         if (rc) continue;
-        snprintf(want, sizeof(want), "tests/tmp/ids.bin: document %d, token %d: id %d is outside the model's vocabulary [0, %d)",
+        snprintf(want, sizeof(want), "tests/tmp/ids.bin: sequence %d, token %d: id %d is outside the model's vocabulary [0, %d)",
                  cases[c].doc, cases[c].pos, cases[c].id, V);
         err[0] = 0;
-        CHECK(indexed_dataset_check_ids(&ds, 0, ND, V, err, sizeof(err)) != 0 && !strcmp(err, want),
+        CHECK(indexed_dataset_check_ids(&ds, 0, ds.num_seqs, V, err, sizeof(err)) != 0 && !strcmp(err, want),
               "id %d at %d: \"%s\", want \"%s\"", cases[c].id, cases[c].at, err, want);
-        /* the documents before the bad one pass */
-        CHECK(indexed_dataset_check_ids(&ds, 0, (uint64_t)cases[c].doc, V, err, sizeof(err)) == 0, "documents before: %s", err);
+        /* the sequences before the bad one pass */
+        CHECK(indexed_dataset_check_ids(&ds, 0, (uint64_t)cases[c].doc, V, err, sizeof(err)) == 0, "sequences before: %s", err);
         indexed_dataset_close(&ds);
     }
     /* uint16 ids are never negative; one at the vocabulary size is caught */
@@ -288,7 +438,7 @@ static void test_check_ids(void) {
     write_dataset("tests/tmp/ids", ND, lens, t16, 8, 0);
     IndexedDataset ds;
     CHECK(indexed_dataset_open(&ds, "tests/tmp/ids", err, sizeof(err)) == 0, "open: %s", err);
-    CHECK(indexed_dataset_check_ids(&ds, 0, ND, V, err, sizeof(err)) != 0 && strstr(err, "document 0, token 2: id 100"),
+    CHECK(indexed_dataset_check_ids(&ds, 0, ND, V, err, sizeof(err)) != 0 && strstr(err, "sequence 0, token 2: id 100"),
           "uint16 id %d: \"%s\"", V, err);
     CHECK(indexed_dataset_check_ids(&ds, 0, ND, V + 1, err, sizeof(err)) == 0, "uint16 vocab %d: %s", V + 1, err);
     indexed_dataset_close(&ds);
@@ -368,6 +518,11 @@ int main(void) {
     test_sampler();
     test_blend();
     test_split();
+    test_eod_mask();
+    test_numpy_random();
+    test_megatron_order("single");
+    test_megatron_order("multi");
+    test_megatron_order("blend");
     test_errors();
     test_check_ids();
     test_prepro_readback();

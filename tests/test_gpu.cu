@@ -242,7 +242,7 @@ template <typename T> static void test_embedding(void) {
     std::vector<int> tok(N);
     for (int i = 0; i < N; i++) tok[i] = (int)(rng_u64(3 ^ g_seed, i) % 7) * 7;   /* repeated tokens */
     std::vector<float> ref((size_t)N * C);
-    embedding_forward(ref.data(), tok.data(), wte.data(), wpe.data(), B, Tn, C);
+    embedding_forward(ref.data(), tok.data(), wte.data(), wpe.data(), B, Tn, C, NULL);
     T *dwte = to_dev<T>(wte), *dwpe = to_dev<T>(wpe), *out = dev_nan<T>((size_t)N * C);
     int *dtok = (int *)dev_alloc(N * 4);
     CUDA_CHECK(cudaMemcpy(dtok, tok.data(), N * 4, cudaMemcpyHostToDevice));
@@ -253,7 +253,7 @@ template <typename T> static void test_embedding(void) {
     for (size_t i = 0; i < dout.size(); i++) dout[i] = 2.0f * rng_uniform(4 ^ g_seed, i) - 1.0f;
     std::vector<float> gwte((size_t)V * C, 0.5f), gwpe((size_t)Tn * C, 0.25f);
     std::vector<float> rwte = gwte, rwpe = gwpe;
-    embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V);
+    embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V, NULL);
     std::vector<int> cnt(V, 0), uniq(N), offs(N + 1), pos(N);
     gpu::EmbBuckets bk;
     bk.nuniq = emb_buckets_build(tok.data(), N, cnt.data(), uniq.data(), offs.data(), pos.data());
@@ -476,18 +476,18 @@ template <typename T> static void test_attention(int B, int Tn, int NH, int NKV,
     rope_init(cs.data(), sn.data(), &cfg, Tn);
     std::vector<float> qr = q, kr = k;
     if (rope) {
-        rope_forward(qr.data(), q.data(), cs.data(), sn.data(), B, Tn, NH, HD);
-        rope_forward(kr.data(), k.data(), cs.data(), sn.data(), B, Tn, NKV, HD);
+        rope_forward(qr.data(), q.data(), cs.data(), sn.data(), B, Tn, NH, HD, NULL);
+        rope_forward(kr.data(), k.data(), cs.data(), sn.data(), B, Tn, NKV, HD, NULL);
     }
     std::vector<float> out((size_t)N * QD), att((size_t)B * NH * Tn * Tn);
-    attention_forward(out.data(), att.data(), qr.data(), kr.data(), v.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
+    attention_forward(out.data(), att.data(), qr.data(), kr.data(), v.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0, NULL);
     std::vector<float> dqr(q.size(), 0.0f), dkr(k.size(), 0.0f), dv(v.size(), 0.0f);
-    attention_backward(dqr.data(), dkr.data(), dv.data(), dy.data(), qr.data(), kr.data(), v.data(), att.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
+    attention_backward(dqr.data(), dkr.data(), dv.data(), dy.data(), qr.data(), kr.data(), v.data(), att.data(), B, Tn, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0, NULL);
     std::vector<float> dq = dqr, dk = dkr;
     if (rope) {
         std::fill(dq.begin(), dq.end(), 0.0f); std::fill(dk.begin(), dk.end(), 0.0f);
-        rope_backward(dq.data(), dqr.data(), cs.data(), sn.data(), B, Tn, NH, HD);
-        rope_backward(dk.data(), dkr.data(), cs.data(), sn.data(), B, Tn, NKV, HD);
+        rope_backward(dq.data(), dqr.data(), cs.data(), sn.data(), B, Tn, NH, HD, NULL);
+        rope_backward(dk.data(), dkr.data(), cs.data(), sn.data(), B, Tn, NKV, HD, NULL);
     }
     T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size()), *dgrad = dev_nan<T>((size_t)N * QKV);
     float *dlse = dev_nan<float>((size_t)B * NH * Tn), *ddelta = dev_nan<float>((size_t)B * NH * Tn);

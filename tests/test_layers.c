@@ -149,36 +149,38 @@ static const char *nm(const char *prefix, const char *what) {
 /* ------------------------------------------------------------------------------------------------ */
 /* embedding */
 
-typedef struct { int B, T, C; const int *tok; double *wte, *wpe, *dout, *out; } EmbCtx;
+typedef struct { int B, T, C; const int *tok; double *wte, *wpe, *dout, *out; const int *pos; } EmbCtx;
 
 static void emb_fwd_d(EmbCtx *c) {
     for (int b = 0; b < c->B; b++)
         for (int t = 0; t < c->T; t++)
             for (int ch = 0; ch < c->C; ch++) {
                 size_t o = ((size_t)b * c->T + t) * c->C + ch;
-                c->out[o] = c->wte[(size_t)c->tok[b * c->T + t] * c->C + ch] + (c->wpe ? c->wpe[(size_t)t * c->C + ch] : 0.0);
+                int p = c->pos ? c->pos[b * c->T + t] : t;
+                c->out[o] = c->wte[(size_t)c->tok[b * c->T + t] * c->C + ch] + (c->wpe ? c->wpe[(size_t)p * c->C + ch] : 0.0);
             }
 }
 static double emb_loss(void *p) { EmbCtx *c = (EmbCtx *)p; emb_fwd_d(c); return ddot(c->out, c->dout, (size_t)c->B * c->T * c->C); }
 
-static void test_embedding(int with_wpe) {
-    const char *pre = with_wpe ? "embedding(wte+wpe)" : "embedding(wte)";
+/* with_pos: positions restart inside rows (--reset-position-ids), some positions shared, the last never used */
+static void test_embedding(int with_wpe, int with_pos) {
+    const char *pre = with_pos ? "embedding(wte+wpe, reset positions)" : with_wpe ? "embedding(wte+wpe)" : "embedding(wte)";
     int B = 3, T = 5, C = 40, V = 7;
     size_t nout = (size_t)B * T * C;
-    int *tok = (int *)malloc(sizeof(int) * B * T);
+    int *tok = (int *)malloc(sizeof(int) * B * T), pos[15] = {0, 1, 0, 1, 2, 0, 1, 2, 3, 0, 0, 0, 1, 2, 0};
     for (int i = 0; i < B * T; i++) tok[i] = rnd_int(V - 1);   /* token V-1 never used: its grad row stays 0 */
     tok[1] = tok[0]; tok[T + 3] = tok[0]; tok[2 * T] = tok[2];  /* repeats, within and across rows */
     float *wte = frand_gauss((size_t)V * C, 0, 1), *wpe = with_wpe ? frand_gauss((size_t)T * C, 0, 1) : NULL;
     float *out = fnew(nout), *dout = frand_gauss(nout, 0, 1);
-    embedding_forward(out, tok, wte, wpe, B, T, C);
+    embedding_forward(out, tok, wte, wpe, B, T, C, with_pos ? pos : NULL);
 
     EmbCtx c = { B, T, C, tok, to_double(wte, (size_t)V * C), wpe ? to_double(wpe, (size_t)T * C) : NULL,
-                 to_double(dout, nout), dnew(nout) };
+                 to_double(dout, nout), dnew(nout), with_pos ? pos : NULL };
     emb_fwd_d(&c);
     check(nm(pre, "fwd"), out, c.out, nout, TOL_FWD);
 
     float *dwte = fnew((size_t)V * C), *dwpe = with_wpe ? fnew((size_t)T * C) : NULL;
-    embedding_backward(dwte, dwpe, dout, tok, B, T, C, V);
+    embedding_backward(dwte, dwpe, dout, tok, B, T, C, V, with_pos ? pos : NULL);
     double *gwte = fd_grad(emb_loss, &c, c.wte, (size_t)V * C);
     check(nm(pre, "dwte"), dwte, gwte, (size_t)V * C, TOL_GRAD);
     if (with_wpe) {
@@ -187,7 +189,7 @@ static void test_embedding(int with_wpe) {
         free(gwpe);
     }
     float *g1te = fcopy(dwte, (size_t)V * C), *g1pe = with_wpe ? fcopy(dwpe, (size_t)T * C) : NULL;
-    embedding_backward(dwte, dwpe, dout, tok, B, T, C, V);
+    embedding_backward(dwte, dwpe, dout, tok, B, T, C, V, with_pos ? pos : NULL);
     check_twice(nm(pre, "accumulate dwte"), dwte, g1te, (size_t)V * C, TOL_TWICE);
     if (with_wpe) check_twice(nm(pre, "accumulate dwpe"), dwpe, g1pe, (size_t)T * C, TOL_TWICE);
 
@@ -404,7 +406,7 @@ static void test_rope_init(const char *pre, const ModelConfig *cfg, int T) {
     free(cs); free(sn); free(rcs); free(rsn);
 }
 
-typedef struct { int B, T, NH, HD; const double *cs, *sn; double *x, *dout, *out; } RopeCtx;
+typedef struct { int B, T, NH, HD; const double *cs, *sn; double *x, *dout, *out; const int *pos; } RopeCtx;
 
 static void rope_fwd_d(RopeCtx *c) {
     int half = c->HD / 2;
@@ -413,7 +415,8 @@ static void rope_fwd_d(RopeCtx *c) {
             for (int h = 0; h < c->NH; h++) {
                 size_t base = (((size_t)b * c->T + t) * c->NH + h) * c->HD;
                 for (int i = 0; i < half; i++) {
-                    double co = c->cs[(size_t)t * half + i], si = c->sn[(size_t)t * half + i];
+                    size_t p = (size_t)(c->pos ? c->pos[b * c->T + t] : t);
+                    double co = c->cs[p * half + i], si = c->sn[p * half + i];
                     double x1 = c->x[base + i], x2 = c->x[base + i + half];
                     c->out[base + i] = x1 * co - x2 * si;
                     c->out[base + i + half] = x2 * co + x1 * si;
@@ -422,26 +425,28 @@ static void rope_fwd_d(RopeCtx *c) {
 }
 static double rope_loss(void *p) { RopeCtx *c = (RopeCtx *)p; rope_fwd_d(c); return ddot(c->out, c->dout, (size_t)c->B * c->T * c->NH * c->HD); }
 
-static void test_rope(const char *pre, const ModelConfig *cfg) {
+/* with_pos: the positions of rows holding several documents (--reset-position-ids) */
+static void test_rope(const char *pre, const ModelConfig *cfg, int with_pos) {
     int B = 2, T = 9, NH = 3, HD = cfg->head_dim, half = HD / 2;
+    int pos[18] = {0, 1, 2, 0, 1, 2, 3, 0, 1, 0, 0, 1, 2, 3, 4, 5, 0, 1}, *pp = with_pos ? pos : NULL;
     size_t nx = (size_t)B * T * NH * HD, nt = (size_t)T * half;
     float *cs = fnew(nt), *sn = fnew(nt);
     rope_init(cs, sn, cfg, T);
     double *rcs = dnew(nt), *rsn = dnew(nt);
     rope_tables_d(rcs, rsn, cfg, T, NULL);
     float *x = frand_gauss(nx, 0, 1), *dout = frand_gauss(nx, 0, 1), *out = fnew(nx);
-    rope_forward(out, x, cs, sn, B, T, NH, HD);
+    rope_forward(out, x, cs, sn, B, T, NH, HD, pp);
 
-    RopeCtx c = { B, T, NH, HD, rcs, rsn, to_double(x, nx), to_double(dout, nx), dnew(nx) };
+    RopeCtx c = { B, T, NH, HD, rcs, rsn, to_double(x, nx), to_double(dout, nx), dnew(nx), pp };
     rope_fwd_d(&c);                                       /* with the independently computed tables */
     check(nm(pre, "fwd"), out, c.out, nx, TOL_FWD);
 
     float *dx = fnew(nx);
-    rope_backward(dx, dout, cs, sn, B, T, NH, HD);
+    rope_backward(dx, dout, cs, sn, B, T, NH, HD, pp);
     double *gx = fd_grad(rope_loss, &c, c.x, nx);
     check(nm(pre, "dinp"), dx, gx, nx, TOL_GRAD);
     float *g1 = fcopy(dx, nx);
-    rope_backward(dx, dout, cs, sn, B, T, NH, HD);
+    rope_backward(dx, dout, cs, sn, B, T, NH, HD, pp);
     check_twice(nm(pre, "accumulate dinp"), dx, g1, nx, TOL_TWICE);
 
     free(cs); free(sn); free(rcs); free(rsn); free(x); free(dout); free(out); free(c.x); free(c.dout); free(c.out);
@@ -451,11 +456,14 @@ static void test_rope(const char *pre, const ModelConfig *cfg) {
 /* ------------------------------------------------------------------------------------------------ */
 /* attention */
 
-typedef struct { int B, T, NH, NKV, HD; double scale; int window; double *q, *k, *v, *dout, *out, *att; } AttCtx;
+typedef struct { int B, T, NH, NKV, HD; double scale; int window; double *q, *k, *v, *dout, *out, *att; const int *doc; } AttCtx;
 
 /* whether position t sees position s: causal, and with a window W > 0 only the W latest (t - s < W), as
-   transformers' sliding_window_overlay (kv_idx > q_idx - sliding_window) */
-static int att_sees(int t, int s, int window) { return s <= t && (window <= 0 || t - s < window); }
+   transformers' sliding_window_overlay (kv_idx > q_idx - sliding_window); with documents (doc: the document
+   number of each position of the row, NULL: one document) only positions of t's document */
+static int att_sees(int t, int s, int window, const int *doc) {
+    return s <= t && (window <= 0 || t - s < window) && (!doc || doc[s] == doc[t]);
+}
 
 static void att_fwd_d(AttCtx *c) {
     int B = c->B, T = c->T, NH = c->NH, NKV = c->NKV, HD = c->HD, G = NH / NKV;
@@ -468,7 +476,7 @@ static void att_fwd_d(AttCtx *c) {
                 double *a = c->att + (((size_t)b * NH + h) * T + t) * T;
                 double mx = -INFINITY;
                 for (int s = 0; s < T; s++) {
-                    if (!att_sees(t, s, c->window)) { a[s] = 0.0; continue; }
+                    if (!att_sees(t, s, c->window, c->doc ? c->doc + b * T : NULL)) { a[s] = 0.0; continue; }
                     const double *ks = c->k + (((size_t)b * T + s) * NKV + kh) * HD;
                     double d = 0.0;
                     for (int i = 0; i < HD; i++) d += qt[i] * ks[i];
@@ -476,7 +484,7 @@ static void att_fwd_d(AttCtx *c) {
                     if (a[s] > mx) mx = a[s];
                 }
                 double sum = 0.0;
-                for (int s = 0; s <= t; s++) if (att_sees(t, s, c->window)) { a[s] = exp(a[s] - mx); sum += a[s]; }
+                for (int s = 0; s <= t; s++) if (att_sees(t, s, c->window, c->doc ? c->doc + b * T : NULL)) { a[s] = exp(a[s] - mx); sum += a[s]; }
                 for (int s = 0; s <= t; s++) a[s] /= sum;
                 double *o = c->out + (((size_t)b * T + t) * NH + h) * HD;
                 for (int i = 0; i < HD; i++) {
@@ -489,31 +497,42 @@ static void att_fwd_d(AttCtx *c) {
 }
 static double att_loss(void *p) { AttCtx *c = (AttCtx *)p; att_fwd_d(c); return ddot(c->out, c->dout, (size_t)c->B * c->T * c->NH * c->HD); }
 
-/* scale 0: the usual 1/sqrt(HD); window 0: full causal attention */
-static void test_attention(int B, int T, int NH, int NKV, int HD, float scale, int window) {
+/* scale 0: the usual 1/sqrt(HD); window 0: full causal attention; docs: rows of several documents
+   (--reset-attention-mask): an EOD (id 0) at every docs-th position or so, the doc_start rows of document_starts
+   against a reference that numbers the documents */
+static void test_attention(int B, int T, int NH, int NKV, int HD, float scale, int window, int docs) {
     char pre[96];
     if (scale == 0.0f) scale = 1.0f / sqrtf((float)HD);
-    snprintf(pre, sizeof(pre), "attention(B=%d,T=%d,NH=%d,NKV=%d,HD=%d,scale=%.3g,W=%d)", B, T, NH, NKV, HD, scale, window);
+    snprintf(pre, sizeof(pre), "attention(B=%d,T=%d,NH=%d,NKV=%d,HD=%d,scale=%.3g,W=%d%s)", B, T, NH, NKV, HD, scale, window,
+             docs ? ",docs" : "");
+    int *tok = (int *)malloc(sizeof(int) * B * T), *doc_start = (int *)malloc(sizeof(int) * B * T), *doc = (int *)malloc(sizeof(int) * B * T);
+    for (int i = 0; i < B * T; i++) tok[i] = docs && rnd_int(docs) == 0 ? 0 : 1 + rnd_int(5);
+    if (docs) tok[2] = 0;   /* a boundary in the first row for sure */
+    for (int b = 0; b < B; b++)
+        for (int t = 0, d = 0; t < T; t++) { doc[b * T + t] = d; d += tok[b * T + t] == 0; }
+    document_starts(doc_start, NULL, tok, B, T, 0);
+    const int *ds = docs ? doc_start : NULL;
     size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
     float *q = frand_gauss(nq, 0, 1), *k = frand_gauss(nkv, 0, 1), *v = frand_gauss(nkv, 0, 1);
     float *dout = frand_gauss(nq, 0, 1), *out = fnew(nq), *att = fnew(na);
     for (size_t i = 0; i < na; i++) att[i] = NAN;       /* the forward must write every entry, masked ones too */
-    attention_forward(out, att, q, k, v, B, T, NH, NKV, HD, scale, window);
+    attention_forward(out, att, q, k, v, B, T, NH, NKV, HD, scale, window, ds);
 
-    AttCtx c = { B, T, NH, NKV, HD, scale, window, to_double(q, nq), to_double(k, nkv), to_double(v, nkv), to_double(dout, nq), dnew(nq), dnew(na) };
+    AttCtx c = { B, T, NH, NKV, HD, scale, window, to_double(q, nq), to_double(k, nkv), to_double(v, nkv), to_double(dout, nq), dnew(nq), dnew(na),
+                 docs ? doc : NULL };
     att_fwd_d(&c);
     check(nm(pre, "fwd out"), out, c.out, nq, TOL_FWD);
     check(nm(pre, "fwd att"), att, c.att, na, TOL_FWD);
 
     float *dq = fnew(nq), *dk = fnew(nkv), *dv = fnew(nkv);
-    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD, scale, window);
+    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD, scale, window, ds);
     double *gq = fd_grad(att_loss, &c, c.q, nq), *gk = fd_grad(att_loss, &c, c.k, nkv), *gv = fd_grad(att_loss, &c, c.v, nkv);
     check(nm(pre, "dq"), dq, gq, nq, TOL_GRAD);
     check(nm(pre, "dk"), dk, gk, nkv, TOL_GRAD);
     check(nm(pre, "dv"), dv, gv, nkv, TOL_GRAD);
 
     float *g1q = fcopy(dq, nq), *g1k = fcopy(dk, nkv), *g1v = fcopy(dv, nkv);
-    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD, scale, window);
+    attention_backward(dq, dk, dv, dout, q, k, v, att, B, T, NH, NKV, HD, scale, window, ds);
     check_twice(nm(pre, "accumulate dq"), dq, g1q, nq, TOL_TWICE);
     check_twice(nm(pre, "accumulate dk"), dk, g1k, nkv, TOL_TWICE);
     check_twice(nm(pre, "accumulate dv"), dv, g1v, nkv, TOL_TWICE);
@@ -521,6 +540,7 @@ static void test_attention(int B, int T, int NH, int NKV, int HD, float scale, i
     free(q); free(k); free(v); free(dout); free(out); free(att);
     free(c.q); free(c.k); free(c.v); free(c.dout); free(c.out); free(c.att);
     free(dq); free(dk); free(dv); free(gq); free(gk); free(gv); free(g1q); free(g1k); free(g1v);
+    free(tok); free(doc_start); free(doc);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -754,7 +774,7 @@ static void test_determinism(void) {
         for (int i = 0; i < NTHREADS_TRIED; i++) {
             omp_set_num_threads(THREADS[i]);
             r[i][0] = fcopy(pte, (size_t)V * C); r[i][1] = fcopy(ppe, (size_t)T * C);
-            embedding_backward(r[i][0], r[i][1], dout, tok, B, T, C, V);
+            embedding_backward(r[i][0], r[i][1], dout, tok, B, T, C, V, NULL);
         }
         for (int i = 1; i < NTHREADS_TRIED; i++) {
             char s[96];
@@ -769,12 +789,12 @@ static void test_determinism(void) {
         size_t nq = (size_t)B * T * NH * HD, nkv = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
         float *q = frand_gauss(nq, 0, 1), *k = frand_gauss(nkv, 0, 1), *v = frand_gauss(nkv, 0, 1), *dout = frand_gauss(nq, 0, 1);
         float *out = fnew(nq), *att = fnew(na);
-        attention_forward(out, att, q, k, v, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
+        attention_forward(out, att, q, k, v, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0, NULL);
         float *r[NTHREADS_TRIED][3];
         for (int i = 0; i < NTHREADS_TRIED; i++) {
             omp_set_num_threads(THREADS[i]);
             r[i][0] = fnew(nq); r[i][1] = fnew(nkv); r[i][2] = fnew(nkv);
-            attention_backward(r[i][0], r[i][1], r[i][2], dout, q, k, v, att, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0);
+            attention_backward(r[i][0], r[i][1], r[i][2], dout, q, k, v, att, B, T, NH, NKV, HD, 1.0f / sqrtf((float)HD), 0, NULL);
         }
         for (int i = 1; i < NTHREADS_TRIED; i++) {
             char s[96];
@@ -792,8 +812,9 @@ static void test_determinism(void) {
 
 int main(void) {
     double t0 = omp_get_wtime();
-    test_embedding(1);
-    test_embedding(0);
+    test_embedding(1, 0);
+    test_embedding(0, 0);
+    test_embedding(1, 1);
     test_layernorm();
     test_rmsnorm("rmsnorm(N=6,C=45)", 6, 45, 1e-5f);
     test_rmsnorm("rmsnorm(qk per-head B2 T3 NH4 HD8)", 2 * 3 * 4, 8, 1e-6f);
@@ -806,16 +827,19 @@ int main(void) {
         test_rope_init("rope_init(llama3 HD16 T32)", &l3, 32);
         test_rope_init("rope_init(plain HD16 T32)", &plain, 32);
         test_rope_init("rope_init(plain theta1e6 HD32 T32)", &big, 32);
-        test_rope("rope(llama3 HD16)", &l3);
-        test_rope("rope(plain HD16)", &plain);
+        test_rope("rope(llama3 HD16)", &l3, 0);
+        test_rope("rope(plain HD16)", &plain, 0);
+        test_rope("rope(llama3 HD16, reset positions)", &l3, 1);
     }
-    test_attention(2, 7, 3, 3, 8, 0.0f, 0);   /* MHA */
-    test_attention(2, 9, 4, 2, 8, 0.0f, 0);   /* GQA */
-    test_attention(1, 5, 4, 1, 8, 0.0f, 0);   /* one kv head */
-    test_attention(2, 9, 4, 2, 8, 0.0f, 3);   /* GQA, sliding window of 3 */
-    test_attention(1, 6, 2, 2, 8, 0.0f, 1);   /* window of 1: each position sees only itself */
-    test_attention(2, 7, 3, 3, 8, 0.25f, 0);  /* GPT-2 scale_attn_by_inverse_layer_idx: 1/(sqrt(HD) (l + 1)) */
-    test_attention(1, 7, 3, 3, 8, 1.0f, 4);   /* unscaled (scale_attn_weights false), window 4 */
+    test_attention(2, 7, 3, 3, 8, 0.0f, 0, 0);   /* MHA */
+    test_attention(2, 9, 4, 2, 8, 0.0f, 0, 0);   /* GQA */
+    test_attention(1, 5, 4, 1, 8, 0.0f, 0, 0);   /* one kv head */
+    test_attention(2, 9, 4, 2, 8, 0.0f, 3, 0);   /* GQA, sliding window of 3 */
+    test_attention(1, 6, 2, 2, 8, 0.0f, 1, 0);   /* window of 1: each position sees only itself */
+    test_attention(2, 7, 3, 3, 8, 0.25f, 0, 0);  /* GPT-2 scale_attn_by_inverse_layer_idx: 1/(sqrt(HD) (l + 1)) */
+    test_attention(1, 7, 3, 3, 8, 1.0f, 4, 0);
+    test_attention(2, 11, 4, 2, 8, 0.0f, 0, 4);  /* GQA, rows of several documents (--reset-attention-mask) */
+    test_attention(2, 11, 4, 2, 8, 0.0f, 3, 3);  /* documents and a sliding window of 3 */   /* unscaled (scale_attn_weights false), window 4 */
     test_gelu();
     test_swiglu();
     test_residual();

@@ -172,6 +172,48 @@ static void check_feature_needed(const char *name, const char *feature, void (*o
 /* Every key that transformers' GPT2Config, LlamaConfig, Qwen2Config and Qwen3Config know (listed by
    dev/gen_model_fixtures.py from the installed transformers) is classified by the config reader, and every
    classified key is explained in docs/hf_config_keys.md. */
+/* --reset-attention-mask + --reset-position-ids: rows packing 2-4 documents (each ending in the EOD) give, at
+   every position, the loss HF gives on each document run by itself (reset_reference.safetensors, written by
+   dev/gen_reset_fixtures.py); without them the losses after the first EOD differ. */
+static void check_reset_documents(const char *name) {
+    char dir[256], path[320], err[512];
+    snprintf(dir, sizeof(dir), "tests/fixtures/models/%s", name);
+    ModelConfig cfg;
+    Model m;
+    SafeTensors ref;
+    snprintf(path, sizeof(path), "%s/reset_reference.safetensors", dir);
+    if (model_config_from_json(&cfg, dir, err, sizeof(err)) != 0 || model_build(&m, &cfg) != 0 ||
+        safetensors_open(&ref, path, err, sizeof(err)) != 0) { printf("  %s\n", err); failures++; return; }
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    if (model_load_safetensors(&m, path, err, sizeof(err)) != 0) { printf("  %s\n", err); failures++; return; }
+    size_t n;
+    const SafeTensor *ids_t = safetensors_find(&ref, "input_ids");
+    int B = (int)ids_t->shape[0], T = (int)ids_t->shape[1];
+    float *f_in = read_tensor(&ref, "input_ids", &n), *f_tg = read_tensor(&ref, "targets", &n), *want = read_tensor(&ref, "losses", &n);
+    int *inputs = (int *)malloc(n * sizeof(int)), *targets = (int *)malloc(n * sizeof(int));
+    for (size_t i = 0; i < n; i++) { inputs[i] = (int)f_in[i]; targets[i] = (int)f_tg[i]; }
+    m.eod = cfg.eos_token_id;
+    m.reset_attention = m.reset_positions = 1;
+    model_forward(&m, inputs, targets, B, T);
+    char what[160];
+    snprintf(what, sizeof(what), "%s: packed documents = each run alone (%d x %d)", name, B, T);
+    check(what, rel_err(m.acts.losses, want, n), 1e-5);
+    /* without the attention mask the documents see each other; without the position reset GPT-2's learned
+       positions differ, while RoPE, relative, gives the same losses once attention stays inside documents */
+    for (int k = 0; k < 3; k++) {
+        m.reset_attention = k == 0; m.reset_positions = k == 1;
+        model_forward(&m, inputs, targets, B, T);
+        double e = rel_err(m.acts.losses, want, n);
+        int same = k == 0 && cfg.family != FAMILY_GPT2;
+        snprintf(what, sizeof(what), "%s: %s %s", name, k == 0 ? "without --reset-position-ids" : k == 1 ? "without --reset-attention-mask" : "without either",
+                 same ? "the same (RoPE)" : "differs");
+        check(what, same ? e : e > 1e-3 ? 0.0 : 1.0, same ? 1e-5 : 0.5);
+    }
+    free(f_in); free(f_tg); free(want); free(inputs); free(targets);
+    safetensors_close(&ref);
+    model_free(&m);
+}
+
 static void check_key_table(void) {
     json_error_t je;
     json_t *root = json_load_file("tests/fixtures/models/hf_config_keys.json", 0, &je);
@@ -469,6 +511,9 @@ int main(void) {
     check_feature_needed("qwen2_window", "the sliding window", off_window);
     check_feature_needed("qwen3_bias_window", "the o_proj bias", off_o_bias);
     check_feature_needed("qwen3_bias_window", "the sliding window", off_window);
+    printf("documents packed in a window (--reset-attention-mask, --reset-position-ids)\n");
+    check_reset_documents("gpt2");
+    check_reset_documents("llama");
     check_key_table();
     check_config_refusals();
     check_config_spellings();

@@ -27,6 +27,18 @@ done
 $BIN_DIR/train "${common[@]}" --steps 14 --seq-len 8 --out "$tmp/b" --resume > "$tmp/c.log" 2> "$tmp/c.err"
 [ $? -ne 0 ] && grep -q "seq_len was 16" "$tmp/c.err" && ok "resume refuses a changed --seq-len: $(cat "$tmp/c.err")" || bad "changed seq-len accepted"
 
+# --data-order megatron: Megatron's order depends on the run's samples, so a resume goes on only with the same
+# --steps (from a mid-run save: step 4 of an 8-step run, then the same 8 steps bit for bit) and refuses others
+mg=(--data "0.6 tests/fixtures/megatron/single 0.4 tests/fixtures/megatron/multi" --data-order megatron --eval-every 0 --steps 8)
+$BIN_DIR/train "${common[@]}" "${mg[@]}" --save-every 4 --out "$tmp/m" > "$tmp/m.log" 2>&1 || { cat "$tmp/m.log"; bad "megatron-order run"; }
+mkdir -p "$tmp/m2" && cp -r "$tmp/m/step_000004" "$tmp/m2/" && echo step_000004 > "$tmp/m2/latest"
+$BIN_DIR/train "${common[@]}" "${mg[@]}" --out "$tmp/m2" --resume > "$tmp/m2.log" 2>&1 || { cat "$tmp/m2.log"; bad "megatron-order resume"; }
+cmp -s "$tmp/m/step_000008/model.safetensors" "$tmp/m2/step_000008/model.safetensors" \
+    && ok "--data-order megatron: resumed at step 4, step 8 bit-identical" || bad "--data-order megatron resume differs"
+$BIN_DIR/train "${common[@]}" "${mg[@]}" --steps 12 --out "$tmp/m2" --resume > "$tmp/m3.log" 2> "$tmp/m3.err"
+[ $? -ne 0 ] && grep -q "megatron_samples was 16 in the checkpoint, now 24" "$tmp/m3.err" \
+    && ok "--data-order megatron: resume refuses another --steps: $(cat "$tmp/m3.err")" || bad "megatron resume with other --steps: $(cat "$tmp/m3.err")"
+
 # --keep 2 leaves the newest two
 $BIN_DIR/train "${common[@]}" --steps 6 --save-every 2 --keep 2 --out "$tmp/k" > /dev/null 2>&1
 [ "$(ls -d "$tmp"/k/step_* | wc -l)" = 2 ] && [ -d "$tmp/k/step_000006" ] && [ -d "$tmp/k/step_000004" ] && ok "--keep 2" || bad "--keep 2: $(ls "$tmp/k")"

@@ -68,8 +68,8 @@ head -c 5000 "$final/model.safetensors" > "$tmp/trunc/model.safetensors"
 expect_error "truncated safetensors" "model.safetensors" $BIN_DIR/train --data "$data" --init-from "$tmp/trunc"
 expect_error "vocab too small" "outside the model's vocabulary" $BIN_DIR/train --data "$data" --model tests/fixtures/models/llama/config.json
 expect_error "a GPU flag to train" "is a flag of train_gpu" $BIN_DIR/train --data "$data" --zero 2
-# token ids outside the vocabulary (an int32 .bin of 10 documents of 20 tokens): found when the data is opened,
-# in the documents the run reads, wherever they are (the very last token is only ever a target)
+# token ids outside the vocabulary (an int32 .bin of 10 one-sequence documents of 20 tokens): found when the data is opened,
+# in the sequences the run reads, wherever they are (the very last token is only ever a target)
 . tests/lib/mmidx.sh
 ids_data() {  # ids_data NAME ELEMENT ID: document ELEMENT / 20 holds ID at place ELEMENT % 20
     local ids=() i
@@ -80,17 +80,37 @@ ids_data() {  # ids_data NAME ELEMENT ID: document ELEMENT / 20 holds ID at plac
 }
 ids_run=(--model tests/fixtures/configs/train_small.json --batch-size 2 --seq-len 8 --steps 1 --log-every 1)
 ids_data neg 123 -5
-expect_error "negative id" "train: $tmp/neg.bin: document 6, token 3: id -5 is outside the model's vocabulary [0, 50257)" \
+expect_error "negative id" "train: $tmp/neg.bin: sequence 6, token 3: id -5 is outside the model's vocabulary [0, 50257)" \
     $BIN_DIR/train --data "$tmp/neg" "${ids_run[@]}" --split 100,0,0 --eval-every 0
 ids_data last 199 -1
-expect_error "negative id as the last target" "train: $tmp/last.bin: document 9, token 19: id -1 is outside" \
+expect_error "negative id as the last target" "train: $tmp/last.bin: sequence 9, token 19: id -1 is outside" \
     $BIN_DIR/train --data "$tmp/last" "${ids_run[@]}" --split 100,0,0 --eval-every 0
 ids_data big 185 50257
-expect_error "id past the vocabulary in the validation split" "train: $tmp/big.bin: document 9, token 5: id 50257 is outside" \
+expect_error "id past the vocabulary in the validation split" "train: $tmp/big.bin: sequence 9, token 5: id 50257 is outside" \
     $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 1
 $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,20,0 --eval-every 0 > "$tmp/out" 2>&1 \
     && $BIN_DIR/train --data "$tmp/big" "${ids_run[@]}" --split 80,10,10 --eval-every 1 > "$tmp/out" 2>&1 \
     && ok "a bad id in a split the run does not read is not refused" || bad "bad id outside the splits read: $(tail -1 "$tmp/out")"
+# --data-order megatron (its windows are checked against megatron-core's in test_data): a 3-way blend trains;
+# a seed numpy's RandomState cannot take, an unknown order and a blend too short for the run are refused
+mg=tests/fixtures/megatron
+$BIN_DIR/train --data "0.5 $mg/single 0.3 $mg/multi 0.2 $mg/third" --data-order megatron "${ids_run[@]}" --seed 42 \
+    --eval-every 0 > "$tmp/out" 2>&1 && grep -q "^done: 1 steps" "$tmp/out" \
+    && ok "--data-order megatron trains on a 3-way blend" || bad "--data-order megatron: $(tail -1 "$tmp/out")"
+expect_error "megatron seed" "train: --seed 4294967296: --data-order megatron needs a seed below 2^32" \
+    $BIN_DIR/train --data "$mg/single" --data-order megatron --seed 4294967296
+expect_error "data order" "train: --data-order random: must be one of default|megatron" $BIN_DIR/train --data "$mg/single" --data-order random
+# documents packed in windows (their losses are checked against HF in test_model): a run with both flags, on
+# the multi-sequence dataset whose EOD (0) is the config's eos_token_id; a config without one is refused
+sed 's/"eos_token_id": 50256/"eos_token_id": 0/' tests/fixtures/configs/train_small.json > "$tmp/eod0.json"
+$BIN_DIR/train --data "$mg/multi" --model "$tmp/eod0.json" --reset-attention-mask --reset-position-ids --eod-mask-loss \
+    --batch-size 2 --seq-len 16 --steps 2 --eval-every 0 > "$tmp/out" 2>&1 && grep -q "^done: 2 steps" "$tmp/out" \
+    && ok "--reset-attention-mask --reset-position-ids train" || bad "reset flags: $(tail -1 "$tmp/out")"
+sed 's/"hidden_act": "silu",/"hidden_act": "silu"/; /eos_token_id/d' tests/fixtures/configs/train_small.json > "$tmp/noeos.json"
+expect_error "--reset-attention-mask without an EOD" "--reset-attention-mask needs eos_token_id" \
+    $BIN_DIR/train --data "$mg/multi" --model "$tmp/noeos.json" --reset-attention-mask
+expect_error "megatron blend too short" "samples (one epoch of each dataset, as Megatron builds it), fewer than the 2000" \
+    $BIN_DIR/train --data "$mg/single $mg/third" --data-order megatron "${ids_run[@]}" --steps 1000 --eval-every 0
 # every number is checked against its flag's range (flags.h): nothing wraps, nothing non-finite gets in
 while read -r flag value range; do
     expect_error "$flag $value" "train: $flag $value: out of range $range" $BIN_DIR/train --data "$data" "$flag" "$value"
@@ -146,6 +166,8 @@ if [ -x $BIN_DIR/train_gpu ]; then
     expect_error "train_gpu sliding window" "config key use_sliding_window" $BIN_DIR/train_gpu --data "$data" --model $m/qwen2_window --seq-len 16
     expect_error "train_gpu layer-scaled attention" "config key scale_attn_by_inverse_layer_idx" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_layer_scaled --seq-len 16
     expect_error "train_gpu unscaled attention" "config key scale_attn_weights" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_unscaled --seq-len 16
+    expect_error "train_gpu --reset-attention-mask" "train_gpu: --reset-attention-mask: train_gpu does not support it yet" $BIN_DIR/train_gpu --data "$data" --reset-attention-mask
+    expect_error "train_gpu --reset-position-ids" "train_gpu: --reset-position-ids: train_gpu does not support it yet" $BIN_DIR/train_gpu --data "$data" --reset-position-ids
     $BIN_DIR/train_gpu --help | grep -q -- "--zero 1|2" && ok "train_gpu --help lists the GPU flags" || bad "train_gpu --help"
 fi
 exit $fail

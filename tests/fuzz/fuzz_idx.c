@@ -77,6 +77,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(pos <= ntok, "document %llu ends at token %lld of %lld", (unsigned long long)d, (long long)pos, (long long)ntok);
     }
     FUZZ_CHECK(pos == ntok, "documents hold %lld tokens, the .bin %lld", (long long)pos, (long long)ntok);
+    for (uint64_t q = 0; q < ds.num_seqs; q++)
+        FUZZ_CHECK(ds.seq_start[q] <= ds.seq_start[q + 1], "sequence %llu starts at %lld, the next at %lld", (unsigned long long)q,
+                   (long long)ds.seq_start[q], (long long)ds.seq_start[q + 1]);
+    FUZZ_CHECK(ds.seq_start[0] == 0 && ds.seq_start[ds.num_seqs] == ntok, "sequences span %lld..%lld of %lld tokens",
+               (long long)ds.seq_start[0], (long long)ds.seq_start[ds.num_seqs], (long long)ntok);
     for (int64_t i = 0; i < ntok; i++) {
         int64_t t = ds.itemsize == 2 ? (int64_t)(bin[2 * i] | bin[2 * i + 1] << 8) : (int64_t)(int32_t)((uint32_t)bin[4 * i] |
                     (uint32_t)bin[4 * i + 1] << 8 | (uint32_t)bin[4 * i + 2] << 16 | (uint32_t)bin[4 * i + 3] << 24);
@@ -87,18 +92,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* the id check over all documents: passes a vocabulary of max + 1 ids exactly when no id is negative, and
        never passes one of max ids */
     if (ntok > 0 && mx >= 0 && mx < INT32_MAX) {
-        int ok = indexed_dataset_check_ids(&ds, 0, ds.num_docs, (int)mx + 1, err, sizeof(err)) == 0;
+        int ok = indexed_dataset_check_ids(&ds, 0, ds.num_seqs, (int)mx + 1, err, sizeof(err)) == 0;
         FUZZ_CHECK(ok == (mn >= 0), "check_ids with vocabulary %lld: %d, smallest id %lld", (long long)mx + 1, ok, (long long)mn);
-        FUZZ_CHECK(indexed_dataset_check_ids(&ds, 0, ds.num_docs, (int)mx, err, sizeof(err)) != 0, "check_ids passed id %lld", (long long)mx);
+        FUZZ_CHECK(indexed_dataset_check_ids(&ds, 0, ds.num_seqs, (int)mx, err, sizeof(err)) != 0, "check_ids passed id %lld", (long long)mx);
     }
 
-    /* the sampler over documents [db, de) */
-    uint64_t D = ds.num_docs, db = ra % (D + 1), de = db + rb % (D - db + 1);
+    /* the sampler over sequences [db, de) */
+    uint64_t D = ds.num_seqs, db = ra % (D + 1), de = db + rb % (D - db + 1);
     if (rb == 255) de = D;
     Sampler s;
     int shuffle = (flags >> 2) & 1;
     uint64_t ntoks = 0;
-    for (uint64_t d = db; d < de; d++) ntoks += (uint64_t)ds.doc_len[d];
+    for (uint64_t d = db; d < de; d++) ntoks += (uint64_t)(ds.seq_start[d + 1] - ds.seq_start[d]);
     rc = sampler_init(&s, &ds, db, de, T, 1234 + flags, shuffle, err, sizeof(err));
     if (rc != 0) {
         FUZZ_CHECK(ntoks < (uint64_t)T + 1, "sampler_init refused %llu tokens for T=%d: %s", (unsigned long long)ntoks, T, err);
@@ -117,15 +122,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (uint64_t k = 0; k <= W; k++) {
             sampler_window(&s, k, win);
             if (k == 0 || k == W) {
-                /* the epoch's stream: documents in s.doc_order (identity without shuffling) */
+                /* the epoch's stream: sequences in s.seq_order (identity without shuffling) */
                 uint64_t nd = de - db, p = 0;
                 uint8_t *used = calloc(nd ? nd : 1, 1);
                 if (!used) abort();
                 for (uint64_t i = 0; i < nd; i++) {
-                    uint64_t o = s.doc_order[i];
-                    FUZZ_CHECK(o < nd && !used[o] && (shuffle || o == i), "doc_order[%llu] = %llu", (unsigned long long)i, (unsigned long long)o);
+                    uint64_t o = s.seq_order[i];
+                    FUZZ_CHECK(o < nd && !used[o] && (shuffle || o == i), "seq_order[%llu] = %llu", (unsigned long long)i, (unsigned long long)o);
                     used[o] = 1;
-                    for (int64_t j = 0; j < ds.doc_len[db + o]; j++) stream[p++] = indexed_dataset_token(&ds, ds.doc_start[db + o] + j);
+                    for (int64_t j = ds.seq_start[db + o]; j < ds.seq_start[db + o + 1]; j++) stream[p++] = indexed_dataset_token(&ds, j);
                 }
                 free(used);
             }
