@@ -430,6 +430,9 @@ static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig
     json_t *o = json_pack("{s:o,s:s,s:s,s:i,s:i,s:i,s:i,s:I,s:b}", "model", mj, "data", a->data, "split", a->split,
                           "seq_len", a->seq_len, "batch_size", a->batch_size, "grad_accum", a->grad_accum,
                           "world_size", world, "seed", (json_int_t)a->seed, "eod_mask_loss", a->eod_mask_loss);
+    /* the positions --eod-mask-loss drops (Megatron's: where the input is EOD); a checkpoint that does not
+       say so masked the targets, and resuming it under the other rule is refused */
+    if (a->eod_mask_loss) json_object_set_new(o, "eod_mask", json_string("input"));
     if (a->reset_attention_mask) json_object_set_new(o, "reset_attention_mask", json_true());
     if (a->reset_position_ids) json_object_set_new(o, "reset_position_ids", json_true());
     if (strcmp(a->data_order, "default")) {   /* Megatron's order depends on the run's length */

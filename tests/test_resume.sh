@@ -27,6 +27,14 @@ done
 $BIN_DIR/train "${common[@]}" --steps 14 --seq-len 8 --out "$tmp/b" --resume > "$tmp/c.log" 2> "$tmp/c.err"
 [ $? -ne 0 ] && grep -q "seq_len was 16" "$tmp/c.err" && ok "resume refuses a changed --seq-len: $(cat "$tmp/c.err")" || bad "changed seq-len accepted"
 
+# a checkpoint whose --eod-mask-loss masked the targets (saved before the mask followed Megatron's rule, so its
+# settings lack "eod_mask") is not resumed under the input rule: the same checkpoint with that key blanked out
+$BIN_DIR/train "${common[@]}" --steps 2 --eval-every 0 --eod-mask-loss --out "$tmp/e" > "$tmp/e.log" 2>&1 || { cat "$tmp/e.log"; bad "eod-mask run"; }
+perl -pi -e 's/\\"eod_mask\\":\\"input\\",/" " x length($&)/e' "$tmp/e/step_000002/train_state.safetensors"
+$BIN_DIR/train "${common[@]}" --steps 4 --eval-every 0 --eod-mask-loss --out "$tmp/e" --resume > "$tmp/e2.log" 2> "$tmp/e2.err"
+[ $? -ne 0 ] && grep -q 'eod_mask was (unset) in the checkpoint' "$tmp/e2.err" \
+    && ok "resume refuses an --eod-mask-loss checkpoint of the target rule: $(cat "$tmp/e2.err")" || bad "old eod-mask checkpoint resumed: $(cat "$tmp/e2.err")"
+
 # --data-order megatron: Megatron's order depends on the run's samples, so a resume goes on only with the same
 # --steps (from a mid-run save: step 4 of an 8-step run, then the same 8 steps bit for bit) and refuses others
 mg=(--data "0.6 tests/fixtures/megatron/single 0.4 tests/fixtures/megatron/multi" --data-order megatron --eval-every 0 --steps 8)
