@@ -188,6 +188,14 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC);
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int IC, int OC);
+/* the plain loops, the reference of the two above */
+void matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC);
+void matmul_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                         const float *weight, int N, int IC, int OC);
+/* C[i*ldc + j] += sum_k A(i,k) B(k,j) (i < M, j < N) with A(i,k) = a[i*sai + k*sak], B(k,j) = b[k*sbk + j*sbj];
+   each element summed in a fixed order whatever the thread count */
+void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
+               float *c, size_t ldc);
 void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T);
 void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
                   const int *pos);
@@ -1176,80 +1184,217 @@ static inline void axpy_f32(float *y, float a, const float *x, int n) {
    backward: dinp[n,i] += sum_o dout[n,o] * w[o,i]
              dw[o,i]   += sum_n dout[n,o] * inp[n,i]
              dbias[o]  += sum_n dout[n,o]
-   Loops are blocked over output rows so a block of w stays in cache while the batch rows stream by. */
-#define MATMUL_OB 16
-void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
-    #pragma omp parallel for schedule(static)
-    for (int o0 = 0; o0 < OC; o0 += MATMUL_OB) {
-        int o1 = o0 + MATMUL_OB < OC ? o0 + MATMUL_OB : OC;
-        for (int n = 0; n < N; n++) {
-            const float *x = inp + (size_t)n * IC;
-            float *y = out + (size_t)n * OC;
-            int o = o0;
-            for (; o + 4 <= o1; o += 4) {   /* four dot products in one pass over x: four independent sums */
-                const float *w0 = weight + (size_t)o * IC, *w1 = w0 + IC, *w2 = w1 + IC, *w3 = w2 + IC;
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-                #pragma omp simd reduction(+:s0, s1, s2, s3)
-                for (int i = 0; i < IC; i++) {
-                    float xi = x[i];
-                    s0 += xi * w0[i]; s1 += xi * w1[i]; s2 += xi * w2[i]; s3 += xi * w3[i];
-                }
-                y[o] = s0 + (bias ? bias[o] : 0.0f);
-                y[o + 1] = s1 + (bias ? bias[o + 1] : 0.0f);
-                y[o + 2] = s2 + (bias ? bias[o + 2] : 0.0f);
-                y[o + 3] = s3 + (bias ? bias[o + 3] : 0.0f);
+   The plain loops first: the definition, and the reference the tests hold the fast version to. */
+void matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            float s = bias ? bias[o] : 0.0f;
+            for (int i = 0; i < IC; i++) s += inp[(size_t)n * IC + i] * weight[(size_t)o * IC + i];
+            out[(size_t)n * OC + o] = s;
+        }
+}
+
+void matmul_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                         const float *weight, int N, int IC, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            float d = dout[(size_t)n * OC + o];
+            for (int i = 0; i < IC; i++) {
+                if (dinp) dinp[(size_t)n * IC + i] += d * weight[(size_t)o * IC + i];
+                dweight[(size_t)o * IC + i] += d * inp[(size_t)n * IC + i];
             }
-            for (; o < o1; o++) y[o] = dot_f32(x, weight + (size_t)o * IC, IC) + (bias ? bias[o] : 0.0f);
+            if (dbias) dbias[o] += d;
+        }
+}
+
+/* The fast matmul: all three products above are one operation, C[M,N] += A[M,K] B[K,N] (sgemm), with A and B
+   read through strides, so one kernel serves them all:
+     forward  out   = bias + inp  . w^T    M = rows, K = IC,   N = OC   (A row-major, B = w read transposed)
+     dinp    dinp  += dout . w            M = rows, K = OC,   N = IC   (both row-major)
+     dweight dw    += dout^T . inp        M = OC,   K = rows, N = IC   (A = dout read transposed)
+   Why blocks. An FMA unit does 2 flops per lane per cycle, but only on data in registers; memory delivers far
+   less than one float per FMA. Each level of blocking reuses what the level below loaded:
+   - registers: the micro-kernel keeps an MM_MR x MM_NR tile of C in MM_MR * MM_NV vector registers. Each step
+     over k loads MM_NV vectors of B and broadcasts MM_MR scalars of A, for MM_MR * MM_NV FMAs: 8 x 3 with
+     16-float vectors (AVX-512, 32 registers) is 24 FMAs per 11 loads; 6 x 2 with 8-float vectors (AVX2, 16
+     registers) is 12 per 8.
+   - L1: a micro-panel of B (MM_KC x MM_NR floats) stays in L1 while the micro-kernel walks down all the A
+     micro-panels of the block.
+   - L2: the A block (MM_MC x MM_KC) stays in L2 while the loop walks across the B panel.
+   - packing: before use, A and B blocks are copied into the order the micro-kernel reads them (A as columns
+     of MM_MR, B as rows of MM_NR, zero-padded at the edges), so every load in the kernel is sequential and
+     aligned whatever the strides of the source; the copy is paid once per block and amortized over the
+     block's MM_KC x MM_MC x MM_NC FMAs.
+   Threads: OpenMP shares out chunks of C's columns (and rows, when the columns are too few), never K. Every
+   C element is summed by one thread in one fixed order: for each MM_KC slice of k in turn, the slice's sum
+   (an FMA chain from 0 in k order, in a register) is added to C. That order depends on MM_KC alone, not on
+   the tiling or the thread count, so the results are bit-identical for any number of threads.
+   Portable C: GCC/Clang vector extensions, no intrinsics; the vector width and tile follow the instruction
+   set the compiler targets (the #if below), and any other target gets 4-float vectors (SSE, NEON). */
+#if defined(__AVX512F__)
+#define MM_VLEN 16
+#define MM_MR 8
+#define MM_NV 3
+#elif defined(__AVX__)
+#define MM_VLEN 8
+#define MM_MR 6
+#define MM_NV 2
+#else
+#define MM_VLEN 4
+#define MM_MR 6
+#define MM_NV 2
+#endif
+#define MM_NR (MM_NV * MM_VLEN)     /* columns of the C tile */
+#define MM_KC 256                   /* k slice: sets the sum order, so it is a constant */
+#define MM_MC (32 * MM_MR)          /* rows of the A block kept in L2 */
+#define MM_NC (32 * MM_NR)          /* most columns of one thread's chunk of C */
+
+typedef float mm_vec __attribute__((vector_size(MM_VLEN * sizeof(float))));
+typedef float mm_vec_u __attribute__((vector_size(MM_VLEN * sizeof(float)), aligned(sizeof(float))));
+
+/* the kernel needs a*b+c as one FMA; ISO C mode (-std=c11) leaves contraction off, so ask for it here */
+#if defined(__clang__)
+#define MM_FMA_CONTRACT
+#elif defined(__GNUC__)
+#define MM_FMA_CONTRACT __attribute__((optimize("fp-contract=fast")))
+#else
+#define MM_FMA_CONTRACT
+#endif
+
+/* C tile (mr x nr valid of MM_MR x MM_NR, row stride ldc) += ap (kc x MM_MR) . bp (kc x MM_NR) */
+MM_FMA_CONTRACT
+static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+    mm_vec acc[MM_MR][MM_NV];
+    for (int i = 0; i < MM_MR; i++)
+        for (int v = 0; v < MM_NV; v++) acc[i][v] = (mm_vec){ 0 };
+    for (int k = 0; k < kc; k++) {
+        mm_vec b[MM_NV];
+        for (int v = 0; v < MM_NV; v++) b[v] = *(const mm_vec *)(bp + (size_t)k * MM_NR + v * MM_VLEN);
+        for (int i = 0; i < MM_MR; i++) {
+            float a = ap[(size_t)k * MM_MR + i];
+            for (int v = 0; v < MM_NV; v++) acc[i][v] += a * b[v];
+        }
+    }
+    if (mr == MM_MR && nr == MM_NR) {
+        for (int i = 0; i < MM_MR; i++)
+            for (int v = 0; v < MM_NV; v++) {
+                mm_vec_u *cv = (mm_vec_u *)(c + i * ldc + v * MM_VLEN);
+                *cv = *cv + acc[i][v];
+            }
+    } else {   /* an edge tile: the same sums, only the valid part added */
+        float t[MM_MR][MM_NR];
+        for (int i = 0; i < MM_MR; i++)
+            for (int v = 0; v < MM_NV; v++) memcpy(&t[i][v * MM_VLEN], &acc[i][v], sizeof(mm_vec));
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++) c[i * ldc + j] += t[i][j];
+    }
+}
+
+/* A(i,k) = a[i*sai + k*sak]: rows [i0, i0+mc) and k [k0, k0+kc) into panels of MM_MR rows, k-major */
+static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, int i0, int mc, int k0, int kc) {
+    for (int ir = 0; ir < mc; ir += MM_MR) {
+        float *p = ap + (size_t)ir * kc;
+        for (int i = 0; i < MM_MR; i++) {
+            int row = i0 + ir + i;
+            if (ir + i >= mc || row >= M) { for (int k = 0; k < kc; k++) p[(size_t)k * MM_MR + i] = 0.0f; continue; }
+            const float *src = a + (size_t)row * sai + (size_t)k0 * sak;
+            for (int k = 0; k < kc; k++) p[(size_t)k * MM_MR + i] = src[(size_t)k * sak];
         }
     }
 }
 
-void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-                     const float *weight, int N, int IC, int OC) {
-    if (dinp) {
-        const int NB = 32;
-        #pragma omp parallel for schedule(static)
-        for (int n0 = 0; n0 < N; n0 += NB) {
-            int n1 = n0 + NB < N ? n0 + NB : N;
-            for (int o0 = 0; o0 < OC; o0 += 4 * MATMUL_OB) {
-                int o1 = o0 + 4 * MATMUL_OB < OC ? o0 + 4 * MATMUL_OB : OC;
-                for (int n = n0; n < n1; n++) {
-                    float *dx = dinp + (size_t)n * IC;
-                    const float *dy = dout + (size_t)n * OC;
-                    int o = o0;
-                    for (; o + 4 <= o1; o += 4) {   /* four rows of w per pass over dx */
-                        const float *w0 = weight + (size_t)o * IC, *w1 = w0 + IC, *w2 = w1 + IC, *w3 = w2 + IC;
-                        float a0 = dy[o], a1 = dy[o + 1], a2 = dy[o + 2], a3 = dy[o + 3];
-                        #pragma omp simd
-                        for (int i = 0; i < IC; i++) dx[i] += a0 * w0[i] + a1 * w1[i] + a2 * w2[i] + a3 * w3[i];
-                    }
-                    for (; o < o1; o++) axpy_f32(dx, dy[o], weight + (size_t)o * IC, IC);
-                }
+/* B(k,j) = b[k*sbk + j*sbj]: k [k0, k0+kc) and columns [j0, j0+nc) into panels of MM_NR columns, k-major */
+static void mm_pack_b(float *bp, const float *b, size_t sbk, size_t sbj, int N, int k0, int kc, int j0, int nc) {
+    for (int jr = 0; jr < nc; jr += MM_NR) {
+        float *p = bp + (size_t)jr * kc;
+        int nv = N - (j0 + jr) < MM_NR ? N - (j0 + jr) : MM_NR;
+        if (nv > nc - jr) nv = nc - jr;
+        if (sbj == 1) {        /* rows of B are contiguous: copy MM_NR floats per k */
+            for (int k = 0; k < kc; k++) {
+                const float *src = b + (size_t)(k0 + k) * sbk + (j0 + jr);
+                float *dst = p + (size_t)k * MM_NR;
+                int j = 0;
+                for (; j < nv; j++) dst[j] = src[j];
+                for (; j < MM_NR; j++) dst[j] = 0.0f;
+            }
+        } else {               /* columns of B are contiguous (a transposed read): one column at a time */
+            for (int j = 0; j < MM_NR; j++) {
+                if (j >= nv) { for (int k = 0; k < kc; k++) p[(size_t)k * MM_NR + j] = 0.0f; continue; }
+                const float *src = b + (size_t)(j0 + jr + j) * sbj + (size_t)k0 * sbk;
+                for (int k = 0; k < kc; k++) p[(size_t)k * MM_NR + j] = src[(size_t)k * sbk];
             }
         }
     }
+}
+
+static int mm_ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+/* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N */
+void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
+               float *c, size_t ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    /* chunks of C: columns first (B is packed once per chunk), rows too when there are fewer column chunks than
+       threads; a multiple of the thread count when there are enough tiles, for balance */
+    int nt = omp_get_max_threads(), ntiles = mm_ceil_div(N, MM_NR), mtiles = mm_ceil_div(M, MM_MR);
+    int cn = mm_ceil_div(N, MM_NC);
+    if (cn < nt) cn = nt;
+    cn = mm_ceil_div(cn, nt) * nt;
+    if (cn > ntiles) cn = ntiles;
+    int cm = cn < nt ? mm_ceil_div(nt, cn) : 1;
+    if (cm > mtiles) cm = mtiles;
+    int ncw = mm_ceil_div(ntiles, cn) * MM_NR, mcw = mm_ceil_div(mtiles, cm) * MM_MR;
+    cn = mm_ceil_div(N, ncw); cm = mm_ceil_div(M, mcw);
+    #pragma omp parallel
+    {
+        int mcb = mcw < MM_MC ? mcw : MM_MC;
+        float *ap = (float *)aligned_alloc(64, (size_t)mcb * MM_KC * sizeof(float));
+        float *bp = (float *)aligned_alloc(64, (size_t)ncw * MM_KC * sizeof(float));
+        #pragma omp for schedule(static) collapse(2)
+        for (int cj = 0; cj < cn; cj++)
+            for (int ci = 0; ci < cm; ci++) {
+                int j0 = cj * ncw, nc = N - j0 < ncw ? N - j0 : ncw;
+                int ilo = ci * mcw, ihi = ilo + mcw < M ? ilo + mcw : M;
+                for (int k0 = 0; k0 < K; k0 += MM_KC) {
+                    int kc = K - k0 < MM_KC ? K - k0 : MM_KC;
+                    mm_pack_b(bp, b, sbk, sbj, N, k0, kc, j0, nc);
+                    for (int i0 = ilo; i0 < ihi; i0 += mcb) {
+                        int mc = ihi - i0 < mcb ? ihi - i0 : mcb;
+                        mm_pack_a(ap, a, sai, sak, M, i0, mc, k0, kc);
+                        for (int jr = 0; jr < nc; jr += MM_NR)
+                            for (int ir = 0; ir < mc; ir += MM_MR)
+                                mm_kernel(kc, ap + (size_t)ir * kc, bp + (size_t)jr * kc,
+                                          c + (size_t)(i0 + ir) * ldc + j0 + jr, ldc,
+                                          mc - ir < MM_MR ? mc - ir : MM_MR, nc - jr < MM_NR ? nc - jr : MM_NR);
+                    }
+                }
+            }
+        free(ap); free(bp);
+    }
+}
+
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
     #pragma omp parallel for schedule(static)
-    for (int o0 = 0; o0 < OC; o0 += MATMUL_OB) {
-        int o1 = o0 + MATMUL_OB < OC ? o0 + MATMUL_OB : OC;
-        int n = 0;
-        for (; n + 4 <= N; n += 4) {   /* four rows of the batch per pass over each dw row */
-            const float *x0 = inp + (size_t)n * IC, *x1 = x0 + IC, *x2 = x1 + IC, *x3 = x2 + IC;
-            const float *dy = dout + (size_t)n * OC;
-            for (int o = o0; o < o1; o++) {
-                float d0 = dy[o], d1 = dy[OC + o], d2 = dy[2 * (size_t)OC + o], d3 = dy[3 * (size_t)OC + o];
-                float *dw = dweight + (size_t)o * IC;
-                #pragma omp simd
-                for (int i = 0; i < IC; i++) dw[i] += d0 * x0[i] + d1 * x1[i] + d2 * x2[i] + d3 * x3[i];
-                if (dbias) dbias[o] += d0 + d1 + d2 + d3;
-            }
-        }
-        for (; n < N; n++) {
-            const float *x = inp + (size_t)n * IC;
-            const float *dy = dout + (size_t)n * OC;
-            for (int o = o0; o < o1; o++) {
-                axpy_f32(dweight + (size_t)o * IC, dy[o], x, IC);
-                if (dbias) dbias[o] += dy[o];
-            }
+    for (int n = 0; n < N; n++) {
+        float *y = out + (size_t)n * OC;
+        if (bias) memcpy(y, bias, (size_t)OC * sizeof(float));
+        else memset(y, 0, (size_t)OC * sizeof(float));
+    }
+    sgemm_acc(N, OC, IC, inp, IC, 1, weight, 1, IC, out, OC);
+}
+
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, int N, int IC, int OC) {
+    if (dinp) sgemm_acc(N, IC, OC, dout, OC, 1, weight, IC, 1, dinp, IC);
+    sgemm_acc(OC, IC, N, dout, 1, OC, inp, IC, 1, dweight, IC);
+    if (dbias) {   /* column sums: threads over column blocks, rows in order */
+        #pragma omp parallel for schedule(static)
+        for (int o0 = 0; o0 < OC; o0 += 64) {
+            int o1 = o0 + 64 < OC ? o0 + 64 : OC;
+            for (int n = 0; n < N; n++)
+                for (int o = o0; o < o1; o++) dbias[o] += dout[(size_t)n * OC + o];
         }
     }
 }
