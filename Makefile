@@ -6,7 +6,7 @@
 
 CC      ?= gcc
 OPT     ?= -O3 -march=native
-CFLAGS  += $(OPT) -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -fopenmp -D_GNU_SOURCE
+CFLAGS  += $(OPT) -std=c11 -fno-math-errno -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -fopenmp -D_GNU_SOURCE
 LDLIBS  += -lm -ljansson -lpcre2-8 -lz -lzstd -lsnappy
 DEB_PKGS = gcc make libpcre2-dev libjansson-dev zlib1g-dev libzstd-dev libsnappy-dev libgomp1
 

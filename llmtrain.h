@@ -1461,24 +1461,50 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     }
 }
 
+/* expf as plain arithmetic, so that the loops which call it vectorise (a libm call does not): with
+   n = round(x / ln2) and r = x - n ln2 (ln2 in two parts, so r is exact), e^x = 2^n e^r, e^r from a degree-7
+   polynomial (Cephes' expf, about 1 ulp for |r| <= ln2/2), 2^n put into the exponent bits. x is clamped to
+   [-87.3, 88.7]: e^-87.3 is the smallest normal float, e^88.7 near the largest. */
+static inline float exp_poly(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round to nearest: 1.5 * 2^23 */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &p, sizeof(bits));
+    bits += (int32_t)n * (1 << 23);
+    memcpy(&p, &bits, sizeof(p));
+    return p;
+}
+
 /* gelu (tanh approximation, HF "gelu_new"): y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-   backward: dx += dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3*0.044715 x^2)) */
+   backward: dx += dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3*0.044715 x^2))
+   Computed as 0.5 (1 + tanh u) = s = 1 / (1 + e^(-2u)), so 0.5 (1 - tanh^2 u) = 2 s (1 - s): one exp, no
+   cancellation near 1 + tanh u = 0, and the loops vectorise. */
 #define GELU_K 0.7978845608028654f
 void gelu_forward(float *out, const float *inp, size_t N) {
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+        float s = 1.0f / (1.0f + exp_poly(-2.0f * GELU_K * (x + 0.044715f * x * x * x)));
+        out[i] = x * s;
     }
 }
 
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
+        float s = 1.0f / (1.0f + exp_poly(-2.0f * GELU_K * (x + 0.044715f * x * x * x)));
         float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+        dinp[i] += dout[i] * (s + 2.0f * x * s * (1.0f - s) * du);
     }
 }
 
@@ -1520,15 +1546,23 @@ void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) 
 
 /* crossentropy: lse[n] = log sum_v exp(logits[n,v]);  losses[n] = lse[n] - logits[n, target[n]]
    (rows with target < 0 are ignored: loss 0)
-   backward: dlogits[n,v] += dloss * (exp(logits[n,v] - lse[n]) - [v == target[n]]) */
+   backward: dlogits[n,v] += dloss * (exp(logits[n,v] - lse[n]) - [v == target[n]])
+   The row max and the sum of exps are vector reductions (a fixed lane order: the same result on every run). */
 void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
         float maxv = -INFINITY;
-        for (int v = 0; v < V; v++) if (x[v] > maxv) maxv = x[v];
-        double sum = 0.0;
-        for (int v = 0; v < V; v++) sum += expf(x[v] - maxv);
+        #pragma omp simd reduction(max:maxv)
+        for (int v = 0; v < V; v++) maxv = x[v] > maxv ? x[v] : maxv;
+        double sum = 0.0;            /* float sums over blocks of 1024, added in double */
+        for (int v0 = 0; v0 < V; v0 += 1024) {
+            int v1 = v0 + 1024 < V ? v0 + 1024 : V;
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (int v = v0; v < v1; v++) s += exp_poly(x[v] - maxv);
+            sum += s;
+        }
         lse[n] = maxv + (float)log(sum);
         losses[n] = (targets && targets[n] >= 0) ? lse[n] - x[targets[n]] : 0.0f;
     }
@@ -1536,12 +1570,13 @@ void crossentropy_forward(float *losses, float *lse, const float *logits, const 
 
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
                            float dloss, int N, int V) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) continue;
         const float *x = logits + (size_t)n * V;
-        float *dx = dlogits + (size_t)n * V;
-        for (int v = 0; v < V; v++) dx[v] += dloss * expf(x[v] - lse[n]);
+        float *dx = dlogits + (size_t)n * V, l = lse[n];
+        #pragma omp simd
+        for (int v = 0; v < V; v++) dx[v] += dloss * exp_poly(x[v] - l);
         dx[targets[n]] -= dloss;
     }
 }
@@ -1887,7 +1922,7 @@ void adamw_update(float *params, const float *grads, float *m, float *v, size_t 
                   float beta1, float beta2, float eps, float weight_decay, int step) {
     float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
     float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2);
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = grads[i];
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
