@@ -234,12 +234,20 @@ typedef struct {
 /* One AdamW step on n contiguous values (torch.optim.AdamW semantics, decoupled weight decay). */
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
+/* The same with the gradients taken times grad_scale (grad_clip's scaling fused into the update: one pass
+   over the gradients fewer, the same values as grad_clip then adamw_update). */
+void adamw_update_scaled(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale);
 /* AdamW on params [begin, end) of the flat buffer (the ZeRO-1 shard of one rank; all of it on one rank). */
 void model_adamw_update(Model *m, const AdamWConfig *opt, int step, size_t begin, size_t end);
+/* The same on gradients times grad_scale (grad_clip_scale: clipping without a pass of its own). */
+void model_adamw_update_scaled(Model *m, const AdamWConfig *opt, int step, size_t begin, size_t end, float grad_scale);
 /* sum of squares of grads[begin, end), in double, in a fixed order */
 double grad_sumsq(const float *grads, size_t begin, size_t end);
 /* Scales grads by min(1, max_norm / (norm + 1e-6)) (as torch.nn.utils.clip_grad_norm_). */
 void grad_clip(float *grads, size_t n, double norm, float max_norm);
+/* The factor grad_clip multiplies by (1 when it leaves the gradients alone). */
+float grad_clip_scale(double norm, float max_norm);
 
 enum { LR_COSINE = 0, LR_LINEAR = 1, LR_CONSTANT = 2 };
 /* lr of update `step` (1-based): linear warmup to max_lr over warmup steps, then decay to min_lr at decay_steps */
@@ -1211,40 +1219,46 @@ static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t
     }
 }
 
-/* A(i,k) = a[i*sai + k*sak]: rows [i0, i0+mc) and k [k0, k0+kc) into panels of MM_MR rows, k-major */
-static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, int i0, int mc, int k0, int kc) {
-    for (int ir = 0; ir < mc; ir += MM_MR) {
-        float *p = ap + (size_t)ir * kc;
-        for (int i = 0; i < MM_MR; i++) {
-            int row = i0 + ir + i;
-            if (ir + i >= mc || row >= M) { for (int k = 0; k < kc; k++) p[(size_t)k * MM_MR + i] = 0.0f; continue; }
-            const float *src = a + (size_t)row * sai + (size_t)k0 * sak;
-            for (int k = 0; k < kc; k++) p[(size_t)k * MM_MR + i] = src[(size_t)k * sak];
+/* The packs copy a block into panels, k-major: panel element (k, r) at p[k * W + r] (W = MM_MR rows of A or
+   MM_NR columns of B), zeros past the matrix edge. Source rows that are contiguous in k are read in chunks of
+   16 k (one cache line each), so the panel rows being written stay in L1; sources contiguous across the
+   panel are copied a panel row at a time. */
+static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t s_k, int nvalid, int kc) {
+    if (s_r == 1) {
+        for (int k = 0; k < kc; k++) {
+            const float *q = src + (size_t)k * s_k;
+            float *d = p + (size_t)k * W;
+            int r = 0;
+            for (; r < nvalid; r++) d[r] = q[r];
+            for (; r < W; r++) d[r] = 0.0f;
+        }
+        return;
+    }
+    for (int k0 = 0; k0 < kc; k0 += 16) {
+        int k1 = k0 + 16 < kc ? k0 + 16 : kc;
+        for (int r = 0; r < W; r++) {
+            if (r >= nvalid) { for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = 0.0f; continue; }
+            const float *q = src + (size_t)r * s_r;
+            for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = q[(size_t)k * s_k];
         }
     }
 }
 
-/* B(k,j) = b[k*sbk + j*sbj]: k [k0, k0+kc) and columns [j0, j0+nc) into panels of MM_NR columns, k-major */
+/* A(i,k) = a[i*sai + k*sak]: rows [i0, i0+mc) and k [k0, k0+kc) into panels of MM_MR rows */
+static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, int i0, int mc, int k0, int kc) {
+    for (int ir = 0; ir < mc; ir += MM_MR) {
+        int nv = M - (i0 + ir) < MM_MR ? M - (i0 + ir) : MM_MR;
+        if (nv > mc - ir) nv = mc - ir;
+        mm_pack_panel(ap + (size_t)ir * kc, MM_MR, a + (size_t)(i0 + ir) * sai + (size_t)k0 * sak, sai, sak, nv, kc);
+    }
+}
+
+/* B(k,j) = b[k*sbk + j*sbj]: k [k0, k0+kc) and columns [j0, j0+nc) into panels of MM_NR columns */
 static void mm_pack_b(float *bp, const float *b, size_t sbk, size_t sbj, int N, int k0, int kc, int j0, int nc) {
     for (int jr = 0; jr < nc; jr += MM_NR) {
-        float *p = bp + (size_t)jr * kc;
         int nv = N - (j0 + jr) < MM_NR ? N - (j0 + jr) : MM_NR;
         if (nv > nc - jr) nv = nc - jr;
-        if (sbj == 1) {        /* rows of B are contiguous: copy MM_NR floats per k */
-            for (int k = 0; k < kc; k++) {
-                const float *src = b + (size_t)(k0 + k) * sbk + (j0 + jr);
-                float *dst = p + (size_t)k * MM_NR;
-                int j = 0;
-                for (; j < nv; j++) dst[j] = src[j];
-                for (; j < MM_NR; j++) dst[j] = 0.0f;
-            }
-        } else {               /* columns of B are contiguous (a transposed read): one column at a time */
-            for (int j = 0; j < MM_NR; j++) {
-                if (j >= nv) { for (int k = 0; k < kc; k++) p[(size_t)k * MM_NR + j] = 0.0f; continue; }
-                const float *src = b + (size_t)(j0 + jr + j) * sbj + (size_t)k0 * sbk;
-                for (int k = 0; k < kc; k++) p[(size_t)k * MM_NR + j] = src[(size_t)k * sbk];
-            }
-        }
+        mm_pack_panel(bp + (size_t)jr * kc, MM_NR, b + (size_t)k0 * sbk + (size_t)(j0 + jr) * sbj, sbj, sbk, nv, kc);
     }
 }
 
@@ -1920,11 +1934,17 @@ void model_free(Model *m) {
    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)   (t = step, 1-based) */
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step) {
+    adamw_update_scaled(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step, 1.0f);
+}
+
+/* memory bound: 28 bytes a parameter (read p, g, m, v; write p, m, v), one vectorised pass */
+void adamw_update_scaled(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale) {
     float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
     float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2);
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grads[i];
+        float g = grads[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
         float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
         m[i] = mi; v[i] = vi;
@@ -1934,6 +1954,10 @@ void adamw_update(float *params, const float *grads, float *m, float *v, size_t 
 }
 
 void model_adamw_update(Model *m, const AdamWConfig *o, int step, size_t begin, size_t end) {
+    model_adamw_update_scaled(m, o, step, begin, end, 1.0f);
+}
+
+void model_adamw_update_scaled(Model *m, const AdamWConfig *o, int step, size_t begin, size_t end, float grad_scale) {
     if (!m->m_memory) {
         m->m_memory = (float *)calloc(m->num_params, sizeof(float));
         m->v_memory = (float *)calloc(m->num_params, sizeof(float));
@@ -1943,8 +1967,9 @@ void model_adamw_update(Model *m, const AdamWConfig *o, int step, size_t begin, 
         if (b < begin) b = begin;
         if (e > end) e = end;
         if (b >= e) continue;
-        adamw_update(m->params_memory + b, m->grads_memory + b, m->m_memory + b, m->v_memory + b, e - b,
-                     o->lr, o->beta1, o->beta2, o->eps, param_has_decay(t) ? o->weight_decay : 0.0f, step);
+        adamw_update_scaled(m->params_memory + b, m->grads_memory + b, m->m_memory + b, m->v_memory + b, e - b,
+                            o->lr, o->beta1, o->beta2, o->eps, param_has_decay(t) ? o->weight_decay : 0.0f, step,
+                            grad_scale);
     }
 }
 
@@ -1958,6 +1983,7 @@ double grad_sumsq(const float *grads, size_t begin, size_t end) {
     for (size_t ch = 0; ch < nch; ch++) {
         size_t b = begin + ch * CH, e = b + CH < end ? b + CH : end;
         double s = 0.0;
+        #pragma omp simd reduction(+:s)
         for (size_t i = b; i < e; i++) s += (double)grads[i] * grads[i];
         part[ch] = s;
     }
@@ -1965,6 +1991,11 @@ double grad_sumsq(const float *grads, size_t begin, size_t end) {
     for (size_t ch = 0; ch < nch; ch++) s += part[ch];
     free(part);
     return s;
+}
+
+float grad_clip_scale(double norm, float max_norm) {
+    float coef = (float)(max_norm / (norm + 1e-6));
+    return (max_norm <= 0 || coef >= 1.0f) ? 1.0f : coef;
 }
 
 void grad_clip(float *grads, size_t n, double norm, float max_norm) {

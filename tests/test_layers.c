@@ -714,6 +714,28 @@ static void test_matmul_fast(int N, int IC, int OC) {
     free(dry); free(drx); free(drw); free(drb);
 }
 
+/* clipping fused into AdamW (adamw_update_scaled with grad_clip_scale) leaves params and moments bit for bit
+   as grad_clip followed by adamw_update, clipped (norm 5 > 1) or not (norm 0.5) */
+static void test_adamw_fused_clip(void) {
+    size_t n = 1037;
+    float *p = frand_gauss(n, 0, 1), *g = frand_gauss(n, 0, 1), *m = frand_gauss(n, 0, 0.1), *v = fnew(n);
+    for (size_t i = 0; i < n; i++) v[i] = 0.01f * (float)(i % 7 + 1);
+    double norms[2] = { 5.0, 0.5 };
+    for (int c = 0; c < 2; c++) {
+        float *p1 = fcopy(p, n), *g1 = fcopy(g, n), *m1 = fcopy(m, n), *v1 = fcopy(v, n);
+        float *p2 = fcopy(p, n), *m2 = fcopy(m, n), *v2 = fcopy(v, n);
+        grad_clip(g1, n, norms[c], 1.0f);
+        adamw_update(p1, g1, m1, v1, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+        adamw_update_scaled(p2, g, m2, v2, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, grad_clip_scale(norms[c], 1.0f));
+        char s[96];
+        snprintf(s, sizeof(s), "adamw fused clip (norm %.1f) params", norms[c]); check_bits(s, p2, p1, n);
+        snprintf(s, sizeof(s), "adamw fused clip (norm %.1f) m", norms[c]);      check_bits(s, m2, m1, n);
+        snprintf(s, sizeof(s), "adamw fused clip (norm %.1f) v", norms[c]);      check_bits(s, v2, v1, n);
+        free(p1); free(g1); free(m1); free(v1); free(p2); free(m2); free(v2);
+    }
+    free(p); free(g); free(m); free(v);
+}
+
 /* determinism: the same gradients, bit for bit, with 1, 2, 3 and 4 threads (prefilled buffers, so the
    accumulation path is the one compared) */
 
@@ -865,6 +887,7 @@ int main(void) {
     test_swiglu();
     test_residual();
     test_crossentropy();
+    test_adamw_fused_clip();
     test_determinism();
     printf("%d checks, %d failed; worst error/tolerance %.3f (%s); %.2fs\n", n_checks, n_failed, worst_ratio,
            worst_name, omp_get_wtime() - t0);
