@@ -1264,6 +1264,23 @@ static void mm_pack_b(float *bp, const float *b, size_t sbk, size_t sbj, int N, 
 
 static int mm_ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+/* each OpenMP thread's packing buffer, kept from call to call (a fresh large malloc per call would be fresh
+   pages, faulted in and zeroed every time) */
+#define MM_MAX_THREADS 256
+static float *mm_buf[MM_MAX_THREADS];
+static size_t mm_buf_cap[MM_MAX_THREADS];
+
+static float *mm_thread_buffer(size_t n) {
+    int t = omp_get_thread_num();
+    if (t >= MM_MAX_THREADS) return NULL;
+    if (mm_buf_cap[t] < n) {
+        free(mm_buf[t]);
+        mm_buf[t] = (float *)aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        mm_buf_cap[t] = mm_buf[t] ? n : 0;
+    }
+    return mm_buf[t];
+}
+
 /* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N */
 void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
                float *c, size_t ldc) {
@@ -1282,8 +1299,9 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
     #pragma omp parallel
     {
         int mcb = mcw < MM_MC ? mcw : MM_MC;
-        float *ap = (float *)aligned_alloc(64, (size_t)mcb * MM_KC * sizeof(float));
-        float *bp = (float *)aligned_alloc(64, (size_t)ncw * MM_KC * sizeof(float));
+        size_t na = (size_t)mcb * MM_KC, nb = (size_t)ncw * MM_KC;
+        float *own = mm_thread_buffer(na + nb), *mine = own ? NULL : (float *)aligned_alloc(64, (na + nb) * sizeof(float));
+        float *ap = own ? own : mine, *bp = ap + na;
         #pragma omp for schedule(static) collapse(2)
         for (int cj = 0; cj < cn; cj++)
             for (int ci = 0; ci < cm; ci++) {
@@ -1303,7 +1321,7 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
                     }
                 }
             }
-        free(ap); free(bp);
+        free(mine);
     }
 }
 
