@@ -6,7 +6,7 @@
 
 CC      ?= gcc
 OPT     ?= -O3 -march=native
-CFLAGS  += $(OPT) -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -fopenmp -D_GNU_SOURCE
+CFLAGS  += $(OPT) -std=c11 -fno-math-errno -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -fopenmp -D_GNU_SOURCE
 LDLIBS  += -lm -ljansson -lpcre2-8 -lz -lzstd -lsnappy
 DEB_PKGS = gcc make libpcre2-dev libjansson-dev zlib1g-dev libzstd-dev libsnappy-dev libgomp1
 
@@ -161,9 +161,14 @@ plot:
 	@command -v gnuplot >/dev/null || { [ "$$(id -u)" = 0 ] && { $(call apt_install, gnuplot-nox); }; } || { echo "plot needs gnuplot"; exit 1; }
 	bash dev/plot.sh $(RUN)
 
-# speed: the CPU step time of GPT-2 124M at B=4, T=64 (llm.c's CPU configuration) and the tokenizer side by side
-bench: all
+# speed: the CPU step of GPT-2 124M at B=4, T=64 (llm.c's CPU configuration) and of tiny-gpt2 at 1 and 2 threads,
+# side by side with PyTorch and llm.c; the matmul against the FMA peak and the other layers (dev/bench_kernels.c)
+bench: all out/bench_kernels
 	bash dev/bench_cpu.sh
+
+out/bench_kernels: dev/bench_kernels.c llmtrain.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -I. -o $@ dev/bench_kernels.c $(LDLIBS)
 
 # libFuzzer targets (clang, ASan + UBSan) for the tokenizer, tokenizer.json, .idx, safetensors and config.json
 # readers, each for FUZZ_SECONDS (default 60)

@@ -244,12 +244,20 @@ typedef struct {
 /* One AdamW step on n contiguous values (torch.optim.AdamW semantics, decoupled weight decay). */
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
+/* The same with the gradients taken times grad_scale (grad_clip's scaling fused into the update: one pass
+   over the gradients fewer, the same values as grad_clip then adamw_update). */
+void adamw_update_scaled(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale);
 /* AdamW on params [begin, end) of the flat buffer (the ZeRO-1 shard of one rank; all of it on one rank). */
 void model_adamw_update(Model *m, const AdamWConfig *opt, int step, size_t begin, size_t end);
+/* The same on gradients times grad_scale (grad_clip_scale: clipping without a pass of its own). */
+void model_adamw_update_scaled(Model *m, const AdamWConfig *opt, int step, size_t begin, size_t end, float grad_scale);
 /* sum of squares of grads[begin, end), in double, in a fixed order */
 double grad_sumsq(const float *grads, size_t begin, size_t end);
 /* Scales grads by min(1, max_norm / (norm + 1e-6)) (as torch.nn.utils.clip_grad_norm_). */
 void grad_clip(float *grads, size_t n, double norm, float max_norm);
+/* The factor grad_clip multiplies by (1 when it leaves the gradients alone). */
+float grad_clip_scale(double norm, float max_norm);
 
 enum { LR_COSINE = 0, LR_LINEAR = 1, LR_CONSTANT = 2 };
 /* lr of update `step` (1-based): linear warmup to max_lr over warmup steps, then decay to min_lr at decay_steps */
@@ -1293,44 +1301,67 @@ static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t
     }
 }
 
-/* A(i,k) = a[i*sai + k*sak]: rows [i0, i0+mc) and k [k0, k0+kc) into panels of MM_MR rows, k-major */
-static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, int i0, int mc, int k0, int kc) {
-    for (int ir = 0; ir < mc; ir += MM_MR) {
-        float *p = ap + (size_t)ir * kc;
-        for (int i = 0; i < MM_MR; i++) {
-            int row = i0 + ir + i;
-            if (ir + i >= mc || row >= M) { for (int k = 0; k < kc; k++) p[(size_t)k * MM_MR + i] = 0.0f; continue; }
-            const float *src = a + (size_t)row * sai + (size_t)k0 * sak;
-            for (int k = 0; k < kc; k++) p[(size_t)k * MM_MR + i] = src[(size_t)k * sak];
+/* The packs copy a block into panels, k-major: panel element (k, r) at p[k * W + r] (W = MM_MR rows of A or
+   MM_NR columns of B), zeros past the matrix edge. Source rows that are contiguous in k are read in chunks of
+   16 k (one cache line each), so the panel rows being written stay in L1; sources contiguous across the
+   panel are copied a panel row at a time. */
+static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t s_k, int nvalid, int kc) {
+    if (s_r == 1) {
+        for (int k = 0; k < kc; k++) {
+            const float *q = src + (size_t)k * s_k;
+            float *d = p + (size_t)k * W;
+            int r = 0;
+            for (; r < nvalid; r++) d[r] = q[r];
+            for (; r < W; r++) d[r] = 0.0f;
+        }
+        return;
+    }
+    for (int k0 = 0; k0 < kc; k0 += 16) {
+        int k1 = k0 + 16 < kc ? k0 + 16 : kc;
+        for (int r = 0; r < W; r++) {
+            if (r >= nvalid) { for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = 0.0f; continue; }
+            const float *q = src + (size_t)r * s_r;
+            for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = q[(size_t)k * s_k];
         }
     }
 }
 
-/* B(k,j) = b[k*sbk + j*sbj]: k [k0, k0+kc) and columns [j0, j0+nc) into panels of MM_NR columns, k-major */
+/* A(i,k) = a[i*sai + k*sak]: rows [i0, i0+mc) and k [k0, k0+kc) into panels of MM_MR rows */
+static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, int i0, int mc, int k0, int kc) {
+    for (int ir = 0; ir < mc; ir += MM_MR) {
+        int nv = M - (i0 + ir) < MM_MR ? M - (i0 + ir) : MM_MR;
+        if (nv > mc - ir) nv = mc - ir;
+        mm_pack_panel(ap + (size_t)ir * kc, MM_MR, a + (size_t)(i0 + ir) * sai + (size_t)k0 * sak, sai, sak, nv, kc);
+    }
+}
+
+/* B(k,j) = b[k*sbk + j*sbj]: k [k0, k0+kc) and columns [j0, j0+nc) into panels of MM_NR columns */
 static void mm_pack_b(float *bp, const float *b, size_t sbk, size_t sbj, int N, int k0, int kc, int j0, int nc) {
     for (int jr = 0; jr < nc; jr += MM_NR) {
-        float *p = bp + (size_t)jr * kc;
         int nv = N - (j0 + jr) < MM_NR ? N - (j0 + jr) : MM_NR;
         if (nv > nc - jr) nv = nc - jr;
-        if (sbj == 1) {        /* rows of B are contiguous: copy MM_NR floats per k */
-            for (int k = 0; k < kc; k++) {
-                const float *src = b + (size_t)(k0 + k) * sbk + (j0 + jr);
-                float *dst = p + (size_t)k * MM_NR;
-                int j = 0;
-                for (; j < nv; j++) dst[j] = src[j];
-                for (; j < MM_NR; j++) dst[j] = 0.0f;
-            }
-        } else {               /* columns of B are contiguous (a transposed read): one column at a time */
-            for (int j = 0; j < MM_NR; j++) {
-                if (j >= nv) { for (int k = 0; k < kc; k++) p[(size_t)k * MM_NR + j] = 0.0f; continue; }
-                const float *src = b + (size_t)(j0 + jr + j) * sbj + (size_t)k0 * sbk;
-                for (int k = 0; k < kc; k++) p[(size_t)k * MM_NR + j] = src[(size_t)k * sbk];
-            }
-        }
+        mm_pack_panel(bp + (size_t)jr * kc, MM_NR, b + (size_t)k0 * sbk + (size_t)(j0 + jr) * sbj, sbj, sbk, nv, kc);
     }
 }
 
 static int mm_ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+/* each OpenMP thread's packing buffer, kept from call to call (a fresh large malloc per call would be fresh
+   pages, faulted in and zeroed every time) */
+#define MM_MAX_THREADS 256
+static float *mm_buf[MM_MAX_THREADS];
+static size_t mm_buf_cap[MM_MAX_THREADS];
+
+static float *mm_thread_buffer(size_t n) {
+    int t = omp_get_thread_num();
+    if (t >= MM_MAX_THREADS) return NULL;
+    if (mm_buf_cap[t] < n) {
+        free(mm_buf[t]);
+        mm_buf[t] = (float *)aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        mm_buf_cap[t] = mm_buf[t] ? n : 0;
+    }
+    return mm_buf[t];
+}
 
 /* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N */
 void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
@@ -1350,8 +1381,9 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
     #pragma omp parallel
     {
         int mcb = mcw < MM_MC ? mcw : MM_MC;
-        float *ap = (float *)aligned_alloc(64, (size_t)mcb * MM_KC * sizeof(float));
-        float *bp = (float *)aligned_alloc(64, (size_t)ncw * MM_KC * sizeof(float));
+        size_t na = (size_t)mcb * MM_KC, nb = (size_t)ncw * MM_KC;
+        float *own = mm_thread_buffer(na + nb), *mine = own ? NULL : (float *)aligned_alloc(64, (na + nb) * sizeof(float));
+        float *ap = own ? own : mine, *bp = ap + na;
         #pragma omp for schedule(static) collapse(2)
         for (int cj = 0; cj < cn; cj++)
             for (int ci = 0; ci < cm; ci++) {
@@ -1371,7 +1403,7 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
                     }
                 }
             }
-        free(ap); free(bp);
+        free(mine);
     }
 }
 
@@ -1552,24 +1584,50 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     }
 }
 
+/* expf as plain arithmetic, so that the loops which call it vectorise (a libm call does not): with
+   n = round(x / ln2) and r = x - n ln2 (ln2 in two parts, so r is exact), e^x = 2^n e^r, e^r from a degree-7
+   polynomial (Cephes' expf, about 1 ulp for |r| <= ln2/2), 2^n put into the exponent bits. x is clamped to
+   [-87.3, 88.7]: e^-87.3 is the smallest normal float, e^88.7 near the largest. */
+static inline float exp_poly(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round to nearest: 1.5 * 2^23 */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &p, sizeof(bits));
+    bits += (int32_t)n * (1 << 23);
+    memcpy(&p, &bits, sizeof(p));
+    return p;
+}
+
 /* gelu (tanh approximation, HF "gelu_new"): y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-   backward: dx += dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3*0.044715 x^2)) */
+   backward: dx += dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3*0.044715 x^2))
+   Computed as 0.5 (1 + tanh u) = s = 1 / (1 + e^(-2u)), so 0.5 (1 - tanh^2 u) = 2 s (1 - s): one exp, no
+   cancellation near 1 + tanh u = 0, and the loops vectorise. */
 #define GELU_K 0.7978845608028654f
 void gelu_forward(float *out, const float *inp, size_t N) {
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+        float s = 1.0f / (1.0f + exp_poly(-2.0f * GELU_K * (x + 0.044715f * x * x * x)));
+        out[i] = x * s;
     }
 }
 
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
+        float s = 1.0f / (1.0f + exp_poly(-2.0f * GELU_K * (x + 0.044715f * x * x * x)));
         float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+        dinp[i] += dout[i] * (s + 2.0f * x * s * (1.0f - s) * du);
     }
 }
 
@@ -1611,15 +1669,23 @@ void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) 
 
 /* crossentropy: lse[n] = log sum_v exp(logits[n,v]);  losses[n] = lse[n] - logits[n, target[n]]
    (rows with target < 0 are ignored: loss 0)
-   backward: dlogits[n,v] += dloss * (exp(logits[n,v] - lse[n]) - [v == target[n]]) */
+   backward: dlogits[n,v] += dloss * (exp(logits[n,v] - lse[n]) - [v == target[n]])
+   The row max and the sum of exps are vector reductions (a fixed lane order: the same result on every run). */
 void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
         float maxv = -INFINITY;
-        for (int v = 0; v < V; v++) if (x[v] > maxv) maxv = x[v];
-        double sum = 0.0;
-        for (int v = 0; v < V; v++) sum += expf(x[v] - maxv);
+        #pragma omp simd reduction(max:maxv)
+        for (int v = 0; v < V; v++) maxv = x[v] > maxv ? x[v] : maxv;
+        double sum = 0.0;            /* float sums over blocks of 1024, added in double */
+        for (int v0 = 0; v0 < V; v0 += 1024) {
+            int v1 = v0 + 1024 < V ? v0 + 1024 : V;
+            float s = 0.0f;
+            #pragma omp simd reduction(+:s)
+            for (int v = v0; v < v1; v++) s += exp_poly(x[v] - maxv);
+            sum += s;
+        }
         lse[n] = maxv + (float)log(sum);
         losses[n] = (targets && targets[n] >= 0) ? lse[n] - x[targets[n]] : 0.0f;
     }
@@ -1627,12 +1693,13 @@ void crossentropy_forward(float *losses, float *lse, const float *logits, const 
 
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
                            float dloss, int N, int V) {
-    #pragma omp parallel for
+    #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) continue;
         const float *x = logits + (size_t)n * V;
-        float *dx = dlogits + (size_t)n * V;
-        for (int v = 0; v < V; v++) dx[v] += dloss * expf(x[v] - lse[n]);
+        float *dx = dlogits + (size_t)n * V, l = lse[n];
+        #pragma omp simd
+        for (int v = 0; v < V; v++) dx[v] += dloss * exp_poly(x[v] - l);
         dx[targets[n]] -= dloss;
     }
 }
@@ -1981,11 +2048,17 @@ void model_free(Model *m) {
    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)   (t = step, 1-based) */
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step) {
+    adamw_update_scaled(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step, 1.0f);
+}
+
+/* memory bound: 28 bytes a parameter (read p, g, m, v; write p, m, v), one vectorised pass */
+void adamw_update_scaled(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale) {
     float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
     float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2);
-    #pragma omp parallel for
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grads[i];
+        float g = grads[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
         float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
         m[i] = mi; v[i] = vi;
@@ -1995,6 +2068,10 @@ void adamw_update(float *params, const float *grads, float *m, float *v, size_t 
 }
 
 void model_adamw_update(Model *m, const AdamWConfig *o, int step, size_t begin, size_t end) {
+    model_adamw_update_scaled(m, o, step, begin, end, 1.0f);
+}
+
+void model_adamw_update_scaled(Model *m, const AdamWConfig *o, int step, size_t begin, size_t end, float grad_scale) {
     if (!m->m_memory) {
         m->m_memory = (float *)calloc(m->num_params, sizeof(float));
         m->v_memory = (float *)calloc(m->num_params, sizeof(float));
@@ -2004,8 +2081,9 @@ void model_adamw_update(Model *m, const AdamWConfig *o, int step, size_t begin, 
         if (b < begin) b = begin;
         if (e > end) e = end;
         if (b >= e) continue;
-        adamw_update(m->params_memory + b, m->grads_memory + b, m->m_memory + b, m->v_memory + b, e - b,
-                     o->lr, o->beta1, o->beta2, o->eps, param_has_decay(t) ? o->weight_decay : 0.0f, step);
+        adamw_update_scaled(m->params_memory + b, m->grads_memory + b, m->m_memory + b, m->v_memory + b, e - b,
+                            o->lr, o->beta1, o->beta2, o->eps, param_has_decay(t) ? o->weight_decay : 0.0f, step,
+                            grad_scale);
     }
 }
 
@@ -2019,6 +2097,7 @@ double grad_sumsq(const float *grads, size_t begin, size_t end) {
     for (size_t ch = 0; ch < nch; ch++) {
         size_t b = begin + ch * CH, e = b + CH < end ? b + CH : end;
         double s = 0.0;
+        #pragma omp simd reduction(+:s)
         for (size_t i = b; i < e; i++) s += (double)grads[i] * grads[i];
         part[ch] = s;
     }
@@ -2026,6 +2105,11 @@ double grad_sumsq(const float *grads, size_t begin, size_t end) {
     for (size_t ch = 0; ch < nch; ch++) s += part[ch];
     free(part);
     return s;
+}
+
+float grad_clip_scale(double norm, float max_norm) {
+    float coef = (float)(max_norm / (norm + 1e-6));
+    return (max_norm <= 0 || coef >= 1.0f) ? 1.0f : coef;
 }
 
 void grad_clip(float *grads, size_t n, double norm, float max_norm) {

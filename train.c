@@ -126,8 +126,8 @@ int main(int argc, char **argv) {
             die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
         if (skip) ts.skipped++;
         else {
-            grad_clip(m.grads_memory + shard_begin, shard_end - shard_begin, norm, a.clip);
-            model_adamw_update(&m, &opt, step - (int)ts.skipped, shard_begin, shard_end);
+            /* clipping fused into the update: grads * grad_clip_scale, as grad_clip would leave them */
+            model_adamw_update_scaled(&m, &opt, step - (int)ts.skipped, shard_begin, shard_end, grad_clip_scale(norm, a.clip));
         }
         comm_all_gather(&comm, m.params_memory, m.num_params);
         ts.step = step;

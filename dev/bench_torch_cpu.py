@@ -1,10 +1,10 @@
 """PyTorch on the CPU, for a side-by-side with train (dev/bench_cpu.sh runs it when torch is installed).
 
 One training step = forward + backward + clip_grad_norm_(1.0) + AdamW, in fp32, on random tokens, for the
-same model shapes as our presets. Prints "NAME B T ms/step".
+same model shapes as our presets. Prints "NAME B T ms/step", the median of the steps after the first.
     python3 dev/bench_torch_cpu.py --model gpt2-124m --batch-size 4 --seq-len 64 --steps 6 --threads 2
 """
-import argparse, time
+import argparse, statistics, time
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -38,5 +38,5 @@ for step in range(a.steps):
     opt.step()
     opt.zero_grad(set_to_none=True)
     times.append((time.perf_counter() - t0) * 1000)
-ms = sum(times[1:]) / max(1, len(times) - 1)
+ms = statistics.median(times[1:]) if len(times) > 1 else times[0]
 print(f"{a.model} {a.batch_size} {a.seq_len} {ms:.1f}")

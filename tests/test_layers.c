@@ -693,11 +693,72 @@ static void test_crossentropy(void) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
+static const int THREADS[] = { 1, 2, 3, 2, 4 };
+#define NTHREADS_TRIED 5
+
+/* the fast (packed, blocked) matmul against the plain loops matmul_*_ref, at shapes that are not multiples of
+   its tiles: K = 1, K across a KC slice (300, 600), one row, more columns than one thread's chunk (1601), and
+   bit for bit equal with 1, 2, 3 and 4 threads */
+static void test_matmul_fast(int N, int IC, int OC) {
+    char pre[64];
+    snprintf(pre, sizeof(pre), "fast matmul(N=%d,IC=%d,OC=%d)", N, IC, OC);
+    size_t nx = (size_t)N * IC, nw = (size_t)OC * IC, ny = (size_t)N * OC;
+    float *x = frand_gauss(nx, 0, 1), *w = frand_gauss(nw, 0, 1.0 / sqrt(IC)), *b = frand_gauss(OC, 0, 0.5);
+    float *dout = frand_gauss(ny, 0, 1.0 / sqrt(OC > N ? OC : N));
+    float *px = frand_gauss(nx, 0, 1), *pw = frand_gauss(nw, 0, 1), *pb = frand_gauss(OC, 0, 1);
+    float *ry = fnew(ny), *rx = fcopy(px, nx), *rw = fcopy(pw, nw), *rb = fcopy(pb, OC);
+    matmul_forward_ref(ry, x, w, b, N, IC, OC);
+    matmul_backward_ref(rx, rw, rb, dout, x, w, N, IC, OC);
+    double *dry = to_double(ry, ny), *drx = to_double(rx, nx), *drw = to_double(rw, nw), *drb = to_double(rb, OC);
+    int saved = omp_get_max_threads();
+    float *y[NTHREADS_TRIED], *gx[NTHREADS_TRIED], *gw[NTHREADS_TRIED], *gb[NTHREADS_TRIED];
+    for (int i = 0; i < NTHREADS_TRIED; i++) {
+        omp_set_num_threads(THREADS[i]);
+        y[i] = fnew(ny); gx[i] = fcopy(px, nx); gw[i] = fcopy(pw, nw); gb[i] = fcopy(pb, OC);
+        matmul_forward(y[i], x, w, b, N, IC, OC);
+        matmul_backward(gx[i], gw[i], gb[i], dout, x, w, N, IC, OC);
+    }
+    omp_set_num_threads(saved);
+    check(nm(pre, "fwd vs ref"), y[0], dry, ny, TOL_FWD);
+    check(nm(pre, "dinp vs ref"), gx[0], drx, nx, TOL_FWD);
+    check(nm(pre, "dweight vs ref"), gw[0], drw, nw, TOL_FWD);
+    check(nm(pre, "dbias vs ref"), gb[0], drb, OC, TOL_FWD);
+    for (int i = 1; i < NTHREADS_TRIED; i++) {
+        char s[160];
+        snprintf(s, sizeof(s), "%s fwd 1 vs %d threads", pre, THREADS[i]);     check_bits(s, y[i], y[0], ny);
+        snprintf(s, sizeof(s), "%s dinp 1 vs %d threads", pre, THREADS[i]);    check_bits(s, gx[i], gx[0], nx);
+        snprintf(s, sizeof(s), "%s dweight 1 vs %d threads", pre, THREADS[i]); check_bits(s, gw[i], gw[0], nw);
+    }
+    for (int i = 0; i < NTHREADS_TRIED; i++) { free(y[i]); free(gx[i]); free(gw[i]); free(gb[i]); }
+    free(x); free(w); free(b); free(dout); free(px); free(pw); free(pb); free(ry); free(rx); free(rw); free(rb);
+    free(dry); free(drx); free(drw); free(drb);
+}
+
+/* clipping fused into AdamW (adamw_update_scaled with grad_clip_scale) leaves params and moments bit for bit
+   as grad_clip followed by adamw_update, clipped (norm 5 > 1) or not (norm 0.5) */
+static void test_adamw_fused_clip(void) {
+    size_t n = 1037;
+    float *p = frand_gauss(n, 0, 1), *g = frand_gauss(n, 0, 1), *m = frand_gauss(n, 0, 0.1), *v = fnew(n);
+    for (size_t i = 0; i < n; i++) v[i] = 0.01f * (float)(i % 7 + 1);
+    double norms[2] = { 5.0, 0.5 };
+    for (int c = 0; c < 2; c++) {
+        float *p1 = fcopy(p, n), *g1 = fcopy(g, n), *m1 = fcopy(m, n), *v1 = fcopy(v, n);
+        float *p2 = fcopy(p, n), *m2 = fcopy(m, n), *v2 = fcopy(v, n);
+        grad_clip(g1, n, norms[c], 1.0f);
+        adamw_update(p1, g1, m1, v1, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3);
+        adamw_update_scaled(p2, g, m2, v2, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, grad_clip_scale(norms[c], 1.0f));
+        char s[96];
+        snprintf(s, sizeof(s), "adamw fused clip (norm %.1f) params", norms[c]); check_bits(s, p2, p1, n);
+        snprintf(s, sizeof(s), "adamw fused clip (norm %.1f) m", norms[c]);      check_bits(s, m2, m1, n);
+        snprintf(s, sizeof(s), "adamw fused clip (norm %.1f) v", norms[c]);      check_bits(s, v2, v1, n);
+        free(p1); free(g1); free(m1); free(v1); free(p2); free(m2); free(v2);
+    }
+    free(p); free(g); free(m); free(v);
+}
+
 /* determinism: the same gradients, bit for bit, with 1, 2, 3 and 4 threads (prefilled buffers, so the
    accumulation path is the one compared) */
 
-static const int THREADS[] = { 1, 2, 3, 2, 4 };
-#define NTHREADS_TRIED 5
 
 static void test_determinism(void) {
     int saved = omp_get_max_threads();
@@ -822,6 +883,12 @@ int main(void) {
     test_matmul(7, 37, 19, 0);
     test_matmul(5, 33, 70, 1);
     test_matmul(37, 11, 67, 1);
+    test_matmul_fast(1, 1, 1);
+    test_matmul_fast(7, 1, 19);
+    test_matmul_fast(1, 37, 5);
+    test_matmul_fast(13, 300, 53);
+    test_matmul_fast(29, 600, 1601);
+    test_matmul_fast(261, 19, 83);
     {
         ModelConfig l3 = rope_config(1, 16, 10000.0f), plain = rope_config(0, 16, 10000.0f), big = rope_config(0, 32, 1000000.0f);
         test_rope_init("rope_init(llama3 HD16 T32)", &l3, 32);
@@ -844,6 +911,7 @@ int main(void) {
     test_swiglu();
     test_residual();
     test_crossentropy();
+    test_adamw_fused_clip();
     test_determinism();
     printf("%d checks, %d failed; worst error/tolerance %.3f (%s); %.2fs\n", n_checks, n_failed, worst_ratio,
            worst_name, omp_get_wtime() - t0);
