@@ -2,7 +2,8 @@
  * tokenizer.c — see tokenizer.h. Reading order:
  *   1. small buffers, hashing, UTF-8, Unicode normalization (NFC/NFD)
  *   2. hash maps (string -> id, id pair -> merge)
- *   3. regexes (PCRE2, with Unicode \s spelled out as the Rust/Oniguruma engines define it)
+ *   3. regexes: hand-written matchers for the standard pre-tokenizer patterns (GPT-2, cl100k/Llama-3,
+ *      Qwen2; Unicode 16 classes), PCRE2 for any other (with \s spelled out as Oniguruma defines it)
  *   4. the Tokenizer: normalizers, pre-tokenizers, BPE model, added tokens, post-processor, decoders
  *   5. loading tokenizer.json
  *   6. encoding
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "unicode_props.h"
 #include "unicode_tables.h"
 
 // ----------------------------------------------------------------------------------------------
@@ -379,7 +381,104 @@ static const PairSlot *pairmap_get(const PairMap *m, int32_t a, int32_t b) {
 // ----------------------------------------------------------------------------------------------
 // 3. regexes
 
-typedef struct { pcre2_code *code; int jit; } Regex;
+// The three pre-tokenizer patterns of nearly every byte-level BPE tokenizer are matched by hand, on
+// the Unicode 16 classes of unicode_props.h (the Unicode version of HF tokenizers' Oniguruma), so the
+// ids do not depend on the system PCRE2's Unicode version; other patterns go to PCRE2.
+enum { RE_PCRE, RE_GPT2, RE_CL100K, RE_QWEN2 };
+typedef struct { pcre2_code *code; int jit; int kind; } Regex;
+
+static const char *GPT2_PATTERN =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+// cl100k as HF tokenizer.json files write it (Llama-3 uses it as is); Qwen2 differs in \p{N}{1,3} -> \p{N}
+static const char *CL100K_PATTERN =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char *QWEN2_PATTERN =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+enum { CC_OTHER, CC_LETTER, CC_NUMBER, CC_SPACE };
+
+// Class of the character at s[i] (valid UTF-8, i < n) and its byte length.
+static int char_class(const unsigned char *s, size_t i, int *len) {
+    uint32_t cp;
+    *len = utf8_decode(s + i, &cp);
+    return (uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3;
+}
+
+// End of the run of class c that starts at i (the character at i is of class c).
+static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
+    int len;
+    while (i < n && char_class(s, i, &len) == c) i += (size_t)len;
+    return i;
+}
+
+// The contraction at s[i] == '\'': its end, or 0. icase: the letters match case-insensitively as
+// Oniguruma's (?i) does (simple case folding: S, T, ... and U+017F LONG S, which folds to s).
+static size_t contraction(const unsigned char *s, size_t n, size_t i, int icase) {
+    if (i + 1 >= n) return 0;
+    unsigned char a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
+    if (icase) {
+        if (a == 0xC5 && b == 0xBF) return i + 3;   // U+017F
+        if (a >= 'A' && a <= 'Z') a = (unsigned char)(a + 32);
+        if (b >= 'A' && b <= 'Z') b = (unsigned char)(b + 32);
+    }
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+    return 0;
+}
+
+// The white-space run at i (Oniguruma's \s+(?!\S)|\s+): to the end of the text when it reaches it,
+// else all but its last character (which goes with what follows), else the one character.
+static size_t space_run(const unsigned char *s, size_t n, size_t i) {
+    size_t last = i, j = i;
+    int len;
+    while (j < n && char_class(s, j, &len) == CC_SPACE) { last = j; j += (size_t)len; }
+    return j == n || last == i ? j : last;
+}
+
+// GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// Every position starts a match (each class has its alternative); returns the end of the one at i.
+static size_t match_gpt2(const unsigned char *s, size_t n, size_t i) {
+    size_t e;
+    if (s[i] == '\'' && (e = contraction(s, n, i, 0)) != 0) return e;
+    int len, c = char_class(s, i, &len);
+    if (s[i] == ' ' && i + 1 < n) {   // a space joins the letters, digits or symbols after it
+        int len2, c2 = char_class(s, i + 1, &len2);
+        if (c2 != CC_SPACE) return class_run(s, n, i + 1, c2);
+    }
+    if (c != CC_SPACE) return class_run(s, n, i, c);
+    return space_run(s, n, i);
+}
+
+// cl100k / Llama-3 (max_digits 3) and Qwen2 (max_digits 1):
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+static size_t match_cl100k(const unsigned char *s, size_t n, size_t i, int max_digits) {
+    size_t e;
+    if (s[i] == '\'' && (e = contraction(s, n, i, 1)) != 0) return e;
+    int len, c = char_class(s, i, &len);
+    if (c == CC_LETTER) return class_run(s, n, i, CC_LETTER);
+    if (c == CC_NUMBER) {
+        e = i + (size_t)len;
+        for (int k = 1; k < max_digits && e < n && char_class(s, e, &len) == CC_NUMBER; k++) e += (size_t)len;
+        return e;
+    }
+    size_t next = i + (size_t)len;
+    int len2, c2 = next < n ? char_class(s, next, &len2) : -1;
+    // one character that is not \r, \n, a letter or a digit, then letters
+    if (c2 == CC_LETTER && s[i] != '\r' && s[i] != '\n') return class_run(s, n, next, CC_LETTER);
+    // symbols (after an optional space), then any \r \n
+    if (c == CC_OTHER || (s[i] == ' ' && c2 == CC_OTHER)) {
+        e = class_run(s, n, c == CC_OTHER ? i : next, CC_OTHER);
+        while (e < n && (s[e] == '\r' || s[e] == '\n')) e++;
+        return e;
+    }
+    // white space: up to its last \r or \n if it holds one (\s*[\r\n]+), else as GPT-2
+    size_t j = i, nl = 0;
+    while (j < n && char_class(s, j, &len) == CC_SPACE) {
+        if (s[j] == '\r' || s[j] == '\n') nl = j + 1;
+        j += (size_t)len;
+    }
+    return nl ? nl : space_run(s, n, i);
+}
 
 // HF's regex engines (Oniguruma, Rust regex) define \s as Unicode White_Space; PCRE2's UCP \s also
 // matches U+180E. Spell \s and \S out so every engine version agrees.
@@ -412,6 +511,12 @@ static char *translate_regex(const char *pat) {
 
 // Compiles pat (an Oniguruma-style pattern, or a literal string when literal is set).
 static int regex_compile(Regex *re, const char *pat, int literal, char *err, size_t errlen) {
+    re->kind = RE_PCRE;
+    if (!literal) {
+        re->kind = !strcmp(pat, GPT2_PATTERN) ? RE_GPT2 : !strcmp(pat, CL100K_PATTERN) ? RE_CL100K :
+                   !strcmp(pat, QWEN2_PATTERN) ? RE_QWEN2 : RE_PCRE;
+        if (re->kind != RE_PCRE) { re->code = NULL; re->jit = 0; return 0; }
+    }
     char *p = NULL;
     // \C (one byte) could cut a character in two: refused, so every piece stays valid UTF-8
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C;
@@ -542,6 +647,7 @@ struct TokenizerState {
     Buf cache_keys; IdBuf cache_ids;
     int error;              // set on regex failure / out of memory during an encode
     int flags;              // flags of the current encode call
+    int pieces_only;        // tokenizer_pretokenize: out gets pre-token lengths, not ids
 };
 
 // bytes_to_unicode: the printable bytes map to themselves, the other 68 to U+0100.. in order.
@@ -581,9 +687,6 @@ static int add_regex(Tokenizer *t, LoadCtx *c, const char *where, const char *pa
     if (regex_compile(&t->re[t->nre], pat, literal, e, sizeof e)) { fail(c, "%s: %s", where, e); return -1; }
     return t->nre++;
 }
-
-static const char *GPT2_PATTERN =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 static int load_normalizer(Tokenizer *t, LoadCtx *c, json_t *n, const char *where) {
     if (json_is_null(n) || !n) return 0;
@@ -1105,6 +1208,7 @@ TokenizerState *tokenizer_state_new(const Tokenizer *t) {
     if (!st) return NULL;
     st->tok = t;
     for (int i = 0; i < t->nre; i++) {
+        if (t->re[i].kind != RE_PCRE) continue;
         st->md[i] = pcre2_match_data_create_from_pattern(t->re[i].code, NULL);
         if (!st->md[i]) { tokenizer_state_free(st); return NULL; }
     }
@@ -1136,6 +1240,13 @@ void tokenizer_state_free(TokenizerState *st) {
 // Finds regex matches in s[0..n) from start; returns 1 and the span, 0 when none, -1 on error.
 static int regex_find(TokenizerState *st, int ri, const char *s, size_t n, size_t start, size_t *ms, size_t *me) {
     const Regex *re = &st->tok->re[ri];
+    if (re->kind != RE_PCRE) {   // these patterns match at every position
+        if (start >= n) return 0;
+        const unsigned char *u = (const unsigned char *)s;
+        *ms = start;
+        *me = re->kind == RE_GPT2 ? match_gpt2(u, n, start) : match_cl100k(u, n, start, re->kind == RE_CL100K ? 3 : 1);
+        return 1;
+    }
     int rc = re->jit ? pcre2_jit_match(re->code, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, st->md[ri], st->mctx)
                      : pcre2_match(re->code, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, st->md[ri], st->mctx);
     if (rc == PCRE2_ERROR_NOMATCH) return 0;
@@ -1479,6 +1590,7 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
 static void pretok_apply(const Tokenizer *t, TokenizerState *st, int level, Piece p) {
     if (st->error) return;
     if (level == t->npre) {
+        if (st->pieces_only) { if (idbuf_push(&st->out, (int32_t)p.len)) st->error = 1; return; }
         const char *s = piece_ptr(st, p);
         if (!t->word_split) { bpe_piece(t, st, s, p.len); return; }
         // cut before each U+2581 that follows another char (see word_split)
@@ -1606,7 +1718,7 @@ static void split_added(const Tokenizer *t, TokenizerState *st, const Matcher *m
                 stop += (size_t)utf8_len((unsigned char)s[stop]);
         }
         if (start > done) fn(t, st, s + done, start - done, first && done == 0);
-        if (idbuf_push(&st->out, a->id)) st->error = 1;
+        if (!st->pieces_only && idbuf_push(&st->out, a->id)) st->error = 1;
         done = stop;
     }
     if (done < n && !st->error) fn(t, st, s + done, n - done, first && done == 0);
@@ -1639,6 +1751,14 @@ const int32_t *tokenizer_encode(const Tokenizer *t, TokenizerState *st, const ch
     if (st->error) { *n_out = (size_t)-1; return NULL; }
     *n_out = st->out.len;
     return st->out.data ? st->out.data : (const int32_t *)"";
+}
+
+const int32_t *tokenizer_pretokenize(const Tokenizer *t, TokenizerState *st, const char *text, size_t len,
+                                     size_t *n_out) {
+    st->pieces_only = 1;
+    const int32_t *r = tokenizer_encode(t, st, text, len, 0, n_out);
+    st->pieces_only = 0;
+    return r;
 }
 
 // ----------------------------------------------------------------------------------------------
