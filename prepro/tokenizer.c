@@ -606,6 +606,7 @@ struct Tokenizer {
     size_t filter_mask;         // most pairs BPE looks up have no merge, and the filter fits in cache
     int32_t fallback_id[256];   // byte_fallback: id of "<0xNN>", -1 if absent
     int unk_id, fuse_unk, byte_fallback, ignore_merges;
+    size_t max_token_len;       // the longest token in the encoder's domain, in bytes
     int word_split;      // pieces may be cut before each word-initial U+2581 (see load_model)
     char *cont_prefix, *end_suffix;   // NULL when empty
     // pipeline
@@ -1096,6 +1097,7 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
         } else if (strmap_put(&t->enc, key, klen, id)) { fail(c, "out of memory"); return -1; }
     }
     t->vocab_size = max_id + 1;
+    for (size_t e = 0; e < t->enc.n; e++) if (t->enc.klen[e] > t->max_token_len) t->max_token_len = t->enc.klen[e];
 
     const char *unk = jstr(model, "unk_token");
     t->unk_id = -1;
@@ -1626,7 +1628,8 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     }
     size_t out0 = st->out.len;
     int32_t whole;
-    if (t->ignore_merges && (whole = strmap_get(&t->enc, s, n)) >= 0) {   // a piece that is a token stays whole
+    if (t->ignore_merges && n <= t->max_token_len &&   // a piece that is a token stays whole
+        (whole = n < CACHE_MAX_PIECE ? strmap_get_h(&t->enc, s, n, h) : strmap_get(&t->enc, s, n)) >= 0) {
         if (idbuf_push(&st->out, whole)) { st->error = 1; return; }
         if (n < CACHE_MAX_PIECE) cache_put(st, s, n, h, out0);
         return;
