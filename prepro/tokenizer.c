@@ -600,8 +600,10 @@ struct Tokenizer {
     int byte_level;      // the pre-tokenizer ends with ByteLevel: pieces are raw bytes
     int32_t byte_id[256];       // byte-level: id of each single byte, -1 if absent
     int32_t *bmp_id;            // otherwise: id of each BMP code point as a token, -1 if absent
-    uint32_t *char_start;       // byte-level: per BMP code point, (token id << 4) | CHAR_* flags where BPE may
-                                // start from the character's token instead of its bytes; 0 where it may not
+    uint32_t *char_start;       // byte-level: per BMP code point, (token id << 5) | CHAR_* flags where BPE may
+                                // start from the character's token instead of its bytes ((offset in char_pool
+                                // << 5) | CHAR_SPLIT | flags for several tokens); 0 where it may not
+    int32_t *char_pool; size_t char_pool_n, char_pool_cap;
     uint64_t *pair_filter;      // a blocked Bloom filter of the merge pairs (two bits a pair in one word):
     size_t filter_mask;         // most pairs BPE looks up have no merge, and the filter fits in cache
     int32_t fallback_id[256];   // byte_fallback: id of "<0xNN>", -1 if absent
@@ -993,8 +995,10 @@ static int bpe_small(const Tokenizer *t, int32_t *ids, int n, uint32_t *max_rank
 // y after it; (x, p) with p a proper prefix of c and x before it. The last two are told apart by
 // what the neighbour is (ASCII byte or part of another multi-byte character) since " " + lead byte
 // merges are common: each character gets four flags, one per side and kind of neighbour. When they
-// hold, merging the piece from t_c gives the same ids as from c's bytes.
-enum { CHAR_LEFT_ASCII = 1, CHAR_LEFT_MULTI = 2, CHAR_RIGHT_ASCII = 4, CHAR_RIGHT_MULTI = 8 };
+// hold, merging the piece from t_c gives the same ids as from c's bytes. A character whose bytes end as
+// several tokens f1..fm (not in the vocabulary) starts from those: f1 and fm are then a proper prefix
+// and suffix of c, and the same edge conditions cover the pairs they make with the neighbours.
+enum { CHAR_LEFT_ASCII = 1, CHAR_LEFT_MULTI = 2, CHAR_RIGHT_ASCII = 4, CHAR_RIGHT_MULTI = 8, CHAR_SPLIT = 16 };
 
 static int build_char_start(Tokenizer *t) {
     size_t nv = (size_t)t->vocab_size + 1;
@@ -1033,13 +1037,13 @@ static int build_char_start(Tokenizer *t) {
         for (uint32_t cp = 0x80; cp < 0x10000; cp++) {
             if (cp >= 0xD800 && cp <= 0xDFFF) continue;
             char u[4]; int k = utf8_encode(cp, u);
-            int32_t id = strmap_get(&t->enc, u, (size_t)k);
-            if (id < 0) continue;
             int32_t sym[4]; uint32_t r;
             int all = 1;
             for (int j = 0; j < k; j++) { sym[j] = t->byte_id[(unsigned char)u[j]]; if (sym[j] < 0) all = 0; }
-            if (!all || bpe_small(t, sym, k, &r) != 1 || sym[0] != id) continue;
-            if (lo[0][id] <= r || lo[1][id] <= r) continue;
+            if (!all) continue;
+            int m = bpe_small(t, sym, k, &r);
+            if (m == k) continue;   // nothing merges inside: the bytes are where BPE starts anyway
+            if (m == 1 && (lo[0][sym[0]] <= r || lo[1][sym[0]] <= r)) continue;
             uint32_t flags = CHAR_LEFT_ASCII | CHAR_LEFT_MULTI | CHAR_RIGHT_ASCII | CHAR_RIGHT_MULTI;
             for (int j = 1; j < k; j++) {
                 int32_t p = strmap_get(&t->enc, u, (size_t)j), q = strmap_get(&t->enc, u + j, (size_t)(k - j));
@@ -1048,7 +1052,17 @@ static int build_char_start(Tokenizer *t) {
                 if (q >= 0 && lo[2][q] <= r) flags &= ~(uint32_t)CHAR_RIGHT_ASCII;
                 if (q >= 0 && lo[3][q] <= r) flags &= ~(uint32_t)CHAR_RIGHT_MULTI;
             }
-            t->char_start[cp] = ((uint32_t)id << 4) | flags;
+            if (m == 1) { t->char_start[cp] = ((uint32_t)sym[0] << 5) | flags; continue; }
+            // several tokens (a character not in the vocabulary): count, then (id, byte length) each
+            if (t->char_pool_n + 1 + 2 * (size_t)m > t->char_pool_cap) {
+                size_t cap = t->char_pool_cap ? t->char_pool_cap * 2 : 4096;
+                int32_t *q = realloc(t->char_pool, cap * sizeof(int32_t));
+                if (!q) { ok = 0; break; }
+                t->char_pool = q; t->char_pool_cap = cap;
+            }
+            t->char_start[cp] = ((uint32_t)t->char_pool_n << 5) | CHAR_SPLIT | flags;
+            t->char_pool[t->char_pool_n++] = m;
+            for (int j = 0; j < m; j++) { t->char_pool[t->char_pool_n++] = sym[j]; t->char_pool[t->char_pool_n++] = (int32_t)tl[sym[j]]; }
         }
     }
     free(tb); free(tl);
@@ -1298,7 +1312,7 @@ void tokenizer_free(Tokenizer *t) {
     if (!t) return;
     free(t->path);
     strmap_free(&t->vocab); strmap_free(&t->enc); strmap_free(&t->added_map);
-    free(t->merges.slots); free(t->merges.id_of_rank); free(t->bmp_id); free(t->char_start); free(t->pair_filter);
+    free(t->merges.slots); free(t->merges.id_of_rank); free(t->bmp_id); free(t->char_start); free(t->char_pool); free(t->pair_filter);
     free(t->cont_prefix); free(t->end_suffix);
     for (int i = 0; i < t->nre; i++) pcre2_code_free(t->re[i].code);
     for (int i = 0; i < t->nnorm; i++) free(t->norm[i].str);
@@ -1649,7 +1663,10 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
                             (i + (size_t)k == n ? 0 : u[i + k] < 0x80 ? CHAR_RIGHT_ASCII : CHAR_RIGHT_MULTI);
             if (v && (v & need) == need) {
                 if (unk_len) { sym_add(st, &ns, t->unk_id, unk_len); unk_len = 0; }
-                sym_add(st, &ns, (int32_t)(v >> 4), k);
+                if (v & CHAR_SPLIT) {
+                    const int32_t *q = t->char_pool + (v >> 5);
+                    for (int j = 0; j < q[0]; j++) sym_add(st, &ns, q[1 + 2 * j], q[2 + 2 * j]);
+                } else sym_add(st, &ns, (int32_t)(v >> 5), k);
                 i += (size_t)k;
                 continue;
             }
