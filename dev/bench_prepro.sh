@@ -10,8 +10,8 @@
 # REPS times (interleaved, so a change of machine load hits all three alike); the table gives medians
 # of MB per CPU second (process CPU time, not wall time: on a shared machine the wall time mostly measures
 # the other processes):
-#   prepro     prepro --workers 1 --no-bos: MB / its CPU time, less the CPU time of the same command with
-#              --max-docs 1 (the tokenizer load); reading the input and writing the .bin/.idx included
+#   prepro     prepro --workers 1 --no-bos: MB / the CPU time its summary line gives (all its threads,
+#              from after the tokenizer load: reading the input, tokenizing, writing the .bin/.idx)
 #              (MB: the documents' UTF-8 text, for all three)
 #   tiktoken   Encoding.encode_ordinary per document (built from the local files: no download; it applies
 #              no NFC, which Qwen2's normalizer does: the counts would show if that mattered here)
@@ -26,7 +26,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 echo "load: $(uptime | sed 's/.*load average/load average/')"
 RAYON_NUM_THREADS=1 REPS=${REPS:-3} ONLY=${ONLY:-} python3 - "$SHARED" "$OUT" <<'EOF'
-import json, os, re, resource, statistics, subprocess, sys, time
+import json, os, re, statistics, subprocess, sys, time
 shared, out = sys.argv[1:3]
 reps, only = int(os.environ["REPS"]), os.environ["ONLY"]
 from tokenizers import Tokenizer
@@ -66,20 +66,13 @@ def documents(path, mode):
     docs = [l[:-1] if l.endswith("\r") else l for l in text.split("\n")]
     return [d for d in docs if d.strip(" \t\r\f\v")]   # prepro --txt-mode line skips blank lines
 
-def child_cpu():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-def prepro(tok_path, corpus, mode, max_docs=None):
-    """Runs prepro; returns its tokens, CPU seconds, and the tokenizer load time of its summary."""
+def prepro(tok_path, corpus, mode):
+    """Runs prepro; returns its tokens, the CPU seconds after the tokenizer load (all its threads), the load."""
     args = ["./prepro/prepro", "--input", corpus, "--tokenizer", tok_path, "--output-prefix", out + "/b",
             "--workers", "1", "--no-bos"] + (["--txt-mode", "line"] if mode == "line" else [])
-    if max_docs: args += ["--max-docs", str(max_docs)]
-    c0 = child_cpu()
     err = subprocess.run(args, capture_output=True, text=True, check=True).stderr
-    cpu = child_cpu() - c0
-    m = re.search(r"done: \d+ documents, (\d+) tokens.*tokenizer load ([0-9.]+) s", err)
-    return int(m[1]), cpu, float(m[2])
+    m = re.search(r"done: \d+ documents, (\d+) tokens.* ([0-9.]+) CPU s; tokenizer load ([0-9.]+) s", err)
+    return int(m[1]), float(m[2]), float(m[3])
 
 rows = []
 print("%-7s %-12s %6s | %8s %8s %8s | %8s %8s | %s | %s" % ("family", "corpus", "MB", "prepro", "tiktoken", "HF",
@@ -93,9 +86,7 @@ for fam, tok_path in FAMS:
         mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
         r_pp, r_tk, r_hf, loads = [], [], [], []
         for _ in range(reps):
-            # prepro's CPU time less that of a run that loads the tokenizer and stops after one document
-            n_pp, cpu, load = prepro(tok_path, corpus, mode); loads.append(load)
-            r_pp.append(mb / (cpu - prepro(tok_path, corpus, mode, 1)[1]))
+            n_pp, cpu, load = prepro(tok_path, corpus, mode); loads.append(load); r_pp.append(mb / cpu)
             t0 = time.process_time(); n_tk = sum(len(tk.encode_ordinary(d)) for d in docs)
             r_tk.append(mb / (time.process_time() - t0))
             t0 = time.process_time(); n_hf = sum(len(e.ids) for e in hf.encode_batch(docs, add_special_tokens=False))
