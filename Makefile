@@ -10,7 +10,7 @@ CFLAGS  += $(OPT) -std=c11 -fno-math-errno -Wall -Wextra -Wno-unused-parameter -
 LDLIBS  += -lm -ljansson -lpcre2-8 -lz -lzstd -lsnappy
 DEB_PKGS = gcc make libpcre2-dev libjansson-dev zlib1g-dev libzstd-dev libsnappy-dev libgomp1
 
-TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h prepro/unicode_tables.h
+TOKENIZER = prepro/tokenizer.c prepro/tokenizer.h prepro/unicode_tables.h prepro/unicode_props.h
 
 # the GPU trainer is compiled wherever nvcc is (it runs only where a GPU is)
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)

@@ -1231,6 +1231,12 @@ static double now_sec(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+// CPU time of the whole process (all threads): on a shared machine, the measure of its own work.
+static double cpu_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static void human_count(double v, char *out, size_t n) {
     if (v >= 1e9) snprintf(out, n, "%.2fG", v / 1e9);
@@ -1258,6 +1264,7 @@ int main(int argc, char **argv) {
     sha256_file(o.tokenizer, tok_sha);
     double t_load = now_sec() - t0;
     t0 = now_sec();   // throughput is measured from here: reading, tokenizing and writing
+    double cpu0 = cpu_sec();
     int vocab = tokenizer_vocab_size(tok);
     int itemsize = vocab < 65500 ? 2 : 4;   // Megatron's DType.optimal_dtype
 
@@ -1388,9 +1395,9 @@ int main(int argc, char **argv) {
     for (int k = 0; k < o.nkeys; k++) { tokens += bd[k].ntokens; empty += bd[k].nempty; }
     if (g_progress_open) fputc('\n', stderr);
     fprintf(stderr, "prepro: done: %lld documents, %lld tokens (%s), %lld empty skipped, %lld bad skipped, "
-            "%.2f MB in %.2f s (%.1f MB/s, %d workers; tokenizer load %.2f s) -> %s_%s_document.{bin,idx}%s\n",
+            "%.2f MB in %.2f s (%.1f MB/s, %d workers, %.3f CPU s; tokenizer load %.2f s) -> %s_%s_document.{bin,idx}%s\n",
             bd[0].ndocs, tokens, itemsize == 2 ? "uint16" : "int32", empty, r.errors_skipped,
-            bytes / 1e6, secs, bytes / 1e6 / (secs > 0 ? secs : 1e-9), o.workers, t_load, o.prefix, o.keys[0],
+            bytes / 1e6, secs, bytes / 1e6 / (secs > 0 ? secs : 1e-9), o.workers, cpu_sec() - cpu0, t_load, o.prefix, o.keys[0],
             o.nkeys > 1 ? " (and the other keys)" : "");
     for (int i = 0; i < p.nslots; i++) batch_free(&p.slots[i]);
     free(p.slots); free(threads);

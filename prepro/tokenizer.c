@@ -2,7 +2,8 @@
  * tokenizer.c — see tokenizer.h. Reading order:
  *   1. small buffers, hashing, UTF-8, Unicode normalization (NFC/NFD)
  *   2. hash maps (string -> id, id pair -> merge)
- *   3. regexes (PCRE2, with Unicode \s spelled out as the Rust/Oniguruma engines define it)
+ *   3. regexes: hand-written matchers for the standard pre-tokenizer patterns (GPT-2, cl100k/Llama-3,
+ *      Qwen2; Unicode 16 classes), PCRE2 for any other (with \s spelled out as Oniguruma defines it)
  *   4. the Tokenizer: normalizers, pre-tokenizers, BPE model, added tokens, post-processor, decoders
  *   5. loading tokenizer.json
  *   6. encoding
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "unicode_props.h"
 #include "unicode_tables.h"
 
 // ----------------------------------------------------------------------------------------------
@@ -335,51 +337,153 @@ static int strmap_put(StrMap *m, const char *k, size_t n, int32_t v) {
     return 0;
 }
 
-// (left id, right id) -> (rank, merged id). Open addressing, key UINT64_MAX = empty.
-typedef struct { uint64_t key; uint32_t rank; int32_t id; } PairSlot;
-typedef struct { PairSlot *slots; size_t mask, n; } PairMap;
+// (left id, right id) -> rank, with the merged token of each rank in id_of_rank. A slot is one 64-bit
+// word, left id (21 bits) | right id (21 bits) | rank (22 bits): half the cache footprint of a slot
+// that also holds the merged id. Open addressing; UINT64_MAX = empty.
+typedef struct { uint64_t *slots; size_t mask, n; int32_t *id_of_rank; } PairMap;
+#define PAIR_MAX_ID ((1 << 21) - 1)
+#define PAIR_MAX_RANK ((1u << 22) - 2)
+#define NO_MERGE UINT32_MAX
 
-static uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
+static uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 21) | (uint32_t)b; }
 // Both ids must reach the slot bits: a full 64-bit finalizer (murmur3 fmix64).
-static size_t pair_slot(uint64_t key, size_t mask) {
+static uint64_t pair_hash(uint64_t key) {
     key ^= key >> 33; key *= 0xFF51AFD7ED558CCDull;
     key ^= key >> 33; key *= 0xC4CEB9FE1A85EC53ull;
-    key ^= key >> 33;
-    return (size_t)key & mask;
+    return key ^ (key >> 33);
 }
+// The pair's two bits in its Bloom filter word (see Tokenizer.pair_filter), and that word's index.
+static uint64_t pair_filter_bits(uint64_t h) { return (1ull << (h >> 58)) | (1ull << ((h >> 52) & 63)); }
+static size_t pair_filter_word(uint64_t h, size_t mask) { return (size_t)(h >> 8) & mask; }
 
 static int pairmap_init(PairMap *m, size_t expected) {
     size_t cap = 1024;
-    while (cap < expected * 2) cap *= 2;
-    m->slots = malloc(cap * sizeof(PairSlot));
-    if (!m->slots) return -1;
-    for (size_t i = 0; i < cap; i++) m->slots[i].key = UINT64_MAX;
+    while (cap < expected + expected / 2) cap *= 2;
+    m->slots = malloc(cap * sizeof(uint64_t));
+    m->id_of_rank = malloc((expected + 1) * sizeof(int32_t));
+    if (!m->slots || !m->id_of_rank) return -1;
+    for (size_t i = 0; i < cap; i++) m->slots[i] = UINT64_MAX;
     m->mask = cap - 1; m->n = 0;
     return 0;
 }
 // A later merge of the same pair overwrites the earlier one, as HF's HashMap collect does.
 static void pairmap_put(PairMap *m, int32_t a, int32_t b, uint32_t rank, int32_t id) {
     uint64_t k = pair_key(a, b);
-    size_t i = pair_slot(k, m->mask);
-    while (m->slots[i].key != UINT64_MAX && m->slots[i].key != k) i = (i + 1) & m->mask;
-    if (m->slots[i].key == UINT64_MAX) m->n++;
-    m->slots[i].key = k; m->slots[i].rank = rank; m->slots[i].id = id;
+    size_t i = (size_t)pair_hash(k) & m->mask;
+    while (m->slots[i] != UINT64_MAX && m->slots[i] >> 22 != k) i = (i + 1) & m->mask;
+    if (m->slots[i] == UINT64_MAX) m->n++;
+    m->slots[i] = k << 22 | rank;
+    m->id_of_rank[rank] = id;
 }
-static const PairSlot *pairmap_get(const PairMap *m, int32_t a, int32_t b) {
+static uint32_t pairmap_rank(const PairMap *m, int32_t a, int32_t b) {
     uint64_t k = pair_key(a, b);
-    size_t i = pair_slot(k, m->mask);
-    for (;;) {
-        const PairSlot *s = &m->slots[i];
-        if (s->key == k) return s;
-        if (s->key == UINT64_MAX) return NULL;
-        i = (i + 1) & m->mask;
+    for (size_t i = (size_t)pair_hash(k) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->slots[i] >> 22 == k) return (uint32_t)(m->slots[i] & ((1u << 22) - 1));
+        if (m->slots[i] == UINT64_MAX) return NO_MERGE;
     }
 }
 
 // ----------------------------------------------------------------------------------------------
 // 3. regexes
 
-typedef struct { pcre2_code *code; int jit; } Regex;
+// The three pre-tokenizer patterns of nearly every byte-level BPE tokenizer are matched by hand, on
+// the Unicode 16 classes of unicode_props.h (the Unicode version of HF tokenizers' Oniguruma), so the
+// ids do not depend on the system PCRE2's Unicode version; other patterns go to PCRE2.
+enum { RE_PCRE, RE_GPT2, RE_CL100K, RE_QWEN2 };
+typedef struct { pcre2_code *code; int jit; int kind; } Regex;
+
+static const char *GPT2_PATTERN =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+// cl100k as HF tokenizer.json files write it (Llama-3 uses it as is); Qwen2 differs in \p{N}{1,3} -> \p{N}
+static const char *CL100K_PATTERN =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char *QWEN2_PATTERN =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+enum { CC_OTHER, CC_LETTER, CC_NUMBER, CC_SPACE };
+
+// Class of the character at s[i] (valid UTF-8, i < n) and its byte length.
+static int char_class(const unsigned char *s, size_t i, int *len) {
+    uint32_t cp;
+    *len = utf8_decode(s + i, &cp);
+    return (uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3;
+}
+
+// End of the run of class c that starts at i (the character at i is of class c).
+static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
+    int len;
+    while (i < n && char_class(s, i, &len) == c) i += (size_t)len;
+    return i;
+}
+
+// The contraction at s[i] == '\'': its end, or 0. icase: the letters match case-insensitively as
+// Oniguruma's (?i) does (simple case folding: S, T, ... and U+017F LONG S, which folds to s).
+static size_t contraction(const unsigned char *s, size_t n, size_t i, int icase) {
+    if (i + 1 >= n) return 0;
+    unsigned char a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
+    if (icase) {
+        if (a == 0xC5 && b == 0xBF) return i + 3;   // U+017F
+        if (a >= 'A' && a <= 'Z') a = (unsigned char)(a + 32);
+        if (b >= 'A' && b <= 'Z') b = (unsigned char)(b + 32);
+    }
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+    return 0;
+}
+
+// The white-space run at i (Oniguruma's \s+(?!\S)|\s+): to the end of the text when it reaches it,
+// else all but its last character (which goes with what follows), else the one character.
+static size_t space_run(const unsigned char *s, size_t n, size_t i) {
+    size_t last = i, j = i;
+    int len;
+    while (j < n && char_class(s, j, &len) == CC_SPACE) { last = j; j += (size_t)len; }
+    return j == n || last == i ? j : last;
+}
+
+// GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// Every position starts a match (each class has its alternative); returns the end of the one at i.
+static size_t match_gpt2(const unsigned char *s, size_t n, size_t i) {
+    size_t e;
+    if (s[i] == '\'' && (e = contraction(s, n, i, 0)) != 0) return e;
+    int len, c = char_class(s, i, &len);
+    if (s[i] == ' ' && i + 1 < n) {   // a space joins the letters, digits or symbols after it
+        int len2, c2 = char_class(s, i + 1, &len2);
+        if (c2 != CC_SPACE) return class_run(s, n, i + 1, c2);
+    }
+    if (c != CC_SPACE) return class_run(s, n, i, c);
+    return space_run(s, n, i);
+}
+
+// cl100k / Llama-3 (max_digits 3) and Qwen2 (max_digits 1):
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+static size_t match_cl100k(const unsigned char *s, size_t n, size_t i, int max_digits) {
+    size_t e;
+    if (s[i] == '\'' && (e = contraction(s, n, i, 1)) != 0) return e;
+    int len, c = char_class(s, i, &len);
+    if (c == CC_LETTER) return class_run(s, n, i, CC_LETTER);
+    if (c == CC_NUMBER) {
+        e = i + (size_t)len;
+        for (int k = 1; k < max_digits && e < n && char_class(s, e, &len) == CC_NUMBER; k++) e += (size_t)len;
+        return e;
+    }
+    size_t next = i + (size_t)len;
+    int len2, c2 = next < n ? char_class(s, next, &len2) : -1;
+    // one character that is not \r, \n, a letter or a digit, then letters
+    if (c2 == CC_LETTER && s[i] != '\r' && s[i] != '\n') return class_run(s, n, next, CC_LETTER);
+    // symbols (after an optional space), then any \r \n
+    if (c == CC_OTHER || (s[i] == ' ' && c2 == CC_OTHER)) {
+        e = class_run(s, n, c == CC_OTHER ? i : next, CC_OTHER);
+        while (e < n && (s[e] == '\r' || s[e] == '\n')) e++;
+        return e;
+    }
+    // white space: up to its last \r or \n if it holds one (\s*[\r\n]+), else as GPT-2
+    size_t j = i, nl = 0;
+    while (j < n && char_class(s, j, &len) == CC_SPACE) {
+        if (s[j] == '\r' || s[j] == '\n') nl = j + 1;
+        j += (size_t)len;
+    }
+    return nl ? nl : space_run(s, n, i);
+}
 
 // HF's regex engines (Oniguruma, Rust regex) define \s as Unicode White_Space; PCRE2's UCP \s also
 // matches U+180E. Spell \s and \S out so every engine version agrees.
@@ -412,6 +516,12 @@ static char *translate_regex(const char *pat) {
 
 // Compiles pat (an Oniguruma-style pattern, or a literal string when literal is set).
 static int regex_compile(Regex *re, const char *pat, int literal, char *err, size_t errlen) {
+    re->kind = RE_PCRE;
+    if (!literal) {
+        re->kind = !strcmp(pat, GPT2_PATTERN) ? RE_GPT2 : !strcmp(pat, CL100K_PATTERN) ? RE_CL100K :
+                   !strcmp(pat, QWEN2_PATTERN) ? RE_QWEN2 : RE_PCRE;
+        if (re->kind != RE_PCRE) { re->code = NULL; re->jit = 0; return 0; }
+    }
     char *p = NULL;
     // \C (one byte) could cut a character in two: refused, so every piece stays valid UTF-8
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C;
@@ -490,8 +600,15 @@ struct Tokenizer {
     int byte_level;      // the pre-tokenizer ends with ByteLevel: pieces are raw bytes
     int32_t byte_id[256];       // byte-level: id of each single byte, -1 if absent
     int32_t *bmp_id;            // otherwise: id of each BMP code point as a token, -1 if absent
+    uint32_t *char_start;       // byte-level: per BMP code point, (token id << 5) | CHAR_* flags where BPE may
+                                // start from the character's token instead of its bytes ((offset in char_pool
+                                // << 5) | CHAR_SPLIT | flags for several tokens); 0 where it may not
+    int32_t *char_pool; size_t char_pool_n, char_pool_cap;
+    uint64_t *pair_filter;      // a blocked Bloom filter of the merge pairs (two bits a pair in one word):
+    size_t filter_mask;         // most pairs BPE looks up have no merge, and the filter fits in cache
     int32_t fallback_id[256];   // byte_fallback: id of "<0xNN>", -1 if absent
     int unk_id, fuse_unk, byte_fallback, ignore_merges;
+    size_t max_token_len;       // the longest token in the encoder's domain, in bytes
     int word_split;      // pieces may be cut before each word-initial U+2581 (see load_model)
     char *cont_prefix, *end_suffix;   // NULL when empty
     // pipeline
@@ -542,6 +659,7 @@ struct TokenizerState {
     Buf cache_keys; IdBuf cache_ids;
     int error;              // set on regex failure / out of memory during an encode
     int flags;              // flags of the current encode call
+    int pieces_only;        // tokenizer_pretokenize: out gets pre-token lengths, not ids
 };
 
 // bytes_to_unicode: the printable bytes map to themselves, the other 68 to U+0100.. in order.
@@ -581,9 +699,6 @@ static int add_regex(Tokenizer *t, LoadCtx *c, const char *where, const char *pa
     if (regex_compile(&t->re[t->nre], pat, literal, e, sizeof e)) { fail(c, "%s: %s", where, e); return -1; }
     return t->nre++;
 }
-
-static const char *GPT2_PATTERN =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 static int load_normalizer(Tokenizer *t, LoadCtx *c, json_t *n, const char *where) {
     if (json_is_null(n) || !n) return 0;
@@ -836,6 +951,125 @@ static int build_matcher(Tokenizer *t, Matcher *m, int normalized) {
     return 0;
 }
 
+// The Bloom filter of the merge pairs: one 64-bit word per pair hash bucket, about 16-32 bits a pair.
+static int build_pair_filter(Tokenizer *t) {
+    size_t words = 1024;
+    while (words * 4 < t->merges.n) words *= 2;
+    t->pair_filter = calloc(words, sizeof(uint64_t));
+    if (!t->pair_filter) return -1;
+    t->filter_mask = words - 1;
+    for (size_t i = 0; i <= t->merges.mask; i++) {
+        if (t->merges.slots[i] == UINT64_MAX) continue;
+        uint64_t h = pair_hash(t->merges.slots[i] >> 22);
+        t->pair_filter[pair_filter_word(h, t->filter_mask)] |= pair_filter_bits(h);
+    }
+    return 0;
+}
+
+// BPE of a few symbols on their own, the plain way: returns the count left; *max_rank gets the
+// highest rank applied (0 when none).
+static int bpe_small(const Tokenizer *t, int32_t *ids, int n, uint32_t *max_rank) {
+    *max_rank = 0;
+    for (;;) {
+        int best = -1; uint32_t best_rank = UINT32_MAX; int32_t best_id = -1;
+        for (int i = 0; i + 1 < n; i++) {
+            uint32_t r = pairmap_rank(&t->merges, ids[i], ids[i + 1]);
+            if (r < best_rank) { best = i; best_rank = r; best_id = t->merges.id_of_rank[r]; }
+        }
+        if (best < 0) return n;
+        if (best_rank > *max_rank) *max_rank = best_rank;
+        ids[best] = best_id;
+        for (int i = best + 1; i + 1 < n; i++) ids[i] = ids[i + 1];
+        n--;
+    }
+}
+
+// Where byte-level BPE may start a multi-byte character from its own token instead of its bytes.
+//
+// Let character c (bytes b1..bk) become one token t_c when BPE runs on its bytes alone, with R_c the
+// highest rank that takes. Inside a longer piece, c's bytes merge exactly as alone, and the pairs
+// across its edges only start to merge once t_c is complete, when every merge that could join part
+// of c to a neighbour ranks above R_c: then some merge inside c (rank <= R_c) always goes first.
+// Those are: (x, t_c) and (t_c, y) for any x, y (BPE files list a token's merges after the merge that
+// makes it, so this nearly always holds); (s, y) with s a proper suffix of c (continuation bytes) and
+// y after it; (x, p) with p a proper prefix of c and x before it. The last two are told apart by
+// what the neighbour is (ASCII byte or part of another multi-byte character) since " " + lead byte
+// merges are common: each character gets four flags, one per side and kind of neighbour. When they
+// hold, merging the piece from t_c gives the same ids as from c's bytes. A character whose bytes end as
+// several tokens f1..fm (not in the vocabulary) starts from those: f1 and fm are then a proper prefix
+// and suffix of c, and the same edge conditions cover the pairs they make with the neighbours.
+enum { CHAR_LEFT_ASCII = 1, CHAR_LEFT_MULTI = 2, CHAR_RIGHT_ASCII = 4, CHAR_RIGHT_MULTI = 8, CHAR_SPLIT = 16 };
+
+static int build_char_start(Tokenizer *t) {
+    size_t nv = (size_t)t->vocab_size + 1;
+    // per token: bytes in the encoder's domain, and the lowest rank of each kind of merge it is part of
+    const char **tb = calloc(nv, sizeof *tb);
+    uint32_t *tl = calloc(nv, sizeof *tl);
+    uint32_t *lo[6];   // as left, as right, suffix before ASCII, suffix before lead, prefix after ASCII, after continuation
+    for (int k = 0; k < 6; k++) lo[k] = malloc(nv * sizeof(uint32_t));
+    t->char_start = calloc(0x10000, sizeof(uint32_t));
+    int ok = tb && tl && t->char_start;
+    for (int k = 0; k < 6; k++) ok = ok && lo[k];
+    if (ok) {
+        for (int k = 0; k < 6; k++) for (size_t i = 0; i < nv; i++) lo[k][i] = UINT32_MAX;
+        for (size_t e = 0; e < t->enc.n; e++) {
+            int32_t id = t->enc.val[e];
+            if (id >= 0 && (size_t)id < nv) { tb[id] = t->enc.arena + t->enc.off[e]; tl[id] = t->enc.klen[e]; }
+        }
+        for (size_t i = 0; i <= t->merges.mask; i++) {
+            uint64_t m = t->merges.slots[i];
+            if (m == UINT64_MAX) continue;
+            uint32_t a = (uint32_t)(m >> 43), b = (uint32_t)(m >> 22) & PAIR_MAX_ID, r = (uint32_t)m & ((1u << 22) - 1);
+            if (lo[0][a] > r) lo[0][a] = r;
+            if (lo[1][b] > r) lo[1][b] = r;
+            if (!tb[a] || !tb[b] || !tl[a] || !tl[b]) continue;
+            const unsigned char *x = (const unsigned char *)tb[a], *y = (const unsigned char *)tb[b];
+            int x_cont = 1;   // x all continuation bytes: a proper suffix of a character
+            for (uint32_t j = 0; j < tl[a]; j++) if ((x[j] & 0xC0) != 0x80) x_cont = 0;
+            int y_prefix = y[0] >= 0xC0 && (int)tl[b] < utf8_len(y[0]);   // a lead byte and not all of the character
+            for (uint32_t j = 1; j < tl[b]; j++) if ((y[j] & 0xC0) != 0x80) y_prefix = 0;
+            if (x_cont && y[0] < 0x80 && lo[2][a] > r) lo[2][a] = r;
+            if (x_cont && y[0] >= 0xC0 && lo[3][a] > r) lo[3][a] = r;
+            unsigned char xl = x[tl[a] - 1];
+            if (y_prefix && xl < 0x80 && lo[4][b] > r) lo[4][b] = r;
+            if (y_prefix && (xl & 0xC0) == 0x80 && lo[5][b] > r) lo[5][b] = r;
+        }
+        for (uint32_t cp = 0x80; cp < 0x10000; cp++) {
+            if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+            char u[4]; int k = utf8_encode(cp, u);
+            int32_t sym[4]; uint32_t r;
+            int all = 1;
+            for (int j = 0; j < k; j++) { sym[j] = t->byte_id[(unsigned char)u[j]]; if (sym[j] < 0) all = 0; }
+            if (!all) continue;
+            int m = bpe_small(t, sym, k, &r);
+            if (m == k) continue;   // nothing merges inside: the bytes are where BPE starts anyway
+            if (m == 1 && (lo[0][sym[0]] <= r || lo[1][sym[0]] <= r)) continue;
+            uint32_t flags = CHAR_LEFT_ASCII | CHAR_LEFT_MULTI | CHAR_RIGHT_ASCII | CHAR_RIGHT_MULTI;
+            for (int j = 1; j < k; j++) {
+                int32_t p = strmap_get(&t->enc, u, (size_t)j), q = strmap_get(&t->enc, u + j, (size_t)(k - j));
+                if (p >= 0 && lo[4][p] <= r) flags &= ~(uint32_t)CHAR_LEFT_ASCII;
+                if (p >= 0 && lo[5][p] <= r) flags &= ~(uint32_t)CHAR_LEFT_MULTI;
+                if (q >= 0 && lo[2][q] <= r) flags &= ~(uint32_t)CHAR_RIGHT_ASCII;
+                if (q >= 0 && lo[3][q] <= r) flags &= ~(uint32_t)CHAR_RIGHT_MULTI;
+            }
+            if (m == 1) { t->char_start[cp] = ((uint32_t)sym[0] << 5) | flags; continue; }
+            // several tokens (a character not in the vocabulary): count, then (id, byte length) each
+            if (t->char_pool_n + 1 + 2 * (size_t)m > t->char_pool_cap) {
+                size_t cap = t->char_pool_cap ? t->char_pool_cap * 2 : 4096;
+                int32_t *q = realloc(t->char_pool, cap * sizeof(int32_t));
+                if (!q) { ok = 0; break; }
+                t->char_pool = q; t->char_pool_cap = cap;
+            }
+            t->char_start[cp] = ((uint32_t)t->char_pool_n << 5) | CHAR_SPLIT | flags;
+            t->char_pool[t->char_pool_n++] = m;
+            for (int j = 0; j < m; j++) { t->char_pool[t->char_pool_n++] = sym[j]; t->char_pool[t->char_pool_n++] = (int32_t)tl[sym[j]]; }
+        }
+    }
+    free(tb); free(tl);
+    for (int k = 0; k < 6; k++) free(lo[k]);
+    return ok ? 0 : -1;
+}
+
 static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
     if (!json_is_object(model)) { fail(c, "model: missing or not an object"); return -1; }
     const char *type = jstr(model, "type");
@@ -877,6 +1111,7 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
         } else if (strmap_put(&t->enc, key, klen, id)) { fail(c, "out of memory"); return -1; }
     }
     t->vocab_size = max_id + 1;
+    for (size_t e = 0; e < t->enc.n; e++) if (t->enc.klen[e] > t->max_token_len) t->max_token_len = t->enc.klen[e];
 
     const char *unk = jstr(model, "unk_token");
     t->unk_id = -1;
@@ -913,6 +1148,10 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
                  (int)(ia < 0 ? alen : ib < 0 ? blen : tmp.len), ia < 0 ? a : ib < 0 ? b : tmp.data);
             free(tmp.data); return -1;
         }
+        if (ia > PAIR_MAX_ID || ib > PAIR_MAX_ID || inew > PAIR_MAX_ID || i > PAIR_MAX_RANK) {
+            fail(c, "model.merges[%zu]: ids above %d or more than %u merges are not supported", i, PAIR_MAX_ID, PAIR_MAX_RANK + 1);
+            free(tmp.data); return -1;
+        }
         pairmap_put(&t->merges, ia, ib, (uint32_t)i, inew);
         // a merge joining something that holds a non-U+2581 char with something starting with U+2581?
         if (blen >= 3 && !memcmp(b, "\xE2\x96\x81", 3)) {
@@ -947,6 +1186,8 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
                 t->bmp_id[ch] = t->vocab.val[e];
         }
     }
+    if (build_pair_filter(t)) { fail(c, "out of memory"); return -1; }
+    if (t->byte_level && !t->cont_prefix && !t->end_suffix && build_char_start(t)) { fail(c, "out of memory"); return -1; }
     return 0;
 }
 
@@ -1071,7 +1312,7 @@ void tokenizer_free(Tokenizer *t) {
     if (!t) return;
     free(t->path);
     strmap_free(&t->vocab); strmap_free(&t->enc); strmap_free(&t->added_map);
-    free(t->merges.slots); free(t->bmp_id);
+    free(t->merges.slots); free(t->merges.id_of_rank); free(t->bmp_id); free(t->char_start); free(t->char_pool); free(t->pair_filter);
     free(t->cont_prefix); free(t->end_suffix);
     for (int i = 0; i < t->nre; i++) pcre2_code_free(t->re[i].code);
     for (int i = 0; i < t->nnorm; i++) free(t->norm[i].str);
@@ -1105,6 +1346,7 @@ TokenizerState *tokenizer_state_new(const Tokenizer *t) {
     if (!st) return NULL;
     st->tok = t;
     for (int i = 0; i < t->nre; i++) {
+        if (t->re[i].kind != RE_PCRE) continue;
         st->md[i] = pcre2_match_data_create_from_pattern(t->re[i].code, NULL);
         if (!st->md[i]) { tokenizer_state_free(st); return NULL; }
     }
@@ -1136,6 +1378,13 @@ void tokenizer_state_free(TokenizerState *st) {
 // Finds regex matches in s[0..n) from start; returns 1 and the span, 0 when none, -1 on error.
 static int regex_find(TokenizerState *st, int ri, const char *s, size_t n, size_t start, size_t *ms, size_t *me) {
     const Regex *re = &st->tok->re[ri];
+    if (re->kind != RE_PCRE) {   // these patterns match at every position
+        if (start >= n) return 0;
+        const unsigned char *u = (const unsigned char *)s;
+        *ms = start;
+        *me = re->kind == RE_GPT2 ? match_gpt2(u, n, start) : match_cl100k(u, n, start, re->kind == RE_CL100K ? 3 : 1);
+        return 1;
+    }
     int rc = re->jit ? pcre2_jit_match(re->code, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, st->md[ri], st->mctx)
                      : pcre2_match(re->code, (PCRE2_SPTR)s, n, start, PCRE2_NO_UTF_CHECK, st->md[ri], st->mctx);
     if (rc == PCRE2_ERROR_NOMATCH) return 0;
@@ -1293,11 +1542,47 @@ static void unit_lookup(const Tokenizer *t, TokenizerState *st, const char *u, i
     }
 }
 
+// The rank of the merge of (a, b), or NO_MERGE: the pair's Bloom filter word first (it fits in cache,
+// and most pairs BPE looks up have no merge), the table only when the pair may be there.
+static uint32_t merge_find(const Tokenizer *t, int32_t a, int32_t b) {
+    uint64_t k = pair_key(a, b), h = pair_hash(k), bits = pair_filter_bits(h);
+    if ((t->pair_filter[pair_filter_word(h, t->filter_mask)] & bits) != bits) return NO_MERGE;
+    const uint64_t *slots = t->merges.slots;
+    for (size_t i = (size_t)h & t->merges.mask;; i = (i + 1) & t->merges.mask) {
+        if (slots[i] >> 22 == k) return (uint32_t)(slots[i] & ((1u << 22) - 1));
+        if (slots[i] == UINT64_MAX) return NO_MERGE;
+    }
+}
+
+// BPE over n symbols, merging the lowest-ranked adjacent pair first (the leftmost of equal ones),
+// as HF's Word::merge_all. Short words (most pieces: a CJK run starts from its characters' tokens)
+// keep the symbols in arrays and find the lowest pair rank by a scan over n numbers, as tiktoken
+// does; long ones use a heap of (rank, position) over a linked list. Either leaves the result in
+// sym_id / sym_len, linked by sym_next from symbol 0.
+#define BPE_SCAN_MAX 64
+static void bpe_merge_scan(const Tokenizer *t, TokenizerState *st, int n) {
+    int32_t *id = st->sym_id, *len = st->sym_len;
+    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (i, i + 1)
+    for (int i = 0; i + 1 < n; i++) rank[i] = merge_find(t, id[i], id[i + 1]);
+    while (n > 1) {
+        int best = 0;
+        for (int i = 1; i + 1 < n; i++) if (rank[i] < rank[best]) best = i;
+        if (rank[best] == NO_MERGE) break;
+        id[best] = t->merges.id_of_rank[rank[best]]; len[best] += len[best + 1];
+        for (int i = best + 1; i + 1 < n; i++) { id[i] = id[i + 1]; len[i] = len[i + 1]; rank[i] = rank[i + 1]; }
+        n--;
+        if (best > 0) rank[best - 1] = merge_find(t, id[best - 1], id[best]);
+        if (best + 1 < n) rank[best] = merge_find(t, id[best], id[best + 1]);
+    }
+    for (int i = 0; i < n; i++) st->sym_next[i] = i + 1 < n ? i + 1 : -1;
+}
+
 static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
+    if (n <= BPE_SCAN_MAX) { bpe_merge_scan(t, st, n); return; }
     st->heap_n = 0;
     for (int i = 0; i + 1 < n; i++) {
-        const PairSlot *p = pairmap_get(&t->merges, st->sym_id[i], st->sym_id[i + 1]);
-        if (p && heap_push(st, ((uint64_t)p->rank << 32) | (uint32_t)i, p->id)) { st->error = 1; return; }
+        uint32_t r = merge_find(t, st->sym_id[i], st->sym_id[i + 1]);
+        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, t->merges.id_of_rank[r])) { st->error = 1; return; }
     }
     int32_t *id = st->sym_id, *prev = st->sym_prev, *next = st->sym_next, *len = st->sym_len;
     while (st->heap_n > 0) {
@@ -1307,21 +1592,17 @@ static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
         int r = next[pos];
         if (r < 0) continue;
         // stale entry: the pair here no longer merges into this id
-        const PairSlot *p = pairmap_get(&t->merges, id[pos], id[r]);
-        if (!p || p->id != top.id) continue;
+        if (merge_find(t, id[pos], id[r]) != (uint32_t)(top.key >> 32)) continue;
         id[pos] = top.id;
         len[pos] += len[r];
         next[pos] = next[r];
         len[r] = 0;
         if (next[r] >= 0) prev[next[r]] = pos;
-        if (prev[pos] >= 0) {
-            p = pairmap_get(&t->merges, id[prev[pos]], id[pos]);
-            if (p && heap_push(st, ((uint64_t)p->rank << 32) | (uint32_t)prev[pos], p->id)) { st->error = 1; return; }
-        }
-        if (next[pos] >= 0) {
-            p = pairmap_get(&t->merges, id[pos], id[next[pos]]);
-            if (p && heap_push(st, ((uint64_t)p->rank << 32) | (uint32_t)pos, p->id)) { st->error = 1; return; }
-        }
+        uint32_t rk;
+        if (prev[pos] >= 0 && (rk = merge_find(t, id[prev[pos]], id[pos])) != NO_MERGE &&
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], t->merges.id_of_rank[rk])) { st->error = 1; return; }
+        if (next[pos] >= 0 && (rk = merge_find(t, id[pos], id[next[pos]])) != NO_MERGE &&
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, t->merges.id_of_rank[rk])) { st->error = 1; return; }
     }
 }
 
@@ -1330,14 +1611,24 @@ static void cache_reset(TokenizerState *st) {
     st->cache_n = 0; st->cache_keys.len = 0; st->cache_ids.len = 0;
 }
 
+// Remembers the ids st->out got from out0 on as those of piece s[0..n) (hash h).
+static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, size_t out0) {
+    if (st->cache_n * 2 >= CACHE_SLOTS) cache_reset(st);
+    size_t nids = st->out.len - out0;
+    if (nids == 0) return;
+    size_t i = h & (CACHE_SLOTS - 1);
+    while (st->cache[i].nids) i = (i + 1) & (CACHE_SLOTS - 1);
+    size_t koff = st->cache_keys.len, ioff = st->cache_ids.len;
+    if (buf_append(&st->cache_keys, s, n) || idbuf_append(&st->cache_ids, st->out.data + out0, nids)) { st->error = 1; return; }
+    CacheSlot *c = &st->cache[i];
+    c->hash = h; c->koff = (uint32_t)koff; c->klen = (uint32_t)n; c->ioff = (uint32_t)ioff; c->nids = (uint32_t)nids;
+    st->cache_n++;
+}
+
 // Encodes one pre-token (in the encoder's domain) and appends its ids to st->out.
 static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, size_t n) {
     if (n == 0) return;
     uint64_t h = 0;
-    if (t->ignore_merges) {
-        int32_t id = strmap_get(&t->enc, s, n);
-        if (id >= 0) { if (idbuf_push(&st->out, id)) st->error = 1; return; }
-    }
     if (n < CACHE_MAX_PIECE) {
         h = hash_bytes(s, n);
         size_t i = h & (CACHE_SLOTS - 1);
@@ -1349,6 +1640,14 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
             }
         }
     }
+    size_t out0 = st->out.len;
+    int32_t whole;
+    if (t->ignore_merges && n <= t->max_token_len &&   // a piece that is a token stays whole
+        (whole = n < CACHE_MAX_PIECE ? strmap_get_h(&t->enc, s, n, h) : strmap_get(&t->enc, s, n)) >= 0) {
+        if (idbuf_push(&st->out, whole)) { st->error = 1; return; }
+        if (n < CACHE_MAX_PIECE) cache_put(st, s, n, h, out0);
+        return;
+    }
     if (ensure_sym(st, n + 1)) { st->error = 1; return; }
     int ns = 0, unk_len = 0;
     const unsigned char *u = (const unsigned char *)s;
@@ -1356,6 +1655,22 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     for (size_t i = 0; i < n;) {
         int ulen = t->byte_level ? 1 : utf8_len(u[i]);
         int32_t id = -1;
+        if (t->char_start && u[i] >= 0xC0 && u[i] < 0xF0) {
+            // a BMP character that may start as its own token: what its neighbours are decides
+            uint32_t ch; int k = utf8_decode(u + i, &ch);
+            uint32_t v = t->char_start[ch];
+            uint32_t need = (i == 0 ? 0 : u[i - 1] < 0x80 ? CHAR_LEFT_ASCII : CHAR_LEFT_MULTI) |
+                            (i + (size_t)k == n ? 0 : u[i + k] < 0x80 ? CHAR_RIGHT_ASCII : CHAR_RIGHT_MULTI);
+            if (v && (v & need) == need) {
+                if (unk_len) { sym_add(st, &ns, t->unk_id, unk_len); unk_len = 0; }
+                if (v & CHAR_SPLIT) {
+                    const int32_t *q = t->char_pool + (v >> 5);
+                    for (int j = 0; j < q[0]; j++) sym_add(st, &ns, q[1 + 2 * j], q[2 + 2 * j]);
+                } else sym_add(st, &ns, (int32_t)(v >> 5), k);
+                i += (size_t)k;
+                continue;
+            }
+        }
         if (simple) {
             if (t->byte_level) id = t->byte_id[u[i]];
             else {
@@ -1372,21 +1687,9 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     if (unk_len) sym_add(st, &ns, t->unk_id, unk_len);
     if (ns == 0) return;
     bpe_merge(t, st, ns);
-    size_t out0 = st->out.len;
     for (int i = 0; i >= 0 && i < ns; i = st->sym_next[i])
         if (st->sym_len[i] > 0 && idbuf_push(&st->out, st->sym_id[i])) { st->error = 1; return; }
-    if (n < CACHE_MAX_PIECE) {
-        if (st->cache_n * 2 >= CACHE_SLOTS) cache_reset(st);
-        size_t nids = st->out.len - out0;
-        if (nids == 0) return;
-        size_t i = h & (CACHE_SLOTS - 1);
-        while (st->cache[i].nids) i = (i + 1) & (CACHE_SLOTS - 1);
-        size_t koff = st->cache_keys.len, ioff = st->cache_ids.len;
-        if (buf_append(&st->cache_keys, s, n) || idbuf_append(&st->cache_ids, st->out.data + out0, nids)) { st->error = 1; return; }
-        CacheSlot *c = &st->cache[i];
-        c->hash = h; c->koff = (uint32_t)koff; c->klen = (uint32_t)n; c->ioff = (uint32_t)ioff; c->nids = (uint32_t)nids;
-        st->cache_n++;
-    }
+    if (n < CACHE_MAX_PIECE) cache_put(st, s, n, h, out0);
 }
 
 // --- pre-tokenizers: depth-first, each op turns one piece into pieces for the next op ---
@@ -1479,6 +1782,7 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
 static void pretok_apply(const Tokenizer *t, TokenizerState *st, int level, Piece p) {
     if (st->error) return;
     if (level == t->npre) {
+        if (st->pieces_only) { if (idbuf_push(&st->out, (int32_t)p.len)) st->error = 1; return; }
         const char *s = piece_ptr(st, p);
         if (!t->word_split) { bpe_piece(t, st, s, p.len); return; }
         // cut before each U+2581 that follows another char (see word_split)
@@ -1606,7 +1910,7 @@ static void split_added(const Tokenizer *t, TokenizerState *st, const Matcher *m
                 stop += (size_t)utf8_len((unsigned char)s[stop]);
         }
         if (start > done) fn(t, st, s + done, start - done, first && done == 0);
-        if (idbuf_push(&st->out, a->id)) st->error = 1;
+        if (!st->pieces_only && idbuf_push(&st->out, a->id)) st->error = 1;
         done = stop;
     }
     if (done < n && !st->error) fn(t, st, s + done, n - done, first && done == 0);
@@ -1639,6 +1943,14 @@ const int32_t *tokenizer_encode(const Tokenizer *t, TokenizerState *st, const ch
     if (st->error) { *n_out = (size_t)-1; return NULL; }
     *n_out = st->out.len;
     return st->out.data ? st->out.data : (const int32_t *)"";
+}
+
+const int32_t *tokenizer_pretokenize(const Tokenizer *t, TokenizerState *st, const char *text, size_t len,
+                                     size_t *n_out) {
+    st->pieces_only = 1;
+    const int32_t *r = tokenizer_encode(t, st, text, len, 0, n_out);
+    st->pieces_only = 0;
+    return r;
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -54,6 +54,12 @@ void tokenizer_state_free(TokenizerState *st);
 const int32_t *tokenizer_encode(const Tokenizer *tok, TokenizerState *st, const char *text, size_t len,
                                 int flags, size_t *n_out);
 
+// Runs tokenizer_encode's steps before the BPE model (added tokens taken out, normalizers,
+// pre-tokenizers) and returns the byte length of each pre-token, in order (owned by st, valid until the
+// next call with st); added tokens are left out. NULL as tokenizer_encode.
+const int32_t *tokenizer_pretokenize(const Tokenizer *tok, TokenizerState *st, const char *text, size_t len,
+                                     size_t *n_out);
+
 // Decodes ids to UTF-8 as HF decode(ids, skip_special_tokens=False). Unknown ids are skipped.
 // Returns a malloc'ed NUL-terminated string (NULL only when out of memory).
 char *tokenizer_decode(const Tokenizer *tok, const int32_t *ids, size_t n);

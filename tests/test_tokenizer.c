@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "prepro/tokenizer.h"
 
@@ -374,6 +375,121 @@ static void check_tiny(void) {
     tokenizer_free(tok);
 }
 
+// Every code point in a few contexts through each family's pre-tokenizer and encoder, against
+// tests/fixtures/tokenizer/unicode_sweep.txt (dev/gen_unicode_fixtures.py, HF tokenizers): the
+// pre-token byte lengths of each code point and context, and a CRC-32 of the ids per 4096 code points.
+#define SWEEP_FAM 4
+#define SWEEP_CTX 16
+static void unicode_sweep(const char *path) {
+    size_t size;
+    char *text = read_file(path, &size);
+    if (!text) { failf("%s: cannot read", path); return; }
+    char *fam_name[SWEEP_FAM], *fam_path[SWEEP_FAM];
+    int nfam = 0, nctx = 0, nsig = 0, nruns = 0;
+    char ctx[SWEEP_CTX][32]; size_t ctx_len[SWEEP_CTX];
+    size_t nlines = 1;
+    for (size_t i = 0; i < size; i++) nlines += text[i] == '\n';
+    int maxruns = (int)nlines * 12;   // at most 12 runs a line
+    char **sig = calloc(nlines, sizeof(char *));
+    int *run_len = calloc((size_t)maxruns + 1, sizeof(int)), *run_sig = calloc((size_t)maxruns + 1, sizeof(int));
+    uint32_t *crc[SWEEP_FAM] = {0};
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        if (!strncmp(line, "family ", 7) && nfam < SWEEP_FAM) {
+            char *sp = strchr(line + 7, ' ');
+            *sp = 0;
+            fam_name[nfam] = line + 7; fam_path[nfam] = sp + 1;
+            crc[nfam] = calloc(272, sizeof(uint32_t));
+            nfam++;
+        } else if (!strncmp(line, "context ", 8) && nctx < SWEEP_CTX) {
+            size_t n; char *c = unhex(line + 8, &n);
+            memcpy(ctx[nctx], c, n); ctx_len[nctx++] = n;
+            free(c);
+        } else if (!strncmp(line, "sig ", 4)) {
+            int id = atoi(line + 4);
+            if (id >= 0 && (size_t)id < nlines) { sig[id] = strchr(line + 4, ' ') + 1; if (id >= nsig) nsig = id + 1; }
+        } else if (!strncmp(line, "runs ", 5)) {
+            for (char *p = line + 5; *p && nruns < maxruns;) {
+                char *end;
+                run_len[nruns] = (int)strtol(p, &end, 10);
+                run_sig[nruns++] = (int)strtol(end + 1, &end, 10);
+                p = end;
+            }
+        } else if (!strncmp(line, "ids ", 4)) {
+            char name[32]; int first, k;
+            if (sscanf(line + 4, "%31s %d%n", name, &first, &k) != 2) continue;
+            for (int f = 0; f < nfam; f++) {
+                if (strcmp(name, fam_name[f])) continue;
+                char *p = line + 4 + k;
+                for (int b = first; b < 272 && *p; b++) { crc[f][b] = (uint32_t)strtoul(p, &p, 16); }
+            }
+        }
+    }
+    for (int f = 0; f < nfam; f++) {
+        char err[1024];
+        if (access(fam_path[f], R_OK) != 0) { printf("  unicode sweep: %s absent, skipped\n", fam_path[f]); continue; }
+        Tokenizer *tok = tokenizer_load(fam_path[f], err, sizeof err);
+        if (!tok) { failf("%s: %s", path, err); continue; }
+        TokenizerState *st = tokenizer_state_new(tok);
+        int run = 0, left = run_len[0], bad = 0, badblocks = 0;
+        uLong block_crc = crc32(0, NULL, 0);
+        char want[1024], got[1024], textbuf[64];
+        int32_t *ids_all = malloc(1 << 20); size_t nall = 0;
+        for (uint32_t cp = 0; cp < 0x110000; cp++) {
+            if (cp >= 0xD800 && cp <= 0xDFFF) goto block_end;   // no surrogates in UTF-8
+            while (left == 0 && run + 1 < nruns) left = run_len[++run];
+            left--;
+            // this family's part of the signature: the f-th of the " | "-separated groups
+            const char *sg = run_sig[run] < nsig && sig[run_sig[run]] ? sig[run_sig[run]] : "";
+            for (int k = 0; k < f && sg; k++) { sg = strstr(sg, " | "); if (sg) sg += 3; }
+            size_t wl = sg ? strcspn(sg, " ") : 0;
+            memcpy(want, sg ? sg : "", wl); want[wl] = 0;
+            char u[4]; int ul = 0;
+            if (cp < 0x80) u[ul++] = (char)cp;
+            else if (cp < 0x800) { u[ul++] = (char)(0xC0 | (cp >> 6)); u[ul++] = (char)(0x80 | (cp & 0x3F)); }
+            else if (cp < 0x10000) { u[ul++] = (char)(0xE0 | (cp >> 12)); u[ul++] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[ul++] = (char)(0x80 | (cp & 0x3F)); }
+            else { u[ul++] = (char)(0xF0 | (cp >> 18)); u[ul++] = (char)(0x80 | ((cp >> 12) & 0x3F)); u[ul++] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[ul++] = (char)(0x80 | (cp & 0x3F)); }
+            size_t gl = 0;
+            for (int c = 0; c < nctx; c++) {
+                size_t tl = 0;
+                for (size_t i = 0; i < ctx_len[c]; i++) {
+                    if (ctx[c][i] == 1) { memcpy(textbuf + tl, u, (size_t)ul); tl += (size_t)ul; }
+                    else textbuf[tl++] = ctx[c][i];
+                }
+                size_t n;
+                const int32_t *pl = tokenizer_pretokenize(tok, st, textbuf, tl, &n);
+                if (c) got[gl++] = '|';
+                for (size_t i = 0; pl && i < n; i++) gl += (size_t)sprintf(got + gl, i ? ",%d" : "%d", pl[i]);
+                const int32_t *ids = tokenizer_encode(tok, st, textbuf, tl, 0, &n);
+                for (size_t i = 0; ids && i < n; i++) ids_all[nall++] = ids[i];
+                ids_all[nall++] = -1;
+            }
+            got[gl] = 0;
+            checks++;
+            if (strcmp(got, want) && bad++ < 10) {
+                failf("%s: %s: U+%04X: pre-token byte lengths per context differ", path, fam_name[f], cp);
+                fprintf(stderr, "    want %s\n    got  %s\n", want, got);
+            }
+            block_crc = crc32(block_crc, (const Bytef *)ids_all, (uInt)(nall * sizeof(int32_t)));
+            nall = 0;
+        block_end:
+            if ((cp & 4095) == 4095) {
+                checks++;
+                if ((uint32_t)block_crc != crc[f][cp >> 12] && badblocks++ < 10)
+                    failf("%s: %s: the ids of U+%04X..U+%04X differ (CRC-32 %08x, want %08x)", path, fam_name[f],
+                          cp - 4095, cp, (unsigned)block_crc, crc[f][cp >> 12]);
+                block_crc = crc32(0, NULL, 0);
+            }
+        }
+        if (bad || badblocks) failf("%s: %s: %d code points with other pre-tokens, %d blocks with other ids", path, fam_name[f], bad, badblocks);
+        printf("  unicode sweep %s: %d contexts x 1112064 code points\n", fam_name[f], nctx);
+        free(ids_all);
+        tokenizer_state_free(st);
+        tokenizer_free(tok);
+    }
+    for (int f = 0; f < nfam; f++) free(crc[f]);
+    free(sig); free(run_len); free(run_sig); free(text);
+}
+
 int main(void) {
     check_load_errors();
     check_tiny();
@@ -387,6 +503,7 @@ int main(void) {
                            "tests/fixtures/tokenizer/llama2_legacy_cases.txt", "tests/fixtures/tokenizer/gpt2_nfc_cases.txt",
                            "tests/fixtures/tokenizer/gpt2_nfd_cases.txt"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) run_fixture(files[i]);
+    unicode_sweep("tests/fixtures/tokenizer/unicode_sweep.txt");
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
