@@ -4,6 +4,8 @@
  a download + re-upload must rebuild the same bf16 weights, as a resumed run does). First the host-side pieces
  that need no GPU (embedding buckets, ZeRO layout, stochastic rounding); without a GPU only those run.
  --quick: the kernel tests only (no whole model, no training), e.g. under compute-sanitizer.
+ --only NAME: only the kernel tests of the groups whose name contains NAME (embedding, norm, matmul,
+ activations, classifier, adamw, attention).
 
  Inputs and weights are fresh random numbers each run (the seed is printed; TEST_GPU_SEED=N repeats it); for bf16 they are rounded to bf16 first, so the CPU sees the same values and
  only the kernel's own rounding differs. Every output buffer is filled with NaN before its kernel runs, so an
@@ -731,17 +733,19 @@ template <typename T> static void test_nccl_one_rank(int family) {
     ncclCommDestroy(comm);
 }
 
+/* --only NAME: the kernel tests whose group name contains NAME (e.g. attention), nothing else */
+static const char *g_only = NULL;
+static int wanted(const char *group) { return !g_only || strstr(group, g_only); }
+
 template <typename T> static void run_all(int quick) {
     g_dtype = tname<T>();
-    test_embedding<T>();
-    test_norm<T>(1);
-    test_norm<T>(0);
-    test_head_norm<T>();
-    test_matmul<T>();
-    test_activations<T>();
-    test_classifier<T>();
-    test_adamw<T>();
-    for (int plain = 1; plain >= 0; plain--) {
+    if (wanted("embedding")) test_embedding<T>();
+    if (wanted("norm")) { test_norm<T>(1); test_norm<T>(0); test_head_norm<T>(); }
+    if (wanted("matmul")) test_matmul<T>();
+    if (wanted("activations")) test_activations<T>();
+    if (wanted("classifier")) test_classifier<T>();
+    if (wanted("adamw")) test_adamw<T>();
+    for (int plain = 1; plain >= 0 && wanted("attention"); plain--) {
         if (!plain && sizeof(T) == 4) break;
         test_attention<T>(2, 70, 4, 2, 32, 1, plain);
         test_attention<T>(1, 130, 2, 2, 64, 0, plain);
@@ -749,6 +753,8 @@ template <typename T> static void run_all(int quick) {
         test_attention<T>(2, 64, 6, 3, 64, 1, plain);
         test_attention<T>(1, 96, 8, 1, 64, 1, plain);    /* 8 query heads per kv head */
         test_attention<T>(1, 65, 8, 2, 32, 1, plain);    /* 4 per kv head; one row past a tile */
+        test_attention<T>(2, 99, 4, 2, 64, 1, plain);    /* T not a multiple of any tile size */
+        test_attention<T>(1, 161, 2, 1, 128, 1, plain);
     }
     if (quick) return;
     int fams[4] = {FAMILY_GPT2, FAMILY_LLAMA, FAMILY_QWEN2, FAMILY_QWEN3};
@@ -877,15 +883,18 @@ static void test_host_bootstrap(void) {
 
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    if (argc > 2 && !strcmp(argv[1], "--only")) { g_only = argv[2]; quick = 1; }
     const char *fixed = getenv("TEST_GPU_SEED");
     g_seed = fixed ? strtoull(fixed, NULL, 10) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
     printf("seed %llu (TEST_GPU_SEED=%llu repeats these inputs)\n", (unsigned long long)g_seed, (unsigned long long)g_seed);
-    test_host_buckets();
-    test_host_zero_layout();
-    test_host_zero2_layout();
-    test_host_bootstrap();
-    test_host_stochastic_rounding();
-    test_host_bf16();
+    if (!g_only) {
+        test_host_buckets();
+        test_host_zero_layout();
+        test_host_zero2_layout();
+        test_host_bootstrap();
+        test_host_stochastic_rounding();
+        test_host_bf16();
+    }
     if (gpu_count() == 0) {   /* only a machine without a GPU skips; any other CUDA failure stops the test */
         printf("no GPU: the device tests skipped\n");
         printf("%d passed, %d failed\n", g_pass, g_fail);
@@ -896,9 +905,7 @@ int main(int argc, char **argv) {
     printf("device %s\n", p.name);
     gpu_setup();
     omp_set_num_threads(omp_get_num_procs() < 8 ? omp_get_num_procs() : 8);
-    test_rng();
-    test_sumsq();
-    test_sr_device();
+    if (!g_only) { test_rng(); test_sumsq(); test_sr_device(); }
     run_all<float>(quick);
     run_all<bf16>(quick);
     if (!quick) {   /* last: a cuBLASLt without these epilogues stops the program (as the trainer would) */
