@@ -857,26 +857,31 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&v);
 }
-__device__ __forceinline__ uint32_t ld_u32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
-__device__ __forceinline__ uint32_t pack_bf16_pair(bf16 lo, bf16 hi) {
-    return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+/* ldmatrix.x4 (.trans): four 8x8 bf16 matrices from shared memory in one instruction; lane l gives the 16-byte
+   address of row l % 8 of matrix l / 8 and receives in r[i] the elements (row l / 4, columns 2(l % 4), +1) of
+   matrix i, or with .trans of its transpose (rows 2(l % 4), +1, column l / 4) */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16 *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
 }
-/* A fragment of rows r0.. and columns k0.. of a row-major smem tile with pitch P */
-__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *M, int P, int r0, int k0, int g, int q) {
-    a[0] = ld_u32(M + (r0 + g) * P + k0 + 2 * q);
-    a[1] = ld_u32(M + (r0 + g + 8) * P + k0 + 2 * q);
-    a[2] = ld_u32(M + (r0 + g) * P + k0 + 2 * q + 8);
-    a[3] = ld_u32(M + (r0 + g + 8) * P + k0 + 2 * q + 8);
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16 *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
 }
-/* B fragment for B[k][n] = M[n0+n][k0+k] (M row-major, rows indexed by n): contiguous pairs */
-__device__ __forceinline__ void frag_b_rows(uint32_t b[2], const bf16 *M, int P, int n0, int k0, int g, int q) {
-    b[0] = ld_u32(M + (n0 + g) * P + k0 + 2 * q);
-    b[1] = ld_u32(M + (n0 + g) * P + k0 + 2 * q + 8);
+/* A fragment of rows r0.. and columns k0.. of a row-major smem tile with pitch P: matrices (r0, k0), (r0+8, k0),
+   (r0, k0+8), (r0+8, k0+8) are a[0..3] */
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *M, int P, int r0, int k0, int lane) {
+    ldmatrix_x4(a, M + (r0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + k0 + (lane >> 4) * 8);
 }
-/* B fragment for B[k][n] = M[k0+k][n0+n] (M row-major, rows indexed by k): gathered halves */
-__device__ __forceinline__ void frag_b_cols(uint32_t b[2], const bf16 *M, int P, int k0, int n0, int g, int q) {
-    b[0] = pack_bf16_pair(M[(k0 + 2 * q) * P + n0 + g], M[(k0 + 2 * q + 1) * P + n0 + g]);
-    b[1] = pack_bf16_pair(M[(k0 + 2 * q + 8) * P + n0 + g], M[(k0 + 2 * q + 9) * P + n0 + g]);
+/* B fragments of two adjacent n tiles, b[0..1] for n0.. and b[2..3] for n0+8.., where B[k][n] = M[n0+n][k0+k]
+   (M row-major, rows indexed by n, e.g. K in Q K^T): matrices (n0, k0), (n0, k0+8), (n0+8, k0), (n0+8, k0+8) */
+__device__ __forceinline__ void frag_b_rows2(uint32_t b[4], const bf16 *M, int P, int n0, int k0, int lane) {
+    ldmatrix_x4(b, M + (n0 + (lane & 7) + (lane >> 4) * 8) * P + k0 + (lane >> 3 & 1) * 8);
+}
+/* the same for B[k][n] = M[k0+k][n0+n] (M row-major, rows indexed by k, e.g. V in P V): the transposed matrices
+   (k0, n0), (k0+8, n0), (k0, n0+8), (k0+8, n0+8) */
+__device__ __forceinline__ void frag_b_cols2(uint32_t b[4], const bf16 *M, int P, int k0, int n0, int lane) {
+    ldmatrix_x4_trans(b, M + (k0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + n0 + (lane >> 4) * 8);
 }
 /* the A fragment of a 16x16 block made of C tiles c0 (columns 0..7) and c1 (columns 8..15) */
 __device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
@@ -956,7 +961,7 @@ __device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn,
    tiles this way): c1 = A1[r0..r0+16) B1^T and c2 = A2[r0..r0+16) B2^T, with B1, B2 tiles of NJ * 8 rows. */
 template <int HD, int NJ>
 __device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ][4], const bf16 *A1, const bf16 *B1,
-                                              const bf16 *A2, const bf16 *B2, int P, int r0, int g, int q) {
+                                              const bf16 *A2, const bf16 *B2, int P, int r0, int lane) {
     #pragma unroll
     for (int j = 0; j < NJ; j++)
         #pragma unroll
@@ -964,15 +969,17 @@ __device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ
     #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
         uint32_t a1[4], a2[4];
-        frag_a(a1, A1, P, r0, kk * 16, g, q);
-        frag_a(a2, A2, P, r0, kk * 16, g, q);
+        frag_a(a1, A1, P, r0, kk * 16, lane);
+        frag_a(a2, A2, P, r0, kk * 16, lane);
         #pragma unroll
-        for (int j = 0; j < NJ; j++) {
-            uint32_t b1[2], b2[2];
-            frag_b_rows(b1, B1, P, j * 8, kk * 16, g, q);
-            frag_b_rows(b2, B2, P, j * 8, kk * 16, g, q);
+        for (int j = 0; j < NJ; j += 2) {
+            uint32_t b1[4], b2[4];
+            frag_b_rows2(b1, B1, P, j * 8, kk * 16, lane);
+            frag_b_rows2(b2, B2, P, j * 8, kk * 16, lane);
             mma_16816(c1[j], a1, b1);
+            mma_16816(c1[j + 1], a1, b1 + 2);
             mma_16816(c2[j], a2, b2);
+            mma_16816(c2[j + 1], a2, b2 + 2);
         }
     }
 }
@@ -995,7 +1002,7 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
     __syncthreads();
     uint32_t qf[HD / 16][4];
     #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], Qs, P, warp * 16, kk * 16, g, q);
+    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], Qs, P, warp * 16, kk * 16, lane);
     float o[HD / 8][4];
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -1014,10 +1021,11 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
         #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             #pragma unroll
-            for (int j = 0; j < BC / 8; j++) {
-                uint32_t bf[2];
-                frag_b_rows(bf, Ks, P, j * 8, kk * 16, g, q);
+            for (int j = 0; j < BC / 8; j += 2) {
+                uint32_t bf[4];
+                frag_b_rows2(bf, Ks, P, j * 8, kk * 16, lane);
                 mma_16816(s[j], qf[kk], bf);
+                mma_16816(s[j + 1], qf[kk], bf + 2);
             }
         }
         float mx[2] = {-INFINITY, -INFINITY};
@@ -1057,10 +1065,11 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
             uint32_t pa[4];
             frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
             #pragma unroll
-            for (int n = 0; n < HD / 8; n++) {
-                uint32_t bf[2];
-                frag_b_cols(bf, Vs, P, kc * 16, n * 8, g, q);
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bf[4];
+                frag_b_cols2(bf, Vs, P, kc * 16, n * 8, lane);
                 mma_16816(o[n], pa, bf);
+                mma_16816(o[n + 1], pa, bf + 2);
             }
         }
     }
@@ -1113,7 +1122,7 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
         load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
         __syncthreads();
         float s[BC / 8][4], dp[BC / 8][4];
-        mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, g, q);   /* S = Q K^T, dP = dO V^T */
+        mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, lane);   /* S = Q K^T, dP = dO V^T */
         #pragma unroll
         for (int j = 0; j < BC / 8; j++) {
             #pragma unroll
@@ -1128,10 +1137,11 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
             uint32_t da[4];
             frag_a_from_c(da, s[2 * kc], s[2 * kc + 1]);
             #pragma unroll
-            for (int n = 0; n < HD / 8; n++) {
-                uint32_t bf[2];
-                frag_b_cols(bf, Ks, P, kc * 16, n * 8, g, q);
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bf[4];
+                frag_b_cols2(bf, Ks, P, kc * 16, n * 8, lane);
                 mma_16816(dq[n], da, bf);
+                mma_16816(dq[n + 1], da, bf + 2);
             }
         }
     }
@@ -1176,7 +1186,7 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
             }
             __syncthreads();
             float s[BQ / 8][4], dp[BQ / 8][4];
-            mma_tile_pair<HD, BQ / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, g, q);   /* S^T = K Q^T, dP^T = V dO^T */
+            mma_tile_pair<HD, BQ / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
             #pragma unroll
             for (int j = 0; j < BQ / 8; j++) {
                 #pragma unroll
@@ -1193,12 +1203,14 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
                 frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
                 frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
                 #pragma unroll
-                for (int n = 0; n < HD / 8; n++) {
-                    uint32_t bg[2], bq[2];
-                    frag_b_cols(bg, Gs, P, kc * 16, n * 8, g, q);
-                    frag_b_cols(bq, Qs, P, kc * 16, n * 8, g, q);
+                for (int n = 0; n < HD / 8; n += 2) {
+                    uint32_t bg[4], bq[4];
+                    frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
+                    frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
                     mma_16816(dv[n], pa, bg);
+                    mma_16816(dv[n + 1], pa, bg + 2);
                     mma_16816(dk[n], da, bq);
+                    mma_16816(dk[n + 1], da, bq + 2);
                 }
             }
         }
