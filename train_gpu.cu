@@ -600,9 +600,9 @@ __global__ void fill_kernel(float *x, float v, size_t n) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* attention (causal, grouped-query heads: query head h reads key/value head h / (NH/NKV)), with RoPE fused
-   into the loads: q and k are rotated (HF rotate-half) as they are read, and the gradients are rotated back
-   as they are written. q, k, v are rows of a wider buffer (row strides ldq, ldk, ldv), e.g. the fused qkv
+/* attention (causal, grouped-query heads: query head h reads key/value head h / (NH/NKV)), with RoPE: q and k
+   are rotated (HF rotate-half) as the plain kernels read them, or once per call into a scratch copy for the
+   tensor-core kernels (attention_rope_kernel); the gradients are rotated back as they are written. q, k, v are rows of a wider buffer (row strides ldq, ldk, ldv), e.g. the fused qkv
    matmul output [N, (NH + 2 NKV) HD]. Forward writes out [N, NH*HD] (row stride ldo) and the log-sum-exp of
    each query row lse [B, NH, T] (fp32), which is all the backward needs to rebuild the probabilities.
      a[t,s] = q'[t].k'[s] / sqrt(HD) (s <= t);  p = softmax_s(a);  out[t] = sum_s p[t,s] v[s]
@@ -891,34 +891,46 @@ __device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], 
     a[3] = pack_bf16x2(c1[2], c1[3]);
 }
 
-/* rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8), RoPE'd when cs != NULL; zeros past T.
+/* RoPE applied once per call for the tensor-core kernels: dst [B*T, heads*HD] (rows contiguous) = src rows
+   (stride ld) rotated at their position; a plain copy without cos/sin. One thread per 8 rotation pairs. The tiles
+   of the kernels are then straight copies of these rows. */
+__global__ void attention_rope_kernel(bf16 *dst, const bf16 *src, int ld, int heads, AttnArgs<bf16> a) {
+    int HD = a.HD, half = HD / 2, H8 = half / 8;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)a.B * a.Tn * heads * H8) return;
+    int c = (int)(i % H8) * 8, h = (int)(i / H8 % heads);
+    size_t row = i / H8 / heads;
+    const bf16 *x = src + row * ld + (size_t)h * HD;
+    bf16 *y = dst + row * heads * HD + (size_t)h * HD;
+    Pack<bf16> x1 = ld_pack(x + c), x2 = ld_pack(x + c + half);
+    if (a.cos) {
+        int pos = (int)(row % a.Tn);
+        const float *cr = a.cos + (size_t)pos * half + c, *sr = a.sin + (size_t)pos * half + c;
+        #pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float a1 = to_f(x1.v[k]), a2 = to_f(x2.v[k]);
+            x1.v[k] = from_f<bf16>(a1 * cr[k] - a2 * sr[k]);
+            x2.v[k] = from_f<bf16>(a2 * cr[k] + a1 * sr[k]);
+        }
+    }
+    st_pack(y + c, x1);
+    st_pack(y + c + half, x2);
+}
+
+/* rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8); zeros past T.
    base points at position 0 of the (batch, head); row p at base + p*ld. */
 template <int HD>
-__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn,
-                                          const float *cs, const float *sn) {
-    constexpr int P = HD + TC_PAD, half = HD / 2, H8 = half / 8;
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn) {
+    constexpr int P = HD + TC_PAD, H8 = HD / 8;
     for (int i = threadIdx.x; i < rows * H8; i += blockDim.x) {
         int r = i / H8, c = (i % H8) * 8, pos = pos0 + r;
-        Pack<bf16> x1, x2;
-        if (pos < Tn) {
-            const bf16 *src = base + (size_t)pos * ld;
-            x1 = ld_pack(src + c);
-            x2 = ld_pack(src + c + half);
-            if (cs) {
-                const float *cr = cs + (size_t)pos * half + c, *sr = sn + (size_t)pos * half + c;
-                #pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    float a1 = to_f(x1.v[k]), a2 = to_f(x2.v[k]);
-                    x1.v[k] = from_f<bf16>(a1 * cr[k] - a2 * sr[k]);
-                    x2.v[k] = from_f<bf16>(a2 * cr[k] + a1 * sr[k]);
-                }
-            }
-        } else {
+        Pack<bf16> x;
+        if (pos < Tn) x = ld_pack(base + (size_t)pos * ld + c);
+        else {
             #pragma unroll
-            for (int k = 0; k < 8; k++) { x1.v[k] = from_f<bf16>(0.0f); x2.v[k] = from_f<bf16>(0.0f); }
+            for (int k = 0; k < 8; k++) x.v[k] = from_f<bf16>(0.0f);
         }
-        st_pack(dst + r * P + c, x1);
-        st_pack(dst + r * P + c + half, x2);
+        st_pack(dst + r * P + c, x);
     }
 }
 
@@ -998,7 +1010,7 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
     const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
-    load_tile<HD>(Qs, qbase, a.ldq, q0, BR, Tn, a.cos, a.sin);
+    load_tile<HD>(Qs, qbase, a.ldq, q0, BR, Tn);
     __syncthreads();
     uint32_t qf[HD / 16][4];
     #pragma unroll
@@ -1012,8 +1024,8 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
     for (int kt = 0; kt <= qt; kt++) {
         int k0 = kt * BC;
         __syncthreads();
-        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn, a.cos, a.sin);
-        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
+        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn);
+        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn);
         __syncthreads();
         float s[BC / 8][4];
         #pragma unroll
@@ -1099,8 +1111,8 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
     int kh = h / (a.NH / a.NKV), q0 = qt * BR;
-    load_tile<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn, a.cos, a.sin);
-    load_tile<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn, NULL, NULL);
+    load_tile<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn);
+    load_tile<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn);
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
     const float sl2 = LOG2E / sqrtf((float)HD);
@@ -1118,8 +1130,8 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
     for (int kt = 0; kt <= qt; kt++) {
         int k0 = kt * BC;
         __syncthreads();
-        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn, a.cos, a.sin);
-        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
+        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn);
+        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn);
         __syncthreads();
         float s[BC / 8][4], dp[BC / 8][4];
         mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, lane);   /* S = Q K^T, dP = dO V^T */
@@ -1162,8 +1174,8 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, Tn = a.Tn, G = a.NH / a.NKV;
     int k0 = kt * BK;
-    load_tile<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn, a.cos, a.sin);
-    load_tile<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn, NULL, NULL);
+    load_tile<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn);
+    load_tile<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn);
     const float sl2 = LOG2E / sqrtf((float)HD);
     int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
     float dk[HD / 8][4], dv[HD / 8][4];
@@ -1176,8 +1188,8 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
         const bf16 *gbase = a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD;
         for (int t0 = k0; t0 < Tn; t0 += BQ) {
             __syncthreads();
-            load_tile<HD>(Qs, qbase, a.ldq, t0, BQ, Tn, a.cos, a.sin);
-            load_tile<HD>(Gs, gbase, a.lddo, t0, BQ, Tn, NULL, NULL);
+            load_tile<HD>(Qs, qbase, a.ldq, t0, BQ, Tn);
+            load_tile<HD>(Gs, gbase, a.lddo, t0, BQ, Tn);
             if (threadIdx.x < BQ) {
                 int t = t0 + threadIdx.x;
                 size_t r = ((size_t)b * a.NH + h) * Tn + t;
@@ -1452,6 +1464,28 @@ template <int HD> static size_t tc_smem_forward() { return (size_t)3 * 64 * (HD 
 template <int HD> static size_t tc_smem_dq() { return (size_t)4 * 64 * (HD + TC_PAD) * sizeof(bf16); }
 template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 2 * 32) * (HD + TC_PAD) * sizeof(bf16) + 2 * 32 * sizeof(float); }
 
+/* q and k rotated once by attention_rope_kernel into a scratch buffer ([N, NH*HD] then [N, NKV*HD]), which the
+   tensor-core kernels read in place of a.q and a.k (cos/sin stay: the backward rotates dq, dk back as it stores) */
+static bf16 *g_att_rot = NULL;
+static size_t g_att_rot_bytes = 0;
+static AttnArgs<bf16> attention_rotated(const AttnArgs<bf16> &a, cudaStream_t s) {
+    size_t N = (size_t)a.B * a.Tn, QD = (size_t)a.NH * a.HD, KD = (size_t)a.NKV * a.HD, bytes = N * (QD + KD) * sizeof(bf16);
+    if (bytes > g_att_rot_bytes) {
+        dev_free(g_att_rot, g_att_rot_bytes);
+        g_att_rot = (bf16 *)dev_alloc(bytes);
+        g_att_rot_bytes = bytes;
+    }
+    AttnArgs<bf16> r = a;
+    bf16 *qr = g_att_rot, *kr = g_att_rot + N * QD;
+    size_t nq = N * a.NH * (a.HD / 16), nk = N * a.NKV * (a.HD / 16);
+    attention_rope_kernel<<<ceil_div(nq, 256), 256, 0, s>>>(qr, a.q, a.ldq, a.NH, a);
+    KERNEL_CHECK();
+    attention_rope_kernel<<<ceil_div(nk, 256), 256, 0, s>>>(kr, a.k, a.ldk, a.NKV, a);
+    KERNEL_CHECK();
+    r.q = qr; r.ldq = (int)QD; r.k = kr; r.ldk = (int)KD;
+    return r;
+}
+
 template <int HD> static void attention_forward_tc(AttnArgs<bf16> &a, cudaStream_t s) {
     static int init = 0;
     size_t sm = tc_smem_forward<HD>();
@@ -1478,9 +1512,10 @@ template <typename T>
 static int attention_tc(AttnArgs<T> &a, int force_plain, int backward, cudaStream_t s) {
     if constexpr (std::is_same<T, bf16>::value) {
         if (!attention_uses_tc<T>(a.HD, force_plain)) return 0;
-        if (a.HD == 32) { if (backward) attention_backward_tc<32>(a, s); else attention_forward_tc<32>(a, s); }
-        else if (a.HD == 64) { if (backward) attention_backward_tc<64>(a, s); else attention_forward_tc<64>(a, s); }
-        else { if (backward) attention_backward_tc<128>(a, s); else attention_forward_tc<128>(a, s); }
+        AttnArgs<bf16> r = attention_rotated(a, s);
+        if (a.HD == 32) { if (backward) attention_backward_tc<32>(r, s); else attention_forward_tc<32>(r, s); }
+        else if (a.HD == 64) { if (backward) attention_backward_tc<64>(r, s); else attention_forward_tc<64>(r, s); }
+        else { if (backward) attention_backward_tc<128>(r, s); else attention_forward_tc<128>(r, s); }
         return 1;
     }
     return 0;
