@@ -847,6 +847,7 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
    HD+8 elements, which spreads a fragment's 32 loads over distinct banks. */
 
 #define TC_PAD 8
+#define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -917,20 +918,49 @@ __global__ void attention_rope_kernel(bf16 *dst, const bf16 *src, int ld, int he
     st_pack(y + c + half, x2);
 }
 
-/* rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8); zeros past T.
-   base points at position 0 of the (batch, head); row p at base + p*ld. */
+/* cp.async.cg: 16 bytes from global to shared memory without passing through registers (cached in L2 only);
+   commit_group closes this thread's batch of copies; wait_all returns when all of them have landed (in this
+   thread's view: other threads see them after a __syncthreads) */
+__device__ __forceinline__ void cp_async_16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
+
+/* starts copying rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8) with cp.async (zeros past T,
+   stored at once); the caller commits and waits. base points at position 0 of the (batch, head), row p at base + p*ld. */
 template <int HD>
-__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn) {
+__device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn) {
     constexpr int P = HD + TC_PAD, H8 = HD / 8;
     for (int i = threadIdx.x; i < rows * H8; i += blockDim.x) {
         int r = i / H8, c = (i % H8) * 8, pos = pos0 + r;
-        Pack<bf16> x;
-        if (pos < Tn) x = ld_pack(base + (size_t)pos * ld + c);
+        if (pos < Tn) cp_async_16(dst + r * P + c, base + (size_t)pos * ld + c);
         else {
+            Pack<bf16> z;
             #pragma unroll
-            for (int k = 0; k < 8; k++) x.v[k] = from_f<bf16>(0.0f);
+            for (int k = 0; k < 8; k++) z.v[k] = from_f<bf16>(0.0f);
+            st_pack(dst + r * P + c, z);
         }
-        st_pack(dst + r * P + c, x);
+    }
+}
+
+/* one stage of the dk/dv kernel: the Q and dO tiles of query head h, rows t0.., at st and st + BQ*P (cp.async),
+   and their lse * log2(e) and D at fst and fst + BQ (plain loads) */
+template <int HD, int BQ>
+__device__ __forceinline__ void dkdv_stage(bf16 *st, float *fst, const AttnArgs<bf16> &a, int b, int h, int t0) {
+    int Tn = a.Tn;
+    load_tile_async<HD>(st, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, t0, BQ, Tn);
+    load_tile_async<HD>(st + BQ * (HD + TC_PAD), a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, t0, BQ, Tn);
+    if (threadIdx.x < BQ) {
+        int t = t0 + threadIdx.x;
+        size_t r = ((size_t)b * a.NH + h) * Tn + t;
+        fst[threadIdx.x] = t < Tn ? a.lse[r] * LOG2E : INFINITY;
+        fst[BQ + threadIdx.x] = t < Tn ? a.delta[r] : 0.0f;
     }
 }
 
@@ -996,37 +1026,49 @@ __device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ
     }
 }
 
-#define LOG2E 1.4426950408889634f
 
-/* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal */
+/* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal.
+   Pipeline: the K and V tiles sit in two stages; while the warps work on tile j (S = Q K^T, online softmax,
+   O += P V) the cp.asyncs of tile j+1 fill the other stage, and one __syncthreads per tile separates the two.
+   The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers. */
 template <int HD>
 __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16> a) {
-    constexpr int P = HD + TC_PAD, BR = 64, BC = 64;
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Ks = Qs + BR * P, *Vs = Ks + BC * P;
+    bf16 *st = reinterpret_cast<bf16 *>(smem_raw);   /* stage i: K tile at st + 2i TILE, V tile after it */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
     int kh = h / (a.NH / a.NKV), q0 = qt * BR;
     const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
-    load_tile<HD>(Qs, qbase, a.ldq, q0, BR, Tn);
+    int kt0 = 0, kt1 = qt;
+    load_tile_async<HD>(st + 2 * TILE, qbase, a.ldq, q0, BR, Tn);
+    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
+    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, Tn);
+    cp_async_commit();
+    cp_async_wait_all();
     __syncthreads();
     uint32_t qf[HD / 16][4];
     #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], Qs, P, warp * 16, kk * 16, lane);
+    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], st + 2 * TILE, P, warp * 16, kk * 16, lane);
     float o[HD / 8][4];
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     const float sl2 = LOG2E / sqrtf((float)HD);
     int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-    for (int kt = 0; kt <= qt; kt++) {
-        int k0 = kt * BC;
-        __syncthreads();
-        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn);
-        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn);
-        __syncthreads();
+    for (int kt = kt0; kt <= kt1; kt++) {
+        int k0 = kt * BC, stage = (kt - kt0) & 1;
+        cp_async_wait_all();   /* this thread's copies of tile kt have landed */
+        __syncthreads();       /* everyone's have; everyone is done with the other stage (tile kt-1, or Q) */
+        if (kt < kt1) {
+            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
+            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, Tn);
+            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, Tn);
+            cp_async_commit();
+        }
+        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
         float s[BC / 8][4];
         #pragma unroll
         for (int j = 0; j < BC / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
@@ -1102,19 +1144,25 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
 }
 
 /* backward dq: block = 64 query rows of one (b, h); key tiles up to the diagonal.
-     S = Q K^T, P = exp(S/sqrt(HD) - lse), dP = dO V^T, dS = P (dP - D), dQ = dS K / sqrt(HD) */
+     S = Q K^T, P = exp(S/sqrt(HD) - lse), dP = dO V^T, dS = P (dP - D), dQ = dS K / sqrt(HD)
+   Pipeline: Q and dO staged once; K and V tiles in two stages, tile j+1 copied (cp.async) while tile j is used,
+   one __syncthreads per tile. */
 template <int HD>
 __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<bf16> a) {
-    constexpr int P = HD + TC_PAD, BR = 64, BC = 64;
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + BR * P, *Ks = Gs + BR * P, *Vs = Ks + BC * P;
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + TILE, *st = Gs + TILE;   /* stage i: K, V at st + 2i TILE */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
     int kh = h / (a.NH / a.NKV), q0 = qt * BR;
-    load_tile<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn);
-    load_tile<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn);
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
+    int kt0 = 0, kt1 = qt;
+    load_tile_async<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn);
+    load_tile_async<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn);
+    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
+    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, Tn);
+    cp_async_commit();
     const float sl2 = LOG2E / sqrtf((float)HD);
     int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     float lse2[2], D[2];
@@ -1127,12 +1175,17 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
     float dq[HD / 8][4];
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-    for (int kt = 0; kt <= qt; kt++) {
-        int k0 = kt * BC;
+    for (int kt = kt0; kt <= kt1; kt++) {
+        int k0 = kt * BC, stage = (kt - kt0) & 1;
+        cp_async_wait_all();
         __syncthreads();
-        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn);
-        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn);
-        __syncthreads();
+        if (kt < kt1) {
+            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
+            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, Tn);
+            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, Tn);
+            cp_async_commit();
+        }
+        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
         float s[BC / 8][4], dp[BC / 8][4];
         mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, lane);   /* S = Q K^T, dP = dO V^T */
         #pragma unroll
@@ -1161,21 +1214,27 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
                    1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
 }
 
-/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of 32 from the diagonal to T, for each
-   query head of the group. Computed transposed (rows = keys):
+/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of BQ rows from the diagonal to T, for
+   each query head of the group. Computed transposed (rows = keys):
      S^T = K Q^T, P^T = exp(S^T/sqrt(HD) - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
-     dK += dS^T Q / sqrt(HD) */
+     dK += dS^T Q / sqrt(HD)
+   Pipeline: K and V staged once; the (Q, dO, lse, D) tiles of the (head, query tile) sequence in two stages,
+   the next one copied (cp.async) while the warps work on the current one, one __syncthreads per tile. */
+#define TC_BQ 32
 template <int HD>
 __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a) {
-    constexpr int P = HD + TC_PAD, BK = 64, BQ = 32;
+    constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, QTILE = BQ * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *Qs = Vs + BK * P, *Gs = Qs + BQ * P;
-    float *lse2s = reinterpret_cast<float *>(Gs + BQ * P), *Ds = lse2s + BQ;
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *st = Vs + BK * P;   /* stage i: Q, dO at st + 2i QTILE */
+    float *fst = reinterpret_cast<float *>(st + 4 * QTILE);                               /* stage i: lse2, D at fst + 2i BQ */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, Tn = a.Tn, G = a.NH / a.NKV;
     int k0 = kt * BK;
-    load_tile<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn);
-    load_tile<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn);
+    int tq0 = k0 / BQ, nq = ceil_div_dev(Tn, BQ) - tq0, nit = G * nq;   /* iteration i: head kh G + i / nq, tile tq0 + i % nq */
+    load_tile_async<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn);
+    load_tile_async<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn);
+    dkdv_stage<HD, BQ>(st, fst, a, b, kh * G, tq0 * BQ);
+    cp_async_commit();
     const float sl2 = LOG2E / sqrtf((float)HD);
     int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
     float dk[HD / 8][4], dv[HD / 8][4];
@@ -1183,47 +1242,42 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
     for (int n = 0; n < HD / 8; n++)
         #pragma unroll
         for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
-    for (int h = kh * G; h < (kh + 1) * G; h++) {
-        const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
-        const bf16 *gbase = a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD;
-        for (int t0 = k0; t0 < Tn; t0 += BQ) {
-            __syncthreads();
-            load_tile<HD>(Qs, qbase, a.ldq, t0, BQ, Tn);
-            load_tile<HD>(Gs, gbase, a.lddo, t0, BQ, Tn);
-            if (threadIdx.x < BQ) {
-                int t = t0 + threadIdx.x;
-                size_t r = ((size_t)b * a.NH + h) * Tn + t;
-                lse2s[threadIdx.x] = t < Tn ? a.lse[r] * LOG2E : INFINITY;
-                Ds[threadIdx.x] = t < Tn ? a.delta[r] : 0.0f;
-            }
-            __syncthreads();
-            float s[BQ / 8][4], dp[BQ / 8][4];
-            mma_tile_pair<HD, BQ / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
+    for (int it = 0; it < nit; it++) {
+        int t0 = (tq0 + it % nq) * BQ, stage = it & 1;
+        cp_async_wait_all();
+        __syncthreads();
+        if (it + 1 < nit)
+            dkdv_stage<HD, BQ>(st + 2 * (stage ^ 1) * QTILE, fst + 2 * (stage ^ 1) * BQ, a, b, kh * G + (it + 1) / nq,
+                               (tq0 + (it + 1) % nq) * BQ);
+        cp_async_commit();
+        const bf16 *Qs = st + 2 * stage * QTILE, *Gs = Qs + QTILE;
+        const float *lse2s = fst + 2 * stage * BQ, *Ds = lse2s + BQ;
+        float s[BQ / 8][4], dp[BQ / 8][4];
+        mma_tile_pair<HD, BQ / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
+        #pragma unroll
+        for (int j = 0; j < BQ / 8; j++) {
             #pragma unroll
-            for (int j = 0; j < BQ / 8; j++) {
-                #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int ci = j * 8 + 2 * q + (e & 1), t = t0 + ci, hr = e >> 1;
-                    float p = (key[hr] > t || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
-                    s[j][e] = p;                               /* P^T */
-                    dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
-                }
+            for (int e = 0; e < 4; e++) {
+                int ci = j * 8 + 2 * q + (e & 1), t = t0 + ci, hr = e >> 1;
+                float p = (key[hr] > t || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
+                s[j][e] = p;                               /* P^T */
+                dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
             }
+        }
+        #pragma unroll
+        for (int kc = 0; kc < BQ / 16; kc++) {
+            uint32_t pa[4], da[4];
+            frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
+            frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
             #pragma unroll
-            for (int kc = 0; kc < BQ / 16; kc++) {
-                uint32_t pa[4], da[4];
-                frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
-                frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
-                #pragma unroll
-                for (int n = 0; n < HD / 8; n += 2) {
-                    uint32_t bg[4], bq[4];
-                    frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
-                    frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
-                    mma_16816(dv[n], pa, bg);
-                    mma_16816(dv[n + 1], pa, bg + 2);
-                    mma_16816(dk[n], da, bq);
-                    mma_16816(dk[n + 1], da, bq + 2);
-                }
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bg[4], bq[4];
+                frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
+                frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
+                mma_16816(dv[n], pa, bg);
+                mma_16816(dv[n + 1], pa, bg + 2);
+                mma_16816(dk[n], da, bq);
+                mma_16816(dk[n + 1], da, bq + 2);
             }
         }
     }
@@ -1460,9 +1514,10 @@ template <typename T> static int attention_uses_tc(int HD, int force_plain) {
     return 0;
 }
 
-template <int HD> static size_t tc_smem_forward() { return (size_t)3 * 64 * (HD + TC_PAD) * sizeof(bf16); }
-template <int HD> static size_t tc_smem_dq() { return (size_t)4 * 64 * (HD + TC_PAD) * sizeof(bf16); }
-template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 2 * 32) * (HD + TC_PAD) * sizeof(bf16) + 2 * 32 * sizeof(float); }
+/* shared memory: forward 2 stages of K, V; dq Q, dO + 2 stages of K, V; dkdv K, V + 2 stages of Q, dO, lse, D */
+template <int HD> static size_t tc_smem_forward() { return (size_t)4 * 64 * (HD + TC_PAD) * sizeof(bf16); }
+template <int HD> static size_t tc_smem_dq() { return (size_t)6 * 64 * (HD + TC_PAD) * sizeof(bf16); }
+template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 4 * TC_BQ) * (HD + TC_PAD) * sizeof(bf16) + 4 * TC_BQ * sizeof(float); }
 
 /* q and k rotated once by attention_rope_kernel into a scratch buffer ([N, NH*HD] then [N, NKV*HD]), which the
    tensor-core kernels read in place of a.q and a.k (cos/sin stay: the backward rotates dq, dk back as it stores) */
