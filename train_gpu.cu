@@ -1027,12 +1027,20 @@ __device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ
 }
 
 
+/* blocks of 128 threads per SM that each tensor-core kernel (0 forward, 1 dq, 2 dk/dv) is compiled for: registers
+   capped at 64K / (128 blocks). Chosen as the most that the shared memory allows on sm_90 (227 KB for forward 4
+   tiles, dq 6, dk/dv 6 of 64 x (HD + 8) bf16) and that ptxas fits without spilling (checked with -Xptxas -v):
+   at head dim 128, 12 warps per SM forward, 8 backward; at 64, 12. */
+__host__ __device__ constexpr int tc_min_blocks(int HD, int kernel) {
+    return kernel == 0 ? (HD == 32 ? 4 : 3) : HD == 128 ? 2 : 3;
+}
+
 /* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal.
    Pipeline: the K and V tiles sit in two stages; while the warps work on tile j (S = Q K^T, online softmax,
    O += P V) the cp.asyncs of tile j+1 fill the other stage, and one __syncthreads per tile separates the two.
    The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers. */
 template <int HD>
-__global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16> a) {
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_tc_kernel(AttnArgs<bf16> a) {
     constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *st = reinterpret_cast<bf16 *>(smem_raw);   /* stage i: K tile at st + 2i TILE, V tile after it */
@@ -1148,7 +1156,7 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
    Pipeline: Q and dO staged once; K and V tiles in two stages, tile j+1 copied (cp.async) while tile j is used,
    one __syncthreads per tile. */
 template <int HD>
-__global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<bf16> a) {
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_dq_tc_kernel(AttnArgs<bf16> a) {
     constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + TILE, *st = Gs + TILE;   /* stage i: K, V at st + 2i TILE */
@@ -1214,16 +1222,17 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
                    1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
 }
 
-/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of BQ rows from the diagonal to T, for
-   each query head of the group. Computed transposed (rows = keys):
+/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of 64 rows from the diagonal to T, for
+   each query head of the group, computed in column chunks of BQC query rows (32 at head dim 64 and 128, which
+   keeps the S, dP chunks and the dK, dV accumulators in registers without spilling; 64 at head dim 32). Computed transposed (rows = keys):
      S^T = K Q^T, P^T = exp(S^T/sqrt(HD) - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
      dK += dS^T Q / sqrt(HD)
    Pipeline: K and V staged once; the (Q, dO, lse, D) tiles of the (head, query tile) sequence in two stages,
    the next one copied (cp.async) while the warps work on the current one, one __syncthreads per tile. */
-#define TC_BQ 32
+#define TC_BQ 64
 template <int HD>
-__global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a) {
-    constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, QTILE = BQ * P;
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a) {
+    constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, BQC = HD >= 64 ? 32 : 64, QTILE = BQ * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *st = Vs + BK * P;   /* stage i: Q, dO at st + 2i QTILE */
     float *fst = reinterpret_cast<float *>(st + 4 * QTILE);                               /* stage i: lse2, D at fst + 2i BQ */
@@ -1250,34 +1259,37 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
             dkdv_stage<HD, BQ>(st + 2 * (stage ^ 1) * QTILE, fst + 2 * (stage ^ 1) * BQ, a, b, kh * G + (it + 1) / nq,
                                (tq0 + (it + 1) % nq) * BQ);
         cp_async_commit();
-        const bf16 *Qs = st + 2 * stage * QTILE, *Gs = Qs + QTILE;
-        const float *lse2s = fst + 2 * stage * BQ, *Ds = lse2s + BQ;
-        float s[BQ / 8][4], dp[BQ / 8][4];
-        mma_tile_pair<HD, BQ / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
-        #pragma unroll
-        for (int j = 0; j < BQ / 8; j++) {
+        #pragma unroll 1
+        for (int c0 = 0; c0 < BQ && t0 + c0 < Tn; c0 += BQC) {
+            const bf16 *Qs = st + 2 * stage * QTILE + c0 * P, *Gs = Qs + QTILE;
+            const float *lse2s = fst + 2 * stage * BQ + c0, *Ds = lse2s + BQ;
+            float s[BQC / 8][4], dp[BQC / 8][4];
+            mma_tile_pair<HD, BQC / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
             #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int ci = j * 8 + 2 * q + (e & 1), t = t0 + ci, hr = e >> 1;
-                float p = (key[hr] > t || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
-                s[j][e] = p;                               /* P^T */
-                dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
+            for (int j = 0; j < BQC / 8; j++) {
+                #pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int ci = j * 8 + 2 * q + (e & 1), t = t0 + c0 + ci, hr = e >> 1;
+                    float p = (key[hr] > t || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
+                    s[j][e] = p;                               /* P^T */
+                    dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
+                }
             }
-        }
-        #pragma unroll
-        for (int kc = 0; kc < BQ / 16; kc++) {
-            uint32_t pa[4], da[4];
-            frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
-            frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
             #pragma unroll
-            for (int n = 0; n < HD / 8; n += 2) {
-                uint32_t bg[4], bq[4];
-                frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
-                frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
-                mma_16816(dv[n], pa, bg);
-                mma_16816(dv[n + 1], pa, bg + 2);
-                mma_16816(dk[n], da, bq);
-                mma_16816(dk[n + 1], da, bq + 2);
+            for (int kc = 0; kc < BQC / 16; kc++) {
+                uint32_t pa[4], da[4];
+                frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
+                frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
+                #pragma unroll
+                for (int n = 0; n < HD / 8; n += 2) {
+                    uint32_t bg[4], bq[4];
+                    frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
+                    frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
+                    mma_16816(dv[n], pa, bg);
+                    mma_16816(dv[n + 1], pa, bg + 2);
+                    mma_16816(dk[n], da, bq);
+                    mma_16816(dk[n + 1], da, bq + 2);
+                }
             }
         }
     }
