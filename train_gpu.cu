@@ -619,8 +619,20 @@ struct AttnArgs {
     T *dq, *dk, *dv; int lddq, lddk, lddv;
     float *delta;                /* [B, NH, T] scratch: D = dout . out */
     const float *cos, *sin;      /* [T, HD/2] or NULL (no RoPE) */
+    const int *doc_start;        /* [B*T] or NULL: row t of batch b sees keys doc_start[b*T+t] <= s <= t (packed
+                                    documents; doc_start[b*T+t] <= t) */
+    const int *pos;              /* [B*T] or NULL (= t): the RoPE position of row t of q and k, e.g. t - its doc start */
     int B, Tn, NH, NKV, HD;
 };
+
+/* the first key row t may see, and the RoPE table rows of row t (NULL without RoPE) */
+template <typename T>
+__device__ __forceinline__ int attn_lo(const AttnArgs<T> &a, int b, int t) { return a.doc_start ? a.doc_start[(size_t)b * a.Tn + t] : 0; }
+template <typename T>
+__device__ __forceinline__ const float *rope_row(const AttnArgs<T> &a, const float *tab, int b, int t) {
+    if (!tab) return NULL;
+    return tab + (size_t)(a.pos ? a.pos[(size_t)b * a.Tn + t] : t) * (a.HD / 2);
+}
 
 /* element d of row x (position t) after RoPE; cs/sn point at the table row of t, or NULL */
 template <typename T>
@@ -665,19 +677,20 @@ __global__ void attention_forward_plain_kernel(AttnArgs<T> a) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * ATT_WARPS + warp;
     if (row >= a.B * a.NH * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD, half = HD / 2;
+    int T_ = a.Tn, HD = a.HD;
     int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
     float scale = 1.0f / sqrtf((float)HD);
     float *qs = qs_all[warp];
     const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
-    const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
+    int lo = attn_lo(a, b, t);
     for (int d = lane; d < HD; d += 32) qs[d] = rope_load(qrow, d, HD, cq, sq);
     __syncwarp();
-    /* pass 1: max and sum of exp over the keys s <= t (lane-strided), then combined over the warp */
+    /* pass 1: max and sum of exp over the keys lo <= s <= t (lane-strided), then combined over the warp */
     float m = -INFINITY, l = 0.0f;
-    for (int s = lane; s <= t; s += 32) {
+    for (int s = lo + lane; s <= t; s += 32) {
         const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-        const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+        const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
         float x = 0.0f;
         for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
         x *= scale;
@@ -694,12 +707,12 @@ __global__ void attention_forward_plain_kernel(AttnArgs<T> a) {
     float acc[ATT_MAXHD / 32];
     #pragma unroll
     for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
-    for (int s0 = 0; s0 <= t; s0 += 32) {
+    for (int s0 = lo; s0 <= t; s0 += 32) {
         int s = s0 + lane;
         float p = 0.0f;
         if (s <= t) {
             const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-            const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
             float x = 0.0f;
             for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
             p = expf(x * scale - lse);
@@ -731,26 +744,27 @@ __global__ void attention_backward_dq_plain_kernel(AttnArgs<T> a) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * ATT_WARPS + warp;
     if (row >= a.B * a.NH * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD, half = HD / 2;
+    int T_ = a.Tn, HD = a.HD;
     int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
     float scale = 1.0f / sqrtf((float)HD);
     float *qs = qs_all[warp], *gs = gs_all[warp];
     const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
     const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
-    const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
+    int lo = attn_lo(a, b, t);
     for (int d = lane; d < HD; d += 32) { qs[d] = rope_load(qrow, d, HD, cq, sq); gs[d] = to_f(grow[d]); }
     __syncwarp();
     float lse = a.lse[row], D = a.delta[row];
     float acc[ATT_MAXHD / 32];
     #pragma unroll
     for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
-    for (int s0 = 0; s0 <= t; s0 += 32) {
+    for (int s0 = lo; s0 <= t; s0 += 32) {
         int s = s0 + lane;
         float ds = 0.0f;
         if (s <= t) {
             const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
             const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
-            const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
             float x = 0.0f, dp = 0.0f;
             for (int d = 0; d < HD; d++) { x += qs[d] * rope_load(krow, d, HD, ck, sk); dp += gs[d] * to_f(vrow[d]); }
             float p = expf(x * scale - lse);
@@ -761,7 +775,7 @@ __global__ void attention_backward_dq_plain_kernel(AttnArgs<T> a) {
             float dsj = __shfl_sync(0xffffffffu, ds, j);
             int sj = s0 + j;
             const T *krow = a.k + ((size_t)b * T_ + sj) * a.ldk + (size_t)kh * HD;
-            const float *ck = a.cos ? a.cos + (size_t)sj * half : NULL, *sk = a.sin ? a.sin + (size_t)sj * half : NULL;
+            const float *ck = rope_row(a, a.cos, b, sj), *sk = rope_row(a, a.sin, b, sj);
             #pragma unroll
             for (int i = 0; i < ATT_MAXHD / 32; i++) {
                 int d = lane + 32 * i;
@@ -784,13 +798,13 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * ATT_WARPS + warp;
     if (row >= a.B * a.NKV * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD, half = HD / 2, G = a.NH / a.NKV;
+    int T_ = a.Tn, HD = a.HD, G = a.NH / a.NKV;
     int s = row % T_, kh = (row / T_) % a.NKV, b = row / (T_ * a.NKV);
     float scale = 1.0f / sqrtf((float)HD);
     float *ks = ks_all[warp], *vs = vs_all[warp];
     const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
     const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
-    const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+    const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
     for (int d = lane; d < HD; d += 32) { ks[d] = rope_load(krow, d, HD, ck, sk); vs[d] = to_f(vrow[d]); }
     __syncwarp();
     float dk[ATT_MAXHD / 32], dv[ATT_MAXHD / 32];
@@ -800,10 +814,10 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
         for (int t0 = s; t0 < T_; t0 += 32) {
             int t = t0 + lane;
             float p = 0.0f, ds = 0.0f;
-            if (t < T_) {
+            if (t < T_ && attn_lo(a, b, t) <= s) {   /* query t sees key s */
                 const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
                 const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
-                const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+                const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
                 float x = 0.0f, dp = 0.0f;
                 for (int d = 0; d < HD; d++) { x += rope_load(qrow, d, HD, cq, sq) * ks[d]; dp += to_f(grow[d]) * vs[d]; }
                 size_t r = ((size_t)b * a.NH + h) * T_ + t;
@@ -816,7 +830,7 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
                 int tj = t0 + j;
                 const T *qrow = a.q + ((size_t)b * T_ + tj) * a.ldq + (size_t)h * HD;
                 const T *grow = a.dout + ((size_t)b * T_ + tj) * a.lddo + (size_t)h * HD;
-                const float *cq = a.cos ? a.cos + (size_t)tj * half : NULL, *sq = a.sin ? a.sin + (size_t)tj * half : NULL;
+                const float *cq = rope_row(a, a.cos, b, tj), *sq = rope_row(a, a.sin, b, tj);
                 #pragma unroll
                 for (int i = 0; i < ATT_MAXHD / 32; i++) {
                     int d = lane + 32 * i;
@@ -894,7 +908,7 @@ __device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], 
 
 /* RoPE applied once per call for the tensor-core kernels: dst [B*T, heads*HD] (rows contiguous) = src rows
    (stride ld) rotated at their position; a plain copy without cos/sin. One thread per 8 rotation pairs. The tiles
-   of the kernels are then straight copies of these rows. */
+   of the kernels are then straight copies of these rows. The position of row b*T + t is a.pos[b*T + t] or t. */
 __global__ void attention_rope_kernel(bf16 *dst, const bf16 *src, int ld, int heads, AttnArgs<bf16> a) {
     int HD = a.HD, half = HD / 2, H8 = half / 8;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -905,7 +919,7 @@ __global__ void attention_rope_kernel(bf16 *dst, const bf16 *src, int ld, int he
     bf16 *y = dst + row * heads * HD + (size_t)h * HD;
     Pack<bf16> x1 = ld_pack(x + c), x2 = ld_pack(x + c + half);
     if (a.cos) {
-        int pos = (int)(row % a.Tn);
+        int pos = a.pos ? a.pos[row] : (int)(row % a.Tn);
         const float *cr = a.cos + (size_t)pos * half + c, *sr = a.sin + (size_t)pos * half + c;
         #pragma unroll
         for (int k = 0; k < 8; k++) {
@@ -932,6 +946,16 @@ __device__ __forceinline__ void cp_async_wait_all() {
 }
 __device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
 
+/* with doc_start: tile_lo[b, i] = the smallest first key of query rows [64 i, 64 i + 64) of batch b, so that the
+   kernels skip the key tiles before it (forward, dq) and the query tiles that see none of a key tile (dk/dv) */
+__global__ void attention_tile_lo_kernel(int *tile_lo, AttnArgs<bf16> a) {
+    int nt = (a.Tn + 63) / 64, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= a.B * nt) return;
+    int b = i / nt, t0 = (i % nt) * 64, lo = t0;
+    for (int t = t0; t < t0 + 64 && t < a.Tn; t++) lo = min(lo, attn_lo(a, b, t));
+    tile_lo[i] = lo;
+}
+
 /* starts copying rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8) with cp.async (zeros past T,
    stored at once); the caller commits and waits. base points at position 0 of the (batch, head), row p at base + p*ld. */
 template <int HD>
@@ -950,9 +974,9 @@ __device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *base, int
 }
 
 /* one stage of the dk/dv kernel: the Q and dO tiles of query head h, rows t0.., at st and st + BQ*P (cp.async),
-   and their lse * log2(e) and D at fst and fst + BQ (plain loads) */
+   and their lse * log2(e), D and first key (attn_lo) at fst, fst + BQ and ilo (plain loads) */
 template <int HD, int BQ>
-__device__ __forceinline__ void dkdv_stage(bf16 *st, float *fst, const AttnArgs<bf16> &a, int b, int h, int t0) {
+__device__ __forceinline__ void dkdv_stage(bf16 *st, float *fst, int *ilo, const AttnArgs<bf16> &a, int b, int h, int t0) {
     int Tn = a.Tn;
     load_tile_async<HD>(st, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, t0, BQ, Tn);
     load_tile_async<HD>(st + BQ * (HD + TC_PAD), a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, t0, BQ, Tn);
@@ -961,14 +985,16 @@ __device__ __forceinline__ void dkdv_stage(bf16 *st, float *fst, const AttnArgs<
         size_t r = ((size_t)b * a.NH + h) * Tn + t;
         fst[threadIdx.x] = t < Tn ? a.lse[r] * LOG2E : INFINITY;
         fst[BQ + threadIdx.x] = t < Tn ? a.delta[r] : 0.0f;
+        ilo[threadIdx.x] = t < Tn ? attn_lo(a, b, t) : 0;
     }
 }
 
 /* Writes a warp's 16 x HD fp32 accumulator (rows row0 + g, row0 + g + 8) as bf16, scaled, rotated back by RoPE
-   (element d and d + HD/2 sit in the same thread: tiles n and n + HD/16) when cs != NULL. */
+   (element d and d + HD/2 sit in the same thread: tiles n and n + HD/16) when cs != NULL, row p at position
+   rp[p] (rp: the batch's a.pos row, or NULL for p). */
 template <int HD>
 __device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn, float acc[HD / 8][4], float scale,
-                                           const float *cs, const float *sn, int g, int q) {
+                                           const float *cs, const float *sn, const int *rp, int g, int q) {
     constexpr int half = HD / 2;
     #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
@@ -981,7 +1007,8 @@ __device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn,
             for (int e = 0; e < 2; e++) acc[n][2 * hr + e] *= scale;
         }
         if (cs) {
-            const float *cr = cs + (size_t)pos * half, *sr = sn + (size_t)pos * half;
+            int rpos = rp ? rp[pos] : pos;
+            const float *cr = cs + (size_t)rpos * half, *sr = sn + (size_t)rpos * half;
             #pragma unroll
             for (int n = 0; n < HD / 16; n++) {
                 #pragma unroll
@@ -1040,7 +1067,7 @@ __host__ __device__ constexpr int tc_min_blocks(int HD, int kernel) {
    O += P V) the cp.asyncs of tile j+1 fill the other stage, and one __syncthreads per tile separates the two.
    The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers. */
 template <int HD>
-__global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_tc_kernel(AttnArgs<bf16> a) {
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
     constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *st = reinterpret_cast<bf16 *>(smem_raw);   /* stage i: K tile at st + 2i TILE, V tile after it */
@@ -1050,7 +1077,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_t
     const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
-    int kt0 = 0, kt1 = qt;
+    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
     load_tile_async<HD>(st + 2 * TILE, qbase, a.ldq, q0, BR, Tn);
     load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
     load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, Tn);
@@ -1066,6 +1093,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_t
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     const float sl2 = LOG2E / sqrtf((float)HD);
     int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    int lo[2] = {row[0] < Tn ? attn_lo(a, b, row[0]) : 0, row[1] < Tn ? attn_lo(a, b, row[1]) : 0};
     for (int kt = kt0; kt <= kt1; kt++) {
         int k0 = kt * BC, stage = (kt - kt0) & 1;
         cp_async_wait_all();   /* this thread's copies of tile kt have landed */
@@ -1097,7 +1125,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_t
             for (int e = 0; e < 4; e++) {
                 int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
                 float x = s[j][e] * sl2;
-                if (col > row[hr] || col >= Tn) x = -INFINITY;
+                if (col > row[hr] || col < lo[hr] || col >= Tn) x = -INFINITY;
                 s[j][e] = x;
                 mx[hr] = fmaxf(mx[hr], x);
             }
@@ -1148,7 +1176,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_t
         for (int n = 0; n < HD / 8; n++) { o[n][2 * hr] *= inv; o[n][2 * hr + 1] *= inv; }
         if (q == 0 && row[hr] < Tn) a.lse[((size_t)b * a.NH + h) * Tn + row[hr]] = (m[hr] + log2f(l[hr])) / LOG2E;
     }
-    store_rows<HD>(obase, a.ldo, q0 + warp * 16, Tn, o, 1.0f, NULL, NULL, g, q);
+    store_rows<HD>(obase, a.ldo, q0 + warp * 16, Tn, o, 1.0f, NULL, NULL, NULL, g, q);
 }
 
 /* backward dq: block = 64 query rows of one (b, h); key tiles up to the diagonal.
@@ -1156,7 +1184,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_t
    Pipeline: Q and dO staged once; K and V tiles in two stages, tile j+1 copied (cp.async) while tile j is used,
    one __syncthreads per tile. */
 template <int HD>
-__global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_dq_tc_kernel(AttnArgs<bf16> a) {
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_dq_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
     constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + TILE, *st = Gs + TILE;   /* stage i: K, V at st + 2i TILE */
@@ -1165,7 +1193,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_
     int kh = h / (a.NH / a.NKV), q0 = qt * BR;
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
-    int kt0 = 0, kt1 = qt;
+    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
     load_tile_async<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn);
     load_tile_async<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn);
     load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
@@ -1173,6 +1201,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_
     cp_async_commit();
     const float sl2 = LOG2E / sqrtf((float)HD);
     int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    int lo[2] = {row[0] < Tn ? attn_lo(a, b, row[0]) : 0, row[1] < Tn ? attn_lo(a, b, row[1]) : 0};
     float lse2[2], D[2];
     #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
@@ -1201,7 +1230,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_
             #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
-                float p = (col > row[hr] || col >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2[hr]);
+                float p = (col > row[hr] || col < lo[hr] || col >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2[hr]);
                 s[j][e] = p * (dp[j][e] - D[hr]);   /* dS */
             }
         }
@@ -1219,7 +1248,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_
         }
     }
     store_rows<HD>(a.dq + (size_t)b * Tn * a.lddq + (size_t)h * HD, a.lddq, q0 + warp * 16, Tn, dq,
-                   1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * Tn : NULL, g, q);
 }
 
 /* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of 64 rows from the diagonal to T, for
@@ -1231,18 +1260,26 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_
    the next one copied (cp.async) while the warps work on the current one, one __syncthreads per tile. */
 #define TC_BQ 64
 template <int HD>
-__global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a) {
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
     constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, BQC = HD >= 64 ? 32 : 64, QTILE = BQ * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *st = Vs + BK * P;   /* stage i: Q, dO at st + 2i QTILE */
     float *fst = reinterpret_cast<float *>(st + 4 * QTILE);                               /* stage i: lse2, D at fst + 2i BQ */
+    int *ilo = reinterpret_cast<int *>(fst + 4 * BQ);                                     /* stage i: first keys at ilo + i BQ */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, Tn = a.Tn, G = a.NH / a.NKV;
     int k0 = kt * BK;
-    int tq0 = k0 / BQ, nq = ceil_div_dev(Tn, BQ) - tq0, nit = G * nq;   /* iteration i: head kh G + i / nq, tile tq0 + i % nq */
+    /* iteration i: head kh G + i / nq, query tile tq0 + i % nq; with doc_start, the tiles whose rows all start after
+       this key tile's last key are skipped (next_it) */
+    int tq0 = k0 / BQ, nq = ceil_div_dev(Tn, BQ) - tq0, nit = G * nq, ntq = ceil_div_dev(Tn, BQ);
+    auto next_it = [&](int i) {
+        while (tile_lo && i < nit && tile_lo[b * ntq + tq0 + i % nq] > k0 + BK - 1) i++;
+        return i;
+    };
     load_tile_async<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn);
     load_tile_async<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn);
-    dkdv_stage<HD, BQ>(st, fst, a, b, kh * G, tq0 * BQ);
+    int it = next_it(0);
+    if (it < nit) dkdv_stage<HD, BQ>(st, fst, ilo, a, b, kh * G + it / nq, (tq0 + it % nq) * BQ);
     cp_async_commit();
     const float sl2 = LOG2E / sqrtf((float)HD);
     int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
@@ -1251,18 +1288,20 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_
     for (int n = 0; n < HD / 8; n++)
         #pragma unroll
         for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
-    for (int it = 0; it < nit; it++) {
-        int t0 = (tq0 + it % nq) * BQ, stage = it & 1;
+    for (int n = 0, nx; it < nit; n++, it = nx) {
+        int t0 = (tq0 + it % nq) * BQ, stage = n & 1;
+        nx = next_it(it + 1);
         cp_async_wait_all();
         __syncthreads();
-        if (it + 1 < nit)
-            dkdv_stage<HD, BQ>(st + 2 * (stage ^ 1) * QTILE, fst + 2 * (stage ^ 1) * BQ, a, b, kh * G + (it + 1) / nq,
-                               (tq0 + (it + 1) % nq) * BQ);
+        if (nx < nit)
+            dkdv_stage<HD, BQ>(st + 2 * (stage ^ 1) * QTILE, fst + 2 * (stage ^ 1) * BQ, ilo + (stage ^ 1) * BQ, a, b,
+                               kh * G + nx / nq, (tq0 + nx % nq) * BQ);
         cp_async_commit();
         #pragma unroll 1
         for (int c0 = 0; c0 < BQ && t0 + c0 < Tn; c0 += BQC) {
             const bf16 *Qs = st + 2 * stage * QTILE + c0 * P, *Gs = Qs + QTILE;
             const float *lse2s = fst + 2 * stage * BQ + c0, *Ds = lse2s + BQ;
+            const int *los = ilo + stage * BQ + c0;
             float s[BQC / 8][4], dp[BQC / 8][4];
             mma_tile_pair<HD, BQC / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
             #pragma unroll
@@ -1270,7 +1309,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_
                 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int ci = j * 8 + 2 * q + (e & 1), t = t0 + c0 + ci, hr = e >> 1;
-                    float p = (key[hr] > t || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
+                    float p = (key[hr] > t || key[hr] < los[ci] || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
                     s[j][e] = p;                               /* P^T */
                     dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
                 }
@@ -1294,8 +1333,8 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_
         }
     }
     store_rows<HD>(a.dk + (size_t)b * Tn * a.lddk + (size_t)kh * HD, a.lddk, k0 + warp * 16, Tn, dk,
-                   1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
-    store_rows<HD>(a.dv + (size_t)b * Tn * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, Tn, dv, 1.0f, NULL, NULL, g, q);
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * Tn : NULL, g, q);
+    store_rows<HD>(a.dv + (size_t)b * Tn * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, Tn, dv, 1.0f, NULL, NULL, NULL, g, q);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1529,18 +1568,26 @@ template <typename T> static int attention_uses_tc(int HD, int force_plain) {
 /* shared memory: forward 2 stages of K, V; dq Q, dO + 2 stages of K, V; dkdv K, V + 2 stages of Q, dO, lse, D */
 template <int HD> static size_t tc_smem_forward() { return (size_t)4 * 64 * (HD + TC_PAD) * sizeof(bf16); }
 template <int HD> static size_t tc_smem_dq() { return (size_t)6 * 64 * (HD + TC_PAD) * sizeof(bf16); }
-template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 4 * TC_BQ) * (HD + TC_PAD) * sizeof(bf16) + 4 * TC_BQ * sizeof(float); }
+template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 4 * TC_BQ) * (HD + TC_PAD) * sizeof(bf16) + 6 * TC_BQ * sizeof(float); }
 
 /* q and k rotated once by attention_rope_kernel into a scratch buffer ([N, NH*HD] then [N, NKV*HD]), which the
-   tensor-core kernels read in place of a.q and a.k (cos/sin stay: the backward rotates dq, dk back as it stores) */
+   tensor-core kernels read in place of a.q and a.k (cos/sin stay: the backward rotates dq, dk back as it stores);
+   with doc_start, also each 64-row tile's first key (attention_tile_lo_kernel) after them */
 static bf16 *g_att_rot = NULL;
+static int *g_att_tile_lo = NULL;
 static size_t g_att_rot_bytes = 0;
 static AttnArgs<bf16> attention_rotated(const AttnArgs<bf16> &a, cudaStream_t s) {
-    size_t N = (size_t)a.B * a.Tn, QD = (size_t)a.NH * a.HD, KD = (size_t)a.NKV * a.HD, bytes = N * (QD + KD) * sizeof(bf16);
+    size_t N = (size_t)a.B * a.Tn, QD = (size_t)a.NH * a.HD, KD = (size_t)a.NKV * a.HD, nlo = (size_t)a.B * ceil_div(a.Tn, 64);
+    size_t bytes = N * (QD + KD) * sizeof(bf16) + nlo * sizeof(int);
     if (bytes > g_att_rot_bytes) {
         dev_free(g_att_rot, g_att_rot_bytes);
         g_att_rot = (bf16 *)dev_alloc(bytes);
         g_att_rot_bytes = bytes;
+    }
+    g_att_tile_lo = reinterpret_cast<int *>(g_att_rot + N * (QD + KD));
+    if (a.doc_start) {
+        attention_tile_lo_kernel<<<ceil_div(nlo, 128), 128, 0, s>>>(g_att_tile_lo, a);
+        KERNEL_CHECK();
     }
     AttnArgs<bf16> r = a;
     bf16 *qr = g_att_rot, *kr = g_att_rot + N * QD;
@@ -1553,14 +1600,14 @@ static AttnArgs<bf16> attention_rotated(const AttnArgs<bf16> &a, cudaStream_t s)
     return r;
 }
 
-template <int HD> static void attention_forward_tc(AttnArgs<bf16> &a, cudaStream_t s) {
+template <int HD> static void attention_forward_tc(AttnArgs<bf16> &a, const int *tile_lo, cudaStream_t s) {
     static int init = 0;
     size_t sm = tc_smem_forward<HD>();
     if (!init) { CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)); init = 1; }
-    attention_forward_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sm, s>>>(a);
+    attention_forward_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sm, s>>>(a, tile_lo);
     KERNEL_CHECK();
 }
-template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, cudaStream_t s) {
+template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, const int *tile_lo, cudaStream_t s) {
     static int init = 0;
     size_t sq = tc_smem_dq<HD>(), sk = tc_smem_dkdv<HD>();
     if (!init) {
@@ -1568,9 +1615,9 @@ template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, cudaStrea
         CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sk));
         init = 1;
     }
-    attention_backward_dq_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sq, s>>>(a);
+    attention_backward_dq_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sq, s>>>(a, tile_lo);
     KERNEL_CHECK();
-    attention_backward_dkdv_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NKV, a.B), 128, sk, s>>>(a);
+    attention_backward_dkdv_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NKV, a.B), 128, sk, s>>>(a, tile_lo);
     KERNEL_CHECK();
 }
 
@@ -1580,9 +1627,10 @@ static int attention_tc(AttnArgs<T> &a, int force_plain, int backward, cudaStrea
     if constexpr (std::is_same<T, bf16>::value) {
         if (!attention_uses_tc<T>(a.HD, force_plain)) return 0;
         AttnArgs<bf16> r = attention_rotated(a, s);
-        if (a.HD == 32) { if (backward) attention_backward_tc<32>(r, s); else attention_forward_tc<32>(r, s); }
-        else if (a.HD == 64) { if (backward) attention_backward_tc<64>(r, s); else attention_forward_tc<64>(r, s); }
-        else { if (backward) attention_backward_tc<128>(r, s); else attention_forward_tc<128>(r, s); }
+        const int *lo = a.doc_start ? g_att_tile_lo : NULL;
+        if (a.HD == 32) { if (backward) attention_backward_tc<32>(r, lo, s); else attention_forward_tc<32>(r, lo, s); }
+        else if (a.HD == 64) { if (backward) attention_backward_tc<64>(r, lo, s); else attention_forward_tc<64>(r, lo, s); }
+        else { if (backward) attention_backward_tc<128>(r, lo, s); else attention_forward_tc<128>(r, lo, s); }
         return 1;
     }
     return 0;
