@@ -1065,7 +1065,8 @@ __host__ __device__ constexpr int tc_min_blocks(int HD, int kernel) {
 /* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal.
    Pipeline: the K and V tiles sit in two stages; while the warps work on tile j (S = Q K^T, online softmax,
    O += P V) the cp.asyncs of tile j+1 fill the other stage, and one __syncthreads per tile separates the two.
-   The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers. */
+   The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers.
+   With doc_start, the key tiles wholly before the query tile's first start (tile_lo) are not visited. */
 template <int HD>
 __global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
     constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
@@ -1262,6 +1263,7 @@ __global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_
 template <int HD>
 __global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
     constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, BQC = HD >= 64 ? 32 : 64, QTILE = BQ * P;
+    static_assert(BQ == 64, "tile_lo holds the first keys of 64-row query tiles");
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *st = Vs + BK * P;   /* stage i: Q, dO at st + 2i QTILE */
     float *fst = reinterpret_cast<float *>(st + 4 * QTILE);                               /* stage i: lse2, D at fst + 2i BQ */
