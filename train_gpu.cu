@@ -505,24 +505,67 @@ __global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *t
     }
 }
 
+/* What one optimizer step's AdamW reads from the device: the step's decisions, made on the device by
+   step_decide_kernel from the reduced loss and grad norm, so the host never waits for them. */
+struct AdamCtl {
+    float step_size;             /* lr / (1 - beta1^t), t = the number of updates so far, this one included */
+    float bc2_sqrt;              /* sqrt(1 - beta2^t) */
+    float grad_scale;            /* the clip coefficient */
+    int apply;                   /* 0: the step is skipped (non-finite loss or norm, or no update asked for) */
+    uint64_t sr_seed;            /* the stochastic rounding's seed of update t */
+};
+
 /* adamw_update on a slice of the flat vector (torch.optim.AdamW):
      p = p (1 - lr wd);  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
    g = grad * grad_scale (the clip coefficient). The fp32 master is updated and the T copy of the weight is
-   rounded from it, stochastically for bf16 with rng_u64(seed, global index): the same bits whatever the sharding. */
+   rounded from it, stochastically for bf16 with rng_u64(seed, global index): the same bits whatever the sharding.
+   step_size, bc2_sqrt, grad_scale and the seed come from the device (ctl); nothing is written when !ctl->apply. */
 template <typename T>
 __global__ void adamw_kernel(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr,
-                             float beta1, float beta2, float eps, float wd, float step_size, float bc2_sqrt,
-                             float grad_scale, uint64_t seed, uint64_t global_offset) {
+                             float beta1, float beta2, float eps, float wd, const AdamCtl *ctl, uint64_t global_offset) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = grads[i] * grad_scale;
+    if (i >= n || !ctl->apply) return;
+    float g = grads[i] * ctl->grad_scale;
     float mi = beta1 * m[i] + (1.0f - beta1) * g;
     float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi; v[i] = vi;
     float p = master[i] * (1.0f - lr * wd);
-    p = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    p = p - ctl->step_size * mi / (sqrtf(vi) / ctl->bc2_sqrt + eps);
     master[i] = p;
-    params[i] = round_param<T>(p, rng_u64_dev(seed, global_offset + i));
+    params[i] = round_param<T>(p, rng_u64_dev(ctl->sr_seed, global_offset + i));
+}
+
+/* One optimizer step's outcome, written on the device and copied to pinned host memory for the log */
+struct StepOut {
+    double loss, norm;           /* the mean loss over ranks, the global grad norm */
+    double stop;                 /* > 0: some rank asked to stop */
+    int skip;                    /* the loss or the norm is not finite: no update */
+    int pad;
+};
+
+/* The decisions of an optimizer step, on one thread, from red = [sum of squares of the gradient, loss summed over
+   ranks, stop flags] (all-reduced): the numbers the host used to compute, with the same arithmetic (double, then
+   float as grad_clip and adamw_update have it). A finite step with do_update counts one more update t and fills
+   ctl for AdamW: bc1[t], bc2[t] are the host's 1 - beta^t tables (as powf gave them before). */
+__global__ void step_decide_kernel(StepOut *out, AdamCtl *ctl, int *updates, const double *red, int world, float clip,
+                                   int do_update, float lr, const float *bc1, const float *bc2, uint64_t seed) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double loss = red[1] / world, norm = sqrt(red[0]);
+    int skip = !isfinite(loss) || !isfinite(norm);
+    out->loss = loss; out->norm = norm; out->stop = red[2]; out->skip = skip; out->pad = 0;
+    ctl->apply = do_update && !skip;
+    if (!ctl->apply) return;
+    int t = ++*updates;
+    float coef = (float)(clip / (norm + 1e-6));
+    ctl->grad_scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
+    ctl->step_size = lr / bc1[t];
+    ctl->bc2_sqrt = sqrtf(bc2[t]);
+    ctl->sr_seed = rng_u64_dev(seed ^ 0x5EEDB16ULL, (uint64_t)t);   /* sr_seed_of(seed, t) */
+}
+
+/* red[2] = v: this rank's stop flag, set in stream order (no host buffer an asynchronous copy would read) */
+__global__ void set_double_kernel(double *x, double v) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) *x = v;
 }
 
 /* fp32 -> T, round to nearest (the first copy of the weights, and uploads) */
@@ -1495,15 +1538,14 @@ void attention_backward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
     KERNEL_CHECK();
 }
 
-/* adamw_update on master[0..n) = flat elements [global_offset, global_offset + n) */
+/* adamw_update on master[0..n) = flat elements [global_offset, global_offset + n), with the step's device
+   decisions ctl (see AdamCtl) */
 template <typename T>
 void adamw_update(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float wd, int step, float grad_scale, uint64_t seed, uint64_t global_offset,
-                  cudaStream_t s) {
+                  float beta2, float eps, float wd, const AdamCtl *ctl, uint64_t global_offset, cudaStream_t s) {
     if (n == 0) return;
-    float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
-    adamw_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, lr / bc1,
-                                                     sqrtf(bc2), grad_scale, seed, global_offset);
+    adamw_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, ctl,
+                                                     global_offset);
     KERNEL_CHECK();
 }
 
@@ -1572,6 +1614,13 @@ struct GModel {
     int logits_r0;               /* first row of the chunk of logits in g.logits */
     double *red;                 /* [4] device: [0] grad sumsq, [1] loss accumulator, [2] stop flag */
     double *norm_parts;
+    /* the optimizer step's decisions, made on the device (step_decide_kernel), and its outcome for the host */
+    AdamCtl *ctl;                /* device: what AdamW reads */
+    int *updates;                /* device: the AdamW updates made so far (t of the last one) */
+    float *bc1, *bc2;            /* device [bc_cap]: 1 - beta1^t, 1 - beta2^t (host powf), for bc_beta1/2 */
+    int bc_cap; float bc_beta1, bc_beta2;
+    StepOut *step_out, *h_step_out;   /* device [2], pinned host [2]: step s in slot s % 2 */
+    cudaEvent_t step_done[2];    /* recorded after step s's last operation, in slot s % 2 */
     cudaStream_t stream;
     /* ZeRO-1 over NCCL: the reduction of layer l's gradient pieces (zero_grad_pieces; l == L: the rest) goes on
        comm_stream as soon as the backward has passed layer l; comm_done tells the compute stream it is over */
@@ -1758,6 +1807,14 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.red = GM_ALLOC(g, double, 4);
     g.norm_parts = GM_ALLOC(g, double, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaMemsetAsync(g.red, 0, 4 * sizeof(double), stream));
+    g.ctl = GM_ALLOC(g, AdamCtl, 1);
+    g.updates = GM_ALLOC(g, int, 1);
+    g.step_out = GM_ALLOC(g, StepOut, 2);
+    CUDA_CHECK(cudaMemsetAsync(g.ctl, 0, sizeof(AdamCtl), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.updates, 0, sizeof(int), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.step_out, 0, 2 * sizeof(StepOut), stream));
+    CUDA_CHECK(cudaMallocHost(&g.h_step_out, 2 * sizeof(StepOut)));
+    for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g.step_done[i], cudaEventDisableTiming));
     /* the gradient pieces of each layer, and the stream that reduces them */
     g.comm = d.comm;
     g.overlap = (o.overlap || g.zero2) && d.comm;   /* ZeRO-2 reduces layer by layer always */
@@ -1786,6 +1843,9 @@ void gmodel_free(GModel<T> &g) {
     cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); cudaFreeHost(g.h_uniq); cudaFreeHost(g.h_offs); cudaFreeHost(g.h_pos);
     free(g.h_count);
     cudaEventDestroy(g.upload_done);
+    cudaFreeHost(g.h_step_out);
+    for (int i = 0; i < 2; i++) cudaEventDestroy(g.step_done[i]);
+    dev_free(g.bc1, (size_t)g.bc_cap * sizeof(float)); dev_free(g.bc2, (size_t)g.bc_cap * sizeof(float));
     if (g.overlap) {
         CUDA_CHECK(cudaStreamSynchronize(g.comm_stream));
         for (int l = 0; l <= g.L; l++) cudaEventDestroy(g.layer_done[l]);
@@ -1838,6 +1898,8 @@ void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
         else CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s));
     }
     if (g.stage == g.grads) CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), s));
+    int updates = sr_step;   /* the AdamW updates the weights have had: the next one is update sr_step + 1 */
+    CUDA_CHECK(cudaMemcpyAsync(g.updates, &updates, sizeof(int), cudaMemcpyHostToDevice, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
@@ -2152,43 +2214,86 @@ template <typename T> double gmodel_read_loss(GModel<T> &g) {
     return v;
 }
 
-/* One optimizer step after the micro-steps (DESIGN.md sec. 7):
-   reduce-scatter the grads into the shards (unless the backward did it, overlapped) -> global grad norm (sum of the shards' squares, all-reduced with the
-   loss) -> clip -> AdamW on the own shard -> all-gather the T weights. Returns the mean loss over ranks and the
-   norm; with a non-finite loss or norm the update is skipped (the caller decides what that means). */
+/* the tables 1 - beta^t for t < bc_cap (step_decide_kernel indexes them with the update count, which never
+   exceeds the step number), rebuilt when a step reaches bc_cap or the betas change: rare, and synchronous */
 template <typename T>
-void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
-                 double *loss_out, double *norm_out, int *stop_inout) {
+static void bias_correction_tables(GModel<T> &g, const AdamWConfig *opt, int step) {
+    if (step < g.bc_cap && opt->beta1 == g.bc_beta1 && opt->beta2 == g.bc_beta2) return;
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));   /* earlier steps may still read the old tables */
+    dev_free(g.bc1, (size_t)g.bc_cap * sizeof(float)); dev_free(g.bc2, (size_t)g.bc_cap * sizeof(float));
+    int cap = 1024;
+    while (cap <= step) cap *= 2;
+    float *h = (float *)malloc(2 * (size_t)cap * sizeof(float));
+    for (int t = 0; t < cap; t++) {   /* what adamw_update computed on the host */
+        h[t] = 1.0f - powf(opt->beta1, (float)t);
+        h[cap + t] = 1.0f - powf(opt->beta2, (float)t);
+    }
+    g.bc1 = (float *)dev_alloc((size_t)cap * sizeof(float));
+    g.bc2 = (float *)dev_alloc((size_t)cap * sizeof(float));
+    CUDA_CHECK(cudaMemcpyAsync(g.bc1, h, (size_t)cap * sizeof(float), cudaMemcpyHostToDevice, g.stream));
+    CUDA_CHECK(cudaMemcpyAsync(g.bc2, h + cap, (size_t)cap * sizeof(float), cudaMemcpyHostToDevice, g.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+    free(h);
+    g.bc_cap = cap; g.bc_beta1 = opt->beta1; g.bc_beta2 = opt->beta2;
+}
+
+/* One optimizer step after the micro-steps (DESIGN.md sec. 7), queued without waiting for the device:
+   reduce-scatter the grads into the shards (unless the backward did it, overlapped) -> global grad norm (sum of
+   the shards' squares, all-reduced with the loss and the stop flags) -> step_decide_kernel: skip (non-finite loss
+   or norm), clip coefficient, update count -> AdamW on the own shard (which reads those decisions) -> all-gather
+   the T weights. The outcome (loss, norm, stop, skip) is copied into pinned slot step % 2 and step_done[step % 2]
+   recorded after the step; gmodel_step_outcome reads it. `step` is the optimizer step (1-based; it bounds the
+   update count, which the device keeps: skipped steps do not count); stop is this rank's stop request. */
+template <typename T>
+void gmodel_step_queue(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed,
+                       int do_update, int stop) {
     cudaStream_t s = g.stream;
     float *gshard = g.gshard;
-    double stop = *stop_inout ? 1.0 : 0.0;
-    CUDA_CHECK(cudaMemcpyAsync(g.red + 2, &stop, sizeof(double), cudaMemcpyHostToDevice, s));
+    bias_correction_tables(g, opt, step);
+    set_double_kernel<<<1, 1, 0, s>>>(g.red + 2, stop ? 1.0 : 0.0);
+    KERNEL_CHECK();
     if (g.zero2 && !g.reduced) die("ZeRO-2: an optimizer step without the last micro-step's reduction (gmodel_backward(g, 1))");
     if (d.comm && !g.reduced && !g.zero2) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
     g.reduced = 0;
     gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
     if (d.comm) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, d.comm, s));
-    double red[3];
-    CUDA_CHECK(cudaMemcpyAsync(red, g.red, 3 * sizeof(double), cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    double loss = red[1] / d.world, norm = sqrt(red[0]);
-    *loss_out = loss; *norm_out = norm; *stop_inout = red[2] > 0;
-    if (do_update && isfinite(loss) && isfinite(norm)) {
-        float coef = (float)(clip / (norm + 1e-6));
-        float scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
-        uint64_t sr_seed = sr_seed_of(seed, step);
-        size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
-        for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-            size_t b = g.host->param_offsets[t], e = b + g.host->param_sizes[t];
-            if (b < sb) b = sb;
-            if (e > se) e = se;
-            if (b >= e) continue;
-            gpu::adamw_update<T>(g.params + b, g.master + (b - sb), gshard + (b - sb), g.mom + (b - sb), g.vel + (b - sb), e - b,
-                                 opt->lr, opt->beta1, opt->beta2, opt->eps, param_has_decay(t) ? opt->weight_decay : 0.0f,
-                                 step, scale, sr_seed, b, s);
-        }
+    int slot = step & 1;
+    step_decide_kernel<<<1, 1, 0, s>>>(g.step_out + slot, g.ctl, g.updates, g.red, d.world, clip, do_update, opt->lr,
+                                       g.bc1, g.bc2, seed);
+    KERNEL_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(g.h_step_out + slot, g.step_out + slot, sizeof(StepOut), cudaMemcpyDeviceToHost, s));
+    size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        size_t b = g.host->param_offsets[t], e = b + g.host->param_sizes[t];
+        if (b < sb) b = sb;
+        if (e > se) e = se;
+        if (b >= e) continue;
+        gpu::adamw_update<T>(g.params + b, g.master + (b - sb), gshard + (b - sb), g.mom + (b - sb), g.vel + (b - sb), e - b,
+                             opt->lr, opt->beta1, opt->beta2, opt->eps, param_has_decay(t) ? opt->weight_decay : 0.0f,
+                             g.ctl, b, s);
     }
     if (d.comm) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<T>(), d.comm, s));
+    CUDA_CHECK(cudaEventRecord(g.step_done[slot], s));
+}
+
+/* waits for step `step` (queued by gmodel_step_queue, and not yet overwritten by step + 2) and reads its outcome:
+   the mean loss over ranks, the grad norm, whether any rank asked to stop; returns 1 when it was skipped */
+template <typename T>
+int gmodel_step_outcome(GModel<T> &g, int step, double *loss_out, double *norm_out, int *stop_out) {
+    int slot = step & 1;
+    CUDA_CHECK(cudaEventSynchronize(g.step_done[slot]));
+    const StepOut *o = g.h_step_out + slot;
+    *loss_out = o->loss; *norm_out = o->norm;
+    if (stop_out) *stop_out = o->stop > 0;
+    return o->skip;
+}
+
+/* the step queued and its outcome read at once (tests): *stop_inout in, any rank's stop request out */
+template <typename T>
+void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
+                 double *loss_out, double *norm_out, int *stop_inout) {
+    gmodel_step_queue(g, d, opt, step, clip, seed, do_update, *stop_inout);
+    gmodel_step_outcome(g, step, loss_out, norm_out, stop_inout);
 }
 
 /* ================================================================================================ */
@@ -2668,9 +2773,38 @@ static int run(Args &a, Dist &d) {
     double total_ms = 0.0;
     int steps_run = 0;
     long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum * world;
+    /* The host queues step N, then reads step N-1's outcome (pinned memory, an event): the device always has the
+       next step queued and never waits for the host to read a loss. Where the host needs the weights after step N
+       (an evaluation, a sample, a checkpoint, the end, a stop) it reads step N's outcome at once. The points where
+       a rank waits depend only on the flags, the step and the all-reduced stop flags: the same on every rank.
+       A step's time runs from when it was queued (or, when the previous step was still running then, from the end
+       of that one) to when the host saw its outcome. */
+    int pending = 0, stop = 0;           /* pending: a queued step whose outcome is not read yet */
+    double queued_ms[2] = {0, 0}, lr_of[2] = {0, 0}, last_done_ms = 0.0;
     watchdog_start(&d, a.nccl_timeout);
+    auto finish = [&](int s) {           /* reads step s's outcome and logs it */
+        double loss, norm;
+        int stop_s = 0;
+        int skip = gmodel_step_outcome(g, s, &loss, &norm, &stop_s);
+        double done = now_ms(), begin = queued_ms[s & 1] > last_done_ms ? queued_ms[s & 1] : last_done_ms;
+        double ms = done - begin;
+        last_done_ms = done;
+        progress_mark();
+        stop |= stop_s;
+        if (skip && !a.skip_nonfinite)
+            die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", s, loss, norm);
+        if (skip) ts.skipped++;
+        total_ms += ms;
+        steps_run++;
+        double tps = tokens_per_step / (ms / 1000.0), mfu = peak > 0 ? 100.0 * fpt * tps / world / peak : -1;
+        device_used_gib(&mem_peak);
+        if (main_rank) {
+            StepLog sl = {s, skip, (long long)ts.skipped, loss, lr_of[s & 1], norm, ms, tps, mfu, mem_peak};
+            log_step(&a, logf, &sl);
+        }
+    };
     for (int step = (int)ts.step + 1; step <= a.steps; step++) {
-        double t0 = now_ms();
+        queued_ms[step & 1] = now_ms();
         gmodel_zero_grad(g);
         for (int micro = 0; micro < a.grad_accum; micro++) {
             dataloader_next(&dl);
@@ -2680,34 +2814,23 @@ static int run(Args &a, Dist &d) {
             progress_mark();   /* the upload of the next micro-step waits for this one: the GPU moves */
         }
         opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
-        double loss, norm;
-        int stop = stop_requested;
-        gmodel_step(g, d, &opt, step - (int)ts.skipped, a.clip, a.seed, 1, &loss, &norm, &stop);
-        int skip = !isfinite(loss) || !isfinite(norm);
-        if (skip && !a.skip_nonfinite)
-            die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
-        if (skip) ts.skipped++;
+        lr_of[step & 1] = opt.lr;
+        gmodel_step_queue(g, d, &opt, step, a.clip, a.seed, 1, stop_requested);
+        if (pending) finish(pending);
+        pending = step;
         ts.step = step;
         ts.data_cursor = dl.cursor;
-        CUDA_CHECK(cudaStreamSynchronize(stream));
-        progress_mark();
-        double ms = now_ms() - t0;
-        total_ms += ms;
-        steps_run++;
-        double tps = tokens_per_step / (ms / 1000.0), mfu = peak > 0 ? 100.0 * fpt * tps / world / peak : -1;
-        device_used_gib(&mem_peak);
-        if (main_rank) {
-            StepLog sl = {step, skip, (long long)ts.skipped, loss, opt.lr, norm, ms, tps, mfu, mem_peak};
-            log_step(&a, logf, &sl);
-            if (data.have_valid && due(&a, step, a.eval_every))
-                log_val(logf, step, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
-            if (due(&a, step, a.sample_every)) print_sample(g, &a, tok, step);
-        }
-        int last = step == a.steps || stop;
-        if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(g, d, &a, &ts);
+        int eval_due = data.have_valid && due(&a, step, a.eval_every), sample_due = due(&a, step, a.sample_every);
+        int save_due = a.out && a.save_every > 0 && step % a.save_every == 0;
+        if (eval_due || sample_due || save_due || step == a.steps || stop) { finish(step); pending = 0; }
+        int last = step == a.steps || stop;   /* stop: seen in step - 1's outcome or in step's own */
+        if (main_rank && eval_due) log_val(logf, step, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
+        if (main_rank && sample_due) print_sample(g, &a, tok, step);
+        if (a.out && (save_due || last)) save_checkpoint(g, d, &a, &ts);
         progress_mark();   /* the evaluation and the checkpoint are not a hang */
         if (stop) { if (main_rank) printf("stopped by signal after step %d\n", step); break; }
     }
+    if (pending) finish(pending);
     if (steps_run > 0 && main_rank)
         printf("done: %d steps, %.1f ms/step, %.0f tokens/s, peak GPU memory %.2f GiB\n", steps_run, total_ms / steps_run,
                tokens_per_step * steps_run / (total_ms / 1000.0), mem_peak);

@@ -406,7 +406,11 @@ template <typename T> static void test_adamw(void) {
     adamw_update(rp.data(), gr.data(), rm.data(), rv.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
     float *dp = to_dev<float>(p), *dg = to_dev<float>(gr), *dm = to_dev<float>(m), *dv = to_dev<float>(v);
     T *dparams = dev_nan<T>(n);
-    gpu::adamw_update<T>(dparams, dp, dg, dm, dv, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 1.0f, 99, 1000, 0);
+    /* update t = 7, no clipping, rounding seed 99: the decisions step_decide_kernel would make */
+    AdamCtl hc = {1e-3f / (1.0f - powf(0.9f, 7.0f)), sqrtf(1.0f - powf(0.95f, 7.0f)), 1.0f, 1, 99};
+    AdamCtl *ctl = (AdamCtl *)dev_alloc(sizeof(AdamCtl));
+    CUDA_CHECK(cudaMemcpy(ctl, &hc, sizeof(hc), cudaMemcpyHostToDevice));
+    gpu::adamw_update<T>(dparams, dp, dg, dm, dv, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, ctl, 1000, 0);
     check("adamw_update master", from_dev(dp, n), rp, 1e-7f, 1e-6f);
     check("adamw_update m", from_dev(dm, n), rm, 1e-9f, 1e-6f);
     check("adamw_update v", from_dev(dv, n), rv, 1e-9f, 1e-6f);
