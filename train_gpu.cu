@@ -1260,16 +1260,23 @@ static cublasLtHandle_t g_lt;
 static void *g_lt_ws;
 static const size_t g_lt_ws_size = 32u << 20;   /* what cuBLASLt asks for on Hopper */
 
+/* A plan: the descriptors, layouts and algorithm of one distinct matmul (shape, transposes, types, leading
+   dimensions, epilogue, the pointers' alignments), built once with the heuristic and reused by every later call of
+   the same kind (a step makes ~150 calls of a few dozen kinds). The bias and aux pointers change from call to call
+   and are set on the plan's descriptor each time (cublasLtMatmul reads the descriptor when it is called). A kind
+   for which the heuristic found nothing is kept too (found = 0), so it is not asked again. */
 typedef struct {
-    int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, al_a, al_b, al_d, al_bias, al_aux, ldaux;
+    int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, has_aux, ldaux, al_a, al_b, al_d, al_bias, al_aux;
+    int found;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
-} LtAlgo;
-/* the key: the ints only (no padding inside them; the bytes before algo may be padding, which a struct copy
-   need not keep) */
-#define LT_KEY_BYTES (offsetof(LtAlgo, ldaux) + sizeof(int))
-#define LT_CACHE 512
-static LtAlgo g_lt_cache[LT_CACHE];
-static int g_lt_cached = 0, g_lt_next = 0;   /* when full, entries are replaced round robin */
+} LtPlan;
+/* the key: the ints before `found` (no padding among them) */
+#define LT_KEY_BYTES offsetof(LtPlan, found)
+#define LT_PLANS 256
+static LtPlan g_lt_plans[LT_PLANS];
+static int g_lt_nplans = 0, g_lt_next = 0;   /* when full, plans are replaced round robin */
 
 static int ptr_alignment(const void *p) {
     uintptr_t a = (uintptr_t)p;
@@ -1278,63 +1285,87 @@ static int ptr_alignment(const void *p) {
     return al;
 }
 
-/* D[m, n] (col-major, ld ldd) = alpha op(A) op(B) + beta D, with an optional epilogue:
-   bias (length m), GELU with its input kept in aux, or D times GELU'(aux) */
-static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B, cudaDataType ab_type, const void *bias,
-                      int m, int n, int k, int lda, int ldb, int ldd, int ta, int tb, float beta,
-                      cublasLtEpilogue_t epi, void *aux, int ldaux, cudaStream_t stream) {
-    cublasLtMatmulDesc_t op;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+static void lt_plan_destroy(LtPlan *p) {
+    cublasLtMatrixLayoutDestroy(p->la); cublasLtMatrixLayoutDestroy(p->lb); cublasLtMatrixLayoutDestroy(p->ld);
+    cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof(*p));
+}
+
+/* every plan freed (at exit, or to start again with a fresh table) */
+static void matmul_lt_free_plans(void) {
+    for (int i = 0; i < g_lt_nplans; i++) lt_plan_destroy(&g_lt_plans[i]);
+    g_lt_nplans = 0; g_lt_next = 0;
+}
+
+/* the plan of this kind of matmul: found in the table, or built (descriptors, layouts, heuristic) into it */
+static LtPlan *lt_plan(const LtPlan *key, const void *bias, void *aux) {
+    for (int i = 0; i < g_lt_nplans; i++)
+        if (!memcmp(&g_lt_plans[i], key, LT_KEY_BYTES)) return &g_lt_plans[i];
+    int slot = g_lt_nplans < LT_PLANS ? g_lt_nplans++ : g_lt_next++ % LT_PLANS;
+    LtPlan *p = &g_lt_plans[slot];
+    if (p->op) lt_plan_destroy(p);
+    *p = *key;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t opa = p->ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epi;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    /* the heuristic reads the pointers (for their alignment): this call's, set again on every later call */
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     if (aux) {
-        int64_t ld64 = ldaux;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld64, sizeof(ld64)));
+        int64_t ld64 = p->ldaux;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld64, sizeof(ld64)));
     }
-    cublasLtMatrixLayout_t la, lb, ld;
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, ab_type, ta ? k : m, ta ? m : k, lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab_type, tb ? n : k, tb ? k : n, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, d_type, m, n, ldd));
-    int al_a = ptr_alignment(A), al_b = ptr_alignment(B), al_d = ptr_alignment(D);
-    LtAlgo key;
+    int m = p->m, n = p->n, k = p->k;
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, (cudaDataType)p->ab_type, p->ta ? k : m, p->ta ? m : k, p->lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, (cudaDataType)p->ab_type, p->tb ? n : k, p->tb ? k : n, p->ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->ld, (cudaDataType)p->d_type, m, n, p->ldd));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = g_lt_ws_size;
+    uint32_t a32 = p->al_a, b32 = p->al_b, d32 = p->al_d;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a32, sizeof(a32)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32, sizeof(b32)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d32, sizeof(d32)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d32, sizeof(d32)));
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    p->found = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (p->found) p->algo = res.algo;
+    return p;
+}
+
+/* D[m, n] (col-major, ld ldd) = alpha op(A) op(B) + beta D, with an optional epilogue:
+   bias (length m), GELU with its input kept in aux, D times GELU'(aux), or a bias gradient written to bias
+   (BGRADA: length m, BGRADB: length n). Returns 0 without running when cuBLASLt has no algorithm for it and
+   may_fail; otherwise stops with an error then. */
+static int matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B, cudaDataType ab_type, const void *bias,
+                     int m, int n, int k, int lda, int ldb, int ldd, int ta, int tb, float beta,
+                     cublasLtEpilogue_t epi, void *aux, int ldaux, cudaStream_t stream, int may_fail = 0) {
+    LtPlan key;
     memset(&key, 0, sizeof(key));
     key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldd = ldd; key.ta = ta; key.tb = tb;
     key.ab_type = (int)ab_type; key.d_type = (int)d_type; key.epi = (int)epi; key.has_bias = bias != NULL;
-    key.al_a = al_a; key.al_b = al_b; key.al_d = al_d;
-    key.al_bias = bias ? ptr_alignment(bias) : 0; key.al_aux = aux ? ptr_alignment(aux) : 0; key.ldaux = aux ? ldaux : 0;
-    const cublasLtMatmulAlgo_t *algo = NULL;
-    for (int i = 0; i < g_lt_cached; i++)
-        if (!memcmp(&g_lt_cache[i], &key, LT_KEY_BYTES)) { algo = &g_lt_cache[i].algo; break; }
-    cublasLtMatmulHeuristicResult_t res;
-    if (!algo) {
-        cublasLtMatmulPreference_t pref;
-        CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-        size_t ws = g_lt_ws_size;
-        uint32_t a32 = al_a, b32 = al_b, d32 = al_d;
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a32, sizeof(a32)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32, sizeof(b32)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d32, sizeof(d32)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d32, sizeof(d32)));
-        int found = 0;
-        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, op, la, lb, ld, ld, pref, 1, &res, &found);
-        cublasLtMatmulPreferenceDestroy(pref);
-        if (st != CUBLAS_STATUS_SUCCESS || found == 0)
-            die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
-                    m, n, k, ta, tb, (int)epi, al_a, al_b, al_d);
-        int slot = g_lt_cached < LT_CACHE ? g_lt_cached++ : g_lt_next++ % LT_CACHE;
-        key.algo = res.algo;
-        g_lt_cache[slot] = key;
-        algo = &g_lt_cache[slot].algo;
+    key.has_aux = aux != NULL; key.ldaux = aux ? ldaux : 0;
+    key.al_a = ptr_alignment(A); key.al_b = ptr_alignment(B); key.al_d = ptr_alignment(D);
+    key.al_bias = bias ? ptr_alignment(bias) : 0; key.al_aux = aux ? ptr_alignment(aux) : 0;
+    LtPlan *p = lt_plan(&key, bias, aux);
+    if (!p->found) {
+        if (may_fail) return 0;
+        die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
+            m, n, k, ta, tb, (int)epi, key.al_a, key.al_b, key.al_d);
     }
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (aux) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
     const float alpha = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(g_lt, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld, algo, g_lt_ws, g_lt_ws_size, stream));
-    cublasLtMatrixLayoutDestroy(la); cublasLtMatrixLayoutDestroy(lb); cublasLtMatrixLayoutDestroy(ld);
-    cublasLtMatmulDescDestroy(op);
+    CUBLAS_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_ws,
+                                g_lt_ws_size, stream));
+    return 1;
 }
 
 template <typename T> static cudaDataType cuda_type();
@@ -2637,6 +2668,16 @@ static void gpu_setup(void) {
     g_lt_ws = dev_alloc(g_lt_ws_size);
 }
 
+/* gpu_setup undone: the matmul plans, the workspace and the cuBLASLt handle (the device idle) */
+static void gpu_teardown(void) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    matmul_lt_free_plans();
+    dev_free(g_lt_ws, g_lt_ws_size);
+    g_lt_ws = NULL;
+    cublasLtDestroy(g_lt);
+    g_lt = NULL;
+}
+
 /* ================================================================================================ */
 /* the trainer: train.c's flags and loop, on the device model (left out when a test includes this file) */
 
@@ -2873,6 +2914,7 @@ int main(int argc, char **argv) {
     dist_init(&d, &launch);
     gpu_setup();
     int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
+    gpu_teardown();
     watchdog_stop();
     if (d.comm) ncclCommDestroy(d.comm);
     return rc;

@@ -19,6 +19,9 @@
 #include <vector>
 
 static int g_fail = 0, g_pass = 0;
+/* --only SUBSTRING: run only the tests whose name contains it (the names: the test_ functions without the prefix) */
+static const char *g_only = NULL;
+static int want(const char *name) { return !g_only || strstr(name, g_only) != NULL; }
 static const char *g_dtype = "";
 /* mixed into every seed of the inputs and weights: new each run (printed; TEST_GPU_SEED=N repeats a run) */
 static uint64_t g_seed = 0;
@@ -350,6 +353,45 @@ template <typename T> static void test_matmul(void) {
     check("matmul_backward dinp", from_dev(dinp, dx.size()), dx, tol_a<T>() * 5, tol_r<T>());
     check("matmul_backward dweight (fp32, +=)", from_dev(gw, dw.size()), dw, tol_a<T>() * 10, tol_r<T>());
     check("matmul_backward dbias", from_dev(gb, OC), db, tol_a<T>() * 10, tol_r<T>());
+}
+
+/* the matmul plans (descriptors, layouts, algorithm built once per kind of matmul): two shapes interleaved, each
+   called twice with other inputs and another bias, reuse two plans and give bit for bit what a fresh plan gives,
+   and what the CPU gives */
+template <typename T> static void test_matmul_plans(void) {
+    const int N[2] = {40, 24}, IC[2] = {64, 96}, OC[2] = {96, 64};
+    T *x[2][2], *w[2], *b[2][2], *y[2][2];
+    std::vector<float> hx[2][2], hw[2], hb[2][2];
+    for (int s = 0; s < 2; s++) {
+        hw[s] = rand_vec<T>((size_t)OC[s] * IC[s], 35 + s, 0.2f);
+        w[s] = to_dev<T>(hw[s]);
+        for (int c = 0; c < 2; c++) {
+            hx[s][c] = rand_vec<T>((size_t)N[s] * IC[s], 37 + 2 * s + c);
+            hb[s][c] = rand_vec<T>(OC[s], 41 + 2 * s + c);
+            x[s][c] = to_dev<T>(hx[s][c]); b[s][c] = to_dev<T>(hb[s][c]);
+            y[s][c] = dev_nan<T>((size_t)N[s] * OC[s]);
+        }
+    }
+    matmul_lt_free_plans();
+    for (int c = 0; c < 2; c++)
+        for (int s = 0; s < 2; s++) gpu::matmul_forward<T>(y[s][c], x[s][c], w[s], b[s][c], N[s], IC[s], OC[s], OC[s], NULL, 0);
+    int plans = g_lt_nplans, bad = 0;
+    for (int c = 0; c < 2; c++)
+        for (int s = 0; s < 2; s++) {
+            std::vector<float> cached = from_dev(y[s][c], (size_t)N[s] * OC[s]), ref(cached.size());
+            matmul_lt_free_plans();
+            T *fresh = dev_nan<T>(cached.size());
+            gpu::matmul_forward<T>(fresh, x[s][c], w[s], b[s][c], N[s], IC[s], OC[s], OC[s], NULL, 0);
+            bad += memcmp(cached.data(), from_dev(fresh, cached.size()).data(), cached.size() * 4) != 0;
+            matmul_forward(ref.data(), hx[s][c].data(), hw[s].data(), hb[s][c].data(), N[s], IC[s], OC[s]);
+            char what[96];
+            snprintf(what, sizeof(what), "matmul plan reused: shape %d call %d == cpu", s, c);
+            check(what, cached, ref, tol_a<T>() * 5, tol_r<T>());
+        }
+    int ok = plans == 2 && bad == 0;
+    printf("%s %-5s matmul plans: 4 interleaved calls used %d plans, %d differ from a fresh plan%s\n", ok ? "ok  " : "FAIL",
+           g_dtype, plans, bad, ok ? "" : "  <--");
+    ok ? g_pass++ : g_fail++;
 }
 
 template <typename T> static void test_activations(void) {
@@ -737,14 +779,16 @@ template <typename T> static void test_nccl_one_rank(int family) {
 
 template <typename T> static void run_all(int quick) {
     g_dtype = tname<T>();
-    test_embedding<T>();
-    test_norm<T>(1);
-    test_norm<T>(0);
-    test_head_norm<T>();
-    test_matmul<T>();
-    test_activations<T>();
-    test_classifier<T>();
-    test_adamw<T>();
+    if (want("embedding")) test_embedding<T>();
+    if (want("norm")) test_norm<T>(1);
+    if (want("norm")) test_norm<T>(0);
+    if (want("head_norm")) test_head_norm<T>();
+    if (want("matmul")) test_matmul<T>();
+    if (want("matmul_plans")) test_matmul_plans<T>();
+    if (want("activations")) test_activations<T>();
+    if (want("classifier")) test_classifier<T>();
+    if (want("adamw")) test_adamw<T>();
+    if (want("attention"))
     for (int plain = 1; plain >= 0; plain--) {
         if (!plain && sizeof(T) == 4) break;
         test_attention<T>(2, 70, 4, 2, 32, 1, plain);
@@ -756,14 +800,14 @@ template <typename T> static void run_all(int quick) {
     }
     if (quick) return;
     int fams[4] = {FAMILY_GPT2, FAMILY_LLAMA, FAMILY_QWEN2, FAMILY_QWEN3};
-    for (int f = 0; f < 4; f++) test_model<T>(fams[f], 0, 0);
-    test_model<T>(FAMILY_GPT2, 2, 0);
-    test_model<T>(FAMILY_QWEN3, 1, 0);
-    if (sizeof(T) == 2) test_model<T>(FAMILY_LLAMA, 2, 1);
-    test_training<T>(FAMILY_GPT2);
-    test_training<T>(FAMILY_LLAMA);
-    test_nccl_one_rank<T>(FAMILY_GPT2);
-    test_nccl_one_rank<T>(FAMILY_QWEN3);
+    for (int f = 0; f < 4; f++) if (want("model")) test_model<T>(fams[f], 0, 0);
+    if (want("model")) test_model<T>(FAMILY_GPT2, 2, 0);
+    if (want("model")) test_model<T>(FAMILY_QWEN3, 1, 0);
+    if (sizeof(T) == 2 && want("model")) test_model<T>(FAMILY_LLAMA, 2, 1);
+    if (want("training")) test_training<T>(FAMILY_GPT2);
+    if (want("training")) test_training<T>(FAMILY_LLAMA);
+    if (want("nccl_one_rank")) test_nccl_one_rank<T>(FAMILY_GPT2);
+    if (want("nccl_one_rank")) test_nccl_one_rank<T>(FAMILY_QWEN3);
 }
 
 /* ZeRO-2's buffers: for every family and world size, the pieces of each layer map one to one onto its layer
@@ -880,16 +924,21 @@ static void test_host_bootstrap(void) {
 }
 
 int main(int argc, char **argv) {
-    int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) g_only = argv[++i];
+        else { fprintf(stderr, "test_gpu: unknown argument %s (usage: test_gpu [--quick] [--only SUBSTRING])\n", argv[i]); return 2; }
+    }
     const char *fixed = getenv("TEST_GPU_SEED");
     g_seed = fixed ? strtoull(fixed, NULL, 10) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
     printf("seed %llu (TEST_GPU_SEED=%llu repeats these inputs)\n", (unsigned long long)g_seed, (unsigned long long)g_seed);
-    test_host_buckets();
-    test_host_zero_layout();
-    test_host_zero2_layout();
-    test_host_bootstrap();
-    test_host_stochastic_rounding();
-    test_host_bf16();
+    if (want("host_buckets")) test_host_buckets();
+    if (want("host_zero_layout")) test_host_zero_layout();
+    if (want("host_zero2_layout")) test_host_zero2_layout();
+    if (want("host_bootstrap")) test_host_bootstrap();
+    if (want("host_stochastic_rounding")) test_host_stochastic_rounding();
+    if (want("host_bf16")) test_host_bf16();
     if (gpu_count() == 0) {   /* only a machine without a GPU skips; any other CUDA failure stops the test */
         printf("no GPU: the device tests skipped\n");
         printf("%d passed, %d failed\n", g_pass, g_fail);
@@ -900,14 +949,14 @@ int main(int argc, char **argv) {
     printf("device %s\n", p.name);
     gpu_setup();
     omp_set_num_threads(omp_get_num_procs() < 8 ? omp_get_num_procs() : 8);
-    test_rng();
-    test_sumsq();
-    test_sr_device();
+    if (want("rng")) test_rng();
+    if (want("sumsq")) test_sumsq();
+    if (want("sr_device")) test_sr_device();
     run_all<float>(quick);
     run_all<bf16>(quick);
     if (!quick) {   /* last: a cuBLASLt without these epilogues stops the program (as the trainer would) */
-        g_dtype = "fp32"; test_model<float>(FAMILY_GPT2, 1, 0, 1);   /* GELU in cuBLASLt's epilogues (GELU_AUX_BIAS, DGELU) */
-        g_dtype = "bf16"; test_model<bf16>(FAMILY_GPT2, 1, 0, 1);
+        g_dtype = "fp32"; if (want("model")) test_model<float>(FAMILY_GPT2, 1, 0, 1);   /* GELU in cuBLASLt's epilogues (GELU_AUX_BIAS, DGELU) */
+        g_dtype = "bf16"; if (want("model")) test_model<bf16>(FAMILY_GPT2, 1, 0, 1);
     }
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
