@@ -503,6 +503,7 @@ __global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *t
         float p = expf(to_f(x[v]) - lse);
         x[v] = from_f<T>(d * (p - (v == tgt ? 1.0f : 0.0f)));
     }
+    for (int v = V + threadIdx.x; v < ldl; v += blockDim.x) x[v] = from_f<T>(0.0f);   /* padded columns: no gradient */
 }
 
 /* What one optimizer step's AdamW reads from the device: the step's decisions, made on the device by
@@ -1607,7 +1608,10 @@ template <> ncclDataType_t nccl_type<bf16>() { return ncclBfloat16; }
 template <typename T>
 struct GModel {
     ModelConfig cfg;
-    Model *host;                 /* layout, and the fp32 weights (and moments) for init, load and save */
+    Model *host;                 /* the fp32 weights (and moments) for init, load and save: the real vocabulary */
+    Model lay;                   /* the device's layout (sizes and offsets only, no memory): host's with the
+                                    vocabulary padded to Vp rows in wte and lm_head. The padded rows are zero, their
+                                    gradient is zero and AdamW never touches them; nothing padded leaves the device */
     int Bmax, Tmax;              /* the activations are allocated for this shape */
     int C, NH, NKV, HD, F, QD, KD, QKV, FC, V, Vp, L, gpt2;
     int recompute, plain_attn, fuse_gelu, chunk_rows;
@@ -1724,13 +1728,19 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.cfg = *c; g.host = host; g.Bmax = B; g.Tmax = Tn; g.stream = stream;
     g.C = c->n_embd; g.NH = c->n_head; g.NKV = c->n_kv_head; g.HD = c->head_dim; g.F = c->d_ff; g.L = c->n_layer;
     g.QD = g.NH * g.HD; g.KD = g.NKV * g.HD; g.QKV = g.QD + 2 * g.KD; g.gpt2 = c->family == FAMILY_GPT2;
-    g.FC = g.gpt2 ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 63) / 64 * 64;
+    g.FC = g.gpt2 ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 127) / 128 * 128;
     g.recompute = o.recompute; g.plain_attn = o.plain_attn; g.fuse_gelu = o.fuse_gelu && g.gpt2;
     g.rank = d.rank; g.world = d.world;
     if (g.C % 8 || g.F % 8 || g.HD % 8)
         die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
-    /* parameters: the header's layout, padded to world equal shards */
-    g.nparams = host->num_params;
+    /* parameters: the header's layout with the vocabulary padded to Vp (the lm_head matmul's M a multiple of 128),
+       padded to world equal shards */
+    ModelConfig pc = *c;
+    pc.vocab_size = g.Vp;
+    g.lay.cfg = pc;
+    param_sizes(&pc, g.lay.param_sizes);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) { g.lay.param_offsets[t] = g.lay.num_params; g.lay.num_params += g.lay.param_sizes[t]; }
+    g.nparams = g.lay.num_params;
     zero_layout(g.nparams, d.world, d.rank, &g.shard, &g.padded, &g.shard_begin);
     g.zero2 = o.zero == 2;
     if (g.zero2 && !d.comm) die("ZeRO-2 reduces through NCCL: it needs a communicator (with one rank, --nccl 1)");
@@ -1743,20 +1753,20 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     CUDA_CHECK(cudaMemsetAsync(g.params, 0, g.padded * sizeof(T), stream));
     CUDA_CHECK(cudaMemsetAsync(g.mom, 0, g.shard * sizeof(float), stream));
     CUDA_CHECK(cudaMemsetAsync(g.vel, 0, g.shard * sizeof(float), stream));
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.pt[t] = host->param_sizes[t] ? g.params + host->param_offsets[t] : NULL;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.pt[t] = g.lay.param_sizes[t] ? g.params + g.lay.param_offsets[t] : NULL;
     if (!g.zero2) {
         g.grads = GM_ALLOC(g, float, g.padded);
         CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), stream));
         g.gshard = g.grads + g.shard_begin;
-        for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.gt[t] = host->param_sizes[t] ? g.grads + host->param_offsets[t] : NULL;
+        for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.gt[t] = g.lay.param_sizes[t] ? g.grads + g.lay.param_offsets[t] : NULL;
         g.stage = g.grads; g.stage_floats = g.padded;   /* free between steps */
     } else {
-        zero2_layout(host, g.lbuf_off, &g.layer_floats, &g.outer_floats);
+        zero2_layout(&g.lay, g.lbuf_off, &g.layer_floats, &g.outer_floats);
         g.gshard = GM_ALLOC(g, float, g.shard);
         g.outer = GM_ALLOC(g, float, g.outer_floats);
         for (int i = 0; i < 2; i++) g.lbuf[i] = GM_ALLOC(g, float, g.layer_floats);
         for (int t = 0; t < NUM_PARAM_TENSORS; t++)
-            g.gt[t] = host->param_sizes[t] && !param_is_per_layer(t) ? g.outer + g.lbuf_off[t] : NULL;
+            g.gt[t] = g.lay.param_sizes[t] && !param_is_per_layer(t) ? g.outer + g.lbuf_off[t] : NULL;
         CUDA_CHECK(cudaMemsetAsync(g.gshard, 0, g.shard * sizeof(float), stream));
         CUDA_CHECK(cudaMemsetAsync(g.outer, 0, g.outer_floats * sizeof(float), stream));
         for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g.lbuf_free[i], cudaEventDisableTiming));
@@ -1852,11 +1862,11 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     if (g.overlap) {
         g.piece_start = (int *)malloc((g.L + 2) * sizeof(int));
         int total = 0;
-        for (int l = 0; l <= g.L; l++) { g.piece_start[l] = total; total += zero_grad_pieces(host, l, d.world, NULL, 0); }
+        for (int l = 0; l <= g.L; l++) { g.piece_start[l] = total; total += zero_grad_pieces(&g.lay, l, d.world, NULL, 0); }
         g.piece_start[g.L + 1] = total;
         g.pieces = (ShardPiece *)malloc((size_t)total * sizeof(ShardPiece));
         for (int l = 0; l <= g.L; l++)
-            zero_grad_pieces(host, l, d.world, g.pieces + g.piece_start[l], g.piece_start[l + 1] - g.piece_start[l]);
+            zero_grad_pieces(&g.lay, l, d.world, g.pieces + g.piece_start[l], g.piece_start[l + 1] - g.piece_start[l]);
         int lo, hi;
         CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
         CUDA_CHECK(cudaStreamCreateWithPriority(&g.comm_stream, cudaStreamNonBlocking, hi));   /* ahead of the compute */
@@ -1918,15 +1928,39 @@ static void upload_staged(GModel<T> &g, const float *src, T *params_out, int sr,
    rounding of AdamW step sr_step when > 0) and this rank's fp32 masters; the AdamW moments from
    g.host->m_memory / v_memory when present (a resumed run), else zero. Under ZeRO-1 the staging buffer is the
    fp32 grads (free between steps). */
+/* host values in the host's layout <-> the device's (g.lay: the vocabulary rows padded with zeros). Returns src
+   itself when the layouts are the same (the vocabulary a multiple of 128), else a new buffer (free it). */
+template <typename T>
+static float *to_device_layout(GModel<T> &g, float *src) {
+    if (g.lay.num_params == g.host->num_params) return src;
+    float *dst = (float *)calloc(g.lay.num_params, sizeof(float));
+    if (!dst) die("out of host memory for the device layout of the weights");
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+        memcpy(dst + g.lay.param_offsets[t], src + g.host->param_offsets[t], g.host->param_sizes[t] * sizeof(float));
+    return dst;
+}
+template <typename T>
+static void from_device_layout(GModel<T> &g, const float *src, float *dst) {
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)   /* the real rows only: the first param_sizes[t] of each tensor */
+        memcpy(dst + g.host->param_offsets[t], src + g.lay.param_offsets[t], g.host->param_sizes[t] * sizeof(float));
+}
+
 template <typename T>
 void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
     /* all on g.stream (see gmodel_build), then one synchronize */
     cudaStream_t s = g.stream;
-    upload_staged(g, g.host->params_memory, g.params, sr_step > 0, sr_step > 0 ? sr_seed_of(seed, sr_step) : 0, g.master);
+    float *src = to_device_layout(g, g.host->params_memory);
+    upload_staged(g, src, g.params, sr_step > 0, sr_step > 0 ? sr_seed_of(seed, sr_step) : 0, g.master);
+    CUDA_CHECK(cudaStreamSynchronize(s));   /* before src is freed */
+    if (src != g.host->params_memory) free(src);
     float *hm[2] = {g.host->m_memory, g.host->v_memory}, *dm[2] = {g.mom, g.vel};
     for (int i = 0; i < 2; i++) {
-        if (hm[i]) upload_staged<T>(g, hm[i], NULL, 0, 0, dm[i]);
-        else CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s));
+        if (hm[i]) {
+            src = to_device_layout(g, hm[i]);
+            upload_staged<T>(g, src, NULL, 0, 0, dm[i]);
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            if (src != hm[i]) free(src);
+        } else CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s));
     }
     if (g.stage == g.grads) CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), s));
     int updates = sr_step;   /* the AdamW updates the weights have had: the next one is update sr_step + 1 */
@@ -1954,20 +1988,31 @@ static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *
     }
 }
 
+/* gather_shards into dst in the host's layout on rank 0: through buf (the device's layout) when they differ */
+template <typename T>
+static void gather_to_host(GModel<T> &g, const Dist &d, const float *src, float *dst, float *buf) {
+    int here = d.rank == 0;
+    gather_shards(g, d, src, !here ? NULL : buf ? buf : dst);
+    if (here && buf) from_device_layout(g, buf, dst);
+}
+
 /* device -> host on rank 0 (the one that writes checkpoints): the fp32 masters into g.host->params_memory, and
    with moments also m and v (allocated when absent). Collective: every rank calls it. Clobbers the grads under
    ZeRO-1 (call between steps). */
 template <typename T>
 void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
-    int here = d.rank == 0;
-    gather_shards(g, d, g.master, here ? g.host->params_memory : NULL);
+    int here = d.rank == 0, same = g.lay.num_params == g.host->num_params;
+    float *buf = here && !same ? (float *)malloc(g.lay.num_params * sizeof(float)) : NULL;
+    if (here && !same && !buf) die("out of host memory for the device layout of the weights");
+    gather_to_host(g, d, g.master, g.host->params_memory, buf);
     if (moments) {
-        if (here && !g.host->m_memory) g.host->m_memory = (float *)calloc(g.nparams, sizeof(float));
-        if (here && !g.host->v_memory) g.host->v_memory = (float *)calloc(g.nparams, sizeof(float));
+        if (here && !g.host->m_memory) g.host->m_memory = (float *)calloc(g.host->num_params, sizeof(float));
+        if (here && !g.host->v_memory) g.host->v_memory = (float *)calloc(g.host->num_params, sizeof(float));
         if (here && (!g.host->m_memory || !g.host->v_memory)) die("out of host memory for the AdamW moments");
-        gather_shards(g, d, g.mom, here ? g.host->m_memory : NULL);
-        gather_shards(g, d, g.vel, here ? g.host->v_memory : NULL);
+        gather_to_host(g, d, g.mom, g.host->m_memory, buf);
+        gather_to_host(g, d, g.vel, g.host->v_memory, buf);
     }
+    free(buf);
     if (g.stage == g.grads)   /* on the stream: ordered before the next step */
         CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
 }
@@ -2094,13 +2139,13 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
     float dloss = g.num_valid ? loss_scale / g.num_valid : 0.0f;
     for (int r0 = 0; r0 < N; r0 += g.chunk_rows) {
         int n = N - r0 < g.chunk_rows ? N - r0 : g.chunk_rows;
-        gpu::matmul_forward<T>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const T *)NULL, n, C, g.V, g.Vp, NULL, s);
+        gpu::matmul_forward<T>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const T *)NULL, n, C, g.Vp, g.Vp, NULL, s);
         g.logits_r0 = r0;
         if (!g.has_targets) continue;   /* sampling: the last chunk stays in g.logits */
         gpu::crossentropy_fused<T>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
                                    backward_head, s);
         if (backward_head)
-            gpu::matmul_backward<T>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.V,
+            gpu::matmul_backward<T>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.Vp,
                                     g.Vp, 0, NULL, g.scratch, s);
     }
     if (g.has_targets) {
@@ -2113,15 +2158,15 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
 /* the gradient of layer l's slice of per-layer tensor t: in the flat buffer (ZeRO-1), or in layer buffer l % 2
    (ZeRO-2); NULL when the family has no such tensor */
 template <typename T> static inline float *lgrad(GModel<T> &g, int t, int l) {
-    if (!g.host->param_sizes[t]) return NULL;
+    if (!g.lay.param_sizes[t]) return NULL;
     if (g.zero2) return g.lbuf[l & 1] + g.lbuf_off[t];
-    return g.gt[t] + (size_t)l * (g.host->param_sizes[t] / g.L);
+    return g.gt[t] + (size_t)l * (g.lay.param_sizes[t] / g.L);
 }
 
 /* where the gradient values of a piece are on this rank (ZeRO-2: in the layer buffer, or in outer) */
 template <typename T> static float *piece_grads(GModel<T> &g, const ShardPiece *p, int l) {
     if (!g.zero2) return g.grads + p->begin;
-    return (l == g.L ? g.outer : g.lbuf[l & 1]) + zero2_piece_offset(g.host, g.lbuf_off, p, l);
+    return (l == g.L ? g.outer : g.lbuf[l & 1]) + zero2_piece_offset(&g.lay, g.lbuf_off, p, l);
 }
 
 /* ZeRO overlapped with the backward: once the backward has passed layer l (l == L: the whole backward, for the
@@ -2294,8 +2339,8 @@ void gmodel_step_queue(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int 
     KERNEL_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(g.h_step_out + slot, g.step_out + slot, sizeof(StepOut), cudaMemcpyDeviceToHost, s));
     size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        size_t b = g.host->param_offsets[t], e = b + g.host->param_sizes[t];
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {   /* the real rows of each tensor: the padded ones stay zero */
+        size_t b = g.lay.param_offsets[t], e = b + g.host->param_sizes[t];
         if (b < sb) b = sb;
         if (e > se) e = se;
         if (b >= e) continue;

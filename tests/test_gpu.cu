@@ -635,9 +635,17 @@ template <typename T> static void test_model(int family, int recompute, int plai
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         if (!cpu.param_sizes[t]) continue;
         snprintf(what, sizeof(what), "model %s rc%d%s: d%s", family_name(family), recompute, g.fuse_gelu ? " fg" : "", names[t]);
-        check_norm(what, grads.data() + cpu.param_offsets[t], cpu.grads_memory + cpu.param_offsets[t], cpu.param_sizes[t],
+        check_norm(what, grads.data() + g.lay.param_offsets[t], cpu.grads_memory + cpu.param_offsets[t], cpu.param_sizes[t],
                    sizeof(T) == 4 ? 1e-4 : 5e-2);
     }
+    /* the vocabulary padded on the device (501 -> 512 rows): the padded rows' gradient is exactly zero */
+    size_t nonzero = 0, padded = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+        for (size_t i = cpu.param_sizes[t]; i < g.lay.param_sizes[t]; i++, padded++) nonzero += grads[g.lay.param_offsets[t] + i] != 0.0f;
+    int pok = padded > 0 && nonzero == 0;
+    printf("%s %-5s model %s: padded vocabulary rows' gradient    %zu of %zu nonzero%s\n", pok ? "ok  " : "FAIL", g_dtype,
+           family_name(family), nonzero, padded, pok ? "" : "  <--");
+    pok ? g_pass++ : g_fail++;
     gmodel_free(g);
     CUDA_CHECK(cudaStreamDestroy(st));
     model_free(&cpu); model_free(&gh);
@@ -687,6 +695,14 @@ template <typename T> static void test_training(int family) {
     /* a resumed run: the masters and moments go to the host (as a checkpoint saves them) and back with the
        rounding of the last update, which must rebuild the T weights bit for bit */
     std::vector<float> before = from_dev(g.params, g.nparams);
+    /* the padded vocabulary rows stay zero through the updates */
+    size_t nonzero = 0, padded = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+        for (size_t i = cpu.param_sizes[t]; i < g.lay.param_sizes[t]; i++, padded++) nonzero += before[g.lay.param_offsets[t] + i] != 0.0f;
+    int pok = padded > 0 && nonzero == 0;
+    printf("%s %-5s training %-8s padded vocabulary rows stay zero   %zu of %zu nonzero%s\n", pok ? "ok  " : "FAIL", g_dtype,
+           family_name(family), nonzero, padded, pok ? "" : "  <--");
+    pok ? g_pass++ : g_fail++;
     gmodel_download(g, d, 1);
     gmodel_upload(g, steps, 1234);
     std::vector<float> after = from_dev(g.params, g.nparams);
