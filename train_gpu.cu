@@ -1460,7 +1460,11 @@ void matmul_forward(T *out, const T *inp, const T *w, const T *bias, int N, int 
 }
 
 /* matmul_backward: dinp[N, IC] (=, or += with accumulate) = dout w;  dw[OC, IC] += dout^T inp (fp32);
-   dbias[OC] += column sums of dout. dout has row stride lddo. dgelu_aux != NULL: dinp = (dout w) * gelu'(aux). */
+   dbias[OC] += column sums of dout. dout has row stride lddo. dgelu_aux != NULL: dinp = (dout w) * gelu'(aux).
+   The bias gradient comes out of the weight-gradient matmul itself: its B is dout^T (k = N rows), and cuBLASLt's
+   BGRADB epilogue sums op(B) over k, i.e. dout over the rows, as it reads it for the product. The epilogue writes
+   (does not add), so it goes to scratch and is added to dbias. Where cuBLASLt has no algorithm with that epilogue,
+   the column-sum kernels do it. */
 template <typename T>
 void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *inp, const T *w, int N, int IC, int OC,
                      int lddo, int accumulate, const T *dgelu_aux, float *scratch, cudaStream_t s) {
@@ -1470,10 +1474,19 @@ void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *i
         matmul_lt(dinp, cuda_type<T>(), w, dout, cuda_type<T>(), NULL, IC, N, OC, IC, lddo, IC, 0, 0,
                   accumulate ? 1.0f : 0.0f, dgelu_aux ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT,
                   (void *)dgelu_aux, IC, s);
-    if (dw)
+    int fused = 0;
+    if (dw && dbias) {
+        fused = matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), scratch, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
+                          CUBLASLT_EPILOGUE_BGRADB, NULL, 0, s, 1);
+        if (fused) {
+            add_kernel<<<ceil_div(OC, 256), 256, 0, s>>>(dbias, scratch, OC);
+            KERNEL_CHECK();
+        }
+    }
+    if (dw && !fused)
         matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), NULL, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
                   CUBLASLT_EPILOGUE_DEFAULT, NULL, 0, s);
-    if (dbias) column_sums<T>(NULL, dbias, dout, lddo, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
+    if (dbias && !fused) column_sums<T>(NULL, dbias, dout, lddo, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
 }
 
 template <typename T>

@@ -353,6 +353,13 @@ template <typename T> static void test_matmul(void) {
     check("matmul_backward dinp", from_dev(dinp, dx.size()), dx, tol_a<T>() * 5, tol_r<T>());
     check("matmul_backward dweight (fp32, +=)", from_dev(gw, dw.size()), dw, tol_a<T>() * 10, tol_r<T>());
     check("matmul_backward dbias", from_dev(gb, OC), db, tol_a<T>() * 10, tol_r<T>());
+    /* the bias gradient came from the weight-gradient matmul's BGRADB epilogue, not the column-sum kernels */
+    int fused = 0;
+    for (int i = 0; i < g_lt_nplans; i++)
+        fused += g_lt_plans[i].epi == CUBLASLT_EPILOGUE_BGRADB && g_lt_plans[i].found && g_lt_plans[i].n == OC;
+    printf("%s %-5s matmul_backward dbias from the BGRADB epilogue   %d plan(s)%s\n", fused ? "ok  " : "FAIL", g_dtype, fused,
+           fused ? "" : "  <--");
+    fused ? g_pass++ : g_fail++;
 }
 
 /* the matmul plans (descriptors, layouts, algorithm built once per kind of matmul): two shapes interleaved, each
