@@ -464,21 +464,31 @@ __global__ void swiglu_backward_kernel(T *dinp, const T *dout, const T *inp, int
     st_pack(dinp + n * 2 * F + F + f, du);
 }
 
-/* fused classifier, one block per row of logits (row stride ldl >= V):
+/* fused classifier, one block per row of logits (row stride ldl >= V, a multiple of 16 bytes):
      lse = log sum_v exp(x_v);  loss = lse - x[target]   (0 when target < 0)
-     with dloss != 0: the row is overwritten in place by dlogits = dloss * (softmax(x) - onehot(target))
-   so the logits of a chunk of rows live only in T, and only until the head's backward reads them. */
+     with dloss != 0: the row is overwritten in place by dlogits = dloss * (softmax(x) - onehot(target)), and the
+     padded columns [V, ldl) by zeros
+   so the logits of a chunk of rows live only in T, and only until the head's backward reads them.
+   Two passes over the row, each with 16-byte loads (Pack: 8 bf16 or 4 float), the block's threads striding by
+   packs: pass 1 keeps a running max m and sum s of exp(x - m) per thread (online softmax: a pack's max first, then
+   one rescale of s), combined over the warp and the block into lse; pass 2 writes the gradient pack by pack. */
 template <typename T>
 __global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *targets, int V, int ldl, float dloss,
                                           int backward) {
+    constexpr int VW = Pack<T>::N;
     __shared__ float sm_m[32], sm_s[32];
     int row = blockIdx.x;
     T *x = logits + (size_t)row * ldl;
     float m = -INFINITY, s = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float a = to_f(x[v]);
-        if (a > m) { s = s * expf(m - a) + 1.0f; m = a; }
-        else s += expf(a - m);
+    for (int v0 = threadIdx.x * VW; v0 < V; v0 += blockDim.x * VW) {
+        Pack<T> a = ld_pack(x + v0);
+        int n = V - v0 < VW ? V - v0 : VW;   /* the last pack may reach into the padding */
+        float pm = -INFINITY;
+        for (int k = 0; k < n; k++) pm = fmaxf(pm, to_f(a.v[k]));
+        float M = fmaxf(m, pm), ps = 0.0f;
+        for (int k = 0; k < n; k++) ps += expf(to_f(a.v[k]) - M);
+        s = (m == -INFINITY ? 0.0f : s * expf(m - M)) + ps;
+        m = M;
     }
     /* combine (m, s) pairs: warp, then block */
     for (int o = 16; o > 0; o >>= 1) {
@@ -499,11 +509,15 @@ __global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *t
     if (!backward) return;
     __syncthreads();   /* every thread has read x[tgt] (thread 0) before the row is overwritten */
     float d = tgt >= 0 ? dloss : 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float p = expf(to_f(x[v]) - lse);
-        x[v] = from_f<T>(d * (p - (v == tgt ? 1.0f : 0.0f)));
+    for (int v0 = threadIdx.x * VW; v0 < ldl; v0 += blockDim.x * VW) {
+        Pack<T> a = ld_pack(x + v0), o;
+        #pragma unroll
+        for (int k = 0; k < VW; k++) {
+            int v = v0 + k;
+            o.v[k] = from_f<T>(v < V ? d * (expf(to_f(a.v[k]) - lse) - (v == tgt ? 1.0f : 0.0f)) : 0.0f);
+        }
+        st_pack(x + v0, o);
     }
-    for (int v = V + threadIdx.x; v < ldl; v += blockDim.x) x[v] = from_f<T>(0.0f);   /* padded columns: no gradient */
 }
 
 /* What one optimizer step's AdamW reads from the device: the step's decisions, made on the device by
@@ -1513,6 +1527,7 @@ void swiglu_backward(T *dinp, const T *dout, const T *inp, int N, int F, cudaStr
 /* crossentropy_forward (+ crossentropy_backward in place when backward) on rows of logits */
 template <typename T>
 void crossentropy_fused(T *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
+    if (ldl % Pack<T>::N || ldl < V) die("crossentropy_fused: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
     crossentropy_fused_kernel<T><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
     KERNEL_CHECK();
 }
