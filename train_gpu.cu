@@ -201,16 +201,31 @@ __global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte
     st_pack(out + i, e);
 }
 
-/* embedding backward, deterministic and without atomics: the host sorts the positions by token
-   (counting sort, stable), so block u owns the distinct token uniq[u] and adds the rows pos[offs[u]..offs[u+1])
-   in increasing position order (the CPU's order): dwte[tok,c] += sum dout[n,c] */
-__global__ void embedding_backward_wte_kernel(float *dwte, const float *dout, const int *uniq, const int *offs,
-                                              const int *pos, int C) {
+/* embedding backward, deterministic and without atomics. The host sorts the positions by token (counting sort,
+   stable) and cuts each token's run of positions into chunks of at most EMB_CHUNK, in order (emb_plan_build), so a
+   frequent token is summed by many blocks, not serially by one:
+     pass 1, block (chunk c, 256 columns): acc = sum of dout[pos[j], :] over the chunk's positions, in order; a
+             token of one chunk adds acc to its dwte row, a longer run's chunk stores it in its partial slot;
+     pass 2, block (long token u, 256 columns): dwte[tok, :] += its partials summed in chunk order.
+   No two blocks write one row, and every sum has a fixed order: the same bits on every run. */
+#define EMB_CHUNK 32
+__global__ void embedding_backward_chunks_kernel(float *dwte, float *part, const float *dout, const int *pos,
+                                                 const int *cbeg, const int *cdst, int C) {
+    int ch = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (int j = cbeg[ch]; j < cbeg[ch + 1]; j++) acc += dout[(size_t)pos[j] * C + c];
+    int dst = cdst[ch];
+    if (dst >= 0) dwte[(size_t)dst * C + c] += acc;
+    else part[(size_t)(-1 - dst) * C + c] = acc;
+}
+
+__global__ void embedding_backward_partials_kernel(float *dwte, const float *part, const int *ltok, const int *lfirst, int C) {
     int u = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float acc = 0.0f;
-    for (int j = offs[u]; j < offs[u + 1]; j++) acc += dout[(size_t)pos[j] * C + c];
-    dwte[(size_t)uniq[u] * C + c] += acc;
+    for (int p = lfirst[u]; p < lfirst[u + 1]; p++) acc += part[(size_t)p * C + c];
+    dwte[(size_t)ltok[u] * C + c] += acc;
 }
 
 /* dwpe[t,c] += sum_b dout[b,t,c] */
@@ -1401,13 +1416,21 @@ void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, in
     KERNEL_CHECK();
 }
 
-/* buckets of the positions of each distinct token (device arrays filled from the host's counting sort) */
-struct EmbBuckets { int *uniq, *offs, *pos; int nuniq; };
+/* the embedding backward's plan (emb_plan_build): one int array of emb_plan_ints(N) holding, at fixed places,
+   pos [N] (the positions sorted by token), cbeg [nchunks + 1] (chunk c covers pos[cbeg[c] .. cbeg[c+1])), cdst
+   [nchunks] (>= 0: the token row it adds to; < 0: partial slot -1 - cdst), ltok [nlong] and lfirst [nlong + 1] (long
+   token u's partial slots lfirst[u] .. lfirst[u+1]). The pointers point into the device copy; part is the partials'
+   scratch, emb_plan_partials(N) rows of C. */
+struct EmbBuckets { int *pos, *cbeg, *cdst, *ltok, *lfirst; int nchunks, nlong; float *part; };
 
 void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s) {
-    if (bk.nuniq > 0) {
-        dim3 grid(bk.nuniq, ceil_div(C, 256));
-        embedding_backward_wte_kernel<<<grid, 256, 0, s>>>(dwte, dout, bk.uniq, bk.offs, bk.pos, C);
+    if (bk.nchunks > 0) {
+        embedding_backward_chunks_kernel<<<dim3(bk.nchunks, ceil_div(C, 256)), 256, 0, s>>>(dwte, bk.part, dout, bk.pos,
+                                                                                          bk.cbeg, bk.cdst, C);
+        KERNEL_CHECK();
+    }
+    if (bk.nlong > 0) {
+        embedding_backward_partials_kernel<<<dim3(bk.nlong, ceil_div(C, 256)), 256, 0, s>>>(dwte, bk.part, bk.ltok, bk.lfirst, C);
         KERNEL_CHECK();
     }
     if (dwpe) {
@@ -1671,7 +1694,7 @@ struct GModel {
     /* inputs */
     int *inputs, *targets;
     gpu::EmbBuckets bk;
-    int *h_in, *h_tg, *h_uniq, *h_offs, *h_pos, *h_count;
+    int *h_in, *h_tg, *h_uniq, *h_offs, *h_plan, *h_count, *d_plan;
     cudaEvent_t upload_done;
     int cur_B, cur_T, num_valid, has_targets;
     int logits_r0;               /* first row of the chunk of logits in g.logits */
@@ -1746,6 +1769,45 @@ static size_t zero2_piece_offset(const Model *m, const size_t *off, const ShardP
     size_t in_tensor = p->begin - m->param_offsets[p->tensor];
     if (l == m->cfg.n_layer) return off[p->tensor] + in_tensor;
     return off[p->tensor] + in_tensor - (size_t)l * (m->param_sizes[p->tensor] / m->cfg.n_layer);
+}
+
+/* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id.
+   uniq[u] is the u-th distinct token (in order of first appearance), its positions are pos[offs[u]..offs[u+1])
+   in increasing order. count[0..V) must be zero on entry and is zero again on return. Returns the number of
+   distinct tokens. */
+static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *pos) {
+    int nu = 0;
+    for (int n = 0; n < N; n++) if (count[tokens[n]]++ == 0) uniq[nu++] = tokens[n];
+    offs[0] = 0;
+    for (int u = 0; u < nu; u++) { offs[u + 1] = offs[u] + count[uniq[u]]; count[uniq[u]] = offs[u]; }
+    for (int n = 0; n < N; n++) pos[count[tokens[n]]++] = n;
+    for (int u = 0; u < nu; u++) count[uniq[u]] = 0;
+    return nu;
+}
+
+/* The embedding backward's plan (see gpu::EmbBuckets) in h[0 .. emb_plan_ints(N)): the buckets of the tokens, each
+   run of positions cut into chunks of EMB_CHUNK in order; a run of one chunk adds straight to its row, a longer
+   one goes through partial slots. uniq, offs: scratch of N and N + 1; count as for emb_buckets_build. The pointers of
+   *bk are set to dev (the device copy of h, which the caller makes). */
+static size_t emb_plan_cap(int N) { return (size_t)N + 2 * ((size_t)N / EMB_CHUNK) + 2; }
+static size_t emb_plan_ints(int N) { return (size_t)N + 4 * emb_plan_cap(N); }
+static size_t emb_plan_partials(int N) { return 2 * ((size_t)N / EMB_CHUNK) + 1; }
+static void emb_plan_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *h, int *dev, gpu::EmbBuckets *bk) {
+    size_t cap = emb_plan_cap(N);
+    int *pos = h, *cbeg = h + N, *cdst = cbeg + cap, *ltok = cdst + cap, *lfirst = ltok + cap;
+    int nu = emb_buckets_build(tokens, N, count, uniq, offs, pos);
+    int nc = 0, nl = 0, slots = 0;
+    lfirst[0] = 0;
+    for (int u = 0; u < nu; u++) {
+        int len = offs[u + 1] - offs[u];
+        if (len <= EMB_CHUNK) { cbeg[nc] = offs[u]; cdst[nc++] = uniq[u]; continue; }
+        for (int j = offs[u]; j < offs[u + 1]; j += EMB_CHUNK) { cbeg[nc] = j; cdst[nc++] = -1 - slots++; }
+        ltok[nl] = uniq[u];
+        lfirst[++nl] = slots;
+    }
+    cbeg[nc] = N;
+    bk->nchunks = nc; bk->nlong = nl;
+    bk->pos = dev; bk->cbeg = dev + N; bk->cdst = bk->cbeg + cap; bk->ltok = bk->cdst + cap; bk->lfirst = bk->ltok + cap;
 }
 
 /* Builds the device model for host (whose weights need not be set yet) and batches up to B x Tn. */
@@ -1862,14 +1924,14 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     }
     g.inputs = GM_ALLOC(g, int, N);
     g.targets = GM_ALLOC(g, int, N);
-    g.bk.uniq = GM_ALLOC(g, int, N);
-    g.bk.offs = GM_ALLOC(g, int, N + 1);
-    g.bk.pos = GM_ALLOC(g, int, N);
+    g.d_plan = GM_ALLOC(g, int, emb_plan_ints(N));
+    g.bk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
     CUDA_CHECK(cudaMallocHost(&g.h_in, N * sizeof(int)));
     CUDA_CHECK(cudaMallocHost(&g.h_tg, N * sizeof(int)));
-    CUDA_CHECK(cudaMallocHost(&g.h_uniq, N * sizeof(int)));
-    CUDA_CHECK(cudaMallocHost(&g.h_offs, (N + 1) * sizeof(int)));
-    CUDA_CHECK(cudaMallocHost(&g.h_pos, N * sizeof(int)));
+    g.h_uniq = (int *)malloc(N * sizeof(int));
+    g.h_offs = (int *)malloc((N + 1) * sizeof(int));
+    CUDA_CHECK(cudaMallocHost(&g.h_plan, emb_plan_ints(N) * sizeof(int)));
+    memset(g.h_plan, 0, emb_plan_ints(N) * sizeof(int));   /* copied whole: no byte of it unset */
     g.h_count = (int *)calloc(g.V, sizeof(int));
     CUDA_CHECK(cudaEventCreateWithFlags(&g.upload_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
@@ -1909,7 +1971,7 @@ template <typename T>
 void gmodel_free(GModel<T> &g) {
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     for (int i = 0; i < g.nallocs; i++) dev_free(g.allocs[i], g.alloc_sizes[i]);
-    cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); cudaFreeHost(g.h_uniq); cudaFreeHost(g.h_offs); cudaFreeHost(g.h_pos);
+    cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); free(g.h_uniq); free(g.h_offs); cudaFreeHost(g.h_plan);
     free(g.h_count);
     cudaEventDestroy(g.upload_done);
     cudaFreeHost(g.h_step_out);
@@ -2045,20 +2107,6 @@ void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
         CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
 }
 
-/* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id.
-   uniq[u] is the u-th distinct token (in order of first appearance), its positions are pos[offs[u]..offs[u+1])
-   in increasing order. count[0..V) must be zero on entry and is zero again on return. Returns the number of
-   distinct tokens. */
-static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *pos) {
-    int nu = 0;
-    for (int n = 0; n < N; n++) if (count[tokens[n]]++ == 0) uniq[nu++] = tokens[n];
-    offs[0] = 0;
-    for (int u = 0; u < nu; u++) { offs[u + 1] = offs[u] + count[uniq[u]]; count[uniq[u]] = offs[u]; }
-    for (int n = 0; n < N; n++) pos[count[tokens[n]]++] = n;
-    for (int u = 0; u < nu; u++) count[uniq[u]] = 0;
-    return nu;
-}
-
 /* per-layer slices (stride 0 for a buffer kept once) */
 template <typename P> static inline P *lay(P *base, int l, size_t per) { return base ? base + (size_t)l * per : NULL; }
 
@@ -2080,11 +2128,8 @@ static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targ
         memcpy(g.h_tg, targets, N * sizeof(int));
         for (int i = 0; i < N; i++) g.num_valid += targets[i] >= 0;
         CUDA_CHECK(cudaMemcpyAsync(g.targets, g.h_tg, N * sizeof(int), cudaMemcpyHostToDevice, s));
-        int nu = emb_buckets_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_pos);
-        g.bk.nuniq = nu;
-        CUDA_CHECK(cudaMemcpyAsync(g.bk.uniq, g.h_uniq, nu * sizeof(int), cudaMemcpyHostToDevice, s));
-        CUDA_CHECK(cudaMemcpyAsync(g.bk.offs, g.h_offs, (nu + 1) * sizeof(int), cudaMemcpyHostToDevice, s));
-        CUDA_CHECK(cudaMemcpyAsync(g.bk.pos, g.h_pos, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        emb_plan_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_plan, g.d_plan, &g.bk);
+        CUDA_CHECK(cudaMemcpyAsync(g.d_plan, g.h_plan, emb_plan_ints(N) * sizeof(int), cudaMemcpyHostToDevice, s));
     }
     CUDA_CHECK(cudaEventRecord(g.upload_done, s));
     g.cur_B = B; g.cur_T = Tn;

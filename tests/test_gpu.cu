@@ -239,6 +239,47 @@ static void test_rng(void) {
     bad ? g_fail++ : g_pass++;
 }
 
+/* the embedding backward's plan of tokens[0..N), on the device */
+static gpu::EmbBuckets upload_emb_plan(const int *tok, int N, int V, int C) {
+    std::vector<int> cnt(V, 0), uniq(N), offs(N + 1), h(emb_plan_ints(N), 0);
+    int *dev = (int *)dev_alloc(h.size() * 4);
+    gpu::EmbBuckets bk;
+    emb_plan_build(tok, N, cnt.data(), uniq.data(), offs.data(), h.data(), dev, &bk);
+    CUDA_CHECK(cudaMemcpy(dev, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+    bk.part = (float *)dev_alloc(emb_plan_partials(N) * C * 4);
+    return bk;
+}
+
+/* embedding backward on a skewed batch (a few tokens make most of it, one of them 60%: runs of many chunks):
+   within fp32 sum-order tolerance of the CPU, and the same bits on a second run */
+static void test_embedding_skewed(void) {
+    int B = 4, Tn = 200, C = 72, V = 300, N = B * Tn;
+    std::vector<int> tok(N);
+    for (int i = 0; i < N; i++) {
+        uint64_t r = rng_u64(5 ^ g_seed, i) % 100;
+        tok[i] = r < 60 ? 11 : r < 75 ? 200 : r < 80 ? 3 : (int)(rng_u64(6 ^ g_seed, i) % V);
+    }
+    std::vector<float> dout((size_t)N * C);
+    for (size_t i = 0; i < dout.size(); i++) dout[i] = 2.0f * rng_uniform(7 ^ g_seed, i) - 1.0f;
+    std::vector<float> gwte((size_t)V * C, 0.5f), gwpe((size_t)Tn * C, 0.0f);
+    std::vector<float> rwte = gwte, rwpe = gwpe;
+    embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V);
+    gpu::EmbBuckets bk = upload_emb_plan(tok.data(), N, V, C);
+    float *ddout = to_dev<float>(dout);
+    std::vector<float> runs[2];
+    for (int r = 0; r < 2; r++) {
+        float *dg = to_dev<float>(gwte);
+        gpu::embedding_backward(dg, NULL, ddout, bk, B, Tn, C, 0);
+        runs[r] = from_dev(dg, gwte.size());
+    }
+    check("embedding_backward dwte, skewed tokens", runs[0], rwte, 1e-4f, 1e-5f);
+    int same = !memcmp(runs[0].data(), runs[1].data(), runs[0].size() * 4);
+    printf("%s       embedding_backward skewed: %d chunks, %d long tokens, two runs %s%s\n",
+           same && bk.nlong >= 2 ? "ok  " : "FAIL", bk.nchunks, bk.nlong, same ? "bit for bit equal" : "DIFFER",
+           same && bk.nlong >= 2 ? "" : "  <--");
+    same && bk.nlong >= 2 ? g_pass++ : g_fail++;
+}
+
 template <typename T> static void test_embedding(void) {
     int B = 3, Tn = 37, C = 64, V = 50, N = B * Tn;
     auto wte = rand_vec<T>((size_t)V * C, 1), wpe = rand_vec<T>((size_t)Tn * C, 2);
@@ -257,13 +298,7 @@ template <typename T> static void test_embedding(void) {
     std::vector<float> gwte((size_t)V * C, 0.5f), gwpe((size_t)Tn * C, 0.25f);
     std::vector<float> rwte = gwte, rwpe = gwpe;
     embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V);
-    std::vector<int> cnt(V, 0), uniq(N), offs(N + 1), pos(N);
-    gpu::EmbBuckets bk;
-    bk.nuniq = emb_buckets_build(tok.data(), N, cnt.data(), uniq.data(), offs.data(), pos.data());
-    bk.uniq = (int *)dev_alloc(N * 4); bk.offs = (int *)dev_alloc((N + 1) * 4); bk.pos = (int *)dev_alloc(N * 4);
-    CUDA_CHECK(cudaMemcpy(bk.uniq, uniq.data(), bk.nuniq * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(bk.offs, offs.data(), (bk.nuniq + 1) * 4, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(bk.pos, pos.data(), N * 4, cudaMemcpyHostToDevice));
+    gpu::EmbBuckets bk = upload_emb_plan(tok.data(), N, V, C);
     float *ddout = to_dev<float>(dout), *dgwte = to_dev<float>(gwte), *dgwpe = to_dev<float>(gwpe);
     gpu::embedding_backward(dgwte, dgwpe, ddout, bk, B, Tn, C, 0);
     check("embedding_backward dwte", from_dev(dgwte, gwte.size()), rwte, 1e-5f, 1e-5f);
@@ -982,6 +1017,7 @@ int main(int argc, char **argv) {
     if (want("rng")) test_rng();
     if (want("sumsq")) test_sumsq();
     if (want("sr_device")) test_sr_device();
+    if (want("embedding_skewed")) test_embedding_skewed();
     run_all<float>(quick);
     run_all<bf16>(quick);
     if (!quick) {   /* last: a cuBLASLt without these epilogues stops the program (as the trainer would) */
