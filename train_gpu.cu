@@ -1795,6 +1795,7 @@ static size_t emb_plan_partials(int N) { return 2 * ((size_t)N / EMB_CHUNK) + 1;
 static void emb_plan_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *h, int *dev, gpu::EmbBuckets *bk) {
     size_t cap = emb_plan_cap(N);
     int *pos = h, *cbeg = h + N, *cdst = cbeg + cap, *ltok = cdst + cap, *lfirst = ltok + cap;
+    for (size_t i = N; i < N + 4 * cap; i++) h[i] = 0;   /* copied whole: no entry left unset */
     int nu = emb_buckets_build(tokens, N, count, uniq, offs, pos);
     int nc = 0, nl = 0, slots = 0;
     lfirst[0] = 0;
@@ -1931,7 +1932,6 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.h_uniq = (int *)malloc(N * sizeof(int));
     g.h_offs = (int *)malloc((N + 1) * sizeof(int));
     CUDA_CHECK(cudaMallocHost(&g.h_plan, emb_plan_ints(N) * sizeof(int)));
-    memset(g.h_plan, 0, emb_plan_ints(N) * sizeof(int));   /* copied whole: no byte of it unset */
     g.h_count = (int *)calloc(g.V, sizeof(int));
     CUDA_CHECK(cudaEventCreateWithFlags(&g.upload_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
