@@ -201,16 +201,31 @@ __global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte
     st_pack(out + i, e);
 }
 
-/* embedding backward, deterministic and without atomics: the host sorts the positions by token
-   (counting sort, stable), so block u owns the distinct token uniq[u] and adds the rows pos[offs[u]..offs[u+1])
-   in increasing position order (the CPU's order): dwte[tok,c] += sum dout[n,c] */
-__global__ void embedding_backward_wte_kernel(float *dwte, const float *dout, const int *uniq, const int *offs,
-                                              const int *pos, int C) {
+/* embedding backward, deterministic and without atomics. The host sorts the positions by token (counting sort,
+   stable) and cuts each token's run of positions into chunks of at most EMB_CHUNK, in order (emb_plan_build), so a
+   frequent token is summed by many blocks, not serially by one:
+     pass 1, block (chunk c, 256 columns): acc = sum of dout[pos[j], :] over the chunk's positions, in order; a
+             token of one chunk adds acc to its dwte row, a longer run's chunk stores it in its partial slot;
+     pass 2, block (long token u, 256 columns): dwte[tok, :] += its partials summed in chunk order.
+   No two blocks write one row, and every sum has a fixed order: the same bits on every run. */
+#define EMB_CHUNK 32
+__global__ void embedding_backward_chunks_kernel(float *dwte, float *part, const float *dout, const int *pos,
+                                                 const int *cbeg, const int *cdst, int C) {
+    int ch = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (int j = cbeg[ch]; j < cbeg[ch + 1]; j++) acc += dout[(size_t)pos[j] * C + c];
+    int dst = cdst[ch];
+    if (dst >= 0) dwte[(size_t)dst * C + c] += acc;
+    else part[(size_t)(-1 - dst) * C + c] = acc;
+}
+
+__global__ void embedding_backward_partials_kernel(float *dwte, const float *part, const int *ltok, const int *lfirst, int C) {
     int u = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float acc = 0.0f;
-    for (int j = offs[u]; j < offs[u + 1]; j++) acc += dout[(size_t)pos[j] * C + c];
-    dwte[(size_t)uniq[u] * C + c] += acc;
+    for (int p = lfirst[u]; p < lfirst[u + 1]; p++) acc += part[(size_t)p * C + c];
+    dwte[(size_t)ltok[u] * C + c] += acc;
 }
 
 /* dwpe[t,c] += sum_b dout[b,t,c] */
@@ -464,21 +479,31 @@ __global__ void swiglu_backward_kernel(T *dinp, const T *dout, const T *inp, int
     st_pack(dinp + n * 2 * F + F + f, du);
 }
 
-/* fused classifier, one block per row of logits (row stride ldl >= V):
+/* fused classifier, one block per row of logits (row stride ldl >= V, a multiple of 16 bytes):
      lse = log sum_v exp(x_v);  loss = lse - x[target]   (0 when target < 0)
-     with dloss != 0: the row is overwritten in place by dlogits = dloss * (softmax(x) - onehot(target))
-   so the logits of a chunk of rows live only in T, and only until the head's backward reads them. */
+     with dloss != 0: the row is overwritten in place by dlogits = dloss * (softmax(x) - onehot(target)), and the
+     padded columns [V, ldl) by zeros
+   so the logits of a chunk of rows live only in T, and only until the head's backward reads them.
+   Two passes over the row, each with 16-byte loads (Pack: 8 bf16 or 4 float), the block's threads striding by
+   packs: pass 1 keeps a running max m and sum s of exp(x - m) per thread (online softmax: a pack's max first, then
+   one rescale of s), combined over the warp and the block into lse; pass 2 writes the gradient pack by pack. */
 template <typename T>
 __global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *targets, int V, int ldl, float dloss,
                                           int backward) {
+    constexpr int VW = Pack<T>::N;
     __shared__ float sm_m[32], sm_s[32];
     int row = blockIdx.x;
     T *x = logits + (size_t)row * ldl;
     float m = -INFINITY, s = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float a = to_f(x[v]);
-        if (a > m) { s = s * expf(m - a) + 1.0f; m = a; }
-        else s += expf(a - m);
+    for (int v0 = threadIdx.x * VW; v0 < V; v0 += blockDim.x * VW) {
+        Pack<T> a = ld_pack(x + v0);
+        int n = V - v0 < VW ? V - v0 : VW;   /* the last pack may reach into the padding */
+        float pm = -INFINITY;
+        for (int k = 0; k < n; k++) pm = fmaxf(pm, to_f(a.v[k]));
+        float M = fmaxf(m, pm), ps = 0.0f;
+        for (int k = 0; k < n; k++) ps += expf(to_f(a.v[k]) - M);
+        s = (m == -INFINITY ? 0.0f : s * expf(m - M)) + ps;
+        m = M;
     }
     /* combine (m, s) pairs: warp, then block */
     for (int o = 16; o > 0; o >>= 1) {
@@ -499,30 +524,78 @@ __global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *t
     if (!backward) return;
     __syncthreads();   /* every thread has read x[tgt] (thread 0) before the row is overwritten */
     float d = tgt >= 0 ? dloss : 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float p = expf(to_f(x[v]) - lse);
-        x[v] = from_f<T>(d * (p - (v == tgt ? 1.0f : 0.0f)));
+    for (int v0 = threadIdx.x * VW; v0 < ldl; v0 += blockDim.x * VW) {
+        Pack<T> a = ld_pack(x + v0), o;
+        #pragma unroll
+        for (int k = 0; k < VW; k++) {
+            int v = v0 + k;
+            o.v[k] = from_f<T>(v < V ? d * (expf(to_f(a.v[k]) - lse) - (v == tgt ? 1.0f : 0.0f)) : 0.0f);
+        }
+        st_pack(x + v0, o);
     }
 }
+
+/* What one optimizer step's AdamW reads from the device: the step's decisions, made on the device by
+   step_decide_kernel from the reduced loss and grad norm, so the host never waits for them. */
+struct AdamCtl {
+    float step_size;             /* lr / (1 - beta1^t), t = the number of updates so far, this one included */
+    float bc2_sqrt;              /* sqrt(1 - beta2^t) */
+    float grad_scale;            /* the clip coefficient */
+    int apply;                   /* 0: the step is skipped (non-finite loss or norm, or no update asked for) */
+    uint64_t sr_seed;            /* the stochastic rounding's seed of update t */
+};
 
 /* adamw_update on a slice of the flat vector (torch.optim.AdamW):
      p = p (1 - lr wd);  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
    g = grad * grad_scale (the clip coefficient). The fp32 master is updated and the T copy of the weight is
-   rounded from it, stochastically for bf16 with rng_u64(seed, global index): the same bits whatever the sharding. */
+   rounded from it, stochastically for bf16 with rng_u64(seed, global index): the same bits whatever the sharding.
+   step_size, bc2_sqrt, grad_scale and the seed come from the device (ctl); nothing is written when !ctl->apply. */
 template <typename T>
 __global__ void adamw_kernel(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr,
-                             float beta1, float beta2, float eps, float wd, float step_size, float bc2_sqrt,
-                             float grad_scale, uint64_t seed, uint64_t global_offset) {
+                             float beta1, float beta2, float eps, float wd, const AdamCtl *ctl, uint64_t global_offset) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = grads[i] * grad_scale;
+    if (i >= n || !ctl->apply) return;
+    float g = grads[i] * ctl->grad_scale;
     float mi = beta1 * m[i] + (1.0f - beta1) * g;
     float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi; v[i] = vi;
     float p = master[i] * (1.0f - lr * wd);
-    p = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    p = p - ctl->step_size * mi / (sqrtf(vi) / ctl->bc2_sqrt + eps);
     master[i] = p;
-    params[i] = round_param<T>(p, rng_u64_dev(seed, global_offset + i));
+    params[i] = round_param<T>(p, rng_u64_dev(ctl->sr_seed, global_offset + i));
+}
+
+/* One optimizer step's outcome, written on the device and copied to pinned host memory for the log */
+struct StepOut {
+    double loss, norm;           /* the mean loss over ranks, the global grad norm */
+    double stop;                 /* > 0: some rank asked to stop */
+    int skip;                    /* the loss or the norm is not finite: no update */
+    int pad;
+};
+
+/* The decisions of an optimizer step, on one thread, from red = [sum of squares of the gradient, loss summed over
+   ranks, stop flags] (all-reduced): the numbers the host used to compute, with the same arithmetic (double, then
+   float as grad_clip and adamw_update have it). A finite step with do_update counts one more update t and fills
+   ctl for AdamW: bc1[t], bc2[t] are the host's 1 - beta^t tables (as powf gave them before). */
+__global__ void step_decide_kernel(StepOut *out, AdamCtl *ctl, int *updates, const double *red, int world, float clip,
+                                   int do_update, float lr, const float *bc1, const float *bc2, uint64_t seed) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double loss = red[1] / world, norm = sqrt(red[0]);
+    int skip = !isfinite(loss) || !isfinite(norm);
+    out->loss = loss; out->norm = norm; out->stop = red[2]; out->skip = skip; out->pad = 0;
+    ctl->apply = do_update && !skip;
+    if (!ctl->apply) return;
+    int t = ++*updates;
+    float coef = (float)(clip / (norm + 1e-6));
+    ctl->grad_scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
+    ctl->step_size = lr / bc1[t];
+    ctl->bc2_sqrt = sqrtf(bc2[t]);
+    ctl->sr_seed = rng_u64_dev(seed ^ 0x5EEDB16ULL, (uint64_t)t);   /* sr_seed_of(seed, t) */
+}
+
+/* red[2] = v: this rank's stop flag, set in stream order (no host buffer an asynchronous copy would read) */
+__global__ void set_double_kernel(double *x, double v) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) *x = v;
 }
 
 /* fp32 -> T, round to nearest (the first copy of the weights, and uploads) */
@@ -1348,16 +1421,23 @@ static cublasLtHandle_t g_lt;
 static void *g_lt_ws;
 static const size_t g_lt_ws_size = 32u << 20;   /* what cuBLASLt asks for on Hopper */
 
+/* A plan: the descriptors, layouts and algorithm of one distinct matmul (shape, transposes, types, leading
+   dimensions, epilogue, the pointers' alignments), built once with the heuristic and reused by every later call of
+   the same kind (a step makes ~150 calls of a few dozen kinds). The bias and aux pointers change from call to call
+   and are set on the plan's descriptor each time (cublasLtMatmul reads the descriptor when it is called). A kind
+   for which the heuristic found nothing is kept too (found = 0), so it is not asked again. */
 typedef struct {
-    int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, al_a, al_b, al_d, al_bias, al_aux, ldaux;
+    int m, n, k, lda, ldb, ldd, ta, tb, ab_type, d_type, epi, has_bias, has_aux, ldaux, al_a, al_b, al_d, al_bias, al_aux;
+    int found;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
-} LtAlgo;
-/* the key: the ints only (no padding inside them; the bytes before algo may be padding, which a struct copy
-   need not keep) */
-#define LT_KEY_BYTES (offsetof(LtAlgo, ldaux) + sizeof(int))
-#define LT_CACHE 512
-static LtAlgo g_lt_cache[LT_CACHE];
-static int g_lt_cached = 0, g_lt_next = 0;   /* when full, entries are replaced round robin */
+} LtPlan;
+/* the key: the ints before `found` (no padding among them) */
+#define LT_KEY_BYTES offsetof(LtPlan, found)
+#define LT_PLANS 256
+static LtPlan g_lt_plans[LT_PLANS];
+static int g_lt_nplans = 0, g_lt_next = 0;   /* when full, plans are replaced round robin */
 
 static int ptr_alignment(const void *p) {
     uintptr_t a = (uintptr_t)p;
@@ -1366,63 +1446,87 @@ static int ptr_alignment(const void *p) {
     return al;
 }
 
-/* D[m, n] (col-major, ld ldd) = alpha op(A) op(B) + beta D, with an optional epilogue:
-   bias (length m), GELU with its input kept in aux, or D times GELU'(aux) */
-static void matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B, cudaDataType ab_type, const void *bias,
-                      int m, int n, int k, int lda, int ldb, int ldd, int ta, int tb, float beta,
-                      cublasLtEpilogue_t epi, void *aux, int ldaux, cudaStream_t stream) {
-    cublasLtMatmulDesc_t op;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+static void lt_plan_destroy(LtPlan *p) {
+    cublasLtMatrixLayoutDestroy(p->la); cublasLtMatrixLayoutDestroy(p->lb); cublasLtMatrixLayoutDestroy(p->ld);
+    cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof(*p));
+}
+
+/* every plan freed (at exit, or to start again with a fresh table) */
+static void matmul_lt_free_plans(void) {
+    for (int i = 0; i < g_lt_nplans; i++) lt_plan_destroy(&g_lt_plans[i]);
+    g_lt_nplans = 0; g_lt_next = 0;
+}
+
+/* the plan of this kind of matmul: found in the table, or built (descriptors, layouts, heuristic) into it */
+static LtPlan *lt_plan(const LtPlan *key, const void *bias, void *aux) {
+    for (int i = 0; i < g_lt_nplans; i++)
+        if (!memcmp(&g_lt_plans[i], key, LT_KEY_BYTES)) return &g_lt_plans[i];
+    int slot = g_lt_nplans < LT_PLANS ? g_lt_nplans++ : g_lt_next++ % LT_PLANS;
+    LtPlan *p = &g_lt_plans[slot];
+    if (p->op) lt_plan_destroy(p);
+    *p = *key;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t opa = p->ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = (cublasLtEpilogue_t)p->epi;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    /* the heuristic reads the pointers (for their alignment): this call's, set again on every later call */
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     if (aux) {
-        int64_t ld64 = ldaux;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld64, sizeof(ld64)));
+        int64_t ld64 = p->ldaux;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld64, sizeof(ld64)));
     }
-    cublasLtMatrixLayout_t la, lb, ld;
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, ab_type, ta ? k : m, ta ? m : k, lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, ab_type, tb ? n : k, tb ? k : n, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, d_type, m, n, ldd));
-    int al_a = ptr_alignment(A), al_b = ptr_alignment(B), al_d = ptr_alignment(D);
-    LtAlgo key;
+    int m = p->m, n = p->n, k = p->k;
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, (cudaDataType)p->ab_type, p->ta ? k : m, p->ta ? m : k, p->lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, (cudaDataType)p->ab_type, p->tb ? n : k, p->tb ? k : n, p->ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->ld, (cudaDataType)p->d_type, m, n, p->ldd));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = g_lt_ws_size;
+    uint32_t a32 = p->al_a, b32 = p->al_b, d32 = p->al_d;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a32, sizeof(a32)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32, sizeof(b32)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d32, sizeof(d32)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d32, sizeof(d32)));
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    p->found = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (p->found) p->algo = res.algo;
+    return p;
+}
+
+/* D[m, n] (col-major, ld ldd) = alpha op(A) op(B) + beta D, with an optional epilogue:
+   bias (length m), GELU with its input kept in aux, D times GELU'(aux), or a bias gradient written to bias
+   (BGRADA: length m, BGRADB: length n). Returns 0 without running when cuBLASLt has no algorithm for it and
+   may_fail; otherwise stops with an error then. */
+static int matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B, cudaDataType ab_type, const void *bias,
+                     int m, int n, int k, int lda, int ldb, int ldd, int ta, int tb, float beta,
+                     cublasLtEpilogue_t epi, void *aux, int ldaux, cudaStream_t stream, int may_fail = 0) {
+    LtPlan key;
     memset(&key, 0, sizeof(key));
     key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldd = ldd; key.ta = ta; key.tb = tb;
     key.ab_type = (int)ab_type; key.d_type = (int)d_type; key.epi = (int)epi; key.has_bias = bias != NULL;
-    key.al_a = al_a; key.al_b = al_b; key.al_d = al_d;
-    key.al_bias = bias ? ptr_alignment(bias) : 0; key.al_aux = aux ? ptr_alignment(aux) : 0; key.ldaux = aux ? ldaux : 0;
-    const cublasLtMatmulAlgo_t *algo = NULL;
-    for (int i = 0; i < g_lt_cached; i++)
-        if (!memcmp(&g_lt_cache[i], &key, LT_KEY_BYTES)) { algo = &g_lt_cache[i].algo; break; }
-    cublasLtMatmulHeuristicResult_t res;
-    if (!algo) {
-        cublasLtMatmulPreference_t pref;
-        CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-        size_t ws = g_lt_ws_size;
-        uint32_t a32 = al_a, b32 = al_b, d32 = al_d;
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a32, sizeof(a32)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b32, sizeof(b32)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d32, sizeof(d32)));
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d32, sizeof(d32)));
-        int found = 0;
-        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_lt, op, la, lb, ld, ld, pref, 1, &res, &found);
-        cublasLtMatmulPreferenceDestroy(pref);
-        if (st != CUBLAS_STATUS_SUCCESS || found == 0)
-            die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
-                    m, n, k, ta, tb, (int)epi, al_a, al_b, al_d);
-        int slot = g_lt_cached < LT_CACHE ? g_lt_cached++ : g_lt_next++ % LT_CACHE;
-        key.algo = res.algo;
-        g_lt_cache[slot] = key;
-        algo = &g_lt_cache[slot].algo;
+    key.has_aux = aux != NULL; key.ldaux = aux ? ldaux : 0;
+    key.al_a = ptr_alignment(A); key.al_b = ptr_alignment(B); key.al_d = ptr_alignment(D);
+    key.al_bias = bias ? ptr_alignment(bias) : 0; key.al_aux = aux ? ptr_alignment(aux) : 0;
+    LtPlan *p = lt_plan(&key, bias, aux);
+    if (!p->found) {
+        if (may_fail) return 0;
+        die("cuBLASLt has no algorithm for m=%d n=%d k=%d (transa %d transb %d, epilogue %d, alignments %d/%d/%d)",
+            m, n, k, ta, tb, (int)epi, key.al_a, key.al_b, key.al_d);
     }
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (aux) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
     const float alpha = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(g_lt, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld, algo, g_lt_ws, g_lt_ws_size, stream));
-    cublasLtMatrixLayoutDestroy(la); cublasLtMatrixLayoutDestroy(lb); cublasLtMatrixLayoutDestroy(ld);
-    cublasLtMatmulDescDestroy(op);
+    CUBLAS_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_ws,
+                                g_lt_ws_size, stream));
+    return 1;
 }
 
 template <typename T> static cudaDataType cuda_type();
@@ -1443,13 +1547,21 @@ void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, in
     KERNEL_CHECK();
 }
 
-/* buckets of the positions of each distinct token (device arrays filled from the host's counting sort) */
-struct EmbBuckets { int *uniq, *offs, *pos; int nuniq; };
+/* the embedding backward's plan (emb_plan_build): one int array of emb_plan_ints(N) holding, at fixed places,
+   pos [N] (the positions sorted by token), cbeg [nchunks + 1] (chunk c covers pos[cbeg[c] .. cbeg[c+1])), cdst
+   [nchunks] (>= 0: the token row it adds to; < 0: partial slot -1 - cdst), ltok [nlong] and lfirst [nlong + 1] (long
+   token u's partial slots lfirst[u] .. lfirst[u+1]). The pointers point into the device copy; part is the partials'
+   scratch, emb_plan_partials(N) rows of C. */
+struct EmbBuckets { int *pos, *cbeg, *cdst, *ltok, *lfirst; int nchunks, nlong; float *part; };
 
 void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s) {
-    if (bk.nuniq > 0) {
-        dim3 grid(bk.nuniq, ceil_div(C, 256));
-        embedding_backward_wte_kernel<<<grid, 256, 0, s>>>(dwte, dout, bk.uniq, bk.offs, bk.pos, C);
+    if (bk.nchunks > 0) {
+        embedding_backward_chunks_kernel<<<dim3(bk.nchunks, ceil_div(C, 256)), 256, 0, s>>>(dwte, bk.part, dout, bk.pos,
+                                                                                          bk.cbeg, bk.cdst, C);
+        KERNEL_CHECK();
+    }
+    if (bk.nlong > 0) {
+        embedding_backward_partials_kernel<<<dim3(bk.nlong, ceil_div(C, 256)), 256, 0, s>>>(dwte, bk.part, bk.ltok, bk.lfirst, C);
         KERNEL_CHECK();
     }
     if (dwpe) {
@@ -1516,7 +1628,11 @@ void matmul_forward(T *out, const T *inp, const T *w, const T *bias, int N, int 
 }
 
 /* matmul_backward: dinp[N, IC] (=, or += with accumulate) = dout w;  dw[OC, IC] += dout^T inp (fp32);
-   dbias[OC] += column sums of dout. dout has row stride lddo. dgelu_aux != NULL: dinp = (dout w) * gelu'(aux). */
+   dbias[OC] += column sums of dout. dout has row stride lddo. dgelu_aux != NULL: dinp = (dout w) * gelu'(aux).
+   The bias gradient comes out of the weight-gradient matmul itself: its B is dout^T (k = N rows), and cuBLASLt's
+   BGRADB epilogue sums op(B) over k, i.e. dout over the rows, as it reads it for the product. The epilogue writes
+   (does not add), so it goes to scratch and is added to dbias. Where cuBLASLt has no algorithm with that epilogue,
+   the column-sum kernels do it. */
 template <typename T>
 void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *inp, const T *w, int N, int IC, int OC,
                      int lddo, int accumulate, const T *dgelu_aux, float *scratch, cudaStream_t s) {
@@ -1526,10 +1642,19 @@ void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *i
         matmul_lt(dinp, cuda_type<T>(), w, dout, cuda_type<T>(), NULL, IC, N, OC, IC, lddo, IC, 0, 0,
                   accumulate ? 1.0f : 0.0f, dgelu_aux ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT,
                   (void *)dgelu_aux, IC, s);
-    if (dw)
+    int fused = 0;
+    if (dw && dbias) {
+        fused = matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), scratch, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
+                          CUBLASLT_EPILOGUE_BGRADB, NULL, 0, s, 1);
+        if (fused) {
+            add_kernel<<<ceil_div(OC, 256), 256, 0, s>>>(dbias, scratch, OC);
+            KERNEL_CHECK();
+        }
+    }
+    if (dw && !fused)
         matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), NULL, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
                   CUBLASLT_EPILOGUE_DEFAULT, NULL, 0, s);
-    if (dbias) column_sums<T>(NULL, dbias, dout, lddo, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
+    if (dbias && !fused) column_sums<T>(NULL, dbias, dout, lddo, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
 }
 
 template <typename T>
@@ -1556,6 +1681,7 @@ void swiglu_backward(T *dinp, const T *dout, const T *inp, int N, int F, cudaStr
 /* crossentropy_forward (+ crossentropy_backward in place when backward) on rows of logits */
 template <typename T>
 void crossentropy_fused(T *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
+    if (ldl % Pack<T>::N || ldl < V) die("crossentropy_fused: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
     crossentropy_fused_kernel<T><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
     KERNEL_CHECK();
 }
@@ -1659,15 +1785,14 @@ void attention_backward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
     KERNEL_CHECK();
 }
 
-/* adamw_update on master[0..n) = flat elements [global_offset, global_offset + n) */
+/* adamw_update on master[0..n) = flat elements [global_offset, global_offset + n), with the step's device
+   decisions ctl (see AdamCtl) */
 template <typename T>
 void adamw_update(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float wd, int step, float grad_scale, uint64_t seed, uint64_t global_offset,
-                  cudaStream_t s) {
+                  float beta2, float eps, float wd, const AdamCtl *ctl, uint64_t global_offset, cudaStream_t s) {
     if (n == 0) return;
-    float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
-    adamw_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, lr / bc1,
-                                                     sqrtf(bc2), grad_scale, seed, global_offset);
+    adamw_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, ctl,
+                                                     global_offset);
     KERNEL_CHECK();
 }
 
@@ -1698,7 +1823,10 @@ template <> ncclDataType_t nccl_type<bf16>() { return ncclBfloat16; }
 template <typename T>
 struct GModel {
     ModelConfig cfg;
-    Model *host;                 /* layout, and the fp32 weights (and moments) for init, load and save */
+    Model *host;                 /* the fp32 weights (and moments) for init, load and save: the real vocabulary */
+    Model lay;                   /* the device's layout (sizes and offsets only, no memory): host's with the
+                                    vocabulary padded to Vp rows in wte and lm_head. The padded rows are zero, their
+                                    gradient is zero and AdamW never touches them; nothing padded leaves the device */
     int Bmax, Tmax;              /* the activations are allocated for this shape */
     int C, NH, NKV, HD, F, QD, KD, QKV, FC, V, Vp, L, gpt2;
     int recompute, plain_attn, fuse_gelu, chunk_rows;
@@ -1730,12 +1858,19 @@ struct GModel {
     /* inputs */
     int *inputs, *targets;
     gpu::EmbBuckets bk;
-    int *h_in, *h_tg, *h_uniq, *h_offs, *h_pos, *h_count;
+    int *h_in, *h_tg, *h_uniq, *h_offs, *h_plan, *h_count, *d_plan;
     cudaEvent_t upload_done;
     int cur_B, cur_T, num_valid, has_targets;
     int logits_r0;               /* first row of the chunk of logits in g.logits */
     double *red;                 /* [4] device: [0] grad sumsq, [1] loss accumulator, [2] stop flag */
     double *norm_parts;
+    /* the optimizer step's decisions, made on the device (step_decide_kernel), and its outcome for the host */
+    AdamCtl *ctl;                /* device: what AdamW reads */
+    int *updates;                /* device: the AdamW updates made so far (t of the last one) */
+    float *bc1, *bc2;            /* device [bc_cap]: 1 - beta1^t, 1 - beta2^t (host powf), for bc_beta1/2 */
+    int bc_cap; float bc_beta1, bc_beta2;
+    StepOut *step_out, *h_step_out;   /* device [2], pinned host [2]: step s in slot s % 2 */
+    cudaEvent_t step_done[2];    /* recorded after step s's last operation, in slot s % 2 */
     cudaStream_t stream;
     /* ZeRO-1 over NCCL: the reduction of layer l's gradient pieces (zero_grad_pieces; l == L: the rest) goes on
        comm_stream as soon as the backward has passed layer l; comm_done tells the compute stream it is over */
@@ -1800,6 +1935,46 @@ static size_t zero2_piece_offset(const Model *m, const size_t *off, const ShardP
     return off[p->tensor] + in_tensor - (size_t)l * (m->param_sizes[p->tensor] / m->cfg.n_layer);
 }
 
+/* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id.
+   uniq[u] is the u-th distinct token (in order of first appearance), its positions are pos[offs[u]..offs[u+1])
+   in increasing order. count[0..V) must be zero on entry and is zero again on return. Returns the number of
+   distinct tokens. */
+static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *pos) {
+    int nu = 0;
+    for (int n = 0; n < N; n++) if (count[tokens[n]]++ == 0) uniq[nu++] = tokens[n];
+    offs[0] = 0;
+    for (int u = 0; u < nu; u++) { offs[u + 1] = offs[u] + count[uniq[u]]; count[uniq[u]] = offs[u]; }
+    for (int n = 0; n < N; n++) pos[count[tokens[n]]++] = n;
+    for (int u = 0; u < nu; u++) count[uniq[u]] = 0;
+    return nu;
+}
+
+/* The embedding backward's plan (see gpu::EmbBuckets) in h[0 .. emb_plan_ints(N)): the buckets of the tokens, each
+   run of positions cut into chunks of EMB_CHUNK in order; a run of one chunk adds straight to its row, a longer
+   one goes through partial slots. uniq, offs: scratch of N and N + 1; count as for emb_buckets_build. The pointers of
+   *bk are set to dev (the device copy of h, which the caller makes). */
+static size_t emb_plan_cap(int N) { return (size_t)N + 2 * ((size_t)N / EMB_CHUNK) + 2; }
+static size_t emb_plan_ints(int N) { return (size_t)N + 4 * emb_plan_cap(N); }
+static size_t emb_plan_partials(int N) { return 2 * ((size_t)N / EMB_CHUNK) + 1; }
+static void emb_plan_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *h, int *dev, gpu::EmbBuckets *bk) {
+    size_t cap = emb_plan_cap(N);
+    int *pos = h, *cbeg = h + N, *cdst = cbeg + cap, *ltok = cdst + cap, *lfirst = ltok + cap;
+    for (size_t i = N; i < N + 4 * cap; i++) h[i] = 0;   /* copied whole: no entry left unset */
+    int nu = emb_buckets_build(tokens, N, count, uniq, offs, pos);
+    int nc = 0, nl = 0, slots = 0;
+    lfirst[0] = 0;
+    for (int u = 0; u < nu; u++) {
+        int len = offs[u + 1] - offs[u];
+        if (len <= EMB_CHUNK) { cbeg[nc] = offs[u]; cdst[nc++] = uniq[u]; continue; }
+        for (int j = offs[u]; j < offs[u + 1]; j += EMB_CHUNK) { cbeg[nc] = j; cdst[nc++] = -1 - slots++; }
+        ltok[nl] = uniq[u];
+        lfirst[++nl] = slots;
+    }
+    cbeg[nc] = N;
+    bk->nchunks = nc; bk->nlong = nl;
+    bk->pos = dev; bk->cbeg = dev + N; bk->cdst = bk->cbeg + cap; bk->ltok = bk->cdst + cap; bk->lfirst = bk->ltok + cap;
+}
+
 /* Builds the device model for host (whose weights need not be set yet) and batches up to B x Tn. */
 template <typename T>
 void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, const Dist &d, cudaStream_t stream) {
@@ -1808,13 +1983,19 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.cfg = *c; g.host = host; g.Bmax = B; g.Tmax = Tn; g.stream = stream;
     g.C = c->n_embd; g.NH = c->n_head; g.NKV = c->n_kv_head; g.HD = c->head_dim; g.F = c->d_ff; g.L = c->n_layer;
     g.QD = g.NH * g.HD; g.KD = g.NKV * g.HD; g.QKV = g.QD + 2 * g.KD; g.gpt2 = c->family == FAMILY_GPT2;
-    g.FC = g.gpt2 ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 63) / 64 * 64;
+    g.FC = g.gpt2 ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 127) / 128 * 128;
     g.recompute = o.recompute; g.plain_attn = o.plain_attn; g.fuse_gelu = o.fuse_gelu && g.gpt2;
     g.rank = d.rank; g.world = d.world;
     if (g.C % 8 || g.F % 8 || g.HD % 8)
         die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
-    /* parameters: the header's layout, padded to world equal shards */
-    g.nparams = host->num_params;
+    /* parameters: the header's layout with the vocabulary padded to Vp (the lm_head matmul's M a multiple of 128),
+       padded to world equal shards */
+    ModelConfig pc = *c;
+    pc.vocab_size = g.Vp;
+    g.lay.cfg = pc;
+    param_sizes(&pc, g.lay.param_sizes);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) { g.lay.param_offsets[t] = g.lay.num_params; g.lay.num_params += g.lay.param_sizes[t]; }
+    g.nparams = g.lay.num_params;
     zero_layout(g.nparams, d.world, d.rank, &g.shard, &g.padded, &g.shard_begin);
     g.zero2 = o.zero == 2;
     if (g.zero2 && !d.comm) die("ZeRO-2 reduces through NCCL: it needs a communicator (with one rank, --nccl 1)");
@@ -1827,20 +2008,20 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     CUDA_CHECK(cudaMemsetAsync(g.params, 0, g.padded * sizeof(T), stream));
     CUDA_CHECK(cudaMemsetAsync(g.mom, 0, g.shard * sizeof(float), stream));
     CUDA_CHECK(cudaMemsetAsync(g.vel, 0, g.shard * sizeof(float), stream));
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.pt[t] = host->param_sizes[t] ? g.params + host->param_offsets[t] : NULL;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.pt[t] = g.lay.param_sizes[t] ? g.params + g.lay.param_offsets[t] : NULL;
     if (!g.zero2) {
         g.grads = GM_ALLOC(g, float, g.padded);
         CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), stream));
         g.gshard = g.grads + g.shard_begin;
-        for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.gt[t] = host->param_sizes[t] ? g.grads + host->param_offsets[t] : NULL;
+        for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.gt[t] = g.lay.param_sizes[t] ? g.grads + g.lay.param_offsets[t] : NULL;
         g.stage = g.grads; g.stage_floats = g.padded;   /* free between steps */
     } else {
-        zero2_layout(host, g.lbuf_off, &g.layer_floats, &g.outer_floats);
+        zero2_layout(&g.lay, g.lbuf_off, &g.layer_floats, &g.outer_floats);
         g.gshard = GM_ALLOC(g, float, g.shard);
         g.outer = GM_ALLOC(g, float, g.outer_floats);
         for (int i = 0; i < 2; i++) g.lbuf[i] = GM_ALLOC(g, float, g.layer_floats);
         for (int t = 0; t < NUM_PARAM_TENSORS; t++)
-            g.gt[t] = host->param_sizes[t] && !param_is_per_layer(t) ? g.outer + g.lbuf_off[t] : NULL;
+            g.gt[t] = g.lay.param_sizes[t] && !param_is_per_layer(t) ? g.outer + g.lbuf_off[t] : NULL;
         CUDA_CHECK(cudaMemsetAsync(g.gshard, 0, g.shard * sizeof(float), stream));
         CUDA_CHECK(cudaMemsetAsync(g.outer, 0, g.outer_floats * sizeof(float), stream));
         for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g.lbuf_free[i], cudaEventDisableTiming));
@@ -1908,31 +2089,38 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     }
     g.inputs = GM_ALLOC(g, int, N);
     g.targets = GM_ALLOC(g, int, N);
-    g.bk.uniq = GM_ALLOC(g, int, N);
-    g.bk.offs = GM_ALLOC(g, int, N + 1);
-    g.bk.pos = GM_ALLOC(g, int, N);
+    g.d_plan = GM_ALLOC(g, int, emb_plan_ints(N));
+    g.bk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
     CUDA_CHECK(cudaMallocHost(&g.h_in, N * sizeof(int)));
     CUDA_CHECK(cudaMallocHost(&g.h_tg, N * sizeof(int)));
-    CUDA_CHECK(cudaMallocHost(&g.h_uniq, N * sizeof(int)));
-    CUDA_CHECK(cudaMallocHost(&g.h_offs, (N + 1) * sizeof(int)));
-    CUDA_CHECK(cudaMallocHost(&g.h_pos, N * sizeof(int)));
+    g.h_uniq = (int *)malloc(N * sizeof(int));
+    g.h_offs = (int *)malloc((N + 1) * sizeof(int));
+    CUDA_CHECK(cudaMallocHost(&g.h_plan, emb_plan_ints(N) * sizeof(int)));
     g.h_count = (int *)calloc(g.V, sizeof(int));
     CUDA_CHECK(cudaEventCreateWithFlags(&g.upload_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
     g.red = GM_ALLOC(g, double, 4);
     g.norm_parts = GM_ALLOC(g, double, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaMemsetAsync(g.red, 0, 4 * sizeof(double), stream));
+    g.ctl = GM_ALLOC(g, AdamCtl, 1);
+    g.updates = GM_ALLOC(g, int, 1);
+    g.step_out = GM_ALLOC(g, StepOut, 2);
+    CUDA_CHECK(cudaMemsetAsync(g.ctl, 0, sizeof(AdamCtl), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.updates, 0, sizeof(int), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.step_out, 0, 2 * sizeof(StepOut), stream));
+    CUDA_CHECK(cudaMallocHost(&g.h_step_out, 2 * sizeof(StepOut)));
+    for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g.step_done[i], cudaEventDisableTiming));
     /* the gradient pieces of each layer, and the stream that reduces them */
     g.comm = d.comm;
     g.overlap = (o.overlap || g.zero2) && d.comm;   /* ZeRO-2 reduces layer by layer always */
     if (g.overlap) {
         g.piece_start = (int *)malloc((g.L + 2) * sizeof(int));
         int total = 0;
-        for (int l = 0; l <= g.L; l++) { g.piece_start[l] = total; total += zero_grad_pieces(host, l, d.world, NULL, 0); }
+        for (int l = 0; l <= g.L; l++) { g.piece_start[l] = total; total += zero_grad_pieces(&g.lay, l, d.world, NULL, 0); }
         g.piece_start[g.L + 1] = total;
         g.pieces = (ShardPiece *)malloc((size_t)total * sizeof(ShardPiece));
         for (int l = 0; l <= g.L; l++)
-            zero_grad_pieces(host, l, d.world, g.pieces + g.piece_start[l], g.piece_start[l + 1] - g.piece_start[l]);
+            zero_grad_pieces(&g.lay, l, d.world, g.pieces + g.piece_start[l], g.piece_start[l + 1] - g.piece_start[l]);
         int lo, hi;
         CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
         CUDA_CHECK(cudaStreamCreateWithPriority(&g.comm_stream, cudaStreamNonBlocking, hi));   /* ahead of the compute */
@@ -1947,9 +2135,12 @@ template <typename T>
 void gmodel_free(GModel<T> &g) {
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     for (int i = 0; i < g.nallocs; i++) dev_free(g.allocs[i], g.alloc_sizes[i]);
-    cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); cudaFreeHost(g.h_uniq); cudaFreeHost(g.h_offs); cudaFreeHost(g.h_pos);
+    cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); free(g.h_uniq); free(g.h_offs); cudaFreeHost(g.h_plan);
     free(g.h_count);
     cudaEventDestroy(g.upload_done);
+    cudaFreeHost(g.h_step_out);
+    for (int i = 0; i < 2; i++) cudaEventDestroy(g.step_done[i]);
+    dev_free(g.bc1, (size_t)g.bc_cap * sizeof(float)); dev_free(g.bc2, (size_t)g.bc_cap * sizeof(float));
     if (g.overlap) {
         CUDA_CHECK(cudaStreamSynchronize(g.comm_stream));
         for (int l = 0; l <= g.L; l++) cudaEventDestroy(g.layer_done[l]);
@@ -1991,17 +2182,43 @@ static void upload_staged(GModel<T> &g, const float *src, T *params_out, int sr,
    rounding of AdamW step sr_step when > 0) and this rank's fp32 masters; the AdamW moments from
    g.host->m_memory / v_memory when present (a resumed run), else zero. Under ZeRO-1 the staging buffer is the
    fp32 grads (free between steps). */
+/* host values in the host's layout <-> the device's (g.lay: the vocabulary rows padded with zeros). Returns src
+   itself when the layouts are the same (the vocabulary a multiple of 128), else a new buffer (free it). */
+template <typename T>
+static float *to_device_layout(GModel<T> &g, float *src) {
+    if (g.lay.num_params == g.host->num_params) return src;
+    float *dst = (float *)calloc(g.lay.num_params, sizeof(float));
+    if (!dst) die("out of host memory for the device layout of the weights");
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+        memcpy(dst + g.lay.param_offsets[t], src + g.host->param_offsets[t], g.host->param_sizes[t] * sizeof(float));
+    return dst;
+}
+template <typename T>
+static void from_device_layout(GModel<T> &g, const float *src, float *dst) {
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)   /* the real rows only: the first param_sizes[t] of each tensor */
+        memcpy(dst + g.host->param_offsets[t], src + g.lay.param_offsets[t], g.host->param_sizes[t] * sizeof(float));
+}
+
 template <typename T>
 void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
     /* all on g.stream (see gmodel_build), then one synchronize */
     cudaStream_t s = g.stream;
-    upload_staged(g, g.host->params_memory, g.params, sr_step > 0, sr_step > 0 ? sr_seed_of(seed, sr_step) : 0, g.master);
+    float *src = to_device_layout(g, g.host->params_memory);
+    upload_staged(g, src, g.params, sr_step > 0, sr_step > 0 ? sr_seed_of(seed, sr_step) : 0, g.master);
+    CUDA_CHECK(cudaStreamSynchronize(s));   /* before src is freed */
+    if (src != g.host->params_memory) free(src);
     float *hm[2] = {g.host->m_memory, g.host->v_memory}, *dm[2] = {g.mom, g.vel};
     for (int i = 0; i < 2; i++) {
-        if (hm[i]) upload_staged<T>(g, hm[i], NULL, 0, 0, dm[i]);
-        else CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s));
+        if (hm[i]) {
+            src = to_device_layout(g, hm[i]);
+            upload_staged<T>(g, src, NULL, 0, 0, dm[i]);
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            if (src != hm[i]) free(src);
+        } else CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s));
     }
     if (g.stage == g.grads) CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), s));
+    int updates = sr_step;   /* the AdamW updates the weights have had: the next one is update sr_step + 1 */
+    CUDA_CHECK(cudaMemcpyAsync(g.updates, &updates, sizeof(int), cudaMemcpyHostToDevice, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
@@ -2025,36 +2242,33 @@ static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *
     }
 }
 
+/* gather_shards into dst in the host's layout on rank 0: through buf (the device's layout) when they differ */
+template <typename T>
+static void gather_to_host(GModel<T> &g, const Dist &d, const float *src, float *dst, float *buf) {
+    int here = d.rank == 0;
+    gather_shards(g, d, src, !here ? NULL : buf ? buf : dst);
+    if (here && buf) from_device_layout(g, buf, dst);
+}
+
 /* device -> host on rank 0 (the one that writes checkpoints): the fp32 masters into g.host->params_memory, and
    with moments also m and v (allocated when absent). Collective: every rank calls it. Clobbers the grads under
    ZeRO-1 (call between steps). */
 template <typename T>
 void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
-    int here = d.rank == 0;
-    gather_shards(g, d, g.master, here ? g.host->params_memory : NULL);
+    int here = d.rank == 0, same = g.lay.num_params == g.host->num_params;
+    float *buf = here && !same ? (float *)malloc(g.lay.num_params * sizeof(float)) : NULL;
+    if (here && !same && !buf) die("out of host memory for the device layout of the weights");
+    gather_to_host(g, d, g.master, g.host->params_memory, buf);
     if (moments) {
-        if (here && !g.host->m_memory) g.host->m_memory = (float *)calloc(g.nparams, sizeof(float));
-        if (here && !g.host->v_memory) g.host->v_memory = (float *)calloc(g.nparams, sizeof(float));
+        if (here && !g.host->m_memory) g.host->m_memory = (float *)calloc(g.host->num_params, sizeof(float));
+        if (here && !g.host->v_memory) g.host->v_memory = (float *)calloc(g.host->num_params, sizeof(float));
         if (here && (!g.host->m_memory || !g.host->v_memory)) die("out of host memory for the AdamW moments");
-        gather_shards(g, d, g.mom, here ? g.host->m_memory : NULL);
-        gather_shards(g, d, g.vel, here ? g.host->v_memory : NULL);
+        gather_to_host(g, d, g.mom, g.host->m_memory, buf);
+        gather_to_host(g, d, g.vel, g.host->v_memory, buf);
     }
+    free(buf);
     if (g.stage == g.grads)   /* on the stream: ordered before the next step */
         CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
-}
-
-/* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id.
-   uniq[u] is the u-th distinct token (in order of first appearance), its positions are pos[offs[u]..offs[u+1])
-   in increasing order. count[0..V) must be zero on entry and is zero again on return. Returns the number of
-   distinct tokens. */
-static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *pos) {
-    int nu = 0;
-    for (int n = 0; n < N; n++) if (count[tokens[n]]++ == 0) uniq[nu++] = tokens[n];
-    offs[0] = 0;
-    for (int u = 0; u < nu; u++) { offs[u + 1] = offs[u] + count[uniq[u]]; count[uniq[u]] = offs[u]; }
-    for (int n = 0; n < N; n++) pos[count[tokens[n]]++] = n;
-    for (int u = 0; u < nu; u++) count[uniq[u]] = 0;
-    return nu;
 }
 
 /* per-layer slices (stride 0 for a buffer kept once) */
@@ -2078,11 +2292,8 @@ static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targ
         memcpy(g.h_tg, targets, N * sizeof(int));
         for (int i = 0; i < N; i++) g.num_valid += targets[i] >= 0;
         CUDA_CHECK(cudaMemcpyAsync(g.targets, g.h_tg, N * sizeof(int), cudaMemcpyHostToDevice, s));
-        int nu = emb_buckets_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_pos);
-        g.bk.nuniq = nu;
-        CUDA_CHECK(cudaMemcpyAsync(g.bk.uniq, g.h_uniq, nu * sizeof(int), cudaMemcpyHostToDevice, s));
-        CUDA_CHECK(cudaMemcpyAsync(g.bk.offs, g.h_offs, (nu + 1) * sizeof(int), cudaMemcpyHostToDevice, s));
-        CUDA_CHECK(cudaMemcpyAsync(g.bk.pos, g.h_pos, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        emb_plan_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_plan, g.d_plan, &g.bk);
+        CUDA_CHECK(cudaMemcpyAsync(g.d_plan, g.h_plan, emb_plan_ints(N) * sizeof(int), cudaMemcpyHostToDevice, s));
     }
     CUDA_CHECK(cudaEventRecord(g.upload_done, s));
     g.cur_B = B; g.cur_T = Tn;
@@ -2165,13 +2376,13 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
     float dloss = g.num_valid ? loss_scale / g.num_valid : 0.0f;
     for (int r0 = 0; r0 < N; r0 += g.chunk_rows) {
         int n = N - r0 < g.chunk_rows ? N - r0 : g.chunk_rows;
-        gpu::matmul_forward<T>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const T *)NULL, n, C, g.V, g.Vp, NULL, s);
+        gpu::matmul_forward<T>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const T *)NULL, n, C, g.Vp, g.Vp, NULL, s);
         g.logits_r0 = r0;
         if (!g.has_targets) continue;   /* sampling: the last chunk stays in g.logits */
         gpu::crossentropy_fused<T>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
                                    backward_head, s);
         if (backward_head)
-            gpu::matmul_backward<T>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.V,
+            gpu::matmul_backward<T>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.Vp,
                                     g.Vp, 0, NULL, g.scratch, s);
     }
     if (g.has_targets) {
@@ -2184,15 +2395,15 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
 /* the gradient of layer l's slice of per-layer tensor t: in the flat buffer (ZeRO-1), or in layer buffer l % 2
    (ZeRO-2); NULL when the family has no such tensor */
 template <typename T> static inline float *lgrad(GModel<T> &g, int t, int l) {
-    if (!g.host->param_sizes[t]) return NULL;
+    if (!g.lay.param_sizes[t]) return NULL;
     if (g.zero2) return g.lbuf[l & 1] + g.lbuf_off[t];
-    return g.gt[t] + (size_t)l * (g.host->param_sizes[t] / g.L);
+    return g.gt[t] + (size_t)l * (g.lay.param_sizes[t] / g.L);
 }
 
 /* where the gradient values of a piece are on this rank (ZeRO-2: in the layer buffer, or in outer) */
 template <typename T> static float *piece_grads(GModel<T> &g, const ShardPiece *p, int l) {
     if (!g.zero2) return g.grads + p->begin;
-    return (l == g.L ? g.outer : g.lbuf[l & 1]) + zero2_piece_offset(g.host, g.lbuf_off, p, l);
+    return (l == g.L ? g.outer : g.lbuf[l & 1]) + zero2_piece_offset(&g.lay, g.lbuf_off, p, l);
 }
 
 /* ZeRO overlapped with the backward: once the backward has passed layer l (l == L: the whole backward, for the
@@ -2316,43 +2527,86 @@ template <typename T> double gmodel_read_loss(GModel<T> &g) {
     return v;
 }
 
-/* One optimizer step after the micro-steps (docs/design.md sec. 7):
-   reduce-scatter the grads into the shards (unless the backward did it, overlapped) -> global grad norm (sum of the shards' squares, all-reduced with the
-   loss) -> clip -> AdamW on the own shard -> all-gather the T weights. Returns the mean loss over ranks and the
-   norm; with a non-finite loss or norm the update is skipped (the caller decides what that means). */
+/* the tables 1 - beta^t for t < bc_cap (step_decide_kernel indexes them with the update count, which never
+   exceeds the step number), rebuilt when a step reaches bc_cap or the betas change: rare, and synchronous */
 template <typename T>
-void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
-                 double *loss_out, double *norm_out, int *stop_inout) {
+static void bias_correction_tables(GModel<T> &g, const AdamWConfig *opt, int step) {
+    if (step < g.bc_cap && opt->beta1 == g.bc_beta1 && opt->beta2 == g.bc_beta2) return;
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));   /* earlier steps may still read the old tables */
+    dev_free(g.bc1, (size_t)g.bc_cap * sizeof(float)); dev_free(g.bc2, (size_t)g.bc_cap * sizeof(float));
+    int cap = 1024;
+    while (cap <= step) cap *= 2;
+    float *h = (float *)malloc(2 * (size_t)cap * sizeof(float));
+    for (int t = 0; t < cap; t++) {   /* what adamw_update computed on the host */
+        h[t] = 1.0f - powf(opt->beta1, (float)t);
+        h[cap + t] = 1.0f - powf(opt->beta2, (float)t);
+    }
+    g.bc1 = (float *)dev_alloc((size_t)cap * sizeof(float));
+    g.bc2 = (float *)dev_alloc((size_t)cap * sizeof(float));
+    CUDA_CHECK(cudaMemcpyAsync(g.bc1, h, (size_t)cap * sizeof(float), cudaMemcpyHostToDevice, g.stream));
+    CUDA_CHECK(cudaMemcpyAsync(g.bc2, h + cap, (size_t)cap * sizeof(float), cudaMemcpyHostToDevice, g.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+    free(h);
+    g.bc_cap = cap; g.bc_beta1 = opt->beta1; g.bc_beta2 = opt->beta2;
+}
+
+/* One optimizer step after the micro-steps (docs/design.md sec. 7), queued without waiting for the device:
+   reduce-scatter the grads into the shards (unless the backward did it, overlapped) -> global grad norm (sum of
+   the shards' squares, all-reduced with the loss and the stop flags) -> step_decide_kernel: skip (non-finite loss
+   or norm), clip coefficient, update count -> AdamW on the own shard (which reads those decisions) -> all-gather
+   the T weights. The outcome (loss, norm, stop, skip) is copied into pinned slot step % 2 and step_done[step % 2]
+   recorded after the step; gmodel_step_outcome reads it. `step` is the optimizer step (1-based; it bounds the
+   update count, which the device keeps: skipped steps do not count); stop is this rank's stop request. */
+template <typename T>
+void gmodel_step_queue(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed,
+                       int do_update, int stop) {
     cudaStream_t s = g.stream;
     float *gshard = g.gshard;
-    double stop = *stop_inout ? 1.0 : 0.0;
-    CUDA_CHECK(cudaMemcpyAsync(g.red + 2, &stop, sizeof(double), cudaMemcpyHostToDevice, s));
+    bias_correction_tables(g, opt, step);
+    set_double_kernel<<<1, 1, 0, s>>>(g.red + 2, stop ? 1.0 : 0.0);
+    KERNEL_CHECK();
     if (g.zero2 && !g.reduced) die("ZeRO-2: an optimizer step without the last micro-step's reduction (gmodel_backward(g, 1))");
     if (d.comm && !g.reduced && !g.zero2) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
     g.reduced = 0;
     gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
     if (d.comm) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, d.comm, s));
-    double red[3];
-    CUDA_CHECK(cudaMemcpyAsync(red, g.red, 3 * sizeof(double), cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    double loss = red[1] / d.world, norm = sqrt(red[0]);
-    *loss_out = loss; *norm_out = norm; *stop_inout = red[2] > 0;
-    if (do_update && isfinite(loss) && isfinite(norm)) {
-        float coef = (float)(clip / (norm + 1e-6));
-        float scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
-        uint64_t sr_seed = sr_seed_of(seed, step);
-        size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
-        for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-            size_t b = g.host->param_offsets[t], e = b + g.host->param_sizes[t];
-            if (b < sb) b = sb;
-            if (e > se) e = se;
-            if (b >= e) continue;
-            gpu::adamw_update<T>(g.params + b, g.master + (b - sb), gshard + (b - sb), g.mom + (b - sb), g.vel + (b - sb), e - b,
-                                 opt->lr, opt->beta1, opt->beta2, opt->eps, param_has_decay(t) ? opt->weight_decay : 0.0f,
-                                 step, scale, sr_seed, b, s);
-        }
+    int slot = step & 1;
+    step_decide_kernel<<<1, 1, 0, s>>>(g.step_out + slot, g.ctl, g.updates, g.red, d.world, clip, do_update, opt->lr,
+                                       g.bc1, g.bc2, seed);
+    KERNEL_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(g.h_step_out + slot, g.step_out + slot, sizeof(StepOut), cudaMemcpyDeviceToHost, s));
+    size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {   /* the real rows of each tensor: the padded ones stay zero */
+        size_t b = g.lay.param_offsets[t], e = b + g.host->param_sizes[t];
+        if (b < sb) b = sb;
+        if (e > se) e = se;
+        if (b >= e) continue;
+        gpu::adamw_update<T>(g.params + b, g.master + (b - sb), gshard + (b - sb), g.mom + (b - sb), g.vel + (b - sb), e - b,
+                             opt->lr, opt->beta1, opt->beta2, opt->eps, param_has_decay(t) ? opt->weight_decay : 0.0f,
+                             g.ctl, b, s);
     }
     if (d.comm) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<T>(), d.comm, s));
+    CUDA_CHECK(cudaEventRecord(g.step_done[slot], s));
+}
+
+/* waits for step `step` (queued by gmodel_step_queue, and not yet overwritten by step + 2) and reads its outcome:
+   the mean loss over ranks, the grad norm, whether any rank asked to stop; returns 1 when it was skipped */
+template <typename T>
+int gmodel_step_outcome(GModel<T> &g, int step, double *loss_out, double *norm_out, int *stop_out) {
+    int slot = step & 1;
+    CUDA_CHECK(cudaEventSynchronize(g.step_done[slot]));
+    const StepOut *o = g.h_step_out + slot;
+    *loss_out = o->loss; *norm_out = o->norm;
+    if (stop_out) *stop_out = o->stop > 0;
+    return o->skip;
+}
+
+/* the step queued and its outcome read at once (tests): *stop_inout in, any rank's stop request out */
+template <typename T>
+void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
+                 double *loss_out, double *norm_out, int *stop_inout) {
+    gmodel_step_queue(g, d, opt, step, clip, seed, do_update, *stop_inout);
+    gmodel_step_outcome(g, step, loss_out, norm_out, stop_inout);
 }
 
 /* ================================================================================================ */
@@ -2696,6 +2950,16 @@ static void gpu_setup(void) {
     g_lt_ws = dev_alloc(g_lt_ws_size);
 }
 
+/* gpu_setup undone: the matmul plans, the workspace and the cuBLASLt handle (the device idle) */
+static void gpu_teardown(void) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    matmul_lt_free_plans();
+    dev_free(g_lt_ws, g_lt_ws_size);
+    g_lt_ws = NULL;
+    cublasLtDestroy(g_lt);
+    g_lt = NULL;
+}
+
 /* ================================================================================================ */
 /* the trainer: train.c's flags and loop, on the device model (left out when a test includes this file) */
 
@@ -2832,9 +3096,38 @@ static int run(Args &a, Dist &d) {
     double total_ms = 0.0;
     int steps_run = 0;
     long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum * world;
+    /* The host queues step N, then reads step N-1's outcome (pinned memory, an event): the device always has the
+       next step queued and never waits for the host to read a loss. Where the host needs the weights after step N
+       (an evaluation, a sample, a checkpoint, the end, a stop) it reads step N's outcome at once. The points where
+       a rank waits depend only on the flags, the step and the all-reduced stop flags: the same on every rank.
+       A step's time runs from when it was queued (or, when the previous step was still running then, from the end
+       of that one) to when the host saw its outcome. */
+    int pending = 0, stop = 0;           /* pending: a queued step whose outcome is not read yet */
+    double queued_ms[2] = {0, 0}, lr_of[2] = {0, 0}, last_done_ms = 0.0;
     watchdog_start(&d, a.nccl_timeout);
+    auto finish = [&](int s) {           /* reads step s's outcome and logs it */
+        double loss, norm;
+        int stop_s = 0;
+        int skip = gmodel_step_outcome(g, s, &loss, &norm, &stop_s);
+        double done = now_ms(), begin = queued_ms[s & 1] > last_done_ms ? queued_ms[s & 1] : last_done_ms;
+        double ms = done - begin;
+        last_done_ms = done;
+        progress_mark();
+        stop |= stop_s;
+        if (skip && !a.skip_nonfinite)
+            die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", s, loss, norm);
+        if (skip) ts.skipped++;
+        total_ms += ms;
+        steps_run++;
+        double tps = tokens_per_step / (ms / 1000.0), mfu = peak > 0 ? 100.0 * fpt * tps / world / peak : -1;
+        device_used_gib(&mem_peak);
+        if (main_rank) {
+            StepLog sl = {s, skip, (long long)ts.skipped, loss, lr_of[s & 1], norm, ms, tps, mfu, mem_peak};
+            log_step(&a, logf, &sl);
+        }
+    };
     for (int step = (int)ts.step + 1; step <= a.steps; step++) {
-        double t0 = now_ms();
+        queued_ms[step & 1] = now_ms();
         gmodel_zero_grad(g);
         for (int micro = 0; micro < a.grad_accum; micro++) {
             dataloader_next(&dl);
@@ -2844,34 +3137,23 @@ static int run(Args &a, Dist &d) {
             progress_mark();   /* the upload of the next micro-step waits for this one: the GPU moves */
         }
         opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
-        double loss, norm;
-        int stop = stop_requested;
-        gmodel_step(g, d, &opt, step - (int)ts.skipped, a.clip, a.seed, 1, &loss, &norm, &stop);
-        int skip = !isfinite(loss) || !isfinite(norm);
-        if (skip && !a.skip_nonfinite)
-            die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", step, loss, norm);
-        if (skip) ts.skipped++;
+        lr_of[step & 1] = opt.lr;
+        gmodel_step_queue(g, d, &opt, step, a.clip, a.seed, 1, stop_requested);
+        if (pending) finish(pending);
+        pending = step;
         ts.step = step;
         ts.data_cursor = dl.cursor;
-        CUDA_CHECK(cudaStreamSynchronize(stream));
-        progress_mark();
-        double ms = now_ms() - t0;
-        total_ms += ms;
-        steps_run++;
-        double tps = tokens_per_step / (ms / 1000.0), mfu = peak > 0 ? 100.0 * fpt * tps / world / peak : -1;
-        device_used_gib(&mem_peak);
-        if (main_rank) {
-            StepLog sl = {step, skip, (long long)ts.skipped, loss, opt.lr, norm, ms, tps, mfu, mem_peak};
-            log_step(&a, logf, &sl);
-            if (data.have_valid && due(&a, step, a.eval_every))
-                log_val(logf, step, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
-            if (due(&a, step, a.sample_every)) print_sample(g, &a, tok, step);
-        }
-        int last = step == a.steps || stop;
-        if (a.out && ((a.save_every > 0 && step % a.save_every == 0) || last)) save_checkpoint(g, d, &a, &ts);
+        int eval_due = data.have_valid && due(&a, step, a.eval_every), sample_due = due(&a, step, a.sample_every);
+        int save_due = a.out && a.save_every > 0 && step % a.save_every == 0;
+        if (eval_due || sample_due || save_due || step == a.steps || stop) { finish(step); pending = 0; }
+        int last = step == a.steps || stop;   /* stop: seen in step - 1's outcome or in step's own */
+        if (main_rank && eval_due) log_val(logf, step, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
+        if (main_rank && sample_due) print_sample(g, &a, tok, step);
+        if (a.out && (save_due || last)) save_checkpoint(g, d, &a, &ts);
         progress_mark();   /* the evaluation and the checkpoint are not a hang */
         if (stop) { if (main_rank) printf("stopped by signal after step %d\n", step); break; }
     }
+    if (pending) finish(pending);
     if (steps_run > 0 && main_rank)
         printf("done: %d steps, %.1f ms/step, %.0f tokens/s, peak GPU memory %.2f GiB\n", steps_run, total_ms / steps_run,
                tokens_per_step * steps_run / (total_ms / 1000.0), mem_peak);
@@ -2916,6 +3198,7 @@ int main(int argc, char **argv) {
     dist_init(&d, &launch);
     gpu_setup();
     int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
+    gpu_teardown();
     watchdog_stop();
     if (d.comm) ncclCommDestroy(d.comm);
     return rc;

@@ -6,7 +6,14 @@
 # .peers/llm.c, see dev/device_kit.sh) side by side on the same GPU (phase "bench"). The last thing printed is a
 # short table; out/gpu_check/summary.txt holds it.
 #   bash dev/gpu_check.sh [tests|bench|all]     (default all; each phase fits a 10-minute call)
+#   bash dev/gpu_check.sh build                 on the CPU machine, beforehand: builds train_gpu, tests/bin/test_gpu
+#                                               and tests/bin/bench_attention with nvcc and stamps them with the
+#                                               sources' checksum; carried to the GPU machine, they are used as they
+#                                               are (no GPU minutes spent compiling) while the sources match
 #   ARCH=sm_80 bash dev/gpu_check.sh            builds for another GPU
+# First the driver: its version, and a stop with a clear line when it is too old for the CUDA 13 runtime. Every
+# stage appends its line to out/gpu_check/summary.txt as soon as it is over, so a run cut off keeps what it did.
+# A failure to prepare the data skips only the runs that need data (test_gpu needs none).
 # Where the machine reaches no package registry, run dev/device_kit.sh first where it does, and take .devkit/
 # (and .peers/) along: the libraries this script finds missing come from there.
 set -uo pipefail
@@ -18,7 +25,38 @@ mkdir -p "$RES" tests/bin
 declare -a ROWS
 row() { ROWS+=("$(printf '%-36s %s' "$1" "$2")"); printf '%-36s %s\n' "$1" "$2" >> "$RES/summary.txt"; }
 say() { echo; echo "=== $*"; }
-: > "$RES/summary.txt"
+[ "$PHASE" = build ] || : > "$RES/summary.txt"
+# nvcc as the Makefile finds it
+NVCC=${NVCC:-$(command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)}
+# a heuristic or epilogue that cuBLASLt refuses is named on stderr, not only a status number
+export CUBLASLT_LOG_LEVEL=1
+
+# the prebuilt binaries and what they are built from: a stamp beside each holds the sources' checksum
+SOURCES=(train_gpu.cu train_common.h flags.h llmtrain.h prepro/tokenizer.c prepro/tokenizer.h tests/test_gpu.cu
+         dev/cuda/bench_attention.cu)
+sources_sum() { cat "${SOURCES[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+# prebuilt BIN: present, and built from these sources (its stamp matches; without a stamp: newer than each source)
+prebuilt() {
+  [ -x "$1" ] || return 1
+  if [ -f "$1.stamp" ]; then [ "$(cat "$1.stamp")" = "$(sources_sum)" ]; return; fi
+  for f in "${SOURCES[@]}"; do [ ! -e "$f" ] || [ "$1" -nt "$f" ] || return 1; done
+}
+
+if [ "$PHASE" != build ]; then
+  say "driver"
+  drv=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+  cuda=$(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: *[0-9.]*' | grep -o '[0-9.]*$' | head -n 1)
+  echo "driver ${drv:-none}, CUDA ${cuda:-unknown} supported"
+  if [ -z "$drv" ]; then
+    echo "FAIL: no NVIDIA driver answers (nvidia-smi): no GPU to check"; row "driver" "FAIL: nvidia-smi finds no driver"; exit 1
+  fi
+  # CUDA 13 needs a driver of the 580 series or later; nvidia-smi names the newest CUDA the driver supports
+  if [ "${cuda%%.*}" -lt 13 ] 2>/dev/null || { [ -z "$cuda" ] && [ "${drv%%.*}" -lt 580 ]; }; then
+    echo "FAIL: driver $drv supports CUDA ${cuda:-< 13} only: the CUDA 13 runtime of these binaries needs driver >= 580"
+    row "driver" "FAIL: $drv (CUDA ${cuda:-?}) is older than CUDA 13 needs (>= 580)"; exit 1
+  fi
+  row "driver" "$drv (CUDA $cuda)"
+fi
 
 # ---- toolchain: jansson and PCRE2 from the system or .devkit/; NCCL from the system, CUDA's folder, the
 # nvidia-nccl Python package, or .devkit/nccl.h with whatever libnccl.so.2 the machine has
@@ -42,16 +80,26 @@ for d in /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda/lib /us
   if [ -f "$d/libnccl.so" ]; then NCCL_LIB="-L$d -lnccl"; break; fi
   if [ -f "$d/libnccl.so.2" ]; then NCCL_LIB="-L$d -l:libnccl.so.2"; export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
 done
-[ -n "$NCCL_INC" ] && [ -n "$NCCL_LIB" ] || { echo "toolchain: NCCL not found (header: ${NCCL_INC:-none}, library: ${NCCL_LIB:-none})"; exit 1; }
-[ "$NCCL_INC" = /usr/include ] || INC="$INC -I$NCCL_INC"
-echo "toolchain: NCCL header in $NCCL_INC, library $NCCL_LIB"
+[ -n "$NCCL_INC" ] && [ "$NCCL_INC" != /usr/include ] && INC="$INC -I$NCCL_INC"
+echo "toolchain: NCCL header in ${NCCL_INC:-(none)}, library ${NCCL_LIB:-(none)}; nvcc ${NVCC:-(none)}"
 NVFLAGS="-O3 -arch=$ARCH -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp $INC"
 LIBS="prepro/tokenizer.c $LIBP -lcublas -lcublasLt $NCCL_LIB -ljansson -lpcre2-8 -lm"
 
+# build_one BIN SOURCE [FLAGS]: the prebuilt binary when it matches the sources, else nvcc (stamped)
+build_one() {
+  bin=$1 src=$2; shift 2
+  if [ "$PHASE" != build ] && prebuilt "$bin"; then echo "$bin: prebuilt, used as it is"; return 0; fi
+  [ -n "$NVCC" ] || { echo "$bin: no nvcc, and no prebuilt binary for these sources"; return 1; }
+  [ -n "$NCCL_INC" ] && [ -n "$NCCL_LIB" ] || { echo "$bin: NCCL not found (header: ${NCCL_INC:-none}, library: ${NCCL_LIB:-none})"; return 1; }
+  "$NVCC" $NVFLAGS "$@" -o "$bin" "$src" $LIBS && sources_sum > "$bin.stamp"
+}
+
 say "build ($ARCH)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-if ! nvcc $NVFLAGS -o train_gpu train_gpu.cu $LIBS; then echo "build of train_gpu failed"; exit 1; fi
-if ! nvcc $NVFLAGS -I. -o tests/bin/test_gpu tests/test_gpu.cu $LIBS; then echo "build of test_gpu failed"; exit 1; fi
+if ! build_one train_gpu train_gpu.cu; then echo "build of train_gpu failed"; row "build" "FAILED: train_gpu"; exit 1; fi
+if ! build_one tests/bin/test_gpu tests/test_gpu.cu -Itests -I.; then echo "build of test_gpu failed"; row "build" "FAILED: test_gpu"; exit 1; fi
+build_one tests/bin/bench_attention dev/cuda/bench_attention.cu -I. || echo "build of bench_attention failed"
+if [ "$PHASE" = build ]; then echo "built and stamped: train_gpu tests/bin/test_gpu tests/bin/bench_attention"; exit 0; fi
 row "build" "ok ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1))"
 
 # the bundled corpus as .bin/.idx: from .devkit (made by dev/device_kit.sh), else made here
@@ -60,9 +108,11 @@ if [ ! -f "$DATA.idx" ]; then
   DATA=out/tinyshakespeare_text_document
   if [ ! -f "$DATA.idx" ]; then
     make prepro/prepro >/dev/null && ./prepro/prepro --input data/tinyshakespeare.txt --txt-mode paragraph \
-      --tokenizer data/gpt2_tokenizer.json --output-prefix out/tinyshakespeare --append-eod || { echo "prepro failed"; exit 1; }
+      --tokenizer data/gpt2_tokenizer.json --output-prefix out/tinyshakespeare --append-eod || true
   fi
 fi
+if [ -f "$DATA.idx" ]; then HAVE_DATA=1; row "data" "$DATA"
+else HAVE_DATA=0; echo "data preparation failed: the runs that need data are skipped"; row "data" "FAILED: runs skipped"; fi
 
 # the step lines without the timing columns
 steps_of() { grep -E '^step +[0-9]+/' "$1" | sed 's/ | [0-9.]* ms.*//'; }
@@ -78,6 +128,29 @@ if [ "$PHASE" = tests ] || [ "$PHASE" = all ]; then
   rc=${PIPESTATUS[0]}
   row "test_gpu" "$(tail -n 1 "$RES/test_gpu.log") (exit $rc)"
   grep -E "^FAIL" "$RES/test_gpu.log" | head -n 20
+  grep -i "cublaslt" "$RES/test_gpu.log" | grep -iv "^ok" | head -n 5
+fi
+
+SAN=$(command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+if [ "$PHASE" = tests ] || [ "$PHASE" = all ]; then
+  say "compute-sanitizer on the kernel tests (no data needed)"
+  if [ -n "$SAN" ]; then
+    for tool in memcheck racecheck synccheck; do
+      log="$RES/sanitize_test_gpu_$tool.log"
+      timeout 240 "$SAN" --tool "$tool" --error-exitcode 9 ./tests/bin/test_gpu --quick > "$log" 2>&1
+      r=$?
+      summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)
+      echo "$tool test_gpu --quick: exit $r ${summary}"
+      row "sanitizer $tool test_gpu --quick" "exit $r ${summary:-}"
+    done
+  else
+    echo "compute-sanitizer not found"; row "sanitizer" "not found"
+  fi
+fi
+
+if { [ "$PHASE" = tests ] || [ "$PHASE" = all ]; } && [ "$HAVE_DATA" = 0 ]; then
+  row "runs with data" "skipped: no data"
+elif [ "$PHASE" = tests ] || [ "$PHASE" = all ]; then
 
   say "determinism, resume, the NCCL paths (tiny-llama, bf16, 8 steps)"
   det=(--data "$DATA" --model tiny-llama --batch-size 4 --seq-len 96 --steps 8 --decay-steps 8 --warmup-steps 2 --lr 3e-3
@@ -116,21 +189,13 @@ if [ "$PHASE" = tests ] || [ "$PHASE" = all ]; then
     same_steps "2 GPUs ZeRO-2 vs ZeRO-1" "$RES/dp2_ov0.log" "$RES/dp2_z2.log"
   fi
 
-  say "compute-sanitizer (the kernel tests, then short runs)"
-  if command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck synccheck; do
-      log="$RES/sanitize_test_gpu_$tool.log"
-      timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 ./tests/bin/test_gpu --quick > "$log" 2>&1
-      r=$?
-      summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)
-      echo "$tool test_gpu --quick: exit $r ${summary}"
-      row "sanitizer $tool test_gpu --quick" "exit $r ${summary:-}"
-    done
+  say "compute-sanitizer on short runs"
+  if [ -n "$SAN" ]; then
     for spec in "memcheck tiny-gpt2 tc" "memcheck tiny-llama tc" "memcheck tiny-qwen3 plain" "racecheck tiny-llama tc" \
                 "synccheck tiny-gpt2 tc" "memcheck tiny-gpt2 tc --fuse-gelu 1" "memcheck tiny-llama tc --zero 2"; do
       set -- $spec
       log="$RES/sanitize_$1_$2_$3${4:+_$4_$5}.log"
-      timeout 120 compute-sanitizer --tool "$1" --error-exitcode 9 ./train_gpu --data "$DATA" --model "$2" --attention "$3" \
+      timeout 120 "$SAN" --tool "$1" --error-exitcode 9 ./train_gpu --data "$DATA" --model "$2" --attention "$3" \
         --batch-size 2 --seq-len 80 --steps 2 --eval-every 0 --recompute 2 "${@:4}" > "$log" 2>&1
       r=$?
       summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)
@@ -142,7 +207,9 @@ if [ "$PHASE" = tests ] || [ "$PHASE" = all ]; then
   fi
 fi
 
-if [ "$PHASE" = bench ] || [ "$PHASE" = all ]; then
+if { [ "$PHASE" = bench ] || [ "$PHASE" = all ]; } && [ "$HAVE_DATA" = 0 ]; then
+  row "benchmarks" "skipped: no data"
+elif [ "$PHASE" = bench ] || [ "$PHASE" = all ]; then
   # mean tok/s and MFU over the steps after the first 5, and the peak memory, from our step lines
   bench() {
     name=$1; shift
@@ -161,8 +228,8 @@ if [ "$PHASE" = bench ] || [ "$PHASE" = all ]; then
     row "ours $name" "$stats"
   }
   say "benchmarks: ours"
-  if nvcc $NVFLAGS -I. -o "$RES/bench_attention" dev/cuda/bench_attention.cu $LIBS; then
-    "$RES/bench_attention" | tee "$RES/bench_attention.log"
+  if [ -x tests/bin/bench_attention ]; then
+    tests/bin/bench_attention | tee "$RES/bench_attention.log"
     while read -r line; do row "ours attention ${line:0:26}" "${line:37}"; done < <(grep -v skipped "$RES/bench_attention.log")
   fi
   bench gpt2-124m-T1024-B32-rc0 --model gpt2-124m --batch-size 32 --seq-len 1024 --steps 30 --recompute 0
