@@ -557,15 +557,53 @@ static void test_sumsq(void) {
 }
 
 /* rope + attention forward and backward, q/k/v as column blocks of one qkv buffer (the model's layout) */
+/* q, k, v [N, QD | KD | KD] as three separate arrays from the rows of a packed [N, QKV] buffer */
+static void split_qkv(const std::vector<float> &qkv, int N, int QD, int KD, std::vector<float> &q, std::vector<float> &k,
+                      std::vector<float> &v) {
+    size_t QKV = (size_t)QD + 2 * KD;
+    q.resize((size_t)N * QD); k.resize((size_t)N * KD); v.resize((size_t)N * KD);
+    for (int n = 0; n < N; n++) {
+        memcpy(&q[(size_t)n * QD], &qkv[n * QKV], QD * 4);
+        memcpy(&k[(size_t)n * KD], &qkv[n * QKV + QD], KD * 4);
+        memcpy(&v[(size_t)n * KD], &qkv[n * QKV + QD + KD], KD * 4);
+    }
+}
+/* the attention arguments of the tests: q, k, v and their gradients packed [N, QKV], out and dout [N, QD] */
+template <typename T>
+static AttnArgs<T> attention_test_args(T *qkv, T *dy, T *out, T *grad, float *lse, float *delta, float *cs, float *sn,
+                                       int B, int Tn, int NH, int NKV, int HD) {
+    int QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
+    AttnArgs<T> a;
+    memset(&a, 0, sizeof(a));
+    a.q = qkv; a.k = qkv + QD; a.v = qkv + QD + KD; a.ldq = a.ldk = a.ldv = QKV;
+    a.out = out; a.ldo = QD; a.lse = lse; a.dout = dy; a.lddo = QD;
+    a.dq = grad; a.dk = grad + QD; a.dv = grad + QD + KD; a.lddq = a.lddk = a.lddv = QKV;
+    a.delta = delta; a.cos = cs; a.sin = sn; a.B = B; a.Tn = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
+    return a;
+}
+/* runs the device attention forward and backward on a and checks out, dq, dk, dv against the references */
+template <typename T>
+static void attention_gpu_check(AttnArgs<T> &a, int plain, const char *tag, const std::vector<float> &out,
+                                const std::vector<float> &dq, const std::vector<float> &dk, const std::vector<float> &dv) {
+    int N = a.B * a.Tn, QD = a.NH * a.HD, KD = a.NKV * a.HD;
+    const char *kind = gpu::attention_uses_tc<T>(a.HD, plain) ? "tc" : "plain";
+    gpu::attention_forward<T>(a, plain, 0);
+    char what[128];
+    snprintf(what, sizeof(what), "attention_forward %s B%d T%d H%d/%d HD%d%s", kind, a.B, a.Tn, a.NH, a.NKV, a.HD, tag);
+    check(what, from_dev(a.out, out.size()), out, tol_a<T>() * 2, tol_r<T>());
+    gpu::attention_backward<T>(a, plain, 0);
+    std::vector<float> gq, gk, gv;
+    split_qkv(from_dev(a.dq, (size_t)N * (QD + 2 * KD)), N, QD, KD, gq, gk, gv);
+    float ta = sizeof(T) == 4 ? 1e-4f : 4e-2f, tr = sizeof(T) == 4 ? 1e-4f : 4e-2f;
+    snprintf(what, sizeof(what), "attention_backward %s%s dq", kind, tag); check(what, gq, dq, ta, tr);
+    snprintf(what, sizeof(what), "attention_backward %s%s dk", kind, tag); check(what, gk, dk, ta, tr);
+    snprintf(what, sizeof(what), "attention_backward %s%s dv", kind, tag); check(what, gv, dv, ta, tr);
+}
 template <typename T> static void test_attention(int B, int Tn, int NH, int NKV, int HD, int rope, int plain) {
     int N = B * Tn, QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD;
     auto qkv = rand_vec<T>((size_t)N * QKV, 80 + HD, 1.5f), dy = rand_vec<T>((size_t)N * QD, 81);
-    std::vector<float> q((size_t)N * QD), k((size_t)N * KD), v((size_t)N * KD);
-    for (int n = 0; n < N; n++) {
-        memcpy(&q[(size_t)n * QD], &qkv[(size_t)n * QKV], QD * 4);
-        memcpy(&k[(size_t)n * KD], &qkv[(size_t)n * QKV + QD], KD * 4);
-        memcpy(&v[(size_t)n * KD], &qkv[(size_t)n * QKV + QD + KD], KD * 4);
-    }
+    std::vector<float> q, k, v;
+    split_qkv(qkv, N, QD, KD, q, k, v);
     ModelConfig cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.head_dim = HD; cfg.rope_theta = 10000.0f;
@@ -589,29 +627,8 @@ template <typename T> static void test_attention(int B, int Tn, int NH, int NKV,
     T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size()), *dgrad = dev_nan<T>((size_t)N * QKV);
     float *dlse = dev_nan<float>((size_t)B * NH * Tn), *ddelta = dev_nan<float>((size_t)B * NH * Tn);
     float *dcs = rope ? to_dev<float>(cs) : NULL, *dsn = rope ? to_dev<float>(sn) : NULL;
-    AttnArgs<T> a;
-    memset(&a, 0, sizeof(a));
-    a.q = dqkv; a.k = dqkv + QD; a.v = dqkv + QD + KD; a.ldq = a.ldk = a.ldv = QKV;
-    a.out = dout; a.ldo = QD; a.lse = dlse; a.dout = ddy; a.lddo = QD;
-    a.dq = dgrad; a.dk = dgrad + QD; a.dv = dgrad + QD + KD; a.lddq = a.lddk = a.lddv = QKV;
-    a.delta = ddelta; a.cos = dcs; a.sin = dsn; a.B = B; a.Tn = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
-    int tc = gpu::attention_uses_tc<T>(HD, plain);
-    gpu::attention_forward<T>(a, plain, 0);
-    char what[128];
-    snprintf(what, sizeof(what), "attention_forward %s B%d T%d H%d/%d HD%d%s", tc ? "tc" : "plain", B, Tn, NH, NKV, HD, rope ? " rope" : "");
-    check(what, from_dev(dout, out.size()), out, tol_a<T>() * 2, tol_r<T>());
-    gpu::attention_backward<T>(a, plain, 0);
-    auto g = from_dev(dgrad, (size_t)N * QKV);
-    std::vector<float> gq(q.size()), gk(k.size()), gv(v.size());
-    for (int n = 0; n < N; n++) {
-        memcpy(&gq[(size_t)n * QD], &g[(size_t)n * QKV], QD * 4);
-        memcpy(&gk[(size_t)n * KD], &g[(size_t)n * QKV + QD], KD * 4);
-        memcpy(&gv[(size_t)n * KD], &g[(size_t)n * QKV + QD + KD], KD * 4);
-    }
-    float ta = sizeof(T) == 4 ? 1e-4f : 4e-2f, tr = sizeof(T) == 4 ? 1e-4f : 4e-2f;
-    snprintf(what, sizeof(what), "attention_backward %s dq", tc ? "tc" : "plain"); check(what, gq, dq, ta, tr);
-    snprintf(what, sizeof(what), "attention_backward %s dk", tc ? "tc" : "plain"); check(what, gk, dk, ta, tr);
-    snprintf(what, sizeof(what), "attention_backward %s dv", tc ? "tc" : "plain"); check(what, gv, dv, ta, tr);
+    AttnArgs<T> a = attention_test_args<T>(dqkv, ddy, dout, dgrad, dlse, ddelta, dcs, dsn, B, Tn, NH, NKV, HD);
+    attention_gpu_check<T>(a, plain, rope ? " rope" : "", out, dq, dk, dv);
 }
 
 /* packed documents: row t of batch b sees keys doc_start[b,t] <= s <= t, and RoPE rotates row t at position
@@ -645,12 +662,8 @@ template <typename T> static void test_attention_docs(int B, int Tn, int NH, int
             lo[b * Tn + t] = st;
             pos[b * Tn + t] = t - st;
         }
-    std::vector<float> q((size_t)N * QD), k((size_t)N * KD), v((size_t)N * KD);
-    for (int n = 0; n < N; n++) {
-        memcpy(&q[(size_t)n * QD], &qkv[(size_t)n * QKV], QD * 4);
-        memcpy(&k[(size_t)n * KD], &qkv[(size_t)n * QKV + QD], KD * 4);
-        memcpy(&v[(size_t)n * KD], &qkv[(size_t)n * QKV + QD + KD], KD * 4);
-    }
+    std::vector<float> q, k, v;
+    split_qkv(qkv, N, QD, KD, q, k, v);
     ModelConfig cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.head_dim = HD; cfg.rope_theta = 10000.0f;
@@ -706,30 +719,9 @@ template <typename T> static void test_attention_docs(int B, int Tn, int NH, int
     int *dlo = (int *)dev_alloc(N * sizeof(int)), *dpos = (int *)dev_alloc(N * sizeof(int));
     CUDA_CHECK(cudaMemcpy(dlo, lo.data(), N * sizeof(int), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(dpos, pos.data(), N * sizeof(int), cudaMemcpyHostToDevice));
-    AttnArgs<T> a;
-    memset(&a, 0, sizeof(a));
-    a.q = dqkv; a.k = dqkv + QD; a.v = dqkv + QD + KD; a.ldq = a.ldk = a.ldv = QKV;
-    a.out = dout; a.ldo = QD; a.lse = dlse; a.dout = ddy; a.lddo = QD;
-    a.dq = dgrad; a.dk = dgrad + QD; a.dv = dgrad + QD + KD; a.lddq = a.lddk = a.lddv = QKV;
-    a.delta = ddelta; a.cos = dcs; a.sin = dsn; a.doc_start = dlo; a.pos = dpos;
-    a.B = B; a.Tn = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
-    int tc = gpu::attention_uses_tc<T>(HD, plain);
-    gpu::attention_forward<T>(a, plain, 0);
-    char what[128];
-    snprintf(what, sizeof(what), "attention_forward %s docs B%d T%d H%d/%d HD%d", tc ? "tc" : "plain", B, Tn, NH, NKV, HD);
-    check(what, from_dev(dout, out.size()), out, tol_a<T>() * 2, tol_r<T>());
-    gpu::attention_backward<T>(a, plain, 0);
-    auto g = from_dev(dgrad, (size_t)N * QKV);
-    std::vector<float> gq(q.size()), gk(k.size()), gv(v.size());
-    for (int n = 0; n < N; n++) {
-        memcpy(&gq[(size_t)n * QD], &g[(size_t)n * QKV], QD * 4);
-        memcpy(&gk[(size_t)n * KD], &g[(size_t)n * QKV + QD], KD * 4);
-        memcpy(&gv[(size_t)n * KD], &g[(size_t)n * QKV + QD + KD], KD * 4);
-    }
-    float ta = sizeof(T) == 4 ? 1e-4f : 4e-2f, tr = sizeof(T) == 4 ? 1e-4f : 4e-2f;
-    snprintf(what, sizeof(what), "attention_backward %s docs dq", tc ? "tc" : "plain"); check(what, gq, dq, ta, tr);
-    snprintf(what, sizeof(what), "attention_backward %s docs dk", tc ? "tc" : "plain"); check(what, gk, dk, ta, tr);
-    snprintf(what, sizeof(what), "attention_backward %s docs dv", tc ? "tc" : "plain"); check(what, gv, dv, ta, tr);
+    AttnArgs<T> a = attention_test_args<T>(dqkv, ddy, dout, dgrad, dlse, ddelta, dcs, dsn, B, Tn, NH, NKV, HD);
+    a.doc_start = dlo; a.pos = dpos;
+    attention_gpu_check<T>(a, plain, " docs", out, dq, dk, dv);
 }
 
 /* ---- whole model ---- */
