@@ -600,9 +600,9 @@ __global__ void fill_kernel(float *x, float v, size_t n) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* attention (causal, grouped-query heads: query head h reads key/value head h / (NH/NKV)), with RoPE fused
-   into the loads: q and k are rotated (HF rotate-half) as they are read, and the gradients are rotated back
-   as they are written. q, k, v are rows of a wider buffer (row strides ldq, ldk, ldv), e.g. the fused qkv
+/* attention (causal, grouped-query heads: query head h reads key/value head h / (NH/NKV)), with RoPE: q and k
+   are rotated (HF rotate-half) as the plain kernels read them, or once per call into a scratch copy for the
+   tensor-core kernels (attention_rope_kernel); the gradients are rotated back as they are written. q, k, v are rows of a wider buffer (row strides ldq, ldk, ldv), e.g. the fused qkv
    matmul output [N, (NH + 2 NKV) HD]. Forward writes out [N, NH*HD] (row stride ldo) and the log-sum-exp of
    each query row lse [B, NH, T] (fp32), which is all the backward needs to rebuild the probabilities.
      a[t,s] = q'[t].k'[s] / sqrt(HD) (s <= t);  p = softmax_s(a);  out[t] = sum_s p[t,s] v[s]
@@ -619,8 +619,20 @@ struct AttnArgs {
     T *dq, *dk, *dv; int lddq, lddk, lddv;
     float *delta;                /* [B, NH, T] scratch: D = dout . out */
     const float *cos, *sin;      /* [T, HD/2] or NULL (no RoPE) */
+    const int *doc_start;        /* [B*T] or NULL: row t of batch b sees keys doc_start[b*T+t] <= s <= t (packed
+                                    documents; doc_start[b*T+t] <= t) */
+    const int *pos;              /* [B*T] or NULL (= t): the RoPE position of row t of q and k, e.g. t - its doc start */
     int B, Tn, NH, NKV, HD;
 };
+
+/* the first key row t may see, and the RoPE table rows of row t (NULL without RoPE) */
+template <typename T>
+__device__ __forceinline__ int attn_lo(const AttnArgs<T> &a, int b, int t) { return a.doc_start ? a.doc_start[(size_t)b * a.Tn + t] : 0; }
+template <typename T>
+__device__ __forceinline__ const float *rope_row(const AttnArgs<T> &a, const float *tab, int b, int t) {
+    if (!tab) return NULL;
+    return tab + (size_t)(a.pos ? a.pos[(size_t)b * a.Tn + t] : t) * (a.HD / 2);
+}
 
 /* element d of row x (position t) after RoPE; cs/sn point at the table row of t, or NULL */
 template <typename T>
@@ -665,19 +677,20 @@ __global__ void attention_forward_plain_kernel(AttnArgs<T> a) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * ATT_WARPS + warp;
     if (row >= a.B * a.NH * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD, half = HD / 2;
+    int T_ = a.Tn, HD = a.HD;
     int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
     float scale = 1.0f / sqrtf((float)HD);
     float *qs = qs_all[warp];
     const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
-    const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
+    int lo = attn_lo(a, b, t);
     for (int d = lane; d < HD; d += 32) qs[d] = rope_load(qrow, d, HD, cq, sq);
     __syncwarp();
-    /* pass 1: max and sum of exp over the keys s <= t (lane-strided), then combined over the warp */
+    /* pass 1: max and sum of exp over the keys lo <= s <= t (lane-strided), then combined over the warp */
     float m = -INFINITY, l = 0.0f;
-    for (int s = lane; s <= t; s += 32) {
+    for (int s = lo + lane; s <= t; s += 32) {
         const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-        const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+        const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
         float x = 0.0f;
         for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
         x *= scale;
@@ -694,12 +707,12 @@ __global__ void attention_forward_plain_kernel(AttnArgs<T> a) {
     float acc[ATT_MAXHD / 32];
     #pragma unroll
     for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
-    for (int s0 = 0; s0 <= t; s0 += 32) {
+    for (int s0 = lo; s0 <= t; s0 += 32) {
         int s = s0 + lane;
         float p = 0.0f;
         if (s <= t) {
             const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-            const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
             float x = 0.0f;
             for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
             p = expf(x * scale - lse);
@@ -731,26 +744,27 @@ __global__ void attention_backward_dq_plain_kernel(AttnArgs<T> a) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * ATT_WARPS + warp;
     if (row >= a.B * a.NH * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD, half = HD / 2;
+    int T_ = a.Tn, HD = a.HD;
     int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
     float scale = 1.0f / sqrtf((float)HD);
     float *qs = qs_all[warp], *gs = gs_all[warp];
     const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
     const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
-    const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
+    int lo = attn_lo(a, b, t);
     for (int d = lane; d < HD; d += 32) { qs[d] = rope_load(qrow, d, HD, cq, sq); gs[d] = to_f(grow[d]); }
     __syncwarp();
     float lse = a.lse[row], D = a.delta[row];
     float acc[ATT_MAXHD / 32];
     #pragma unroll
     for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
-    for (int s0 = 0; s0 <= t; s0 += 32) {
+    for (int s0 = lo; s0 <= t; s0 += 32) {
         int s = s0 + lane;
         float ds = 0.0f;
         if (s <= t) {
             const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
             const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
-            const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
             float x = 0.0f, dp = 0.0f;
             for (int d = 0; d < HD; d++) { x += qs[d] * rope_load(krow, d, HD, ck, sk); dp += gs[d] * to_f(vrow[d]); }
             float p = expf(x * scale - lse);
@@ -761,7 +775,7 @@ __global__ void attention_backward_dq_plain_kernel(AttnArgs<T> a) {
             float dsj = __shfl_sync(0xffffffffu, ds, j);
             int sj = s0 + j;
             const T *krow = a.k + ((size_t)b * T_ + sj) * a.ldk + (size_t)kh * HD;
-            const float *ck = a.cos ? a.cos + (size_t)sj * half : NULL, *sk = a.sin ? a.sin + (size_t)sj * half : NULL;
+            const float *ck = rope_row(a, a.cos, b, sj), *sk = rope_row(a, a.sin, b, sj);
             #pragma unroll
             for (int i = 0; i < ATT_MAXHD / 32; i++) {
                 int d = lane + 32 * i;
@@ -784,13 +798,13 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * ATT_WARPS + warp;
     if (row >= a.B * a.NKV * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD, half = HD / 2, G = a.NH / a.NKV;
+    int T_ = a.Tn, HD = a.HD, G = a.NH / a.NKV;
     int s = row % T_, kh = (row / T_) % a.NKV, b = row / (T_ * a.NKV);
     float scale = 1.0f / sqrtf((float)HD);
     float *ks = ks_all[warp], *vs = vs_all[warp];
     const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
     const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
-    const float *ck = a.cos ? a.cos + (size_t)s * half : NULL, *sk = a.sin ? a.sin + (size_t)s * half : NULL;
+    const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
     for (int d = lane; d < HD; d += 32) { ks[d] = rope_load(krow, d, HD, ck, sk); vs[d] = to_f(vrow[d]); }
     __syncwarp();
     float dk[ATT_MAXHD / 32], dv[ATT_MAXHD / 32];
@@ -800,10 +814,10 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
         for (int t0 = s; t0 < T_; t0 += 32) {
             int t = t0 + lane;
             float p = 0.0f, ds = 0.0f;
-            if (t < T_) {
+            if (t < T_ && attn_lo(a, b, t) <= s) {   /* query t sees key s */
                 const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
                 const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
-                const float *cq = a.cos ? a.cos + (size_t)t * half : NULL, *sq = a.sin ? a.sin + (size_t)t * half : NULL;
+                const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
                 float x = 0.0f, dp = 0.0f;
                 for (int d = 0; d < HD; d++) { x += rope_load(qrow, d, HD, cq, sq) * ks[d]; dp += to_f(grow[d]) * vs[d]; }
                 size_t r = ((size_t)b * a.NH + h) * T_ + t;
@@ -816,7 +830,7 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
                 int tj = t0 + j;
                 const T *qrow = a.q + ((size_t)b * T_ + tj) * a.ldq + (size_t)h * HD;
                 const T *grow = a.dout + ((size_t)b * T_ + tj) * a.lddo + (size_t)h * HD;
-                const float *cq = a.cos ? a.cos + (size_t)tj * half : NULL, *sq = a.sin ? a.sin + (size_t)tj * half : NULL;
+                const float *cq = rope_row(a, a.cos, b, tj), *sq = rope_row(a, a.sin, b, tj);
                 #pragma unroll
                 for (int i = 0; i < ATT_MAXHD / 32; i++) {
                     int d = lane + 32 * i;
@@ -847,6 +861,7 @@ __global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
    HD+8 elements, which spreads a fragment's 32 loads over distinct banks. */
 
 #define TC_PAD 8
+#define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -857,26 +872,31 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&v);
 }
-__device__ __forceinline__ uint32_t ld_u32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
-__device__ __forceinline__ uint32_t pack_bf16_pair(bf16 lo, bf16 hi) {
-    return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+/* ldmatrix.x4 (.trans): four 8x8 bf16 matrices from shared memory in one instruction; lane l gives the 16-byte
+   address of row l % 8 of matrix l / 8 and receives in r[i] the elements (row l / 4, columns 2(l % 4), +1) of
+   matrix i, or with .trans of its transpose (rows 2(l % 4), +1, column l / 4) */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16 *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
 }
-/* A fragment of rows r0.. and columns k0.. of a row-major smem tile with pitch P */
-__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *M, int P, int r0, int k0, int g, int q) {
-    a[0] = ld_u32(M + (r0 + g) * P + k0 + 2 * q);
-    a[1] = ld_u32(M + (r0 + g + 8) * P + k0 + 2 * q);
-    a[2] = ld_u32(M + (r0 + g) * P + k0 + 2 * q + 8);
-    a[3] = ld_u32(M + (r0 + g + 8) * P + k0 + 2 * q + 8);
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16 *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
 }
-/* B fragment for B[k][n] = M[n0+n][k0+k] (M row-major, rows indexed by n): contiguous pairs */
-__device__ __forceinline__ void frag_b_rows(uint32_t b[2], const bf16 *M, int P, int n0, int k0, int g, int q) {
-    b[0] = ld_u32(M + (n0 + g) * P + k0 + 2 * q);
-    b[1] = ld_u32(M + (n0 + g) * P + k0 + 2 * q + 8);
+/* A fragment of rows r0.. and columns k0.. of a row-major smem tile with pitch P: matrices (r0, k0), (r0+8, k0),
+   (r0, k0+8), (r0+8, k0+8) are a[0..3] */
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *M, int P, int r0, int k0, int lane) {
+    ldmatrix_x4(a, M + (r0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + k0 + (lane >> 4) * 8);
 }
-/* B fragment for B[k][n] = M[k0+k][n0+n] (M row-major, rows indexed by k): gathered halves */
-__device__ __forceinline__ void frag_b_cols(uint32_t b[2], const bf16 *M, int P, int k0, int n0, int g, int q) {
-    b[0] = pack_bf16_pair(M[(k0 + 2 * q) * P + n0 + g], M[(k0 + 2 * q + 1) * P + n0 + g]);
-    b[1] = pack_bf16_pair(M[(k0 + 2 * q + 8) * P + n0 + g], M[(k0 + 2 * q + 9) * P + n0 + g]);
+/* B fragments of two adjacent n tiles, b[0..1] for n0.. and b[2..3] for n0+8.., where B[k][n] = M[n0+n][k0+k]
+   (M row-major, rows indexed by n, e.g. K in Q K^T): matrices (n0, k0), (n0, k0+8), (n0+8, k0), (n0+8, k0+8) */
+__device__ __forceinline__ void frag_b_rows2(uint32_t b[4], const bf16 *M, int P, int n0, int k0, int lane) {
+    ldmatrix_x4(b, M + (n0 + (lane & 7) + (lane >> 4) * 8) * P + k0 + (lane >> 3 & 1) * 8);
+}
+/* the same for B[k][n] = M[k0+k][n0+n] (M row-major, rows indexed by k, e.g. V in P V): the transposed matrices
+   (k0, n0), (k0+8, n0), (k0, n0+8), (k0+8, n0+8) */
+__device__ __forceinline__ void frag_b_cols2(uint32_t b[4], const bf16 *M, int P, int k0, int n0, int lane) {
+    ldmatrix_x4_trans(b, M + (k0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + n0 + (lane >> 4) * 8);
 }
 /* the A fragment of a 16x16 block made of C tiles c0 (columns 0..7) and c1 (columns 8..15) */
 __device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
@@ -886,42 +906,95 @@ __device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], 
     a[3] = pack_bf16x2(c1[2], c1[3]);
 }
 
-/* rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8), RoPE'd when cs != NULL; zeros past T.
-   base points at position 0 of the (batch, head); row p at base + p*ld. */
+/* RoPE applied once per call for the tensor-core kernels: dst [B*T, heads*HD] (rows contiguous) = src rows
+   (stride ld) rotated at their position; a plain copy without cos/sin. One thread per 8 rotation pairs. The tiles
+   of the kernels are then straight copies of these rows. The position of row b*T + t is a.pos[b*T + t] or t. */
+__global__ void attention_rope_kernel(bf16 *dst, const bf16 *src, int ld, int heads, AttnArgs<bf16> a) {
+    int HD = a.HD, half = HD / 2, H8 = half / 8;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)a.B * a.Tn * heads * H8) return;
+    int c = (int)(i % H8) * 8, h = (int)(i / H8 % heads);
+    size_t row = i / H8 / heads;
+    const bf16 *x = src + row * ld + (size_t)h * HD;
+    bf16 *y = dst + row * heads * HD + (size_t)h * HD;
+    Pack<bf16> x1 = ld_pack(x + c), x2 = ld_pack(x + c + half);
+    if (a.cos) {
+        int pos = a.pos ? a.pos[row] : (int)(row % a.Tn);
+        const float *cr = a.cos + (size_t)pos * half + c, *sr = a.sin + (size_t)pos * half + c;
+        #pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float a1 = to_f(x1.v[k]), a2 = to_f(x2.v[k]);
+            x1.v[k] = from_f<bf16>(a1 * cr[k] - a2 * sr[k]);
+            x2.v[k] = from_f<bf16>(a2 * cr[k] + a1 * sr[k]);
+        }
+    }
+    st_pack(y + c, x1);
+    st_pack(y + c + half, x2);
+}
+
+/* cp.async.cg: 16 bytes from global to shared memory without passing through registers (cached in L2 only);
+   commit_group closes this thread's batch of copies; wait_all returns when all of them have landed (in this
+   thread's view: other threads see them after a __syncthreads) */
+__device__ __forceinline__ void cp_async_16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
+
+/* with doc_start: tile_lo[b, i] = the smallest first key of query rows [64 i, 64 i + 64) of batch b, so that the
+   kernels skip the key tiles before it (forward, dq) and the query tiles that see none of a key tile (dk/dv) */
+__global__ void attention_tile_lo_kernel(int *tile_lo, AttnArgs<bf16> a) {
+    int nt = (a.Tn + 63) / 64, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= a.B * nt) return;
+    int b = i / nt, t0 = (i % nt) * 64, lo = t0;
+    for (int t = t0; t < t0 + 64 && t < a.Tn; t++) lo = min(lo, attn_lo(a, b, t));
+    tile_lo[i] = lo;
+}
+
+/* starts copying rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8) with cp.async (zeros past T,
+   stored at once); the caller commits and waits. base points at position 0 of the (batch, head), row p at base + p*ld. */
 template <int HD>
-__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn,
-                                          const float *cs, const float *sn) {
-    constexpr int P = HD + TC_PAD, half = HD / 2, H8 = half / 8;
+__device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn) {
+    constexpr int P = HD + TC_PAD, H8 = HD / 8;
     for (int i = threadIdx.x; i < rows * H8; i += blockDim.x) {
         int r = i / H8, c = (i % H8) * 8, pos = pos0 + r;
-        Pack<bf16> x1, x2;
-        if (pos < Tn) {
-            const bf16 *src = base + (size_t)pos * ld;
-            x1 = ld_pack(src + c);
-            x2 = ld_pack(src + c + half);
-            if (cs) {
-                const float *cr = cs + (size_t)pos * half + c, *sr = sn + (size_t)pos * half + c;
-                #pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    float a1 = to_f(x1.v[k]), a2 = to_f(x2.v[k]);
-                    x1.v[k] = from_f<bf16>(a1 * cr[k] - a2 * sr[k]);
-                    x2.v[k] = from_f<bf16>(a2 * cr[k] + a1 * sr[k]);
-                }
-            }
-        } else {
+        if (pos < Tn) cp_async_16(dst + r * P + c, base + (size_t)pos * ld + c);
+        else {
+            Pack<bf16> z;
             #pragma unroll
-            for (int k = 0; k < 8; k++) { x1.v[k] = from_f<bf16>(0.0f); x2.v[k] = from_f<bf16>(0.0f); }
+            for (int k = 0; k < 8; k++) z.v[k] = from_f<bf16>(0.0f);
+            st_pack(dst + r * P + c, z);
         }
-        st_pack(dst + r * P + c, x1);
-        st_pack(dst + r * P + c + half, x2);
+    }
+}
+
+/* one stage of the dk/dv kernel: the Q and dO tiles of query head h, rows t0.., at st and st + BQ*P (cp.async),
+   and their lse * log2(e), D and first key (attn_lo) at fst, fst + BQ and ilo (plain loads) */
+template <int HD, int BQ>
+__device__ __forceinline__ void dkdv_stage(bf16 *st, float *fst, int *ilo, const AttnArgs<bf16> &a, int b, int h, int t0) {
+    int Tn = a.Tn;
+    load_tile_async<HD>(st, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, t0, BQ, Tn);
+    load_tile_async<HD>(st + BQ * (HD + TC_PAD), a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, t0, BQ, Tn);
+    if (threadIdx.x < BQ) {
+        int t = t0 + threadIdx.x;
+        size_t r = ((size_t)b * a.NH + h) * Tn + t;
+        fst[threadIdx.x] = t < Tn ? a.lse[r] * LOG2E : INFINITY;
+        fst[BQ + threadIdx.x] = t < Tn ? a.delta[r] : 0.0f;
+        ilo[threadIdx.x] = t < Tn ? attn_lo(a, b, t) : 0;
     }
 }
 
 /* Writes a warp's 16 x HD fp32 accumulator (rows row0 + g, row0 + g + 8) as bf16, scaled, rotated back by RoPE
-   (element d and d + HD/2 sit in the same thread: tiles n and n + HD/16) when cs != NULL. */
+   (element d and d + HD/2 sit in the same thread: tiles n and n + HD/16) when cs != NULL, row p at position
+   rp[p] (rp: the batch's a.pos row, or NULL for p). */
 template <int HD>
 __device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn, float acc[HD / 8][4], float scale,
-                                           const float *cs, const float *sn, int g, int q) {
+                                           const float *cs, const float *sn, const int *rp, int g, int q) {
     constexpr int half = HD / 2;
     #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
@@ -934,7 +1007,8 @@ __device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn,
             for (int e = 0; e < 2; e++) acc[n][2 * hr + e] *= scale;
         }
         if (cs) {
-            const float *cr = cs + (size_t)pos * half, *sr = sn + (size_t)pos * half;
+            int rpos = rp ? rp[pos] : pos;
+            const float *cr = cs + (size_t)rpos * half, *sr = sn + (size_t)rpos * half;
             #pragma unroll
             for (int n = 0; n < HD / 16; n++) {
                 #pragma unroll
@@ -956,7 +1030,7 @@ __device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn,
    tiles this way): c1 = A1[r0..r0+16) B1^T and c2 = A2[r0..r0+16) B2^T, with B1, B2 tiles of NJ * 8 rows. */
 template <int HD, int NJ>
 __device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ][4], const bf16 *A1, const bf16 *B1,
-                                              const bf16 *A2, const bf16 *B2, int P, int r0, int g, int q) {
+                                              const bf16 *A2, const bf16 *B2, int P, int r0, int lane) {
     #pragma unroll
     for (int j = 0; j < NJ; j++)
         #pragma unroll
@@ -964,60 +1038,85 @@ __device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ
     #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
         uint32_t a1[4], a2[4];
-        frag_a(a1, A1, P, r0, kk * 16, g, q);
-        frag_a(a2, A2, P, r0, kk * 16, g, q);
+        frag_a(a1, A1, P, r0, kk * 16, lane);
+        frag_a(a2, A2, P, r0, kk * 16, lane);
         #pragma unroll
-        for (int j = 0; j < NJ; j++) {
-            uint32_t b1[2], b2[2];
-            frag_b_rows(b1, B1, P, j * 8, kk * 16, g, q);
-            frag_b_rows(b2, B2, P, j * 8, kk * 16, g, q);
+        for (int j = 0; j < NJ; j += 2) {
+            uint32_t b1[4], b2[4];
+            frag_b_rows2(b1, B1, P, j * 8, kk * 16, lane);
+            frag_b_rows2(b2, B2, P, j * 8, kk * 16, lane);
             mma_16816(c1[j], a1, b1);
+            mma_16816(c1[j + 1], a1, b1 + 2);
             mma_16816(c2[j], a2, b2);
+            mma_16816(c2[j + 1], a2, b2 + 2);
         }
     }
 }
 
-#define LOG2E 1.4426950408889634f
 
-/* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal */
+/* blocks of 128 threads per SM that each tensor-core kernel (0 forward, 1 dq, 2 dk/dv) is compiled for: registers
+   capped at 64K / (128 blocks). Chosen as the most that the shared memory allows on sm_90 (227 KB for forward 4
+   tiles, dq 6, dk/dv 6 of 64 x (HD + 8) bf16) and that ptxas fits without spilling (checked with -Xptxas -v):
+   at head dim 128, 12 warps per SM forward, 8 backward; at 64, 12. */
+__host__ __device__ constexpr int tc_min_blocks(int HD, int kernel) {
+    return kernel == 0 ? (HD == 32 ? 4 : 3) : HD == 128 ? 2 : 3;
+}
+
+/* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal.
+   Pipeline: the K and V tiles sit in two stages; while the warps work on tile j (S = Q K^T, online softmax,
+   O += P V) the cp.asyncs of tile j+1 fill the other stage, and one __syncthreads per tile separates the two.
+   The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers.
+   With doc_start, the key tiles wholly before the query tile's first start (tile_lo) are not visited. */
 template <int HD>
-__global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16> a) {
-    constexpr int P = HD + TC_PAD, BR = 64, BC = 64;
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Ks = Qs + BR * P, *Vs = Ks + BC * P;
+    bf16 *st = reinterpret_cast<bf16 *>(smem_raw);   /* stage i: K tile at st + 2i TILE, V tile after it */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
     int kh = h / (a.NH / a.NKV), q0 = qt * BR;
     const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
-    load_tile<HD>(Qs, qbase, a.ldq, q0, BR, Tn, a.cos, a.sin);
+    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
+    load_tile_async<HD>(st + 2 * TILE, qbase, a.ldq, q0, BR, Tn);
+    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
+    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, Tn);
+    cp_async_commit();
+    cp_async_wait_all();
     __syncthreads();
     uint32_t qf[HD / 16][4];
     #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], Qs, P, warp * 16, kk * 16, g, q);
+    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], st + 2 * TILE, P, warp * 16, kk * 16, lane);
     float o[HD / 8][4];
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     const float sl2 = LOG2E / sqrtf((float)HD);
     int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-    for (int kt = 0; kt <= qt; kt++) {
-        int k0 = kt * BC;
-        __syncthreads();
-        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn, a.cos, a.sin);
-        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
-        __syncthreads();
+    int lo[2] = {row[0] < Tn ? attn_lo(a, b, row[0]) : 0, row[1] < Tn ? attn_lo(a, b, row[1]) : 0};
+    for (int kt = kt0; kt <= kt1; kt++) {
+        int k0 = kt * BC, stage = (kt - kt0) & 1;
+        cp_async_wait_all();   /* this thread's copies of tile kt have landed */
+        __syncthreads();       /* everyone's have; everyone is done with the other stage (tile kt-1, or Q) */
+        if (kt < kt1) {
+            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
+            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, Tn);
+            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, Tn);
+            cp_async_commit();
+        }
+        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
         float s[BC / 8][4];
         #pragma unroll
         for (int j = 0; j < BC / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
         #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
             #pragma unroll
-            for (int j = 0; j < BC / 8; j++) {
-                uint32_t bf[2];
-                frag_b_rows(bf, Ks, P, j * 8, kk * 16, g, q);
+            for (int j = 0; j < BC / 8; j += 2) {
+                uint32_t bf[4];
+                frag_b_rows2(bf, Ks, P, j * 8, kk * 16, lane);
                 mma_16816(s[j], qf[kk], bf);
+                mma_16816(s[j + 1], qf[kk], bf + 2);
             }
         }
         float mx[2] = {-INFINITY, -INFINITY};
@@ -1027,7 +1126,7 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
             for (int e = 0; e < 4; e++) {
                 int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
                 float x = s[j][e] * sl2;
-                if (col > row[hr] || col >= Tn) x = -INFINITY;
+                if (col > row[hr] || col < lo[hr] || col >= Tn) x = -INFINITY;
                 s[j][e] = x;
                 mx[hr] = fmaxf(mx[hr], x);
             }
@@ -1057,10 +1156,11 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
             uint32_t pa[4];
             frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
             #pragma unroll
-            for (int n = 0; n < HD / 8; n++) {
-                uint32_t bf[2];
-                frag_b_cols(bf, Vs, P, kc * 16, n * 8, g, q);
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bf[4];
+                frag_b_cols2(bf, Vs, P, kc * 16, n * 8, lane);
                 mma_16816(o[n], pa, bf);
+                mma_16816(o[n + 1], pa, bf + 2);
             }
         }
     }
@@ -1077,25 +1177,32 @@ __global__ void __launch_bounds__(128) attention_forward_tc_kernel(AttnArgs<bf16
         for (int n = 0; n < HD / 8; n++) { o[n][2 * hr] *= inv; o[n][2 * hr + 1] *= inv; }
         if (q == 0 && row[hr] < Tn) a.lse[((size_t)b * a.NH + h) * Tn + row[hr]] = (m[hr] + log2f(l[hr])) / LOG2E;
     }
-    store_rows<HD>(obase, a.ldo, q0 + warp * 16, Tn, o, 1.0f, NULL, NULL, g, q);
+    store_rows<HD>(obase, a.ldo, q0 + warp * 16, Tn, o, 1.0f, NULL, NULL, NULL, g, q);
 }
 
 /* backward dq: block = 64 query rows of one (b, h); key tiles up to the diagonal.
-     S = Q K^T, P = exp(S/sqrt(HD) - lse), dP = dO V^T, dS = P (dP - D), dQ = dS K / sqrt(HD) */
+     S = Q K^T, P = exp(S/sqrt(HD) - lse), dP = dO V^T, dS = P (dP - D), dQ = dS K / sqrt(HD)
+   Pipeline: Q and dO staged once; K and V tiles in two stages, tile j+1 copied (cp.async) while tile j is used,
+   one __syncthreads per tile. */
 template <int HD>
-__global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<bf16> a) {
-    constexpr int P = HD + TC_PAD, BR = 64, BC = 64;
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_dq_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + BR * P, *Ks = Gs + BR * P, *Vs = Ks + BC * P;
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + TILE, *st = Gs + TILE;   /* stage i: K, V at st + 2i TILE */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
     int kh = h / (a.NH / a.NKV), q0 = qt * BR;
-    load_tile<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn, a.cos, a.sin);
-    load_tile<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn, NULL, NULL);
     const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
     const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
+    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
+    load_tile_async<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn);
+    load_tile_async<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn);
+    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
+    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, Tn);
+    cp_async_commit();
     const float sl2 = LOG2E / sqrtf((float)HD);
     int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    int lo[2] = {row[0] < Tn ? attn_lo(a, b, row[0]) : 0, row[1] < Tn ? attn_lo(a, b, row[1]) : 0};
     float lse2[2], D[2];
     #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
@@ -1106,20 +1213,25 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
     float dq[HD / 8][4];
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-    for (int kt = 0; kt <= qt; kt++) {
-        int k0 = kt * BC;
+    for (int kt = kt0; kt <= kt1; kt++) {
+        int k0 = kt * BC, stage = (kt - kt0) & 1;
+        cp_async_wait_all();
         __syncthreads();
-        load_tile<HD>(Ks, kbase, a.ldk, k0, BC, Tn, a.cos, a.sin);
-        load_tile<HD>(Vs, vbase, a.ldv, k0, BC, Tn, NULL, NULL);
-        __syncthreads();
+        if (kt < kt1) {
+            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
+            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, Tn);
+            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, Tn);
+            cp_async_commit();
+        }
+        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
         float s[BC / 8][4], dp[BC / 8][4];
-        mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, g, q);   /* S = Q K^T, dP = dO V^T */
+        mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, lane);   /* S = Q K^T, dP = dO V^T */
         #pragma unroll
         for (int j = 0; j < BC / 8; j++) {
             #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
-                float p = (col > row[hr] || col >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2[hr]);
+                float p = (col > row[hr] || col < lo[hr] || col >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2[hr]);
                 s[j][e] = p * (dp[j][e] - D[hr]);   /* dS */
             }
         }
@@ -1128,32 +1240,49 @@ __global__ void __launch_bounds__(128) attention_backward_dq_tc_kernel(AttnArgs<
             uint32_t da[4];
             frag_a_from_c(da, s[2 * kc], s[2 * kc + 1]);
             #pragma unroll
-            for (int n = 0; n < HD / 8; n++) {
-                uint32_t bf[2];
-                frag_b_cols(bf, Ks, P, kc * 16, n * 8, g, q);
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bf[4];
+                frag_b_cols2(bf, Ks, P, kc * 16, n * 8, lane);
                 mma_16816(dq[n], da, bf);
+                mma_16816(dq[n + 1], da, bf + 2);
             }
         }
     }
     store_rows<HD>(a.dq + (size_t)b * Tn * a.lddq + (size_t)h * HD, a.lddq, q0 + warp * 16, Tn, dq,
-                   1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * Tn : NULL, g, q);
 }
 
-/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of 32 from the diagonal to T, for each
-   query head of the group. Computed transposed (rows = keys):
+/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of 64 rows from the diagonal to T, for
+   each query head of the group, computed in column chunks of BQC query rows (32 at head dim 64 and 128, which
+   keeps the S, dP chunks and the dK, dV accumulators in registers without spilling; 64 at head dim 32). Computed transposed (rows = keys):
      S^T = K Q^T, P^T = exp(S^T/sqrt(HD) - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
-     dK += dS^T Q / sqrt(HD) */
+     dK += dS^T Q / sqrt(HD)
+   Pipeline: K and V staged once; the (Q, dO, lse, D) tiles of the (head, query tile) sequence in two stages,
+   the next one copied (cp.async) while the warps work on the current one, one __syncthreads per tile. */
+#define TC_BQ 64
 template <int HD>
-__global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a) {
-    constexpr int P = HD + TC_PAD, BK = 64, BQ = 32;
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
+    constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, BQC = HD >= 64 ? 32 : 64, QTILE = BQ * P;
+    static_assert(BQ == 64, "tile_lo holds the first keys of 64-row query tiles");
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *Qs = Vs + BK * P, *Gs = Qs + BQ * P;
-    float *lse2s = reinterpret_cast<float *>(Gs + BQ * P), *Ds = lse2s + BQ;
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *st = Vs + BK * P;   /* stage i: Q, dO at st + 2i QTILE */
+    float *fst = reinterpret_cast<float *>(st + 4 * QTILE);                               /* stage i: lse2, D at fst + 2i BQ */
+    int *ilo = reinterpret_cast<int *>(fst + 4 * BQ);                                     /* stage i: first keys at ilo + i BQ */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
     int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, Tn = a.Tn, G = a.NH / a.NKV;
     int k0 = kt * BK;
-    load_tile<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn, a.cos, a.sin);
-    load_tile<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn, NULL, NULL);
+    /* iteration i: head kh G + i / nq, query tile tq0 + i % nq; with doc_start, the tiles whose rows all start after
+       this key tile's last key are skipped (next_it) */
+    int tq0 = k0 / BQ, nq = ceil_div_dev(Tn, BQ) - tq0, nit = G * nq, ntq = ceil_div_dev(Tn, BQ);
+    auto next_it = [&](int i) {
+        while (tile_lo && i < nit && tile_lo[b * ntq + tq0 + i % nq] > k0 + BK - 1) i++;
+        return i;
+    };
+    load_tile_async<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn);
+    load_tile_async<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn);
+    int it = next_it(0);
+    if (it < nit) dkdv_stage<HD, BQ>(st, fst, ilo, a, b, kh * G + it / nq, (tq0 + it % nq) * BQ);
+    cp_async_commit();
     const float sl2 = LOG2E / sqrtf((float)HD);
     int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
     float dk[HD / 8][4], dv[HD / 8][4];
@@ -1161,51 +1290,53 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_kernel(AttnArg
     for (int n = 0; n < HD / 8; n++)
         #pragma unroll
         for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
-    for (int h = kh * G; h < (kh + 1) * G; h++) {
-        const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
-        const bf16 *gbase = a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD;
-        for (int t0 = k0; t0 < Tn; t0 += BQ) {
-            __syncthreads();
-            load_tile<HD>(Qs, qbase, a.ldq, t0, BQ, Tn, a.cos, a.sin);
-            load_tile<HD>(Gs, gbase, a.lddo, t0, BQ, Tn, NULL, NULL);
-            if (threadIdx.x < BQ) {
-                int t = t0 + threadIdx.x;
-                size_t r = ((size_t)b * a.NH + h) * Tn + t;
-                lse2s[threadIdx.x] = t < Tn ? a.lse[r] * LOG2E : INFINITY;
-                Ds[threadIdx.x] = t < Tn ? a.delta[r] : 0.0f;
-            }
-            __syncthreads();
-            float s[BQ / 8][4], dp[BQ / 8][4];
-            mma_tile_pair<HD, BQ / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, g, q);   /* S^T = K Q^T, dP^T = V dO^T */
+    for (int n = 0, nx; it < nit; n++, it = nx) {
+        int t0 = (tq0 + it % nq) * BQ, stage = n & 1;
+        nx = next_it(it + 1);
+        cp_async_wait_all();
+        __syncthreads();
+        if (nx < nit)
+            dkdv_stage<HD, BQ>(st + 2 * (stage ^ 1) * QTILE, fst + 2 * (stage ^ 1) * BQ, ilo + (stage ^ 1) * BQ, a, b,
+                               kh * G + nx / nq, (tq0 + nx % nq) * BQ);
+        cp_async_commit();
+        #pragma unroll 1
+        for (int c0 = 0; c0 < BQ && t0 + c0 < Tn; c0 += BQC) {
+            const bf16 *Qs = st + 2 * stage * QTILE + c0 * P, *Gs = Qs + QTILE;
+            const float *lse2s = fst + 2 * stage * BQ + c0, *Ds = lse2s + BQ;
+            const int *los = ilo + stage * BQ + c0;
+            float s[BQC / 8][4], dp[BQC / 8][4];
+            mma_tile_pair<HD, BQC / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
             #pragma unroll
-            for (int j = 0; j < BQ / 8; j++) {
+            for (int j = 0; j < BQC / 8; j++) {
                 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    int ci = j * 8 + 2 * q + (e & 1), t = t0 + ci, hr = e >> 1;
-                    float p = (key[hr] > t || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
+                    int ci = j * 8 + 2 * q + (e & 1), t = t0 + c0 + ci, hr = e >> 1;
+                    float p = (key[hr] > t || key[hr] < los[ci] || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
                     s[j][e] = p;                               /* P^T */
                     dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
                 }
             }
             #pragma unroll
-            for (int kc = 0; kc < BQ / 16; kc++) {
+            for (int kc = 0; kc < BQC / 16; kc++) {
                 uint32_t pa[4], da[4];
                 frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
                 frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
                 #pragma unroll
-                for (int n = 0; n < HD / 8; n++) {
-                    uint32_t bg[2], bq[2];
-                    frag_b_cols(bg, Gs, P, kc * 16, n * 8, g, q);
-                    frag_b_cols(bq, Qs, P, kc * 16, n * 8, g, q);
+                for (int n = 0; n < HD / 8; n += 2) {
+                    uint32_t bg[4], bq[4];
+                    frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
+                    frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
                     mma_16816(dv[n], pa, bg);
+                    mma_16816(dv[n + 1], pa, bg + 2);
                     mma_16816(dk[n], da, bq);
+                    mma_16816(dk[n + 1], da, bq + 2);
                 }
             }
         }
     }
     store_rows<HD>(a.dk + (size_t)b * Tn * a.lddk + (size_t)kh * HD, a.lddk, k0 + warp * 16, Tn, dk,
-                   1.0f / sqrtf((float)HD), a.cos, a.sin, g, q);
-    store_rows<HD>(a.dv + (size_t)b * Tn * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, Tn, dv, 1.0f, NULL, NULL, g, q);
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * Tn : NULL, g, q);
+    store_rows<HD>(a.dv + (size_t)b * Tn * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, Tn, dv, 1.0f, NULL, NULL, NULL, g, q);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1436,18 +1567,49 @@ template <typename T> static int attention_uses_tc(int HD, int force_plain) {
     return 0;
 }
 
-template <int HD> static size_t tc_smem_forward() { return (size_t)3 * 64 * (HD + TC_PAD) * sizeof(bf16); }
-template <int HD> static size_t tc_smem_dq() { return (size_t)4 * 64 * (HD + TC_PAD) * sizeof(bf16); }
-template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 2 * 32) * (HD + TC_PAD) * sizeof(bf16) + 2 * 32 * sizeof(float); }
+/* shared memory: forward 2 stages of K, V; dq Q, dO + 2 stages of K, V; dkdv K, V + 2 stages of Q, dO, lse, D */
+template <int HD> static size_t tc_smem_forward() { return (size_t)4 * 64 * (HD + TC_PAD) * sizeof(bf16); }
+template <int HD> static size_t tc_smem_dq() { return (size_t)6 * 64 * (HD + TC_PAD) * sizeof(bf16); }
+template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 4 * TC_BQ) * (HD + TC_PAD) * sizeof(bf16) + 6 * TC_BQ * sizeof(float); }
 
-template <int HD> static void attention_forward_tc(AttnArgs<bf16> &a, cudaStream_t s) {
+/* q and k rotated once by attention_rope_kernel into a scratch buffer ([N, NH*HD] then [N, NKV*HD]), which the
+   tensor-core kernels read in place of a.q and a.k (cos/sin stay: the backward rotates dq, dk back as it stores);
+   with doc_start, also each 64-row tile's first key (attention_tile_lo_kernel) after them */
+static bf16 *g_att_rot = NULL;
+static int *g_att_tile_lo = NULL;
+static size_t g_att_rot_bytes = 0;
+static AttnArgs<bf16> attention_rotated(const AttnArgs<bf16> &a, cudaStream_t s) {
+    size_t N = (size_t)a.B * a.Tn, QD = (size_t)a.NH * a.HD, KD = (size_t)a.NKV * a.HD, nlo = (size_t)a.B * ceil_div(a.Tn, 64);
+    size_t bytes = N * (QD + KD) * sizeof(bf16) + nlo * sizeof(int);
+    if (bytes > g_att_rot_bytes) {
+        dev_free(g_att_rot, g_att_rot_bytes);
+        g_att_rot = (bf16 *)dev_alloc(bytes);
+        g_att_rot_bytes = bytes;
+    }
+    g_att_tile_lo = reinterpret_cast<int *>(g_att_rot + N * (QD + KD));
+    if (a.doc_start) {
+        attention_tile_lo_kernel<<<ceil_div(nlo, 128), 128, 0, s>>>(g_att_tile_lo, a);
+        KERNEL_CHECK();
+    }
+    AttnArgs<bf16> r = a;
+    bf16 *qr = g_att_rot, *kr = g_att_rot + N * QD;
+    size_t nq = N * a.NH * (a.HD / 16), nk = N * a.NKV * (a.HD / 16);
+    attention_rope_kernel<<<ceil_div(nq, 256), 256, 0, s>>>(qr, a.q, a.ldq, a.NH, a);
+    KERNEL_CHECK();
+    attention_rope_kernel<<<ceil_div(nk, 256), 256, 0, s>>>(kr, a.k, a.ldk, a.NKV, a);
+    KERNEL_CHECK();
+    r.q = qr; r.ldq = (int)QD; r.k = kr; r.ldk = (int)KD;
+    return r;
+}
+
+template <int HD> static void attention_forward_tc(AttnArgs<bf16> &a, const int *tile_lo, cudaStream_t s) {
     static int init = 0;
     size_t sm = tc_smem_forward<HD>();
     if (!init) { CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)); init = 1; }
-    attention_forward_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sm, s>>>(a);
+    attention_forward_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sm, s>>>(a, tile_lo);
     KERNEL_CHECK();
 }
-template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, cudaStream_t s) {
+template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, const int *tile_lo, cudaStream_t s) {
     static int init = 0;
     size_t sq = tc_smem_dq<HD>(), sk = tc_smem_dkdv<HD>();
     if (!init) {
@@ -1455,9 +1617,9 @@ template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, cudaStrea
         CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sk));
         init = 1;
     }
-    attention_backward_dq_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sq, s>>>(a);
+    attention_backward_dq_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sq, s>>>(a, tile_lo);
     KERNEL_CHECK();
-    attention_backward_dkdv_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NKV, a.B), 128, sk, s>>>(a);
+    attention_backward_dkdv_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NKV, a.B), 128, sk, s>>>(a, tile_lo);
     KERNEL_CHECK();
 }
 
@@ -1466,9 +1628,11 @@ template <typename T>
 static int attention_tc(AttnArgs<T> &a, int force_plain, int backward, cudaStream_t s) {
     if constexpr (std::is_same<T, bf16>::value) {
         if (!attention_uses_tc<T>(a.HD, force_plain)) return 0;
-        if (a.HD == 32) { if (backward) attention_backward_tc<32>(a, s); else attention_forward_tc<32>(a, s); }
-        else if (a.HD == 64) { if (backward) attention_backward_tc<64>(a, s); else attention_forward_tc<64>(a, s); }
-        else { if (backward) attention_backward_tc<128>(a, s); else attention_forward_tc<128>(a, s); }
+        AttnArgs<bf16> r = attention_rotated(a, s);
+        const int *lo = a.doc_start ? g_att_tile_lo : NULL;
+        if (a.HD == 32) { if (backward) attention_backward_tc<32>(r, lo, s); else attention_forward_tc<32>(r, lo, s); }
+        else if (a.HD == 64) { if (backward) attention_backward_tc<64>(r, lo, s); else attention_forward_tc<64>(r, lo, s); }
+        else { if (backward) attention_backward_tc<128>(r, lo, s); else attention_forward_tc<128>(r, lo, s); }
         return 1;
     }
     return 0;

@@ -10,7 +10,7 @@ F.scaled_dot_product_attention (causal; flash), torch.compile, fused AdamW, clip
 line per step and a closing line "torch <model>: N tok/s, MFU X%, peak mem Y GiB" (mean over the steps after the
 first 5) with MFU counted exactly as train_gpu counts it (flops_per_token in train_gpu.cu).
 attention: SDPA forward and backward alone at the shapes of dev/cuda/bench_attention.cu, TFLOP/s by the same
-causal count (forward 2*B*T*T*QD, backward 2.5x that).
+causal count (forward 2*B*T*T*QD, backward 2.5x that, fwd+bwd 3.5x).
 """
 import argparse
 import math
@@ -188,6 +188,8 @@ def attention(args):
     dev = torch.device("cuda")
     shapes = [("gpt2-124m", 16, 1024, 12, 12, 64), ("llama-1b", 4, 2048, 32, 8, 64), ("hd128", 4, 2048, 16, 4, 128),
               ("hd128", 2, 4096, 16, 4, 128)]
+    shapes += [("hd64", 16384 // T, T, 32, 32, 64) for T in (1024, 2048, 4096, 8192)]
+    shapes += [("hd128", 16384 // T, T, 16, 16, 128) for T in (1024, 2048, 4096, 8192)]
     for name, B, T, NH, NKV, HD in shapes:
         q = torch.randn(B, NH, T, HD, device=dev, dtype=torch.bfloat16, requires_grad=True)
         k = torch.randn(B, NKV, T, HD, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -216,7 +218,8 @@ def attention(args):
         eb /= reps
         flops = 2.0 * B * T * T * NH * HD
         print(f"{name:<10} sdpa  B{B:<3d} T{T:<5d} H{NH}/{NKV} HD{HD:<4d}  fwd {ef:8.3f} ms {flops / ef / 1e9:6.1f} TFLOP/s"
-              f"   bwd {eb:8.3f} ms {2.5 * flops / eb / 1e9:6.1f} TFLOP/s", flush=True)
+              f"   bwd {eb:8.3f} ms {2.5 * flops / eb / 1e9:6.1f} TFLOP/s   fwd+bwd {3.5 * flops / (ef + eb) / 1e9:6.1f} TFLOP/s",
+              flush=True)
 
 
 def main():

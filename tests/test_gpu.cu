@@ -4,6 +4,8 @@
  a download + re-upload must rebuild the same bf16 weights, as a resumed run does). First the host-side pieces
  that need no GPU (embedding buckets, ZeRO layout, stochastic rounding); without a GPU only those run.
  --quick: the kernel tests only (no whole model, no training), e.g. under compute-sanitizer.
+ --only NAME: only the kernel tests of the groups whose name contains NAME (embedding, norm, matmul,
+ activations, classifier, adamw, attention).
 
  Inputs and weights are fresh random numbers each run (the seed is printed; TEST_GPU_SEED=N repeats it); for bf16 they are rounded to bf16 first, so the CPU sees the same values and
  only the kernel's own rounding differs. Every output buffer is filled with NaN before its kernel runs, so an
@@ -517,6 +519,124 @@ template <typename T> static void test_attention(int B, int Tn, int NH, int NKV,
     snprintf(what, sizeof(what), "attention_backward %s dv", tc ? "tc" : "plain"); check(what, gv, dv, ta, tr);
 }
 
+/* packed documents: row t of batch b sees keys doc_start[b,t] <= s <= t, and RoPE rotates row t at position
+   t - doc_start[b,t] (pos). Checked against a naive reference written here (double sums, one (b, h, t) at a time):
+     qr = rope(q, pos), kr = rope(k, pos), p = softmax over s in [lo, t] of qr[t].kr[s] / sqrt(HD), out = sum p v
+     dp = dy.v[s], D = sum_s p dp, ds = p (dp - D), dqr += ds kr / sqrt(HD), dkr += ds qr / sqrt(HD), dv += p dy
+     dq = rope^T(dqr), dk = rope^T(dkr)
+   docs[b] lists the first rows of batch b's documents (0 first), up to 3. */
+static void rope_rows(std::vector<float> &x, int N, int heads, int HD, const std::vector<int> &pos, const std::vector<float> &cs,
+                      const std::vector<float> &sn, int inverse) {
+    int half = HD / 2;
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < heads; h++) {
+            float *r = &x[((size_t)n * heads + h) * HD];
+            const float *c = &cs[(size_t)pos[n] * half], *si = &sn[(size_t)pos[n] * half];
+            for (int d = 0; d < half; d++) {
+                float x1 = r[d], x2 = r[d + half], sg = inverse ? -1.0f : 1.0f;
+                r[d] = x1 * c[d] - sg * x2 * si[d];
+                r[d + half] = x2 * c[d] + sg * x1 * si[d];
+            }
+        }
+}
+template <typename T> static void test_attention_docs(int B, int Tn, int NH, int NKV, int HD, int plain, const int docs[][3]) {
+    int N = B * Tn, QD = NH * HD, KD = NKV * HD, QKV = QD + 2 * KD, G = NH / NKV;
+    auto qkv = rand_vec<T>((size_t)N * QKV, 90 + HD, 1.5f), dy = rand_vec<T>((size_t)N * QD, 91);
+    std::vector<int> lo(N), pos(N);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tn; t++) {
+            int st = 0;
+            for (int i = 0; i < 3; i++) if (docs[b][i] > 0 && docs[b][i] <= t) st = docs[b][i];
+            lo[b * Tn + t] = st;
+            pos[b * Tn + t] = t - st;
+        }
+    std::vector<float> q((size_t)N * QD), k((size_t)N * KD), v((size_t)N * KD);
+    for (int n = 0; n < N; n++) {
+        memcpy(&q[(size_t)n * QD], &qkv[(size_t)n * QKV], QD * 4);
+        memcpy(&k[(size_t)n * KD], &qkv[(size_t)n * QKV + QD], KD * 4);
+        memcpy(&v[(size_t)n * KD], &qkv[(size_t)n * QKV + QD + KD], KD * 4);
+    }
+    ModelConfig cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.head_dim = HD; cfg.rope_theta = 10000.0f;
+    std::vector<float> cs((size_t)Tn * HD / 2), sn(cs.size());
+    rope_init(cs.data(), sn.data(), &cfg, Tn);
+    std::vector<float> qr = q, kr = k;
+    rope_rows(qr, N, NH, HD, pos, cs, sn, 0);
+    rope_rows(kr, N, NKV, HD, pos, cs, sn, 0);
+    std::vector<float> out((size_t)N * QD), dq((size_t)N * QD, 0.0f), dk((size_t)N * KD, 0.0f), dv((size_t)N * KD, 0.0f);
+    double scale = 1.0 / sqrt((double)HD);
+    std::vector<double> p(Tn), dp(Tn);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < Tn; t++) {
+                int kh = h / G, l0 = lo[b * Tn + t];
+                const float *qt = &qr[((size_t)b * Tn + t) * QD + h * HD], *gt = &dy[((size_t)b * Tn + t) * QD + h * HD];
+                double mx = -1e300, sum = 0.0, D = 0.0;
+                for (int s2 = l0; s2 <= t; s2++) {
+                    const float *ks = &kr[((size_t)b * Tn + s2) * KD + kh * HD];
+                    double x = 0.0;
+                    for (int d = 0; d < HD; d++) x += (double)qt[d] * ks[d];
+                    p[s2] = x * scale;
+                    if (p[s2] > mx) mx = p[s2];
+                }
+                for (int s2 = l0; s2 <= t; s2++) { p[s2] = exp(p[s2] - mx); sum += p[s2]; }
+                for (int s2 = l0; s2 <= t; s2++) p[s2] /= sum;
+                for (int d = 0; d < HD; d++) {
+                    double o = 0.0;
+                    for (int s2 = l0; s2 <= t; s2++) o += p[s2] * v[((size_t)b * Tn + s2) * KD + kh * HD + d];
+                    out[((size_t)b * Tn + t) * QD + h * HD + d] = (float)o;
+                    D += o * gt[d];
+                }
+                for (int s2 = l0; s2 <= t; s2++) {
+                    const float *vs = &v[((size_t)b * Tn + s2) * KD + kh * HD];
+                    double x = 0.0;
+                    for (int d = 0; d < HD; d++) x += (double)gt[d] * vs[d];
+                    double ds = p[s2] * (x - D);
+                    float *dqt = &dq[((size_t)b * Tn + t) * QD + h * HD];
+                    float *dks = &dk[((size_t)b * Tn + s2) * KD + kh * HD], *dvs = &dv[((size_t)b * Tn + s2) * KD + kh * HD];
+                    const float *ks = &kr[((size_t)b * Tn + s2) * KD + kh * HD];
+                    for (int d = 0; d < HD; d++) {
+                        dqt[d] += (float)(ds * ks[d] * scale);
+                        dks[d] += (float)(ds * qt[d] * scale);
+                        dvs[d] += (float)(p[s2] * gt[d]);
+                    }
+                }
+            }
+    rope_rows(dq, N, NH, HD, pos, cs, sn, 1);
+    rope_rows(dk, N, NKV, HD, pos, cs, sn, 1);
+    T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size()), *dgrad = dev_nan<T>((size_t)N * QKV);
+    float *dlse = dev_nan<float>((size_t)B * NH * Tn), *ddelta = dev_nan<float>((size_t)B * NH * Tn);
+    float *dcs = to_dev<float>(cs), *dsn = to_dev<float>(sn);
+    int *dlo = (int *)dev_alloc(N * sizeof(int)), *dpos = (int *)dev_alloc(N * sizeof(int));
+    CUDA_CHECK(cudaMemcpy(dlo, lo.data(), N * sizeof(int), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dpos, pos.data(), N * sizeof(int), cudaMemcpyHostToDevice));
+    AttnArgs<T> a;
+    memset(&a, 0, sizeof(a));
+    a.q = dqkv; a.k = dqkv + QD; a.v = dqkv + QD + KD; a.ldq = a.ldk = a.ldv = QKV;
+    a.out = dout; a.ldo = QD; a.lse = dlse; a.dout = ddy; a.lddo = QD;
+    a.dq = dgrad; a.dk = dgrad + QD; a.dv = dgrad + QD + KD; a.lddq = a.lddk = a.lddv = QKV;
+    a.delta = ddelta; a.cos = dcs; a.sin = dsn; a.doc_start = dlo; a.pos = dpos;
+    a.B = B; a.Tn = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
+    int tc = gpu::attention_uses_tc<T>(HD, plain);
+    gpu::attention_forward<T>(a, plain, 0);
+    char what[128];
+    snprintf(what, sizeof(what), "attention_forward %s docs B%d T%d H%d/%d HD%d", tc ? "tc" : "plain", B, Tn, NH, NKV, HD);
+    check(what, from_dev(dout, out.size()), out, tol_a<T>() * 2, tol_r<T>());
+    gpu::attention_backward<T>(a, plain, 0);
+    auto g = from_dev(dgrad, (size_t)N * QKV);
+    std::vector<float> gq(q.size()), gk(k.size()), gv(v.size());
+    for (int n = 0; n < N; n++) {
+        memcpy(&gq[(size_t)n * QD], &g[(size_t)n * QKV], QD * 4);
+        memcpy(&gk[(size_t)n * KD], &g[(size_t)n * QKV + QD], KD * 4);
+        memcpy(&gv[(size_t)n * KD], &g[(size_t)n * QKV + QD + KD], KD * 4);
+    }
+    float ta = sizeof(T) == 4 ? 1e-4f : 4e-2f, tr = sizeof(T) == 4 ? 1e-4f : 4e-2f;
+    snprintf(what, sizeof(what), "attention_backward %s docs dq", tc ? "tc" : "plain"); check(what, gq, dq, ta, tr);
+    snprintf(what, sizeof(what), "attention_backward %s docs dk", tc ? "tc" : "plain"); check(what, gk, dk, ta, tr);
+    snprintf(what, sizeof(what), "attention_backward %s docs dv", tc ? "tc" : "plain"); check(what, gv, dv, ta, tr);
+}
+
 /* ---- whole model ---- */
 
 static ModelConfig small_config(int family) {
@@ -731,17 +851,19 @@ template <typename T> static void test_nccl_one_rank(int family) {
     ncclCommDestroy(comm);
 }
 
+/* --only NAME: the kernel tests whose group name contains NAME (e.g. attention), nothing else */
+static const char *g_only = NULL;
+static int wanted(const char *group) { return !g_only || strstr(group, g_only); }
+
 template <typename T> static void run_all(int quick) {
     g_dtype = tname<T>();
-    test_embedding<T>();
-    test_norm<T>(1);
-    test_norm<T>(0);
-    test_head_norm<T>();
-    test_matmul<T>();
-    test_activations<T>();
-    test_classifier<T>();
-    test_adamw<T>();
-    for (int plain = 1; plain >= 0; plain--) {
+    if (wanted("embedding")) test_embedding<T>();
+    if (wanted("norm")) { test_norm<T>(1); test_norm<T>(0); test_head_norm<T>(); }
+    if (wanted("matmul")) test_matmul<T>();
+    if (wanted("activations")) test_activations<T>();
+    if (wanted("classifier")) test_classifier<T>();
+    if (wanted("adamw")) test_adamw<T>();
+    for (int plain = 1; plain >= 0 && wanted("attention"); plain--) {
         if (!plain && sizeof(T) == 4) break;
         test_attention<T>(2, 70, 4, 2, 32, 1, plain);
         test_attention<T>(1, 130, 2, 2, 64, 0, plain);
@@ -749,6 +871,13 @@ template <typename T> static void run_all(int quick) {
         test_attention<T>(2, 64, 6, 3, 64, 1, plain);
         test_attention<T>(1, 96, 8, 1, 64, 1, plain);    /* 8 query heads per kv head */
         test_attention<T>(1, 65, 8, 2, 32, 1, plain);    /* 4 per kv head; one row past a tile */
+        test_attention<T>(2, 99, 4, 2, 64, 1, plain);    /* T not a multiple of any tile size */
+        test_attention<T>(1, 161, 2, 1, 128, 1, plain);
+        /* packed documents: tile 3 of batch 0 (rows 192..199) starts at 130, past key tiles 0 and 1; in batch 1,
+           query tile 2 (rows 128..) sees none of key tile 0 */
+        static const int docs[2][3] = {{0, 37, 130}, {0, 90, 0}};
+        test_attention_docs<T>(2, 200, 4, 2, 64, plain, docs);
+        test_attention_docs<T>(2, 150, 2, 1, 128, plain, docs);
     }
     if (quick) return;
     int fams[4] = {FAMILY_GPT2, FAMILY_LLAMA, FAMILY_QWEN2, FAMILY_QWEN3};
@@ -877,15 +1006,18 @@ static void test_host_bootstrap(void) {
 
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    if (argc > 2 && !strcmp(argv[1], "--only")) { g_only = argv[2]; quick = 1; }
     const char *fixed = getenv("TEST_GPU_SEED");
     g_seed = fixed ? strtoull(fixed, NULL, 10) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
     printf("seed %llu (TEST_GPU_SEED=%llu repeats these inputs)\n", (unsigned long long)g_seed, (unsigned long long)g_seed);
-    test_host_buckets();
-    test_host_zero_layout();
-    test_host_zero2_layout();
-    test_host_bootstrap();
-    test_host_stochastic_rounding();
-    test_host_bf16();
+    if (!g_only) {
+        test_host_buckets();
+        test_host_zero_layout();
+        test_host_zero2_layout();
+        test_host_bootstrap();
+        test_host_stochastic_rounding();
+        test_host_bf16();
+    }
     if (gpu_count() == 0) {   /* only a machine without a GPU skips; any other CUDA failure stops the test */
         printf("no GPU: the device tests skipped\n");
         printf("%d passed, %d failed\n", g_pass, g_fail);
@@ -896,9 +1028,7 @@ int main(int argc, char **argv) {
     printf("device %s\n", p.name);
     gpu_setup();
     omp_set_num_threads(omp_get_num_procs() < 8 ? omp_get_num_procs() : 8);
-    test_rng();
-    test_sumsq();
-    test_sr_device();
+    if (!g_only) { test_rng(); test_sumsq(); test_sr_device(); }
     run_all<float>(quick);
     run_all<bf16>(quick);
     if (!quick) {   /* last: a cuBLASLt without these epilogues stops the program (as the trainer would) */

@@ -92,6 +92,14 @@ static inline void emu_ldmatrix_x4_trans(uint32_t r[4], const void *row) {
     emu_warp_op(EMU_LDMATRIX_X4_TRANS, 0xffffffffu, (uint64_t)(uintptr_t)&x, 0, 32);
 }
 
+/* cp.async.cg.shared.global (16 bytes), commit_group, wait_group N, wait_all: the bytes land in shared memory at
+   the issuing thread's wait, not before (emu_runtime.cpp) */
+void emu_cp_async_16(void *dst, const void *src);
+void emu_cp_async_commit(void);
+void emu_cp_async_wait_group(int n);
+static inline void emu_cp_async_wait_1(void) { emu_cp_async_wait_group(1); }
+static inline void emu_cp_async_wait_all(void) { emu_cp_async_commit(); emu_cp_async_wait_group(0); }
+
 float emu_atomic_add_f32(float *p, float v);
 double emu_atomic_add_f64(double *p, double v);
 int emu_atomic_add_i32(int *p, int v);

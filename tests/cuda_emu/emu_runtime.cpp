@@ -227,12 +227,15 @@ static void check_global(uintptr_t a, size_t n, int write, int from_kernel) {
 /* fibers: one per CUDA thread of the running block */
 
 enum { F_RUN, F_BAR, F_WARP, F_DONE };
+struct EmuCopy { char *dst; const char *src; int group; };   /* a cp.async in flight */
 struct EmuFiber {
     void *sp;
     char *stack;
     uint3 tid;
     int linear, warp, lane, state;
     uint64_t result;
+    std::vector<EmuCopy> copies;             /* this thread's cp.asyncs not yet delivered */
+    int groups;                              /* its cp.async.commit_groups so far (the open group's number) */
 };
 
 struct WarpGroup { int op, width; unsigned mask, arrived; uint64_t val[32]; int arg[32]; };
@@ -295,6 +298,8 @@ static void fiber_start(EmuFiber *f) {
     sp[7] = 0;
     f->sp = sp;
     f->state = F_RUN;
+    f->copies.clear();
+    f->groups = 0;
 }
 
 static const char *op_name(int op) {
@@ -504,6 +509,7 @@ static void ldmatrix_x4(WarpGroup &G, int trans) {
 struct SmemWord {
     uint32_t gen, w_bar, w_wc, r_bar, r_warps, r_lanes, r_wc;
     int32_t w_tid;
+    int32_t pend;                            /* 1 + the thread whose cp.async to this word is in flight, or 0 */
 };
 static std::vector<SmemWord> g_smem;
 static uint32_t g_gen = 0;
@@ -516,6 +522,9 @@ static void shared_block_start(void) {
     memset(g_dyn, 0xff, g_dyn_bytes);
 }
 
+/* write: 0 a load, 1 a store, SM_ISSUE a cp.async issued to [a, a + n) (checked as a store, then the words are
+   in flight: any access before the issuing thread's wait delivers them is reported), SM_DELIVER its delivery */
+enum { SM_ISSUE = 2, SM_DELIVER = 3 };
 static void check_smem(uintptr_t a, size_t n, int write) {
     size_t first, last, nstatic = (size_t)(__stop_emu_smem - __start_emu_smem) / 2 + 1;
     if (!g_cur) {
@@ -539,8 +548,12 @@ static void check_smem(uintptr_t a, size_t n, int write) {
         SmemWord &s = g_smem[k];
         if (s.gen != g_gen) {
             if (!write) emu_fail("%zu-byte shared-memory load at %p reads what no thread of this block has written (a missing barrier?)", n, (void *)a);
-            s.gen = g_gen; s.w_tid = -1; s.r_bar = ~0u; s.r_warps = 0; s.r_lanes = 0; s.r_wc = 0;
+            s.gen = g_gen; s.w_tid = -1; s.r_bar = ~0u; s.r_warps = 0; s.r_lanes = 0; s.r_wc = 0; s.pend = 0;
         }
+        if (s.pend && !(write == SM_DELIVER && s.pend == t + 1))
+            emu_fail("%zu-byte shared-memory %s at %p: a cp.async of thread %d to this word is still in flight (no "
+                     "cp.async.wait_group of that thread has completed it)", n, write ? "store" : "load", (void *)a, s.pend - 1);
+        if (write == SM_DELIVER) s.pend = 0;
         int u = s.w_tid;
         if (u >= 0 && u != t && s.w_bar == g_bar && !(u / 32 == w && W.common[u % 32][l] > s.w_wc))
             emu_fail("shared-memory race at %p: thread %d %s a word that thread %d wrote with no barrier between",
@@ -554,6 +567,7 @@ static void check_smem(uintptr_t a, size_t n, int write) {
                         emu_fail("shared-memory race at %p: thread %d writes a word that lane %d of its warp read with no __syncwarp between", (void *)a, t, j);
             }
             s.w_tid = t; s.w_bar = g_bar; s.w_wc = W.counter;
+            if (write == SM_ISSUE) s.pend = t + 1;
         } else {
             if (s.r_bar != g_bar) { s.r_bar = g_bar; s.r_warps = 0; s.r_lanes = 0; s.r_wc = 0; }
             s.r_warps |= 1u << (w & 31);
@@ -564,6 +578,44 @@ static void check_smem(uintptr_t a, size_t n, int write) {
 }
 
 void *emu_dynamic_smem(void) { return g_dyn; }
+static int in_static_smem(uintptr_t a);
+
+/* cp.async.cg.shared.global [dst], [src], 16; cp.async.commit_group; cp.async.wait_group N; cp.async.wait_all
+   (PTX ISA, "Data Movement and Conversion Instructions: cp.async"). A cp.async joins the thread's open group;
+   commit_group closes it; wait_group N returns when at most the N most recent committed groups are pending, and
+   wait_all = commit_group + wait_group 0. The copy is checked when issued (the 16 global bytes readable, both
+   addresses 16-byte aligned, the destination writable as a store would be) but its bytes reach shared memory only
+   when a wait of the issuing thread completes its group; until then the destination is stale, and any access to
+   it, by any thread, is reported. Other threads see the delivered bytes after the next __syncthreads (a delivery
+   is a store of the issuing thread at the time of its wait). */
+void emu_cp_async_16(void *dst, const void *src) {
+    if (!g_cur) emu_fail("cp.async outside a kernel");
+    uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+    int dst_shared = (d >= (uintptr_t)g_dyn && d < (uintptr_t)g_dev) || in_static_smem(d);
+    if (!dst_shared) emu_fail("cp.async.shared.global: destination %p is not shared memory", dst);
+    if (!(s >= (uintptr_t)g_dev && s < (uintptr_t)g_base + g_span)) emu_fail("cp.async.shared.global: source %p is not global memory", src);
+    if (d % 16 || s % 16) emu_fail("cp.async of 16 bytes: misaligned address (shared %p, global %p)", dst, src);
+    check_global(s, 16, 0, 1);
+    check_smem(d, 16, SM_ISSUE);
+    g_cur->copies.push_back(EmuCopy{(char *)dst, (const char *)src, g_cur->groups});
+}
+void emu_cp_async_commit(void) {
+    if (!g_cur) emu_fail("cp.async.commit_group outside a kernel");
+    g_cur->groups++;
+}
+void emu_cp_async_wait_group(int n) {
+    if (!g_cur) emu_fail("cp.async.wait_group outside a kernel");
+    if (n < 0) emu_fail("cp.async.wait_group %d", n);
+    std::vector<EmuCopy> &c = g_cur->copies;
+    size_t kept = 0;
+    for (size_t i = 0; i < c.size(); i++) {
+        if (c[i].group < g_cur->groups - n) {
+            check_smem((uintptr_t)c[i].dst, 16, SM_DELIVER);
+            memcpy(c[i].dst, c[i].src, 16);
+        } else c[kept++] = c[i];
+    }
+    c.resize(kept);
+}
 
 /* ------------------------------------------------------------------------------------------------ */
 /* the access hooks and emu_access */

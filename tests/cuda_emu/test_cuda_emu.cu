@@ -7,7 +7,9 @@
    3. mutations, each in a child process that must be stopped with a report naming the fault: a missing
       __syncthreads, an out-of-bounds write, a read of never-written memory, a missing event wait between
       streams, dynamic shared memory over the limit, a barrier some threads never reach, a misaligned vector
-      load, host code dereferencing device memory. The same programs without the fault must pass.
+      load, host code dereferencing device memory, a cp.async destination read before its wait, a cp.async
+      read by another thread with no barrier after the wait. The same programs without the fault must pass (the
+      cp.async pipeline also with the right sums).
 */
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -43,6 +45,20 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *row) {
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
+}
+
+/* cp.async.cg (16 bytes, global -> shared, L2 only), its groups, and the waits: at most 1 group pending, none */
+__device__ __forceinline__ void cp_async_16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_1() {
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 
 __device__ uint32_t pair(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
@@ -232,6 +248,28 @@ __global__ void vec_kernel(float *out, const float *in, int offset) {
     out[threadIdx.x] = v.x + v.y + v.z + v.w;
 }
 
+/* a double-buffered cp.async pipeline: 64 threads copy tile j + 1 (256 floats, 16 bytes each) while they read
+   tile j, each thread a word another thread copied. fault 1: no wait before the read; fault 2: no __syncthreads
+   between the wait and the read. out[t] = sum over tiles of in[j][(4t + 5) % 256]. */
+__global__ void pipeline_kernel(float *out, const float *in, int ntiles, int fault) {
+    __shared__ __align__(16) float buf[2][256];
+    int t = threadIdx.x;
+    float acc = 0.0f;
+    cp_async_16(&buf[0][4 * t], in + 4 * t);
+    cp_async_commit();
+    for (int j = 0; j < ntiles; j++) {
+        if (j + 1 < ntiles) {
+            cp_async_16(&buf[(j + 1) % 2][4 * t], in + (j + 1) * 256 + 4 * t);
+            cp_async_commit();
+            if (fault != 1) cp_async_wait_1();     /* tile j has landed; tile j + 1 may still be in flight */
+        } else if (fault != 1) cp_async_wait_all();
+        if (fault != 2) __syncthreads();
+        acc += buf[j % 2][(4 * t + 5) % 256];
+        __syncthreads();                           /* everyone is done with buf[j % 2] before it is refilled */
+    }
+    out[t] = acc;
+}
+
 static void mutation(int fault, int which) {
     float *a, *b, h[256];
     CHECK(cudaMalloc(&a, 256 * 4)); CHECK(cudaMalloc(&b, 256 * 4));
@@ -282,6 +320,21 @@ static void mutation(int fault, int which) {
         CHECK(cudaDeviceSynchronize());
         if (fault) printf("%g\n", b[3]);
         break;
+    case 8:     /* a read of a cp.async's destination before the wait */
+    case 9: {   /* the wait, but no __syncthreads before reading another thread's copy */
+        float *in, hin[3 * 256], hout[64];
+        CHECK(cudaMalloc(&in, sizeof(hin)));
+        for (int i = 0; i < 3 * 256; i++) hin[i] = (float)(i % 97) - 40.0f;
+        CHECK(cudaMemcpy(in, hin, sizeof(hin), cudaMemcpyHostToDevice));
+        pipeline_kernel<<<1, 64>>>(a, in, 3, fault ? which - 7 : 0);
+        CHECK(cudaMemcpy(hout, a, sizeof(hout), cudaMemcpyDeviceToHost));
+        for (int t = 0; t < 64; t++) {
+            float want = 0.0f;
+            for (int j = 0; j < 3; j++) want += hin[j * 256 + (4 * t + 5) % 256];
+            if (hout[t] != want) { fprintf(stderr, "pipeline: out[%d] = %g, want %g\n", t, hout[t], want); _exit(4); }
+        }
+        break;
+    }
     }
     CHECK(cudaDeviceSynchronize());
 }
@@ -296,6 +349,8 @@ static void test_mutations(void) {
         {"a barrier some threads never reach", "never reach", 99},
         {"a misaligned float4 load", "misaligned load", 99},
         {"host code reading device memory", "host code reads device memory", 99},
+        {"a read of a cp.async's destination before its wait", "still in flight", 99},
+        {"a read of another thread's cp.async with no __syncthreads after the wait", "shared-memory", 99},
     };
     for (int m = 0; m < (int)(sizeof(M) / sizeof(M[0])); m++)
         for (int fault = 0; fault < 2; fault++) {
