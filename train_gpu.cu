@@ -185,16 +185,17 @@ static void dev_free(void *p, size_t bytes) {
 /* ================================================================================================ */
 /* layers: kernels that mirror llmtrain.h. Shapes as in the header: N rows (B*T), C channels, ... */
 
-/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:] */
+/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b*T+t] (or t when pos is NULL) */
 template <typename T>
-__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte, const T *wpe, int N, int Tn, int C) {
+__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte, const T *wpe, const int *pos, int N,
+                                         int Tn, int C) {
     constexpr int VW = Pack<T>::N;
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
     if (i >= (size_t)N * C) return;
     int n = (int)(i / C), c = (int)(i % C);
     Pack<T> e = ld_pack(wte + (size_t)tokens[n] * C + c);
     if (wpe) {
-        Pack<T> p = ld_pack(wpe + (size_t)(n % Tn) * C + c);
+        Pack<T> p = ld_pack(wpe + (size_t)(pos ? pos[n] : n % Tn) * C + c);
         #pragma unroll
         for (int k = 0; k < VW; k++) e.v[k] = from_f<T>(to_f(e.v[k]) + to_f(p.v[k]));
     }
@@ -203,7 +204,8 @@ __global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte
 
 /* embedding backward, deterministic and without atomics: the host sorts the positions by token
    (counting sort, stable), so block u owns the distinct token uniq[u] and adds the rows pos[offs[u]..offs[u+1])
-   in increasing position order (the CPU's order): dwte[tok,c] += sum dout[n,c] */
+   in increasing position order (the CPU's order): dwte[tok,c] += sum dout[n,c]. With positions per row
+   (--reset-position-ids) the same kernel makes dwpe from the rows sorted by position instead of by token. */
 __global__ void embedding_backward_wte_kernel(float *dwte, const float *dout, const int *uniq, const int *offs,
                                               const int *pos, int C) {
     int u = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
@@ -1436,23 +1438,33 @@ namespace gpu {
 
 static int g_num_sms = 132;
 
+/* pos [B*T]: the learned position of each row (NULL: t) */
 template <typename T>
-void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, int B, int Tn, int C, cudaStream_t s) {
+void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, int B, int Tn, int C, cudaStream_t s,
+                       const int *pos = NULL) {
     size_t packs = (size_t)B * Tn * C / Pack<T>::N;
-    embedding_forward_kernel<T><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, B * Tn, Tn, C);
+    embedding_forward_kernel<T><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, pos, B * Tn, Tn, C);
     KERNEL_CHECK();
 }
 
 /* buckets of the positions of each distinct token (device arrays filled from the host's counting sort) */
 struct EmbBuckets { int *uniq, *offs, *pos; int nuniq; };
 
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s) {
+/* pbk (NULL: row b*T+t has position t): the rows bucketed by their position, for dwpe */
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s,
+                        const EmbBuckets *pbk = NULL) {
     if (bk.nuniq > 0) {
         dim3 grid(bk.nuniq, ceil_div(C, 256));
         embedding_backward_wte_kernel<<<grid, 256, 0, s>>>(dwte, dout, bk.uniq, bk.offs, bk.pos, C);
         KERNEL_CHECK();
     }
-    if (dwpe) {
+    if (dwpe && pbk) {
+        if (pbk->nuniq > 0) {
+            dim3 grid(pbk->nuniq, ceil_div(C, 256));
+            embedding_backward_wte_kernel<<<grid, 256, 0, s>>>(dwpe, dout, pbk->uniq, pbk->offs, pbk->pos, C);
+            KERNEL_CHECK();
+        }
+    } else if (dwpe) {
         embedding_backward_wpe_kernel<<<ceil_div((size_t)Tn * C, 256), 256, 0, s>>>(dwpe, dout, B, Tn, C);
         KERNEL_CHECK();
     }
@@ -1731,6 +1743,11 @@ struct GModel {
     int *inputs, *targets;
     gpu::EmbBuckets bk;
     int *h_in, *h_tg, *h_uniq, *h_offs, *h_pos, *h_count;
+    /* packed documents (host->reset_attention / reset_positions): document_starts of the batch, and for
+       GPT-2's dwpe the rows bucketed by position (pbk); NULL when both are off */
+    int *doc_start, *tok_pos;
+    gpu::EmbBuckets pbk;
+    int *h_doc, *h_tpos, *h_puniq, *h_poffs, *h_prows;
     cudaEvent_t upload_done;
     int cur_B, cur_T, num_valid, has_targets;
     int logits_r0;               /* first row of the chunk of logits in g.logits */
@@ -1916,7 +1933,23 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     CUDA_CHECK(cudaMallocHost(&g.h_uniq, N * sizeof(int)));
     CUDA_CHECK(cudaMallocHost(&g.h_offs, (N + 1) * sizeof(int)));
     CUDA_CHECK(cudaMallocHost(&g.h_pos, N * sizeof(int)));
-    g.h_count = (int *)calloc(g.V, sizeof(int));
+    g.h_count = (int *)calloc(g.V > Tn ? g.V : Tn, sizeof(int));   /* counts tokens, or positions (pbk) */
+    g.doc_start = g.tok_pos = g.h_doc = g.h_tpos = g.h_puniq = g.h_poffs = g.h_prows = NULL;
+    memset(&g.pbk, 0, sizeof(g.pbk));
+    if (host->reset_attention || host->reset_positions) {
+        g.doc_start = GM_ALLOC(g, int, N);
+        g.tok_pos = GM_ALLOC(g, int, N);
+        CUDA_CHECK(cudaMallocHost(&g.h_doc, N * sizeof(int)));
+        CUDA_CHECK(cudaMallocHost(&g.h_tpos, N * sizeof(int)));
+        if (host->reset_positions && g.gpt2) {
+            g.pbk.uniq = GM_ALLOC(g, int, Tn);
+            g.pbk.offs = GM_ALLOC(g, int, Tn + 1);
+            g.pbk.pos = GM_ALLOC(g, int, N);
+            CUDA_CHECK(cudaMallocHost(&g.h_puniq, Tn * sizeof(int)));
+            CUDA_CHECK(cudaMallocHost(&g.h_poffs, (Tn + 1) * sizeof(int)));
+            CUDA_CHECK(cudaMallocHost(&g.h_prows, N * sizeof(int)));
+        }
+    }
     CUDA_CHECK(cudaEventCreateWithFlags(&g.upload_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
     g.red = GM_ALLOC(g, double, 4);
@@ -1948,6 +1981,7 @@ void gmodel_free(GModel<T> &g) {
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     for (int i = 0; i < g.nallocs; i++) dev_free(g.allocs[i], g.alloc_sizes[i]);
     cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); cudaFreeHost(g.h_uniq); cudaFreeHost(g.h_offs); cudaFreeHost(g.h_pos);
+    cudaFreeHost(g.h_doc); cudaFreeHost(g.h_tpos); cudaFreeHost(g.h_puniq); cudaFreeHost(g.h_poffs); cudaFreeHost(g.h_prows);
     free(g.h_count);
     cudaEventDestroy(g.upload_done);
     if (g.overlap) {
@@ -2061,7 +2095,9 @@ static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, in
 template <typename P> static inline P *lay(P *base, int l, size_t per) { return base ? base + (size_t)l * per : NULL; }
 
 /* Uploads a batch. With targets, also the embedding-backward buckets: a stable counting sort of the positions
-   by token id. The pinned buffers are reused only after the previous upload has run. */
+   by token id. With packed documents (--reset-attention-mask, --reset-position-ids) also each row's document
+   start and position (document_starts, EOD = the config's eos_token_id), and for GPT-2's learned positions the
+   rows sorted by position. The pinned buffers are reused only after the previous upload has run. */
 template <typename T>
 static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targets, int B, int Tn) {
     if (B > g.Bmax || Tn > g.Tmax) die("batch %d x %d exceeds the allocated %d x %d", B, Tn, g.Bmax, g.Tmax);
@@ -2084,6 +2120,18 @@ static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targ
         CUDA_CHECK(cudaMemcpyAsync(g.bk.offs, g.h_offs, (nu + 1) * sizeof(int), cudaMemcpyHostToDevice, s));
         CUDA_CHECK(cudaMemcpyAsync(g.bk.pos, g.h_pos, N * sizeof(int), cudaMemcpyHostToDevice, s));
     }
+    if (g.doc_start) {
+        document_starts(g.h_doc, g.h_tpos, inputs, B, Tn, g.host->eod);
+        CUDA_CHECK(cudaMemcpyAsync(g.doc_start, g.h_doc, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(g.tok_pos, g.h_tpos, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        if (targets && g.pbk.pos) {
+            int nu = emb_buckets_build(g.h_tpos, N, g.h_count, g.h_puniq, g.h_poffs, g.h_prows);
+            g.pbk.nuniq = nu;
+            CUDA_CHECK(cudaMemcpyAsync(g.pbk.uniq, g.h_puniq, nu * sizeof(int), cudaMemcpyHostToDevice, s));
+            CUDA_CHECK(cudaMemcpyAsync(g.pbk.offs, g.h_poffs, (nu + 1) * sizeof(int), cudaMemcpyHostToDevice, s));
+            CUDA_CHECK(cudaMemcpyAsync(g.pbk.pos, g.h_prows, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        }
+    }
     CUDA_CHECK(cudaEventRecord(g.upload_done, s));
     g.cur_B = B; g.cur_T = Tn;
 }
@@ -2105,6 +2153,8 @@ template <typename T> static AttnArgs<T> attn_args(GModel<T> &g, int l) {
     else { a.dq = g.dqkv; a.lddq = g.QKV; a.dk = g.dqkv + g.QD; a.lddk = g.QKV; }
     a.dv = g.dqkv + g.QD + g.KD; a.lddv = g.QKV;
     a.delta = g.delta;
+    a.doc_start = g.host->reset_attention ? g.doc_start : NULL;   /* the batch's, as model_forward's */
+    a.pos = g.host->reset_positions && !g.gpt2 ? g.tok_pos : NULL;   /* RoPE; GPT-2 adds wpe[pos] instead */
     return a;
 }
 
@@ -2119,7 +2169,8 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
     int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
     size_t NC = (size_t)N * C;
     int ln = !g.gpt2 ? 0 : 1;
-    gpu::embedding_forward<T>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, Tn, C, s);
+    gpu::embedding_forward<T>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, Tn, C, s,
+                              g.host->reset_positions ? g.tok_pos : NULL);
     gpu::norm_forward<T>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
                          N, C, c->norm_eps, ln, s);
     for (int l = 0; l < g.L; l++) {
@@ -2298,7 +2349,7 @@ void gmodel_backward(GModel<T> &g, int last = 0) {
                               g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
         if (reduce_layers) gmodel_reduce_layer(g, l);
     }
-    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s);
+    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s, g.pbk.pos ? &g.pbk : NULL);
     if (reduce_rest) gmodel_reduce_layer(g, g.L);
 }
 
@@ -2902,8 +2953,6 @@ int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
-    if (a.reset_attention_mask || a.reset_position_ids)
-        die("%s: train_gpu does not support it yet; train with ./train", a.reset_attention_mask ? "--reset-attention-mask" : "--reset-position-ids");
     refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,
