@@ -185,16 +185,17 @@ static void dev_free(void *p, size_t bytes) {
 /* ================================================================================================ */
 /* layers: kernels that mirror llmtrain.h. Shapes as in the header: N rows (B*T), C channels, ... */
 
-/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:] */
+/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b*T+t] (or t when pos is NULL) */
 template <typename T>
-__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte, const T *wpe, int N, int Tn, int C) {
+__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte, const T *wpe, const int *pos, int N,
+                                         int Tn, int C) {
     constexpr int VW = Pack<T>::N;
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
     if (i >= (size_t)N * C) return;
     int n = (int)(i / C), c = (int)(i % C);
     Pack<T> e = ld_pack(wte + (size_t)tokens[n] * C + c);
     if (wpe) {
-        Pack<T> p = ld_pack(wpe + (size_t)(n % Tn) * C + c);
+        Pack<T> p = ld_pack(wpe + (size_t)(pos ? pos[n] : n % Tn) * C + c);
         #pragma unroll
         for (int k = 0; k < VW; k++) e.v[k] = from_f<T>(to_f(e.v[k]) + to_f(p.v[k]));
     }
@@ -207,7 +208,8 @@ __global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte
      pass 1, block (chunk c, 256 columns): acc = sum of dout[pos[j], :] over the chunk's positions, in order; a
              token of one chunk adds acc to its dwte row, a longer run's chunk stores it in its partial slot;
      pass 2, block (long token u, 256 columns): dwte[tok, :] += its partials summed in chunk order.
-   No two blocks write one row, and every sum has a fixed order: the same bits on every run. */
+   No two blocks write one row, and every sum has a fixed order: the same bits on every run. With
+   --reset-position-ids the same two passes make dwpe from the rows bucketed by position instead of by token. */
 #define EMB_CHUNK 32
 __global__ void embedding_backward_chunks_kernel(float *dwte, float *part, const float *dout, const int *pos,
                                                  const int *cbeg, const int *cdst, int C) {
@@ -1540,10 +1542,12 @@ namespace gpu {
 
 static int g_num_sms = 132;
 
+/* pos [B*T]: the learned position of each row (NULL: t) */
 template <typename T>
-void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, int B, int Tn, int C, cudaStream_t s) {
+void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, int B, int Tn, int C, cudaStream_t s,
+                       const int *pos = NULL) {
     size_t packs = (size_t)B * Tn * C / Pack<T>::N;
-    embedding_forward_kernel<T><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, B * Tn, Tn, C);
+    embedding_forward_kernel<T><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, pos, B * Tn, Tn, C);
     KERNEL_CHECK();
 }
 
@@ -1554,17 +1558,27 @@ void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, in
    scratch, emb_plan_partials(N) rows of C. */
 struct EmbBuckets { int *pos, *cbeg, *cdst, *ltok, *lfirst; int nchunks, nlong; float *part; };
 
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s) {
+/* dw[row] += the dout rows of each bucket of the plan, in order (the two passes of the chunked kernels) */
+static void embedding_backward_rows(float *dw, const float *dout, const EmbBuckets &bk, int C, cudaStream_t s) {
     if (bk.nchunks > 0) {
-        embedding_backward_chunks_kernel<<<dim3(bk.nchunks, ceil_div(C, 256)), 256, 0, s>>>(dwte, bk.part, dout, bk.pos,
+        embedding_backward_chunks_kernel<<<dim3(bk.nchunks, ceil_div(C, 256)), 256, 0, s>>>(dw, bk.part, dout, bk.pos,
                                                                                           bk.cbeg, bk.cdst, C);
         KERNEL_CHECK();
     }
     if (bk.nlong > 0) {
-        embedding_backward_partials_kernel<<<dim3(bk.nlong, ceil_div(C, 256)), 256, 0, s>>>(dwte, bk.part, bk.ltok, bk.lfirst, C);
+        embedding_backward_partials_kernel<<<dim3(bk.nlong, ceil_div(C, 256)), 256, 0, s>>>(dw, bk.part, bk.ltok, bk.lfirst, C);
         KERNEL_CHECK();
     }
-    if (dwpe) {
+}
+
+/* dwte from bk (the rows bucketed by token); dwpe from pbk (the rows bucketed by their position, with
+   --reset-position-ids), or, pbk NULL, row b*T+t at position t */
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s,
+                        const EmbBuckets *pbk = NULL) {
+    embedding_backward_rows(dwte, dout, bk, C, s);
+    if (dwpe && pbk) {
+        embedding_backward_rows(dwpe, dout, *pbk, C, s);
+    } else if (dwpe) {
         embedding_backward_wpe_kernel<<<ceil_div((size_t)Tn * C, 256), 256, 0, s>>>(dwpe, dout, B, Tn, C);
         KERNEL_CHECK();
     }
@@ -1859,6 +1873,11 @@ struct GModel {
     int *inputs, *targets;
     gpu::EmbBuckets bk;
     int *h_in, *h_tg, *h_uniq, *h_offs, *h_plan, *h_count, *d_plan;
+    /* packed documents (host->reset_attention / reset_positions): document_starts of the batch, and for
+       GPT-2's dwpe the rows' plan by position (pbk, like bk by token); NULL when both are off */
+    int *doc_start, *tok_pos;
+    gpu::EmbBuckets pbk;
+    int *h_doc, *h_tpos, *h_pplan, *d_pplan;
     cudaEvent_t upload_done;
     int cur_B, cur_T, num_valid, has_targets;
     int logits_r0;               /* first row of the chunk of logits in g.logits */
@@ -2096,7 +2115,20 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.h_uniq = (int *)malloc(N * sizeof(int));
     g.h_offs = (int *)malloc((N + 1) * sizeof(int));
     CUDA_CHECK(cudaMallocHost(&g.h_plan, emb_plan_ints(N) * sizeof(int)));
-    g.h_count = (int *)calloc(g.V, sizeof(int));
+    g.h_count = (int *)calloc(g.V > Tn ? g.V : Tn, sizeof(int));   /* counts tokens, or positions (pbk) */
+    g.doc_start = g.tok_pos = g.h_doc = g.h_tpos = g.h_pplan = g.d_pplan = NULL;
+    memset(&g.pbk, 0, sizeof(g.pbk));
+    if (host->reset_attention || host->reset_positions) {
+        g.doc_start = GM_ALLOC(g, int, N);
+        g.tok_pos = GM_ALLOC(g, int, N);
+        CUDA_CHECK(cudaMallocHost(&g.h_doc, N * sizeof(int)));
+        CUDA_CHECK(cudaMallocHost(&g.h_tpos, N * sizeof(int)));
+        if (host->reset_positions && g.gpt2) {
+            g.d_pplan = GM_ALLOC(g, int, emb_plan_ints(N));
+            g.pbk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
+            CUDA_CHECK(cudaMallocHost(&g.h_pplan, emb_plan_ints(N) * sizeof(int)));
+        }
+    }
     CUDA_CHECK(cudaEventCreateWithFlags(&g.upload_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
     g.red = GM_ALLOC(g, double, 4);
@@ -2136,6 +2168,7 @@ void gmodel_free(GModel<T> &g) {
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     for (int i = 0; i < g.nallocs; i++) dev_free(g.allocs[i], g.alloc_sizes[i]);
     cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); free(g.h_uniq); free(g.h_offs); cudaFreeHost(g.h_plan);
+    cudaFreeHost(g.h_doc); cudaFreeHost(g.h_tpos); cudaFreeHost(g.h_pplan);
     free(g.h_count);
     cudaEventDestroy(g.upload_done);
     cudaFreeHost(g.h_step_out);
@@ -2275,7 +2308,9 @@ void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
 template <typename P> static inline P *lay(P *base, int l, size_t per) { return base ? base + (size_t)l * per : NULL; }
 
 /* Uploads a batch. With targets, also the embedding-backward buckets: a stable counting sort of the positions
-   by token id. The pinned buffers are reused only after the previous upload has run. */
+   by token id. With packed documents (--reset-attention-mask, --reset-position-ids) also each row's document
+   start and position (document_starts, EOD = the config's eos_token_id), and for GPT-2's learned positions the
+   rows sorted by position. The pinned buffers are reused only after the previous upload has run. */
 template <typename T>
 static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targets, int B, int Tn) {
     if (B > g.Bmax || Tn > g.Tmax) die("batch %d x %d exceeds the allocated %d x %d", B, Tn, g.Bmax, g.Tmax);
@@ -2294,6 +2329,15 @@ static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targ
         CUDA_CHECK(cudaMemcpyAsync(g.targets, g.h_tg, N * sizeof(int), cudaMemcpyHostToDevice, s));
         emb_plan_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_plan, g.d_plan, &g.bk);
         CUDA_CHECK(cudaMemcpyAsync(g.d_plan, g.h_plan, emb_plan_ints(N) * sizeof(int), cudaMemcpyHostToDevice, s));
+    }
+    if (g.doc_start) {
+        document_starts(g.h_doc, g.h_tpos, inputs, B, Tn, g.host->eod);
+        CUDA_CHECK(cudaMemcpyAsync(g.doc_start, g.h_doc, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaMemcpyAsync(g.tok_pos, g.h_tpos, N * sizeof(int), cudaMemcpyHostToDevice, s));
+        if (targets && g.d_pplan) {   /* the rows bucketed by position, as bk buckets them by token */
+            emb_plan_build(g.h_tpos, N, g.h_count, g.h_uniq, g.h_offs, g.h_pplan, g.d_pplan, &g.pbk);
+            CUDA_CHECK(cudaMemcpyAsync(g.d_pplan, g.h_pplan, emb_plan_ints(N) * sizeof(int), cudaMemcpyHostToDevice, s));
+        }
     }
     CUDA_CHECK(cudaEventRecord(g.upload_done, s));
     g.cur_B = B; g.cur_T = Tn;
@@ -2316,6 +2360,8 @@ template <typename T> static AttnArgs<T> attn_args(GModel<T> &g, int l) {
     else { a.dq = g.dqkv; a.lddq = g.QKV; a.dk = g.dqkv + g.QD; a.lddk = g.QKV; }
     a.dv = g.dqkv + g.QD + g.KD; a.lddv = g.QKV;
     a.delta = g.delta;
+    a.doc_start = g.host->reset_attention ? g.doc_start : NULL;   /* the batch's, as model_forward's */
+    a.pos = g.host->reset_positions && !g.gpt2 ? g.tok_pos : NULL;   /* RoPE; GPT-2 adds wpe[pos] instead */
     return a;
 }
 
@@ -2330,7 +2376,8 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
     int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
     size_t NC = (size_t)N * C;
     int ln = !g.gpt2 ? 0 : 1;
-    gpu::embedding_forward<T>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, Tn, C, s);
+    gpu::embedding_forward<T>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, Tn, C, s,
+                              g.host->reset_positions ? g.tok_pos : NULL);
     gpu::norm_forward<T>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
                          N, C, c->norm_eps, ln, s);
     for (int l = 0; l < g.L; l++) {
@@ -2509,7 +2556,7 @@ void gmodel_backward(GModel<T> &g, int last = 0) {
                               g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
         if (reduce_layers) gmodel_reduce_layer(g, l);
     }
-    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s);
+    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s, g.d_pplan ? &g.pbk : NULL);
     if (reduce_rest) gmodel_reduce_layer(g, g.L);
 }
 
@@ -3184,8 +3231,6 @@ int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
-    if (a.reset_attention_mask || a.reset_position_ids)
-        die("%s: train_gpu does not support it yet; train with ./train", a.reset_attention_mask ? "--reset-attention-mask" : "--reset-position-ids");
     refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,

@@ -305,6 +305,27 @@ template <typename T> static void test_embedding(void) {
     gpu::embedding_backward(dgwte, dgwpe, ddout, bk, B, Tn, C, 0);
     check("embedding_backward dwte", from_dev(dgwte, gwte.size()), rwte, 1e-5f, 1e-5f);
     check("embedding_backward dwpe", from_dev(dgwpe, gwpe.size()), rwpe, 1e-5f, 1e-5f);
+
+    /* packed documents: positions restart after each EOD (token 14 here), as --reset-position-ids makes them;
+       dwpe from the rows bucketed by position */
+    std::vector<int> tpos(N);
+    document_starts(NULL, tpos.data(), tok.data(), B, Tn, 14);
+    int resets = 0;
+    for (int i = 0; i < N; i++) resets += tpos[i] != i % Tn;
+    if (!resets) { printf("FAIL      embedding with positions: no EOD in the test tokens\n"); g_fail++; }
+    embedding_forward(ref.data(), tok.data(), wte.data(), wpe.data(), B, Tn, C, tpos.data());
+    int *dtpos = (int *)dev_alloc(N * 4);
+    CUDA_CHECK(cudaMemcpy(dtpos, tpos.data(), N * 4, cudaMemcpyHostToDevice));
+    gpu::embedding_forward<T>(out, dtok, dwte, dwpe, B, Tn, C, 0, dtpos);
+    check("embedding_forward with positions", from_dev(out, (size_t)N * C), ref, tol_a<T>(), tol_r<T>());
+    rwte = gwte; rwpe = gwpe;
+    embedding_backward(rwte.data(), rwpe.data(), dout.data(), tok.data(), B, Tn, C, V, tpos.data());
+    gpu::EmbBuckets pbk = upload_emb_plan(tpos.data(), N, Tn, C);
+    CUDA_CHECK(cudaMemcpy(dgwte, gwte.data(), gwte.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(dgwpe, gwpe.data(), gwpe.size() * 4, cudaMemcpyHostToDevice));
+    gpu::embedding_backward(dgwte, dgwpe, ddout, bk, B, Tn, C, 0, &pbk);
+    check("embedding_backward dwte with positions", from_dev(dgwte, gwte.size()), rwte, 1e-5f, 1e-5f);
+    check("embedding_backward dwpe with positions", from_dev(dgwpe, gwpe.size()), rwpe, 1e-5f, 1e-5f);
 }
 
 /* residual + layernorm / rmsnorm, forward and backward */

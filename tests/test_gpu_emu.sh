@@ -4,7 +4,8 @@
 #  2. train_gpu with 2 and 4 emulated ranks (the NCCL emulation across processes) gives the losses and grad
 #     norms of `train -n 2` / `-n 4` on the same batches: tiny-llama and tiny-gpt2, ZeRO-1 with --overlap 0
 #     and 1, ZeRO-2; fp32 within fp32 sum-order tolerance (2e-5 relative on the loss, 1e-3 on the norm), bf16
-#     within 2e-2 relative on the loss and 5e-2 on the norm (bf16 activations; the CPU runs fp32);
+#     within 2e-2 relative on the loss and 5e-2 on the norm (bf16 activations; the CPU runs fp32); and both
+#     models with packed documents (--eod-mask-loss --reset-attention-mask --reset-position-ids), 2 ranks fp32;
 #  3. only a machine without a GPU skips: a CUDA initialisation failure is an error.
 set -u
 cd "$(dirname "$0")/.."
@@ -70,5 +71,26 @@ for r in "${runs[@]}"; do
     if [ "$dtype" = fp32 ]; then tl=2e-5; tn=1e-3; else tl=2e-2; tn=5e-2; fi
     if res=$(compare "$cpu" "$log" "$tl" "$tn"); then ok "train_gpu $model $n ranks $dtype $* == train -n $n: $res"
     else bad "train_gpu $model $n ranks $dtype $* vs train -n $n: $res"; paste <(losses "$cpu") <(losses "$log"); fi
+done
+
+# packed documents (--reset-attention-mask, --reset-position-ids, with --eod-mask-loss): 2 ranks fp32 against
+# train -n 2 with the same flags, at --seq-len 32, where every step's windows hold EODs: the CPU losses with the
+# resets differ from those with --eod-mask-loss alone at every step, else the runs would not test the resets
+docs=("${common[@]}" --seq-len 32 --eod-mask-loss)
+for model in tiny-gpt2 tiny-llama; do
+    ./train "${docs[@]}" --model "$model" -n 2 > "$tmp/cpu_eod.log" 2>&1 || { tail -n 5 "$tmp/cpu_eod.log"; bad "train -n 2 $model --eod-mask-loss"; continue; }
+    ./train "${docs[@]}" --reset-attention-mask --reset-position-ids --model "$model" -n 2 > "$tmp/cpu_docs.log" 2>&1 \
+        || { tail -n 5 "$tmp/cpu_docs.log"; bad "train -n 2 $model with the resets"; continue; }
+    differ=$(paste -d ' ' <(losses "$tmp/cpu_eod.log") <(losses "$tmp/cpu_docs.log") | awk '$1 != $3 { n++ } END { print n + 0 }')
+    [ "$differ" = 3 ] && ok "the resets change train's loss at every step of $model (EODs inside the windows)" \
+        || bad "the resets change only $differ of 3 losses of train $model: the data does not test them"
+    rm -rf "$tmp/gpu"
+    CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${docs[@]}" --reset-attention-mask --reset-position-ids --model "$model" \
+        --nproc-per-node 2 --dtype fp32 --out "$tmp/gpu" > "$tmp/gpu_docs.log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then grep -v '^step' "$tmp/gpu_docs.log" | tail -n 8; bad "train_gpu $model 2 ranks with the resets (exit $rc)"; continue; fi
+    if res=$(compare "$tmp/cpu_docs.log" "$tmp/gpu_docs.log" 2e-5 1e-3); then
+        ok "train_gpu $model 2 ranks fp32 --eod-mask-loss --reset-attention-mask --reset-position-ids == train -n 2: $res"
+    else bad "train_gpu $model 2 ranks fp32 with the resets vs train -n 2: $res"; paste <(losses "$tmp/cpu_docs.log") <(losses "$tmp/gpu_docs.log"); fi
 done
 exit $fail
