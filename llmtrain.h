@@ -2529,7 +2529,7 @@ int megatron_blend_init(Blend *b, MegatronGPT *g, int n, const double *weights, 
                         char *err, size_t errlen) {
     memset(b, 0, sizeof(*b));
     b->n = n; b->T = T;
-    double w[MAX_BLEND], sum;
+    double w[MAX_BLEND] = {0}, sum;
     if (n == 1 && weights[0] < 0) {   /* one dataset, no weight: the GPTDataset itself */
         if (megatron_gpt_init(&g[0], &ds[0], begin[0], end[0], T, seed, target, err, errlen) != 0) return -1;
         b->weights[0] = 1.0; b->megatron[0] = &g[0]; b->size = target;
