@@ -642,12 +642,177 @@ static int next_txt(Reader *r, Batch *b) {
     }
 }
 
+// A fast path for the common .jsonl line: one object whose selected keys hold plain strings. It parses
+// the line without building a tree and hands the selected strings on (undecoded strings straight from
+// the line). Anything it is not sure to read exactly as jansson does (escaped keys, a selected key twice
+// or missing or not a string, long numbers, deep nesting, any error) makes it return 0, and the line
+// goes through jansson, which gives the same result or the error message.
+typedef struct { const char *s; size_t len; int esc, found; } JsonSpan;
+
+static int jf_hex4(const char *s, unsigned *v) {
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0') : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                   : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16u;
+        if (d == 16) return 0;
+        *v = *v * 16 + d;
+    }
+    return 1;
+}
+// s[*i] is the opening quote; on success *i is past the closing quote, *esc says if it held escapes.
+static int jf_string(const char *s, size_t n, size_t *i, JsonSpan *span) {
+    size_t p = *i + 1, start = p;
+    int esc = 0;
+    for (;;) {
+        if (p >= n) return 0;
+        unsigned char c = (unsigned char)s[p];
+        if (c == '"') break;
+        if (c < 0x20) return 0;
+        if (c != '\\') { p++; continue; }
+        esc = 1;
+        if (p + 1 >= n) return 0;
+        char e = s[p + 1];
+        if (e != 'u') {
+            if (!strchr("\"\\/bfnrt", e) || e == 0) return 0;
+            p += 2; continue;
+        }
+        unsigned v, w;
+        if (p + 6 > n || !jf_hex4(s + p + 2, &v)) return 0;
+        p += 6;
+        if (v >= 0xDC00 && v <= 0xDFFF) return 0;
+        if (v >= 0xD800 && v <= 0xDBFF) {
+            if (p + 6 > n || s[p] != '\\' || s[p + 1] != 'u' || !jf_hex4(s + p + 2, &w) || w < 0xDC00 || w > 0xDFFF) return 0;
+            p += 6;
+        }
+    }
+    if (span) { span->s = s + start; span->len = p - start; span->esc = esc; }
+    *i = p + 1;
+    return 1;
+}
+// Decodes a string jf_string accepted.
+static void jf_decode(const char *s, size_t n, Bytes *out) {
+    out->len = 0;
+    for (size_t p = 0; p < n;) {
+        size_t q = p;
+        while (q < n && s[q] != '\\') q++;
+        bytes_append(out, s + p, q - p);
+        if (q == n) break;
+        char e = s[q + 1], c;
+        if (e != 'u') {
+            c = e == 'b' ? '\b' : e == 'f' ? '\f' : e == 'n' ? '\n' : e == 'r' ? '\r' : e == 't' ? '\t' : e;
+            bytes_append(out, &c, 1);
+            p = q + 2; continue;
+        }
+        unsigned v, w;
+        jf_hex4(s + q + 2, &v);
+        p = q + 6;
+        if (v >= 0xD800 && v <= 0xDBFF) { jf_hex4(s + p + 2, &w); v = 0x10000 + ((v - 0xD800) << 10) + (w - 0xDC00); p += 6; }
+        char u[4]; size_t k;
+        if (v < 0x80) { u[0] = (char)v; k = 1; }
+        else if (v < 0x800) { u[0] = (char)(0xC0 | v >> 6); u[1] = (char)(0x80 | (v & 63)); k = 2; }
+        else if (v < 0x10000) { u[0] = (char)(0xE0 | v >> 12); u[1] = (char)(0x80 | (v >> 6 & 63)); u[2] = (char)(0x80 | (v & 63)); k = 3; }
+        else { u[0] = (char)(0xF0 | v >> 18); u[1] = (char)(0x80 | (v >> 12 & 63)); u[2] = (char)(0x80 | (v >> 6 & 63)); u[3] = (char)(0x80 | (v & 63)); k = 4; }
+        bytes_append(out, u, k);
+    }
+}
+static void jf_ws(const char *s, size_t n, size_t *i) {
+    while (*i < n && (s[*i] == ' ' || s[*i] == '\t' || s[*i] == '\n' || s[*i] == '\r')) (*i)++;
+}
+// Skips one value (not a selected one); 0 on anything unusual.
+static int jf_value(const char *s, size_t n, size_t *i, int depth) {
+    if (*i >= n || depth > 64) return 0;
+    char c = s[*i];
+    if (c == '"') return jf_string(s, n, i, NULL);
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        (*i)++; jf_ws(s, n, i);
+        if (*i < n && s[*i] == close) { (*i)++; return 1; }
+        for (;;) {
+            if (c == '{') {
+                JsonSpan k;
+                if (*i >= n || s[*i] != '"' || !jf_string(s, n, i, &k)) return 0;
+                jf_ws(s, n, i);
+                if (*i >= n || s[*i] != ':') return 0;
+                (*i)++; jf_ws(s, n, i);
+            }
+            if (!jf_value(s, n, i, depth + 1)) return 0;
+            jf_ws(s, n, i);
+            if (*i >= n) return 0;
+            if (s[*i] == close) { (*i)++; return 1; }
+            if (s[*i] != ',') return 0;
+            (*i)++; jf_ws(s, n, i);
+        }
+    }
+    const char *lit[3] = {"true", "false", "null"};
+    for (int l = 0; l < 3; l++) {
+        size_t m = strlen(lit[l]);
+        if (n - *i >= m && memcmp(s + *i, lit[l], m) == 0) { *i += m; return 1; }
+    }
+    size_t p = *i, digits = 0;
+    if (p < n && s[p] == '-') p++;
+    if (p < n && s[p] == '0') { p++; digits++; }
+    else if (p < n && s[p] >= '1' && s[p] <= '9') while (p < n && s[p] >= '0' && s[p] <= '9') { p++; digits++; }
+    else return 0;
+    if (p < n && s[p] == '.') {
+        p++;
+        size_t f = 0;
+        while (p < n && s[p] >= '0' && s[p] <= '9') { p++; f++; }
+        if (f == 0) return 0;
+        digits += f;
+    }
+    if (digits > 15 || (p < n && (s[p] == 'e' || s[p] == 'E'))) return 0;
+    *i = p;
+    return 1;
+}
+static int jsonl_fast(Reader *r, Batch *b, const char *s, size_t n) {
+    JsonSpan span[MAX_KEYS];
+    int nk = r->o->nkeys;
+    for (int k = 0; k < nk; k++) span[k].found = 0;
+    size_t i = 0;
+    jf_ws(s, n, &i);
+    if (i >= n || s[i] != '{') return 0;
+    i++; jf_ws(s, n, &i);
+    if (i < n && s[i] == '}') return 0;          // an empty object: jansson gives the error
+    for (;;) {
+        JsonSpan key;
+        if (i >= n || s[i] != '"' || !jf_string(s, n, &i, &key) || key.esc) return 0;
+        jf_ws(s, n, &i);
+        if (i >= n || s[i] != ':') return 0;
+        i++; jf_ws(s, n, &i);
+        int sel = -1;
+        for (int k = 0; k < nk; k++)
+            if (strlen(r->o->keys[k]) == key.len && memcmp(r->o->keys[k], key.s, key.len) == 0) { sel = k; break; }
+        if (sel >= 0) {
+            if (span[sel].found || i >= n || s[i] != '"' || !jf_string(s, n, &i, &span[sel])) return 0;
+            span[sel].found = 1;
+        } else if (!jf_value(s, n, &i, 1)) return 0;
+        jf_ws(s, n, &i);
+        if (i >= n) return 0;
+        if (s[i] == '}') { i++; break; }
+        if (s[i] != ',') return 0;
+        i++; jf_ws(s, n, &i);
+    }
+    jf_ws(s, n, &i);
+    if (i != n) return 0;
+    for (int k = 0; k < nk; k++) if (!span[k].found) return 0;
+    batch_begin_doc(b, r, r->src.line);
+    for (int k = 0; k < nk; k++) {
+        if (!span[k].esc) { batch_add_seg(b, k, span[k].s, span[k].len); continue; }
+        jf_decode(span[k].s, span[k].len, &r->scratch);
+        batch_add_seg(b, k, r->scratch.data ? r->scratch.data : "", r->scratch.len);
+    }
+    batch_end_doc(b, r);
+    return 1;
+}
+
 // .jsonl: one object per line; blank lines are skipped.
 static int next_jsonl(Reader *r, Batch *b) {
     char *line; size_t len; int nl;
     while (src_line(&r->src, &line, &len, &nl)) {
         if (is_blank(line, len)) continue;
         if (!line_utf8_ok(r, line, len, r->src.line)) continue;
+        if (jsonl_fast(r, b, line, len)) return 1;
         json_error_t e;
         json_t *j = json_loadb(line, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &e);
         if (!j) { doc_error(r, "%s:%ld:%d: malformed JSON: %s", r->src.path, r->src.line, e.column > 0 ? e.column : 1, e.text); continue; }
