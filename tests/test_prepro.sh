@@ -78,6 +78,24 @@ run_ok csv --input "$T/docs.csv" --tokenizer $TOK --output-prefix "$T/csv"
 run_ok csv_equiv --input "$T/csv_equiv.jsonl" --tokenizer $TOK --output-prefix "$T/csv_equiv"
 same csv "$T/csv_equiv_text_document.idx" "$T/csv_text_document.idx"
 same csv "$T/csv_equiv_text_document.bin" "$T/csv_text_document.bin"
+# .jsonl lines are read without jansson where they are plain (escapes decoded by prepro itself), the
+# elements of a .json array by jansson: the same objects must give the same files (escapes, surrogate
+# pairs, \u0000, nested values skipped; an escaped key and a repeated key fall back to jansson)
+cat > "$T/esc.jsonl" <<'EOF'
+{"id": 1, "meta": {"a": [1, -2.5, true, null, "x\"y", {}], "b": []}, "text": "caf\u00e9 \ud83d\ude00 \u4e2D\u6587 tab\tnl\nslash\/ q\" bs\\ \b\f\r end", "title": "t"}
+{"text":"NUL\u0000byte \uD840\uDC00","title":"\u00C9t\u00e9"}
+	{ "title" : "before" , "text" : "spaces around" }	
+{"text": "dup", "title": "x", "text": "second wins"}
+{"te\u0078t": "escaped key", "title": "y", "n": 1.5e3}
+{"text": "plain 中文 text", "title": "n", "n": 0, "m": -0.25}
+EOF
+{ echo "["; sed '$!s/$/,/' "$T/esc.jsonl"; echo "]"; } > "$T/esc.json"
+run_ok esc_jsonl --input "$T/esc.jsonl" --tokenizer $TOK --output-prefix "$T/escl" --json-keys text title
+run_ok esc_json --input "$T/esc.json" --tokenizer $TOK --output-prefix "$T/escj" --json-keys text title
+for k in text title; do
+  same "esc $k idx" "$T/escj_${k}_document.idx" "$T/escl_${k}_document.idx"
+  same "esc $k bin" "$T/escj_${k}_document.bin" "$T/escl_${k}_document.bin"
+done
 
 # ---- a .json array larger than the read buffer (1 MB): elements are parsed across refills
 awk 'BEGIN { for (i = 1; i <= 12000; i++) printf "{\"text\": \"line %d of a long array, with some words to make it longer than a buffer\"}\n", i }' > "$T/big.jsonl"
