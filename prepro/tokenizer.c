@@ -633,7 +633,7 @@ struct Tokenizer {
 // A pre-token cache entry: key bytes and ids live in the state's arenas.
 typedef struct { uint64_t hash; uint32_t koff, klen, ioff, nids; } CacheSlot;
 #define CACHE_SLOTS 65536      // power of two; the cache is reset when half full
-#define CACHE_MAX_PIECE 256    // pieces this long or longer are not cached (as HF)
+#define CACHE_MAX_PIECE 48     // pieces this long or longer are not cached: long ones (CJK runs) seldom recur
 
 typedef struct { uint64_t key; int32_t id; } HeapItem;   // key = rank << 32 | position
 
