@@ -731,7 +731,7 @@ static int jf_value(const char *s, size_t n, size_t *i, int depth) {
         for (;;) {
             if (c == '{') {
                 JsonSpan k;
-                if (*i >= n || s[*i] != '"' || !jf_string(s, n, i, &k)) return 0;
+                if (*i >= n || s[*i] != '"' || !jf_string(s, n, i, &k) || k.esc) return 0;   // jansson refuses a \u0000 key
                 jf_ws(s, n, i);
                 if (*i >= n || s[*i] != ':') return 0;
                 (*i)++; jf_ws(s, n, i);
