@@ -1229,7 +1229,7 @@ void matmul_backward_ref(float *dinp, float *dweight, float *dbias, const float 
    - L1/L2: a micro-panel of B (MM_KC x MM_NR floats: 24 KiB for AVX2, 72 KiB for AVX-512) stays in L1, or
      for AVX-512 in L2 just below it, while the micro-kernel walks down all the A micro-panels of the block.
    - MM_KC = 384 rather than 256: C is read and written once per k slice, so fewer slices mean less C traffic
-     (2 vs 3 passes at K = 768); measured 4-10% faster over a GPT-2 step's shapes on an AVX-512 core.
+     (2 vs 3 passes at K = 768); measured 3-10% faster over a GPT-2 step's shapes on an AVX-512 core.
    - L2: the A block (MM_MC x MM_KC) stays in L2 while the loop walks across the B panel.
    - packing: before use, A and B blocks are copied into the order the micro-kernel reads them (A as columns
      of MM_MR, B as rows of MM_NR, zero-padded at the edges), so every load in the kernel is sequential and
