@@ -1226,8 +1226,10 @@ void matmul_backward_ref(float *dinp, float *dweight, float *dbias, const float 
      over k loads MM_NV vectors of B and broadcasts MM_MR scalars of A, for MM_MR * MM_NV FMAs: 8 x 3 with
      16-float vectors (AVX-512, 32 registers) is 24 FMAs per 11 loads; 6 x 2 with 8-float vectors (AVX2, 16
      registers) is 12 per 8.
-   - L1: a micro-panel of B (MM_KC x MM_NR floats) stays in L1 while the micro-kernel walks down all the A
-     micro-panels of the block.
+   - L1/L2: a micro-panel of B (MM_KC x MM_NR floats: 24 KiB for AVX2, 72 KiB for AVX-512) stays in L1, or
+     for AVX-512 in L2 just below it, while the micro-kernel walks down all the A micro-panels of the block.
+   - MM_KC = 384 rather than 256: C is read and written once per k slice, so fewer slices mean less C traffic
+     (2 vs 3 passes at K = 768); measured 3-10% faster over a GPT-2 step's shapes on an AVX-512 core.
    - L2: the A block (MM_MC x MM_KC) stays in L2 while the loop walks across the B panel.
    - packing: before use, A and B blocks are copied into the order the micro-kernel reads them (A as columns
      of MM_MR, B as rows of MM_NR, zero-padded at the edges), so every load in the kernel is sequential and
@@ -1253,7 +1255,7 @@ void matmul_backward_ref(float *dinp, float *dweight, float *dbias, const float 
 #define MM_NV 2
 #endif
 #define MM_NR (MM_NV * MM_VLEN)     /* columns of the C tile */
-#define MM_KC 256                   /* k slice: sets the sum order, so it is a constant */
+#define MM_KC 384                   /* k slice: sets the sum order, so it is a constant */
 #define MM_MC (32 * MM_MR)          /* rows of the A block kept in L2 */
 #define MM_NC (32 * MM_NR)          /* most columns of one thread's chunk of C */
 

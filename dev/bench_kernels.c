@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
         float *dwte = frand((size_t)V * C, 0), *dwpe = frand((size_t)1024 * C, 0);
         int *tok = (int *)malloc(N * sizeof(int));
         for (int i = 0; i < N; i++) tok[i] = (i * 7919) % V;
-        TIME(tb, embedding_backward(dwte, dwpe, dy, tok, 4, 64, C, V));
+        TIME(tb, embedding_backward(dwte, dwpe, dy, tok, 4, 64, C, V, NULL));
         printf("| embedding bwd | %d x %d | %.3f | %.1f GB/s | |\n", N, C, tb * 1e3, 20.0 * N * C / tb / 1e9);
         free(x); free(y); free(dy); free(dx); free(w); free(bi); free(dw); free(db); free(mean); free(rstd); free(dwte); free(dwpe); free(tok); free(tg);
     }
