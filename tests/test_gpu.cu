@@ -578,6 +578,14 @@ static void test_sumsq(void) {
 }
 
 /* rope + attention forward and backward, q/k/v as column blocks of one qkv buffer (the model's layout) */
+/* the RoPE tables of head dim HD (theta 10000) for positions 0..Tn-1 */
+static void rope_tables(int HD, int Tn, std::vector<float> &cs, std::vector<float> &sn) {
+    ModelConfig cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.head_dim = HD; cfg.rope_theta = 10000.0f;
+    cs.assign((size_t)Tn * HD / 2, 0.0f); sn.assign(cs.size(), 0.0f);
+    rope_init(cs.data(), sn.data(), &cfg, Tn);
+}
 /* q, k, v [N, QD | KD | KD] as three separate arrays from the rows of a packed [N, QKV] buffer */
 static void split_qkv(const std::vector<float> &qkv, int N, int QD, int KD, std::vector<float> &q, std::vector<float> &k,
                       std::vector<float> &v) {
@@ -625,11 +633,8 @@ template <typename T> static void test_attention(int B, int Tn, int NH, int NKV,
     auto qkv = rand_vec<T>((size_t)N * QKV, 80 + HD, 1.5f), dy = rand_vec<T>((size_t)N * QD, 81);
     std::vector<float> q, k, v;
     split_qkv(qkv, N, QD, KD, q, k, v);
-    ModelConfig cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.head_dim = HD; cfg.rope_theta = 10000.0f;
-    std::vector<float> cs((size_t)Tn * HD / 2), sn(cs.size());
-    rope_init(cs.data(), sn.data(), &cfg, Tn);
+    std::vector<float> cs, sn;
+    rope_tables(HD, Tn, cs, sn);
     std::vector<float> qr = q, kr = k;
     if (rope) {
         rope_forward(qr.data(), q.data(), cs.data(), sn.data(), B, Tn, NH, HD, NULL);
@@ -685,11 +690,8 @@ template <typename T> static void test_attention_docs(int B, int Tn, int NH, int
         }
     std::vector<float> q, k, v;
     split_qkv(qkv, N, QD, KD, q, k, v);
-    ModelConfig cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.head_dim = HD; cfg.rope_theta = 10000.0f;
-    std::vector<float> cs((size_t)Tn * HD / 2), sn(cs.size());
-    rope_init(cs.data(), sn.data(), &cfg, Tn);
+    std::vector<float> cs, sn;
+    rope_tables(HD, Tn, cs, sn);
     std::vector<float> qr = q, kr = k;
     rope_rows(qr, N, NH, HD, pos, cs, sn, 0);
     rope_rows(kr, N, NKV, HD, pos, cs, sn, 0);
