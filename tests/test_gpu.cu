@@ -578,6 +578,17 @@ static void test_sumsq(void) {
 }
 
 /* rope + attention forward and backward, q/k/v as column blocks of one qkv buffer (the model's layout) */
+/* x laid out as the device layout dev (vocabulary padded): the values past each tensor of the host layout
+   (the padded rows) are all exactly zero, and there are some */
+static void check_padded_zero(const char *what, const std::vector<float> &x, const Model &dev, const Model &host) {
+    size_t nonzero = 0, padded = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+        for (size_t i = host.param_sizes[t]; i < dev.param_sizes[t]; i++, padded++) nonzero += x[dev.param_offsets[t] + i] != 0.0f;
+    int ok = padded > 0 && nonzero == 0;
+    printf("%s %-5s %-45s %zu of %zu nonzero%s\n", ok ? "ok  " : "FAIL", g_dtype, what, nonzero, padded, ok ? "" : "  <--");
+    ok ? g_pass++ : g_fail++;
+}
+
 /* the RoPE tables of head dim HD (theta 10000) for positions 0..Tn-1 */
 static void rope_tables(int HD, int Tn, std::vector<float> &cs, std::vector<float> &sn) {
     ModelConfig cfg;
@@ -823,13 +834,9 @@ template <typename T> static void test_model(int family, int recompute, int plai
                    sizeof(T) == 4 ? 1e-4 : 5e-2);
     }
     /* the vocabulary padded on the device (501 -> 512 rows): the padded rows' gradient is exactly zero */
-    size_t nonzero = 0, padded = 0;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
-        for (size_t i = cpu.param_sizes[t]; i < g.lay.param_sizes[t]; i++, padded++) nonzero += grads[g.lay.param_offsets[t] + i] != 0.0f;
-    int pok = padded > 0 && nonzero == 0;
-    printf("%s %-5s model %s: padded vocabulary rows' gradient    %zu of %zu nonzero%s\n", pok ? "ok  " : "FAIL", g_dtype,
-           family_name(family), nonzero, padded, pok ? "" : "  <--");
-    pok ? g_pass++ : g_fail++;
+    char pwhat[96];
+    snprintf(pwhat, sizeof(pwhat), "model %s: padded vocabulary rows' gradient", family_name(family));
+    check_padded_zero(pwhat, grads, g.lay, cpu);
     gmodel_free(g);
     CUDA_CHECK(cudaStreamDestroy(st));
     model_free(&cpu); model_free(&gh);
@@ -880,13 +887,9 @@ template <typename T> static void test_training(int family) {
        rounding of the last update, which must rebuild the T weights bit for bit */
     std::vector<float> before = from_dev(g.params, g.nparams);
     /* the padded vocabulary rows stay zero through the updates */
-    size_t nonzero = 0, padded = 0;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
-        for (size_t i = cpu.param_sizes[t]; i < g.lay.param_sizes[t]; i++, padded++) nonzero += before[g.lay.param_offsets[t] + i] != 0.0f;
-    int pok = padded > 0 && nonzero == 0;
-    printf("%s %-5s training %-8s padded vocabulary rows stay zero   %zu of %zu nonzero%s\n", pok ? "ok  " : "FAIL", g_dtype,
-           family_name(family), nonzero, padded, pok ? "" : "  <--");
-    pok ? g_pass++ : g_fail++;
+    char pwhat[96];
+    snprintf(pwhat, sizeof(pwhat), "training %-8s padded vocabulary rows stay zero", family_name(family));
+    check_padded_zero(pwhat, before, g.lay, cpu);
     gmodel_download(g, d, 1);
     gmodel_upload(g, steps, 1234);
     std::vector<float> after = from_dev(g.params, g.nparams);
