@@ -117,7 +117,7 @@ enum {
     A_KN,        /* [L,B,T,NKV*HD] */
     A_QN_RSTD,   /* [L,B,T,NH]     */
     A_KN_RSTD,   /* [L,B,T,NKV]    */
-    A_QR,        /* [L,B,T,NH*HD]  q after RoPE (what attention sees; == A_Q copy for GPT-2) */
+    A_QR,        /* [L,B,T,NH*HD]  q after RoPE (what attention sees; absent for GPT-2: attention reads A_Q) */
     A_KR,        /* [L,B,T,NKV*HD] */
     A_ATT,       /* [L,B,NH,T,T]   attention probabilities */
     A_ATTY,      /* [L,B,T,NH*HD]  attention output before the output projection */
@@ -1039,7 +1039,10 @@ char *model_config_to_json(const ModelConfig *c) {
 /* ------------------------------------------------------------------------------------------------ */
 /* layers
    Every function works on flat row-major arrays. N = number of rows (usually B*T). Backward functions
-   add (+=) into every gradient they write. */
+   add (+=) into every gradient they write.
+   Notation in the derivations: for the loss L and any array x, dx means dL/dx (same shape as x). The
+   backward of y = f(x) is the chain rule dx[i] += sum_j dy[j] * J[j,i], J[j,i] = partial y[j] / partial x[i],
+   written out per layer with the names the code uses. */
 
 /* document starts (Megatron's _get_ltor_masks_and_position_ids): an EOD at input position i of a row ends a
    document, so the positions after it start a new one:
@@ -1058,8 +1061,13 @@ void document_starts(int *doc_start, int *pos, const int *inputs, int B, int T, 
 
 /* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b,t] (or t when pos is NULL; wpe may be NULL:
    no learned positions)
-   backward:  dwte[tok[b,t],:] += dout[b,t,:];  dwpe[p,:] += dout[b,t,:]
-   The backward is parallel over channel blocks, so every sum runs in the same order on every run. */
+   backward: out[b,t,c] is wte[tok,c] + wpe[p,c], derivative 1 for those two entries and 0 for every other
+   row, so each row of dout is added back into the rows it was read from (a scatter-add):
+     dwte[tok[b,t],:] += dout[b,t,:];   dwpe[p,:] += dout[b,t,:]
+   (in the code d is the row of dout, e and p the rows of dwte and dwpe it is added to)
+   A token that occurs k times gets the sum of its k rows; rows never read get nothing; tokens get no
+   gradient (they are indices). Two (b,t) with the same token write the same row, so threads split the
+   channels (c0..c1), not the rows: every sum runs in (b,t) order on every run. */
 void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
@@ -1086,8 +1094,17 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *
     }
 }
 
-/* layernorm: mean = sum(x)/C, rstd = 1/sqrt(sum((x-mean)^2)/C + eps), n = (x-mean)*rstd, y = n*w + b
-   backward:  dn = dy*w;  dx += rstd * (dn - mean(dn) - n*mean(dn*n));  dw += sum_rows dy*n;  db += sum_rows dy */
+/* layernorm, per row of C: m = sum(x)/C, s = rstd = 1/sqrt(sum((x-m)^2)/C + eps), n = (x-m)*s, y = n*w + b
+   backward, per row (mean() is over the C channels):
+     dn[c] = dy[c] * w[c]                          (dn; the code recomputes it as dy[c]*weight[c])
+     n depends on x[i] directly and through m and s: partial m / partial x[i] = 1/C and
+     partial s / partial x[i] = -s^3 (x[i]-m) / C (the m term drops out: sum(x-m) = 0), so
+     J[c,i] = partial n[c] / partial x[i] = s (delta(c,i) - 1/C - n[c] n[i] / C)
+     dx[i] = sum_c dn[c] J[c,i] = s * (dn[i] - mean(dn) - n[i] * mean(dn*n))
+     code: dn_mean = mean(dn), dn_n_mean = mean(dn*n), nrm = n[i];  dx[c] += s * (dn - dn_mean - nrm*dn_n_mean)
+   w and b are shared by all rows, so their gradients sum over rows:
+     dw[c] += sum_rows dy[c]*n[c];  db[c] += sum_rows dy[c]
+   (second loop: threads own channel blocks c0..c1 and add the rows in order, so the sums are deterministic) */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int N, int C, float eps) {
     #pragma omp parallel for
@@ -1139,8 +1156,14 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
     }
 }
 
-/* rmsnorm: rstd = 1/sqrt(sum(x^2)/C + eps), n = x*rstd, y = n*w
-   backward: dn = dy*w;  dx += rstd * (dn - n*mean(dn*n));  dw += sum_rows dy*n */
+/* rmsnorm, per row of C: s = rstd = 1/sqrt(sum(x^2)/C + eps), n = x*s, y = n*w
+   backward: as layernorm without the mean: dn[c] = dy[c]*w[c], partial s / partial x[i] = -s^3 x[i] / C, so
+     J[c,i] = partial n[c] / partial x[i] = s (delta(c,i) - n[c] n[i] / C),  dx[i] = s * (dn[i] - n[i] * mean(dn*n))
+     code: dn_n_mean = mean(dy*w*x*s) = mean(dn*n);  dx[c] += s * (dy[c]*weight[c] - x[c]*s * dn_n_mean)
+     dw[c] += sum_rows dy[c]*n[c]   (second loop: channel blocks, rows in order)
+   Also the per-head q/k norm of Qwen3: called with N = B*T*heads rows of C = HD, one row per head vector,
+   so each head is normalised on its own and the one weight [HD] (qnw / knw) sums its gradient over all
+   B*T*heads rows. */
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps) {
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
@@ -1189,9 +1212,12 @@ static inline void axpy_f32(float *y, float a, const float *x, int n) {
 }
 
 /* matmul: out[n,o] = sum_i inp[n,i] * w[o,i] + bias[o]      (w is [OC, IC], the layout of torch Linear)
-   backward: dinp[n,i] += sum_o dout[n,o] * w[o,i]
-             dw[o,i]   += sum_n dout[n,o] * inp[n,i]
-             dbias[o]  += sum_n dout[n,o]
+   In matrices: out = inp W^T + bias, inp [N,IC], W [OC,IC], out [N,OC].
+   backward: out[n,o] is linear in each input; its coefficient is w[o,i] for inp[n,i], inp[n,i] for w[o,i]
+   (in every row n), and 1 for bias[o] (in every row n). Summing dout times those coefficients:
+             dinp[n,i] += sum_o dout[n,o] * w[o,i]       dinp = dout W        [N,OC] x [OC,IC]
+             dw[o,i]   += sum_n dout[n,o] * inp[n,i]     dW   = dout^T inp    [OC,N] x [N,IC]
+             dbias[o]  += sum_n dout[n,o]                db   = the column sums of dout
    The plain loops first: the definition, and the reference the tests hold the fast version to. */
 void matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
     for (int n = 0; n < N; n++)
@@ -1419,6 +1445,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
     sgemm_acc(N, OC, IC, inp, IC, 1, weight, 1, IC, out, OC);
 }
 
+/* backward as two sgemm_acc calls: dinp += dout . W (both row-major; skipped when dinp is NULL), and
+   dweight += dout^T . inp (dout read through strides (1, OC), i.e. as its transpose); then db's column sums */
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int N, int IC, int OC) {
     if (dinp) sgemm_acc(N, IC, OC, dout, OC, 1, weight, IC, 1, dinp, IC);
@@ -1460,12 +1488,15 @@ void rope_init(float *cos_table, float *sin_table, const ModelConfig *cfg, int T
     }
 }
 
-/* rope (HF rotate-half): within each head, element i pairs with element i + HD/2; at position t
-     out[i]      = x[i]*cos - x[i+HD/2]*sin
-     out[i+HD/2] = x[i+HD/2]*cos + x[i]*sin
-   backward (the transpose rotation):
-     dx[i] += dout[i]*cos + dout[i+HD/2]*sin;   dx[i+HD/2] += dout[i+HD/2]*cos - dout[i]*sin
-   inp/out are [B,T,NH,HD]; the angle of row (b,t) is that of position pos[b,t] (t when pos is NULL). */
+/* rope (HF rotate-half): within each head, element i pairs with element i + HD/2 (x1 = x[i], x2 = x[i+HD/2]),
+   and the pair is rotated by the angle p*inv_freq[i] of position p (cs[i] = cos, sn[i] = sin of it):
+     [ y[i]      ]   [ cs -sn ] [ x1 ]        y[i]      = x1*cs - x2*sn
+     [ y[i+HD/2] ] = [ sn  cs ] [ x2 ]        y[i+HD/2] = x2*cs + x1*sn
+   backward: y = R x with R a fixed matrix (no parameters), so dx = R^T dy, and R^T is the rotation by the
+   opposite angle (R is orthogonal: its transpose is its inverse). With d1 = dy[i], d2 = dy[i+HD/2]:
+     [ dx[i]      ]    [  cs  sn ] [ d1 ]     dx[i]      += d1*cs + d2*sn
+     [ dx[i+HD/2] ] += [ -sn  cs ] [ d2 ]     dx[i+HD/2] += d2*cs - d1*sn
+   inp/out are [B,T,NH,HD]; the angle of row (b,t) is that of position p = pos[b,t] (t when pos is NULL). */
 void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T, int NH, int HD,
                   const int *pos) {
     int half = HD / 2;
@@ -1506,18 +1537,18 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
         }
 }
 
-/* causal attention with grouped-query heads: query head h reads key/value head h / (NH/NKV).
-   q [B,T,NH,HD], k and v [B,T,NKV,HD], att [B,NH,T,T], out [B,T,NH,HD]; scale is usually 1/sqrt(HD); with
-   window W > 0 position t sees only s > t - W (a sliding window), else every s <= t; with doc_start (NULL:
-   none) row (b,t) also sees no s < doc_start[b,t] (its document's start). Let s0 = first s seen:
-     a[t,s]   = scale * q[t]·k[s]  for s0 <= s <= t
-     att[t,s] = softmax_s(a[t,:])   (0 for the other s)
-     out[t]   = sum_s att[t,s] * v[s]
-   backward:
-     datt[t,s] = dout[t]·v[s];  dv[s] += att[t,s]*dout[t]
-     da[t,s]   = att[t,s] * (datt[t,s] - sum_s' att[t,s']*datt[t,s'])
-     dq[t] += scale * sum_s da[t,s]*k[s];  dk[s] += scale * sum_t da[t,s]*q[t]
-   The backward runs one task per (b, kv head), which owns every dk/dv row it writes. */
+/* causal attention with grouped-query heads: query head h reads key/value head kh = h / G, G = NH/NKV.
+   q [B,T,NH,HD], k and v [B,T,NKV,HD], att [B,NH,T,T], out [B,T,NH,HD]. Per (b, h), in matrices, with
+   Q = q[b,:,h,:], K = k[b,:,kh,:], V = v[b,:,kh,:] ([T,HD] each), P = att[b,h,:,:] ([T,T]), Y = out[b,:,h,:]:
+     S = scale * Q K^T                     (scale: usually 1/sqrt(HD), see attention_scale)
+     P = softmax of each row of S + M,     M[t,s] = 0 for s0 <= s <= t, -inf otherwise
+     Y = P V
+   The mask M: causal, s <= t; with window W > 0 also s > t - W (a sliding window); with doc_start (NULL:
+   none) also s >= doc_start[b,t] (the row's document start). attention_first gives s0, the larger bound.
+   exp(-inf) = 0, so masked entries are not computed: they are stored as 0 and every sum runs over s0..t.
+   Row t in the code (a = row t of att, qt = Q[t], o = Y[t]): a[s] = S[t,s]; maxv = max_s a[s];
+   a[s] = exp(a[s] - maxv); sum = sum_s a[s]; a[s] *= inv = 1/sum; o = sum_s a[s] * v[s]. Subtracting maxv
+   cancels in the ratio but keeps every exp <= 1 (no overflow). */
 static inline int attention_first(int t, int window, const int *doc_start) {
     int s0 = window > 0 && t >= window ? t - window + 1 : 0;
     return doc_start && *doc_start > s0 ? *doc_start : s0;
@@ -1551,6 +1582,17 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
             }
 }
 
+/* attention backward, per (b, h) and row t, with a = P[t,:], dy = dY[t] (dout), qt = Q[t], dqt = dQ[t]:
+     Y = P V:          dV = P^T dY  ->  dv[s] += a[s] * dy                  (for every t)
+                       dP = dY V^T  ->  da[s] = dP[t,s] = dy . v[s]         (da holds row t of dP)
+     softmax of a row, p = softmax(z): J[s,s'] = partial p[s] / partial z[s'] = p[s] (delta(s,s') - p[s']), so
+                       dS[t,s] = sum_s' dP[t,s'] J[s',s] = P[t,s] * (dP[t,s] - rowsum(dP * P)[t])
+                       code: sum = sum_s a[s]*da[s];  dS[t,s] = a[s] * (da[s] - sum)
+     masked s (outside s0..t): P[t,s] = 0, so dS[t,s] = 0 and the loops skip them; M has no gradient.
+     S = scale Q K^T:  dQ = scale dS K,  dK = scale dS^T Q
+                       code: g = dS[t,s] * scale;  dqt += g * k[s];  dk[s] += g * qt
+   GQA: the G query heads of kv head kh read the same K and V, so their dK, dV add up. One task per (b, kh)
+   runs those heads in turn and owns every dk/dv row it writes: no races, and a fixed order of sums. */
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                         const float *v, const float *att, int B, int T, int NH, int NKV, int HD, float scale, int window,
                         const int *doc_start) {
@@ -1610,9 +1652,14 @@ static inline float exp_poly(float x) {
 }
 
 /* gelu (tanh approximation, HF "gelu_new"): y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-   backward: dx += dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3*0.044715 x^2))
-   Computed as 0.5 (1 + tanh u) = s = 1 / (1 + e^(-2u)), so 0.5 (1 - tanh^2 u) = 2 s (1 - s): one exp, no
-   cancellation near 1 + tanh u = 0, and the loops vectorise. */
+   (GELU_K = sqrt(2/pi))
+   backward, by the product rule, with tanh' = 1 - tanh^2:
+     dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx,    du/dx = sqrt(2/pi) (1 + 3*0.044715 x^2)
+     dx += dout * dy/dx
+   Computed with s = 0.5 (1 + tanh u) = 1 / (1 + e^(-2u)) (a sigmoid): tanh u = 2s - 1, so
+   0.5 (1 - tanh^2 u) = 2 s (1 - s). In the code: s as above, du = du/dx, and
+     dx += dout * (s + 2 x s (1 - s) du),   forward y = x * s
+   One exp, no cancellation near 1 + tanh u = 0, and the loops vectorise. */
 #define GELU_K 0.7978845608028654f
 void gelu_forward(float *out, const float *inp, size_t N) {
     #pragma omp parallel for simd schedule(static)
@@ -1634,7 +1681,10 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
 }
 
 /* swiglu: inp rows are [gate (F) | up (F)];  y = silu(g) * u,  silu(g) = g * sigmoid(g)
-   backward: dg += dy * u * sigmoid(g) * (1 + g (1 - sigmoid(g)));  du += dy * silu(g) */
+   backward, with sg = sigmoid(g) and sigmoid' = sg (1 - sg):
+     silu'(g) = sg + g sg (1 - sg) = sg (1 + g (1 - sg))
+     y = silu(g) * u:  dg += dy * u * silu'(g) = dy * u * sg * (1 + g (1 - sg));   du += dy * silu(g) = dy * g * sg
+   dinp has the layout of inp: row n is [dg (F) | du (F)]. */
 void swiglu_forward(float *out, const float *inp, int N, int F) {
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
@@ -1658,7 +1708,9 @@ void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, in
     }
 }
 
-/* residual: out = a + b;  backward: da += dout, db += dout */
+/* residual: out = inp1 + inp2
+   backward: partial out / partial inp1 = partial out / partial inp2 = 1 (element by element), so
+   dinp1 += dout, dinp2 += dout: the gradient reaches both the skip path and the branch unchanged. */
 void residual_forward(float *out, const float *inp1, const float *inp2, size_t N) {
     #pragma omp parallel for
     for (size_t i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
@@ -1670,8 +1722,15 @@ void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) 
 }
 
 /* crossentropy: lse[n] = log sum_v exp(logits[n,v]);  losses[n] = lse[n] - logits[n, target[n]]
-   (rows with target < 0 are ignored: loss 0)
-   backward: dlogits[n,v] += dloss * (exp(logits[n,v] - lse[n]) - [v == target[n]])
+   = -log softmax(logits[n,:])[target[n]]   (rows with target < 0 are ignored: loss 0)
+   The lse trick (x = logits[n,:], as in the code): lse = maxv + log sum_v exp(x[v] - maxv) is exact for any
+   maxv; with maxv = the row max every exp is <= 1 (no overflow) and one is 1 (the sum is >= 1: a finite log).
+   backward: partial lse / partial x[v] = exp(x[v] - lse) = softmax(x)[v] = p[v], and
+   partial x[target] / partial x[v] = [v == target], so a row's gradient is softmax minus one-hot:
+     dlogits[n,v] += dloss * (p[v] - [v == target[n]])      (code: l = lse[n], p[v] = exp_poly(x[v] - l))
+   dloss = partial L / partial losses[n], the same for every row: L is the mean over the valid rows,
+   (1/valid) sum_{target[n] >= 0} losses[n], so dloss = 1/valid (model_backward passes loss_scale / num_valid,
+   loss_scale averaging over micro-steps and ranks); rows with target < 0 are not in L and are skipped.
    The row max and the sum of exps are vector reductions (a fixed lane order: the same result on every run). */
 void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V) {
     #pragma omp parallel for schedule(static)
@@ -1883,6 +1942,13 @@ int attention_window(const ModelConfig *c, int l) {
 /* Pointer to layer l's slice of a per-layer tensor (NULL stays NULL). */
 static inline float *at_layer(float *base, int l, size_t per_layer) { return base ? base + l * per_layer : NULL; }
 
+/* Data flow into the activations (a.<name> = A_<NAME>): encoded = embedding(inputs); then per layer l, from
+   x = encoded (l = 0) or resid3 of layer l-1:
+     ln1 [ln1_mean, ln1_rstd] = norm(x);  q, k, v = ln1 Wqkv^T (+ bqkv);  (Qwen3) qn, kn [qn_rstd, kn_rstd] =
+     per-head rmsnorm(q, k);  (LLaMA/Qwen) qr, kr = rope;  atty [att] = attention(qr|q, kr|k, v);
+     attproj = atty Wo^T;  resid2 = x + attproj;  ln2 [ln2_mean, ln2_rstd] = norm(resid2);  fch = ln2 Wfc^T;
+     fch_act = gelu(fch) or swiglu(fch);  fcproj = fch_act Wproj^T;  resid3 = resid2 + fcproj
+   then lnf [lnf_mean, lnf_rstd] = norm(last resid3);  logits = lnf Wlm^T (wte when tied);  lse, losses. */
 float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     const ModelConfig *c = &m->cfg;
     if (T > c->max_seq_len && c->family == FAMILY_GPT2) {
@@ -1960,6 +2026,12 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
 
 void model_zero_grad(Model *m) { memset(m->grads_memory, 0, m->num_params * sizeof(float)); }
 
+/* The forward in reverse: each step reads d<output> and adds into d<inputs> (grads_acts d, named as the
+   activations, zeroed first) and into the weight gradients g. crossentropy -> d.logits -> d.lnf -> last d.resid3;
+   per layer l: d.resid3 -> d.fcproj (+ d.resid2) -> d.fch_act -> d.fch -> d.ln2 -> d.resid2;
+     d.resid2 -> d.attproj (+ dx) -> d.atty -> d.qr, d.kr, d.v -> (Qwen3) d.qn, d.kn -> d.q, d.k
+     -> d.ln1 -> dx;   dx = d.resid3 of layer l-1, or d.encoded -> g.wte, g.wpe.
+   (GPT-2 has no qr/kr: attention's backward writes d.q, d.k.) */
 void model_backward(Model *m, float loss_scale) {
     const ModelConfig *c = &m->cfg;
     if (m->mean_loss < 0) { fprintf(stderr, "model_backward: the last forward had no targets\n"); exit(1); }
@@ -2046,14 +2118,23 @@ void model_free(Model *m) {
 /* ------------------------------------------------------------------------------------------------ */
 /* optimizer */
 
-/* AdamW (torch.optim.AdamW): p *= 1 - lr*wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
-   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)   (t = step, 1-based) */
+/* AdamW (torch.optim.AdamW), for each parameter p with gradient g, at step t (1-based):
+     p *= 1 - lr*wd                          decoupled weight decay
+     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2       moving averages of g and g^2, both starting at 0
+     mhat = m / (1 - b1^t);  vhat = v / (1 - b2^t)      bias correction
+     p -= lr * mhat / (sqrt(vhat) + eps)
+   Bias correction: from m = 0, after t steps of a constant g, m = (1 - b1^t) g; dividing by 1 - b1^t (bc1 in
+   the code) gives g back, so the early steps are not too small; likewise v with bc2.
+   Decoupled: the decay shrinks p directly instead of adding wd*p to g (Adam with L2), so it is not divided by
+   sqrt(vhat) and every weight decays at the same rate lr*wd. torch applies it first, as here.
+   In the code: step_size = lr / bc1, bc2_sqrt = sqrt(bc2), so sqrt(vhat) = sqrt(vi) / bc2_sqrt. */
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step) {
     adamw_update_scaled(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step, 1.0f);
 }
 
-/* memory bound: 28 bytes a parameter (read p, g, m, v; write p, m, v), one vectorised pass */
+/* the same with g = grads * grad_scale (gradient clipping folded into the update: grad_clip_scale).
+   Memory bound: 28 bytes a parameter (read p, g, m, v; write p, m, v), one vectorised pass */
 void adamw_update_scaled(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                          float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale) {
     float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
