@@ -82,7 +82,7 @@ tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h flags.h llmtra
 	$(NVCC) $(NVFLAGS) -Itests -I. -o $@ tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- the GPU code on the CPU: train_gpu.cu and test_gpu.cu rewritten (emu_source.sh) and compiled with g++
-# against the CUDA emulation in tests/cuda_emu (README: "GPU tests without a GPU"). The code under test is
+# against the CUDA emulation in tests/cuda_emu (README: "The GPU code without a GPU"). The code under test is
 # compiled with gcc's kernel-address instrumentation, each access a call into the emulation's checks.
 EMU       = tests/cuda_emu
 EMU_BIN   = tests/bin/emu
