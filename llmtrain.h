@@ -1942,13 +1942,13 @@ int attention_window(const ModelConfig *c, int l) {
 /* Pointer to layer l's slice of a per-layer tensor (NULL stays NULL). */
 static inline float *at_layer(float *base, int l, size_t per_layer) { return base ? base + l * per_layer : NULL; }
 
-/* Data flow into the activations (a.<name> = A_<NAME>): encoded = embedding(inputs); then per layer l, from
-   x = encoded (l = 0) or resid3 of layer l-1:
-     ln1 [ln1_mean, ln1_rstd] = norm(x);  q, k, v = ln1 Wqkv^T (+ bqkv);  (Qwen3) qn, kn [qn_rstd, kn_rstd] =
+/* Data flow into the activations (a.<name> = A_<NAME>; weights p.<name>): encoded = embedding(inputs);
+   then per layer l, from x = encoded (l = 0) or resid3 of layer l-1:
+     ln1 [ln1_mean, ln1_rstd] = norm(x);  q, k, v = ln1 wqkv^T (+ bqkv);  (Qwen3) qn, kn [qn_rstd, kn_rstd] =
      per-head rmsnorm(q, k);  (LLaMA/Qwen) qr, kr = rope;  atty [att] = attention(qr|q, kr|k, v);
-     attproj = atty Wo^T;  resid2 = x + attproj;  ln2 [ln2_mean, ln2_rstd] = norm(resid2);  fch = ln2 Wfc^T;
-     fch_act = gelu(fch) or swiglu(fch);  fcproj = fch_act Wproj^T;  resid3 = resid2 + fcproj
-   then lnf [lnf_mean, lnf_rstd] = norm(last resid3);  logits = lnf Wlm^T (wte when tied);  lse, losses. */
+     attproj = atty wo^T;  resid2 = x + attproj;  ln2 [ln2_mean, ln2_rstd] = norm(resid2);  fch = ln2 wfc^T;
+     fch_act = gelu(fch) or swiglu(fch);  fcproj = fch_act wproj^T;  resid3 = resid2 + fcproj
+   then lnf [lnf_mean, lnf_rstd] = norm(last resid3);  logits = lnf lmhead^T (wte when tied);  lse, losses. */
 float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     const ModelConfig *c = &m->cfg;
     if (T > c->max_seq_len && c->family == FAMILY_GPT2) {
