@@ -911,6 +911,15 @@ static int load_postprocessor(Tokenizer *t, LoadCtx *c, json_t *n, const char *w
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
         json_t *cls = json_object_get(n, "cls"), *sep = json_object_get(n, "sep");
         if (!json_is_array(cls) || !json_is_array(sep)) { fail(c, "%s: expected cls and sep", where); return -1; }
+        json_t *pair[2] = {cls, sep};
+        for (int i = 0; i < 2; i++) {
+            json_t *id = json_array_get(pair[i], 1);
+            json_int_t v = json_integer_value(id);
+            if (!json_is_integer(id) || v < 0 || v >= tokenizer_vocab_size(t)) {
+                fail(c, "%s.%s: id must be an integer in [0, %d)", where, i ? "sep" : "cls", tokenizer_vocab_size(t));
+                return -1;
+            }
+        }
         t->nprefix = t->nsuffix = 1;
         t->prefix[0] = (int32_t)json_integer_value(json_array_get(cls, 1));
         t->suffix[0] = (int32_t)json_integer_value(json_array_get(sep, 1));

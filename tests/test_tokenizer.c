@@ -332,6 +332,11 @@ static void check_load_errors(void) {
     check_load_error("{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}, \"model\": {\"vocab\": {}, \"merges\": []}}", "pre_tokenizer", "regex");
     check_load_error("{\"model\": {\"vocab\": {\"a\": \"x\"}, \"merges\": []}}", "model.vocab", NULL);
     check_load_error("[1, 2]", "top level", NULL);
+    // post-processor special ids outside the vocabulary
+    check_load_error("{\"post_processor\": {\"type\": \"RobertaProcessing\", \"cls\": [\"<s>\", 0], \"sep\": [\"</s>\", 128001]},"
+                     " \"model\": {\"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": []}}", "post_processor.sep", "[0, 2)");
+    check_load_error("{\"post_processor\": {\"type\": \"BertProcessing\", \"cls\": [\"[CLS]\", \"x\"], \"sep\": [\"[SEP]\", 1]},"
+                     " \"model\": {\"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": []}}", "post_processor.cls", NULL);
 }
 
 // A tiny hand-written tokenizer: byte_fallback, unk fusing, Metaspace, template BOS.

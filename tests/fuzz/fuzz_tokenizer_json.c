@@ -10,8 +10,8 @@
  without error, refuses invalid UTF-8, returns ids in [0, vocab size) (without TOK_ADD_SPECIAL), encodes
  the same text twice the same way, and decodes what it encoded to valid UTF-8.
  With FUZZ_STRICT=1 in the environment the ids the post-processor adds (BOS/EOS of TemplateProcessing,
- Roberta, Bert) and the BOS/EOS ids must be inside [0, vocab size) too: the loader still takes Roberta/Bert
- cls/sep ids from the file unchecked (open, see tests/fuzz/crashes/README.md), so this is off while fuzzing.
+ Roberta, Bert) and the BOS/EOS ids must be inside [0, vocab size) too (the loader checks the
+ post-processor ids; see tests/fuzz/crashes/README.md).
 */
 #include "fuzz_common.h"
 #include "prepro/tokenizer.h"
