@@ -3093,7 +3093,7 @@ static void save_checkpoint(GModel<T> &g, const Dist &d, const Args *a, const Tr
         if (checkpoint_save(a->out, g.host, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved),
                             err, sizeof(err)) != 0)
             die("checkpoint: %s", err);
-        printf("saved %s\n", saved);
+        print_saved(saved, &g.host->cfg);
         fflush(stdout);
     }
 }
