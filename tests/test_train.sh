@@ -162,7 +162,6 @@ if [ -x $BIN_DIR/train_gpu ]; then
     expect_error "train_gpu --nproc-per-node 0" "train_gpu: --nproc-per-node 0: out of range [1, 1024]" $BIN_DIR/train_gpu --data "$data" --nproc-per-node 0
     # config features its kernels do not implement are refused by key before any rank starts
     m=tests/fixtures/models
-    expect_error "train_gpu o_proj bias" "config key attention_bias" $BIN_DIR/train_gpu --data "$data" --model $m/llama_bias
     expect_error "train_gpu sliding window" "config key use_sliding_window" $BIN_DIR/train_gpu --data "$data" --model $m/qwen2_window --seq-len 16
     expect_error "train_gpu layer-scaled attention" "config key scale_attn_by_inverse_layer_idx" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_layer_scaled --seq-len 16
     expect_error "train_gpu unscaled attention" "config key scale_attn_weights" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_unscaled --seq-len 16
