@@ -136,6 +136,10 @@ static void run_case(const char *name, int expect_family) {
 /* The fixture exercises a config feature: with the feature switched off after loading (as a reader that
    ignored its key would compute), the logits move far past the 1e-5 tolerance of run_case. */
 static void off_o_bias(Model *m) { memset(m->params.bo, 0, m->param_sizes[P_BO] * sizeof(float)); }
+static void off_mlp_bias(Model *m) {
+    memset(m->params.bfc, 0, m->param_sizes[P_BFC] * sizeof(float));
+    memset(m->params.bproj, 0, m->param_sizes[P_BPROJ] * sizeof(float));
+}
 static void off_window(Model *m) { m->cfg.sliding_window = 0; }
 static void off_layer_scale(Model *m) { m->cfg.attn_by_layer = 0; }
 static void off_unscaled(Model *m) { m->cfg.attn_unscaled = 0; }
@@ -253,7 +257,9 @@ static void check_config_refusals(void) {
     const char *cases[][2] = {
         {"refuse_rope_linear", "\"linear\""}, {"refuse_rope_dynamic", "\"dynamic\""}, {"refuse_rope_yarn", "\"yarn\""},
         {"refuse_rope_extra_key", "\"factor\""}, {"refuse_llama3_missing", "\"low_freq_factor\""},
-        {"refuse_partial_rotary", "\"partial_rotary_factor\""}, {"refuse_mlp_bias", "\"mlp_bias\""},
+        {"refuse_partial_rotary", "\"partial_rotary_factor\""}, {"refuse_mlp_bias", "\"mlp_bias\" must be true or false"},
+        {"refuse_llmtrain_key", "llmtrain key \"alibi\" is not known"},
+        {"refuse_llmtrain_value", "llmtrain key \"positions\" must be learned, rope or none"},
         {"refuse_hidden_act", "hidden_act"}, {"refuse_activation_function", "activation_function"},
         {"refuse_cross_attention", "\"add_cross_attention\""}, {"refuse_pruned_heads", "\"pruned_heads\""},
         {"refuse_unknown_key", "\"sliding_window\" is not a llama config key"},
@@ -292,8 +298,8 @@ static void check_config_spellings(void) {
     char err[512];
     printf("config spellings and saved configs\n");
     const char *names[] = {"gpt2", "llama", "qwen2", "qwen3", "gpt2_layer_scaled", "gpt2_unscaled", "llama_bias",
-                           "qwen2_window", "qwen3_bias_window"};
-    for (int i = 0; i < 9; i++) {
+                           "llama_mlp_bias", "qwen2_window", "qwen3_bias_window"};
+    for (int i = 0; i < 10; i++) {
         char dir[256];
         snprintf(dir, sizeof(dir), "tests/fixtures/models/%s", names[i]);
         ModelConfig a, b;
@@ -502,12 +508,14 @@ int main(void) {
     run_case("gpt2_layer_scaled", FAMILY_GPT2);
     run_case("gpt2_unscaled", FAMILY_GPT2);
     run_case("llama_bias", FAMILY_LLAMA);
+    run_case("llama_mlp_bias", FAMILY_LLAMA);
     run_case("qwen2_window", FAMILY_QWEN2);
     run_case("qwen3_bias_window", FAMILY_QWEN3);
     printf("the new fixtures need their features\n");
     check_feature_needed("gpt2_layer_scaled", "scale_attn_by_inverse_layer_idx", off_layer_scale);
     check_feature_needed("gpt2_unscaled", "scale_attn_weights false", off_unscaled);
     check_feature_needed("llama_bias", "the o_proj bias", off_o_bias);
+    check_feature_needed("llama_mlp_bias", "the MLP biases", off_mlp_bias);
     check_feature_needed("qwen2_window", "the sliding window", off_window);
     check_feature_needed("qwen3_bias_window", "the o_proj bias", off_o_bias);
     check_feature_needed("qwen3_bias_window", "the sliding window", off_window);
