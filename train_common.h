@@ -681,6 +681,8 @@ static void print_run_start(const ModelConfig *cfg, size_t nparams, const Args *
     printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
            family_name(cfg->family), cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->n_kv_head, cfg->head_dim, cfg->d_ff,
            cfg->vocab_size, nparams);
+    printf("features: %s norm, %s MLP%s, positions %s\n", norm_names[cfg->norm], act_names[cfg->act],
+           cfg->mlp_bias ? " with biases" : "", positions_names[cfg->positions]);
     printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a->data, data->n,
            (unsigned long long)data->train_tokens, a->seq_len);
     for (int i = 0; i < data->n && data->train_blend.megatron[i]; i++) {
