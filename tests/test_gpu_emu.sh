@@ -74,9 +74,9 @@ for r in "${runs[@]}"; do
     else bad "train_gpu $model $n ranks $dtype $* vs train -n $n: $res"; paste <(losses "$cpu") <(losses "$log"); fi
 done
 
-# features over the family's (the feature flags): train_gpu 1 rank fp32 against train with the same flags; GPT-2
+# features over the family's (the feature flags): train_gpu 1 rank fp32 against train with the same flags; a 2-layer GPT-2
 # with RMSNorm and SwiGLU (its MLP biases then have 2F entries), and a LLaMA with learned positions and every bias
-feats=("tiny-gpt2|--norm rmsnorm --activation swiglu" "tests/fixtures/configs/tiny_llama_bias.json|--positions learned")
+feats=("tests/fixtures/configs/tiny_gpt2_2l.json|--norm rmsnorm --activation swiglu" "tests/fixtures/configs/tiny_llama_bias.json|--positions learned")
 for f in "${feats[@]}"; do
     model=${f%%|*}; flags=(${f#*|})
     ./train "${common[@]}" --model "$model" "${flags[@]}" > "$tmp/cpu_feat.log" 2>&1 \
