@@ -10,7 +10,7 @@
  Reading order: the TCP handshake; the launcher; the progress clock; then the part marked NCCL: dist_init and the
  watchdog. All but the NCCL part is plain C (POSIX sockets, fork, waitpid); the NCCL part needs <nccl.h>, the CUDA
  runtime and, from train_gpu.cu, Dist, gpu_count, CUDA_CHECK and NCCL_CHECK: train_gpu.cu includes this file after
- them. Messages start with trainer_name (train_common.h).
+ them. Include after train_common.h (die, trainer_name, now_ms).
 
  The CPU trainer (train.c) does not use this file. Its ranks are the header's Comm (llmtrain.h): rank 0 is the
  process the user started, and comm_init_fork maps the memory the ranks reduce through (its size set by the
@@ -187,6 +187,9 @@ static void boot_join(void *id, const char *run_id, int rank, int world, const c
     }
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* the launcher */
+
 typedef struct {
     int nproc_per_node, nnodes, node_rank, master_port;
     const char *master_addr, *run_id;
@@ -279,7 +282,6 @@ static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
    stops a rank that marked nothing for --nccl-timeout seconds */
 
 static long long g_progress_ms = 0;     /* when the last step (or evaluation, or checkpoint) ended (atomic) */
-
 static long long mono_ms(void) { return (long long)now_ms(); }   /* CLOCK_MONOTONIC: wall-clock steps do not count */
 static void progress_mark(void) { __atomic_store_n(&g_progress_ms, mono_ms(), __ATOMIC_RELEASE); }
 
