@@ -124,8 +124,10 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 
-    TrainBackend b = {&c, comm.rank, comm.world, 0, cpu_forward_backward, cpu_step_queue, cpu_step_outcome,
-                      cpu_eval_batch, cpu_eval_sum, cpu_forward_logits, cpu_save, cpu_print_setup, NULL, NULL, 0.0, 0.0};
+    TrainBackend b = {.ctx = &c, .rank = comm.rank, .world = comm.world, .lag = 0,   /* the outcome at once */
+                      .forward_backward = cpu_forward_backward, .step_queue = cpu_step_queue,
+                      .step_outcome = cpu_step_outcome, .eval_batch = cpu_eval_batch, .eval_sum = cpu_eval_sum,
+                      .forward_logits = cpu_forward_logits, .save = cpu_save, .print_setup = cpu_print_setup};
     train_loop(&b, &a, &cfg, m.num_params, &data, &dl, &ts, resumed);
 
     free(c.pieces);
