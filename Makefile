@@ -39,7 +39,7 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then $(call apt_install,$$missing); \
 	  else echo "missing Debian packages:$$missing (run as root, or install them)"; exit 1; fi; fi
 
-$(B)train: train.c train_common.h flags.h llmtrain.h $(TOKENIZER)
+$(B)train: train.c train_common.h train_loop.h flags.h llmtrain.h $(TOKENIZER)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ train.c prepro/tokenizer.c $(LDLIBS)
 
@@ -63,7 +63,7 @@ run: deps all
 	    --batch-size 8 --seq-len 64 --steps 400 --lr 2e-3 --warmup-steps 50 --split 95,5,0 --log-every 5 \
 	    --eval-every 100 --eval-steps 8 --sample-every 400 --sample-len 96 --out $(RUN_DIR)
 
-train_gpu: train_gpu.cu train_common.h flags.h llmtrain.h $(TOKENIZER)
+train_gpu: train_gpu.cu train_common.h train_loop.h dist.h flags.h llmtrain.h $(TOKENIZER)
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
@@ -77,7 +77,7 @@ $(B)tests/bin/test_sample: train_common.h flags.h
 
 # the GPU test program: its host checks run in `make test` wherever nvcc is; its device checks need a GPU
 GPU_TEST_BINS = $(if $(GPU_BINS),tests/bin/test_gpu)
-tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h flags.h llmtrain.h $(TOKENIZER)
+tests/bin/test_gpu: tests/test_gpu.cu train_gpu.cu train_common.h train_loop.h dist.h flags.h llmtrain.h $(TOKENIZER)
 	@mkdir -p tests/bin
 	$(NVCC) $(NVFLAGS) -Itests -I. -o $@ tests/test_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
@@ -108,10 +108,10 @@ $(EMU_BIN)/%.o: $(EMU)/%.cpp $(EMU_HDRS)
 $(EMU_BIN)/tokenizer.o: $(TOKENIZER)
 	@mkdir -p $(EMU_BIN)
 	$(CC) $(CFLAGS) -c -o $@ prepro/tokenizer.c
-$(EMU_BIN)/test_gpu_emu: $(EMU_BIN)/test_gpu.cu $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h flags.h llmtrain.h
+$(EMU_BIN)/test_gpu_emu: $(EMU_BIN)/test_gpu.cu $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h train_loop.h dist.h flags.h llmtrain.h
 	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/test_gpu.cu
 	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
-$(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h flags.h llmtrain.h
+$(EMU_BIN)/train_gpu_emu: $(EMU_BIN)/train_gpu.cu $(EMU_OBJS) $(EMU_HDRS) train_common.h train_loop.h dist.h flags.h llmtrain.h
 	$(EMU_CXX) $(EMU_CHECK) -x c++ -c -o $@.o $(EMU_BIN)/train_gpu.cu
 	$(EMU_CXX) -o $@ $@.o $(EMU_OBJS) $(LDLIBS) -lpthread -lrt
 tests/bin/test_cuda_emu: $(EMU_BIN)/test_cuda_emu.cu $(EMU_OBJS) $(EMU_HDRS)

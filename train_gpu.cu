@@ -11,7 +11,8 @@
 
  Reading order: numerics helpers; one kernel (or cuBLASLt call) per layer of llmtrain.h, each with the
  name of its CPU mirror inside namespace gpu (gpu::layernorm_forward mirrors layernorm_forward); the
- model on the device (forward, backward, AdamW on the ZeRO-1 shard); the distributed bootstrap; main.
+ model on the device (forward, backward, AdamW on the ZeRO-1 shard); the distributed start-up (dist.h);
+ the backend of the training loop both trainers share (train_loop.h); main.
 
  Numerics (docs/design.md sec. 5): params and activations in T (bf16, or fp32 with --dtype fp32); fp32 master
  weights and AdamW moments, sharded over ranks; gradients of the weights in fp32; the residual-stream
@@ -24,6 +25,7 @@
 extern "C" {
 #include "prepro/tokenizer.h"
 #include "train_common.h"
+#include "train_loop.h"
 }
 
 #include <cuda_runtime.h>
@@ -2661,336 +2663,10 @@ void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, 
 }
 
 /* ================================================================================================ */
-/* distributed bootstrap, MPI-free (docs/design.md sec. 7): one process per GPU. The ranks come from torchrun's
-   variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or from our own launcher, which forks the
-   local ranks and sets the same variables. Rank 0 makes the NCCL unique id and serves it over TCP; the others
-   connect with retries until a timeout. Each hello carries the run id, so a rank never joins a stale run. */
+/* the distributed start-up: our launcher, the TCP handshake, NCCL, the watchdog */
 
-#define BOOT_MAGIC "LLMTGPU1"
-typedef struct { char magic[8]; char run_id[64]; int32_t rank, world; } BootHello;
-typedef struct { char magic[8]; int32_t status; char run_id[64]; ncclUniqueId id; } BootReply;
-enum { BOOT_OK = 0, BOOT_OTHER_RUN = 1, BOOT_BAD_WORLD = 2, BOOT_DUP_RANK = 3 };
-
-static double wall_s(void) { struct timeval tv; gettimeofday(&tv, NULL); return tv.tv_sec + tv.tv_usec * 1e-6; }
-
-static int io_all(int fd, void *buf, size_t n, int wr, double deadline) {
-    char *p = (char *)buf;
-    while (n > 0) {
-        double left = deadline - wall_s();
-        if (left <= 0) return -1;
-        fd_set fs; FD_ZERO(&fs); FD_SET(fd, &fs);
-        struct timeval tv = {(long)left, (long)((left - (long)left) * 1e6)};
-        int r = select(fd + 1, wr ? NULL : &fs, wr ? &fs : NULL, NULL, &tv);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        ssize_t k = wr ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
-        if (k <= 0) { if (k < 0 && errno == EINTR) continue; return -1; }
-        p += k; n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* connect() that gives up at the deadline (a blocking one can hang for minutes on an unreachable address) */
-static int connect_by(int fd, const struct sockaddr *addr, socklen_t len, double deadline) {
-    int fl = fcntl(fd, F_GETFL, 0);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
-    int r = connect(fd, addr, len);
-    if (r != 0 && errno == EINPROGRESS) {
-        for (;;) {
-            double left = deadline - wall_s();
-            if (left <= 0) { errno = ETIMEDOUT; return -1; }
-            fd_set fs; FD_ZERO(&fs); FD_SET(fd, &fs);
-            struct timeval tv = {(long)left, (long)((left - (long)left) * 1e6)};
-            int k = select(fd + 1, NULL, &fs, NULL, &tv);
-            if (k < 0 && errno == EINTR) continue;
-            if (k <= 0) { errno = ETIMEDOUT; return -1; }
-            int err = 0;
-            socklen_t el = sizeof(err);
-            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0) return -1;
-            if (err) { errno = err; return -1; }
-            break;
-        }
-    } else if (r != 0) return -1;
-    return fcntl(fd, F_SETFL, fl);
-}
-
-static void boot_serve(ncclUniqueId *id, const char *run_id, int world, int port, double timeout_s) {
-    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    if (ls < 0) die("rank 0: socket: %s", strerror(errno));
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET; a.sin_addr.s_addr = htonl(INADDR_ANY); a.sin_port = htons((uint16_t)port);
-    if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0)
-        die("rank 0: cannot listen on port %d: %s (another run still holding it? pick --master-port)", port, strerror(errno));
-    if (listen(ls, 256) != 0) die("rank 0: listen: %s", strerror(errno));
-    int *fds = (int *)calloc(world, sizeof(int));
-    int joined = 0;
-    double deadline = wall_s() + timeout_s;
-    while (joined < world - 1) {
-        double left = deadline - wall_s();
-        if (left <= 0) die("rank 0: only %d of %d ranks joined within %.0f s (run id %s)", joined + 1, world, timeout_s, run_id);
-        fd_set fs; FD_ZERO(&fs); FD_SET(ls, &fs);
-        struct timeval tv = {(long)left, (long)((left - (long)left) * 1e6)};
-        if (select(ls + 1, &fs, NULL, NULL, &tv) <= 0) continue;
-        int fd = accept(ls, NULL, NULL);
-        if (fd < 0) continue;
-        BootHello h;
-        BootReply r;
-        memset(&r, 0, sizeof(r));
-        memcpy(r.magic, BOOT_MAGIC, 8);
-        snprintf(r.run_id, sizeof(r.run_id), "%s", run_id);
-        if (io_all(fd, &h, sizeof(h), 0, wall_s() + 10) != 0 || memcmp(h.magic, BOOT_MAGIC, 8) != 0) { close(fd); continue; }
-        h.run_id[63] = 0;
-        if (strcmp(h.run_id, run_id) != 0) r.status = BOOT_OTHER_RUN;
-        else if (h.world != world || h.rank <= 0 || h.rank >= world) r.status = BOOT_BAD_WORLD;
-        else if (fds[h.rank]) r.status = BOOT_DUP_RANK;
-        if (r.status != BOOT_OK) {
-            fprintf(stderr, "train_gpu: rank 0: refused rank %d of run \"%s\" (world %d): status %d\n", h.rank, h.run_id, h.world, r.status);
-            io_all(fd, &r, sizeof(r), 1, wall_s() + 5);
-            close(fd);
-            continue;
-        }
-        fds[h.rank] = fd;
-        joined++;
-    }
-    BootReply r;
-    memset(&r, 0, sizeof(r));
-    memcpy(r.magic, BOOT_MAGIC, 8);
-    snprintf(r.run_id, sizeof(r.run_id), "%s", run_id);
-    r.id = *id;
-    for (int i = 1; i < world; i++) {
-        if (io_all(fds[i], &r, sizeof(r), 1, wall_s() + 30) != 0) die("rank 0: lost rank %d during the handshake", i);
-        close(fds[i]);
-    }
-    free(fds);
-    close(ls);
-}
-
-static void boot_join(ncclUniqueId *id, const char *run_id, int rank, int world, const char *addr, int port, double timeout_s) {
-    double deadline = wall_s() + timeout_s;
-    char ports[16];
-    snprintf(ports, sizeof(ports), "%d", port);
-    const char *last_err = "no answer";
-    for (;;) {
-        if (wall_s() > deadline)
-            die("rank %d: could not reach rank 0 at %s:%d within %.0f s (%s); is rank 0 running with the same "
-                    "--master-addr/--master-port?", rank, addr, port, timeout_s, last_err);
-        struct addrinfo hints, *res = NULL;
-        memset(&hints, 0, sizeof(hints));
-        hints.ai_family = AF_INET; hints.ai_socktype = SOCK_STREAM;
-        int gai = getaddrinfo(addr, ports, &hints, &res);
-        if (gai != 0) { last_err = gai_strerror(gai); sleep(1); continue; }
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        double attempt = wall_s() + 10.0 < deadline ? wall_s() + 10.0 : deadline;
-        int ok = fd >= 0 && connect_by(fd, res->ai_addr, res->ai_addrlen, attempt) == 0;
-        freeaddrinfo(res);
-        if (!ok) { last_err = strerror(errno); if (fd >= 0) close(fd); sleep(1); continue; }
-        BootHello h;
-        memset(&h, 0, sizeof(h));
-        memcpy(h.magic, BOOT_MAGIC, 8);
-        snprintf(h.run_id, sizeof(h.run_id), "%s", run_id);
-        h.rank = rank; h.world = world;
-        BootReply r;
-        if (io_all(fd, &h, sizeof(h), 1, deadline) != 0 || io_all(fd, &r, sizeof(r), 0, deadline) != 0 ||
-            memcmp(r.magic, BOOT_MAGIC, 8) != 0) {
-            close(fd); last_err = "connection closed during the handshake"; sleep(1); continue;
-        }
-        close(fd);
-        r.run_id[63] = 0;
-        if (r.status == BOOT_OTHER_RUN)
-            die("rank %d: the process at %s:%d belongs to another run (run id \"%s\", ours \"%s\"): a stale run? "
-                    "stop it or pick another --master-port", rank, addr, port, r.run_id, run_id);
-        if (r.status == BOOT_BAD_WORLD) die("rank %d: rank 0 expects a different world size (ours %d)", rank, world);
-        if (r.status == BOOT_DUP_RANK) die("rank %d: another process already joined as rank %d", rank, rank);
-        *id = r.id;
-        return;
-    }
-}
-
-typedef struct {
-    int nproc_per_node, nnodes, node_rank, master_port;
-    const char *master_addr, *run_id;
-    double timeout_s;
-    int nccl_one;          /* NCCL even with one rank */
-} LaunchArgs;
-
-static pid_t g_children[1024];
-static int g_nchildren = 0;
-static pid_t g_launcher_pid = 0;
-static void forward_signal(int sig) { for (int i = 0; i < g_nchildren; i++) if (g_children[i] > 0) kill(g_children[i], sig); }
-
-static uint64_t fnv1a(const char *s, uint64_t h) { for (; *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001b3ULL; } return h; }
-
-/* Our launcher: with --nproc-per-node N (and no torchrun variables) fork N processes, each with RANK, WORLD_SIZE,
-   LOCAL_RANK, MASTER_ADDR, MASTER_PORT and LLMTRAIN_RUN_ID set, and wait for them. Returns in each child; the
-   parent exits with the first failure's status (and stops the other ranks). Must run before any CUDA call. */
-static void maybe_launch(const LaunchArgs *la, int argc, char **argv) {
-    if (getenv("RANK") && getenv("WORLD_SIZE")) return;
-    int world = la->nproc_per_node * la->nnodes;
-    if (world <= 1) return;
-    if (la->nproc_per_node > 1024) die("--nproc-per-node %d: at most 1024", la->nproc_per_node);
-    char run_id[64];
-    if (la->run_id) snprintf(run_id, sizeof(run_id), "%s", la->run_id);
-    else if (la->nnodes == 1) snprintf(run_id, sizeof(run_id), "local-%d-%ld", (int)getpid(), (long)time(NULL));
-    else {   /* the same command line on every node gives the same id */
-        uint64_t h = 0xcbf29ce484222325ULL;
-        for (int i = 1; i < argc; i++) {
-            if (!strcmp(argv[i], "--node-rank")) { i++; continue; }
-            h = fnv1a(argv[i], h); h = fnv1a(" ", h);
-        }
-        snprintf(run_id, sizeof(run_id), "argv-%016llx", (unsigned long long)h);
-    }
-    char v[64];
-    setenv("WORLD_SIZE", (snprintf(v, sizeof(v), "%d", world), v), 1);
-    setenv("MASTER_ADDR", la->master_addr, 1);
-    setenv("MASTER_PORT", (snprintf(v, sizeof(v), "%d", la->master_port), v), 1);
-    setenv("LLMTRAIN_RUN_ID", run_id, 1);
-    fflush(stdout); fflush(stderr);
-    g_launcher_pid = getpid();
-    for (int i = 0; i < la->nproc_per_node; i++) {
-        pid_t p = fork();
-        if (p < 0) die("fork: %s", strerror(errno));
-        if (p == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGTERM);           /* the launcher killed: the ranks stop too */
-            if (getppid() != g_launcher_pid) _exit(1);  /* ... also when it died before the line above */
-            setenv("RANK", (snprintf(v, sizeof(v), "%d", la->node_rank * la->nproc_per_node + i), v), 1);
-            setenv("LOCAL_RANK", (snprintf(v, sizeof(v), "%d", i), v), 1);
-            setenv("LOCAL_WORLD_SIZE", (snprintf(v, sizeof(v), "%d", la->nproc_per_node), v), 1);
-            return;
-        }
-        g_children[g_nchildren++] = p;
-    }
-    signal(SIGINT, forward_signal);
-    signal(SIGTERM, forward_signal);
-    signal(SIGHUP, forward_signal);
-    /* After a failure the others get SIGTERM; a rank catches it to finish its step, which it cannot do while a
-       collective waits for the dead rank, so whoever is still there after a grace period gets SIGKILL. */
-    const double grace_s = 30.0;
-    int rc = 0, left = g_nchildren, killed = 0;
-    double kill_at = 0.0;
-    while (left > 0) {
-        int st;
-        pid_t p = waitpid(-1, &st, rc ? WNOHANG : 0);
-        if (p < 0) { if (errno == EINTR) continue; break; }
-        if (p == 0) {   /* only with WNOHANG: nobody exited yet */
-            if (!killed && wall_s() >= kill_at) {
-                fprintf(stderr, "train_gpu: %d rank(s) still running %.0f s after the failure: killing them\n", left, grace_s);
-                for (int i = 0; i < g_nchildren; i++) if (g_children[i] > 0) kill(g_children[i], SIGKILL);
-                killed = 1;
-            }
-            usleep(100000);
-            continue;
-        }
-        left--;
-        for (int i = 0; i < g_nchildren; i++) if (g_children[i] == p) g_children[i] = -1;   /* reaped: never signal it again */
-        int bad = !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-        if (bad && rc == 0) {
-            rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            fprintf(stderr, "train_gpu: a rank failed (status %d): stopping the others\n", rc);
-            for (int i = 0; i < g_nchildren; i++) if (g_children[i] > 0) kill(g_children[i], SIGTERM);
-            kill_at = wall_s() + grace_s;
-        }
-    }
-    exit(rc);
-}
-
-/* rank layout from the environment (torchrun's, or our launcher's), the device, and NCCL */
-static void dist_init(Dist *d, const LaunchArgs *la) {
-    memset(d, 0, sizeof(*d));
-    const char *r = getenv("RANK"), *w = getenv("WORLD_SIZE"), *lr = getenv("LOCAL_RANK");
-    d->rank = r ? atoi(r) : 0;
-    d->world = w ? atoi(w) : 1;
-    d->local_rank = lr ? atoi(lr) : 0;
-    if (d->world < 1 || d->rank < 0 || d->rank >= d->world) die("bad RANK %d / WORLD_SIZE %d", d->rank, d->world);
-    int ndev = gpu_count();
-    if (ndev == 0) die("no CUDA device found");
-    if (d->local_rank >= ndev) die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
-    CUDA_CHECK(cudaSetDevice(d->local_rank));
-    if (d->world == 1) {
-        if (la->nccl_one) {   /* a communicator of one: the NCCL code path on one GPU */
-            ncclUniqueId id;
-            NCCL_CHECK(ncclGetUniqueId(&id));
-            NCCL_CHECK(ncclCommInitRank(&d->comm, 1, id, 0));
-        }
-        return;
-    }
-    const char *addr = getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : la->master_addr;
-    int port = getenv("MASTER_PORT") ? atoi(getenv("MASTER_PORT")) : la->master_port;
-    /* Under torchrun with TORCHELASTIC_USE_AGENT_STORE=True the agent on node 0 already serves its own TCP store on
-       MASTER_PORT (the workers are meant to join it as clients), so rank 0 could not listen there: the handshake
-       uses the port above it (every rank gets the same environment, so they agree). */
-    const char *agent_store = getenv("TORCHELASTIC_USE_AGENT_STORE");
-    if (agent_store && !strcmp(agent_store, "True")) port += 1;
-    char run_id[64];
-    const char *rid = getenv("LLMTRAIN_RUN_ID") ? getenv("LLMTRAIN_RUN_ID") : la->run_id ? la->run_id : getenv("TORCHELASTIC_RUN_ID");
-    if (rid) snprintf(run_id, sizeof(run_id), "%s", rid);
-    else snprintf(run_id, sizeof(run_id), "env-%s-%d-%d", addr, port, d->world);
-    ncclUniqueId id;
-    if (d->rank == 0) {
-        NCCL_CHECK(ncclGetUniqueId(&id));
-        boot_serve(&id, run_id, d->world, port, la->timeout_s);
-    } else {
-        boot_join(&id, run_id, d->rank, d->world, addr, port, la->timeout_s);
-    }
-    NCCL_CHECK(ncclCommInitRank(&d->comm, d->world, id, d->rank));
-}
-
-/* The NCCL watchdog: a thread that stops this rank when NCCL reports an asynchronous error (a connection to a peer
-   broke) or when no step has ended for --nccl-timeout seconds (a peer died without breaking a connection, or
-   hangs; progress is marked at each micro-step, evaluation and checkpoint, and the timer starts with the
-   training loop). Without it a collective that waits for a dead rank on another node waits forever. It exits the
-   process: the driver ends its kernels, the peers' connections break, and our launcher (or torchrun) stops the
-   other local ranks. */
-static long long g_progress_ms = 0;     /* when the last step (or evaluation, or checkpoint) ended (atomic) */
-static double g_nccl_timeout_s = 0.0;
-static ncclComm_t g_watched = NULL;     /* NULL once the run is over (under g_watch_lock) */
-static int g_watched_rank = 0;
-static pthread_mutex_t g_watch_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static long long mono_ms(void) { return (long long)now_ms(); }   /* CLOCK_MONOTONIC: wall-clock steps do not count */
-static void progress_mark(void) { __atomic_store_n(&g_progress_ms, mono_ms(), __ATOMIC_RELEASE); }
-
-static void *nccl_watchdog(void *arg) {
-    (void)arg;
-    for (;;) {
-        sleep(1);
-        ncclResult_t st = ncclSuccess, r = ncclSuccess;
-        pthread_mutex_lock(&g_watch_lock);
-        int over = g_watched == NULL;
-        if (!over) r = ncclCommGetAsyncError(g_watched, &st);
-        pthread_mutex_unlock(&g_watch_lock);
-        if (over) return NULL;
-        if (r != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
-            fprintf(stderr, "%s: rank %d: NCCL reports an error (%s): stopping\n", trainer_name, g_watched_rank,
-                    ncclGetErrorString(r != ncclSuccess ? r : st));
-            _exit(1);
-        }
-        double idle = (mono_ms() - __atomic_load_n(&g_progress_ms, __ATOMIC_ACQUIRE)) / 1000.0;
-        if (g_nccl_timeout_s > 0 && idle > g_nccl_timeout_s) {
-            fprintf(stderr, "%s: rank %d: no step ended in %.0f s (a rank died or hangs; see --nccl-timeout): stopping\n",
-                    trainer_name, g_watched_rank, idle);
-            _exit(1);
-        }
-    }
-    return NULL;
-}
-
-static void watchdog_start(const Dist *d, double timeout_s) {
-    if (!d->comm || d->world == 1) return;   /* one rank waits for nobody */
-    g_watched = d->comm; g_watched_rank = d->rank; g_nccl_timeout_s = timeout_s;
-    progress_mark();
-    pthread_t th;
-    if (pthread_create(&th, NULL, nccl_watchdog, NULL) != 0) die("cannot start the NCCL watchdog thread");
-    pthread_detach(th);
-}
-
-/* the run is over: the watchdog stops looking before the communicator goes */
-static void watchdog_stop(void) {
-    pthread_mutex_lock(&g_watch_lock);
-    g_watched = NULL;
-    pthread_mutex_unlock(&g_watch_lock);
-}
+#include "dist.h"
+static_assert(sizeof(ncclUniqueId) == BOOT_ID_BYTES, "the handshake hands out an ncclUniqueId");
 
 /* the process-wide GPU state: SM count and the cuBLASLt handle and workspace (after cudaSetDevice) */
 static void gpu_setup(void) {
@@ -3012,7 +2688,7 @@ static void gpu_teardown(void) {
 }
 
 /* ================================================================================================ */
-/* the trainer: train.c's flags and loop, on the device model (left out when a test includes this file) */
+/* the trainer: the shared loop (train_loop.h) over the device model (left out when a test includes this file) */
 
 #ifndef TRAIN_GPU_NO_MAIN
 
@@ -3038,73 +2714,118 @@ static double flops_per_token(const ModelConfig *c, int T) {
     return 6.0 * (L * (QKV * C + C * QD + FC * C + C * F) + V * C) + 6.0 * L * T * QD;
 }
 
-static double device_used_gib(double *peak) {
+/* the backend of the shared loop (train_loop.h): the device model, the ranks, and a sample's logits on the host */
+template <typename T>
+struct GpuRun {
+    GModel<T> g;
+    Dist *d;
+    const Args *a;
+    AdamWConfig opt;
+    cudaDeviceProp prop;
+    double flops_per_token, peak_flops;
+    T *row_t;      /* [V] the logits of a sample's last position, as the device holds them */
+    float *row;    /* [V] the same as floats */
+};
+
+template <typename T>
+static void gpu_forward_backward(void *ctx, const DataLoader *dl, int micro) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    const Args *a = c->a;
+    if (micro == 0) gmodel_zero_grad(c->g);
+    gmodel_upload_batch(c->g, dl->inputs, dl->targets, a->batch_size, a->seq_len);
+    gmodel_forward(c->g, 1, 1.0f / (a->grad_accum * c->d->world), 1.0 / a->grad_accum, micro > 0);
+    gmodel_backward(c->g, micro == a->grad_accum - 1);
+    progress_mark();   /* the upload of the next micro-step waits for this one: the GPU moves */
+}
+
+/* queued on the device, not waited for (gmodel_step_queue): the loop reads the outcome one step later */
+template <typename T>
+static void gpu_step_queue(void *ctx, int step, float lr, int stop) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    c->opt.lr = lr;
+    gmodel_step_queue(c->g, *c->d, &c->opt, step, c->a->clip, c->a->seed, 1, stop);
+}
+
+template <typename T>
+static int gpu_step_outcome(void *ctx, int step, double *loss, double *norm, int *stop) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    int skip = gmodel_step_outcome(c->g, step, loss, norm, stop);
+    progress_mark();
+    return skip;
+}
+
+/* the batches' losses summed on the device, read once at the end */
+template <typename T>
+static void gpu_eval_batch(void *ctx, const DataLoader *dl, int i) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    gmodel_upload_batch(c->g, dl->inputs, dl->targets, dl->B, dl->T);
+    gmodel_forward(c->g, 0, 0.0f, 1.0, i > 0);
+}
+
+template <typename T>
+static double gpu_eval_sum(void *ctx) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    double sum = gmodel_read_loss(c->g);
+    progress_mark();   /* an evaluation is not a hang */
+    return sum;
+}
+
+template <typename T>
+static const float *gpu_forward_logits(void *ctx, const int *ids, int n) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GModel<T> &g = c->g;
+    int V = g.V;
+    gmodel_upload_batch(g, ids, NULL, 1, n);
+    gmodel_forward(g, 0, 0.0f, 0.0, 0);
+    CUDA_CHECK(cudaMemcpyAsync(c->row_t, g.logits + (size_t)(n - 1 - g.logits_r0) * g.Vp, V * sizeof(T),
+                               cudaMemcpyDeviceToHost, g.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+    for (int v = 0; v < V; v++) {
+        if (sizeof(T) == 4) memcpy(&c->row[v], &c->row_t[v], 4);
+        else { uint16_t h; memcpy(&h, &c->row_t[v], 2); c->row[v] = host_bf16_bits_to_f32(h); }
+    }
+    progress_mark();
+    return c->row;
+}
+
+template <typename T>
+static void gpu_save(void *ctx, const TrainState *ts) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    gmodel_download(c->g, *c->d, 1);   /* collective: masters and moments gathered from the shards */
+    if (c->d->rank == 0) write_checkpoint(c->a, c->g.host, ts);
+    progress_mark();   /* a checkpoint is not a hang */
+}
+
+template <typename T>
+static void gpu_print_setup(void *ctx) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    const Args *a = c->a;
+    int world = c->d->world;
+    printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a->batch_size, a->seq_len,
+           a->grad_accum, world, a->batch_size * a->seq_len * a->grad_accum * world);
+    printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-%d over %d rank(s)%s, %.2f GiB allocated; "
+           "%.1f GFLOP/token, peak %.0f TFLOP/s bf16\n", c->prop.name, c->prop.multiProcessorCount, a->dtype, a->recompute,
+           gpu::attention_uses_tc<T>(c->g.cfg.head_dim, a->plain_attn) ? "tensor-core flash" : "plain", c->g.zero2 ? 2 : 1,
+           world, !c->d->comm ? "" : c->g.overlap ? " (NCCL, reduce overlapped with the backward)" : " (NCCL, reduce-scatter)",
+           g_dev_bytes / 1073741824.0, c->flops_per_token / 1e9, c->peak_flops / 1e12);
+}
+
+/* the watchdog's timer starts with the training loop */
+template <typename T>
+static void gpu_loop_start(void *ctx) {
+    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    watchdog_start(c->d, c->a->nccl_timeout);
+}
+
+template <typename T>
+static double gpu_memory_gib(void *ctx) {
     size_t fr = 0, tot = 0;
     cudaMemGetInfo(&fr, &tot);
-    double used = (double)(tot - fr) / 1073741824.0;
-    if (used > *peak) *peak = used;
-    return used;
-}
-
-/* Draws the next token from the logits of one position: temperature, then the top-k most likely. */
-template <typename T>
-static void print_sample(GModel<T> &g, const Args *a, Tokenizer *tok, int step) {
-    int Tn = a->seq_len, V = g.V;
-    int start = sample_start_token(&g.cfg, tok);
-    int n = a->sample_len + 1;
-    int *ids = (int *)malloc(n * sizeof(int));
-    T *row_t = (T *)malloc(V * sizeof(T));
-    float *row = (float *)malloc(V * sizeof(float));
-    ids[0] = start;
-    for (int i = 1; i < n; i++) {
-        int ctx = i < Tn ? i : Tn;
-        gmodel_upload_batch(g, ids + i - ctx, NULL, 1, ctx);
-        gmodel_forward(g, 0, 0.0f, 0.0, 0);
-        CUDA_CHECK(cudaMemcpyAsync(row_t, g.logits + (size_t)(ctx - 1 - g.logits_r0) * g.Vp, V * sizeof(T),
-                                   cudaMemcpyDeviceToHost, g.stream));
-        CUDA_CHECK(cudaStreamSynchronize(g.stream));
-        for (int v = 0; v < V; v++) {
-            if (sizeof(T) == 4) memcpy(&row[v], &row_t[v], 4);
-            else { uint16_t h; memcpy(&h, &row_t[v], 2); row[v] = host_bf16_bits_to_f32(h); }
-        }
-        ids[i] = sample_token(row, V, a->temperature, a->top_k, rng_uniform(a->seed ^ 0x5A5A5A5AULL, (uint64_t)step * n + i));
-    }
-    print_sample_text(tok, ids + 1, n - 1, step);
-    free(ids); free(row_t); free(row);
-}
-
-/* Mean loss over the first n batches of the (unshuffled) validation stream: the same tokens every time. */
-template <typename T>
-static float evaluate(GModel<T> &g, Blend *val, int B, int n, int eod) {
-    DataLoader dl;
-    dataloader_init(&dl, val, B, 0, 1);
-    dl.eod = eod;
-    for (int i = 0; i < n; i++) {
-        dataloader_next(&dl);
-        gmodel_upload_batch(g, dl.inputs, dl.targets, B, dl.T);
-        gmodel_forward(g, 0, 0.0f, 1.0, i > 0);
-    }
-    double sum = gmodel_read_loss(g);
-    dataloader_free(&dl);
-    return (float)(sum / n);
-}
-
-template <typename T>
-static void save_checkpoint(GModel<T> &g, const Dist &d, const Args *a, const TrainState *ts) {
-    gmodel_download(g, d, 1);   /* collective: masters and moments gathered from the shards */
-    if (d.rank == 0) {
-        char err[1024], saved[1300];
-        if (checkpoint_save(a->out, g.host, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved),
-                            err, sizeof(err)) != 0)
-            die("checkpoint: %s", err);
-        print_saved(saved, &g.host->cfg);
-        fflush(stdout);
-    }
+    return (double)(tot - fr) / 1073741824.0;
 }
 
 template <typename T>
 static int run(Args &a, Dist &d) {
-    int rank = d.rank, world = d.world, main_rank = rank == 0;
     ModelConfig cfg;
     Data data;
     Model m;
@@ -3112,105 +2833,30 @@ static int run(Args &a, Dist &d) {
     /* the loader, and the weights: resumed, continued from HF weights, or fresh */
     DataLoader dl;
     TrainState ts;
-    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, rank, world);
-    int eod = dl.eod;
+    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, d.rank, d.world);
 
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20, a.overlap, a.zero};
-    GModel<T> g;
-    gmodel_build(g, &m, a.batch_size, a.seq_len, o, d, stream);
-    gmodel_upload(g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
+    GpuRun<T> c;
+    c.d = &d; c.a = &a;
+    c.opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay};
+    gmodel_build(c.g, &m, a.batch_size, a.seq_len, o, d, stream);
+    gmodel_upload(c.g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
     free(m.m_memory); free(m.v_memory); m.m_memory = m.v_memory = NULL;   /* the shards live on the device now */
+    c.row_t = (T *)malloc(c.g.V * sizeof(T));
+    c.row = (float *)malloc(c.g.V * sizeof(float));
+    CUDA_CHECK(cudaGetDeviceProperties(&c.prop, d.local_rank));
+    c.flops_per_token = flops_per_token(&cfg, a.seq_len);
+    c.peak_flops = peak_bf16_flops(c.prop.name);
 
-    Tokenizer *tok = open_tokenizer(&a);
-    FILE *logf = main_rank ? open_run_log(&a, resumed) : NULL;
+    TrainBackend b = {&c, d.rank, d.world, 1, gpu_forward_backward<T>, gpu_step_queue<T>, gpu_step_outcome<T>,
+                      gpu_eval_batch<T>, gpu_eval_sum<T>, gpu_forward_logits<T>, gpu_save<T>, gpu_print_setup<T>,
+                      gpu_loop_start<T>, gpu_memory_gib<T>, c.flops_per_token, c.peak_flops};
+    train_loop(&b, &a, &cfg, m.num_params, &data, &dl, &ts, resumed);
 
-    cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, d.local_rank));
-    double peak = peak_bf16_flops(prop.name), fpt = flops_per_token(&cfg, a.seq_len), mem_peak = 0.0;
-    int style = lr_style(a.schedule);
-    if (main_rank) {
-        print_run_start(&cfg, m.num_params, &a, &data);
-        printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a.batch_size, a.seq_len,
-               a.grad_accum, world, a.batch_size * a.seq_len * a.grad_accum * world);
-        printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-%d over %d rank(s)%s, %.2f GiB allocated; "
-               "%.1f GFLOP/token, peak %.0f TFLOP/s bf16\n", prop.name, prop.multiProcessorCount, a.dtype, a.recompute,
-               gpu::attention_uses_tc<T>(cfg.head_dim, a.plain_attn) ? "tensor-core flash" : "plain", g.zero2 ? 2 : 1, world,
-               !d.comm ? "" : g.overlap ? " (NCCL, reduce overlapped with the backward)" : " (NCCL, reduce-scatter)",
-               g_dev_bytes / 1073741824.0, fpt / 1e9, peak / 1e12);
-        if (data.have_valid && !resumed) log_val(logf, 0, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
-        fflush(stdout);
-    }
-
-    AdamWConfig opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay};
-    double total_ms = 0.0;
-    int steps_run = 0;
-    long tokens_per_step = (long)a.batch_size * a.seq_len * a.grad_accum * world;
-    /* The host queues step N, then reads step N-1's outcome (pinned memory, an event): the device always has the
-       next step queued and never waits for the host to read a loss. Where the host needs the weights after step N
-       (an evaluation, a sample, a checkpoint, the end, a stop) it reads step N's outcome at once. The points where
-       a rank waits depend only on the flags, the step and the all-reduced stop flags: the same on every rank.
-       A step's time runs from when it was queued (or, when the previous step was still running then, from the end
-       of that one) to when the host saw its outcome. */
-    int pending = 0, stop = 0;           /* pending: a queued step whose outcome is not read yet */
-    double queued_ms[2] = {0, 0}, lr_of[2] = {0, 0}, last_done_ms = 0.0;
-    watchdog_start(&d, a.nccl_timeout);
-    auto finish = [&](int s) {           /* reads step s's outcome and logs it */
-        double loss, norm;
-        int stop_s = 0;
-        int skip = gmodel_step_outcome(g, s, &loss, &norm, &stop_s);
-        double done = now_ms(), begin = queued_ms[s & 1] > last_done_ms ? queued_ms[s & 1] : last_done_ms;
-        double ms = done - begin;
-        last_done_ms = done;
-        progress_mark();
-        stop |= stop_s;
-        if (skip && !a.skip_nonfinite)
-            die("step %d: loss %f, grad norm %f: not finite (lower --lr, or --skip-nonfinite to skip such steps)", s, loss, norm);
-        if (skip) ts.skipped++;
-        total_ms += ms;
-        steps_run++;
-        double tps = tokens_per_step / (ms / 1000.0), mfu = peak > 0 ? 100.0 * fpt * tps / world / peak : -1;
-        device_used_gib(&mem_peak);
-        if (main_rank) {
-            StepLog sl = {s, skip, (long long)ts.skipped, loss, lr_of[s & 1], norm, ms, tps, mfu, mem_peak};
-            log_step(&a, logf, &sl);
-        }
-    };
-    for (int step = (int)ts.step + 1; step <= a.steps; step++) {
-        queued_ms[step & 1] = now_ms();
-        gmodel_zero_grad(g);
-        for (int micro = 0; micro < a.grad_accum; micro++) {
-            dataloader_next(&dl);
-            gmodel_upload_batch(g, dl.inputs, dl.targets, a.batch_size, a.seq_len);
-            gmodel_forward(g, 1, 1.0f / (a.grad_accum * world), 1.0 / a.grad_accum, micro > 0);
-            gmodel_backward(g, micro == a.grad_accum - 1);
-            progress_mark();   /* the upload of the next micro-step waits for this one: the GPU moves */
-        }
-        opt.lr = lr_schedule(step, a.lr, a.min_lr, a.warmup_steps, a.decay_steps, style);
-        lr_of[step & 1] = opt.lr;
-        gmodel_step_queue(g, d, &opt, step, a.clip, a.seed, 1, stop_requested);
-        if (pending) finish(pending);
-        pending = step;
-        ts.step = step;
-        ts.data_cursor = dl.cursor;
-        int eval_due = data.have_valid && due(&a, step, a.eval_every), sample_due = due(&a, step, a.sample_every);
-        int save_due = a.out && a.save_every > 0 && step % a.save_every == 0;
-        if (eval_due || sample_due || save_due || step == a.steps || stop) { finish(step); pending = 0; }
-        int last = step == a.steps || stop;   /* stop: seen in step - 1's outcome or in step's own */
-        if (main_rank && eval_due) log_val(logf, step, evaluate(g, &data.valid_blend, a.batch_size, a.eval_steps, eod));
-        if (main_rank && sample_due) print_sample(g, &a, tok, step);
-        if (a.out && (save_due || last)) save_checkpoint(g, d, &a, &ts);
-        progress_mark();   /* the evaluation and the checkpoint are not a hang */
-        if (stop) { if (main_rank) printf("stopped by signal after step %d\n", step); break; }
-    }
-    if (pending) finish(pending);
-    if (steps_run > 0 && main_rank)
-        printf("done: %d steps, %.1f ms/step, %.0f tokens/s, peak GPU memory %.2f GiB\n", steps_run, total_ms / steps_run,
-               tokens_per_step * steps_run / (total_ms / 1000.0), mem_peak);
-    if (logf) fclose(logf);
-    if (tok) tokenizer_free(tok);
-    gmodel_free(g);
+    free(c.row_t); free(c.row);
+    gmodel_free(c.g);
     dataloader_free(&dl);
     close_data(&data);
     model_free(&m);
