@@ -13,8 +13,9 @@
  function it mirrors (<name>_kernel, or a name that says what it fuses, e.g. residual_norm_forward_kernel), with
  cuBLASLt for the matmuls; then the optimizer's kernels and small utilities; the wrappers inside namespace gpu
  (gpu::layernorm_forward mirrors layernorm_forward); the model on the device (forward, backward, AdamW on the
- ZeRO-1 shard); the distributed bootstrap; main. As in the header, T is the sequence length and the backward
- kernels add (+=) into the gradients they write, unless their comment says otherwise.
+ ZeRO-1 shard); the distributed bootstrap; main. In the kernels, as in the header, T is the sequence length
+ (floatX the element type), and the backward kernels add (+=) into the gradients they write unless their
+ comment says otherwise.
 
  Numerics (docs/design.md sec. 5): params and activations in floatX (bf16, or fp32 with --dtype fp32); fp32 master
  weights and AdamW moments, sharded over ranks; gradients of the weights in fp32; the residual-stream
@@ -188,7 +189,7 @@ static void dev_free(void *p, size_t bytes) {
 }
 
 /* ================================================================================================ */
-/* layers: the kernels of llmtrain.h's layers, in its order. Shapes as in the header: B batch rows, T positions,
+/* layers: the kernels of llmtrain.h's layers, in its order. Shapes as in the header: B sequences of T positions,
    N = B*T rows, C channels, NH / NKV query / key-value heads of HD, F hidden, V vocabulary. Tensors are floatX,
    gradients of the weights and of the residual stream fp32. */
 
