@@ -9,7 +9,8 @@
 
  Inputs and weights are fresh random numbers each run (the seed is printed; TEST_GPU_SEED=N repeats it); for bf16 they are rounded to bf16 first, so the CPU sees the same values and
  only the kernel's own rounding differs. Every output buffer is filled with NaN before its kernel runs, so an
- element the kernel forgot to write fails the comparison. Pass: |gpu - cpu| <= atol + rtol |cpu| everywhere
+ element the kernel forgot to write fails the comparison; a gradient the kernel adds into starts from random
+ values instead, which the expected values include, so a kernel that writes it fails too. Pass: |gpu - cpu| <= atol + rtol |cpu| everywhere
  (fp32: 1e-5 scale; bf16: 1e-2 scale), or a relative error norm for whole-model gradients.
 
  Build: nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -I. -o tests/bin/test_gpu \
