@@ -9,12 +9,15 @@
    nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -o train_gpu train_gpu.cu \
         prepro/tokenizer.c -lcublas -lcublasLt -lnccl -ljansson -lpcre2-8 -lm
 
- Reading order: numerics helpers; one kernel (or cuBLASLt call) per layer of llmtrain.h, each with the
- name of its CPU mirror inside namespace gpu (gpu::layernorm_forward mirrors layernorm_forward); the
- model on the device (forward, backward, AdamW on the ZeRO-1 shard); the distributed start-up (dist.h);
- the backend of the training loop both trainers share (train_loop.h); main.
+ Reading order: numerics helpers; the kernels in the order of llmtrain.h's layers, each named after the header
+ function it mirrors (<name>_kernel, or a name that says what it fuses, e.g. residual_norm_forward_kernel), with
+ cuBLASLt for the matmuls; then the optimizer's kernels and small utilities; the wrappers inside namespace gpu
+ (gpu::layernorm_forward mirrors layernorm_forward); the model on the device (forward, backward, AdamW on the
+ ZeRO-1 shard); the distributed start-up (dist.h); the backend of the training loop both trainers share
+ (train_loop.h); main. In the kernels, as in the header, T is the sequence length (floatX the element type), and the backward kernels add (+=) into the gradients they write unless their
+ comment says otherwise.
 
- Numerics (docs/design.md sec. 5): params and activations in T (bf16, or fp32 with --dtype fp32); fp32 master
+ Numerics (docs/design.md sec. 5): params and activations in floatX (bf16, or fp32 with --dtype fp32); fp32 master
  weights and AdamW moments, sharded over ranks; gradients of the weights in fp32; the residual-stream
  gradient in fp32; norms, softmax, losses and reductions in fp32. The bf16 copy of the weights is made
  from the fp32 masters by stochastic rounding with the header's counter-based RNG (rng_mix ported below).
@@ -96,10 +99,10 @@ static int gpu_count(void) {
 /* ------------------------------------------------------------------------------------------------ */
 /* numerics helpers */
 
-/* T is float or bf16; arithmetic is always in float */
+/* floatX (the type of params and activations) is float or bf16; arithmetic is always in float */
 __host__ __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
+template <typename floatX> __device__ __forceinline__ floatX from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
 
@@ -112,14 +115,16 @@ template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __flo
 }
 static inline float host_bf16_bits_to_f32(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
 
-/* 16 bytes of T: 8 bf16 or 4 float. Tensors are laid out so rows start on 16-byte boundaries
+/* 16 bytes of floatX: 8 bf16 or 4 float. Tensors are laid out so rows start on 16-byte boundaries
    (C, F, HD multiples of 8; checked at startup). */
-template <typename T> struct alignas(16) Pack {
-    static constexpr int N = 16 / sizeof(T);
-    T v[N];
+template <typename floatX> struct alignas(16) Pack {
+    static constexpr int N = 16 / sizeof(floatX);
+    floatX v[N];
 };
-template <typename T> __device__ __forceinline__ Pack<T> ld_pack(const T *p) { return *reinterpret_cast<const Pack<T> *>(p); }
-template <typename T> __device__ __forceinline__ void st_pack(T *p, const Pack<T> &x) { *reinterpret_cast<Pack<T> *>(p) = x; }
+template <typename floatX>
+__device__ __forceinline__ Pack<floatX> ld_pack(const floatX *p) { return *reinterpret_cast<const Pack<floatX> *>(p); }
+template <typename floatX>
+__device__ __forceinline__ void st_pack(floatX *p, const Pack<floatX> &x) { *reinterpret_cast<Pack<floatX> *>(p) = x; }
 
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -153,7 +158,7 @@ __device__ __forceinline__ bf16 stochastic_round_bf16(float x, uint64_t r) {
     raw.x = stochastic_round_bf16_bits(x, r);
     return bf16(raw);
 }
-template <typename T> __device__ __forceinline__ T round_param(float x, uint64_t r);
+template <typename floatX> __device__ __forceinline__ floatX round_param(float x, uint64_t r);
 template <> __device__ __forceinline__ float round_param<float>(float x, uint64_t r) { return x; }
 template <> __device__ __forceinline__ bf16 round_param<bf16>(float x, uint64_t r) { return stochastic_round_bf16(x, r); }
 
@@ -185,26 +190,31 @@ static void dev_free(void *p, size_t bytes) {
 }
 
 /* ================================================================================================ */
-/* layers: kernels that mirror llmtrain.h. Shapes as in the header: N rows (B*T), C channels, ... */
+/* layers: the kernels of llmtrain.h's layers, in its order. Shapes as in the header: B sequences of T positions,
+   N = B*T rows, C channels, NH / NKV query / key-value heads of HD, F hidden, V vocabulary. Tensors are floatX,
+   gradients of the weights and of the residual stream fp32. */
 
-/* embedding: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b*T+t] (or t when pos is NULL) */
-template <typename T>
-__global__ void embedding_forward_kernel(T *out, const int *tokens, const T *wte, const T *wpe, const int *pos, int N,
-                                         int Tn, int C) {
-    constexpr int VW = Pack<T>::N;
+/* ------------------------------------------------------------------------------------------------ */
+/* embedding */
+
+/* embedding_forward: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b*T+t] (or t when pos is NULL) */
+template <typename floatX>
+__global__ void embedding_forward_kernel(floatX *out, const int *tokens, const floatX *wte, const floatX *wpe,
+                                         const int *pos, int N, int T, int C) {
+    constexpr int VW = Pack<floatX>::N;
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
     if (i >= (size_t)N * C) return;
     int n = (int)(i / C), c = (int)(i % C);
-    Pack<T> e = ld_pack(wte + (size_t)tokens[n] * C + c);
+    Pack<floatX> e = ld_pack(wte + (size_t)tokens[n] * C + c);
     if (wpe) {
-        Pack<T> p = ld_pack(wpe + (size_t)(pos ? pos[n] : n % Tn) * C + c);
+        Pack<floatX> p = ld_pack(wpe + (size_t)(pos ? pos[n] : n % T) * C + c);
         #pragma unroll
-        for (int k = 0; k < VW; k++) e.v[k] = from_f<T>(to_f(e.v[k]) + to_f(p.v[k]));
+        for (int k = 0; k < VW; k++) e.v[k] = from_f<floatX>(to_f(e.v[k]) + to_f(p.v[k]));
     }
     st_pack(out + i, e);
 }
 
-/* embedding backward, deterministic and without atomics. The host sorts the positions by token (counting sort,
+/* embedding_backward (dwte += the dout rows of each token), deterministic and without atomics. The host sorts the positions by token (counting sort,
    stable) and cuts each token's run of positions into chunks of at most EMB_CHUNK, in order (emb_plan_build), so a
    frequent token is summed by many blocks, not serially by one:
      pass 1, block (chunk c, 256 columns): acc = sum of dout[pos[j], :] over the chunk's positions, in order; a
@@ -232,44 +242,48 @@ __global__ void embedding_backward_partials_kernel(float *dwte, const float *par
     dwte[(size_t)ltok[u] * C + c] += acc;
 }
 
-/* dwpe[t,c] += sum_b dout[b,t,c] */
-__global__ void embedding_backward_wpe_kernel(float *dwpe, const float *dout, int B, int Tn, int C) {
+/* embedding_backward's dwpe when row b*T+t is at position t: dwpe[t,c] += sum_b dout[b,t,c] */
+__global__ void embedding_backward_wpe_kernel(float *dwpe, const float *dout, int B, int T, int C) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)Tn * C) return;
+    if (i >= (size_t)T * C) return;
     int t = (int)(i / C), c = (int)(i % C);
     float acc = 0.0f;
-    for (int b = 0; b < B; b++) acc += dout[((size_t)b * Tn + t) * C + c];
+    for (int b = 0; b < B; b++) acc += dout[((size_t)b * T + t) * C + c];
     dwpe[i] += acc;
 }
 
-/* residual + norm, one warp per row:
-     resid = inp1 + inp2 (when inp2; rounded to T, stored in resid_out) else resid = inp1
+/* ------------------------------------------------------------------------------------------------ */
+/* layernorm, rmsnorm (with the residual add of the stream fused in) */
+
+/* residual_forward + layernorm_forward / rmsnorm_forward, one warp per row:
+     x = inp1 + inp2 (when inp2; rounded to floatX, stored in resid_out), else x = inp1
      layernorm: mean = sum(x)/C, rstd = 1/sqrt(sum((x-mean)^2)/C + eps), y = (x-mean)*rstd*w + b
      rmsnorm:   rstd = 1/sqrt(sum(x^2)/C + eps),                         y = x*rstd*w
    Row r of the input starts at inp1 + (r / heads) * ld + (r % heads) * C (heads = 1, ld = C for the usual
    [N, C] rows; heads = NH, ld = row width for Qwen3's per-head q/k norm on a [N, ld] buffer). The output is
    [rows, C] contiguous. mean may be NULL (rmsnorm). */
-template <typename T>
-__global__ void norm_forward_kernel(T *resid_out, T *out, float *mean, float *rstd, const T *inp1, const T *inp2,
-                                    int heads, int ld, const T *w, const T *b, int rows, int C, float eps, int layernorm) {
-    constexpr int VW = Pack<T>::N;
+template <typename floatX>
+__global__ void residual_norm_forward_kernel(floatX *resid_out, floatX *out, float *mean, float *rstd, const floatX *inp1,
+                                             const floatX *inp2, int heads, int ld, const floatX *w, const floatX *b,
+                                             int rows, int C, float eps, int layernorm) {
+    constexpr int VW = Pack<floatX>::N;
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
-    const T *x = inp1 + (size_t)(row / heads) * ld + (size_t)(row % heads) * C;
+    const floatX *x = inp1 + (size_t)(row / heads) * ld + (size_t)(row % heads) * C;
     float sum = 0.0f;
     if (inp2) {
-        const T *x2 = inp2 + (size_t)row * C;
-        T *r = resid_out + (size_t)row * C;
+        const floatX *x2 = inp2 + (size_t)row * C;
+        floatX *r = resid_out + (size_t)row * C;
         for (int c = lane * VW; c < C; c += 32 * VW) {
-            Pack<T> a = ld_pack(x + c), bb = ld_pack(x2 + c);
+            Pack<floatX> a = ld_pack(x + c), bb = ld_pack(x2 + c);
             #pragma unroll
-            for (int k = 0; k < VW; k++) { a.v[k] = from_f<T>(to_f(a.v[k]) + to_f(bb.v[k])); sum += to_f(a.v[k]); }
+            for (int k = 0; k < VW; k++) { a.v[k] = from_f<floatX>(to_f(a.v[k]) + to_f(bb.v[k])); sum += to_f(a.v[k]); }
             st_pack(r + c, a);
         }
         x = r;   /* the rounded sum, as the backward will read it */
     } else {
         for (int c = lane * VW; c < C; c += 32 * VW) {
-            Pack<T> a = ld_pack(x + c);
+            Pack<floatX> a = ld_pack(x + c);
             #pragma unroll
             for (int k = 0; k < VW; k++) sum += to_f(a.v[k]);
         }
@@ -277,62 +291,66 @@ __global__ void norm_forward_kernel(T *resid_out, T *out, float *mean, float *rs
     float m = layernorm ? warp_sum(sum) / C : 0.0f;
     float ss = 0.0f;
     for (int c = lane * VW; c < C; c += 32 * VW) {
-        Pack<T> a = ld_pack(x + c);
+        Pack<floatX> a = ld_pack(x + c);
         #pragma unroll
         for (int k = 0; k < VW; k++) { float d = to_f(a.v[k]) - m; ss += d * d; }
     }
     float s = 1.0f / sqrtf(warp_sum(ss) / C + eps);
-    T *y = out + (size_t)row * C;
+    floatX *y = out + (size_t)row * C;
     for (int c = lane * VW; c < C; c += 32 * VW) {
-        Pack<T> a = ld_pack(x + c), wv = ld_pack(w + c), o;
+        Pack<floatX> a = ld_pack(x + c), wv = ld_pack(w + c), o;
         #pragma unroll
         for (int k = 0; k < VW; k++) {
             float v = (to_f(a.v[k]) - m) * s * to_f(wv.v[k]);
             if (b) v += to_f(b[c + k]);
-            o.v[k] = from_f<T>(v);
+            o.v[k] = from_f<floatX>(v);
         }
         st_pack(y + c, o);
     }
     if (lane == 0) { if (mean) mean[row] = m; rstd[row] = s; }
 }
 
-/* the forward's normalisation again from the saved mean/rstd (--recompute 2): the same arithmetic, so the
-   same values as the forward wrote */
-template <typename T>
-__global__ void norm_apply_kernel(T *out, const T *inp, const float *mean, const float *rstd, const T *w, const T *b,
-                                  int rows, int C) {
-    constexpr int VW = Pack<T>::N;
+/* layernorm_forward / rmsnorm_forward again, from the mean/rstd the forward saved (--recompute 2):
+   y = (x - mean) * rstd * w + b (mean NULL: 0; b NULL: none), the same arithmetic, so the same values as the
+   forward wrote */
+template <typename floatX>
+__global__ void norm_forward_recompute_kernel(floatX *out, const floatX *inp, const float *mean, const float *rstd,
+                                              const floatX *w, const floatX *b, int rows, int C) {
+    constexpr int VW = Pack<floatX>::N;
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
     if (i >= (size_t)rows * C) return;
     int row = (int)(i / C), c = (int)(i % C);
     float m = mean ? mean[row] : 0.0f, s = rstd[row];
-    Pack<T> a = ld_pack(inp + i), wv = ld_pack(w + c), o;
+    Pack<floatX> a = ld_pack(inp + i), wv = ld_pack(w + c), o;
     #pragma unroll
     for (int k = 0; k < VW; k++) {
         float v = (to_f(a.v[k]) - m) * s * to_f(wv.v[k]);
         if (b) v += to_f(b[c + k]);
-        o.v[k] = from_f<T>(v);
+        o.v[k] = from_f<floatX>(v);
     }
     st_pack(out + i, o);
 }
 
-/* norm backward for the input, one warp per row:
+/* layernorm_backward / rmsnorm_backward for the input (+ residual_backward), one warp per row:
      dn = dy*w, n = (x-mean)*rstd
      layernorm: dx = rstd * (dn - mean(dn) - n*mean(dn*n));   rmsnorm: dx = rstd * (dn - n*mean(dn*n))
-   Residual-stream form (dres != NULL): dres = (accumulate ? dres : 0) + dx in fp32, and dres_t = T(dres) for
-   the next matmul. Otherwise dx is written as T into dinp at the input's row addressing (heads, ld). */
-template <typename T>
-__global__ void norm_backward_kernel(float *dres, T *dres_t, T *dinp, const T *dout, const T *inp, int heads, int ld,
-                                     const T *w, const float *mean, const float *rstd, int rows, int C, int accumulate) {
-    constexpr int VW = Pack<T>::N;
+   Residual-stream form (dres != NULL): dres = (accumulate ? dres : 0) + dx in fp32 (residual_backward: the
+   stream's gradient is the sum of what its branches send back), and dres_t = floatX(dres) for the next matmul;
+   accumulate 0 starts the stream (the final norm). Otherwise dinp += dx in floatX, at the input's row addressing
+   (heads, ld). The weight and bias gradients are the column sums below. */
+template <typename floatX>
+__global__ void residual_norm_backward_kernel(float *dres, floatX *dres_t, floatX *dinp, const floatX *dout,
+                                              const floatX *inp, int heads, int ld, const floatX *w, const float *mean,
+                                              const float *rstd, int rows, int C, int accumulate) {
+    constexpr int VW = Pack<floatX>::N;
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     size_t xoff = (size_t)(row / heads) * ld + (size_t)(row % heads) * C;
-    const T *x = inp + xoff, *dy = dout + (size_t)row * C;
+    const floatX *x = inp + xoff, *dy = dout + (size_t)row * C;
     float m = mean ? mean[row] : 0.0f, s = rstd[row];
     float s1 = 0.0f, s2 = 0.0f;
     for (int c = lane * VW; c < C; c += 32 * VW) {
-        Pack<T> a = ld_pack(x + c), g = ld_pack(dy + c), wv = ld_pack(w + c);
+        Pack<floatX> a = ld_pack(x + c), g = ld_pack(dy + c), wv = ld_pack(w + c);
         #pragma unroll
         for (int k = 0; k < VW; k++) {
             float dn = to_f(g.v[k]) * to_f(wv.v[k]);
@@ -342,7 +360,7 @@ __global__ void norm_backward_kernel(float *dres, T *dres_t, T *dinp, const T *d
     }
     float dn_mean = mean ? warp_sum(s1) / C : 0.0f, dnn_mean = warp_sum(s2) / C;
     for (int c = lane * VW; c < C; c += 32 * VW) {
-        Pack<T> a = ld_pack(x + c), g = ld_pack(dy + c), wv = ld_pack(w + c), o;
+        Pack<floatX> a = ld_pack(x + c), g = ld_pack(dy + c), wv = ld_pack(w + c), o;
         float dx[VW];
         #pragma unroll
         for (int k = 0; k < VW; k++) {
@@ -352,26 +370,29 @@ __global__ void norm_backward_kernel(float *dres, T *dres_t, T *dinp, const T *d
         if (dres) {
             float *r = dres + (size_t)row * C + c;
             #pragma unroll
-            for (int k = 0; k < VW; k++) { float v = (accumulate ? r[k] : 0.0f) + dx[k]; r[k] = v; o.v[k] = from_f<T>(v); }
+            for (int k = 0; k < VW; k++) { float v = (accumulate ? r[k] : 0.0f) + dx[k]; r[k] = v; o.v[k] = from_f<floatX>(v); }
             st_pack(dres_t + (size_t)row * C + c, o);
         } else {
+            Pack<floatX> d = ld_pack(dinp + xoff + c);
             #pragma unroll
-            for (int k = 0; k < VW; k++) o.v[k] = from_f<T>(dx[k]);
+            for (int k = 0; k < VW; k++) o.v[k] = from_f<floatX>(to_f(d.v[k]) + dx[k]);
             st_pack(dinp + xoff + c, o);
         }
     }
 }
 
-/* Column sums over rows, deterministic in two stages (no atomics):
+/* The weight and bias gradients of layernorm_backward / rmsnorm_backward, and the bias gradient of
+   matmul_backward: column sums over rows, deterministic in two stages (no atomics):
      dw[c] += sum_r dy[r,c] * (x[r,c] - mean[r]) * rstd[r]   (when x; norm weights)
      db[c] += sum_r dy[r,c]                                   (when db; norm and matmul biases)
    Stage 1: block (chunk of 64 columns, row block rb) sums its rows in a fixed order into part[rb][c];
    stage 2 adds the row blocks in order. dy is [rows, C] with row stride lddy; x uses the (heads, ld) row addressing. */
 #define COLSUM_COLS 64
 #define COLSUM_WARPS 8
-template <typename T>
-__global__ void colsum_stage1_kernel(float *part_w, float *part_b, const T *dy, int lddy, const T *x, int heads, int ld,
-                                     const float *mean, const float *rstd, int rows, int C, int rows_per_block) {
+template <typename floatX>
+__global__ void column_sums_stage1_kernel(float *part_w, float *part_b, const floatX *dy, int lddy, const floatX *x,
+                                          int heads, int ld, const float *mean, const float *rstd, int rows, int C,
+                                          int rows_per_block) {
     __shared__ float sw[COLSUM_WARPS][COLSUM_COLS], sb[COLSUM_WARPS][COLSUM_COLS];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int c0 = blockIdx.x * COLSUM_COLS + 2 * lane;
@@ -379,7 +400,7 @@ __global__ void colsum_stage1_kernel(float *part_w, float *part_b, const T *dy, 
     float aw[2] = {0.0f, 0.0f}, ab[2] = {0.0f, 0.0f};
     for (int r = r0 + warp; r < r1; r += COLSUM_WARPS) {
         float m = (x && mean) ? mean[r] : 0.0f, s = x ? rstd[r] : 0.0f;
-        const T *xr = x ? x + (size_t)(r / heads) * ld + (size_t)(r % heads) * C : NULL;
+        const floatX *xr = x ? x + (size_t)(r / heads) * ld + (size_t)(r % heads) * C : NULL;
         #pragma unroll
         for (int k = 0; k < 2; k++) {
             int c = c0 + k;
@@ -404,7 +425,8 @@ __global__ void colsum_stage1_kernel(float *part_w, float *part_b, const T *dy, 
     }
 }
 
-__global__ void colsum_stage2_kernel(float *dw, float *db, const float *part_w, const float *part_b, int nblocks, int C) {
+__global__ void column_sums_stage2_kernel(float *dw, float *db, const float *part_w, const float *part_b, int nblocks,
+                                          int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float tw = 0.0f, tb = 0.0f;
@@ -416,1008 +438,10 @@ __global__ void colsum_stage2_kernel(float *dw, float *db, const float *part_w, 
     if (db) db[c] += tb;
 }
 
-/* gelu (tanh form): y = 0.5 x (1 + tanh(k (x + 0.044715 x^3))) */
-#define GELU_KF 0.7978845608028654f
-template <typename T>
-__global__ void gelu_forward_kernel(T *out, const T *inp, size_t n) {
-    constexpr int VW = Pack<T>::N;
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
-    if (i >= n) return;
-    Pack<T> a = ld_pack(inp + i), o;
-    #pragma unroll
-    for (int k = 0; k < VW; k++) {
-        float x = to_f(a.v[k]);
-        o.v[k] = from_f<T>(0.5f * x * (1.0f + tanhf(GELU_KF * (x + 0.044715f * x * x * x))));
-    }
-    st_pack(out + i, o);
-}
-
-/* dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3*0.044715 x^2)); written, not accumulated */
-template <typename T>
-__global__ void gelu_backward_kernel(T *dinp, const T *inp, const T *dout, size_t n) {
-    constexpr int VW = Pack<T>::N;
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
-    if (i >= n) return;
-    Pack<T> a = ld_pack(inp + i), g = ld_pack(dout + i), o;
-    #pragma unroll
-    for (int k = 0; k < VW; k++) {
-        float x = to_f(a.v[k]);
-        float th = tanhf(GELU_KF * (x + 0.044715f * x * x * x));
-        float du = GELU_KF * (1.0f + 3.0f * 0.044715f * x * x);
-        o.v[k] = from_f<T>(to_f(g.v[k]) * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du));
-    }
-    st_pack(dinp + i, o);
-}
-
-/* swiglu: rows of inp are [gate (F) | up (F)]; y = silu(g) * u */
-template <typename T>
-__global__ void swiglu_forward_kernel(T *out, const T *inp, int N, int F) {
-    constexpr int VW = Pack<T>::N;
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
-    if (i >= (size_t)N * F) return;
-    size_t n = i / F, f = i % F;
-    Pack<T> g = ld_pack(inp + n * 2 * F + f), u = ld_pack(inp + n * 2 * F + F + f), o;
-    #pragma unroll
-    for (int k = 0; k < VW; k++) {
-        float x = to_f(g.v[k]);
-        o.v[k] = from_f<T>(x / (1.0f + expf(-x)) * to_f(u.v[k]));
-    }
-    st_pack(out + i, o);
-}
-
-/* dg = dy * u * sig(g) * (1 + g (1 - sig(g)));  du = dy * silu(g); written, not accumulated */
-template <typename T>
-__global__ void swiglu_backward_kernel(T *dinp, const T *dout, const T *inp, int N, int F) {
-    constexpr int VW = Pack<T>::N;
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
-    if (i >= (size_t)N * F) return;
-    size_t n = i / F, f = i % F;
-    Pack<T> g = ld_pack(inp + n * 2 * F + f), u = ld_pack(inp + n * 2 * F + F + f), dy = ld_pack(dout + i), dg, du;
-    #pragma unroll
-    for (int k = 0; k < VW; k++) {
-        float x = to_f(g.v[k]), sg = 1.0f / (1.0f + expf(-x)), d = to_f(dy.v[k]);
-        dg.v[k] = from_f<T>(d * to_f(u.v[k]) * sg * (1.0f + x * (1.0f - sg)));
-        du.v[k] = from_f<T>(d * x * sg);
-    }
-    st_pack(dinp + n * 2 * F + f, dg);
-    st_pack(dinp + n * 2 * F + F + f, du);
-}
-
-/* fused classifier, one block per row of logits (row stride ldl >= V, a multiple of 16 bytes):
-     lse = log sum_v exp(x_v);  loss = lse - x[target]   (0 when target < 0)
-     with dloss != 0: the row is overwritten in place by dlogits = dloss * (softmax(x) - onehot(target)), and the
-     padded columns [V, ldl) by zeros
-   so the logits of a chunk of rows live only in T, and only until the head's backward reads them.
-   Two passes over the row, each with 16-byte loads (Pack: 8 bf16 or 4 float), the block's threads striding by
-   packs: pass 1 keeps a running max m and sum s of exp(x - m) per thread (online softmax: a pack's max first, then
-   one rescale of s), combined over the warp and the block into lse; pass 2 writes the gradient pack by pack. */
-template <typename T>
-__global__ void crossentropy_fused_kernel(T *logits, float *losses, const int *targets, int V, int ldl, float dloss,
-                                          int backward) {
-    constexpr int VW = Pack<T>::N;
-    __shared__ float sm_m[32], sm_s[32];
-    int row = blockIdx.x;
-    T *x = logits + (size_t)row * ldl;
-    float m = -INFINITY, s = 0.0f;
-    for (int v0 = threadIdx.x * VW; v0 < V; v0 += blockDim.x * VW) {
-        Pack<T> a = ld_pack(x + v0);
-        int n = V - v0 < VW ? V - v0 : VW;   /* the last pack may reach into the padding */
-        float pm = -INFINITY;
-        for (int k = 0; k < n; k++) pm = fmaxf(pm, to_f(a.v[k]));
-        float M = fmaxf(m, pm), ps = 0.0f;
-        for (int k = 0; k < n; k++) ps += expf(to_f(a.v[k]) - M);
-        s = (m == -INFINITY ? 0.0f : s * expf(m - M)) + ps;
-        m = M;
-    }
-    /* combine (m, s) pairs: warp, then block */
-    for (int o = 16; o > 0; o >>= 1) {
-        float om = __shfl_xor_sync(0xffffffffu, m, o), os = __shfl_xor_sync(0xffffffffu, s, o);
-        float M = fmaxf(m, om);
-        s = (M == -INFINITY) ? 0.0f : s * expf(m - M) + os * expf(om - M);
-        m = M;
-    }
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
-    __syncthreads();
-    float M = -INFINITY, S = 0.0f;
-    for (int w = 0; w < nw; w++) M = fmaxf(M, sm_m[w]);
-    for (int w = 0; w < nw; w++) S += sm_m[w] == -INFINITY ? 0.0f : sm_s[w] * expf(sm_m[w] - M);
-    float lse = M + logf(S);
-    int tgt = targets ? targets[row] : -1;
-    if (threadIdx.x == 0) losses[row] = tgt >= 0 ? lse - to_f(x[tgt]) : 0.0f;
-    if (!backward) return;
-    __syncthreads();   /* every thread has read x[tgt] (thread 0) before the row is overwritten */
-    float d = tgt >= 0 ? dloss : 0.0f;
-    for (int v0 = threadIdx.x * VW; v0 < ldl; v0 += blockDim.x * VW) {
-        Pack<T> a = ld_pack(x + v0), o;
-        #pragma unroll
-        for (int k = 0; k < VW; k++) {
-            int v = v0 + k;
-            o.v[k] = from_f<T>(v < V ? d * (expf(to_f(a.v[k]) - lse) - (v == tgt ? 1.0f : 0.0f)) : 0.0f);
-        }
-        st_pack(x + v0, o);
-    }
-}
-
-/* What one optimizer step's AdamW reads from the device: the step's decisions, made on the device by
-   step_decide_kernel from the reduced loss and grad norm, so the host never waits for them. */
-struct AdamCtl {
-    float step_size;             /* lr / (1 - beta1^t), t = the number of updates so far, this one included */
-    float bc2_sqrt;              /* sqrt(1 - beta2^t) */
-    float grad_scale;            /* the clip coefficient */
-    int apply;                   /* 0: the step is skipped (non-finite loss or norm, or no update asked for) */
-    uint64_t sr_seed;            /* the stochastic rounding's seed of update t */
-};
-
-/* adamw_update on a slice of the flat vector (torch.optim.AdamW):
-     p = p (1 - lr wd);  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
-   g = grad * grad_scale (the clip coefficient). The fp32 master is updated and the T copy of the weight is
-   rounded from it, stochastically for bf16 with rng_u64(seed, global index): the same bits whatever the sharding.
-   step_size, bc2_sqrt, grad_scale and the seed come from the device (ctl); nothing is written when !ctl->apply. */
-template <typename T>
-__global__ void adamw_kernel(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr,
-                             float beta1, float beta2, float eps, float wd, const AdamCtl *ctl, uint64_t global_offset) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n || !ctl->apply) return;
-    float g = grads[i] * ctl->grad_scale;
-    float mi = beta1 * m[i] + (1.0f - beta1) * g;
-    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-    m[i] = mi; v[i] = vi;
-    float p = master[i] * (1.0f - lr * wd);
-    p = p - ctl->step_size * mi / (sqrtf(vi) / ctl->bc2_sqrt + eps);
-    master[i] = p;
-    params[i] = round_param<T>(p, rng_u64_dev(ctl->sr_seed, global_offset + i));
-}
-
-/* One optimizer step's outcome, written on the device and copied to pinned host memory for the log */
-struct StepOut {
-    double loss, norm;           /* the mean loss over ranks, the global grad norm */
-    double stop;                 /* > 0: some rank asked to stop */
-    int skip;                    /* the loss or the norm is not finite: no update */
-    int pad;
-};
-
-/* The decisions of an optimizer step, on one thread, from red = [sum of squares of the gradient, loss summed over
-   ranks, stop flags] (all-reduced): the numbers the host used to compute, with the same arithmetic (double, then
-   float as grad_clip and adamw_update have it). A finite step with do_update counts one more update t and fills
-   ctl for AdamW: bc1[t], bc2[t] are the host's 1 - beta^t tables (as powf gave them before). */
-__global__ void step_decide_kernel(StepOut *out, AdamCtl *ctl, int *updates, const double *red, int world, float clip,
-                                   int do_update, float lr, const float *bc1, const float *bc2, uint64_t seed) {
-    if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    double loss = red[1] / world, norm = sqrt(red[0]);
-    int skip = !isfinite(loss) || !isfinite(norm);
-    out->loss = loss; out->norm = norm; out->stop = red[2]; out->skip = skip; out->pad = 0;
-    ctl->apply = do_update && !skip;
-    if (!ctl->apply) return;
-    int t = ++*updates;
-    float coef = (float)(clip / (norm + 1e-6));
-    ctl->grad_scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
-    ctl->step_size = lr / bc1[t];
-    ctl->bc2_sqrt = sqrtf(bc2[t]);
-    ctl->sr_seed = rng_u64_dev(seed ^ 0x5EEDB16ULL, (uint64_t)t);   /* sr_seed_of(seed, t) */
-}
-
-/* red[2] = v: this rank's stop flag, set in stream order (no host buffer an asynchronous copy would read) */
-__global__ void set_double_kernel(double *x, double v) {
-    if (threadIdx.x == 0 && blockIdx.x == 0) *x = v;
-}
-
-/* fp32 -> T, round to nearest (the first copy of the weights, and uploads) */
-template <typename T>
-__global__ void convert_kernel(T *out, const float *in, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = from_f<T>(in[i]);
-}
-
-/* fp32 -> T with the AdamW step's stochastic rounding (index = flat position): rebuilds, on resume, the exact T
-   copy that the step which produced these masters made */
-template <typename T>
-__global__ void sr_convert_kernel(T *out, const float *in, size_t n, uint64_t seed, uint64_t global_offset = 0) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = round_param<T>(in[i], rng_u64_dev(seed, global_offset + i));
-}
-
-/* x[i] += y[i] */
-__global__ void add_kernel(float *x, const float *y, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += y[i];
-}
-
-template <typename T>
-__global__ void to_float_kernel(float *out, const T *in, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = to_f(in[i]);
-}
-
-/* sum of squares in a fixed order: block b sums its chunk (double per thread, tree in shared memory) into
-   part[b]; sum_doubles_kernel then adds the parts in order. */
-#define SUMSQ_BLOCKS 512
-__global__ void sumsq_kernel(double *part, const float *x, size_t n) {
-    __shared__ double sh[256];
-    size_t chunk = (n + gridDim.x - 1) / gridDim.x;
-    size_t b = (size_t)blockIdx.x * chunk, e = b + chunk < n ? b + chunk : n;
-    double s = 0.0;
-    for (size_t i = b + threadIdx.x; i < e; i += blockDim.x) s += (double)x[i] * x[i];
-    sh[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
-}
-
-/* out[0] (+)= sum of x[0..n) in order; one thread: n is small (parts, or the losses of one micro-batch) */
-template <typename S>
-__global__ void sum_in_order_kernel(double *out, const S *x, int n, int accumulate) {
-    if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    double s = 0.0;
-    for (int i = 0; i < n; i++) s += (double)x[i];
-    out[0] = accumulate ? out[0] + s : s;
-}
-
-/* out[0] = (accumulate ? out[0] : 0) + scale * sum of losses[0..N), in a fixed order */
-__global__ void sum_losses_kernel(double *out, const float *losses, int N, double scale, int accumulate) {
-    __shared__ double sh[256];
-    double s = 0.0;
-    /* fixed assignment: thread i adds rows i, i+256, ...; then a fixed tree */
-    for (int i = threadIdx.x; i < N; i += blockDim.x) s += (double)losses[i];
-    sh[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[0] = (accumulate ? out[0] : 0.0) + scale * sh[0];
-}
-
-__global__ void fill_kernel(float *x, float v, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = v;
-}
-
 /* ------------------------------------------------------------------------------------------------ */
-/* attention (causal, grouped-query heads: query head h reads key/value head h / (NH/NKV)), with RoPE: q and k
-   are rotated (HF rotate-half) as the plain kernels read them, or once per call into a scratch copy for the
-   tensor-core kernels (attention_rope_kernel); the gradients are rotated back as they are written. q, k, v are rows of a wider buffer (row strides ldq, ldk, ldv), e.g. the fused qkv
-   matmul output [N, (NH + 2 NKV) HD]. Forward writes out [N, NH*HD] (row stride ldo) and the log-sum-exp of
-   each query row lse [B, NH, T] (fp32), which is all the backward needs to rebuild the probabilities.
-     a[t,s] = q'[t].k'[s] / sqrt(HD) (s <= t);  p = softmax_s(a);  out[t] = sum_s p[t,s] v[s]
-     backward: D[t] = dout[t].out[t];  dp[t,s] = dout[t].v[s];  da = p (dp - D[t])
-               dq'[t] = sum_s da k'[s] / sqrt(HD);  dk'[s] = sum_t da q'[t] / sqrt(HD);  dv[s] = sum_t p dout[t] */
-
-template <typename T>
-struct AttnArgs {
-    const T *q, *k, *v;          /* forward inputs (q, k before RoPE) */
-    int ldq, ldk, ldv;
-    T *out; int ldo;             /* forward output */
-    float *lse;                  /* [B, NH, T] */
-    const T *dout; int lddo;     /* backward */
-    T *dq, *dk, *dv; int lddq, lddk, lddv;
-    float *delta;                /* [B, NH, T] scratch: D = dout . out */
-    const float *cos, *sin;      /* [T, HD/2] or NULL (no RoPE) */
-    const int *doc_start;        /* [B*T] or NULL: row t of batch b sees keys doc_start[b*T+t] <= s <= t (packed
-                                    documents; doc_start[b*T+t] <= t) */
-    const int *pos;              /* [B*T] or NULL (= t): the RoPE position of row t of q and k, e.g. t - its doc start */
-    int B, Tn, NH, NKV, HD;
-};
-
-/* the first key row t may see, and the RoPE table rows of row t (NULL without RoPE) */
-template <typename T>
-__device__ __forceinline__ int attn_lo(const AttnArgs<T> &a, int b, int t) { return a.doc_start ? a.doc_start[(size_t)b * a.Tn + t] : 0; }
-template <typename T>
-__device__ __forceinline__ const float *rope_row(const AttnArgs<T> &a, const float *tab, int b, int t) {
-    if (!tab) return NULL;
-    return tab + (size_t)(a.pos ? a.pos[(size_t)b * a.Tn + t] : t) * (a.HD / 2);
-}
-
-/* element d of row x (position t) after RoPE; cs/sn point at the table row of t, or NULL */
-template <typename T>
-__device__ __forceinline__ float rope_load(const T *x, int d, int HD, const float *cs, const float *sn) {
-    if (!cs) return to_f(x[d]);
-    int half = HD / 2;
-    if (d < half) return to_f(x[d]) * cs[d] - to_f(x[d + half]) * sn[d];
-    int i = d - half;
-    return to_f(x[d]) * cs[i] + to_f(x[i]) * sn[i];
-}
-/* element d of the gradient w.r.t. the unrotated row, from the gradient g w.r.t. the rotated one */
-__device__ __forceinline__ float rope_back(const float *g, int d, int HD, const float *cs, const float *sn) {
-    if (!cs) return g[d];
-    int half = HD / 2;
-    if (d < half) return g[d] * cs[d] + g[d + half] * sn[d];
-    int i = d - half;
-    return g[d] * cs[i] - g[i] * sn[i];
-}
-
-/* D[b,h,t] = sum_d dout[t,d] * out[t,d]; one warp per row */
-template <typename T>
-__global__ void attention_delta_kernel(AttnArgs<T> a) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= a.B * a.NH * a.Tn) return;
-    int t = row % a.Tn, h = (row / a.Tn) % a.NH, b = row / (a.Tn * a.NH);
-    const T *o = a.out + ((size_t)b * a.Tn + t) * a.ldo + (size_t)h * a.HD;
-    const T *g = a.dout + ((size_t)b * a.Tn + t) * a.lddo + (size_t)h * a.HD;
-    float s = 0.0f;
-    for (int d = lane; d < a.HD; d += 32) s += to_f(o[d]) * to_f(g[d]);
-    s = warp_sum(s);
-    if (lane == 0) a.delta[row] = s;
-}
-
-/* --- the plain kernels: any HD <= 256, float or bf16; one warp per output row, fp32 arithmetic. They are the
-   reference for the tensor-core kernels below and the path for --dtype fp32. */
-#define ATT_MAXHD 256
-#define ATT_WARPS 4
-
-template <typename T>
-__global__ void attention_forward_plain_kernel(AttnArgs<T> a) {
-    __shared__ float qs_all[ATT_WARPS][ATT_MAXHD];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row = blockIdx.x * ATT_WARPS + warp;
-    if (row >= a.B * a.NH * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD;
-    int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
-    float scale = 1.0f / sqrtf((float)HD);
-    float *qs = qs_all[warp];
-    const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
-    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
-    int lo = attn_lo(a, b, t);
-    for (int d = lane; d < HD; d += 32) qs[d] = rope_load(qrow, d, HD, cq, sq);
-    __syncwarp();
-    /* pass 1: max and sum of exp over the keys lo <= s <= t (lane-strided), then combined over the warp */
-    float m = -INFINITY, l = 0.0f;
-    for (int s = lo + lane; s <= t; s += 32) {
-        const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-        const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
-        float x = 0.0f;
-        for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
-        x *= scale;
-        if (x > m) { l = l * expf(m - x) + 1.0f; m = x; } else l += expf(x - m);
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float om = __shfl_xor_sync(0xffffffffu, m, o), ol = __shfl_xor_sync(0xffffffffu, l, o);
-        float M = fmaxf(m, om);
-        l = (M == -INFINITY) ? 0.0f : l * expf(m - M) + ol * expf(om - M);
-        m = M;
-    }
-    float lse = m + logf(l);
-    /* pass 2: out = sum_s p v[s]; lane owns dims lane + 32 i */
-    float acc[ATT_MAXHD / 32];
-    #pragma unroll
-    for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
-    for (int s0 = lo; s0 <= t; s0 += 32) {
-        int s = s0 + lane;
-        float p = 0.0f;
-        if (s <= t) {
-            const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
-            float x = 0.0f;
-            for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
-            p = expf(x * scale - lse);
-        }
-        int n = min(32, t - s0 + 1);
-        for (int j = 0; j < n; j++) {
-            float pj = __shfl_sync(0xffffffffu, p, j);
-            const T *vrow = a.v + ((size_t)b * T_ + s0 + j) * a.ldv + (size_t)kh * HD;
-            #pragma unroll
-            for (int i = 0; i < ATT_MAXHD / 32; i++) {
-                int d = lane + 32 * i;
-                if (d < HD) acc[i] += pj * to_f(vrow[d]);
-            }
-        }
-    }
-    T *orow = a.out + ((size_t)b * T_ + t) * a.ldo + (size_t)h * HD;
-    #pragma unroll
-    for (int i = 0; i < ATT_MAXHD / 32; i++) {
-        int d = lane + 32 * i;
-        if (d < HD) orow[d] = from_f<T>(acc[i]);
-    }
-    if (lane == 0) a.lse[row] = lse;
-}
-
-/* dq: one warp per query row (b, h, t) */
-template <typename T>
-__global__ void attention_backward_dq_plain_kernel(AttnArgs<T> a) {
-    __shared__ float qs_all[ATT_WARPS][ATT_MAXHD], gs_all[ATT_WARPS][ATT_MAXHD];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row = blockIdx.x * ATT_WARPS + warp;
-    if (row >= a.B * a.NH * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD;
-    int t = row % T_, h = (row / T_) % a.NH, b = row / (T_ * a.NH), kh = h / (a.NH / a.NKV);
-    float scale = 1.0f / sqrtf((float)HD);
-    float *qs = qs_all[warp], *gs = gs_all[warp];
-    const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
-    const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
-    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
-    int lo = attn_lo(a, b, t);
-    for (int d = lane; d < HD; d += 32) { qs[d] = rope_load(qrow, d, HD, cq, sq); gs[d] = to_f(grow[d]); }
-    __syncwarp();
-    float lse = a.lse[row], D = a.delta[row];
-    float acc[ATT_MAXHD / 32];
-    #pragma unroll
-    for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
-    for (int s0 = lo; s0 <= t; s0 += 32) {
-        int s = s0 + lane;
-        float ds = 0.0f;
-        if (s <= t) {
-            const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-            const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
-            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
-            float x = 0.0f, dp = 0.0f;
-            for (int d = 0; d < HD; d++) { x += qs[d] * rope_load(krow, d, HD, ck, sk); dp += gs[d] * to_f(vrow[d]); }
-            float p = expf(x * scale - lse);
-            ds = p * (dp - D);
-        }
-        int n = min(32, t - s0 + 1);
-        for (int j = 0; j < n; j++) {
-            float dsj = __shfl_sync(0xffffffffu, ds, j);
-            int sj = s0 + j;
-            const T *krow = a.k + ((size_t)b * T_ + sj) * a.ldk + (size_t)kh * HD;
-            const float *ck = rope_row(a, a.cos, b, sj), *sk = rope_row(a, a.sin, b, sj);
-            #pragma unroll
-            for (int i = 0; i < ATT_MAXHD / 32; i++) {
-                int d = lane + 32 * i;
-                if (d < HD) acc[i] += dsj * rope_load(krow, d, HD, ck, sk);
-            }
-        }
-    }
-    __syncwarp();
-    #pragma unroll
-    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) gs[d] = acc[i] * scale; }
-    __syncwarp();
-    T *dqrow = a.dq + ((size_t)b * T_ + t) * a.lddq + (size_t)h * HD;
-    for (int d = lane; d < HD; d += 32) dqrow[d] = from_f<T>(rope_back(gs, d, HD, cq, sq));
-}
-
-/* dk, dv: one warp per key row (b, kv head, s), summing over the query heads of its group */
-template <typename T>
-__global__ void attention_backward_dkdv_plain_kernel(AttnArgs<T> a) {
-    __shared__ float ks_all[ATT_WARPS][ATT_MAXHD], vs_all[ATT_WARPS][ATT_MAXHD];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int row = blockIdx.x * ATT_WARPS + warp;
-    if (row >= a.B * a.NKV * a.Tn) return;
-    int T_ = a.Tn, HD = a.HD, G = a.NH / a.NKV;
-    int s = row % T_, kh = (row / T_) % a.NKV, b = row / (T_ * a.NKV);
-    float scale = 1.0f / sqrtf((float)HD);
-    float *ks = ks_all[warp], *vs = vs_all[warp];
-    const T *krow = a.k + ((size_t)b * T_ + s) * a.ldk + (size_t)kh * HD;
-    const T *vrow = a.v + ((size_t)b * T_ + s) * a.ldv + (size_t)kh * HD;
-    const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
-    for (int d = lane; d < HD; d += 32) { ks[d] = rope_load(krow, d, HD, ck, sk); vs[d] = to_f(vrow[d]); }
-    __syncwarp();
-    float dk[ATT_MAXHD / 32], dv[ATT_MAXHD / 32];
-    #pragma unroll
-    for (int i = 0; i < ATT_MAXHD / 32; i++) { dk[i] = 0.0f; dv[i] = 0.0f; }
-    for (int h = kh * G; h < (kh + 1) * G; h++) {
-        for (int t0 = s; t0 < T_; t0 += 32) {
-            int t = t0 + lane;
-            float p = 0.0f, ds = 0.0f;
-            if (t < T_ && attn_lo(a, b, t) <= s) {   /* query t sees key s */
-                const T *qrow = a.q + ((size_t)b * T_ + t) * a.ldq + (size_t)h * HD;
-                const T *grow = a.dout + ((size_t)b * T_ + t) * a.lddo + (size_t)h * HD;
-                const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
-                float x = 0.0f, dp = 0.0f;
-                for (int d = 0; d < HD; d++) { x += rope_load(qrow, d, HD, cq, sq) * ks[d]; dp += to_f(grow[d]) * vs[d]; }
-                size_t r = ((size_t)b * a.NH + h) * T_ + t;
-                p = expf(x * scale - a.lse[r]);
-                ds = p * (dp - a.delta[r]);
-            }
-            int n = min(32, T_ - t0);
-            for (int j = 0; j < n; j++) {
-                float pj = __shfl_sync(0xffffffffu, p, j), dsj = __shfl_sync(0xffffffffu, ds, j);
-                int tj = t0 + j;
-                const T *qrow = a.q + ((size_t)b * T_ + tj) * a.ldq + (size_t)h * HD;
-                const T *grow = a.dout + ((size_t)b * T_ + tj) * a.lddo + (size_t)h * HD;
-                const float *cq = rope_row(a, a.cos, b, tj), *sq = rope_row(a, a.sin, b, tj);
-                #pragma unroll
-                for (int i = 0; i < ATT_MAXHD / 32; i++) {
-                    int d = lane + 32 * i;
-                    if (d < HD) { dv[i] += pj * to_f(grow[d]); dk[i] += dsj * rope_load(qrow, d, HD, cq, sq); }
-                }
-            }
-        }
-    }
-    __syncwarp();
-    #pragma unroll
-    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) ks[d] = dk[i] * scale; }
-    __syncwarp();
-    T *dkrow = a.dk + ((size_t)b * T_ + s) * a.lddk + (size_t)kh * HD;
-    T *dvrow = a.dv + ((size_t)b * T_ + s) * a.lddv + (size_t)kh * HD;
-    for (int d = lane; d < HD; d += 32) dkrow[d] = from_f<T>(rope_back(ks, d, HD, ck, sk));
-    #pragma unroll
-    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) dvrow[d] = from_f<T>(dv[i]); }
-}
-
-/* --- the tensor-core kernels: bf16, HD in {32, 64, 128}, flash-style (the T x T probabilities are never
-   stored). Each warp owns 16 rows of a tile and multiplies with mma.sync m16n8k16 (bf16 in, fp32 accumulate).
-   Fragment layout (PTX ISA, m16n8k16 .bf16), with g = lane / 4 and q = lane % 4:
-     A 16x16 (row-major): a[0] = A[g][2q..2q+1], a[1] = A[g+8][2q..], a[2] = A[g][2q+8..], a[3] = A[g+8][2q+8..]
-     B 16x8  (k x n):     b[0] = B[2q..2q+1][g],  b[1] = B[2q+8..2q+9][g]
-     C 16x8  (fp32):      c[0..1] = C[g][2q..2q+1], c[2..3] = C[g+8][2q..2q+1]
-   Two C tiles side by side (16x16) are exactly the A fragment of the next product (P of QK^T feeds PV), so the
-   probabilities go from one mma to the next in registers. Tiles sit in shared memory with rows padded to
-   HD+8 elements, which spreads a fragment's 32 loads over distinct banks. */
-
-#define TC_PAD 8
-#define LOG2E 1.4426950408889634f
-
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-/* ldmatrix.x4 (.trans): four 8x8 bf16 matrices from shared memory in one instruction; lane l gives the 16-byte
-   address of row l % 8 of matrix l / 8 and receives in r[i] the elements (row l / 4, columns 2(l % 4), +1) of
-   matrix i, or with .trans of its transpose (rows 2(l % 4), +1, column l / 4) */
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16 *row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16 *row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
-}
-/* A fragment of rows r0.. and columns k0.. of a row-major smem tile with pitch P: matrices (r0, k0), (r0+8, k0),
-   (r0, k0+8), (r0+8, k0+8) are a[0..3] */
-__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *M, int P, int r0, int k0, int lane) {
-    ldmatrix_x4(a, M + (r0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + k0 + (lane >> 4) * 8);
-}
-/* B fragments of two adjacent n tiles, b[0..1] for n0.. and b[2..3] for n0+8.., where B[k][n] = M[n0+n][k0+k]
-   (M row-major, rows indexed by n, e.g. K in Q K^T): matrices (n0, k0), (n0, k0+8), (n0+8, k0), (n0+8, k0+8) */
-__device__ __forceinline__ void frag_b_rows2(uint32_t b[4], const bf16 *M, int P, int n0, int k0, int lane) {
-    ldmatrix_x4(b, M + (n0 + (lane & 7) + (lane >> 4) * 8) * P + k0 + (lane >> 3 & 1) * 8);
-}
-/* the same for B[k][n] = M[k0+k][n0+n] (M row-major, rows indexed by k, e.g. V in P V): the transposed matrices
-   (k0, n0), (k0+8, n0), (k0, n0+8), (k0+8, n0+8) */
-__device__ __forceinline__ void frag_b_cols2(uint32_t b[4], const bf16 *M, int P, int k0, int n0, int lane) {
-    ldmatrix_x4_trans(b, M + (k0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + n0 + (lane >> 4) * 8);
-}
-/* the A fragment of a 16x16 block made of C tiles c0 (columns 0..7) and c1 (columns 8..15) */
-__device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
-    a[0] = pack_bf16x2(c0[0], c0[1]);
-    a[1] = pack_bf16x2(c0[2], c0[3]);
-    a[2] = pack_bf16x2(c1[0], c1[1]);
-    a[3] = pack_bf16x2(c1[2], c1[3]);
-}
-
-/* RoPE applied once per call for the tensor-core kernels: dst [B*T, heads*HD] (rows contiguous) = src rows
-   (stride ld) rotated at their position; a plain copy without cos/sin. One thread per 8 rotation pairs. The tiles
-   of the kernels are then straight copies of these rows. The position of row b*T + t is a.pos[b*T + t] or t. */
-__global__ void attention_rope_kernel(bf16 *dst, const bf16 *src, int ld, int heads, AttnArgs<bf16> a) {
-    int HD = a.HD, half = HD / 2, H8 = half / 8;
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)a.B * a.Tn * heads * H8) return;
-    int c = (int)(i % H8) * 8, h = (int)(i / H8 % heads);
-    size_t row = i / H8 / heads;
-    const bf16 *x = src + row * ld + (size_t)h * HD;
-    bf16 *y = dst + row * heads * HD + (size_t)h * HD;
-    Pack<bf16> x1 = ld_pack(x + c), x2 = ld_pack(x + c + half);
-    if (a.cos) {
-        int pos = a.pos ? a.pos[row] : (int)(row % a.Tn);
-        const float *cr = a.cos + (size_t)pos * half + c, *sr = a.sin + (size_t)pos * half + c;
-        #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float a1 = to_f(x1.v[k]), a2 = to_f(x2.v[k]);
-            x1.v[k] = from_f<bf16>(a1 * cr[k] - a2 * sr[k]);
-            x2.v[k] = from_f<bf16>(a2 * cr[k] + a1 * sr[k]);
-        }
-    }
-    st_pack(y + c, x1);
-    st_pack(y + c + half, x2);
-}
-
-/* cp.async.cg: 16 bytes from global to shared memory without passing through registers (cached in L2 only);
-   commit_group closes this thread's batch of copies; wait_all returns when all of them have landed (in this
-   thread's view: other threads see them after a __syncthreads) */
-__device__ __forceinline__ void cp_async_16(void *dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
-__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
-
-/* with doc_start: tile_lo[b, i] = the smallest first key of query rows [64 i, 64 i + 64) of batch b, so that the
-   kernels skip the key tiles before it (forward, dq) and the query tiles that see none of a key tile (dk/dv) */
-__global__ void attention_tile_lo_kernel(int *tile_lo, AttnArgs<bf16> a) {
-    int nt = (a.Tn + 63) / 64, i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= a.B * nt) return;
-    int b = i / nt, t0 = (i % nt) * 64, lo = t0;
-    for (int t = t0; t < t0 + 64 && t < a.Tn; t++) lo = min(lo, attn_lo(a, b, t));
-    tile_lo[i] = lo;
-}
-
-/* starts copying rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8) with cp.async (zeros past T,
-   stored at once); the caller commits and waits. base points at position 0 of the (batch, head), row p at base + p*ld. */
-template <int HD>
-__device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int Tn) {
-    constexpr int P = HD + TC_PAD, H8 = HD / 8;
-    for (int i = threadIdx.x; i < rows * H8; i += blockDim.x) {
-        int r = i / H8, c = (i % H8) * 8, pos = pos0 + r;
-        if (pos < Tn) cp_async_16(dst + r * P + c, base + (size_t)pos * ld + c);
-        else {
-            Pack<bf16> z;
-            #pragma unroll
-            for (int k = 0; k < 8; k++) z.v[k] = from_f<bf16>(0.0f);
-            st_pack(dst + r * P + c, z);
-        }
-    }
-}
-
-/* one stage of the dk/dv kernel: the Q and dO tiles of query head h, rows t0.., at st and st + BQ*P (cp.async),
-   and their lse * log2(e), D and first key (attn_lo) at fst, fst + BQ and ilo (plain loads) */
-template <int HD, int BQ>
-__device__ __forceinline__ void dkdv_stage(bf16 *st, float *fst, int *ilo, const AttnArgs<bf16> &a, int b, int h, int t0) {
-    int Tn = a.Tn;
-    load_tile_async<HD>(st, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, t0, BQ, Tn);
-    load_tile_async<HD>(st + BQ * (HD + TC_PAD), a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, t0, BQ, Tn);
-    if (threadIdx.x < BQ) {
-        int t = t0 + threadIdx.x;
-        size_t r = ((size_t)b * a.NH + h) * Tn + t;
-        fst[threadIdx.x] = t < Tn ? a.lse[r] * LOG2E : INFINITY;
-        fst[BQ + threadIdx.x] = t < Tn ? a.delta[r] : 0.0f;
-        ilo[threadIdx.x] = t < Tn ? attn_lo(a, b, t) : 0;
-    }
-}
-
-/* Writes a warp's 16 x HD fp32 accumulator (rows row0 + g, row0 + g + 8) as bf16, scaled, rotated back by RoPE
-   (element d and d + HD/2 sit in the same thread: tiles n and n + HD/16) when cs != NULL, row p at position
-   rp[p] (rp: the batch's a.pos row, or NULL for p). */
-template <int HD>
-__device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int Tn, float acc[HD / 8][4], float scale,
-                                           const float *cs, const float *sn, const int *rp, int g, int q) {
-    constexpr int half = HD / 2;
-    #pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        int pos = row0 + g + 8 * hr;
-        if (pos >= Tn) continue;
-        bf16 *dst = base + (size_t)pos * ld;
-        #pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            #pragma unroll
-            for (int e = 0; e < 2; e++) acc[n][2 * hr + e] *= scale;
-        }
-        if (cs) {
-            int rpos = rp ? rp[pos] : pos;
-            const float *cr = cs + (size_t)rpos * half, *sr = sn + (size_t)rpos * half;
-            #pragma unroll
-            for (int n = 0; n < HD / 16; n++) {
-                #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    int d = n * 8 + 2 * q + e;
-                    float g1 = acc[n][2 * hr + e], g2 = acc[n + HD / 16][2 * hr + e];
-                    acc[n][2 * hr + e] = g1 * cr[d] + g2 * sr[d];
-                    acc[n + HD / 16][2 * hr + e] = g2 * cr[d] - g1 * sr[d];
-                }
-            }
-        }
-        #pragma unroll
-        for (int n = 0; n < HD / 8; n++)
-            *reinterpret_cast<uint32_t *>(dst + n * 8 + 2 * q) = pack_bf16x2(acc[n][2 * hr], acc[n][2 * hr + 1]);
-    }
-}
-
-/* Two products of one warp's 16 rows at once, over the head dim (both backward kernels recompute their score
-   tiles this way): c1 = A1[r0..r0+16) B1^T and c2 = A2[r0..r0+16) B2^T, with B1, B2 tiles of NJ * 8 rows. */
-template <int HD, int NJ>
-__device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ][4], const bf16 *A1, const bf16 *B1,
-                                              const bf16 *A2, const bf16 *B2, int P, int r0, int lane) {
-    #pragma unroll
-    for (int j = 0; j < NJ; j++)
-        #pragma unroll
-        for (int e = 0; e < 4; e++) { c1[j][e] = 0.0f; c2[j][e] = 0.0f; }
-    #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        uint32_t a1[4], a2[4];
-        frag_a(a1, A1, P, r0, kk * 16, lane);
-        frag_a(a2, A2, P, r0, kk * 16, lane);
-        #pragma unroll
-        for (int j = 0; j < NJ; j += 2) {
-            uint32_t b1[4], b2[4];
-            frag_b_rows2(b1, B1, P, j * 8, kk * 16, lane);
-            frag_b_rows2(b2, B2, P, j * 8, kk * 16, lane);
-            mma_16816(c1[j], a1, b1);
-            mma_16816(c1[j + 1], a1, b1 + 2);
-            mma_16816(c2[j], a2, b2);
-            mma_16816(c2[j + 1], a2, b2 + 2);
-        }
-    }
-}
-
-
-/* blocks of 128 threads per SM that each tensor-core kernel (0 forward, 1 dq, 2 dk/dv) is compiled for: registers
-   capped at 64K / (128 blocks). Chosen as the most that the shared memory allows on sm_90 (227 KB for forward 4
-   tiles, dq 6, dk/dv 6 of 64 x (HD + 8) bf16) and that ptxas fits without spilling (checked with -Xptxas -v):
-   at head dim 128, 12 warps per SM forward, 8 backward; at 64, 12. */
-__host__ __device__ constexpr int tc_min_blocks(int HD, int kernel) {
-    return kernel == 0 ? (HD == 32 ? 4 : 3) : HD == 128 ? 2 : 3;
-}
-
-/* forward: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the diagonal.
-   Pipeline: the K and V tiles sit in two stages; while the warps work on tile j (S = Q K^T, online softmax,
-   O += P V) the cp.asyncs of tile j+1 fill the other stage, and one __syncthreads per tile separates the two.
-   The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers.
-   With doc_start, the key tiles wholly before the query tile's first start (tile_lo) are not visited. */
-template <int HD>
-__global__ void __launch_bounds__(128, tc_min_blocks(HD, 0)) attention_forward_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
-    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *st = reinterpret_cast<bf16 *>(smem_raw);   /* stage i: K tile at st + 2i TILE, V tile after it */
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
-    int kh = h / (a.NH / a.NKV), q0 = qt * BR;
-    const bf16 *qbase = a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD;
-    const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
-    const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
-    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
-    load_tile_async<HD>(st + 2 * TILE, qbase, a.ldq, q0, BR, Tn);
-    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
-    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, Tn);
-    cp_async_commit();
-    cp_async_wait_all();
-    __syncthreads();
-    uint32_t qf[HD / 16][4];
-    #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], st + 2 * TILE, P, warp * 16, kk * 16, lane);
-    float o[HD / 8][4];
-    #pragma unroll
-    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    const float sl2 = LOG2E / sqrtf((float)HD);
-    int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-    int lo[2] = {row[0] < Tn ? attn_lo(a, b, row[0]) : 0, row[1] < Tn ? attn_lo(a, b, row[1]) : 0};
-    for (int kt = kt0; kt <= kt1; kt++) {
-        int k0 = kt * BC, stage = (kt - kt0) & 1;
-        cp_async_wait_all();   /* this thread's copies of tile kt have landed */
-        __syncthreads();       /* everyone's have; everyone is done with the other stage (tile kt-1, or Q) */
-        if (kt < kt1) {
-            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
-            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, Tn);
-            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, Tn);
-            cp_async_commit();
-        }
-        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
-        float s[BC / 8][4];
-        #pragma unroll
-        for (int j = 0; j < BC / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-        #pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            #pragma unroll
-            for (int j = 0; j < BC / 8; j += 2) {
-                uint32_t bf[4];
-                frag_b_rows2(bf, Ks, P, j * 8, kk * 16, lane);
-                mma_16816(s[j], qf[kk], bf);
-                mma_16816(s[j + 1], qf[kk], bf + 2);
-            }
-        }
-        float mx[2] = {-INFINITY, -INFINITY};
-        #pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-            #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
-                float x = s[j][e] * sl2;
-                if (col > row[hr] || col < lo[hr] || col >= Tn) x = -INFINITY;
-                s[j][e] = x;
-                mx[hr] = fmaxf(mx[hr], x);
-            }
-        }
-        float corr[2], ref[2];
-        #pragma unroll
-        for (int hr = 0; hr < 2; hr++) {
-            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
-            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
-            float mn = fmaxf(m[hr], mx[hr]);
-            ref[hr] = mn == -INFINITY ? 0.0f : mn;
-            corr[hr] = exp2f(m[hr] - ref[hr]);
-            m[hr] = mn;
-        }
-        float rs[2] = {0.0f, 0.0f};
-        #pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-            #pragma unroll
-            for (int e = 0; e < 4; e++) { float p = exp2f(s[j][e] - ref[e >> 1]); s[j][e] = p; rs[e >> 1] += p; }
-        }
-        #pragma unroll
-        for (int hr = 0; hr < 2; hr++) l[hr] = l[hr] * corr[hr] + rs[hr];
-        #pragma unroll
-        for (int n = 0; n < HD / 8; n++) { o[n][0] *= corr[0]; o[n][1] *= corr[0]; o[n][2] *= corr[1]; o[n][3] *= corr[1]; }
-        #pragma unroll
-        for (int kc = 0; kc < BC / 16; kc++) {
-            uint32_t pa[4];
-            frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
-            #pragma unroll
-            for (int n = 0; n < HD / 8; n += 2) {
-                uint32_t bf[4];
-                frag_b_cols2(bf, Vs, P, kc * 16, n * 8, lane);
-                mma_16816(o[n], pa, bf);
-                mma_16816(o[n + 1], pa, bf + 2);
-            }
-        }
-    }
-    #pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
-        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
-    }
-    bf16 *obase = a.out + (size_t)b * Tn * a.ldo + (size_t)h * HD;
-    #pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        float inv = 1.0f / l[hr];
-        #pragma unroll
-        for (int n = 0; n < HD / 8; n++) { o[n][2 * hr] *= inv; o[n][2 * hr + 1] *= inv; }
-        if (q == 0 && row[hr] < Tn) a.lse[((size_t)b * a.NH + h) * Tn + row[hr]] = (m[hr] + log2f(l[hr])) / LOG2E;
-    }
-    store_rows<HD>(obase, a.ldo, q0 + warp * 16, Tn, o, 1.0f, NULL, NULL, NULL, g, q);
-}
-
-/* backward dq: block = 64 query rows of one (b, h); key tiles up to the diagonal.
-     S = Q K^T, P = exp(S/sqrt(HD) - lse), dP = dO V^T, dS = P (dP - D), dQ = dS K / sqrt(HD)
-   Pipeline: Q and dO staged once; K and V tiles in two stages, tile j+1 copied (cp.async) while tile j is used,
-   one __syncthreads per tile. */
-template <int HD>
-__global__ void __launch_bounds__(128, tc_min_blocks(HD, 1)) attention_backward_dq_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
-    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + TILE, *st = Gs + TILE;   /* stage i: K, V at st + 2i TILE */
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, Tn = a.Tn;
-    int kh = h / (a.NH / a.NKV), q0 = qt * BR;
-    const bf16 *kbase = a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD;
-    const bf16 *vbase = a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD;
-    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
-    load_tile_async<HD>(Qs, a.q + (size_t)b * Tn * a.ldq + (size_t)h * HD, a.ldq, q0, BR, Tn);
-    load_tile_async<HD>(Gs, a.dout + (size_t)b * Tn * a.lddo + (size_t)h * HD, a.lddo, q0, BR, Tn);
-    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, Tn);
-    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, Tn);
-    cp_async_commit();
-    const float sl2 = LOG2E / sqrtf((float)HD);
-    int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-    int lo[2] = {row[0] < Tn ? attn_lo(a, b, row[0]) : 0, row[1] < Tn ? attn_lo(a, b, row[1]) : 0};
-    float lse2[2], D[2];
-    #pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        size_t r = ((size_t)b * a.NH + h) * Tn + row[hr];
-        lse2[hr] = row[hr] < Tn ? a.lse[r] * LOG2E : INFINITY;
-        D[hr] = row[hr] < Tn ? a.delta[r] : 0.0f;
-    }
-    float dq[HD / 8][4];
-    #pragma unroll
-    for (int n = 0; n < HD / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-    for (int kt = kt0; kt <= kt1; kt++) {
-        int k0 = kt * BC, stage = (kt - kt0) & 1;
-        cp_async_wait_all();
-        __syncthreads();
-        if (kt < kt1) {
-            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
-            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, Tn);
-            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, Tn);
-            cp_async_commit();
-        }
-        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
-        float s[BC / 8][4], dp[BC / 8][4];
-        mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, lane);   /* S = Q K^T, dP = dO V^T */
-        #pragma unroll
-        for (int j = 0; j < BC / 8; j++) {
-            #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
-                float p = (col > row[hr] || col < lo[hr] || col >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2[hr]);
-                s[j][e] = p * (dp[j][e] - D[hr]);   /* dS */
-            }
-        }
-        #pragma unroll
-        for (int kc = 0; kc < BC / 16; kc++) {
-            uint32_t da[4];
-            frag_a_from_c(da, s[2 * kc], s[2 * kc + 1]);
-            #pragma unroll
-            for (int n = 0; n < HD / 8; n += 2) {
-                uint32_t bf[4];
-                frag_b_cols2(bf, Ks, P, kc * 16, n * 8, lane);
-                mma_16816(dq[n], da, bf);
-                mma_16816(dq[n + 1], da, bf + 2);
-            }
-        }
-    }
-    store_rows<HD>(a.dq + (size_t)b * Tn * a.lddq + (size_t)h * HD, a.lddq, q0 + warp * 16, Tn, dq,
-                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * Tn : NULL, g, q);
-}
-
-/* backward dk, dv: block = 64 key rows of one (b, kv head); query tiles of 64 rows from the diagonal to T, for
-   each query head of the group, computed in column chunks of BQC query rows (32 at head dim 64 and 128, which
-   keeps the S, dP chunks and the dK, dV accumulators in registers without spilling; 64 at head dim 32). Computed transposed (rows = keys):
-     S^T = K Q^T, P^T = exp(S^T/sqrt(HD) - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
-     dK += dS^T Q / sqrt(HD)
-   Pipeline: K and V staged once; the (Q, dO, lse, D) tiles of the (head, query tile) sequence in two stages,
-   the next one copied (cp.async) while the warps work on the current one, one __syncthreads per tile. */
-#define TC_BQ 64
-template <int HD>
-__global__ void __launch_bounds__(128, tc_min_blocks(HD, 2)) attention_backward_dkdv_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
-    constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, BQC = HD >= 64 ? 32 : 64, QTILE = BQ * P;
-    static_assert(BQ == 64, "tile_lo holds the first keys of 64-row query tiles");
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *st = Vs + BK * P;   /* stage i: Q, dO at st + 2i QTILE */
-    float *fst = reinterpret_cast<float *>(st + 4 * QTILE);                               /* stage i: lse2, D at fst + 2i BQ */
-    int *ilo = reinterpret_cast<int *>(fst + 4 * BQ);                                     /* stage i: first keys at ilo + i BQ */
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-    int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, Tn = a.Tn, G = a.NH / a.NKV;
-    int k0 = kt * BK;
-    /* iteration i: head kh G + i / nq, query tile tq0 + i % nq; with doc_start, the tiles whose rows all start after
-       this key tile's last key are skipped (next_it) */
-    int tq0 = k0 / BQ, nq = ceil_div_dev(Tn, BQ) - tq0, nit = G * nq, ntq = ceil_div_dev(Tn, BQ);
-    auto next_it = [&](int i) {
-        while (tile_lo && i < nit && tile_lo[b * ntq + tq0 + i % nq] > k0 + BK - 1) i++;
-        return i;
-    };
-    load_tile_async<HD>(Ks, a.k + (size_t)b * Tn * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, Tn);
-    load_tile_async<HD>(Vs, a.v + (size_t)b * Tn * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, Tn);
-    int it = next_it(0);
-    if (it < nit) dkdv_stage<HD, BQ>(st, fst, ilo, a, b, kh * G + it / nq, (tq0 + it % nq) * BQ);
-    cp_async_commit();
-    const float sl2 = LOG2E / sqrtf((float)HD);
-    int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
-    float dk[HD / 8][4], dv[HD / 8][4];
-    #pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-        #pragma unroll
-        for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
-    for (int n = 0, nx; it < nit; n++, it = nx) {
-        int t0 = (tq0 + it % nq) * BQ, stage = n & 1;
-        nx = next_it(it + 1);
-        cp_async_wait_all();
-        __syncthreads();
-        if (nx < nit)
-            dkdv_stage<HD, BQ>(st + 2 * (stage ^ 1) * QTILE, fst + 2 * (stage ^ 1) * BQ, ilo + (stage ^ 1) * BQ, a, b,
-                               kh * G + nx / nq, (tq0 + nx % nq) * BQ);
-        cp_async_commit();
-        #pragma unroll 1
-        for (int c0 = 0; c0 < BQ && t0 + c0 < Tn; c0 += BQC) {
-            const bf16 *Qs = st + 2 * stage * QTILE + c0 * P, *Gs = Qs + QTILE;
-            const float *lse2s = fst + 2 * stage * BQ + c0, *Ds = lse2s + BQ;
-            const int *los = ilo + stage * BQ + c0;
-            float s[BQC / 8][4], dp[BQC / 8][4];
-            mma_tile_pair<HD, BQC / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
-            #pragma unroll
-            for (int j = 0; j < BQC / 8; j++) {
-                #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int ci = j * 8 + 2 * q + (e & 1), t = t0 + c0 + ci, hr = e >> 1;
-                    float p = (key[hr] > t || key[hr] < los[ci] || t >= Tn) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
-                    s[j][e] = p;                               /* P^T */
-                    dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
-                }
-            }
-            #pragma unroll
-            for (int kc = 0; kc < BQC / 16; kc++) {
-                uint32_t pa[4], da[4];
-                frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
-                frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
-                #pragma unroll
-                for (int n = 0; n < HD / 8; n += 2) {
-                    uint32_t bg[4], bq[4];
-                    frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
-                    frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
-                    mma_16816(dv[n], pa, bg);
-                    mma_16816(dv[n + 1], pa, bg + 2);
-                    mma_16816(dk[n], da, bq);
-                    mma_16816(dk[n + 1], da, bq + 2);
-                }
-            }
-        }
-    }
-    store_rows<HD>(a.dk + (size_t)b * Tn * a.lddk + (size_t)kh * HD, a.lddk, k0 + warp * 16, Tn, dk,
-                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * Tn : NULL, g, q);
-    store_rows<HD>(a.dv + (size_t)b * Tn * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, Tn, dv, 1.0f, NULL, NULL, NULL, g, q);
-}
-
-/* ------------------------------------------------------------------------------------------------ */
-/* matmul: cuBLASLt. Our matrices are row-major (x [N, IC], w [OC, IC] as torch Linear, y [N, OC]); cuBLAS is
+/* matmul: matmul_forward and matmul_backward are cuBLASLt calls (matmul_lt, made by gpu::matmul_forward and
+   gpu::matmul_backward), with the bias, GELU and bias-gradient epilogues; here the plans they reuse.
+   Our matrices are row-major (x [N, IC], w [OC, IC] as torch Linear, y [N, OC]); cuBLAS is
    column-major, where a row-major [R, C] matrix is a [C, R] one. So y^T = w x^T is  D[OC, N] = op(A) B with
    A = w (col-major [IC, OC], transposed), B = x (col-major [IC, N]). */
 
@@ -1533,9 +557,1070 @@ static int matmul_lt(void *D, cudaDataType d_type, const void *A, const void *B,
     return 1;
 }
 
-template <typename T> static cudaDataType cuda_type();
+template <typename floatX> static cudaDataType cuda_type();
 template <> cudaDataType cuda_type<float>() { return CUDA_R_32F; }
 template <> cudaDataType cuda_type<bf16>() { return CUDA_R_16BF; }
+
+/* ------------------------------------------------------------------------------------------------ */
+/* rope, attention. The attention kernels take q and k before RoPE and rotate them as they read them (rope_forward
+   fused in), except the tensor-core ones, which read a copy rotated once per call by rope_forward_kernel; all the
+   backward kernels rotate dq and dk back as they store them (rope_backward fused in). Their arguments: */
+
+template <typename floatX>
+struct AttnArgs {
+    const floatX *q, *k, *v;     /* forward inputs (q, k before RoPE) */
+    int ldq, ldk, ldv;
+    floatX *out; int ldo;        /* forward output */
+    float *lse;                  /* [B, NH, T] */
+    const floatX *dout; int lddo;     /* backward */
+    floatX *dq, *dk, *dv; int lddq, lddk, lddv;   /* the backward adds (+=) into them */
+    float *delta;                /* [B, NH, T] scratch: D = dout . out */
+    const float *cos, *sin;      /* [T, HD/2] or NULL (no RoPE) */
+    const int *doc_start;        /* [B*T] or NULL: row t of batch b sees keys doc_start[b*T+t] <= s <= t (packed
+                                    documents; doc_start[b*T+t] <= t) */
+    const int *pos;              /* [B*T] or NULL (= t): the RoPE position of row t of q and k, e.g. t - its doc start */
+    int B, T, NH, NKV, HD;
+};
+
+/* the RoPE table rows of row t of batch b (NULL without RoPE) */
+template <typename floatX>
+__device__ __forceinline__ const float *rope_row(const AttnArgs<floatX> &a, const float *tab, int b, int t) {
+    if (!tab) return NULL;
+    return tab + (size_t)(a.pos ? a.pos[(size_t)b * a.T + t] : t) * (a.HD / 2);
+}
+
+/* rope_forward (HF rotate-half) of element d of row x: with i < HD/2 and the angles of the row's position,
+     out[i] = x[i] cos[i] - x[i+HD/2] sin[i],   out[i+HD/2] = x[i+HD/2] cos[i] + x[i] sin[i]
+   cs/sn point at the table row of that position, or are NULL (no RoPE: x[d]) */
+template <typename floatX>
+__device__ __forceinline__ float rope_load(const floatX *x, int d, int HD, const float *cs, const float *sn) {
+    if (!cs) return to_f(x[d]);
+    int half = HD / 2;
+    if (d < half) return to_f(x[d]) * cs[d] - to_f(x[d + half]) * sn[d];
+    int i = d - half;
+    return to_f(x[d]) * cs[i] + to_f(x[i]) * sn[i];
+}
+/* rope_backward of element d: the gradient w.r.t. the unrotated row from the gradient g w.r.t. the rotated one,
+     dx[i] = g[i] cos[i] + g[i+HD/2] sin[i],   dx[i+HD/2] = g[i+HD/2] cos[i] - g[i] sin[i]
+   (returned: the callers add it into their gradient) */
+__device__ __forceinline__ float rope_back(const float *g, int d, int HD, const float *cs, const float *sn) {
+    if (!cs) return g[d];
+    int half = HD / 2;
+    if (d < half) return g[d] * cs[d] + g[d + half] * sn[d];
+    int i = d - half;
+    return g[d] * cs[i] - g[i] * sn[i];
+}
+
+/* rope_forward on whole rows, once per call for the tensor-core kernels: dst [B*T, heads*HD] (rows contiguous) =
+   src rows (stride ld) rotated at their position; a plain copy without cos/sin. One thread per 8 rotation pairs.
+   The tiles of the kernels are then straight copies of these rows. The position of row b*T + t is a.pos[b*T + t]
+   or t. */
+__global__ void rope_forward_kernel(bf16 *dst, const bf16 *src, int ld, int heads, AttnArgs<bf16> a) {
+    int HD = a.HD, half = HD / 2, H8 = half / 8;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)a.B * a.T * heads * H8) return;
+    int c = (int)(i % H8) * 8, h = (int)(i / H8 % heads);
+    size_t row = i / H8 / heads;
+    const bf16 *x = src + row * ld + (size_t)h * HD;
+    bf16 *y = dst + row * heads * HD + (size_t)h * HD;
+    Pack<bf16> x1 = ld_pack(x + c), x2 = ld_pack(x + c + half);
+    if (a.cos) {
+        int pos = a.pos ? a.pos[row] : (int)(row % a.T);
+        const float *cr = a.cos + (size_t)pos * half + c, *sr = a.sin + (size_t)pos * half + c;
+        #pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float a1 = to_f(x1.v[k]), a2 = to_f(x2.v[k]);
+            x1.v[k] = from_f<bf16>(a1 * cr[k] - a2 * sr[k]);
+            x2.v[k] = from_f<bf16>(a2 * cr[k] + a1 * sr[k]);
+        }
+    }
+    st_pack(y + c, x1);
+    st_pack(y + c + half, x2);
+}
+
+/* attention (causal, grouped-query heads: query head h reads key/value head h / (NH/NKV)). q, k, v are rows of a
+   wider buffer (row strides ldq, ldk, ldv), e.g. the fused qkv matmul output [N, (NH + 2 NKV) HD]. Forward writes
+   out [N, NH*HD] (row stride ldo) and the log-sum-exp of each query row lse [B, NH, T] (fp32), which is all the
+   backward needs to rebuild the probabilities. With q' = rope(q), k' = rope(k):
+     a[t,s] = q'[t].k'[s] / sqrt(HD) (lo(t) <= s <= t);  p = softmax_s(a);  out[t] = sum_s p[t,s] v[s]
+     backward: D[t] = dout[t].out[t];  dp[t,s] = dout[t].v[s];  da = p (dp - D[t])
+               dq'[t] = sum_s da k'[s] / sqrt(HD);  dk'[s] = sum_t da q'[t] / sqrt(HD);  dv[s] += sum_t p dout[t]
+               dq += rope^T(dq');  dk += rope^T(dk')
+   The backward adds into dq, dk, dv as the header's attention_backward does: each row of them belongs to one warp
+   (plain) or one block (tensor cores), which reads it, adds its sum and writes it back once, at the end. */
+
+/* lo(t): the first key row t of batch b may see (its document's start with doc_start, else 0) */
+template <typename floatX>
+__device__ __forceinline__ int attn_lo(const AttnArgs<floatX> &a, int b, int t) {
+    return a.doc_start ? a.doc_start[(size_t)b * a.T + t] : 0;
+}
+
+/* --- the plain kernels: any HD <= 256, float or bf16; one warp per output row, fp32 arithmetic. They are the
+   reference for the tensor-core kernels below and the path for --dtype fp32. */
+#define ATT_MAXHD 256
+#define ATT_WARPS 4
+
+/* rope_forward + attention_forward: one warp per query row (b, h, t); q and k rotated as they are read */
+template <typename floatX>
+__global__ void rope_attention_forward_plain_kernel(AttnArgs<floatX> a) {
+    __shared__ float qs_all[ATT_WARPS][ATT_MAXHD];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * ATT_WARPS + warp;
+    if (row >= a.B * a.NH * a.T) return;
+    int T = a.T, HD = a.HD;
+    int t = row % T, h = (row / T) % a.NH, b = row / (T * a.NH), kh = h / (a.NH / a.NKV);
+    float scale = 1.0f / sqrtf((float)HD);
+    float *qs = qs_all[warp];
+    const floatX *qrow = a.q + ((size_t)b * T + t) * a.ldq + (size_t)h * HD;
+    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
+    int lo = attn_lo(a, b, t);
+    for (int d = lane; d < HD; d += 32) qs[d] = rope_load(qrow, d, HD, cq, sq);
+    __syncwarp();
+    /* pass 1: max and sum of exp over the keys lo <= s <= t (lane-strided), then combined over the warp */
+    float m = -INFINITY, l = 0.0f;
+    for (int s = lo + lane; s <= t; s += 32) {
+        const floatX *krow = a.k + ((size_t)b * T + s) * a.ldk + (size_t)kh * HD;
+        const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
+        float x = 0.0f;
+        for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
+        x *= scale;
+        if (x > m) { l = l * expf(m - x) + 1.0f; m = x; } else l += expf(x - m);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffffu, m, o), ol = __shfl_xor_sync(0xffffffffu, l, o);
+        float M = fmaxf(m, om);
+        l = (M == -INFINITY) ? 0.0f : l * expf(m - M) + ol * expf(om - M);
+        m = M;
+    }
+    float lse = m + logf(l);
+    /* pass 2: out = sum_s p v[s]; lane owns dims lane + 32 i */
+    float acc[ATT_MAXHD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
+    for (int s0 = lo; s0 <= t; s0 += 32) {
+        int s = s0 + lane;
+        float p = 0.0f;
+        if (s <= t) {
+            const floatX *krow = a.k + ((size_t)b * T + s) * a.ldk + (size_t)kh * HD;
+            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
+            float x = 0.0f;
+            for (int d = 0; d < HD; d++) x += qs[d] * rope_load(krow, d, HD, ck, sk);
+            p = expf(x * scale - lse);
+        }
+        int n = min(32, t - s0 + 1);
+        for (int j = 0; j < n; j++) {
+            float pj = __shfl_sync(0xffffffffu, p, j);
+            const floatX *vrow = a.v + ((size_t)b * T + s0 + j) * a.ldv + (size_t)kh * HD;
+            #pragma unroll
+            for (int i = 0; i < ATT_MAXHD / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < HD) acc[i] += pj * to_f(vrow[d]);
+            }
+        }
+    }
+    floatX *orow = a.out + ((size_t)b * T + t) * a.ldo + (size_t)h * HD;
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < HD) orow[d] = from_f<floatX>(acc[i]);
+    }
+    if (lane == 0) a.lse[row] = lse;
+}
+
+/* attention_backward's first step, for the plain and the tensor-core kernels: D[b,h,t] = sum_d dout[t,d] out[t,d];
+   one warp per row */
+template <typename floatX>
+__global__ void attention_backward_delta_kernel(AttnArgs<floatX> a) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= a.B * a.NH * a.T) return;
+    int t = row % a.T, h = (row / a.T) % a.NH, b = row / (a.T * a.NH);
+    const floatX *o = a.out + ((size_t)b * a.T + t) * a.ldo + (size_t)h * a.HD;
+    const floatX *g = a.dout + ((size_t)b * a.T + t) * a.lddo + (size_t)h * a.HD;
+    float s = 0.0f;
+    for (int d = lane; d < a.HD; d += 32) s += to_f(o[d]) * to_f(g[d]);
+    s = warp_sum(s);
+    if (lane == 0) a.delta[row] = s;
+}
+
+/* attention_backward + rope_backward for dq: one warp per query row (b, h, t); dq[t] += rope^T(dq'[t]) */
+template <typename floatX>
+__global__ void attention_rope_backward_dq_plain_kernel(AttnArgs<floatX> a) {
+    __shared__ float qs_all[ATT_WARPS][ATT_MAXHD], gs_all[ATT_WARPS][ATT_MAXHD];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * ATT_WARPS + warp;
+    if (row >= a.B * a.NH * a.T) return;
+    int T = a.T, HD = a.HD;
+    int t = row % T, h = (row / T) % a.NH, b = row / (T * a.NH), kh = h / (a.NH / a.NKV);
+    float scale = 1.0f / sqrtf((float)HD);
+    float *qs = qs_all[warp], *gs = gs_all[warp];
+    const floatX *qrow = a.q + ((size_t)b * T + t) * a.ldq + (size_t)h * HD;
+    const floatX *grow = a.dout + ((size_t)b * T + t) * a.lddo + (size_t)h * HD;
+    const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
+    int lo = attn_lo(a, b, t);
+    for (int d = lane; d < HD; d += 32) { qs[d] = rope_load(qrow, d, HD, cq, sq); gs[d] = to_f(grow[d]); }
+    __syncwarp();
+    float lse = a.lse[row], D = a.delta[row];
+    float acc[ATT_MAXHD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) acc[i] = 0.0f;
+    for (int s0 = lo; s0 <= t; s0 += 32) {
+        int s = s0 + lane;
+        float ds = 0.0f;
+        if (s <= t) {
+            const floatX *krow = a.k + ((size_t)b * T + s) * a.ldk + (size_t)kh * HD;
+            const floatX *vrow = a.v + ((size_t)b * T + s) * a.ldv + (size_t)kh * HD;
+            const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
+            float x = 0.0f, dp = 0.0f;
+            for (int d = 0; d < HD; d++) { x += qs[d] * rope_load(krow, d, HD, ck, sk); dp += gs[d] * to_f(vrow[d]); }
+            float p = expf(x * scale - lse);
+            ds = p * (dp - D);
+        }
+        int n = min(32, t - s0 + 1);
+        for (int j = 0; j < n; j++) {
+            float dsj = __shfl_sync(0xffffffffu, ds, j);
+            int sj = s0 + j;
+            const floatX *krow = a.k + ((size_t)b * T + sj) * a.ldk + (size_t)kh * HD;
+            const float *ck = rope_row(a, a.cos, b, sj), *sk = rope_row(a, a.sin, b, sj);
+            #pragma unroll
+            for (int i = 0; i < ATT_MAXHD / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < HD) acc[i] += dsj * rope_load(krow, d, HD, ck, sk);
+            }
+        }
+    }
+    __syncwarp();
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) gs[d] = acc[i] * scale; }
+    __syncwarp();
+    floatX *dqrow = a.dq + ((size_t)b * T + t) * a.lddq + (size_t)h * HD;
+    for (int d = lane; d < HD; d += 32) dqrow[d] = from_f<floatX>(to_f(dqrow[d]) + rope_back(gs, d, HD, cq, sq));
+}
+
+/* attention_backward + rope_backward for dk, dv: one warp per key row (b, kv head, s), summing over the query heads
+   of its group; dk[s] += rope^T(dk'[s]), dv[s] += its sum */
+template <typename floatX>
+__global__ void attention_rope_backward_dkdv_plain_kernel(AttnArgs<floatX> a) {
+    __shared__ float ks_all[ATT_WARPS][ATT_MAXHD], vs_all[ATT_WARPS][ATT_MAXHD];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * ATT_WARPS + warp;
+    if (row >= a.B * a.NKV * a.T) return;
+    int T = a.T, HD = a.HD, G = a.NH / a.NKV;
+    int s = row % T, kh = (row / T) % a.NKV, b = row / (T * a.NKV);
+    float scale = 1.0f / sqrtf((float)HD);
+    float *ks = ks_all[warp], *vs = vs_all[warp];
+    const floatX *krow = a.k + ((size_t)b * T + s) * a.ldk + (size_t)kh * HD;
+    const floatX *vrow = a.v + ((size_t)b * T + s) * a.ldv + (size_t)kh * HD;
+    const float *ck = rope_row(a, a.cos, b, s), *sk = rope_row(a, a.sin, b, s);
+    for (int d = lane; d < HD; d += 32) { ks[d] = rope_load(krow, d, HD, ck, sk); vs[d] = to_f(vrow[d]); }
+    __syncwarp();
+    float dk[ATT_MAXHD / 32], dv[ATT_MAXHD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) { dk[i] = 0.0f; dv[i] = 0.0f; }
+    for (int h = kh * G; h < (kh + 1) * G; h++) {
+        for (int t0 = s; t0 < T; t0 += 32) {
+            int t = t0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t < T && attn_lo(a, b, t) <= s) {   /* query t sees key s */
+                const floatX *qrow = a.q + ((size_t)b * T + t) * a.ldq + (size_t)h * HD;
+                const floatX *grow = a.dout + ((size_t)b * T + t) * a.lddo + (size_t)h * HD;
+                const float *cq = rope_row(a, a.cos, b, t), *sq = rope_row(a, a.sin, b, t);
+                float x = 0.0f, dp = 0.0f;
+                for (int d = 0; d < HD; d++) { x += rope_load(qrow, d, HD, cq, sq) * ks[d]; dp += to_f(grow[d]) * vs[d]; }
+                size_t r = ((size_t)b * a.NH + h) * T + t;
+                p = expf(x * scale - a.lse[r]);
+                ds = p * (dp - a.delta[r]);
+            }
+            int n = min(32, T - t0);
+            for (int j = 0; j < n; j++) {
+                float pj = __shfl_sync(0xffffffffu, p, j), dsj = __shfl_sync(0xffffffffu, ds, j);
+                int tj = t0 + j;
+                const floatX *qrow = a.q + ((size_t)b * T + tj) * a.ldq + (size_t)h * HD;
+                const floatX *grow = a.dout + ((size_t)b * T + tj) * a.lddo + (size_t)h * HD;
+                const float *cq = rope_row(a, a.cos, b, tj), *sq = rope_row(a, a.sin, b, tj);
+                #pragma unroll
+                for (int i = 0; i < ATT_MAXHD / 32; i++) {
+                    int d = lane + 32 * i;
+                    if (d < HD) { dv[i] += pj * to_f(grow[d]); dk[i] += dsj * rope_load(qrow, d, HD, cq, sq); }
+                }
+            }
+        }
+    }
+    __syncwarp();
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) { int d = lane + 32 * i; if (d < HD) ks[d] = dk[i] * scale; }
+    __syncwarp();
+    floatX *dkrow = a.dk + ((size_t)b * T + s) * a.lddk + (size_t)kh * HD;
+    floatX *dvrow = a.dv + ((size_t)b * T + s) * a.lddv + (size_t)kh * HD;
+    for (int d = lane; d < HD; d += 32) dkrow[d] = from_f<floatX>(to_f(dkrow[d]) + rope_back(ks, d, HD, ck, sk));
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXHD / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < HD) dvrow[d] = from_f<floatX>(to_f(dvrow[d]) + dv[i]);
+    }
+}
+
+/* --- the tensor-core kernels: bf16, HD in {32, 64, 128}, flash-style (the T x T probabilities are never
+   stored). Each warp owns 16 rows of a tile and multiplies with mma.sync m16n8k16 (bf16 in, fp32 accumulate).
+   Fragment layout (PTX ISA, m16n8k16 .bf16), with g = lane / 4 and q = lane % 4:
+     A 16x16 (row-major): a[0] = A[g][2q..2q+1], a[1] = A[g+8][2q..], a[2] = A[g][2q+8..], a[3] = A[g+8][2q+8..]
+     B 16x8  (k x n):     b[0] = B[2q..2q+1][g],  b[1] = B[2q+8..2q+9][g]
+     C 16x8  (fp32):      c[0..1] = C[g][2q..2q+1], c[2..3] = C[g+8][2q..2q+1]
+   Two C tiles side by side (16x16) are exactly the A fragment of the next product (P of QK^T feeds PV), so the
+   probabilities go from one mma to the next in registers. Tiles sit in shared memory with rows padded to
+   HD+8 elements, which spreads a fragment's 32 loads over distinct banks. */
+
+#define TC_PAD 8
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+/* ldmatrix.x4 (.trans): four 8x8 bf16 matrices from shared memory in one instruction; lane l gives the 16-byte
+   address of row l % 8 of matrix l / 8 and receives in r[i] the elements (row l / 4, columns 2(l % 4), +1) of
+   matrix i, or with .trans of its transpose (rows 2(l % 4), +1, column l / 4) */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16 *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16 *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(row)));
+}
+/* A fragment of rows r0.. and columns k0.. of a row-major smem tile with pitch P: matrices (r0, k0), (r0+8, k0),
+   (r0, k0+8), (r0+8, k0+8) are a[0..3] */
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *M, int P, int r0, int k0, int lane) {
+    ldmatrix_x4(a, M + (r0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + k0 + (lane >> 4) * 8);
+}
+/* B fragments of two adjacent n tiles, b[0..1] for n0.. and b[2..3] for n0+8.., where B[k][n] = M[n0+n][k0+k]
+   (M row-major, rows indexed by n, e.g. K in Q K^T): matrices (n0, k0), (n0, k0+8), (n0+8, k0), (n0+8, k0+8) */
+__device__ __forceinline__ void frag_b_rows2(uint32_t b[4], const bf16 *M, int P, int n0, int k0, int lane) {
+    ldmatrix_x4(b, M + (n0 + (lane & 7) + (lane >> 4) * 8) * P + k0 + (lane >> 3 & 1) * 8);
+}
+/* the same for B[k][n] = M[k0+k][n0+n] (M row-major, rows indexed by k, e.g. V in P V): the transposed matrices
+   (k0, n0), (k0+8, n0), (k0, n0+8), (k0+8, n0+8) */
+__device__ __forceinline__ void frag_b_cols2(uint32_t b[4], const bf16 *M, int P, int k0, int n0, int lane) {
+    ldmatrix_x4_trans(b, M + (k0 + (lane & 7) + (lane >> 3 & 1) * 8) * P + n0 + (lane >> 4) * 8);
+}
+/* the A fragment of a 16x16 block made of C tiles c0 (columns 0..7) and c1 (columns 8..15) */
+__device__ __forceinline__ void frag_a_from_c(uint32_t a[4], const float c0[4], const float c1[4]) {
+    a[0] = pack_bf16x2(c0[0], c0[1]);
+    a[1] = pack_bf16x2(c0[2], c0[3]);
+    a[2] = pack_bf16x2(c1[0], c1[1]);
+    a[3] = pack_bf16x2(c1[2], c1[3]);
+}
+
+/* cp.async.cg: 16 bytes from global to shared memory without passing through registers (cached in L2 only);
+   commit_group closes this thread's batch of copies; wait_all returns when all of them have landed (in this
+   thread's view: other threads see them after a __syncthreads) */
+__device__ __forceinline__ void cp_async_16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
+
+/* with doc_start: tile_lo[b, i] = the smallest first key of query rows [64 i, 64 i + 64) of batch b, so that the
+   kernels skip the key tiles before it (forward, dq) and the query tiles that see none of a key tile (dk/dv) */
+__global__ void attention_tile_lo_kernel(int *tile_lo, AttnArgs<bf16> a) {
+    int nt = (a.T + 63) / 64, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= a.B * nt) return;
+    int b = i / nt, t0 = (i % nt) * 64, lo = t0;
+    for (int t = t0; t < t0 + 64 && t < a.T; t++) lo = min(lo, attn_lo(a, b, t));
+    tile_lo[i] = lo;
+}
+
+/* starts copying rows [pos0, pos0+rows) of one head into a smem tile (pitch HD+8) with cp.async (zeros past T,
+   stored at once); the caller commits and waits. base points at position 0 of the (batch, head), row p at base + p*ld. */
+template <int HD>
+__device__ __forceinline__ void load_tile_async(bf16 *dst, const bf16 *base, int ld, int pos0, int rows, int T) {
+    constexpr int P = HD + TC_PAD, H8 = HD / 8;
+    for (int i = threadIdx.x; i < rows * H8; i += blockDim.x) {
+        int r = i / H8, c = (i % H8) * 8, pos = pos0 + r;
+        if (pos < T) cp_async_16(dst + r * P + c, base + (size_t)pos * ld + c);
+        else {
+            Pack<bf16> z;
+            #pragma unroll
+            for (int k = 0; k < 8; k++) z.v[k] = from_f<bf16>(0.0f);
+            st_pack(dst + r * P + c, z);
+        }
+    }
+}
+
+/* one stage of the dk/dv kernel: the Q and dO tiles of query head h, rows t0.., at st and st + BQ*P (cp.async),
+   and their lse * log2(e), D and first key (attn_lo) at fst, fst + BQ and ilo (plain loads) */
+template <int HD, int BQ>
+__device__ __forceinline__ void dkdv_stage(bf16 *st, float *fst, int *ilo, const AttnArgs<bf16> &a, int b, int h, int t0) {
+    int T = a.T;
+    load_tile_async<HD>(st, a.q + (size_t)b * T * a.ldq + (size_t)h * HD, a.ldq, t0, BQ, T);
+    load_tile_async<HD>(st + BQ * (HD + TC_PAD), a.dout + (size_t)b * T * a.lddo + (size_t)h * HD, a.lddo, t0, BQ, T);
+    if (threadIdx.x < BQ) {
+        int t = t0 + threadIdx.x;
+        size_t r = ((size_t)b * a.NH + h) * T + t;
+        fst[threadIdx.x] = t < T ? a.lse[r] * LOG2E : INFINITY;
+        fst[BQ + threadIdx.x] = t < T ? a.delta[r] : 0.0f;
+        ilo[threadIdx.x] = t < T ? attn_lo(a, b, t) : 0;
+    }
+}
+
+/* Stores a warp's 16 x HD fp32 accumulator (rows row0 + g, row0 + g + 8) as bf16, scaled, rotated back by RoPE
+   (rope_backward; element d and d + HD/2 sit in the same thread: tiles n and n + HD/16) when cs != NULL, row p at
+   position rp[p] (rp: the batch's a.pos row, or NULL for p): row = (add ? row : 0) + that, rounded once. */
+template <int HD>
+__device__ __forceinline__ void store_rows(bf16 *base, int ld, int row0, int T, float acc[HD / 8][4], float scale,
+                                           const float *cs, const float *sn, const int *rp, int g, int q, int add) {
+    constexpr int half = HD / 2;
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        int pos = row0 + g + 8 * hr;
+        if (pos >= T) continue;
+        bf16 *dst = base + (size_t)pos * ld;
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            #pragma unroll
+            for (int e = 0; e < 2; e++) acc[n][2 * hr + e] *= scale;
+        }
+        if (cs) {
+            int rpos = rp ? rp[pos] : pos;
+            const float *cr = cs + (size_t)rpos * half, *sr = sn + (size_t)rpos * half;
+            #pragma unroll
+            for (int n = 0; n < HD / 16; n++) {
+                #pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int d = n * 8 + 2 * q + e;
+                    float g1 = acc[n][2 * hr + e], g2 = acc[n + HD / 16][2 * hr + e];
+                    acc[n][2 * hr + e] = g1 * cr[d] + g2 * sr[d];
+                    acc[n + HD / 16][2 * hr + e] = g2 * cr[d] - g1 * sr[d];
+                }
+            }
+        }
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            bf16 *p = dst + n * 8 + 2 * q;
+            float v0 = acc[n][2 * hr], v1 = acc[n][2 * hr + 1];
+            if (add) { v0 += to_f(p[0]); v1 += to_f(p[1]); }
+            *reinterpret_cast<uint32_t *>(p) = pack_bf16x2(v0, v1);
+        }
+    }
+}
+
+/* Two products of one warp's 16 rows at once, over the head dim (both backward kernels recompute their score
+   tiles this way): c1 = A1[r0..r0+16) B1^T and c2 = A2[r0..r0+16) B2^T, with B1, B2 tiles of NJ * 8 rows. */
+template <int HD, int NJ>
+__device__ __forceinline__ void mma_tile_pair(float (&c1)[NJ][4], float (&c2)[NJ][4], const bf16 *A1, const bf16 *B1,
+                                              const bf16 *A2, const bf16 *B2, int P, int r0, int lane) {
+    #pragma unroll
+    for (int j = 0; j < NJ; j++)
+        #pragma unroll
+        for (int e = 0; e < 4; e++) { c1[j][e] = 0.0f; c2[j][e] = 0.0f; }
+    #pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        uint32_t a1[4], a2[4];
+        frag_a(a1, A1, P, r0, kk * 16, lane);
+        frag_a(a2, A2, P, r0, kk * 16, lane);
+        #pragma unroll
+        for (int j = 0; j < NJ; j += 2) {
+            uint32_t b1[4], b2[4];
+            frag_b_rows2(b1, B1, P, j * 8, kk * 16, lane);
+            frag_b_rows2(b2, B2, P, j * 8, kk * 16, lane);
+            mma_16816(c1[j], a1, b1);
+            mma_16816(c1[j + 1], a1, b1 + 2);
+            mma_16816(c2[j], a2, b2);
+            mma_16816(c2[j + 1], a2, b2 + 2);
+        }
+    }
+}
+
+
+/* blocks of 128 threads per SM that each tensor-core kernel (0 forward, 1 dq, 2 dk/dv) is compiled for: registers
+   capped at 64K / (128 blocks). Chosen as the most that the shared memory allows on sm_90 (227 KB for forward 4
+   tiles, dq 6, dk/dv 6 of 64 x (HD + 8) bf16) and that ptxas fits without spilling (checked with -Xptxas -v):
+   at head dim 128, 12 warps per SM forward, 8 backward; at 64, 12. */
+__host__ __device__ constexpr int tc_min_blocks(int HD, int kernel) {
+    return kernel == 0 ? (HD == 32 ? 4 : 3) : HD == 128 ? 2 : 3;
+}
+
+/* attention_forward on the rotated q, k: block = 4 warps = 64 query rows of one (b, h); key tiles of 64 up to the
+   diagonal.
+   Pipeline: the K and V tiles sit in two stages; while the warps work on tile j (S = Q K^T, online softmax,
+   O += P V) the cp.asyncs of tile j+1 fill the other stage, and one __syncthreads per tile separates the two.
+   The Q tile is staged once (in stage 1's K slot, free until tile 1) and then held as A fragments in registers.
+   With doc_start, the key tiles wholly before the query tile's first start (tile_lo) are not visited. */
+template <int HD>
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 0))
+attention_forward_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *st = reinterpret_cast<bf16 *>(smem_raw);   /* stage i: K tile at st + 2i TILE, V tile after it */
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, T = a.T;
+    int kh = h / (a.NH / a.NKV), q0 = qt * BR;
+    const bf16 *qbase = a.q + (size_t)b * T * a.ldq + (size_t)h * HD;
+    const bf16 *kbase = a.k + (size_t)b * T * a.ldk + (size_t)kh * HD;
+    const bf16 *vbase = a.v + (size_t)b * T * a.ldv + (size_t)kh * HD;
+    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
+    load_tile_async<HD>(st + 2 * TILE, qbase, a.ldq, q0, BR, T);
+    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, T);
+    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, T);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+    #pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) frag_a(qf[kk], st + 2 * TILE, P, warp * 16, kk * 16, lane);
+    float o[HD / 8][4];
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const float sl2 = LOG2E / sqrtf((float)HD);
+    int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    int lo[2] = {row[0] < T ? attn_lo(a, b, row[0]) : 0, row[1] < T ? attn_lo(a, b, row[1]) : 0};
+    for (int kt = kt0; kt <= kt1; kt++) {
+        int k0 = kt * BC, stage = (kt - kt0) & 1;
+        cp_async_wait_all();   /* this thread's copies of tile kt have landed */
+        __syncthreads();       /* everyone's have; everyone is done with the other stage (tile kt-1, or Q) */
+        if (kt < kt1) {
+            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
+            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, T);
+            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, T);
+            cp_async_commit();
+        }
+        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
+        float s[BC / 8][4];
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        #pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            #pragma unroll
+            for (int j = 0; j < BC / 8; j += 2) {
+                uint32_t bf[4];
+                frag_b_rows2(bf, Ks, P, j * 8, kk * 16, lane);
+                mma_16816(s[j], qf[kk], bf);
+                mma_16816(s[j + 1], qf[kk], bf + 2);
+            }
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
+                float x = s[j][e] * sl2;
+                if (col > row[hr] || col < lo[hr] || col >= T) x = -INFINITY;
+                s[j][e] = x;
+                mx[hr] = fmaxf(mx[hr], x);
+            }
+        }
+        float corr[2], ref[2];
+        #pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+            float mn = fmaxf(m[hr], mx[hr]);
+            ref[hr] = mn == -INFINITY ? 0.0f : mn;
+            corr[hr] = exp2f(m[hr] - ref[hr]);
+            m[hr] = mn;
+        }
+        float rs[2] = {0.0f, 0.0f};
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) { float p = exp2f(s[j][e] - ref[e >> 1]); s[j][e] = p; rs[e >> 1] += p; }
+        }
+        #pragma unroll
+        for (int hr = 0; hr < 2; hr++) l[hr] = l[hr] * corr[hr] + rs[hr];
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) { o[n][0] *= corr[0]; o[n][1] *= corr[0]; o[n][2] *= corr[1]; o[n][3] *= corr[1]; }
+        #pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) {
+            uint32_t pa[4];
+            frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
+            #pragma unroll
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bf[4];
+                frag_b_cols2(bf, Vs, P, kc * 16, n * 8, lane);
+                mma_16816(o[n], pa, bf);
+                mma_16816(o[n + 1], pa, bf + 2);
+            }
+        }
+    }
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
+    }
+    bf16 *obase = a.out + (size_t)b * T * a.ldo + (size_t)h * HD;
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        float inv = 1.0f / l[hr];
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) { o[n][2 * hr] *= inv; o[n][2 * hr + 1] *= inv; }
+        if (q == 0 && row[hr] < T) a.lse[((size_t)b * a.NH + h) * T + row[hr]] = (m[hr] + log2f(l[hr])) / LOG2E;
+    }
+    store_rows<HD>(obase, a.ldo, q0 + warp * 16, T, o, 1.0f, NULL, NULL, NULL, g, q, 0);
+}
+
+/* attention_backward + rope_backward for dq: block = 64 query rows of one (b, h); key tiles up to the diagonal.
+     S = Q K^T, P = exp(S/sqrt(HD) - lse), dP = dO V^T, dS = P (dP - D), dq += rope^T(dS K / sqrt(HD))
+   Pipeline: Q and dO staged once; K and V tiles in two stages, tile j+1 copied (cp.async) while tile j is used,
+   one __syncthreads per tile. */
+template <int HD>
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 1))
+attention_rope_backward_dq_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
+    constexpr int P = HD + TC_PAD, BR = 64, BC = 64, TILE = 64 * P;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *Gs = Qs + TILE, *st = Gs + TILE;   /* stage i: K, V at st + 2i TILE */
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, T = a.T;
+    int kh = h / (a.NH / a.NKV), q0 = qt * BR;
+    const bf16 *kbase = a.k + (size_t)b * T * a.ldk + (size_t)kh * HD;
+    const bf16 *vbase = a.v + (size_t)b * T * a.ldv + (size_t)kh * HD;
+    int kt0 = tile_lo ? tile_lo[b * gridDim.x + qt] / BC : 0, kt1 = qt;   /* key tiles before the documents' starts skipped */
+    load_tile_async<HD>(Qs, a.q + (size_t)b * T * a.ldq + (size_t)h * HD, a.ldq, q0, BR, T);
+    load_tile_async<HD>(Gs, a.dout + (size_t)b * T * a.lddo + (size_t)h * HD, a.lddo, q0, BR, T);
+    load_tile_async<HD>(st, kbase, a.ldk, kt0 * BC, BC, T);
+    load_tile_async<HD>(st + TILE, vbase, a.ldv, kt0 * BC, BC, T);
+    cp_async_commit();
+    const float sl2 = LOG2E / sqrtf((float)HD);
+    int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    int lo[2] = {row[0] < T ? attn_lo(a, b, row[0]) : 0, row[1] < T ? attn_lo(a, b, row[1]) : 0};
+    float lse2[2], D[2];
+    #pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        size_t r = ((size_t)b * a.NH + h) * T + row[hr];
+        lse2[hr] = row[hr] < T ? a.lse[r] * LOG2E : INFINITY;
+        D[hr] = row[hr] < T ? a.delta[r] : 0.0f;
+    }
+    float dq[HD / 8][4];
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    for (int kt = kt0; kt <= kt1; kt++) {
+        int k0 = kt * BC, stage = (kt - kt0) & 1;
+        cp_async_wait_all();
+        __syncthreads();
+        if (kt < kt1) {
+            bf16 *nx = st + 2 * (stage ^ 1) * TILE;
+            load_tile_async<HD>(nx, kbase, a.ldk, k0 + BC, BC, T);
+            load_tile_async<HD>(nx + TILE, vbase, a.ldv, k0 + BC, BC, T);
+            cp_async_commit();
+        }
+        const bf16 *Ks = st + 2 * stage * TILE, *Vs = Ks + TILE;
+        float s[BC / 8][4], dp[BC / 8][4];
+        mma_tile_pair<HD, BC / 8>(s, dp, Qs, Ks, Gs, Vs, P, warp * 16, lane);   /* S = Q K^T, dP = dO V^T */
+        #pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = k0 + j * 8 + 2 * q + (e & 1), hr = e >> 1;
+                float p = (col > row[hr] || col < lo[hr] || col >= T) ? 0.0f : exp2f(s[j][e] * sl2 - lse2[hr]);
+                s[j][e] = p * (dp[j][e] - D[hr]);   /* dS */
+            }
+        }
+        #pragma unroll
+        for (int kc = 0; kc < BC / 16; kc++) {
+            uint32_t da[4];
+            frag_a_from_c(da, s[2 * kc], s[2 * kc + 1]);
+            #pragma unroll
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bf[4];
+                frag_b_cols2(bf, Ks, P, kc * 16, n * 8, lane);
+                mma_16816(dq[n], da, bf);
+                mma_16816(dq[n + 1], da, bf + 2);
+            }
+        }
+    }
+    store_rows<HD>(a.dq + (size_t)b * T * a.lddq + (size_t)h * HD, a.lddq, q0 + warp * 16, T, dq,
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * T : NULL, g, q, 1);
+}
+
+/* attention_backward + rope_backward for dk, dv: block = 64 key rows of one (b, kv head); query tiles of 64 rows
+   from the diagonal to T, for each query head of the group, computed in column chunks of BQC query rows (32 at head
+   dim 64 and 128, which keeps the S, dP chunks and the dK, dV accumulators in registers without spilling; 64 at
+   head dim 32). Computed transposed (rows = keys), summed over the group's heads and tiles, then added to dk, dv:
+     S^T = K Q^T, P^T = exp(S^T/sqrt(HD) - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
+     dK += dS^T Q / sqrt(HD);  dk += rope^T(dK), dv += dV
+   Pipeline: K and V staged once; the (Q, dO, lse, D) tiles of the (head, query tile) sequence in two stages,
+   the next one copied (cp.async) while the warps work on the current one, one __syncthreads per tile. */
+#define TC_BQ 64
+template <int HD>
+__global__ void __launch_bounds__(128, tc_min_blocks(HD, 2))
+attention_rope_backward_dkdv_tc_kernel(AttnArgs<bf16> a, const int *tile_lo) {
+    constexpr int P = HD + TC_PAD, BK = 64, BQ = TC_BQ, BQC = HD >= 64 ? 32 : 64, QTILE = BQ * P;
+    static_assert(BQ == 64, "tile_lo holds the first keys of 64-row query tiles");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + BK * P, *st = Vs + BK * P;   /* stage i: Q, dO at st + 2i QTILE */
+    float *fst = reinterpret_cast<float *>(st + 4 * QTILE);                               /* stage i: lse2, D at fst + 2i BQ */
+    int *ilo = reinterpret_cast<int *>(fst + 4 * BQ);                                     /* stage i: first keys at ilo + i BQ */
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, T = a.T, G = a.NH / a.NKV;
+    int k0 = kt * BK;
+    /* iteration i: head kh G + i / nq, query tile tq0 + i % nq; with doc_start, the tiles whose rows all start after
+       this key tile's last key are skipped (next_it) */
+    int tq0 = k0 / BQ, nq = ceil_div_dev(T, BQ) - tq0, nit = G * nq, ntq = ceil_div_dev(T, BQ);
+    auto next_it = [&](int i) {
+        while (tile_lo && i < nit && tile_lo[b * ntq + tq0 + i % nq] > k0 + BK - 1) i++;
+        return i;
+    };
+    load_tile_async<HD>(Ks, a.k + (size_t)b * T * a.ldk + (size_t)kh * HD, a.ldk, k0, BK, T);
+    load_tile_async<HD>(Vs, a.v + (size_t)b * T * a.ldv + (size_t)kh * HD, a.ldv, k0, BK, T);
+    int it = next_it(0);
+    if (it < nit) dkdv_stage<HD, BQ>(st, fst, ilo, a, b, kh * G + it / nq, (tq0 + it % nq) * BQ);
+    cp_async_commit();
+    const float sl2 = LOG2E / sqrtf((float)HD);
+    int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+    float dk[HD / 8][4], dv[HD / 8][4];
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++)
+        #pragma unroll
+        for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
+    for (int n = 0, nx; it < nit; n++, it = nx) {
+        int t0 = (tq0 + it % nq) * BQ, stage = n & 1;
+        nx = next_it(it + 1);
+        cp_async_wait_all();
+        __syncthreads();
+        if (nx < nit)
+            dkdv_stage<HD, BQ>(st + 2 * (stage ^ 1) * QTILE, fst + 2 * (stage ^ 1) * BQ, ilo + (stage ^ 1) * BQ, a, b,
+                               kh * G + nx / nq, (tq0 + nx % nq) * BQ);
+        cp_async_commit();
+        #pragma unroll 1
+        for (int c0 = 0; c0 < BQ && t0 + c0 < T; c0 += BQC) {
+            const bf16 *Qs = st + 2 * stage * QTILE + c0 * P, *Gs = Qs + QTILE;
+            const float *lse2s = fst + 2 * stage * BQ + c0, *Ds = lse2s + BQ;
+            const int *los = ilo + stage * BQ + c0;
+            float s[BQC / 8][4], dp[BQC / 8][4];
+            mma_tile_pair<HD, BQC / 8>(s, dp, Ks, Qs, Vs, Gs, P, warp * 16, lane);   /* S^T = K Q^T, dP^T = V dO^T */
+            #pragma unroll
+            for (int j = 0; j < BQC / 8; j++) {
+                #pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int ci = j * 8 + 2 * q + (e & 1), t = t0 + c0 + ci, hr = e >> 1;
+                    float p = (key[hr] > t || key[hr] < los[ci] || t >= T) ? 0.0f : exp2f(s[j][e] * sl2 - lse2s[ci]);
+                    s[j][e] = p;                               /* P^T */
+                    dp[j][e] = p * (dp[j][e] - Ds[ci]);        /* dS^T */
+                }
+            }
+            #pragma unroll
+            for (int kc = 0; kc < BQC / 16; kc++) {
+                uint32_t pa[4], da[4];
+                frag_a_from_c(pa, s[2 * kc], s[2 * kc + 1]);
+                frag_a_from_c(da, dp[2 * kc], dp[2 * kc + 1]);
+                #pragma unroll
+                for (int n = 0; n < HD / 8; n += 2) {
+                    uint32_t bg[4], bq[4];
+                    frag_b_cols2(bg, Gs, P, kc * 16, n * 8, lane);
+                    frag_b_cols2(bq, Qs, P, kc * 16, n * 8, lane);
+                    mma_16816(dv[n], pa, bg);
+                    mma_16816(dv[n + 1], pa, bg + 2);
+                    mma_16816(dk[n], da, bq);
+                    mma_16816(dk[n + 1], da, bq + 2);
+                }
+            }
+        }
+    }
+    store_rows<HD>(a.dk + (size_t)b * T * a.lddk + (size_t)kh * HD, a.lddk, k0 + warp * 16, T, dk,
+                   1.0f / sqrtf((float)HD), a.cos, a.sin, a.pos ? a.pos + (size_t)b * T : NULL, g, q, 1);
+    store_rows<HD>(a.dv + (size_t)b * T * a.lddv + (size_t)kh * HD, a.lddv, k0 + warp * 16, T, dv, 1.0f, NULL, NULL,
+                   NULL, g, q, 1);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* gelu */
+
+/* gelu_forward (tanh form): y = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2/pi) */
+#define GELU_KF 0.7978845608028654f
+template <typename floatX>
+__global__ void gelu_forward_kernel(floatX *out, const floatX *inp, size_t n) {
+    constexpr int VW = Pack<floatX>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= n) return;
+    Pack<floatX> a = ld_pack(inp + i), o;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(a.v[k]);
+        o.v[k] = from_f<floatX>(0.5f * x * (1.0f + tanhf(GELU_KF * (x + 0.044715f * x * x * x))));
+    }
+    st_pack(out + i, o);
+}
+
+/* gelu_backward: dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3*0.044715 x^2)), u = k (x + 0.044715 x^3).
+   Writes dinp (does not add): the caller's buffer is scratch, read by the matmul backward that follows. */
+template <typename floatX>
+__global__ void gelu_backward_kernel(floatX *dinp, const floatX *inp, const floatX *dout, size_t n) {
+    constexpr int VW = Pack<floatX>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= n) return;
+    Pack<floatX> a = ld_pack(inp + i), g = ld_pack(dout + i), o;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(a.v[k]);
+        float th = tanhf(GELU_KF * (x + 0.044715f * x * x * x));
+        float du = GELU_KF * (1.0f + 3.0f * 0.044715f * x * x);
+        o.v[k] = from_f<floatX>(to_f(g.v[k]) * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du));
+    }
+    st_pack(dinp + i, o);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* swiglu */
+
+/* swiglu_forward: rows of inp are [gate (F) | up (F)]; y = silu(g) * u, silu(g) = g sig(g) */
+template <typename floatX>
+__global__ void swiglu_forward_kernel(floatX *out, const floatX *inp, int N, int F) {
+    constexpr int VW = Pack<floatX>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= (size_t)N * F) return;
+    size_t n = i / F, f = i % F;
+    Pack<floatX> g = ld_pack(inp + n * 2 * F + f), u = ld_pack(inp + n * 2 * F + F + f), o;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(g.v[k]);
+        o.v[k] = from_f<floatX>(x / (1.0f + expf(-x)) * to_f(u.v[k]));
+    }
+    st_pack(out + i, o);
+}
+
+/* swiglu_backward: dg = dy * u * sig(g) * (1 + g (1 - sig(g)));  du = dy * silu(g).
+   Writes dinp (does not add): the caller's buffer is scratch, read by the matmul backward that follows. */
+template <typename floatX>
+__global__ void swiglu_backward_kernel(floatX *dinp, const floatX *dout, const floatX *inp, int N, int F) {
+    constexpr int VW = Pack<floatX>::N;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
+    if (i >= (size_t)N * F) return;
+    size_t n = i / F, f = i % F;
+    Pack<floatX> g = ld_pack(inp + n * 2 * F + f), u = ld_pack(inp + n * 2 * F + F + f), dy = ld_pack(dout + i), dg, du;
+    #pragma unroll
+    for (int k = 0; k < VW; k++) {
+        float x = to_f(g.v[k]), sg = 1.0f / (1.0f + expf(-x)), d = to_f(dy.v[k]);
+        dg.v[k] = from_f<floatX>(d * to_f(u.v[k]) * sg * (1.0f + x * (1.0f - sg)));
+        du.v[k] = from_f<floatX>(d * x * sg);
+    }
+    st_pack(dinp + n * 2 * F + f, dg);
+    st_pack(dinp + n * 2 * F + F + f, du);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* residual */
+
+/* residual_forward and residual_backward have no kernels of their own: the add x = inp1 + inp2 is made by
+   residual_norm_forward_kernel before the norm that reads x, and the backward's copy of dout into both inputs is
+   the fp32 residual-stream gradient dres, which the branches' residual_norm_backward_kernel adds into. */
+
+/* ------------------------------------------------------------------------------------------------ */
+/* crossentropy */
+
+/* crossentropy_forward + crossentropy_backward, fused: one block per row of logits (row stride ldl >= V, a
+   multiple of 16 bytes):
+     lse = log sum_v exp(x_v);  loss = lse - x[target]   (0 when target < 0)
+     with backward: the row is overwritten in place by dlogits = dloss * (softmax(x) - onehot(target)) (written,
+     not added: the logits are its input), and the padded columns [V, ldl) by zeros
+   so the logits of a chunk of rows live only in floatX, and only until the head's backward reads them.
+   Two passes over the row, each with 16-byte loads (Pack: 8 bf16 or 4 float), the block's threads striding by
+   packs: pass 1 keeps a running max m and sum s of exp(x - m) per thread (online softmax: a pack's max first, then
+   one rescale of s), combined over the warp and the block into lse; pass 2 writes the gradient pack by pack. */
+template <typename floatX>
+__global__ void crossentropy_forward_backward_kernel(floatX *logits, float *losses, const int *targets, int V, int ldl,
+                                                     float dloss, int backward) {
+    constexpr int VW = Pack<floatX>::N;
+    __shared__ float sm_m[32], sm_s[32];
+    int row = blockIdx.x;
+    floatX *x = logits + (size_t)row * ldl;
+    float m = -INFINITY, s = 0.0f;
+    for (int v0 = threadIdx.x * VW; v0 < V; v0 += blockDim.x * VW) {
+        Pack<floatX> a = ld_pack(x + v0);
+        int n = V - v0 < VW ? V - v0 : VW;   /* the last pack may reach into the padding */
+        float pm = -INFINITY;
+        for (int k = 0; k < n; k++) pm = fmaxf(pm, to_f(a.v[k]));
+        float M = fmaxf(m, pm), ps = 0.0f;
+        for (int k = 0; k < n; k++) ps += expf(to_f(a.v[k]) - M);
+        s = (m == -INFINITY ? 0.0f : s * expf(m - M)) + ps;
+        m = M;
+    }
+    /* combine (m, s) pairs: warp, then block */
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffffu, m, o), os = __shfl_xor_sync(0xffffffffu, s, o);
+        float M = fmaxf(m, om);
+        s = (M == -INFINITY) ? 0.0f : s * expf(m - M) + os * expf(om - M);
+        m = M;
+    }
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
+    __syncthreads();
+    float M = -INFINITY, S = 0.0f;
+    for (int w = 0; w < nw; w++) M = fmaxf(M, sm_m[w]);
+    for (int w = 0; w < nw; w++) S += sm_m[w] == -INFINITY ? 0.0f : sm_s[w] * expf(sm_m[w] - M);
+    float lse = M + logf(S);
+    int tgt = targets ? targets[row] : -1;
+    if (threadIdx.x == 0) losses[row] = tgt >= 0 ? lse - to_f(x[tgt]) : 0.0f;
+    if (!backward) return;
+    __syncthreads();   /* every thread has read x[tgt] (thread 0) before the row is overwritten */
+    float d = tgt >= 0 ? dloss : 0.0f;
+    for (int v0 = threadIdx.x * VW; v0 < ldl; v0 += blockDim.x * VW) {
+        Pack<floatX> a = ld_pack(x + v0), o;
+        #pragma unroll
+        for (int k = 0; k < VW; k++) {
+            int v = v0 + k;
+            o.v[k] = from_f<floatX>(v < V ? d * (expf(to_f(a.v[k]) - lse) - (v == tgt ? 1.0f : 0.0f)) : 0.0f);
+        }
+        st_pack(x + v0, o);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* optimizer */
+
+/* What one optimizer step's AdamW reads from the device: the step's decisions, made on the device by
+   step_decide_kernel from the reduced loss and grad norm, so the host never waits for them. */
+struct AdamCtl {
+    float step_size;             /* lr / (1 - beta1^t), t = the number of updates so far, this one included */
+    float bc2_sqrt;              /* sqrt(1 - beta2^t) */
+    float grad_scale;            /* the clip coefficient */
+    int apply;                   /* 0: the step is skipped (non-finite loss or norm, or no update asked for) */
+    uint64_t sr_seed;            /* the stochastic rounding's seed of update t */
+};
+
+/* adamw_update_scaled (adamw_update on grad * grad_scale, the clip coefficient) on a slice of the flat vector
+   (torch.optim.AdamW):
+     p = p (1 - lr wd);  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+   g = grad * grad_scale. The fp32 master is updated and the floatX copy of the weight is
+   rounded from it, stochastically for bf16 with rng_u64(seed, global index): the same bits whatever the sharding.
+   step_size, bc2_sqrt, grad_scale and the seed come from the device (ctl); nothing is written when !ctl->apply. */
+template <typename floatX>
+__global__ void adamw_update_scaled_kernel(floatX *params, float *master, const float *grads, float *m, float *v,
+                                           size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                                           const AdamCtl *ctl, uint64_t global_offset) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || !ctl->apply) return;
+    float g = grads[i] * ctl->grad_scale;
+    float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi; v[i] = vi;
+    float p = master[i] * (1.0f - lr * wd);
+    p = p - ctl->step_size * mi / (sqrtf(vi) / ctl->bc2_sqrt + eps);
+    master[i] = p;
+    params[i] = round_param<floatX>(p, rng_u64_dev(ctl->sr_seed, global_offset + i));
+}
+
+/* grad_sumsq: the sum of squares of x in a fixed order: block b sums its chunk (double per thread, tree in shared
+   memory) into part[b]; sum_in_order_kernel then adds the parts in order. */
+#define SUMSQ_BLOCKS 512
+__global__ void grad_sumsq_kernel(double *part, const float *x, size_t n) {
+    __shared__ double sh[256];
+    size_t chunk = (n + gridDim.x - 1) / gridDim.x;
+    size_t b = (size_t)blockIdx.x * chunk, e = b + chunk < n ? b + chunk : n;
+    double s = 0.0;
+    for (size_t i = b + threadIdx.x; i < e; i += blockDim.x) s += (double)x[i] * x[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+
+/* One optimizer step's outcome, written on the device and copied to pinned host memory for the log */
+struct StepOut {
+    double loss, norm;           /* the mean loss over ranks, the global grad norm */
+    double stop;                 /* > 0: some rank asked to stop */
+    int skip;                    /* the loss or the norm is not finite: no update */
+    int pad;
+};
+
+/* The decisions of an optimizer step (the trainer's non-finite check, grad_clip_scale, AdamW's bias corrections),
+   on one thread, from red = [sum of squares of the gradient, loss summed over
+   ranks, stop flags] (all-reduced): the numbers the host used to compute, with the same arithmetic (double, then
+   float as grad_clip and adamw_update have it). A finite step with do_update counts one more update t and fills
+   ctl for AdamW: bc1[t], bc2[t] are the host's 1 - beta^t tables (as powf gave them before). */
+__global__ void step_decide_kernel(StepOut *out, AdamCtl *ctl, int *updates, const double *red, int world, float clip,
+                                   int do_update, float lr, const float *bc1, const float *bc2, uint64_t seed) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double loss = red[1] / world, norm = sqrt(red[0]);
+    int skip = !isfinite(loss) || !isfinite(norm);
+    out->loss = loss; out->norm = norm; out->stop = red[2]; out->skip = skip; out->pad = 0;
+    ctl->apply = do_update && !skip;
+    if (!ctl->apply) return;
+    int t = ++*updates;
+    float coef = (float)(clip / (norm + 1e-6));
+    ctl->grad_scale = (clip <= 0 || coef >= 1.0f) ? 1.0f : coef;    /* grad_clip's rule */
+    ctl->step_size = lr / bc1[t];
+    ctl->bc2_sqrt = sqrtf(bc2[t]);
+    ctl->sr_seed = rng_u64_dev(seed ^ 0x5EEDB16ULL, (uint64_t)t);   /* sr_seed_of(seed, t) */
+}
+
+/* red[2] = v: this rank's stop flag, set in stream order (no host buffer an asynchronous copy would read) */
+__global__ void set_double_kernel(double *x, double v) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) *x = v;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* utilities */
+
+/* fp32 -> floatX, round to nearest (the first copy of the weights, and uploads) */
+template <typename floatX>
+__global__ void convert_kernel(floatX *out, const float *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f<floatX>(in[i]);
+}
+
+/* fp32 -> floatX with the AdamW step's stochastic rounding (index = flat position): rebuilds, on resume, the exact
+   floatX copy that the step which produced these masters made */
+template <typename floatX>
+__global__ void sr_convert_kernel(floatX *out, const float *in, size_t n, uint64_t seed, uint64_t global_offset = 0) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = round_param<floatX>(in[i], rng_u64_dev(seed, global_offset + i));
+}
+
+/* x[i] += y[i] */
+__global__ void add_kernel(float *x, const float *y, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+/* floatX -> fp32 */
+template <typename floatX>
+__global__ void to_float_kernel(float *out, const floatX *in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = to_f(in[i]);
+}
+
+/* out[0] (+)= sum of x[0..n) in order; one thread: n is small (parts, or the losses of one micro-batch) */
+template <typename S>
+__global__ void sum_in_order_kernel(double *out, const S *x, int n, int accumulate) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)x[i];
+    out[0] = accumulate ? out[0] + s : s;
+}
+
+/* out[0] = (accumulate ? out[0] : 0) + scale * sum of losses[0..N), in a fixed order */
+__global__ void sum_losses_kernel(double *out, const float *losses, int N, double scale, int accumulate) {
+    __shared__ double sh[256];
+    double s = 0.0;
+    /* fixed assignment: thread i adds rows i, i+256, ...; then a fixed tree */
+    for (int i = threadIdx.x; i < N; i += blockDim.x) s += (double)losses[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = (accumulate ? out[0] : 0.0) + scale * sh[0];
+}
+
+/* x[i] = v */
+__global__ void fill_kernel(float *x, float v, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = v;
+}
 
 /* ------------------------------------------------------------------------------------------------ */
 /* the layers as the model calls them: gpu::<name> mirrors <name> of llmtrain.h */
@@ -1590,14 +1675,14 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBu
 template <typename T>
 void norm_forward(T *resid_out, T *out, float *mean, float *rstd, const T *inp1, const T *inp2, int heads, int ld,
                   const T *w, const T *b, int rows, int C, float eps, int layernorm, cudaStream_t s) {
-    norm_forward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(resid_out, out, mean, rstd, inp1, inp2, heads, ld, w, b,
+    residual_norm_forward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(resid_out, out, mean, rstd, inp1, inp2, heads, ld, w, b,
                                                              rows, C, eps, layernorm);
     KERNEL_CHECK();
 }
 
 template <typename T>
 void norm_apply(T *out, const T *inp, const float *mean, const float *rstd, const T *w, const T *b, int rows, int C, cudaStream_t s) {
-    norm_apply_kernel<T><<<ceil_div((size_t)rows * C / Pack<T>::N, 256), 256, 0, s>>>(out, inp, mean, rstd, w, b, rows, C);
+    norm_forward_recompute_kernel<T><<<ceil_div((size_t)rows * C / Pack<T>::N, 256), 256, 0, s>>>(out, inp, mean, rstd, w, b, rows, C);
     KERNEL_CHECK();
 }
 
@@ -1616,19 +1701,19 @@ void column_sums(float *dw, float *db, const T *dy, int lddy, const T *x, int he
     int rpb = ceil_div(rows, rb);
     rb = ceil_div(rows, rpb);
     float *pw = scratch, *pb = scratch + (size_t)COLSUM_MAX_RB * C;
-    colsum_stage1_kernel<T><<<dim3(chunks, rb), 32 * COLSUM_WARPS, 0, s>>>(x ? pw : NULL, db ? pb : NULL, dy, lddy, x, heads, ld,
+    column_sums_stage1_kernel<T><<<dim3(chunks, rb), 32 * COLSUM_WARPS, 0, s>>>(x ? pw : NULL, db ? pb : NULL, dy, lddy, x, heads, ld,
                                                                            mean, rstd, rows, C, rpb);
     KERNEL_CHECK();
-    colsum_stage2_kernel<<<ceil_div(C, 256), 256, 0, s>>>(x ? dw : NULL, db, pw, pb, rb, C);
+    column_sums_stage2_kernel<<<ceil_div(C, 256), 256, 0, s>>>(x ? dw : NULL, db, pw, pb, rb, C);
     KERNEL_CHECK();
 }
 
-/* layernorm_backward / rmsnorm_backward (see norm_backward_kernel for the two output forms) */
+/* layernorm_backward / rmsnorm_backward (see residual_norm_backward_kernel for the two output forms) */
 template <typename T>
 void norm_backward(float *dres, T *dres_t, T *dinp, float *dw, float *db, const T *dout, const T *inp, int heads, int ld,
                    const T *w, const float *mean, const float *rstd, int rows, int C, int accumulate, float *scratch,
                    cudaStream_t s) {
-    norm_backward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(dres, dres_t, dinp, dout, inp, heads, ld, w, mean, rstd,
+    residual_norm_backward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(dres, dres_t, dinp, dout, inp, heads, ld, w, mean, rstd,
                                                               rows, C, accumulate);
     KERNEL_CHECK();
     column_sums<T>(dw, db, dout, C, inp, heads, ld, mean, rstd, rows, C, scratch, s);
@@ -1698,7 +1783,7 @@ void swiglu_backward(T *dinp, const T *dout, const T *inp, int N, int F, cudaStr
 template <typename T>
 void crossentropy_fused(T *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
     if (ldl % Pack<T>::N || ldl < V) die("crossentropy_fused: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
-    crossentropy_fused_kernel<T><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
+    crossentropy_forward_backward_kernel<T><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
     KERNEL_CHECK();
 }
 
@@ -1714,14 +1799,14 @@ template <int HD> static size_t tc_smem_forward() { return (size_t)4 * 64 * (HD 
 template <int HD> static size_t tc_smem_dq() { return (size_t)6 * 64 * (HD + TC_PAD) * sizeof(bf16); }
 template <int HD> static size_t tc_smem_dkdv() { return (size_t)(2 * 64 + 4 * TC_BQ) * (HD + TC_PAD) * sizeof(bf16) + 6 * TC_BQ * sizeof(float); }
 
-/* q and k rotated once by attention_rope_kernel into a scratch buffer ([N, NH*HD] then [N, NKV*HD]), which the
+/* q and k rotated once by rope_forward_kernel into a scratch buffer ([N, NH*HD] then [N, NKV*HD]), which the
    tensor-core kernels read in place of a.q and a.k (cos/sin stay: the backward rotates dq, dk back as it stores);
    with doc_start, also each 64-row tile's first key (attention_tile_lo_kernel) after them */
 static bf16 *g_att_rot = NULL;
 static int *g_att_tile_lo = NULL;
 static size_t g_att_rot_bytes = 0;
 static AttnArgs<bf16> attention_rotated(const AttnArgs<bf16> &a, cudaStream_t s) {
-    size_t N = (size_t)a.B * a.Tn, QD = (size_t)a.NH * a.HD, KD = (size_t)a.NKV * a.HD, nlo = (size_t)a.B * ceil_div(a.Tn, 64);
+    size_t N = (size_t)a.B * a.T, QD = (size_t)a.NH * a.HD, KD = (size_t)a.NKV * a.HD, nlo = (size_t)a.B * ceil_div(a.T, 64);
     size_t bytes = N * (QD + KD) * sizeof(bf16) + nlo * sizeof(int);
     if (bytes > g_att_rot_bytes) {
         dev_free(g_att_rot, g_att_rot_bytes);
@@ -1736,9 +1821,9 @@ static AttnArgs<bf16> attention_rotated(const AttnArgs<bf16> &a, cudaStream_t s)
     AttnArgs<bf16> r = a;
     bf16 *qr = g_att_rot, *kr = g_att_rot + N * QD;
     size_t nq = N * a.NH * (a.HD / 16), nk = N * a.NKV * (a.HD / 16);
-    attention_rope_kernel<<<ceil_div(nq, 256), 256, 0, s>>>(qr, a.q, a.ldq, a.NH, a);
+    rope_forward_kernel<<<ceil_div(nq, 256), 256, 0, s>>>(qr, a.q, a.ldq, a.NH, a);
     KERNEL_CHECK();
-    attention_rope_kernel<<<ceil_div(nk, 256), 256, 0, s>>>(kr, a.k, a.ldk, a.NKV, a);
+    rope_forward_kernel<<<ceil_div(nk, 256), 256, 0, s>>>(kr, a.k, a.ldk, a.NKV, a);
     KERNEL_CHECK();
     r.q = qr; r.ldq = (int)QD; r.k = kr; r.ldk = (int)KD;
     return r;
@@ -1748,20 +1833,20 @@ template <int HD> static void attention_forward_tc(AttnArgs<bf16> &a, const int 
     static int init = 0;
     size_t sm = tc_smem_forward<HD>();
     if (!init) { CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)); init = 1; }
-    attention_forward_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sm, s>>>(a, tile_lo);
+    attention_forward_tc_kernel<HD><<<dim3(ceil_div(a.T, 64), a.NH, a.B), 128, sm, s>>>(a, tile_lo);
     KERNEL_CHECK();
 }
 template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, const int *tile_lo, cudaStream_t s) {
     static int init = 0;
     size_t sq = tc_smem_dq<HD>(), sk = tc_smem_dkdv<HD>();
     if (!init) {
-        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sq));
-        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sk));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_rope_backward_dq_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sq));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_rope_backward_dkdv_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sk));
         init = 1;
     }
-    attention_backward_dq_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NH, a.B), 128, sq, s>>>(a, tile_lo);
+    attention_rope_backward_dq_tc_kernel<HD><<<dim3(ceil_div(a.T, 64), a.NH, a.B), 128, sq, s>>>(a, tile_lo);
     KERNEL_CHECK();
-    attention_backward_dkdv_tc_kernel<HD><<<dim3(ceil_div(a.Tn, 64), a.NKV, a.B), 128, sk, s>>>(a, tile_lo);
+    attention_rope_backward_dkdv_tc_kernel<HD><<<dim3(ceil_div(a.T, 64), a.NKV, a.B), 128, sk, s>>>(a, tile_lo);
     KERNEL_CHECK();
 }
 
@@ -1785,19 +1870,19 @@ template <typename T>
 void attention_forward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
     if (a.HD > ATT_MAXHD) die("head_dim %d: the attention kernels support up to %d", a.HD, ATT_MAXHD);
     if (attention_tc(a, force_plain, 0, s)) return;
-    attention_forward_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    rope_attention_forward_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
 }
 
-/* attention_backward + rope_backward: writes (does not accumulate) dq, dk, dv */
+/* attention_backward + rope_backward: adds (+=) into dq, dk, dv */
 template <typename T>
 void attention_backward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
-    attention_delta_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, 8), 256, 0, s>>>(a);
+    attention_backward_delta_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.T, 8), 256, 0, s>>>(a);
     KERNEL_CHECK();
     if (attention_tc(a, force_plain, 1, s)) return;
-    attention_backward_dq_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    attention_rope_backward_dq_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
-    attention_backward_dkdv_plain_kernel<T><<<ceil_div((size_t)a.B * a.NKV * a.Tn, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    attention_rope_backward_dkdv_plain_kernel<T><<<ceil_div((size_t)a.B * a.NKV * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
 }
 
@@ -1807,14 +1892,14 @@ template <typename T>
 void adamw_update(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, const AdamCtl *ctl, uint64_t global_offset, cudaStream_t s) {
     if (n == 0) return;
-    adamw_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, ctl,
+    adamw_update_scaled_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, ctl,
                                                      global_offset);
     KERNEL_CHECK();
 }
 
 /* grad_sumsq: sum of squares of x[0..n) into out[0] (double), in a fixed order */
 void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream_t s) {
-    sumsq_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(parts, x, n);
+    grad_sumsq_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(parts, x, n);
     KERNEL_CHECK();
     sum_in_order_kernel<double><<<1, 1, 0, s>>>(out, parts, SUMSQ_BLOCKS, 0);
     KERNEL_CHECK();
@@ -2360,7 +2445,7 @@ template <typename T> static AttnArgs<T> attn_args(GModel<T> &g, int l) {
     a.out = g.atty + (size_t)l * N * g.QD; a.ldo = g.QD;
     a.lse = g.lse + (size_t)l * N * g.NH;
     a.cos = g.rope_cos; a.sin = g.rope_sin;
-    a.B = g.cur_B; a.Tn = g.cur_T; a.NH = g.NH; a.NKV = g.NKV; a.HD = g.HD;
+    a.B = g.cur_B; a.T = g.cur_T; a.NH = g.NH; a.NKV = g.NKV; a.HD = g.HD;
     a.dout = g.datty; a.lddo = g.QD;
     if (g.cfg.qk_norm) { a.dq = g.dqn; a.lddq = g.QD; a.dk = g.dkn; a.lddk = g.KD; }
     else { a.dq = g.dqkv; a.lddq = g.QKV; a.dk = g.dqkv + g.QD; a.lddk = g.QKV; }
@@ -2547,6 +2632,9 @@ void gmodel_backward(GModel<T> &g, int last = 0) {
         AttnArgs<T> a = attn_args(g, l);
         gpu::matmul_backward<T>(g.datty, lgrad(g, P_WO, l), lgrad(g, P_BO, l), g.dres_t, a.out,
                                 g.pt[P_WO] + (size_t)l * C * g.QD, N, g.QD, C, C, 0, NULL, sc, s);
+        CUDA_CHECK(cudaMemsetAsync(g.dqkv, 0, (size_t)N * g.QKV * sizeof(T), s));   /* the backwards below add (+=) */
+        if (c->qk_norm) CUDA_CHECK(cudaMemsetAsync(g.dqn, 0, (size_t)N * g.QD * sizeof(T), s));
+        if (c->qk_norm) CUDA_CHECK(cudaMemsetAsync(g.dkn, 0, (size_t)N * g.KD * sizeof(T), s));
         gpu::attention_backward<T>(a, g.plain_attn, s);
         if (c->qk_norm) {
             gpu::norm_backward<T>(NULL, NULL, g.dqkv, lgrad(g, P_QNW, l), NULL, g.dqn, qkv, g.NH, g.QKV,

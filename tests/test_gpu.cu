@@ -9,7 +9,8 @@
 
  Inputs and weights are fresh random numbers each run (the seed is printed; TEST_GPU_SEED=N repeats it); for bf16 they are rounded to bf16 first, so the CPU sees the same values and
  only the kernel's own rounding differs. Every output buffer is filled with NaN before its kernel runs, so an
- element the kernel forgot to write fails the comparison. Pass: |gpu - cpu| <= atol + rtol |cpu| everywhere
+ element the kernel forgot to write fails the comparison; a gradient the kernel adds into starts from random
+ values instead, which the expected values include, so a kernel that writes it fails too. Pass: |gpu - cpu| <= atol + rtol |cpu| everywhere
  (fp32: 1e-5 scale; bf16: 1e-2 scale), or a relative error norm for whole-model gradients.
 
  Build: nvcc -O3 -arch=sm_90 -std=c++17 -D_GNU_SOURCE -Xcompiler -fopenmp -I. -o tests/bin/test_gpu \
@@ -375,8 +376,13 @@ template <typename T> static void test_head_norm(void) {
     int N = 20, H = 3, HD = 32, ld = 4 * H * HD, off = HD, rows = N * H;
     float eps = 1e-6f;
     auto buf = rand_vec<T>((size_t)N * ld, 20), w = rand_vec<T>(HD, 21), dy = rand_vec<T>((size_t)rows * HD, 22);
-    std::vector<float> x((size_t)rows * HD), out(x.size()), rstd(rows), dx(x.size(), 0.0f), gw(HD, 0.0f);
-    for (int r = 0; r < rows; r++) memcpy(&x[(size_t)r * HD], &buf[(size_t)(r / H) * ld + off + (r % H) * HD], HD * 4);
+    std::vector<float> x((size_t)rows * HD), out(x.size()), rstd(rows), dx(x.size()), gw(HD, 0.0f);
+    /* the backward adds into dinp: it starts from dx0, not zero */
+    auto dx0 = rand_vec<T>((size_t)N * ld, 23, 0.5f);
+    for (int r = 0; r < rows; r++) {
+        memcpy(&x[(size_t)r * HD], &buf[(size_t)(r / H) * ld + off + (r % H) * HD], HD * 4);
+        memcpy(&dx[(size_t)r * HD], &dx0[(size_t)(r / H) * ld + off + (r % H) * HD], HD * 4);
+    }
     rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), rows, HD, eps);
     rmsnorm_backward(dx.data(), gw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, HD);
     T *dbuf = to_dev<T>(buf), *dw = to_dev<T>(w), *dout = dev_nan<T>(x.size()), *ddy = to_dev<T>(dy);
@@ -384,7 +390,7 @@ template <typename T> static void test_head_norm(void) {
     float *scratch = (float *)dev_alloc(2 * COLSUM_MAX_RB * HD * sizeof(float));
     gpu::norm_forward<T>(NULL, dout, NULL, drstd, dbuf + off, NULL, H, ld, dw, NULL, rows, HD, eps, 0, 0);
     check("rmsnorm_forward per head (q/k norm)", from_dev(dout, out.size()), out, tol_a<T>(), tol_r<T>());
-    T *ddx = dev_nan<T>((size_t)N * ld);
+    T *ddx = to_dev<T>(dx0);
     gpu::norm_backward<T>(NULL, NULL, ddx + off, dgw, NULL, ddy, dbuf + off, H, ld, dw, NULL, drstd, rows, HD, 0, scratch, 0);
     auto got = from_dev(ddx, (size_t)N * ld);
     std::vector<float> g2(x.size());
@@ -618,18 +624,29 @@ static AttnArgs<T> attention_test_args(T *qkv, T *dy, T *out, T *grad, float *ls
     a.q = qkv; a.k = qkv + QD; a.v = qkv + QD + KD; a.ldq = a.ldk = a.ldv = QKV;
     a.out = out; a.ldo = QD; a.lse = lse; a.dout = dy; a.lddo = QD;
     a.dq = grad; a.dk = grad + QD; a.dv = grad + QD + KD; a.lddq = a.lddk = a.lddv = QKV;
-    a.delta = delta; a.cos = cs; a.sin = sn; a.B = B; a.Tn = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
+    a.delta = delta; a.cos = cs; a.sin = sn; a.B = B; a.T = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
     return a;
+}
+/* The backward adds into dq, dk, dv: they start from random values g0 (packed [N, QKV] like them, returned on the
+   device), and the expected gradients are the references' plus g0. */
+template <typename T>
+static T *attention_grad_start(int N, int QD, int KD, std::vector<float> &dq, std::vector<float> &dk, std::vector<float> &dv) {
+    auto g0 = rand_vec<T>((size_t)N * (QD + 2 * KD), 82, 0.25f);
+    std::vector<float> q0, k0, v0;
+    split_qkv(g0, N, QD, KD, q0, k0, v0);
+    for (size_t i = 0; i < dq.size(); i++) dq[i] += q0[i];
+    for (size_t i = 0; i < dk.size(); i++) { dk[i] += k0[i]; dv[i] += v0[i]; }
+    return to_dev<T>(g0);
 }
 /* runs the device attention forward and backward on a and checks out, dq, dk, dv against the references */
 template <typename T>
 static void attention_gpu_check(AttnArgs<T> &a, int plain, const char *tag, const std::vector<float> &out,
                                 const std::vector<float> &dq, const std::vector<float> &dk, const std::vector<float> &dv) {
-    int N = a.B * a.Tn, QD = a.NH * a.HD, KD = a.NKV * a.HD;
+    int N = a.B * a.T, QD = a.NH * a.HD, KD = a.NKV * a.HD;
     const char *kind = gpu::attention_uses_tc<T>(a.HD, plain) ? "tc" : "plain";
     gpu::attention_forward<T>(a, plain, 0);
     char what[128];
-    snprintf(what, sizeof(what), "attention_forward %s B%d T%d H%d/%d HD%d%s", kind, a.B, a.Tn, a.NH, a.NKV, a.HD, tag);
+    snprintf(what, sizeof(what), "attention_forward %s B%d T%d H%d/%d HD%d%s", kind, a.B, a.T, a.NH, a.NKV, a.HD, tag);
     check(what, from_dev(a.out, out.size()), out, tol_a<T>() * 2, tol_r<T>());
     gpu::attention_backward<T>(a, plain, 0);
     std::vector<float> gq, gk, gv;
@@ -661,7 +678,8 @@ template <typename T> static void test_attention(int B, int Tn, int NH, int NKV,
         rope_backward(dq.data(), dqr.data(), cs.data(), sn.data(), B, Tn, NH, HD, NULL);
         rope_backward(dk.data(), dkr.data(), cs.data(), sn.data(), B, Tn, NKV, HD, NULL);
     }
-    T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size()), *dgrad = dev_nan<T>((size_t)N * QKV);
+    T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size());
+    T *dgrad = attention_grad_start<T>(N, QD, KD, dq, dk, dv);
     float *dlse = dev_nan<float>((size_t)B * NH * Tn), *ddelta = dev_nan<float>((size_t)B * NH * Tn);
     float *dcs = rope ? to_dev<float>(cs) : NULL, *dsn = rope ? to_dev<float>(sn) : NULL;
     AttnArgs<T> a = attention_test_args<T>(dqkv, ddy, dout, dgrad, dlse, ddelta, dcs, dsn, B, Tn, NH, NKV, HD);
@@ -747,7 +765,8 @@ template <typename T> static void test_attention_docs(int B, int Tn, int NH, int
             }
     rope_rows(dq, N, NH, HD, pos, cs, sn, 1);
     rope_rows(dk, N, NKV, HD, pos, cs, sn, 1);
-    T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size()), *dgrad = dev_nan<T>((size_t)N * QKV);
+    T *dqkv = to_dev<T>(qkv), *ddy = to_dev<T>(dy), *dout = dev_nan<T>(out.size());
+    T *dgrad = attention_grad_start<T>(N, QD, KD, dq, dk, dv);
     float *dlse = dev_nan<float>((size_t)B * NH * Tn), *ddelta = dev_nan<float>((size_t)B * NH * Tn);
     float *dcs = to_dev<float>(cs), *dsn = to_dev<float>(sn);
     int *dlo = (int *)dev_alloc(N * sizeof(int)), *dpos = (int *)dev_alloc(N * sizeof(int));

@@ -21,6 +21,7 @@ static void bench(const char *name, int B, int Tn, int NH, int NKV, int HD, int 
     float *lse = (float *)dev_alloc(N * NH * 4), *delta = (float *)dev_alloc(N * NH * 4);
     CUDA_CHECK(cudaMemset(qkv, 0x3c, N * QKV * 2));   /* a small constant: finite arithmetic */
     CUDA_CHECK(cudaMemset(dout, 0x3c, N * QD * 2));
+    CUDA_CHECK(cudaMemset(dqkv, 0, N * QKV * 2));     /* the backward adds into dq, dk, dv */
     float *cs = NULL, *sn = NULL;
     if (rope) {
         cs = (float *)dev_alloc(Tn * half * 4); sn = (float *)dev_alloc(Tn * half * 4);
@@ -31,7 +32,7 @@ static void bench(const char *name, int B, int Tn, int NH, int NKV, int HD, int 
     a.q = qkv; a.k = qkv + QD; a.v = qkv + QD + KD; a.ldq = a.ldk = a.ldv = QKV;
     a.out = out; a.ldo = QD; a.lse = lse; a.dout = dout; a.lddo = QD;
     a.dq = dqkv; a.dk = dqkv + QD; a.dv = dqkv + QD + KD; a.lddq = a.lddk = a.lddv = QKV;
-    a.delta = delta; a.cos = cs; a.sin = sn; a.B = B; a.Tn = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
+    a.delta = delta; a.cos = cs; a.sin = sn; a.B = B; a.T = Tn; a.NH = NH; a.NKV = NKV; a.HD = HD;
     int *dlo = NULL, *dpos = NULL;
     if (docs) {   /* docs equal documents per window; RoPE positions restart at each */
         std::vector<int> lo(N), pos(N);
