@@ -14,6 +14,10 @@ $BIN_DIR/train "${common[@]}" --batch-size 2 -n 2 --out "$tmp/r2" > "$tmp/r2.log
 $BIN_DIR/train "${common[@]}" --batch-size 1 -n 4 --out "$tmp/r4" > "$tmp/r4.log" 2>&1 || { cat "$tmp/r4.log"; bad "4 ranks"; }
 $BIN_DIR/train "${common[@]}" --batch-size 8 --grad-accum 1 --out "$tmp/a1" > "$tmp/a1.log" 2>&1 || { cat "$tmp/a1.log"; bad "no accumulation"; }
 losses() { grep -E '^step +[0-9]+/' "$1" | awk -F'|' '{print $2, $4}'; }
+# the runs compared must learn (equal runs that update nothing, e.g. with empty shards, would also agree)
+first_last=$(losses "$tmp/r1.log" | awk '{ if (NR == 1) f = $2; l = $2 } END { print f, l }')
+awk -v fl="$first_last" 'BEGIN { split(fl, x, " "); exit !(x[2] + 0.3 < x[1] + 0) }' && ok "1 rank learns: loss $first_last (step 1, step 6)" \
+    || bad "1 rank does not learn: loss $first_last (step 1, step 6)"
 for r in r2:"2 ranks" r4:"4 ranks" a1:"batch 8 without accumulation"; do
     n=${r%%:*} what=${r#*:}
     if diff <(losses "$tmp/r1.log") <(losses "$tmp/$n.log") > /dev/null; then ok "1 rank == $what: losses and grad norms"
