@@ -30,11 +30,18 @@
 /* config */
 
 enum { FAMILY_GPT2 = 0, FAMILY_LLAMA = 1, FAMILY_QWEN2 = 2, FAMILY_QWEN3 = 3 };
+enum { NORM_LAYERNORM = 0, NORM_RMSNORM = 1 };
+enum { ACT_GELU_TANH = 0, ACT_SWIGLU = 1 };
+enum { POS_LEARNED = 0, POS_ROPE = 1, POS_NONE = 2 };
 
 typedef struct {
-    int family;          /* FAMILY_* */
+    int family;          /* FAMILY_*: only the defaults of the features below and the HF names */
+    int norm;            /* NORM_*: every norm on the residual stream; LayerNorm has a bias */
+    int act;             /* ACT_*: MLP act(fc(x)); SwiGLU: fc has 2F rows (gate | up) */
+    int positions;       /* POS_*: a learned wpe table, RoPE on q/k, or no positions (NoPE) */
+    int mlp_bias;        /* biases on the MLP's fc and proj (SwiGLU: fc's bias has 2F entries) */
     int vocab_size;      /* V: rows of the embedding and of the lm_head */
-    int max_seq_len;     /* GPT-2: rows of the learned position table; RoPE models: max_position_embeddings */
+    int max_seq_len;     /* POS_LEARNED: rows of the position table (the longest sequence); else max_position_embeddings */
     int n_layer;         /* L */
     int n_embd;          /* C */
     int n_head;          /* NH */
@@ -64,6 +71,12 @@ int model_config_preset(ModelConfig *cfg, const char *name);
 /* Reads a Hugging Face config.json (a file, or a directory holding config.json). 0 on success,
    else -1 with a one-line message in err naming the file and the key. */
 int model_config_from_json(ModelConfig *cfg, const char *path, char *err, size_t errlen);
+/* The features of cfg that its family's HF config.json cannot express (they go to config.json's "llmtrain"
+   object), as text into buf ("norm rmsnorm, activation swiglu"); returns how many (0: transformers loads it). */
+int model_config_extras(const ModelConfig *cfg, char *buf, size_t n);
+/* The names of the feature values, for flags and config.json: "layernorm"/"rmsnorm", "gelu"/"swiglu",
+   "learned"/"rope"/"none". */
+extern const char *const norm_names[2], *const act_names[2], *const positions_names[3];
 /* Checks sizes are positive and consistent; 0 if fine, else -1 with the reason in err. */
 int model_config_validate(const ModelConfig *cfg, char *err, size_t errlen);
 /* Layer l's sliding attention window (0: full causal attention). */
@@ -578,6 +591,10 @@ const char *family_name(int family) {
 static void config_defaults(ModelConfig *c, int family) {
     memset(c, 0, sizeof(*c));
     c->family = family;
+    c->norm = family == FAMILY_GPT2 ? NORM_LAYERNORM : NORM_RMSNORM;
+    c->act = family == FAMILY_GPT2 ? ACT_GELU_TANH : ACT_SWIGLU;
+    c->positions = family == FAMILY_GPT2 ? POS_LEARNED : POS_ROPE;
+    c->mlp_bias = family == FAMILY_GPT2;
     c->norm_eps = family == FAMILY_GPT2 ? 1e-5f : 1e-6f;
     c->rope_theta = 10000.0f;
     c->tie_embeddings = family == FAMILY_GPT2;
@@ -643,7 +660,7 @@ enum { FK_GPT2 = 1, FK_LLAMA = 2, FK_QWEN2 = 4, FK_QWEN3 = 8, FK_ROPE = 14, FK_Q
 typedef struct { const char *key; int families, how; } ConfigKey;
 static const ConfigKey config_keys[] = {
     /* every family */
-    {"model_type", FK_ALL, KEY_READ}, {"vocab_size", FK_ALL, KEY_READ}, {"tie_word_embeddings", FK_ALL, KEY_READ},
+    {"model_type", FK_ALL, KEY_READ}, {"llmtrain", FK_ALL, KEY_READ}, {"vocab_size", FK_ALL, KEY_READ}, {"tie_word_embeddings", FK_ALL, KEY_READ},
     {"bos_token_id", FK_ALL, KEY_READ}, {"eos_token_id", FK_ALL, KEY_READ},
     {"architectures", FK_ALL, KEY_IGNORED}, {"transformers_version", FK_ALL, KEY_IGNORED},
     {"dtype", FK_ALL, KEY_IGNORED}, {"torch_dtype", FK_ALL, KEY_IGNORED}, {"pad_token_id", FK_ALL, KEY_IGNORED},
@@ -699,7 +716,7 @@ static const ConfigKey config_keys[] = {
     {"rope_theta", FK_ROPE, KEY_READ}, {"rope_scaling", FK_ROPE, KEY_READ}, {"rope_parameters", FK_ROPE, KEY_READ},
     {"partial_rotary_factor", FK_ROPE, KEY_READ}, {"attention_dropout", FK_ROPE, KEY_IGNORED},
     {"attention_bias", FK_LLAMA | FK_QWEN3, KEY_READ}, {"attention_bias", FK_QWEN2, KEY_IGNORED},
-    {"mlp_bias", FK_LLAMA, KEY_OFF}, {"mlp_bias", FK_QWEN, KEY_IGNORED}, {"pretraining_tp", FK_LLAMA, KEY_IGNORED},
+    {"mlp_bias", FK_LLAMA, KEY_READ}, {"mlp_bias", FK_QWEN, KEY_IGNORED}, {"pretraining_tp", FK_LLAMA, KEY_IGNORED},
     {"use_sliding_window", FK_QWEN, KEY_READ}, {"sliding_window", FK_QWEN, KEY_READ},
     {"max_window_layers", FK_QWEN, KEY_READ}, {"layer_types", FK_QWEN, KEY_READ},
 };
@@ -838,6 +855,74 @@ static int config_sliding(ModelConfig *c, json_t *root, const char *file, char *
     return 0;
 }
 
+const char *const norm_names[2] = {"layernorm", "rmsnorm"}, *const act_names[2] = {"gelu", "swiglu"};
+const char *const positions_names[3] = {"learned", "rope", "none"};
+
+/* index of s in names[0..n), or -1 */
+static int name_index(const char *s, const char *const *names, int n) {
+    for (int i = 0; s && i < n; i++) if (!strcmp(s, names[i])) return i;
+    return -1;
+}
+
+/* config.json's "llmtrain" object: the features that differ from the family's and that its HF config cannot
+   say, {"norm": "rmsnorm", "activation": "swiglu", "positions": "none", "mlp_bias": false}; every key optional,
+   any other key refused. Absent: the family's features stand. */
+static int config_features(ModelConfig *c, json_t *o, const char *file, char *err, size_t errlen) {
+    if (!o) return 0;
+    if (!json_is_object(o)) { snprintf(err, errlen, "%s: key \"llmtrain\" must be an object", file); return -1; }
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        int *dst = !strcmp(key, "norm") ? &c->norm : !strcmp(key, "activation") ? &c->act :
+                   !strcmp(key, "positions") ? &c->positions : NULL;
+        const char *const *names = dst == &c->norm ? norm_names : dst == &c->act ? act_names : positions_names;
+        int n = dst == &c->positions ? 3 : 2;
+        if (!strcmp(key, "mlp_bias")) {
+            if (!json_is_boolean(v)) { snprintf(err, errlen, "%s: llmtrain key \"mlp_bias\" must be true or false", file); return -1; }
+            c->mlp_bias = json_is_true(v);
+        } else if (!dst) {
+            snprintf(err, errlen, "%s: llmtrain key \"%s\" is not known (norm, activation, positions, mlp_bias)", file, key);
+            return -1;
+        } else if ((*dst = name_index(json_string_value(v), names, n)) < 0) {
+            snprintf(err, errlen, "%s: llmtrain key \"%s\" must be %s%s%s%s%s", file, key, names[0], n == 3 ? ", " : " or ",
+                     names[1], n == 3 ? " or " : "", n == 3 ? names[2] : "");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The features of c that differ from its family's and that the family's HF config has no key for (LLaMA has
+   mlp_bias), as the "llmtrain" object (NULL when none) and, with buf, as text. */
+static json_t *config_extras(const ModelConfig *c, char *buf, size_t n) {
+    ModelConfig d;
+    config_defaults(&d, c->family);
+    json_t *o = json_object();
+    if (c->norm != d.norm) json_object_set_new(o, "norm", json_string(norm_names[c->norm]));
+    if (c->act != d.act) json_object_set_new(o, "activation", json_string(act_names[c->act]));
+    if (c->positions != d.positions) json_object_set_new(o, "positions", json_string(positions_names[c->positions]));
+    if (c->mlp_bias != d.mlp_bias && c->family != FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_boolean(c->mlp_bias));
+    if (buf && n) {
+        buf[0] = 0;
+        const char *key;
+        json_t *v;
+        json_object_foreach(o, key, v) {
+            size_t k = strlen(buf);
+            snprintf(buf + k, n - k, "%s%s %s", k ? ", " : "", key,
+                     json_is_string(v) ? json_string_value(v) : json_is_true(v) ? "true" : "false");
+        }
+    }
+    if (json_object_size(o) == 0) { json_decref(o); return NULL; }
+    return o;
+}
+
+int model_config_extras(const ModelConfig *c, char *buf, size_t n) {
+    json_t *o = config_extras(c, buf, n);
+    int k = o ? (int)json_object_size(o) : 0;
+    json_decref(o);
+    return k;
+}
+
 /* The body of model_config_from_json on a parsed JSON document. */
 static int config_from_root(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
     if (!json_is_object(root)) { snprintf(err, errlen, "%s: expected a JSON object", file); return -1; }
@@ -909,6 +994,7 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
             if (json_flag(root, "attention_bias", &bias, file, err, errlen) != 0) return -1;
             c->qkv_bias = c->o_bias = bias;
         }
+        if (family == FAMILY_LLAMA && json_flag(root, "mlp_bias", &c->mlp_bias, file, err, errlen) != 0) return -1;
         if (config_rope(c, root, file, err, errlen) != 0) return -1;
         if (family != FAMILY_LLAMA && config_sliding(c, root, file, err, errlen) != 0) return -1;
     }
@@ -921,6 +1007,7 @@ static int config_from_root(ModelConfig *c, json_t *root, const char *file, char
             int_in_range(json_number_value(json_array_get(e, 0))))
             c->eos_token_id = (int)json_number_value(json_array_get(e, 0));
     }
+    if (config_features(c, json_object_get(root, "llmtrain"), file, err, errlen) != 0) return -1;
     char verr[256];
     if (model_config_validate(c, verr, sizeof(verr)) != 0) { snprintf(err, errlen, "%s: %s", file, verr); return -1; }
     return 0;
@@ -951,10 +1038,12 @@ int model_config_validate(const ModelConfig *c, char *err, size_t errlen) {
                  c->n_kv_head, c->head_dim, c->d_ff, c->max_seq_len);
         return -1;
     }
-    if (c->family == FAMILY_GPT2 && c->n_embd % c->n_head != 0) {
-        snprintf(err, errlen, "n_embd %d is not divisible by n_head %d", c->n_embd, c->n_head); return -1;
+    if (c->norm != NORM_LAYERNORM && c->norm != NORM_RMSNORM) { snprintf(err, errlen, "unknown norm %d", c->norm); return -1; }
+    if (c->act != ACT_GELU_TANH && c->act != ACT_SWIGLU) { snprintf(err, errlen, "unknown activation %d", c->act); return -1; }
+    if (c->positions < POS_LEARNED || c->positions > POS_NONE) {
+        snprintf(err, errlen, "unknown positions %d", c->positions); return -1;
     }
-    if (c->family != FAMILY_GPT2 && c->head_dim % 2 != 0) {
+    if (c->positions == POS_ROPE && c->head_dim % 2 != 0) {
         snprintf(err, errlen, "head_dim %d must be even for RoPE", c->head_dim); return -1;
     }
     if (c->n_head % c->n_kv_head != 0) {
@@ -1014,7 +1103,7 @@ char *model_config_to_json(const ModelConfig *c) {
                                 "original_max_position_embeddings", c->rope_orig_max_pos));
         else json_object_set_new(o, "rope_scaling", json_null());
         if (c->family != FAMILY_QWEN2) json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
-        if (c->family == FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_false());
+        if (c->family == FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_boolean(c->mlp_bias));
         json_object_set_new(o, "attention_dropout", json_real(0.0));
         if (c->family != FAMILY_LLAMA) {
             json_object_set_new(o, "use_sliding_window", json_boolean(c->sliding_window > 0));
@@ -1031,6 +1120,8 @@ char *model_config_to_json(const ModelConfig *c) {
     if (c->eos_token_id >= 0) json_object_set_new(o, "eos_token_id", json_integer(c->eos_token_id));
     json_object_set_new(o, "torch_dtype", json_string("float32"));
     json_object_set_new(o, "initializer_range", json_real(0.02));
+    json_t *extras = config_extras(c, NULL, 0);
+    if (extras) json_object_set_new(o, "llmtrain", extras);
     char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(o);
     return s;
@@ -1769,16 +1860,16 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
 /* model */
 
 static int qkv_rows(const ModelConfig *c) { return (c->n_head + 2 * c->n_kv_head) * c->head_dim; }
-static int fc_rows(const ModelConfig *c) { return c->family == FAMILY_GPT2 ? c->d_ff : 2 * c->d_ff; }
+static int fc_rows(const ModelConfig *c) { return c->act == ACT_SWIGLU ? 2 * c->d_ff : c->d_ff; }
 
 static void param_sizes(const ModelConfig *c, size_t *s) {
     size_t V = c->vocab_size, C = c->n_embd, L = c->n_layer, HD = c->head_dim, F = c->d_ff;
     size_t QKV = qkv_rows(c), FC = fc_rows(c), A = (size_t)c->n_head * HD;
-    int gpt2 = c->family == FAMILY_GPT2;
+    int ln = c->norm == NORM_LAYERNORM;
     s[P_WTE] = V * C;
-    s[P_WPE] = gpt2 ? (size_t)c->max_seq_len * C : 0;
+    s[P_WPE] = c->positions == POS_LEARNED ? (size_t)c->max_seq_len * C : 0;
     s[P_LN1W] = L * C;
-    s[P_LN1B] = gpt2 ? L * C : 0;
+    s[P_LN1B] = ln ? L * C : 0;
     s[P_WQKV] = L * QKV * C;
     s[P_BQKV] = c->qkv_bias ? L * QKV : 0;
     s[P_QNW] = c->qk_norm ? L * HD : 0;
@@ -1786,13 +1877,13 @@ static void param_sizes(const ModelConfig *c, size_t *s) {
     s[P_WO] = L * C * A;
     s[P_BO] = c->o_bias ? L * C : 0;
     s[P_LN2W] = L * C;
-    s[P_LN2B] = gpt2 ? L * C : 0;
+    s[P_LN2B] = ln ? L * C : 0;
     s[P_WFC] = L * FC * C;
-    s[P_BFC] = gpt2 ? L * F : 0;
+    s[P_BFC] = c->mlp_bias ? L * FC : 0;
     s[P_WPROJ] = L * C * F;
-    s[P_BPROJ] = gpt2 ? L * C : 0;
+    s[P_BPROJ] = c->mlp_bias ? L * C : 0;
     s[P_LNFW] = C;
-    s[P_LNFB] = gpt2 ? C : 0;
+    s[P_LNFB] = ln ? C : 0;
     s[P_LMHEAD] = c->tie_embeddings ? 0 : V * C;
 }
 
@@ -1841,10 +1932,10 @@ void model_init_weights(Model *m, uint64_t seed, float std) {
 static void act_sizes(const ModelConfig *c, int B, int T, size_t *s) {
     size_t BT = (size_t)B * T, L = c->n_layer, C = c->n_embd, HD = c->head_dim;
     size_t QD = (size_t)c->n_head * HD, KD = (size_t)c->n_kv_head * HD;
-    int gpt2 = c->family == FAMILY_GPT2, qkn = c->qk_norm;
+    int ln = c->norm == NORM_LAYERNORM, rope = c->positions == POS_ROPE, qkn = c->qk_norm;
     s[A_ENCODED] = BT * C;
     s[A_LN1] = L * BT * C;
-    s[A_LN1_MEAN] = gpt2 ? L * BT : 0;
+    s[A_LN1_MEAN] = ln ? L * BT : 0;
     s[A_LN1_RSTD] = L * BT;
     s[A_Q] = L * BT * QD;
     s[A_K] = L * BT * KD;
@@ -1853,21 +1944,21 @@ static void act_sizes(const ModelConfig *c, int B, int T, size_t *s) {
     s[A_KN] = qkn ? L * BT * KD : 0;
     s[A_QN_RSTD] = qkn ? L * BT * c->n_head : 0;
     s[A_KN_RSTD] = qkn ? L * BT * c->n_kv_head : 0;
-    s[A_QR] = gpt2 ? 0 : L * BT * QD;
-    s[A_KR] = gpt2 ? 0 : L * BT * KD;
+    s[A_QR] = rope ? L * BT * QD : 0;
+    s[A_KR] = rope ? L * BT * KD : 0;
     s[A_ATT] = L * B * (size_t)c->n_head * T * T;
     s[A_ATTY] = L * BT * QD;
     s[A_ATTPROJ] = L * BT * C;
     s[A_RESID2] = L * BT * C;
     s[A_LN2] = L * BT * C;
-    s[A_LN2_MEAN] = gpt2 ? L * BT : 0;
+    s[A_LN2_MEAN] = ln ? L * BT : 0;
     s[A_LN2_RSTD] = L * BT;
     s[A_FCH] = L * BT * fc_rows(c);
     s[A_FCH_ACT] = L * BT * c->d_ff;
     s[A_FCPROJ] = L * BT * C;
     s[A_RESID3] = L * BT * C;
     s[A_LNF] = BT * C;
-    s[A_LNF_MEAN] = gpt2 ? BT : 0;
+    s[A_LNF_MEAN] = ln ? BT : 0;
     s[A_LNF_RSTD] = BT;
     s[A_LOGITS] = BT * c->vocab_size;
     s[A_LSE] = BT;
@@ -1914,16 +2005,16 @@ static void model_prepare(Model *m, int B, int T) {
     point_acts(&m->grads_acts, m->grads_acts_memory, sizes);
 }
 
-/* the norm of the family: LayerNorm (GPT-2) or RMSNorm (LLaMA, Qwen) */
+/* the residual stream's norm: LayerNorm (with a bias) or RMSNorm */
 static void norm_forward(const ModelConfig *c, float *out, float *mean, float *rstd, const float *inp,
                          const float *w, const float *b, int N, int C) {
-    if (c->family == FAMILY_GPT2) layernorm_forward(out, mean, rstd, inp, w, b, N, C, c->norm_eps);
+    if (c->norm == NORM_LAYERNORM) layernorm_forward(out, mean, rstd, inp, w, b, N, C, c->norm_eps);
     else rmsnorm_forward(out, rstd, inp, w, N, C, c->norm_eps);
 }
 
 static void norm_backward(const ModelConfig *c, float *dinp, float *dw, float *db, const float *dout,
                           const float *inp, const float *w, const float *mean, const float *rstd, int N, int C) {
-    if (c->family == FAMILY_GPT2) layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+    if (c->norm == NORM_LAYERNORM) layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
     else rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
 }
 
@@ -1951,7 +2042,7 @@ static inline float *at_layer(float *base, int l, size_t per_layer) { return bas
    then lnf [lnf_mean, lnf_rstd] = norm(last resid3);  logits = lnf lmhead^T (wte when tied);  lse, losses. */
 float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     const ModelConfig *c = &m->cfg;
-    if (T > c->max_seq_len && c->family == FAMILY_GPT2) {
+    if (T > c->max_seq_len && c->positions == POS_LEARNED) {
         fprintf(stderr, "sequence length %d exceeds the model's %d positions\n", T, c->max_seq_len);
         exit(1);
     }
@@ -1990,14 +2081,14 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
         matmul_forward(k, ln1, wqkv + (size_t)QD * C, bqkv ? bqkv + QD : NULL, N, C, KD);
         matmul_forward(v, ln1, wqkv + (size_t)(QD + KD) * C, bqkv ? bqkv + QD + KD : NULL, N, C, KD);
         const float *qa = q, *ka = k;   /* what attention reads */
-        if (c->family != FAMILY_GPT2) {
+        if (c->qk_norm) {
+            float *qn = a.qn + (size_t)l * N * QD, *kn = a.kn + (size_t)l * N * KD;
+            rmsnorm_forward(qn, a.qn_rstd + (size_t)l * N * NH, q, p.qnw + l * HD, N * NH, HD, c->norm_eps);
+            rmsnorm_forward(kn, a.kn_rstd + (size_t)l * N * NKV, k, p.knw + l * HD, N * NKV, HD, c->norm_eps);
+            qa = qn; ka = kn;
+        }
+        if (c->positions == POS_ROPE) {
             float *qr = a.qr + (size_t)l * N * QD, *kr = a.kr + (size_t)l * N * KD;
-            if (c->qk_norm) {
-                float *qn = a.qn + (size_t)l * N * QD, *kn = a.kn + (size_t)l * N * KD;
-                rmsnorm_forward(qn, a.qn_rstd + (size_t)l * N * NH, q, p.qnw + l * HD, N * NH, HD, c->norm_eps);
-                rmsnorm_forward(kn, a.kn_rstd + (size_t)l * N * NKV, k, p.knw + l * HD, N * NKV, HD, c->norm_eps);
-                qa = qn; ka = kn;
-            }
             rope_forward(qr, qa, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
             rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
             qa = qr; ka = kr;
@@ -2006,8 +2097,8 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
         matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, at_layer(p.bo, l, C), N, QD, C);
         residual_forward(resid2, x, attproj, NC);
         norm_forward(c, ln2, ln2_mean, ln2_rstd, resid2, p.ln2w + l * C, at_layer(p.ln2b, l, C), N, C);
-        matmul_forward(fch, ln2, p.wfc + (size_t)l * FC * C, at_layer(p.bfc, l, F), N, C, FC);
-        if (c->family == FAMILY_GPT2) gelu_forward(fch_act, fch, (size_t)N * F);
+        matmul_forward(fch, ln2, p.wfc + (size_t)l * FC * C, at_layer(p.bfc, l, FC), N, C, FC);
+        if (c->act == ACT_GELU_TANH) gelu_forward(fch_act, fch, (size_t)N * F);
         else swiglu_forward(fch_act, fch, N, F);
         matmul_forward(fcproj, fch_act, p.wproj + (size_t)l * C * F, at_layer(p.bproj, l, C), N, F, C);
         residual_forward(resid3, resid2, fcproj, NC);
@@ -2065,11 +2156,11 @@ void model_backward(Model *m, float loss_scale) {
         residual_backward(d.resid2 + l * NC, d.fcproj + l * NC, d.resid3 + l * NC, NC);
         matmul_backward(d.fch_act + (size_t)l * N * F, g.wproj + (size_t)l * C * F, at_layer(g.bproj, l, C),
                         d.fcproj + l * NC, a.fch_act + (size_t)l * N * F, p.wproj + (size_t)l * C * F, N, F, C);
-        if (c->family == FAMILY_GPT2)
+        if (c->act == ACT_GELU_TANH)
             gelu_backward(d.fch + (size_t)l * N * FC, a.fch + (size_t)l * N * FC, d.fch_act + (size_t)l * N * F, (size_t)N * F);
         else
             swiglu_backward(d.fch + (size_t)l * N * FC, d.fch_act + (size_t)l * N * F, a.fch + (size_t)l * N * FC, N, F);
-        matmul_backward(d.ln2 + l * NC, g.wfc + (size_t)l * FC * C, at_layer(g.bfc, l, F), d.fch + (size_t)l * N * FC,
+        matmul_backward(d.ln2 + l * NC, g.wfc + (size_t)l * FC * C, at_layer(g.bfc, l, FC), d.fch + (size_t)l * N * FC,
                         a.ln2 + l * NC, p.wfc + (size_t)l * FC * C, N, C, FC);
         norm_backward(c, d.resid2 + l * NC, g.ln2w + l * C, at_layer(g.ln2b, l, C), d.ln2 + l * NC,
                       a.resid2 + l * NC, p.ln2w + l * C, at_layer(a.ln2_mean, l, N), a.ln2_rstd + l * N, N, C);
@@ -2078,23 +2169,21 @@ void model_backward(Model *m, float loss_scale) {
         residual_backward(dx, d.attproj + l * NC, d.resid2 + l * NC, NC);
         matmul_backward(d.atty + oq, g.wo + (size_t)l * C * QD, at_layer(g.bo, l, C), d.attproj + l * NC,
                         a.atty + oq, p.wo + (size_t)l * C * QD, N, QD, C);
-        if (c->family == FAMILY_GPT2) {
-            attention_backward(d.q + oq, d.k + ok, d.v + ok, d.atty + oq, a.q + oq, a.k + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window, doc_start);
-        } else {
-            attention_backward(d.qr + oq, d.kr + ok, d.v + ok, d.atty + oq, a.qr + oq, a.kr + ok, a.v + ok,
-                               a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window, doc_start);
-            if (c->qk_norm) {
-                rope_backward(d.qn + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
-                rope_backward(d.kn + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
-                rmsnorm_backward(d.q + oq, g.qnw + l * HD, d.qn + oq, a.q + oq, p.qnw + l * HD,
-                                 a.qn_rstd + (size_t)l * N * NH, N * NH, HD);
-                rmsnorm_backward(d.k + ok, g.knw + l * HD, d.kn + ok, a.k + ok, p.knw + l * HD,
-                                 a.kn_rstd + (size_t)l * N * NKV, N * NKV, HD);
-            } else {
-                rope_backward(d.q + oq, d.qr + oq, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
-                rope_backward(d.k + ok, d.kr + ok, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
-            }
+        /* q/k before RoPE (after the qk norm when there is one), then what attention read */
+        const float *qa = c->qk_norm ? a.qn + oq : a.q + oq, *ka = c->qk_norm ? a.kn + ok : a.k + ok;
+        float *dqb = c->qk_norm ? d.qn + oq : d.q + oq, *dkb = c->qk_norm ? d.kn + ok : d.k + ok, *dqa = dqb, *dka = dkb;
+        if (c->positions == POS_ROPE) { qa = a.qr + oq; ka = a.kr + ok; dqa = d.qr + oq; dka = d.kr + ok; }
+        attention_backward(dqa, dka, d.v + ok, d.atty + oq, qa, ka, a.v + ok,
+                           a.att + (size_t)l * B * NH * T * T, B, T, NH, NKV, HD, scale, window, doc_start);
+        if (c->positions == POS_ROPE) {
+            rope_backward(dqb, dqa, m->rope_cos, m->rope_sin, B, T, NH, HD, pos);
+            rope_backward(dkb, dka, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
+        }
+        if (c->qk_norm) {
+            rmsnorm_backward(d.q + oq, g.qnw + l * HD, d.qn + oq, a.q + oq, p.qnw + l * HD,
+                             a.qn_rstd + (size_t)l * N * NH, N * NH, HD);
+            rmsnorm_backward(d.k + ok, g.knw + l * HD, d.kn + ok, a.k + ok, p.knw + l * HD,
+                             a.kn_rstd + (size_t)l * N * NKV, N * NKV, HD);
         }
         float *ln1 = a.ln1 + l * NC, *dln1 = d.ln1 + l * NC;
         matmul_backward(dln1, dwqkv, dbqkv, d.q + oq, ln1, wqkv, N, C, QD);
@@ -2922,36 +3011,41 @@ int model_hf_tensors(const Model *m, HFTensor *list) {
     int n = 0, L = c->n_layer;
     int64_t C = c->n_embd, V = c->vocab_size, HD = c->head_dim, F = c->d_ff, QD = c->n_head * HD, KD = c->n_kv_head * HD;
     int64_t QKV = qkv_rows(c), FC = fc_rows(c);
+    int ln = c->norm == NORM_LAYERNORM, wpe = c->positions == POS_LEARNED, glu = c->act == ACT_SWIGLU;
     char nm[128];
+    /* the family's names; a feature the family lacks keeps them (SwiGLU in GPT-2: c_fc holds gate | up), or
+       takes a name in the family's style (LayerNorm biases, a position table in LLaMA: embed_positions) */
     if (c->family == FAMILY_GPT2) {
         hf_add(list, &n, "wte.weight", o[P_WTE], V, C, 0);
-        hf_add(list, &n, "wpe.weight", o[P_WPE], c->max_seq_len, C, 0);
+        if (wpe) hf_add(list, &n, "wpe.weight", o[P_WPE], c->max_seq_len, C, 0);
         for (int l = 0; l < L; l++) {
             #define GPT2_NAME(s) (snprintf(nm, sizeof(nm), "h.%d.%s", l, s), nm)
             hf_add(list, &n, GPT2_NAME("ln_1.weight"), o[P_LN1W] + l * C, C, 0, 0);
-            hf_add(list, &n, GPT2_NAME("ln_1.bias"), o[P_LN1B] + l * C, C, 0, 0);
+            if (ln) hf_add(list, &n, GPT2_NAME("ln_1.bias"), o[P_LN1B] + l * C, C, 0, 0);
             hf_add(list, &n, GPT2_NAME("attn.c_attn.weight"), o[P_WQKV] + l * QKV * C, C, QKV, 1);
-            hf_add(list, &n, GPT2_NAME("attn.c_attn.bias"), o[P_BQKV] + l * QKV, QKV, 0, 0);
+            if (c->qkv_bias) hf_add(list, &n, GPT2_NAME("attn.c_attn.bias"), o[P_BQKV] + l * QKV, QKV, 0, 0);
             hf_add(list, &n, GPT2_NAME("attn.c_proj.weight"), o[P_WO] + l * C * QD, QD, C, 1);
-            hf_add(list, &n, GPT2_NAME("attn.c_proj.bias"), o[P_BO] + l * C, C, 0, 0);
+            if (c->o_bias) hf_add(list, &n, GPT2_NAME("attn.c_proj.bias"), o[P_BO] + l * C, C, 0, 0);
             hf_add(list, &n, GPT2_NAME("ln_2.weight"), o[P_LN2W] + l * C, C, 0, 0);
-            hf_add(list, &n, GPT2_NAME("ln_2.bias"), o[P_LN2B] + l * C, C, 0, 0);
+            if (ln) hf_add(list, &n, GPT2_NAME("ln_2.bias"), o[P_LN2B] + l * C, C, 0, 0);
             hf_add(list, &n, GPT2_NAME("mlp.c_fc.weight"), o[P_WFC] + l * FC * C, C, FC, 1);
-            hf_add(list, &n, GPT2_NAME("mlp.c_fc.bias"), o[P_BFC] + l * F, F, 0, 0);
+            if (c->mlp_bias) hf_add(list, &n, GPT2_NAME("mlp.c_fc.bias"), o[P_BFC] + l * FC, FC, 0, 0);
             hf_add(list, &n, GPT2_NAME("mlp.c_proj.weight"), o[P_WPROJ] + l * C * F, F, C, 1);
-            hf_add(list, &n, GPT2_NAME("mlp.c_proj.bias"), o[P_BPROJ] + l * C, C, 0, 0);
+            if (c->mlp_bias) hf_add(list, &n, GPT2_NAME("mlp.c_proj.bias"), o[P_BPROJ] + l * C, C, 0, 0);
             #undef GPT2_NAME
         }
         hf_add(list, &n, "ln_f.weight", o[P_LNFW], C, 0, 0);
-        hf_add(list, &n, "ln_f.bias", o[P_LNFB], C, 0, 0);
+        if (ln) hf_add(list, &n, "ln_f.bias", o[P_LNFB], C, 0, 0);
         if (!c->tie_embeddings) hf_add(list, &n, "lm_head.weight", o[P_LMHEAD], V, C, 0);
         return n;
     }
     hf_add(list, &n, "model.embed_tokens.weight", o[P_WTE], V, C, 0);
+    if (wpe) hf_add(list, &n, "model.embed_positions.weight", o[P_WPE], c->max_seq_len, C, 0);
     for (int l = 0; l < L; l++) {
         #define LLAMA_NAME(s) (snprintf(nm, sizeof(nm), "model.layers.%d.%s", l, s), nm)
-        size_t wq = o[P_WQKV] + l * QKV * C, bq = o[P_BQKV] + l * QKV;
+        size_t wq = o[P_WQKV] + l * QKV * C, bq = o[P_BQKV] + l * QKV, wf = o[P_WFC] + l * FC * C, bf = o[P_BFC] + l * FC;
         hf_add(list, &n, LLAMA_NAME("input_layernorm.weight"), o[P_LN1W] + l * C, C, 0, 0);
+        if (ln) hf_add(list, &n, LLAMA_NAME("input_layernorm.bias"), o[P_LN1B] + l * C, C, 0, 0);
         hf_add(list, &n, LLAMA_NAME("self_attn.q_proj.weight"), wq, QD, C, 0);
         hf_add(list, &n, LLAMA_NAME("self_attn.k_proj.weight"), wq + QD * C, KD, C, 0);
         hf_add(list, &n, LLAMA_NAME("self_attn.v_proj.weight"), wq + (QD + KD) * C, KD, C, 0);
@@ -2967,12 +3061,18 @@ int model_hf_tensors(const Model *m, HFTensor *list) {
         hf_add(list, &n, LLAMA_NAME("self_attn.o_proj.weight"), o[P_WO] + l * C * QD, C, QD, 0);
         if (c->o_bias) hf_add(list, &n, LLAMA_NAME("self_attn.o_proj.bias"), o[P_BO] + l * C, C, 0, 0);
         hf_add(list, &n, LLAMA_NAME("post_attention_layernorm.weight"), o[P_LN2W] + l * C, C, 0, 0);
-        hf_add(list, &n, LLAMA_NAME("mlp.gate_proj.weight"), o[P_WFC] + l * FC * C, F, C, 0);
-        hf_add(list, &n, LLAMA_NAME("mlp.up_proj.weight"), o[P_WFC] + l * FC * C + F * C, F, C, 0);
+        if (ln) hf_add(list, &n, LLAMA_NAME("post_attention_layernorm.bias"), o[P_LN2B] + l * C, C, 0, 0);
+        /* SwiGLU: fc's rows are gate | up; GELU: fc is up_proj alone */
+        if (glu) hf_add(list, &n, LLAMA_NAME("mlp.gate_proj.weight"), wf, F, C, 0);
+        if (glu && c->mlp_bias) hf_add(list, &n, LLAMA_NAME("mlp.gate_proj.bias"), bf, F, 0, 0);
+        hf_add(list, &n, LLAMA_NAME("mlp.up_proj.weight"), wf + (glu ? F * C : 0), F, C, 0);
+        if (c->mlp_bias) hf_add(list, &n, LLAMA_NAME("mlp.up_proj.bias"), bf + (glu ? F : 0), F, 0, 0);
         hf_add(list, &n, LLAMA_NAME("mlp.down_proj.weight"), o[P_WPROJ] + l * C * F, C, F, 0);
+        if (c->mlp_bias) hf_add(list, &n, LLAMA_NAME("mlp.down_proj.bias"), o[P_BPROJ] + l * C, C, 0, 0);
         #undef LLAMA_NAME
     }
     hf_add(list, &n, "model.norm.weight", o[P_LNFW], C, 0, 0);
+    if (ln) hf_add(list, &n, "model.norm.bias", o[P_LNFB], C, 0, 0);
     if (!c->tie_embeddings) hf_add(list, &n, "lm_head.weight", o[P_LMHEAD], V, C, 0);
     return n;
 }

@@ -54,7 +54,7 @@ static void save_checkpoint(Model *m, const Args *a, const TrainState *ts) {
         char err[1024], saved[1300];
         if (checkpoint_save(a->out, m, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved), err, sizeof(err)) != 0)
             die("checkpoint: %s", err);
-        printf("saved %s\n", saved);
+        print_saved(saved, &m->cfg);
         fflush(stdout);
     }
     comm_barrier(&comm);

@@ -16,6 +16,8 @@
 
 typedef struct {
     const char *data, *model, *init_from, *tokenizer, *out, *split, *schedule, *data_order;
+    const char *norm, *activation, *positions;   /* model features over --model / --init-from (NULL: the model's) */
+    int mlp_bias;                                /* -1: the model's */
     int batch_size, seq_len, grad_accum, steps, warmup_steps, decay_steps;
     float lr, min_lr, weight_decay, beta1, beta2, eps, clip, init_std;
     uint64_t seed;
@@ -69,6 +71,12 @@ static void usage(int gpu) {
 "  --model NAME|PATH       preset (gpt2-124m, gpt2-350m, tiny-gpt2, tiny-llama, tiny-qwen3, llama-1b) or a HF\n"
 "                          config.json / directory holding one (default tiny-gpt2)\n"
 "  --init-from DIR         start from the HF weights in DIR (config.json + model.safetensors)\n"
+"  --norm N                layernorm | rmsnorm: the residual stream's norms (default: the model's)\n"
+"  --activation A          gelu | swiglu: the MLP (default: the model's)\n"
+"  --positions P           learned | rope | none: a position table, RoPE on q/k, or none (default: the model's)\n"
+"  --mlp-bias 0|1          biases on the MLP projections (default: the model's)\n"
+"                          these four change --model; --resume takes the checkpoint's, and with --init-from\n"
+"                          they must not change the set of weights\n"
 "  --init-std S            std of the random init (default 0.02; residual projections S/sqrt(2L))\n"
 "optimizer (AdamW)\n"
 "  --lr LR                 peak learning rate (default 3e-4)\n"
@@ -140,6 +148,7 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     a->model = "tiny-gpt2"; a->split = "98,2,0"; a->data_order = "default";
     a->batch_size = 8; a->seq_len = 64; a->grad_accum = 1; a->steps = 100;
     a->lr = -1; a->min_lr = -1; a->warmup_steps = -1; a->decay_steps = -1;   /* the schedule: set by resolve_schedule */ a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
+    a->mlp_bias = -1;
     a->clip = 1.0f; a->init_std = 0.02f; a->seed = 1234; a->eval_every = 100; a->eval_steps = 8;
     a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1; a->nproc = 1;
     a->dtype = "bf16"; a->recompute = 1; a->zero = 1; a->logits_mb = 512;
@@ -152,6 +161,10 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
         {"--data", FLAG_STRING, &a->data, 0, 0, 0, NULL},
         {"--model", FLAG_STRING, &a->model, 0, 0, 0, NULL},
         {"--init-from", FLAG_STRING, &a->init_from, 0, 0, 0, NULL},
+        {"--norm", FLAG_CHOICE, &a->norm, 0, 0, 0, "layernorm|rmsnorm"},
+        {"--activation", FLAG_CHOICE, &a->activation, 0, 0, 0, "gelu|swiglu"},
+        {"--positions", FLAG_CHOICE, &a->positions, 0, 0, 0, "learned|rope|none"},
+        {"--mlp-bias", FLAG_INT, &a->mlp_bias, 0, 1, 0, NULL},
         {"--tokenizer", FLAG_STRING, &a->tokenizer, 0, 0, 0, NULL},
         {"--out", FLAG_STRING, &a->out, 0, 0, 0, NULL},
         {"--split", FLAG_STRING, &a->split, 0, 0, 0, NULL},
@@ -238,7 +251,49 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
 static volatile sig_atomic_t stop_requested = 0;
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
 
-/* The model config: from --init-from's folder, a preset, or a config.json; checked against the flags. */
+/* index of s among names (s is one of them: the flag table checked it) */
+static int feature_index(const char *s, const char *const *names, int n) {
+    for (int i = 0; i < n; i++) if (!strcmp(s, names[i])) return i;
+    return 0;
+}
+
+/* --norm, --activation, --positions, --mlp-bias over cfg. On --resume with a checkpoint in --out its features
+   stand: a flag that says otherwise is refused. With --init-from, a flag that changes the set of weights is. */
+static void apply_features(ModelConfig *cfg, const Args *a) {
+    const char *flag[4] = {"--norm", "--activation", "--positions", "--mlp-bias"};
+    const char *given[4] = {a->norm, a->activation, a->positions, a->mlp_bias < 0 ? NULL : a->mlp_bias ? "1" : "0"};
+    int want[4] = {a->norm ? feature_index(a->norm, norm_names, 2) : -1,
+                   a->activation ? feature_index(a->activation, act_names, 2) : -1,
+                   a->positions ? feature_index(a->positions, positions_names, 3) : -1, a->mlp_bias};
+    int *field[4] = {&cfg->norm, &cfg->act, &cfg->positions, &cfg->mlp_bias};
+    char ckpt[1300], err[1024];
+    if (a->resume && a->out && checkpoint_latest(a->out, ckpt, sizeof(ckpt)) == 0) {
+        ModelConfig saved;
+        if (model_config_from_json(&saved, ckpt, err, sizeof(err)) != 0) die("resume: %s", err);
+        int have[4] = {saved.norm, saved.act, saved.positions, saved.mlp_bias};
+        const char *const *names[4] = {norm_names, act_names, positions_names, NULL};
+        for (int i = 0; i < 4; i++) {
+            if (given[i] && want[i] != have[i])
+                die("%s %s: the checkpoint %s has %s %s", flag[i], given[i], ckpt, flag[i] + 2,
+                    names[i] ? names[i][have[i]] : have[i] ? "1" : "0");
+            *field[i] = have[i];
+        }
+        return;
+    }
+    size_t before[NUM_PARAM_TENSORS], after[NUM_PARAM_TENSORS];
+    param_sizes(cfg, before);
+    for (int i = 0; i < 4; i++) {
+        if (!given[i]) continue;
+        *field[i] = want[i];
+        param_sizes(cfg, after);
+        if (a->init_from && memcmp(before, after, sizeof(before)))
+            die("%s %s: changes the weights of --init-from %s (train from scratch with --model instead)", flag[i], given[i],
+                a->init_from);
+    }
+}
+
+/* The model config: from --init-from's folder, a preset, or a config.json, with the feature flags; checked
+   against the flags. */
 static void choose_config(ModelConfig *cfg, const Args *a) {
     char err[1024];
     if (a->init_from) {
@@ -249,7 +304,9 @@ static void choose_config(ModelConfig *cfg, const Args *a) {
                 "llama-1b) nor a readable config.json", a->model);
         if (model_config_from_json(cfg, a->model, err, sizeof(err)) != 0) die("%s", err);
     }
-    if (cfg->family == FAMILY_GPT2 && a->seq_len > cfg->max_seq_len)
+    apply_features(cfg, a);
+    if (model_config_validate(cfg, err, sizeof(err)) != 0) die("model config: %s", err);
+    if (cfg->positions == POS_LEARNED && a->seq_len > cfg->max_seq_len)
         die("--seq-len %d exceeds the model's %d positions", a->seq_len, cfg->max_seq_len);
     if (a->eod_mask_loss && cfg->eos_token_id < 0) die("--eod-mask-loss needs eos_token_id in the model config");
     if (a->reset_attention_mask && cfg->eos_token_id < 0) die("--reset-attention-mask needs eos_token_id in the model config");
@@ -590,6 +647,15 @@ static int start_weights(Model *m, TrainState *ts, DataLoader *dl, Data *data, A
     return resumed;
 }
 
+/* "saved DIR", and when config.json needed its "llmtrain" object, that transformers cannot load it as written. */
+static void print_saved(const char *saved, const ModelConfig *cfg) {
+    char extras[256];
+    printf("saved %s\n", saved);
+    if (model_config_extras(cfg, extras, sizeof(extras)) > 0)
+        printf("%s: transformers cannot load this %s model as written (%s: see \"llmtrain\" in config.json)\n", saved,
+               family_name(cfg->family), extras);
+}
+
 /* --tokenizer, for samples and checkpoints (NULL without the flag). */
 static Tokenizer *open_tokenizer(const Args *a) {
     if (!a->tokenizer) return NULL;
@@ -615,6 +681,8 @@ static void print_run_start(const ModelConfig *cfg, size_t nparams, const Args *
     printf("model %s: %d layers, %d hidden, %d heads (%d kv, head dim %d), ff %d, vocab %d: %zu parameters\n",
            family_name(cfg->family), cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->n_kv_head, cfg->head_dim, cfg->d_ff,
            cfg->vocab_size, nparams);
+    printf("features: %s norm, %s MLP%s, positions %s\n", norm_names[cfg->norm], act_names[cfg->act],
+           cfg->mlp_bias ? " with biases" : "", positions_names[cfg->positions]);
     printf("data %s: %d dataset(s), %llu train tokens/epoch, windows of %d\n", a->data, data->n,
            (unsigned long long)data->train_tokens, a->seq_len);
     for (int i = 0; i < data->n && data->train_blend.megatron[i]; i++) {

@@ -1842,7 +1842,9 @@ struct GModel {
                                     vocabulary padded to Vp rows in wte and lm_head. The padded rows are zero, their
                                     gradient is zero and AdamW never touches them; nothing padded leaves the device */
     int Bmax, Tmax;              /* the activations are allocated for this shape */
-    int C, NH, NKV, HD, F, QD, KD, QKV, FC, V, Vp, L, gpt2;
+    int C, NH, NKV, HD, F, QD, KD, QKV, FC, V, Vp, L;
+    int layernorm, gelu, rope, wpe;   /* the config's features: LayerNorm (else RMSNorm), GELU (else SwiGLU), RoPE,
+                                         a learned position table */
     int recompute, plain_attn, fuse_gelu, chunk_rows;
     int rank, world;
     size_t nparams, shard, padded, shard_begin;  /* ZeRO: shard = ceil(n / world), padded = shard * world */
@@ -1914,7 +1916,7 @@ template <typename T> static void *gm_alloc(GModel<T> &g, size_t bytes) {
 typedef struct {
     int recompute;       /* 0: keep every activation; 1: recompute GELU/SwiGLU outputs; 2: also the norms' outputs */
     int plain_attn;      /* 1: the plain attention kernels even where tensor-core ones exist */
-    int fuse_gelu;       /* 1: GELU in cuBLASLt's epilogue (GPT-2) */
+    int fuse_gelu;       /* 1: GELU in cuBLASLt's epilogue (GELU models) */
     size_t logits_bytes; /* bound on the classifier's chunk of logits (0: 512 MiB) */
     int overlap;         /* with NCCL: reduce each layer's gradients while the backward goes on (else one
                             reduce-scatter after it) */
@@ -2001,9 +2003,11 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     const ModelConfig *c = &host->cfg;
     g.cfg = *c; g.host = host; g.Bmax = B; g.Tmax = Tn; g.stream = stream;
     g.C = c->n_embd; g.NH = c->n_head; g.NKV = c->n_kv_head; g.HD = c->head_dim; g.F = c->d_ff; g.L = c->n_layer;
-    g.QD = g.NH * g.HD; g.KD = g.NKV * g.HD; g.QKV = g.QD + 2 * g.KD; g.gpt2 = c->family == FAMILY_GPT2;
-    g.FC = g.gpt2 ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 127) / 128 * 128;
-    g.recompute = o.recompute; g.plain_attn = o.plain_attn; g.fuse_gelu = o.fuse_gelu && g.gpt2;
+    g.QD = g.NH * g.HD; g.KD = g.NKV * g.HD; g.QKV = g.QD + 2 * g.KD;
+    g.layernorm = c->norm == NORM_LAYERNORM; g.gelu = c->act == ACT_GELU_TANH;
+    g.rope = c->positions == POS_ROPE; g.wpe = c->positions == POS_LEARNED;
+    g.FC = g.gelu ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 127) / 128 * 128;
+    g.recompute = o.recompute; g.plain_attn = o.plain_attn; g.fuse_gelu = o.fuse_gelu && g.gelu;
     g.rank = d.rank; g.world = d.world;
     if (g.C % 8 || g.F % 8 || g.HD % 8)
         die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
@@ -2055,7 +2059,7 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.act_layers = o.recompute >= 1 ? 1 : g.L;
     g.encoded = GM_ALLOC(g, T, N * C);
     g.ln1 = GM_ALLOC(g, T, g.ln_layers * N * C);
-    g.ln1_mean = g.gpt2 ? GM_ALLOC(g, float, L * N) : NULL;
+    g.ln1_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
     g.ln1_rstd = GM_ALLOC(g, float, L * N);
     g.qkv = GM_ALLOC(g, T, L * N * g.QKV);
     if (c->qk_norm) {
@@ -2067,13 +2071,13 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.lse = GM_ALLOC(g, float, L * N * g.NH);
     g.resid2 = GM_ALLOC(g, T, L * N * C);
     g.ln2 = GM_ALLOC(g, T, g.ln_layers * N * C);
-    g.ln2_mean = g.gpt2 ? GM_ALLOC(g, float, L * N) : NULL;
+    g.ln2_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
     g.ln2_rstd = GM_ALLOC(g, float, L * N);
     g.fch = GM_ALLOC(g, T, L * N * g.FC);
     g.fch_act = GM_ALLOC(g, T, g.act_layers * N * g.F);
     g.resid3 = GM_ALLOC(g, T, L * N * C);
     g.lnf = GM_ALLOC(g, T, N * C);
-    g.lnf_mean = g.gpt2 ? GM_ALLOC(g, float, N) : NULL;
+    g.lnf_mean = g.layernorm ? GM_ALLOC(g, float, N) : NULL;
     g.lnf_rstd = GM_ALLOC(g, float, N);
     g.proj = GM_ALLOC(g, T, N * C);
     size_t lb = o.logits_bytes ? o.logits_bytes : ((size_t)512 << 20);
@@ -2095,7 +2099,7 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     size_t widest = C > (size_t)g.QKV ? C : (size_t)g.QKV;
     if ((size_t)g.FC > widest) widest = g.FC;
     g.scratch = GM_ALLOC(g, float, 2 * (size_t)COLSUM_MAX_RB * widest);
-    if (!g.gpt2) {
+    if (g.rope) {
         size_t half = g.HD / 2;
         float *cs = (float *)malloc(Tn * half * sizeof(float)), *sn = (float *)malloc(Tn * half * sizeof(float));
         rope_init(cs, sn, c, Tn);
@@ -2123,7 +2127,7 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
         g.tok_pos = GM_ALLOC(g, int, N);
         CUDA_CHECK(cudaMallocHost(&g.h_doc, N * sizeof(int)));
         CUDA_CHECK(cudaMallocHost(&g.h_tpos, N * sizeof(int)));
-        if (host->reset_positions && g.gpt2) {
+        if (host->reset_positions && g.wpe) {
             g.d_pplan = GM_ALLOC(g, int, emb_plan_ints(N));
             g.pbk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
             CUDA_CHECK(cudaMallocHost(&g.h_pplan, emb_plan_ints(N) * sizeof(int)));
@@ -2361,7 +2365,7 @@ template <typename T> static AttnArgs<T> attn_args(GModel<T> &g, int l) {
     a.dv = g.dqkv + g.QD + g.KD; a.lddv = g.QKV;
     a.delta = g.delta;
     a.doc_start = g.host->reset_attention ? g.doc_start : NULL;   /* the batch's, as model_forward's */
-    a.pos = g.host->reset_positions && !g.gpt2 ? g.tok_pos : NULL;   /* RoPE; GPT-2 adds wpe[pos] instead */
+    a.pos = g.host->reset_positions && g.rope ? g.tok_pos : NULL;   /* RoPE; a position table adds wpe[pos] instead */
     return a;
 }
 
@@ -2375,7 +2379,7 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
     const ModelConfig *c = &g.cfg;
     int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
     size_t NC = (size_t)N * C;
-    int ln = !g.gpt2 ? 0 : 1;
+    int ln = g.layernorm;
     gpu::embedding_forward<T>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, Tn, C, s,
                               g.host->reset_positions ? g.tok_pos : NULL);
     gpu::norm_forward<T>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
@@ -2399,12 +2403,12 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
         gpu::matmul_forward<T>(g.proj, a.out, g.pt[P_WO] + (size_t)l * C * g.QD, lay(g.pt[P_BO], l, C), N, g.QD, C, C, NULL, s);
         gpu::norm_forward<T>(resid2, ln2, lay(g.ln2_mean, l, N), g.ln2_rstd + (size_t)l * N, x, g.proj, 1, C,
                              g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, c->norm_eps, ln, s);
-        const T *wfc = g.pt[P_WFC] + (size_t)l * g.FC * C, *bfc = lay(g.pt[P_BFC], l, g.F);
+        const T *wfc = g.pt[P_WFC] + (size_t)l * g.FC * C, *bfc = lay(g.pt[P_BFC], l, g.FC);
         if (g.fuse_gelu) {
             gpu::matmul_forward<T>(fch_act, ln2, wfc, bfc, N, C, g.FC, g.FC, fch, s);
         } else {
             gpu::matmul_forward<T>(fch, ln2, wfc, bfc, N, C, g.FC, g.FC, NULL, s);
-            if (g.gpt2) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
+            if (g.gelu) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
             else gpu::swiglu_forward<T>(fch_act, fch, N, g.F, s);
         }
         gpu::matmul_forward<T>(g.proj, fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, lay(g.pt[P_BPROJ], l, C), N, g.F,
@@ -2518,7 +2522,7 @@ void gmodel_backward(GModel<T> &g, int last = 0) {
 
         /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))); dres_t = d(proj output) */
         if (g.recompute >= 1) {
-            if (g.gpt2) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
+            if (g.gelu) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
             else gpu::swiglu_forward<T>(fch_act, fch, N, g.F, s);
         }
         if (g.fuse_gelu) {
@@ -2527,7 +2531,7 @@ void gmodel_backward(GModel<T> &g, int last = 0) {
         } else {
             gpu::matmul_backward<T>(g.dfch_act, lgrad(g, P_WPROJ, l), lgrad(g, P_BPROJ, l), g.dres_t,
                                     fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, N, g.F, C, C, 0, NULL, sc, s);
-            if (g.gpt2) gpu::gelu_backward<T>(g.dfch, fch, g.dfch_act, (size_t)N * g.F, s);
+            if (g.gelu) gpu::gelu_backward<T>(g.dfch, fch, g.dfch_act, (size_t)N * g.F, s);
             else gpu::swiglu_backward<T>(g.dfch, g.dfch_act, fch, N, g.F, s);
         }
         if (g.recompute >= 2)
@@ -3030,7 +3034,7 @@ static double peak_bf16_flops(const char *name) {
    MFU = this * tokens/s / the device's peak dense bf16 FLOP/s. Recomputation is not counted (it is overhead). */
 static double flops_per_token(const ModelConfig *c, int T) {
     double C = c->n_embd, L = c->n_layer, QD = (double)c->n_head * c->head_dim, KD = (double)c->n_kv_head * c->head_dim;
-    double F = c->d_ff, FC = c->family == FAMILY_GPT2 ? F : 2 * F, QKV = QD + 2 * KD, V = c->vocab_size;
+    double F = c->d_ff, FC = c->act == ACT_SWIGLU ? 2 * F : F, QKV = QD + 2 * KD, V = c->vocab_size;
     return 6.0 * (L * (QKV * C + C * QD + FC * C + C * F) + V * C) + 6.0 * L * T * QD;
 }
 
@@ -3093,7 +3097,7 @@ static void save_checkpoint(GModel<T> &g, const Dist &d, const Args *a, const Tr
         if (checkpoint_save(a->out, g.host, ts, a->tokenizer, (size_t)a->max_shard_mb << 20, a->keep, saved, sizeof(saved),
                             err, sizeof(err)) != 0)
             die("checkpoint: %s", err);
-        printf("saved %s\n", saved);
+        print_saved(saved, &g.host->cfg);
         fflush(stdout);
     }
 }
@@ -3219,8 +3223,7 @@ static void refuse_gpu_config(const Args *a) {
     ModelConfig c;
     choose_config(&c, a);
     const char *key = NULL;
-    if (c.o_bias && c.family != FAMILY_GPT2) key = "attention_bias (the o_proj bias)";
-    else if (c.attn_unscaled) key = "scale_attn_weights false";
+    if (c.attn_unscaled) key = "scale_attn_weights false";
     else if (c.attn_by_layer) key = "scale_attn_by_inverse_layer_idx";
     for (int l = 0; l < c.n_layer && !key; l++)
         if (attention_window(&c, l) > 0 && attention_window(&c, l) < a->seq_len) key = "use_sliding_window (sliding_window below --seq-len)";

@@ -145,6 +145,13 @@ def make_llama_bias():
         rope_theta=10000.0, attention_bias=True))
 
 
+def make_llama_mlp_bias():
+    # mlp_bias: biases on gate_proj, up_proj and down_proj
+    return LlamaForCausalLM(LlamaConfig(
+        **SMALL, num_hidden_layers=2, head_dim=8, rms_norm_eps=1e-5,
+        rope_theta=10000.0, mlp_bias=True))
+
+
 def make_qwen2_window():
     # sliding window of 5 < T on layers >= max_window_layers = 1 (of 3)
     return Qwen2ForCausalLM(Qwen2Config(
@@ -170,6 +177,7 @@ CASES = [
     ("gpt2_layer_scaled", make_gpt2_layer_scaled),
     ("gpt2_unscaled", make_gpt2_unscaled),
     ("llama_bias", make_llama_bias),
+    ("llama_mlp_bias", make_llama_mlp_bias),
     ("qwen2_window", make_qwen2_window),
     ("qwen3_bias_window", make_qwen3_bias_window),
 ]

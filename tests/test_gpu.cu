@@ -760,12 +760,16 @@ template <typename T> static void test_attention_docs(int B, int Tn, int NH, int
 
 /* ---- whole model ---- */
 
-static ModelConfig small_config(int family) {
+/* features: 0 the family's; 1 RMSNorm and SwiGLU (on GPT-2: fc's bias has 2F entries); 2 learned positions and
+   every bias (on LLaMA) */
+static ModelConfig small_config(int family, int features = 0) {
     ModelConfig c;
     memset(&c, 0, sizeof(c));
     model_config_preset(&c, family == FAMILY_GPT2 ? "tiny-gpt2" : family == FAMILY_QWEN3 ? "tiny-qwen3" : "tiny-llama");
     c.vocab_size = 501; c.n_layer = 2; c.max_seq_len = 128;
     if (family == FAMILY_QWEN2) { c.family = FAMILY_QWEN2; c.qkv_bias = 1; c.tie_embeddings = 0; }
+    if (features == 1) { c.norm = NORM_RMSNORM; c.act = ACT_SWIGLU; }
+    if (features == 2) { c.positions = POS_LEARNED; c.qkv_bias = c.o_bias = c.mlp_bias = 1; }
     return c;
 }
 
@@ -800,11 +804,19 @@ static cudaStream_t start_gmodel(GModel<T> &g, Model *gh, int B, int Tn, const G
     return st;
 }
 
-template <typename T> static void test_model(int family, int recompute, int plain, int fuse_gelu = 0) {
-    ModelConfig cfg = small_config(family);
+template <typename T> static void test_model(int family, int recompute, int plain, int fuse_gelu = 0, int features = 0) {
+    ModelConfig cfg = small_config(family, features);
     int B = 2, Tn = 80;
     Model cpu, gh;
     twin_models<T>(&cpu, &gh, &cfg, 7, 0.05f);
+    if (features) {   /* biases off zero, so that each is read at its place */
+        const int bias[7] = {P_LN1B, P_BQKV, P_BO, P_LN2B, P_BFC, P_BPROJ, P_LNFB};
+        for (int i = 0; i < 7; i++)
+            for (size_t j = 0; j < cpu.param_sizes[bias[i]]; j++)
+                cpu.params_memory[cpu.param_offsets[bias[i]] + j] = 0.05f * rng_normal(99, cpu.param_offsets[bias[i]] + j);
+        round_model<T>(&cpu);
+        memcpy(gh.params_memory, cpu.params_memory, cpu.num_params * sizeof(float));
+    }
     std::vector<int> in, tg;
     make_batch(in, tg, B, Tn, cfg.vocab_size, 5);
     float cl = model_forward(&cpu, in.data(), tg.data(), B, Tn);
@@ -821,15 +833,17 @@ template <typename T> static void test_model(int family, int recompute, int plai
     double gl = gmodel_read_loss(g);
     std::vector<float> grads = from_dev(g.grads, g.nparams);
     char what[128];
-    snprintf(what, sizeof(what), "model %s recompute %d%s%s: loss", family_name(family), recompute, plain ? " plain" : "",
-             g.fuse_gelu ? " fused gelu" : "");
+    snprintf(what, sizeof(what), "model %s%s recompute %d%s%s: loss", family_name(family),
+             features == 1 ? " rmsnorm swiglu" : features == 2 ? " learned positions, biases" : "", recompute,
+             plain ? " plain" : "", g.fuse_gelu ? " fused gelu" : "");
     std::vector<float> lg(1, (float)gl);
     check(what, lg, &cl, 1, 0.0f, sizeof(T) == 4 ? 1e-5f : 1e-2f);
     static const char *names[NUM_PARAM_TENSORS] = {"wte", "wpe", "ln1w", "ln1b", "wqkv", "bqkv", "qnw", "knw", "wo", "bo",
         "ln2w", "ln2b", "wfc", "bfc", "wproj", "bproj", "lnfw", "lnfb", "lmhead"};
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         if (!cpu.param_sizes[t]) continue;
-        snprintf(what, sizeof(what), "model %s rc%d%s: d%s", family_name(family), recompute, g.fuse_gelu ? " fg" : "", names[t]);
+        snprintf(what, sizeof(what), "model %s%s rc%d%s: d%s", family_name(family), features ? " features" : "", recompute,
+                 g.fuse_gelu ? " fg" : "", names[t]);
         check_norm(what, grads.data() + g.lay.param_offsets[t], cpu.grads_memory + cpu.param_offsets[t], cpu.param_sizes[t],
                    sizeof(T) == 4 ? 1e-4 : 5e-2);
     }
@@ -1014,6 +1028,8 @@ template <typename T> static void run_all(int quick) {
     if (want("model")) test_model<T>(FAMILY_GPT2, 2, 0);
     if (want("model")) test_model<T>(FAMILY_QWEN3, 1, 0);
     if (sizeof(T) == 2 && want("model")) test_model<T>(FAMILY_LLAMA, 2, 1);
+    if (want("model_features")) test_model<T>(FAMILY_GPT2, 1, 0, 0, 1);
+    if (want("model_features")) test_model<T>(FAMILY_LLAMA, 1, 0, 0, 2);
     if (want("training")) test_training<T>(FAMILY_GPT2);
     if (want("training")) test_training<T>(FAMILY_LLAMA);
     if (want("nccl_one_rank")) test_nccl_one_rank<T>(FAMILY_GPT2);

@@ -6,6 +6,7 @@
 #     and 1, ZeRO-2; fp32 within fp32 sum-order tolerance (2e-5 relative on the loss, 1e-3 on the norm), bf16
 #     within 2e-2 relative on the loss and 5e-2 on the norm (bf16 activations; the CPU runs fp32); and both
 #     models with packed documents (--eod-mask-loss --reset-attention-mask --reset-position-ids), 2 ranks fp32;
+#     and two feature combinations (the feature flags), 1 rank fp32 against train;
 #  3. only a machine without a GPU skips: a CUDA initialisation failure is an error.
 set -u
 cd "$(dirname "$0")/.."
@@ -71,6 +72,22 @@ for r in "${runs[@]}"; do
     if [ "$dtype" = fp32 ]; then tl=2e-5; tn=1e-3; else tl=2e-2; tn=5e-2; fi
     if res=$(compare "$cpu" "$log" "$tl" "$tn"); then ok "train_gpu $model $n ranks $dtype $* == train -n $n: $res"
     else bad "train_gpu $model $n ranks $dtype $* vs train -n $n: $res"; paste <(losses "$cpu") <(losses "$log"); fi
+done
+
+# features over the family's (the feature flags): train_gpu 1 rank fp32 against train with the same flags; a 2-layer GPT-2
+# with RMSNorm and SwiGLU (its MLP biases then have 2F entries), and a LLaMA with learned positions and every bias
+feats=("tests/fixtures/configs/tiny_gpt2_2l.json|--norm rmsnorm --activation swiglu" "tests/fixtures/configs/tiny_llama_bias.json|--positions learned")
+for f in "${feats[@]}"; do
+    model=${f%%|*}; flags=(${f#*|})
+    ./train "${common[@]}" --model "$model" "${flags[@]}" > "$tmp/cpu_feat.log" 2>&1 \
+        || { tail -n 5 "$tmp/cpu_feat.log"; bad "train $model ${flags[*]}"; continue; }
+    rm -rf "$tmp/gpu"
+    CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${common[@]}" --model "$model" "${flags[@]}" --dtype fp32 --out "$tmp/gpu" \
+        > "$tmp/gpu_feat.log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then grep -v '^step' "$tmp/gpu_feat.log" | tail -n 8; bad "train_gpu $model ${flags[*]} (exit $rc)"; continue; fi
+    if res=$(compare "$tmp/cpu_feat.log" "$tmp/gpu_feat.log" 2e-5 1e-3); then ok "train_gpu $model ${flags[*]} fp32 == train: $res"
+    else bad "train_gpu $model ${flags[*]} fp32 vs train: $res"; paste <(losses "$tmp/cpu_feat.log") <(losses "$tmp/gpu_feat.log"); fi
 done
 
 # packed documents (--reset-attention-mask, --reset-position-ids, with --eod-mask-loss): 2 ranks fp32 against

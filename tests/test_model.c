@@ -136,6 +136,10 @@ static void run_case(const char *name, int expect_family) {
 /* The fixture exercises a config feature: with the feature switched off after loading (as a reader that
    ignored its key would compute), the logits move far past the 1e-5 tolerance of run_case. */
 static void off_o_bias(Model *m) { memset(m->params.bo, 0, m->param_sizes[P_BO] * sizeof(float)); }
+static void off_mlp_bias(Model *m) {
+    memset(m->params.bfc, 0, m->param_sizes[P_BFC] * sizeof(float));
+    memset(m->params.bproj, 0, m->param_sizes[P_BPROJ] * sizeof(float));
+}
 static void off_window(Model *m) { m->cfg.sliding_window = 0; }
 static void off_layer_scale(Model *m) { m->cfg.attn_by_layer = 0; }
 static void off_unscaled(Model *m) { m->cfg.attn_unscaled = 0; }
@@ -253,7 +257,9 @@ static void check_config_refusals(void) {
     const char *cases[][2] = {
         {"refuse_rope_linear", "\"linear\""}, {"refuse_rope_dynamic", "\"dynamic\""}, {"refuse_rope_yarn", "\"yarn\""},
         {"refuse_rope_extra_key", "\"factor\""}, {"refuse_llama3_missing", "\"low_freq_factor\""},
-        {"refuse_partial_rotary", "\"partial_rotary_factor\""}, {"refuse_mlp_bias", "\"mlp_bias\""},
+        {"refuse_partial_rotary", "\"partial_rotary_factor\""}, {"refuse_mlp_bias", "\"mlp_bias\" must be true or false"},
+        {"refuse_llmtrain_key", "llmtrain key \"alibi\" is not known"},
+        {"refuse_llmtrain_value", "llmtrain key \"positions\" must be learned, rope or none"},
         {"refuse_hidden_act", "hidden_act"}, {"refuse_activation_function", "activation_function"},
         {"refuse_cross_attention", "\"add_cross_attention\""}, {"refuse_pruned_heads", "\"pruned_heads\""},
         {"refuse_unknown_key", "\"sliding_window\" is not a llama config key"},
@@ -292,8 +298,8 @@ static void check_config_spellings(void) {
     char err[512];
     printf("config spellings and saved configs\n");
     const char *names[] = {"gpt2", "llama", "qwen2", "qwen3", "gpt2_layer_scaled", "gpt2_unscaled", "llama_bias",
-                           "qwen2_window", "qwen3_bias_window"};
-    for (int i = 0; i < 9; i++) {
+                           "llama_mlp_bias", "qwen2_window", "qwen3_bias_window"};
+    for (int i = 0; i < 10; i++) {
         char dir[256];
         snprintf(dir, sizeof(dir), "tests/fixtures/models/%s", names[i]);
         ModelConfig a, b;
@@ -334,6 +340,103 @@ static void check_config_spellings(void) {
     printf("  %-40s %s %s\n", "gpt2 with hidden_size etc.", ok ? "ok" : "FAIL", ok ? "" : err);
     if (!ok) failures++;
     json_decref(o);
+}
+
+/* A tiny model of the family with features set on top: every parameter perturbed (norm weights off 1, biases off
+   0), the gradient of the mean loss of model_backward against central finite differences of model_forward,
+   per tensor: |g - fd| / |fd| over all its entries (h = 1e-2 in fp32; the truncation error is ~1e-4). One
+   thread: the model is far too small for more. */
+static void check_model_grads(const char *what, int family, int norm, int act, int positions, int mlp_bias, int qk_norm) {
+    ModelConfig c;
+    memset(&c, 0, sizeof(c));
+    model_config_preset(&c, family == FAMILY_GPT2 ? "tiny-gpt2" : family == FAMILY_QWEN3 ? "tiny-qwen3" : "tiny-llama");
+    c.vocab_size = 11; c.max_seq_len = 8; c.n_layer = 2; c.n_embd = 8; c.n_head = 2; c.n_kv_head = family == FAMILY_GPT2 ? 2 : 1;
+    c.head_dim = 4; c.d_ff = 12; c.tie_embeddings = 0;
+    c.norm = norm; c.act = act; c.positions = positions; c.mlp_bias = mlp_bias; c.qk_norm = qk_norm;
+    char err[256];
+    if (model_config_validate(&c, err, sizeof(err)) != 0) { printf("  %s: %s FAIL\n", what, err); failures++; return; }
+    Model m;
+    model_build(&m, &c);
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    uint64_t x = 12345;
+    for (size_t i = 0; i < m.num_params; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        m.params_memory[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 0.6f;
+    }
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++)
+        if (t == P_LN1W || t == P_LN2W || t == P_LNFW || t == P_QNW || t == P_KNW)
+            for (size_t i = 0; i < m.param_sizes[t]; i++) m.params_memory[m.param_offsets[t] + i] += 1.0f;
+    int B = 2, T = 5, inputs[10], targets[10];
+    for (int i = 0; i < B * T; i++) { inputs[i] = (i * 7 + 3) % 11; targets[i] = (i * 5 + 1) % 11; }
+    model_forward(&m, inputs, targets, B, T);
+    model_zero_grad(&m);
+    model_backward(&m, 1.0f);
+    float *g = (float *)malloc(m.num_params * sizeof(float));
+    memcpy(g, m.grads_memory, m.num_params * sizeof(float));
+    double worst = 0.0;
+    int worst_t = -1, tensors = 0;
+    const float h = 1e-2f;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        if (!m.param_sizes[t]) continue;
+        tensors++;
+        double num = 0.0, den = 0.0;
+        for (size_t i = 0; i < m.param_sizes[t]; i++) {
+            float *p = m.params_memory + m.param_offsets[t] + i, p0 = *p;
+            *p = p0 + h; double lp = model_forward(&m, inputs, targets, B, T);
+            *p = p0 - h; double lm = model_forward(&m, inputs, targets, B, T);
+            *p = p0;
+            double fd = (lp - lm) / (2.0 * h), d = g[m.param_offsets[t] + i] - fd;
+            num += d * d; den += fd * fd;
+        }
+        double e = sqrt(num / (den > 1e-12 ? den : 1e-12));
+        if (e > worst) { worst = e; worst_t = t; }
+    }
+    int ok = worst < 1e-2 && tensors > 0;
+    printf("  %-44s %2d tensors, worst rel err %.1e (tensor %d) %s\n", what, tensors, worst, worst_t, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    free(g);
+    model_free(&m);
+    omp_set_num_threads(threads);
+}
+
+/* A config with features off its family's defaults: config.json carries them in "llmtrain" and reads back
+   to the same ModelConfig; with the family's features nothing is written there. */
+static void check_feature_configs(void) {
+    char err[512];
+    printf("feature configs through config.json\n");
+    struct { const char *preset; int norm, act, positions, mlp_bias; const char *expect; } cases[] = {
+        {"tiny-gpt2", NORM_RMSNORM, ACT_SWIGLU, POS_LEARNED, 1, "\"activation\": \"swiglu\""},
+        {"tiny-gpt2", NORM_LAYERNORM, ACT_GELU_TANH, POS_NONE, 0, "\"mlp_bias\": false"},
+        {"tiny-llama", NORM_RMSNORM, ACT_SWIGLU, POS_LEARNED, 1, "\"positions\": \"learned\""},
+        {"tiny-qwen3", NORM_LAYERNORM, ACT_GELU_TANH, POS_NONE, 1, "\"norm\": \"layernorm\""},
+        {"tiny-llama", NORM_RMSNORM, ACT_SWIGLU, POS_ROPE, 1, NULL},   /* LLaMA's own mlp_bias key */
+    };
+    for (int i = 0; i < 5; i++) {
+        ModelConfig a, b;
+        model_config_preset(&a, cases[i].preset);
+        a.norm = cases[i].norm; a.act = cases[i].act; a.positions = cases[i].positions; a.mlp_bias = cases[i].mlp_bias;
+        if (a.family == FAMILY_QWEN3) a.max_window_layers = a.n_layer;   /* as layer_types reads back (no sliding layer) */
+        char *s = model_config_to_json(&a);
+        json_t *o = json_loads(s, 0, NULL);
+        int has = json_object_get(o, "llmtrain") != NULL;
+        int ok = o && config_from_json_value(o, "features", &b, err, sizeof(err)) == 0 && !memcmp(&a, &b, sizeof(a)) &&
+                 (cases[i].expect ? has && strstr(s, cases[i].expect) != NULL : !has);
+        printf("  %-12s %-9s %-6s %-7s mlp_bias %d %s %s\n", cases[i].preset, norm_names[a.norm], act_names[a.act],
+               positions_names[a.positions], a.mlp_bias, ok ? "ok" : "FAIL", ok ? "" : err);
+        if (!ok) failures++;
+        json_decref(o); free(s);
+    }
+    const char *presets[] = {"tiny-gpt2", "tiny-llama", "tiny-qwen3"};
+    for (int i = 0; i < 3; i++) {
+        ModelConfig a;
+        model_config_preset(&a, presets[i]);
+        char *s = model_config_to_json(&a), extras[128];
+        int ok = !strstr(s, "llmtrain") && model_config_extras(&a, extras, sizeof(extras)) == 0;
+        printf("  %-12s the family's features: no llmtrain object %s\n", presets[i], ok ? "ok" : "FAIL");
+        if (!ok) failures++;
+        free(s);
+    }
 }
 
 /* Saving and reloading gives the same weights, under the same names HF uses. */
@@ -502,12 +605,14 @@ int main(void) {
     run_case("gpt2_layer_scaled", FAMILY_GPT2);
     run_case("gpt2_unscaled", FAMILY_GPT2);
     run_case("llama_bias", FAMILY_LLAMA);
+    run_case("llama_mlp_bias", FAMILY_LLAMA);
     run_case("qwen2_window", FAMILY_QWEN2);
     run_case("qwen3_bias_window", FAMILY_QWEN3);
     printf("the new fixtures need their features\n");
     check_feature_needed("gpt2_layer_scaled", "scale_attn_by_inverse_layer_idx", off_layer_scale);
     check_feature_needed("gpt2_unscaled", "scale_attn_weights false", off_unscaled);
     check_feature_needed("llama_bias", "the o_proj bias", off_o_bias);
+    check_feature_needed("llama_mlp_bias", "the MLP biases", off_mlp_bias);
     check_feature_needed("qwen2_window", "the sliding window", off_window);
     check_feature_needed("qwen3_bias_window", "the o_proj bias", off_o_bias);
     check_feature_needed("qwen3_bias_window", "the sliding window", off_window);
@@ -517,6 +622,15 @@ int main(void) {
     check_key_table();
     check_config_refusals();
     check_config_spellings();
+    check_feature_configs();
+    printf("whole-model gradients against finite differences\n");
+    check_model_grads("gpt2", FAMILY_GPT2, NORM_LAYERNORM, ACT_GELU_TANH, POS_LEARNED, 1, 0);
+    check_model_grads("llama", FAMILY_LLAMA, NORM_RMSNORM, ACT_SWIGLU, POS_ROPE, 0, 0);
+    check_model_grads("gpt2 + RMSNorm + SwiGLU", FAMILY_GPT2, NORM_RMSNORM, ACT_SWIGLU, POS_LEARNED, 1, 0);
+    check_model_grads("llama + learned positions", FAMILY_LLAMA, NORM_RMSNORM, ACT_SWIGLU, POS_LEARNED, 0, 0);
+    check_model_grads("gpt2 + no positions", FAMILY_GPT2, NORM_LAYERNORM, ACT_GELU_TANH, POS_NONE, 1, 0);
+    check_model_grads("qwen3 (q/k norm) + no positions", FAMILY_QWEN3, NORM_RMSNORM, ACT_SWIGLU, POS_NONE, 0, 1);
+    check_model_grads("llama + mlp_bias", FAMILY_LLAMA, NORM_RMSNORM, ACT_SWIGLU, POS_ROPE, 1, 0);
     check_roundtrip();
     check_bf16_load();
     check_interop("gpt2");

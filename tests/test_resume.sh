@@ -3,7 +3,7 @@
 # changed setting; SIGTERM saves and exits 0; SIGKILL at random moments during saves, and at each rename of a
 # save that replaces a step, never leaves a `latest` that does not load; the next start deletes the killed
 # save's temp folders and the log's replayed steps; one run at a time per folder; the LR schedule goes on after
-# a resume; sharded checkpoints load.
+# a resume; sharded checkpoints load; a model off its family's features saves, resumes and loads.
 set -u
 cd "$(dirname "$0")/.."
 . tests/lib/common.sh
@@ -26,6 +26,31 @@ done
 # a changed setting is refused, naming it
 $BIN_DIR/train "${common[@]}" --steps 14 --seq-len 8 --out "$tmp/b" --resume > "$tmp/c.log" 2> "$tmp/c.err"
 [ $? -ne 0 ] && grep -q "seq_len was 16" "$tmp/c.err" && ok "resume refuses a changed --seq-len: $(cat "$tmp/c.err")" || bad "changed seq-len accepted"
+
+# a model off its family's features (LLaMA with LayerNorm, GELU, learned positions, MLP biases): its config.json
+# says so in "llmtrain" and the save says transformers cannot load it; a resume without the flags takes the
+# checkpoint's features and is exact; a flag against them is refused, and so is one that changes --init-from's weights
+feat=(--norm layernorm --activation gelu --positions learned --mlp-bias 1 --eval-every 0)
+$BIN_DIR/train "${common[@]}" "${feat[@]}" --steps 6 --out "$tmp/fa" > "$tmp/fa.log" 2>&1 || { cat "$tmp/fa.log"; bad "feature run"; }
+$BIN_DIR/train "${common[@]}" "${feat[@]}" --steps 3 --out "$tmp/fb" > "$tmp/fb1.log" 2>&1 || bad "feature run, first half"
+grep -q 'transformers cannot load this llama model as written (norm layernorm, activation gelu, positions learned' "$tmp/fb1.log" \
+    && ok "the save says transformers cannot load the model as written" || bad "no save warning: $(grep saved "$tmp/fb1.log")"
+c="$tmp/fb/step_000003/config.json"
+grep -q '"llmtrain"' "$c" && grep -q '"norm": "layernorm"' "$c" && grep -q '"positions": "learned"' "$c" && grep -q '"mlp_bias": true' "$c" \
+    && ok "config.json has the llmtrain object and mlp_bias" || bad "config.json: $(tr -d '\n' < "$c")"
+$BIN_DIR/train "${common[@]}" --eval-every 0 --steps 6 --out "$tmp/fb" --resume > "$tmp/fb2.log" 2>&1 || { cat "$tmp/fb2.log"; bad "feature resume"; }
+if diff <(strip "$tmp/fa.log" | tail -n 3) <(strip "$tmp/fb2.log") > /dev/null && \
+   cmp -s "$tmp/fa/step_000006/model.safetensors" "$tmp/fb/step_000006/model.safetensors"; then
+    ok "features: steps 4-6 and the weights identical after a resume without the feature flags"
+else bad "features: resume differs"; fi
+$BIN_DIR/train "${common[@]}" --norm rmsnorm --steps 8 --out "$tmp/fb" --resume > /dev/null 2> "$tmp/fb3.err"
+[ $? -ne 0 ] && [ "$(wc -l < "$tmp/fb3.err")" = 1 ] && grep -q -- "--norm rmsnorm: the checkpoint .* has norm layernorm" "$tmp/fb3.err" \
+    && ok "resume refuses a feature flag against the checkpoint: $(cat "$tmp/fb3.err")" || bad "feature flag on resume: $(cat "$tmp/fb3.err")"
+$BIN_DIR/train "${common[@]}" --init-from "$tmp/fa/step_000006" --steps 0 --eval-every 1 > "$tmp/fi.log" 2>&1 \
+    && grep -q "val loss" "$tmp/fi.log" && ok "--init-from a feature checkpoint" || { cat "$tmp/fi.log"; bad "--init-from a feature checkpoint"; }
+$BIN_DIR/train "${common[@]}" --init-from "$tmp/fa/step_000006" --activation swiglu --steps 0 > /dev/null 2> "$tmp/fi.err"
+[ $? -ne 0 ] && grep -q -- "--activation swiglu: changes the weights of --init-from" "$tmp/fi.err" \
+    && ok "--init-from refuses a flag that changes its weights: $(cat "$tmp/fi.err")" || bad "--init-from + --activation: $(cat "$tmp/fi.err")"
 
 # a checkpoint whose --eod-mask-loss masked the targets (saved before the mask followed Megatron's rule, so its
 # settings lack "eod_mask") is not resumed under the input rule: the same checkpoint with that key blanked out

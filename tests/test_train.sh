@@ -147,6 +147,9 @@ RANGES
 expect_error "--steps 1.5" "train: --steps 1.5: not a whole number" $BIN_DIR/train --data "$data" --steps 1.5
 expect_error "--lr abc" "train: --lr abc: not a number" $BIN_DIR/train --data "$data" --lr abc
 expect_error "--lr-schedule" "train: --lr-schedule step: must be one of cosine|linear|constant" $BIN_DIR/train --data "$data" --lr-schedule step
+expect_error "--norm" "train: --norm batchnorm: must be one of layernorm|rmsnorm" $BIN_DIR/train --data "$data" --norm batchnorm
+expect_error "--positions" "train: --positions alibi: must be one of learned|rope|none" $BIN_DIR/train --data "$data" --positions alibi
+expect_error "--mlp-bias" "train: --mlp-bias 2: out of range [0, 1]" $BIN_DIR/train --data "$data" --mlp-bias 2
 expect_error "--steps without a value" "train: --steps needs a value" $BIN_DIR/train --data "$data" --steps
 expect_error "tokens per step" "4294967296 tokens per step" $BIN_DIR/train --data "$data" --batch-size 65536 --seq-len 65536
 # train_gpu (built wherever nvcc is) checks its flags before it looks for a GPU
@@ -162,7 +165,6 @@ if [ -x $BIN_DIR/train_gpu ]; then
     expect_error "train_gpu --nproc-per-node 0" "train_gpu: --nproc-per-node 0: out of range [1, 1024]" $BIN_DIR/train_gpu --data "$data" --nproc-per-node 0
     # config features its kernels do not implement are refused by key before any rank starts
     m=tests/fixtures/models
-    expect_error "train_gpu o_proj bias" "config key attention_bias" $BIN_DIR/train_gpu --data "$data" --model $m/llama_bias
     expect_error "train_gpu sliding window" "config key use_sliding_window" $BIN_DIR/train_gpu --data "$data" --model $m/qwen2_window --seq-len 16
     expect_error "train_gpu layer-scaled attention" "config key scale_attn_by_inverse_layer_idx" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_layer_scaled --seq-len 16
     expect_error "train_gpu unscaled attention" "config key scale_attn_weights" $BIN_DIR/train_gpu --data "$data" --model $m/gpt2_unscaled --seq-len 16
