@@ -259,7 +259,7 @@ static void check_config_refusals(void) {
         {"refuse_rope_extra_key", "\"factor\""}, {"refuse_llama3_missing", "\"low_freq_factor\""},
         {"refuse_partial_rotary", "\"partial_rotary_factor\""}, {"refuse_mlp_bias", "\"mlp_bias\" must be true or false"},
         {"refuse_llmtrain_key", "llmtrain key \"alibi\" is not known"},
-        {"refuse_llmtrain_value", "llmtrain key \"positions\" must be learned, rope or none"},
+        {"refuse_llmtrain_value", "llmtrain key \"positions\" must be learned, rope"},
         {"refuse_hidden_act", "hidden_act"}, {"refuse_activation_function", "activation_function"},
         {"refuse_cross_attention", "\"add_cross_attention\""}, {"refuse_pruned_heads", "\"pruned_heads\""},
         {"refuse_unknown_key", "\"sliding_window\" is not a llama config key"},
