@@ -67,13 +67,14 @@ train_gpu: train_gpu.cu train_common.h train_loop.h dist.h flags.h llmtrain.h $(
 	$(NVCC) $(NVFLAGS) -o $@ train_gpu.cu prepro/tokenizer.c $(NVLIBS)
 
 # ---- tests
-TEST_BINS = $(addprefix $(B)tests/bin/,test_layers test_model test_data test_tokenizer test_columnar test_comm test_sample st_maxdiff)
+TEST_BINS = $(addprefix $(B)tests/bin/,test_layers test_model test_data test_tokenizer test_columnar test_comm test_sample test_schedule st_maxdiff)
 
 $(B)tests/bin/%: tests/%.c tests/test_util.h llmtrain.h $(TOKENIZER) $(PARQUET)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests -I. -o $@ $< prepro/tokenizer.c prepro/parquet.c prepro/arrow.c $(LDLIBS)
 
 $(B)tests/bin/test_sample: train_common.h flags.h
+$(B)tests/bin/test_schedule: train_common.h flags.h
 
 # the GPU test program: its host checks run in `make test` wherever nvcc is; its device checks need a GPU
 GPU_TEST_BINS = $(if $(GPU_BINS),tests/bin/test_gpu)

@@ -259,7 +259,7 @@ static void check_config_refusals(void) {
         {"refuse_rope_extra_key", "\"factor\""}, {"refuse_llama3_missing", "\"low_freq_factor\""},
         {"refuse_partial_rotary", "\"partial_rotary_factor\""}, {"refuse_mlp_bias", "\"mlp_bias\" must be true or false"},
         {"refuse_llmtrain_key", "llmtrain key \"alibi\" is not known"},
-        {"refuse_llmtrain_value", "llmtrain key \"positions\" must be learned, rope or none"},
+        {"refuse_llmtrain_value", "llmtrain key \"positions\" must be learned, rope"},
         {"refuse_hidden_act", "hidden_act"}, {"refuse_activation_function", "activation_function"},
         {"refuse_cross_attention", "\"add_cross_attention\""}, {"refuse_pruned_heads", "\"pruned_heads\""},
         {"refuse_unknown_key", "\"sliding_window\" is not a llama config key"},
@@ -398,6 +398,113 @@ static void check_model_grads(const char *what, int family, int norm, int act, i
     free(g);
     model_free(&m);
     omp_set_num_threads(threads);
+}
+
+/* docs/labs.md, labs 2 and 3: a feature value the labs add is checked once the code knows its name, and reported
+   as not implemented until then. A tiny model of the family with the feature, weights from model_init_weights
+   (std 0.5, so that pre-activations and scores spread over several units), one forward of B = 2 rows of T = 9. */
+static void lab_model(Model *m, int family, int act, int positions, int *inputs, int *targets, int B, int T) {
+    ModelConfig c;
+    model_config_preset(&c, family == FAMILY_GPT2 ? "tiny-gpt2" : "tiny-llama");
+    c.vocab_size = 23; c.max_seq_len = 16; c.n_layer = 2; c.n_embd = 16; c.n_head = 4; c.n_kv_head = family == FAMILY_GPT2 ? 4 : 2;
+    c.head_dim = 4; c.d_ff = 24; c.act = act; c.positions = positions;
+    model_build(m, &c);
+    model_init_weights(m, 7, 0.5f);
+    for (int i = 0; i < B * T; i++) { inputs[i] = (i * 7 + 3) % 23; targets[i] = (i * 5 + 1) % 23; }
+    model_forward(m, inputs, targets, B, T);
+}
+
+/* the activation `name` in double on one row of the MLP pre-activation (FC values; SwiGLU: gate | up) into
+   y (F values); 0 when this test has no formula for the name */
+static int act_ref(const char *name, const float *x, int F, double *y) {
+    for (int i = 0; i < F; i++) {
+        double v = x[i];
+        if (!strcmp(name, "gelu")) y[i] = 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+        else if (!strcmp(name, "swiglu")) y[i] = v / (1.0 + exp(-v)) * x[F + i];
+        else if (!strcmp(name, "relu2")) y[i] = v > 0 ? v * v : 0.0;
+        else if (!strcmp(name, "gelu_erf")) y[i] = 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+        else return 0;
+    }
+    return 1;
+}
+
+/* Every MLP activation the code names (act_names): the forward (layer 0's fch_act against act_ref of its fch,
+   relative to the largest value) and the whole-model gradients. */
+static void check_activations(void) {
+    const char *lab[] = {"relu2", "gelu_erf"};
+    int n = (int)(sizeof(act_names) / sizeof(act_names[0]));
+    printf("activations\n");
+    for (int j = 0; j < 2; j++) {
+        int known = 0;
+        for (int a = 0; a < n; a++) known |= !strcmp(act_names[a], lab[j]);
+        if (!known) printf("  %s: not implemented (labs.md lab 2)\n", lab[j]);
+    }
+    for (int a = 0; a < n; a++) {
+        Model m;
+        int B = 2, T = 9, inputs[18], targets[18];
+        lab_model(&m, FAMILY_GPT2, a, POS_LEARNED, inputs, targets, B, T);
+        int F = m.cfg.d_ff, FC = a == ACT_SWIGLU ? 2 * F : F;
+        double *y = (double *)malloc(sizeof(double) * F), worst = 0.0, top = 0.0;
+        int have = 1;
+        for (int r = 0; r < B * T && have; r++) {
+            have = act_ref(act_names[a], m.acts.fch + (size_t)r * FC, F, y);
+            for (int i = 0; have && i < F; i++) {
+                double d = fabs(m.acts.fch_act[(size_t)r * F + i] - y[i]);
+                if (d > worst) worst = d;
+                if (fabs(y[i]) > top) top = fabs(y[i]);
+            }
+        }
+        if (!have) printf("  %-44s no formula in this test (act_ref) FAIL\n", act_names[a]);
+        else printf("  %-44s forward rel err %.1e (tol 1e-05) %s\n", act_names[a], worst / top, worst <= 1e-5 * top ? "ok" : "FAIL");
+        if (!have || worst > 1e-5 * top) failures++;
+        free(y);
+        model_free(&m);
+        char what[64];
+        snprintf(what, sizeof(what), "%s: gradients", act_names[a]);
+        check_model_grads(what, FAMILY_GPT2, NORM_LAYERNORM, a, POS_LEARNED, 1, 0);
+    }
+}
+
+/* ALiBi (docs/labs.md lab 3), once positions_names has "alibi": every layer's attention probabilities against a
+   causal softmax in double of scale q_t.k_s - m_h (t - s) from that layer's q and k, m_h = 2^(-8 h / NH) for
+   heads h = 1..NH (4 query heads, 2 kv heads); then the whole-model gradients. */
+static void check_alibi(void) {
+    int n = (int)(sizeof(positions_names) / sizeof(positions_names[0])), pos = -1;
+    printf("alibi\n");
+    for (int p = 0; p < n; p++) if (!strcmp(positions_names[p], "alibi")) pos = p;
+    if (pos < 0) { printf("  alibi: not implemented (labs.md lab 3)\n"); return; }
+    Model m;
+    int B = 2, T = 9, inputs[18], targets[18];
+    lab_model(&m, FAMILY_LLAMA, ACT_SWIGLU, pos, inputs, targets, B, T);
+    int L = m.cfg.n_layer, NH = m.cfg.n_head, NKV = m.cfg.n_kv_head, HD = m.cfg.head_dim;
+    double worst = 0.0, a[16];
+    int worst_h = 0;
+    for (int l = 0; l < L; l++)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < NH; h++)
+                for (int t = 0; t < T; t++) {
+                    const float *q = m.acts.q + (((size_t)l * B * T + (size_t)b * T + t) * NH + h) * HD;
+                    double slope = pow(2.0, -8.0 * (h + 1) / NH), mx = -INFINITY, sum = 0.0;
+                    for (int s = 0; s <= t; s++) {
+                        const float *k = m.acts.k + (((size_t)l * B * T + (size_t)b * T + s) * NKV + h / (NH / NKV)) * HD;
+                        double d = 0.0;
+                        for (int i = 0; i < HD; i++) d += (double)q[i] * k[i];
+                        a[s] = d / sqrt((double)HD) - slope * (t - s);
+                        if (a[s] > mx) mx = a[s];
+                    }
+                    for (int s = 0; s <= t; s++) { a[s] = exp(a[s] - mx); sum += a[s]; }
+                    const float *got = m.acts.att + ((((size_t)l * B + b) * NH + h) * T + t) * T;
+                    for (int s = 0; s <= t; s++) {
+                        double e = fabs(got[s] - a[s] / sum);
+                        if (e > worst) { worst = e; worst_h = h; }
+                    }
+                }
+    int ok = worst <= 1e-5;
+    printf("  %-44s max abs err %.1e (tol 1e-05; worst head %d of %d) %s\n", "attention probabilities", worst, worst_h + 1, NH,
+           ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+    model_free(&m);
+    check_model_grads("alibi: gradients", FAMILY_LLAMA, NORM_RMSNORM, ACT_SWIGLU, pos, 0, 0);
 }
 
 /* A config with features off its family's defaults: config.json carries them in "llmtrain" and reads back
@@ -631,6 +738,8 @@ int main(void) {
     check_model_grads("gpt2 + no positions", FAMILY_GPT2, NORM_LAYERNORM, ACT_GELU_TANH, POS_NONE, 1, 0);
     check_model_grads("qwen3 (q/k norm) + no positions", FAMILY_QWEN3, NORM_RMSNORM, ACT_SWIGLU, POS_NONE, 0, 1);
     check_model_grads("llama + mlp_bias", FAMILY_LLAMA, NORM_RMSNORM, ACT_SWIGLU, POS_ROPE, 1, 0);
+    check_activations();
+    check_alibi();
     check_roundtrip();
     check_bf16_load();
     check_interop("gpt2");

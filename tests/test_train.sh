@@ -148,7 +148,7 @@ expect_error "--steps 1.5" "train: --steps 1.5: not a whole number" $BIN_DIR/tra
 expect_error "--lr abc" "train: --lr abc: not a number" $BIN_DIR/train --data "$data" --lr abc
 expect_error "--lr-schedule" "train: --lr-schedule step: must be one of cosine|linear|constant" $BIN_DIR/train --data "$data" --lr-schedule step
 expect_error "--norm" "train: --norm batchnorm: must be one of layernorm|rmsnorm" $BIN_DIR/train --data "$data" --norm batchnorm
-expect_error "--positions" "train: --positions alibi: must be one of learned|rope|none" $BIN_DIR/train --data "$data" --positions alibi
+expect_error "--positions" "train: --positions sinusoidal: must be one of learned|rope|none" $BIN_DIR/train --data "$data" --positions sinusoidal
 expect_error "--mlp-bias" "train: --mlp-bias 2: out of range [0, 1]" $BIN_DIR/train --data "$data" --mlp-bias 2
 expect_error "--steps without a value" "train: --steps needs a value" $BIN_DIR/train --data "$data" --steps
 expect_error "tokens per step" "4294967296 tokens per step" $BIN_DIR/train --data "$data" --batch-size 65536 --seq-len 65536
