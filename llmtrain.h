@@ -1297,9 +1297,13 @@ typedef float mm_vec_u __attribute__((vector_size(MM_VLEN * sizeof(float)), alig
 #define MM_FMA_CONTRACT
 #endif
 
-/* C tile (mr x nr valid of MM_MR x MM_NR, row stride ldc) += ap (kc x MM_MR) . bp (kc x MM_NR) */
+/* C tile (mr x nr valid of MM_MR x MM_NR, row stride ldc) += ap (kc x MM_MR) . bp (kc x MM_NR); or, for the
+   first k slice of a product that overwrites C (init), C tile = bias row (nr values; zeros when NULL) + the
+   same sum. bias + sum is the sum the old order gave (C set to the bias, then the slice's sum added to it),
+   without the pass that wrote the bias rows and the read of them back. */
 MM_FMA_CONTRACT
-static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr) {
+static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr,
+                      int init, const float *bias) {
 #if defined(__clang__)
 #pragma clang fp contract(fast)
 #endif
@@ -1315,24 +1319,55 @@ static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t
         }
     }
     if (mr == MM_MR && nr == MM_NR) {
+        mm_vec base[MM_NV];
+        for (int v = 0; v < MM_NV; v++) base[v] = bias ? *(const mm_vec_u *)(bias + v * MM_VLEN) : (mm_vec){ 0 };
         for (int i = 0; i < MM_MR; i++)
             for (int v = 0; v < MM_NV; v++) {
                 mm_vec_u *cv = (mm_vec_u *)(c + i * ldc + v * MM_VLEN);
-                *cv = *cv + acc[i][v];
+                *cv = (init ? base[v] : *cv) + acc[i][v];
             }
-    } else {   /* an edge tile: the same sums, only the valid part added */
+    } else {   /* an edge tile: the same sums, only the valid part stored */
         float t[MM_MR][MM_NR];
         for (int i = 0; i < MM_MR; i++)
             for (int v = 0; v < MM_NV; v++) memcpy(&t[i][v * MM_VLEN], &acc[i][v], sizeof(mm_vec));
         for (int i = 0; i < mr; i++)
-            for (int j = 0; j < nr; j++) c[i * ldc + j] += t[i][j];
+            for (int j = 0; j < nr; j++)
+                c[i * ldc + j] = (init ? (bias ? bias[j] : 0.0f) : c[i * ldc + j]) + t[i][j];
     }
 }
 
 /* The packs copy a block into panels, k-major: panel element (k, r) at p[k * W + r] (W = MM_MR rows of A or
-   MM_NR columns of B), zeros past the matrix edge. Source rows that are contiguous in k are read in chunks of
-   16 k (one cache line each), so the panel rows being written stay in L1; sources contiguous across the
-   panel are copied a panel row at a time. */
+   MM_NR columns of B), zeros past the matrix edge. Sources contiguous across the panel (s_r = 1) are copied a
+   panel row at a time. Sources contiguous in k (s_k = 1: the forward's weight, read transposed, and the
+   forward's and dinp's A) are a transpose: 8 source rows x 8 k are loaded as 8 vectors, transposed in
+   registers by three rounds of shuffles (pairs of rows interleaved, then pairs of pairs, then halves) and
+   stored as 8 panel rows, where one float at a time would be a load and a store per float. The rest (edge
+   rows, the last k % 8, compilers without __builtin_shufflevector, other strides) goes a float at a time in
+   chunks of 16 k, so the panel rows being written stay in L1. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define MM_SHUFFLE 1
+typedef float mm_v8 __attribute__((vector_size(8 * sizeof(float)), aligned(sizeof(float))));
+
+/* d[k * ld_d + r] = s[r * ld_s + k] for r, k < 8 */
+static void mm_transpose8(float *d, size_t ld_d, const float *s, size_t ld_s) {
+    mm_v8 x[8], y[8], z[8];
+    for (int r = 0; r < 8; r++) x[r] = *(const mm_v8 *)(s + r * ld_s);
+    for (int r = 0; r < 8; r += 2) {   /* y[r] = rows r, r+1 at k 0,1,4,5 interleaved; y[r+1] at k 2,3,6,7 */
+        y[r] = __builtin_shufflevector(x[r], x[r + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        y[r + 1] = __builtin_shufflevector(x[r], x[r + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int r = 0; r < 8; r += 4)     /* z[r + q] = rows r..r+3 at k q and q + 4, q = 0..3 */
+        for (int h = 0; h < 2; h++) {
+            z[r + 2 * h] = __builtin_shufflevector(y[r + h], y[r + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            z[r + 2 * h + 1] = __builtin_shufflevector(y[r + h], y[r + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int q = 0; q < 4; q++) {      /* k q: the low halves of rows 0..3 and 4..7; k q + 4: the high halves */
+        *(mm_v8 *)(d + q * ld_d) = __builtin_shufflevector(z[q], z[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        *(mm_v8 *)(d + (q + 4) * ld_d) = __builtin_shufflevector(z[q], z[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+#endif
+
 static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t s_k, int nvalid, int kc) {
     if (s_r == 1) {
         for (int k = 0; k < kc; k++) {
@@ -1344,9 +1379,21 @@ static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t 
         }
         return;
     }
+    int r8 = 0;   /* rows [0, r8) done by the transposes */
+#ifdef MM_SHUFFLE
+    if (s_k == 1) {
+        r8 = nvalid / 8 * 8;
+        int k8 = kc / 8 * 8;
+        for (int r = 0; r < r8; r += 8) {
+            for (int k = 0; k < k8; k += 8) mm_transpose8(p + (size_t)k * W + r, W, src + (size_t)r * s_r + k, s_r);
+            for (int k = k8; k < kc; k++)
+                for (int i = r; i < r + 8; i++) p[(size_t)k * W + i] = src[(size_t)i * s_r + k];
+        }
+    }
+#endif
     for (int k0 = 0; k0 < kc; k0 += 16) {
         int k1 = k0 + 16 < kc ? k0 + 16 : kc;
-        for (int r = 0; r < W; r++) {
+        for (int r = r8; r < W; r++) {
             if (r >= nvalid) { for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = 0.0f; continue; }
             const float *q = src + (size_t)r * s_r;
             for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = q[(size_t)k * s_k];
@@ -1391,9 +1438,10 @@ static float *mm_thread_buffer(size_t n) {
     return mm_buf[t];
 }
 
-/* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N */
-void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
-               float *c, size_t ldc) {
+/* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N; with init, C[i*ldc + j] = bias[j] (0 when bias is
+   NULL) + the same sum instead (K >= 1) */
+static void mm_sgemm(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk,
+                     size_t sbj, float *c, size_t ldc, int init, const float *bias) {
     if (M <= 0 || N <= 0 || K <= 0) return;
     /* chunks of C: columns first (B is packed once per chunk), rows too when there are fewer column chunks than
        threads; a multiple of the thread count when there are enough tiles, for balance */
@@ -1427,7 +1475,8 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
                             for (int ir = 0; ir < mc; ir += MM_MR)
                                 mm_kernel(kc, ap + (size_t)ir * kc, bp + (size_t)jr * kc,
                                           c + (size_t)(i0 + ir) * ldc + j0 + jr, ldc,
-                                          mc - ir < MM_MR ? mc - ir : MM_MR, nc - jr < MM_NR ? nc - jr : MM_NR);
+                                          mc - ir < MM_MR ? mc - ir : MM_MR, nc - jr < MM_NR ? nc - jr : MM_NR,
+                                          init && k0 == 0, bias ? bias + j0 + jr : NULL);
                     }
                 }
             }
@@ -1435,14 +1484,14 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
     }
 }
 
+void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
+               float *c, size_t ldc) {
+    mm_sgemm(M, N, K, a, sai, sak, b, sbk, sbj, c, ldc, 0, NULL);
+}
+
+/* out = bias + inp . weight^T: the bias is where the first k slice's sums start (mm_kernel's init) */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
-    #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        float *y = out + (size_t)n * OC;
-        if (bias) memcpy(y, bias, (size_t)OC * sizeof(float));
-        else memset(y, 0, (size_t)OC * sizeof(float));
-    }
-    sgemm_acc(N, OC, IC, inp, IC, 1, weight, 1, IC, out, OC);
+    mm_sgemm(N, OC, IC, inp, IC, 1, weight, 1, IC, out, OC, 1, bias);
 }
 
 /* backward as two sgemm_acc calls: dinp += dout . W (both row-major; skipped when dinp is NULL), and
