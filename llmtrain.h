@@ -1299,8 +1299,8 @@ typedef float mm_vec_u __attribute__((vector_size(MM_VLEN * sizeof(float)), alig
 
 /* C tile (mr x nr valid of MM_MR x MM_NR, row stride ldc) += ap (kc x MM_MR) . bp (kc x MM_NR); or, for the
    first k slice of a product that overwrites C (init), C tile = bias row (nr values; zeros when NULL) + the
-   same sum. bias + sum is the sum the old order gave (C set to the bias, then the slice's sum added to it),
-   without the pass that wrote the bias rows and the read of them back. */
+   same sum. bias + sum is, bit for bit, C set to the bias and the slice's sum then added to it, without a
+   pass that writes the bias rows into C and a read of them back. */
 MM_FMA_CONTRACT
 static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr,
                       int init, const float *bias) {
@@ -1491,6 +1491,10 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
 
 /* out = bias + inp . weight^T: the bias is where the first k slice's sums start (mm_kernel's init) */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
+    if (IC < 1) {   /* no k slice to start from the bias: out is the bias alone */
+        for (size_t i = 0; i < (size_t)N * OC; i++) out[i] = bias ? bias[i % OC] : 0.0f;
+        return;
+    }
     mm_sgemm(N, OC, IC, inp, IC, 1, weight, 1, IC, out, OC, 1, bias);
 }
 
