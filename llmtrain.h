@@ -1337,8 +1337,8 @@ static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t
 }
 
 /* The packs copy a block into panels, k-major: panel element (k, r) at p[k * W + r] (W = MM_MR rows of A or
-   MM_NR columns of B), zeros past the matrix edge. Sources contiguous across the panel (s_r = 1) are copied a
-   panel row at a time. Sources contiguous in k (s_k = 1: the forward's weight, read transposed, and the
+   MM_NR columns of B), zeros past the matrix edge. Sources contiguous across the panel (s_r = 1: dinp's B,
+   dweight's A and B) are copied a row of the block at a time, each row read once left to right. Sources contiguous in k (s_k = 1: the forward's weight, read transposed, and the
    forward's and dinp's A) are a transpose: 8 source rows x 8 k are loaded as 8 vectors, transposed in
    registers by three rounds of shuffles (pairs of rows interleaved, then pairs of pairs, then halves) and
    stored as 8 panel rows, where one float at a time would be a load and a store per float. The rest (edge
@@ -1368,17 +1368,22 @@ static void mm_transpose8(float *d, size_t ld_d, const float *s, size_t ld_s) {
 }
 #endif
 
-static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t s_k, int nvalid, int kc) {
-    if (s_r == 1) {
-        for (int k = 0; k < kc; k++) {
-            const float *q = src + (size_t)k * s_k;
-            float *d = p + (size_t)k * W;
-            int r = 0;
-            for (; r < nvalid; r++) d[r] = q[r];
+/* sources contiguous across the panels (s_r = 1): each k row of the block (n values from src + k * s_k) is
+   read once, left to right, and dealt out to the panels (panel r0 / W at p + r0 * kc) */
+static void mm_pack_rows(float *p, int W, const float *src, size_t s_k, int n, int kc) {
+    for (int k = 0; k < kc; k++) {
+        const float *q = src + (size_t)k * s_k;
+        for (int r0 = 0; r0 < n; r0 += W) {
+            float *d = p + (size_t)r0 * kc + (size_t)k * W;
+            int nv = n - r0 < W ? n - r0 : W, r = 0;
+            for (; r < nv; r++) d[r] = q[r0 + r];
             for (; r < W; r++) d[r] = 0.0f;
         }
-        return;
     }
+}
+
+/* one panel of W rows (s_r > 1) */
+static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t s_k, int nvalid, int kc) {
     int r8 = 0;   /* rows [0, r8) done by the transposes */
 #ifdef MM_SHUFFLE
     if (s_k == 1) {
@@ -1403,6 +1408,10 @@ static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t 
 
 /* A(i,k) = a[i*sai + k*sak]: rows [i0, i0+mc) and k [k0, k0+kc) into panels of MM_MR rows */
 static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, int i0, int mc, int k0, int kc) {
+    if (sai == 1) {
+        mm_pack_rows(ap, MM_MR, a + (size_t)i0 + (size_t)k0 * sak, sak, M - i0 < mc ? M - i0 : mc, kc);
+        return;
+    }
     for (int ir = 0; ir < mc; ir += MM_MR) {
         int nv = M - (i0 + ir) < MM_MR ? M - (i0 + ir) : MM_MR;
         if (nv > mc - ir) nv = mc - ir;
@@ -1412,6 +1421,10 @@ static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, 
 
 /* B(k,j) = b[k*sbk + j*sbj]: k [k0, k0+kc) and columns [j0, j0+nc) into panels of MM_NR columns */
 static void mm_pack_b(float *bp, const float *b, size_t sbk, size_t sbj, int N, int k0, int kc, int j0, int nc) {
+    if (sbj == 1) {
+        mm_pack_rows(bp, MM_NR, b + (size_t)k0 * sbk + (size_t)j0, sbk, N - j0 < nc ? N - j0 : nc, kc);
+        return;
+    }
     for (int jr = 0; jr < nc; jr += MM_NR) {
         int nv = N - (j0 + jr) < MM_NR ? N - (j0 + jr) : MM_NR;
         if (nv > nc - jr) nv = nc - jr;
