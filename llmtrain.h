@@ -1388,9 +1388,13 @@ typedef float mm_vec_u __attribute__((vector_size(MM_VLEN * sizeof(float)), alig
 #define MM_FMA_CONTRACT
 #endif
 
-/* C tile (mr x nr valid of MM_MR x MM_NR, row stride ldc) += ap (kc x MM_MR) . bp (kc x MM_NR) */
+/* C tile (mr x nr valid of MM_MR x MM_NR, row stride ldc) += ap (kc x MM_MR) . bp (kc x MM_NR); or, for the
+   first k slice of a product that overwrites C (init), C tile = bias row (nr values; zeros when NULL) + the
+   same sum. bias + sum is, bit for bit, C set to the bias and the slice's sum then added to it, without a
+   pass that writes the bias rows into C and a read of them back. */
 MM_FMA_CONTRACT
-static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr) {
+static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t ldc, int mr, int nr,
+                      int init, const float *bias) {
 #if defined(__clang__)
 #pragma clang fp contract(fast)
 #endif
@@ -1406,38 +1410,86 @@ static void mm_kernel(int kc, const float *ap, const float *bp, float *c, size_t
         }
     }
     if (mr == MM_MR && nr == MM_NR) {
+        mm_vec base[MM_NV];
+        for (int v = 0; v < MM_NV; v++) base[v] = bias ? *(const mm_vec_u *)(bias + v * MM_VLEN) : (mm_vec){ 0 };
         for (int i = 0; i < MM_MR; i++)
             for (int v = 0; v < MM_NV; v++) {
                 mm_vec_u *cv = (mm_vec_u *)(c + i * ldc + v * MM_VLEN);
-                *cv = *cv + acc[i][v];
+                *cv = (init ? base[v] : *cv) + acc[i][v];
             }
-    } else {   /* an edge tile: the same sums, only the valid part added */
+    } else {   /* an edge tile: the same sums, only the valid part stored */
         float t[MM_MR][MM_NR];
         for (int i = 0; i < MM_MR; i++)
             for (int v = 0; v < MM_NV; v++) memcpy(&t[i][v * MM_VLEN], &acc[i][v], sizeof(mm_vec));
         for (int i = 0; i < mr; i++)
-            for (int j = 0; j < nr; j++) c[i * ldc + j] += t[i][j];
+            for (int j = 0; j < nr; j++)
+                c[i * ldc + j] = (init ? (bias ? bias[j] : 0.0f) : c[i * ldc + j]) + t[i][j];
     }
 }
 
 /* The packs copy a block into panels, k-major: panel element (k, r) at p[k * W + r] (W = MM_MR rows of A or
-   MM_NR columns of B), zeros past the matrix edge. Source rows that are contiguous in k are read in chunks of
-   16 k (one cache line each), so the panel rows being written stay in L1; sources contiguous across the
-   panel are copied a panel row at a time. */
-static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t s_k, int nvalid, int kc) {
-    if (s_r == 1) {
-        for (int k = 0; k < kc; k++) {
-            const float *q = src + (size_t)k * s_k;
-            float *d = p + (size_t)k * W;
-            int r = 0;
-            for (; r < nvalid; r++) d[r] = q[r];
+   MM_NR columns of B), zeros past the matrix edge. Sources contiguous across the panel (s_r = 1: dinp's B,
+   dweight's A and B) are copied a row of the block at a time, each row read once left to right. Sources contiguous in k (s_k = 1: the forward's weight, read transposed, and the
+   forward's and dinp's A) are a transpose: 8 source rows x 8 k are loaded as 8 vectors, transposed in
+   registers by three rounds of shuffles (pairs of rows interleaved, then pairs of pairs, then halves) and
+   stored as 8 panel rows, where one float at a time would be a load and a store per float. The rest (edge
+   rows, the last k % 8, compilers without __builtin_shufflevector, other strides) goes a float at a time in
+   chunks of 16 k, so the panel rows being written stay in L1. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define MM_SHUFFLE 1
+typedef float mm_v8 __attribute__((vector_size(8 * sizeof(float)), aligned(sizeof(float))));
+
+/* d[k * ld_d + r] = s[r * ld_s + k] for r, k < 8 */
+static void mm_transpose8(float *d, size_t ld_d, const float *s, size_t ld_s) {
+    mm_v8 x[8], y[8], z[8];
+    for (int r = 0; r < 8; r++) x[r] = *(const mm_v8 *)(s + r * ld_s);
+    for (int r = 0; r < 8; r += 2) {   /* y[r] = rows r, r+1 at k 0,1,4,5 interleaved; y[r+1] at k 2,3,6,7 */
+        y[r] = __builtin_shufflevector(x[r], x[r + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        y[r + 1] = __builtin_shufflevector(x[r], x[r + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int r = 0; r < 8; r += 4)     /* z[r + q] = rows r..r+3 at k q and q + 4, q = 0..3 */
+        for (int h = 0; h < 2; h++) {
+            z[r + 2 * h] = __builtin_shufflevector(y[r + h], y[r + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            z[r + 2 * h + 1] = __builtin_shufflevector(y[r + h], y[r + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int q = 0; q < 4; q++) {      /* k q: the low halves of rows 0..3 and 4..7; k q + 4: the high halves */
+        *(mm_v8 *)(d + q * ld_d) = __builtin_shufflevector(z[q], z[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        *(mm_v8 *)(d + (q + 4) * ld_d) = __builtin_shufflevector(z[q], z[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+#endif
+
+/* sources contiguous across the panels (s_r = 1): each k row of the block (n values from src + k * s_k) is
+   read once, left to right, and dealt out to the panels (panel r0 / W at p + r0 * kc) */
+static void mm_pack_rows(float *p, int W, const float *src, size_t s_k, int n, int kc) {
+    for (int k = 0; k < kc; k++) {
+        const float *q = src + (size_t)k * s_k;
+        for (int r0 = 0; r0 < n; r0 += W) {
+            float *d = p + (size_t)r0 * kc + (size_t)k * W;
+            int nv = n - r0 < W ? n - r0 : W, r = 0;
+            for (; r < nv; r++) d[r] = q[r0 + r];
             for (; r < W; r++) d[r] = 0.0f;
         }
-        return;
     }
+}
+
+/* one panel of W rows (s_r > 1) */
+static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t s_k, int nvalid, int kc) {
+    int r8 = 0;   /* rows [0, r8) done by the transposes */
+#ifdef MM_SHUFFLE
+    if (s_k == 1) {
+        r8 = nvalid / 8 * 8;
+        int k8 = kc / 8 * 8;
+        for (int r = 0; r < r8; r += 8) {
+            for (int k = 0; k < k8; k += 8) mm_transpose8(p + (size_t)k * W + r, W, src + (size_t)r * s_r + k, s_r);
+            for (int k = k8; k < kc; k++)
+                for (int i = r; i < r + 8; i++) p[(size_t)k * W + i] = src[(size_t)i * s_r + k];
+        }
+    }
+#endif
     for (int k0 = 0; k0 < kc; k0 += 16) {
         int k1 = k0 + 16 < kc ? k0 + 16 : kc;
-        for (int r = 0; r < W; r++) {
+        for (int r = r8; r < W; r++) {
             if (r >= nvalid) { for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = 0.0f; continue; }
             const float *q = src + (size_t)r * s_r;
             for (int k = k0; k < k1; k++) p[(size_t)k * W + r] = q[(size_t)k * s_k];
@@ -1447,6 +1499,10 @@ static void mm_pack_panel(float *p, int W, const float *src, size_t s_r, size_t 
 
 /* A(i,k) = a[i*sai + k*sak]: rows [i0, i0+mc) and k [k0, k0+kc) into panels of MM_MR rows */
 static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, int i0, int mc, int k0, int kc) {
+    if (sai == 1) {
+        mm_pack_rows(ap, MM_MR, a + (size_t)i0 + (size_t)k0 * sak, sak, M - i0 < mc ? M - i0 : mc, kc);
+        return;
+    }
     for (int ir = 0; ir < mc; ir += MM_MR) {
         int nv = M - (i0 + ir) < MM_MR ? M - (i0 + ir) : MM_MR;
         if (nv > mc - ir) nv = mc - ir;
@@ -1456,6 +1512,10 @@ static void mm_pack_a(float *ap, const float *a, size_t sai, size_t sak, int M, 
 
 /* B(k,j) = b[k*sbk + j*sbj]: k [k0, k0+kc) and columns [j0, j0+nc) into panels of MM_NR columns */
 static void mm_pack_b(float *bp, const float *b, size_t sbk, size_t sbj, int N, int k0, int kc, int j0, int nc) {
+    if (sbj == 1) {
+        mm_pack_rows(bp, MM_NR, b + (size_t)k0 * sbk + (size_t)j0, sbk, N - j0 < nc ? N - j0 : nc, kc);
+        return;
+    }
     for (int jr = 0; jr < nc; jr += MM_NR) {
         int nv = N - (j0 + jr) < MM_NR ? N - (j0 + jr) : MM_NR;
         if (nv > nc - jr) nv = nc - jr;
@@ -1482,9 +1542,10 @@ static float *mm_thread_buffer(size_t n) {
     return mm_buf[t];
 }
 
-/* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N */
-void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
-               float *c, size_t ldc) {
+/* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N; with init, C[i*ldc + j] = bias[j] (0 when bias is
+   NULL) + the same sum instead (K >= 1) */
+static void mm_sgemm(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk,
+                     size_t sbj, float *c, size_t ldc, int init, const float *bias) {
     if (M <= 0 || N <= 0 || K <= 0) return;
     /* chunks of C: columns first (B is packed once per chunk), rows too when there are fewer column chunks than
        threads; a multiple of the thread count when there are enough tiles, for balance */
@@ -1518,7 +1579,8 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
                             for (int ir = 0; ir < mc; ir += MM_MR)
                                 mm_kernel(kc, ap + (size_t)ir * kc, bp + (size_t)jr * kc,
                                           c + (size_t)(i0 + ir) * ldc + j0 + jr, ldc,
-                                          mc - ir < MM_MR ? mc - ir : MM_MR, nc - jr < MM_NR ? nc - jr : MM_NR);
+                                          mc - ir < MM_MR ? mc - ir : MM_MR, nc - jr < MM_NR ? nc - jr : MM_NR,
+                                          init && k0 == 0, bias ? bias + j0 + jr : NULL);
                     }
                 }
             }
@@ -1526,14 +1588,18 @@ void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, cons
     }
 }
 
+void sgemm_acc(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk, size_t sbj,
+               float *c, size_t ldc) {
+    mm_sgemm(M, N, K, a, sai, sak, b, sbk, sbj, c, ldc, 0, NULL);
+}
+
+/* out = bias + inp . weight^T: the bias is where the first k slice's sums start (mm_kernel's init) */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int IC, int OC) {
-    #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        float *y = out + (size_t)n * OC;
-        if (bias) memcpy(y, bias, (size_t)OC * sizeof(float));
-        else memset(y, 0, (size_t)OC * sizeof(float));
+    if (IC < 1) {   /* no k slice to start from the bias: out is the bias alone */
+        for (size_t i = 0; i < (size_t)N * OC; i++) out[i] = bias ? bias[i % OC] : 0.0f;
+        return;
     }
-    sgemm_acc(N, OC, IC, inp, IC, 1, weight, 1, IC, out, OC);
+    mm_sgemm(N, OC, IC, inp, IC, 1, weight, 1, IC, out, OC, 1, bias);
 }
 
 /* backward as two sgemm_acc calls: dinp += dout . W (both row-major; skipped when dinp is NULL), and

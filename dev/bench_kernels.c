@@ -3,9 +3,11 @@
      times the thread count: the ceiling of any matmul;
    - matmul: forward, dinp and dweight at the shapes of a GPT-2 124M step (B*T = 256 rows), GFLOP/s and % of peak;
    - the memory-bound layers at the same shapes: GB/s of the bytes each must move, as a share of a plain copy's.
-   Medians of REPEATS runs. Build and run: make bench (dev/bench_cpu.sh), or
+   Medians of REPEATS runs; MATMUL_ONLY=1 stops after the matmuls; CPU_TIME=1 times by CPU seconds (for
+   one thread on a machine shared with other jobs). Build and run: make bench (dev/bench_cpu.sh), or
      gcc -O3 -march=native -fopenmp -std=c11 -D_GNU_SOURCE -I. dev/bench_kernels.c -o out/bench_kernels -lm -ljansson
      OMP_NUM_THREADS=1 out/bench_kernels                                                                        */
+#include <time.h>
 #define LLMTRAIN_IMPLEMENTATION
 #include "llmtrain.h"
 
@@ -14,8 +16,18 @@ static int REPEATS = 7;
 static int cmp_double(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 static double median(double *t, int n) { qsort(t, n, sizeof(double), cmp_double); return t[n / 2]; }
 
+/* the clock: wall time, or with CPU_TIME=1 the process's CPU time (all threads together: with one thread,
+   the time it ran, left undisturbed by other processes that take the core away from it) */
+static int CPU_TIME = 0;
+static double now(void) {
+    if (!CPU_TIME) return omp_get_wtime();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
 /* seconds per call of f, median of REPEATS (one untimed call first) */
-#define TIME(secs, call) do { double t_[64]; call; for (int r_ = 0; r_ < REPEATS; r_++) { double t0_ = omp_get_wtime(); call; t_[r_] = omp_get_wtime() - t0_; } secs = median(t_, REPEATS); } while (0)
+#define TIME(secs, call) do { double t_[64]; call; for (int r_ = 0; r_ < REPEATS; r_++) { double t0_ = now(); call; t_[r_] = now() - t0_; } secs = median(t_, REPEATS); } while (0)
 
 /* one thread's FMA peak: 16 independent accumulators (enough to cover FMA latency x ports) */
 MM_FMA_CONTRACT
@@ -36,10 +48,11 @@ static double peak_gflops(int threads) {
     volatile float sink = 0.0f;
     double best = 1e30;        /* the fastest of the repeats: load from other processes only slows it */
     for (int r = 0; r < REPEATS + 2; r++) {
-        double t0 = omp_get_wtime();
+        double t0 = now();
         #pragma omp parallel num_threads(threads)
         { float s = fma_probe(iters); sink += s; }
-        t = omp_get_wtime() - t0;
+        t = now() - t0;
+        if (CPU_TIME) t /= threads;   /* CPU seconds of all threads: per thread, as the wall time would be */
         if (t < best) best = t;
     }
     return (double)iters * 16 * MM_VLEN * 2 * threads / best / 1e9;
@@ -56,6 +69,7 @@ int main(int argc, char **argv) {
     int threads = omp_get_max_threads();
     if (getenv("REPEATS")) REPEATS = atoi(getenv("REPEATS"));
     if (REPEATS < 1 || REPEATS > 64) REPEATS = 7;
+    if (getenv("CPU_TIME")) CPU_TIME = atoi(getenv("CPU_TIME"));
     double peak1 = peak_gflops(1), peak = peak_gflops(threads);
     printf("threads %d, vector %d floats, tile %dx%d, KC %d\n", threads, MM_VLEN, MM_MR, MM_NR, MM_KC);
     printf("FMA peak: %.1f GFLOP/s on one thread, %.1f on %d\n", peak1, peak, threads);
@@ -80,6 +94,7 @@ int main(int argc, char **argv) {
         free(x); free(w); free(b); free(y); free(dx); free(dw);
     }
     printf("| matmul, all of the above | | %.1f | %.1f | %.0f%% |\n", tot_s * 1e3, tot_flop / tot_s / 1e9, 100 * tot_flop / tot_s / 1e9 / peak);
+    if (getenv("MATMUL_ONLY") && atoi(getenv("MATMUL_ONLY"))) return 0;
 
     /* memory-bound layers: GB/s of their compulsory traffic against a copy of the same size */
     size_t P = 124475904;            /* GPT-2 124M parameters */
