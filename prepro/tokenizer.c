@@ -636,7 +636,9 @@ struct Tokenizer {
 // A pre-token cache entry: key bytes and ids live in the state's arenas.
 typedef struct { uint64_t hash; uint32_t koff, klen, ioff, nids; } CacheSlot;
 #define CACHE_SLOTS 65536      // power of two; the cache is reset when half full
-#define CACHE_MAX_PIECE 48     // pieces this long or longer are not cached: long ones (CJK runs) seldom recur
+#define CACHE_MAX_PIECE 48     // pieces this long or longer are not cached: long ones seldom recur
+#define CACHE_MAX_WIDE 13      // the same for pieces that end in a multi-byte character: CJK runs of 5 characters
+                               // or more recur seldom (9% of 15-byte pieces hit on Chinese, 2% of longer ones)
 
 typedef struct { uint64_t key; int32_t id; } HeapItem;   // key = rank << 32 | position
 
@@ -1651,7 +1653,8 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
 static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, size_t n) {
     if (n == 0) return;
     uint64_t h = 0;
-    if (n < CACHE_MAX_PIECE) {
+    int cached = n < ((unsigned char)s[n - 1] < 0x80 ? CACHE_MAX_PIECE : CACHE_MAX_WIDE);
+    if (cached) {
         h = hash_bytes(s, n);
         size_t i = h & (CACHE_SLOTS - 1);
         for (; st->cache[i].nids; i = (i + 1) & (CACHE_SLOTS - 1)) {
@@ -1665,9 +1668,9 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     size_t out0 = st->out.len;
     int32_t whole;
     if (t->ignore_merges && n <= t->max_token_len &&   // a piece that is a token stays whole
-        (whole = n < CACHE_MAX_PIECE ? strmap_get_h(&t->enc, s, n, h) : strmap_get(&t->enc, s, n)) >= 0) {
+        (whole = cached ? strmap_get_h(&t->enc, s, n, h) : strmap_get(&t->enc, s, n)) >= 0) {
         if (idbuf_push(&st->out, whole)) { st->error = 1; return; }
-        if (n < CACHE_MAX_PIECE) cache_put(st, s, n, h, out0);
+        if (cached) cache_put(st, s, n, h, out0);
         return;
     }
     if (ensure_sym(st, n + 1)) { st->error = 1; return; }
@@ -1711,7 +1714,7 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     bpe_merge(t, st, ns);
     for (int i = 0; i >= 0 && i < ns; i = st->sym_next[i])
         if (st->sym_len[i] > 0 && idbuf_push(&st->out, st->sym_id[i])) { st->error = 1; return; }
-    if (n < CACHE_MAX_PIECE) cache_put(st, s, n, h, out0);
+    if (cached) cache_put(st, s, n, h, out0);
 }
 
 // --- pre-tokenizers: depth-first, each op turns one piece into pieces for the next op ---
