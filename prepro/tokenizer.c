@@ -131,6 +131,12 @@ size_t utf8_valid_prefix(const char *str, size_t n) {
             i += 8;
         }
         if (i >= n) break;
+        // a 3-byte character (CJK) whose lead byte takes any two continuation bytes: E1..EC, EE, EF
+        unsigned char b = s[i];
+        if (b >= 0xE1 && b != 0xED && b <= 0xEF && i + 2 < n && (s[i + 1] & 0xC0) == 0x80 && (s[i + 2] & 0xC0) == 0x80) {
+            i += 3;
+            continue;
+        }
         int k = utf8_step(s, i, n);
         if (k < 0) return i;
         i += (size_t)k;
@@ -198,10 +204,18 @@ static uint32_t uni_compose(uint32_t a, uint32_t b) {
 static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
     const unsigned char *s = (const unsigned char *)str;
     out->len = 0;
-    // quick check: nothing that can change means the text is already normalized
+    // quick check: nothing that can change means the text is already normalized. A 3-byte character
+    // (CJK) in a block of 256 code points with none that can change is passed on its first two bytes.
     int care = 0;
     for (size_t i = 0; i < n && !care;) {
         if (s[i] < 0x80) { i++; continue; }
+        if (s[i] >= 0xE0 && s[i] < 0xF0) {
+            unsigned block = ((s[i] & 0x0Fu) << 4) | ((s[i + 1] >> 2) & 0x0Fu);   // code point >> 8
+            if (uni_care_block[block] == 0 && (compose || block < (HANGUL_S0 >> 8) || block > ((HANGUL_S0 + HANGUL_SN) >> 8))) {
+                i += 3;
+                continue;
+            }
+        }
         uint32_t cp; i += (size_t)utf8_decode(s + i, &cp);
         care = uni_care(cp) || (!compose && cp >= HANGUL_S0 && cp < HANGUL_S0 + HANGUL_SN);
     }
@@ -339,8 +353,10 @@ static int strmap_put(StrMap *m, const char *k, size_t n, int32_t v) {
 
 // (left id, right id) -> rank, with the merged token of each rank in id_of_rank. A slot is one 64-bit
 // word, left id (21 bits) | right id (21 bits) | rank (22 bits): half the cache footprint of a slot
-// that also holds the merged id. Open addressing; UINT64_MAX = empty.
-typedef struct { uint64_t *slots; size_t mask, n; int32_t *id_of_rank; } PairMap;
+// that also holds the merged id. Open addressing; UINT64_MAX = empty. Where every merged id is its
+// rank plus one offset (vocabularies trained by HF tokenizers: GPT-2, Qwen2), rank_offset_ok is set and
+// the merged id is computed, not read from id_of_rank (a cache miss a merge on long texts).
+typedef struct { uint64_t *slots; size_t mask, n; int32_t *id_of_rank; int32_t rank_offset; int rank_offset_ok; } PairMap;
 #define PAIR_MAX_ID ((1 << 21) - 1)
 #define PAIR_MAX_RANK ((1u << 22) - 2)
 #define NO_MERGE UINT32_MAX
@@ -374,6 +390,9 @@ static void pairmap_put(PairMap *m, int32_t a, int32_t b, uint32_t rank, int32_t
     if (m->slots[i] == UINT64_MAX) m->n++;
     m->slots[i] = k << 22 | rank;
     m->id_of_rank[rank] = id;
+}
+static int32_t pairmap_merged_id(const PairMap *m, uint32_t rank) {
+    return m->rank_offset_ok ? (int32_t)rank + m->rank_offset : m->id_of_rank[rank];
 }
 static uint32_t pairmap_rank(const PairMap *m, int32_t a, int32_t b) {
     uint64_t k = pair_key(a, b);
@@ -409,10 +428,20 @@ static int char_class(const unsigned char *s, size_t i, int *len) {
     return (uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3;
 }
 
-// End of the run of class c that starts at i (the character at i is of class c).
+// End of the run of class c that starts at i (the character at i is of class c). 3-byte characters
+// (CJK runs) are decoded in the loop.
 static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
     int len;
-    while (i < n && char_class(s, i, &len) == c) i += (size_t)len;
+    while (i < n) {
+        if (s[i] >= 0xE0 && s[i] < 0xF0) {
+            uint32_t cp = ((uint32_t)(s[i] & 0x0F) << 12) | ((uint32_t)(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F);
+            if (((uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3) != c) break;
+            i += 3;
+            continue;
+        }
+        if (char_class(s, i, &len) != c) break;
+        i += (size_t)len;
+    }
     return i;
 }
 
@@ -998,7 +1027,7 @@ static int bpe_small(const Tokenizer *t, int32_t *ids, int n, uint32_t *max_rank
         int best = -1; uint32_t best_rank = UINT32_MAX; int32_t best_id = -1;
         for (int i = 0; i + 1 < n; i++) {
             uint32_t r = pairmap_rank(&t->merges, ids[i], ids[i + 1]);
-            if (r < best_rank) { best = i; best_rank = r; best_id = t->merges.id_of_rank[r]; }
+            if (r < best_rank) { best = i; best_rank = r; best_id = pairmap_merged_id(&t->merges, r); }
         }
         if (best < 0) return n;
         if (best_rank > *max_rank) *max_rank = best_rank;
@@ -1185,6 +1214,10 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
         }
     }
     free(tmp.data);
+    t->merges.rank_offset = nm > 0 ? t->merges.id_of_rank[0] : 0;
+    t->merges.rank_offset_ok = 1;
+    for (size_t i = 0; i < nm; i++)
+        if (t->merges.id_of_rank[i] != (int32_t)i + t->merges.rank_offset) t->merges.rank_offset_ok = 0;
     // SentencePiece-style vocabularies (Metaspace, or Prepend+Replace) make the whole text one BPE
     // word. When no merge joins a symbol holding a non-U+2581 char with one starting with U+2581, no
     // symbol ever spans such a boundary, and merges on either side never interact: cutting the word
@@ -1580,25 +1613,55 @@ static uint32_t merge_find(const Tokenizer *t, int32_t a, int32_t b) {
 
 // BPE over n symbols, merging the lowest-ranked adjacent pair first (the leftmost of equal ones),
 // as HF's Word::merge_all. Short words (most pieces: a CJK run starts from its characters' tokens)
-// keep the symbols in arrays and find the lowest pair rank by a scan over n numbers, as tiktoken
-// does; long ones use a heap of (rank, position) over a linked list. Either leaves the result in
-// sym_id / sym_len, linked by sym_next from symbol 0.
+// keep a rank per symbol and find the lowest by a scan over n numbers, as tiktoken does; long ones
+// use a heap of (rank, position). Both link the symbols by sym_prev / sym_next, and leave the result
+// in sym_id / sym_len (merged-away symbols with length 0), linked by sym_next from symbol 0.
 #define BPE_SCAN_MAX 64
-static void bpe_merge_scan(const Tokenizer *t, TokenizerState *st, int n) {
-    int32_t *id = st->sym_id, *len = st->sym_len;
-    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (i, i + 1)
-    for (int i = 0; i + 1 < n; i++) rank[i] = merge_find(t, id[i], id[i + 1]);
-    while (n > 1) {
-        int best = 0;
-        for (int i = 1; i + 1 < n; i++) if (rank[i] < rank[best]) best = i;
-        if (rank[best] == NO_MERGE) break;
-        id[best] = t->merges.id_of_rank[rank[best]]; len[best] += len[best + 1];
-        for (int i = best + 1; i + 1 < n; i++) { id[i] = id[i + 1]; len[i] = len[i + 1]; rank[i] = rank[i + 1]; }
-        n--;
-        if (best > 0) rank[best - 1] = merge_find(t, id[best - 1], id[best]);
-        if (best + 1 < n) rank[best] = merge_find(t, id[best], id[best + 1]);
+
+// merge_find for the n - 1 adjacent pairs of id[0..n) at once (n <= BPE_SCAN_MAX). The filter words of
+// all pairs are loaded in one loop, then the table slots of those that pass in another, with no branch
+// between the loads: their cache misses overlap instead of each waiting for the one before.
+static void pair_ranks(const Tokenizer *t, const int32_t *id, int n, uint32_t *rank) {
+    uint64_t h[BPE_SCAN_MAX], w[BPE_SCAN_MAX];
+    const uint64_t *slots = t->merges.slots;
+    for (int i = 0; i + 1 < n; i++) {
+        h[i] = pair_hash(pair_key(id[i], id[i + 1]));
+        w[i] = t->pair_filter[pair_filter_word(h[i], t->filter_mask)];
     }
-    for (int i = 0; i < n; i++) st->sym_next[i] = i + 1 < n ? i + 1 : -1;
+    for (int i = 0; i + 1 < n; i++) {
+        uint64_t bits = pair_filter_bits(h[i]);
+        int pass = (w[i] & bits) == bits;
+        uint64_t slot = slots[pass ? (size_t)h[i] & t->merges.mask : 0];
+        w[i] = pass ? slot : UINT64_MAX;   // UINT64_MAX: an empty slot, no merge
+    }
+    for (int i = 0; i + 1 < n; i++) {
+        if (w[i] >> 22 == pair_key(id[i], id[i + 1])) rank[i] = (uint32_t)(w[i] & ((1u << 22) - 1));
+        else if (w[i] == UINT64_MAX) rank[i] = NO_MERGE;
+        else rank[i] = merge_find(t, id[i], id[i + 1]);   // the pair's first slot holds another: probe on
+    }
+}
+
+static void bpe_merge_scan(const Tokenizer *t, TokenizerState *st, int n) {
+    int32_t *id = st->sym_id, *len = st->sym_len, *prev = st->sym_prev, *next = st->sym_next;
+    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (i, next[i]); NO_MERGE for a merged-away or last symbol
+    pair_ranks(t, id, n, rank);
+    rank[n - 1] = NO_MERGE;
+    for (;;) {
+        // the lowest rank, then its leftmost position: a merged-away symbol stays in place with NO_MERGE, so
+        // nothing moves and the minimum is a loop the compiler turns into vector instructions
+        uint32_t lo = NO_MERGE;
+        for (int i = 0; i < n; i++) lo = rank[i] < lo ? rank[i] : lo;
+        if (lo == NO_MERGE) break;
+        int best = 0;
+        while (rank[best] != lo) best++;
+        int r = next[best];
+        id[best] = pairmap_merged_id(&t->merges, lo);
+        len[best] += len[r]; len[r] = 0; rank[r] = NO_MERGE;
+        next[best] = next[r];
+        if (next[r] >= 0) prev[next[r]] = best;
+        if (prev[best] >= 0) rank[prev[best]] = merge_find(t, id[prev[best]], id[best]);
+        rank[best] = next[best] >= 0 ? merge_find(t, id[best], id[next[best]]) : NO_MERGE;
+    }
 }
 
 static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
@@ -1606,7 +1669,7 @@ static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
     st->heap_n = 0;
     for (int i = 0; i + 1 < n; i++) {
         uint32_t r = merge_find(t, st->sym_id[i], st->sym_id[i + 1]);
-        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, t->merges.id_of_rank[r])) { st->error = 1; return; }
+        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, pairmap_merged_id(&t->merges, r))) { st->error = 1; return; }
     }
     int32_t *id = st->sym_id, *prev = st->sym_prev, *next = st->sym_next, *len = st->sym_len;
     while (st->heap_n > 0) {
@@ -1624,9 +1687,9 @@ static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
         if (next[r] >= 0) prev[next[r]] = pos;
         uint32_t rk;
         if (prev[pos] >= 0 && (rk = merge_find(t, id[prev[pos]], id[pos])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], t->merges.id_of_rank[rk])) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
         if (next[pos] >= 0 && (rk = merge_find(t, id[pos], id[next[pos]])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, t->merges.id_of_rank[rk])) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
     }
 }
 
