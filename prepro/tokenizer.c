@@ -57,7 +57,15 @@ static int idbuf_push(IdBuf *b, int32_t v) {
     return 0;
 }
 static int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
-    for (size_t i = 0; i < n; i++) if (idbuf_push(b, v[i])) return -1;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 1024;
+        while (cap < b->len + n) cap *= 2;
+        int32_t *p = realloc(b->data, cap * sizeof(int32_t));
+        if (!p) return -1;
+        b->data = p; b->cap = cap;
+    }
+    if (n) memcpy(b->data + b->len, v, n * sizeof(int32_t));
+    b->len += n;
     return 0;
 }
 
@@ -421,18 +429,29 @@ static const char *QWEN2_PATTERN =
 
 enum { CC_OTHER, CC_LETTER, CC_NUMBER, CC_SPACE };
 
-// Class of the character at s[i] (valid UTF-8, i < n) and its byte length.
-static int char_class(const unsigned char *s, size_t i, int *len) {
-    uint32_t cp;
-    *len = utf8_decode(s + i, &cp);
+// Class of the code point cp.
+static inline int cp_class(uint32_t cp) {
     return (uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3;
 }
 
-// End of the run of class c that starts at i (the character at i is of class c). 3-byte characters
-// (CJK runs) are decoded in the loop.
+// Class of the character at s[i] (valid UTF-8, i < n) and its byte length.
+static inline int char_class(const unsigned char *s, size_t i, int *len) {
+    if (s[i] < 0x80) { *len = 1; return cp_class(s[i]); }
+    uint32_t cp;
+    *len = utf8_decode(s + i, &cp);
+    return cp_class(cp);
+}
+
+// End of the run of class c that starts at i (the character at i is of class c). ASCII (whose letters
+// are A-Z and a-z) and 3-byte characters (CJK runs) are decoded in the loop.
 static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
     int len;
     while (i < n) {
+        if (s[i] < 0x80) {
+            if (c == CC_LETTER ? (unsigned)((s[i] | 0x20) - 'a') >= 26u : cp_class(s[i]) != c) break;
+            i++;
+            continue;
+        }
         if (s[i] >= 0xE0 && s[i] < 0xF0) {
             uint32_t cp = ((uint32_t)(s[i] & 0x0F) << 12) | ((uint32_t)(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F);
             if (((uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3) != c) break;
@@ -1843,6 +1862,22 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
     SegBuf *sb = &st->seg[level];
     sb->len = 0;
     const char *s = piece_ptr(st, p);
+    // The usual case (GPT-2, Qwen2, Llama-3): a hand-written pattern, each match its own piece (Isolated),
+    // and nothing after this op but ByteLevel steps that pass pieces on unchanged: each match goes straight
+    // to BPE, without the segment list and a call per level.
+    int direct = t->re[ri].kind != RE_PCRE && behavior == SPLIT_ISOLATED && !invert && !t->word_split;
+    for (int l = level + 1; direct && l < t->npre; l++)
+        direct = t->pre[l].type == PRE_BYTELEVEL && t->pre[l].re < 0 && !t->pre[l].add_prefix_space;
+    if (direct) {
+        const unsigned char *u = (const unsigned char *)s;
+        int kind = t->re[ri].kind, max_digits = kind == RE_CL100K ? 3 : 1;
+        for (size_t pos = 0, e; pos < p.len && !st->error; pos = e) {
+            e = kind == RE_GPT2 ? match_gpt2(u, p.len, pos) : match_cl100k(u, p.len, pos, max_digits);
+            if (st->pieces_only) { if (idbuf_push(&st->out, (int32_t)(e - pos))) st->error = 1; }
+            else bpe_piece(t, st, s + pos, e - pos);
+        }
+        return;
+    }
     size_t pos = 0, prev = 0, ms, me;
     // Isolated and Removed segments do not interact, so a long piece is passed on in runs of segments and
     // memory stays bounded however long the document; the other behaviors merge neighbours, so they wait.
