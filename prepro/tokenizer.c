@@ -660,6 +660,9 @@ struct Tokenizer {
     int32_t fallback_id[256];   // byte_fallback: id of "<0xNN>", -1 if absent
     int unk_id, fuse_unk, byte_fallback, ignore_merges;
     size_t max_token_len;       // the longest token in the encoder's domain, in bytes
+    uint64_t *enc_filter;       // ignore_merges: one bit per token (by the top bits of its hash_bytes) in 8
+    int enc_filter_shift;       // bits a token; most pieces of CJK text are not tokens, and their lookup in
+                                // enc (2-3 cache misses) is skipped where the bit is clear
     int word_split;      // pieces may be cut before each word-initial U+2581 (see load_model)
     char *cont_prefix, *end_suffix;   // NULL when empty
     // pipeline
@@ -1184,6 +1187,17 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
     }
     t->vocab_size = max_id + 1;
     for (size_t e = 0; e < t->enc.n; e++) if (t->enc.klen[e] > t->max_token_len) t->max_token_len = t->enc.klen[e];
+    if (t->ignore_merges) {
+        int bits = 10;
+        while (((size_t)1 << bits) < t->enc.n * 8) bits++;
+        t->enc_filter = calloc(((size_t)1 << bits) / 64, sizeof(uint64_t));
+        if (!t->enc_filter) { fail(c, "out of memory"); return -1; }
+        t->enc_filter_shift = 64 - bits;
+        for (size_t e = 0; e < t->enc.n; e++) {
+            uint64_t b = t->enc.hash[e] >> t->enc_filter_shift;
+            t->enc_filter[b >> 6] |= 1ull << (b & 63);
+        }
+    }
 
     const char *unk = jstr(model, "unk_token");
     t->unk_id = -1;
@@ -1388,7 +1402,7 @@ void tokenizer_free(Tokenizer *t) {
     if (!t) return;
     free(t->path);
     strmap_free(&t->vocab); strmap_free(&t->enc); strmap_free(&t->added_map);
-    free(t->merges.slots); free(t->merges.id_of_rank); free(t->bmp_id); free(t->char_start); free(t->char_pool); free(t->pair_filter);
+    free(t->merges.slots); free(t->merges.id_of_rank); free(t->bmp_id); free(t->char_start); free(t->char_pool); free(t->pair_filter); free(t->enc_filter);
     free(t->cont_prefix); free(t->end_suffix);
     for (int i = 0; i < t->nre; i++) pcre2_code_free(t->re[i].code);
     for (int i = 0; i < t->nnorm; i++) free(t->norm[i].str);
@@ -1749,8 +1763,12 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     }
     size_t out0 = st->out.len;
     int32_t whole;
-    if (t->ignore_merges && n <= t->max_token_len &&   // a piece that is a token stays whole
-        (whole = cached ? strmap_get_h(&t->enc, s, n, h) : strmap_get(&t->enc, s, n)) >= 0) {
+    if (t->ignore_merges && n <= t->max_token_len) {   // a piece that is a token stays whole
+        if (!cached) h = hash_bytes(s, n);
+        uint64_t b = h >> t->enc_filter_shift;
+        whole = (t->enc_filter[b >> 6] >> (b & 63)) & 1 ? strmap_get_h(&t->enc, s, n, h) : -1;
+    } else whole = -1;
+    if (whole >= 0) {
         if (idbuf_push(&st->out, whole)) { st->error = 1; return; }
         if (cached) cache_put(st, s, n, h, out0);
         return;
