@@ -57,7 +57,15 @@ static int idbuf_push(IdBuf *b, int32_t v) {
     return 0;
 }
 static int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
-    for (size_t i = 0; i < n; i++) if (idbuf_push(b, v[i])) return -1;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 1024;
+        while (cap < b->len + n) cap *= 2;
+        int32_t *p = realloc(b->data, cap * sizeof(int32_t));
+        if (!p) return -1;
+        b->data = p; b->cap = cap;
+    }
+    if (n) memcpy(b->data + b->len, v, n * sizeof(int32_t));
+    b->len += n;
     return 0;
 }
 
@@ -131,6 +139,12 @@ size_t utf8_valid_prefix(const char *str, size_t n) {
             i += 8;
         }
         if (i >= n) break;
+        // a 3-byte character (CJK) whose lead byte takes any two continuation bytes: E1..EC, EE, EF
+        unsigned char b = s[i];
+        if (b >= 0xE1 && b != 0xED && b <= 0xEF && i + 2 < n && (s[i + 1] & 0xC0) == 0x80 && (s[i + 2] & 0xC0) == 0x80) {
+            i += 3;
+            continue;
+        }
         int k = utf8_step(s, i, n);
         if (k < 0) return i;
         i += (size_t)k;
@@ -198,10 +212,18 @@ static uint32_t uni_compose(uint32_t a, uint32_t b) {
 static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
     const unsigned char *s = (const unsigned char *)str;
     out->len = 0;
-    // quick check: nothing that can change means the text is already normalized
+    // quick check: nothing that can change means the text is already normalized. A 3-byte character
+    // (CJK) in a block of 256 code points with none that can change is passed on its first two bytes.
     int care = 0;
     for (size_t i = 0; i < n && !care;) {
         if (s[i] < 0x80) { i++; continue; }
+        if (s[i] >= 0xE0 && s[i] < 0xF0) {
+            unsigned block = ((s[i] & 0x0Fu) << 4) | ((s[i + 1] >> 2) & 0x0Fu);   // code point >> 8
+            if (uni_care_block[block] == 0 && (compose || block < (HANGUL_S0 >> 8) || block > ((HANGUL_S0 + HANGUL_SN) >> 8))) {
+                i += 3;
+                continue;
+            }
+        }
         uint32_t cp; i += (size_t)utf8_decode(s + i, &cp);
         care = uni_care(cp) || (!compose && cp >= HANGUL_S0 && cp < HANGUL_S0 + HANGUL_SN);
     }
@@ -339,8 +361,10 @@ static int strmap_put(StrMap *m, const char *k, size_t n, int32_t v) {
 
 // (left id, right id) -> rank, with the merged token of each rank in id_of_rank. A slot is one 64-bit
 // word, left id (21 bits) | right id (21 bits) | rank (22 bits): half the cache footprint of a slot
-// that also holds the merged id. Open addressing; UINT64_MAX = empty.
-typedef struct { uint64_t *slots; size_t mask, n; int32_t *id_of_rank; } PairMap;
+// that also holds the merged id. Open addressing; UINT64_MAX = empty. Where every merged id is its
+// rank plus one offset (vocabularies trained by HF tokenizers: GPT-2, Qwen2), rank_offset_ok is set and
+// the merged id is computed, not read from id_of_rank (a cache miss a merge on long texts).
+typedef struct { uint64_t *slots; size_t mask, n; int32_t *id_of_rank; int32_t rank_offset; int rank_offset_ok; } PairMap;
 #define PAIR_MAX_ID ((1 << 21) - 1)
 #define PAIR_MAX_RANK ((1u << 22) - 2)
 #define NO_MERGE UINT32_MAX
@@ -375,6 +399,9 @@ static void pairmap_put(PairMap *m, int32_t a, int32_t b, uint32_t rank, int32_t
     m->slots[i] = k << 22 | rank;
     m->id_of_rank[rank] = id;
 }
+static int32_t pairmap_merged_id(const PairMap *m, uint32_t rank) {
+    return m->rank_offset_ok ? (int32_t)rank + m->rank_offset : m->id_of_rank[rank];
+}
 static uint32_t pairmap_rank(const PairMap *m, int32_t a, int32_t b) {
     uint64_t k = pair_key(a, b);
     for (size_t i = (size_t)pair_hash(k) & m->mask;; i = (i + 1) & m->mask) {
@@ -402,17 +429,38 @@ static const char *QWEN2_PATTERN =
 
 enum { CC_OTHER, CC_LETTER, CC_NUMBER, CC_SPACE };
 
-// Class of the character at s[i] (valid UTF-8, i < n) and its byte length.
-static int char_class(const unsigned char *s, size_t i, int *len) {
-    uint32_t cp;
-    *len = utf8_decode(s + i, &cp);
+// Class of the code point cp.
+static inline int cp_class(uint32_t cp) {
     return (uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3;
 }
 
-// End of the run of class c that starts at i (the character at i is of class c).
+// Class of the character at s[i] (valid UTF-8, i < n) and its byte length.
+static inline int char_class(const unsigned char *s, size_t i, int *len) {
+    if (s[i] < 0x80) { *len = 1; return cp_class(s[i]); }
+    uint32_t cp;
+    *len = utf8_decode(s + i, &cp);
+    return cp_class(cp);
+}
+
+// End of the run of class c that starts at i (the character at i is of class c). ASCII (whose letters
+// are A-Z and a-z) and 3-byte characters (CJK runs) are decoded in the loop.
 static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
     int len;
-    while (i < n && char_class(s, i, &len) == c) i += (size_t)len;
+    while (i < n) {
+        if (s[i] < 0x80) {
+            if (c == CC_LETTER ? (unsigned)((s[i] | 0x20) - 'a') >= 26u : cp_class(s[i]) != c) break;
+            i++;
+            continue;
+        }
+        if (s[i] >= 0xE0 && s[i] < 0xF0) {
+            uint32_t cp = ((uint32_t)(s[i] & 0x0F) << 12) | ((uint32_t)(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F);
+            if (((uni_prop_bits[uni_prop_block[cp >> 8]][(cp & 0xFF) >> 2] >> ((cp & 3) * 2)) & 3) != c) break;
+            i += 3;
+            continue;
+        }
+        if (char_class(s, i, &len) != c) break;
+        i += (size_t)len;
+    }
     return i;
 }
 
@@ -579,11 +627,14 @@ typedef struct {
 } AddedToken;
 
 // Leftmost-longest matcher over a few added tokens: candidates bucketed by first byte,
-// longest first within a bucket.
+// longest first within a bucket. The bytes all of a bucket's tokens begin with are checked once
+// before its tokens one by one (Llama-3's 256 added tokens all begin "<|": text with "<" but not
+// "<|" costs one compare, not 256).
 typedef struct {
     int n;
     int *idx;            // indices into tok->added, sorted by (first byte, length desc)
     int start[257];      // bucket boundaries by first byte
+    size_t common[256];  // length of the prefix common to a bucket's tokens
     int nfirst; unsigned char first;  // when every token starts with one byte: memchr scan
 } Matcher;
 
@@ -609,6 +660,9 @@ struct Tokenizer {
     int32_t fallback_id[256];   // byte_fallback: id of "<0xNN>", -1 if absent
     int unk_id, fuse_unk, byte_fallback, ignore_merges;
     size_t max_token_len;       // the longest token in the encoder's domain, in bytes
+    uint64_t *enc_filter;       // ignore_merges: one bit per token (by the top bits of its hash_bytes) in 8
+    int enc_filter_shift;       // bits a token; most pieces of CJK text are not tokens, and their lookup in
+                                // enc (2-3 cache misses) is skipped where the bit is clear
     int word_split;      // pieces may be cut before each word-initial U+2581 (see load_model)
     char *cont_prefix, *end_suffix;   // NULL when empty
     // pipeline
@@ -633,7 +687,9 @@ struct Tokenizer {
 // A pre-token cache entry: key bytes and ids live in the state's arenas.
 typedef struct { uint64_t hash; uint32_t koff, klen, ioff, nids; } CacheSlot;
 #define CACHE_SLOTS 65536      // power of two; the cache is reset when half full
-#define CACHE_MAX_PIECE 48     // pieces this long or longer are not cached: long ones (CJK runs) seldom recur
+#define CACHE_MAX_PIECE 48     // pieces this long or longer are not cached: long ones seldom recur
+#define CACHE_MAX_WIDE 13      // the same for pieces that end in a multi-byte character: CJK runs of 5 characters
+                               // or more recur seldom (9% of 15-byte pieces hit on Chinese, 2% of longer ones)
 
 typedef struct { uint64_t key; int32_t id; } HeapItem;   // key = rank << 32 | position
 
@@ -955,6 +1011,16 @@ static int build_matcher(Tokenizer *t, Matcher *m, int normalized) {
         int before = j;
         while (j < m->n && (unsigned char)t->added[m->idx[j]].content[0] == b) j++;
         if (j > before) { m->nfirst++; m->first = (unsigned char)b; }
+        m->common[b] = 0;
+        if (j == before) continue;
+        const AddedToken *a0 = &t->added[m->idx[before]];
+        m->common[b] = a0->len;
+        for (int q = before + 1; q < j; q++) {
+            const AddedToken *a = &t->added[m->idx[q]];
+            size_t c = 0;
+            while (c < m->common[b] && c < a->len && a->content[c] == a0->content[c]) c++;
+            m->common[b] = c;
+        }
     }
     m->start[256] = j;
     return 0;
@@ -983,7 +1049,7 @@ static int bpe_small(const Tokenizer *t, int32_t *ids, int n, uint32_t *max_rank
         int best = -1; uint32_t best_rank = UINT32_MAX; int32_t best_id = -1;
         for (int i = 0; i + 1 < n; i++) {
             uint32_t r = pairmap_rank(&t->merges, ids[i], ids[i + 1]);
-            if (r < best_rank) { best = i; best_rank = r; best_id = t->merges.id_of_rank[r]; }
+            if (r < best_rank) { best = i; best_rank = r; best_id = pairmap_merged_id(&t->merges, r); }
         }
         if (best < 0) return n;
         if (best_rank > *max_rank) *max_rank = best_rank;
@@ -1121,6 +1187,17 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
     }
     t->vocab_size = max_id + 1;
     for (size_t e = 0; e < t->enc.n; e++) if (t->enc.klen[e] > t->max_token_len) t->max_token_len = t->enc.klen[e];
+    if (t->ignore_merges) {
+        int bits = 10;
+        while (((size_t)1 << bits) < t->enc.n * 8) bits++;
+        t->enc_filter = calloc(((size_t)1 << bits) / 64, sizeof(uint64_t));
+        if (!t->enc_filter) { fail(c, "out of memory"); return -1; }
+        t->enc_filter_shift = 64 - bits;
+        for (size_t e = 0; e < t->enc.n; e++) {
+            uint64_t b = t->enc.hash[e] >> t->enc_filter_shift;
+            t->enc_filter[b >> 6] |= 1ull << (b & 63);
+        }
+    }
 
     const char *unk = jstr(model, "unk_token");
     t->unk_id = -1;
@@ -1170,6 +1247,10 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
         }
     }
     free(tmp.data);
+    t->merges.rank_offset = nm > 0 ? t->merges.id_of_rank[0] : 0;
+    t->merges.rank_offset_ok = 1;
+    for (size_t i = 0; i < nm; i++)
+        if (t->merges.id_of_rank[i] != (int32_t)i + t->merges.rank_offset) t->merges.rank_offset_ok = 0;
     // SentencePiece-style vocabularies (Metaspace, or Prepend+Replace) make the whole text one BPE
     // word. When no merge joins a symbol holding a non-U+2581 char with one starting with U+2581, no
     // symbol ever spans such a boundary, and merges on either side never interact: cutting the word
@@ -1321,7 +1402,7 @@ void tokenizer_free(Tokenizer *t) {
     if (!t) return;
     free(t->path);
     strmap_free(&t->vocab); strmap_free(&t->enc); strmap_free(&t->added_map);
-    free(t->merges.slots); free(t->merges.id_of_rank); free(t->bmp_id); free(t->char_start); free(t->char_pool); free(t->pair_filter);
+    free(t->merges.slots); free(t->merges.id_of_rank); free(t->bmp_id); free(t->char_start); free(t->char_pool); free(t->pair_filter); free(t->enc_filter);
     free(t->cont_prefix); free(t->end_suffix);
     for (int i = 0; i < t->nre; i++) pcre2_code_free(t->re[i].code);
     for (int i = 0; i < t->nnorm; i++) free(t->norm[i].str);
@@ -1565,25 +1646,55 @@ static uint32_t merge_find(const Tokenizer *t, int32_t a, int32_t b) {
 
 // BPE over n symbols, merging the lowest-ranked adjacent pair first (the leftmost of equal ones),
 // as HF's Word::merge_all. Short words (most pieces: a CJK run starts from its characters' tokens)
-// keep the symbols in arrays and find the lowest pair rank by a scan over n numbers, as tiktoken
-// does; long ones use a heap of (rank, position) over a linked list. Either leaves the result in
-// sym_id / sym_len, linked by sym_next from symbol 0.
+// keep a rank per symbol and find the lowest by a scan over n numbers, as tiktoken does; long ones
+// use a heap of (rank, position). Both link the symbols by sym_prev / sym_next, and leave the result
+// in sym_id / sym_len (merged-away symbols with length 0), linked by sym_next from symbol 0.
 #define BPE_SCAN_MAX 64
-static void bpe_merge_scan(const Tokenizer *t, TokenizerState *st, int n) {
-    int32_t *id = st->sym_id, *len = st->sym_len;
-    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (i, i + 1)
-    for (int i = 0; i + 1 < n; i++) rank[i] = merge_find(t, id[i], id[i + 1]);
-    while (n > 1) {
-        int best = 0;
-        for (int i = 1; i + 1 < n; i++) if (rank[i] < rank[best]) best = i;
-        if (rank[best] == NO_MERGE) break;
-        id[best] = t->merges.id_of_rank[rank[best]]; len[best] += len[best + 1];
-        for (int i = best + 1; i + 1 < n; i++) { id[i] = id[i + 1]; len[i] = len[i + 1]; rank[i] = rank[i + 1]; }
-        n--;
-        if (best > 0) rank[best - 1] = merge_find(t, id[best - 1], id[best]);
-        if (best + 1 < n) rank[best] = merge_find(t, id[best], id[best + 1]);
+
+// merge_find for the n - 1 adjacent pairs of id[0..n) at once (n <= BPE_SCAN_MAX). The filter words of
+// all pairs are loaded in one loop, then the table slots of those that pass in another, with no branch
+// between the loads: their cache misses overlap instead of each waiting for the one before.
+static void pair_ranks(const Tokenizer *t, const int32_t *id, int n, uint32_t *rank) {
+    uint64_t h[BPE_SCAN_MAX], w[BPE_SCAN_MAX];
+    const uint64_t *slots = t->merges.slots;
+    for (int i = 0; i + 1 < n; i++) {
+        h[i] = pair_hash(pair_key(id[i], id[i + 1]));
+        w[i] = t->pair_filter[pair_filter_word(h[i], t->filter_mask)];
     }
-    for (int i = 0; i < n; i++) st->sym_next[i] = i + 1 < n ? i + 1 : -1;
+    for (int i = 0; i + 1 < n; i++) {
+        uint64_t bits = pair_filter_bits(h[i]);
+        int pass = (w[i] & bits) == bits;
+        uint64_t slot = slots[pass ? (size_t)h[i] & t->merges.mask : 0];
+        w[i] = pass ? slot : UINT64_MAX;   // UINT64_MAX: an empty slot, no merge
+    }
+    for (int i = 0; i + 1 < n; i++) {
+        if (w[i] >> 22 == pair_key(id[i], id[i + 1])) rank[i] = (uint32_t)(w[i] & ((1u << 22) - 1));
+        else if (w[i] == UINT64_MAX) rank[i] = NO_MERGE;
+        else rank[i] = merge_find(t, id[i], id[i + 1]);   // the pair's first slot holds another: probe on
+    }
+}
+
+static void bpe_merge_scan(const Tokenizer *t, TokenizerState *st, int n) {
+    int32_t *id = st->sym_id, *len = st->sym_len, *prev = st->sym_prev, *next = st->sym_next;
+    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (i, next[i]); NO_MERGE for a merged-away or last symbol
+    pair_ranks(t, id, n, rank);
+    rank[n - 1] = NO_MERGE;
+    for (;;) {
+        // the lowest rank, then its leftmost position: a merged-away symbol stays in place with NO_MERGE, so
+        // nothing moves and the minimum is a loop the compiler turns into vector instructions
+        uint32_t lo = NO_MERGE;
+        for (int i = 0; i < n; i++) lo = rank[i] < lo ? rank[i] : lo;
+        if (lo == NO_MERGE) break;
+        int best = 0;
+        while (rank[best] != lo) best++;
+        int r = next[best];
+        id[best] = pairmap_merged_id(&t->merges, lo);
+        len[best] += len[r]; len[r] = 0; rank[r] = NO_MERGE;
+        next[best] = next[r];
+        if (next[r] >= 0) prev[next[r]] = best;
+        if (prev[best] >= 0) rank[prev[best]] = merge_find(t, id[prev[best]], id[best]);
+        rank[best] = next[best] >= 0 ? merge_find(t, id[best], id[next[best]]) : NO_MERGE;
+    }
 }
 
 static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
@@ -1591,7 +1702,7 @@ static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
     st->heap_n = 0;
     for (int i = 0; i + 1 < n; i++) {
         uint32_t r = merge_find(t, st->sym_id[i], st->sym_id[i + 1]);
-        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, t->merges.id_of_rank[r])) { st->error = 1; return; }
+        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, pairmap_merged_id(&t->merges, r))) { st->error = 1; return; }
     }
     int32_t *id = st->sym_id, *prev = st->sym_prev, *next = st->sym_next, *len = st->sym_len;
     while (st->heap_n > 0) {
@@ -1609,9 +1720,9 @@ static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
         if (next[r] >= 0) prev[next[r]] = pos;
         uint32_t rk;
         if (prev[pos] >= 0 && (rk = merge_find(t, id[prev[pos]], id[pos])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], t->merges.id_of_rank[rk])) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
         if (next[pos] >= 0 && (rk = merge_find(t, id[pos], id[next[pos]])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, t->merges.id_of_rank[rk])) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
     }
 }
 
@@ -1638,7 +1749,8 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
 static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, size_t n) {
     if (n == 0) return;
     uint64_t h = 0;
-    if (n < CACHE_MAX_PIECE) {
+    int cached = n < ((unsigned char)s[n - 1] < 0x80 ? CACHE_MAX_PIECE : CACHE_MAX_WIDE);
+    if (cached) {
         h = hash_bytes(s, n);
         size_t i = h & (CACHE_SLOTS - 1);
         for (; st->cache[i].nids; i = (i + 1) & (CACHE_SLOTS - 1)) {
@@ -1651,10 +1763,14 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     }
     size_t out0 = st->out.len;
     int32_t whole;
-    if (t->ignore_merges && n <= t->max_token_len &&   // a piece that is a token stays whole
-        (whole = n < CACHE_MAX_PIECE ? strmap_get_h(&t->enc, s, n, h) : strmap_get(&t->enc, s, n)) >= 0) {
+    if (t->ignore_merges && n <= t->max_token_len) {   // a piece that is a token stays whole
+        if (!cached) h = hash_bytes(s, n);
+        uint64_t b = h >> t->enc_filter_shift;
+        whole = (t->enc_filter[b >> 6] >> (b & 63)) & 1 ? strmap_get_h(&t->enc, s, n, h) : -1;
+    } else whole = -1;
+    if (whole >= 0) {
         if (idbuf_push(&st->out, whole)) { st->error = 1; return; }
-        if (n < CACHE_MAX_PIECE) cache_put(st, s, n, h, out0);
+        if (cached) cache_put(st, s, n, h, out0);
         return;
     }
     if (ensure_sym(st, n + 1)) { st->error = 1; return; }
@@ -1698,7 +1814,7 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
     bpe_merge(t, st, ns);
     for (int i = 0; i >= 0 && i < ns; i = st->sym_next[i])
         if (st->sym_len[i] > 0 && idbuf_push(&st->out, st->sym_id[i])) { st->error = 1; return; }
-    if (n < CACHE_MAX_PIECE) cache_put(st, s, n, h, out0);
+    if (cached) cache_put(st, s, n, h, out0);
 }
 
 // --- pre-tokenizers: depth-first, each op turns one piece into pieces for the next op ---
@@ -1764,6 +1880,22 @@ static void split_regex(const Tokenizer *t, TokenizerState *st, int level, Piece
     SegBuf *sb = &st->seg[level];
     sb->len = 0;
     const char *s = piece_ptr(st, p);
+    // The usual case (GPT-2, Qwen2, Llama-3): a hand-written pattern, each match its own piece (Isolated),
+    // and nothing after this op but ByteLevel steps that pass pieces on unchanged: each match goes straight
+    // to BPE, without the segment list and a call per level.
+    int direct = t->re[ri].kind != RE_PCRE && behavior == SPLIT_ISOLATED && !invert && !t->word_split;
+    for (int l = level + 1; direct && l < t->npre; l++)
+        direct = t->pre[l].type == PRE_BYTELEVEL && t->pre[l].re < 0 && !t->pre[l].add_prefix_space;
+    if (direct) {
+        const unsigned char *u = (const unsigned char *)s;
+        int kind = t->re[ri].kind, max_digits = kind == RE_CL100K ? 3 : 1;
+        for (size_t pos = 0, e; pos < p.len && !st->error; pos = e) {
+            e = kind == RE_GPT2 ? match_gpt2(u, p.len, pos) : match_cl100k(u, p.len, pos, max_digits);
+            if (st->pieces_only) { if (idbuf_push(&st->out, (int32_t)(e - pos))) st->error = 1; }
+            else bpe_piece(t, st, s + pos, e - pos);
+        }
+        return;
+    }
     size_t pos = 0, prev = 0, ms, me;
     // Isolated and Removed segments do not interact, so a long piece is passed on in runs of segments and
     // memory stays bounded however long the document; the other behaviors merge neighbours, so they wait.
@@ -1871,6 +2003,9 @@ static int matcher_find(const Tokenizer *t, const Matcher *m, const char *s, siz
             i = (size_t)(q - s);
         }
         unsigned char b = (unsigned char)s[i];
+        if (m->start[b] == m->start[b + 1]) continue;
+        const AddedToken *a0 = &t->added[m->idx[m->start[b]]];
+        if (m->common[b] > n - i || memcmp(s + i, a0->content, m->common[b]) != 0) continue;
         for (int j = m->start[b]; j < m->start[b + 1]; j++) {
             const AddedToken *a = &t->added[m->idx[j]];
             if (a->len <= n - i && memcmp(s + i, a->content, a->len) == 0) { *ms = i; return m->idx[j]; }

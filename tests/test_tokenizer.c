@@ -304,6 +304,38 @@ static void check_special_ids(const char *path, int vocab, int eos, int bos) {
     tokenizer_free(tok);
 }
 
+// ignore_merges (Llama-3): a pre-token that is a token of the vocabulary is that one token, whatever BPE of
+// its bytes would give (HF BPE::tokenize_with_cache). Every vocabulary token whose text is one pre-token
+// must encode to its own id; BPE alone gives other ids for some of them, so the check can fail.
+static void check_ignore_merges(const char *path) {
+    if (access(path, R_OK) != 0) { printf("skip ignore_merges: %s absent\n", path); return; }
+    char err[1024];
+    Tokenizer *tok = tokenizer_load(path, err, sizeof err);
+    if (!tok) { checks++; failf("%s", err); return; }
+    TokenizerState *st = tokenizer_state_new(tok);
+    int n = tokenizer_vocab_size(tok), tested = 0, bad = 0, first_bad = -1;
+    for (int id = 0; id < n; id++) {
+        const char *name = tokenizer_id_to_token(tok, id);
+        if (!name || tokenizer_token_id(tok, name) != id) continue;
+        size_t len;
+        char *text = tokenizer_decode_len(tok, &id, 1, &len);
+        if (!text) continue;
+        size_t npieces, nids;
+        const int32_t *pieces = tokenizer_pretokenize(tok, st, text, len, &npieces);
+        // whole pre-tokens only (not added tokens; valid UTF-8, so no U+FFFD stands in for a partial character)
+        if (pieces && npieces == 1 && (size_t)pieces[0] == len && !strstr(text, "\xEF\xBF\xBD")) {
+            const int32_t *ids = tokenizer_encode(tok, st, text, len, TOK_SPECIAL_AS_TEXT, &nids);
+            tested++;
+            if (!ids || nids != 1 || ids[0] != id) { bad++; if (first_bad < 0) first_bad = id; }
+        }
+        free(text);
+    }
+    checks++;
+    if (bad || tested < 1000) failf("%s: ignore_merges: %d of %d whole-token pre-tokens do not encode to their id (first %d)", path, bad, tested, first_bad);
+    tokenizer_state_free(st);
+    tokenizer_free(tok);
+}
+
 // Bad tokenizer files: each gives NULL and one line naming the file and the place.
 static void check_load_error(const char *json, const char *want1, const char *want2) {
     char path[] = "/tmp/test_tokenizer_XXXXXX";
@@ -506,6 +538,7 @@ int main(void) {
     check_special_ids("../shared/data/tokenizers/qwen2/tokenizer.json", 151646, 151643, -1);
     check_special_ids("../shared/data/tokenizers/llama3/tokenizer.json", 128256, 128001, 128000);
     check_special_ids("../shared/data/tokenizers/llama2/mistral-7b-v0.1/tokenizer.json", 32000, 2, 1);
+    check_ignore_merges("../shared/data/tokenizers/llama3/tokenizer.json");
     const char *files[] = {"tests/fixtures/tokenizer/gpt2_cases.txt", "tests/fixtures/tokenizer/qwen2_cases.txt",
                            "tests/fixtures/tokenizer/llama3_cases.txt", "tests/fixtures/tokenizer/mistral_cases.txt",
                            "tests/fixtures/tokenizer/gpt2_added_cases.txt", "tests/fixtures/tokenizer/qwen2_added_cases.txt",
