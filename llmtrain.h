@@ -4,21 +4,25 @@
  stb-style: every file may include it for the declarations; exactly one file defines
  LLMTRAIN_IMPLEMENTATION before including it to get the definitions.
 
- Sections, in reading order:
-   config     model family and sizes, from a Hugging Face config.json or a named preset
+ Sections, in reading order. The model and its training math first, in plain C on libc and OpenMP:
+   config     ModelConfig: sizes and features (norm, activation, positions, biases, q/k norm, attention
+              window and scaling); the family sets only their defaults; named presets
    layout     one flat fp32 buffer for params, one for grads, one for activations; named pointers
    layers     <layer>_forward / <layer>_backward, fp32, OpenMP
    model      model_forward / model_backward / model_zero_grad, built from the layers
    optimizer  AdamW on a [begin,end) slice of the flat params, grad-norm clipping, LR schedule
    rng        a counter-based RNG (the same sequence wherever it is computed)
-   data       Megatron MMIDIDX .bin/.idx reader (mmap) and the window sampler
-   io         safetensors read/write, HF parameter names, config.json write
+ then the plumbing that connects it to files and processes (the implementation marks where it starts):
+   config.json  a Hugging Face config read and written (Jansson)
+   data       Megatron MMIDIDX .bin/.idx reader (mmap), the window samplers, Megatron's sample order
+   io         safetensors read/write, HF parameter names, checkpoints
+   comm       ZeRO-1 shards and the CPU ranks' collectives (forked processes, shared memory)
 
  Conventions: shapes are passed explicitly (B batch, T time, C channels, NH query heads, NKV key/value
  heads, HD head dim, F MLP width, V vocab). Every backward function ACCUMULATES (+=) into the gradients
  it writes, so residual branches and gradient accumulation need no extra code. Reductions run in a
  fixed order, so a run repeats bit for bit with the same thread count.
- Dependencies: the C library, OpenMP, and Jansson (config.json and safetensors headers).
+ Dependencies: the C library and OpenMP; the plumbing also Jansson (config.json and safetensors headers).
 */
 #ifndef LLMTRAIN_H
 #define LLMTRAIN_H
@@ -572,7 +576,6 @@ int comm_finish(Comm *c);
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <jansson.h>
 #include <omp.h>
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -638,398 +641,6 @@ int model_config_preset(ModelConfig *c, const char *name) {
     return 0;
 }
 
-/* A count or id read from JSON: a whole number in [0, 2^24] (so that products such as 4 * n_embd still
-   fit the int fields). */
-static int int_in_range(double x) { return x >= 0 && x <= 16777216.0 && x == floor(x); }
-
-/* Reads an optional number; returns 0 when present and numeric, 1 when absent, -1 when of the wrong type. */
-static int json_num(json_t *obj, const char *key, double *out) {
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) return 1;
-    if (!json_is_number(v)) return -1;
-    *out = json_number_value(v);
-    return 0;
-}
-
-/* How the reader treats each key of a Hugging Face config.json, per family (docs/hf_config_keys.md gives the
-   reason for each). KEY_READ: read and implemented. KEY_IGNORED: changes nothing in the weights, the forward or
-   the backward. KEY_OFF: accepted only while null, false, 0, "" or empty; any other value is refused by name.
-   A key not listed for the family is refused by name. */
-enum { KEY_READ, KEY_IGNORED, KEY_OFF };
-enum { FK_GPT2 = 1, FK_LLAMA = 2, FK_QWEN2 = 4, FK_QWEN3 = 8, FK_ROPE = 14, FK_QWEN = 12, FK_ALL = 15 };
-typedef struct { const char *key; int families, how; } ConfigKey;
-static const ConfigKey config_keys[] = {
-    /* every family */
-    {"model_type", FK_ALL, KEY_READ}, {"llmtrain", FK_ALL, KEY_READ}, {"vocab_size", FK_ALL, KEY_READ}, {"tie_word_embeddings", FK_ALL, KEY_READ},
-    {"bos_token_id", FK_ALL, KEY_READ}, {"eos_token_id", FK_ALL, KEY_READ},
-    {"architectures", FK_ALL, KEY_IGNORED}, {"transformers_version", FK_ALL, KEY_IGNORED},
-    {"dtype", FK_ALL, KEY_IGNORED}, {"torch_dtype", FK_ALL, KEY_IGNORED}, {"pad_token_id", FK_ALL, KEY_IGNORED},
-    {"sep_token_id", FK_ALL, KEY_IGNORED}, {"decoder_start_token_id", FK_ALL, KEY_IGNORED},
-    {"initializer_range", FK_ALL, KEY_IGNORED}, {"use_cache", FK_ALL, KEY_IGNORED},
-    {"output_hidden_states", FK_ALL, KEY_IGNORED}, {"output_attentions", FK_ALL, KEY_IGNORED},
-    {"return_dict", FK_ALL, KEY_IGNORED}, {"chunk_size_feed_forward", FK_ALL, KEY_IGNORED},
-    {"id2label", FK_ALL, KEY_IGNORED}, {"label2id", FK_ALL, KEY_IGNORED}, {"num_labels", FK_ALL, KEY_IGNORED},
-    {"problem_type", FK_ALL, KEY_IGNORED}, {"finetuning_task", FK_ALL, KEY_IGNORED},
-    {"task_specific_params", FK_ALL, KEY_IGNORED}, {"tokenizer_class", FK_ALL, KEY_IGNORED},
-    {"prefix", FK_ALL, KEY_IGNORED}, {"tie_last_hidden_states", FK_ALL, KEY_IGNORED},
-    {"_name_or_path", FK_ALL, KEY_IGNORED}, {"name_or_path", FK_ALL, KEY_IGNORED},
-    {"_commit_hash", FK_ALL, KEY_IGNORED}, {"attn_implementation", FK_ALL, KEY_IGNORED},
-    {"_attn_implementation_autoset", FK_ALL, KEY_IGNORED}, {"experts_implementation", FK_ALL, KEY_IGNORED},
-    {"torchscript", FK_ALL, KEY_IGNORED}, {"use_bfloat16", FK_ALL, KEY_IGNORED},
-    {"tf_legacy_loss", FK_ALL, KEY_IGNORED}, {"is_decoder", FK_ALL, KEY_IGNORED},
-    {"tie_encoder_decoder", FK_ALL, KEY_IGNORED}, {"cross_attention_hidden_size", FK_ALL, KEY_IGNORED},
-    {"gradient_checkpointing", FK_ALL, KEY_IGNORED},
-    /* generation settings (transformers moves them to GenerationConfig) */
-    {"max_length", FK_ALL, KEY_IGNORED}, {"min_length", FK_ALL, KEY_IGNORED}, {"do_sample", FK_ALL, KEY_IGNORED},
-    {"early_stopping", FK_ALL, KEY_IGNORED}, {"num_beams", FK_ALL, KEY_IGNORED},
-    {"num_beam_groups", FK_ALL, KEY_IGNORED}, {"diversity_penalty", FK_ALL, KEY_IGNORED},
-    {"temperature", FK_ALL, KEY_IGNORED}, {"top_k", FK_ALL, KEY_IGNORED}, {"top_p", FK_ALL, KEY_IGNORED},
-    {"typical_p", FK_ALL, KEY_IGNORED}, {"epsilon_cutoff", FK_ALL, KEY_IGNORED}, {"eta_cutoff", FK_ALL, KEY_IGNORED},
-    {"repetition_penalty", FK_ALL, KEY_IGNORED}, {"encoder_repetition_penalty", FK_ALL, KEY_IGNORED},
-    {"length_penalty", FK_ALL, KEY_IGNORED}, {"no_repeat_ngram_size", FK_ALL, KEY_IGNORED},
-    {"encoder_no_repeat_ngram_size", FK_ALL, KEY_IGNORED}, {"bad_words_ids", FK_ALL, KEY_IGNORED},
-    {"num_return_sequences", FK_ALL, KEY_IGNORED}, {"output_scores", FK_ALL, KEY_IGNORED},
-    {"return_dict_in_generate", FK_ALL, KEY_IGNORED}, {"forced_bos_token_id", FK_ALL, KEY_IGNORED},
-    {"forced_eos_token_id", FK_ALL, KEY_IGNORED}, {"remove_invalid_values", FK_ALL, KEY_IGNORED},
-    {"exponential_decay_length_penalty", FK_ALL, KEY_IGNORED}, {"suppress_tokens", FK_ALL, KEY_IGNORED},
-    {"begin_suppress_tokens", FK_ALL, KEY_IGNORED}, {"num_assistant_tokens", FK_ALL, KEY_IGNORED},
-    {"num_assistant_tokens_schedule", FK_ALL, KEY_IGNORED}, {"assistant_confidence_threshold", FK_ALL, KEY_IGNORED},
-    {"assistant_lookbehind", FK_ALL, KEY_IGNORED}, {"target_lookbehind", FK_ALL, KEY_IGNORED},
-    /* architecture switches this code does not implement */
-    {"is_encoder_decoder", FK_ALL, KEY_OFF}, {"add_cross_attention", FK_ALL, KEY_OFF},
-    {"pruned_heads", FK_ALL, KEY_OFF}, {"per_layer_config", FK_ALL, KEY_OFF},
-    /* GPT-2 (hidden_size, max_position_embeddings, num_attention_heads, num_hidden_layers: its aliases) */
-    {"n_positions", FK_GPT2, KEY_READ}, {"n_layer", FK_GPT2, KEY_READ}, {"n_embd", FK_GPT2, KEY_READ},
-    {"n_head", FK_GPT2, KEY_READ}, {"n_inner", FK_GPT2, KEY_READ}, {"layer_norm_epsilon", FK_GPT2, KEY_READ},
-    {"activation_function", FK_GPT2, KEY_READ}, {"scale_attn_weights", FK_GPT2, KEY_READ},
-    {"scale_attn_by_inverse_layer_idx", FK_GPT2, KEY_READ}, {"reorder_and_upcast_attn", FK_GPT2, KEY_READ},
-    {"n_ctx", FK_GPT2, KEY_IGNORED}, {"resid_pdrop", FK_GPT2, KEY_IGNORED}, {"embd_pdrop", FK_GPT2, KEY_IGNORED},
-    {"attn_pdrop", FK_GPT2, KEY_IGNORED}, {"summary_type", FK_GPT2, KEY_IGNORED},
-    {"summary_use_proj", FK_GPT2, KEY_IGNORED}, {"summary_activation", FK_GPT2, KEY_IGNORED},
-    {"summary_proj_to_labels", FK_GPT2, KEY_IGNORED}, {"summary_first_dropout", FK_GPT2, KEY_IGNORED},
-    /* the sizes, under the LLaMA names (GPT-2 aliases) */
-    {"hidden_size", FK_ALL, KEY_READ}, {"max_position_embeddings", FK_ALL, KEY_READ},
-    {"num_attention_heads", FK_ALL, KEY_READ}, {"num_hidden_layers", FK_ALL, KEY_READ},
-    /* LLaMA, Qwen2, Qwen3 */
-    {"intermediate_size", FK_ROPE, KEY_READ}, {"num_key_value_heads", FK_ROPE, KEY_READ},
-    {"head_dim", FK_ROPE, KEY_READ}, {"hidden_act", FK_ROPE, KEY_READ}, {"rms_norm_eps", FK_ROPE, KEY_READ},
-    {"rope_theta", FK_ROPE, KEY_READ}, {"rope_scaling", FK_ROPE, KEY_READ}, {"rope_parameters", FK_ROPE, KEY_READ},
-    {"partial_rotary_factor", FK_ROPE, KEY_READ}, {"attention_dropout", FK_ROPE, KEY_IGNORED},
-    {"attention_bias", FK_LLAMA | FK_QWEN3, KEY_READ}, {"attention_bias", FK_QWEN2, KEY_IGNORED},
-    {"mlp_bias", FK_LLAMA, KEY_READ}, {"mlp_bias", FK_QWEN, KEY_IGNORED}, {"pretraining_tp", FK_LLAMA, KEY_IGNORED},
-    {"use_sliding_window", FK_QWEN, KEY_READ}, {"sliding_window", FK_QWEN, KEY_READ},
-    {"max_window_layers", FK_QWEN, KEY_READ}, {"layer_types", FK_QWEN, KEY_READ},
-};
-
-/* null, false, 0, "" or an empty object/array: the value of a KEY_OFF key that is accepted */
-static int json_is_off(json_t *v) {
-    return !v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == 0) ||
-           (json_is_string(v) && !json_string_length(v)) || (json_is_object(v) && !json_object_size(v)) ||
-           (json_is_array(v) && !json_array_size(v));
-}
-
-/* Every key of root must be listed for the family; KEY_OFF keys must be off. */
-static int config_check_keys(json_t *root, int family, const char *file, char *err, size_t errlen) {
-    const char *key;
-    json_t *v;
-    int bit = 1 << family, n = (int)(sizeof(config_keys) / sizeof(config_keys[0]));
-    json_object_foreach(root, key, v) {
-        int how = -1;
-        for (int i = 0; i < n && how < 0; i++)
-            if ((config_keys[i].families & bit) && !strcmp(config_keys[i].key, key)) how = config_keys[i].how;
-        if (how < 0) {
-            snprintf(err, errlen, "%s: key \"%s\" is not a %s config key this code knows (see docs/hf_config_keys.md)",
-                     file, key, family_name(family));
-            return -1;
-        }
-        if (how == KEY_OFF && !json_is_off(v)) {
-            snprintf(err, errlen, "%s: key \"%s\" is not supported (only null, false or empty)", file, key); return -1;
-        }
-    }
-    return 0;
-}
-
-/* An optional boolean key: 0 when absent or null, -1 (with err) when of another type. */
-static int json_flag(json_t *root, const char *key, int *out, const char *file, char *err, size_t errlen) {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_boolean(v)) { snprintf(err, errlen, "%s: key \"%s\" must be true or false", file, key); return -1; }
-    *out = json_is_true(v);
-    return 0;
-}
-
-/* An optional whole-number key in [0, 2^24]: 0 when absent (out unchanged) or fine, -1 (with err) otherwise. */
-static int json_count(json_t *obj, const char *key, int *out, const char *file, char *err, size_t errlen) {
-    double x;
-    int r = json_num(obj, key, &x);
-    if (r == 1) return 0;
-    if (r < 0 || !int_in_range(x)) {
-        snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24", file, key); return -1;
-    }
-    *out = (int)x;
-    return 0;
-}
-
-/* RoPE: the rope dict is rope_scaling when it is a non-empty object, else rope_parameters (transformers 5
-   writes rope_theta and the rope type there); rope_theta comes from that dict, else the top level, else
-   10000. Types: default, llama3. */
-static int config_rope(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
-    json_t *rs = json_object_get(root, "rope_scaling"), *rp = json_object_get(root, "rope_parameters");
-    if (rs && !json_is_null(rs) && !json_is_object(rs)) { snprintf(err, errlen, "%s: key \"rope_scaling\" must be an object or null", file); return -1; }
-    if (rp && !json_is_null(rp) && !json_is_object(rp)) { snprintf(err, errlen, "%s: key \"rope_parameters\" must be an object or null", file); return -1; }
-    json_t *d = json_is_object(rs) && json_object_size(rs) ? rs : json_is_object(rp) ? rp : NULL;
-    const char *dname = d == rs ? "rope_scaling" : "rope_parameters";
-    double x = 10000.0, prf = 1.0;
-    if (json_num(root, "rope_theta", &x) < 0 || (d && json_num(d, "rope_theta", &x) < 0)) {
-        snprintf(err, errlen, "%s: key \"rope_theta\" must be a number", file); return -1;
-    }
-    c->rope_theta = (float)x;
-    if (json_num(root, "partial_rotary_factor", &prf) < 0 || prf != 1.0) {
-        snprintf(err, errlen, "%s: key \"partial_rotary_factor\" is not supported (only 1)", file); return -1;
-    }
-    if (!d) return 0;
-    json_t *t = json_object_get(d, "rope_type");
-    if (!t) t = json_object_get(d, "type");
-    if (t && !json_is_string(t)) { snprintf(err, errlen, "%s: %s.rope_type must be a string", file, dname); return -1; }
-    const char *rt = t ? json_string_value(t) : "default";
-    const char *llama3_keys[4] = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
-    if (!strcmp(rt, "llama3")) {
-        double v[4];
-        for (int i = 0; i < 4; i++)
-            if (json_num(d, llama3_keys[i], &v[i]) != 0) {
-                snprintf(err, errlen, "%s: llama3 %s needs the number \"%s\"", file, dname, llama3_keys[i]); return -1;
-            }
-        c->rope_llama3 = 1;
-        c->rope_factor = (float)v[0]; c->rope_low_freq_factor = (float)v[1]; c->rope_high_freq_factor = (float)v[2];
-        c->rope_orig_max_pos = int_in_range(v[3]) ? (int)v[3] : 0;   /* 0 fails the validation */
-    } else if (strcmp(rt, "default")) {
-        snprintf(err, errlen, "%s: %s rope type \"%s\" is not supported (default or llama3)", file, dname, rt); return -1;
-    }
-    const char *key;
-    json_t *v;
-    json_object_foreach(d, key, v) {
-        int known = !strcmp(key, "rope_type") || !strcmp(key, "type") || !strcmp(key, "rope_theta");
-        for (int i = 0; i < 4 && c->rope_llama3; i++) known |= !strcmp(key, llama3_keys[i]);
-        if (!strcmp(key, "partial_rotary_factor") && json_is_number(v) && json_number_value(v) == 1.0) known = 1;
-        if (!known) { snprintf(err, errlen, "%s: %s key \"%s\" is not supported for rope type %s", file, dname, key, rt); return -1; }
-    }
-    return 0;
-}
-
-/* Qwen sliding-window attention, as transformers reads it: sliding_window counts only with use_sliding_window
-   true; layer_types, when given, names each layer's attention ("full_attention" or "sliding_attention"), else
-   the layers l >= max_window_layers slide. Sliding layers must come after all full ones. */
-static int config_sliding(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
-    int use = 0, w = 0;
-    if (json_flag(root, "use_sliding_window", &use, file, err, errlen) != 0) return -1;
-    if (json_count(root, "max_window_layers", &c->max_window_layers, file, err, errlen) != 0) return -1;
-    if (use && json_count(root, "sliding_window", &w, file, err, errlen) != 0) return -1;
-    json_t *sw = json_object_get(root, "sliding_window");
-    if (use && w == 0 && sw && !json_is_null(sw)) {
-        snprintf(err, errlen, "%s: key \"sliding_window\" must be at least 1", file); return -1;
-    }
-    c->sliding_window = w;
-    json_t *lt = json_object_get(root, "layer_types");
-    if (!lt || json_is_null(lt)) return 0;
-    if (!json_is_array(lt) || (int)json_array_size(lt) != c->n_layer) {
-        snprintf(err, errlen, "%s: key \"layer_types\" must be a list of %d layer types", file, c->n_layer); return -1;
-    }
-    int first_sliding = c->n_layer;
-    for (int l = 0; l < c->n_layer; l++) {
-        const char *s = json_string_value(json_array_get(lt, l));
-        int sliding = s && !strcmp(s, "sliding_attention");
-        if (!s || !(sliding || !strcmp(s, "full_attention") || !strcmp(s, "attention"))) {
-            snprintf(err, errlen, "%s: layer_types[%d] must be \"full_attention\" or \"sliding_attention\"", file, l); return -1;
-        }
-        if (sliding && first_sliding == c->n_layer) first_sliding = l;
-        if (!sliding && first_sliding < l) {
-            snprintf(err, errlen, "%s: layer_types[%d] is full attention after a sliding layer (not supported)", file, l); return -1;
-        }
-    }
-    if (first_sliding < c->n_layer && c->sliding_window == 0) {
-        snprintf(err, errlen, "%s: layer_types has sliding_attention layers but no sliding_window "
-                 "(use_sliding_window false or sliding_window null)", file); return -1;
-    }
-    c->max_window_layers = first_sliding;
-    if (first_sliding == c->n_layer) c->sliding_window = 0;
-    return 0;
-}
-
-const char *const norm_names[2] = {"layernorm", "rmsnorm"}, *const act_names[2] = {"gelu", "swiglu"};
-const char *const positions_names[3] = {"learned", "rope", "none"};
-
-/* index of s in names[0..n), or -1 */
-static int name_index(const char *s, const char *const *names, int n) {
-    for (int i = 0; s && i < n; i++) if (!strcmp(s, names[i])) return i;
-    return -1;
-}
-
-/* config.json's "llmtrain" object: the features that differ from the family's and that its HF config cannot
-   say, {"norm": "rmsnorm", "activation": "swiglu", "positions": "none", "mlp_bias": false}; every key optional,
-   any other key refused. Absent: the family's features stand. */
-static int config_features(ModelConfig *c, json_t *o, const char *file, char *err, size_t errlen) {
-    if (!o) return 0;
-    if (!json_is_object(o)) { snprintf(err, errlen, "%s: key \"llmtrain\" must be an object", file); return -1; }
-    const char *key;
-    json_t *v;
-    json_object_foreach(o, key, v) {
-        int *dst = !strcmp(key, "norm") ? &c->norm : !strcmp(key, "activation") ? &c->act :
-                   !strcmp(key, "positions") ? &c->positions : NULL;
-        const char *const *names = dst == &c->norm ? norm_names : dst == &c->act ? act_names : positions_names;
-        int n = dst == &c->positions ? 3 : 2;
-        if (!strcmp(key, "mlp_bias")) {
-            if (!json_is_boolean(v)) { snprintf(err, errlen, "%s: llmtrain key \"mlp_bias\" must be true or false", file); return -1; }
-            c->mlp_bias = json_is_true(v);
-        } else if (!dst) {
-            snprintf(err, errlen, "%s: llmtrain key \"%s\" is not known (norm, activation, positions, mlp_bias)", file, key);
-            return -1;
-        } else if ((*dst = name_index(json_string_value(v), names, n)) < 0) {
-            snprintf(err, errlen, "%s: llmtrain key \"%s\" must be %s%s%s%s%s", file, key, names[0], n == 3 ? ", " : " or ",
-                     names[1], n == 3 ? " or " : "", n == 3 ? names[2] : "");
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* The features of c that differ from its family's and that the family's HF config has no key for (LLaMA has
-   mlp_bias), as the "llmtrain" object (NULL when none) and, with buf, as text. */
-static json_t *config_extras(const ModelConfig *c, char *buf, size_t n) {
-    ModelConfig d;
-    config_defaults(&d, c->family);
-    json_t *o = json_object();
-    if (c->norm != d.norm) json_object_set_new(o, "norm", json_string(norm_names[c->norm]));
-    if (c->act != d.act) json_object_set_new(o, "activation", json_string(act_names[c->act]));
-    if (c->positions != d.positions) json_object_set_new(o, "positions", json_string(positions_names[c->positions]));
-    if (c->mlp_bias != d.mlp_bias && c->family != FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_boolean(c->mlp_bias));
-    if (buf && n) {
-        buf[0] = 0;
-        const char *key;
-        json_t *v;
-        json_object_foreach(o, key, v) {
-            size_t k = strlen(buf);
-            snprintf(buf + k, n - k, "%s%s %s", k ? ", " : "", key,
-                     json_is_string(v) ? json_string_value(v) : json_is_true(v) ? "true" : "false");
-        }
-    }
-    if (json_object_size(o) == 0) { json_decref(o); return NULL; }
-    return o;
-}
-
-int model_config_extras(const ModelConfig *c, char *buf, size_t n) {
-    json_t *o = config_extras(c, buf, n);
-    int k = o ? (int)json_object_size(o) : 0;
-    json_decref(o);
-    return k;
-}
-
-/* The body of model_config_from_json on a parsed JSON document. */
-static int config_from_root(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
-    if (!json_is_object(root)) { snprintf(err, errlen, "%s: expected a JSON object", file); return -1; }
-    json_t *mt = json_object_get(root, "model_type");
-    if (!json_is_string(mt)) { snprintf(err, errlen, "%s: missing string key \"model_type\"", file); return -1; }
-    const char *type = json_string_value(mt);
-    int family;
-    if (!strcmp(type, "gpt2")) family = FAMILY_GPT2;
-    else if (!strcmp(type, "llama")) family = FAMILY_LLAMA;
-    else if (!strcmp(type, "qwen2")) family = FAMILY_QWEN2;
-    else if (!strcmp(type, "qwen3")) family = FAMILY_QWEN3;
-    else { snprintf(err, errlen, "%s: unknown model_type \"%s\" (expected gpt2, llama, qwen2 or qwen3)", file, type); return -1; }
-    config_defaults(c, family);
-    if (config_check_keys(root, family, file, err, errlen) != 0) return -1;
-
-    /* the sizes every family has, under the family's HF names (GPT-2 also takes the LLaMA names as aliases,
-       as transformers' attribute_map does); a default < 0 marks a required key */
-    const char *names_gpt2[7] = {"vocab_size", "n_positions", "n_layer", "n_embd", "n_head", "n_inner", "layer_norm_epsilon"};
-    const char *names_llama[7] = {"vocab_size", "max_position_embeddings", "num_hidden_layers", "hidden_size",
-                                  "num_attention_heads", "intermediate_size", "rms_norm_eps"};
-    const char **names = family == FAMILY_GPT2 ? names_gpt2 : names_llama;
-    double val[7], defs[7] = {-1.0, family == FAMILY_GPT2 ? 1024.0 : 2048.0, -1.0, -1.0, -1.0, family == FAMILY_GPT2 ? 0.0 : -1.0,
-                              family == FAMILY_GPT2 ? 1e-5 : 1e-6};
-    for (int i = 0; i < 7; i++) {
-        const char *name = names[i];
-        if (family == FAMILY_GPT2 && names_gpt2[i] != names_llama[i] && i >= 1 && i <= 4 && json_object_get(root, names_llama[i])) {
-            if (json_object_get(root, names_gpt2[i])) {
-                snprintf(err, errlen, "%s: both \"%s\" and its alias \"%s\" are set", file, names_gpt2[i], names_llama[i]); return -1;
-            }
-            name = names_llama[i];
-        }
-        int r = json_num(root, name, &val[i]);
-        if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, name); return -1; }
-        if (r == 1) {
-            if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, name, type); return -1; }
-            val[i] = defs[i];
-        }
-        if (i < 6 && !int_in_range(val[i])) {
-            snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24, not %g", file, name, val[i]); return -1;
-        }
-    }
-    c->vocab_size = (int)val[0]; c->max_seq_len = (int)val[1]; c->n_layer = (int)val[2];
-    c->n_embd = (int)val[3]; c->n_head = (int)val[4]; c->d_ff = (int)val[5]; c->norm_eps = (float)val[6];
-    c->n_kv_head = c->n_head;
-    c->head_dim = c->n_head > 0 ? c->n_embd / c->n_head : 0;
-    double x;
-    if (family == FAMILY_GPT2) {
-        if (c->d_ff == 0) c->d_ff = 4 * c->n_embd;
-        json_t *act = json_object_get(root, "activation_function");
-        if (act && !(json_is_string(act) && (!strcmp(json_string_value(act), "gelu_new") ||
-                     !strcmp(json_string_value(act), "gelu_pytorch_tanh")))) {
-            snprintf(err, errlen, "%s: activation_function must be \"gelu_new\" (tanh GELU)", file); return -1;
-        }
-        int scaled = 1;
-        if (json_flag(root, "scale_attn_weights", &scaled, file, err, errlen) != 0 ||
-            json_flag(root, "scale_attn_by_inverse_layer_idx", &c->attn_by_layer, file, err, errlen) != 0 ||
-            json_flag(root, "reorder_and_upcast_attn", &c->attn_upcast, file, err, errlen) != 0) return -1;
-        c->attn_unscaled = !scaled;
-    } else {
-        if (json_count(root, "num_key_value_heads", &c->n_kv_head, file, err, errlen) != 0) return -1;
-        if (family == FAMILY_QWEN3) c->head_dim = 128;   /* Qwen3Config's default; the others use hidden / heads */
-        if (json_count(root, "head_dim", &c->head_dim, file, err, errlen) != 0) return -1;
-        json_t *act = json_object_get(root, "hidden_act");
-        if (act && !(json_is_string(act) && (!strcmp(json_string_value(act), "silu") || !strcmp(json_string_value(act), "swish")))) {
-            snprintf(err, errlen, "%s: hidden_act must be \"silu\"", file); return -1;
-        }
-        if (family != FAMILY_QWEN2) {   /* Qwen2 always has q/k/v biases and no o_proj bias */
-            int bias = 0;
-            if (json_flag(root, "attention_bias", &bias, file, err, errlen) != 0) return -1;
-            c->qkv_bias = c->o_bias = bias;
-        }
-        if (family == FAMILY_LLAMA && json_flag(root, "mlp_bias", &c->mlp_bias, file, err, errlen) != 0) return -1;
-        if (config_rope(c, root, file, err, errlen) != 0) return -1;
-        if (family != FAMILY_LLAMA && config_sliding(c, root, file, err, errlen) != 0) return -1;
-    }
-    if (json_flag(root, "tie_word_embeddings", &c->tie_embeddings, file, err, errlen) != 0) return -1;
-    if (json_num(root, "bos_token_id", &x) == 0 && int_in_range(x)) c->bos_token_id = (int)x;
-    if (json_num(root, "eos_token_id", &x) == 0 && int_in_range(x)) c->eos_token_id = (int)x;
-    else {
-        json_t *e = json_object_get(root, "eos_token_id");
-        if (json_is_array(e) && json_array_size(e) > 0 && json_is_number(json_array_get(e, 0)) &&
-            int_in_range(json_number_value(json_array_get(e, 0))))
-            c->eos_token_id = (int)json_number_value(json_array_get(e, 0));
-    }
-    if (config_features(c, json_object_get(root, "llmtrain"), file, err, errlen) != 0) return -1;
-    char verr[256];
-    if (model_config_validate(c, verr, sizeof(verr)) != 0) { snprintf(err, errlen, "%s: %s", file, verr); return -1; }
-    return 0;
-}
-
-int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t errlen) {
-    char file[1200];
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(file, sizeof(file), "%s/config.json", path);
-    else snprintf(file, sizeof(file), "%s", path);
-    json_error_t je;
-    json_t *root = json_load_file(file, 0, &je);
-    if (!root) {
-        if (access(file, R_OK) != 0) snprintf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
-        else snprintf(err, errlen, "%s:%d:%d: malformed JSON: %s", file, je.line, je.column, je.text);
-        return -1;
-    }
-    int rc = config_from_root(c, root, file, err, errlen);
-    json_decref(root);
-    return rc;
-}
-
 int model_config_validate(const ModelConfig *c, char *err, size_t errlen) {
     if (c->vocab_size <= 0 || c->n_layer <= 0 || c->n_embd <= 0 || c->n_head <= 0 || c->n_kv_head <= 0 ||
         c->head_dim <= 0 || c->d_ff <= 0 || c->max_seq_len <= 0) {
@@ -1058,73 +669,6 @@ int model_config_validate(const ModelConfig *c, char *err, size_t errlen) {
                  "original_max_position_embeddings > 0"); return -1;
     }
     return 0;
-}
-
-char *model_config_to_json(const ModelConfig *c) {
-    json_t *o = json_object();
-    if (c->family == FAMILY_GPT2) {
-        json_object_set_new(o, "architectures", json_pack("[s]", "GPT2LMHeadModel"));
-        json_object_set_new(o, "model_type", json_string("gpt2"));
-        json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
-        json_object_set_new(o, "n_positions", json_integer(c->max_seq_len));
-        json_object_set_new(o, "n_ctx", json_integer(c->max_seq_len));
-        json_object_set_new(o, "n_embd", json_integer(c->n_embd));
-        json_object_set_new(o, "n_layer", json_integer(c->n_layer));
-        json_object_set_new(o, "n_head", json_integer(c->n_head));
-        json_object_set_new(o, "n_inner", json_integer(c->d_ff));
-        json_object_set_new(o, "activation_function", json_string("gelu_new"));
-        json_object_set_new(o, "layer_norm_epsilon", json_real(c->norm_eps));
-        json_object_set_new(o, "resid_pdrop", json_real(0.0));
-        json_object_set_new(o, "embd_pdrop", json_real(0.0));
-        json_object_set_new(o, "attn_pdrop", json_real(0.0));
-        json_object_set_new(o, "scale_attn_weights", json_boolean(!c->attn_unscaled));
-        json_object_set_new(o, "scale_attn_by_inverse_layer_idx", json_boolean(c->attn_by_layer));
-        json_object_set_new(o, "reorder_and_upcast_attn", json_boolean(c->attn_upcast));
-    } else {
-        const char *arch = c->family == FAMILY_LLAMA ? "LlamaForCausalLM" : c->family == FAMILY_QWEN2 ?
-                           "Qwen2ForCausalLM" : "Qwen3ForCausalLM";
-        json_object_set_new(o, "architectures", json_pack("[s]", arch));
-        json_object_set_new(o, "model_type", json_string(family_name(c->family)));
-        json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
-        json_object_set_new(o, "max_position_embeddings", json_integer(c->max_seq_len));
-        json_object_set_new(o, "hidden_size", json_integer(c->n_embd));
-        json_object_set_new(o, "intermediate_size", json_integer(c->d_ff));
-        json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layer));
-        json_object_set_new(o, "num_attention_heads", json_integer(c->n_head));
-        json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_head));
-        json_object_set_new(o, "head_dim", json_integer(c->head_dim));
-        json_object_set_new(o, "hidden_act", json_string("silu"));
-        json_object_set_new(o, "rms_norm_eps", json_real(c->norm_eps));
-        json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
-        if (c->rope_llama3)
-            json_object_set_new(o, "rope_scaling", json_pack("{s:s,s:f,s:f,s:f,s:i}", "rope_type", "llama3",
-                                "factor", c->rope_factor, "low_freq_factor", c->rope_low_freq_factor,
-                                "high_freq_factor", c->rope_high_freq_factor,
-                                "original_max_position_embeddings", c->rope_orig_max_pos));
-        else json_object_set_new(o, "rope_scaling", json_null());
-        if (c->family != FAMILY_QWEN2) json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
-        if (c->family == FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_boolean(c->mlp_bias));
-        json_object_set_new(o, "attention_dropout", json_real(0.0));
-        if (c->family != FAMILY_LLAMA) {
-            json_object_set_new(o, "use_sliding_window", json_boolean(c->sliding_window > 0));
-            json_object_set_new(o, "sliding_window", c->sliding_window > 0 ? json_integer(c->sliding_window) : json_null());
-            json_object_set_new(o, "max_window_layers", json_integer(c->max_window_layers));
-            json_t *types = json_array();
-            for (int l = 0; l < c->n_layer; l++)
-                json_array_append_new(types, json_string(attention_window(c, l) ? "sliding_attention" : "full_attention"));
-            json_object_set_new(o, "layer_types", types);
-        }
-    }
-    json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
-    if (c->bos_token_id >= 0) json_object_set_new(o, "bos_token_id", json_integer(c->bos_token_id));
-    if (c->eos_token_id >= 0) json_object_set_new(o, "eos_token_id", json_integer(c->eos_token_id));
-    json_object_set_new(o, "torch_dtype", json_string("float32"));
-    json_object_set_new(o, "initializer_range", json_real(0.02));
-    json_t *extras = config_extras(c, NULL, 0);
-    if (extras) json_object_set_new(o, "llmtrain", extras);
-    char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
-    json_decref(o);
-    return s;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -2396,6 +1940,476 @@ void rng_permutation(uint64_t *perm, uint64_t n, uint64_t seed) {
         uint64_t j = rng_u64(seed, i) % i;
         uint64_t t = perm[i - 1]; perm[i - 1] = perm[j]; perm[j] = t;
     }
+}
+
+/* ================================================================================================ */
+/* Everything above (config, layers, model, optimizer, rng) is the model and its training math, in plain C on
+   libc and OpenMP alone. What follows connects it to files and processes: config.json (Jansson), Megatron's
+   data files, safetensors and checkpoints, and the collectives of the data-parallel ranks. */
+
+#include <jansson.h>
+
+/* ------------------------------------------------------------------------------------------------ */
+/* config.json: a Hugging Face config read into a ModelConfig (every key supported, harmless, or refused by name;
+   docs/hf_config_keys.md) and written back, with the "llmtrain" object for features HF cannot express */
+
+/* A count or id read from JSON: a whole number in [0, 2^24] (so that products such as 4 * n_embd still
+   fit the int fields). */
+static int int_in_range(double x) { return x >= 0 && x <= 16777216.0 && x == floor(x); }
+
+/* Reads an optional number; returns 0 when present and numeric, 1 when absent, -1 when of the wrong type. */
+static int json_num(json_t *obj, const char *key, double *out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) return 1;
+    if (!json_is_number(v)) return -1;
+    *out = json_number_value(v);
+    return 0;
+}
+
+/* How the reader treats each key of a Hugging Face config.json, per family (docs/hf_config_keys.md gives the
+   reason for each). KEY_READ: read and implemented. KEY_IGNORED: changes nothing in the weights, the forward or
+   the backward. KEY_OFF: accepted only while null, false, 0, "" or empty; any other value is refused by name.
+   A key not listed for the family is refused by name. */
+enum { KEY_READ, KEY_IGNORED, KEY_OFF };
+enum { FK_GPT2 = 1, FK_LLAMA = 2, FK_QWEN2 = 4, FK_QWEN3 = 8, FK_ROPE = 14, FK_QWEN = 12, FK_ALL = 15 };
+typedef struct { const char *key; int families, how; } ConfigKey;
+static const ConfigKey config_keys[] = {
+    /* every family */
+    {"model_type", FK_ALL, KEY_READ}, {"llmtrain", FK_ALL, KEY_READ}, {"vocab_size", FK_ALL, KEY_READ}, {"tie_word_embeddings", FK_ALL, KEY_READ},
+    {"bos_token_id", FK_ALL, KEY_READ}, {"eos_token_id", FK_ALL, KEY_READ},
+    {"architectures", FK_ALL, KEY_IGNORED}, {"transformers_version", FK_ALL, KEY_IGNORED},
+    {"dtype", FK_ALL, KEY_IGNORED}, {"torch_dtype", FK_ALL, KEY_IGNORED}, {"pad_token_id", FK_ALL, KEY_IGNORED},
+    {"sep_token_id", FK_ALL, KEY_IGNORED}, {"decoder_start_token_id", FK_ALL, KEY_IGNORED},
+    {"initializer_range", FK_ALL, KEY_IGNORED}, {"use_cache", FK_ALL, KEY_IGNORED},
+    {"output_hidden_states", FK_ALL, KEY_IGNORED}, {"output_attentions", FK_ALL, KEY_IGNORED},
+    {"return_dict", FK_ALL, KEY_IGNORED}, {"chunk_size_feed_forward", FK_ALL, KEY_IGNORED},
+    {"id2label", FK_ALL, KEY_IGNORED}, {"label2id", FK_ALL, KEY_IGNORED}, {"num_labels", FK_ALL, KEY_IGNORED},
+    {"problem_type", FK_ALL, KEY_IGNORED}, {"finetuning_task", FK_ALL, KEY_IGNORED},
+    {"task_specific_params", FK_ALL, KEY_IGNORED}, {"tokenizer_class", FK_ALL, KEY_IGNORED},
+    {"prefix", FK_ALL, KEY_IGNORED}, {"tie_last_hidden_states", FK_ALL, KEY_IGNORED},
+    {"_name_or_path", FK_ALL, KEY_IGNORED}, {"name_or_path", FK_ALL, KEY_IGNORED},
+    {"_commit_hash", FK_ALL, KEY_IGNORED}, {"attn_implementation", FK_ALL, KEY_IGNORED},
+    {"_attn_implementation_autoset", FK_ALL, KEY_IGNORED}, {"experts_implementation", FK_ALL, KEY_IGNORED},
+    {"torchscript", FK_ALL, KEY_IGNORED}, {"use_bfloat16", FK_ALL, KEY_IGNORED},
+    {"tf_legacy_loss", FK_ALL, KEY_IGNORED}, {"is_decoder", FK_ALL, KEY_IGNORED},
+    {"tie_encoder_decoder", FK_ALL, KEY_IGNORED}, {"cross_attention_hidden_size", FK_ALL, KEY_IGNORED},
+    {"gradient_checkpointing", FK_ALL, KEY_IGNORED},
+    /* generation settings (transformers moves them to GenerationConfig) */
+    {"max_length", FK_ALL, KEY_IGNORED}, {"min_length", FK_ALL, KEY_IGNORED}, {"do_sample", FK_ALL, KEY_IGNORED},
+    {"early_stopping", FK_ALL, KEY_IGNORED}, {"num_beams", FK_ALL, KEY_IGNORED},
+    {"num_beam_groups", FK_ALL, KEY_IGNORED}, {"diversity_penalty", FK_ALL, KEY_IGNORED},
+    {"temperature", FK_ALL, KEY_IGNORED}, {"top_k", FK_ALL, KEY_IGNORED}, {"top_p", FK_ALL, KEY_IGNORED},
+    {"typical_p", FK_ALL, KEY_IGNORED}, {"epsilon_cutoff", FK_ALL, KEY_IGNORED}, {"eta_cutoff", FK_ALL, KEY_IGNORED},
+    {"repetition_penalty", FK_ALL, KEY_IGNORED}, {"encoder_repetition_penalty", FK_ALL, KEY_IGNORED},
+    {"length_penalty", FK_ALL, KEY_IGNORED}, {"no_repeat_ngram_size", FK_ALL, KEY_IGNORED},
+    {"encoder_no_repeat_ngram_size", FK_ALL, KEY_IGNORED}, {"bad_words_ids", FK_ALL, KEY_IGNORED},
+    {"num_return_sequences", FK_ALL, KEY_IGNORED}, {"output_scores", FK_ALL, KEY_IGNORED},
+    {"return_dict_in_generate", FK_ALL, KEY_IGNORED}, {"forced_bos_token_id", FK_ALL, KEY_IGNORED},
+    {"forced_eos_token_id", FK_ALL, KEY_IGNORED}, {"remove_invalid_values", FK_ALL, KEY_IGNORED},
+    {"exponential_decay_length_penalty", FK_ALL, KEY_IGNORED}, {"suppress_tokens", FK_ALL, KEY_IGNORED},
+    {"begin_suppress_tokens", FK_ALL, KEY_IGNORED}, {"num_assistant_tokens", FK_ALL, KEY_IGNORED},
+    {"num_assistant_tokens_schedule", FK_ALL, KEY_IGNORED}, {"assistant_confidence_threshold", FK_ALL, KEY_IGNORED},
+    {"assistant_lookbehind", FK_ALL, KEY_IGNORED}, {"target_lookbehind", FK_ALL, KEY_IGNORED},
+    /* architecture switches this code does not implement */
+    {"is_encoder_decoder", FK_ALL, KEY_OFF}, {"add_cross_attention", FK_ALL, KEY_OFF},
+    {"pruned_heads", FK_ALL, KEY_OFF}, {"per_layer_config", FK_ALL, KEY_OFF},
+    /* GPT-2 (hidden_size, max_position_embeddings, num_attention_heads, num_hidden_layers: its aliases) */
+    {"n_positions", FK_GPT2, KEY_READ}, {"n_layer", FK_GPT2, KEY_READ}, {"n_embd", FK_GPT2, KEY_READ},
+    {"n_head", FK_GPT2, KEY_READ}, {"n_inner", FK_GPT2, KEY_READ}, {"layer_norm_epsilon", FK_GPT2, KEY_READ},
+    {"activation_function", FK_GPT2, KEY_READ}, {"scale_attn_weights", FK_GPT2, KEY_READ},
+    {"scale_attn_by_inverse_layer_idx", FK_GPT2, KEY_READ}, {"reorder_and_upcast_attn", FK_GPT2, KEY_READ},
+    {"n_ctx", FK_GPT2, KEY_IGNORED}, {"resid_pdrop", FK_GPT2, KEY_IGNORED}, {"embd_pdrop", FK_GPT2, KEY_IGNORED},
+    {"attn_pdrop", FK_GPT2, KEY_IGNORED}, {"summary_type", FK_GPT2, KEY_IGNORED},
+    {"summary_use_proj", FK_GPT2, KEY_IGNORED}, {"summary_activation", FK_GPT2, KEY_IGNORED},
+    {"summary_proj_to_labels", FK_GPT2, KEY_IGNORED}, {"summary_first_dropout", FK_GPT2, KEY_IGNORED},
+    /* the sizes, under the LLaMA names (GPT-2 aliases) */
+    {"hidden_size", FK_ALL, KEY_READ}, {"max_position_embeddings", FK_ALL, KEY_READ},
+    {"num_attention_heads", FK_ALL, KEY_READ}, {"num_hidden_layers", FK_ALL, KEY_READ},
+    /* LLaMA, Qwen2, Qwen3 */
+    {"intermediate_size", FK_ROPE, KEY_READ}, {"num_key_value_heads", FK_ROPE, KEY_READ},
+    {"head_dim", FK_ROPE, KEY_READ}, {"hidden_act", FK_ROPE, KEY_READ}, {"rms_norm_eps", FK_ROPE, KEY_READ},
+    {"rope_theta", FK_ROPE, KEY_READ}, {"rope_scaling", FK_ROPE, KEY_READ}, {"rope_parameters", FK_ROPE, KEY_READ},
+    {"partial_rotary_factor", FK_ROPE, KEY_READ}, {"attention_dropout", FK_ROPE, KEY_IGNORED},
+    {"attention_bias", FK_LLAMA | FK_QWEN3, KEY_READ}, {"attention_bias", FK_QWEN2, KEY_IGNORED},
+    {"mlp_bias", FK_LLAMA, KEY_READ}, {"mlp_bias", FK_QWEN, KEY_IGNORED}, {"pretraining_tp", FK_LLAMA, KEY_IGNORED},
+    {"use_sliding_window", FK_QWEN, KEY_READ}, {"sliding_window", FK_QWEN, KEY_READ},
+    {"max_window_layers", FK_QWEN, KEY_READ}, {"layer_types", FK_QWEN, KEY_READ},
+};
+
+/* null, false, 0, "" or an empty object/array: the value of a KEY_OFF key that is accepted */
+static int json_is_off(json_t *v) {
+    return !v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == 0) ||
+           (json_is_string(v) && !json_string_length(v)) || (json_is_object(v) && !json_object_size(v)) ||
+           (json_is_array(v) && !json_array_size(v));
+}
+
+/* Every key of root must be listed for the family; KEY_OFF keys must be off. */
+static int config_check_keys(json_t *root, int family, const char *file, char *err, size_t errlen) {
+    const char *key;
+    json_t *v;
+    int bit = 1 << family, n = (int)(sizeof(config_keys) / sizeof(config_keys[0]));
+    json_object_foreach(root, key, v) {
+        int how = -1;
+        for (int i = 0; i < n && how < 0; i++)
+            if ((config_keys[i].families & bit) && !strcmp(config_keys[i].key, key)) how = config_keys[i].how;
+        if (how < 0) {
+            snprintf(err, errlen, "%s: key \"%s\" is not a %s config key this code knows (see docs/hf_config_keys.md)",
+                     file, key, family_name(family));
+            return -1;
+        }
+        if (how == KEY_OFF && !json_is_off(v)) {
+            snprintf(err, errlen, "%s: key \"%s\" is not supported (only null, false or empty)", file, key); return -1;
+        }
+    }
+    return 0;
+}
+
+/* An optional boolean key: 0 when absent or null, -1 (with err) when of another type. */
+static int json_flag(json_t *root, const char *key, int *out, const char *file, char *err, size_t errlen) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v)) { snprintf(err, errlen, "%s: key \"%s\" must be true or false", file, key); return -1; }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* An optional whole-number key in [0, 2^24]: 0 when absent (out unchanged) or fine, -1 (with err) otherwise. */
+static int json_count(json_t *obj, const char *key, int *out, const char *file, char *err, size_t errlen) {
+    double x;
+    int r = json_num(obj, key, &x);
+    if (r == 1) return 0;
+    if (r < 0 || !int_in_range(x)) {
+        snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24", file, key); return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+/* RoPE: the rope dict is rope_scaling when it is a non-empty object, else rope_parameters (transformers 5
+   writes rope_theta and the rope type there); rope_theta comes from that dict, else the top level, else
+   10000. Types: default, llama3. */
+static int config_rope(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
+    json_t *rs = json_object_get(root, "rope_scaling"), *rp = json_object_get(root, "rope_parameters");
+    if (rs && !json_is_null(rs) && !json_is_object(rs)) { snprintf(err, errlen, "%s: key \"rope_scaling\" must be an object or null", file); return -1; }
+    if (rp && !json_is_null(rp) && !json_is_object(rp)) { snprintf(err, errlen, "%s: key \"rope_parameters\" must be an object or null", file); return -1; }
+    json_t *d = json_is_object(rs) && json_object_size(rs) ? rs : json_is_object(rp) ? rp : NULL;
+    const char *dname = d == rs ? "rope_scaling" : "rope_parameters";
+    double x = 10000.0, prf = 1.0;
+    if (json_num(root, "rope_theta", &x) < 0 || (d && json_num(d, "rope_theta", &x) < 0)) {
+        snprintf(err, errlen, "%s: key \"rope_theta\" must be a number", file); return -1;
+    }
+    c->rope_theta = (float)x;
+    if (json_num(root, "partial_rotary_factor", &prf) < 0 || prf != 1.0) {
+        snprintf(err, errlen, "%s: key \"partial_rotary_factor\" is not supported (only 1)", file); return -1;
+    }
+    if (!d) return 0;
+    json_t *t = json_object_get(d, "rope_type");
+    if (!t) t = json_object_get(d, "type");
+    if (t && !json_is_string(t)) { snprintf(err, errlen, "%s: %s.rope_type must be a string", file, dname); return -1; }
+    const char *rt = t ? json_string_value(t) : "default";
+    const char *llama3_keys[4] = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+    if (!strcmp(rt, "llama3")) {
+        double v[4];
+        for (int i = 0; i < 4; i++)
+            if (json_num(d, llama3_keys[i], &v[i]) != 0) {
+                snprintf(err, errlen, "%s: llama3 %s needs the number \"%s\"", file, dname, llama3_keys[i]); return -1;
+            }
+        c->rope_llama3 = 1;
+        c->rope_factor = (float)v[0]; c->rope_low_freq_factor = (float)v[1]; c->rope_high_freq_factor = (float)v[2];
+        c->rope_orig_max_pos = int_in_range(v[3]) ? (int)v[3] : 0;   /* 0 fails the validation */
+    } else if (strcmp(rt, "default")) {
+        snprintf(err, errlen, "%s: %s rope type \"%s\" is not supported (default or llama3)", file, dname, rt); return -1;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(d, key, v) {
+        int known = !strcmp(key, "rope_type") || !strcmp(key, "type") || !strcmp(key, "rope_theta");
+        for (int i = 0; i < 4 && c->rope_llama3; i++) known |= !strcmp(key, llama3_keys[i]);
+        if (!strcmp(key, "partial_rotary_factor") && json_is_number(v) && json_number_value(v) == 1.0) known = 1;
+        if (!known) { snprintf(err, errlen, "%s: %s key \"%s\" is not supported for rope type %s", file, dname, key, rt); return -1; }
+    }
+    return 0;
+}
+
+/* Qwen sliding-window attention, as transformers reads it: sliding_window counts only with use_sliding_window
+   true; layer_types, when given, names each layer's attention ("full_attention" or "sliding_attention"), else
+   the layers l >= max_window_layers slide. Sliding layers must come after all full ones. */
+static int config_sliding(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
+    int use = 0, w = 0;
+    if (json_flag(root, "use_sliding_window", &use, file, err, errlen) != 0) return -1;
+    if (json_count(root, "max_window_layers", &c->max_window_layers, file, err, errlen) != 0) return -1;
+    if (use && json_count(root, "sliding_window", &w, file, err, errlen) != 0) return -1;
+    json_t *sw = json_object_get(root, "sliding_window");
+    if (use && w == 0 && sw && !json_is_null(sw)) {
+        snprintf(err, errlen, "%s: key \"sliding_window\" must be at least 1", file); return -1;
+    }
+    c->sliding_window = w;
+    json_t *lt = json_object_get(root, "layer_types");
+    if (!lt || json_is_null(lt)) return 0;
+    if (!json_is_array(lt) || (int)json_array_size(lt) != c->n_layer) {
+        snprintf(err, errlen, "%s: key \"layer_types\" must be a list of %d layer types", file, c->n_layer); return -1;
+    }
+    int first_sliding = c->n_layer;
+    for (int l = 0; l < c->n_layer; l++) {
+        const char *s = json_string_value(json_array_get(lt, l));
+        int sliding = s && !strcmp(s, "sliding_attention");
+        if (!s || !(sliding || !strcmp(s, "full_attention") || !strcmp(s, "attention"))) {
+            snprintf(err, errlen, "%s: layer_types[%d] must be \"full_attention\" or \"sliding_attention\"", file, l); return -1;
+        }
+        if (sliding && first_sliding == c->n_layer) first_sliding = l;
+        if (!sliding && first_sliding < l) {
+            snprintf(err, errlen, "%s: layer_types[%d] is full attention after a sliding layer (not supported)", file, l); return -1;
+        }
+    }
+    if (first_sliding < c->n_layer && c->sliding_window == 0) {
+        snprintf(err, errlen, "%s: layer_types has sliding_attention layers but no sliding_window "
+                 "(use_sliding_window false or sliding_window null)", file); return -1;
+    }
+    c->max_window_layers = first_sliding;
+    if (first_sliding == c->n_layer) c->sliding_window = 0;
+    return 0;
+}
+
+const char *const norm_names[2] = {"layernorm", "rmsnorm"}, *const act_names[2] = {"gelu", "swiglu"};
+const char *const positions_names[3] = {"learned", "rope", "none"};
+
+/* index of s in names[0..n), or -1 */
+static int name_index(const char *s, const char *const *names, int n) {
+    for (int i = 0; s && i < n; i++) if (!strcmp(s, names[i])) return i;
+    return -1;
+}
+
+/* config.json's "llmtrain" object: the features that differ from the family's and that its HF config cannot
+   say, {"norm": "rmsnorm", "activation": "swiglu", "positions": "none", "mlp_bias": false}; every key optional,
+   any other key refused. Absent: the family's features stand. */
+static int config_features(ModelConfig *c, json_t *o, const char *file, char *err, size_t errlen) {
+    if (!o) return 0;
+    if (!json_is_object(o)) { snprintf(err, errlen, "%s: key \"llmtrain\" must be an object", file); return -1; }
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        int *dst = !strcmp(key, "norm") ? &c->norm : !strcmp(key, "activation") ? &c->act :
+                   !strcmp(key, "positions") ? &c->positions : NULL;
+        const char *const *names = dst == &c->norm ? norm_names : dst == &c->act ? act_names : positions_names;
+        int n = dst == &c->positions ? 3 : 2;
+        if (!strcmp(key, "mlp_bias")) {
+            if (!json_is_boolean(v)) { snprintf(err, errlen, "%s: llmtrain key \"mlp_bias\" must be true or false", file); return -1; }
+            c->mlp_bias = json_is_true(v);
+        } else if (!dst) {
+            snprintf(err, errlen, "%s: llmtrain key \"%s\" is not known (norm, activation, positions, mlp_bias)", file, key);
+            return -1;
+        } else if ((*dst = name_index(json_string_value(v), names, n)) < 0) {
+            snprintf(err, errlen, "%s: llmtrain key \"%s\" must be %s%s%s%s%s", file, key, names[0], n == 3 ? ", " : " or ",
+                     names[1], n == 3 ? " or " : "", n == 3 ? names[2] : "");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The features of c that differ from its family's and that the family's HF config has no key for (LLaMA has
+   mlp_bias), as the "llmtrain" object (NULL when none) and, with buf, as text. */
+static json_t *config_extras(const ModelConfig *c, char *buf, size_t n) {
+    ModelConfig d;
+    config_defaults(&d, c->family);
+    json_t *o = json_object();
+    if (c->norm != d.norm) json_object_set_new(o, "norm", json_string(norm_names[c->norm]));
+    if (c->act != d.act) json_object_set_new(o, "activation", json_string(act_names[c->act]));
+    if (c->positions != d.positions) json_object_set_new(o, "positions", json_string(positions_names[c->positions]));
+    if (c->mlp_bias != d.mlp_bias && c->family != FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_boolean(c->mlp_bias));
+    if (buf && n) {
+        buf[0] = 0;
+        const char *key;
+        json_t *v;
+        json_object_foreach(o, key, v) {
+            size_t k = strlen(buf);
+            snprintf(buf + k, n - k, "%s%s %s", k ? ", " : "", key,
+                     json_is_string(v) ? json_string_value(v) : json_is_true(v) ? "true" : "false");
+        }
+    }
+    if (json_object_size(o) == 0) { json_decref(o); return NULL; }
+    return o;
+}
+
+int model_config_extras(const ModelConfig *c, char *buf, size_t n) {
+    json_t *o = config_extras(c, buf, n);
+    int k = o ? (int)json_object_size(o) : 0;
+    json_decref(o);
+    return k;
+}
+
+/* The body of model_config_from_json on a parsed JSON document. */
+static int config_from_root(ModelConfig *c, json_t *root, const char *file, char *err, size_t errlen) {
+    if (!json_is_object(root)) { snprintf(err, errlen, "%s: expected a JSON object", file); return -1; }
+    json_t *mt = json_object_get(root, "model_type");
+    if (!json_is_string(mt)) { snprintf(err, errlen, "%s: missing string key \"model_type\"", file); return -1; }
+    const char *type = json_string_value(mt);
+    int family;
+    if (!strcmp(type, "gpt2")) family = FAMILY_GPT2;
+    else if (!strcmp(type, "llama")) family = FAMILY_LLAMA;
+    else if (!strcmp(type, "qwen2")) family = FAMILY_QWEN2;
+    else if (!strcmp(type, "qwen3")) family = FAMILY_QWEN3;
+    else { snprintf(err, errlen, "%s: unknown model_type \"%s\" (expected gpt2, llama, qwen2 or qwen3)", file, type); return -1; }
+    config_defaults(c, family);
+    if (config_check_keys(root, family, file, err, errlen) != 0) return -1;
+
+    /* the sizes every family has, under the family's HF names (GPT-2 also takes the LLaMA names as aliases,
+       as transformers' attribute_map does); a default < 0 marks a required key */
+    const char *names_gpt2[7] = {"vocab_size", "n_positions", "n_layer", "n_embd", "n_head", "n_inner", "layer_norm_epsilon"};
+    const char *names_llama[7] = {"vocab_size", "max_position_embeddings", "num_hidden_layers", "hidden_size",
+                                  "num_attention_heads", "intermediate_size", "rms_norm_eps"};
+    const char **names = family == FAMILY_GPT2 ? names_gpt2 : names_llama;
+    double val[7], defs[7] = {-1.0, family == FAMILY_GPT2 ? 1024.0 : 2048.0, -1.0, -1.0, -1.0, family == FAMILY_GPT2 ? 0.0 : -1.0,
+                              family == FAMILY_GPT2 ? 1e-5 : 1e-6};
+    for (int i = 0; i < 7; i++) {
+        const char *name = names[i];
+        if (family == FAMILY_GPT2 && names_gpt2[i] != names_llama[i] && i >= 1 && i <= 4 && json_object_get(root, names_llama[i])) {
+            if (json_object_get(root, names_gpt2[i])) {
+                snprintf(err, errlen, "%s: both \"%s\" and its alias \"%s\" are set", file, names_gpt2[i], names_llama[i]); return -1;
+            }
+            name = names_llama[i];
+        }
+        int r = json_num(root, name, &val[i]);
+        if (r < 0) { snprintf(err, errlen, "%s: key \"%s\" must be a number", file, name); return -1; }
+        if (r == 1) {
+            if (defs[i] < 0) { snprintf(err, errlen, "%s: missing key \"%s\" for model_type %s", file, name, type); return -1; }
+            val[i] = defs[i];
+        }
+        if (i < 6 && !int_in_range(val[i])) {
+            snprintf(err, errlen, "%s: key \"%s\" must be a whole number from 0 to 2^24, not %g", file, name, val[i]); return -1;
+        }
+    }
+    c->vocab_size = (int)val[0]; c->max_seq_len = (int)val[1]; c->n_layer = (int)val[2];
+    c->n_embd = (int)val[3]; c->n_head = (int)val[4]; c->d_ff = (int)val[5]; c->norm_eps = (float)val[6];
+    c->n_kv_head = c->n_head;
+    c->head_dim = c->n_head > 0 ? c->n_embd / c->n_head : 0;
+    double x;
+    if (family == FAMILY_GPT2) {
+        if (c->d_ff == 0) c->d_ff = 4 * c->n_embd;
+        json_t *act = json_object_get(root, "activation_function");
+        if (act && !(json_is_string(act) && (!strcmp(json_string_value(act), "gelu_new") ||
+                     !strcmp(json_string_value(act), "gelu_pytorch_tanh")))) {
+            snprintf(err, errlen, "%s: activation_function must be \"gelu_new\" (tanh GELU)", file); return -1;
+        }
+        int scaled = 1;
+        if (json_flag(root, "scale_attn_weights", &scaled, file, err, errlen) != 0 ||
+            json_flag(root, "scale_attn_by_inverse_layer_idx", &c->attn_by_layer, file, err, errlen) != 0 ||
+            json_flag(root, "reorder_and_upcast_attn", &c->attn_upcast, file, err, errlen) != 0) return -1;
+        c->attn_unscaled = !scaled;
+    } else {
+        if (json_count(root, "num_key_value_heads", &c->n_kv_head, file, err, errlen) != 0) return -1;
+        if (family == FAMILY_QWEN3) c->head_dim = 128;   /* Qwen3Config's default; the others use hidden / heads */
+        if (json_count(root, "head_dim", &c->head_dim, file, err, errlen) != 0) return -1;
+        json_t *act = json_object_get(root, "hidden_act");
+        if (act && !(json_is_string(act) && (!strcmp(json_string_value(act), "silu") || !strcmp(json_string_value(act), "swish")))) {
+            snprintf(err, errlen, "%s: hidden_act must be \"silu\"", file); return -1;
+        }
+        if (family != FAMILY_QWEN2) {   /* Qwen2 always has q/k/v biases and no o_proj bias */
+            int bias = 0;
+            if (json_flag(root, "attention_bias", &bias, file, err, errlen) != 0) return -1;
+            c->qkv_bias = c->o_bias = bias;
+        }
+        if (family == FAMILY_LLAMA && json_flag(root, "mlp_bias", &c->mlp_bias, file, err, errlen) != 0) return -1;
+        if (config_rope(c, root, file, err, errlen) != 0) return -1;
+        if (family != FAMILY_LLAMA && config_sliding(c, root, file, err, errlen) != 0) return -1;
+    }
+    if (json_flag(root, "tie_word_embeddings", &c->tie_embeddings, file, err, errlen) != 0) return -1;
+    if (json_num(root, "bos_token_id", &x) == 0 && int_in_range(x)) c->bos_token_id = (int)x;
+    if (json_num(root, "eos_token_id", &x) == 0 && int_in_range(x)) c->eos_token_id = (int)x;
+    else {
+        json_t *e = json_object_get(root, "eos_token_id");
+        if (json_is_array(e) && json_array_size(e) > 0 && json_is_number(json_array_get(e, 0)) &&
+            int_in_range(json_number_value(json_array_get(e, 0))))
+            c->eos_token_id = (int)json_number_value(json_array_get(e, 0));
+    }
+    if (config_features(c, json_object_get(root, "llmtrain"), file, err, errlen) != 0) return -1;
+    char verr[256];
+    if (model_config_validate(c, verr, sizeof(verr)) != 0) { snprintf(err, errlen, "%s: %s", file, verr); return -1; }
+    return 0;
+}
+
+int model_config_from_json(ModelConfig *c, const char *path, char *err, size_t errlen) {
+    char file[1200];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(file, sizeof(file), "%s/config.json", path);
+    else snprintf(file, sizeof(file), "%s", path);
+    json_error_t je;
+    json_t *root = json_load_file(file, 0, &je);
+    if (!root) {
+        if (access(file, R_OK) != 0) snprintf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
+        else snprintf(err, errlen, "%s:%d:%d: malformed JSON: %s", file, je.line, je.column, je.text);
+        return -1;
+    }
+    int rc = config_from_root(c, root, file, err, errlen);
+    json_decref(root);
+    return rc;
+}
+
+char *model_config_to_json(const ModelConfig *c) {
+    json_t *o = json_object();
+    if (c->family == FAMILY_GPT2) {
+        json_object_set_new(o, "architectures", json_pack("[s]", "GPT2LMHeadModel"));
+        json_object_set_new(o, "model_type", json_string("gpt2"));
+        json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
+        json_object_set_new(o, "n_positions", json_integer(c->max_seq_len));
+        json_object_set_new(o, "n_ctx", json_integer(c->max_seq_len));
+        json_object_set_new(o, "n_embd", json_integer(c->n_embd));
+        json_object_set_new(o, "n_layer", json_integer(c->n_layer));
+        json_object_set_new(o, "n_head", json_integer(c->n_head));
+        json_object_set_new(o, "n_inner", json_integer(c->d_ff));
+        json_object_set_new(o, "activation_function", json_string("gelu_new"));
+        json_object_set_new(o, "layer_norm_epsilon", json_real(c->norm_eps));
+        json_object_set_new(o, "resid_pdrop", json_real(0.0));
+        json_object_set_new(o, "embd_pdrop", json_real(0.0));
+        json_object_set_new(o, "attn_pdrop", json_real(0.0));
+        json_object_set_new(o, "scale_attn_weights", json_boolean(!c->attn_unscaled));
+        json_object_set_new(o, "scale_attn_by_inverse_layer_idx", json_boolean(c->attn_by_layer));
+        json_object_set_new(o, "reorder_and_upcast_attn", json_boolean(c->attn_upcast));
+    } else {
+        const char *arch = c->family == FAMILY_LLAMA ? "LlamaForCausalLM" : c->family == FAMILY_QWEN2 ?
+                           "Qwen2ForCausalLM" : "Qwen3ForCausalLM";
+        json_object_set_new(o, "architectures", json_pack("[s]", arch));
+        json_object_set_new(o, "model_type", json_string(family_name(c->family)));
+        json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
+        json_object_set_new(o, "max_position_embeddings", json_integer(c->max_seq_len));
+        json_object_set_new(o, "hidden_size", json_integer(c->n_embd));
+        json_object_set_new(o, "intermediate_size", json_integer(c->d_ff));
+        json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layer));
+        json_object_set_new(o, "num_attention_heads", json_integer(c->n_head));
+        json_object_set_new(o, "num_key_value_heads", json_integer(c->n_kv_head));
+        json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+        json_object_set_new(o, "hidden_act", json_string("silu"));
+        json_object_set_new(o, "rms_norm_eps", json_real(c->norm_eps));
+        json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
+        if (c->rope_llama3)
+            json_object_set_new(o, "rope_scaling", json_pack("{s:s,s:f,s:f,s:f,s:i}", "rope_type", "llama3",
+                                "factor", c->rope_factor, "low_freq_factor", c->rope_low_freq_factor,
+                                "high_freq_factor", c->rope_high_freq_factor,
+                                "original_max_position_embeddings", c->rope_orig_max_pos));
+        else json_object_set_new(o, "rope_scaling", json_null());
+        if (c->family != FAMILY_QWEN2) json_object_set_new(o, "attention_bias", json_boolean(c->qkv_bias));
+        if (c->family == FAMILY_LLAMA) json_object_set_new(o, "mlp_bias", json_boolean(c->mlp_bias));
+        json_object_set_new(o, "attention_dropout", json_real(0.0));
+        if (c->family != FAMILY_LLAMA) {
+            json_object_set_new(o, "use_sliding_window", json_boolean(c->sliding_window > 0));
+            json_object_set_new(o, "sliding_window", c->sliding_window > 0 ? json_integer(c->sliding_window) : json_null());
+            json_object_set_new(o, "max_window_layers", json_integer(c->max_window_layers));
+            json_t *types = json_array();
+            for (int l = 0; l < c->n_layer; l++)
+                json_array_append_new(types, json_string(attention_window(c, l) ? "sliding_attention" : "full_attention"));
+            json_object_set_new(o, "layer_types", types);
+        }
+    }
+    json_object_set_new(o, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    if (c->bos_token_id >= 0) json_object_set_new(o, "bos_token_id", json_integer(c->bos_token_id));
+    if (c->eos_token_id >= 0) json_object_set_new(o, "eos_token_id", json_integer(c->eos_token_id));
+    json_object_set_new(o, "torch_dtype", json_string("float32"));
+    json_object_set_new(o, "initializer_range", json_real(0.02));
+    json_t *extras = config_extras(c, NULL, 0);
+    if (extras) json_object_set_new(o, "llmtrain", extras);
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    return s;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
