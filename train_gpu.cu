@@ -14,8 +14,8 @@
  cuBLASLt for the matmuls; then the optimizer's kernels and small utilities; the wrappers inside namespace gpu
  (gpu::layernorm_forward mirrors layernorm_forward); the model on the device (forward, backward, AdamW on the
  ZeRO-1 shard); the distributed start-up (dist.h); the backend of the training loop both trainers share
- (train_loop.h); main. In the kernels, as in the header, T is the sequence length (floatX the element type), and the backward kernels add (+=) into the gradients they write unless their
- comment says otherwise.
+ (train_loop.h); main. Everywhere, as in the header, T is the sequence length (floatX the element type),
+ and the backward kernels add (+=) into the gradients they write unless their comment says otherwise.
 
  Numerics (docs/design.md sec. 5): params and activations in floatX (bf16, or fp32 with --dtype fp32); fp32 master
  weights and AdamW moments, sharded over ranks; gradients of the weights in fp32; the residual-stream
@@ -1630,11 +1630,11 @@ namespace gpu {
 static int g_num_sms = 132;
 
 /* pos [B*T]: the learned position of each row (NULL: t) */
-template <typename T>
-void embedding_forward(T *out, const int *tokens, const T *wte, const T *wpe, int B, int Tn, int C, cudaStream_t s,
+template <typename floatX>
+void embedding_forward(floatX *out, const int *tokens, const floatX *wte, const floatX *wpe, int B, int T, int C, cudaStream_t s,
                        const int *pos = NULL) {
-    size_t packs = (size_t)B * Tn * C / Pack<T>::N;
-    embedding_forward_kernel<T><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, pos, B * Tn, Tn, C);
+    size_t packs = (size_t)B * T * C / Pack<floatX>::N;
+    embedding_forward_kernel<floatX><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, pos, B * T, T, C);
     KERNEL_CHECK();
 }
 
@@ -1660,29 +1660,29 @@ static void embedding_backward_rows(float *dw, const float *dout, const EmbBucke
 
 /* dwte from bk (the rows bucketed by token); dwpe from pbk (the rows bucketed by their position, with
    --reset-position-ids), or, pbk NULL, row b*T+t at position t */
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int Tn, int C, cudaStream_t s,
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBuckets &bk, int B, int T, int C, cudaStream_t s,
                         const EmbBuckets *pbk = NULL) {
     embedding_backward_rows(dwte, dout, bk, C, s);
     if (dwpe && pbk) {
         embedding_backward_rows(dwpe, dout, *pbk, C, s);
     } else if (dwpe) {
-        embedding_backward_wpe_kernel<<<ceil_div((size_t)Tn * C, 256), 256, 0, s>>>(dwpe, dout, B, Tn, C);
+        embedding_backward_wpe_kernel<<<ceil_div((size_t)T * C, 256), 256, 0, s>>>(dwpe, dout, B, T, C);
         KERNEL_CHECK();
     }
 }
 
 /* layernorm_forward / rmsnorm_forward, with the residual add before it when inp2 != NULL */
-template <typename T>
-void norm_forward(T *resid_out, T *out, float *mean, float *rstd, const T *inp1, const T *inp2, int heads, int ld,
-                  const T *w, const T *b, int rows, int C, float eps, int layernorm, cudaStream_t s) {
-    residual_norm_forward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(resid_out, out, mean, rstd, inp1, inp2, heads, ld, w, b,
+template <typename floatX>
+void norm_forward(floatX *resid_out, floatX *out, float *mean, float *rstd, const floatX *inp1, const floatX *inp2, int heads, int ld,
+                  const floatX *w, const floatX *b, int rows, int C, float eps, int layernorm, cudaStream_t s) {
+    residual_norm_forward_kernel<floatX><<<ceil_div(rows, 8), 256, 0, s>>>(resid_out, out, mean, rstd, inp1, inp2, heads, ld, w, b,
                                                              rows, C, eps, layernorm);
     KERNEL_CHECK();
 }
 
-template <typename T>
-void norm_apply(T *out, const T *inp, const float *mean, const float *rstd, const T *w, const T *b, int rows, int C, cudaStream_t s) {
-    norm_forward_recompute_kernel<T><<<ceil_div((size_t)rows * C / Pack<T>::N, 256), 256, 0, s>>>(out, inp, mean, rstd, w, b, rows, C);
+template <typename floatX>
+void norm_apply(floatX *out, const floatX *inp, const float *mean, const float *rstd, const floatX *w, const floatX *b, int rows, int C, cudaStream_t s) {
+    norm_forward_recompute_kernel<floatX><<<ceil_div((size_t)rows * C / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, mean, rstd, w, b, rows, C);
     KERNEL_CHECK();
 }
 
@@ -1690,8 +1690,8 @@ void norm_apply(T *out, const T *inp, const float *mean, const float *rstd, cons
 #define COLSUM_MAX_RB 128
 
 /* dw[c] += sum_r dy[r,c] n[r,c] (when x), db[c] += sum_r dy[r,c] (when db); dy has row stride lddy */
-template <typename T>
-void column_sums(float *dw, float *db, const T *dy, int lddy, const T *x, int heads, int ld, const float *mean,
+template <typename floatX>
+void column_sums(float *dw, float *db, const floatX *dy, int lddy, const floatX *x, int heads, int ld, const float *mean,
                  const float *rstd, int rows, int C, float *scratch, cudaStream_t s) {
     int chunks = ceil_div(C, COLSUM_COLS);
     int rb = 2 * g_num_sms / chunks;
@@ -1701,7 +1701,7 @@ void column_sums(float *dw, float *db, const T *dy, int lddy, const T *x, int he
     int rpb = ceil_div(rows, rb);
     rb = ceil_div(rows, rpb);
     float *pw = scratch, *pb = scratch + (size_t)COLSUM_MAX_RB * C;
-    column_sums_stage1_kernel<T><<<dim3(chunks, rb), 32 * COLSUM_WARPS, 0, s>>>(x ? pw : NULL, db ? pb : NULL, dy, lddy, x, heads, ld,
+    column_sums_stage1_kernel<floatX><<<dim3(chunks, rb), 32 * COLSUM_WARPS, 0, s>>>(x ? pw : NULL, db ? pb : NULL, dy, lddy, x, heads, ld,
                                                                            mean, rstd, rows, C, rpb);
     KERNEL_CHECK();
     column_sums_stage2_kernel<<<ceil_div(C, 256), 256, 0, s>>>(x ? dw : NULL, db, pw, pb, rb, C);
@@ -1709,23 +1709,23 @@ void column_sums(float *dw, float *db, const T *dy, int lddy, const T *x, int he
 }
 
 /* layernorm_backward / rmsnorm_backward (see residual_norm_backward_kernel for the two output forms) */
-template <typename T>
-void norm_backward(float *dres, T *dres_t, T *dinp, float *dw, float *db, const T *dout, const T *inp, int heads, int ld,
-                   const T *w, const float *mean, const float *rstd, int rows, int C, int accumulate, float *scratch,
+template <typename floatX>
+void norm_backward(float *dres, floatX *dres_t, floatX *dinp, float *dw, float *db, const floatX *dout, const floatX *inp, int heads, int ld,
+                   const floatX *w, const float *mean, const float *rstd, int rows, int C, int accumulate, float *scratch,
                    cudaStream_t s) {
-    residual_norm_backward_kernel<T><<<ceil_div(rows, 8), 256, 0, s>>>(dres, dres_t, dinp, dout, inp, heads, ld, w, mean, rstd,
+    residual_norm_backward_kernel<floatX><<<ceil_div(rows, 8), 256, 0, s>>>(dres, dres_t, dinp, dout, inp, heads, ld, w, mean, rstd,
                                                               rows, C, accumulate);
     KERNEL_CHECK();
-    column_sums<T>(dw, db, dout, C, inp, heads, ld, mean, rstd, rows, C, scratch, s);
+    column_sums<floatX>(dw, db, dout, C, inp, heads, ld, mean, rstd, rows, C, scratch, s);
 }
 
 /* matmul_forward: out[N, OC] (row stride ldo) = inp[N, IC] w[OC, IC]^T + bias.
    gelu_aux != NULL: out = gelu(inp w^T + bias) and gelu_aux = inp w^T + bias (cuBLASLt's GELU epilogue) */
-template <typename T>
-void matmul_forward(T *out, const T *inp, const T *w, const T *bias, int N, int IC, int OC, int ldo, T *gelu_aux, cudaStream_t s) {
+template <typename floatX>
+void matmul_forward(floatX *out, const floatX *inp, const floatX *w, const floatX *bias, int N, int IC, int OC, int ldo, floatX *gelu_aux, cudaStream_t s) {
     cublasLtEpilogue_t epi = gelu_aux ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
                                       : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
-    matmul_lt(out, cuda_type<T>(), w, inp, cuda_type<T>(), bias, OC, N, IC, IC, IC, ldo, 1, 0, 0.0f, epi, gelu_aux, OC, s);
+    matmul_lt(out, cuda_type<floatX>(), w, inp, cuda_type<floatX>(), bias, OC, N, IC, IC, IC, ldo, 1, 0, 0.0f, epi, gelu_aux, OC, s);
 }
 
 /* matmul_backward: dinp[N, IC] (=, or += with accumulate) = dout w;  dw[OC, IC] += dout^T inp (fp32);
@@ -1734,18 +1734,18 @@ void matmul_forward(T *out, const T *inp, const T *w, const T *bias, int N, int 
    BGRADB epilogue sums op(B) over k, i.e. dout over the rows, as it reads it for the product. The epilogue writes
    (does not add), so it goes to scratch and is added to dbias. Where cuBLASLt has no algorithm with that epilogue,
    the column-sum kernels do it. */
-template <typename T>
-void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *inp, const T *w, int N, int IC, int OC,
-                     int lddo, int accumulate, const T *dgelu_aux, float *scratch, cudaStream_t s) {
+template <typename floatX>
+void matmul_backward(floatX *dinp, float *dw, float *dbias, const floatX *dout, const floatX *inp, const floatX *w, int N, int IC, int OC,
+                     int lddo, int accumulate, const floatX *dgelu_aux, float *scratch, cudaStream_t s) {
     /* the epilogue would apply GELU' to the sum with the old dinp, not to the new product alone */
     if (accumulate && dgelu_aux) die("matmul_backward: the DGELU epilogue cannot accumulate into dinp");
     if (dinp)
-        matmul_lt(dinp, cuda_type<T>(), w, dout, cuda_type<T>(), NULL, IC, N, OC, IC, lddo, IC, 0, 0,
+        matmul_lt(dinp, cuda_type<floatX>(), w, dout, cuda_type<floatX>(), NULL, IC, N, OC, IC, lddo, IC, 0, 0,
                   accumulate ? 1.0f : 0.0f, dgelu_aux ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT,
                   (void *)dgelu_aux, IC, s);
     int fused = 0;
     if (dw && dbias) {
-        fused = matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), scratch, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
+        fused = matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<floatX>(), scratch, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
                           CUBLASLT_EPILOGUE_BGRADB, NULL, 0, s, 1);
         if (fused) {
             add_kernel<<<ceil_div(OC, 256), 256, 0, s>>>(dbias, scratch, OC);
@@ -1753,44 +1753,44 @@ void matmul_backward(T *dinp, float *dw, float *dbias, const T *dout, const T *i
         }
     }
     if (dw && !fused)
-        matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<T>(), NULL, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
+        matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<floatX>(), NULL, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
                   CUBLASLT_EPILOGUE_DEFAULT, NULL, 0, s);
-    if (dbias && !fused) column_sums<T>(NULL, dbias, dout, lddo, (const T *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
+    if (dbias && !fused) column_sums<floatX>(NULL, dbias, dout, lddo, (const floatX *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
 }
 
-template <typename T>
-void gelu_forward(T *out, const T *inp, size_t n, cudaStream_t s) {
-    gelu_forward_kernel<T><<<ceil_div(n / Pack<T>::N, 256), 256, 0, s>>>(out, inp, n);
+template <typename floatX>
+void gelu_forward(floatX *out, const floatX *inp, size_t n, cudaStream_t s) {
+    gelu_forward_kernel<floatX><<<ceil_div(n / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, n);
     KERNEL_CHECK();
 }
-template <typename T>
-void gelu_backward(T *dinp, const T *inp, const T *dout, size_t n, cudaStream_t s) {
-    gelu_backward_kernel<T><<<ceil_div(n / Pack<T>::N, 256), 256, 0, s>>>(dinp, inp, dout, n);
+template <typename floatX>
+void gelu_backward(floatX *dinp, const floatX *inp, const floatX *dout, size_t n, cudaStream_t s) {
+    gelu_backward_kernel<floatX><<<ceil_div(n / Pack<floatX>::N, 256), 256, 0, s>>>(dinp, inp, dout, n);
     KERNEL_CHECK();
 }
-template <typename T>
-void swiglu_forward(T *out, const T *inp, int N, int F, cudaStream_t s) {
-    swiglu_forward_kernel<T><<<ceil_div((size_t)N * F / Pack<T>::N, 256), 256, 0, s>>>(out, inp, N, F);
+template <typename floatX>
+void swiglu_forward(floatX *out, const floatX *inp, int N, int F, cudaStream_t s) {
+    swiglu_forward_kernel<floatX><<<ceil_div((size_t)N * F / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, N, F);
     KERNEL_CHECK();
 }
-template <typename T>
-void swiglu_backward(T *dinp, const T *dout, const T *inp, int N, int F, cudaStream_t s) {
-    swiglu_backward_kernel<T><<<ceil_div((size_t)N * F / Pack<T>::N, 256), 256, 0, s>>>(dinp, dout, inp, N, F);
+template <typename floatX>
+void swiglu_backward(floatX *dinp, const floatX *dout, const floatX *inp, int N, int F, cudaStream_t s) {
+    swiglu_backward_kernel<floatX><<<ceil_div((size_t)N * F / Pack<floatX>::N, 256), 256, 0, s>>>(dinp, dout, inp, N, F);
     KERNEL_CHECK();
 }
 
 /* crossentropy_forward (+ crossentropy_backward in place when backward) on rows of logits */
-template <typename T>
-void crossentropy_fused(T *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
-    if (ldl % Pack<T>::N || ldl < V) die("crossentropy_fused: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
-    crossentropy_forward_backward_kernel<T><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
+template <typename floatX>
+void crossentropy_fused(floatX *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
+    if (ldl % Pack<floatX>::N || ldl < V) die("crossentropy_fused: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
+    crossentropy_forward_backward_kernel<floatX><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
     KERNEL_CHECK();
 }
 
 /* which attention kernels run: the tensor-core ones for bf16 and HD 32/64/128 unless plain is asked for */
-template <typename T> static int attention_uses_tc(int HD, int force_plain) {
+template <typename floatX> static int attention_uses_tc(int HD, int force_plain) {
     if (force_plain) return 0;
-    if constexpr (std::is_same<T, bf16>::value) return HD == 32 || HD == 64 || HD == 128;
+    if constexpr (std::is_same<floatX, bf16>::value) return HD == 32 || HD == 64 || HD == 128;
     return 0;
 }
 
@@ -1851,10 +1851,10 @@ template <int HD> static void attention_backward_tc(AttnArgs<bf16> &a, const int
 }
 
 /* the tensor-core kernels (forward or backward) for head dim 32, 64 or 128; 0 where they do not apply */
-template <typename T>
-static int attention_tc(AttnArgs<T> &a, int force_plain, int backward, cudaStream_t s) {
-    if constexpr (std::is_same<T, bf16>::value) {
-        if (!attention_uses_tc<T>(a.HD, force_plain)) return 0;
+template <typename floatX>
+static int attention_tc(AttnArgs<floatX> &a, int force_plain, int backward, cudaStream_t s) {
+    if constexpr (std::is_same<floatX, bf16>::value) {
+        if (!attention_uses_tc<floatX>(a.HD, force_plain)) return 0;
         AttnArgs<bf16> r = attention_rotated(a, s);
         const int *lo = a.doc_start ? g_att_tile_lo : NULL;
         if (a.HD == 32) { if (backward) attention_backward_tc<32>(r, lo, s); else attention_forward_tc<32>(r, lo, s); }
@@ -1866,33 +1866,33 @@ static int attention_tc(AttnArgs<T> &a, int force_plain, int backward, cudaStrea
 }
 
 /* rope_forward + attention_forward */
-template <typename T>
-void attention_forward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
+template <typename floatX>
+void attention_forward(AttnArgs<floatX> &a, int force_plain, cudaStream_t s) {
     if (a.HD > ATT_MAXHD) die("head_dim %d: the attention kernels support up to %d", a.HD, ATT_MAXHD);
     if (attention_tc(a, force_plain, 0, s)) return;
-    rope_attention_forward_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    rope_attention_forward_plain_kernel<floatX><<<ceil_div((size_t)a.B * a.NH * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
 }
 
 /* attention_backward + rope_backward: adds (+=) into dq, dk, dv */
-template <typename T>
-void attention_backward(AttnArgs<T> &a, int force_plain, cudaStream_t s) {
-    attention_backward_delta_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.T, 8), 256, 0, s>>>(a);
+template <typename floatX>
+void attention_backward(AttnArgs<floatX> &a, int force_plain, cudaStream_t s) {
+    attention_backward_delta_kernel<floatX><<<ceil_div((size_t)a.B * a.NH * a.T, 8), 256, 0, s>>>(a);
     KERNEL_CHECK();
     if (attention_tc(a, force_plain, 1, s)) return;
-    attention_rope_backward_dq_plain_kernel<T><<<ceil_div((size_t)a.B * a.NH * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    attention_rope_backward_dq_plain_kernel<floatX><<<ceil_div((size_t)a.B * a.NH * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
-    attention_rope_backward_dkdv_plain_kernel<T><<<ceil_div((size_t)a.B * a.NKV * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    attention_rope_backward_dkdv_plain_kernel<floatX><<<ceil_div((size_t)a.B * a.NKV * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
 }
 
 /* adamw_update on master[0..n) = flat elements [global_offset, global_offset + n), with the step's device
    decisions ctl (see AdamCtl) */
-template <typename T>
-void adamw_update(T *params, float *master, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+template <typename floatX>
+void adamw_update(floatX *params, float *master, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float wd, const AdamCtl *ctl, uint64_t global_offset, cudaStream_t s) {
     if (n == 0) return;
-    adamw_update_scaled_kernel<T><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, ctl,
+    adamw_update_scaled_kernel<floatX><<<ceil_div(n, 256), 256, 0, s>>>(params, master, grads, m, v, n, lr, beta1, beta2, eps, wd, ctl,
                                                      global_offset);
     KERNEL_CHECK();
 }
@@ -1908,7 +1908,7 @@ void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream
 } /* namespace gpu */
 
 /* ================================================================================================ */
-/* the model on the device: the header's flat layout (Model.param_offsets) for the T weights and the fp32
+/* the model on the device: the header's flat layout (Model.param_offsets) for the floatX weights and the fp32
    gradients, so the host Model (fp32) can be uploaded and downloaded as one buffer; the fp32 masters and AdamW
    moments hold only this rank's ZeRO-1 shard. */
 
@@ -1917,11 +1917,11 @@ typedef struct {
     ncclComm_t comm;             /* NULL when world == 1 (unless NCCL is asked for with one rank) */
 } Dist;
 
-template <typename T> static ncclDataType_t nccl_type();
+template <typename floatX> static ncclDataType_t nccl_type();
 template <> ncclDataType_t nccl_type<float>() { return ncclFloat; }
 template <> ncclDataType_t nccl_type<bf16>() { return ncclBfloat16; }
 
-template <typename T>
+template <typename floatX>
 struct GModel {
     ModelConfig cfg;
     Model *host;                 /* the fp32 weights (and moments) for init, load and save: the real vocabulary */
@@ -1935,7 +1935,7 @@ struct GModel {
     int recompute, plain_attn, fuse_gelu, chunk_rows;
     int rank, world;
     size_t nparams, shard, padded, shard_begin;  /* ZeRO: shard = ceil(n / world), padded = shard * world */
-    T *params;                   /* [padded] */
+    floatX *params;                   /* [padded] */
     float *grads;                /* ZeRO-1: [padded] fp32; ZeRO-2: NULL */
     float *gshard;               /* this rank's shard of the summed gradients: grads + shard_begin, or [shard] */
     float *master, *mom, *vel;   /* [shard] fp32 */
@@ -1948,15 +1948,15 @@ struct GModel {
     cudaEvent_t lbuf_free[2];    /* recorded on comm_stream when the reduction reading lbuf[i] is over */
     float *stage;                /* fp32 staging for uploads and downloads: [stage_floats] (ZeRO-1: the grads) */
     size_t stage_floats;
-    T *pt[NUM_PARAM_TENSORS];
+    floatX *pt[NUM_PARAM_TENSORS];
     float *gt[NUM_PARAM_TENSORS];
     /* activations; a per-layer buffer kept only once (recompute) has layer stride 0 */
-    T *encoded, *ln1, *qkv, *qn, *kn, *atty, *resid2, *ln2, *fch, *fch_act, *resid3, *lnf, *proj, *logits;
+    floatX *encoded, *ln1, *qkv, *qn, *kn, *atty, *resid2, *ln2, *fch, *fch_act, *resid3, *lnf, *proj, *logits;
     float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *qn_rstd, *kn_rstd, *lse, *lnf_mean, *lnf_rstd, *losses;
     int ln_layers, act_layers;   /* L or 1 */
     /* backward scratch */
     float *dres, *delta, *scratch;
-    T *dres_t, *dfch_act, *dfch, *dln, *datty, *dqkv, *dqn, *dkn, *dlnf;
+    floatX *dres_t, *dfch_act, *dfch, *dln, *datty, *dqkv, *dqn, *dkn, *dlnf;
     float *rope_cos, *rope_sin;
     /* inputs */
     int *inputs, *targets;
@@ -1991,7 +1991,7 @@ struct GModel {
     void *allocs[96]; size_t alloc_sizes[96]; int nallocs;
 };
 
-template <typename T> static void *gm_alloc(GModel<T> &g, size_t bytes) {
+template <typename floatX> static void *gm_alloc(GModel<floatX> &g, size_t bytes) {
     if (bytes == 0) return NULL;
     if (g.nallocs >= 96) die("too many device buffers");
     void *p = dev_alloc(bytes);
@@ -2083,12 +2083,12 @@ static void emb_plan_build(const int *tokens, int N, int *count, int *uniq, int 
     bk->pos = dev; bk->cbeg = dev + N; bk->cdst = bk->cbeg + cap; bk->ltok = bk->cdst + cap; bk->lfirst = bk->ltok + cap;
 }
 
-/* Builds the device model for host (whose weights need not be set yet) and batches up to B x Tn. */
-template <typename T>
-void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, const Dist &d, cudaStream_t stream) {
+/* Builds the device model for host (whose weights need not be set yet) and batches up to B x T. */
+template <typename floatX>
+void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &o, const Dist &d, cudaStream_t stream) {
     memset(&g, 0, sizeof(g));
     const ModelConfig *c = &host->cfg;
-    g.cfg = *c; g.host = host; g.Bmax = B; g.Tmax = Tn; g.stream = stream;
+    g.cfg = *c; g.host = host; g.Bmax = B; g.Tmax = T; g.stream = stream;
     g.C = c->n_embd; g.NH = c->n_head; g.NKV = c->n_kv_head; g.HD = c->head_dim; g.F = c->d_ff; g.L = c->n_layer;
     g.QD = g.NH * g.HD; g.KD = g.NKV * g.HD; g.QKV = g.QD + 2 * g.KD;
     g.layernorm = c->norm == NORM_LAYERNORM; g.gelu = c->act == ACT_GELU_TANH;
@@ -2109,13 +2109,13 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     zero_layout(g.nparams, d.world, d.rank, &g.shard, &g.padded, &g.shard_begin);
     g.zero2 = o.zero == 2;
     if (g.zero2 && !d.comm) die("ZeRO-2 reduces through NCCL: it needs a communicator (with one rank, --nccl 1)");
-    g.params = GM_ALLOC(g, T, g.padded);
+    g.params = GM_ALLOC(g, floatX, g.padded);
     g.master = GM_ALLOC(g, float, g.shard);
     g.mom = GM_ALLOC(g, float, g.shard);
     g.vel = GM_ALLOC(g, float, g.shard);
     /* Every copy and memset below goes on `stream`: the trainer's stream is non-blocking, so work on the legacy
        default stream (plain cudaMemset / cudaMemcpy) would not be ordered before the kernels that read it. */
-    CUDA_CHECK(cudaMemsetAsync(g.params, 0, g.padded * sizeof(T), stream));
+    CUDA_CHECK(cudaMemsetAsync(g.params, 0, g.padded * sizeof(floatX), stream));
     CUDA_CHECK(cudaMemsetAsync(g.mom, 0, g.shard * sizeof(float), stream));
     CUDA_CHECK(cudaMemsetAsync(g.vel, 0, g.shard * sizeof(float), stream));
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) g.pt[t] = g.lay.param_sizes[t] ? g.params + g.lay.param_offsets[t] : NULL;
@@ -2141,59 +2141,59 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
         g.stage = GM_ALLOC(g, float, g.stage_floats);
     }
     /* activations */
-    size_t N = (size_t)B * Tn, C = g.C, L = g.L;
+    size_t N = (size_t)B * T, C = g.C, L = g.L;
     g.ln_layers = o.recompute >= 2 ? 1 : g.L;
     g.act_layers = o.recompute >= 1 ? 1 : g.L;
-    g.encoded = GM_ALLOC(g, T, N * C);
-    g.ln1 = GM_ALLOC(g, T, g.ln_layers * N * C);
+    g.encoded = GM_ALLOC(g, floatX, N * C);
+    g.ln1 = GM_ALLOC(g, floatX, g.ln_layers * N * C);
     g.ln1_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
     g.ln1_rstd = GM_ALLOC(g, float, L * N);
-    g.qkv = GM_ALLOC(g, T, L * N * g.QKV);
+    g.qkv = GM_ALLOC(g, floatX, L * N * g.QKV);
     if (c->qk_norm) {
-        g.qn = GM_ALLOC(g, T, L * N * g.QD); g.kn = GM_ALLOC(g, T, L * N * g.KD);
+        g.qn = GM_ALLOC(g, floatX, L * N * g.QD); g.kn = GM_ALLOC(g, floatX, L * N * g.KD);
         g.qn_rstd = GM_ALLOC(g, float, L * N * g.NH); g.kn_rstd = GM_ALLOC(g, float, L * N * g.NKV);
-        g.dqn = GM_ALLOC(g, T, N * g.QD); g.dkn = GM_ALLOC(g, T, N * g.KD);
+        g.dqn = GM_ALLOC(g, floatX, N * g.QD); g.dkn = GM_ALLOC(g, floatX, N * g.KD);
     }
-    g.atty = GM_ALLOC(g, T, L * N * g.QD);
+    g.atty = GM_ALLOC(g, floatX, L * N * g.QD);
     g.lse = GM_ALLOC(g, float, L * N * g.NH);
-    g.resid2 = GM_ALLOC(g, T, L * N * C);
-    g.ln2 = GM_ALLOC(g, T, g.ln_layers * N * C);
+    g.resid2 = GM_ALLOC(g, floatX, L * N * C);
+    g.ln2 = GM_ALLOC(g, floatX, g.ln_layers * N * C);
     g.ln2_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
     g.ln2_rstd = GM_ALLOC(g, float, L * N);
-    g.fch = GM_ALLOC(g, T, L * N * g.FC);
-    g.fch_act = GM_ALLOC(g, T, g.act_layers * N * g.F);
-    g.resid3 = GM_ALLOC(g, T, L * N * C);
-    g.lnf = GM_ALLOC(g, T, N * C);
+    g.fch = GM_ALLOC(g, floatX, L * N * g.FC);
+    g.fch_act = GM_ALLOC(g, floatX, g.act_layers * N * g.F);
+    g.resid3 = GM_ALLOC(g, floatX, L * N * C);
+    g.lnf = GM_ALLOC(g, floatX, N * C);
     g.lnf_mean = g.layernorm ? GM_ALLOC(g, float, N) : NULL;
     g.lnf_rstd = GM_ALLOC(g, float, N);
-    g.proj = GM_ALLOC(g, T, N * C);
+    g.proj = GM_ALLOC(g, floatX, N * C);
     size_t lb = o.logits_bytes ? o.logits_bytes : ((size_t)512 << 20);
-    size_t rows = lb / ((size_t)g.Vp * sizeof(T));
+    size_t rows = lb / ((size_t)g.Vp * sizeof(floatX));
     if (rows < 1) rows = 1;
     if (rows > N) rows = N;
     g.chunk_rows = (int)rows;
-    g.logits = GM_ALLOC(g, T, rows * g.Vp);
+    g.logits = GM_ALLOC(g, floatX, rows * g.Vp);
     g.losses = GM_ALLOC(g, float, N);
     g.dres = GM_ALLOC(g, float, N * C);
-    g.dres_t = GM_ALLOC(g, T, N * C);
-    g.dfch_act = GM_ALLOC(g, T, N * g.F);
-    g.dfch = GM_ALLOC(g, T, N * g.FC);
-    g.dln = GM_ALLOC(g, T, N * C);
-    g.datty = GM_ALLOC(g, T, N * g.QD);
-    g.dqkv = GM_ALLOC(g, T, N * g.QKV);
-    g.dlnf = GM_ALLOC(g, T, N * C);
+    g.dres_t = GM_ALLOC(g, floatX, N * C);
+    g.dfch_act = GM_ALLOC(g, floatX, N * g.F);
+    g.dfch = GM_ALLOC(g, floatX, N * g.FC);
+    g.dln = GM_ALLOC(g, floatX, N * C);
+    g.datty = GM_ALLOC(g, floatX, N * g.QD);
+    g.dqkv = GM_ALLOC(g, floatX, N * g.QKV);
+    g.dlnf = GM_ALLOC(g, floatX, N * C);
     g.delta = GM_ALLOC(g, float, N * g.NH);
     size_t widest = C > (size_t)g.QKV ? C : (size_t)g.QKV;
     if ((size_t)g.FC > widest) widest = g.FC;
     g.scratch = GM_ALLOC(g, float, 2 * (size_t)COLSUM_MAX_RB * widest);
     if (g.rope) {
         size_t half = g.HD / 2;
-        float *cs = (float *)malloc(Tn * half * sizeof(float)), *sn = (float *)malloc(Tn * half * sizeof(float));
-        rope_init(cs, sn, c, Tn);
-        g.rope_cos = GM_ALLOC(g, float, Tn * half);
-        g.rope_sin = GM_ALLOC(g, float, Tn * half);
-        CUDA_CHECK(cudaMemcpyAsync(g.rope_cos, cs, Tn * half * sizeof(float), cudaMemcpyHostToDevice, stream));
-        CUDA_CHECK(cudaMemcpyAsync(g.rope_sin, sn, Tn * half * sizeof(float), cudaMemcpyHostToDevice, stream));
+        float *cs = (float *)malloc(T * half * sizeof(float)), *sn = (float *)malloc(T * half * sizeof(float));
+        rope_init(cs, sn, c, T);
+        g.rope_cos = GM_ALLOC(g, float, T * half);
+        g.rope_sin = GM_ALLOC(g, float, T * half);
+        CUDA_CHECK(cudaMemcpyAsync(g.rope_cos, cs, T * half * sizeof(float), cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaMemcpyAsync(g.rope_sin, sn, T * half * sizeof(float), cudaMemcpyHostToDevice, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));   /* before cs, sn are freed */
         free(cs); free(sn);
     }
@@ -2206,7 +2206,7 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     g.h_uniq = (int *)malloc(N * sizeof(int));
     g.h_offs = (int *)malloc((N + 1) * sizeof(int));
     CUDA_CHECK(cudaMallocHost(&g.h_plan, emb_plan_ints(N) * sizeof(int)));
-    g.h_count = (int *)calloc(g.V > Tn ? g.V : Tn, sizeof(int));   /* counts tokens, or positions (pbk) */
+    g.h_count = (int *)calloc(g.V > T ? g.V : T, sizeof(int));   /* counts tokens, or positions (pbk) */
     g.doc_start = g.tok_pos = g.h_doc = g.h_tpos = g.h_pplan = g.d_pplan = NULL;
     memset(&g.pbk, 0, sizeof(g.pbk));
     if (host->reset_attention || host->reset_positions) {
@@ -2254,8 +2254,8 @@ void gmodel_build(GModel<T> &g, Model *host, int B, int Tn, const GOptions &o, c
     CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-template <typename T>
-void gmodel_free(GModel<T> &g) {
+template <typename floatX>
+void gmodel_free(GModel<floatX> &g) {
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     for (int i = 0; i < g.nallocs; i++) dev_free(g.allocs[i], g.alloc_sizes[i]);
     cudaFreeHost(g.h_in); cudaFreeHost(g.h_tg); free(g.h_uniq); free(g.h_offs); cudaFreeHost(g.h_plan);
@@ -2280,10 +2280,10 @@ void gmodel_free(GModel<T> &g) {
 static uint64_t sr_seed_of(uint64_t seed, int step) { return rng_u64(seed ^ 0x5EEDB16ULL, (uint64_t)step); }
 
 /* host values src[0..nparams) (zero past them) staged onto the device a piece of at most stage_floats at a time:
-   the T weights (when params_out: rounded to nearest, or stochastically with sr_seed) and this rank's shard into
+   the floatX weights (when params_out: rounded to nearest, or stochastically with sr_seed) and this rank's shard into
    shard_out. Stream-ordered on g.stream. */
-template <typename T>
-static void upload_staged(GModel<T> &g, const float *src, T *params_out, int sr, uint64_t sr_seed, float *shard_out) {
+template <typename floatX>
+static void upload_staged(GModel<floatX> &g, const float *src, floatX *params_out, int sr, uint64_t sr_seed, float *shard_out) {
     cudaStream_t s = g.stream;
     size_t sb = g.shard_begin, se = g.shard_begin + g.shard;
     for (size_t c0 = 0; c0 < g.padded; c0 += g.stage_floats) {
@@ -2292,8 +2292,8 @@ static void upload_staged(GModel<T> &g, const float *src, T *params_out, int sr,
         if (have < len) CUDA_CHECK(cudaMemsetAsync(g.stage + have, 0, (len - have) * sizeof(float), s));
         if (have) CUDA_CHECK(cudaMemcpyAsync(g.stage, src + c0, have * sizeof(float), cudaMemcpyHostToDevice, s));
         if (params_out) {
-            if (sr) sr_convert_kernel<T><<<ceil_div(len, 256), 256, 0, s>>>(params_out + c0, g.stage, len, sr_seed, c0);
-            else convert_kernel<T><<<ceil_div(len, 256), 256, 0, s>>>(params_out + c0, g.stage, len);
+            if (sr) sr_convert_kernel<floatX><<<ceil_div(len, 256), 256, 0, s>>>(params_out + c0, g.stage, len, sr_seed, c0);
+            else convert_kernel<floatX><<<ceil_div(len, 256), 256, 0, s>>>(params_out + c0, g.stage, len);
             KERNEL_CHECK();
         }
         size_t lo = c0 > sb ? c0 : sb, hi = c0 + len < se ? c0 + len : se;
@@ -2308,8 +2308,8 @@ static void upload_staged(GModel<T> &g, const float *src, T *params_out, int sr,
    fp32 grads (free between steps). */
 /* host values in the host's layout <-> the device's (g.lay: the vocabulary rows padded with zeros). Returns src
    itself when the layouts are the same (the vocabulary a multiple of 128), else a new buffer (free it). */
-template <typename T>
-static float *to_device_layout(GModel<T> &g, float *src) {
+template <typename floatX>
+static float *to_device_layout(GModel<floatX> &g, float *src) {
     if (g.lay.num_params == g.host->num_params) return src;
     float *dst = (float *)calloc(g.lay.num_params, sizeof(float));
     if (!dst) die("out of host memory for the device layout of the weights");
@@ -2317,14 +2317,14 @@ static float *to_device_layout(GModel<T> &g, float *src) {
         memcpy(dst + g.lay.param_offsets[t], src + g.host->param_offsets[t], g.host->param_sizes[t] * sizeof(float));
     return dst;
 }
-template <typename T>
-static void from_device_layout(GModel<T> &g, const float *src, float *dst) {
+template <typename floatX>
+static void from_device_layout(GModel<floatX> &g, const float *src, float *dst) {
     for (int t = 0; t < NUM_PARAM_TENSORS; t++)   /* the real rows only: the first param_sizes[t] of each tensor */
         memcpy(dst + g.host->param_offsets[t], src + g.lay.param_offsets[t], g.host->param_sizes[t] * sizeof(float));
 }
 
-template <typename T>
-void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
+template <typename floatX>
+void gmodel_upload(GModel<floatX> &g, int sr_step = 0, uint64_t seed = 0) {
     /* all on g.stream (see gmodel_build), then one synchronize */
     cudaStream_t s = g.stream;
     float *src = to_device_layout(g, g.host->params_memory);
@@ -2335,7 +2335,7 @@ void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
     for (int i = 0; i < 2; i++) {
         if (hm[i]) {
             src = to_device_layout(g, hm[i]);
-            upload_staged<T>(g, src, NULL, 0, 0, dm[i]);
+            upload_staged<floatX>(g, src, NULL, 0, 0, dm[i]);
             CUDA_CHECK(cudaStreamSynchronize(s));
             if (src != hm[i]) free(src);
         } else CUDA_CHECK(cudaMemsetAsync(dm[i], 0, g.shard * sizeof(float), s));
@@ -2348,8 +2348,8 @@ void gmodel_upload(GModel<T> &g, int sr_step = 0, uint64_t seed = 0) {
 
 /* the shards of src (fp32 [shard] on every rank) gathered into dst[0..nparams) on the host, through the staging
    buffer: part k of every rank's shard at a time. Collective; a rank with dst NULL only contributes. */
-template <typename T>
-static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *dst) {
+template <typename floatX>
+static void gather_shards(GModel<floatX> &g, const Dist &d, const float *src, float *dst) {
     cudaStream_t s = g.stream;
     size_t part = g.stage_floats / d.world;
     for (size_t k0 = 0; k0 < g.shard; k0 += part) {
@@ -2367,8 +2367,8 @@ static void gather_shards(GModel<T> &g, const Dist &d, const float *src, float *
 }
 
 /* gather_shards into dst in the host's layout on rank 0: through buf (the device's layout) when they differ */
-template <typename T>
-static void gather_to_host(GModel<T> &g, const Dist &d, const float *src, float *dst, float *buf) {
+template <typename floatX>
+static void gather_to_host(GModel<floatX> &g, const Dist &d, const float *src, float *dst, float *buf) {
     int here = d.rank == 0;
     gather_shards(g, d, src, !here ? NULL : buf ? buf : dst);
     if (here && buf) from_device_layout(g, buf, dst);
@@ -2377,8 +2377,8 @@ static void gather_to_host(GModel<T> &g, const Dist &d, const float *src, float 
 /* device -> host on rank 0 (the one that writes checkpoints): the fp32 masters into g.host->params_memory, and
    with moments also m and v (allocated when absent). Collective: every rank calls it. Clobbers the grads under
    ZeRO-1 (call between steps). */
-template <typename T>
-void gmodel_download(GModel<T> &g, const Dist &d, int moments) {
+template <typename floatX>
+void gmodel_download(GModel<floatX> &g, const Dist &d, int moments) {
     int here = d.rank == 0, same = g.lay.num_params == g.host->num_params;
     float *buf = here && !same ? (float *)malloc(g.lay.num_params * sizeof(float)) : NULL;
     if (here && !same && !buf) die("out of host memory for the device layout of the weights");
@@ -2402,10 +2402,10 @@ template <typename P> static inline P *lay(P *base, int l, size_t per) { return 
    by token id. With packed documents (--reset-attention-mask, --reset-position-ids) also each row's document
    start and position (document_starts, EOD = the config's eos_token_id), and for GPT-2's learned positions the
    rows sorted by position. The pinned buffers are reused only after the previous upload has run. */
-template <typename T>
-static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targets, int B, int Tn) {
-    if (B > g.Bmax || Tn > g.Tmax) die("batch %d x %d exceeds the allocated %d x %d", B, Tn, g.Bmax, g.Tmax);
-    int N = B * Tn;
+template <typename floatX>
+static void gmodel_upload_batch(GModel<floatX> &g, const int *inputs, const int *targets, int B, int T) {
+    if (B > g.Bmax || T > g.Tmax) die("batch %d x %d exceeds the allocated %d x %d", B, T, g.Bmax, g.Tmax);
+    int N = B * T;
     for (int i = 0; i < N; i++)
         if (inputs[i] < 0 || inputs[i] >= g.V) die("token id %d out of range for vocab size %d", inputs[i], g.V);
     CUDA_CHECK(cudaEventSynchronize(g.upload_done));
@@ -2422,7 +2422,7 @@ static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targ
         CUDA_CHECK(cudaMemcpyAsync(g.d_plan, g.h_plan, emb_plan_ints(N) * sizeof(int), cudaMemcpyHostToDevice, s));
     }
     if (g.doc_start) {
-        document_starts(g.h_doc, g.h_tpos, inputs, B, Tn, g.host->eod);
+        document_starts(g.h_doc, g.h_tpos, inputs, B, T, g.host->eod);
         CUDA_CHECK(cudaMemcpyAsync(g.doc_start, g.h_doc, N * sizeof(int), cudaMemcpyHostToDevice, s));
         CUDA_CHECK(cudaMemcpyAsync(g.tok_pos, g.h_tpos, N * sizeof(int), cudaMemcpyHostToDevice, s));
         if (targets && g.d_pplan) {   /* the rows bucketed by position, as bk buckets them by token */
@@ -2431,14 +2431,14 @@ static void gmodel_upload_batch(GModel<T> &g, const int *inputs, const int *targ
         }
     }
     CUDA_CHECK(cudaEventRecord(g.upload_done, s));
-    g.cur_B = B; g.cur_T = Tn;
+    g.cur_B = B; g.cur_T = T;
 }
 
-template <typename T> static AttnArgs<T> attn_args(GModel<T> &g, int l) {
+template <typename floatX> static AttnArgs<floatX> attn_args(GModel<floatX> &g, int l) {
     size_t N = (size_t)g.cur_B * g.cur_T;
-    AttnArgs<T> a;
+    AttnArgs<floatX> a;
     memset(&a, 0, sizeof(a));
-    T *qkv = g.qkv + (size_t)l * N * g.QKV;
+    floatX *qkv = g.qkv + (size_t)l * N * g.QKV;
     if (g.cfg.qk_norm) { a.q = g.qn + (size_t)l * N * g.QD; a.ldq = g.QD; a.k = g.kn + (size_t)l * N * g.KD; a.ldk = g.KD; }
     else { a.q = qkv; a.ldq = g.QKV; a.k = qkv + g.QD; a.ldk = g.QKV; }
     a.v = qkv + g.QD + g.KD; a.ldv = g.QKV;
@@ -2460,67 +2460,67 @@ template <typename T> static AttnArgs<T> attn_args(GModel<T> &g, int l) {
    loss_acc_scale / num_valid (the mean loss of the batch, times the caller's scale). With backward_head the
    classifier also runs its backward, chunk by chunk (dloss = loss_scale / num_valid): the logits of a chunk are
    overwritten by their gradient, which gives dlnf and the lm_head gradient at once. */
-template <typename T>
-void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double loss_acc_scale, int accumulate_loss) {
+template <typename floatX>
+void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, double loss_acc_scale, int accumulate_loss) {
     cudaStream_t s = g.stream;
     const ModelConfig *c = &g.cfg;
-    int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
+    int B = g.cur_B, T = g.cur_T, N = B * T, C = g.C;
     size_t NC = (size_t)N * C;
     int ln = g.layernorm;
-    gpu::embedding_forward<T>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, Tn, C, s,
+    gpu::embedding_forward<floatX>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, T, C, s,
                               g.host->reset_positions ? g.tok_pos : NULL);
-    gpu::norm_forward<T>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
+    gpu::norm_forward<floatX>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
                          N, C, c->norm_eps, ln, s);
     for (int l = 0; l < g.L; l++) {
-        const T *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
-        T *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
-        T *qkv = g.qkv + (size_t)l * N * g.QKV;
-        T *fch = g.fch + (size_t)l * N * g.FC, *fch_act = lay(g.fch_act, l, g.act_layers > 1 ? (size_t)N * g.F : 0);
-        T *resid2 = g.resid2 + l * NC, *resid3 = g.resid3 + l * NC;
-        gpu::matmul_forward<T>(qkv, ln1, g.pt[P_WQKV] + (size_t)l * g.QKV * C, lay(g.pt[P_BQKV], l, g.QKV), N, C, g.QKV,
+        const floatX *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
+        floatX *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
+        floatX *qkv = g.qkv + (size_t)l * N * g.QKV;
+        floatX *fch = g.fch + (size_t)l * N * g.FC, *fch_act = lay(g.fch_act, l, g.act_layers > 1 ? (size_t)N * g.F : 0);
+        floatX *resid2 = g.resid2 + l * NC, *resid3 = g.resid3 + l * NC;
+        gpu::matmul_forward<floatX>(qkv, ln1, g.pt[P_WQKV] + (size_t)l * g.QKV * C, lay(g.pt[P_BQKV], l, g.QKV), N, C, g.QKV,
                                g.QKV, NULL, s);
         if (c->qk_norm) {
-            gpu::norm_forward<T>(NULL, g.qn + (size_t)l * N * g.QD, NULL, g.qn_rstd + (size_t)l * N * g.NH, qkv, NULL,
+            gpu::norm_forward<floatX>(NULL, g.qn + (size_t)l * N * g.QD, NULL, g.qn_rstd + (size_t)l * N * g.NH, qkv, NULL,
                                  g.NH, g.QKV, g.pt[P_QNW] + l * g.HD, NULL, N * g.NH, g.HD, c->norm_eps, 0, s);
-            gpu::norm_forward<T>(NULL, g.kn + (size_t)l * N * g.KD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, qkv + g.QD,
+            gpu::norm_forward<floatX>(NULL, g.kn + (size_t)l * N * g.KD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, qkv + g.QD,
                                  NULL, g.NKV, g.QKV, g.pt[P_KNW] + l * g.HD, NULL, N * g.NKV, g.HD, c->norm_eps, 0, s);
         }
-        AttnArgs<T> a = attn_args(g, l);
-        gpu::attention_forward<T>(a, g.plain_attn, s);
-        gpu::matmul_forward<T>(g.proj, a.out, g.pt[P_WO] + (size_t)l * C * g.QD, lay(g.pt[P_BO], l, C), N, g.QD, C, C, NULL, s);
-        gpu::norm_forward<T>(resid2, ln2, lay(g.ln2_mean, l, N), g.ln2_rstd + (size_t)l * N, x, g.proj, 1, C,
+        AttnArgs<floatX> a = attn_args(g, l);
+        gpu::attention_forward<floatX>(a, g.plain_attn, s);
+        gpu::matmul_forward<floatX>(g.proj, a.out, g.pt[P_WO] + (size_t)l * C * g.QD, lay(g.pt[P_BO], l, C), N, g.QD, C, C, NULL, s);
+        gpu::norm_forward<floatX>(resid2, ln2, lay(g.ln2_mean, l, N), g.ln2_rstd + (size_t)l * N, x, g.proj, 1, C,
                              g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, c->norm_eps, ln, s);
-        const T *wfc = g.pt[P_WFC] + (size_t)l * g.FC * C, *bfc = lay(g.pt[P_BFC], l, g.FC);
+        const floatX *wfc = g.pt[P_WFC] + (size_t)l * g.FC * C, *bfc = lay(g.pt[P_BFC], l, g.FC);
         if (g.fuse_gelu) {
-            gpu::matmul_forward<T>(fch_act, ln2, wfc, bfc, N, C, g.FC, g.FC, fch, s);
+            gpu::matmul_forward<floatX>(fch_act, ln2, wfc, bfc, N, C, g.FC, g.FC, fch, s);
         } else {
-            gpu::matmul_forward<T>(fch, ln2, wfc, bfc, N, C, g.FC, g.FC, NULL, s);
-            if (g.gelu) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
-            else gpu::swiglu_forward<T>(fch_act, fch, N, g.F, s);
+            gpu::matmul_forward<floatX>(fch, ln2, wfc, bfc, N, C, g.FC, g.FC, NULL, s);
+            if (g.gelu) gpu::gelu_forward<floatX>(fch_act, fch, (size_t)N * g.F, s);
+            else gpu::swiglu_forward<floatX>(fch_act, fch, N, g.F, s);
         }
-        gpu::matmul_forward<T>(g.proj, fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, lay(g.pt[P_BPROJ], l, C), N, g.F,
+        gpu::matmul_forward<floatX>(g.proj, fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, lay(g.pt[P_BPROJ], l, C), N, g.F,
                                C, C, NULL, s);
         /* resid3 = resid2 + proj, then the next layer's first norm (or the final norm) */
         int last = l == g.L - 1;
-        T *next_ln = last ? g.lnf : lay(g.ln1, l + 1, g.ln_layers > 1 ? NC : 0);
+        floatX *next_ln = last ? g.lnf : lay(g.ln1, l + 1, g.ln_layers > 1 ? NC : 0);
         float *nm = last ? g.lnf_mean : lay(g.ln1_mean, l + 1, N), *nr = last ? g.lnf_rstd : g.ln1_rstd + (size_t)(l + 1) * N;
-        const T *nw = last ? g.pt[P_LNFW] : g.pt[P_LN1W] + (l + 1) * C;
-        const T *nb = last ? g.pt[P_LNFB] : lay(g.pt[P_LN1B], l + 1, C);
-        gpu::norm_forward<T>(resid3, next_ln, nm, nr, resid2, g.proj, 1, C, nw, nb, N, C, c->norm_eps, ln, s);
+        const floatX *nw = last ? g.pt[P_LNFW] : g.pt[P_LN1W] + (l + 1) * C;
+        const floatX *nb = last ? g.pt[P_LNFB] : lay(g.pt[P_LN1B], l + 1, C);
+        gpu::norm_forward<floatX>(resid3, next_ln, nm, nr, resid2, g.proj, 1, C, nw, nb, N, C, c->norm_eps, ln, s);
     }
     /* the classifier, in chunks of rows */
-    const T *wlm = g.pt[P_LMHEAD] ? g.pt[P_LMHEAD] : g.pt[P_WTE];
+    const floatX *wlm = g.pt[P_LMHEAD] ? g.pt[P_LMHEAD] : g.pt[P_WTE];
     float *dwlm = g.gt[P_LMHEAD] ? g.gt[P_LMHEAD] : g.gt[P_WTE];
     float dloss = g.num_valid ? loss_scale / g.num_valid : 0.0f;
     for (int r0 = 0; r0 < N; r0 += g.chunk_rows) {
         int n = N - r0 < g.chunk_rows ? N - r0 : g.chunk_rows;
-        gpu::matmul_forward<T>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const T *)NULL, n, C, g.Vp, g.Vp, NULL, s);
+        gpu::matmul_forward<floatX>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const floatX *)NULL, n, C, g.Vp, g.Vp, NULL, s);
         g.logits_r0 = r0;
         if (!g.has_targets) continue;   /* sampling: the last chunk stays in g.logits */
-        gpu::crossentropy_fused<T>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
+        gpu::crossentropy_fused<floatX>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
                                    backward_head, s);
         if (backward_head)
-            gpu::matmul_backward<T>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.Vp,
+            gpu::matmul_backward<floatX>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.Vp,
                                     g.Vp, 0, NULL, g.scratch, s);
     }
     if (g.has_targets) {
@@ -2532,14 +2532,14 @@ void gmodel_forward(GModel<T> &g, int backward_head, float loss_scale, double lo
 
 /* the gradient of layer l's slice of per-layer tensor t: in the flat buffer (ZeRO-1), or in layer buffer l % 2
    (ZeRO-2); NULL when the family has no such tensor */
-template <typename T> static inline float *lgrad(GModel<T> &g, int t, int l) {
+template <typename floatX> static inline float *lgrad(GModel<floatX> &g, int t, int l) {
     if (!g.lay.param_sizes[t]) return NULL;
     if (g.zero2) return g.lbuf[l & 1] + g.lbuf_off[t];
     return g.gt[t] + (size_t)l * (g.lay.param_sizes[t] / g.L);
 }
 
 /* where the gradient values of a piece are on this rank (ZeRO-2: in the layer buffer, or in outer) */
-template <typename T> static float *piece_grads(GModel<T> &g, const ShardPiece *p, int l) {
+template <typename floatX> static float *piece_grads(GModel<floatX> &g, const ShardPiece *p, int l) {
     if (!g.zero2) return g.grads + p->begin;
     return (l == g.L ? g.outer : g.lbuf[l & 1]) + zero2_piece_offset(&g.lay, g.lbuf_off, p, l);
 }
@@ -2551,8 +2551,8 @@ template <typename T> static float *piece_grads(GModel<T> &g, const ShardPiece *
    ZeRO-1: in place in the flat buffer, after the last micro-step. ZeRO-2: after every micro-step, from the layer
    buffer into gshard; the owner first adds what gshard holds from the earlier micro-steps to its own piece, so
    the reduce leaves the running sum there. */
-template <typename T>
-static void gmodel_reduce_layer(GModel<T> &g, int l) {
+template <typename floatX>
+static void gmodel_reduce_layer(GModel<floatX> &g, int l) {
     CUDA_CHECK(cudaEventRecord(g.layer_done[l], g.stream));
     CUDA_CHECK(cudaStreamWaitEvent(g.comm_stream, g.layer_done[l], 0));
     int a = g.piece_start[l], b = g.piece_start[l + 1];
@@ -2583,85 +2583,85 @@ static void gmodel_reduce_layer(GModel<T> &g, int l) {
 
 /* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams.
    reduce: the last micro-step before an optimizer step; with NCCL and overlap the reduction goes along. */
-template <typename T>
-void gmodel_backward(GModel<T> &g, int last = 0) {
+template <typename floatX>
+void gmodel_backward(GModel<floatX> &g, int last = 0) {
     int reduce_layers = g.zero2 || (last && g.overlap), reduce_rest = last && g.overlap;
     cudaStream_t s = g.stream;
     const ModelConfig *c = &g.cfg;
-    int B = g.cur_B, Tn = g.cur_T, N = B * Tn, C = g.C;
+    int B = g.cur_B, T = g.cur_T, N = B * T, C = g.C;
     size_t NC = (size_t)N * C;
     float *sc = g.scratch;
     /* final norm: dres = d(resid3 of the last layer) */
-    gpu::norm_backward<T>(g.dres, g.dres_t, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf, g.resid3 + (g.L - 1) * NC, 1, C,
+    gpu::norm_backward<floatX>(g.dres, g.dres_t, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf, g.resid3 + (g.L - 1) * NC, 1, C,
                           g.pt[P_LNFW], g.lnf_mean, g.lnf_rstd, N, C, 0, sc, s);
     for (int l = g.L - 1; l >= 0; l--) {
         if (g.zero2) {   /* layer buffer l % 2, once the reduction of the layer that used it last has read it */
             CUDA_CHECK(cudaStreamWaitEvent(s, g.lbuf_free[l & 1], 0));
             CUDA_CHECK(cudaMemsetAsync(g.lbuf[l & 1], 0, g.layer_floats * sizeof(float), s));
         }
-        const T *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
-        T *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
-        T *qkv = g.qkv + (size_t)l * N * g.QKV, *fch = g.fch + (size_t)l * N * g.FC;
-        T *fch_act = lay(g.fch_act, l, g.act_layers > 1 ? (size_t)N * g.F : 0);
-        T *resid2 = g.resid2 + l * NC;
+        const floatX *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
+        floatX *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
+        floatX *qkv = g.qkv + (size_t)l * N * g.QKV, *fch = g.fch + (size_t)l * N * g.FC;
+        floatX *fch_act = lay(g.fch_act, l, g.act_layers > 1 ? (size_t)N * g.F : 0);
+        floatX *resid2 = g.resid2 + l * NC;
         float *ln1_mean = lay(g.ln1_mean, l, N), *ln1_rstd = g.ln1_rstd + (size_t)l * N;
         float *ln2_mean = lay(g.ln2_mean, l, N), *ln2_rstd = g.ln2_rstd + (size_t)l * N;
 
         /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))); dres_t = d(proj output) */
         if (g.recompute >= 1) {
-            if (g.gelu) gpu::gelu_forward<T>(fch_act, fch, (size_t)N * g.F, s);
-            else gpu::swiglu_forward<T>(fch_act, fch, N, g.F, s);
+            if (g.gelu) gpu::gelu_forward<floatX>(fch_act, fch, (size_t)N * g.F, s);
+            else gpu::swiglu_forward<floatX>(fch_act, fch, N, g.F, s);
         }
         if (g.fuse_gelu) {
-            gpu::matmul_backward<T>(g.dfch, lgrad(g, P_WPROJ, l), lgrad(g, P_BPROJ, l), g.dres_t, fch_act,
+            gpu::matmul_backward<floatX>(g.dfch, lgrad(g, P_WPROJ, l), lgrad(g, P_BPROJ, l), g.dres_t, fch_act,
                                     g.pt[P_WPROJ] + (size_t)l * C * g.F, N, g.F, C, C, 0, fch, sc, s);
         } else {
-            gpu::matmul_backward<T>(g.dfch_act, lgrad(g, P_WPROJ, l), lgrad(g, P_BPROJ, l), g.dres_t,
+            gpu::matmul_backward<floatX>(g.dfch_act, lgrad(g, P_WPROJ, l), lgrad(g, P_BPROJ, l), g.dres_t,
                                     fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, N, g.F, C, C, 0, NULL, sc, s);
-            if (g.gelu) gpu::gelu_backward<T>(g.dfch, fch, g.dfch_act, (size_t)N * g.F, s);
-            else gpu::swiglu_backward<T>(g.dfch, g.dfch_act, fch, N, g.F, s);
+            if (g.gelu) gpu::gelu_backward<floatX>(g.dfch, fch, g.dfch_act, (size_t)N * g.F, s);
+            else gpu::swiglu_backward<floatX>(g.dfch, g.dfch_act, fch, N, g.F, s);
         }
         if (g.recompute >= 2)
-            gpu::norm_apply<T>(ln2, resid2, ln2_mean, ln2_rstd, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, s);
-        gpu::matmul_backward<T>(g.dln, lgrad(g, P_WFC, l), lgrad(g, P_BFC, l), g.dfch, ln2,
+            gpu::norm_apply<floatX>(ln2, resid2, ln2_mean, ln2_rstd, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, s);
+        gpu::matmul_backward<floatX>(g.dln, lgrad(g, P_WFC, l), lgrad(g, P_BFC, l), g.dfch, ln2,
                                 g.pt[P_WFC] + (size_t)l * g.FC * C, N, C, g.FC, g.FC, 0, NULL, sc, s);
-        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, lgrad(g, P_LN2W, l), lgrad(g, P_LN2B, l), g.dln, resid2, 1, C,
+        gpu::norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN2W, l), lgrad(g, P_LN2B, l), g.dln, resid2, 1, C,
                               g.pt[P_LN2W] + l * C, ln2_mean, ln2_rstd, N, C, 1, sc, s);
 
         /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)); dres_t = d(o output) */
-        AttnArgs<T> a = attn_args(g, l);
-        gpu::matmul_backward<T>(g.datty, lgrad(g, P_WO, l), lgrad(g, P_BO, l), g.dres_t, a.out,
+        AttnArgs<floatX> a = attn_args(g, l);
+        gpu::matmul_backward<floatX>(g.datty, lgrad(g, P_WO, l), lgrad(g, P_BO, l), g.dres_t, a.out,
                                 g.pt[P_WO] + (size_t)l * C * g.QD, N, g.QD, C, C, 0, NULL, sc, s);
-        CUDA_CHECK(cudaMemsetAsync(g.dqkv, 0, (size_t)N * g.QKV * sizeof(T), s));   /* the backwards below add (+=) */
-        if (c->qk_norm) CUDA_CHECK(cudaMemsetAsync(g.dqn, 0, (size_t)N * g.QD * sizeof(T), s));
-        if (c->qk_norm) CUDA_CHECK(cudaMemsetAsync(g.dkn, 0, (size_t)N * g.KD * sizeof(T), s));
-        gpu::attention_backward<T>(a, g.plain_attn, s);
+        CUDA_CHECK(cudaMemsetAsync(g.dqkv, 0, (size_t)N * g.QKV * sizeof(floatX), s));   /* the backwards below add (+=) */
+        if (c->qk_norm) CUDA_CHECK(cudaMemsetAsync(g.dqn, 0, (size_t)N * g.QD * sizeof(floatX), s));
+        if (c->qk_norm) CUDA_CHECK(cudaMemsetAsync(g.dkn, 0, (size_t)N * g.KD * sizeof(floatX), s));
+        gpu::attention_backward<floatX>(a, g.plain_attn, s);
         if (c->qk_norm) {
-            gpu::norm_backward<T>(NULL, NULL, g.dqkv, lgrad(g, P_QNW, l), NULL, g.dqn, qkv, g.NH, g.QKV,
+            gpu::norm_backward<floatX>(NULL, NULL, g.dqkv, lgrad(g, P_QNW, l), NULL, g.dqn, qkv, g.NH, g.QKV,
                                   g.pt[P_QNW] + l * g.HD, NULL, g.qn_rstd + (size_t)l * N * g.NH, N * g.NH, g.HD, 0, sc, s);
-            gpu::norm_backward<T>(NULL, NULL, g.dqkv + g.QD, lgrad(g, P_KNW, l), NULL, g.dkn, qkv + g.QD, g.NKV, g.QKV,
+            gpu::norm_backward<floatX>(NULL, NULL, g.dqkv + g.QD, lgrad(g, P_KNW, l), NULL, g.dkn, qkv + g.QD, g.NKV, g.QKV,
                                   g.pt[P_KNW] + l * g.HD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, N * g.NKV, g.HD, 0, sc, s);
         }
         if (g.recompute >= 2)
-            gpu::norm_apply<T>(ln1, x, ln1_mean, ln1_rstd, g.pt[P_LN1W] + l * C, lay(g.pt[P_LN1B], l, C), N, C, s);
-        gpu::matmul_backward<T>(g.dln, lgrad(g, P_WQKV, l), lgrad(g, P_BQKV, l), g.dqkv, ln1,
+            gpu::norm_apply<floatX>(ln1, x, ln1_mean, ln1_rstd, g.pt[P_LN1W] + l * C, lay(g.pt[P_LN1B], l, C), N, C, s);
+        gpu::matmul_backward<floatX>(g.dln, lgrad(g, P_WQKV, l), lgrad(g, P_BQKV, l), g.dqkv, ln1,
                                 g.pt[P_WQKV] + (size_t)l * g.QKV * C, N, C, g.QKV, g.QKV, 0, NULL, sc, s);
-        gpu::norm_backward<T>(g.dres, g.dres_t, NULL, lgrad(g, P_LN1W, l), lgrad(g, P_LN1B, l), g.dln, x, 1, C,
+        gpu::norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN1W, l), lgrad(g, P_LN1B, l), g.dln, x, 1, C,
                               g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
         if (reduce_layers) gmodel_reduce_layer(g, l);
     }
-    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, Tn, C, s, g.d_pplan ? &g.pbk : NULL);
+    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, T, C, s, g.d_pplan ? &g.pbk : NULL);
     if (reduce_rest) gmodel_reduce_layer(g, g.L);
 }
 
-template <typename T> void gmodel_zero_grad(GModel<T> &g) {
+template <typename floatX> void gmodel_zero_grad(GModel<floatX> &g) {
     if (!g.zero2) { CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream)); return; }
     CUDA_CHECK(cudaMemsetAsync(g.gshard, 0, g.shard * sizeof(float), g.stream));
     CUDA_CHECK(cudaMemsetAsync(g.outer, 0, g.outer_floats * sizeof(float), g.stream));
 }
 
 /* reads red[1] (the accumulated loss), waiting for the stream */
-template <typename T> double gmodel_read_loss(GModel<T> &g) {
+template <typename floatX> double gmodel_read_loss(GModel<floatX> &g) {
     double v;
     CUDA_CHECK(cudaMemcpyAsync(&v, g.red + 1, sizeof(double), cudaMemcpyDeviceToHost, g.stream));
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
@@ -2670,8 +2670,8 @@ template <typename T> double gmodel_read_loss(GModel<T> &g) {
 
 /* the tables 1 - beta^t for t < bc_cap (step_decide_kernel indexes them with the update count, which never
    exceeds the step number), rebuilt when a step reaches bc_cap or the betas change: rare, and synchronous */
-template <typename T>
-static void bias_correction_tables(GModel<T> &g, const AdamWConfig *opt, int step) {
+template <typename floatX>
+static void bias_correction_tables(GModel<floatX> &g, const AdamWConfig *opt, int step) {
     if (step < g.bc_cap && opt->beta1 == g.bc_beta1 && opt->beta2 == g.bc_beta2) return;
     CUDA_CHECK(cudaStreamSynchronize(g.stream));   /* earlier steps may still read the old tables */
     dev_free(g.bc1, (size_t)g.bc_cap * sizeof(float)); dev_free(g.bc2, (size_t)g.bc_cap * sizeof(float));
@@ -2695,11 +2695,11 @@ static void bias_correction_tables(GModel<T> &g, const AdamWConfig *opt, int ste
    reduce-scatter the grads into the shards (unless the backward did it, overlapped) -> global grad norm (sum of
    the shards' squares, all-reduced with the loss and the stop flags) -> step_decide_kernel: skip (non-finite loss
    or norm), clip coefficient, update count -> AdamW on the own shard (which reads those decisions) -> all-gather
-   the T weights. The outcome (loss, norm, stop, skip) is copied into pinned slot step % 2 and step_done[step % 2]
+   the floatX weights. The outcome (loss, norm, stop, skip) is copied into pinned slot step % 2 and step_done[step % 2]
    recorded after the step; gmodel_step_outcome reads it. `step` is the optimizer step (1-based; it bounds the
    update count, which the device keeps: skipped steps do not count); stop is this rank's stop request. */
-template <typename T>
-void gmodel_step_queue(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed,
+template <typename floatX>
+void gmodel_step_queue(GModel<floatX> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed,
                        int do_update, int stop) {
     cudaStream_t s = g.stream;
     float *gshard = g.gshard;
@@ -2722,18 +2722,18 @@ void gmodel_step_queue(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int 
         if (b < sb) b = sb;
         if (e > se) e = se;
         if (b >= e) continue;
-        gpu::adamw_update<T>(g.params + b, g.master + (b - sb), gshard + (b - sb), g.mom + (b - sb), g.vel + (b - sb), e - b,
+        gpu::adamw_update<floatX>(g.params + b, g.master + (b - sb), gshard + (b - sb), g.mom + (b - sb), g.vel + (b - sb), e - b,
                              opt->lr, opt->beta1, opt->beta2, opt->eps, param_has_decay(t) ? opt->weight_decay : 0.0f,
                              g.ctl, b, s);
     }
-    if (d.comm) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<T>(), d.comm, s));
+    if (d.comm) NCCL_CHECK(ncclAllGather(g.params + g.shard_begin, g.params, g.shard, nccl_type<floatX>(), d.comm, s));
     CUDA_CHECK(cudaEventRecord(g.step_done[slot], s));
 }
 
 /* waits for step `step` (queued by gmodel_step_queue, and not yet overwritten by step + 2) and reads its outcome:
    the mean loss over ranks, the grad norm, whether any rank asked to stop; returns 1 when it was skipped */
-template <typename T>
-int gmodel_step_outcome(GModel<T> &g, int step, double *loss_out, double *norm_out, int *stop_out) {
+template <typename floatX>
+int gmodel_step_outcome(GModel<floatX> &g, int step, double *loss_out, double *norm_out, int *stop_out) {
     int slot = step & 1;
     CUDA_CHECK(cudaEventSynchronize(g.step_done[slot]));
     const StepOut *o = g.h_step_out + slot;
@@ -2743,8 +2743,8 @@ int gmodel_step_outcome(GModel<T> &g, int step, double *loss_out, double *norm_o
 }
 
 /* the step queued and its outcome read at once (tests): *stop_inout in, any rank's stop request out */
-template <typename T>
-void gmodel_step(GModel<T> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
+template <typename floatX>
+void gmodel_step(GModel<floatX> &g, const Dist &d, const AdamWConfig *opt, int step, float clip, uint64_t seed, int do_update,
                  double *loss_out, double *norm_out, int *stop_inout) {
     gmodel_step_queue(g, d, opt, step, clip, seed, do_update, *stop_inout);
     gmodel_step_outcome(g, step, loss_out, norm_out, stop_inout);
@@ -2796,28 +2796,28 @@ static double peak_bf16_flops(const char *name) {
      attention: 6 * L * T * QD     (QK^T and PV: 2 * 2 * QD flops per (query, key) pair, T/2 keys per query
                                     on average under the causal mask, times 3)
    MFU = this * tokens/s / the device's peak dense bf16 FLOP/s. Recomputation is not counted (it is overhead). */
-static double flops_per_token(const ModelConfig *c, int T) {
+static double flops_per_token(const ModelConfig *c, int floatX) {
     double C = c->n_embd, L = c->n_layer, QD = (double)c->n_head * c->head_dim, KD = (double)c->n_kv_head * c->head_dim;
     double F = c->d_ff, FC = c->act == ACT_SWIGLU ? 2 * F : F, QKV = QD + 2 * KD, V = c->vocab_size;
-    return 6.0 * (L * (QKV * C + C * QD + FC * C + C * F) + V * C) + 6.0 * L * T * QD;
+    return 6.0 * (L * (QKV * C + C * QD + FC * C + C * F) + V * C) + 6.0 * L * floatX * QD;
 }
 
 /* the backend of the shared loop (train_loop.h): the device model, the ranks, and a sample's logits on the host */
-template <typename T>
+template <typename floatX>
 struct GpuRun {
-    GModel<T> g;
+    GModel<floatX> g;
     Dist *d;
     const Args *a;
     AdamWConfig opt;
     cudaDeviceProp prop;
     double flops_per_token, peak_flops;
-    T *row_t;      /* [V] the logits of a sample's last position, as the device holds them */
+    floatX *row_t;      /* [V] the logits of a sample's last position, as the device holds them */
     float *row;    /* [V] the same as floats */
 };
 
-template <typename T>
+template <typename floatX>
 static void gpu_forward_backward(void *ctx, const DataLoader *dl, int micro) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     const Args *a = c->a;
     if (micro == 0) gmodel_zero_grad(c->g);
     gmodel_upload_batch(c->g, dl->inputs, dl->targets, a->batch_size, a->seq_len);
@@ -2827,92 +2827,92 @@ static void gpu_forward_backward(void *ctx, const DataLoader *dl, int micro) {
 }
 
 /* queued on the device, not waited for (gmodel_step_queue): the loop reads the outcome one step later */
-template <typename T>
+template <typename floatX>
 static void gpu_step_queue(void *ctx, int step, float lr, int stop) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     c->opt.lr = lr;
     gmodel_step_queue(c->g, *c->d, &c->opt, step, c->a->clip, c->a->seed, 1, stop);
 }
 
-template <typename T>
+template <typename floatX>
 static int gpu_step_outcome(void *ctx, int step, double *loss, double *norm, int *stop) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     int skip = gmodel_step_outcome(c->g, step, loss, norm, stop);
     progress_mark();
     return skip;
 }
 
 /* the batches' losses summed on the device, read once at the end */
-template <typename T>
+template <typename floatX>
 static void gpu_eval_batch(void *ctx, const DataLoader *dl, int i) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     gmodel_upload_batch(c->g, dl->inputs, dl->targets, dl->B, dl->T);
     gmodel_forward(c->g, 0, 0.0f, 1.0, i > 0);
 }
 
-template <typename T>
+template <typename floatX>
 static double gpu_eval_sum(void *ctx) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     double sum = gmodel_read_loss(c->g);
     progress_mark();   /* an evaluation is not a hang */
     return sum;
 }
 
-template <typename T>
+template <typename floatX>
 static const float *gpu_forward_logits(void *ctx, const int *ids, int n) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
-    GModel<T> &g = c->g;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
+    GModel<floatX> &g = c->g;
     int V = g.V;
     gmodel_upload_batch(g, ids, NULL, 1, n);
     gmodel_forward(g, 0, 0.0f, 0.0, 0);
-    CUDA_CHECK(cudaMemcpyAsync(c->row_t, g.logits + (size_t)(n - 1 - g.logits_r0) * g.Vp, V * sizeof(T),
+    CUDA_CHECK(cudaMemcpyAsync(c->row_t, g.logits + (size_t)(n - 1 - g.logits_r0) * g.Vp, V * sizeof(floatX),
                                cudaMemcpyDeviceToHost, g.stream));
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     for (int v = 0; v < V; v++) {
-        if (sizeof(T) == 4) memcpy(&c->row[v], &c->row_t[v], 4);
+        if (sizeof(floatX) == 4) memcpy(&c->row[v], &c->row_t[v], 4);
         else { uint16_t h; memcpy(&h, &c->row_t[v], 2); c->row[v] = host_bf16_bits_to_f32(h); }
     }
     progress_mark();
     return c->row;
 }
 
-template <typename T>
+template <typename floatX>
 static void gpu_save(void *ctx, const TrainState *ts) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     gmodel_download(c->g, *c->d, 1);   /* collective: masters and moments gathered from the shards */
     if (c->d->rank == 0) write_checkpoint(c->a, c->g.host, ts);
     progress_mark();   /* a checkpoint is not a hang */
 }
 
-template <typename T>
+template <typename floatX>
 static void gpu_print_setup(void *ctx) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     const Args *a = c->a;
     int world = c->d->world;
     printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a->batch_size, a->seq_len,
            a->grad_accum, world, a->batch_size * a->seq_len * a->grad_accum * world);
     printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-%d over %d rank(s)%s, %.2f GiB allocated; "
            "%.1f GFLOP/token, peak %.0f TFLOP/s bf16\n", c->prop.name, c->prop.multiProcessorCount, a->dtype, a->recompute,
-           gpu::attention_uses_tc<T>(c->g.cfg.head_dim, a->plain_attn) ? "tensor-core flash" : "plain", c->g.zero2 ? 2 : 1,
+           gpu::attention_uses_tc<floatX>(c->g.cfg.head_dim, a->plain_attn) ? "tensor-core flash" : "plain", c->g.zero2 ? 2 : 1,
            world, !c->d->comm ? "" : c->g.overlap ? " (NCCL, reduce overlapped with the backward)" : " (NCCL, reduce-scatter)",
            g_dev_bytes / 1073741824.0, c->flops_per_token / 1e9, c->peak_flops / 1e12);
 }
 
 /* the watchdog's timer starts with the training loop */
-template <typename T>
+template <typename floatX>
 static void gpu_loop_start(void *ctx) {
-    GpuRun<T> *c = (GpuRun<T> *)ctx;
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     watchdog_start(c->d, c->a->nccl_timeout);
 }
 
-template <typename T>
+template <typename floatX>
 static double gpu_memory_gib(void *ctx) {
     size_t fr = 0, tot = 0;
     cudaMemGetInfo(&fr, &tot);
     return (double)(tot - fr) / 1073741824.0;
 }
 
-template <typename T>
+template <typename floatX>
 static int run(Args &a, Dist &d) {
     ModelConfig cfg;
     Data data;
@@ -2926,21 +2926,21 @@ static int run(Args &a, Dist &d) {
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     GOptions o = {a.recompute, a.plain_attn, a.fuse_gelu, (size_t)a.logits_mb << 20, a.overlap, a.zero};
-    GpuRun<T> c;
+    GpuRun<floatX> c;
     c.d = &d; c.a = &a;
     c.opt = {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay};
     gmodel_build(c.g, &m, a.batch_size, a.seq_len, o, d, stream);
     gmodel_upload(c.g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
     free(m.m_memory); free(m.v_memory); m.m_memory = m.v_memory = NULL;   /* the shards live on the device now */
-    c.row_t = (T *)malloc(c.g.V * sizeof(T));
+    c.row_t = (floatX *)malloc(c.g.V * sizeof(floatX));
     c.row = (float *)malloc(c.g.V * sizeof(float));
     CUDA_CHECK(cudaGetDeviceProperties(&c.prop, d.local_rank));
     c.flops_per_token = flops_per_token(&cfg, a.seq_len);
     c.peak_flops = peak_bf16_flops(c.prop.name);
 
-    TrainBackend b = {&c, d.rank, d.world, 1, gpu_forward_backward<T>, gpu_step_queue<T>, gpu_step_outcome<T>,
-                      gpu_eval_batch<T>, gpu_eval_sum<T>, gpu_forward_logits<T>, gpu_save<T>, gpu_print_setup<T>,
-                      gpu_loop_start<T>, gpu_memory_gib<T>, c.flops_per_token, c.peak_flops};
+    TrainBackend b = {&c, d.rank, d.world, 1, gpu_forward_backward<floatX>, gpu_step_queue<floatX>, gpu_step_outcome<floatX>,
+                      gpu_eval_batch<floatX>, gpu_eval_sum<floatX>, gpu_forward_logits<floatX>, gpu_save<floatX>, gpu_print_setup<floatX>,
+                      gpu_loop_start<floatX>, gpu_memory_gib<floatX>, c.flops_per_token, c.peak_flops};
     train_loop(&b, &a, &cfg, m.num_params, &data, &dl, &ts, resumed);
 
     free(c.row_t); free(c.row);
