@@ -1673,7 +1673,7 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const EmbBu
 
 /* layernorm_forward / rmsnorm_forward, with the residual add before it when inp2 != NULL */
 template <typename floatX>
-void norm_forward(floatX *resid_out, floatX *out, float *mean, float *rstd, const floatX *inp1, const floatX *inp2, int heads, int ld,
+void residual_norm_forward(floatX *resid_out, floatX *out, float *mean, float *rstd, const floatX *inp1, const floatX *inp2, int heads, int ld,
                   const floatX *w, const floatX *b, int rows, int C, float eps, int layernorm, cudaStream_t s) {
     residual_norm_forward_kernel<floatX><<<ceil_div(rows, 8), 256, 0, s>>>(resid_out, out, mean, rstd, inp1, inp2, heads, ld, w, b,
                                                              rows, C, eps, layernorm);
@@ -1681,7 +1681,7 @@ void norm_forward(floatX *resid_out, floatX *out, float *mean, float *rstd, cons
 }
 
 template <typename floatX>
-void norm_apply(floatX *out, const floatX *inp, const float *mean, const float *rstd, const floatX *w, const floatX *b, int rows, int C, cudaStream_t s) {
+void norm_forward_recompute(floatX *out, const floatX *inp, const float *mean, const float *rstd, const floatX *w, const floatX *b, int rows, int C, cudaStream_t s) {
     norm_forward_recompute_kernel<floatX><<<ceil_div((size_t)rows * C / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, mean, rstd, w, b, rows, C);
     KERNEL_CHECK();
 }
@@ -1710,7 +1710,7 @@ void column_sums(float *dw, float *db, const floatX *dy, int lddy, const floatX 
 
 /* layernorm_backward / rmsnorm_backward (see residual_norm_backward_kernel for the two output forms) */
 template <typename floatX>
-void norm_backward(float *dres, floatX *dres_t, floatX *dinp, float *dw, float *db, const floatX *dout, const floatX *inp, int heads, int ld,
+void residual_norm_backward(float *dres, floatX *dres_t, floatX *dinp, float *dw, float *db, const floatX *dout, const floatX *inp, int heads, int ld,
                    const floatX *w, const float *mean, const float *rstd, int rows, int C, int accumulate, float *scratch,
                    cudaStream_t s) {
     residual_norm_backward_kernel<floatX><<<ceil_div(rows, 8), 256, 0, s>>>(dres, dres_t, dinp, dout, inp, heads, ld, w, mean, rstd,
@@ -1756,35 +1756,6 @@ void matmul_backward(floatX *dinp, float *dw, float *dbias, const floatX *dout, 
         matmul_lt(dw, CUDA_R_32F, inp, dout, cuda_type<floatX>(), NULL, IC, OC, N, IC, lddo, IC, 0, 1, 1.0f,
                   CUBLASLT_EPILOGUE_DEFAULT, NULL, 0, s);
     if (dbias && !fused) column_sums<floatX>(NULL, dbias, dout, lddo, (const floatX *)NULL, 1, OC, NULL, NULL, N, OC, scratch, s);
-}
-
-template <typename floatX>
-void gelu_forward(floatX *out, const floatX *inp, size_t n, cudaStream_t s) {
-    gelu_forward_kernel<floatX><<<ceil_div(n / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, n);
-    KERNEL_CHECK();
-}
-template <typename floatX>
-void gelu_backward(floatX *dinp, const floatX *inp, const floatX *dout, size_t n, cudaStream_t s) {
-    gelu_backward_kernel<floatX><<<ceil_div(n / Pack<floatX>::N, 256), 256, 0, s>>>(dinp, inp, dout, n);
-    KERNEL_CHECK();
-}
-template <typename floatX>
-void swiglu_forward(floatX *out, const floatX *inp, int N, int F, cudaStream_t s) {
-    swiglu_forward_kernel<floatX><<<ceil_div((size_t)N * F / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, N, F);
-    KERNEL_CHECK();
-}
-template <typename floatX>
-void swiglu_backward(floatX *dinp, const floatX *dout, const floatX *inp, int N, int F, cudaStream_t s) {
-    swiglu_backward_kernel<floatX><<<ceil_div((size_t)N * F / Pack<floatX>::N, 256), 256, 0, s>>>(dinp, dout, inp, N, F);
-    KERNEL_CHECK();
-}
-
-/* crossentropy_forward (+ crossentropy_backward in place when backward) on rows of logits */
-template <typename floatX>
-void crossentropy_fused(floatX *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
-    if (ldl % Pack<floatX>::N || ldl < V) die("crossentropy_fused: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
-    crossentropy_forward_backward_kernel<floatX><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
-    KERNEL_CHECK();
 }
 
 /* which attention kernels run: the tensor-core ones for bf16 and HD 32/64/128 unless plain is asked for */
@@ -1883,6 +1854,35 @@ void attention_backward(AttnArgs<floatX> &a, int force_plain, cudaStream_t s) {
     attention_rope_backward_dq_plain_kernel<floatX><<<ceil_div((size_t)a.B * a.NH * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
     KERNEL_CHECK();
     attention_rope_backward_dkdv_plain_kernel<floatX><<<ceil_div((size_t)a.B * a.NKV * a.T, ATT_WARPS), 32 * ATT_WARPS, 0, s>>>(a);
+    KERNEL_CHECK();
+}
+
+template <typename floatX>
+void gelu_forward(floatX *out, const floatX *inp, size_t n, cudaStream_t s) {
+    gelu_forward_kernel<floatX><<<ceil_div(n / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, n);
+    KERNEL_CHECK();
+}
+template <typename floatX>
+void gelu_backward(floatX *dinp, const floatX *inp, const floatX *dout, size_t n, cudaStream_t s) {
+    gelu_backward_kernel<floatX><<<ceil_div(n / Pack<floatX>::N, 256), 256, 0, s>>>(dinp, inp, dout, n);
+    KERNEL_CHECK();
+}
+template <typename floatX>
+void swiglu_forward(floatX *out, const floatX *inp, int N, int F, cudaStream_t s) {
+    swiglu_forward_kernel<floatX><<<ceil_div((size_t)N * F / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, N, F);
+    KERNEL_CHECK();
+}
+template <typename floatX>
+void swiglu_backward(floatX *dinp, const floatX *dout, const floatX *inp, int N, int F, cudaStream_t s) {
+    swiglu_backward_kernel<floatX><<<ceil_div((size_t)N * F / Pack<floatX>::N, 256), 256, 0, s>>>(dinp, dout, inp, N, F);
+    KERNEL_CHECK();
+}
+
+/* crossentropy_forward (+ crossentropy_backward in place when backward) on rows of logits */
+template <typename floatX>
+void crossentropy_forward_backward(floatX *logits, float *losses, const int *targets, int N, int V, int ldl, float dloss, int backward, cudaStream_t s) {
+    if (ldl % Pack<floatX>::N || ldl < V) die("crossentropy_forward_backward: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
+    crossentropy_forward_backward_kernel<floatX><<<N, 512, 0, s>>>(logits, losses, targets, V, ldl, dloss, backward);
     KERNEL_CHECK();
 }
 
@@ -2469,7 +2469,7 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
     int ln = g.layernorm;
     gpu::embedding_forward<floatX>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, T, C, s,
                               g.host->reset_positions ? g.tok_pos : NULL);
-    gpu::norm_forward<floatX>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
+    gpu::residual_norm_forward<floatX>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
                          N, C, c->norm_eps, ln, s);
     for (int l = 0; l < g.L; l++) {
         const floatX *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
@@ -2480,15 +2480,15 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
         gpu::matmul_forward<floatX>(qkv, ln1, g.pt[P_WQKV] + (size_t)l * g.QKV * C, lay(g.pt[P_BQKV], l, g.QKV), N, C, g.QKV,
                                g.QKV, NULL, s);
         if (c->qk_norm) {
-            gpu::norm_forward<floatX>(NULL, g.qn + (size_t)l * N * g.QD, NULL, g.qn_rstd + (size_t)l * N * g.NH, qkv, NULL,
+            gpu::residual_norm_forward<floatX>(NULL, g.qn + (size_t)l * N * g.QD, NULL, g.qn_rstd + (size_t)l * N * g.NH, qkv, NULL,
                                  g.NH, g.QKV, g.pt[P_QNW] + l * g.HD, NULL, N * g.NH, g.HD, c->norm_eps, 0, s);
-            gpu::norm_forward<floatX>(NULL, g.kn + (size_t)l * N * g.KD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, qkv + g.QD,
+            gpu::residual_norm_forward<floatX>(NULL, g.kn + (size_t)l * N * g.KD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, qkv + g.QD,
                                  NULL, g.NKV, g.QKV, g.pt[P_KNW] + l * g.HD, NULL, N * g.NKV, g.HD, c->norm_eps, 0, s);
         }
         AttnArgs<floatX> a = attn_args(g, l);
         gpu::attention_forward<floatX>(a, g.plain_attn, s);
         gpu::matmul_forward<floatX>(g.proj, a.out, g.pt[P_WO] + (size_t)l * C * g.QD, lay(g.pt[P_BO], l, C), N, g.QD, C, C, NULL, s);
-        gpu::norm_forward<floatX>(resid2, ln2, lay(g.ln2_mean, l, N), g.ln2_rstd + (size_t)l * N, x, g.proj, 1, C,
+        gpu::residual_norm_forward<floatX>(resid2, ln2, lay(g.ln2_mean, l, N), g.ln2_rstd + (size_t)l * N, x, g.proj, 1, C,
                              g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, c->norm_eps, ln, s);
         const floatX *wfc = g.pt[P_WFC] + (size_t)l * g.FC * C, *bfc = lay(g.pt[P_BFC], l, g.FC);
         if (g.fuse_gelu) {
@@ -2506,7 +2506,7 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
         float *nm = last ? g.lnf_mean : lay(g.ln1_mean, l + 1, N), *nr = last ? g.lnf_rstd : g.ln1_rstd + (size_t)(l + 1) * N;
         const floatX *nw = last ? g.pt[P_LNFW] : g.pt[P_LN1W] + (l + 1) * C;
         const floatX *nb = last ? g.pt[P_LNFB] : lay(g.pt[P_LN1B], l + 1, C);
-        gpu::norm_forward<floatX>(resid3, next_ln, nm, nr, resid2, g.proj, 1, C, nw, nb, N, C, c->norm_eps, ln, s);
+        gpu::residual_norm_forward<floatX>(resid3, next_ln, nm, nr, resid2, g.proj, 1, C, nw, nb, N, C, c->norm_eps, ln, s);
     }
     /* the classifier, in chunks of rows */
     const floatX *wlm = g.pt[P_LMHEAD] ? g.pt[P_LMHEAD] : g.pt[P_WTE];
@@ -2517,7 +2517,7 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
         gpu::matmul_forward<floatX>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const floatX *)NULL, n, C, g.Vp, g.Vp, NULL, s);
         g.logits_r0 = r0;
         if (!g.has_targets) continue;   /* sampling: the last chunk stays in g.logits */
-        gpu::crossentropy_fused<floatX>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
+        gpu::crossentropy_forward_backward<floatX>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
                                    backward_head, s);
         if (backward_head)
             gpu::matmul_backward<floatX>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.Vp,
@@ -2592,7 +2592,7 @@ void gmodel_backward(GModel<floatX> &g, int last = 0) {
     size_t NC = (size_t)N * C;
     float *sc = g.scratch;
     /* final norm: dres = d(resid3 of the last layer) */
-    gpu::norm_backward<floatX>(g.dres, g.dres_t, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf, g.resid3 + (g.L - 1) * NC, 1, C,
+    gpu::residual_norm_backward<floatX>(g.dres, g.dres_t, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf, g.resid3 + (g.L - 1) * NC, 1, C,
                           g.pt[P_LNFW], g.lnf_mean, g.lnf_rstd, N, C, 0, sc, s);
     for (int l = g.L - 1; l >= 0; l--) {
         if (g.zero2) {   /* layer buffer l % 2, once the reduction of the layer that used it last has read it */
@@ -2622,10 +2622,10 @@ void gmodel_backward(GModel<floatX> &g, int last = 0) {
             else gpu::swiglu_backward<floatX>(g.dfch, g.dfch_act, fch, N, g.F, s);
         }
         if (g.recompute >= 2)
-            gpu::norm_apply<floatX>(ln2, resid2, ln2_mean, ln2_rstd, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, s);
+            gpu::norm_forward_recompute<floatX>(ln2, resid2, ln2_mean, ln2_rstd, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, s);
         gpu::matmul_backward<floatX>(g.dln, lgrad(g, P_WFC, l), lgrad(g, P_BFC, l), g.dfch, ln2,
                                 g.pt[P_WFC] + (size_t)l * g.FC * C, N, C, g.FC, g.FC, 0, NULL, sc, s);
-        gpu::norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN2W, l), lgrad(g, P_LN2B, l), g.dln, resid2, 1, C,
+        gpu::residual_norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN2W, l), lgrad(g, P_LN2B, l), g.dln, resid2, 1, C,
                               g.pt[P_LN2W] + l * C, ln2_mean, ln2_rstd, N, C, 1, sc, s);
 
         /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)); dres_t = d(o output) */
@@ -2637,16 +2637,16 @@ void gmodel_backward(GModel<floatX> &g, int last = 0) {
         if (c->qk_norm) CUDA_CHECK(cudaMemsetAsync(g.dkn, 0, (size_t)N * g.KD * sizeof(floatX), s));
         gpu::attention_backward<floatX>(a, g.plain_attn, s);
         if (c->qk_norm) {
-            gpu::norm_backward<floatX>(NULL, NULL, g.dqkv, lgrad(g, P_QNW, l), NULL, g.dqn, qkv, g.NH, g.QKV,
+            gpu::residual_norm_backward<floatX>(NULL, NULL, g.dqkv, lgrad(g, P_QNW, l), NULL, g.dqn, qkv, g.NH, g.QKV,
                                   g.pt[P_QNW] + l * g.HD, NULL, g.qn_rstd + (size_t)l * N * g.NH, N * g.NH, g.HD, 0, sc, s);
-            gpu::norm_backward<floatX>(NULL, NULL, g.dqkv + g.QD, lgrad(g, P_KNW, l), NULL, g.dkn, qkv + g.QD, g.NKV, g.QKV,
+            gpu::residual_norm_backward<floatX>(NULL, NULL, g.dqkv + g.QD, lgrad(g, P_KNW, l), NULL, g.dkn, qkv + g.QD, g.NKV, g.QKV,
                                   g.pt[P_KNW] + l * g.HD, NULL, g.kn_rstd + (size_t)l * N * g.NKV, N * g.NKV, g.HD, 0, sc, s);
         }
         if (g.recompute >= 2)
-            gpu::norm_apply<floatX>(ln1, x, ln1_mean, ln1_rstd, g.pt[P_LN1W] + l * C, lay(g.pt[P_LN1B], l, C), N, C, s);
+            gpu::norm_forward_recompute<floatX>(ln1, x, ln1_mean, ln1_rstd, g.pt[P_LN1W] + l * C, lay(g.pt[P_LN1B], l, C), N, C, s);
         gpu::matmul_backward<floatX>(g.dln, lgrad(g, P_WQKV, l), lgrad(g, P_BQKV, l), g.dqkv, ln1,
                                 g.pt[P_WQKV] + (size_t)l * g.QKV * C, N, C, g.QKV, g.QKV, 0, NULL, sc, s);
-        gpu::norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN1W, l), lgrad(g, P_LN1B, l), g.dln, x, 1, C,
+        gpu::residual_norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN1W, l), lgrad(g, P_LN1B, l), g.dln, x, 1, C,
                               g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
         if (reduce_layers) gmodel_reduce_layer(g, l);
     }

@@ -345,7 +345,7 @@ template <typename T> static void test_norm(int layernorm) {
     T *da = to_dev<T>(a), *db = to_dev<T>(b), *dw = to_dev<T>(w), *dbias = layernorm ? to_dev<T>(bias) : NULL;
     T *dres_out = dev_nan<T>((size_t)N * C), *dout = dev_nan<T>((size_t)N * C);
     float *dmean = layernorm ? dev_nan<float>(N) : NULL, *drstd = dev_nan<float>(N);
-    gpu::norm_forward<T>(dres_out, dout, dmean, drstd, da, db, 1, C, dw, dbias, N, C, eps, layernorm, 0);
+    gpu::residual_norm_forward<T>(dres_out, dout, dmean, drstd, da, db, 1, C, dw, dbias, N, C, eps, layernorm, 0);
     const char *nm = layernorm ? "layernorm" : "rmsnorm";
     char what[96];
     snprintf(what, sizeof(what), "residual+%s_forward resid", nm); check(what, from_dev(dres_out, resid.size()), resid, tol_a<T>(), tol_r<T>());
@@ -363,7 +363,7 @@ template <typename T> static void test_norm(int layernorm) {
     float *scratch = (float *)dev_alloc(2 * COLSUM_MAX_RB * C * sizeof(float));
     T *ddy = to_dev<T>(dy), *dres_t = dev_nan<T>((size_t)N * C);
     /* the backward reads the forward's saved stats and resid */
-    gpu::norm_backward<T>(ddres, dres_t, NULL, dgw, dgb, ddy, dres_out, 1, C, dw, dmean, drstd, N, C, 1, scratch, 0);
+    gpu::residual_norm_backward<T>(ddres, dres_t, NULL, dgw, dgb, ddy, dres_out, 1, C, dw, dmean, drstd, N, C, 1, scratch, 0);
     float ta = sizeof(T) == 4 ? 1e-4f : 3e-2f;
     snprintf(what, sizeof(what), "%s_backward dres (fp32 stream)", nm); check(what, from_dev(ddres, dx.size()), dx, ta, tol_r<T>());
     snprintf(what, sizeof(what), "%s_backward dres (T copy)", nm); check(what, from_dev(dres_t, dx.size()), dx, ta, tol_r<T>());
@@ -388,10 +388,10 @@ template <typename T> static void test_head_norm(void) {
     T *dbuf = to_dev<T>(buf), *dw = to_dev<T>(w), *dout = dev_nan<T>(x.size()), *ddy = to_dev<T>(dy);
     float *drstd = dev_nan<float>(rows), *dgw = to_dev<float>(std::vector<float>(HD, 0.0f));
     float *scratch = (float *)dev_alloc(2 * COLSUM_MAX_RB * HD * sizeof(float));
-    gpu::norm_forward<T>(NULL, dout, NULL, drstd, dbuf + off, NULL, H, ld, dw, NULL, rows, HD, eps, 0, 0);
+    gpu::residual_norm_forward<T>(NULL, dout, NULL, drstd, dbuf + off, NULL, H, ld, dw, NULL, rows, HD, eps, 0, 0);
     check("rmsnorm_forward per head (q/k norm)", from_dev(dout, out.size()), out, tol_a<T>(), tol_r<T>());
     T *ddx = to_dev<T>(dx0);
-    gpu::norm_backward<T>(NULL, NULL, ddx + off, dgw, NULL, ddy, dbuf + off, H, ld, dw, NULL, drstd, rows, HD, 0, scratch, 0);
+    gpu::residual_norm_backward<T>(NULL, NULL, ddx + off, dgw, NULL, ddy, dbuf + off, H, ld, dw, NULL, drstd, rows, HD, 0, scratch, 0);
     auto got = from_dev(ddx, (size_t)N * ld);
     std::vector<float> g2(x.size());
     for (int r = 0; r < rows; r++) memcpy(&g2[(size_t)r * HD], &got[(size_t)(r / H) * ld + off + (r % H) * HD], HD * 4);
@@ -503,7 +503,7 @@ template <typename T> static void test_classifier(void) {
     float *dlos = dev_nan<float>(N);
     int *dtg = (int *)dev_alloc(N * 4);
     CUDA_CHECK(cudaMemcpy(dtg, tg.data(), N * 4, cudaMemcpyHostToDevice));
-    gpu::crossentropy_fused<T>(d, dlos, dtg, N, V, ldl, dloss, 1, 0);
+    gpu::crossentropy_forward_backward<T>(d, dlos, dtg, N, V, ldl, dloss, 1, 0);
     check("crossentropy_forward (fused) losses", from_dev(dlos, N), losses, 1e-5f, 1e-5f);
     auto got = from_dev(d, (size_t)N * ldl);
     std::vector<float> g2((size_t)N * V);
