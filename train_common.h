@@ -251,20 +251,14 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
 static volatile sig_atomic_t stop_requested = 0;
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
 
-/* index of s among names (s is one of them: the flag table checked it) */
-static int feature_index(const char *s, const char *const *names, int n) {
-    for (int i = 0; i < n; i++) if (!strcmp(s, names[i])) return i;
-    return 0;
-}
-
 /* --norm, --activation, --positions, --mlp-bias over cfg. On --resume with a checkpoint in --out its features
    stand: a flag that says otherwise is refused. With --init-from, a flag that changes the set of weights is. */
 static void apply_features(ModelConfig *cfg, const Args *a) {
     const char *flag[4] = {"--norm", "--activation", "--positions", "--mlp-bias"};
     const char *given[4] = {a->norm, a->activation, a->positions, a->mlp_bias < 0 ? NULL : a->mlp_bias ? "1" : "0"};
-    int want[4] = {a->norm ? feature_index(a->norm, norm_names, 2) : -1,
-                   a->activation ? feature_index(a->activation, act_names, 2) : -1,
-                   a->positions ? feature_index(a->positions, positions_names, 3) : -1, a->mlp_bias};
+    /* the flag's value as the field holds it (-1: not given); the flag table checked the names */
+    int want[4] = {name_index(a->norm, norm_names, 2), name_index(a->activation, act_names, 2),
+                   name_index(a->positions, positions_names, 3), a->mlp_bias};
     int *field[4] = {&cfg->norm, &cfg->act, &cfg->positions, &cfg->mlp_bias};
     char ckpt[1300], err[1024];
     if (a->resume && a->out && checkpoint_latest(a->out, ckpt, sizeof(ckpt)) == 0) {
