@@ -162,8 +162,30 @@ typedef struct {
           *lnf, *lnf_mean, *lnf_rstd, *logits, *lse, *losses;
 } ActivationTensors;
 
+/* Tensor parallelism (Megatron-LM: Shoeybi et al. 2019, "Megatron-LM: Training Multi-Billion Parameter Language
+   Models Using Model Parallelism"; sequence parallelism: Korthikanti et al. 2022, "Reducing Activation Recomputation
+   in Large Transformer Models"): `size` ranks share every layer, each holding a slice of its weights (its heads,
+   its columns of the MLP, its rows of the vocabulary; docs/parallelism.md draws them). A tensor-parallel model is
+   built from its rank's config (tp_config) and model_forward / model_backward call these collectives over the
+   group. size 1 (model_build's default): one rank, no calls. The collectives work in place on n floats; rank r's
+   block of them is zero_shard(n, size, r). */
 typedef struct {
-    ModelConfig cfg;
+    int size, rank;
+    int sp;              /* sequence parallelism: the norms and residuals run on this rank's block of the rows */
+    ModelConfig full;    /* the whole model's config */
+    int vocab_begin;     /* this rank's rows of wte / lm_head: [vocab_begin, vocab_begin + cfg.vocab_size) */
+    int kv_share;        /* ranks that share each k/v head: n_kv_head < size replicates the heads; 1: split */
+    void *ctx;
+    void (*all_reduce)(void *ctx, float *x, size_t n);       /* every rank gets the sums */
+    void (*all_gather)(void *ctx, float *x, size_t n);       /* every rank gets every rank's block */
+    void (*reduce_scatter)(void *ctx, float *x, size_t n);   /* each rank gets the sums of its block */
+} TensorParallel;
+
+typedef struct {
+    ModelConfig cfg;     /* with tensor parallelism: this rank's slice (tp.full is the whole model) */
+    TensorParallel tp;
+    int cur_sp;          /* the last forward ran sequence-parallel (tp.sp, and B*T splits into tp.size blocks) */
+    float *tp_parts;     /* [tp.size][2][B*T]: each rank's log-sum-exp and target logit of its vocabulary rows */
     size_t param_sizes[NUM_PARAM_TENSORS];
     size_t param_offsets[NUM_PARAM_TENSORS];
     size_t num_params;
@@ -195,6 +217,11 @@ typedef struct {
 void document_starts(int *doc_start, int *pos, const int *inputs, int B, int T, int eod);
 void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos);
 void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V, const int *pos);
+/* the same over the rows [v0, v0 + V) of the vocabulary that wte / dwte hold (tensor parallelism) */
+void embedding_forward_shard(float *out, const int *tokens, const float *wte, int v0, int V, const float *wpe, int B, int T,
+                             int C, const int *pos);
+void embedding_backward_shard(float *dwte, float *dwpe, const float *dout, const int *tokens, int v0, int V, int B, int T,
+                              int C, const int *pos);
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
                        const float *bias, int N, int C, float eps);
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
@@ -230,6 +257,11 @@ void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, in
 void residual_forward(float *out, const float *inp1, const float *inp2, size_t N);
 void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N);
 void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V);
+/* vocabulary-parallel: over the columns [v0, v0 + V) of the vocabulary that logits holds; combine: the ranks' parts */
+void crossentropy_forward_shard(float *lse, float *target_logit, const float *logits, const int *targets, int N, int V, int v0);
+void crossentropy_combine(float *losses, float *lse, const float *parts, const int *targets, int N, int ranks);
+void crossentropy_backward_shard(float *dlogits, const float *logits, const float *lse, const int *targets,
+                                 float dloss, int N, int V, int v0);
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
                            float dloss, int N, int V);
 
@@ -246,6 +278,30 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
 void model_backward(Model *m, float loss_scale);
 void model_zero_grad(Model *m);
 void model_free(Model *m);
+/* floats of activations (and as many of their gradients) a forward of B x T allocates */
+size_t model_activation_floats(const ModelConfig *cfg, int B, int T);
+
+/* tensor parallelism (TensorParallel; the layout above tp_config's definition) */
+/* rank `rank` of `size`: its config (its heads, k/v heads, d_ff and vocabulary rows) and tp's sizes and full config
+   (the collectives are the caller's to set). 0, or -1 with the reason in err (a size that does not divide). */
+int tp_config(const ModelConfig *full, int size, int rank, ModelConfig *local, TensorParallel *tp, char *err, size_t errlen);
+/* A run of a rank's flat parameters in the whole model's: local[local .. +len) is whole[whole .. +len). owner: the
+   one rank that writes a replicated run when the whole model is put together (rank 0; a shared k/v head's first). */
+typedef struct { size_t local, whole, len; int owner; } TPRun;
+/* the runs of m's flat parameters, in local order, covering all of them (out NULL: only the count) */
+size_t tp_runs(const Model *m, TPRun *out);
+/* local = this rank's slice of `whole`, a buffer laid out as the whole model's parameters (weights, moments) */
+void tp_slice(const Model *m, float *local, const float *whole);
+/* the runs this rank owns, from local into whole (the rest untouched): summed over the ranks into a zeroed
+   whole, the whole model */
+void tp_unslice(const Model *m, float *whole, const float *local);
+/* the sum of squares of m's gradients in [begin, end) of its flat buffer, counting a replicated run on its owner
+   only: summed over the ranks, the whole model's */
+double tp_grad_sumsq(const Model *m, size_t begin, size_t end);
+/* once per optimizer step, before the data-parallel reduction: the gradients of replicated weights that each rank
+   saw only part of, summed over the group (Qwen3's q/k norms, shared k/v heads, with sequence parallelism the
+   norms) */
+void model_tp_reduce_grads(Model *m);
 /* 1 if params tensor t gets weight decay (2-D weights), 0 for norms and biases. */
 int param_has_decay(int t);
 /* 1 if params tensor t holds one slice per layer ([L][...]), 0 for the embeddings, final norm and lm_head. */
@@ -536,15 +592,22 @@ int zero_grad_pieces(const Model *m, int l, int world, ShardPiece *out, int cap)
 ShardPiece *zero_all_grad_pieces(const Model *m, int world, int *count);
 
 typedef struct CommShared CommShared;
-typedef struct {
+typedef struct Comm {
     int rank, world;
     CommShared *sh;          /* shared by all ranks (NULL when world == 1) */
     size_t chunk;            /* floats per rank in the reduction buffer */
+    struct Comm *parent;     /* a group's: the Comm of all the ranks (NULL: this is it) */
 } Comm;
 
 /* Creates the shared region for `world` ranks, then forks world-1 children; returns in every process with
    its rank set (the parent is rank 0). gather_floats bounds comm_all_gather. 0 on success. */
 int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t errlen);
+/* The same, and the groups of tensor parallelism (world = data-parallel size x tp; rank = dp_rank * tp + tp_rank,
+   as Megatron orders them): tp_group gets this rank's tp adjacent ranks, dp_group the ranks with its tp_rank
+   (every tp-th), each a Comm of its own whose rank is the place in the group (tp 1: dp_group is the world).
+   gather_tp / gather_dp bound their all-gathers. A rank that fails stops every group. */
+int comm_init_fork_groups(Comm *world, Comm *tp_group, Comm *dp_group, int world_n, int tp, size_t gather_tp,
+                          size_t gather_dp, char *err, size_t errlen);
 /* every rank waits for all; a rank that exits or fails makes the others stop with an error */
 void comm_barrier(Comm *c);
 /* data[0..n) summed over ranks; afterwards rank r holds the sums of its shard zero_shard(n, world, r) */
@@ -553,6 +616,8 @@ void comm_reduce_scatter(Comm *c, float *data, size_t n);
 void comm_reduce_pieces(Comm *c, float *data, const ShardPiece *p, int n);
 /* every rank contributes data[its shard]; afterwards all of data[0..n) is the same on every rank */
 void comm_all_gather(Comm *c, float *data, size_t n);
+/* data[0..n) summed over the ranks, the same sums on every rank (n <= the gather bound) */
+void comm_all_reduce(Comm *c, float *data, size_t n);
 /* x[0..k) summed over ranks (k <= 64), the same result on every rank */
 void comm_all_reduce_double(Comm *c, double *x, int k);
 /* marks the run failed (the other ranks stop at their next collective) */
@@ -567,6 +632,7 @@ int comm_finish(Comm *c);
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -703,18 +769,28 @@ void document_starts(int *doc_start, int *pos, const int *inputs, int B, int T, 
    A token that occurs k times gets the sum of its k rows; rows never read get nothing; tokens get no
    gradient (they are indices). Two (b,t) with the same token write the same row, so threads split the
    channels (c0..c1), not the rows: every sum runs in (b,t) order on every run. */
-void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos) {
+/* The _shard versions: wte holds only the rows [v0, v0 + V) of the vocabulary (a tensor-parallel rank's). A token
+   outside them reads a zero row and adds to no row: the rank holding it does, and the sum over the ranks is the
+   whole embedding (model_forward's tp_leave_forward). The plain versions: the whole vocabulary. */
+void embedding_forward_shard(float *out, const int *tokens, const float *wte, int v0, int V, const float *wpe, int B, int T,
+                             int C, const int *pos) {
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
-            const float *e = wte + (size_t)tokens[b * T + t] * C;
+            int row = tokens[b * T + t] - v0;
+            const float *e = row >= 0 && row < V ? wte + (size_t)row * C : NULL;
             const float *p = wpe ? wpe + (size_t)(pos ? pos[b * T + t] : t) * C : NULL;
-            for (int c = 0; c < C; c++) o[c] = e[c] + (p ? p[c] : 0.0f);
+            for (int c = 0; c < C; c++) o[c] = (e ? e[c] : 0.0f) + (p ? p[c] : 0.0f);
         }
 }
 
-void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V, const int *pos) {
+void embedding_forward(float *out, const int *tokens, const float *wte, const float *wpe, int B, int T, int C, const int *pos) {
+    embedding_forward_shard(out, tokens, wte, 0, INT_MAX, wpe, B, T, C, pos);
+}
+
+void embedding_backward_shard(float *dwte, float *dwpe, const float *dout, const int *tokens, int v0, int V, int B, int T,
+                              int C, const int *pos) {
     const int CB = 32;
     #pragma omp parallel for schedule(static)
     for (int c0 = 0; c0 < C; c0 += CB) {
@@ -722,11 +798,15 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++) {
                 const float *d = dout + ((size_t)b * T + t) * C;
-                float *e = dwte + (size_t)tokens[b * T + t] * C;
-                for (int c = c0; c < c1; c++) e[c] += d[c];
+                int row = tokens[b * T + t] - v0;
+                if (row >= 0 && row < V) { float *e = dwte + (size_t)row * C; for (int c = c0; c < c1; c++) e[c] += d[c]; }
                 if (dwpe) { float *p = dwpe + (size_t)(pos ? pos[b * T + t] : t) * C; for (int c = c0; c < c1; c++) p[c] += d[c]; }
             }
     }
+}
+
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tokens, int B, int T, int C, int V, const int *pos) {
+    embedding_backward_shard(dwte, dwpe, dout, tokens, 0, V, B, T, C, pos);
 }
 
 /* layernorm, per row of C: m = sum(x)/C, s = rstd = 1/sqrt(sum((x-m)^2)/C + eps), n = (x-m)*s, y = n*w + b
@@ -1434,6 +1514,18 @@ void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) 
    loss_scale averaging over micro-steps and ranks); rows with target < 0 are not in L and are skipped.
    The row max and the sum of exps are vector reductions (a fixed lane order: the same result on every run). */
 void crossentropy_forward(float *losses, float *lse, const float *logits, const int *targets, int N, int V) {
+    crossentropy_forward_shard(lse, losses, logits, targets, N, V, 0);   /* losses first holds the target logits */
+    for (int n = 0; n < N; n++) losses[n] = (targets && targets[n] >= 0) ? lse[n] - losses[n] : 0.0f;
+}
+
+/* Vocabulary-parallel (Megatron's VocabParallelCrossEntropy): a rank holds the logits of its columns
+   [v0, v0 + V) of the vocabulary, and the whole rows are never put together. Each rank computes its part:
+     lse_r[n] = log sum_{its v} exp(logits[n,v]),   target_logit_r[n] = logits[n, target - v0] if it holds the
+     target, else 0
+   and crossentropy_combine, given every rank's parts, the whole row's: lse = log sum_r exp(lse_r) (the lse trick
+   again, with the largest lse_r taken out) and losses = lse - sum_r target_logit_r. The backward needs only the
+   whole lse: each rank's dlogits are softmax minus one-hot on its own columns (crossentropy_backward_shard). */
+void crossentropy_forward_shard(float *lse, float *target_logit, const float *logits, const int *targets, int N, int V, int v0) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
@@ -1449,12 +1541,28 @@ void crossentropy_forward(float *losses, float *lse, const float *logits, const 
             sum += s;
         }
         lse[n] = maxv + (float)log(sum);
-        losses[n] = (targets && targets[n] >= 0) ? lse[n] - x[targets[n]] : 0.0f;
+        int k = targets && targets[n] >= 0 ? targets[n] - v0 : -1;
+        target_logit[n] = k >= 0 && k < V ? x[k] : 0.0f;
     }
 }
 
-void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
-                           float dloss, int N, int V) {
+/* parts: [ranks][2][N], rank r's lse_r then its target_logit_r (crossentropy_forward_shard) */
+void crossentropy_combine(float *losses, float *lse, const float *parts, const int *targets, int N, int ranks) {
+    for (int n = 0; n < N; n++) {
+        float maxl = -INFINITY, tl = 0.0f;
+        for (int r = 0; r < ranks; r++) maxl = fmaxf(maxl, parts[(size_t)r * 2 * N + n]);
+        double sum = 0.0;
+        for (int r = 0; r < ranks; r++) {
+            sum += exp((double)parts[(size_t)r * 2 * N + n] - maxl);
+            tl += parts[(size_t)r * 2 * N + N + n];
+        }
+        lse[n] = maxl + (float)log(sum);
+        losses[n] = (targets && targets[n] >= 0) ? lse[n] - tl : 0.0f;
+    }
+}
+
+void crossentropy_backward_shard(float *dlogits, const float *logits, const float *lse, const int *targets,
+                                 float dloss, int N, int V, int v0) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) continue;
@@ -1462,8 +1570,14 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
         float *dx = dlogits + (size_t)n * V, l = lse[n];
         #pragma omp simd
         for (int v = 0; v < V; v++) dx[v] += dloss * exp_poly(x[v] - l);
-        dx[targets[n]] -= dloss;
+        int k = targets[n] - v0;
+        if (k >= 0 && k < V) dx[k] -= dloss;
     }
+}
+
+void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
+                           float dloss, int N, int V) {
+    crossentropy_backward_shard(dlogits, logits, lse, targets, dloss, N, V, 0);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1520,6 +1634,7 @@ int model_build(Model *m, const ModelConfig *cfg) {
     point_params(&m->params, m->params_memory, m->param_offsets, m->param_sizes);
     point_params(&m->grads, m->grads_memory, m->param_offsets, m->param_sizes);
     m->mean_loss = -1.0f;
+    m->tp.size = 1; m->tp.full = *cfg; m->tp.kv_share = 1;
     return 0;
 }
 
@@ -1589,7 +1704,7 @@ static void model_prepare(Model *m, int B, int T) {
     if (B > m->B || T > m->T) {
         int nB = B > m->B ? B : m->B, nT = T > m->T ? T : m->T;
         free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-        free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos);
+        free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts);
         act_sizes(&m->cfg, nB, nT, m->act_sizes);
         m->num_acts = 0;
         for (int i = 0; i < NUM_ACT_TENSORS; i++) m->num_acts += m->act_sizes[i];
@@ -1603,7 +1718,8 @@ static void model_prepare(Model *m, int B, int T) {
         m->targets = (int *)malloc((size_t)nB * nT * sizeof(int));
         m->doc_start = (int *)malloc((size_t)nB * nT * sizeof(int));
         m->pos = (int *)malloc((size_t)nB * nT * sizeof(int));
-        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs || !m->doc_start || !m->pos) {
+        m->tp_parts = (float *)malloc((size_t)m->tp.size * 2 * nB * nT * sizeof(float));
+        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs || !m->doc_start || !m->pos || !m->tp_parts) {
             fprintf(stderr, "out of memory allocating activations for B=%d T=%d\n", nB, nT);
             exit(1);
         }
@@ -1643,22 +1759,58 @@ int attention_window(const ModelConfig *c, int l) {
 /* Pointer to layer l's slice of a per-layer tensor (NULL stays NULL). */
 static inline float *at_layer(float *base, int l, size_t per_layer) { return base ? base + l * per_layer : NULL; }
 
+/* Tensor parallelism's two conjugate operators, Megatron's f and g (Shoeybi et al. 2019, sec. 3), around each
+   block whose weights the ranks split: the column-parallel layers (q/k/v, the MLP's fc, the lm_head: each rank
+   computes its columns of the output from the whole input) and the row-parallel ones after them (the attention's
+   output projection, the MLP's proj: each rank multiplies its columns of the input, so the outputs are partial
+   sums).
+     tp_enter (f), before a column-parallel layer: forward identity (every rank has the whole input); backward the
+       all-reduce that sums the input gradients the ranks' columns produced.
+     tp_leave (g), after a row-parallel layer: forward the all-reduce that sums the partial outputs; backward
+       identity (every rank has the whole output gradient).
+   With sequence parallelism (Korthikanti et al. 2022) the rows outside these blocks (the norms, the residual
+   stream) are split into the ranks' blocks: tp_enter's forward all-gathers the rows and its backward
+   reduce-scatters them; tp_leave's forward reduce-scatters, its backward all-gathers. n: the floats of the whole
+   [B*T, C] buffer, worked on in place. One rank: nothing to do. */
+static void tp_enter_forward(const Model *m, float *x, size_t n) {
+    if (m->cur_sp) m->tp.all_gather(m->tp.ctx, x, n);
+}
+static void tp_enter_backward(const Model *m, float *dx, size_t n) {
+    if (m->tp.size > 1) (m->cur_sp ? m->tp.reduce_scatter : m->tp.all_reduce)(m->tp.ctx, dx, n);
+}
+static void tp_leave_forward(const Model *m, float *y, size_t n) {
+    if (m->tp.size > 1) (m->cur_sp ? m->tp.reduce_scatter : m->tp.all_reduce)(m->tp.ctx, y, n);
+}
+static void tp_leave_backward(const Model *m, float *dy, size_t n) {
+    if (m->cur_sp) m->tp.all_gather(m->tp.ctx, dy, n);
+}
+
+/* A replicated bias of a row-parallel layer (o_proj's, the MLP proj's) or the position table, added where the ranks'
+   partial sums meet: rank 0 adds it to its part (tp_leave's sum then has it once), the others add nothing. Its
+   gradient is the sum of the whole output gradient, which every rank has: every rank computes it. */
+static const float *tp_once(const Model *m, const float *w) { return m->tp.rank == 0 ? w : NULL; }
+
 /* Data flow into the activations (a.<name> = A_<NAME>; weights p.<name>): encoded = embedding(inputs);
    then per layer l, from x = encoded (l = 0) or resid3 of layer l-1:
      ln1 [ln1_mean, ln1_rstd] = norm(x);  q, k, v = ln1 wqkv^T (+ bqkv);  (Qwen3) qn, kn [qn_rstd, kn_rstd] =
      per-head rmsnorm(q, k);  (LLaMA/Qwen) qr, kr = rope;  atty [att] = attention(qr|q, kr|k, v);
      attproj = atty wo^T;  resid2 = x + attproj;  ln2 [ln2_mean, ln2_rstd] = norm(resid2);  fch = ln2 wfc^T;
      fch_act = gelu(fch) or swiglu(fch);  fcproj = fch_act wproj^T;  resid3 = resid2 + fcproj
-   then lnf [lnf_mean, lnf_rstd] = norm(last resid3);  logits = lnf lmhead^T (wte when tied);  lse, losses. */
+   then lnf [lnf_mean, lnf_rstd] = norm(last resid3);  logits = lnf lmhead^T (wte when tied);  lse, losses.
+   Tensor parallel (m->tp): the same on this rank's heads, MLP columns and vocabulary rows, with tp_enter before
+   q/k/v, fc and the lm_head, tp_leave after the embedding, wo and wproj, and the vocabulary-parallel
+   cross-entropy. With sequence parallelism the norms and residuals run on this rank's R = N / size rows, from row
+   r0 (the buffers keep all N rows; the others' are filled by tp_enter's all-gather where needed). */
 float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     const ModelConfig *c = &m->cfg;
+    const TensorParallel *tp = &m->tp;
     if (T > c->max_seq_len && c->positions == POS_LEARNED) {
         fprintf(stderr, "sequence length %d exceeds the model's %d positions\n", T, c->max_seq_len);
         exit(1);
     }
     for (int i = 0; i < B * T; i++)
-        if (inputs[i] < 0 || inputs[i] >= c->vocab_size) {
-            fprintf(stderr, "token id %d out of range for vocab size %d\n", inputs[i], c->vocab_size);
+        if (inputs[i] < 0 || inputs[i] >= tp->full.vocab_size) {
+            fprintf(stderr, "token id %d out of range for vocab size %d\n", inputs[i], tp->full.vocab_size);
             exit(1);
         }
     model_prepare(m, B, T);
@@ -1668,13 +1820,17 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
     m->mean_loss = -1.0f;
     ParameterTensors p = m->params;
     ActivationTensors a = m->acts;
-    int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff;
+    int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff, V = c->vocab_size;
     int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
     size_t NC = (size_t)N * C;
+    m->cur_sp = tp->size > 1 && tp->sp && N % tp->size == 0;
+    int R = m->cur_sp ? N / tp->size : N;          /* the rows of the norms and residuals on this rank */
+    size_t r0 = m->cur_sp ? (size_t)tp->rank * R : 0, o = r0 * C;
 
     const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;
     if (doc_start || pos) document_starts(m->doc_start, m->pos, inputs, B, T, m->eod);
-    embedding_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C, pos);
+    embedding_forward_shard(a.encoded, inputs, p.wte, tp->vocab_begin, V, tp_once(m, p.wpe), B, T, C, pos);
+    tp_leave_forward(m, a.encoded, NC);
     for (int l = 0; l < c->n_layer; l++) {
         const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
         float *ln1 = a.ln1 + l * NC, *ln1_mean = at_layer(a.ln1_mean, l, N), *ln1_rstd = a.ln1_rstd + l * N;
@@ -1686,7 +1842,9 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
         float *fch = a.fch + (size_t)l * N * FC, *fch_act = a.fch_act + (size_t)l * N * F;
         float *fcproj = a.fcproj + l * NC, *resid3 = a.resid3 + l * NC;
 
-        norm_forward(c, ln1, ln1_mean, ln1_rstd, x, p.ln1w + l * C, at_layer(p.ln1b, l, C), N, C);
+        norm_forward(c, ln1 + o, ln1_mean ? ln1_mean + r0 : NULL, ln1_rstd + r0, x + o, p.ln1w + l * C,
+                     at_layer(p.ln1b, l, C), R, C);
+        tp_enter_forward(m, ln1, NC);
         matmul_forward(q, ln1, wqkv, bqkv, N, C, QD);
         matmul_forward(k, ln1, wqkv + (size_t)QD * C, bqkv ? bqkv + QD : NULL, N, C, KD);
         matmul_forward(v, ln1, wqkv + (size_t)(QD + KD) * C, bqkv ? bqkv + QD + KD : NULL, N, C, KD);
@@ -1704,18 +1862,30 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
             qa = qr; ka = kr;
         }
         attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, l), attention_window(c, l), doc_start);
-        matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, at_layer(p.bo, l, C), N, QD, C);
-        residual_forward(resid2, x, attproj, NC);
-        norm_forward(c, ln2, ln2_mean, ln2_rstd, resid2, p.ln2w + l * C, at_layer(p.ln2b, l, C), N, C);
+        matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, tp_once(m, at_layer(p.bo, l, C)), N, QD, C);
+        tp_leave_forward(m, attproj, NC);
+        residual_forward(resid2 + o, x + o, attproj + o, (size_t)R * C);
+        norm_forward(c, ln2 + o, ln2_mean ? ln2_mean + r0 : NULL, ln2_rstd + r0, resid2 + o, p.ln2w + l * C,
+                     at_layer(p.ln2b, l, C), R, C);
+        tp_enter_forward(m, ln2, NC);
         matmul_forward(fch, ln2, p.wfc + (size_t)l * FC * C, at_layer(p.bfc, l, FC), N, C, FC);
         if (c->act == ACT_GELU_TANH) gelu_forward(fch_act, fch, (size_t)N * F);
         else swiglu_forward(fch_act, fch, N, F);
-        matmul_forward(fcproj, fch_act, p.wproj + (size_t)l * C * F, at_layer(p.bproj, l, C), N, F, C);
-        residual_forward(resid3, resid2, fcproj, NC);
+        matmul_forward(fcproj, fch_act, p.wproj + (size_t)l * C * F, tp_once(m, at_layer(p.bproj, l, C)), N, F, C);
+        tp_leave_forward(m, fcproj, NC);
+        residual_forward(resid3 + o, resid2 + o, fcproj + o, (size_t)R * C);
     }
-    norm_forward(c, a.lnf, a.lnf_mean, a.lnf_rstd, a.resid3 + (c->n_layer - 1) * NC, p.lnfw, p.lnfb, N, C);
-    matmul_forward(a.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, NULL, N, C, c->vocab_size);
-    crossentropy_forward(a.losses, a.lse, a.logits, targets, N, c->vocab_size);
+    norm_forward(c, a.lnf + o, a.lnf_mean ? a.lnf_mean + r0 : NULL, a.lnf_rstd + r0, a.resid3 + (c->n_layer - 1) * NC + o,
+                 p.lnfw, p.lnfb, R, C);
+    tp_enter_forward(m, a.lnf, NC);
+    matmul_forward(a.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, NULL, N, C, V);
+    if (tp->size == 1) crossentropy_forward(a.losses, a.lse, a.logits, targets, N, V);
+    else {   /* every rank's lse and target logit of its vocabulary rows, gathered; the whole rows' losses */
+        float *part = m->tp_parts + (size_t)tp->rank * 2 * N;
+        crossentropy_forward_shard(part, part + N, a.logits, targets, N, V, tp->vocab_begin);
+        tp->all_gather(tp->ctx, m->tp_parts, (size_t)tp->size * 2 * N);
+        crossentropy_combine(a.losses, a.lse, m->tp_parts, targets, N, tp->size);
+    }
     if (!targets) return -1.0f;
     double sum = 0.0;
     int valid = 0;
@@ -1732,26 +1902,31 @@ void model_zero_grad(Model *m) { memset(m->grads_memory, 0, m->num_params * size
    per layer l: d.resid3 -> d.fcproj (+ d.resid2) -> d.fch_act -> d.fch -> d.ln2 -> d.resid2;
      d.resid2 -> d.attproj (+ dx) -> d.atty -> d.qr, d.kr, d.v -> (Qwen3) d.qn, d.kn -> d.q, d.k
      -> d.ln1 -> dx;   dx = d.resid3 of layer l-1, or d.encoded -> g.wte, g.wpe.
-   (GPT-2 has no qr/kr: attention's backward writes d.q, d.k.) */
+   (GPT-2 has no qr/kr: attention's backward writes d.q, d.k.) Tensor parallel: tp_enter's and tp_leave's
+   backwards where the forward had them, and the norms and residuals on the forward's rows. */
 void model_backward(Model *m, float loss_scale) {
     const ModelConfig *c = &m->cfg;
+    const TensorParallel *tp = &m->tp;
     if (m->mean_loss < 0) { fprintf(stderr, "model_backward: the last forward had no targets\n"); exit(1); }
     int B = m->cur_B, T = m->cur_T;
     const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;   /* the forward's */
     ParameterTensors p = m->params, g = m->grads;
     ActivationTensors a = m->acts, d = m->grads_acts;
-    int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff;
+    int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff, V = c->vocab_size;
     int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
     size_t NC = (size_t)N * C;
+    int R = m->cur_sp ? N / tp->size : N;
+    size_t r0 = m->cur_sp ? (size_t)tp->rank * R : 0, o = r0 * C, RC = (size_t)R * C;
     memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
 
     /* the mean loss over valid targets: every valid row gets dloss = scale / valid */
     float dloss = m->num_valid ? loss_scale / m->num_valid : 0.0f;
-    crossentropy_backward(d.logits, a.logits, a.lse, m->targets, dloss, N, c->vocab_size);
-    matmul_backward(d.lnf, p.lmhead ? g.lmhead : g.wte, NULL, d.logits, a.lnf, p.lmhead ? p.lmhead : p.wte,
-                    N, C, c->vocab_size);
+    crossentropy_backward_shard(d.logits, a.logits, a.lse, m->targets, dloss, N, V, tp->vocab_begin);
+    matmul_backward(d.lnf, p.lmhead ? g.lmhead : g.wte, NULL, d.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, N, C, V);
+    tp_enter_backward(m, d.lnf, NC);
     float *last = a.resid3 + (c->n_layer - 1) * NC, *dlast = d.resid3 + (c->n_layer - 1) * NC;
-    norm_backward(c, dlast, g.lnfw, g.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, N, C);
+    norm_backward(c, dlast + o, g.lnfw, g.lnfb, d.lnf + o, last + o, p.lnfw, a.lnf_mean ? a.lnf_mean + r0 : NULL,
+                  a.lnf_rstd + r0, R, C);
 
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
@@ -1759,11 +1934,13 @@ void model_backward(Model *m, float loss_scale) {
         size_t oq = (size_t)l * N * QD, ok = (size_t)l * N * KD;
         const float *wqkv = p.wqkv + (size_t)l * QKV * C;
         float *dwqkv = g.wqkv + (size_t)l * QKV * C, *dbqkv = at_layer(g.bqkv, l, QKV);
+        float *ln2_mean = at_layer(a.ln2_mean, l, N), *ln1_mean = at_layer(a.ln1_mean, l, N);
         float scale = attention_scale(c, l);
         int window = attention_window(c, l);
 
         /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))) */
-        residual_backward(d.resid2 + l * NC, d.fcproj + l * NC, d.resid3 + l * NC, NC);
+        residual_backward(d.resid2 + l * NC + o, d.fcproj + l * NC + o, d.resid3 + l * NC + o, RC);
+        tp_leave_backward(m, d.fcproj + l * NC, NC);
         matmul_backward(d.fch_act + (size_t)l * N * F, g.wproj + (size_t)l * C * F, at_layer(g.bproj, l, C),
                         d.fcproj + l * NC, a.fch_act + (size_t)l * N * F, p.wproj + (size_t)l * C * F, N, F, C);
         if (c->act == ACT_GELU_TANH)
@@ -1772,11 +1949,13 @@ void model_backward(Model *m, float loss_scale) {
             swiglu_backward(d.fch + (size_t)l * N * FC, d.fch_act + (size_t)l * N * F, a.fch + (size_t)l * N * FC, N, F);
         matmul_backward(d.ln2 + l * NC, g.wfc + (size_t)l * FC * C, at_layer(g.bfc, l, FC), d.fch + (size_t)l * N * FC,
                         a.ln2 + l * NC, p.wfc + (size_t)l * FC * C, N, C, FC);
-        norm_backward(c, d.resid2 + l * NC, g.ln2w + l * C, at_layer(g.ln2b, l, C), d.ln2 + l * NC,
-                      a.resid2 + l * NC, p.ln2w + l * C, at_layer(a.ln2_mean, l, N), a.ln2_rstd + l * N, N, C);
+        tp_enter_backward(m, d.ln2 + l * NC, NC);
+        norm_backward(c, d.resid2 + l * NC + o, g.ln2w + l * C, at_layer(g.ln2b, l, C), d.ln2 + l * NC + o,
+                      a.resid2 + l * NC + o, p.ln2w + l * C, ln2_mean ? ln2_mean + r0 : NULL, a.ln2_rstd + l * N + r0, R, C);
 
         /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)) */
-        residual_backward(dx, d.attproj + l * NC, d.resid2 + l * NC, NC);
+        residual_backward(dx + o, d.attproj + l * NC + o, d.resid2 + l * NC + o, RC);
+        tp_leave_backward(m, d.attproj + l * NC, NC);
         matmul_backward(d.atty + oq, g.wo + (size_t)l * C * QD, at_layer(g.bo, l, C), d.attproj + l * NC,
                         a.atty + oq, p.wo + (size_t)l * C * QD, N, QD, C);
         /* q/k before RoPE (after the qk norm when there is one), then what attention read */
@@ -1801,17 +1980,188 @@ void model_backward(Model *m, float loss_scale) {
                         wqkv + (size_t)QD * C, N, C, KD);
         matmul_backward(dln1, dwqkv + (size_t)(QD + KD) * C, dbqkv ? dbqkv + QD + KD : NULL, d.v + ok, ln1,
                         wqkv + (size_t)(QD + KD) * C, N, C, KD);
-        norm_backward(c, dx, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1, x, p.ln1w + l * C,
-                      at_layer(a.ln1_mean, l, N), a.ln1_rstd + l * N, N, C);
+        tp_enter_backward(m, dln1, NC);
+        norm_backward(c, dx + o, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1 + o, x + o, p.ln1w + l * C,
+                      ln1_mean ? ln1_mean + r0 : NULL, a.ln1_rstd + l * N + r0, R, C);
     }
-    embedding_backward(g.wte, g.wpe, d.encoded, m->inputs, B, T, C, c->vocab_size, pos);
+    tp_leave_backward(m, d.encoded, NC);
+    embedding_backward_shard(g.wte, g.wpe, d.encoded, m->inputs, tp->vocab_begin, V, B, T, C, pos);
 }
 
 void model_free(Model *m) {
     free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
     free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-    free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos);
+    free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts);
     memset(m, 0, sizeof(*m));
+}
+
+size_t model_activation_floats(const ModelConfig *c, int B, int T) {
+    size_t s[NUM_ACT_TENSORS], n = 0;
+    act_sizes(c, B, T, s);
+    for (int i = 0; i < NUM_ACT_TENSORS; i++) n += s[i];
+    return n;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* tensor parallelism: the ranks' slices of the model
+
+   Rank r of S holds (Megatron's layout; H = heads, F = d_ff, V = vocabulary):
+     wqkv, bqkv   its H/S q heads; its NKV/S k and v heads, or, when NKV < S, the one k/v head its q heads
+                  use (S/NKV ranks share it: kv_share)                              column-parallel
+     wo           the columns of its q heads                                         row-parallel
+     wfc, bfc     its F/S rows (SwiGLU: its gate rows and its up rows)               column-parallel
+     wproj        its F/S columns                                                    row-parallel
+     wte, lmhead  its rows [vocab_begin, ...) of the vocabulary, zero_shard(V, S, r)  vocabulary-parallel
+     the rest     whole on every rank (norms, wpe, the biases of wo and wproj, Qwen3's q/k norms) */
+int tp_config(const ModelConfig *f, int size, int rank, ModelConfig *c, TensorParallel *tp, char *err, size_t errlen) {
+    *c = *f;
+    memset(tp, 0, sizeof(*tp));
+    tp->size = size; tp->rank = rank; tp->full = *f; tp->kv_share = 1;
+    if (size <= 1) return 0;
+    size_t vb, ve, lb, le;
+    zero_shard((size_t)f->vocab_size, size, rank, &vb, &ve);
+    zero_shard((size_t)f->vocab_size, size, size - 1, &lb, &le);
+    if (f->n_head % size) { snprintf(err, errlen, "tensor-parallel size %d does not divide num_attention_heads %d", size, f->n_head); return -1; }
+    if (f->d_ff % size) { snprintf(err, errlen, "tensor-parallel size %d does not divide intermediate_size %d", size, f->d_ff); return -1; }
+    if (f->n_kv_head >= size ? f->n_kv_head % size : size % f->n_kv_head) {
+        snprintf(err, errlen, "tensor-parallel size %d neither divides num_key_value_heads %d nor is a multiple of it",
+                 size, f->n_kv_head);
+        return -1;
+    }
+    if (le <= lb) { snprintf(err, errlen, "tensor-parallel size %d: vocab_size %d leaves a rank no rows", size, f->vocab_size); return -1; }
+    c->n_head = f->n_head / size;
+    c->n_kv_head = f->n_kv_head >= size ? f->n_kv_head / size : 1;
+    tp->kv_share = f->n_kv_head >= size ? 1 : size / f->n_kv_head;
+    c->d_ff = f->d_ff / size;
+    c->vocab_size = (int)(ve - vb);
+    tp->vocab_begin = (int)vb;
+    return 0;
+}
+
+static void tp_add_run(TPRun *out, size_t *n, size_t local, size_t whole, size_t len, int owner) {
+    if (out) out[*n] = (TPRun){local, whole, len, owner};
+    (*n)++;
+}
+
+size_t tp_runs(const Model *m, TPRun *out) {
+    const TensorParallel *tp = &m->tp;
+    const ModelConfig *c = &m->cfg, *f = &tp->full;
+    size_t wsize[NUM_PARAM_TENSORS], woff[NUM_PARAM_TENSORS], off = 0, n = 0;
+    param_sizes(f, wsize);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) { woff[t] = off; off += wsize[t]; }
+    size_t L = c->n_layer, C = c->n_embd, HD = c->head_dim, r = tp->rank;
+    size_t QDl = (size_t)c->n_head * HD, KDl = (size_t)c->n_kv_head * HD, Fl = c->d_ff, F = f->d_ff;
+    size_t QD = (size_t)f->n_head * HD, KD = (size_t)f->n_kv_head * HD;
+    size_t kv0 = tp->kv_share > 1 ? r / tp->kv_share * HD : r * KDl;   /* its first k/v row in the whole model */
+    int kv_owner = r % tp->kv_share == 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        size_t lo = m->param_offsets[t], wo = woff[t];
+        if (m->param_sizes[t] == 0) continue;
+        if (tp->size <= 1) { tp_add_run(out, &n, lo, wo, m->param_sizes[t], 1); continue; }
+        switch (t) {
+        case P_WTE: case P_LMHEAD:
+            tp_add_run(out, &n, lo, wo + (size_t)tp->vocab_begin * C, m->param_sizes[t], 1);
+            break;
+        case P_WQKV: case P_BQKV: {   /* per layer: q rows, k rows, v rows (a bias: rows of width 1) */
+            size_t w = t == P_WQKV ? C : 1, QKVl = QDl + 2 * KDl, QKV = QD + 2 * KD;
+            for (size_t l = 0; l < L; l++) {
+                size_t ll = lo + l * QKVl * w, wl = wo + l * QKV * w;
+                tp_add_run(out, &n, ll, wl + r * QDl * w, QDl * w, 1);
+                tp_add_run(out, &n, ll + QDl * w, wl + (QD + kv0) * w, KDl * w, kv_owner);
+                tp_add_run(out, &n, ll + (QDl + KDl) * w, wl + (QD + KD + kv0) * w, KDl * w, kv_owner);
+            }
+            break;
+        }
+        case P_WO: case P_WPROJ: {    /* per layer, per output row: this rank's columns */
+            size_t cols = t == P_WO ? QDl : Fl, wcols = t == P_WO ? QD : F;
+            for (size_t i = 0; i < L * C; i++) tp_add_run(out, &n, lo + i * cols, wo + i * wcols + r * cols, cols, 1);
+            break;
+        }
+        case P_WFC: case P_BFC: {     /* per layer: its F/S rows (SwiGLU: of the gate, then of the up half) */
+            size_t w = t == P_WFC ? C : 1, halves = c->act == ACT_SWIGLU ? 2 : 1;
+            for (size_t l = 0; l < L; l++)
+                for (size_t h = 0; h < halves; h++)
+                    tp_add_run(out, &n, lo + (l * halves + h) * Fl * w, wo + (l * halves * F + h * F + r * Fl) * w, Fl * w, 1);
+            break;
+        }
+        default:                      /* replicated: rank 0 owns it */
+            tp_add_run(out, &n, lo, wo, m->param_sizes[t], r == 0);
+        }
+    }
+    return n;
+}
+
+static TPRun *tp_runs_alloc(const Model *m, size_t *n) {
+    *n = tp_runs(m, NULL);
+    TPRun *runs = (TPRun *)malloc(*n * sizeof(TPRun));
+    if (!runs) { fprintf(stderr, "out of memory for the tensor-parallel layout\n"); exit(1); }
+    tp_runs(m, runs);
+    return runs;
+}
+
+void tp_slice(const Model *m, float *local, const float *whole) {
+    size_t n;
+    TPRun *runs = tp_runs_alloc(m, &n);
+    for (size_t i = 0; i < n; i++) memcpy(local + runs[i].local, whole + runs[i].whole, runs[i].len * sizeof(float));
+    free(runs);
+}
+
+void tp_unslice(const Model *m, float *whole, const float *local) {
+    size_t n;
+    TPRun *runs = tp_runs_alloc(m, &n);
+    for (size_t i = 0; i < n; i++)
+        if (runs[i].owner) memcpy(whole + runs[i].whole, local + runs[i].local, runs[i].len * sizeof(float));
+    free(runs);
+}
+
+/* the owned runs merged where they touch (in local order), each range's sum of squares added */
+double tp_grad_sumsq(const Model *m, size_t begin, size_t end) {
+    if (m->tp.size <= 1) return grad_sumsq(m->grads_memory, begin, end);
+    size_t n, lo = 0, hi = 0;
+    TPRun *runs = tp_runs_alloc(m, &n);
+    double s = 0.0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && runs[i].owner && runs[i].local == hi) { hi += runs[i].len; continue; }
+        size_t b = lo > begin ? lo : begin, e = hi < end ? hi : end;
+        if (b < e) s += grad_sumsq(m->grads_memory, b, e);
+        if (i < n && runs[i].owner) { lo = runs[i].local; hi = lo + runs[i].len; }
+        else if (i < n) lo = hi = runs[i].local + runs[i].len;
+    }
+    free(runs);
+    return s;
+}
+
+/* the k/v rows of each layer (width w: C for wqkv, 1 for bqkv) summed over the ranks that share each k/v head:
+   every rank puts its rows at its head's place in a zeroed buffer of all heads, the buffer is summed over the
+   group, and each rank takes its head's rows back */
+static void tp_reduce_kv(Model *m, float *base, size_t w) {
+    const TensorParallel *tp = &m->tp;
+    size_t L = m->cfg.n_layer, HD = m->cfg.head_dim, NKV = tp->full.n_kv_head, QDl = (size_t)m->cfg.n_head * HD;
+    size_t QKVl = QDl + 2 * HD, head = tp->rank / tp->kv_share, n = L * 2 * NKV * HD * w;
+    float *buf = (float *)calloc(n, sizeof(float));
+    if (!buf) { fprintf(stderr, "out of memory reducing the k/v gradients\n"); exit(1); }
+    for (size_t l = 0; l < L; l++)
+        for (size_t j = 0; j < 2; j++)
+            memcpy(buf + ((l * 2 + j) * NKV + head) * HD * w, base + (l * QKVl + QDl + j * HD) * w, HD * w * sizeof(float));
+    tp->all_reduce(tp->ctx, buf, n);
+    for (size_t l = 0; l < L; l++)
+        for (size_t j = 0; j < 2; j++)
+            memcpy(base + (l * QKVl + QDl + j * HD) * w, buf + ((l * 2 + j) * NKV + head) * HD * w, HD * w * sizeof(float));
+    free(buf);
+}
+
+void model_tp_reduce_grads(Model *m) {
+    const TensorParallel *tp = &m->tp;
+    if (tp->size <= 1) return;
+    ParameterTensors g = m->grads;
+    size_t L = m->cfg.n_layer, C = m->cfg.n_embd, HD = m->cfg.head_dim;
+    if (g.qnw) { tp->all_reduce(tp->ctx, g.qnw, L * HD); tp->all_reduce(tp->ctx, g.knw, L * HD); }
+    if (tp->kv_share > 1) { tp_reduce_kv(m, g.wqkv, C); if (g.bqkv) tp_reduce_kv(m, g.bqkv, 1); }
+    if (m->cur_sp) {   /* each rank's norms saw only its rows */
+        float *norms[6] = {g.ln1w, g.ln1b, g.ln2w, g.ln2b, g.lnfw, g.lnfb};
+        size_t sizes[6] = {L * C, L * C, L * C, L * C, C, C};
+        for (int i = 0; i < 6; i++) if (norms[i]) tp->all_reduce(tp->ctx, norms[i], sizes[i]);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -3685,18 +4035,26 @@ struct CommShared {
 static float *comm_reduce_buf(Comm *c) { return (float *)((char *)c->sh + sizeof(CommShared)); }
 static float *comm_gather_buf(Comm *c) { return comm_reduce_buf(c) + (size_t)c->world * c->chunk; }
 
+#define COMM_CHUNK ((size_t)1 << 20)
+
+/* a shared region for `world` ranks (before the fork: every process inherits it) */
+static CommShared *comm_map(int world, size_t gather_floats, char *err, size_t errlen) {
+    size_t bytes = sizeof(CommShared) + ((size_t)world * COMM_CHUNK + gather_floats) * sizeof(float);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { snprintf(err, errlen, "cannot map %zu bytes of shared memory: %s", bytes, strerror(errno)); return NULL; }
+    CommShared *sh = (CommShared *)p;
+    memset(sh, 0, sizeof(CommShared));
+    sh->gather_floats = gather_floats;
+    return sh;
+}
+
 int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t errlen) {
     memset(c, 0, sizeof(*c));
     c->world = world > 1 ? world : 1;
     if (world <= 1) return 0;
     if (world > COMM_MAX_RANKS) { snprintf(err, errlen, "at most %d ranks", COMM_MAX_RANKS); return -1; }
-    c->chunk = 1 << 20;
-    size_t bytes = sizeof(CommShared) + ((size_t)world * c->chunk + gather_floats) * sizeof(float);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) { snprintf(err, errlen, "cannot map %zu bytes of shared memory: %s", bytes, strerror(errno)); return -1; }
-    c->sh = (CommShared *)p;
-    memset(c->sh, 0, sizeof(CommShared));
-    c->sh->gather_floats = gather_floats;
+    c->chunk = COMM_CHUNK;
+    if (!(c->sh = comm_map(world, gather_floats, err, errlen))) return -1;
     c->sh->pids[0] = getpid();
     fflush(NULL);
     for (int r = 1; r < world; r++) {
@@ -3709,10 +4067,29 @@ int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t e
     return 0;
 }
 
-void comm_abort(Comm *c) { if (c->sh) __atomic_store_n(&c->sh->failed, 1, __ATOMIC_SEQ_CST); }
+int comm_init_fork_groups(Comm *world, Comm *tp_group, Comm *dp_group, int world_n, int tp, size_t gather_tp,
+                          size_t gather_dp, char *err, size_t errlen) {
+    int dp = world_n / tp;
+    CommShared *tp_sh[COMM_MAX_RANKS] = {0}, *dp_sh[COMM_MAX_RANKS] = {0};
+    if (world_n > COMM_MAX_RANKS) { snprintf(err, errlen, "at most %d ranks", COMM_MAX_RANKS); return -1; }
+    for (int i = 0; tp > 1 && i < dp; i++) if (!(tp_sh[i] = comm_map(tp, gather_tp, err, errlen))) return -1;
+    for (int j = 0; tp > 1 && dp > 1 && j < tp; j++) if (!(dp_sh[j] = comm_map(dp, gather_dp, err, errlen))) return -1;
+    if (comm_init_fork(world, world_n, tp > 1 ? 0 : gather_dp, err, errlen) != 0) return -1;
+    if (tp <= 1) { *dp_group = *world; memset(tp_group, 0, sizeof(*tp_group)); tp_group->world = 1; return 0; }
+    int r = world->rank;
+    *tp_group = (Comm){r % tp, tp, tp_sh[r / tp], COMM_CHUNK, world};
+    *dp_group = (Comm){r / tp, dp, dp > 1 ? dp_sh[r % tp] : NULL, COMM_CHUNK, world};
+    return 0;
+}
 
-/* Has a rank died? Rank 0 reaps its children; the children watch rank 0. */
+void comm_abort(Comm *c) {
+    if (c->sh) __atomic_store_n(&c->sh->failed, 1, __ATOMIC_SEQ_CST);
+    if (c->parent) comm_abort(c->parent);
+}
+
+/* Has a rank died? Rank 0 reaps its children; the children watch rank 0. A group asks its parent. */
 static int comm_peer_lost(Comm *c) {
+    if (c->parent) return comm_peer_lost(c->parent);
     if (c->rank == 0) {
         for (int r = 1; r < c->world; r++) {
             int st;
@@ -3736,9 +4113,11 @@ void comm_barrier(Comm *c) {
     }
     for (long spin = 0; __atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE) == gen; spin++) {
         if (spin < 4096) continue;
-        if (__atomic_load_n(&sh->failed, __ATOMIC_ACQUIRE) || (spin % 8192 == 0 && comm_peer_lost(c))) {
+        int failed = __atomic_load_n(&sh->failed, __ATOMIC_ACQUIRE) ||
+                     (c->parent && __atomic_load_n(&c->parent->sh->failed, __ATOMIC_ACQUIRE));
+        if (failed || (spin % 8192 == 0 && comm_peer_lost(c))) {
             comm_abort(c);
-            fprintf(stderr, "rank %d: another rank stopped; stopping too\n", c->rank);
+            fprintf(stderr, "rank %d: another rank stopped; stopping too\n", c->parent ? c->parent->rank : c->rank);
             _exit(1);
         }
         usleep(20);
@@ -3804,6 +4183,11 @@ void comm_all_gather(Comm *c, float *data, size_t n) {
     comm_barrier(c);
     memcpy(data, buf, n * sizeof(float));
     comm_barrier(c);
+}
+
+void comm_all_reduce(Comm *c, float *data, size_t n) {
+    comm_reduce_scatter(c, data, n);
+    comm_all_gather(c, data, n);
 }
 
 void comm_all_reduce_double(Comm *c, double *x, int k) {

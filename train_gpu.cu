@@ -2921,7 +2921,7 @@ static int run(Args &a, Dist &d) {
     /* the loader, and the weights: resumed, continued from HF weights, or fresh */
     DataLoader dl;
     TrainState ts;
-    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, d.rank, d.world);
+    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, d.rank, d.world, d.rank == 0);
 
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -2938,7 +2938,7 @@ static int run(Args &a, Dist &d) {
     c.flops_per_token = flops_per_token(&cfg, a.seq_len);
     c.peak_flops = peak_bf16_flops(c.prop.name);
 
-    TrainBackend b = {&c, d.rank, d.world, 1, gpu_forward_backward<floatX>, gpu_step_queue<floatX>, gpu_step_outcome<floatX>,
+    TrainBackend b = {&c, d.rank, d.world, d.rank == 0, 1, gpu_forward_backward<floatX>, gpu_step_queue<floatX>, gpu_step_outcome<floatX>,
                       gpu_eval_batch<floatX>, gpu_eval_sum<floatX>, gpu_forward_logits<floatX>, gpu_save<floatX>, gpu_print_setup<floatX>,
                       gpu_loop_start<floatX>, gpu_memory_gib<floatX>, c.flops_per_token, c.peak_flops};
     train_loop(&b, &a, &cfg, m.num_params, &data, &dl, &ts, resumed);
@@ -2968,6 +2968,7 @@ int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
+    if (a.tp > 1) die("--tp %d: tensor parallelism runs in the CPU trainer (./train); train_gpu is data-parallel", a.tp);
     refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,

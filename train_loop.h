@@ -39,7 +39,9 @@
 
 typedef struct {
     void *ctx;
-    int rank, world;   /* this process's data-parallel rank, and how many there are */
+    int rank, world;   /* this process's rank (0 prints and writes), and the data-parallel size */
+    int evaluates;     /* this rank runs the evaluations and samples: rank 0, and with tensor parallelism every
+                          rank of its group (they compute them together) */
     int lag;           /* 0: a step's outcome is known when step_queue returns; 1: one step later (see above) */
     void (*forward_backward)(void *ctx, const DataLoader *dl, int micro);
     void (*step_queue)(void *ctx, int step, float lr, int stop);
@@ -81,7 +83,7 @@ static float evaluate(const TrainBackend *b, const Args *a, Blend *val, int eod)
 
 /* --sample-len tokens after the start token, each drawn from the logits of the last --seq-len tokens before it:
    temperature, then the top-k most likely (sample_token), with a draw that depends only on the seed and the step */
-static void print_sample(const TrainBackend *b, const Args *a, const ModelConfig *cfg, Tokenizer *tok, int step) {
+static void print_sample(const TrainBackend *b, const Args *a, const ModelConfig *cfg, Tokenizer *tok, int step, int print) {
     int T = a->seq_len, V = cfg->vocab_size;
     int start = sample_start_token(cfg, tok);
     int n = a->sample_len + 1;
@@ -92,7 +94,7 @@ static void print_sample(const TrainBackend *b, const Args *a, const ModelConfig
         const float *logits = b->forward_logits(b->ctx, ids + i - ctx, ctx);
         ids[i] = sample_token(logits, V, a->temperature, a->top_k, rng_uniform(a->seed ^ 0x5A5A5A5AULL, (uint64_t)step * n + i));
     }
-    print_sample_text(tok, ids + 1, n - 1, step);
+    if (print) print_sample_text(tok, ids + 1, n - 1, step);
     free(ids);
 }
 
@@ -149,9 +151,12 @@ static void train_loop(const TrainBackend *b, const Args *a, const ModelConfig *
     if (main_rank) {
         print_run_start(cfg, num_params, a, data);
         b->print_setup(b->ctx);
-        if (data->have_valid && !resumed) log_val(logf, 0, evaluate(b, a, &data->valid_blend, eod));
-        fflush(stdout);
     }
+    if (b->evaluates && data->have_valid && !resumed) {
+        float vl = evaluate(b, a, &data->valid_blend, eod);
+        if (main_rank) log_val(logf, 0, vl);
+    }
+    if (main_rank) fflush(stdout);
 
     int style = lr_style(a->schedule);
     TrainClock c;
@@ -177,8 +182,11 @@ static void train_loop(const TrainBackend *b, const Args *a, const ModelConfig *
         int save_due = a->out && a->save_every > 0 && step % a->save_every == 0;
         if (!b->lag || eval_due || sample_due || save_due || step == a->steps || c.stop) { finish_step(&c, step); pending = 0; }
         int last = step == a->steps || c.stop;   /* stop: seen in step - 1's outcome or in step's own */
-        if (main_rank && eval_due) log_val(logf, step, evaluate(b, a, &data->valid_blend, eod));
-        if (main_rank && sample_due) print_sample(b, a, cfg, tok, step);
+        if (b->evaluates && eval_due) {
+            float vl = evaluate(b, a, &data->valid_blend, eod);
+            if (main_rank) log_val(logf, step, vl);
+        }
+        if (b->evaluates && sample_due) print_sample(b, a, cfg, tok, step, main_rank);
         if (a->out && (save_due || last)) b->save(b->ctx, ts);
         if (c.stop) { if (main_rank) printf("stopped by signal after step %d\n", step); break; }
     }
