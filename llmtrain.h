@@ -1533,11 +1533,11 @@ void crossentropy_forward_shard(float *lse, float *target_logit, const float *lo
         #pragma omp simd reduction(max:maxv)
         for (int v = 0; v < V; v++) maxv = x[v] > maxv ? x[v] : maxv;
         double sum = 0.0;            /* float sums over blocks of 1024, added in double */
-        for (int v0 = 0; v0 < V; v0 += 1024) {
-            int v1 = v0 + 1024 < V ? v0 + 1024 : V;
+        for (int b0 = 0; b0 < V; b0 += 1024) {
+            int b1 = b0 + 1024 < V ? b0 + 1024 : V;
             float s = 0.0f;
             #pragma omp simd reduction(+:s)
-            for (int v = v0; v < v1; v++) s += exp_poly(x[v] - maxv);
+            for (int v = b0; v < b1; v++) s += exp_poly(x[v] - maxv);
             sum += s;
         }
         lse[n] = maxv + (float)log(sum);

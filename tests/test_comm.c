@@ -6,7 +6,13 @@
    [0, num_params) exactly once; each lies in one tensor, in its owner's zero_shard, and a layer's pieces in
    that layer's slice of the tensor. The collectives: each rank fills its buffer with values of its own; after
    the call the owner of every element holds the sum in rank order (bit for bit: the same float additions),
-   and the other ranks' values are untouched. */
+   and the other ranks' values are untouched.
+
+   Tensor parallelism: for every preset, tied and untied, and tensor-parallel sizes 1, 2, 4, each rank's runs
+   (tp_runs) cover its flat parameters once in order, and the owned runs of all ranks cover the whole model's once;
+   tp_slice then tp_unslice on every rank, summed, gives the whole buffer back bit for bit. The groups of
+   comm_init_fork_groups (4 ranks as 2 x 2, 6 as 3 x 2, 4 as 1 x 4): a tensor-parallel group's all-reduce and a
+   data-parallel group's reduce-scatter and all-gather sum exactly their own ranks' values, in group order. */
 #define LLMTRAIN_IMPLEMENTATION
 #include "llmtrain.h"
 #include "test_util.h"
@@ -165,9 +171,126 @@ static void test_collectives(void) {
     model_free(&m);
 }
 
+/* the whole model's values: a test pattern distinct per element */
+static float whole_value(size_t i) { return (float)(i % 1000003) * 0.5f - 7.0f; }
+
+static void check_tp_layout(const char *name, const ModelConfig *cfg, int S) {
+    ModelConfig lc;
+    TensorParallel tp;
+    char err[256];
+    Model whole;
+    if (model_build(&whole, cfg) != 0) { failf("model_build"); return; }
+    size_t W = whole.num_params;
+    int *owners = (int *)calloc(W, sizeof(int));
+    float *sum = (float *)calloc(W, sizeof(float)), *src = (float *)malloc(W * sizeof(float));
+    for (size_t i = 0; i < W; i++) src[i] = whole_value(i);
+    for (int r = 0; r < S; r++) {
+        if (tp_config(cfg, S, r, &lc, &tp, err, sizeof(err)) != 0) { failf("%s tp %d: %s", name, S, err); break; }
+        Model m;
+        if (model_build(&m, &lc) != 0) { failf("model_build"); break; }
+        m.tp = tp;
+        size_t n = tp_runs(&m, NULL), at = 0;
+        TPRun *runs = (TPRun *)malloc(n * sizeof(TPRun));
+        tp_runs(&m, runs);
+        for (size_t i = 0; i < n; i++) {
+            if (runs[i].local != at || runs[i].whole + runs[i].len > W) {
+                failf("%s tp %d rank %d: run %zu at local %zu (expected %zu), whole %zu + %zu", name, S, r, i, runs[i].local, at,
+                      runs[i].whole, runs[i].len);
+                break;
+            }
+            at += runs[i].len;
+            if (runs[i].owner) for (size_t j = 0; j < runs[i].len; j++) owners[runs[i].whole + j]++;
+        }
+        if (at != m.num_params) failf("%s tp %d rank %d: the runs cover %zu of %zu parameters", name, S, r, at, m.num_params);
+        float *local = (float *)malloc(m.num_params * sizeof(float)), *back = (float *)calloc(W, sizeof(float));
+        tp_slice(&m, local, src);
+        tp_unslice(&m, back, local);
+        for (size_t i = 0; i < W; i++) sum[i] += back[i];
+        free(local); free(back); free(runs);
+        model_free(&m);
+    }
+    size_t once = 0, same = 0;
+    for (size_t i = 0; i < W; i++) { once += owners[i] == 1; same += memcmp(&sum[i], &src[i], sizeof(float)) == 0; }
+    if (once != W) failf("%s tp %d: %zu of %zu whole parameters owned by exactly one rank", name, S, once, W);
+    if (same != W) failf("%s tp %d: slice + unslice summed over the ranks gives back %zu of %zu values", name, S, same, W);
+    checks++;
+    free(owners); free(sum); free(src);
+    model_free(&whole);
+}
+
+static void test_tp_layout(void) {
+    const char *presets[] = {"tiny-gpt2", "tiny-llama", "tiny-qwen3"};
+    for (int i = 0; i < 3; i++)
+        for (int tie = 0; tie < 2; tie++)
+            for (int S = 1; S <= 4; S *= 2) {
+                ModelConfig cfg;
+                model_config_preset(&cfg, presets[i]);
+                cfg.tie_embeddings = tie;
+                cfg.qkv_bias = cfg.mlp_bias = 1;   /* every tensor present */
+                char name[64];
+                snprintf(name, sizeof(name), "%s%s", presets[i], tie ? " tied" : " untied");
+                check_tp_layout(name, &cfg, S);
+            }
+    printf("tensor-parallel layouts: %d checked\n", checks);
+}
+
+/* the value world rank r holds at i in the group tests */
+static int groups_in_rank(Comm *world, Comm *tpc, Comm *dpc, int tp) {
+    int wrong = 0;
+    size_t n = 5003;
+    float *x = (float *)malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = value_of(world->rank, i);
+    comm_all_reduce(tpc, x, n);
+    int first = world->rank - tpc->rank;   /* the group's first world rank */
+    for (size_t i = 0; i < n; i++) {
+        float want = value_of(first, i);
+        for (int r = 1; r < tp; r++) want += value_of(first + r, i);
+        if (memcmp(&x[i], &want, sizeof(float)) != 0 && wrong++ < 3)
+            fprintf(stderr, "FAIL: rank %d tp all_reduce [%zu] = %.9g, want %.9g\n", world->rank, i, x[i], want);
+    }
+    for (size_t i = 0; i < n; i++) x[i] = value_of(world->rank, i);
+    comm_reduce_scatter(dpc, x, n);
+    comm_all_gather(dpc, x, n);
+    for (size_t i = 0; i < n; i++) {
+        float want = value_of(tpc->rank, i);   /* dp group: world ranks tp_rank, tp_rank + tp, ... */
+        for (int r = 1; r < dpc->world; r++) want += value_of(tpc->rank + r * tp, i);
+        if (memcmp(&x[i], &want, sizeof(float)) != 0 && wrong++ < 3)
+            fprintf(stderr, "FAIL: rank %d dp reduce_scatter + all_gather [%zu] = %.9g, want %.9g\n", world->rank, i, x[i], want);
+    }
+    free(x);
+    return wrong;
+}
+
+static void test_groups(void) {
+    const int layouts[3][2] = {{4, 2}, {6, 2}, {4, 4}};
+    for (int k = 0; k < 3; k++) {
+        int world_n = layouts[k][0], tp = layouts[k][1];
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            char err[256];
+            Comm w, tpc, dpc;
+            omp_set_num_threads(1);
+            if (comm_init_fork_groups(&w, &tpc, &dpc, world_n, tp, 8192, 8192, err, sizeof(err)) != 0) { fprintf(stderr, "FAIL: %s\n", err); _exit(2); }
+            tpc.chunk = dpc.chunk = 777;   /* several chunks per call */
+            int wrong = groups_in_rank(&w, &tpc, &dpc, tp);
+            comm_barrier(&w);
+            if (w.rank != 0) _exit(wrong ? 1 : 0);
+            _exit(comm_finish(&w) != 0 || wrong ? 1 : 0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failf("groups of %d ranks, tp %d: failed (see above)", world_n, tp);
+        else printf("groups of %d ranks, tp %d: ok\n", world_n, tp);
+        checks++;
+    }
+}
+
 int main(void) {
     test_pieces();
     test_collectives();
+    test_tp_layout();
+    test_groups();
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
