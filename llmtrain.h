@@ -181,9 +181,23 @@ typedef struct {
     void (*reduce_scatter)(void *ctx, float *x, size_t n);   /* each rank gets the sums of its block */
 } TensorParallel;
 
+/* Pipeline parallelism (GPipe: Huang et al. 2019; the 1F1B schedule: Narayanan et al. 2021, "Efficient Large-Scale
+   Language Model Training on GPU Clusters Using Megatron-LM"): the layers cut into `size` contiguous stages, one
+   per rank. A stage's model has its cfg.n_layer layers from layer0 on; the first stage also the embedding, the
+   last the final norm, the lm_head and the loss (and, with tied embeddings, its own copy of wte). A stage after
+   the first reads its input from model_stage_input, a stage before the last is given the gradient of its output
+   (model_backward_stage) and leaves the gradient of its input in model_stage_input_grad. */
 typedef struct {
-    ModelConfig cfg;     /* with tensor parallelism: this rank's slice (tp.full is the whole model) */
+    int size, rank;
+    int layer0;          /* this stage's first layer in the whole model */
+    int embed, head;     /* it holds the embedding (the first stage) / the final norm, lm_head and loss (the last) */
+} PipelineStage;
+
+typedef struct {
+    ModelConfig cfg;     /* with tensor parallelism: this rank's slice (tp.full is the whole model); with pipeline
+                            parallelism n_layer is this stage's */
     TensorParallel tp;
+    PipelineStage pp;
     int cur_sp;          /* the last forward ran sequence-parallel (tp.sp, and B*T splits into tp.size blocks) */
     float *tp_parts;     /* [tp.size][2][B*T]: each rank's log-sum-exp and target logit of its vocabulary rows */
     size_t param_sizes[NUM_PARAM_TENSORS];
@@ -278,8 +292,28 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
 void model_backward(Model *m, float loss_scale);
 void model_zero_grad(Model *m);
 void model_free(Model *m);
+
+/* pipeline parallelism (PipelineStage) */
+/* the `size` stages of the whole model: stage s gets layers[s] layers (layers NULL: as many as keep the largest
+   stage's parameters the fewest, every stage at least one). 0, or -1 with the reason in err. */
+int pp_stages(const ModelConfig *full, int size, const int *layers, PipelineStage *out, char *err, size_t errlen);
+/* Allocates params (and grads) for stage st of the model cfg (cfg->n_layer: the stage's layers). */
+int model_build_stage(Model *m, const ModelConfig *cfg, const PipelineStage *st);
+/* Where a stage after the first takes its input: the [B*T, C] buffer the next forward of B x T starts from. */
+float *model_stage_input(Model *m, int B, int T);
+/* A stage's output after a forward: the [B*T, C] residual stream its last layer leaves (before the last stage). */
+const float *model_stage_output(const Model *m);
+/* model_backward on a stage: dout [B*T, C] is the gradient of the stage's output (the next stage's
+   model_stage_input_grad; NULL on the last stage, which starts from its loss). */
+void model_backward_stage(Model *m, float loss_scale, const float *dout);
+/* After model_backward_stage of a stage after the first: the gradient of its input, for the stage before. */
+const float *model_stage_input_grad(const Model *m);
+/* A micro-batch's context of m: the same weights and gradients, activations of its own (allocated by its first
+   forward), so a stage can keep several forwards alive for their backwards; model_view_free frees only those. */
+void model_view(Model *view, const Model *m);
+void model_view_free(Model *view);
 /* floats of activations (and as many of their gradients) a forward of B x T allocates */
-size_t model_activation_floats(const ModelConfig *cfg, int B, int T);
+size_t model_activation_floats(const Model *m, int B, int T);
 
 /* tensor parallelism (TensorParallel; the layout above tp_config's definition) */
 /* rank `rank` of `size`: its config (its heads, k/v heads, d_ff and vocabulary rows) and tp's sizes and full config
@@ -1586,12 +1620,13 @@ void crossentropy_backward(float *dlogits, const float *logits, const float *lse
 static int qkv_rows(const ModelConfig *c) { return (c->n_head + 2 * c->n_kv_head) * c->head_dim; }
 static int fc_rows(const ModelConfig *c) { return c->act == ACT_SWIGLU ? 2 * c->d_ff : c->d_ff; }
 
-static void param_sizes(const ModelConfig *c, size_t *s) {
+/* the sizes of the parameter tensors of a stage (st: NULL, the whole model) */
+static void param_sizes(const ModelConfig *c, const PipelineStage *st, size_t *s) {
     size_t V = c->vocab_size, C = c->n_embd, L = c->n_layer, HD = c->head_dim, F = c->d_ff;
     size_t QKV = qkv_rows(c), FC = fc_rows(c), A = (size_t)c->n_head * HD;
-    int ln = c->norm == NORM_LAYERNORM;
-    s[P_WTE] = V * C;
-    s[P_WPE] = c->positions == POS_LEARNED ? (size_t)c->max_seq_len * C : 0;
+    int ln = c->norm == NORM_LAYERNORM, embed = !st || st->embed, head = !st || st->head;
+    s[P_WTE] = embed || (head && c->tie_embeddings) ? V * C : 0;
+    s[P_WPE] = embed && c->positions == POS_LEARNED ? (size_t)c->max_seq_len * C : 0;
     s[P_LN1W] = L * C;
     s[P_LN1B] = ln ? L * C : 0;
     s[P_WQKV] = L * QKV * C;
@@ -1606,9 +1641,9 @@ static void param_sizes(const ModelConfig *c, size_t *s) {
     s[P_BFC] = c->mlp_bias ? L * FC : 0;
     s[P_WPROJ] = L * C * F;
     s[P_BPROJ] = c->mlp_bias ? L * C : 0;
-    s[P_LNFW] = C;
-    s[P_LNFB] = ln ? C : 0;
-    s[P_LMHEAD] = c->tie_embeddings ? 0 : V * C;
+    s[P_LNFW] = head ? C : 0;
+    s[P_LNFB] = head && ln ? C : 0;
+    s[P_LMHEAD] = head && !c->tie_embeddings ? V * C : 0;
 }
 
 int param_has_decay(int t) {
@@ -1623,9 +1658,15 @@ static void point_params(ParameterTensors *p, float *mem, const size_t *offsets,
 }
 
 int model_build(Model *m, const ModelConfig *cfg) {
+    PipelineStage whole = {1, 0, 0, 1, 1};
+    return model_build_stage(m, cfg, &whole);
+}
+
+int model_build_stage(Model *m, const ModelConfig *cfg, const PipelineStage *st) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
-    param_sizes(cfg, m->param_sizes);
+    m->pp = *st;
+    param_sizes(cfg, st, m->param_sizes);
     m->num_params = 0;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) { m->param_offsets[i] = m->num_params; m->num_params += m->param_sizes[i]; }
     m->params_memory = (float *)calloc(m->num_params, sizeof(float));
@@ -1654,10 +1695,10 @@ void model_init_weights(Model *m, uint64_t seed, float std) {
     }
 }
 
-static void act_sizes(const ModelConfig *c, int B, int T, size_t *s) {
+static void act_sizes(const ModelConfig *c, const PipelineStage *st, int B, int T, size_t *s) {
     size_t BT = (size_t)B * T, L = c->n_layer, C = c->n_embd, HD = c->head_dim;
     size_t QD = (size_t)c->n_head * HD, KD = (size_t)c->n_kv_head * HD;
-    int ln = c->norm == NORM_LAYERNORM, rope = c->positions == POS_ROPE, qkn = c->qk_norm;
+    int ln = c->norm == NORM_LAYERNORM, rope = c->positions == POS_ROPE, qkn = c->qk_norm, head = st->head;
     s[A_ENCODED] = BT * C;
     s[A_LN1] = L * BT * C;
     s[A_LN1_MEAN] = ln ? L * BT : 0;
@@ -1682,12 +1723,12 @@ static void act_sizes(const ModelConfig *c, int B, int T, size_t *s) {
     s[A_FCH_ACT] = L * BT * c->d_ff;
     s[A_FCPROJ] = L * BT * C;
     s[A_RESID3] = L * BT * C;
-    s[A_LNF] = BT * C;
-    s[A_LNF_MEAN] = ln ? BT : 0;
-    s[A_LNF_RSTD] = BT;
-    s[A_LOGITS] = BT * c->vocab_size;
-    s[A_LSE] = BT;
-    s[A_LOSSES] = BT;
+    s[A_LNF] = head ? BT * C : 0;
+    s[A_LNF_MEAN] = head && ln ? BT : 0;
+    s[A_LNF_RSTD] = head ? BT : 0;
+    s[A_LOGITS] = head ? BT * c->vocab_size : 0;
+    s[A_LSE] = head ? BT : 0;
+    s[A_LOSSES] = head ? BT : 0;
 }
 
 static void point_acts(ActivationTensors *a, float *mem, const size_t *sizes) {
@@ -1705,7 +1746,7 @@ static void model_prepare(Model *m, int B, int T) {
         int nB = B > m->B ? B : m->B, nT = T > m->T ? T : m->T;
         free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
         free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts);
-        act_sizes(&m->cfg, nB, nT, m->act_sizes);
+        act_sizes(&m->cfg, &m->pp, nB, nT, m->act_sizes);
         m->num_acts = 0;
         for (int i = 0; i < NUM_ACT_TENSORS; i++) m->num_acts += m->act_sizes[i];
         m->acts_memory = (float *)calloc(m->num_acts, sizeof(float));
@@ -1726,7 +1767,7 @@ static void model_prepare(Model *m, int B, int T) {
         m->B = nB; m->T = nT;
     }
     size_t sizes[NUM_ACT_TENSORS];
-    act_sizes(&m->cfg, B, T, sizes);
+    act_sizes(&m->cfg, &m->pp, B, T, sizes);
     point_acts(&m->acts, m->acts_memory, sizes);
     point_acts(&m->grads_acts, m->grads_acts_memory, sizes);
 }
@@ -1829,9 +1870,12 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
 
     const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;
     if (doc_start || pos) document_starts(m->doc_start, m->pos, inputs, B, T, m->eod);
-    embedding_forward_shard(a.encoded, inputs, p.wte, tp->vocab_begin, V, tp_once(m, p.wpe), B, T, C, pos);
-    tp_leave_forward(m, a.encoded, NC);
+    if (m->pp.embed) {   /* else encoded holds the previous stage's output (model_stage_input) */
+        embedding_forward_shard(a.encoded, inputs, p.wte, tp->vocab_begin, V, tp_once(m, p.wpe), B, T, C, pos);
+        tp_leave_forward(m, a.encoded, NC);
+    }
     for (int l = 0; l < c->n_layer; l++) {
+        int lg = m->pp.layer0 + l;   /* the layer's place in the whole model */
         const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
         float *ln1 = a.ln1 + l * NC, *ln1_mean = at_layer(a.ln1_mean, l, N), *ln1_rstd = a.ln1_rstd + l * N;
         float *q = a.q + (size_t)l * N * QD, *k = a.k + (size_t)l * N * KD, *v = a.v + (size_t)l * N * KD;
@@ -1861,7 +1905,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
             rope_forward(kr, ka, m->rope_cos, m->rope_sin, B, T, NKV, HD, pos);
             qa = qr; ka = kr;
         }
-        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, l), attention_window(c, l), doc_start);
+        attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, lg), attention_window(c, lg), doc_start);
         matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, tp_once(m, at_layer(p.bo, l, C)), N, QD, C);
         tp_leave_forward(m, attproj, NC);
         residual_forward(resid2 + o, x + o, attproj + o, (size_t)R * C);
@@ -1875,6 +1919,7 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
         tp_leave_forward(m, fcproj, NC);
         residual_forward(resid3 + o, resid2 + o, fcproj + o, (size_t)R * C);
     }
+    if (!m->pp.head) return -1.0f;   /* the next stage goes on from model_stage_output */
     norm_forward(c, a.lnf + o, a.lnf_mean ? a.lnf_mean + r0 : NULL, a.lnf_rstd + r0, a.resid3 + (c->n_layer - 1) * NC + o,
                  p.lnfw, p.lnfb, R, C);
     tp_enter_forward(m, a.lnf, NC);
@@ -1904,10 +1949,12 @@ void model_zero_grad(Model *m) { memset(m->grads_memory, 0, m->num_params * size
      -> d.ln1 -> dx;   dx = d.resid3 of layer l-1, or d.encoded -> g.wte, g.wpe.
    (GPT-2 has no qr/kr: attention's backward writes d.q, d.k.) Tensor parallel: tp_enter's and tp_leave's
    backwards where the forward had them, and the norms and residuals on the forward's rows. */
-void model_backward(Model *m, float loss_scale) {
+void model_backward(Model *m, float loss_scale) { model_backward_stage(m, loss_scale, NULL); }
+
+void model_backward_stage(Model *m, float loss_scale, const float *dout) {
     const ModelConfig *c = &m->cfg;
     const TensorParallel *tp = &m->tp;
-    if (m->mean_loss < 0) { fprintf(stderr, "model_backward: the last forward had no targets\n"); exit(1); }
+    if (m->pp.head && m->mean_loss < 0) { fprintf(stderr, "model_backward: the last forward had no targets\n"); exit(1); }
     int B = m->cur_B, T = m->cur_T;
     const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;   /* the forward's */
     ParameterTensors p = m->params, g = m->grads;
@@ -1919,14 +1966,16 @@ void model_backward(Model *m, float loss_scale) {
     size_t r0 = m->cur_sp ? (size_t)tp->rank * R : 0, o = r0 * C, RC = (size_t)R * C;
     memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
 
-    /* the mean loss over valid targets: every valid row gets dloss = scale / valid */
-    float dloss = m->num_valid ? loss_scale / m->num_valid : 0.0f;
-    crossentropy_backward_shard(d.logits, a.logits, a.lse, m->targets, dloss, N, V, tp->vocab_begin);
-    matmul_backward(d.lnf, p.lmhead ? g.lmhead : g.wte, NULL, d.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, N, C, V);
-    tp_enter_backward(m, d.lnf, NC);
     float *last = a.resid3 + (c->n_layer - 1) * NC, *dlast = d.resid3 + (c->n_layer - 1) * NC;
-    norm_backward(c, dlast + o, g.lnfw, g.lnfb, d.lnf + o, last + o, p.lnfw, a.lnf_mean ? a.lnf_mean + r0 : NULL,
-                  a.lnf_rstd + r0, R, C);
+    if (m->pp.head) {
+        /* the mean loss over valid targets: every valid row gets dloss = scale / valid */
+        float dloss = m->num_valid ? loss_scale / m->num_valid : 0.0f;
+        crossentropy_backward_shard(d.logits, a.logits, a.lse, m->targets, dloss, N, V, tp->vocab_begin);
+        matmul_backward(d.lnf, p.lmhead ? g.lmhead : g.wte, NULL, d.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, N, C, V);
+        tp_enter_backward(m, d.lnf, NC);
+        norm_backward(c, dlast + o, g.lnfw, g.lnfb, d.lnf + o, last + o, p.lnfw, a.lnf_mean ? a.lnf_mean + r0 : NULL,
+                      a.lnf_rstd + r0, R, C);
+    } else memcpy(dlast, dout, NC * sizeof(float));   /* from the next stage */
 
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
@@ -1935,8 +1984,8 @@ void model_backward(Model *m, float loss_scale) {
         const float *wqkv = p.wqkv + (size_t)l * QKV * C;
         float *dwqkv = g.wqkv + (size_t)l * QKV * C, *dbqkv = at_layer(g.bqkv, l, QKV);
         float *ln2_mean = at_layer(a.ln2_mean, l, N), *ln1_mean = at_layer(a.ln1_mean, l, N);
-        float scale = attention_scale(c, l);
-        int window = attention_window(c, l);
+        float scale = attention_scale(c, m->pp.layer0 + l);
+        int window = attention_window(c, m->pp.layer0 + l);
 
         /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))) */
         residual_backward(d.resid2 + l * NC + o, d.fcproj + l * NC + o, d.resid3 + l * NC + o, RC);
@@ -1984,20 +2033,44 @@ void model_backward(Model *m, float loss_scale) {
         norm_backward(c, dx + o, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1 + o, x + o, p.ln1w + l * C,
                       ln1_mean ? ln1_mean + r0 : NULL, a.ln1_rstd + l * N + r0, R, C);
     }
+    if (!m->pp.embed) return;   /* d.encoded goes to the previous stage (model_stage_input_grad) */
     tp_leave_backward(m, d.encoded, NC);
     embedding_backward_shard(g.wte, g.wpe, d.encoded, m->inputs, tp->vocab_begin, V, B, T, C, pos);
 }
 
-void model_free(Model *m) {
-    free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
+float *model_stage_input(Model *m, int B, int T) { model_prepare(m, B, T); return m->acts.encoded; }
+
+const float *model_stage_output(const Model *m) {
+    return m->acts.resid3 + (size_t)(m->cfg.n_layer - 1) * m->cur_B * m->cur_T * m->cfg.n_embd;
+}
+
+const float *model_stage_input_grad(const Model *m) { return m->grads_acts.encoded; }
+
+void model_view(Model *view, const Model *m) {
+    *view = *m;
+    view->acts_memory = view->grads_acts_memory = view->rope_cos = view->rope_sin = view->tp_parts = NULL;
+    view->inputs = view->targets = view->doc_start = view->pos = NULL;
+    view->B = view->T = 0;
+    view->mean_loss = -1.0f;
+}
+
+void model_view_free(Model *m) {
     free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
     free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts);
+    m->acts_memory = m->grads_acts_memory = m->rope_cos = m->rope_sin = m->tp_parts = NULL;
+    m->inputs = m->targets = m->doc_start = m->pos = NULL;
+    m->B = m->T = 0;
+}
+
+void model_free(Model *m) {
+    model_view_free(m);
+    free(m->params_memory); free(m->grads_memory); free(m->m_memory); free(m->v_memory);
     memset(m, 0, sizeof(*m));
 }
 
-size_t model_activation_floats(const ModelConfig *c, int B, int T) {
+size_t model_activation_floats(const Model *m, int B, int T) {
     size_t s[NUM_ACT_TENSORS], n = 0;
-    act_sizes(c, B, T, s);
+    act_sizes(&m->cfg, &m->pp, B, T, s);
     for (int i = 0; i < NUM_ACT_TENSORS; i++) n += s[i];
     return n;
 }
@@ -2047,7 +2120,7 @@ size_t tp_runs(const Model *m, TPRun *out) {
     const TensorParallel *tp = &m->tp;
     const ModelConfig *c = &m->cfg, *f = &tp->full;
     size_t wsize[NUM_PARAM_TENSORS], woff[NUM_PARAM_TENSORS], off = 0, n = 0;
-    param_sizes(f, wsize);
+    param_sizes(f, NULL, wsize);
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) { woff[t] = off; off += wsize[t]; }
     size_t L = c->n_layer, C = c->n_embd, HD = c->head_dim, r = tp->rank;
     size_t QDl = (size_t)c->n_head * HD, KDl = (size_t)c->n_kv_head * HD, Fl = c->d_ff, F = f->d_ff;

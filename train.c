@@ -140,7 +140,7 @@ static void cpu_print_setup(void *ctx) {
                "%d data-parallel groups\n", a->tp, a->sp ? ", sequence parallel" : "", m->cfg.n_head, m->cfg.n_kv_head,
                m->tp.kv_share > 1 ? " shared" : "", m->cfg.d_ff, m->cfg.vocab_size, dp_comm.world);
     double mib = 1.0 / (1 << 20), p = m->num_params * 4.0 * mib;
-    double act = 2.0 * model_activation_floats(&m->cfg, a->batch_size, a->seq_len) * 4.0 * mib;
+    double act = 2.0 * model_activation_floats(m, a->batch_size, a->seq_len) * 4.0 * mib;
     printf("memory per rank: parameters %.1f MiB, gradients %.1f MiB, AdamW moments %.1f MiB (this rank updates %.1f MiB of "
            "them), activations and their gradients %.1f MiB\n", p, p, 2 * p,
            2.0 * (c->shard_end - c->shard_begin) * 4.0 * mib, act);

@@ -286,11 +286,11 @@ static void apply_features(ModelConfig *cfg, const Args *a) {
         return;
     }
     size_t before[NUM_PARAM_TENSORS], after[NUM_PARAM_TENSORS];
-    param_sizes(cfg, before);
+    param_sizes(cfg, NULL, before);
     for (int i = 0; i < 4; i++) {
         if (!given[i]) continue;
         *field[i] = want[i];
-        param_sizes(cfg, after);
+        param_sizes(cfg, NULL, after);
         if (a->init_from && memcmp(before, after, sizeof(before)))
             die("%s %s: changes the weights of --init-from %s (train from scratch with --model instead)", flag[i], given[i],
                 a->init_from);

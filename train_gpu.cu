@@ -2103,7 +2103,7 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     ModelConfig pc = *c;
     pc.vocab_size = g.Vp;
     g.lay.cfg = pc;
-    param_sizes(&pc, g.lay.param_sizes);
+    param_sizes(&pc, NULL, g.lay.param_sizes);
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) { g.lay.param_offsets[t] = g.lay.num_params; g.lay.num_params += g.lay.param_sizes[t]; }
     g.nparams = g.lay.num_params;
     zero_layout(g.nparams, d.world, d.rank, &g.shard, &g.padded, &g.shard_begin);
