@@ -636,12 +636,20 @@ typedef struct Comm {
 /* Creates the shared region for `world` ranks, then forks world-1 children; returns in every process with
    its rank set (the parent is rank 0). gather_floats bounds comm_all_gather. 0 on success. */
 int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t errlen);
-/* The same, and the groups of tensor parallelism (world = data-parallel size x tp; rank = dp_rank * tp + tp_rank,
-   as Megatron orders them): tp_group gets this rank's tp adjacent ranks, dp_group the ranks with its tp_rank
-   (every tp-th), each a Comm of its own whose rank is the place in the group (tp 1: dp_group is the world).
-   gather_tp / gather_dp bound their all-gathers. A rank that fails stops every group. */
-int comm_init_fork_groups(Comm *world, Comm *tp_group, Comm *dp_group, int world_n, int tp, size_t gather_tp,
-                          size_t gather_dp, char *err, size_t errlen);
+/* The same, with groups of the ranks (tensor-, data-, pipeline-parallel): grouping k cuts the world by
+   color[k * world_n + rank], the ranks of one color forming a group in rank order; out[k] becomes this rank's
+   group of grouping k, a Comm of its own (its rank: the place in the group; a group of the whole world is the
+   world's Comm). gather[k] bounds grouping k's all-gathers. Every group's shared region is mapped before the
+   fork. A rank that fails stops every group. */
+int comm_init_fork_groups(Comm *world, int world_n, int ngroupings, const int *color, const size_t *gather, Comm *out,
+                          char *err, size_t errlen);
+/* Point to point: a one-way queue of messages of up to n floats from one rank to another, `slots` messages deep
+   (the sender waits only when they are all unread), mapped before the fork. c: the sender's / receiver's world
+   Comm, watched for failures while waiting. */
+typedef struct CommQueue CommQueue;
+CommQueue *comm_queue_map(size_t n, int slots, char *err, size_t errlen);
+void comm_send(Comm *c, CommQueue *q, const float *x, size_t n);
+void comm_recv(Comm *c, CommQueue *q, float *x, size_t n);
 /* every rank waits for all; a rank that exits or fails makes the others stop with an error */
 void comm_barrier(Comm *c);
 /* data[0..n) summed over ranks; afterwards rank r holds the sums of its shard zero_shard(n, world, r) */
@@ -2068,6 +2076,49 @@ void model_free(Model *m) {
     memset(m, 0, sizeof(*m));
 }
 
+/* Stages balanced by parameters: best[s][l] is the smallest largest stage of s + 1 stages holding layers 0 .. l
+   (the first stage also the embedding, the last the head), found over every cut. */
+int pp_stages(const ModelConfig *f, int P, const int *layers, PipelineStage *out, char *err, size_t errlen) {
+    int L = f->n_layer;
+    if (P > L) { snprintf(err, errlen, "%d stages need at least as many layers (the model has %d)", P, L); return -1; }
+    int *count = (int *)malloc((size_t)P * sizeof(int));
+    if (layers) {
+        int sum = 0;
+        for (int s = 0; s < P; s++) {
+            if (layers[s] < 1) { snprintf(err, errlen, "stage %d: %d layers (each stage needs at least one)", s, layers[s]); free(count); return -1; }
+            count[s] = layers[s]; sum += layers[s];
+        }
+        if (sum != L) { snprintf(err, errlen, "the stages' layers add up to %d, the model has %d", sum, L); free(count); return -1; }
+    } else {
+        size_t sz[NUM_PARAM_TENSORS], layer = 0, first = 0, last = 0;
+        param_sizes(f, NULL, sz);
+        for (int t = 0; t < NUM_PARAM_TENSORS; t++) if (param_is_per_layer(t)) layer += sz[t] / L;
+        first = sz[P_WTE] + sz[P_WPE];
+        last = sz[P_LNFW] + sz[P_LNFB] + (f->tie_embeddings ? sz[P_WTE] : sz[P_LMHEAD]);
+        size_t *best = (size_t *)malloc((size_t)P * L * sizeof(size_t));
+        int *cut = (int *)malloc((size_t)P * L * sizeof(int));
+        for (int s = 0; s < P; s++)
+            for (int l = 0; l < L; l++) {   /* stage s ends with layer l and starts at layer j */
+                best[s * L + l] = (size_t)-1;
+                for (int j = s; j <= l; j++) {
+                    if (s == 0 && j != 0) break;
+                    size_t own = (size_t)(l - j + 1) * layer + (s == 0 ? first : 0) + (s == P - 1 ? last : 0);
+                    size_t before = s == 0 ? 0 : best[(s - 1) * L + j - 1];
+                    size_t worst = own > before ? own : before;
+                    if (worst < best[s * L + l]) { best[s * L + l] = worst; cut[s * L + l] = j; }
+                }
+            }
+        for (int s = P - 1, l = L - 1; s >= 0; s--) { int j = cut[s * L + l]; count[s] = l - j + 1; l = j - 1; }
+        free(best); free(cut);
+    }
+    for (int s = 0, l0 = 0; s < P; s++) {
+        out[s] = (PipelineStage){P, s, l0, s == 0, s == P - 1};
+        l0 += count[s];
+    }
+    free(count);
+    return 0;
+}
+
 size_t model_activation_floats(const Model *m, int B, int T) {
     size_t s[NUM_ACT_TENSORS], n = 0;
     act_sizes(&m->cfg, &m->pp, B, T, s);
@@ -2076,7 +2127,7 @@ size_t model_activation_floats(const Model *m, int B, int T) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* tensor parallelism: the ranks' slices of the model
+/* tensor and pipeline parallelism: the ranks' slices of the model
 
    Rank r of S holds (Megatron's layout; H = heads, F = d_ff, V = vocabulary):
      wqkv, bqkv   its H/S q heads; its NKV/S k and v heads, or, when NKV < S, the one k/v head its q heads
@@ -2130,10 +2181,12 @@ size_t tp_runs(const Model *m, TPRun *out) {
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         size_t lo = m->param_offsets[t], wo = woff[t];
         if (m->param_sizes[t] == 0) continue;
-        if (tp->size <= 1) { tp_add_run(out, &n, lo, wo, m->param_sizes[t], 1); continue; }
+        if (param_is_per_layer(t)) wo += m->pp.layer0 * (wsize[t] / f->n_layer);   /* a stage's first layer */
+        int copy = t == P_WTE && !m->pp.embed;   /* the last stage's copy of tied embeddings: the first stage owns them */
+        if (tp->size <= 1) { tp_add_run(out, &n, lo, wo, m->param_sizes[t], !copy); continue; }
         switch (t) {
         case P_WTE: case P_LMHEAD:
-            tp_add_run(out, &n, lo, wo + (size_t)tp->vocab_begin * C, m->param_sizes[t], 1);
+            tp_add_run(out, &n, lo, wo + (size_t)tp->vocab_begin * C, m->param_sizes[t], !copy);
             break;
         case P_WQKV: case P_BQKV: {   /* per layer: q rows, k rows, v rows (a bias: rows of width 1) */
             size_t w = t == P_WQKV ? C : 1, QKVl = QDl + 2 * KDl, QKV = QD + 2 * KD;
@@ -2189,7 +2242,7 @@ void tp_unslice(const Model *m, float *whole, const float *local) {
 
 /* the owned runs merged where they touch (in local order), each range's sum of squares added */
 double tp_grad_sumsq(const Model *m, size_t begin, size_t end) {
-    if (m->tp.size <= 1) return grad_sumsq(m->grads_memory, begin, end);
+    if (m->tp.size <= 1 && m->pp.size <= 1) return grad_sumsq(m->grads_memory, begin, end);
     size_t n, lo = 0, hi = 0;
     TPRun *runs = tp_runs_alloc(m, &n);
     double s = 0.0;
@@ -4140,18 +4193,31 @@ int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t e
     return 0;
 }
 
-int comm_init_fork_groups(Comm *world, Comm *tp_group, Comm *dp_group, int world_n, int tp, size_t gather_tp,
-                          size_t gather_dp, char *err, size_t errlen) {
-    int dp = world_n / tp;
-    CommShared *tp_sh[COMM_MAX_RANKS] = {0}, *dp_sh[COMM_MAX_RANKS] = {0};
+int comm_init_fork_groups(Comm *world, int world_n, int ngroupings, const int *color, const size_t *gather, Comm *out,
+                          char *err, size_t errlen) {
     if (world_n > COMM_MAX_RANKS) { snprintf(err, errlen, "at most %d ranks", COMM_MAX_RANKS); return -1; }
-    for (int i = 0; tp > 1 && i < dp; i++) if (!(tp_sh[i] = comm_map(tp, gather_tp, err, errlen))) return -1;
-    for (int j = 0; tp > 1 && dp > 1 && j < tp; j++) if (!(dp_sh[j] = comm_map(dp, gather_dp, err, errlen))) return -1;
-    if (comm_init_fork(world, world_n, tp > 1 ? 0 : gather_dp, err, errlen) != 0) return -1;
-    if (tp <= 1) { *dp_group = *world; memset(tp_group, 0, sizeof(*tp_group)); tp_group->world = 1; return 0; }
-    int r = world->rank;
-    *tp_group = (Comm){r % tp, tp, tp_sh[r / tp], COMM_CHUNK, world};
-    *dp_group = (Comm){r / tp, dp, dp > 1 ? dp_sh[r % tp] : NULL, COMM_CHUNK, world};
+    /* region[k][r]: the region of the group of grouping k whose lowest rank is r */
+    static CommShared *region[8][COMM_MAX_RANKS];
+    size_t world_gather = 0;
+    for (int k = 0; k < ngroupings; k++) {
+        const int *col = color + (size_t)k * world_n;
+        for (int r = 0; r < world_n; r++) {
+            int size = 0, lowest = -1;
+            for (int q = 0; q < world_n; q++) if (col[q] == col[r]) { size++; if (lowest < 0) lowest = q; }
+            region[k][r] = NULL;
+            if (size == world_n && gather[k] > world_gather) world_gather = gather[k];
+            if (size > 1 && size < world_n && lowest == r && !(region[k][r] = comm_map(size, gather[k], err, errlen))) return -1;
+        }
+    }
+    if (comm_init_fork(world, world_n, world_gather, err, errlen) != 0) return -1;
+    for (int k = 0; k < ngroupings; k++) {
+        const int *col = color + (size_t)k * world_n;
+        int r = world->rank, size = 0, place = 0, lowest = -1;
+        for (int q = 0; q < world_n; q++)
+            if (col[q] == col[r]) { if (q < r) place++; if (lowest < 0) lowest = q; size++; }
+        if (size == world_n) out[k] = *world;
+        else out[k] = (Comm){place, size, size > 1 ? region[k][lowest] : NULL, COMM_CHUNK, world};
+    }
     return 0;
 }
 
@@ -4174,6 +4240,19 @@ static int comm_peer_lost(Comm *c) {
     return getppid() != c->sh->pids[0];
 }
 
+/* One turn of a wait: spin a while, then sleep 20 us a turn; stop this rank if another one failed or died. */
+static void comm_wait_turn(Comm *c, long spin) {
+    if (spin < 4096) return;
+    int failed = __atomic_load_n(&c->sh->failed, __ATOMIC_ACQUIRE) ||
+                 (c->parent && __atomic_load_n(&c->parent->sh->failed, __ATOMIC_ACQUIRE));
+    if (failed || (spin % 8192 == 0 && comm_peer_lost(c))) {
+        comm_abort(c);
+        fprintf(stderr, "rank %d: another rank stopped; stopping too\n", c->parent ? c->parent->rank : c->rank);
+        _exit(1);
+    }
+    usleep(20);
+}
+
 /* generation barrier: the last rank to arrive opens the next generation */
 void comm_barrier(Comm *c) {
     if (c->world <= 1) return;
@@ -4184,17 +4263,41 @@ void comm_barrier(Comm *c) {
         __atomic_add_fetch(&sh->generation, 1, __ATOMIC_ACQ_REL);
         return;
     }
-    for (long spin = 0; __atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE) == gen; spin++) {
-        if (spin < 4096) continue;
-        int failed = __atomic_load_n(&sh->failed, __ATOMIC_ACQUIRE) ||
-                     (c->parent && __atomic_load_n(&c->parent->sh->failed, __ATOMIC_ACQUIRE));
-        if (failed || (spin % 8192 == 0 && comm_peer_lost(c))) {
-            comm_abort(c);
-            fprintf(stderr, "rank %d: another rank stopped; stopping too\n", c->parent ? c->parent->rank : c->rank);
-            _exit(1);
-        }
-        usleep(20);
-    }
+    for (long spin = 0; __atomic_load_n(&sh->generation, __ATOMIC_ACQUIRE) == gen; spin++) comm_wait_turn(c, spin);
+}
+
+/* a ring of `slots` messages: the sender writes message `sent` into slot sent % slots once the receiver has read
+   message sent - slots; the counters only grow */
+struct CommQueue {
+    long sent, received;   /* (atomic) */
+    size_t n;
+    int slots;
+    /* followed by [slots][n] floats */
+};
+
+static float *comm_queue_slot(CommQueue *q, long i) { return (float *)(q + 1) + (size_t)(i % q->slots) * q->n; }
+
+CommQueue *comm_queue_map(size_t n, int slots, char *err, size_t errlen) {
+    size_t bytes = sizeof(CommQueue) + (size_t)slots * n * sizeof(float);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { snprintf(err, errlen, "cannot map %zu bytes of shared memory: %s", bytes, strerror(errno)); return NULL; }
+    CommQueue *q = (CommQueue *)p;
+    q->sent = q->received = 0; q->n = n; q->slots = slots;
+    return q;
+}
+
+void comm_send(Comm *c, CommQueue *q, const float *x, size_t n) {
+    long i = __atomic_load_n(&q->sent, __ATOMIC_RELAXED);
+    for (long spin = 0; i - __atomic_load_n(&q->received, __ATOMIC_ACQUIRE) >= q->slots; spin++) comm_wait_turn(c, spin);
+    memcpy(comm_queue_slot(q, i), x, n * sizeof(float));
+    __atomic_store_n(&q->sent, i + 1, __ATOMIC_RELEASE);
+}
+
+void comm_recv(Comm *c, CommQueue *q, float *x, size_t n) {
+    long i = __atomic_load_n(&q->received, __ATOMIC_RELAXED);
+    for (long spin = 0; __atomic_load_n(&q->sent, __ATOMIC_ACQUIRE) == i; spin++) comm_wait_turn(c, spin);
+    memcpy(x, comm_queue_slot(q, i), n * sizeof(float));
+    __atomic_store_n(&q->received, i + 1, __ATOMIC_RELEASE);
 }
 
 /* One pass over the part [c0, c1) of the pieces laid end to end: copy it into this rank's row of the reduction

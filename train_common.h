@@ -27,6 +27,8 @@ typedef struct {
     float temperature;
     int nproc;                 /* processes on this machine: CPU ranks, or GPUs per node */
     int tp, sp;                /* tensor-parallel size; sequence parallelism */
+    int pp;                    /* pipeline stages */
+    const char *pp_layers, *pp_trace;
     /* train_gpu only */
     const char *dtype;         /* bf16 | fp32 */
     int recompute, zero, plain_attn, fuse_gelu, overlap, nccl_one;
@@ -94,12 +96,17 @@ static void usage(int gpu) {
 "  --steps N               optimizer steps (default 100)\n"
 "  --seed S                seed of init, data order and sampling (default 1234)\n"
 "  --threads N             OpenMP threads per process (default: all cores / --nproc)\n"
-"  -n, --nproc N           processes on this machine; N / tp of them data-parallel (ZeRO-1: each owns its\n"
-"                          share of the AdamW state); the global batch is batch-size x grad-accum x N / tp\n"
+"  -n, --nproc N           processes on this machine, N / (tp x pp) data-parallel groups (ZeRO-1: each owns its\n"
+"                          share of the AdamW state); the global batch is batch-size x grad-accum x N / (tp x pp)\n"
 "                          (default 1)\n"
 "  --tp N                  tensor parallelism (CPU trainer): N adjacent processes share every layer (heads,\n"
 "                          MLP columns and vocabulary split, Megatron-style); N divides -n (default 1)\n"
 "  --sp                    sequence parallelism with --tp: the norms and residuals split by rows\n"
+"  --pp N                  pipeline parallelism (CPU trainer): the layers cut into N stages, one per process,\n"
+"                          the micro-batches (--grad-accum) run 1F1B; -n = data-parallel x N x --tp (default 1)\n"
+"  --pp-layers A,B,...     the layers of each stage (default: balanced by parameter count)\n"
+"  --pp-trace FILE         per rank, every forward, backward, send and receive of the pipeline as Chrome trace\n"
+"                          events (JSON lines: FILE.rankR)\n"
 "  --log-every N           print a step line every N steps (default 1)\n"
 "  --eval-every N          validation loss every N steps, and at the end; 0 disables (default 100)\n"
 "  --eval-steps N          validation batches per evaluation (default 8)\n"
@@ -155,7 +162,7 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     a->lr = -1; a->min_lr = -1; a->warmup_steps = -1; a->decay_steps = -1;   /* the schedule: set by resolve_schedule */ a->weight_decay = 0.1f; a->beta1 = 0.9f; a->beta2 = 0.95f; a->eps = 1e-8f;
     a->mlp_bias = -1;
     a->clip = 1.0f; a->init_std = 0.02f; a->seed = 1234; a->eval_every = 100; a->eval_steps = 8;
-    a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1; a->nproc = 1; a->tp = 1;
+    a->sample_len = 64; a->top_k = 40; a->temperature = 1.0f; a->log_every = 1; a->nproc = 1; a->tp = 1; a->pp = 1;
     a->dtype = "bf16"; a->recompute = 1; a->zero = 1; a->logits_mb = 512;
     a->nnodes = 1; a->master_addr = "127.0.0.1"; a->master_port = 29500; a->dist_timeout = 300;
     a->overlap = 1; a->nccl_timeout = 1800;
@@ -200,6 +207,9 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
         {"-n", FLAG_INT, &a->nproc, 1, max_nproc, 0, NULL},
         {"--tp", FLAG_INT, &a->tp, 1, COMM_MAX_RANKS, 0, NULL},
         {"--sp", FLAG_SWITCH, &a->sp, 0, 0, 0, NULL},
+        {"--pp", FLAG_INT, &a->pp, 1, COMM_MAX_RANKS, 0, NULL},
+        {"--pp-layers", FLAG_STRING, &a->pp_layers, 0, 0, 0, NULL},
+        {"--pp-trace", FLAG_STRING, &a->pp_trace, 0, 0, 0, NULL},
         {"--log-every", FLAG_INT, &a->log_every, 1, imax, 0, NULL},
         {"--eval-every", FLAG_INT, &a->eval_every, 0, imax, 0, "0: off"},
         {"--eval-steps", FLAG_INT, &a->eval_steps, 1, imax, 0, NULL},
@@ -246,11 +256,12 @@ static void parse_args(Args *a, int argc, char **argv, int gpu) {
     a->plain_attn = !strcmp(attention, "plain");
     if (!a->data) die("--data PREFIX is required (see --help)");
     if (a->resume && !a->out) die("--resume needs --out DIR");
-    if (a->nproc % a->tp) die("--tp %d does not divide the %d processes of -n", a->tp, a->nproc);
+    if (a->nproc % (a->tp * a->pp)) die("--tp %d x --pp %d does not divide the %d processes of -n", a->tp, a->pp, a->nproc);
+    if ((a->pp_layers || a->pp_trace) && a->pp < 2) die("%s needs --pp 2 or more", a->pp_layers ? "--pp-layers" : "--pp-trace");
     if (a->sp && a->tp < 2) die("--sp needs --tp 2 or more");
     if (a->sp && ((long long)a->batch_size * a->seq_len) % a->tp)
         die("--sp: --batch-size x --seq-len = %lld rows do not split into --tp %d blocks", (long long)a->batch_size * a->seq_len, a->tp);
-    long long tokens = (long long)a->batch_size * a->seq_len * a->grad_accum * (a->nproc / a->tp) * a->nnodes;
+    long long tokens = (long long)a->batch_size * a->seq_len * a->grad_accum * (a->nproc / a->tp / a->pp) * a->nnodes;
     if (tokens > INT_MAX)
         die("--batch-size x --seq-len x --grad-accum x processes = %lld tokens per step: more than %d", tokens, INT_MAX);
     if (!strcmp(a->data_order, "megatron") && a->seed > UINT32_MAX)
@@ -460,7 +471,7 @@ static void open_data(Data *d, const Args *a, int vocab_size) {
     }
     if (megatron) {
         /* Megatron builds its indices for the samples of the whole run (--train-iters x global batch) */
-        long long target = (long long)a->steps * a->batch_size * a->grad_accum * (a->nproc / a->tp) * a->nnodes;
+        long long target = (long long)a->steps * a->batch_size * a->grad_accum * (a->nproc / a->tp / a->pp) * a->nnodes;
         if (target < 1) target = 1;
         if (megatron_blend_init(&d->train_blend, d->megatron, d->n, given, d->ds, train_begin, train_end, a->seq_len,
                                 (uint32_t)a->seed, target, err, sizeof(err)) != 0)
@@ -501,7 +512,8 @@ static void make_run_flags(char *out, size_t n, const Args *a, const ModelConfig
         json_object_set_new(o, "data_order", json_string(a->data_order));
         json_object_set_new(o, "megatron_samples", json_integer((json_int_t)a->steps * a->batch_size * a->grad_accum * world));
     }
-    if (schedule && a->tp > 1) json_object_set_new(o, "tensor_parallel", json_pack("{s:i,s:b}", "tp", a->tp, "sp", a->sp));
+    if (schedule && (a->tp > 1 || a->pp > 1))
+        json_object_set_new(o, "tensor_parallel", json_pack("{s:i,s:b,s:i}", "tp", a->tp, "sp", a->sp, "pp", a->pp));
     if (schedule)
         json_object_set_new(o, "lr_schedule", json_pack("{s:s,s:f,s:f,s:i,s:i}", "lr_schedule", a->schedule,
                             "lr", (double)a->lr, "min_lr", (double)a->min_lr, "warmup_steps", a->warmup_steps,
@@ -614,16 +626,18 @@ static void open_run(const Args *a, ModelConfig *cfg, Data *data, Model *m) {
     m->reset_attention = a->reset_attention_mask; m->reset_positions = a->reset_position_ids; m->eod = cfg->eos_token_id;
 }
 
-/* A checkpoint is the whole model whatever the layout that saved it, so a resume may change --tp / --sp; the sums
+/* A checkpoint is the whole model whatever the layout that saved it, so a resume may change --tp / --sp / --pp; the sums
    then run in another order, and a line says the run is not bit-exact with one that kept its layout. */
 static void resume_layout_note(const char *saved, const Args *a, int verbose) {
     json_t *root = json_loads(saved, 0, NULL), *t = json_object_get(root, "tensor_parallel");
     int tp = t ? (int)json_integer_value(json_object_get(t, "tp")) : 1, sp = t ? json_is_true(json_object_get(t, "sp")) : 0;
+    json_t *ppj = json_object_get(t, "pp");
+    int pp = ppj ? (int)json_integer_value(ppj) : 1;
     json_decref(root);
-    if (verbose && (tp != a->tp || sp != a->sp))
-        printf("resume: the checkpoint was saved with --tp %d%s, this run has --tp %d%s: it goes on from the same weights, "
-               "but sums run in another order, so it is not bit-exact with a run that kept the layout\n",
-               tp, sp ? " --sp" : "", a->tp, a->sp ? " --sp" : "");
+    if (verbose && (tp != a->tp || sp != a->sp || pp != a->pp))
+        printf("resume: the checkpoint was saved with --tp %d%s --pp %d, this run has --tp %d%s --pp %d: it goes on from the "
+               "same weights, but sums run in another order, so it is not bit-exact with a run that kept the layout\n",
+               tp, sp ? " --sp" : "", pp, a->tp, a->sp ? " --sp" : "", a->pp);
 }
 
 /* The rank's loader (rows rank, rank + world, ... of each batch; rank and world: data-parallel; the EOD mask) and

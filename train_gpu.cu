@@ -2969,6 +2969,7 @@ int main(int argc, char **argv) {
     Args a;
     parse_args(&a, argc, argv, 1);
     if (a.tp > 1) die("--tp %d: tensor parallelism runs in the CPU trainer (./train); train_gpu is data-parallel", a.tp);
+    if (a.pp > 1) die("--pp %d: pipeline parallelism runs in the CPU trainer (./train); train_gpu is data-parallel", a.pp);
     refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,

@@ -42,7 +42,7 @@ d="$tmp/train_small"
 cp -r "$d/n2tp2batchsize4sp" "$d/resume1"; cp -r "$d/one" "$d/resume0"
 $BIN_DIR/train "${common[@]}" --model tests/fixtures/configs/train_small.json --batch-size 4 --steps 7 --resume --out "$d/resume1" > "$d/r1.log" 2>&1 || { cat "$d/r1.log"; bad "1 rank resuming a --tp checkpoint"; }
 $BIN_DIR/train "${common[@]}" --model tests/fixtures/configs/train_small.json --batch-size 4 --steps 7 --resume --out "$d/resume0" > "$d/r0.log" 2>&1 || bad "1 rank resuming its own checkpoint"
-grep -q "saved with --tp 2 --sp, this run has --tp 1" "$d/r1.log" && ok "resume across layouts says so: $(grep -o 'saved with.*--tp 1' "$d/r1.log")" || bad "no layout note on resume"
+grep -q "saved with --tp 2 --sp --pp 1, this run has --tp 1 --pp 1" "$d/r1.log" && ok "resume across layouts says so: $(grep -o 'saved with.*--tp 1 --pp 1' "$d/r1.log")" || bad "no layout note on resume"
 a=$(losses "$d/r1.log" | tail -n 1) b=$(losses "$d/r0.log" | tail -n 1)
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "the --tp checkpoint in one rank: step 7 '$a' as the one-rank checkpoint's" || bad "step 7 from the --tp checkpoint '$a', from the one-rank one '$b'"
 
