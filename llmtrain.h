@@ -334,7 +334,7 @@ void tp_unslice(const Model *m, float *whole, const float *local);
 double tp_grad_sumsq(const Model *m, size_t begin, size_t end);
 /* once per optimizer step, before the data-parallel reduction: the gradients of replicated weights that each rank
    saw only part of, summed over the group (Qwen3's q/k norms, shared k/v heads, with sequence parallelism the
-   norms) */
+   norms: the step's forwards must then have run sequence-parallel, B*T a multiple of tp.size) */
 void model_tp_reduce_grads(Model *m);
 /* 1 if params tensor t gets weight decay (2-D weights), 0 for norms and biases. */
 int param_has_decay(int t);
@@ -2283,7 +2283,7 @@ void model_tp_reduce_grads(Model *m) {
     size_t L = m->cfg.n_layer, C = m->cfg.n_embd, HD = m->cfg.head_dim;
     if (g.qnw) { tp->all_reduce(tp->ctx, g.qnw, L * HD); tp->all_reduce(tp->ctx, g.knw, L * HD); }
     if (tp->kv_share > 1) { tp_reduce_kv(m, g.wqkv, C); if (g.bqkv) tp_reduce_kv(m, g.bqkv, 1); }
-    if (m->cur_sp) {   /* each rank's norms saw only its rows */
+    if (tp->sp) {   /* each rank's norms saw only its rows (the micro-batches' rows split into tp->size blocks) */
         float *norms[6] = {g.ln1w, g.ln1b, g.ln2w, g.ln2b, g.lnfw, g.lnfb};
         size_t sizes[6] = {L * C, L * C, L * C, L * C, C, C};
         for (int i = 0; i < 6; i++) if (norms[i]) tp->all_reduce(tp->ctx, norms[i], sizes[i]);
@@ -4196,6 +4196,7 @@ int comm_init_fork(Comm *c, int world, size_t gather_floats, char *err, size_t e
 int comm_init_fork_groups(Comm *world, int world_n, int ngroupings, const int *color, const size_t *gather, Comm *out,
                           char *err, size_t errlen) {
     if (world_n > COMM_MAX_RANKS) { snprintf(err, errlen, "at most %d ranks", COMM_MAX_RANKS); return -1; }
+    if (ngroupings > 8) { snprintf(err, errlen, "at most 8 groupings"); return -1; }
     /* region[k][r]: the region of the group of grouping k whose lowest rank is r */
     static CommShared *region[8][COMM_MAX_RANKS];
     size_t world_gather = 0;

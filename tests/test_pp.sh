@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pipeline parallelism on the CPU (train --pp P, 1F1B over --grad-accum micro-batches): GPT-2 (tied embeddings) and
-# LLaMA tied and untied, 4 layers, with -n 2 --pp 2, -n 4 --pp 4, -n 4 --pp 2 --tp 2 and -n 4 --pp 2 (2 data-parallel
+# LLaMA tied and untied, 4 layers, with -n 2 --pp 2, -n 4 --pp 4, -n 4 --pp 2 --tp 2 (with and without --sp) and -n 4 --pp 2 (2 data-parallel
 # pipelines), --grad-accum 4: the losses and grad norms of 6 steps are one rank's (fp32 sum-order tolerance), so are
 # the validation loss and a sample (the same draws from the same logits), and the saved model is one rank's; one rank resumes a --pp checkpoint
 # (with a line saying the layout changed) and its next step is the one-rank checkpoint's; a resume with the same
@@ -29,7 +29,8 @@ for fam in pp_gpt2:"GPT-2 (tied)" pp_llama_tied:"LLaMA tied" pp_llama_untied:"LL
     cfg=tests/fixtures/configs/${fam%%:*}.json name=${fam#*:} d="$tmp/${fam%%:*}"
     mkdir -p "$d"
     $BIN_DIR/train "${common[@]}" --model "$cfg" --batch-size 4 --out "$d/one" > "$d/one.log" 2>&1 || { tail -n 5 "$d/one.log"; bad "$name: 1 rank"; continue; }
-    for layout in "-n 2 --pp 2 --batch-size 4" "-n 4 --pp 4 --batch-size 4" "-n 4 --pp 2 --tp 2 --batch-size 4" "-n 4 --pp 2 --batch-size 2"; do
+    for layout in "-n 2 --pp 2 --batch-size 4" "-n 4 --pp 4 --batch-size 4" "-n 4 --pp 2 --tp 2 --batch-size 4" \
+                  "-n 4 --pp 2 --tp 2 --sp --batch-size 4" "-n 4 --pp 2 --batch-size 2"; do
         out="$d/$(echo "$layout" | tr -d ' -')"
         # shellcheck disable=SC2086
         if ! $BIN_DIR/train "${common[@]}" --model "$cfg" $layout --out "$out" > "$out.log" 2>&1; then
