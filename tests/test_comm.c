@@ -12,7 +12,8 @@
    (tp_runs) cover its flat parameters once in order, and the owned runs of all ranks cover the whole model's once;
    tp_slice then tp_unslice on every rank, summed, gives the whole buffer back bit for bit. The groups of
    comm_init_fork_groups (4 ranks as 2 x 2, 6 as 3 x 2, 4 as 1 x 4): a tensor-parallel group's all-reduce and a
-   data-parallel group's reduce-scatter and all-gather sum exactly their own ranks' values, in group order. */
+   data-parallel group's reduce-scatter and all-gather sum exactly their own ranks' values, in group order; and
+   5 messages around a ring of queues (comm_send / comm_recv) arrive whole and in order. */
 #define LLMTRAIN_IMPLEMENTATION
 #include "llmtrain.h"
 #include "test_util.h"
@@ -269,11 +270,27 @@ static void test_groups(void) {
         pid_t pid = fork();
         if (pid == 0) {
             char err[256];
-            Comm w, tpc, dpc;
+            Comm w, g[2];
+            int color[2 * COMM_MAX_RANKS];
+            size_t gather[2] = {8192, 8192};
+            for (int r = 0; r < world_n; r++) { color[r] = r / tp; color[world_n + r] = r % tp; }   /* tp groups, dp groups */
             omp_set_num_threads(1);
-            if (comm_init_fork_groups(&w, &tpc, &dpc, world_n, tp, 8192, 8192, err, sizeof(err)) != 0) { fprintf(stderr, "FAIL: %s\n", err); _exit(2); }
-            tpc.chunk = dpc.chunk = 777;   /* several chunks per call */
-            int wrong = groups_in_rank(&w, &tpc, &dpc, tp);
+            /* a queue from each rank to the next one, 2 messages deep */
+            CommQueue *q[COMM_MAX_RANKS];
+            for (int r = 0; r < world_n; r++) if (!(q[r] = comm_queue_map(1000, 2, err, sizeof(err)))) { fprintf(stderr, "FAIL: %s\n", err); _exit(2); }
+            if (comm_init_fork_groups(&w, world_n, 2, color, gather, g, err, sizeof(err)) != 0) { fprintf(stderr, "FAIL: %s\n", err); _exit(2); }
+            g[0].chunk = g[1].chunk = 777;   /* several chunks per call */
+            int wrong = groups_in_rank(&w, &g[0], &g[1], tp);
+            /* 5 messages around the ring (more than the queue holds: the sender waits for the reader) */
+            float msg[1000], got[1000];
+            for (int k = 0; k < 5; k++) {
+                for (int i = 0; i < 1000; i++) msg[i] = value_of(w.rank * 10 + k, i);
+                if (w.rank % 2 == 0) { comm_send(&w, q[w.rank], msg, 1000); comm_recv(&w, q[(w.rank + world_n - 1) % world_n], got, 1000); }
+                else { comm_recv(&w, q[(w.rank + world_n - 1) % world_n], got, 1000); comm_send(&w, q[w.rank], msg, 1000); }
+                int from = (w.rank + world_n - 1) % world_n;
+                for (int i = 0; i < 1000; i++)
+                    if (got[i] != value_of(from * 10 + k, i) && wrong++ < 3) fprintf(stderr, "FAIL: rank %d message %d from %d [%d]\n", w.rank, k, from, i);
+            }
             comm_barrier(&w);
             if (w.rank != 0) _exit(wrong ? 1 : 0);
             _exit(comm_finish(&w) != 0 || wrong ? 1 : 0);
