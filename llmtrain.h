@@ -200,6 +200,7 @@ typedef struct {
     PipelineStage pp;
     int cur_sp;          /* the last forward ran sequence-parallel (tp.sp, and B*T splits into tp.size blocks) */
     float *tp_parts;     /* [tp.size][2][B*T]: each rank's log-sum-exp and target logit of its vocabulary rows */
+    float *tp_all;       /* sequence parallel: [2][B*T, C], the whole rows of a layer's input and of its gradient */
     size_t param_sizes[NUM_PARAM_TENSORS];
     size_t param_offsets[NUM_PARAM_TENSORS];
     size_t num_params;
@@ -209,7 +210,6 @@ typedef struct {
     ParameterTensors params, grads;
     int B, T;                   /* the largest batch the activations were allocated for */
     int cur_B, cur_T;           /* the shape of the last forward */
-    size_t act_sizes[NUM_ACT_TENSORS];
     size_t num_acts;
     float *acts_memory, *grads_acts_memory;
     ActivationTensors acts, grads_acts;
@@ -299,9 +299,12 @@ void model_free(Model *m);
 int pp_stages(const ModelConfig *full, int size, const int *layers, PipelineStage *out, char *err, size_t errlen);
 /* Allocates params (and grads) for stage st of the model cfg (cfg->n_layer: the stage's layers). */
 int model_build_stage(Model *m, const ModelConfig *cfg, const PipelineStage *st);
-/* Where a stage after the first takes its input: the [B*T, C] buffer the next forward of B x T starts from. */
+/* Where a stage after the first takes its input: the buffer the next forward of B x T starts from, of
+   model_stage_floats(m, B, T) floats (the residual stream's rows on this rank: B*T x C, or its sequence-parallel
+   block). */
 float *model_stage_input(Model *m, int B, int T);
-/* A stage's output after a forward: the [B*T, C] residual stream its last layer leaves (before the last stage). */
+size_t model_stage_floats(const Model *m, int B, int T);
+/* A stage's output after a forward: the residual stream its last layer leaves (before the last stage). */
 const float *model_stage_output(const Model *m);
 /* model_backward on a stage: dout [B*T, C] is the gradient of the stage's output (the next stage's
    model_stage_input_grad; NULL on the last stage, which starts from its loss). */
@@ -1703,14 +1706,16 @@ void model_init_weights(Model *m, uint64_t seed, float std) {
     }
 }
 
-static void act_sizes(const ModelConfig *c, const PipelineStage *st, int B, int T, size_t *s) {
-    size_t BT = (size_t)B * T, L = c->n_layer, C = c->n_embd, HD = c->head_dim;
+/* the activations of a forward of B x T whose residual stream (encoded, the norms, attproj, fcproj, resid2,
+   resid3) has R rows on this rank: B*T, or with sequence parallelism its block */
+static void act_sizes(const ModelConfig *c, const PipelineStage *st, int B, int T, int R, size_t *s) {
+    size_t BT = (size_t)B * T, RS = R, L = c->n_layer, C = c->n_embd, HD = c->head_dim;
     size_t QD = (size_t)c->n_head * HD, KD = (size_t)c->n_kv_head * HD;
     int ln = c->norm == NORM_LAYERNORM, rope = c->positions == POS_ROPE, qkn = c->qk_norm, head = st->head;
-    s[A_ENCODED] = BT * C;
-    s[A_LN1] = L * BT * C;
-    s[A_LN1_MEAN] = ln ? L * BT : 0;
-    s[A_LN1_RSTD] = L * BT;
+    s[A_ENCODED] = RS * C;
+    s[A_LN1] = L * RS * C;
+    s[A_LN1_MEAN] = ln ? L * RS : 0;
+    s[A_LN1_RSTD] = L * RS;
     s[A_Q] = L * BT * QD;
     s[A_K] = L * BT * KD;
     s[A_V] = L * BT * KD;
@@ -1722,18 +1727,18 @@ static void act_sizes(const ModelConfig *c, const PipelineStage *st, int B, int 
     s[A_KR] = rope ? L * BT * KD : 0;
     s[A_ATT] = L * B * (size_t)c->n_head * T * T;
     s[A_ATTY] = L * BT * QD;
-    s[A_ATTPROJ] = L * BT * C;
-    s[A_RESID2] = L * BT * C;
-    s[A_LN2] = L * BT * C;
-    s[A_LN2_MEAN] = ln ? L * BT : 0;
-    s[A_LN2_RSTD] = L * BT;
+    s[A_ATTPROJ] = L * RS * C;
+    s[A_RESID2] = L * RS * C;
+    s[A_LN2] = L * RS * C;
+    s[A_LN2_MEAN] = ln ? L * RS : 0;
+    s[A_LN2_RSTD] = L * RS;
     s[A_FCH] = L * BT * fc_rows(c);
     s[A_FCH_ACT] = L * BT * c->d_ff;
-    s[A_FCPROJ] = L * BT * C;
-    s[A_RESID3] = L * BT * C;
-    s[A_LNF] = head ? BT * C : 0;
-    s[A_LNF_MEAN] = head && ln ? BT : 0;
-    s[A_LNF_RSTD] = head ? BT : 0;
+    s[A_FCPROJ] = L * RS * C;
+    s[A_RESID3] = L * RS * C;
+    s[A_LNF] = head ? RS * C : 0;
+    s[A_LNF_MEAN] = head && ln ? RS : 0;
+    s[A_LNF_RSTD] = head ? RS : 0;
     s[A_LOGITS] = head ? BT * c->vocab_size : 0;
     s[A_LSE] = head ? BT : 0;
     s[A_LOSSES] = head ? BT : 0;
@@ -1749,14 +1754,19 @@ static void point_acts(ActivationTensors *a, float *mem, const size_t *sizes) {
 }
 
 /* (Re)allocates activations when (B, T) outgrows them, then points them at the layout for (B, T). */
+/* This forward's layout: sequence-parallel when tp.sp is on and the B*T rows split into tp.size blocks (a sample's
+   odd length runs without it: the same numbers, other collectives). */
 static void model_prepare(Model *m, int B, int T) {
-    if (B > m->B || T > m->T) {
+    int N = B * T;
+    m->cur_sp = m->tp.size > 1 && m->tp.sp && N % m->tp.size == 0;
+    size_t sizes[NUM_ACT_TENSORS], need = 0;
+    act_sizes(&m->cfg, &m->pp, B, T, m->cur_sp ? N / m->tp.size : N, sizes);
+    for (int i = 0; i < NUM_ACT_TENSORS; i++) need += sizes[i];
+    if (B > m->B || T > m->T || need > m->num_acts) {
         int nB = B > m->B ? B : m->B, nT = T > m->T ? T : m->T;
         free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-        free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts);
-        act_sizes(&m->cfg, &m->pp, nB, nT, m->act_sizes);
-        m->num_acts = 0;
-        for (int i = 0; i < NUM_ACT_TENSORS; i++) m->num_acts += m->act_sizes[i];
+        free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts); free(m->tp_all);
+        if (need > m->num_acts) m->num_acts = need;
         m->acts_memory = (float *)calloc(m->num_acts, sizeof(float));
         m->grads_acts_memory = (float *)calloc(m->num_acts, sizeof(float));
         size_t half = m->cfg.head_dim / 2;
@@ -1768,14 +1778,14 @@ static void model_prepare(Model *m, int B, int T) {
         m->doc_start = (int *)malloc((size_t)nB * nT * sizeof(int));
         m->pos = (int *)malloc((size_t)nB * nT * sizeof(int));
         m->tp_parts = (float *)malloc((size_t)m->tp.size * 2 * nB * nT * sizeof(float));
-        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs || !m->doc_start || !m->pos || !m->tp_parts) {
+        m->tp_all = m->tp.sp ? (float *)malloc((size_t)2 * nB * nT * m->cfg.n_embd * sizeof(float)) : NULL;
+        if (!m->acts_memory || !m->grads_acts_memory || !m->rope_cos || !m->inputs || !m->doc_start || !m->pos || !m->tp_parts ||
+            (m->tp.sp && !m->tp_all)) {
             fprintf(stderr, "out of memory allocating activations for B=%d T=%d\n", nB, nT);
             exit(1);
         }
         m->B = nB; m->T = nT;
     }
-    size_t sizes[NUM_ACT_TENSORS];
-    act_sizes(&m->cfg, &m->pp, B, T, sizes);
     point_acts(&m->acts, m->acts_memory, sizes);
     point_acts(&m->grads_acts, m->grads_acts_memory, sizes);
 }
@@ -1818,20 +1828,33 @@ static inline float *at_layer(float *base, int l, size_t per_layer) { return bas
      tp_leave (g), after a row-parallel layer: forward the all-reduce that sums the partial outputs; backward
        identity (every rank has the whole output gradient).
    With sequence parallelism (Korthikanti et al. 2022) the rows outside these blocks (the norms, the residual
-   stream) are split into the ranks' blocks: tp_enter's forward all-gathers the rows and its backward
-   reduce-scatters them; tp_leave's forward reduce-scatters, its backward all-gathers. n: the floats of the whole
-   [B*T, C] buffer, worked on in place. One rank: nothing to do. */
-static void tp_enter_forward(const Model *m, float *x, size_t n) {
-    if (m->cur_sp) m->tp.all_gather(m->tp.ctx, x, n);
+   stream) are split: this rank keeps only its block of R = N / size rows of them, rows r0 = rank x R on. tp_enter's
+   forward all-gathers the blocks into the whole [N, C] buffer `all` the layer reads, its backward reduce-scatters
+   the whole input gradient and adds this rank's block to dx; tp_leave's forward reduce-scatters the partial
+   outputs and keeps this rank's block in y, its backward all-gathers the blocks of dy into the whole `all`.
+   Without it, `all` and the rank's rows are the same buffer of N rows. One rank: nothing to do. */
+static void tp_enter_forward(const Model *m, const float *x, float *all, int R, int C) {
+    if (!m->cur_sp) return;
+    memcpy(all + (size_t)m->tp.rank * R * C, x, (size_t)R * C * sizeof(float));
+    m->tp.all_gather(m->tp.ctx, all, (size_t)R * C * m->tp.size);
 }
-static void tp_enter_backward(const Model *m, float *dx, size_t n) {
-    if (m->tp.size > 1) (m->cur_sp ? m->tp.reduce_scatter : m->tp.all_reduce)(m->tp.ctx, dx, n);
+static void tp_enter_backward(const Model *m, float *dall, float *dx, int R, int C) {
+    if (m->tp.size == 1) return;
+    if (!m->cur_sp) { m->tp.all_reduce(m->tp.ctx, dall, (size_t)R * C); return; }
+    m->tp.reduce_scatter(m->tp.ctx, dall, (size_t)R * C * m->tp.size);
+    const float *mine = dall + (size_t)m->tp.rank * R * C;
+    for (size_t i = 0; i < (size_t)R * C; i++) dx[i] += mine[i];
 }
-static void tp_leave_forward(const Model *m, float *y, size_t n) {
-    if (m->tp.size > 1) (m->cur_sp ? m->tp.reduce_scatter : m->tp.all_reduce)(m->tp.ctx, y, n);
+static void tp_leave_forward(const Model *m, float *all, float *y, int R, int C) {
+    if (m->tp.size == 1) return;
+    if (!m->cur_sp) { m->tp.all_reduce(m->tp.ctx, all, (size_t)R * C); return; }
+    m->tp.reduce_scatter(m->tp.ctx, all, (size_t)R * C * m->tp.size);
+    memcpy(y, all + (size_t)m->tp.rank * R * C, (size_t)R * C * sizeof(float));
 }
-static void tp_leave_backward(const Model *m, float *dy, size_t n) {
-    if (m->cur_sp) m->tp.all_gather(m->tp.ctx, dy, n);
+static void tp_leave_backward(const Model *m, const float *dy, float *dall, int R, int C) {
+    if (!m->cur_sp) return;
+    memcpy(dall + (size_t)m->tp.rank * R * C, dy, (size_t)R * C * sizeof(float));
+    m->tp.all_gather(m->tp.ctx, dall, (size_t)R * C * m->tp.size);
 }
 
 /* A replicated bias of a row-parallel layer (o_proj's, the MLP proj's) or the position table, added where the ranks'
@@ -1848,8 +1871,9 @@ static const float *tp_once(const Model *m, const float *w) { return m->tp.rank 
    then lnf [lnf_mean, lnf_rstd] = norm(last resid3);  logits = lnf lmhead^T (wte when tied);  lse, losses.
    Tensor parallel (m->tp): the same on this rank's heads, MLP columns and vocabulary rows, with tp_enter before
    q/k/v, fc and the lm_head, tp_leave after the embedding, wo and wproj, and the vocabulary-parallel
-   cross-entropy. With sequence parallelism the norms and residuals run on this rank's R = N / size rows, from row
-   r0 (the buffers keep all N rows; the others' are filled by tp_enter's all-gather where needed). */
+   cross-entropy. With sequence parallelism the residual stream's tensors (encoded, the norms' inputs and outputs,
+   attproj, fcproj, resid2, resid3: R rows per layer) hold this rank's rows only, and the whole rows a layer reads
+   or writes pass through the scratch buffer tp_all (gathered again in the backward). */
 float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
     const ModelConfig *c = &m->cfg;
     const TensorParallel *tp = &m->tp;
@@ -1871,35 +1895,35 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
     ActivationTensors a = m->acts;
     int N = B * T, C = c->n_embd, NH = c->n_head, NKV = c->n_kv_head, HD = c->head_dim, F = c->d_ff, V = c->vocab_size;
     int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
-    size_t NC = (size_t)N * C;
-    m->cur_sp = tp->size > 1 && tp->sp && N % tp->size == 0;
-    int R = m->cur_sp ? N / tp->size : N;          /* the rows of the norms and residuals on this rank */
-    size_t r0 = m->cur_sp ? (size_t)tp->rank * R : 0, o = r0 * C;
+    int R = m->cur_sp ? N / tp->size : N;          /* the rows of the residual stream on this rank */
+    size_t RC = (size_t)R * C;
+    float *all = m->cur_sp ? m->tp_all : NULL;     /* sequence parallel: the whole rows a layer reads or writes */
 
     const int *doc_start = m->reset_attention ? m->doc_start : NULL, *pos = m->reset_positions ? m->pos : NULL;
     if (doc_start || pos) document_starts(m->doc_start, m->pos, inputs, B, T, m->eod);
     if (m->pp.embed) {   /* else encoded holds the previous stage's output (model_stage_input) */
-        embedding_forward_shard(a.encoded, inputs, p.wte, tp->vocab_begin, V, tp_once(m, p.wpe), B, T, C, pos);
-        tp_leave_forward(m, a.encoded, NC);
+        float *emb = all ? all : a.encoded;
+        embedding_forward_shard(emb, inputs, p.wte, tp->vocab_begin, V, tp_once(m, p.wpe), B, T, C, pos);
+        tp_leave_forward(m, emb, a.encoded, R, C);
     }
     for (int l = 0; l < c->n_layer; l++) {
         int lg = m->pp.layer0 + l;   /* the layer's place in the whole model */
-        const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
-        float *ln1 = a.ln1 + l * NC, *ln1_mean = at_layer(a.ln1_mean, l, N), *ln1_rstd = a.ln1_rstd + l * N;
+        const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * RC;
+        float *ln1 = a.ln1 + l * RC, *ln1_mean = at_layer(a.ln1_mean, l, R), *ln1_rstd = a.ln1_rstd + l * R;
         float *q = a.q + (size_t)l * N * QD, *k = a.k + (size_t)l * N * KD, *v = a.v + (size_t)l * N * KD;
         const float *wqkv = p.wqkv + (size_t)l * QKV * C, *bqkv = at_layer(p.bqkv, l, QKV);
         float *att = a.att + (size_t)l * B * NH * T * T, *atty = a.atty + (size_t)l * N * QD;
-        float *attproj = a.attproj + l * NC, *resid2 = a.resid2 + l * NC;
-        float *ln2 = a.ln2 + l * NC, *ln2_mean = at_layer(a.ln2_mean, l, N), *ln2_rstd = a.ln2_rstd + l * N;
+        float *attproj = a.attproj + l * RC, *resid2 = a.resid2 + l * RC;
+        float *ln2 = a.ln2 + l * RC, *ln2_mean = at_layer(a.ln2_mean, l, R), *ln2_rstd = a.ln2_rstd + l * R;
         float *fch = a.fch + (size_t)l * N * FC, *fch_act = a.fch_act + (size_t)l * N * F;
-        float *fcproj = a.fcproj + l * NC, *resid3 = a.resid3 + l * NC;
+        float *fcproj = a.fcproj + l * RC, *resid3 = a.resid3 + l * RC;
 
-        norm_forward(c, ln1 + o, ln1_mean ? ln1_mean + r0 : NULL, ln1_rstd + r0, x + o, p.ln1w + l * C,
-                     at_layer(p.ln1b, l, C), R, C);
-        tp_enter_forward(m, ln1, NC);
-        matmul_forward(q, ln1, wqkv, bqkv, N, C, QD);
-        matmul_forward(k, ln1, wqkv + (size_t)QD * C, bqkv ? bqkv + QD : NULL, N, C, KD);
-        matmul_forward(v, ln1, wqkv + (size_t)(QD + KD) * C, bqkv ? bqkv + QD + KD : NULL, N, C, KD);
+        norm_forward(c, ln1, ln1_mean, ln1_rstd, x, p.ln1w + l * C, at_layer(p.ln1b, l, C), R, C);
+        float *ln1_all = all ? all : ln1;
+        tp_enter_forward(m, ln1, ln1_all, R, C);
+        matmul_forward(q, ln1_all, wqkv, bqkv, N, C, QD);
+        matmul_forward(k, ln1_all, wqkv + (size_t)QD * C, bqkv ? bqkv + QD : NULL, N, C, KD);
+        matmul_forward(v, ln1_all, wqkv + (size_t)(QD + KD) * C, bqkv ? bqkv + QD + KD : NULL, N, C, KD);
         const float *qa = q, *ka = k;   /* what attention reads */
         if (c->qk_norm) {
             float *qn = a.qn + (size_t)l * N * QD, *kn = a.kn + (size_t)l * N * KD;
@@ -1914,24 +1938,26 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
             qa = qr; ka = kr;
         }
         attention_forward(atty, att, qa, ka, v, B, T, NH, NKV, HD, attention_scale(c, lg), attention_window(c, lg), doc_start);
-        matmul_forward(attproj, atty, p.wo + (size_t)l * C * QD, tp_once(m, at_layer(p.bo, l, C)), N, QD, C);
-        tp_leave_forward(m, attproj, NC);
-        residual_forward(resid2 + o, x + o, attproj + o, (size_t)R * C);
-        norm_forward(c, ln2 + o, ln2_mean ? ln2_mean + r0 : NULL, ln2_rstd + r0, resid2 + o, p.ln2w + l * C,
-                     at_layer(p.ln2b, l, C), R, C);
-        tp_enter_forward(m, ln2, NC);
-        matmul_forward(fch, ln2, p.wfc + (size_t)l * FC * C, at_layer(p.bfc, l, FC), N, C, FC);
+        float *attproj_all = all ? all : attproj;
+        matmul_forward(attproj_all, atty, p.wo + (size_t)l * C * QD, tp_once(m, at_layer(p.bo, l, C)), N, QD, C);
+        tp_leave_forward(m, attproj_all, attproj, R, C);
+        residual_forward(resid2, x, attproj, RC);
+        norm_forward(c, ln2, ln2_mean, ln2_rstd, resid2, p.ln2w + l * C, at_layer(p.ln2b, l, C), R, C);
+        float *ln2_all = all ? all : ln2;
+        tp_enter_forward(m, ln2, ln2_all, R, C);
+        matmul_forward(fch, ln2_all, p.wfc + (size_t)l * FC * C, at_layer(p.bfc, l, FC), N, C, FC);
         if (c->act == ACT_GELU_TANH) gelu_forward(fch_act, fch, (size_t)N * F);
         else swiglu_forward(fch_act, fch, N, F);
-        matmul_forward(fcproj, fch_act, p.wproj + (size_t)l * C * F, tp_once(m, at_layer(p.bproj, l, C)), N, F, C);
-        tp_leave_forward(m, fcproj, NC);
-        residual_forward(resid3 + o, resid2 + o, fcproj + o, (size_t)R * C);
+        float *fcproj_all = all ? all : fcproj;
+        matmul_forward(fcproj_all, fch_act, p.wproj + (size_t)l * C * F, tp_once(m, at_layer(p.bproj, l, C)), N, F, C);
+        tp_leave_forward(m, fcproj_all, fcproj, R, C);
+        residual_forward(resid3, resid2, fcproj, RC);
     }
     if (!m->pp.head) return -1.0f;   /* the next stage goes on from model_stage_output */
-    norm_forward(c, a.lnf + o, a.lnf_mean ? a.lnf_mean + r0 : NULL, a.lnf_rstd + r0, a.resid3 + (c->n_layer - 1) * NC + o,
-                 p.lnfw, p.lnfb, R, C);
-    tp_enter_forward(m, a.lnf, NC);
-    matmul_forward(a.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, NULL, N, C, V);
+    norm_forward(c, a.lnf, a.lnf_mean, a.lnf_rstd, a.resid3 + (c->n_layer - 1) * RC, p.lnfw, p.lnfb, R, C);
+    float *lnf_all = all ? all : a.lnf;
+    tp_enter_forward(m, a.lnf, lnf_all, R, C);
+    matmul_forward(a.logits, lnf_all, p.lmhead ? p.lmhead : p.wte, NULL, N, C, V);
     if (tp->size == 1) crossentropy_forward(a.losses, a.lse, a.logits, targets, N, V);
     else {   /* every rank's lse and target logit of its vocabulary rows, gathered; the whole rows' losses */
         float *part = m->tp_parts + (size_t)tp->rank * 2 * N;
@@ -1956,7 +1982,9 @@ void model_zero_grad(Model *m) { memset(m->grads_memory, 0, m->num_params * size
      d.resid2 -> d.attproj (+ dx) -> d.atty -> d.qr, d.kr, d.v -> (Qwen3) d.qn, d.kn -> d.q, d.k
      -> d.ln1 -> dx;   dx = d.resid3 of layer l-1, or d.encoded -> g.wte, g.wpe.
    (GPT-2 has no qr/kr: attention's backward writes d.q, d.k.) Tensor parallel: tp_enter's and tp_leave's
-   backwards where the forward had them, and the norms and residuals on the forward's rows. */
+   backwards where the forward had them. Sequence parallel: a column-parallel layer's weight gradient needs its
+   whole input again, gathered into tp_all (Megatron's choice too: memory over one more all-gather); the whole
+   input gradient goes to tp_all + N*C before its reduce-scatter. */
 void model_backward(Model *m, float loss_scale) { model_backward_stage(m, loss_scale, NULL); }
 
 void model_backward_stage(Model *m, float loss_scale, const float *dout) {
@@ -1971,49 +1999,58 @@ void model_backward_stage(Model *m, float loss_scale, const float *dout) {
     int QD = NH * HD, KD = NKV * HD, QKV = qkv_rows(c), FC = fc_rows(c);
     size_t NC = (size_t)N * C;
     int R = m->cur_sp ? N / tp->size : N;
-    size_t r0 = m->cur_sp ? (size_t)tp->rank * R : 0, o = r0 * C, RC = (size_t)R * C;
+    size_t RC = (size_t)R * C;
+    float *all = m->cur_sp ? m->tp_all : NULL, *dall = m->cur_sp ? m->tp_all + NC : NULL;
     memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
 
-    float *last = a.resid3 + (c->n_layer - 1) * NC, *dlast = d.resid3 + (c->n_layer - 1) * NC;
+    float *last = a.resid3 + (c->n_layer - 1) * RC, *dlast = d.resid3 + (c->n_layer - 1) * RC;
     if (m->pp.head) {
         /* the mean loss over valid targets: every valid row gets dloss = scale / valid */
         float dloss = m->num_valid ? loss_scale / m->num_valid : 0.0f;
         crossentropy_backward_shard(d.logits, a.logits, a.lse, m->targets, dloss, N, V, tp->vocab_begin);
-        matmul_backward(d.lnf, p.lmhead ? g.lmhead : g.wte, NULL, d.logits, a.lnf, p.lmhead ? p.lmhead : p.wte, N, C, V);
-        tp_enter_backward(m, d.lnf, NC);
-        norm_backward(c, dlast + o, g.lnfw, g.lnfb, d.lnf + o, last + o, p.lnfw, a.lnf_mean ? a.lnf_mean + r0 : NULL,
-                      a.lnf_rstd + r0, R, C);
-    } else memcpy(dlast, dout, NC * sizeof(float));   /* from the next stage */
+        float *lnf_all = all ? all : a.lnf, *dlnf_all = dall ? dall : d.lnf;
+        tp_enter_forward(m, a.lnf, lnf_all, R, C);
+        if (dall) memset(dall, 0, NC * sizeof(float));
+        matmul_backward(dlnf_all, p.lmhead ? g.lmhead : g.wte, NULL, d.logits, lnf_all, p.lmhead ? p.lmhead : p.wte, N, C, V);
+        tp_enter_backward(m, dlnf_all, d.lnf, R, C);
+        norm_backward(c, dlast, g.lnfw, g.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, R, C);
+    } else memcpy(dlast, dout, RC * sizeof(float));   /* from the next stage */
 
     for (int l = c->n_layer - 1; l >= 0; l--) {
-        const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * NC;
-        float *dx = l == 0 ? d.encoded : d.resid3 + (l - 1) * NC;
+        const float *x = l == 0 ? a.encoded : a.resid3 + (l - 1) * RC;
+        float *dx = l == 0 ? d.encoded : d.resid3 + (l - 1) * RC;
         size_t oq = (size_t)l * N * QD, ok = (size_t)l * N * KD;
         const float *wqkv = p.wqkv + (size_t)l * QKV * C;
         float *dwqkv = g.wqkv + (size_t)l * QKV * C, *dbqkv = at_layer(g.bqkv, l, QKV);
-        float *ln2_mean = at_layer(a.ln2_mean, l, N), *ln1_mean = at_layer(a.ln1_mean, l, N);
+        float *ln2_mean = at_layer(a.ln2_mean, l, R), *ln1_mean = at_layer(a.ln1_mean, l, R);
+        float *ln1 = a.ln1 + l * RC, *dln1 = d.ln1 + l * RC, *ln2 = a.ln2 + l * RC, *dln2 = d.ln2 + l * RC;
         float scale = attention_scale(c, m->pp.layer0 + l);
         int window = attention_window(c, m->pp.layer0 + l);
 
         /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))) */
-        residual_backward(d.resid2 + l * NC + o, d.fcproj + l * NC + o, d.resid3 + l * NC + o, RC);
-        tp_leave_backward(m, d.fcproj + l * NC, NC);
+        residual_backward(d.resid2 + l * RC, d.fcproj + l * RC, d.resid3 + l * RC, RC);
+        float *dfcproj_all = dall ? dall : d.fcproj + l * RC;
+        tp_leave_backward(m, d.fcproj + l * RC, dfcproj_all, R, C);
         matmul_backward(d.fch_act + (size_t)l * N * F, g.wproj + (size_t)l * C * F, at_layer(g.bproj, l, C),
-                        d.fcproj + l * NC, a.fch_act + (size_t)l * N * F, p.wproj + (size_t)l * C * F, N, F, C);
+                        dfcproj_all, a.fch_act + (size_t)l * N * F, p.wproj + (size_t)l * C * F, N, F, C);
         if (c->act == ACT_GELU_TANH)
             gelu_backward(d.fch + (size_t)l * N * FC, a.fch + (size_t)l * N * FC, d.fch_act + (size_t)l * N * F, (size_t)N * F);
         else
             swiglu_backward(d.fch + (size_t)l * N * FC, d.fch_act + (size_t)l * N * F, a.fch + (size_t)l * N * FC, N, F);
-        matmul_backward(d.ln2 + l * NC, g.wfc + (size_t)l * FC * C, at_layer(g.bfc, l, FC), d.fch + (size_t)l * N * FC,
-                        a.ln2 + l * NC, p.wfc + (size_t)l * FC * C, N, C, FC);
-        tp_enter_backward(m, d.ln2 + l * NC, NC);
-        norm_backward(c, d.resid2 + l * NC + o, g.ln2w + l * C, at_layer(g.ln2b, l, C), d.ln2 + l * NC + o,
-                      a.resid2 + l * NC + o, p.ln2w + l * C, ln2_mean ? ln2_mean + r0 : NULL, a.ln2_rstd + l * N + r0, R, C);
+        float *ln2_all = all ? all : ln2, *dln2_all = dall ? dall : dln2;
+        tp_enter_forward(m, ln2, ln2_all, R, C);
+        if (dall) memset(dall, 0, NC * sizeof(float));
+        matmul_backward(dln2_all, g.wfc + (size_t)l * FC * C, at_layer(g.bfc, l, FC), d.fch + (size_t)l * N * FC,
+                        ln2_all, p.wfc + (size_t)l * FC * C, N, C, FC);
+        tp_enter_backward(m, dln2_all, dln2, R, C);
+        norm_backward(c, d.resid2 + l * RC, g.ln2w + l * C, at_layer(g.ln2b, l, C), dln2, a.resid2 + l * RC,
+                      p.ln2w + l * C, ln2_mean, a.ln2_rstd + l * R, R, C);
 
         /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)) */
-        residual_backward(dx + o, d.attproj + l * NC + o, d.resid2 + l * NC + o, RC);
-        tp_leave_backward(m, d.attproj + l * NC, NC);
-        matmul_backward(d.atty + oq, g.wo + (size_t)l * C * QD, at_layer(g.bo, l, C), d.attproj + l * NC,
+        residual_backward(dx, d.attproj + l * RC, d.resid2 + l * RC, RC);
+        float *dattproj_all = dall ? dall : d.attproj + l * RC;
+        tp_leave_backward(m, d.attproj + l * RC, dattproj_all, R, C);
+        matmul_backward(d.atty + oq, g.wo + (size_t)l * C * QD, at_layer(g.bo, l, C), dattproj_all,
                         a.atty + oq, p.wo + (size_t)l * C * QD, N, QD, C);
         /* q/k before RoPE (after the qk norm when there is one), then what attention read */
         const float *qa = c->qk_norm ? a.qn + oq : a.q + oq, *ka = c->qk_norm ? a.kn + ok : a.k + ok;
@@ -2031,32 +2068,42 @@ void model_backward_stage(Model *m, float loss_scale, const float *dout) {
             rmsnorm_backward(d.k + ok, g.knw + l * HD, d.kn + ok, a.k + ok, p.knw + l * HD,
                              a.kn_rstd + (size_t)l * N * NKV, N * NKV, HD);
         }
-        float *ln1 = a.ln1 + l * NC, *dln1 = d.ln1 + l * NC;
-        matmul_backward(dln1, dwqkv, dbqkv, d.q + oq, ln1, wqkv, N, C, QD);
-        matmul_backward(dln1, dwqkv + (size_t)QD * C, dbqkv ? dbqkv + QD : NULL, d.k + ok, ln1,
+        float *ln1_all = all ? all : ln1, *dln1_all = dall ? dall : dln1;
+        tp_enter_forward(m, ln1, ln1_all, R, C);
+        if (dall) memset(dall, 0, NC * sizeof(float));
+        matmul_backward(dln1_all, dwqkv, dbqkv, d.q + oq, ln1_all, wqkv, N, C, QD);
+        matmul_backward(dln1_all, dwqkv + (size_t)QD * C, dbqkv ? dbqkv + QD : NULL, d.k + ok, ln1_all,
                         wqkv + (size_t)QD * C, N, C, KD);
-        matmul_backward(dln1, dwqkv + (size_t)(QD + KD) * C, dbqkv ? dbqkv + QD + KD : NULL, d.v + ok, ln1,
+        matmul_backward(dln1_all, dwqkv + (size_t)(QD + KD) * C, dbqkv ? dbqkv + QD + KD : NULL, d.v + ok, ln1_all,
                         wqkv + (size_t)(QD + KD) * C, N, C, KD);
-        tp_enter_backward(m, dln1, NC);
-        norm_backward(c, dx + o, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1 + o, x + o, p.ln1w + l * C,
-                      ln1_mean ? ln1_mean + r0 : NULL, a.ln1_rstd + l * N + r0, R, C);
+        tp_enter_backward(m, dln1_all, dln1, R, C);
+        norm_backward(c, dx, g.ln1w + l * C, at_layer(g.ln1b, l, C), dln1, x, p.ln1w + l * C, ln1_mean,
+                      a.ln1_rstd + l * R, R, C);
     }
     if (!m->pp.embed) return;   /* d.encoded goes to the previous stage (model_stage_input_grad) */
-    tp_leave_backward(m, d.encoded, NC);
-    embedding_backward_shard(g.wte, g.wpe, d.encoded, m->inputs, tp->vocab_begin, V, B, T, C, pos);
+    float *denc_all = dall ? dall : d.encoded;
+    tp_leave_backward(m, d.encoded, denc_all, R, C);
+    embedding_backward_shard(g.wte, g.wpe, denc_all, m->inputs, tp->vocab_begin, V, B, T, C, pos);
 }
 
 float *model_stage_input(Model *m, int B, int T) { model_prepare(m, B, T); return m->acts.encoded; }
 
+/* the floats of a stage's input or output: the residual stream's rows on this rank (all B*T, or its block) */
+size_t model_stage_floats(const Model *m, int B, int T) {
+    int N = B * T, sp = m->tp.size > 1 && m->tp.sp && N % m->tp.size == 0;
+    return (size_t)(sp ? N / m->tp.size : N) * m->cfg.n_embd;
+}
+
 const float *model_stage_output(const Model *m) {
-    return m->acts.resid3 + (size_t)(m->cfg.n_layer - 1) * m->cur_B * m->cur_T * m->cfg.n_embd;
+    return m->acts.resid3 + (size_t)(m->cfg.n_layer - 1) * model_stage_floats(m, m->cur_B, m->cur_T);
 }
 
 const float *model_stage_input_grad(const Model *m) { return m->grads_acts.encoded; }
 
 void model_view(Model *view, const Model *m) {
     *view = *m;
-    view->acts_memory = view->grads_acts_memory = view->rope_cos = view->rope_sin = view->tp_parts = NULL;
+    view->acts_memory = view->grads_acts_memory = view->rope_cos = view->rope_sin = view->tp_parts = view->tp_all = NULL;
+    view->num_acts = 0;
     view->inputs = view->targets = view->doc_start = view->pos = NULL;
     view->B = view->T = 0;
     view->mean_loss = -1.0f;
@@ -2064,8 +2111,9 @@ void model_view(Model *view, const Model *m) {
 
 void model_view_free(Model *m) {
     free(m->acts_memory); free(m->grads_acts_memory); free(m->rope_cos); free(m->rope_sin);
-    free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts);
-    m->acts_memory = m->grads_acts_memory = m->rope_cos = m->rope_sin = m->tp_parts = NULL;
+    free(m->inputs); free(m->targets); free(m->doc_start); free(m->pos); free(m->tp_parts); free(m->tp_all);
+    m->acts_memory = m->grads_acts_memory = m->rope_cos = m->rope_sin = m->tp_parts = m->tp_all = NULL;
+    m->num_acts = 0;
     m->inputs = m->targets = m->doc_start = m->pos = NULL;
     m->B = m->T = 0;
 }
@@ -2121,9 +2169,10 @@ int pp_stages(const ModelConfig *f, int P, const int *layers, PipelineStage *out
 
 size_t model_activation_floats(const Model *m, int B, int T) {
     size_t s[NUM_ACT_TENSORS], n = 0;
-    act_sizes(&m->cfg, &m->pp, B, T, s);
+    int N = B * T, sp = m->tp.size > 1 && m->tp.sp && N % m->tp.size == 0;
+    act_sizes(&m->cfg, &m->pp, B, T, sp ? N / m->tp.size : N, s);
     for (int i = 0; i < NUM_ACT_TENSORS; i++) n += s[i];
-    return n;
+    return n + (sp ? (size_t)N * m->cfg.n_embd : 0);   /* and half of tp_all (the caller doubles for the gradients) */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -4288,6 +4337,7 @@ CommQueue *comm_queue_map(size_t n, int slots, char *err, size_t errlen) {
 }
 
 void comm_send(Comm *c, CommQueue *q, const float *x, size_t n) {
+    if (n > q->n) { fprintf(stderr, "comm_send: %zu values exceed the queue's %zu\n", n, q->n); comm_abort(c); exit(1); }
     long i = __atomic_load_n(&q->sent, __ATOMIC_RELAXED);
     for (long spin = 0; i - __atomic_load_n(&q->received, __ATOMIC_ACQUIRE) >= q->slots; spin++) comm_wait_turn(c, spin);
     memcpy(comm_queue_slot(q, i), x, n * sizeof(float));

@@ -65,7 +65,7 @@ static void trace_event(CpuRun *c, const char *what, int micro, double start_ms)
 static void pp_forward(CpuRun *c, int i) {
     Model *v = &c->views[i % c->nviews];
     int B = c->a->batch_size, T = c->a->seq_len;
-    size_t n = (size_t)B * T * v->cfg.n_embd;
+    size_t n = model_stage_floats(v, B, T);
     double t = now_ms();
     if (!v->pp.embed) { comm_recv(&comm, c->from_prev, model_stage_input(v, B, T), n); trace_event(c, "recv", i, t); t = now_ms(); }
     float loss = model_forward(v, c->mb_inputs + (size_t)i * B * T, c->mb_targets + (size_t)i * B * T, B, T);
@@ -77,7 +77,7 @@ static void pp_forward(CpuRun *c, int i) {
 /* its backward: the output's gradient from the stage after (or the loss), the input's to the stage before */
 static void pp_backward(CpuRun *c, int i) {
     Model *v = &c->views[i % c->nviews];
-    size_t n = (size_t)c->a->batch_size * c->a->seq_len * v->cfg.n_embd;
+    size_t n = model_stage_floats(v, c->a->batch_size, c->a->seq_len);
     double t = now_ms();
     if (!v->pp.head) { comm_recv(&comm, c->grad_from_next, c->dout, n); trace_event(c, "recv", i, t); t = now_ms(); }
     model_backward_stage(v, 1.0f / (c->a->grad_accum * dp_comm.world), v->pp.head ? NULL : c->dout);
@@ -147,7 +147,7 @@ static int cpu_step_outcome(void *ctx, int step, double *loss, double *norm, int
 /* a forward of B x T through the stages (an evaluation or a sample's): returns the loss on the last stage */
 static float pp_forward_only(CpuRun *c, const int *ids, const int *targets, int B, int T) {
     Model *m = c->m;
-    size_t n = (size_t)B * T * m->cfg.n_embd;
+    size_t n = model_stage_floats(m, B, T);
     if (!m->pp.embed) comm_recv(&comm, c->from_prev, model_stage_input(m, B, T), n);
     float loss = model_forward(m, ids, targets, B, T);
     if (!m->pp.head) comm_send(&comm, c->to_next, model_stage_output(m), n);
