@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Draws one step of a --pp-trace as text: a row per rank, time left to right, each forward as its micro-batch's
+# Draws one step of a --pp-trace as text: a row per rank (with -n 4 --pp 4, rank r is stage r), time left to right, each forward as its micro-batch's
 # digit and each backward as the letter (a = 0, b = 1, ...), '.' where the rank computes nothing (waiting: the bubble).
 #   bash dev/pp_trace.sh TRACE RANKS [STEP] [WIDTH]     (TRACE: the --pp-trace FILE; its files are TRACE.rankR)
 # The files are Chrome trace events (JSON lines) too: chrome://tracing or ui.perfetto.dev open them as they are.
@@ -21,5 +21,5 @@ done | awk -v ranks="$ranks" -v width="$width" '
             line[r[i]] = s
         }
         printf "one step, %.1f ms, %d columns (digits: forwards of micro-batches 0-9, letters: their backwards)\n", (hi - lo) / 1000, width
-        for (q = 0; q < ranks; q++) printf "stage %d |%s|\n", q, line[q]
+        for (q = 0; q < ranks; q++) printf "rank %d |%s|\n", q, line[q]
     }'
