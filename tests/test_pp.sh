@@ -25,12 +25,19 @@ val() { grep -E '^step 6 \| val loss' "$1" | awk '{print $NF}'; }
 sample() { sed -n '/^--- sample at step 6 ---$/,/^---$/p' "$1" | tr '\n' '|'; }
 maxdiff() { $BIN_DIR/tests/bin/st_maxdiff "$1/step_000006/$3.safetensors" "$2/step_000006/$3.safetensors"; }
 
-for fam in pp_gpt2:"GPT-2 (tied)" pp_llama_tied:"LLaMA tied" pp_llama_untied:"LLaMA untied"; do
+families=(pp_gpt2:"GPT-2 (tied)" pp_llama_tied:"LLaMA tied" pp_llama_untied:"LLaMA untied")
+layouts=("-n 2 --pp 2 --batch-size 4" "-n 4 --pp 4 --batch-size 4" "-n 4 --pp 2 --tp 2 --batch-size 4"
+         "-n 4 --pp 2 --tp 2 --sp --batch-size 4" "-n 4 --pp 2 --batch-size 2")
+# TEST_SHORT (the sanitized pass, ~10x slower): the two LLaMAs, three layouts
+if [ "${TEST_SHORT:-0}" = 1 ]; then
+    families=(pp_llama_tied:"LLaMA tied" pp_llama_untied:"LLaMA untied")
+    layouts=("-n 4 --pp 4 --batch-size 4" "-n 4 --pp 2 --tp 2 --sp --batch-size 4" "-n 4 --pp 2 --batch-size 2")
+fi
+for fam in "${families[@]}"; do
     cfg=tests/fixtures/configs/${fam%%:*}.json name=${fam#*:} d="$tmp/${fam%%:*}"
     mkdir -p "$d"
     $BIN_DIR/train "${common[@]}" --model "$cfg" --batch-size 4 --out "$d/one" > "$d/one.log" 2>&1 || { tail -n 5 "$d/one.log"; bad "$name: 1 rank"; continue; }
-    for layout in "-n 2 --pp 2 --batch-size 4" "-n 4 --pp 4 --batch-size 4" "-n 4 --pp 2 --tp 2 --batch-size 4" \
-                  "-n 4 --pp 2 --tp 2 --sp --batch-size 4" "-n 4 --pp 2 --batch-size 2"; do
+    for layout in "${layouts[@]}"; do
         out="$d/$(echo "$layout" | tr -d ' -')"
         # shellcheck disable=SC2086
         if ! $BIN_DIR/train "${common[@]}" --model "$cfg" $layout --out "$out" > "$out.log" 2>&1; then
@@ -51,13 +58,13 @@ for fam in pp_gpt2:"GPT-2 (tied)" pp_llama_tied:"LLaMA tied" pp_llama_untied:"LL
 done
 
 d="$tmp/pp_llama_tied"
-# one rank resumes the -n 2 --pp 2 checkpoint: its step 7 is the one-rank checkpoint's
-cp -r "$d/n2pp2batchsize4" "$d/resume1"; cp -r "$d/one" "$d/resume0"
+# one rank resumes the -n 4 --pp 4 checkpoint: its step 7 is the one-rank checkpoint's
+cp -r "$d/n4pp4batchsize4" "$d/resume1"; cp -r "$d/one" "$d/resume0"
 for x in 1 0; do
     $BIN_DIR/train "${common[@]}" --model tests/fixtures/configs/pp_llama_tied.json --batch-size 4 --steps 7 --resume \
         --eval-every 0 --sample-every 0 --out "$d/resume$x" > "$d/r$x.log" 2>&1 || { tail -n 3 "$d/r$x.log"; bad "1 rank resuming (resume$x)"; }
 done
-grep -q "saved with --tp 1 --pp 2, this run has --tp 1 --pp 1" "$d/r1.log" && ok "a resume across layouts says so" || bad "no layout note on resume"
+grep -q "saved with --tp 1 --pp 4, this run has --tp 1 --pp 1" "$d/r1.log" && ok "a resume across layouts says so" || bad "no layout note on resume"
 a=$(losses "$d/r1.log" | tail -n 1) b=$(losses "$d/r0.log" | tail -n 1)
 [ -n "$a" ] && [ "$a" = "$b" ] && ok "the --pp checkpoint in one rank: step 7 '$a' as the one-rank checkpoint's" || bad "step 7 from the --pp checkpoint '$a', from the one-rank one '$b'"
 
@@ -72,9 +79,9 @@ for f in model train_state; do
 done
 
 # --pp-layers, the trace and the bubble
-$BIN_DIR/train "${common[@]}" --model tests/fixtures/configs/pp_gpt2.json -n 2 --pp 2 --pp-layers 1,3 --batch-size 4 \
+$BIN_DIR/train "${common[@]}" --model tests/fixtures/configs/pp_llama_tied.json -n 2 --pp 2 --pp-layers 1,3 --batch-size 4 \
     --pp-trace "$tmp/trace" --eval-every 0 --sample-every 0 --out "$tmp/lay" > "$tmp/lay.log" 2>&1 || { tail -n 3 "$tmp/lay.log"; bad "--pp-layers 1,3"; }
-r=$(compare "$tmp/pp_gpt2/one.log" "$tmp/lay.log") && ok "--pp-layers 1,3 == 1 rank: $r" || bad "--pp-layers 1,3: $r"
+r=$(compare "$tmp/pp_llama_tied/one.log" "$tmp/lay.log") && ok "--pp-layers 1,3 == 1 rank: $r" || bad "--pp-layers 1,3: $r"
 grep -q "layers 0-0 on rank 0" "$tmp/lay.log" && ok "--pp-layers 1,3: stage 0 has layer 0" || bad "--pp-layers: $(grep pipeline: "$tmp/lay.log")"
 for rk in 0 1; do
     f="$tmp/trace.rank$rk"
