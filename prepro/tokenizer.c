@@ -208,14 +208,22 @@ static uint32_t uni_compose(uint32_t a, uint32_t b) {
     return 0;
 }
 
-// Writes NFC (compose = 1) or NFD (compose = 0) of valid UTF-8 s[0..n) to out.
-static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
-    const unsigned char *s = (const unsigned char *)str;
-    out->len = 0;
-    // quick check: nothing that can change means the text is already normalized. A 3-byte character
-    // (CJK) in a block of 256 code points with none that can change is passed on its first two bytes.
-    int care = 0;
-    for (size_t i = 0; i < n && !care;) {
+// May the character cp change under NFC (compose = 1) or NFD (compose = 0)? (It decomposes, has a
+// nonzero combining class, or composes onto the character before it; for NFD also Hangul syllables.)
+static int nf_care(uint32_t cp, int compose) {
+    return uni_care(cp) || (!compose && cp >= HANGUL_S0 && cp < HANGUL_S0 + HANGUL_SN);
+}
+
+// Start of the first character of valid UTF-8 s[0..n) that may change (n when none). ASCII is read 8
+// bytes at a time; a 3-byte character (CJK) in a block of 256 code points with none that can change is
+// passed on its first two bytes.
+static size_t nf_quick_check(const unsigned char *s, size_t n, int compose) {
+    size_t i = 0;
+    while (i < n) {
+        if (i + 8 <= n) {
+            uint64_t w; memcpy(&w, s + i, 8);
+            if (!(w & 0x8080808080808080ull)) { i += 8; continue; }
+        }
         if (s[i] < 0x80) { i++; continue; }
         if (s[i] >= 0xE0 && s[i] < 0xF0) {
             unsigned block = ((s[i] & 0x0Fu) << 4) | ((s[i + 1] >> 2) & 0x0Fu);   // code point >> 8
@@ -224,15 +232,22 @@ static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
                 continue;
             }
         }
-        uint32_t cp; i += (size_t)utf8_decode(s + i, &cp);
-        care = uni_care(cp) || (!compose && cp >= HANGUL_S0 && cp < HANGUL_S0 + HANGUL_SN);
+        uint32_t cp; int k = utf8_decode(s + i, &cp);
+        if (nf_care(cp, compose)) return i;
+        i += (size_t)k;
     }
-    if (!care) return buf_append(out, s, n);
+    return n;
+}
 
+// Appends NFC (compose = 1) or NFD (compose = 0) of valid UTF-8 s[0..n) to out, the whole way:
+// decompose, put combining marks in canonical order, compose.
+static int nf_span(const unsigned char *s, size_t n, Buf *out, int compose) {
+    uint32_t cps_small[64]; uint8_t cls_small[64];
+    int small = n * 4 + 4 <= 64;   // a few characters: no allocation
+    uint32_t *cps = small ? cps_small : malloc((n * 4 + 4) * sizeof(uint32_t));
+    uint8_t *cls = small ? cls_small : malloc(n * 4 + 4);
+    if (!cps || !cls) { if (!small) { free(cps); free(cls); } return -1; }
     // decompose fully into code points
-    uint32_t *cps = malloc((n * 4 + 4) * sizeof(uint32_t));
-    uint8_t *cls = malloc(n * 4 + 4);
-    if (!cps || !cls) { free(cps); free(cls); return -1; }
     size_t m = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp; i += (size_t)utf8_decode(s + i, &cp);
@@ -273,8 +288,32 @@ static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
     int rc = buf_reserve(out, w * 4);
     for (size_t i = 0; i < w && rc == 0; i++) out->len += (size_t)utf8_encode(cps[i], out->data + out->len);
     if (rc == 0) out->data[out->len] = 0;
-    free(cps); free(cls);
+    if (!small) { free(cps); free(cls); }
     return rc;
+}
+
+// Writes NFC (compose = 1) or NFD (compose = 0) of valid UTF-8 s[0..n) to out.
+// Only the spans around characters that may change are normalized; the text between is copied. A
+// character that cannot change has combining class 0 and composes onto nothing, so the text may be
+// cut before it: reordering and composing never reach across. A span starts one character before
+// the first that may change (it may compose onto that one) and ends before the next that cannot.
+static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
+    const unsigned char *s = (const unsigned char *)str;
+    out->len = 0;
+    size_t done = 0;
+    for (;;) {
+        size_t j = done + nf_quick_check(s + done, n - done, compose);
+        if (j == n) return buf_append(out, s + done, n - done);
+        size_t p = j;
+        if (p > done) { p--; while (p > done && (s[p] & 0xC0) == 0x80) p--; }
+        size_t q = j + (size_t)utf8_len(s[j]);
+        for (uint32_t cp; q < n; q += (size_t)utf8_len(s[q])) {
+            utf8_decode(s + q, &cp);
+            if (!nf_care(cp, compose)) break;
+        }
+        if (buf_append(out, s + done, p - done) || nf_span(s + p, q - p, out, compose)) return -1;
+        done = q;
+    }
 }
 
 // Unicode White_Space (what Rust's char::is_whitespace and regex \s match).
