@@ -689,6 +689,7 @@ struct Tokenizer {
     PairMap merges;
     int byte_level;      // the pre-tokenizer ends with ByteLevel: pieces are raw bytes
     int32_t byte_id[256];       // byte-level: id of each single byte, -1 if absent
+    int all_bytes;              // every byte has a token: byte-level pieces need no unit_lookup
     int32_t *bmp_id;            // otherwise: id of each BMP code point as a token, -1 if absent
     uint32_t *char_start;       // byte-level: per BMP code point, (token id << 5) | CHAR_* flags where BPE may
                                 // start from the character's token instead of its bytes ((offset in char_pool
@@ -747,7 +748,7 @@ struct TokenizerState {
     SegBuf seg[MAX_OPS];    // per pre-tokenizer level
     Buf tmp, tmp2;          // scratch for normalizers / unit lookups
     // BPE scratch
-    int32_t *sym_id, *sym_prev, *sym_next, *sym_len; size_t sym_cap;
+    int32_t *sym_id, *sym_prev, *sym_next; size_t sym_cap;
     HeapItem *heap; size_t heap_cap, heap_n;
     // cache
     CacheSlot *cache; size_t cache_n;
@@ -1304,6 +1305,8 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
         char u[4]; int n = utf8_encode(b2c[b], u);
         t->byte_id[b] = strmap_get(&t->vocab, u, (size_t)n);
     }
+    t->all_bytes = 1;
+    for (int b = 0; b < 256; b++) if (t->byte_id[b] < 0) t->all_bytes = 0;
     if (!t->byte_level) {
         t->bmp_id = malloc(0x10000 * sizeof(int32_t));
         if (!t->bmp_id) { fail(c, "out of memory"); return -1; }
@@ -1496,7 +1499,7 @@ void tokenizer_state_free(TokenizerState *st) {
     free(st->out.data); free(st->norm.data); free(st->arena.data);
     for (int i = 0; i < MAX_OPS; i++) free(st->seg[i].data);
     free(st->tmp.data); free(st->tmp2.data);
-    free(st->sym_id); free(st->sym_prev); free(st->sym_next); free(st->sym_len); free(st->heap);
+    free(st->sym_id); free(st->sym_prev); free(st->sym_next); free(st->heap);
     free(st->cache); free(st->cache_keys.data); free(st->cache_ids.data);
     free(st);
 }
@@ -1589,7 +1592,6 @@ static int ensure_sym(TokenizerState *st, size_t n) {
     int32_t *a = realloc(st->sym_id, cap * 4); if (!a) return -1; st->sym_id = a;
     a = realloc(st->sym_prev, cap * 4); if (!a) return -1; st->sym_prev = a;
     a = realloc(st->sym_next, cap * 4); if (!a) return -1; st->sym_next = a;
-    a = realloc(st->sym_len, cap * 4); if (!a) return -1; st->sym_len = a;
     HeapItem *h = realloc(st->heap, cap * 2 * sizeof(HeapItem)); if (!h) return -1; st->heap = h;
     st->sym_cap = cap; st->heap_cap = cap * 2;
     return 0;
@@ -1625,13 +1627,8 @@ static HeapItem heap_pop(TokenizerState *st) {
     return top;
 }
 
-// Adds one symbol: a token id with the byte length it covers (as HF's Word::add).
-static void sym_add(TokenizerState *st, int *n, int32_t id, int len) {
-    int i = (*n)++;
-    st->sym_id[i] = id; st->sym_len[i] = len;
-    st->sym_prev[i] = i - 1; st->sym_next[i] = -1;
-    if (i > 0) st->sym_next[i - 1] = i;
-}
+// Adds one symbol (as HF's Word::add; the byte length it covers matters only to fuse unknowns).
+static void sym_add(TokenizerState *st, int *n, int32_t id) { st->sym_id[(*n)++] = id; }
 
 // The slow path for one unit (byte or char) that has no direct id: look up with prefix/suffix,
 // then byte_fallback, then unk (HF BPE::merge_word). unk_pending carries a fusable unk.
@@ -1649,8 +1646,8 @@ static void unit_lookup(const Tokenizer *t, TokenizerState *st, const char *u, i
     if (last && t->end_suffix) buf_append(s, t->end_suffix, strlen(t->end_suffix));
     int32_t id = strmap_get(&t->vocab, s->data, s->len);
     if (id >= 0) {
-        if (*unk_len) { sym_add(st, n, t->unk_id, *unk_len); *unk_len = 0; }
-        sym_add(st, n, id, ulen);
+        if (*unk_len) { sym_add(st, n, t->unk_id); *unk_len = 0; }
+        sym_add(st, n, id);
         return;
     }
     if (t->byte_fallback) {
@@ -1658,14 +1655,14 @@ static void unit_lookup(const Tokenizer *t, TokenizerState *st, const char *u, i
         for (size_t i = 0; i < s->len; i++) if (t->fallback_id[(unsigned char)s->data[i]] < 0) all = 0;
         if (all) {
             // HF does not flush a pending unk here: it stays pending until the next known char
-            for (size_t i = 0; i < s->len; i++) sym_add(st, n, t->fallback_id[(unsigned char)s->data[i]], 1);
+            for (size_t i = 0; i < s->len; i++) sym_add(st, n, t->fallback_id[(unsigned char)s->data[i]]);
             return;
         }
     }
     if (t->unk_id >= 0) {
         if (*unk_len && t->fuse_unk) *unk_len += ulen;
         else {
-            if (*unk_len) sym_add(st, n, t->unk_id, *unk_len);
+            if (*unk_len) sym_add(st, n, t->unk_id);
             *unk_len = ulen;
         }
     }
@@ -1683,11 +1680,16 @@ static uint32_t merge_find(const Tokenizer *t, int32_t a, int32_t b) {
     }
 }
 
-// BPE over n symbols, merging the lowest-ranked adjacent pair first (the leftmost of equal ones),
-// as HF's Word::merge_all. Short words (most pieces: a CJK run starts from its characters' tokens)
-// keep a rank per symbol and find the lowest by a scan over n numbers, as tiktoken does; long ones
-// use a heap of (rank, position). Both link the symbols by sym_prev / sym_next, and leave the result
-// in sym_id / sym_len (merged-away symbols with length 0), linked by sym_next from symbol 0.
+// BPE over the n symbols in sym_id, merging the lowest-ranked adjacent pair first (the leftmost of
+// equal ones), as HF's Word::merge_all; returns the count left, the result in sym_id[0..count).
+//
+// Short words (nearly all pieces: a CJK run starts from its characters' tokens) are merged as tiktoken
+// does: an array of the symbols and, per symbol, the rank of the pair it starts. Each step takes the
+// lowest rank (a scan over the array, which the compiler turns into vector instructions), writes the
+// merged token in place of the pair's left symbol, removes the right one by moving the rest of both
+// arrays down one, and looks up the two pairs the new symbol makes. O(n^2) in the worst case, but n is
+// small and everything is in a few cache lines. Long words (over BPE_SCAN_MAX symbols) use a heap of
+// (rank, position) with the symbols linked by sym_prev / sym_next: O(n log n).
 #define BPE_SCAN_MAX 64
 
 // merge_find for the n - 1 adjacent pairs of id[0..n) at once (n <= BPE_SCAN_MAX). The filter words of
@@ -1713,56 +1715,58 @@ static void pair_ranks(const Tokenizer *t, const int32_t *id, int n, uint32_t *r
     }
 }
 
-static void bpe_merge_scan(const Tokenizer *t, TokenizerState *st, int n) {
-    int32_t *id = st->sym_id, *len = st->sym_len, *prev = st->sym_prev, *next = st->sym_next;
-    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (i, next[i]); NO_MERGE for a merged-away or last symbol
+static int bpe_merge_scan(const Tokenizer *t, int32_t *id, int n) {
+    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (id[i], id[i + 1]); NO_MERGE for the last symbol
     pair_ranks(t, id, n, rank);
     rank[n - 1] = NO_MERGE;
-    for (;;) {
-        // the lowest rank, then its leftmost position: a merged-away symbol stays in place with NO_MERGE, so
-        // nothing moves and the minimum is a loop the compiler turns into vector instructions
+    while (n > 1) {
         uint32_t lo = NO_MERGE;
         for (int i = 0; i < n; i++) lo = rank[i] < lo ? rank[i] : lo;
         if (lo == NO_MERGE) break;
         int best = 0;
         while (rank[best] != lo) best++;
-        int r = next[best];
         id[best] = pairmap_merged_id(&t->merges, lo);
-        len[best] += len[r]; len[r] = 0; rank[r] = NO_MERGE;
-        next[best] = next[r];
-        if (next[r] >= 0) prev[next[r]] = best;
-        if (prev[best] >= 0) rank[prev[best]] = merge_find(t, id[prev[best]], id[best]);
-        rank[best] = next[best] >= 0 ? merge_find(t, id[best], id[next[best]]) : NO_MERGE;
+        n--;
+        for (int i = best + 1; i < n; i++) { id[i] = id[i + 1]; rank[i] = rank[i + 1]; }
+        rank[best] = best + 1 < n ? merge_find(t, id[best], id[best + 1]) : NO_MERGE;
+        if (best > 0) rank[best - 1] = merge_find(t, id[best - 1], id[best]);
     }
+    return n;
 }
 
-static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
-    if (n <= BPE_SCAN_MAX) { bpe_merge_scan(t, st, n); return; }
+static int bpe_merge_heap(const Tokenizer *t, TokenizerState *st, int n) {
+    int32_t *id = st->sym_id, *prev = st->sym_prev, *next = st->sym_next;
     st->heap_n = 0;
+    for (int i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
     for (int i = 0; i + 1 < n; i++) {
-        uint32_t r = merge_find(t, st->sym_id[i], st->sym_id[i + 1]);
-        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, pairmap_merged_id(&t->merges, r))) { st->error = 1; return; }
+        uint32_t r = merge_find(t, id[i], id[i + 1]);
+        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, pairmap_merged_id(&t->merges, r))) { st->error = 1; return 0; }
     }
-    int32_t *id = st->sym_id, *prev = st->sym_prev, *next = st->sym_next, *len = st->sym_len;
     while (st->heap_n > 0) {
         HeapItem top = heap_pop(st);
         int pos = (int)(uint32_t)top.key;
-        if (len[pos] == 0) continue;
+        if (id[pos] < 0) continue;   // merged away
         int r = next[pos];
         if (r < 0) continue;
         // stale entry: the pair here no longer merges into this id
         if (merge_find(t, id[pos], id[r]) != (uint32_t)(top.key >> 32)) continue;
         id[pos] = top.id;
-        len[pos] += len[r];
+        id[r] = -1;
         next[pos] = next[r];
-        len[r] = 0;
         if (next[r] >= 0) prev[next[r]] = pos;
         uint32_t rk;
         if (prev[pos] >= 0 && (rk = merge_find(t, id[prev[pos]], id[pos])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], pairmap_merged_id(&t->merges, rk))) { st->error = 1; return 0; }
         if (next[pos] >= 0 && (rk = merge_find(t, id[pos], id[next[pos]])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, pairmap_merged_id(&t->merges, rk))) { st->error = 1; return 0; }
     }
+    int m = 0;   // the symbols left, in order (positions only grow along the list)
+    for (int i = 0; i >= 0; i = next[i]) id[m++] = id[i];
+    return m;
+}
+
+static int bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
+    return n <= BPE_SCAN_MAX ? bpe_merge_scan(t, st->sym_id, n) : bpe_merge_heap(t, st, n);
 }
 
 static void cache_reset(TokenizerState *st) {
@@ -1782,6 +1786,62 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
     CacheSlot *c = &st->cache[i];
     c->hash = h; c->koff = (uint32_t)koff; c->klen = (uint32_t)n; c->ioff = (uint32_t)ioff; c->nids = (uint32_t)nids;
     st->cache_n++;
+}
+
+// The symbols BPE starts from for a byte-level piece u[0..n) whose bytes all have tokens: each BMP
+// character's own tokens where char_start says the result is the same (see build_char_start), else
+// its bytes. Returns the count (at most n).
+static int byte_symbols(const Tokenizer *t, const unsigned char *u, size_t n, int32_t *id) {
+    int ns = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        if (c >= 0xC0 && c < 0xF0) {
+            size_t k = c < 0xE0 ? 2 : 3;
+            uint32_t ch = k == 2 ? ((c & 0x1Fu) << 6) | (u[i + 1] & 0x3Fu)
+                                 : ((c & 0x0Fu) << 12) | ((u[i + 1] & 0x3Fu) << 6) | (u[i + 2] & 0x3Fu);
+            uint32_t v = t->char_start[ch];
+            // what the neighbours are: ASCII (byte < 0x80) or part of a multi-byte character
+            uint32_t need = (i > 0 ? (uint32_t)CHAR_LEFT_ASCII << (u[i - 1] >> 7) : 0) |
+                            (i + k < n ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
+            if (v && (v & need) == need) {
+                if (v & CHAR_SPLIT) {
+                    const int32_t *q = t->char_pool + (v >> 5);
+                    for (int j = 0; j < q[0]; j++) id[ns++] = q[1 + 2 * j];
+                } else id[ns++] = (int32_t)(v >> 5);
+                i += k;
+                continue;
+            }
+        }
+        id[ns++] = t->byte_id[c];
+        i++;
+    }
+    return ns;
+}
+
+// The symbols BPE starts from in general: each unit (byte for byte-level, else character) as a token,
+// else through unit_lookup (prefix / suffix, byte_fallback, unk). Returns the count (at most n).
+static int unit_symbols(const Tokenizer *t, TokenizerState *st, const char *s, size_t n) {
+    int ns = 0, unk_len = 0;
+    const unsigned char *u = (const unsigned char *)s;
+    int simple = !t->cont_prefix && !t->end_suffix;
+    for (size_t i = 0; i < n;) {
+        int ulen = t->byte_level ? 1 : utf8_len(u[i]);
+        int32_t id = -1;
+        if (simple) {
+            if (t->byte_level) id = t->byte_id[u[i]];
+            else {
+                uint32_t ch; utf8_decode(u + i, &ch);
+                id = ch < 0x10000 ? t->bmp_id[ch] : strmap_get(&t->enc, s + i, (size_t)ulen);
+            }
+        }
+        if (id >= 0) {
+            if (unk_len) { sym_add(st, &ns, t->unk_id); unk_len = 0; }
+            sym_add(st, &ns, id);
+        } else unit_lookup(t, st, s + i, ulen, i == 0, i + (size_t)ulen == n, &ns, &unk_len);
+        i += (size_t)ulen;
+    }
+    if (unk_len) sym_add(st, &ns, t->unk_id);
+    return ns;
 }
 
 // Encodes one pre-token (in the encoder's domain) and appends its ids to st->out.
@@ -1813,46 +1873,10 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
         return;
     }
     if (ensure_sym(st, n + 1)) { st->error = 1; return; }
-    int ns = 0, unk_len = 0;
-    const unsigned char *u = (const unsigned char *)s;
-    int simple = !t->cont_prefix && !t->end_suffix;
-    for (size_t i = 0; i < n;) {
-        int ulen = t->byte_level ? 1 : utf8_len(u[i]);
-        int32_t id = -1;
-        if (t->char_start && u[i] >= 0xC0 && u[i] < 0xF0) {
-            // a BMP character that may start as its own token: what its neighbours are decides
-            uint32_t ch; int k = utf8_decode(u + i, &ch);
-            uint32_t v = t->char_start[ch];
-            uint32_t need = (i == 0 ? 0 : u[i - 1] < 0x80 ? CHAR_LEFT_ASCII : CHAR_LEFT_MULTI) |
-                            (i + (size_t)k == n ? 0 : u[i + k] < 0x80 ? CHAR_RIGHT_ASCII : CHAR_RIGHT_MULTI);
-            if (v && (v & need) == need) {
-                if (unk_len) { sym_add(st, &ns, t->unk_id, unk_len); unk_len = 0; }
-                if (v & CHAR_SPLIT) {
-                    const int32_t *q = t->char_pool + (v >> 5);
-                    for (int j = 0; j < q[0]; j++) sym_add(st, &ns, q[1 + 2 * j], q[2 + 2 * j]);
-                } else sym_add(st, &ns, (int32_t)(v >> 5), k);
-                i += (size_t)k;
-                continue;
-            }
-        }
-        if (simple) {
-            if (t->byte_level) id = t->byte_id[u[i]];
-            else {
-                uint32_t ch; utf8_decode(u + i, &ch);
-                id = ch < 0x10000 ? t->bmp_id[ch] : strmap_get(&t->enc, s + i, (size_t)ulen);
-            }
-        }
-        if (id >= 0) {
-            if (unk_len) { sym_add(st, &ns, t->unk_id, unk_len); unk_len = 0; }
-            sym_add(st, &ns, id, ulen);
-        } else unit_lookup(t, st, s + i, ulen, i == 0, i + (size_t)ulen == n, &ns, &unk_len);
-        i += (size_t)ulen;
-    }
-    if (unk_len) sym_add(st, &ns, t->unk_id, unk_len);
+    int ns = t->char_start && t->all_bytes ? byte_symbols(t, (const unsigned char *)s, n, st->sym_id) : unit_symbols(t, st, s, n);
     if (ns == 0) return;
-    bpe_merge(t, st, ns);
-    for (int i = 0; i >= 0 && i < ns; i = st->sym_next[i])
-        if (st->sym_len[i] > 0 && idbuf_push(&st->out, st->sym_id[i])) { st->error = 1; return; }
+    ns = bpe_merge(t, st, ns);
+    if (idbuf_append(&st->out, st->sym_id, (size_t)ns)) { st->error = 1; return; }
     if (cached) cache_put(st, s, n, h, out0);
 }
 
@@ -2115,8 +2139,10 @@ static void raw_segment(const Tokenizer *t, TokenizerState *st, const char *s, s
 
 const int32_t *tokenizer_encode(const Tokenizer *t, TokenizerState *st, const char *text, size_t len,
                                 int flags, size_t *n_out) {
-    size_t bad = utf8_valid_prefix(text, len);
-    if (bad != len) { *n_out = bad; return NULL; }
+    if (!(flags & TOK_VALID_UTF8)) {
+        size_t bad = utf8_valid_prefix(text, len);
+        if (bad != len) { *n_out = bad; return NULL; }
+    }
     st->out.len = 0;
     st->error = 0;
     st->flags = flags;
