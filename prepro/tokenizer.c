@@ -1683,14 +1683,16 @@ static uint32_t merge_find(const Tokenizer *t, int32_t a, int32_t b) {
 // BPE over the n symbols in sym_id, merging the lowest-ranked adjacent pair first (the leftmost of
 // equal ones), as HF's Word::merge_all; returns the count left, the result in sym_id[0..count).
 //
-// Short words (nearly all pieces: a CJK run starts from its characters' tokens) are merged as tiktoken
-// does: an array of the symbols and, per symbol, the rank of the pair it starts. Each step takes the
-// lowest rank (a scan over the array, which the compiler turns into vector instructions), writes the
-// merged token in place of the pair's left symbol, removes the right one by moving the rest of both
-// arrays down one, and looks up the two pairs the new symbol makes. O(n^2) in the worst case, but n is
-// small and everything is in a few cache lines. Long words (over BPE_SCAN_MAX symbols) use a heap of
-// (rank, position) with the symbols linked by sym_prev / sym_next: O(n log n).
+// Short words (nearly all pieces: a CJK run starts from its characters' tokens) keep, per symbol, a key
+// for the pair it starts: rank * 64 + position, so the lowest key is the lowest rank and, of equal
+// ranks, the leftmost. Each step takes the lowest key (a scan over a few vectors of keys, which the
+// compiler turns into vector instructions), writes the merged token in place of the pair's left
+// symbol, marks the right one merged away (its key none, unlinked from prev / next), and
+// looks up the two pairs the new symbol makes. O(n^2) at worst, but n is small and all of it is in a
+// few cache lines. Long words (over BPE_SCAN_MAX symbols) use a heap of (rank, position) with the
+// symbols linked by sym_prev / sym_next: O(n log n).
 #define BPE_SCAN_MAX 64
+#define SCAN_NONE 0xFFFFFFFFu   // key of a pair with no merge
 
 // merge_find for the n - 1 adjacent pairs of id[0..n) at once (n <= BPE_SCAN_MAX). The filter words of
 // all pairs are loaded in one loop, then the table slots of those that pass in another, with no branch
@@ -1715,23 +1717,31 @@ static void pair_ranks(const Tokenizer *t, const int32_t *id, int n, uint32_t *r
     }
 }
 
+// The scan key of the pair at position i with merge rank r (PAIR_MAX_RANK * 64 < SCAN_NONE).
+static uint32_t scan_key(uint32_t r, int i) { return r == NO_MERGE ? SCAN_NONE : r << 6 | (uint32_t)i; }
+
 static int bpe_merge_scan(const Tokenizer *t, int32_t *id, int n) {
-    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (id[i], id[i + 1]); NO_MERGE for the last symbol
-    pair_ranks(t, id, n, rank);
-    rank[n - 1] = NO_MERGE;
-    while (n > 1) {
-        uint32_t lo = NO_MERGE;
-        for (int i = 0; i < n; i++) lo = rank[i] < lo ? rank[i] : lo;
-        if (lo == NO_MERGE) break;
-        int best = 0;
-        while (rank[best] != lo) best++;
-        id[best] = pairmap_merged_id(&t->merges, lo);
-        n--;
-        for (int i = best + 1; i < n; i++) { id[i] = id[i + 1]; rank[i] = rank[i + 1]; }
-        rank[best] = best + 1 < n ? merge_find(t, id[best], id[best + 1]) : NO_MERGE;
-        if (best > 0) rank[best - 1] = merge_find(t, id[best - 1], id[best]);
+    uint32_t key[BPE_SCAN_MAX + 16];   // key[i]: of the pair symbol i starts; SCAN_NONE from the last symbol on
+    int8_t prev[BPE_SCAN_MAX], next[BPE_SCAN_MAX];   // the symbols not merged away, linked; next = n at the end
+    pair_ranks(t, id, n, key);
+    int m = (n + 15) & ~15;            // the scan runs over whole vectors: the keys past the end are SCAN_NONE
+    for (int i = 0; i < m; i++) key[i] = i + 1 < n ? scan_key(key[i], i) : SCAN_NONE;
+    for (int i = 0; i < BPE_SCAN_MAX; i++) { prev[i] = (int8_t)(i - 1); next[i] = (int8_t)(i + 1); }
+    for (;;) {
+        uint32_t lo = SCAN_NONE;
+        for (int i = 0; i < m; i++) lo = key[i] < lo ? key[i] : lo;
+        if (lo == SCAN_NONE) break;
+        int best = (int)(lo & 63), r = next[best], p = prev[best];
+        id[best] = pairmap_merged_id(&t->merges, lo >> 6);
+        key[r] = SCAN_NONE;
+        next[best] = next[r];
+        if (next[r] < n) prev[next[r]] = (int8_t)best;
+        key[best] = next[best] < n ? scan_key(merge_find(t, id[best], id[next[best]]), best) : SCAN_NONE;
+        if (p >= 0) key[p] = scan_key(merge_find(t, id[p], id[best]), p);
     }
-    return n;
+    int w = 0;   // the symbols left, moved to the front (positions only grow along the links)
+    for (int i = 0; i < n; i = next[i]) id[w++] = id[i];
+    return w;
 }
 
 static int bpe_merge_heap(const Tokenizer *t, TokenizerState *st, int n) {
