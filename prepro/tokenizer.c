@@ -1803,27 +1803,28 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
 // its bytes. Returns the count (at most n).
 static int byte_symbols(const Tokenizer *t, const unsigned char *u, size_t n, int32_t *id) {
     int ns = 0;
+    uint32_t left = 0;   // what the byte before i is (CHAR_LEFT_ASCII or _MULTI); nothing at the start
     for (size_t i = 0; i < n;) {
         unsigned c = u[i];
         if (c >= 0xC0 && c < 0xF0) {
-            size_t k = c < 0xE0 ? 2 : 3;
-            uint32_t ch = k == 2 ? ((c & 0x1Fu) << 6) | (u[i + 1] & 0x3Fu)
-                                 : ((c & 0x0Fu) << 12) | ((u[i + 1] & 0x3Fu) << 6) | (u[i + 2] & 0x3Fu);
+            size_t k = c >= 0xE0 ? 3 : 2;
+            uint32_t ch = k == 3 ? ((c & 0x0Fu) << 12) | ((u[i + 1] & 0x3Fu) << 6) | (u[i + 2] & 0x3Fu)
+                                 : ((c & 0x1Fu) << 6) | (u[i + 1] & 0x3Fu);
             uint32_t v = t->char_start[ch];
-            // what the neighbours are: ASCII (byte < 0x80) or part of a multi-byte character
-            uint32_t need = (i > 0 ? (uint32_t)CHAR_LEFT_ASCII << (u[i - 1] >> 7) : 0) |
-                            (i + k < n ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
+            uint32_t need = left | (i + k < n ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
             if (v && (v & need) == need) {
                 if (v & CHAR_SPLIT) {
                     const int32_t *q = t->char_pool + (v >> 5);
                     for (int j = 0; j < q[0]; j++) id[ns++] = q[1 + 2 * j];
                 } else id[ns++] = (int32_t)(v >> 5);
                 i += k;
+                left = CHAR_LEFT_MULTI;
                 continue;
             }
         }
         id[ns++] = t->byte_id[c];
         i++;
+        left = (uint32_t)CHAR_LEFT_ASCII << (c >> 7);
     }
     return ns;
 }
