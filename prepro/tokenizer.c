@@ -409,11 +409,11 @@ typedef struct { uint64_t *slots; size_t mask, n; int32_t *id_of_rank; int32_t r
 #define NO_MERGE UINT32_MAX
 
 static uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 21) | (uint32_t)b; }
-// Both ids must reach the slot bits: a full 64-bit finalizer (murmur3 fmix64).
+// Both ids must reach the slot bits (the low ones) and the filter bits (the top ones): one multiply
+// spreads every key bit up, and folding the top half down brings them to the low bits.
 static uint64_t pair_hash(uint64_t key) {
-    key ^= key >> 33; key *= 0xFF51AFD7ED558CCDull;
-    key ^= key >> 33; key *= 0xC4CEB9FE1A85EC53ull;
-    return key ^ (key >> 33);
+    uint64_t h = key * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
 }
 // The pair's two bits in its Bloom filter word (see Tokenizer.pair_filter), and that word's index.
 static uint64_t pair_filter_bits(uint64_t h) { return (1ull << (h >> 58)) | (1ull << ((h >> 52) & 63)); }
