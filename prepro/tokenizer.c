@@ -225,13 +225,13 @@ static size_t nf_quick_check(const unsigned char *s, size_t n, int compose) {
             if (!(w & 0x8080808080808080ull)) { i += 8; continue; }
         }
         if (s[i] < 0x80) { i++; continue; }
-        if (s[i] >= 0xE0 && s[i] < 0xF0) {
-            unsigned block = ((s[i] & 0x0Fu) << 4) | ((s[i + 1] >> 2) & 0x0Fu);   // code point >> 8
-            if (uni_care_block[block] == 0 && (compose || block < (HANGUL_S0 >> 8) || block > ((HANGUL_S0 + HANGUL_SN) >> 8))) {
-                i += 3;
-                continue;
-            }
+        // a run of 3-byte characters, each in a block with none that can change
+        size_t j = i;
+        for (; j < n && s[j] >= 0xE0 && s[j] < 0xF0; j += 3) {
+            unsigned block = ((s[j] & 0x0Fu) << 4) | ((s[j + 1] >> 2) & 0x0Fu);   // code point >> 8
+            if (uni_care_block[block] != 0 || (!compose && block >= (HANGUL_S0 >> 8) && block <= ((HANGUL_S0 + HANGUL_SN) >> 8))) break;
         }
+        if (j > i) { i = j; continue; }
         uint32_t cp; int k = utf8_decode(s + i, &cp);
         if (nf_care(cp, compose)) return i;
         i += (size_t)k;
@@ -1547,24 +1547,27 @@ static void replace_all(TokenizerState *st, int ri, const char *content, const c
 }
 
 static void normalize_string(const Tokenizer *t, TokenizerState *st, const char *s, size_t n, Buf *out) {
-    // ping-pong between out and st->tmp2
+    // each op reads the text so far (the input, then the op before's output) and writes one of out and
+    // st->tmp2, by turns, so that the last op writes out
+    const char *src = s;
+    size_t len = n;
     out->len = 0;
-    buf_append(out, s, n);
+    if (t->nnorm == 0) buf_append(out, s, n);
     for (int i = 0; i < t->nnorm; i++) {
         const NormOp *op = &t->norm[i];
-        Buf *dst = &st->tmp2;
+        Buf *dst = (t->nnorm - 1 - i) % 2 == 0 ? out : &st->tmp2;
         dst->len = 0;
         switch (op->type) {
-        case NORM_NFC: if (unicode_nfc(out->data, out->len, dst, 1)) st->error = 1; break;
-        case NORM_NFD: if (unicode_nfc(out->data, out->len, dst, 0)) st->error = 1; break;
+        case NORM_NFC: if (unicode_nfc(src, len, dst, 1)) st->error = 1; break;
+        case NORM_NFD: if (unicode_nfc(src, len, dst, 0)) st->error = 1; break;
         case NORM_PREPEND:
-            if (out->len > 0) buf_append(dst, op->str, strlen(op->str));
-            buf_append(dst, out->data, out->len);
+            if (len > 0) buf_append(dst, op->str, strlen(op->str));
+            buf_append(dst, src, len);
             break;
-        case NORM_REPLACE: replace_all(st, op->re, op->str, out->data, out->len, dst); break;
+        case NORM_REPLACE: replace_all(st, op->re, op->str, src, len, dst); break;
         case NORM_STRIP: {
-            size_t a = 0, b = out->len;
-            const unsigned char *u = (const unsigned char *)out->data;
+            size_t a = 0, b = len;
+            const unsigned char *u = (const unsigned char *)src;
             uint32_t ch;
             while (op->left && a < b && (utf8_decode(u + a, &ch), is_white_space(ch))) a += (size_t)utf8_len(u[a]);
             while (op->right && b > a) {
@@ -1574,12 +1577,12 @@ static void normalize_string(const Tokenizer *t, TokenizerState *st, const char 
                 if (!is_white_space(ch)) break;
                 b = p;
             }
-            buf_append(dst, out->data + a, b - a);
+            buf_append(dst, src + a, b - a);
             break;
         }
         }
         if (!dst->data) buf_append(dst, "", 0);
-        Buf swap = *out; *out = *dst; *dst = swap;
+        src = dst->data; len = dst->len;
     }
 }
 
