@@ -56,7 +56,7 @@ static int idbuf_push(IdBuf *b, int32_t v) {
     b->data[b->len++] = v;
     return 0;
 }
-static int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
+static inline int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 1024;
         while (cap < b->len + n) cap *= 2;
@@ -64,13 +64,23 @@ static int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
         if (!p) return -1;
         b->data = p; b->cap = cap;
     }
-    if (n) memcpy(b->data + b->len, v, n * sizeof(int32_t));
+    int32_t *d = b->data + b->len;
+    if (n <= 4) { for (size_t i = 0; i < n; i++) d[i] = v[i]; }   // most appends are a few ids: no call
+    else memcpy(d, v, n * sizeof(int32_t));
     b->len += n;
     return 0;
 }
 
+// The n <= 8 bytes at s as one word, different for different strings of one length: 4..8 bytes as
+// two (maybe overlapping) 4-byte loads, 1..3 as their first, middle and last byte.
+static inline uint64_t load_short(const unsigned char *s, size_t n) {
+    uint32_t a, b;
+    if (n >= 4) { memcpy(&a, s, 4); memcpy(&b, s + n - 4, 4); return (uint64_t)b << 32 | a; }
+    return n == 0 ? 0 : (uint64_t)s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
+}
+
 // 64-bit hash of a byte string: 8 bytes at a time, multiply-xorshift mixing.
-static uint64_t hash_bytes(const void *p, size_t n) {
+static inline uint64_t hash_bytes(const void *p, size_t n) {
     const unsigned char *s = p;
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
     while (n >= 8) {
@@ -78,9 +88,7 @@ static uint64_t hash_bytes(const void *p, size_t n) {
         h = (h ^ k) * 0xFF51AFD7ED558CCDull; h ^= h >> 32;
         s += 8; n -= 8;
     }
-    uint64_t k = 0;
-    for (size_t i = 0; i < n; i++) k |= (uint64_t)s[i] << (8 * i);
-    h = (h ^ k) * 0xC4CEB9FE1A85EC53ull;
+    h = (h ^ load_short(s, n)) * 0xC4CEB9FE1A85EC53ull;
     h ^= h >> 29; h *= 0xFF51AFD7ED558CCDull; h ^= h >> 32;
     return h;
 }
@@ -725,7 +733,7 @@ struct Tokenizer {
 };
 
 // A pre-token cache entry: key bytes and ids live in the state's arenas.
-typedef struct { uint64_t hash; uint32_t koff, klen, ioff, nids; } CacheSlot;
+typedef struct { uint64_t hash, head; uint32_t koff, klen, ioff, nids; } CacheSlot;   // head: load_short of a key of <= 8 bytes
 #define CACHE_SLOTS 65536      // power of two; the cache is reset when half full
 #define CACHE_MAX_PIECE 48     // pieces this long or longer are not cached: long ones seldom recur
 #define CACHE_MAX_WIDE 13      // the same for pieces that end in a multi-byte character: CJK runs of 5 characters
@@ -1797,7 +1805,7 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
     size_t koff = st->cache_keys.len, ioff = st->cache_ids.len;
     if (buf_append(&st->cache_keys, s, n) || idbuf_append(&st->cache_ids, st->out.data + out0, nids)) { st->error = 1; return; }
     CacheSlot *c = &st->cache[i];
-    c->hash = h; c->koff = (uint32_t)koff; c->klen = (uint32_t)n; c->ioff = (uint32_t)ioff; c->nids = (uint32_t)nids;
+    c->hash = h; c->head = n <= 8 ? load_short((const unsigned char *)s, n) : 0; c->koff = (uint32_t)koff; c->klen = (uint32_t)n; c->ioff = (uint32_t)ioff; c->nids = (uint32_t)nids;
     st->cache_n++;
 }
 
@@ -1868,7 +1876,8 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
         size_t i = h & (CACHE_SLOTS - 1);
         for (; st->cache[i].nids; i = (i + 1) & (CACHE_SLOTS - 1)) {
             CacheSlot *c = &st->cache[i];
-            if (c->hash == h && c->klen == n && memcmp(st->cache_keys.data + c->koff, s, n) == 0) {
+            if (c->hash == h && c->klen == n &&
+                (n <= 8 ? c->head == load_short((const unsigned char *)s, n) : memcmp(st->cache_keys.data + c->koff, s, n) == 0)) {
                 if (idbuf_append(&st->out, st->cache_ids.data + c->ioff, c->nids)) st->error = 1;
                 return;
             }
