@@ -493,6 +493,16 @@ static inline int char_class(const unsigned char *s, size_t i, int *len) {
 // are A-Z and a-z) and 3-byte characters (CJK runs) are decoded in the loop.
 static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
     int len;
+    // ASCII letters 8 at a time: per byte, the high bit of ok is set when it is below 0x80 and, lower-
+    // cased by | 0x20, in 'a'..'z' (adding 0x1F reaches 0x80 from 'a' on, adding 0x05 from '{' on). A
+    // byte of 0x80 or more may carry into the next, but only above the first byte that is not a letter.
+    while (c == CC_LETTER && i + 8 <= n) {
+        uint64_t w; memcpy(&w, s + i, 8);
+        uint64_t x = w | 0x2020202020202020ull;
+        uint64_t ok = (x + 0x1F1F1F1F1F1F1F1Full) & ~(x + 0x0505050505050505ull) & ~w & 0x8080808080808080ull;
+        if (ok != 0x8080808080808080ull) { i += (size_t)__builtin_ctzll(~ok & 0x8080808080808080ull) / 8; break; }
+        i += 8;
+    }
     while (i < n) {
         if (s[i] < 0x80) {
             if (c == CC_LETTER ? (unsigned)((s[i] | 0x20) - 'a') >= 26u : cp_class(s[i]) != c) break;
