@@ -708,6 +708,8 @@ struct Tokenizer {
     int byte_level;      // the pre-tokenizer ends with ByteLevel: pieces are raw bytes
     int32_t byte_id[256];       // byte-level: id of each single byte, -1 if absent
     int all_bytes;              // every byte has a token: byte-level pieces need no unit_lookup
+    uint64_t cross[256][4];     // byte-level: bit b of row a set when some merge's left token ends with byte a
+                                // and its right token starts with byte b (see byte_level_bpe)
     int32_t *bmp_id;            // otherwise: id of each BMP code point as a token, -1 if absent
     uint32_t *char_start;       // byte-level: per BMP code point, (token id << 5) | CHAR_* flags where BPE may
                                 // start from the character's token instead of its bytes ((offset in char_pool
@@ -1157,6 +1159,7 @@ static int build_char_start(Tokenizer *t) {
             if (lo[1][b] > r) lo[1][b] = r;
             if (!tb[a] || !tb[b] || !tl[a] || !tl[b]) continue;
             const unsigned char *x = (const unsigned char *)tb[a], *y = (const unsigned char *)tb[b];
+            t->cross[x[tl[a] - 1]][y[0] >> 6] |= 1ull << (y[0] & 63);
             int x_cont = 1;   // x all continuation bytes: a proper suffix of a character
             for (uint32_t j = 0; j < tl[a]; j++) if ((x[j] & 0xC0) != 0x80) x_cont = 0;
             int y_prefix = y[0] >= 0xC0 && (int)tl[b] < utf8_len(y[0]);   // a lead byte and not all of the character
@@ -1765,8 +1768,8 @@ static int bpe_merge_scan(const Tokenizer *t, int32_t *id, int n) {
     return w;
 }
 
-static int bpe_merge_heap(const Tokenizer *t, TokenizerState *st, int n) {
-    int32_t *id = st->sym_id, *prev = st->sym_prev, *next = st->sym_next;
+static int bpe_merge_heap(const Tokenizer *t, TokenizerState *st, int32_t *id, int n) {
+    int32_t *prev = st->sym_prev, *next = st->sym_next;
     st->heap_n = 0;
     for (int i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
     for (int i = 0; i + 1 < n; i++) {
@@ -1796,8 +1799,10 @@ static int bpe_merge_heap(const Tokenizer *t, TokenizerState *st, int n) {
     return m;
 }
 
-static int bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
-    return n <= BPE_SCAN_MAX ? bpe_merge_scan(t, st->sym_id, n) : bpe_merge_heap(t, st, n);
+// BPE of the n symbols id[0..n) (id within st->sym_id); returns the count left, in id[0..count).
+static int bpe_merge(const Tokenizer *t, TokenizerState *st, int32_t *id, int n) {
+    if (n < 2) return n;
+    return n <= BPE_SCAN_MAX ? bpe_merge_scan(t, id, n) : bpe_merge_heap(t, st, id, n);
 }
 
 static void cache_reset(TokenizerState *st) {
@@ -1819,20 +1824,32 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
     st->cache_n++;
 }
 
-// The symbols BPE starts from for a byte-level piece u[0..n) whose bytes all have tokens: each BMP
-// character's own tokens where char_start says the result is the same (see build_char_start), else
-// its bytes. Returns the count (at most n).
-static int byte_symbols(const Tokenizer *t, const unsigned char *u, size_t n, int32_t *id) {
-    int ns = 0;
-    uint32_t left = 0;   // what the byte before i is (CHAR_LEFT_ASCII or _MULTI); nothing at the start
+// Can a merge join byte a (ending a token) to byte b (starting the next)? See byte_level_bpe.
+static int crossable(const Tokenizer *t, unsigned a, unsigned b) { return (int)(t->cross[a][b >> 6] >> (b & 63)) & 1; }
+
+// BPE of a byte-level piece u[0..n) whose bytes all have tokens; returns the count of ids, in st->sym_id.
+// The piece is cut between two bytes where no merge's left token ends with the first and right token
+// starts with the second (GPT-2 has almost none between two CJK characters): no symbol ever spans such
+// a place, so the parts merge on their own, each as soon as it is complete. A part starts from each BMP
+// character's own tokens where char_start says the result is the same (see build_char_start; a cut
+// counts as the end of the piece), else from its bytes.
+static int byte_level_bpe(const Tokenizer *t, TokenizerState *st, const unsigned char *u, size_t n) {
+    int32_t *id = st->sym_id;
+    int ns = 0, part = 0;   // symbols so far; the first of the part being built
+    uint32_t left = 0;      // what the byte before i is (CHAR_LEFT_ASCII or _MULTI); 0 at a cut
     for (size_t i = 0; i < n;) {
         unsigned c = u[i];
+        if (i > 0 && !crossable(t, u[i - 1], c)) {
+            ns = part + bpe_merge(t, st, id + part, ns - part);
+            part = ns;
+            left = 0;
+        }
         if (c >= 0xC0 && c < 0xF0) {
             size_t k = c >= 0xE0 ? 3 : 2;
             uint32_t ch = k == 3 ? ((c & 0x0Fu) << 12) | ((u[i + 1] & 0x3Fu) << 6) | (u[i + 2] & 0x3Fu)
                                  : ((c & 0x1Fu) << 6) | (u[i + 1] & 0x3Fu);
             uint32_t v = t->char_start[ch];
-            uint32_t need = left | (i + k < n ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
+            uint32_t need = left | (i + k < n && crossable(t, u[i + k - 1], u[i + k]) ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
             if (v && (v & need) == need) {
                 if (v & CHAR_SPLIT) {
                     const int32_t *q = t->char_pool + (v >> 5);
@@ -1847,7 +1864,7 @@ static int byte_symbols(const Tokenizer *t, const unsigned char *u, size_t n, in
         i++;
         left = (uint32_t)CHAR_LEFT_ASCII << (c >> 7);
     }
-    return ns;
+    return part + bpe_merge(t, st, id + part, ns - part);
 }
 
 // The symbols BPE starts from in general: each unit (byte for byte-level, else character) as a token,
@@ -1906,9 +1923,8 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
         return;
     }
     if (ensure_sym(st, n + 1)) { st->error = 1; return; }
-    int ns = t->char_start && t->all_bytes ? byte_symbols(t, (const unsigned char *)s, n, st->sym_id) : unit_symbols(t, st, s, n);
-    if (ns == 0) return;
-    ns = bpe_merge(t, st, ns);
+    int ns = t->char_start && t->all_bytes ? byte_level_bpe(t, st, (const unsigned char *)s, n)
+                                           : bpe_merge(t, st, st->sym_id, unit_symbols(t, st, s, n));
     if (idbuf_append(&st->out, st->sym_id, (size_t)ns)) { st->error = 1; return; }
     if (cached) cache_put(st, s, n, h, out0);
 }
