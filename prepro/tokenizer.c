@@ -496,7 +496,7 @@ static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
     // ASCII letters 8 at a time: per byte, the high bit of ok is set when it is below 0x80 and, lower-
     // cased by | 0x20, in 'a'..'z' (adding 0x1F reaches 0x80 from 'a' on, adding 0x05 from '{' on). A
     // byte of 0x80 or more may carry into the next, but only above the first byte that is not a letter.
-    while (c == CC_LETTER && i + 8 <= n) {
+    while (c == CC_LETTER && i + 8 <= n && s[i] < 0x80) {
         uint64_t w; memcpy(&w, s + i, 8);
         uint64_t x = w | 0x2020202020202020ull;
         uint64_t ok = (x + 0x1F1F1F1F1F1F1F1Full) & ~(x + 0x0505050505050505ull) & ~w & 0x8080808080808080ull;
@@ -710,6 +710,7 @@ struct Tokenizer {
     int all_bytes;              // every byte has a token: byte-level pieces need no unit_lookup
     uint64_t cross[256][4];     // byte-level: bit b of row a set when some merge's left token ends with byte a
                                 // and its right token starts with byte b (see byte_level_bpe)
+    int cuts;                   // byte_level_bpe looks for places to cut (few bits of cross are set)
     int32_t *bmp_id;            // otherwise: id of each BMP code point as a token, -1 if absent
     uint32_t *char_start;       // byte-level: per BMP code point, (token id << 5) | CHAR_* flags where BPE may
                                 // start from the character's token instead of its bytes ((offset in char_pool
@@ -1135,6 +1136,9 @@ static int bpe_small(const Tokenizer *t, int32_t *ids, int n, uint32_t *max_rank
 // and suffix of c, and the same edge conditions cover the pairs they make with the neighbours.
 enum { CHAR_LEFT_ASCII = 1, CHAR_LEFT_MULTI = 2, CHAR_RIGHT_ASCII = 4, CHAR_RIGHT_MULTI = 8, CHAR_SPLIT = 16 };
 
+// Can a merge join byte a (ending a token) to byte b (starting the next)? See byte_level_bpe.
+static int crossable(const Tokenizer *t, unsigned a, unsigned b) { return (int)(t->cross[a][b >> 6] >> (b & 63)) & 1; }
+
 static int build_char_start(Tokenizer *t) {
     size_t nv = (size_t)t->vocab_size + 1;
     // per token: bytes in the encoder's domain, and the lowest rank of each kind of merge it is part of
@@ -1341,6 +1345,10 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
     }
     if (build_pair_filter(t)) { fail(c, "out of memory"); return -1; }
     if (t->byte_level && !t->cont_prefix && !t->end_suffix && build_char_start(t)) { fail(c, "out of memory"); return -1; }
+    int crossing = 0;   // (continuation byte, lead byte of a 3-byte character) pairs some merge joins
+    for (int a = 0x80; a < 0xC0; a++)
+        for (int b = 0xE0; b < 0xF0; b++) crossing += crossable(t, (unsigned)a, (unsigned)b);
+    t->cuts = crossing < 64 * 16 / 4;   // see byte_level_bpe
     return 0;
 }
 
@@ -1800,8 +1808,14 @@ static int bpe_merge_heap(const Tokenizer *t, TokenizerState *st, int32_t *id, i
 }
 
 // BPE of the n symbols id[0..n) (id within st->sym_id); returns the count left, in id[0..count).
-static int bpe_merge(const Tokenizer *t, TokenizerState *st, int32_t *id, int n) {
+static inline int bpe_merge(const Tokenizer *t, TokenizerState *st, int32_t *id, int n) {
     if (n < 2) return n;
+    if (n == 2) {
+        uint32_t r = merge_find(t, id[0], id[1]);
+        if (r == NO_MERGE) return 2;
+        id[0] = pairmap_merged_id(&t->merges, r);
+        return 1;
+    }
     return n <= BPE_SCAN_MAX ? bpe_merge_scan(t, id, n) : bpe_merge_heap(t, st, id, n);
 }
 
@@ -1824,23 +1838,24 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
     st->cache_n++;
 }
 
-// Can a merge join byte a (ending a token) to byte b (starting the next)? See byte_level_bpe.
-static int crossable(const Tokenizer *t, unsigned a, unsigned b) { return (int)(t->cross[a][b >> 6] >> (b & 63)) & 1; }
-
 // BPE of a byte-level piece u[0..n) whose bytes all have tokens; returns the count of ids, in st->sym_id.
 // The piece is cut between two bytes where no merge's left token ends with the first and right token
 // starts with the second (GPT-2 has almost none between two CJK characters): no symbol ever spans such
 // a place, so the parts merge on their own, each as soon as it is complete. A part starts from each BMP
 // character's own tokens where char_start says the result is the same (see build_char_start; a cut
-// counts as the end of the piece), else from its bytes.
+// counts as the end of the piece), else from its bytes. The cuts are looked for only where they are
+// common: when merges join under a quarter of the (continuation byte, lead byte of a 3-byte character)
+// pairs (GPT-2: 45 of 1024; Qwen2 and Llama-3, whose vocabularies hold many CJK words: 667 and 663).
 static int byte_level_bpe(const Tokenizer *t, TokenizerState *st, const unsigned char *u, size_t n) {
     int32_t *id = st->sym_id;
     int ns = 0, part = 0;   // symbols so far; the first of the part being built
+    int one_char = 0;       // the part is one character's own tokens: they are its BPE already
+    int cut = 0;            // the piece is cut before byte i
     uint32_t left = 0;      // what the byte before i is (CHAR_LEFT_ASCII or _MULTI); 0 at a cut
     for (size_t i = 0; i < n;) {
         unsigned c = u[i];
-        if (i > 0 && !crossable(t, u[i - 1], c)) {
-            ns = part + bpe_merge(t, st, id + part, ns - part);
+        if (cut) {
+            if (!one_char) ns = part + bpe_merge(t, st, id + part, ns - part);
             part = ns;
             left = 0;
         }
@@ -1849,22 +1864,26 @@ static int byte_level_bpe(const Tokenizer *t, TokenizerState *st, const unsigned
             uint32_t ch = k == 3 ? ((c & 0x0Fu) << 12) | ((u[i + 1] & 0x3Fu) << 6) | (u[i + 2] & 0x3Fu)
                                  : ((c & 0x1Fu) << 6) | (u[i + 1] & 0x3Fu);
             uint32_t v = t->char_start[ch];
-            uint32_t need = left | (i + k < n && crossable(t, u[i + k - 1], u[i + k]) ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
+            cut = t->cuts && i + k < n && !crossable(t, u[i + k - 1], u[i + k]);
+            uint32_t need = left | (i + k < n && !cut ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
             if (v && (v & need) == need) {
                 if (v & CHAR_SPLIT) {
                     const int32_t *q = t->char_pool + (v >> 5);
                     for (int j = 0; j < q[0]; j++) id[ns++] = q[1 + 2 * j];
                 } else id[ns++] = (int32_t)(v >> 5);
+                one_char = need == 0;   // a cut (or an end) on both sides
                 i += k;
                 left = CHAR_LEFT_MULTI;
                 continue;
             }
         }
         id[ns++] = t->byte_id[c];
+        one_char = 0;
+        cut = t->cuts && i + 1 < n && !crossable(t, c, u[i + 1]);
         i++;
         left = (uint32_t)CHAR_LEFT_ASCII << (c >> 7);
     }
-    return part + bpe_merge(t, st, id + part, ns - part);
+    return one_char ? ns : part + bpe_merge(t, st, id + part, ns - part);
 }
 
 // The symbols BPE starts from in general: each unit (byte for byte-level, else character) as a token,
