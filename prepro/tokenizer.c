@@ -1712,8 +1712,8 @@ static uint32_t merge_find(const Tokenizer *t, int32_t a, int32_t b) {
     }
 }
 
-// BPE over the n symbols in sym_id, merging the lowest-ranked adjacent pair first (the leftmost of
-// equal ones), as HF's Word::merge_all; returns the count left, the result in sym_id[0..count).
+// BPE over the n symbols id[0..n), merging the lowest-ranked adjacent pair first (the leftmost of
+// equal ones), as HF's Word::merge_all; returns the count left, the result in id[0..count).
 //
 // Short words (nearly all pieces: a CJK run starts from its characters' tokens) keep, per symbol, a key
 // for the pair it starts: rank * 64 + position, so the lowest key is the lowest rank and, of equal
