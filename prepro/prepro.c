@@ -1447,7 +1447,8 @@ int main(int argc, char **argv) {
     Pool p;
     memset(&p, 0, sizeof p);
     p.o = &o; p.tok = tok;
-    p.flags = (o.no_bos ? 0 : TOK_ADD_SPECIAL) | (o.special_as_text ? TOK_SPECIAL_AS_TEXT : 0);
+    // every reader checks its text's UTF-8 (to name the file and place of an error): the tokenizer need not
+    p.flags = (o.no_bos ? 0 : TOK_ADD_SPECIAL) | (o.special_as_text ? TOK_SPECIAL_AS_TEXT : 0) | TOK_VALID_UTF8;
     p.eod = tokenizer_eos_id(tok);
     p.nslots = 2 * o.workers + 2;
     p.slots = calloc((size_t)p.nslots, sizeof(Batch));

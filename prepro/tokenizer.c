@@ -56,7 +56,7 @@ static int idbuf_push(IdBuf *b, int32_t v) {
     b->data[b->len++] = v;
     return 0;
 }
-static int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
+static inline int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 1024;
         while (cap < b->len + n) cap *= 2;
@@ -64,13 +64,23 @@ static int idbuf_append(IdBuf *b, const int32_t *v, size_t n) {
         if (!p) return -1;
         b->data = p; b->cap = cap;
     }
-    if (n) memcpy(b->data + b->len, v, n * sizeof(int32_t));
+    int32_t *d = b->data + b->len;
+    if (n <= 4) { for (size_t i = 0; i < n; i++) d[i] = v[i]; }   // most appends are a few ids: no call
+    else memcpy(d, v, n * sizeof(int32_t));
     b->len += n;
     return 0;
 }
 
+// The n <= 8 bytes at s as one word, different for different strings of one length: 4..8 bytes as
+// two (maybe overlapping) 4-byte loads, 1..3 as their first, middle and last byte.
+static inline uint64_t load_short(const unsigned char *s, size_t n) {
+    uint32_t a, b;
+    if (n >= 4) { memcpy(&a, s, 4); memcpy(&b, s + n - 4, 4); return (uint64_t)b << 32 | a; }
+    return n == 0 ? 0 : (uint64_t)s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
+}
+
 // 64-bit hash of a byte string: 8 bytes at a time, multiply-xorshift mixing.
-static uint64_t hash_bytes(const void *p, size_t n) {
+static inline uint64_t hash_bytes(const void *p, size_t n) {
     const unsigned char *s = p;
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
     while (n >= 8) {
@@ -78,9 +88,7 @@ static uint64_t hash_bytes(const void *p, size_t n) {
         h = (h ^ k) * 0xFF51AFD7ED558CCDull; h ^= h >> 32;
         s += 8; n -= 8;
     }
-    uint64_t k = 0;
-    for (size_t i = 0; i < n; i++) k |= (uint64_t)s[i] << (8 * i);
-    h = (h ^ k) * 0xC4CEB9FE1A85EC53ull;
+    h = (h ^ load_short(s, n)) * 0xC4CEB9FE1A85EC53ull;
     h ^= h >> 29; h *= 0xFF51AFD7ED558CCDull; h ^= h >> 32;
     return h;
 }
@@ -208,31 +216,46 @@ static uint32_t uni_compose(uint32_t a, uint32_t b) {
     return 0;
 }
 
-// Writes NFC (compose = 1) or NFD (compose = 0) of valid UTF-8 s[0..n) to out.
-static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
-    const unsigned char *s = (const unsigned char *)str;
-    out->len = 0;
-    // quick check: nothing that can change means the text is already normalized. A 3-byte character
-    // (CJK) in a block of 256 code points with none that can change is passed on its first two bytes.
-    int care = 0;
-    for (size_t i = 0; i < n && !care;) {
-        if (s[i] < 0x80) { i++; continue; }
-        if (s[i] >= 0xE0 && s[i] < 0xF0) {
-            unsigned block = ((s[i] & 0x0Fu) << 4) | ((s[i + 1] >> 2) & 0x0Fu);   // code point >> 8
-            if (uni_care_block[block] == 0 && (compose || block < (HANGUL_S0 >> 8) || block > ((HANGUL_S0 + HANGUL_SN) >> 8))) {
-                i += 3;
-                continue;
-            }
-        }
-        uint32_t cp; i += (size_t)utf8_decode(s + i, &cp);
-        care = uni_care(cp) || (!compose && cp >= HANGUL_S0 && cp < HANGUL_S0 + HANGUL_SN);
-    }
-    if (!care) return buf_append(out, s, n);
+// May the character cp change under NFC (compose = 1) or NFD (compose = 0)? (It decomposes, has a
+// nonzero combining class, or composes onto the character before it; for NFD also Hangul syllables.)
+static int nf_care(uint32_t cp, int compose) {
+    return uni_care(cp) || (!compose && cp >= HANGUL_S0 && cp < HANGUL_S0 + HANGUL_SN);
+}
 
+// Start of the first character of valid UTF-8 s[0..n) that may change (n when none). ASCII is read 8
+// bytes at a time; a 3-byte character (CJK) in a block of 256 code points with none that can change is
+// passed on its first two bytes.
+static size_t nf_quick_check(const unsigned char *s, size_t n, int compose) {
+    size_t i = 0;
+    while (i < n) {
+        if (i + 8 <= n) {
+            uint64_t w; memcpy(&w, s + i, 8);
+            if (!(w & 0x8080808080808080ull)) { i += 8; continue; }
+        }
+        if (s[i] < 0x80) { i++; continue; }
+        // a run of 3-byte characters, each in a block with none that can change
+        size_t j = i;
+        for (; j < n && s[j] >= 0xE0 && s[j] < 0xF0; j += 3) {
+            unsigned block = ((s[j] & 0x0Fu) << 4) | ((s[j + 1] >> 2) & 0x0Fu);   // code point >> 8
+            if (uni_care_block[block] != 0 || (!compose && block >= (HANGUL_S0 >> 8) && block <= ((HANGUL_S0 + HANGUL_SN) >> 8))) break;
+        }
+        if (j > i) { i = j; continue; }
+        uint32_t cp; int k = utf8_decode(s + i, &cp);
+        if (nf_care(cp, compose)) return i;
+        i += (size_t)k;
+    }
+    return n;
+}
+
+// Appends NFC (compose = 1) or NFD (compose = 0) of valid UTF-8 s[0..n) to out, the whole way:
+// decompose, put combining marks in canonical order, compose.
+static int nf_span(const unsigned char *s, size_t n, Buf *out, int compose) {
+    uint32_t cps_small[64]; uint8_t cls_small[64];
+    int small = n * 4 + 4 <= 64;   // a few characters: no allocation
+    uint32_t *cps = small ? cps_small : malloc((n * 4 + 4) * sizeof(uint32_t));
+    uint8_t *cls = small ? cls_small : malloc(n * 4 + 4);
+    if (!cps || !cls) { if (!small) { free(cps); free(cls); } return -1; }
     // decompose fully into code points
-    uint32_t *cps = malloc((n * 4 + 4) * sizeof(uint32_t));
-    uint8_t *cls = malloc(n * 4 + 4);
-    if (!cps || !cls) { free(cps); free(cls); return -1; }
     size_t m = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp; i += (size_t)utf8_decode(s + i, &cp);
@@ -273,8 +296,32 @@ static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
     int rc = buf_reserve(out, w * 4);
     for (size_t i = 0; i < w && rc == 0; i++) out->len += (size_t)utf8_encode(cps[i], out->data + out->len);
     if (rc == 0) out->data[out->len] = 0;
-    free(cps); free(cls);
+    if (!small) { free(cps); free(cls); }
     return rc;
+}
+
+// Writes NFC (compose = 1) or NFD (compose = 0) of valid UTF-8 s[0..n) to out.
+// Only the spans around characters that may change are normalized; the text between is copied. A
+// character that cannot change has combining class 0 and composes onto nothing, so the text may be
+// cut before it: reordering and composing never reach across. A span starts one character before
+// the first that may change (it may compose onto that one) and ends before the next that cannot.
+static int unicode_nfc(const char *str, size_t n, Buf *out, int compose) {
+    const unsigned char *s = (const unsigned char *)str;
+    out->len = 0;
+    size_t done = 0;
+    for (;;) {
+        size_t j = done + nf_quick_check(s + done, n - done, compose);
+        if (j == n) return buf_append(out, s + done, n - done);
+        size_t p = j;
+        if (p > done) { p--; while (p > done && (s[p] & 0xC0) == 0x80) p--; }
+        size_t q = j + (size_t)utf8_len(s[j]);
+        for (uint32_t cp; q < n; q += (size_t)utf8_len(s[q])) {
+            utf8_decode(s + q, &cp);
+            if (!nf_care(cp, compose)) break;
+        }
+        if (buf_append(out, s + done, p - done) || nf_span(s + p, q - p, out, compose)) return -1;
+        done = q;
+    }
 }
 
 // Unicode White_Space (what Rust's char::is_whitespace and regex \s match).
@@ -370,11 +417,11 @@ typedef struct { uint64_t *slots; size_t mask, n; int32_t *id_of_rank; int32_t r
 #define NO_MERGE UINT32_MAX
 
 static uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 21) | (uint32_t)b; }
-// Both ids must reach the slot bits: a full 64-bit finalizer (murmur3 fmix64).
+// Both ids must reach the slot bits (the low ones) and the filter bits (the top ones): one multiply
+// spreads every key bit up, and folding the top half down brings them to the low bits.
 static uint64_t pair_hash(uint64_t key) {
-    key ^= key >> 33; key *= 0xFF51AFD7ED558CCDull;
-    key ^= key >> 33; key *= 0xC4CEB9FE1A85EC53ull;
-    return key ^ (key >> 33);
+    uint64_t h = key * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
 }
 // The pair's two bits in its Bloom filter word (see Tokenizer.pair_filter), and that word's index.
 static uint64_t pair_filter_bits(uint64_t h) { return (1ull << (h >> 58)) | (1ull << ((h >> 52) & 63)); }
@@ -446,6 +493,16 @@ static inline int char_class(const unsigned char *s, size_t i, int *len) {
 // are A-Z and a-z) and 3-byte characters (CJK runs) are decoded in the loop.
 static size_t class_run(const unsigned char *s, size_t n, size_t i, int c) {
     int len;
+    // ASCII letters 8 at a time: per byte, the high bit of ok is set when it is below 0x80 and, lower-
+    // cased by | 0x20, in 'a'..'z' (adding 0x1F reaches 0x80 from 'a' on, adding 0x05 from '{' on). A
+    // byte of 0x80 or more may carry into the next, but only above the first byte that is not a letter.
+    while (c == CC_LETTER && i + 8 <= n && s[i] < 0x80) {
+        uint64_t w; memcpy(&w, s + i, 8);
+        uint64_t x = w | 0x2020202020202020ull;
+        uint64_t ok = (x + 0x1F1F1F1F1F1F1F1Full) & ~(x + 0x0505050505050505ull) & ~w & 0x8080808080808080ull;
+        if (ok != 0x8080808080808080ull) { i += (size_t)__builtin_ctzll(~ok & 0x8080808080808080ull) / 8; break; }
+        i += 8;
+    }
     while (i < n) {
         if (s[i] < 0x80) {
             if (c == CC_LETTER ? (unsigned)((s[i] | 0x20) - 'a') >= 26u : cp_class(s[i]) != c) break;
@@ -650,6 +707,10 @@ struct Tokenizer {
     PairMap merges;
     int byte_level;      // the pre-tokenizer ends with ByteLevel: pieces are raw bytes
     int32_t byte_id[256];       // byte-level: id of each single byte, -1 if absent
+    int all_bytes;              // every byte has a token: byte-level pieces need no unit_lookup
+    uint64_t cross[256][4];     // byte-level: bit b of row a set when some merge's left token ends with byte a
+                                // and its right token starts with byte b (see byte_level_bpe)
+    int cuts;                   // byte_level_bpe looks for places to cut (few bits of cross are set)
     int32_t *bmp_id;            // otherwise: id of each BMP code point as a token, -1 if absent
     uint32_t *char_start;       // byte-level: per BMP code point, (token id << 5) | CHAR_* flags where BPE may
                                 // start from the character's token instead of its bytes ((offset in char_pool
@@ -685,7 +746,7 @@ struct Tokenizer {
 };
 
 // A pre-token cache entry: key bytes and ids live in the state's arenas.
-typedef struct { uint64_t hash; uint32_t koff, klen, ioff, nids; } CacheSlot;
+typedef struct { uint64_t hash, head; uint32_t koff, klen, ioff, nids; } CacheSlot;   // head: load_short of a key of <= 8 bytes
 #define CACHE_SLOTS 65536      // power of two; the cache is reset when half full
 #define CACHE_MAX_PIECE 48     // pieces this long or longer are not cached: long ones seldom recur
 #define CACHE_MAX_WIDE 13      // the same for pieces that end in a multi-byte character: CJK runs of 5 characters
@@ -708,7 +769,7 @@ struct TokenizerState {
     SegBuf seg[MAX_OPS];    // per pre-tokenizer level
     Buf tmp, tmp2;          // scratch for normalizers / unit lookups
     // BPE scratch
-    int32_t *sym_id, *sym_prev, *sym_next, *sym_len; size_t sym_cap;
+    int32_t *sym_id, *sym_prev, *sym_next; size_t sym_cap;
     HeapItem *heap; size_t heap_cap, heap_n;
     // cache
     CacheSlot *cache; size_t cache_n;
@@ -1075,6 +1136,9 @@ static int bpe_small(const Tokenizer *t, int32_t *ids, int n, uint32_t *max_rank
 // and suffix of c, and the same edge conditions cover the pairs they make with the neighbours.
 enum { CHAR_LEFT_ASCII = 1, CHAR_LEFT_MULTI = 2, CHAR_RIGHT_ASCII = 4, CHAR_RIGHT_MULTI = 8, CHAR_SPLIT = 16 };
 
+// Can a merge join byte a (ending a token) to byte b (starting the next)? See byte_level_bpe.
+static int crossable(const Tokenizer *t, unsigned a, unsigned b) { return (int)(t->cross[a][b >> 6] >> (b & 63)) & 1; }
+
 static int build_char_start(Tokenizer *t) {
     size_t nv = (size_t)t->vocab_size + 1;
     // per token: bytes in the encoder's domain, and the lowest rank of each kind of merge it is part of
@@ -1099,6 +1163,7 @@ static int build_char_start(Tokenizer *t) {
             if (lo[1][b] > r) lo[1][b] = r;
             if (!tb[a] || !tb[b] || !tl[a] || !tl[b]) continue;
             const unsigned char *x = (const unsigned char *)tb[a], *y = (const unsigned char *)tb[b];
+            t->cross[x[tl[a] - 1]][y[0] >> 6] |= 1ull << (y[0] & 63);
             int x_cont = 1;   // x all continuation bytes: a proper suffix of a character
             for (uint32_t j = 0; j < tl[a]; j++) if ((x[j] & 0xC0) != 0x80) x_cont = 0;
             int y_prefix = y[0] >= 0xC0 && (int)tl[b] < utf8_len(y[0]);   // a lead byte and not all of the character
@@ -1265,6 +1330,8 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
         char u[4]; int n = utf8_encode(b2c[b], u);
         t->byte_id[b] = strmap_get(&t->vocab, u, (size_t)n);
     }
+    t->all_bytes = 1;
+    for (int b = 0; b < 256; b++) if (t->byte_id[b] < 0) t->all_bytes = 0;
     if (!t->byte_level) {
         t->bmp_id = malloc(0x10000 * sizeof(int32_t));
         if (!t->bmp_id) { fail(c, "out of memory"); return -1; }
@@ -1278,6 +1345,10 @@ static int load_model(Tokenizer *t, LoadCtx *c, json_t *model) {
     }
     if (build_pair_filter(t)) { fail(c, "out of memory"); return -1; }
     if (t->byte_level && !t->cont_prefix && !t->end_suffix && build_char_start(t)) { fail(c, "out of memory"); return -1; }
+    int crossing = 0;   // (continuation byte, lead byte of a 3-byte character) pairs some merge joins
+    for (int a = 0x80; a < 0xC0; a++)
+        for (int b = 0xE0; b < 0xF0; b++) crossing += crossable(t, (unsigned)a, (unsigned)b);
+    t->cuts = crossing < 64 * 16 / 4;   // see byte_level_bpe
     return 0;
 }
 
@@ -1457,7 +1528,7 @@ void tokenizer_state_free(TokenizerState *st) {
     free(st->out.data); free(st->norm.data); free(st->arena.data);
     for (int i = 0; i < MAX_OPS; i++) free(st->seg[i].data);
     free(st->tmp.data); free(st->tmp2.data);
-    free(st->sym_id); free(st->sym_prev); free(st->sym_next); free(st->sym_len); free(st->heap);
+    free(st->sym_id); free(st->sym_prev); free(st->sym_next); free(st->heap);
     free(st->cache); free(st->cache_keys.data); free(st->cache_ids.data);
     free(st);
 }
@@ -1505,24 +1576,27 @@ static void replace_all(TokenizerState *st, int ri, const char *content, const c
 }
 
 static void normalize_string(const Tokenizer *t, TokenizerState *st, const char *s, size_t n, Buf *out) {
-    // ping-pong between out and st->tmp2
+    // each op reads the text so far (the input, then the op before's output) and writes one of out and
+    // st->tmp2, by turns, so that the last op writes out
+    const char *src = s;
+    size_t len = n;
     out->len = 0;
-    buf_append(out, s, n);
+    if (t->nnorm == 0) buf_append(out, s, n);
     for (int i = 0; i < t->nnorm; i++) {
         const NormOp *op = &t->norm[i];
-        Buf *dst = &st->tmp2;
+        Buf *dst = (t->nnorm - 1 - i) % 2 == 0 ? out : &st->tmp2;
         dst->len = 0;
         switch (op->type) {
-        case NORM_NFC: if (unicode_nfc(out->data, out->len, dst, 1)) st->error = 1; break;
-        case NORM_NFD: if (unicode_nfc(out->data, out->len, dst, 0)) st->error = 1; break;
+        case NORM_NFC: if (unicode_nfc(src, len, dst, 1)) st->error = 1; break;
+        case NORM_NFD: if (unicode_nfc(src, len, dst, 0)) st->error = 1; break;
         case NORM_PREPEND:
-            if (out->len > 0) buf_append(dst, op->str, strlen(op->str));
-            buf_append(dst, out->data, out->len);
+            if (len > 0) buf_append(dst, op->str, strlen(op->str));
+            buf_append(dst, src, len);
             break;
-        case NORM_REPLACE: replace_all(st, op->re, op->str, out->data, out->len, dst); break;
+        case NORM_REPLACE: replace_all(st, op->re, op->str, src, len, dst); break;
         case NORM_STRIP: {
-            size_t a = 0, b = out->len;
-            const unsigned char *u = (const unsigned char *)out->data;
+            size_t a = 0, b = len;
+            const unsigned char *u = (const unsigned char *)src;
             uint32_t ch;
             while (op->left && a < b && (utf8_decode(u + a, &ch), is_white_space(ch))) a += (size_t)utf8_len(u[a]);
             while (op->right && b > a) {
@@ -1532,12 +1606,12 @@ static void normalize_string(const Tokenizer *t, TokenizerState *st, const char 
                 if (!is_white_space(ch)) break;
                 b = p;
             }
-            buf_append(dst, out->data + a, b - a);
+            buf_append(dst, src + a, b - a);
             break;
         }
         }
         if (!dst->data) buf_append(dst, "", 0);
-        Buf swap = *out; *out = *dst; *dst = swap;
+        src = dst->data; len = dst->len;
     }
 }
 
@@ -1550,7 +1624,6 @@ static int ensure_sym(TokenizerState *st, size_t n) {
     int32_t *a = realloc(st->sym_id, cap * 4); if (!a) return -1; st->sym_id = a;
     a = realloc(st->sym_prev, cap * 4); if (!a) return -1; st->sym_prev = a;
     a = realloc(st->sym_next, cap * 4); if (!a) return -1; st->sym_next = a;
-    a = realloc(st->sym_len, cap * 4); if (!a) return -1; st->sym_len = a;
     HeapItem *h = realloc(st->heap, cap * 2 * sizeof(HeapItem)); if (!h) return -1; st->heap = h;
     st->sym_cap = cap; st->heap_cap = cap * 2;
     return 0;
@@ -1586,13 +1659,8 @@ static HeapItem heap_pop(TokenizerState *st) {
     return top;
 }
 
-// Adds one symbol: a token id with the byte length it covers (as HF's Word::add).
-static void sym_add(TokenizerState *st, int *n, int32_t id, int len) {
-    int i = (*n)++;
-    st->sym_id[i] = id; st->sym_len[i] = len;
-    st->sym_prev[i] = i - 1; st->sym_next[i] = -1;
-    if (i > 0) st->sym_next[i - 1] = i;
-}
+// Adds one symbol (as HF's Word::add; the byte length it covers matters only to fuse unknowns).
+static void sym_add(TokenizerState *st, int *n, int32_t id) { st->sym_id[(*n)++] = id; }
 
 // The slow path for one unit (byte or char) that has no direct id: look up with prefix/suffix,
 // then byte_fallback, then unk (HF BPE::merge_word). unk_pending carries a fusable unk.
@@ -1610,8 +1678,8 @@ static void unit_lookup(const Tokenizer *t, TokenizerState *st, const char *u, i
     if (last && t->end_suffix) buf_append(s, t->end_suffix, strlen(t->end_suffix));
     int32_t id = strmap_get(&t->vocab, s->data, s->len);
     if (id >= 0) {
-        if (*unk_len) { sym_add(st, n, t->unk_id, *unk_len); *unk_len = 0; }
-        sym_add(st, n, id, ulen);
+        if (*unk_len) { sym_add(st, n, t->unk_id); *unk_len = 0; }
+        sym_add(st, n, id);
         return;
     }
     if (t->byte_fallback) {
@@ -1619,14 +1687,14 @@ static void unit_lookup(const Tokenizer *t, TokenizerState *st, const char *u, i
         for (size_t i = 0; i < s->len; i++) if (t->fallback_id[(unsigned char)s->data[i]] < 0) all = 0;
         if (all) {
             // HF does not flush a pending unk here: it stays pending until the next known char
-            for (size_t i = 0; i < s->len; i++) sym_add(st, n, t->fallback_id[(unsigned char)s->data[i]], 1);
+            for (size_t i = 0; i < s->len; i++) sym_add(st, n, t->fallback_id[(unsigned char)s->data[i]]);
             return;
         }
     }
     if (t->unk_id >= 0) {
         if (*unk_len && t->fuse_unk) *unk_len += ulen;
         else {
-            if (*unk_len) sym_add(st, n, t->unk_id, *unk_len);
+            if (*unk_len) sym_add(st, n, t->unk_id);
             *unk_len = ulen;
         }
     }
@@ -1644,12 +1712,19 @@ static uint32_t merge_find(const Tokenizer *t, int32_t a, int32_t b) {
     }
 }
 
-// BPE over n symbols, merging the lowest-ranked adjacent pair first (the leftmost of equal ones),
-// as HF's Word::merge_all. Short words (most pieces: a CJK run starts from its characters' tokens)
-// keep a rank per symbol and find the lowest by a scan over n numbers, as tiktoken does; long ones
-// use a heap of (rank, position). Both link the symbols by sym_prev / sym_next, and leave the result
-// in sym_id / sym_len (merged-away symbols with length 0), linked by sym_next from symbol 0.
+// BPE over the n symbols id[0..n), merging the lowest-ranked adjacent pair first (the leftmost of
+// equal ones), as HF's Word::merge_all; returns the count left, the result in id[0..count).
+//
+// Short words (nearly all pieces: a CJK run starts from its characters' tokens) keep, per symbol, a key
+// for the pair it starts: rank * 64 + position, so the lowest key is the lowest rank and, of equal
+// ranks, the leftmost. Each step takes the lowest key (a scan over a few vectors of keys, which the
+// compiler turns into vector instructions), writes the merged token in place of the pair's left
+// symbol, marks the right one merged away (its key none, unlinked from prev / next), and
+// looks up the two pairs the new symbol makes. O(n^2) at worst, but n is small and all of it is in a
+// few cache lines. Long words (over BPE_SCAN_MAX symbols) use a heap of (rank, position) with the
+// symbols linked by sym_prev / sym_next: O(n log n).
 #define BPE_SCAN_MAX 64
+#define SCAN_NONE 0xFFFFFFFFu   // key of a pair with no merge
 
 // merge_find for the n - 1 adjacent pairs of id[0..n) at once (n <= BPE_SCAN_MAX). The filter words of
 // all pairs are loaded in one loop, then the table slots of those that pass in another, with no branch
@@ -1674,56 +1749,74 @@ static void pair_ranks(const Tokenizer *t, const int32_t *id, int n, uint32_t *r
     }
 }
 
-static void bpe_merge_scan(const Tokenizer *t, TokenizerState *st, int n) {
-    int32_t *id = st->sym_id, *len = st->sym_len, *prev = st->sym_prev, *next = st->sym_next;
-    uint32_t rank[BPE_SCAN_MAX];   // rank[i]: of the pair (i, next[i]); NO_MERGE for a merged-away or last symbol
-    pair_ranks(t, id, n, rank);
-    rank[n - 1] = NO_MERGE;
+// The scan key of the pair at position i with merge rank r (PAIR_MAX_RANK * 64 < SCAN_NONE).
+static uint32_t scan_key(uint32_t r, int i) { return r == NO_MERGE ? SCAN_NONE : r << 6 | (uint32_t)i; }
+
+static int bpe_merge_scan(const Tokenizer *t, int32_t *id, int n) {
+    uint32_t key[BPE_SCAN_MAX + 16];   // key[i]: of the pair symbol i starts; SCAN_NONE from the last symbol on
+    int8_t prev[BPE_SCAN_MAX], next[BPE_SCAN_MAX];   // the symbols not merged away, linked; next = n at the end
+    pair_ranks(t, id, n, key);
+    int m = (n + 15) & ~15;            // the scan runs over whole vectors: the keys past the end are SCAN_NONE
+    for (int i = 0; i < m; i++) key[i] = i + 1 < n ? scan_key(key[i], i) : SCAN_NONE;
+    for (int i = 0; i < BPE_SCAN_MAX; i++) { prev[i] = (int8_t)(i - 1); next[i] = (int8_t)(i + 1); }
     for (;;) {
-        // the lowest rank, then its leftmost position: a merged-away symbol stays in place with NO_MERGE, so
-        // nothing moves and the minimum is a loop the compiler turns into vector instructions
-        uint32_t lo = NO_MERGE;
-        for (int i = 0; i < n; i++) lo = rank[i] < lo ? rank[i] : lo;
-        if (lo == NO_MERGE) break;
-        int best = 0;
-        while (rank[best] != lo) best++;
-        int r = next[best];
-        id[best] = pairmap_merged_id(&t->merges, lo);
-        len[best] += len[r]; len[r] = 0; rank[r] = NO_MERGE;
+        uint32_t lo = SCAN_NONE;
+        for (int i = 0; i < m; i++) lo = key[i] < lo ? key[i] : lo;
+        if (lo == SCAN_NONE) break;
+        int best = (int)(lo & 63), r = next[best], p = prev[best];
+        id[best] = pairmap_merged_id(&t->merges, lo >> 6);
+        key[r] = SCAN_NONE;
         next[best] = next[r];
-        if (next[r] >= 0) prev[next[r]] = best;
-        if (prev[best] >= 0) rank[prev[best]] = merge_find(t, id[prev[best]], id[best]);
-        rank[best] = next[best] >= 0 ? merge_find(t, id[best], id[next[best]]) : NO_MERGE;
+        if (next[r] < n) prev[next[r]] = (int8_t)best;
+        key[best] = next[best] < n ? scan_key(merge_find(t, id[best], id[next[best]]), best) : SCAN_NONE;
+        if (p >= 0) key[p] = scan_key(merge_find(t, id[p], id[best]), p);
     }
+    int w = 0;   // the symbols left, moved to the front (positions only grow along the links)
+    for (int i = 0; i < n; i = next[i]) id[w++] = id[i];
+    return w;
 }
 
-static void bpe_merge(const Tokenizer *t, TokenizerState *st, int n) {
-    if (n <= BPE_SCAN_MAX) { bpe_merge_scan(t, st, n); return; }
+static int bpe_merge_heap(const Tokenizer *t, TokenizerState *st, int32_t *id, int n) {
+    int32_t *prev = st->sym_prev, *next = st->sym_next;
     st->heap_n = 0;
+    for (int i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
     for (int i = 0; i + 1 < n; i++) {
-        uint32_t r = merge_find(t, st->sym_id[i], st->sym_id[i + 1]);
-        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, pairmap_merged_id(&t->merges, r))) { st->error = 1; return; }
+        uint32_t r = merge_find(t, id[i], id[i + 1]);
+        if (r != NO_MERGE && heap_push(st, ((uint64_t)r << 32) | (uint32_t)i, pairmap_merged_id(&t->merges, r))) { st->error = 1; return 0; }
     }
-    int32_t *id = st->sym_id, *prev = st->sym_prev, *next = st->sym_next, *len = st->sym_len;
     while (st->heap_n > 0) {
         HeapItem top = heap_pop(st);
         int pos = (int)(uint32_t)top.key;
-        if (len[pos] == 0) continue;
+        if (id[pos] < 0) continue;   // merged away
         int r = next[pos];
         if (r < 0) continue;
         // stale entry: the pair here no longer merges into this id
         if (merge_find(t, id[pos], id[r]) != (uint32_t)(top.key >> 32)) continue;
         id[pos] = top.id;
-        len[pos] += len[r];
+        id[r] = -1;
         next[pos] = next[r];
-        len[r] = 0;
         if (next[r] >= 0) prev[next[r]] = pos;
         uint32_t rk;
         if (prev[pos] >= 0 && (rk = merge_find(t, id[prev[pos]], id[pos])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)prev[pos], pairmap_merged_id(&t->merges, rk))) { st->error = 1; return 0; }
         if (next[pos] >= 0 && (rk = merge_find(t, id[pos], id[next[pos]])) != NO_MERGE &&
-            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, pairmap_merged_id(&t->merges, rk))) { st->error = 1; return; }
+            heap_push(st, ((uint64_t)rk << 32) | (uint32_t)pos, pairmap_merged_id(&t->merges, rk))) { st->error = 1; return 0; }
     }
+    int m = 0;   // the symbols left, in order (positions only grow along the list)
+    for (int i = 0; i >= 0; i = next[i]) id[m++] = id[i];
+    return m;
+}
+
+// BPE of the n symbols id[0..n) (id within st->sym_id); returns the count left, in id[0..count).
+static inline int bpe_merge(const Tokenizer *t, TokenizerState *st, int32_t *id, int n) {
+    if (n < 2) return n;
+    if (n == 2) {
+        uint32_t r = merge_find(t, id[0], id[1]);
+        if (r == NO_MERGE) return 2;
+        id[0] = pairmap_merged_id(&t->merges, r);
+        return 1;
+    }
+    return n <= BPE_SCAN_MAX ? bpe_merge_scan(t, id, n) : bpe_merge_heap(t, st, id, n);
 }
 
 static void cache_reset(TokenizerState *st) {
@@ -1741,8 +1834,82 @@ static void cache_put(TokenizerState *st, const char *s, size_t n, uint64_t h, s
     size_t koff = st->cache_keys.len, ioff = st->cache_ids.len;
     if (buf_append(&st->cache_keys, s, n) || idbuf_append(&st->cache_ids, st->out.data + out0, nids)) { st->error = 1; return; }
     CacheSlot *c = &st->cache[i];
-    c->hash = h; c->koff = (uint32_t)koff; c->klen = (uint32_t)n; c->ioff = (uint32_t)ioff; c->nids = (uint32_t)nids;
+    c->hash = h; c->head = n <= 8 ? load_short((const unsigned char *)s, n) : 0; c->koff = (uint32_t)koff; c->klen = (uint32_t)n; c->ioff = (uint32_t)ioff; c->nids = (uint32_t)nids;
     st->cache_n++;
+}
+
+// BPE of a byte-level piece u[0..n) whose bytes all have tokens; returns the count of ids, in st->sym_id.
+// The piece is cut between two bytes where no merge's left token ends with the first and right token
+// starts with the second (GPT-2 has almost none between two CJK characters): no symbol ever spans such
+// a place, so the parts merge on their own, each as soon as it is complete. A part starts from each BMP
+// character's own tokens where char_start says the result is the same (see build_char_start; a cut
+// counts as the end of the piece), else from its bytes. The cuts are looked for only where they are
+// common: when merges join under a quarter of the (continuation byte, lead byte of a 3-byte character)
+// pairs (GPT-2: 45 of 1024; Qwen2 and Llama-3, whose vocabularies hold many CJK words: 667 and 663).
+static int byte_level_bpe(const Tokenizer *t, TokenizerState *st, const unsigned char *u, size_t n) {
+    int32_t *id = st->sym_id;
+    int ns = 0, part = 0;   // symbols so far; the first of the part being built
+    int one_char = 0;       // the part is one character's own tokens: they are its BPE already
+    int cut = 0;            // the piece is cut before byte i
+    uint32_t left = 0;      // what the byte before i is (CHAR_LEFT_ASCII or _MULTI); 0 at a cut
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        if (cut) {
+            if (!one_char) ns = part + bpe_merge(t, st, id + part, ns - part);
+            part = ns;
+            left = 0;
+        }
+        if (c >= 0xC0 && c < 0xF0) {
+            size_t k = c >= 0xE0 ? 3 : 2;
+            uint32_t ch = k == 3 ? ((c & 0x0Fu) << 12) | ((u[i + 1] & 0x3Fu) << 6) | (u[i + 2] & 0x3Fu)
+                                 : ((c & 0x1Fu) << 6) | (u[i + 1] & 0x3Fu);
+            uint32_t v = t->char_start[ch];
+            cut = t->cuts && i + k < n && !crossable(t, u[i + k - 1], u[i + k]);
+            uint32_t need = left | (i + k < n && !cut ? (uint32_t)CHAR_RIGHT_ASCII << (u[i + k] >> 7) : 0);
+            if (v && (v & need) == need) {
+                if (v & CHAR_SPLIT) {
+                    const int32_t *q = t->char_pool + (v >> 5);
+                    for (int j = 0; j < q[0]; j++) id[ns++] = q[1 + 2 * j];
+                } else id[ns++] = (int32_t)(v >> 5);
+                one_char = need == 0;   // a cut (or an end) on both sides
+                i += k;
+                left = CHAR_LEFT_MULTI;
+                continue;
+            }
+        }
+        id[ns++] = t->byte_id[c];
+        one_char = 0;
+        cut = t->cuts && i + 1 < n && !crossable(t, c, u[i + 1]);
+        i++;
+        left = (uint32_t)CHAR_LEFT_ASCII << (c >> 7);
+    }
+    return one_char ? ns : part + bpe_merge(t, st, id + part, ns - part);
+}
+
+// The symbols BPE starts from in general: each unit (byte for byte-level, else character) as a token,
+// else through unit_lookup (prefix / suffix, byte_fallback, unk). Returns the count (at most n).
+static int unit_symbols(const Tokenizer *t, TokenizerState *st, const char *s, size_t n) {
+    int ns = 0, unk_len = 0;
+    const unsigned char *u = (const unsigned char *)s;
+    int simple = !t->cont_prefix && !t->end_suffix;
+    for (size_t i = 0; i < n;) {
+        int ulen = t->byte_level ? 1 : utf8_len(u[i]);
+        int32_t id = -1;
+        if (simple) {
+            if (t->byte_level) id = t->byte_id[u[i]];
+            else {
+                uint32_t ch; utf8_decode(u + i, &ch);
+                id = ch < 0x10000 ? t->bmp_id[ch] : strmap_get(&t->enc, s + i, (size_t)ulen);
+            }
+        }
+        if (id >= 0) {
+            if (unk_len) { sym_add(st, &ns, t->unk_id); unk_len = 0; }
+            sym_add(st, &ns, id);
+        } else unit_lookup(t, st, s + i, ulen, i == 0, i + (size_t)ulen == n, &ns, &unk_len);
+        i += (size_t)ulen;
+    }
+    if (unk_len) sym_add(st, &ns, t->unk_id);
+    return ns;
 }
 
 // Encodes one pre-token (in the encoder's domain) and appends its ids to st->out.
@@ -1755,7 +1922,8 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
         size_t i = h & (CACHE_SLOTS - 1);
         for (; st->cache[i].nids; i = (i + 1) & (CACHE_SLOTS - 1)) {
             CacheSlot *c = &st->cache[i];
-            if (c->hash == h && c->klen == n && memcmp(st->cache_keys.data + c->koff, s, n) == 0) {
+            if (c->hash == h && c->klen == n &&
+                (n <= 8 ? c->head == load_short((const unsigned char *)s, n) : memcmp(st->cache_keys.data + c->koff, s, n) == 0)) {
                 if (idbuf_append(&st->out, st->cache_ids.data + c->ioff, c->nids)) st->error = 1;
                 return;
             }
@@ -1774,46 +1942,9 @@ static void bpe_piece(const Tokenizer *t, TokenizerState *st, const char *s, siz
         return;
     }
     if (ensure_sym(st, n + 1)) { st->error = 1; return; }
-    int ns = 0, unk_len = 0;
-    const unsigned char *u = (const unsigned char *)s;
-    int simple = !t->cont_prefix && !t->end_suffix;
-    for (size_t i = 0; i < n;) {
-        int ulen = t->byte_level ? 1 : utf8_len(u[i]);
-        int32_t id = -1;
-        if (t->char_start && u[i] >= 0xC0 && u[i] < 0xF0) {
-            // a BMP character that may start as its own token: what its neighbours are decides
-            uint32_t ch; int k = utf8_decode(u + i, &ch);
-            uint32_t v = t->char_start[ch];
-            uint32_t need = (i == 0 ? 0 : u[i - 1] < 0x80 ? CHAR_LEFT_ASCII : CHAR_LEFT_MULTI) |
-                            (i + (size_t)k == n ? 0 : u[i + k] < 0x80 ? CHAR_RIGHT_ASCII : CHAR_RIGHT_MULTI);
-            if (v && (v & need) == need) {
-                if (unk_len) { sym_add(st, &ns, t->unk_id, unk_len); unk_len = 0; }
-                if (v & CHAR_SPLIT) {
-                    const int32_t *q = t->char_pool + (v >> 5);
-                    for (int j = 0; j < q[0]; j++) sym_add(st, &ns, q[1 + 2 * j], q[2 + 2 * j]);
-                } else sym_add(st, &ns, (int32_t)(v >> 5), k);
-                i += (size_t)k;
-                continue;
-            }
-        }
-        if (simple) {
-            if (t->byte_level) id = t->byte_id[u[i]];
-            else {
-                uint32_t ch; utf8_decode(u + i, &ch);
-                id = ch < 0x10000 ? t->bmp_id[ch] : strmap_get(&t->enc, s + i, (size_t)ulen);
-            }
-        }
-        if (id >= 0) {
-            if (unk_len) { sym_add(st, &ns, t->unk_id, unk_len); unk_len = 0; }
-            sym_add(st, &ns, id, ulen);
-        } else unit_lookup(t, st, s + i, ulen, i == 0, i + (size_t)ulen == n, &ns, &unk_len);
-        i += (size_t)ulen;
-    }
-    if (unk_len) sym_add(st, &ns, t->unk_id, unk_len);
-    if (ns == 0) return;
-    bpe_merge(t, st, ns);
-    for (int i = 0; i >= 0 && i < ns; i = st->sym_next[i])
-        if (st->sym_len[i] > 0 && idbuf_push(&st->out, st->sym_id[i])) { st->error = 1; return; }
+    int ns = t->char_start && t->all_bytes ? byte_level_bpe(t, st, (const unsigned char *)s, n)
+                                           : bpe_merge(t, st, st->sym_id, unit_symbols(t, st, s, n));
+    if (idbuf_append(&st->out, st->sym_id, (size_t)ns)) { st->error = 1; return; }
     if (cached) cache_put(st, s, n, h, out0);
 }
 
@@ -2076,8 +2207,10 @@ static void raw_segment(const Tokenizer *t, TokenizerState *st, const char *s, s
 
 const int32_t *tokenizer_encode(const Tokenizer *t, TokenizerState *st, const char *text, size_t len,
                                 int flags, size_t *n_out) {
-    size_t bad = utf8_valid_prefix(text, len);
-    if (bad != len) { *n_out = bad; return NULL; }
+    if (!(flags & TOK_VALID_UTF8)) {
+        size_t bad = utf8_valid_prefix(text, len);
+        if (bad != len) { *n_out = bad; return NULL; }
+    }
     st->out.len = 0;
     st->error = 0;
     st->flags = flags;

@@ -11,7 +11,7 @@
  *
  * Threads: a loaded Tokenizer is read-only and may be shared. Each encoding thread owns one
  * TokenizerState (regex match data, merge scratch, pre-token cache, output buffer).
- * Text must be valid UTF-8; tokenizer_encode checks and fails otherwise.
+ * Text must be valid UTF-8; tokenizer_encode checks and fails otherwise (unless told it was checked).
  */
 #ifndef LLMTRAIN_TOKENIZER_H
 #define LLMTRAIN_TOKENIZER_H
@@ -43,6 +43,8 @@ const char *tokenizer_describe(const Tokenizer *tok);
 enum {
     TOK_ADD_SPECIAL = 1,      // apply the post-processor: add BOS/EOS as HF encode(add_special_tokens=True)
     TOK_SPECIAL_AS_TEXT = 2,  // do not match special added tokens in the text: "<|endoftext|>" is plain text
+    TOK_VALID_UTF8 = 4,       // the caller has checked that the text is valid UTF-8: it is not checked again
+                              // (invalid UTF-8 passed with this flag may be read past its end)
 };
 
 TokenizerState *tokenizer_state_new(const Tokenizer *tok);
