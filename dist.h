@@ -300,12 +300,14 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     if (ndev == 0) die("no CUDA device found");
     if (d->local_rank >= ndev) die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
     CUDA_CHECK(cudaSetDevice(d->local_rank));
+    d->tp = 1;
     if (d->world == 1) {
         if (la->nccl_one) {   /* a communicator of one: the NCCL code path on one GPU */
             ncclUniqueId id;
             NCCL_CHECK(ncclGetUniqueId(&id));
             NCCL_CHECK(ncclCommInitRank(&d->comm, 1, id, 0));
         }
+        d->grank = d->rank; d->gworld = d->world; d->gcomm = d->comm;
         return;
     }
     const char *addr = getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : la->master_addr;
@@ -327,6 +329,29 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
         boot_join(&id, run_id, d->rank, d->world, addr, port, la->timeout_s);
     }
     NCCL_CHECK(ncclCommInitRank(&d->comm, d->world, id, d->rank));
+    d->grank = d->rank; d->gworld = d->world; d->gcomm = d->comm;
+}
+
+/* Tensor parallelism: groups of tp adjacent ranks (rank = dp_rank * tp + tp_rank, as train.c and Megatron order
+   them), split from the whole run's communicator; d's data-parallel fields become those of this rank's data-parallel
+   group (the ranks with its tp_rank). kv_share > 1: the group's ranks that share a k/v head (tp_rank / kv_share) get
+   a communicator of their own. Collective over every rank. */
+static void dist_split_tp(Dist *d, int tp, int kv_share) {
+    if (tp <= 1) return;
+    if (d->gworld % tp) die("--tp %d does not divide the %d ranks", tp, d->gworld);
+    d->tp = tp; d->tp_rank = d->grank % tp;
+    NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank / tp, d->grank, &d->tp_comm, NULL));
+    NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank % tp, d->grank, &d->comm, NULL));
+    d->rank = d->grank / tp; d->world = d->gworld / tp;
+    d->kv_comm = NULL;
+    if (kv_share > 1) NCCL_CHECK(ncclCommSplit(d->tp_comm, d->tp_rank / kv_share, d->tp_rank, &d->kv_comm, NULL));
+}
+
+/* every communicator of d, once */
+static void dist_free(Dist *d) {
+    ncclComm_t all[4] = {d->kv_comm, d->tp_comm, d->comm != d->gcomm ? d->comm : NULL, d->gcomm};
+    for (int i = 0; i < 4; i++) if (all[i]) ncclCommDestroy(all[i]);
+    memset(d, 0, sizeof(*d));
 }
 
 /* The NCCL watchdog: a thread that stops this rank when NCCL reports an asynchronous error (a connection to a peer
@@ -366,8 +391,8 @@ static void *nccl_watchdog(void *arg) {
 }
 
 static void watchdog_start(const Dist *d, double timeout_s) {
-    if (!d->comm || d->world == 1) return;   /* one rank waits for nobody */
-    g_watched = d->comm; g_watched_rank = d->rank; g_nccl_timeout_s = timeout_s;
+    if (!d->gcomm || d->gworld == 1) return;   /* one rank waits for nobody */
+    g_watched = d->gcomm; g_watched_rank = d->grank; g_nccl_timeout_s = timeout_s;
     progress_mark();
     pthread_t th;
     if (pthread_create(&th, NULL, nccl_watchdog, NULL) != 0) die("cannot start the NCCL watchdog thread");

@@ -126,17 +126,19 @@ static void pass_fail(int ok, const char *fmt, ...) {
 }
 
 /* emb_buckets_build against its definition: bucket u holds exactly the positions of token uniq[u], increasing;
-   the buckets are in order of first appearance and cover every position once; count[] is left zero */
+   the buckets are in order of first appearance and cover every position once; count[] is left zero. The last case
+   keeps a tensor-parallel rank's rows [17, 37) of the vocabulary: the positions of the other tokens are in no bucket. */
 static void test_host_buckets(void) {
     int bad = 0;
-    const int Ns[3] = {1, 777, 4096}, Vs[3] = {3, 50, 50257};
-    for (int c = 0; c < 3; c++) {
-        int N = Ns[c], V = Vs[c];
+    const int Ns[4] = {1, 777, 4096, 777}, Vs[4] = {3, 50, 50257, 50}, v0s[4] = {0, 0, 0, 17}, rows[4] = {3, 50, 50257, 20};
+    for (int c = 0; c < 4; c++) {
+        int N = Ns[c], V = Vs[c], v0 = v0s[c], R = rows[c];
         std::vector<int> tok(N), count(V, 0), uniq(N), offs(N + 1), pos(N), seen(N, 0), first(V, -1);
         for (int n = 0; n < N; n++) tok[n] = (int)(rng_u64((90 + c) ^ g_seed, n) % (uint64_t)(c == 2 ? 300 : V)) * (c == 2 ? 167 : 1);
-        int nu = emb_buckets_build(tok.data(), N, count.data(), uniq.data(), offs.data(), pos.data());
+        int nu = emb_buckets_build(tok.data(), N, count.data(), uniq.data(), offs.data(), pos.data(), v0, R), held = 0;
+        for (int n = 0; n < N; n++) held += tok[n] >= v0 && tok[n] < v0 + R;
         for (int v = 0; v < V; v++) bad += count[v] != 0;
-        bad += offs[0] != 0 || offs[nu] != N;
+        bad += offs[0] != 0 || offs[nu] != held || (c == 3 && (held == 0 || held == N));
         for (int n = 0; n < N; n++) if (first[tok[n]] < 0) first[tok[n]] = n;
         for (int u = 0; u < nu; u++) {
             if (u > 0 && first[uniq[u]] <= first[uniq[u - 1]]) bad++;   /* order of first appearance, distinct */
@@ -146,7 +148,7 @@ static void test_host_buckets(void) {
                 seen[pos[j]]++;
             }
         }
-        for (int n = 0; n < N; n++) bad += seen[n] != 1;
+        for (int n = 0; n < N; n++) bad += seen[n] != (tok[n] >= v0 && tok[n] < v0 + R);
     }
     pass_fail(!bad, "embedding backward buckets (counting sort)     %d violations", bad);
 }
