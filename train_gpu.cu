@@ -2222,7 +2222,8 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     if (g.tp > 1 && (!g.tp_comm || !g.world_comm || (tp->kv_share > 1 && !g.kv_comm)))
         die("tensor parallelism needs its communicators (dist_split_tp)");
     if (g.C % 8 || g.F % 8 || g.HD % 8)
-        die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
+        die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d%s)", g.C, g.F, g.HD,
+            g.tp > 1 ? "; the MLP width is this rank's share with --tp" : "");
     /* parameters: the header's layout with the vocabulary padded to Vp (the lm_head matmul's M a multiple of 128),
        padded to world equal shards */
     ModelConfig pc = *c;

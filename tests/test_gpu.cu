@@ -297,6 +297,11 @@ template <typename T> static void test_embedding(void) {
     CUDA_CHECK(cudaMemcpy(dtok, tok.data(), N * 4, cudaMemcpyHostToDevice));
     gpu::embedding_forward<T>(out, dtok, dwte, dwpe, B, Tn, C, 0);
     check("embedding_forward", from_dev(out, (size_t)N * C), ref, tol_a<T>(), tol_r<T>());
+    /* a tensor-parallel rank's rows [14, 35) of the vocabulary: the header's embedding_forward_shard */
+    std::vector<float> refs((size_t)N * C);
+    embedding_forward_shard(refs.data(), tok.data(), wte.data() + (size_t)14 * C, 14, 21, wpe.data(), B, Tn, C, NULL);
+    gpu::embedding_forward_shard<T>(out, dtok, dwte + (size_t)14 * C, 14, 21, dwpe, B, Tn, C, 0);
+    check("embedding_forward_shard", from_dev(out, (size_t)N * C), refs, tol_a<T>(), tol_r<T>());
     /* backward: fp32 dout, the host's counting sort */
     std::vector<float> dout((size_t)N * C);
     for (size_t i = 0; i < dout.size(); i++) dout[i] = 2.0f * rng_uniform(4 ^ g_seed, i) - 1.0f;
@@ -517,6 +522,35 @@ template <typename T> static void test_classifier(void) {
     printf("%s %-5s crossentropy_backward padded columns zeroed        %zu nonzero%s\n", nonzero ? "FAIL" : "ok  ", g_dtype,
            nonzero, nonzero ? "  <--" : "");
     nonzero ? g_fail++ : g_pass++;
+
+    /* vocabulary-parallel over 3 ranks (zero_shard's columns, rows of stride 336): each rank's parts, combined, give
+       the whole rows' losses and lse, and each rank's gradient is the whole gradient's columns */
+    const int ranks = 3, ld3 = 336;
+    std::vector<float> parts((size_t)ranks * 2 * N), dl3((size_t)N * V);
+    T *dsl[ranks];
+    float *dpart = dev_nan<float>(2 * N);
+    for (int r = 0; r < ranks; r++) {
+        size_t vb, ve;
+        zero_shard(V, ranks, r, &vb, &ve);
+        std::vector<float> sl((size_t)N * ld3, 8.0f);
+        for (int n = 0; n < N; n++) memcpy(&sl[(size_t)n * ld3], &logits[(size_t)n * V + vb], (ve - vb) * 4);
+        dsl[r] = to_dev<T>(sl);
+        gpu::crossentropy_forward_shard<T>(dpart, dsl[r], dtg, N, (int)(ve - vb), ld3, (int)vb, 0);
+        auto p = from_dev(dpart, 2 * N);
+        memcpy(&parts[(size_t)r * 2 * N], p.data(), 2 * N * 4);
+    }
+    float *dparts = to_dev<float>(parts), *dlse = dev_nan<float>(N);
+    gpu::crossentropy_combine(dlos, dlse, dparts, dtg, N, ranks, 0);
+    check("crossentropy_forward_shard + combine losses (3 ranks)", from_dev(dlos, N), losses, 1e-5f, 1e-5f);
+    check("crossentropy_forward_shard + combine lse (3 ranks)", from_dev(dlse, N), lse, 1e-5f, 1e-5f);
+    for (int r = 0; r < ranks; r++) {
+        size_t vb, ve;
+        zero_shard(V, ranks, r, &vb, &ve);
+        gpu::crossentropy_backward_shard<T>(dsl[r], dlse, dtg, N, (int)(ve - vb), ld3, (int)vb, dloss, 0);
+        auto gs = from_dev(dsl[r], (size_t)N * ld3);
+        for (int n = 0; n < N; n++) memcpy(&dl3[(size_t)n * V + vb], &gs[(size_t)n * ld3], (ve - vb) * 4);
+    }
+    check("crossentropy_backward_shard (3 ranks)", dl3, dl, sizeof(T) == 4 ? 1e-7f : 1e-4f, tol_r<T>());
 }
 
 template <typename T> static void test_adamw(void) {
