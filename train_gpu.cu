@@ -3280,6 +3280,14 @@ static void refuse_gpu_config(const Args *a) {
     for (int l = 0; l < c.n_layer && !key; l++)
         if (attention_window(&c, l) > 0 && attention_window(&c, l) < a->seq_len) key = "use_sliding_window (sliding_window below --seq-len)";
     if (key) die("config key %s is not implemented on the GPU; train this model with ./train", key);
+    /* tensor parallel: the layout (as train.c checks it) and the widths of a rank's slice */
+    ModelConfig local;
+    TensorParallel tp;
+    char err[512];
+    if (tp_config(&c, a->tp, 0, &local, &tp, err, sizeof(err)) != 0) die("--tp %d: %s", a->tp, err);
+    if (a->tp > 1 && local.d_ff % 8)
+        die("--tp %d: the GPU kernels need each rank's MLP width divisible by 8 (intermediate_size %d / %d = %d)", a->tp,
+            c.d_ff, a->tp, local.d_ff);
 }
 
 int main(int argc, char **argv) {
