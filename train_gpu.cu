@@ -1,6 +1,7 @@
 /*
  train_gpu.cu — the GPU trainer: the same flags, data, log and files as train.c, with the layers of
- llmtrain.h as CUDA kernels (and cuBLASLt for the matmuls), data parallel over NCCL with ZeRO-1.
+ llmtrain.h as CUDA kernels (and cuBLASLt for the matmuls), data parallel over NCCL with ZeRO-1, and with --tp
+ tensor (and --sp sequence) parallel as train.c (docs/design.md sec. 7).
 
    ./train_gpu --data out/tinyshakespeare_text_document --model gpt2-124m --batch-size 16 --seq-len 1024
    ./train_gpu --nproc-per-node 8 ...             (forks one process per GPU; or run it under torchrun)

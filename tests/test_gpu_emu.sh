@@ -134,6 +134,7 @@ for r in "${runs[@]}"; do
     name="${cfg##*/} -n $n $dtype $*"
     cpu_flags=$(echo "$*" | sed 's/--zero [12]//; s/--overlap [01]//')
     rm -rf "$tmp/cpu" "$tmp/gpu"
+    [ "$r" = "tp_qwen2 4 fp32 --tp 2 --sp" ] && resume_from=("$cfg" "$n" "$@")
     # shellcheck disable=SC2086
     ./train "${tpc[@]}" --model "$cfg" -n "$n" $cpu_flags --out "$tmp/cpu" > "$tmp/cpu_tp.log" 2>&1 || { tail -n 5 "$tmp/cpu_tp.log"; bad "train $name"; continue; }
     CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${tpc[@]}" --model "$cfg" --nproc-per-node "$n" --dtype "$dtype" "$@" --out "$tmp/gpu" \
@@ -151,7 +152,21 @@ for r in "${runs[@]}"; do
     awk -v w="$w" -v s="$st" -v tw="$tw" -v ts="$ts" 'BEGIN { exit !(w != "" && s != "" && w + 0 <= tw && s + 0 <= ts) }' \
         && ok "train_gpu $name saves the whole model: train's within weights $w, moments $st" \
         || bad "train_gpu $name checkpoint vs train's: weights $w, moments $st"
+    [ "$r" = "tp_qwen2 4 fp32 --tp 2 --sp" ] && { rm -rf "$tmp/cpu_r" "$tmp/gpu_r"; mv "$tmp/cpu" "$tmp/cpu_r"; mv "$tmp/gpu" "$tmp/gpu_r"; }
 done
+
+# a resume with --tp: each trainer goes on from its own 3-step checkpoint (the GPU slicing the whole model and its
+# moments again) to step 4, with the same loss and norm
+if [ -d "$tmp/gpu_r" ]; then
+    set -- "${resume_from[@]}"
+    cfg=$1 n=$2; shift 2
+    ./train "${tpc[@]}" --model "$cfg" -n "$n" "$@" --steps 4 --resume --out "$tmp/cpu_r" > "$tmp/cpu_r.log" 2>&1 || bad "train resume $*"
+    CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${tpc[@]}" --model "$cfg" --nproc-per-node "$n" --dtype fp32 "$@" --steps 4 --resume \
+        --out "$tmp/gpu_r" > "$tmp/gpu_r.log" 2>&1 || { grep -v '^step' "$tmp/gpu_r.log" | tail -n 8; bad "train_gpu resume $*"; }
+    a=$(losses "$tmp/cpu_r.log") b=$(losses "$tmp/gpu_r.log")
+    if [ -n "$a" ] && [ "$(echo "$a" | wc -l)" = 1 ] && [ "$a" = "$b" ]; then ok "train_gpu ${cfg##*/} -n $n $* resumed at step 4: '$a', as train"
+    else bad "train_gpu ${cfg##*/} -n $n $* resumed: '$b', train: '$a'"; fi
+fi
 
 # what train_gpu refuses with --tp
 refuse_gpu() {   # expected-message flags...
