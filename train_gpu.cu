@@ -2774,27 +2774,24 @@ template <typename floatX>
 static void gmodel_tp_reduce_layer(GModel<floatX> &g, int l) {
     if (g.tp == 1) return;
     cudaStream_t s = g.stream;
-    int C = g.C, HD = g.HD;
+    size_t C = g.C, HD = g.HD;
+    /* over the group: (q/k norms,) with sequence parallelism the norms; NULL: the family has no such tensor */
     float *sums[6] = {NULL};
-    size_t counts[6] = {0};
+    size_t counts[6] = {HD, HD, C, C, C, C};
     if (l < g.L) {
-        float *all[6] = {lgrad(g, P_QNW, l), lgrad(g, P_KNW, l), NULL, NULL, NULL, NULL};
-        size_t n[6] = {(size_t)HD, (size_t)HD, 0, 0, 0, 0};
-        if (g.cur_sp) {
-            all[2] = lgrad(g, P_LN1W, l); all[3] = lgrad(g, P_LN1B, l); all[4] = lgrad(g, P_LN2W, l); all[5] = lgrad(g, P_LN2B, l);
-            n[2] = n[3] = n[4] = n[5] = C;
-        }
-        for (int i = 0; i < 6; i++) { sums[i] = all[i]; counts[i] = n[i]; }
-        if (g.kv_comm) {
-            float *w = lgrad(g, P_WQKV, l), *b = lgrad(g, P_BQKV, l);
-            NCCL_CHECK(ncclAllReduce(w + (size_t)g.QD * C, w + (size_t)g.QD * C, 2 * (size_t)HD * C, ncclFloat, ncclSum, g.kv_comm, s));
-            if (b) NCCL_CHECK(ncclAllReduce(b + g.QD, b + g.QD, 2 * (size_t)HD, ncclFloat, ncclSum, g.kv_comm, s));
-        }
+        sums[0] = lgrad(g, P_QNW, l); sums[1] = lgrad(g, P_KNW, l);
+        if (g.cur_sp) { sums[2] = lgrad(g, P_LN1W, l); sums[3] = lgrad(g, P_LN1B, l); sums[4] = lgrad(g, P_LN2W, l); sums[5] = lgrad(g, P_LN2B, l); }
     } else if (g.cur_sp) {
-        sums[0] = g.gt[P_LNFW]; sums[1] = g.gt[P_LNFB]; counts[0] = counts[1] = C;
+        sums[2] = g.gt[P_LNFW]; sums[3] = g.gt[P_LNFB];
     }
     for (int i = 0; i < 6; i++)
         if (sums[i]) NCCL_CHECK(ncclAllReduce(sums[i], sums[i], counts[i], ncclFloat, ncclSum, g.tp_comm, s));
+    /* over the ranks that share this rank's k/v head: its k and v rows (2 HD of them, one after the other) */
+    if (l < g.L && g.kv_comm) {
+        float *w = lgrad(g, P_WQKV, l) + (size_t)g.QD * C, *b = lgrad(g, P_BQKV, l);
+        NCCL_CHECK(ncclAllReduce(w, w, 2 * HD * C, ncclFloat, ncclSum, g.kv_comm, s));
+        if (b) NCCL_CHECK(ncclAllReduce(b + g.QD, b + g.QD, 2 * HD, ncclFloat, ncclSum, g.kv_comm, s));
+    }
 }
 
 /* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams.
