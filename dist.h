@@ -361,8 +361,9 @@ static void dist_free(Dist *d) {
    process: the driver ends its kernels, the peers' connections break, and our launcher (or torchrun) stops the
    other local ranks. */
 static double g_nccl_timeout_s = 0.0;
-static ncclComm_t g_watched = NULL;     /* NULL once the run is over (under g_watch_lock) */
-static int g_watched_rank = 0;
+static ncclComm_t g_watched[4];         /* the run's communicators, g_n_watched of them (0 once the run is over; under
+                                           g_watch_lock) */
+static int g_n_watched = 0, g_watched_rank = 0;
 static pthread_mutex_t g_watch_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void *nccl_watchdog(void *arg) {
@@ -371,8 +372,9 @@ static void *nccl_watchdog(void *arg) {
         sleep(1);
         ncclResult_t st = ncclSuccess, r = ncclSuccess;
         pthread_mutex_lock(&g_watch_lock);
-        int over = g_watched == NULL;
-        if (!over) r = ncclCommGetAsyncError(g_watched, &st);
+        int over = g_n_watched == 0;
+        for (int i = 0; i < g_n_watched && r == ncclSuccess && (st == ncclSuccess || st == ncclInProgress); i++)
+            r = ncclCommGetAsyncError(g_watched[i], &st);
         pthread_mutex_unlock(&g_watch_lock);
         if (over) return NULL;
         if (r != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
@@ -392,7 +394,9 @@ static void *nccl_watchdog(void *arg) {
 
 static void watchdog_start(const Dist *d, double timeout_s) {
     if (!d->gcomm || d->gworld == 1) return;   /* one rank waits for nobody */
-    g_watched = d->gcomm; g_watched_rank = d->grank; g_nccl_timeout_s = timeout_s;
+    ncclComm_t all[4] = {d->gcomm, d->comm != d->gcomm ? d->comm : NULL, d->tp_comm, d->kv_comm};   /* with --tp, the groups' too */
+    for (int i = 0; i < 4; i++) if (all[i]) g_watched[g_n_watched++] = all[i];
+    g_watched_rank = d->grank; g_nccl_timeout_s = timeout_s;
     progress_mark();
     pthread_t th;
     if (pthread_create(&th, NULL, nccl_watchdog, NULL) != 0) die("cannot start the NCCL watchdog thread");
@@ -402,7 +406,7 @@ static void watchdog_start(const Dist *d, double timeout_s) {
 /* the run is over: the watchdog stops looking before the communicator goes */
 static void watchdog_stop(void) {
     pthread_mutex_lock(&g_watch_lock);
-    g_watched = NULL;
+    g_n_watched = 0;
     pthread_mutex_unlock(&g_watch_lock);
 }
 
