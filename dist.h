@@ -300,12 +300,14 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     if (ndev == 0) die("no CUDA device found");
     if (d->local_rank >= ndev) die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
     CUDA_CHECK(cudaSetDevice(d->local_rank));
+    d->tp = 1;
     if (d->world == 1) {
         if (la->nccl_one) {   /* a communicator of one: the NCCL code path on one GPU */
             ncclUniqueId id;
             NCCL_CHECK(ncclGetUniqueId(&id));
             NCCL_CHECK(ncclCommInitRank(&d->comm, 1, id, 0));
         }
+        d->grank = d->rank; d->gworld = d->world; d->gcomm = d->comm;
         return;
     }
     const char *addr = getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : la->master_addr;
@@ -327,6 +329,29 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
         boot_join(&id, run_id, d->rank, d->world, addr, port, la->timeout_s);
     }
     NCCL_CHECK(ncclCommInitRank(&d->comm, d->world, id, d->rank));
+    d->grank = d->rank; d->gworld = d->world; d->gcomm = d->comm;
+}
+
+/* Tensor parallelism: groups of tp adjacent ranks (rank = dp_rank * tp + tp_rank, as train.c and Megatron order
+   them), split from the whole run's communicator; d's data-parallel fields become those of this rank's data-parallel
+   group (the ranks with its tp_rank). kv_share > 1: the group's ranks that share a k/v head (tp_rank / kv_share) get
+   a communicator of their own. Collective over every rank. */
+static void dist_split_tp(Dist *d, int tp, int kv_share) {
+    if (tp <= 1) return;
+    if (d->gworld % tp) die("--tp %d does not divide the %d ranks", tp, d->gworld);
+    d->tp = tp; d->tp_rank = d->grank % tp;
+    NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank / tp, d->grank, &d->tp_comm, NULL));
+    NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank % tp, d->grank, &d->comm, NULL));
+    d->rank = d->grank / tp; d->world = d->gworld / tp;
+    d->kv_comm = NULL;
+    if (kv_share > 1) NCCL_CHECK(ncclCommSplit(d->tp_comm, d->tp_rank / kv_share, d->tp_rank, &d->kv_comm, NULL));
+}
+
+/* every communicator of d, once */
+static void dist_free(Dist *d) {
+    ncclComm_t all[4] = {d->kv_comm, d->tp_comm, d->comm != d->gcomm ? d->comm : NULL, d->gcomm};
+    for (int i = 0; i < 4; i++) if (all[i]) ncclCommDestroy(all[i]);
+    memset(d, 0, sizeof(*d));
 }
 
 /* The NCCL watchdog: a thread that stops this rank when NCCL reports an asynchronous error (a connection to a peer
@@ -336,8 +361,9 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
    process: the driver ends its kernels, the peers' connections break, and our launcher (or torchrun) stops the
    other local ranks. */
 static double g_nccl_timeout_s = 0.0;
-static ncclComm_t g_watched = NULL;     /* NULL once the run is over (under g_watch_lock) */
-static int g_watched_rank = 0;
+static ncclComm_t g_watched[4];         /* the run's communicators, g_n_watched of them (0 once the run is over; under
+                                           g_watch_lock) */
+static int g_n_watched = 0, g_watched_rank = 0;
 static pthread_mutex_t g_watch_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void *nccl_watchdog(void *arg) {
@@ -346,8 +372,9 @@ static void *nccl_watchdog(void *arg) {
         sleep(1);
         ncclResult_t st = ncclSuccess, r = ncclSuccess;
         pthread_mutex_lock(&g_watch_lock);
-        int over = g_watched == NULL;
-        if (!over) r = ncclCommGetAsyncError(g_watched, &st);
+        int over = g_n_watched == 0;
+        for (int i = 0; i < g_n_watched && r == ncclSuccess && (st == ncclSuccess || st == ncclInProgress); i++)
+            r = ncclCommGetAsyncError(g_watched[i], &st);
         pthread_mutex_unlock(&g_watch_lock);
         if (over) return NULL;
         if (r != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
@@ -366,8 +393,10 @@ static void *nccl_watchdog(void *arg) {
 }
 
 static void watchdog_start(const Dist *d, double timeout_s) {
-    if (!d->comm || d->world == 1) return;   /* one rank waits for nobody */
-    g_watched = d->comm; g_watched_rank = d->rank; g_nccl_timeout_s = timeout_s;
+    if (!d->gcomm || d->gworld == 1) return;   /* one rank waits for nobody */
+    ncclComm_t all[4] = {d->gcomm, d->comm != d->gcomm ? d->comm : NULL, d->tp_comm, d->kv_comm};   /* with --tp, the groups' too */
+    for (int i = 0; i < 4; i++) if (all[i]) g_watched[g_n_watched++] = all[i];
+    g_watched_rank = d->grank; g_nccl_timeout_s = timeout_s;
     progress_mark();
     pthread_t th;
     if (pthread_create(&th, NULL, nccl_watchdog, NULL) != 0) die("cannot start the NCCL watchdog thread");
@@ -377,7 +406,7 @@ static void watchdog_start(const Dist *d, double timeout_s) {
 /* the run is over: the watchdog stops looking before the communicator goes */
 static void watchdog_stop(void) {
     pthread_mutex_lock(&g_watch_lock);
-    g_watched = NULL;
+    g_n_watched = 0;
     pthread_mutex_unlock(&g_watch_lock);
 }
 

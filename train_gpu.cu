@@ -1,6 +1,7 @@
 /*
  train_gpu.cu — the GPU trainer: the same flags, data, log and files as train.c, with the layers of
- llmtrain.h as CUDA kernels (and cuBLASLt for the matmuls), data parallel over NCCL with ZeRO-1.
+ llmtrain.h as CUDA kernels (and cuBLASLt for the matmuls), data parallel over NCCL with ZeRO-1, and with --tp
+ tensor (and --sp sequence) parallel as train.c (docs/design.md sec. 7).
 
    ./train_gpu --data out/tinyshakespeare_text_document --model gpt2-124m --batch-size 16 --seq-len 1024
    ./train_gpu --nproc-per-node 8 ...             (forks one process per GPU; or run it under torchrun)
@@ -197,15 +198,19 @@ static void dev_free(void *p, size_t bytes) {
 /* ------------------------------------------------------------------------------------------------ */
 /* embedding */
 
-/* embedding_forward: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b*T+t] (or t when pos is NULL) */
+/* embedding_forward: out[b,t,:] = wte[tok[b,t],:] + wpe[p,:], p = pos[b*T+t] (or t when pos is NULL).
+   embedding_forward_shard (tensor parallel): wte holds the rows [v0, v0 + V) of the vocabulary; a token outside
+   them reads a zero row (the rank holding it adds its row). */
 template <typename floatX>
-__global__ void embedding_forward_kernel(floatX *out, const int *tokens, const floatX *wte, const floatX *wpe,
+__global__ void embedding_forward_kernel(floatX *out, const int *tokens, const floatX *wte, int v0, int V, const floatX *wpe,
                                          const int *pos, int N, int T, int C) {
     constexpr int VW = Pack<floatX>::N;
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VW;
     if (i >= (size_t)N * C) return;
-    int n = (int)(i / C), c = (int)(i % C);
-    Pack<floatX> e = ld_pack(wte + (size_t)tokens[n] * C + c);
+    int n = (int)(i / C), c = (int)(i % C), row = tokens[n] - v0;
+    Pack<floatX> e;
+    if (row >= 0 && row < V) e = ld_pack(wte + (size_t)row * C + c);
+    else for (int k = 0; k < VW; k++) e.v[k] = from_f<floatX>(0.0f);
     if (wpe) {
         Pack<floatX> p = ld_pack(wpe + (size_t)(pos ? pos[n] : n % T) * C + c);
         #pragma unroll
@@ -1424,15 +1429,13 @@ __global__ void swiglu_backward_kernel(floatX *dinp, const floatX *dout, const f
      not added: the logits are its input), and the padded columns [V, ldl) by zeros
    so the logits of a chunk of rows live only in floatX, and only until the head's backward reads them.
    Two passes over the row, each with 16-byte loads (Pack: 8 bf16 or 4 float), the block's threads striding by
-   packs: pass 1 keeps a running max m and sum s of exp(x - m) per thread (online softmax: a pack's max first, then
-   one rescale of s), combined over the warp and the block into lse; pass 2 writes the gradient pack by pack. */
+   packs: pass 1 (block_row_lse) keeps a running max m and sum s of exp(x - m) per thread (online softmax: a pack's
+   max first, then one rescale of s), combined over the warp and the block into lse; pass 2 (row_softmax_grad)
+   writes the gradient pack by pack. */
 template <typename floatX>
-__global__ void crossentropy_forward_backward_kernel(floatX *logits, float *losses, const int *targets, int V, int ldl,
-                                                     float dloss, int backward) {
+__device__ float block_row_lse(const floatX *x, int V) {
     constexpr int VW = Pack<floatX>::N;
     __shared__ float sm_m[32], sm_s[32];
-    int row = blockIdx.x;
-    floatX *x = logits + (size_t)row * ldl;
     float m = -INFINITY, s = 0.0f;
     for (int v0 = threadIdx.x * VW; v0 < V; v0 += blockDim.x * VW) {
         Pack<floatX> a = ld_pack(x + v0);
@@ -1457,21 +1460,74 @@ __global__ void crossentropy_forward_backward_kernel(floatX *logits, float *loss
     float M = -INFINITY, S = 0.0f;
     for (int w = 0; w < nw; w++) M = fmaxf(M, sm_m[w]);
     for (int w = 0; w < nw; w++) S += sm_m[w] == -INFINITY ? 0.0f : sm_s[w] * expf(sm_m[w] - M);
-    float lse = M + logf(S);
+    return M + logf(S);
+}
+
+/* x[v] = d * (exp(x[v] - lse) - [v == k]) for v < V (k < 0: no one-hot column here), 0 in the padding [V, ldl) */
+template <typename floatX>
+__device__ void row_softmax_grad(floatX *x, int V, int ldl, float lse, int k, float d) {
+    constexpr int VW = Pack<floatX>::N;
+    for (int v0 = threadIdx.x * VW; v0 < ldl; v0 += blockDim.x * VW) {
+        Pack<floatX> a = ld_pack(x + v0), o;
+        #pragma unroll
+        for (int j = 0; j < VW; j++) {
+            int v = v0 + j;
+            o.v[j] = from_f<floatX>(v < V ? d * (expf(to_f(a.v[j]) - lse) - (v == k ? 1.0f : 0.0f)) : 0.0f);
+        }
+        st_pack(x + v0, o);
+    }
+}
+
+template <typename floatX>
+__global__ void crossentropy_forward_backward_kernel(floatX *logits, float *losses, const int *targets, int V, int ldl,
+                                                     float dloss, int backward) {
+    int row = blockIdx.x;
+    floatX *x = logits + (size_t)row * ldl;
+    float lse = block_row_lse(x, V);
     int tgt = targets ? targets[row] : -1;
     if (threadIdx.x == 0) losses[row] = tgt >= 0 ? lse - to_f(x[tgt]) : 0.0f;
     if (!backward) return;
     __syncthreads();   /* every thread has read x[tgt] (thread 0) before the row is overwritten */
-    float d = tgt >= 0 ? dloss : 0.0f;
-    for (int v0 = threadIdx.x * VW; v0 < ldl; v0 += blockDim.x * VW) {
-        Pack<floatX> a = ld_pack(x + v0), o;
-        #pragma unroll
-        for (int k = 0; k < VW; k++) {
-            int v = v0 + k;
-            o.v[k] = from_f<floatX>(v < V ? d * (expf(to_f(a.v[k]) - lse) - (v == tgt ? 1.0f : 0.0f)) : 0.0f);
-        }
-        st_pack(x + v0, o);
+    row_softmax_grad(x, V, ldl, lse, tgt, tgt >= 0 ? dloss : 0.0f);
+}
+
+/* The vocabulary-parallel cross-entropy (crossentropy_forward_shard / _combine / _backward_shard of the header): a
+   rank's logits are its columns [v0, v0 + V) of the vocabulary.
+   forward_shard, one block per row: part[row] = lse of its columns, part[N + row] = the target's logit when it is
+   one of them, else 0. */
+template <typename floatX>
+__global__ void crossentropy_forward_shard_kernel(float *part, const floatX *logits, const int *targets, int N, int V,
+                                                  int ldl, int v0) {
+    int row = blockIdx.x;
+    const floatX *x = logits + (size_t)row * ldl;
+    float lse = block_row_lse(x, V);
+    int k = targets && targets[row] >= 0 ? targets[row] - v0 : -1;
+    if (threadIdx.x == 0) { part[row] = lse; part[N + row] = k >= 0 && k < V ? to_f(x[k]) : 0.0f; }
+}
+
+/* combine, one thread per row, from every rank's parts [ranks][2][N]: lse = log sum_r exp(lse_r) (the largest taken
+   out, in double), loss = lse - sum_r target_logit_r (0 when target < 0) */
+__global__ void crossentropy_combine_kernel(float *losses, float *lse, const float *parts, const int *targets, int N, int ranks) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float maxl = -INFINITY, tl = 0.0f;
+    for (int r = 0; r < ranks; r++) maxl = fmaxf(maxl, parts[(size_t)r * 2 * N + n]);
+    double sum = 0.0;
+    for (int r = 0; r < ranks; r++) {
+        sum += exp((double)parts[(size_t)r * 2 * N + n] - maxl);
+        tl += parts[(size_t)r * 2 * N + N + n];
     }
+    lse[n] = maxl + (float)log(sum);
+    losses[n] = targets && targets[n] >= 0 ? lse[n] - tl : 0.0f;
+}
+
+/* backward_shard, one block per row: the row overwritten by dloss * (softmax - onehot) on its columns, with the
+   whole row's lse (rows with target < 0: zeros) */
+template <typename floatX>
+__global__ void crossentropy_backward_shard_kernel(floatX *logits, const float *lse, const int *targets, int V, int ldl, int v0,
+                                                   float dloss) {
+    int row = blockIdx.x, tgt = targets[row];
+    row_softmax_grad(logits + (size_t)row * ldl, V, ldl, lse[row], tgt >= 0 ? tgt - v0 : -1, tgt >= 0 ? dloss : 0.0f);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1629,13 +1685,18 @@ namespace gpu {
 
 static int g_num_sms = 132;
 
-/* pos [B*T]: the learned position of each row (NULL: t) */
+/* pos [B*T]: the learned position of each row (NULL: t); wte: the rows [v0, v0 + V) of the vocabulary */
+template <typename floatX>
+void embedding_forward_shard(floatX *out, const int *tokens, const floatX *wte, int v0, int V, const floatX *wpe, int B, int T,
+                             int C, cudaStream_t s, const int *pos = NULL) {
+    size_t packs = (size_t)B * T * C / Pack<floatX>::N;
+    embedding_forward_kernel<floatX><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, v0, V, wpe, pos, B * T, T, C);
+    KERNEL_CHECK();
+}
 template <typename floatX>
 void embedding_forward(floatX *out, const int *tokens, const floatX *wte, const floatX *wpe, int B, int T, int C, cudaStream_t s,
                        const int *pos = NULL) {
-    size_t packs = (size_t)B * T * C / Pack<floatX>::N;
-    embedding_forward_kernel<floatX><<<ceil_div(packs, 256), 256, 0, s>>>(out, tokens, wte, wpe, pos, B * T, T, C);
-    KERNEL_CHECK();
+    embedding_forward_shard<floatX>(out, tokens, wte, 0, INT_MAX, wpe, B, T, C, s, pos);
 }
 
 /* the embedding backward's plan (emb_plan_build): one int array of emb_plan_ints(N) holding, at fixed places,
@@ -1886,6 +1947,26 @@ void crossentropy_forward_backward(floatX *logits, float *losses, const int *tar
     KERNEL_CHECK();
 }
 
+/* the three steps of the vocabulary-parallel cross-entropy on N rows of logits (row stride ldl), this rank's columns
+   [v0, v0 + V): its parts into part [2][N]; every rank's parts [ranks][2][N] into losses and lse; the rows in place
+   into their gradient */
+template <typename floatX>
+void crossentropy_forward_shard(float *part, const floatX *logits, const int *targets, int N, int V, int ldl, int v0, cudaStream_t s) {
+    if (ldl % Pack<floatX>::N || ldl < V) die("crossentropy_forward_shard: row stride %d must be >= V = %d and hold whole 16-byte packs", ldl, V);
+    crossentropy_forward_shard_kernel<floatX><<<N, 512, 0, s>>>(part, logits, targets, N, V, ldl, v0);
+    KERNEL_CHECK();
+}
+void crossentropy_combine(float *losses, float *lse, const float *parts, const int *targets, int N, int ranks, cudaStream_t s) {
+    crossentropy_combine_kernel<<<ceil_div(N, 128), 128, 0, s>>>(losses, lse, parts, targets, N, ranks);
+    KERNEL_CHECK();
+}
+template <typename floatX>
+void crossentropy_backward_shard(floatX *logits, const float *lse, const int *targets, int N, int V, int ldl, int v0, float dloss,
+                                 cudaStream_t s) {
+    crossentropy_backward_shard_kernel<floatX><<<N, 512, 0, s>>>(logits, lse, targets, V, ldl, v0, dloss);
+    KERNEL_CHECK();
+}
+
 /* adamw_update on master[0..n) = flat elements [global_offset, global_offset + n), with the step's device
    decisions ctl (see AdamCtl) */
 template <typename floatX>
@@ -1897,11 +1978,11 @@ void adamw_update(floatX *params, float *master, const float *grads, float *m, f
     KERNEL_CHECK();
 }
 
-/* grad_sumsq: sum of squares of x[0..n) into out[0] (double), in a fixed order */
-void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream_t s) {
+/* grad_sumsq: sum of squares of x[0..n) into out[0] (double; added to it with accumulate), in a fixed order */
+void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream_t s, int accumulate = 0) {
     grad_sumsq_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(parts, x, n);
     KERNEL_CHECK();
-    sum_in_order_kernel<double><<<1, 1, 0, s>>>(out, parts, SUMSQ_BLOCKS, 0);
+    sum_in_order_kernel<double><<<1, 1, 0, s>>>(out, parts, SUMSQ_BLOCKS, accumulate);
     KERNEL_CHECK();
 }
 
@@ -1913,8 +1994,13 @@ void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream
    moments hold only this rank's ZeRO-1 shard. */
 
 typedef struct {
-    int rank, world, local_rank;
-    ncclComm_t comm;             /* NULL when world == 1 (unless NCCL is asked for with one rank) */
+    int rank, world, local_rank; /* in the data-parallel group (ZeRO's ranks): every rank without --tp */
+    ncclComm_t comm;             /* the data-parallel group's; NULL when world == 1 (unless NCCL is asked for with one
+                                    rank) */
+    int grank, gworld;           /* in the whole run: rank = dp_rank * tp + tp_rank (train.c's layout) */
+    ncclComm_t gcomm;            /* every rank's (the step's loss, norm and stop flags; the watchdog) */
+    int tp, tp_rank;             /* tensor parallelism: the group's size (1: none) and this rank's place in it */
+    ncclComm_t tp_comm, kv_comm; /* the group's; the ranks of the group that share a k/v head (kv_share > 1) */
 } Dist;
 
 template <typename floatX> static ncclDataType_t nccl_type();
@@ -1983,6 +2069,16 @@ struct GModel {
     /* ZeRO-1 over NCCL: the reduction of layer l's gradient pieces (zero_grad_pieces; l == L: the rest) goes on
        comm_stream as soon as the backward has passed layer l; comm_done tells the compute stream it is over */
     ncclComm_t comm;             /* NULL: one rank, no NCCL */
+    /* tensor parallelism (host->tp: host is this rank's slice of the model; tp 1: none). Megatron's layout
+       (llmtrain.h, tp_config): V and the kernels' sizes are this rank's; vocab_begin its first vocabulary row. With
+       sequence parallelism (cur_sp, set by each forward) the norms and residuals run on the rows [r0, r0 + R). */
+    int tp, tp_rank, sp, cur_sp, R, r0, vocab_begin, Vfull;
+    ncclComm_t tp_comm, kv_comm, world_comm;
+    size_t *norm_ranges;         /* [2 * n_norm_ranges]: the device layout's [begin, end) this rank counts in the grad
+                                    norm (tp_grad_sumsq's owned runs) */
+    int n_norm_ranges;
+    float *ce_part, *ce_parts, *ce_lse;   /* the vocabulary-parallel cross-entropy of a chunk: [2][rows], [tp][2][rows],
+                                             [rows] */
     int overlap, reduced;        /* reduced: this step's gradients are already in their shards */
     ShardPiece *pieces;          /* layer l's pieces are pieces[piece_start[l] .. piece_start[l + 1]) */
     int *piece_start;
@@ -2043,16 +2139,17 @@ static size_t zero2_piece_offset(const Model *m, const size_t *off, const ShardP
     return off[p->tensor] + in_tensor - (size_t)l * (m->param_sizes[p->tensor] / m->cfg.n_layer);
 }
 
-/* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id.
-   uniq[u] is the u-th distinct token (in order of first appearance), its positions are pos[offs[u]..offs[u+1])
-   in increasing order. count[0..V) must be zero on entry and is zero again on return. Returns the number of
-   distinct tokens. */
-static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *pos) {
+/* The embedding backward's buckets: a stable counting sort of the positions n of tokens[0..N) by token id, the
+   tokens in [v0, v0 + V) only (the others are left out). uniq[u] is the u-th distinct token (in order of first
+   appearance), its positions are pos[offs[u]..offs[u+1]) in increasing order. count[0..v0 + V) must be zero on
+   entry and is zero again on return. Returns the number of distinct tokens. */
+static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *pos, int v0, int V) {
     int nu = 0;
-    for (int n = 0; n < N; n++) if (count[tokens[n]]++ == 0) uniq[nu++] = tokens[n];
+    for (int n = 0; n < N; n++)
+        if (tokens[n] - v0 >= 0 && tokens[n] - v0 < V && count[tokens[n]]++ == 0) uniq[nu++] = tokens[n];
     offs[0] = 0;
     for (int u = 0; u < nu; u++) { offs[u + 1] = offs[u] + count[uniq[u]]; count[uniq[u]] = offs[u]; }
-    for (int n = 0; n < N; n++) pos[count[tokens[n]]++] = n;
+    for (int n = 0; n < N; n++) if (tokens[n] - v0 >= 0 && tokens[n] - v0 < V) pos[count[tokens[n]]++] = n;
     for (int u = 0; u < nu; u++) count[uniq[u]] = 0;
     return nu;
 }
@@ -2060,27 +2157,50 @@ static int emb_buckets_build(const int *tokens, int N, int *count, int *uniq, in
 /* The embedding backward's plan (see gpu::EmbBuckets) in h[0 .. emb_plan_ints(N)): the buckets of the tokens, each
    run of positions cut into chunks of EMB_CHUNK in order; a run of one chunk adds straight to its row, a longer
    one goes through partial slots. uniq, offs: scratch of N and N + 1; count as for emb_buckets_build. The pointers of
-   *bk are set to dev (the device copy of h, which the caller makes). */
+   *bk are set to dev (the device copy of h, which the caller makes). Tensor parallel: only the tokens of the rows
+   [v0, v0 + V) this rank holds get chunks, which add to row token - v0 (embedding_backward_shard). */
 static size_t emb_plan_cap(int N) { return (size_t)N + 2 * ((size_t)N / EMB_CHUNK) + 2; }
 static size_t emb_plan_ints(int N) { return (size_t)N + 4 * emb_plan_cap(N); }
 static size_t emb_plan_partials(int N) { return 2 * ((size_t)N / EMB_CHUNK) + 1; }
-static void emb_plan_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *h, int *dev, gpu::EmbBuckets *bk) {
+static void emb_plan_build(const int *tokens, int N, int *count, int *uniq, int *offs, int *h, int *dev, gpu::EmbBuckets *bk,
+                           int v0 = 0, int V = INT_MAX) {
     size_t cap = emb_plan_cap(N);
     int *pos = h, *cbeg = h + N, *cdst = cbeg + cap, *ltok = cdst + cap, *lfirst = ltok + cap;
-    for (size_t i = N; i < N + 4 * cap; i++) h[i] = 0;   /* copied whole: no entry left unset */
-    int nu = emb_buckets_build(tokens, N, count, uniq, offs, pos);
+    for (size_t i = 0; i < N + 4 * cap; i++) h[i] = 0;   /* copied whole: no entry left unset */
+    int nu = emb_buckets_build(tokens, N, count, uniq, offs, pos, v0, V);
     int nc = 0, nl = 0, slots = 0;
     lfirst[0] = 0;
     for (int u = 0; u < nu; u++) {
         int len = offs[u + 1] - offs[u];
-        if (len <= EMB_CHUNK) { cbeg[nc] = offs[u]; cdst[nc++] = uniq[u]; continue; }
+        if (len <= EMB_CHUNK) { cbeg[nc] = offs[u]; cdst[nc++] = uniq[u] - v0; continue; }
         for (int j = offs[u]; j < offs[u + 1]; j += EMB_CHUNK) { cbeg[nc] = j; cdst[nc++] = -1 - slots++; }
-        ltok[nl] = uniq[u];
+        ltok[nl] = uniq[u] - v0;
         lfirst[++nl] = slots;
     }
-    cbeg[nc] = N;
+    cbeg[nc] = offs[nu];
     bk->nchunks = nc; bk->nlong = nl;
     bk->pos = dev; bk->cbeg = dev + N; bk->cdst = bk->cbeg + cap; bk->ltok = bk->cdst + cap; bk->lfirst = bk->ltok + cap;
+}
+
+/* tp_grad_sumsq's owned runs of the host slice (merged where they touch) in the device layout: a run lies in one
+   tensor, at the same place in it in both layouts */
+template <typename floatX>
+static void tp_norm_ranges(GModel<floatX> &g, const Model *host) {
+    size_t n = tp_runs(host, NULL);
+    TPRun *runs = (TPRun *)malloc(n * sizeof(TPRun));
+    g.norm_ranges = (size_t *)malloc(2 * n * sizeof(size_t));
+    if (!runs || !g.norm_ranges) die("out of memory for the tensor-parallel layout");
+    tp_runs(host, runs);
+    g.n_norm_ranges = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!runs[i].owner) continue;
+        int t = 0;
+        while (runs[i].local >= host->param_offsets[t] + host->param_sizes[t]) t++;
+        size_t b = g.lay.param_offsets[t] + (runs[i].local - host->param_offsets[t]), e = b + runs[i].len;
+        if (g.n_norm_ranges > 0 && g.norm_ranges[2 * g.n_norm_ranges - 1] == b) g.norm_ranges[2 * g.n_norm_ranges - 1] = e;
+        else { g.norm_ranges[2 * g.n_norm_ranges] = b; g.norm_ranges[2 * g.n_norm_ranges + 1] = e; g.n_norm_ranges++; }
+    }
+    free(runs);
 }
 
 /* Builds the device model for host (whose weights need not be set yet) and batches up to B x T. */
@@ -2096,8 +2216,15 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     g.FC = g.gelu ? g.F : 2 * g.F; g.V = c->vocab_size; g.Vp = (g.V + 127) / 128 * 128;
     g.recompute = o.recompute; g.plain_attn = o.plain_attn; g.fuse_gelu = o.fuse_gelu && g.gelu;
     g.rank = d.rank; g.world = d.world;
+    const TensorParallel *tp = &host->tp;
+    g.tp = tp->size > 1 ? tp->size : 1; g.tp_rank = g.tp > 1 ? tp->rank : 0; g.sp = g.tp > 1 && tp->sp;
+    g.vocab_begin = g.tp > 1 ? tp->vocab_begin : 0; g.Vfull = g.tp > 1 ? tp->full.vocab_size : g.V;
+    g.tp_comm = d.tp_comm; g.kv_comm = tp->kv_share > 1 ? d.kv_comm : NULL; g.world_comm = d.gcomm;
+    if (g.tp > 1 && (!g.tp_comm || !g.world_comm || (tp->kv_share > 1 && !g.kv_comm)))
+        die("tensor parallelism needs its communicators (dist_split_tp)");
     if (g.C % 8 || g.F % 8 || g.HD % 8)
-        die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d)", g.C, g.F, g.HD);
+        die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d%s)", g.C, g.F, g.HD,
+            g.tp > 1 ? "; the MLP width is this rank's share with --tp" : "");
     /* parameters: the header's layout with the vocabulary padded to Vp (the lm_head matmul's M a multiple of 128),
        padded to world equal shards */
     ModelConfig pc = *c;
@@ -2168,12 +2295,21 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     g.lnf_rstd = GM_ALLOC(g, float, N);
     g.proj = GM_ALLOC(g, floatX, N * C);
     size_t lb = o.logits_bytes ? o.logits_bytes : ((size_t)512 << 20);
-    size_t rows = lb / ((size_t)g.Vp * sizeof(floatX));
+    /* tensor parallel: the chunks of every rank of the group the same (their collectives meet), sized by the first
+       rank's vocabulary rows, the most */
+    size_t vrows = g.tp > 1 ? ((size_t)(g.Vfull + g.tp - 1) / g.tp + 127) / 128 * 128 : (size_t)g.Vp;
+    size_t rows = lb / (vrows * sizeof(floatX));
     if (rows < 1) rows = 1;
     if (rows > N) rows = N;
     g.chunk_rows = (int)rows;
     g.logits = GM_ALLOC(g, floatX, rows * g.Vp);
     g.losses = GM_ALLOC(g, float, N);
+    if (g.tp > 1) {
+        g.ce_part = GM_ALLOC(g, float, 2 * rows);
+        g.ce_parts = GM_ALLOC(g, float, (size_t)g.tp * 2 * rows);
+        g.ce_lse = GM_ALLOC(g, float, rows);
+        tp_norm_ranges(g, host);
+    }
     g.dres = GM_ALLOC(g, float, N * C);
     g.dres_t = GM_ALLOC(g, floatX, N * C);
     g.dfch_act = GM_ALLOC(g, floatX, N * g.F);
@@ -2206,7 +2342,7 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     g.h_uniq = (int *)malloc(N * sizeof(int));
     g.h_offs = (int *)malloc((N + 1) * sizeof(int));
     CUDA_CHECK(cudaMallocHost(&g.h_plan, emb_plan_ints(N) * sizeof(int)));
-    g.h_count = (int *)calloc(g.V > T ? g.V : T, sizeof(int));   /* counts tokens, or positions (pbk) */
+    g.h_count = (int *)calloc(g.Vfull > T ? g.Vfull : T, sizeof(int));   /* counts tokens, or positions (pbk) */
     g.doc_start = g.tok_pos = g.h_doc = g.h_tpos = g.h_pplan = g.d_pplan = NULL;
     memset(&g.pbk, 0, sizeof(g.pbk));
     if (host->reset_attention || host->reset_positions) {
@@ -2273,6 +2409,7 @@ void gmodel_free(GModel<floatX> &g) {
         cudaStreamDestroy(g.comm_stream);
         free(g.layer_done); free(g.pieces); free(g.piece_start);
     }
+    free(g.norm_ranges);
     memset(&g, 0, sizeof(g));
 }
 
@@ -2407,7 +2544,7 @@ static void gmodel_upload_batch(GModel<floatX> &g, const int *inputs, const int 
     if (B > g.Bmax || T > g.Tmax) die("batch %d x %d exceeds the allocated %d x %d", B, T, g.Bmax, g.Tmax);
     int N = B * T;
     for (int i = 0; i < N; i++)
-        if (inputs[i] < 0 || inputs[i] >= g.V) die("token id %d out of range for vocab size %d", inputs[i], g.V);
+        if (inputs[i] < 0 || inputs[i] >= g.Vfull) die("token id %d out of range for vocab size %d", inputs[i], g.Vfull);
     CUDA_CHECK(cudaEventSynchronize(g.upload_done));
     cudaStream_t s = g.stream;
     memcpy(g.h_in, inputs, N * sizeof(int));
@@ -2418,7 +2555,7 @@ static void gmodel_upload_batch(GModel<floatX> &g, const int *inputs, const int 
         memcpy(g.h_tg, targets, N * sizeof(int));
         for (int i = 0; i < N; i++) g.num_valid += targets[i] >= 0;
         CUDA_CHECK(cudaMemcpyAsync(g.targets, g.h_tg, N * sizeof(int), cudaMemcpyHostToDevice, s));
-        emb_plan_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_plan, g.d_plan, &g.bk);
+        emb_plan_build(inputs, N, g.h_count, g.h_uniq, g.h_offs, g.h_plan, g.d_plan, &g.bk, g.vocab_begin, g.V);
         CUDA_CHECK(cudaMemcpyAsync(g.d_plan, g.h_plan, emb_plan_ints(N) * sizeof(int), cudaMemcpyHostToDevice, s));
     }
     if (g.doc_start) {
@@ -2456,27 +2593,61 @@ template <typename floatX> static AttnArgs<floatX> attn_args(GModel<floatX> &g, 
     return a;
 }
 
+/* p + k, or NULL for NULL (a norm's mean, which RMSNorm has not) */
+template <typename P> static inline P *rows_at(P *p, size_t k) { return p ? p + k : NULL; }
+
+/* Tensor parallelism's f and g (llmtrain.h, tp_enter / tp_leave) on a [B*T, C] buffer of the current batch, in
+   place over the group on the compute stream:
+     tp_sum_rows     (tp_leave forward, tp_enter backward): the all-reduce of the ranks' partial sums; sequence
+                     parallel: the reduce-scatter that leaves this rank the sums of its rows [r0, r0 + R)
+     tp_gather_rows  (tp_enter forward, tp_leave backward): sequence parallel only, the all-gather of the ranks' rows
+   One rank: nothing. */
+template <typename floatX>
+static void tp_sum_rows(GModel<floatX> &g, floatX *y) {
+    if (g.tp == 1) return;
+    size_t n = (size_t)g.cur_B * g.cur_T * g.C;
+    if (g.cur_sp) NCCL_CHECK(ncclReduceScatter(y, y + (size_t)g.r0 * g.C, n / g.tp, nccl_type<floatX>(), ncclSum, g.tp_comm, g.stream));
+    else NCCL_CHECK(ncclAllReduce(y, y, n, nccl_type<floatX>(), ncclSum, g.tp_comm, g.stream));
+}
+template <typename floatX, typename T>
+static void tp_gather_rows(GModel<floatX> &g, T *x) {
+    if (!g.cur_sp) return;
+    NCCL_CHECK(ncclAllGather(x + (size_t)g.r0 * g.C, x, (size_t)g.R * g.C, nccl_type<T>(), g.tp_comm, g.stream));
+}
+
 /* model_forward on the uploaded batch. With targets the per-row losses are summed into red[1] scaled by
    loss_acc_scale / num_valid (the mean loss of the batch, times the caller's scale). With backward_head the
    classifier also runs its backward, chunk by chunk (dloss = loss_scale / num_valid): the logits of a chunk are
-   overwritten by their gradient, which gives dlnf and the lm_head gradient at once. */
+   overwritten by their gradient, which gives dlnf and the lm_head gradient at once.
+   Tensor parallel (as model_forward): the embedding of this rank's vocabulary rows summed over the group, the
+   replicated biases of wo / wproj and wpe added on rank 0 only, the outputs of wo and wproj summed over the group,
+   the vocabulary-parallel cross-entropy per chunk (each rank's lse and target logit all-gathered, then combined);
+   with sequence parallelism the norms and residual adds on this rank's R rows from r0, their outputs all-gathered
+   before the matmuls that read them. */
 template <typename floatX>
 void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, double loss_acc_scale, int accumulate_loss) {
     cudaStream_t s = g.stream;
     const ModelConfig *c = &g.cfg;
     int B = g.cur_B, T = g.cur_T, N = B * T, C = g.C;
     size_t NC = (size_t)N * C;
-    int ln = g.layernorm;
-    gpu::embedding_forward<floatX>(g.encoded, g.inputs, g.pt[P_WTE], g.pt[P_WPE], B, T, C, s,
-                              g.host->reset_positions ? g.tok_pos : NULL);
-    gpu::residual_norm_forward<floatX>(NULL, g.ln1, g.ln1_mean, g.ln1_rstd, g.encoded, NULL, 1, C, g.pt[P_LN1W], g.pt[P_LN1B],
-                         N, C, c->norm_eps, ln, s);
+    int ln = g.layernorm, first = g.tp_rank == 0;   /* first: adds the replicated biases */
+    g.cur_sp = g.sp && N % g.tp == 0;
+    g.R = g.cur_sp ? N / g.tp : N;
+    g.r0 = g.cur_sp ? g.tp_rank * g.R : 0;
+    int R = g.R;
+    size_t r0 = g.r0, o = r0 * C;
+    gpu::embedding_forward_shard<floatX>(g.encoded, g.inputs, g.pt[P_WTE], g.vocab_begin, g.V, first ? g.pt[P_WPE] : NULL, B, T,
+                                         C, s, g.host->reset_positions ? g.tok_pos : NULL);
+    tp_sum_rows(g, g.encoded);
+    gpu::residual_norm_forward<floatX>(NULL, g.ln1 + o, rows_at(g.ln1_mean, r0), g.ln1_rstd + r0, g.encoded + o, NULL, 1, C,
+                                       g.pt[P_LN1W], g.pt[P_LN1B], R, C, c->norm_eps, ln, s);
     for (int l = 0; l < g.L; l++) {
         const floatX *x = l == 0 ? g.encoded : g.resid3 + (l - 1) * NC;
         floatX *ln1 = lay(g.ln1, l, g.ln_layers > 1 ? NC : 0), *ln2 = lay(g.ln2, l, g.ln_layers > 1 ? NC : 0);
         floatX *qkv = g.qkv + (size_t)l * N * g.QKV;
         floatX *fch = g.fch + (size_t)l * N * g.FC, *fch_act = lay(g.fch_act, l, g.act_layers > 1 ? (size_t)N * g.F : 0);
         floatX *resid2 = g.resid2 + l * NC, *resid3 = g.resid3 + l * NC;
+        tp_gather_rows(g, ln1);
         gpu::matmul_forward<floatX>(qkv, ln1, g.pt[P_WQKV] + (size_t)l * g.QKV * C, lay(g.pt[P_BQKV], l, g.QKV), N, C, g.QKV,
                                g.QKV, NULL, s);
         if (c->qk_norm) {
@@ -2487,9 +2658,13 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
         }
         AttnArgs<floatX> a = attn_args(g, l);
         gpu::attention_forward<floatX>(a, g.plain_attn, s);
-        gpu::matmul_forward<floatX>(g.proj, a.out, g.pt[P_WO] + (size_t)l * C * g.QD, lay(g.pt[P_BO], l, C), N, g.QD, C, C, NULL, s);
-        gpu::residual_norm_forward<floatX>(resid2, ln2, lay(g.ln2_mean, l, N), g.ln2_rstd + (size_t)l * N, x, g.proj, 1, C,
-                             g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, c->norm_eps, ln, s);
+        gpu::matmul_forward<floatX>(g.proj, a.out, g.pt[P_WO] + (size_t)l * C * g.QD, first ? lay(g.pt[P_BO], l, C) : NULL, N,
+                                    g.QD, C, C, NULL, s);
+        tp_sum_rows(g, g.proj);
+        gpu::residual_norm_forward<floatX>(resid2 + o, ln2 + o, rows_at(lay(g.ln2_mean, l, N), r0), g.ln2_rstd + (size_t)l * N + r0,
+                                           x + o, g.proj + o, 1, C, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), R, C,
+                                           c->norm_eps, ln, s);
+        tp_gather_rows(g, ln2);
         const floatX *wfc = g.pt[P_WFC] + (size_t)l * g.FC * C, *bfc = lay(g.pt[P_BFC], l, g.FC);
         if (g.fuse_gelu) {
             gpu::matmul_forward<floatX>(fch_act, ln2, wfc, bfc, N, C, g.FC, g.FC, fch, s);
@@ -2498,29 +2673,39 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
             if (g.gelu) gpu::gelu_forward<floatX>(fch_act, fch, (size_t)N * g.F, s);
             else gpu::swiglu_forward<floatX>(fch_act, fch, N, g.F, s);
         }
-        gpu::matmul_forward<floatX>(g.proj, fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, lay(g.pt[P_BPROJ], l, C), N, g.F,
-                               C, C, NULL, s);
+        gpu::matmul_forward<floatX>(g.proj, fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, first ? lay(g.pt[P_BPROJ], l, C) : NULL,
+                                    N, g.F, C, C, NULL, s);
+        tp_sum_rows(g, g.proj);
         /* resid3 = resid2 + proj, then the next layer's first norm (or the final norm) */
         int last = l == g.L - 1;
         floatX *next_ln = last ? g.lnf : lay(g.ln1, l + 1, g.ln_layers > 1 ? NC : 0);
         float *nm = last ? g.lnf_mean : lay(g.ln1_mean, l + 1, N), *nr = last ? g.lnf_rstd : g.ln1_rstd + (size_t)(l + 1) * N;
         const floatX *nw = last ? g.pt[P_LNFW] : g.pt[P_LN1W] + (l + 1) * C;
         const floatX *nb = last ? g.pt[P_LNFB] : lay(g.pt[P_LN1B], l + 1, C);
-        gpu::residual_norm_forward<floatX>(resid3, next_ln, nm, nr, resid2, g.proj, 1, C, nw, nb, N, C, c->norm_eps, ln, s);
+        gpu::residual_norm_forward<floatX>(resid3 + o, next_ln + o, rows_at(nm, r0), nr + r0, resid2 + o, g.proj + o, 1, C, nw, nb,
+                                           R, C, c->norm_eps, ln, s);
     }
+    tp_gather_rows(g, g.lnf);
     /* the classifier, in chunks of rows */
     const floatX *wlm = g.pt[P_LMHEAD] ? g.pt[P_LMHEAD] : g.pt[P_WTE];
     float *dwlm = g.gt[P_LMHEAD] ? g.gt[P_LMHEAD] : g.gt[P_WTE];
     float dloss = g.num_valid ? loss_scale / g.num_valid : 0.0f;
-    for (int r0 = 0; r0 < N; r0 += g.chunk_rows) {
-        int n = N - r0 < g.chunk_rows ? N - r0 : g.chunk_rows;
-        gpu::matmul_forward<floatX>(g.logits, g.lnf + (size_t)r0 * C, wlm, (const floatX *)NULL, n, C, g.Vp, g.Vp, NULL, s);
-        g.logits_r0 = r0;
+    for (int c0 = 0; c0 < N; c0 += g.chunk_rows) {
+        int n = N - c0 < g.chunk_rows ? N - c0 : g.chunk_rows;
+        gpu::matmul_forward<floatX>(g.logits, g.lnf + (size_t)c0 * C, wlm, (const floatX *)NULL, n, C, g.Vp, g.Vp, NULL, s);
+        g.logits_r0 = c0;
         if (!g.has_targets) continue;   /* sampling: the last chunk stays in g.logits */
-        gpu::crossentropy_forward_backward<floatX>(g.logits, g.losses + r0, g.has_targets ? g.targets + r0 : NULL, n, g.V, g.Vp, dloss,
-                                   backward_head, s);
+        if (g.tp == 1) {
+            gpu::crossentropy_forward_backward<floatX>(g.logits, g.losses + c0, g.targets + c0, n, g.V, g.Vp, dloss, backward_head, s);
+        } else {
+            gpu::crossentropy_forward_shard<floatX>(g.ce_part, g.logits, g.targets + c0, n, g.V, g.Vp, g.vocab_begin, s);
+            NCCL_CHECK(ncclAllGather(g.ce_part, g.ce_parts, 2 * (size_t)n, ncclFloat, g.tp_comm, s));
+            gpu::crossentropy_combine(g.losses + c0, g.ce_lse, g.ce_parts, g.targets + c0, n, g.tp, s);
+            if (backward_head)
+                gpu::crossentropy_backward_shard<floatX>(g.logits, g.ce_lse, g.targets + c0, n, g.V, g.Vp, g.vocab_begin, dloss, s);
+        }
         if (backward_head)
-            gpu::matmul_backward<floatX>(g.dlnf + (size_t)r0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)r0 * C, wlm, n, C, g.Vp,
+            gpu::matmul_backward<floatX>(g.dlnf + (size_t)c0 * C, dwlm, NULL, g.logits, g.lnf + (size_t)c0 * C, wlm, n, C, g.Vp,
                                     g.Vp, 0, NULL, g.scratch, s);
     }
     if (g.has_targets) {
@@ -2581,19 +2766,52 @@ static void gmodel_reduce_layer(GModel<floatX> &g, int l) {
     }
 }
 
+/* model_tp_reduce_grads for layer l's slice (l == L: the tensors outside the layers), in place over the group on
+   the compute stream, before the data-parallel reduction reads them: the gradients of replicated weights that each
+   rank saw only part of. Qwen3's q/k norms (its heads); the k/v rows of wqkv and bqkv over the ranks that share the
+   k/v head (kv_comm); with sequence parallelism the norms (its rows). */
+template <typename floatX>
+static void gmodel_tp_reduce_layer(GModel<floatX> &g, int l) {
+    if (g.tp == 1) return;
+    cudaStream_t s = g.stream;
+    size_t C = g.C, HD = g.HD;
+    /* over the group: (q/k norms,) with sequence parallelism the norms; NULL: the family has no such tensor */
+    float *sums[6] = {NULL};
+    size_t counts[6] = {HD, HD, C, C, C, C};
+    if (l < g.L) {
+        sums[0] = lgrad(g, P_QNW, l); sums[1] = lgrad(g, P_KNW, l);
+        if (g.cur_sp) { sums[2] = lgrad(g, P_LN1W, l); sums[3] = lgrad(g, P_LN1B, l); sums[4] = lgrad(g, P_LN2W, l); sums[5] = lgrad(g, P_LN2B, l); }
+    } else if (g.cur_sp) {
+        sums[2] = g.gt[P_LNFW]; sums[3] = g.gt[P_LNFB];
+    }
+    for (int i = 0; i < 6; i++)
+        if (sums[i]) NCCL_CHECK(ncclAllReduce(sums[i], sums[i], counts[i], ncclFloat, ncclSum, g.tp_comm, s));
+    /* over the ranks that share this rank's k/v head: its k and v rows (2 HD of them, one after the other) */
+    if (l < g.L && g.kv_comm) {
+        float *w = lgrad(g, P_WQKV, l) + (size_t)g.QD * C, *b = lgrad(g, P_BQKV, l);
+        NCCL_CHECK(ncclAllReduce(w, w, 2 * HD * C, ncclFloat, ncclSum, g.kv_comm, s));
+        if (b) NCCL_CHECK(ncclAllReduce(b + g.QD, b + g.QD, 2 * HD, ncclFloat, ncclSum, g.kv_comm, s));
+    }
+}
+
 /* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams.
-   reduce: the last micro-step before an optimizer step; with NCCL and overlap the reduction goes along. */
+   reduce: the last micro-step before an optimizer step; with NCCL and overlap the reduction goes along.
+   Tensor parallel: the forward's collectives in reverse (model_backward): the input gradients of the lm_head, fc
+   and qkv summed over the group (sequence parallel: reduce-scattered into the norms' rows), and with sequence
+   parallelism the residual stream's gradient all-gathered before the matmuls and the embedding read it. */
 template <typename floatX>
 void gmodel_backward(GModel<floatX> &g, int last = 0) {
     int reduce_layers = g.zero2 || (last && g.overlap), reduce_rest = last && g.overlap;
     cudaStream_t s = g.stream;
     const ModelConfig *c = &g.cfg;
-    int B = g.cur_B, T = g.cur_T, N = B * T, C = g.C;
-    size_t NC = (size_t)N * C;
+    int B = g.cur_B, T = g.cur_T, N = B * T, C = g.C, R = g.R;
+    size_t NC = (size_t)N * C, r0 = g.r0, o = r0 * C;
     float *sc = g.scratch;
     /* final norm: dres = d(resid3 of the last layer) */
-    gpu::residual_norm_backward<floatX>(g.dres, g.dres_t, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf, g.resid3 + (g.L - 1) * NC, 1, C,
-                          g.pt[P_LNFW], g.lnf_mean, g.lnf_rstd, N, C, 0, sc, s);
+    tp_sum_rows(g, g.dlnf);
+    gpu::residual_norm_backward<floatX>(g.dres + o, g.dres_t + o, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf + o,
+                                        g.resid3 + (g.L - 1) * NC + o, 1, C, g.pt[P_LNFW], rows_at(g.lnf_mean, r0), g.lnf_rstd + r0,
+                                        R, C, 0, sc, s);
     for (int l = g.L - 1; l >= 0; l--) {
         if (g.zero2) {   /* layer buffer l % 2, once the reduction of the layer that used it last has read it */
             CUDA_CHECK(cudaStreamWaitEvent(s, g.lbuf_free[l & 1], 0));
@@ -2608,6 +2826,7 @@ void gmodel_backward(GModel<floatX> &g, int last = 0) {
         float *ln2_mean = lay(g.ln2_mean, l, N), *ln2_rstd = g.ln2_rstd + (size_t)l * N;
 
         /* MLP: resid3 = resid2 + proj(act(fc(norm2(resid2)))); dres_t = d(proj output) */
+        tp_gather_rows(g, g.dres_t);
         if (g.recompute >= 1) {
             if (g.gelu) gpu::gelu_forward<floatX>(fch_act, fch, (size_t)N * g.F, s);
             else gpu::swiglu_forward<floatX>(fch_act, fch, N, g.F, s);
@@ -2625,10 +2844,13 @@ void gmodel_backward(GModel<floatX> &g, int last = 0) {
             gpu::norm_forward_recompute<floatX>(ln2, resid2, ln2_mean, ln2_rstd, g.pt[P_LN2W] + l * C, lay(g.pt[P_LN2B], l, C), N, C, s);
         gpu::matmul_backward<floatX>(g.dln, lgrad(g, P_WFC, l), lgrad(g, P_BFC, l), g.dfch, ln2,
                                 g.pt[P_WFC] + (size_t)l * g.FC * C, N, C, g.FC, g.FC, 0, NULL, sc, s);
-        gpu::residual_norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN2W, l), lgrad(g, P_LN2B, l), g.dln, resid2, 1, C,
-                              g.pt[P_LN2W] + l * C, ln2_mean, ln2_rstd, N, C, 1, sc, s);
+        tp_sum_rows(g, g.dln);
+        gpu::residual_norm_backward<floatX>(g.dres + o, g.dres_t + o, NULL, lgrad(g, P_LN2W, l), lgrad(g, P_LN2B, l), g.dln + o,
+                                            resid2 + o, 1, C, g.pt[P_LN2W] + l * C, rows_at(ln2_mean, r0), ln2_rstd + r0, R, C, 1,
+                                            sc, s);
 
         /* attention: resid2 = x + o(attention(rope(qknorm(q)), rope(qknorm(k)), v)); dres_t = d(o output) */
+        tp_gather_rows(g, g.dres_t);
         AttnArgs<floatX> a = attn_args(g, l);
         gpu::matmul_backward<floatX>(g.datty, lgrad(g, P_WO, l), lgrad(g, P_BO, l), g.dres_t, a.out,
                                 g.pt[P_WO] + (size_t)l * C * g.QD, N, g.QD, C, C, 0, NULL, sc, s);
@@ -2646,12 +2868,14 @@ void gmodel_backward(GModel<floatX> &g, int last = 0) {
             gpu::norm_forward_recompute<floatX>(ln1, x, ln1_mean, ln1_rstd, g.pt[P_LN1W] + l * C, lay(g.pt[P_LN1B], l, C), N, C, s);
         gpu::matmul_backward<floatX>(g.dln, lgrad(g, P_WQKV, l), lgrad(g, P_BQKV, l), g.dqkv, ln1,
                                 g.pt[P_WQKV] + (size_t)l * g.QKV * C, N, C, g.QKV, g.QKV, 0, NULL, sc, s);
-        gpu::residual_norm_backward<floatX>(g.dres, g.dres_t, NULL, lgrad(g, P_LN1W, l), lgrad(g, P_LN1B, l), g.dln, x, 1, C,
-                              g.pt[P_LN1W] + l * C, ln1_mean, ln1_rstd, N, C, 1, sc, s);
-        if (reduce_layers) gmodel_reduce_layer(g, l);
+        tp_sum_rows(g, g.dln);
+        gpu::residual_norm_backward<floatX>(g.dres + o, g.dres_t + o, NULL, lgrad(g, P_LN1W, l), lgrad(g, P_LN1B, l), g.dln + o,
+                                            x + o, 1, C, g.pt[P_LN1W] + l * C, rows_at(ln1_mean, r0), ln1_rstd + r0, R, C, 1, sc, s);
+        if (reduce_layers) { gmodel_tp_reduce_layer(g, l); gmodel_reduce_layer(g, l); }
     }
+    tp_gather_rows(g, g.dres);
     gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, T, C, s, g.d_pplan ? &g.pbk : NULL);
-    if (reduce_rest) gmodel_reduce_layer(g, g.L);
+    if (reduce_rest) { gmodel_tp_reduce_layer(g, g.L); gmodel_reduce_layer(g, g.L); }
 }
 
 template <typename floatX> void gmodel_zero_grad(GModel<floatX> &g) {
@@ -2707,10 +2931,23 @@ void gmodel_step_queue(GModel<floatX> &g, const Dist &d, const AdamWConfig *opt,
     set_double_kernel<<<1, 1, 0, s>>>(g.red + 2, stop ? 1.0 : 0.0);
     KERNEL_CHECK();
     if (g.zero2 && !g.reduced) die("ZeRO-2: an optimizer step without the last micro-step's reduction (gmodel_backward(g, 1))");
+    if (!g.reduced) for (int l = 0; l <= g.L; l++) gmodel_tp_reduce_layer(g, l);
     if (d.comm && !g.reduced && !g.zero2) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
     g.reduced = 0;
-    gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
-    if (d.comm) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, d.comm, s));
+    if (g.tp == 1) gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
+    else {   /* tp_grad_sumsq: the runs this rank owns, in its shard; the loss once per group (its first rank's) */
+        set_double_kernel<<<1, 1, 0, s>>>(g.red, 0.0);
+        KERNEL_CHECK();
+        for (int i = 0; i < g.n_norm_ranges; i++) {
+            size_t b = g.norm_ranges[2 * i], e = g.norm_ranges[2 * i + 1];
+            if (b < g.shard_begin) b = g.shard_begin;
+            if (e > g.shard_begin + g.shard) e = g.shard_begin + g.shard;
+            if (b < e) gpu::grad_sumsq(g.red, g.norm_parts, gshard + (b - g.shard_begin), e - b, s, 1);
+        }
+        if (g.tp_rank != 0) { set_double_kernel<<<1, 1, 0, s>>>(g.red + 1, 0.0); KERNEL_CHECK(); }
+    }
+    ncclComm_t all = g.tp > 1 ? g.world_comm : d.comm;   /* with --tp every rank holds a part of the norm */
+    if (all) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, all, s));
     int slot = step & 1;
     step_decide_kernel<<<1, 1, 0, s>>>(g.step_out + slot, g.ctl, g.updates, g.red, d.world, clip, do_update, opt->lr,
                                        g.bc1, g.bc2, seed);
@@ -2813,6 +3050,10 @@ struct GpuRun {
     double flops_per_token, peak_flops;
     floatX *row_t;      /* [V] the logits of a sample's last position, as the device holds them */
     float *row;    /* [V] the same as floats */
+    const ModelConfig *cfg;   /* the whole model's */
+    floatX *row_part, *row_all;   /* tensor parallel, on the device: this rank's vocabulary rows of that row padded to
+                                     the first rank's count Vr, and every rank's [tp][Vr] */
+    int Vr;
 };
 
 template <typename floatX>
@@ -2862,11 +3103,17 @@ template <typename floatX>
 static const float *gpu_forward_logits(void *ctx, const int *ids, int n) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     GModel<floatX> &g = c->g;
-    int V = g.V;
+    int V = g.Vfull;
     gmodel_upload_batch(g, ids, NULL, 1, n);
     gmodel_forward(g, 0, 0.0f, 0.0, 0);
-    CUDA_CHECK(cudaMemcpyAsync(c->row_t, g.logits + (size_t)(n - 1 - g.logits_r0) * g.Vp, V * sizeof(floatX),
-                               cudaMemcpyDeviceToHost, g.stream));
+    const floatX *last = g.logits + (size_t)(n - 1 - g.logits_r0) * g.Vp;
+    if (g.tp > 1) {   /* rank r's rows start at r * Vr (zero_shard): the group's rows gathered in order */
+        CUDA_CHECK(cudaMemsetAsync(c->row_part, 0, c->Vr * sizeof(floatX), g.stream));
+        CUDA_CHECK(cudaMemcpyAsync(c->row_part, last, g.V * sizeof(floatX), cudaMemcpyDeviceToDevice, g.stream));
+        NCCL_CHECK(ncclAllGather(c->row_part, c->row_all, c->Vr, nccl_type<floatX>(), g.tp_comm, g.stream));
+        last = c->row_all;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(c->row_t, last, V * sizeof(floatX), cudaMemcpyDeviceToHost, g.stream));
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     for (int v = 0; v < V; v++) {
         if (sizeof(floatX) == 4) memcpy(&c->row[v], &c->row_t[v], 4);
@@ -2876,11 +3123,45 @@ static const float *gpu_forward_logits(void *ctx, const int *ids, int n) {
     return c->row;
 }
 
+/* x[0..n) on the host summed over comm's ranks, through g's staging buffer (between steps) */
+template <typename floatX>
+static void host_all_reduce(GModel<floatX> &g, ncclComm_t comm, float *x, size_t n) {
+    for (size_t k0 = 0; k0 < n; k0 += g.stage_floats) {
+        size_t cnt = n - k0 < g.stage_floats ? n - k0 : g.stage_floats;
+        CUDA_CHECK(cudaMemcpyAsync(g.stage, x + k0, cnt * sizeof(float), cudaMemcpyHostToDevice, g.stream));
+        NCCL_CHECK(ncclAllReduce(g.stage, g.stage, cnt, ncclFloat, ncclSum, comm, g.stream));
+        CUDA_CHECK(cudaMemcpyAsync(x + k0, g.stage, cnt * sizeof(float), cudaMemcpyDeviceToHost, g.stream));
+        CUDA_CHECK(cudaStreamSynchronize(g.stream));
+    }
+    if (g.stage == g.grads) CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
+}
+
+/* The masters and moments gathered from the ZeRO shards into the host model of each data-parallel group's first rank.
+   With --tp (as train.c's cpu_save) the first group's ranks then put the whole model together: each writes the runs
+   it owns into zeroed whole buffers, summed over the group, and rank 0 writes it. */
 template <typename floatX>
 static void gpu_save(void *ctx, const TrainState *ts) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
-    gmodel_download(c->g, *c->d, 1);   /* collective: masters and moments gathered from the shards */
-    if (c->d->rank == 0) write_checkpoint(c->a, c->g.host, ts);
+    const Dist *d = c->d;
+    Model *m = c->g.host;
+    gmodel_download(c->g, *d, 1);   /* collective: masters and moments gathered from the shards */
+    if (d->tp == 1) {
+        if (d->rank == 0) write_checkpoint(c->a, m, ts);
+    } else if (d->rank == 0) {
+        Model whole;
+        if (model_build(&whole, c->cfg) != 0) die("out of memory putting the model together");
+        whole.m_memory = (float *)calloc(whole.num_params, sizeof(float));
+        whole.v_memory = (float *)calloc(whole.num_params, sizeof(float));
+        if (!whole.m_memory || !whole.v_memory) die("out of memory putting the model together");
+        float *mine[3] = {m->params_memory, m->m_memory, m->v_memory}, *all[3] = {whole.params_memory, whole.m_memory, whole.v_memory};
+        for (int i = 0; i < 3; i++) {
+            memset(all[i], 0, whole.num_params * sizeof(float));
+            tp_unslice(m, all[i], mine[i]);
+            host_all_reduce(c->g, d->tp_comm, all[i], whole.num_params);
+        }
+        if (d->grank == 0) write_checkpoint(c->a, &whole, ts);
+        model_free(&whole);
+    }
     progress_mark();   /* a checkpoint is not a hang */
 }
 
@@ -2888,9 +3169,13 @@ template <typename floatX>
 static void gpu_print_setup(void *ctx) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     const Args *a = c->a;
+    const GModel<floatX> &g = c->g;
     int world = c->d->world;
-    printf("batch %d x %d tokens x %d accumulation x %d GPUs = %d tokens/step\n", a->batch_size, a->seq_len,
-           a->grad_accum, world, a->batch_size * a->seq_len * a->grad_accum * world);
+    printf("batch %d x %d tokens x %d accumulation x %d %s = %d tokens/step\n", a->batch_size, a->seq_len,
+           a->grad_accum, world, g.tp > 1 ? "data-parallel groups" : "GPUs", a->batch_size * a->seq_len * a->grad_accum * world);
+    if (g.tp > 1)
+        printf("tensor parallel: %d GPUs per group%s (%d heads, %d kv heads%s, ff %d, %d vocabulary rows on rank 0)\n", g.tp,
+               g.sp ? ", sequence parallel" : "", g.NH, g.NKV, g.kv_comm ? " shared" : "", g.F, g.V);
     printf("device %s (%d SMs): %s, recompute %d, %s attention, ZeRO-%d over %d rank(s)%s, %.2f GiB allocated; "
            "%.1f GFLOP/token, peak %.0f TFLOP/s bf16\n", c->prop.name, c->prop.multiProcessorCount, a->dtype, a->recompute,
            gpu::attention_uses_tc<floatX>(c->g.cfg.head_dim, a->plain_attn) ? "tensor-core flash" : "plain", c->g.zero2 ? 2 : 1,
@@ -2914,14 +3199,37 @@ static double gpu_memory_gib(void *ctx) {
 
 template <typename floatX>
 static int run(Args &a, Dist &d) {
-    ModelConfig cfg;
+    ModelConfig cfg, local_cfg;
+    TensorParallel tp;
     Data data;
     Model m;
+    char err[1024];
     open_run(&a, &cfg, &data, &m);
-    /* the loader, and the weights: resumed, continued from HF weights, or fresh */
+    size_t whole_params = m.num_params;
+    if (tp_config(&cfg, a.tp, d.grank % a.tp, &local_cfg, &tp, err, sizeof(err)) != 0) die("--tp %d: %s", a.tp, err);
+    dist_split_tp(&d, a.tp, tp.kv_share);
+    /* the loader, and the weights: resumed, continued from HF weights, or fresh (the whole model on every rank) */
     DataLoader dl;
     TrainState ts;
-    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, d.rank, d.world, d.rank == 0);
+    int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, d.rank, d.world, d.grank == 0);
+    /* tensor parallel (as train.c): this rank's slice of the weights, and of the moments on a resume */
+    Model slice;
+    if (a.tp > 1) {
+        if (model_build(&slice, &local_cfg) != 0) die("out of memory for the model");
+        tp.sp = a.sp;
+        slice.tp = tp;
+        slice.reset_attention = m.reset_attention; slice.reset_positions = m.reset_positions; slice.eod = m.eod;
+        tp_slice(&slice, slice.params_memory, m.params_memory);
+        if (m.m_memory) {
+            slice.m_memory = (float *)calloc(slice.num_params, sizeof(float));
+            slice.v_memory = (float *)calloc(slice.num_params, sizeof(float));
+            if (!slice.m_memory || !slice.v_memory) die("out of memory for the AdamW moments");
+            tp_slice(&slice, slice.m_memory, m.m_memory);
+            tp_slice(&slice, slice.v_memory, m.v_memory);
+        }
+        model_free(&m);
+        m = slice;
+    }
 
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -2932,18 +3240,26 @@ static int run(Args &a, Dist &d) {
     gmodel_build(c.g, &m, a.batch_size, a.seq_len, o, d, stream);
     gmodel_upload(c.g, resumed ? (int)(ts.step - ts.skipped) : 0, a.seed);   /* resumed: the same bf16 copy as before */
     free(m.m_memory); free(m.v_memory); m.m_memory = m.v_memory = NULL;   /* the shards live on the device now */
-    c.row_t = (floatX *)malloc(c.g.V * sizeof(floatX));
-    c.row = (float *)malloc(c.g.V * sizeof(float));
+    c.cfg = &cfg;
+    c.row_t = (floatX *)malloc(c.g.Vfull * sizeof(floatX));
+    c.row = (float *)malloc(c.g.Vfull * sizeof(float));
+    c.Vr = (cfg.vocab_size + a.tp - 1) / a.tp;
+    c.row_part = a.tp > 1 ? (floatX *)dev_alloc((size_t)c.Vr * sizeof(floatX)) : NULL;
+    c.row_all = a.tp > 1 ? (floatX *)dev_alloc((size_t)a.tp * c.Vr * sizeof(floatX)) : NULL;
     CUDA_CHECK(cudaGetDeviceProperties(&c.prop, d.local_rank));
     c.flops_per_token = flops_per_token(&cfg, a.seq_len);
     c.peak_flops = peak_bf16_flops(c.prop.name);
 
-    TrainBackend b = {&c, d.rank, d.world, d.rank == 0, 1, gpu_forward_backward<floatX>, gpu_step_queue<floatX>, gpu_step_outcome<floatX>,
+    /* every rank of a data-parallel group's first tensor-parallel group evaluates and samples (they compute it
+       together); the MFU's peak is that of the tp GPUs of a group */
+    TrainBackend b = {&c, d.grank, d.world, d.rank == 0, 1, gpu_forward_backward<floatX>, gpu_step_queue<floatX>, gpu_step_outcome<floatX>,
                       gpu_eval_batch<floatX>, gpu_eval_sum<floatX>, gpu_forward_logits<floatX>, gpu_save<floatX>, gpu_print_setup<floatX>,
-                      gpu_loop_start<floatX>, gpu_memory_gib<floatX>, c.flops_per_token, c.peak_flops};
-    train_loop(&b, &a, &cfg, m.num_params, &data, &dl, &ts, resumed);
+                      gpu_loop_start<floatX>, gpu_memory_gib<floatX>, c.flops_per_token, c.peak_flops * a.tp};
+    train_loop(&b, &a, &cfg, whole_params, &data, &dl, &ts, resumed);
 
     free(c.row_t); free(c.row);
+    dev_free(c.row_part, (size_t)c.Vr * sizeof(floatX));
+    dev_free(c.row_all, (size_t)a.tp * c.Vr * sizeof(floatX));
     gmodel_free(c.g);
     dataloader_free(&dl);
     close_data(&data);
@@ -2962,14 +3278,23 @@ static void refuse_gpu_config(const Args *a) {
     for (int l = 0; l < c.n_layer && !key; l++)
         if (attention_window(&c, l) > 0 && attention_window(&c, l) < a->seq_len) key = "use_sliding_window (sliding_window below --seq-len)";
     if (key) die("config key %s is not implemented on the GPU; train this model with ./train", key);
+    /* tensor parallel: the layout (as train.c checks it) and the widths of a rank's slice */
+    ModelConfig local;
+    TensorParallel tp;
+    char err[512];
+    if (tp_config(&c, a->tp, 0, &local, &tp, err, sizeof(err)) != 0) die("--tp %d: %s", a->tp, err);
+    if (a->tp > 1 && local.d_ff % 8)
+        die("--tp %d: the GPU kernels need each rank's MLP width divisible by 8 (intermediate_size %d / %d = %d)", a->tp,
+            c.d_ff, a->tp, local.d_ff);
 }
 
 int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
-    if (a.tp > 1) die("--tp %d: tensor parallelism runs in the CPU trainer (./train); train_gpu is data-parallel", a.tp);
     if (a.pp > 1) die("--pp %d: pipeline parallelism runs in the CPU trainer (./train); train_gpu is data-parallel", a.pp);
+    if (a.sp && a.recompute >= 2)
+        die("--sp with --recompute 2: the norms' recomputation is not sequence-parallel on the GPU (use --recompute 0 or 1)");
     refuse_gpu_config(&a);
     /* ZeRO-2 reduces through NCCL, with one rank too */
     LaunchArgs launch = {a.nproc, a.nnodes, a.node_rank, a.master_port, a.master_addr, a.run_id, a.dist_timeout,
@@ -2984,7 +3309,7 @@ int main(int argc, char **argv) {
     int rc = !strcmp(a.dtype, "fp32") ? run<float>(a, d) : run<bf16>(a, d);
     gpu_teardown();
     watchdog_stop();
-    if (d.comm) ncclCommDestroy(d.comm);
+    dist_free(&d);
     return rc;
 }
 

@@ -126,17 +126,19 @@ static void pass_fail(int ok, const char *fmt, ...) {
 }
 
 /* emb_buckets_build against its definition: bucket u holds exactly the positions of token uniq[u], increasing;
-   the buckets are in order of first appearance and cover every position once; count[] is left zero */
+   the buckets are in order of first appearance and cover every position once; count[] is left zero. The last case
+   keeps a tensor-parallel rank's rows [17, 37) of the vocabulary: the positions of the other tokens are in no bucket. */
 static void test_host_buckets(void) {
     int bad = 0;
-    const int Ns[3] = {1, 777, 4096}, Vs[3] = {3, 50, 50257};
-    for (int c = 0; c < 3; c++) {
-        int N = Ns[c], V = Vs[c];
+    const int Ns[4] = {1, 777, 4096, 777}, Vs[4] = {3, 50, 50257, 50}, v0s[4] = {0, 0, 0, 17}, rows[4] = {3, 50, 50257, 20};
+    for (int c = 0; c < 4; c++) {
+        int N = Ns[c], V = Vs[c], v0 = v0s[c], R = rows[c];
         std::vector<int> tok(N), count(V, 0), uniq(N), offs(N + 1), pos(N), seen(N, 0), first(V, -1);
         for (int n = 0; n < N; n++) tok[n] = (int)(rng_u64((90 + c) ^ g_seed, n) % (uint64_t)(c == 2 ? 300 : V)) * (c == 2 ? 167 : 1);
-        int nu = emb_buckets_build(tok.data(), N, count.data(), uniq.data(), offs.data(), pos.data());
+        int nu = emb_buckets_build(tok.data(), N, count.data(), uniq.data(), offs.data(), pos.data(), v0, R), held = 0;
+        for (int n = 0; n < N; n++) held += tok[n] >= v0 && tok[n] < v0 + R;
         for (int v = 0; v < V; v++) bad += count[v] != 0;
-        bad += offs[0] != 0 || offs[nu] != N;
+        bad += offs[0] != 0 || offs[nu] != held || (c == 3 && (held == 0 || held == N));
         for (int n = 0; n < N; n++) if (first[tok[n]] < 0) first[tok[n]] = n;
         for (int u = 0; u < nu; u++) {
             if (u > 0 && first[uniq[u]] <= first[uniq[u - 1]]) bad++;   /* order of first appearance, distinct */
@@ -146,7 +148,7 @@ static void test_host_buckets(void) {
                 seen[pos[j]]++;
             }
         }
-        for (int n = 0; n < N; n++) bad += seen[n] != 1;
+        for (int n = 0; n < N; n++) bad += seen[n] != (tok[n] >= v0 && tok[n] < v0 + R);
     }
     pass_fail(!bad, "embedding backward buckets (counting sort)     %d violations", bad);
 }
@@ -295,6 +297,11 @@ template <typename T> static void test_embedding(void) {
     CUDA_CHECK(cudaMemcpy(dtok, tok.data(), N * 4, cudaMemcpyHostToDevice));
     gpu::embedding_forward<T>(out, dtok, dwte, dwpe, B, Tn, C, 0);
     check("embedding_forward", from_dev(out, (size_t)N * C), ref, tol_a<T>(), tol_r<T>());
+    /* a tensor-parallel rank's rows [14, 35) of the vocabulary: the header's embedding_forward_shard */
+    std::vector<float> refs((size_t)N * C);
+    embedding_forward_shard(refs.data(), tok.data(), wte.data() + (size_t)14 * C, 14, 21, wpe.data(), B, Tn, C, NULL);
+    gpu::embedding_forward_shard<T>(out, dtok, dwte + (size_t)14 * C, 14, 21, dwpe, B, Tn, C, 0);
+    check("embedding_forward_shard", from_dev(out, (size_t)N * C), refs, tol_a<T>(), tol_r<T>());
     /* backward: fp32 dout, the host's counting sort */
     std::vector<float> dout((size_t)N * C);
     for (size_t i = 0; i < dout.size(); i++) dout[i] = 2.0f * rng_uniform(4 ^ g_seed, i) - 1.0f;
@@ -515,6 +522,35 @@ template <typename T> static void test_classifier(void) {
     printf("%s %-5s crossentropy_backward padded columns zeroed        %zu nonzero%s\n", nonzero ? "FAIL" : "ok  ", g_dtype,
            nonzero, nonzero ? "  <--" : "");
     nonzero ? g_fail++ : g_pass++;
+
+    /* vocabulary-parallel over 3 ranks (zero_shard's columns, rows of stride 336): each rank's parts, combined, give
+       the whole rows' losses and lse, and each rank's gradient is the whole gradient's columns */
+    const int ranks = 3, ld3 = 336;
+    std::vector<float> parts((size_t)ranks * 2 * N), dl3((size_t)N * V);
+    T *dsl[ranks];
+    float *dpart = dev_nan<float>(2 * N);
+    for (int r = 0; r < ranks; r++) {
+        size_t vb, ve;
+        zero_shard(V, ranks, r, &vb, &ve);
+        std::vector<float> sl((size_t)N * ld3, 8.0f);
+        for (int n = 0; n < N; n++) memcpy(&sl[(size_t)n * ld3], &logits[(size_t)n * V + vb], (ve - vb) * 4);
+        dsl[r] = to_dev<T>(sl);
+        gpu::crossentropy_forward_shard<T>(dpart, dsl[r], dtg, N, (int)(ve - vb), ld3, (int)vb, 0);
+        auto p = from_dev(dpart, 2 * N);
+        memcpy(&parts[(size_t)r * 2 * N], p.data(), 2 * N * 4);
+    }
+    float *dparts = to_dev<float>(parts), *dlse = dev_nan<float>(N);
+    gpu::crossentropy_combine(dlos, dlse, dparts, dtg, N, ranks, 0);
+    check("crossentropy_forward_shard + combine losses (3 ranks)", from_dev(dlos, N), losses, 1e-5f, 1e-5f);
+    check("crossentropy_forward_shard + combine lse (3 ranks)", from_dev(dlse, N), lse, 1e-5f, 1e-5f);
+    for (int r = 0; r < ranks; r++) {
+        size_t vb, ve;
+        zero_shard(V, ranks, r, &vb, &ve);
+        gpu::crossentropy_backward_shard<T>(dsl[r], dlse, dtg, N, (int)(ve - vb), ld3, (int)vb, dloss, 0);
+        auto gs = from_dev(dsl[r], (size_t)N * ld3);
+        for (int n = 0; n < N; n++) memcpy(&dl3[(size_t)n * V + vb], &gs[(size_t)n * ld3], (ve - vb) * 4);
+    }
+    check("crossentropy_backward_shard (3 ranks)", dl3, dl, sizeof(T) == 4 ? 1e-7f : 1e-4f, tol_r<T>());
 }
 
 template <typename T> static void test_adamw(void) {

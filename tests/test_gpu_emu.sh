@@ -7,7 +7,12 @@
 #     within 2e-2 relative on the loss and 5e-2 on the norm (bf16 activations; the CPU runs fp32); and both
 #     models with packed documents (--eod-mask-loss --reset-attention-mask --reset-position-ids), 2 ranks fp32;
 #     and two feature combinations (the feature flags), 1 rank fp32 against train;
-#  3. only a machine without a GPU skips: a CUDA initialisation failure is an error.
+#  3. tensor and sequence parallelism: train_gpu --tp N [--sp] gives the losses and grad norms of train with the
+#     same flags (GPT-2; Qwen2 with its one k/v head shared; Qwen3 with q/k norms and an lm_head; -n 2 --tp 2,
+#     -n 4 --tp 2 = 2 data-parallel x 2, -n 4 --tp 4), fp32 within the tolerances above and bf16 within bf16's, and
+#     saves the whole model: train's checkpoint within fp32 tolerance (weights 1e-3 after 3 AdamW steps of 1e-3,
+#     moments 1e-5); layouts the GPU does not run are refused by name;
+#  4. only a machine without a GPU skips: a CUDA initialisation failure is an error.
 set -u
 cd "$(dirname "$0")/.."
 # the sanitized pass (make test-sanitize) builds no emulated programs: these run in make test
@@ -110,4 +115,67 @@ for model in tiny-gpt2 tiny-llama; do
         ok "train_gpu $model 2 ranks fp32 --eod-mask-loss --reset-attention-mask --reset-position-ids == train -n 2: $res"
     else bad "train_gpu $model 2 ranks fp32 with the resets vs train -n 2: $res"; paste <(losses "$tmp/cpu_docs.log") <(losses "$tmp/gpu_docs.log"); fi
 done
+# tensor parallelism: "config ranks dtype flags" (the configs' per-rank slices keep the kernels' widths multiples of 8)
+tp_all=()
+for cfg in tp_gpt2 tp_qwen2 tp_qwen3; do
+    for lay in "2 --tp 2" "4 --tp 2" "4 --tp 4"; do
+        for r in "fp32" "fp32 --sp" "fp32 --sp --zero 2" "fp32 --overlap 0" "bf16 --sp"; do
+            dtype=${r%% *}; set -- $lay; tp_all+=("$cfg $1 $dtype $2 $3 ${r#"$dtype"}")
+        done
+    done
+done
+tp_quick=("tp_gpt2 2 fp32 --tp 2" "tp_qwen2 4 fp32 --tp 2 --sp" "tp_qwen3 4 fp32 --tp 4 --sp --zero 2" "tp_gpt2 4 bf16 --tp 2 --sp --overlap 0")
+[ "${EMU_FULL:-0}" = 1 ] && runs=("${tp_all[@]}") || runs=("${tp_quick[@]}")
+tpc=(--data "$tmp/shk_text_document" --seq-len 16 --lr 1e-3 --warmup-steps 1 --steps 3 --split 90,10,0 --eval-every 0 --seed 5
+     --threads 1 --batch-size 2)
+for r in "${runs[@]}"; do
+    set -- $r
+    cfg=tests/fixtures/configs/$1.json n=$2 dtype=$3; shift 3
+    name="${cfg##*/} -n $n $dtype $*"
+    cpu_flags=$(echo "$*" | sed 's/--zero [12]//; s/--overlap [01]//')
+    rm -rf "$tmp/cpu" "$tmp/gpu"
+    [ "$r" = "tp_qwen2 4 fp32 --tp 2 --sp" ] && resume_from=("$cfg" "$n" "$@")
+    # shellcheck disable=SC2086
+    ./train "${tpc[@]}" --model "$cfg" -n "$n" $cpu_flags --out "$tmp/cpu" > "$tmp/cpu_tp.log" 2>&1 || { tail -n 5 "$tmp/cpu_tp.log"; bad "train $name"; continue; }
+    CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${tpc[@]}" --model "$cfg" --nproc-per-node "$n" --dtype "$dtype" "$@" --out "$tmp/gpu" \
+        > "$tmp/gpu_tp.log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then grep -v '^step' "$tmp/gpu_tp.log" | tail -n 8; bad "train_gpu $name (exit $rc)"; continue; fi
+    tpn=$(echo "$*" | sed -n 's/.*--tp \([0-9]*\).*/\1/p') sp=""
+    case " $* " in *" --sp "*) sp=", sequence parallel" ;; esac
+    grep -q "^tensor parallel: $tpn GPUs per group$sp (" "$tmp/gpu_tp.log" || bad "train_gpu $name: no 'tensor parallel: $tpn GPUs per group$sp' line"
+    if [ "$dtype" = fp32 ]; then tl=2e-5; tn=1e-3; tw=1e-3; ts=1e-5; else tl=2e-2; tn=5e-2; tw=2e-2; ts=1e-3; fi
+    if res=$(compare "$tmp/cpu_tp.log" "$tmp/gpu_tp.log" "$tl" "$tn"); then ok "train_gpu $name == train: $res"
+    else bad "train_gpu $name vs train: $res"; paste <(losses "$tmp/cpu_tp.log") <(losses "$tmp/gpu_tp.log"); fi
+    w=$(tests/bin/st_maxdiff "$tmp/cpu/step_000003/model.safetensors" "$tmp/gpu/step_000003/model.safetensors")
+    st=$(tests/bin/st_maxdiff "$tmp/cpu/step_000003/train_state.safetensors" "$tmp/gpu/step_000003/train_state.safetensors")
+    awk -v w="$w" -v s="$st" -v tw="$tw" -v ts="$ts" 'BEGIN { exit !(w != "" && s != "" && w + 0 <= tw && s + 0 <= ts) }' \
+        && ok "train_gpu $name saves the whole model: train's within weights $w, moments $st" \
+        || bad "train_gpu $name checkpoint vs train's: weights $w, moments $st"
+    [ "$r" = "tp_qwen2 4 fp32 --tp 2 --sp" ] && { rm -rf "$tmp/cpu_r" "$tmp/gpu_r"; mv "$tmp/cpu" "$tmp/cpu_r"; mv "$tmp/gpu" "$tmp/gpu_r"; }
+done
+
+# a resume with --tp: each trainer goes on from its own 3-step checkpoint (the GPU slicing the whole model and its
+# moments again) to step 4, with the same loss and norm
+if [ -d "$tmp/gpu_r" ]; then
+    set -- "${resume_from[@]}"
+    cfg=$1 n=$2; shift 2
+    ./train "${tpc[@]}" --model "$cfg" -n "$n" "$@" --steps 4 --resume --out "$tmp/cpu_r" > "$tmp/cpu_r.log" 2>&1 || bad "train resume $*"
+    CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${tpc[@]}" --model "$cfg" --nproc-per-node "$n" --dtype fp32 "$@" --steps 4 --resume \
+        --out "$tmp/gpu_r" > "$tmp/gpu_r.log" 2>&1 || { grep -v '^step' "$tmp/gpu_r.log" | tail -n 8; bad "train_gpu resume $*"; }
+    a=$(losses "$tmp/cpu_r.log") b=$(losses "$tmp/gpu_r.log")
+    if [ -n "$a" ] && [ "$(echo "$a" | wc -l)" = 1 ] && [ "$a" = "$b" ]; then ok "train_gpu ${cfg##*/} -n $n $* resumed at step 4: '$a', as train"
+    else bad "train_gpu ${cfg##*/} -n $n $* resumed: '$b', train: '$a'"; fi
+fi
+
+# what train_gpu refuses with --tp
+refuse_gpu() {   # expected-message flags...
+    local want=$1; shift
+    if CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${tpc[@]}" --dtype fp32 "$@" > "$tmp/e.out" 2> "$tmp/e.err"; then bad "train_gpu accepted: $*"
+    elif grep -q -- "$want" "$tmp/e.err"; then ok "train_gpu refused $*: $(head -n 1 "$tmp/e.err")"
+    else bad "train_gpu refused $* without '$want': $(head -n 3 "$tmp/e.err")"; fi
+}
+refuse_gpu "--recompute 2" --model tests/fixtures/configs/tp_gpt2.json -n 2 --tp 2 --sp --recompute 2
+refuse_gpu "does not divide num_attention_heads 4" --model tests/fixtures/configs/tp_gpt2.json -n 8 --tp 8
+refuse_gpu "each rank's MLP width divisible by 8 (intermediate_size 344 / 2 = 172)" --model tiny-llama -n 2 --tp 2
 exit $fail

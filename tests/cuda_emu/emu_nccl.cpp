@@ -49,6 +49,7 @@ struct ncclComm {
     size_t map_bytes;
     int rank, nranks;
     int error;                  /* this rank's sticky error (atomic: the watchdog thread reads it) */
+    unsigned splits;            /* ncclCommSplit calls so far (the same on every rank: they are collective) */
     char name[64];
 };
 
@@ -280,6 +281,45 @@ ncclResult_t ncclCommInitAll(ncclComm_t *comms, int ndev, const int *devlist) {
     ncclUniqueId id;
     ncclGetUniqueId(&id);
     return ncclCommInitRank(&comms[0], 1, id, 0);
+}
+
+/* NCCL docs: collective over comm's ranks; the ranks of one color form a new communicator, ordered by key (ties by
+   their rank in comm); NCCL_SPLIT_NOCOLOR gives NULL. Each rank posts (color, key) in its slot; every rank then
+   knows its group, and the group joins a segment whose name all of its members derive alike: the creator's pid
+   (as in ncclGetUniqueId's names), then a hash of comm's name, the split's ordinal and the color. */
+ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newcomm, ncclConfig_t *config) {
+    const char *fn = "ncclCommSplit";
+    (void)config;
+    if (!comm || !newcomm) return warn(ncclInvalidArgument, fn, -1, "comm or newcomm is NULL");
+    *newcomm = NULL;
+    if (color < NCCL_SPLIT_NOCOLOR) return warn(ncclInvalidArgument, fn, comm->rank, "color is negative");
+    int e = __atomic_load_n(&comm->error, __ATOMIC_ACQUIRE);
+    if (e) return warn((ncclResult_t)e, fn, comm->rank, "the communicator has failed before");
+    ncclComm *c = comm;
+    int mine[2] = {color, key};
+    memcpy(slot(c, c->rank), mine, sizeof(mine));
+    ncclResult_t r = barrier(c, fn);
+    if (r != ncclSuccess) return r;
+    int n = 0, rank = 0;
+    for (int q = 0; q < c->nranks; q++) {
+        int other[2];
+        memcpy(other, slot(c, q), sizeof(other));
+        if (other[0] != color) continue;
+        n++;
+        if (other[1] < key || (other[1] == key && q < c->rank)) rank++;
+    }
+    if ((r = barrier(c, fn)) != ncclSuccess) return r;
+    unsigned ordinal = c->splits++;
+    if (color == NCCL_SPLIT_NOCOLOR) return ncclSuccess;
+    uint64_t h = 0xcbf29ce484222325ull;   /* FNV-1a over the parent's name, the ordinal and the color */
+    for (const char *p = c->name; *p; p++) { h ^= (unsigned char)*p; h *= 0x100000001b3ull; }
+    for (int i = 0; i < 8; i++) { h ^= (uint64_t)((i < 4 ? ordinal >> (8 * i) : (unsigned)color >> (8 * (i - 4))) & 0xff); h *= 0x100000001b3ull; }
+    int pid = 0;
+    if (sscanf(c->name, "/llmtrain-nccl-%d-", &pid) != 1) pid = 0;
+    ncclUniqueId id;
+    memset(&id, 0, sizeof(id));
+    snprintf(id.internal, sizeof(id.internal), "/llmtrain-nccl-%d-split-%016llx", pid, (unsigned long long)h);
+    return ncclCommInitRank(newcomm, n, id, rank);
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {

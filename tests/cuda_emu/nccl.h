@@ -42,10 +42,16 @@ typedef enum { ncclSum = 0, ncclProd = 1, ncclMax = 2, ncclMin = 3, ncclAvg = 4,
 
 typedef struct ncclComm *ncclComm_t;
 
+/* ncclCommSplit: a rank with this color joins no new communicator */
+#define NCCL_SPLIT_NOCOLOR -1
+/* the communicator options (NCCL's ncclConfig_t has more fields); the emulation takes NULL or any config */
+typedef struct { size_t size; unsigned int magic, version; int blocking; } ncclConfig_t;
+
 const char *ncclGetErrorString(ncclResult_t result);
 ncclResult_t ncclGetUniqueId(ncclUniqueId *uniqueId);
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId, int rank);
 ncclResult_t ncclCommInitAll(ncclComm_t *comms, int ndev, const int *devlist);
+ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newcomm, ncclConfig_t *config);
 ncclResult_t ncclCommDestroy(ncclComm_t comm);
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *asyncError);
 ncclResult_t ncclCommCount(const ncclComm_t comm, int *count);

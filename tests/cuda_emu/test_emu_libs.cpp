@@ -550,6 +550,40 @@ static void rank_collectives(ncclComm_t comm, int rank, int n) {
 #endif
 }
 
+/* ncclCommSplit: groups by color, ordered by key (ties by rank), NCCL_SPLIT_NOCOLOR out; each group's collectives
+   see only its members; a split of a split */
+static void rank_splits(ncclComm_t comm, int rank, int n) {
+    ncclComm_t pair = NULL, parity = NULL, rest = NULL, again = NULL;
+    expect(ncclCommSplit(comm, rank / 2, rank, &pair, NULL) == ncclSuccess && pair, "rank %d: split by rank / 2", rank);
+    expect(ncclCommSplit(comm, rank % 2, -rank, &parity, NULL) == ncclSuccess && parity, "rank %d: split by rank %% 2", rank);
+    expect(ncclCommSplit(comm, rank == 0 ? NCCL_SPLIT_NOCOLOR : 7, 0, &rest, NULL) == ncclSuccess, "rank %d: split without rank 0", rank);
+    if (!pair || !parity) return;
+    int cnt = -1, ur = -1;
+    int pair_n = n - rank / 2 * 2 < 2 ? n - rank / 2 * 2 : 2;
+    expect(ncclCommCount(pair, &cnt) == ncclSuccess && cnt == pair_n && ncclCommUserRank(pair, &ur) == ncclSuccess &&
+           ur == rank % 2, "rank %d: pair count %d rank %d", rank, cnt, ur);
+    float x = (float)rank, want = 0;
+    for (int q = rank / 2 * 2; q < rank / 2 * 2 + pair_n; q++) want += (float)q;
+    expect(ncclAllReduce(&x, &x, 1, ncclFloat, ncclSum, pair, NULL) == ncclSuccess && x == want,
+           "rank %d: allreduce in its pair: %g, want %g", rank, x, want);
+    /* key -rank: the highest rank of each parity class comes first */
+    int par_n = (n - rank % 2 + 1) / 2, above = (n - 1 - rank) / 2;
+    expect(ncclCommCount(parity, &cnt) == ncclSuccess && cnt == par_n && ncclCommUserRank(parity, &ur) == ncclSuccess &&
+           ur == above, "rank %d: parity count %d rank %d, want %d %d", rank, cnt, ur, par_n, above);
+    float g[4] = {-1, -1, -1, -1}, mine = (float)rank;
+    expect(ncclAllGather(&mine, g, 1, ncclFloat, parity, NULL) == ncclSuccess, "rank %d: allgather in its class", rank);
+    for (int i = 0; i < par_n; i++) expect(g[i] == (float)(n - 1 - (n - 1 - rank % 2) % 2 - 2 * i),
+                                           "rank %d: class member %d is %g", rank, i, g[i]);
+    if (rank == 0) expect(rest == NULL, "NCCL_SPLIT_NOCOLOR gives NULL");
+    else expect(rest && ncclCommCount(rest, &cnt) == ncclSuccess && cnt == n - 1 && ncclCommUserRank(rest, &ur) == ncclSuccess &&
+                ur == rank - 1, "rank %d: the ranks without 0: count %d rank %d", rank, cnt, ur);
+    expect(ncclCommSplit(pair, 0, 0, &again, NULL) == ncclSuccess && again, "rank %d: split of a split", rank);
+    x = 1.0f;
+    expect(again && ncclAllReduce(&x, &x, 1, ncclFloat, ncclSum, again, NULL) == ncclSuccess && x == (float)pair_n,
+           "rank %d: allreduce in the split of its pair: %g", rank, x);
+    ncclCommDestroy(again); ncclCommDestroy(rest); ncclCommDestroy(parity); ncclCommDestroy(pair);
+}
+
 /* modes of a rank in the failure tests */
 enum { RANK_OK, RANK_DIES, RANK_HANGS };
 
@@ -575,7 +609,7 @@ static int run_rank(ncclUniqueId id, int rank, int n, int mode, int victim) {
     int c = 0, ur = -1;
     expect(ncclCommCount(comm, &c) == ncclSuccess && c == n && ncclCommUserRank(comm, &ur) == ncclSuccess && ur == rank,
            "rank %d: count / user rank", rank);
-    if (mode == RANK_OK) rank_collectives(comm, rank, n);
+    if (mode == RANK_OK) { rank_collectives(comm, rank, n); rank_splits(comm, rank, n); }
     else if (rank == victim && mode == RANK_DIES) _exit(0);
     else if (rank == victim && mode == RANK_HANGS) pause();
     else rank_survivor(comm, rank, mode == RANK_DIES ? ncclRemoteError : ncclSystemError, 8.0);
