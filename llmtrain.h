@@ -189,7 +189,7 @@ typedef struct {
    (model_backward_stage) and leaves the gradient of its input in model_stage_input_grad. */
 typedef struct {
     int size, rank;
-    int layer0;          /* this stage's first layer in the whole model */
+    int layer0, layers;  /* this stage's first layer in the whole model, and its number of layers */
     int embed, head;     /* it holds the embedding (the first stage) / the final norm, lm_head and loss (the last) */
 } PipelineStage;
 
@@ -1669,7 +1669,7 @@ static void point_params(ParameterTensors *p, float *mem, const size_t *offsets,
 }
 
 int model_build(Model *m, const ModelConfig *cfg) {
-    PipelineStage whole = {1, 0, 0, 1, 1};
+    PipelineStage whole = {1, 0, 0, cfg->n_layer, 1, 1};
     return model_build_stage(m, cfg, &whole);
 }
 
@@ -2160,7 +2160,7 @@ int pp_stages(const ModelConfig *f, int P, const int *layers, PipelineStage *out
         free(best); free(cut);
     }
     for (int s = 0, l0 = 0; s < P; s++) {
-        out[s] = (PipelineStage){P, s, l0, s == 0, s == P - 1};
+        out[s] = (PipelineStage){P, s, l0, count[s], s == 0, s == P - 1};
         l0 += count[s];
     }
     free(count);

@@ -339,7 +339,7 @@ int main(int argc, char **argv) {
     Model slice, *model = &m;
     if (a.tp > 1 || a.pp > 1) {
         if (tp_config(&cfg, a.tp, tp_comm.rank, &local_cfg, &tp, err, sizeof(err)) != 0) die("--tp %d: %s", a.tp, err);
-        local_cfg.n_layer = (pp_rank + 1 < a.pp ? stages[pp_rank + 1].layer0 : cfg.n_layer) - stages[pp_rank].layer0;
+        local_cfg.n_layer = stages[pp_rank].layers;
         if (model_build_stage(&slice, &local_cfg, &stages[pp_rank]) != 0) die("out of memory for the model");
         tp.sp = a.sp; tp.ctx = &tp_comm;
         tp.all_reduce = tp_all_reduce; tp.all_gather = tp_all_gather; tp.reduce_scatter = tp_reduce_scatter;
