@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${STEPS:-5}; reps=${REPS:-3}; threads_list=${THREADS:-1 2}
 mkdir -p out/bench
-res=out/bench/results.txt; [ -n "${TABLE_ONLY:-}" ] || : > "$res"
+res=${RESULTS:-out/bench/results.txt}; [ -n "${TABLE_ONLY:-}" ] || : > "$res"
 make -s train prepro/prepro out/bench_kernels
 [ -f out/tinyshakespeare_text_document.idx ] || ./prepro/prepro --input data/tinyshakespeare.txt --txt-mode paragraph \
     --tokenizer data/gpt2_tokenizer.json --output-prefix out/tinyshakespeare --append-eod > /dev/null
@@ -66,8 +66,8 @@ for r in $(seq "$reps"); do
 done
 fi
 echo
-echo "| model | threads | ours ms/step | PyTorch ms/step | llm.c ms/step | ours / PyTorch | ours / llm.c |"
-echo "|---|---|---|---|---|---|---|"
+echo "| model | threads | ours ms/step | PyTorch ms/step | llm.c ms/step | ours / PyTorch | ours / llm.c | ours / PyTorch, each round |"
+echo "|---|---|---|---|---|---|---|---|"
 for spec in "gpt2-124m 4 64" "tiny-gpt2 8 64"; do
     set -- $spec
     for th in $threads_list; do
@@ -75,7 +75,11 @@ for spec in "gpt2-124m 4 64" "tiny-gpt2 8 64"; do
         p=$(awk -v m="$1" -v t="$th" '$1 == m && $2 == t && $3 == "torch" && $4 != "-" {print $4}' "$res" | median)
         l=$(awk -v m="$1" -v t="$th" '$1 == m && $2 == t && $3 == "llmc" && $4 != "-" {print $4}' "$res" | median)
         ratio() { [ "$2" = "-" ] && echo "-" || awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-        echo "| $1 B=$2 T=$3 | $th | $o | $p | $l | $(ratio "$o" "$p") | $(ratio "$o" "$l") |"
+        # the ratio of each round's neighbouring runs (a load that comes and goes moves both), and their median
+        rounds=$(awk -v m="$1" -v t="$th" '$1 == m && $2 == t && $4 != "-" {if ($3 == "ours") o = $4; if ($3 == "torch" && o != "") {printf "%.2f\n", o / $4; o = ""}}' "$res")
+        each=$(echo "$rounds" | paste -sd, - | sed 's/,/, /g')
+        mid=$(echo "$rounds" | median)
+        echo "| $1 B=$2 T=$3 | $th | $o | $p | $l | $(ratio "$o" "$p") | $(ratio "$o" "$l") | ${each:--} (median ${mid}) |"
     done
 done
 echo "load at end: $(uptime | sed 's/.*load average/load average/')"
