@@ -1211,22 +1211,37 @@ static float *mm_thread_buffer(size_t n) {
     return mm_buf[t];
 }
 
+/* How C is shared out among nt threads: chunks of ncw columns x mcw rows (whole tiles), one chunk at a time per
+   thread. A chunk costs its micro-kernel tiles' multiply-adds plus its packing: its B panel (K x ncw floats) and
+   its rows of A (mcw x K), a packed float costing about MM_PACK_COST multiply-adds (a copy moves one float a cycle,
+   the FMA units do 16 multiply-adds). The busiest thread does ceil(chunks / nt) chunks; of the splits with at most
+   MM_NC columns a chunk (so B's panel stays in cache) and up to nt more column chunks and nt row chunks than the
+   fewest, the cheapest wins. Columns first, as B is packed once per chunk; rows when the columns do not share out
+   evenly (128 columns are 3 tiles of 48: 2 + 1 over two threads, where 64 rows each is 50:50). The split changes
+   only who computes a C element, never the order of its sum. */
+#define MM_PACK_COST 16
+static void mm_split(int M, int N, int K, int nt, int *ncw, int *mcw) {
+    int ntiles = mm_ceil_div(N, MM_NR), mtiles = mm_ceil_div(M, MM_MR);
+    int cn0 = mm_ceil_div(N, MM_NC);
+    double best = -1.0;
+    for (int cn = cn0; cn <= ntiles && cn <= cn0 + nt; cn++)
+        for (int cm = 1; cm <= mtiles && cm <= nt; cm++) {
+            int tn = mm_ceil_div(ntiles, cn), tm = mm_ceil_div(mtiles, cm);   /* tiles a chunk, at most */
+            int chunks = mm_ceil_div(ntiles, tn) * mm_ceil_div(mtiles, tm);
+            double chunk = (double)K * ((double)tn * MM_NR * tm * MM_MR + MM_PACK_COST * ((double)tn * MM_NR + (double)tm * MM_MR));
+            double cost = mm_ceil_div(chunks, nt) * chunk;
+            if (best < 0 || cost < best) { best = cost; *ncw = tn * MM_NR; *mcw = tm * MM_MR; }
+        }
+}
+
 /* C[i*ldc + j] += sum_k A(i,k) B(k,j) for i < M, j < N; with init, C[i*ldc + j] = bias[j] (0 when bias is
    NULL) + the same sum instead (K >= 1) */
 static void mm_sgemm(int M, int N, int K, const float *a, size_t sai, size_t sak, const float *b, size_t sbk,
                      size_t sbj, float *c, size_t ldc, int init, const float *bias) {
     if (M <= 0 || N <= 0 || K <= 0) return;
-    /* chunks of C: columns first (B is packed once per chunk), rows too when there are fewer column chunks than
-       threads; a multiple of the thread count when there are enough tiles, for balance */
-    int nt = omp_get_max_threads(), ntiles = mm_ceil_div(N, MM_NR), mtiles = mm_ceil_div(M, MM_MR);
-    int cn = mm_ceil_div(N, MM_NC);
-    if (cn < nt) cn = nt;
-    cn = mm_ceil_div(cn, nt) * nt;
-    if (cn > ntiles) cn = ntiles;
-    int cm = cn < nt ? mm_ceil_div(nt, cn) : 1;
-    if (cm > mtiles) cm = mtiles;
-    int ncw = mm_ceil_div(ntiles, cn) * MM_NR, mcw = mm_ceil_div(mtiles, cm) * MM_MR;
-    cn = mm_ceil_div(N, ncw); cm = mm_ceil_div(M, mcw);
+    int nt = omp_get_max_threads(), ncw, mcw;
+    mm_split(M, N, K, nt, &ncw, &mcw);
+    int cn = mm_ceil_div(N, ncw), cm = mm_ceil_div(M, mcw);
     #pragma omp parallel
     {
         int mcb = mcw < MM_MC ? mcw : MM_MC;

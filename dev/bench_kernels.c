@@ -3,7 +3,8 @@
      times the thread count: the ceiling of any matmul;
    - matmul: forward, dinp and dweight at the shapes of a GPT-2 124M step (B*T = 256 rows), GFLOP/s and % of peak;
    - the memory-bound layers at the same shapes: GB/s of the bytes each must move, as a share of a plain copy's.
-   Medians of REPEATS runs; MATMUL_ONLY=1 stops after the matmuls; CPU_TIME=1 times by CPU seconds (for
+   Medians of REPEATS runs; MATMUL_ONLY=1 stops after the matmuls; TINY=1 times tiny-gpt2's matmuls (512 rows,
+   C = 128) instead; CPU_TIME=1 times by CPU seconds (for
    one thread on a machine shared with other jobs). Build and run: make bench (dev/bench_cpu.sh), or
      gcc -O3 -march=native -fopenmp -std=c11 -D_GNU_SOURCE -I. dev/bench_kernels.c -o out/bench_kernels -lm -ljansson
      OMP_NUM_THREADS=1 out/bench_kernels                                                                        */
@@ -76,6 +77,11 @@ int main(int argc, char **argv) {
     printf("| kernel | shape | ms | GFLOP/s or GB/s | %% of bound |\n|---|---|---|---|---|\n");
     int N = 256;                     /* B=4, T=64 */
     int shapes[][2] = { { 768, 2304 }, { 768, 768 }, { 768, 3072 }, { 3072, 768 }, { 768, 50257 } };
+    if (getenv("TINY") && atoi(getenv("TINY"))) {   /* tiny-gpt2 at B=8, T=64 (the default run): C = 128 */
+        int tiny[][2] = { { 128, 384 }, { 128, 128 }, { 128, 512 }, { 512, 128 }, { 128, 50257 } };
+        N = 512;
+        memcpy(shapes, tiny, sizeof(tiny));
+    }
     double tot_flop = 0, tot_s = 0;
     for (int s = 0; s < 5; s++) {
         int IC = shapes[s][0], OC = shapes[s][1];

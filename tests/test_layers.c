@@ -697,8 +697,8 @@ static const int THREADS[] = { 1, 2, 3, 2, 4 };
 #define NTHREADS_TRIED 5
 
 /* the fast (packed, blocked) matmul against the plain loops matmul_*_ref, at shapes that are not multiples of
-   its tiles: K = 1, K across a KC slice (300, 600), one row, more columns than one thread's chunk (1601), and
-   bit for bit equal with 1, 2, 3 and 4 threads */
+   its tiles: K = 1, K across a KC slice (300, 600), one row, more columns than one thread's chunk (1601), C
+   shared out by rows (3 column tiles), and bit for bit equal with 1, 2, 3 and 4 threads */
 static void test_matmul_fast(int N, int IC, int OC) {
     char pre[64];
     snprintf(pre, sizeof(pre), "fast matmul(N=%d,IC=%d,OC=%d)", N, IC, OC);
@@ -889,6 +889,7 @@ int main(void) {
     test_matmul_fast(13, 300, 53);
     test_matmul_fast(29, 600, 1601);
     test_matmul_fast(261, 19, 83);
+    test_matmul_fast(300, 128, 140);   /* 3 column tiles: 2 and 3 threads split the rows too */
     {
         ModelConfig l3 = rope_config(1, 16, 10000.0f), plain = rope_config(0, 16, 10000.0f), big = rope_config(0, 32, 1000000.0f);
         test_rope_init("rope_init(llama3 HD16 T32)", &l3, 32);
