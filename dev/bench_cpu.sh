@@ -8,7 +8,8 @@
 # over rounds of each run's median step time (the first step, which warms up, left out). Then the matmul
 # GFLOP/s against the measured FMA peak and the memory-bound layers (dev/bench_kernels.c).
 #   bash dev/bench_cpu.sh   (or: make bench)     STEPS=5 REPS=3 THREADS="1 2" to change; TABLE_ONLY=1 prints the
-#   table of the last run's out/bench/results.txt again
+#   table of the last run's out/bench/results.txt again (RESULTS=FILE: of another run's). The last column divides
+#   each round's figures, whose runs were neighbours, so a load that came and went moves both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${STEPS:-5}; reps=${REPS:-3}; threads_list=${THREADS:-1 2}
