@@ -1021,7 +1021,7 @@ void matmul_backward_ref(float *dinp, float *dweight, float *dbias, const float 
      of MM_MR, B as rows of MM_NR, zero-padded at the edges), so every load in the kernel is sequential and
      aligned whatever the strides of the source; the copy is paid once per block and amortized over the
      block's MM_KC x MM_MC x MM_NC FMAs.
-   Threads: OpenMP shares out chunks of C's columns (and rows, when the columns are too few), never K. Every
+   Threads: OpenMP shares out chunks of C's columns and rows (mm_split chooses them), never K. Every
    C element is summed by one thread in one fixed order: for each MM_KC slice of k in turn, the slice's sum
    (an FMA chain from 0 in k order, in a register) is added to C. That order depends on MM_KC alone, not on
    the tiling or the thread count, so the results are bit-identical for any number of threads.
