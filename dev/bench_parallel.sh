@@ -4,9 +4,10 @@
 #   data parallelism      -n 2, B/2 rows each, M accumulation steps
 #   tensor parallelism    -n 2 --tp 2 (and with --sp), the same B rows on both
 #   pipeline parallelism  -n 2 --pp 2, M micro-batches of B rows through 2 stages (1F1B)
+#   one rank              -n 1 --threads 2, M micro-batches of B rows (LAYOUTS="one pp" M=8: the pipeline vs one rank)
 # The layouts take turns, REPS rounds; each figure is the median over rounds of each run's median step time (the
 # first step left out); the pipeline's measured bubble is the median of its step lines.
-#   bash dev/bench_parallel.sh        MODEL=gpt2-124m B=4 T=64 M=4 STEPS=4 REPS=3 to change
+#   bash dev/bench_parallel.sh        MODEL=gpt2-124m B=4 T=64 M=4 STEPS=4 REPS=3 LAYOUTS="dp tp tpsp pp" to change
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-gpt2-124m}; B=${B:-4}; T=${T:-64}; M=${M:-4}; steps=${STEPS:-4}; reps=${REPS:-3}
@@ -27,8 +28,10 @@ run() {   # name flags... -> "median ms of steps 2.. [median bubble]"
     echo "$ms ${bub:-}"
 }
 declare -A ms bubble
-layouts=("dp:-n 2 --batch-size $((B / 2))" "tp:-n 2 --tp 2 --batch-size $B" "tpsp:-n 2 --tp 2 --sp --batch-size $B"
-         "pp:-n 2 --pp 2 --batch-size $B")
+all=("dp:-n 2 --batch-size $((B / 2))" "tp:-n 2 --tp 2 --batch-size $B" "tpsp:-n 2 --tp 2 --sp --batch-size $B"
+     "pp:-n 2 --pp 2 --batch-size $B" "one:-n 1 --batch-size $B --threads 2")
+layouts=()   # LAYOUTS: which of dp tp tpsp pp one, the first the one the others are divided by
+for want in ${LAYOUTS:-dp tp tpsp pp}; do for l in "${all[@]}"; do [ "${l%%:*}" = "$want" ] && layouts+=("$l"); done; done
 for r in $(seq "$reps"); do
     for l in "${layouts[@]}"; do
         name=${l%%:*}; out=$(run "$name" ${l#*:}); set -- $out
@@ -36,12 +39,12 @@ for r in $(seq "$reps"); do
         echo "round $r $name: $1 ms/step${2:+, bubble $2} (load $(cut -d' ' -f1 /proc/loadavg))"
     done
 done
-dp=$(echo ${ms[dp]} | tr ' ' '\n' | median)
+first=${layouts[0]%%:*}; base=$(echo ${ms[$first]} | tr ' ' '\n' | median)
 echo
-echo "model $model, global batch $B x $T x $M micro-batches, 2 processes x 1 thread, $reps rounds; $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-printf "| layout | ms/step (median) | rounds | vs -n 2 (data parallel) |\n|---|---|---|---|\n"
+echo "model $model, global batch $B x $T x $M micro-batches, 2 processes x 1 thread (one: 1 process x 2 threads), $reps rounds; $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+printf "| layout | ms/step (median) | rounds | vs \`%s\` |\n|---|---|---|---|\n" "${layouts[0]#*:}"
 for l in "${layouts[@]}"; do
     name=${l%%:*}; m=$(echo ${ms[$name]} | tr ' ' '\n' | median)
-    printf "| \`%s\` | %s | %s | %.2fx |\n" "${l#*:}" "$m" "${ms[$name]# }" "$(echo "$m $dp" | awk '{print $1 / $2}')"
+    printf "| \`%s\` | %s | %s | %.2fx |\n" "${l#*:}" "$m" "${ms[$name]# }" "$(echo "$m $base" | awk '{print $1 / $2}')"
 done
 [ -n "${bubble[pp]:-}" ] && echo "pipeline bubble, measured (median of steps 2.. per round): ${bubble[pp]# }; theory (P-1)/(M+P-1) = $(awk -v m="$M" 'BEGIN { printf "%.3f", 1 / (m + 1) }')"
