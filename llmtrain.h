@@ -332,6 +332,10 @@ void tp_slice(const Model *m, float *local, const float *whole);
 /* the runs this rank owns, from local into whole (the rest untouched): summed over the ranks into a zeroed
    whole, the whole model */
 void tp_unslice(const Model *m, float *whole, const float *local);
+/* A rank's part of the whole model: slice is built for its config `local` (tp_config's) and pipeline stage st, with
+   tp as its TensorParallel, and given its slice of whole's weights and, when whole has them, of its AdamW moments,
+   and whole's data settings; then whole is freed. 0, or -1 when out of memory. */
+int model_take_slice(Model *slice, Model *whole, const ModelConfig *local, const PipelineStage *st, const TensorParallel *tp);
 /* the sum of squares of m's gradients in [begin, end) of its flat buffer, counting a replicated run on its owner
    only: summed over the ranks, the whole model's */
 double tp_grad_sumsq(const Model *m, size_t begin, size_t end);
@@ -2302,6 +2306,22 @@ void tp_unslice(const Model *m, float *whole, const float *local) {
     for (size_t i = 0; i < n; i++)
         if (runs[i].owner) memcpy(whole + runs[i].whole, local + runs[i].local, runs[i].len * sizeof(float));
     free(runs);
+}
+
+int model_take_slice(Model *slice, Model *whole, const ModelConfig *local, const PipelineStage *st, const TensorParallel *tp) {
+    if (model_build_stage(slice, local, st) != 0) return -1;
+    slice->tp = *tp;
+    slice->reset_attention = whole->reset_attention; slice->reset_positions = whole->reset_positions; slice->eod = whole->eod;
+    tp_slice(slice, slice->params_memory, whole->params_memory);
+    if (whole->m_memory) {
+        slice->m_memory = (float *)calloc(slice->num_params, sizeof(float));
+        slice->v_memory = (float *)calloc(slice->num_params, sizeof(float));
+        if (!slice->m_memory || !slice->v_memory) return -1;
+        tp_slice(slice, slice->m_memory, whole->m_memory);
+        tp_slice(slice, slice->v_memory, whole->v_memory);
+    }
+    model_free(whole);
+    return 0;
 }
 
 /* the owned runs merged where they touch (in local order), each range's sum of squares added */
