@@ -584,7 +584,7 @@ static ncclResult_t p2p_step(P2POp *o, int *moved) {
         if (posted != taken) return ncclSuccess;   /* the receiver has not taken the last chunk yet */
         if (o->done == o->bytes) { o->complete = 1; *moved = 1; return ncclSuccess; }
         size_t n = o->bytes - o->done < chunk ? o->bytes - o->done : chunk;
-        memcpy((char *)(mb + 1), o->buf + o->done, n);
+        memmove((char *)(mb + 1), o->buf + o->done, n);   /* not memcpy: the runtime's would check it as the host's */
         mb->chunk_bytes = n;
         mb->msg_bytes = o->bytes;
         __atomic_store_n(&mb->posted, posted + 1, __ATOMIC_RELEASE);
@@ -604,7 +604,7 @@ static ncclResult_t p2p_step(P2POp *o, int *moved) {
         return comm_fail(o->c, ncclInvalidUsage, o->fn, why);
     }
     size_t n = mb->chunk_bytes;
-    memcpy(o->buf + o->done, (const char *)(mb + 1), n);
+    memmove(o->buf + o->done, (const char *)(mb + 1), n);
     o->done += n;
     __atomic_store_n(&mb->taken, taken + 1, __ATOMIC_RELEASE);
     syscall(SYS_futex, &mb->taken, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
@@ -653,8 +653,9 @@ static ncclResult_t p2p_run(void) {
     return r;
 }
 
-/* NCCL docs: ncclSend / ncclRecv of count elements to / from peer; the stream's accesses are checked at the call,
-   the bytes move at the call (outside a group) or at ncclGroupEnd */
+/* NCCL docs: ncclSend / ncclRecv of count elements to / from peer. The buffer's access is checked (and a receive's
+   bytes marked written) at the call, as the operation of its stream; the bytes move at the call (outside a group)
+   or at ncclGroupEnd, by memmove, which the runtime does not check as a host access. */
 static ncclResult_t p2p_enqueue(const char *fn, int send, void *buf, size_t count, ncclDataType_t t, int peer, ncclComm *c,
                                 cudaStream_t stream) {
     ncclResult_t r = check_args(c, fn, buf, buf, 1, count, t, 0, ncclSum, 0);
