@@ -3351,17 +3351,20 @@ static const float *gpu_forward_logits(void *ctx, const int *ids, int n) {
     return c->row;
 }
 
-/* x[0..n) on the host summed over comm's ranks, through g's staging buffer (between steps) */
+/* x[0..n) on the host summed over comm's ranks, through a device buffer of at most 1 Mi floats: the same pieces on
+   every rank (the ranks' staging buffers differ in size with --tp or --pp) */
 template <typename floatX>
 static void host_all_reduce(GModel<floatX> &g, ncclComm_t comm, float *x, size_t n) {
-    for (size_t k0 = 0; k0 < n; k0 += g.stage_floats) {
-        size_t cnt = n - k0 < g.stage_floats ? n - k0 : g.stage_floats;
-        CUDA_CHECK(cudaMemcpyAsync(g.stage, x + k0, cnt * sizeof(float), cudaMemcpyHostToDevice, g.stream));
-        NCCL_CHECK(ncclAllReduce(g.stage, g.stage, cnt, ncclFloat, ncclSum, comm, g.stream));
-        CUDA_CHECK(cudaMemcpyAsync(x + k0, g.stage, cnt * sizeof(float), cudaMemcpyDeviceToHost, g.stream));
+    size_t piece = n < ((size_t)1 << 20) ? n : ((size_t)1 << 20);
+    float *buf = (float *)dev_alloc(piece * sizeof(float));
+    for (size_t k0 = 0; k0 < n; k0 += piece) {
+        size_t cnt = n - k0 < piece ? n - k0 : piece;
+        CUDA_CHECK(cudaMemcpyAsync(buf, x + k0, cnt * sizeof(float), cudaMemcpyHostToDevice, g.stream));
+        NCCL_CHECK(ncclAllReduce(buf, buf, cnt, ncclFloat, ncclSum, comm, g.stream));
+        CUDA_CHECK(cudaMemcpyAsync(x + k0, buf, cnt * sizeof(float), cudaMemcpyDeviceToHost, g.stream));
         CUDA_CHECK(cudaStreamSynchronize(g.stream));
     }
-    if (g.stage == g.grads) CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
+    dev_free(buf, piece * sizeof(float));
 }
 
 /* The masters and moments gathered from the ZeRO shards into the host model of each data-parallel group's first rank.
