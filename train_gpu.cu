@@ -3171,6 +3171,15 @@ struct GpuRun {
 
 template <typename floatX> static GModel<floatX> &pp_view(GpuRun<floatX> *c, int i) { return *c->views[i % c->nviews]; }
 
+/* a stage's input and output of a B x T batch on this rank: the residual stream's rows, all N = B*T of them, or
+   with --sp its block [r0, r0 + R) (gmodel_forward's choice); as floats, from r0 * C, R * C of them
+   (model_stage_floats) */
+template <typename floatX>
+static void stage_rows(const GModel<floatX> &g, int B, int T, size_t *from, size_t *count) {
+    size_t N = (size_t)B * T, R = g.sp && N % g.tp == 0 ? N / g.tp : N, r0 = R < N ? (size_t)g.tp_rank * R : 0;
+    *from = r0 * g.C; *count = R * g.C;
+}
+
 /* --pp-trace: one Chrome trace event per forward, backward and exchange (train.c's format), timed on the host after
    a synchronisation of the stream, so a traced run is slower than an untraced one */
 template <typename floatX>
@@ -3188,12 +3197,13 @@ template <typename floatX>
 static void pp_with_next(GpuRun<floatX> *c, int out, int grad) {
     GModel<floatX> &g = c->g;
     if (g.head || (out < 0 && grad < 0)) return;
-    size_t n = (size_t)c->a->batch_size * c->a->seq_len * g.C;
+    size_t NC = (size_t)c->a->batch_size * c->a->seq_len * g.C, o, n;
+    stage_rows(g, c->a->batch_size, c->a->seq_len, &o, &n);
     double t = now_ms();
     NCCL_CHECK(ncclGroupStart());
-    if (out >= 0) NCCL_CHECK(ncclSend(pp_view(c, out).resid3 + (size_t)(g.L - 1) * n, n, nccl_type<floatX>(), c->d->pp_rank + 1,
+    if (out >= 0) NCCL_CHECK(ncclSend(pp_view(c, out).resid3 + (g.L - 1) * NC + o, n, nccl_type<floatX>(), c->d->pp_rank + 1,
                                       c->d->pp_comm, g.stream));
-    if (grad >= 0) NCCL_CHECK(ncclRecv(g.dres, n, ncclFloat, c->d->pp_rank + 1, c->d->pp_comm, g.stream));
+    if (grad >= 0) NCCL_CHECK(ncclRecv(g.dres + o, n, ncclFloat, c->d->pp_rank + 1, c->d->pp_comm, g.stream));
     NCCL_CHECK(ncclGroupEnd());
     pp_trace(c, "next", out >= 0 ? out : grad, t);
 }
@@ -3204,11 +3214,12 @@ template <typename floatX>
 static void pp_with_prev(GpuRun<floatX> *c, int grad, int in) {
     GModel<floatX> &g = c->g;
     if (g.embed || (grad < 0 && in < 0)) return;
-    size_t n = (size_t)c->a->batch_size * c->a->seq_len * g.C;
+    size_t o, n;
+    stage_rows(g, c->a->batch_size, c->a->seq_len, &o, &n);
     double t = now_ms();
     NCCL_CHECK(ncclGroupStart());
-    if (grad >= 0) NCCL_CHECK(ncclSend(g.dres, n, ncclFloat, c->d->pp_rank - 1, c->d->pp_comm, g.stream));
-    if (in >= 0) NCCL_CHECK(ncclRecv(pp_view(c, in).encoded, n, nccl_type<floatX>(), c->d->pp_rank - 1, c->d->pp_comm, g.stream));
+    if (grad >= 0) NCCL_CHECK(ncclSend(g.dres + o, n, ncclFloat, c->d->pp_rank - 1, c->d->pp_comm, g.stream));
+    if (in >= 0) NCCL_CHECK(ncclRecv(pp_view(c, in).encoded + o, n, nccl_type<floatX>(), c->d->pp_rank - 1, c->d->pp_comm, g.stream));
     NCCL_CHECK(ncclGroupEnd());
     pp_trace(c, "prev", grad >= 0 ? grad : in, t);
 }
@@ -3259,12 +3270,13 @@ static void pp_step(GpuRun<floatX> *c) {
 template <typename floatX>
 static void forward_only(GpuRun<floatX> *c, const int *ids, const int *targets, int B, int T, int accumulate) {
     GModel<floatX> &g = c->g;
-    size_t n = (size_t)B * T * g.C;
+    size_t NC = (size_t)B * T * g.C, o, n;
+    stage_rows(g, B, T, &o, &n);
     gmodel_upload_batch(g, ids, targets, B, T);
-    if (c->d->pp > 1 && !g.embed) NCCL_CHECK(ncclRecv(g.encoded, n, nccl_type<floatX>(), c->d->pp_rank - 1, c->d->pp_comm, g.stream));
+    if (c->d->pp > 1 && !g.embed) NCCL_CHECK(ncclRecv(g.encoded + o, n, nccl_type<floatX>(), c->d->pp_rank - 1, c->d->pp_comm, g.stream));
     gmodel_forward(g, 0, 0.0f, 1.0, accumulate);
     if (c->d->pp > 1 && !g.head)
-        NCCL_CHECK(ncclSend(g.resid3 + (size_t)(g.L - 1) * n, n, nccl_type<floatX>(), c->d->pp_rank + 1, c->d->pp_comm, g.stream));
+        NCCL_CHECK(ncclSend(g.resid3 + (g.L - 1) * NC + o, n, nccl_type<floatX>(), c->d->pp_rank + 1, c->d->pp_comm, g.stream));
 }
 
 template <typename floatX>
@@ -3550,9 +3562,7 @@ static void refuse_gpu_config(const Args *a) {
     if (a->tp > 1 && local.d_ff % 8)
         die("--tp %d: the GPU kernels need each rank's MLP width divisible by 8 (intermediate_size %d / %d = %d)", a->tp,
             c.d_ff, a->tp, local.d_ff);
-    /* pipeline parallel: the stages (as train.c checks them), with data parallelism only */
-    if (a->pp > 1 && a->tp > 1)
-        die("--pp %d with --tp %d: train_gpu runs pipeline parallelism with data parallelism only (./train runs both)", a->pp, a->tp);
+    /* pipeline parallel: the stages (as train.c checks them) */
     PipelineStage *stages = (PipelineStage *)malloc((size_t)a->pp * sizeof(PipelineStage));
     if (!stages) die("out of memory");
     pp_layout(a, &c, stages);
