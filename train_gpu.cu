@@ -2099,7 +2099,6 @@ struct GModel {
        dres). With tied embeddings the last stage holds a copy of wte whose gradient is summed over emb_comm. */
     int pp, embed, head;
     ncclComm_t emb_comm;
-    int is_view;                 /* gmodel_view: its own activations, everything else the model's */
     size_t *norm_ranges;         /* [2 * n_norm_ranges]: the device layout's [begin, end) this rank counts in the grad
                                     norm (tp_grad_sumsq's owned runs) */
     int n_norm_ranges;
@@ -2466,7 +2465,7 @@ void gmodel_free(GModel<floatX> &g) {
 template <typename floatX>
 static void gmodel_view(GModel<floatX> &v, const GModel<floatX> &g) {
     v = g;
-    v.nallocs = 0; v.is_view = 1;
+    v.nallocs = 0;   /* gmodel_view_free frees only what is its own */
     gmodel_alloc_acts(v, (size_t)g.Bmax * g.Tmax);
 }
 
@@ -3160,7 +3159,6 @@ struct GpuRun {
     int *mb_inputs, *mb_targets;
     floatX *row_pp;
     FILE *trace;
-    double t0;
 };
 
 /* ---- pipeline parallelism (--pp): train.c's 1F1B over the step's micro-batches. Neighbouring stages exchange
