@@ -3159,6 +3159,7 @@ struct GpuRun {
     int *mb_inputs, *mb_targets;
     floatX *row_pp;
     FILE *trace;
+    const TrainState *ts;   /* the step (--pp-trace's events name theirs) */
 };
 
 /* ---- pipeline parallelism (--pp): train.c's 1F1B over the step's micro-batches. Neighbouring stages exchange
@@ -3186,7 +3187,8 @@ static void pp_trace(GpuRun<floatX> *c, const char *what, int micro, double star
     CUDA_CHECK(cudaStreamSynchronize(c->g.stream));
     double end = now_ms();
     fprintf(c->trace, "{\"name\":\"%s%d\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":%.1f,\"dur\":%.1f,\"pid\":0,\"tid\":%d,"
-            "\"args\":{\"micro\":%d}}\n", what, micro, what, start_ms * 1000.0, (end - start_ms) * 1000.0, c->d->grank, micro);
+            "\"args\":{\"step\":%lld,\"micro\":%d}}\n", what, micro, what, start_ms * 1000.0, (end - start_ms) * 1000.0, c->d->grank,
+            (long long)c->ts->step + 1, micro);
 }
 
 /* one group with the next stage: micro-batch `out`'s output to it and the gradient of micro-batch `grad`'s output
@@ -3498,7 +3500,7 @@ static int run(Args &a, Dist &d) {
     c.Vr = (cfg.vocab_size + a.tp - 1) / a.tp;
     c.row_part = a.tp > 1 ? (floatX *)dev_alloc((size_t)c.Vr * sizeof(floatX)) : NULL;
     c.row_all = a.tp > 1 ? (floatX *)dev_alloc((size_t)a.tp * c.Vr * sizeof(floatX)) : NULL;
-    c.views = NULL; c.extra = NULL; c.nviews = 0; c.mb_inputs = c.mb_targets = NULL; c.row_pp = NULL; c.trace = NULL;
+    c.views = NULL; c.extra = NULL; c.nviews = 0; c.mb_inputs = c.mb_targets = NULL; c.row_pp = NULL; c.trace = NULL; c.ts = &ts;
     if (a.pp > 1) {   /* the step's micro-batches, and a model view for each one alive at once */
         int warm = a.pp - 1 - d.pp_rank;
         c.nviews = (warm < a.grad_accum ? warm : a.grad_accum) + 1;
