@@ -15,7 +15,8 @@
    ncclGroupEnd, chunk by chunk, so a group that sends to and receives from the same peer never deadlocks (NCCL's
    guarantee for grouped point-to-point calls); the collectives of a group still run at their call.
 
-   Nothing waits forever: a wait gives up with ncclRemoteError when a peer process has died and with
+   A collective whose ranks pass different counts or types is an error (ncclInvalidUsage) on every rank that sees
+   it. Nothing waits forever: a wait gives up with ncclRemoteError when a peer process has died and with
    ncclSystemError after NCCL_EMU_TIMEOUT seconds (default 600); the communicator then stays in that error, every
    later call returns it, ncclCommGetAsyncError reports it, and the other ranks see it in the segment. */
 #include <errno.h>
@@ -48,6 +49,7 @@ struct Shared {
     uint32_t generation;        /* barriers passed; the futex word the ranks wait on */
     int32_t error;              /* the first error any rank hit (ncclResult_t), 0 if none */
     int32_t pids[MAX_RANKS];    /* 0: rank not in yet */
+    uint64_t counts[MAX_RANKS]; /* each rank's element count and type of the current collective (same_call) */
 };
 #define HEADER_BYTES ((sizeof(Shared) + 63) / 64 * 64)
 
@@ -172,6 +174,25 @@ static ncclResult_t barrier(ncclComm *c, const char *fn) {
 }
 
 static char *slot(const ncclComm *c, int r) { return (char *)c->sh + HEADER_BYTES + (size_t)r * SLOT_BYTES; }
+
+/* NCCL requires every rank of a collective to pass the same count and type (else it hangs or corrupts): each rank
+   posts its (count, type) before the collective's first barrier, and after it each compares the others' with its
+   own. The next collective posts only after this one's second barrier, when every rank has looked. */
+static void post_call(ncclComm *c, size_t count, ncclDataType_t t) {
+    __atomic_store_n(&c->sh->counts[c->rank], (uint64_t)count << 8 | (uint64_t)t, __ATOMIC_RELEASE);
+}
+static ncclResult_t same_call(ncclComm *c, const char *fn) {
+    uint64_t mine = __atomic_load_n(&c->sh->counts[c->rank], __ATOMIC_ACQUIRE);
+    for (int q = 0; q < c->nranks; q++) {
+        uint64_t other = __atomic_load_n(&c->sh->counts[q], __ATOMIC_ACQUIRE);
+        if (other == mine) continue;
+        char why[160];
+        snprintf(why, sizeof(why), "rank %d passes %llu elements of type %d, this rank %llu of type %d", q,
+                 (unsigned long long)(other >> 8), (int)(other & 0xff), (unsigned long long)(mine >> 8), (int)(mine & 0xff));
+        return comm_fail(c, ncclInvalidUsage, fn, why);
+    }
+    return ncclSuccess;
+}
 
 /* the mailbox of messages from rank `from` to rank `to`: this header, then box_data_bytes of data */
 struct Mailbox {
@@ -470,10 +491,12 @@ static ncclResult_t reduce_common(const char *fn, const void *send, void *recv, 
     emu_access(send, bytes, 0);
     if (writes) emu_access(recv, bytes, 1);
     size_t per = SLOT_BYTES / es;
+    post_call(c, count, t);
     for (size_t off = 0; off < count && r == ncclSuccess; off += per) {
         size_t cnt = count - off < per ? count - off : per;
         memcpy(slot(c, c->rank), (const char *)send + off * es, cnt * es);
         if ((r = barrier(c, fn)) != ncclSuccess) break;
+        if (off == 0 && (r = same_call(c, fn)) != ncclSuccess) break;
         if (writes) sum_slots(c, 0, cnt, t, (char *)recv + off * es);
         r = barrier(c, fn);
     }
@@ -508,11 +531,13 @@ ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recv
     emu_access(send, n * recvcount * es, 0);
     emu_access(recvbuff, recvcount * es, 1);
     size_t per = SLOT_BYTES / (n * es);
+    post_call(c, recvcount, datatype);
     for (size_t off = 0; off < recvcount && r == ncclSuccess; off += per) {
         size_t cnt = recvcount - off < per ? recvcount - off : per;
         for (size_t b = 0; b < n; b++)   /* slot layout: [block b][cnt elements] */
             memcpy(slot(c, c->rank) + b * cnt * es, send + (b * recvcount + off) * es, cnt * es);
         if ((r = barrier(c, fn)) != ncclSuccess) break;
+        if (off == 0 && (r = same_call(c, fn)) != ncclSuccess) break;
         sum_slots(c, (size_t)c->rank * cnt * es, cnt, datatype, (char *)recvbuff + off * es);
         r = barrier(c, fn);
     }
@@ -537,10 +562,12 @@ ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcoun
     emu_access(sendbuff, sendcount * es, 0);
     emu_access(recv, n * sendcount * es, 1);
     size_t per = SLOT_BYTES / es;
+    post_call(c, sendcount, datatype);
     for (size_t off = 0; off < sendcount && r == ncclSuccess; off += per) {
         size_t cnt = sendcount - off < per ? sendcount - off : per;
         memcpy(slot(c, c->rank), (const char *)sendbuff + off * es, cnt * es);
         if ((r = barrier(c, fn)) != ncclSuccess) break;
+        if (off == 0 && (r = same_call(c, fn)) != ncclSuccess) break;
         for (size_t q = 0; q < n; q++) memcpy(recv + (q * sendcount + off) * es, slot(c, (int)q), cnt * es);
         r = barrier(c, fn);
     }

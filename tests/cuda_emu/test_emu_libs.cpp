@@ -644,7 +644,7 @@ static void rank_p2p(ncclComm_t comm, int rank, int n) {
 }
 
 /* modes of a rank in the failure tests */
-enum { RANK_OK, RANK_DIES, RANK_HANGS, RANK_DIES_P2P };
+enum { RANK_OK, RANK_DIES, RANK_HANGS, RANK_DIES_P2P, RANK_MISMATCH };
 
 /* a survivor: the collective (or a receive from the victim) fails with the documented kind of error in bounded time, and stays failed */
 static void rank_survivor(ncclComm_t comm, int rank, ncclResult_t want, double max_s, int p2p, int victim) {
@@ -671,6 +671,11 @@ static int run_rank(ncclUniqueId id, int rank, int n, int mode, int victim) {
     if (mode == RANK_OK) { rank_collectives(comm, rank, n); rank_splits(comm, rank, n); rank_p2p(comm, rank, n); }
     else if (rank == victim && (mode == RANK_DIES || mode == RANK_DIES_P2P)) _exit(0);
     else if (rank == victim && mode == RANK_HANGS) pause();
+    else if (mode == RANK_MISMATCH) {   /* NCCL's rule: the same count on every rank; here rank r passes 4 + r */
+        float x[8] = {0};
+        ncclResult_t m = ncclAllReduce(x, x, 4 + rank, ncclFloat, ncclSum, comm, NULL);
+        expect(m == ncclInvalidUsage, "rank %d: an all-reduce of another count than its peer's: %s", rank, ncclGetErrorString(m));
+    }
     else rank_survivor(comm, rank, mode == RANK_HANGS ? ncclSystemError : ncclRemoteError, 8.0, mode == RANK_DIES_P2P, victim);
     ncclCommDestroy(comm);
     return g_failed ? 1 : 0;
@@ -681,7 +686,7 @@ static void fork_ranks(int n, int mode, const char *label) {
     ncclUniqueId id;
     expect(ncclGetUniqueId(&id) == ncclSuccess, "unique id");
     std::vector<pid_t> pids(n);
-    int victim = n - 1;
+    int victim = n - 1, victim_mode = mode == RANK_DIES || mode == RANK_HANGS || mode == RANK_DIES_P2P;
     double t0 = now_s();
     for (int r = 0; r < n; r++) {
         pids[r] = fork();
@@ -689,13 +694,13 @@ static void fork_ranks(int n, int mode, const char *label) {
     }
     int failed = 0;
     for (int r = 0; r < n; r++) {
-        if (mode != RANK_OK && r == victim) continue;
+        if (victim_mode && r == victim) continue;
         int status = 0;
         waitpid(pids[r], &status, 0);
         failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
     if (mode == RANK_HANGS) kill(pids[victim], SIGKILL);
-    if (mode != RANK_OK) waitpid(pids[victim], NULL, 0);
+    if (victim_mode) waitpid(pids[victim], NULL, 0);
     expect(failed == 0, "%s: %d rank(s) failed", label, failed);
     printf("  nccl %-34s %d ranks: %s (%.1f s)\n", label, n, failed ? "FAIL" : "ok", now_s() - t0);
 }
@@ -707,6 +712,7 @@ static void test_nccl(void) {
     fork_ranks(4, RANK_OK, "collectives");
     fork_ranks(3, RANK_DIES, "a peer exits after init");
     fork_ranks(2, RANK_DIES_P2P, "a recv from a peer that exits");
+    fork_ranks(2, RANK_MISMATCH, "ranks passing different counts");
     setenv("NCCL_EMU_TIMEOUT", "2", 1);
     fork_ranks(4, RANK_HANGS, "a peer hangs (NCCL_EMU_TIMEOUT=2)");
 
