@@ -300,7 +300,7 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     if (ndev == 0) die("no CUDA device found");
     if (d->local_rank >= ndev) die("LOCAL_RANK %d but only %d GPUs on this node", d->local_rank, ndev);
     CUDA_CHECK(cudaSetDevice(d->local_rank));
-    d->tp = 1;
+    d->tp = 1; d->pp = 1;
     if (d->world == 1) {
         if (la->nccl_one) {   /* a communicator of one: the NCCL code path on one GPU */
             ncclUniqueId id;
@@ -332,25 +332,39 @@ static void dist_init(Dist *d, const LaunchArgs *la) {
     d->grank = d->rank; d->gworld = d->world; d->gcomm = d->comm;
 }
 
-/* Tensor parallelism: groups of tp adjacent ranks (rank = dp_rank * tp + tp_rank, as train.c and Megatron order
-   them), split from the whole run's communicator; d's data-parallel fields become those of this rank's data-parallel
-   group (the ranks with its tp_rank). kv_share > 1: the group's ranks that share a k/v head (tp_rank / kv_share) get
-   a communicator of their own. Collective over every rank. */
-static void dist_split_tp(Dist *d, int tp, int kv_share) {
-    if (tp <= 1) return;
-    if (d->gworld % tp) die("--tp %d does not divide the %d ranks", tp, d->gworld);
+/* Tensor and pipeline parallelism: rank = (pp_rank x DP + dp_rank) x tp + tp_rank (train.c's and Megatron's order),
+   every group split from the whole run's communicator: the tensor-parallel group (tp adjacent ranks); the
+   data-parallel group (the ranks with this rank's tp_rank and stage), whose fields d's rank, world and comm become;
+   with pp > 1 the pipeline (the pp ranks with this dp and tp index, by stage), with tied embeddings its first and
+   last stage (emb_comm), and the model-parallel group (the tp x pp ranks of one data-parallel index). kv_share > 1:
+   the tensor-parallel ranks that share a k/v head (tp_rank / kv_share) get a communicator of their own. Collective
+   over every rank. */
+static void dist_split(Dist *d, int tp, int pp, int kv_share, int tied) {
+    if (tp <= 1 && pp <= 1) return;
+    if (d->gworld % (tp * pp)) die("--tp %d x --pp %d does not divide the %d ranks", tp, pp, d->gworld);
+    int DP = d->gworld / (tp * pp), stride = tp * DP;
     d->tp = tp; d->tp_rank = d->grank % tp;
-    NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank / tp, d->grank, &d->tp_comm, NULL));
-    NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank % tp, d->grank, &d->comm, NULL));
-    d->rank = d->grank / tp; d->world = d->gworld / tp;
+    d->pp = pp; d->pp_rank = d->grank / stride;
+    if (tp > 1) NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank / tp, d->grank, &d->tp_comm, NULL));
+    NCCL_CHECK(ncclCommSplit(d->gcomm, d->pp_rank * tp + d->tp_rank, d->grank, &d->comm, NULL));
+    d->rank = (d->grank / tp) % DP; d->world = DP;
     d->kv_comm = NULL;
     if (kv_share > 1) NCCL_CHECK(ncclCommSplit(d->tp_comm, d->tp_rank / kv_share, d->tp_rank, &d->kv_comm, NULL));
+    d->pp_comm = d->emb_comm = NULL;
+    d->mp_comm = d->tp_comm;
+    if (pp > 1) {
+        int ends = tied && (d->pp_rank == 0 || d->pp_rank == pp - 1);
+        NCCL_CHECK(ncclCommSplit(d->gcomm, d->grank % stride, d->grank, &d->pp_comm, NULL));
+        NCCL_CHECK(ncclCommSplit(d->gcomm, ends ? d->grank % stride : NCCL_SPLIT_NOCOLOR, d->grank, &d->emb_comm, NULL));
+        NCCL_CHECK(ncclCommSplit(d->gcomm, d->rank, d->grank, &d->mp_comm, NULL));
+    }
 }
 
 /* every communicator of d, once */
 static void dist_free(Dist *d) {
-    ncclComm_t all[4] = {d->kv_comm, d->tp_comm, d->comm != d->gcomm ? d->comm : NULL, d->gcomm};
-    for (int i = 0; i < 4; i++) if (all[i]) ncclCommDestroy(all[i]);
+    ncclComm_t all[7] = {d->kv_comm, d->tp_comm, d->comm != d->gcomm ? d->comm : NULL, d->pp_comm, d->emb_comm,
+                         d->mp_comm != d->tp_comm ? d->mp_comm : NULL, d->gcomm};
+    for (int i = 0; i < 7; i++) if (all[i]) ncclCommDestroy(all[i]);
     memset(d, 0, sizeof(*d));
 }
 
@@ -361,7 +375,7 @@ static void dist_free(Dist *d) {
    process: the driver ends its kernels, the peers' connections break, and our launcher (or torchrun) stops the
    other local ranks. */
 static double g_nccl_timeout_s = 0.0;
-static ncclComm_t g_watched[4];         /* the run's communicators, g_n_watched of them (0 once the run is over; under
+static ncclComm_t g_watched[7];         /* the run's communicators, g_n_watched of them (0 once the run is over; under
                                            g_watch_lock) */
 static int g_n_watched = 0, g_watched_rank = 0;
 static pthread_mutex_t g_watch_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -394,8 +408,9 @@ static void *nccl_watchdog(void *arg) {
 
 static void watchdog_start(const Dist *d, double timeout_s) {
     if (!d->gcomm || d->gworld == 1) return;   /* one rank waits for nobody */
-    ncclComm_t all[4] = {d->gcomm, d->comm != d->gcomm ? d->comm : NULL, d->tp_comm, d->kv_comm};   /* with --tp, the groups' too */
-    for (int i = 0; i < 4; i++) if (all[i]) g_watched[g_n_watched++] = all[i];
+    ncclComm_t all[7] = {d->gcomm, d->comm != d->gcomm ? d->comm : NULL, d->tp_comm, d->kv_comm, d->pp_comm, d->emb_comm,
+                         d->mp_comm != d->tp_comm ? d->mp_comm : NULL};   /* with --tp / --pp, the groups' too */
+    for (int i = 0; i < 7; i++) if (all[i]) g_watched[g_n_watched++] = all[i];
     g_watched_rank = d->grank; g_nccl_timeout_s = timeout_s;
     progress_mark();
     pthread_t th;

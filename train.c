@@ -307,20 +307,9 @@ int main(int argc, char **argv) {
     size_t whole_params = m.num_params;
     /* the layout, checked before any fork: this rank's heads and vocabulary rows, its stage's layers */
     PipelineStage *stages = (PipelineStage *)malloc((size_t)a.pp * sizeof(PipelineStage));
-    int *layers = NULL;
-    if (a.pp_layers) {
-        layers = (int *)calloc((size_t)a.pp, sizeof(int));
-        const char *p = a.pp_layers;
-        for (int s = 0; s < a.pp; s++) {
-            char *end;
-            long v = strtol(p, &end, 10);
-            if (end == p || v < 1 || v > INT_MAX || (s + 1 < a.pp ? *end != ',' : *end != 0))
-                die("--pp-layers %s: give %d positive layer counts separated by commas", a.pp_layers, a.pp);
-            layers[s] = (int)v; p = end + 1;
-        }
-    }
+    if (!stages) die("out of memory");
     if (tp_config(&cfg, a.tp, 0, &local_cfg, &tp, err, sizeof(err)) != 0) die("--tp %d: %s", a.tp, err);
-    if (pp_stages(&cfg, a.pp, layers, stages, err, sizeof(err)) != 0) die("--pp %d: %s", a.pp, err);
+    pp_layout(&a, &cfg, stages);
 
     /* the ranks: from here on every process runs the same loop; a data-parallel group's ranks on their rows of each
        batch, a tensor-parallel group's and a pipeline's on the same rows */
@@ -381,7 +370,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < c.nviews; i++) model_view_free(&c.views[i]);
     if (c.trace) fclose(c.trace);
     free(c.views); free(c.mb_inputs); free(c.mb_targets); free(c.dout);
-    free(c.pieces); free(c.logits); free(stages); free(layers);
+    free(c.pieces); free(c.logits); free(stages);
     dataloader_free(&dl);
     close_data(&data);
     model_free(model);

@@ -102,7 +102,7 @@ static void usage(int gpu) {
 "  --tp N                  tensor parallelism: N adjacent processes (GPUs) share every layer (heads, MLP\n"
 "                          columns and vocabulary split, Megatron-style); N divides -n (default 1)\n"
 "  --sp                    sequence parallelism with --tp: the norms and residuals split by rows\n"
-"  --pp N                  pipeline parallelism (CPU trainer): the layers cut into N stages, one per process,\n"
+"  --pp N                  pipeline parallelism: the layers cut into N stages, one per process (GPU),\n"
 "                          the micro-batches (--grad-accum) run 1F1B; -n = data-parallel x N x --tp (default 1)\n"
 "  --pp-layers A,B,...     the layers of each stage (default: balanced by parameter count)\n"
 "  --pp-trace FILE         per rank, every forward, backward, send and receive of the pipeline as Chrome trace\n"
@@ -638,6 +638,27 @@ static void resume_layout_note(const char *saved, const Args *a, int verbose) {
         printf("resume: the checkpoint was saved with --tp %d%s --pp %d, this run has --tp %d%s --pp %d: it goes on from the "
                "same weights, but sums run in another order, so it is not bit-exact with a run that kept the layout\n",
                tp, sp ? " --sp" : "", pp, a->tp, a->sp ? " --sp" : "", a->pp);
+}
+
+/* The pipeline's stages (--pp, --pp-layers) of the whole model cfg into stages[0 .. a->pp): the counts given, or
+   balanced by parameters (pp_stages); a bad list or layout is a one-line error naming the flag. */
+static void pp_layout(const Args *a, const ModelConfig *cfg, PipelineStage *stages) {
+    char err[512];
+    int *layers = NULL;
+    if (a->pp_layers) {
+        layers = (int *)calloc((size_t)a->pp, sizeof(int));
+        if (!layers) die("out of memory");
+        const char *p = a->pp_layers;
+        for (int s = 0; s < a->pp; s++) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 1 || v > INT_MAX || (s + 1 < a->pp ? *end != ',' : *end != 0))
+                die("--pp-layers %s: give %d positive layer counts separated by commas", a->pp_layers, a->pp);
+            layers[s] = (int)v; p = end + 1;
+        }
+    }
+    if (pp_stages(cfg, a->pp, layers, stages, err, sizeof(err)) != 0) die("--pp %d: %s", a->pp, err);
+    free(layers);
 }
 
 /* The rank's loader (rows rank, rank + world, ... of each batch; rank and world: data-parallel; the EOD mask) and

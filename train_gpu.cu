@@ -1,7 +1,8 @@
 /*
  train_gpu.cu — the GPU trainer: the same flags, data, log and files as train.c, with the layers of
- llmtrain.h as CUDA kernels (and cuBLASLt for the matmuls), data parallel over NCCL with ZeRO-1, and with --tp
- tensor (and --sp sequence) parallel as train.c (docs/design.md sec. 7).
+ llmtrain.h as CUDA kernels (and cuBLASLt for the matmuls), data parallel over NCCL with ZeRO-1, with --tp
+ tensor (and --sp sequence) parallel and with --pp pipeline parallel (1F1B, ncclSend / ncclRecv between the
+ stages) as train.c (docs/design.md sec. 7).
 
    ./train_gpu --data out/tinyshakespeare_text_document --model gpt2-124m --batch-size 16 --seq-len 1024
    ./train_gpu --nproc-per-node 8 ...             (forks one process per GPU; or run it under torchrun)
@@ -1635,6 +1636,14 @@ __global__ void sr_convert_kernel(floatX *out, const float *in, size_t n, uint64
     if (i < n) out[i] = round_param<floatX>(in[i], rng_u64_dev(seed, global_offset + i));
 }
 
+/* residual_forward: out = inp1 + inp2 rounded to floatX, as residual_norm_forward_kernel stores it (a pipeline
+   stage's last layer when no norm follows it on the stage) */
+template <typename floatX>
+__global__ void residual_forward_kernel(floatX *out, const floatX *inp1, const floatX *inp2, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f<floatX>(to_f(inp1[i]) + to_f(inp2[i]));
+}
+
 /* x[i] += y[i] */
 __global__ void add_kernel(float *x, const float *y, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1919,6 +1928,12 @@ void attention_backward(AttnArgs<floatX> &a, int force_plain, cudaStream_t s) {
 }
 
 template <typename floatX>
+void residual_forward(floatX *out, const floatX *inp1, const floatX *inp2, size_t n, cudaStream_t s) {
+    residual_forward_kernel<floatX><<<ceil_div(n, 256), 256, 0, s>>>(out, inp1, inp2, n);
+    KERNEL_CHECK();
+}
+
+template <typename floatX>
 void gelu_forward(floatX *out, const floatX *inp, size_t n, cudaStream_t s) {
     gelu_forward_kernel<floatX><<<ceil_div(n / Pack<floatX>::N, 256), 256, 0, s>>>(out, inp, n);
     KERNEL_CHECK();
@@ -1994,13 +2009,17 @@ void grad_sumsq(double *out, double *parts, const float *x, size_t n, cudaStream
    moments hold only this rank's ZeRO-1 shard. */
 
 typedef struct {
-    int rank, world, local_rank; /* in the data-parallel group (ZeRO's ranks): every rank without --tp */
+    int rank, world, local_rank; /* in the data-parallel group (ZeRO's ranks): every rank without --tp / --pp */
     ncclComm_t comm;             /* the data-parallel group's; NULL when world == 1 (unless NCCL is asked for with one
                                     rank) */
-    int grank, gworld;           /* in the whole run: rank = dp_rank * tp + tp_rank (train.c's layout) */
+    int grank, gworld;           /* in the whole run: rank = (pp_rank * world + rank) * tp + tp_rank (train.c's layout) */
     ncclComm_t gcomm;            /* every rank's (the step's loss, norm and stop flags; the watchdog) */
     int tp, tp_rank;             /* tensor parallelism: the group's size (1: none) and this rank's place in it */
     ncclComm_t tp_comm, kv_comm; /* the group's; the ranks of the group that share a k/v head (kv_share > 1) */
+    int pp, pp_rank;             /* pipeline parallelism: the stages (1: none) and this rank's stage */
+    ncclComm_t pp_comm, emb_comm;   /* the pipeline's ranks (rank = stage); with tied embeddings its first and last
+                                       stage (NULL elsewhere) */
+    ncclComm_t mp_comm;          /* the tp x pp ranks that hold one whole model (tp_comm itself without --pp) */
 } Dist;
 
 template <typename floatX> static ncclDataType_t nccl_type();
@@ -2074,6 +2093,12 @@ struct GModel {
        sequence parallelism (cur_sp, set by each forward) the norms and residuals run on the rows [r0, r0 + R). */
     int tp, tp_rank, sp, cur_sp, R, r0, vocab_begin, Vfull;
     ncclComm_t tp_comm, kv_comm, world_comm;
+    /* pipeline parallelism (host->pp): this stage's layers only; embed: the embedding is here (else the forward
+       starts from the stage input received into encoded, and the backward leaves its gradient in dres); head: the
+       final norm, the lm_head and the loss are here (else the backward starts from the gradient received into
+       dres). With tied embeddings the last stage holds a copy of wte whose gradient is summed over emb_comm. */
+    int pp, embed, head;
+    ncclComm_t emb_comm;
     size_t *norm_ranges;         /* [2 * n_norm_ranges]: the device layout's [begin, end) this rank counts in the grad
                                     norm (tp_grad_sumsq's owned runs) */
     int n_norm_ranges;
@@ -2203,6 +2228,54 @@ static void tp_norm_ranges(GModel<floatX> &g, const Model *host) {
     free(runs);
 }
 
+/* The activations of one forward of up to N = B x T rows, and what its backward reads of them (a per-layer buffer
+   kept only once under --recompute has layer stride 0); the batch's tokens, targets and embedding-backward plans.
+   gmodel_build makes one set; a pipeline stage one more per micro-batch it keeps alive (gmodel_view). */
+template <typename floatX>
+static void gmodel_alloc_acts(GModel<floatX> &g, size_t N) {
+    size_t C = g.C, L = g.L;
+    const ModelConfig *c = &g.cfg;
+    g.encoded = GM_ALLOC(g, floatX, N * C);
+    g.ln1 = GM_ALLOC(g, floatX, g.ln_layers * N * C);
+    g.ln1_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
+    g.ln1_rstd = GM_ALLOC(g, float, L * N);
+    g.qkv = GM_ALLOC(g, floatX, L * N * g.QKV);
+    if (c->qk_norm) {
+        g.qn = GM_ALLOC(g, floatX, L * N * g.QD); g.kn = GM_ALLOC(g, floatX, L * N * g.KD);
+        g.qn_rstd = GM_ALLOC(g, float, L * N * g.NH); g.kn_rstd = GM_ALLOC(g, float, L * N * g.NKV);
+    }
+    g.atty = GM_ALLOC(g, floatX, L * N * g.QD);
+    g.lse = GM_ALLOC(g, float, L * N * g.NH);
+    g.resid2 = GM_ALLOC(g, floatX, L * N * C);
+    g.ln2 = GM_ALLOC(g, floatX, g.ln_layers * N * C);
+    g.ln2_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
+    g.ln2_rstd = GM_ALLOC(g, float, L * N);
+    g.fch = GM_ALLOC(g, floatX, L * N * g.FC);
+    g.fch_act = GM_ALLOC(g, floatX, g.act_layers * N * g.F);
+    g.resid3 = GM_ALLOC(g, floatX, L * N * C);
+    g.lnf = g.dlnf = NULL; g.lnf_mean = g.lnf_rstd = NULL;
+    if (g.head) {   /* the final norm, and its gradient from the classifier (which runs in the forward) */
+        g.lnf = GM_ALLOC(g, floatX, N * C);
+        g.lnf_mean = g.layernorm ? GM_ALLOC(g, float, N) : NULL;
+        g.lnf_rstd = GM_ALLOC(g, float, N);
+        g.dlnf = GM_ALLOC(g, floatX, N * C);
+    }
+    g.inputs = GM_ALLOC(g, int, N);
+    g.targets = GM_ALLOC(g, int, N);
+    g.d_plan = GM_ALLOC(g, int, emb_plan_ints(N));
+    g.bk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
+    g.doc_start = g.tok_pos = g.d_pplan = NULL;
+    memset(&g.pbk, 0, sizeof(g.pbk));
+    if (g.host->reset_attention || g.host->reset_positions) {
+        g.doc_start = GM_ALLOC(g, int, N);
+        g.tok_pos = GM_ALLOC(g, int, N);
+        if (g.host->reset_positions && g.wpe) {
+            g.d_pplan = GM_ALLOC(g, int, emb_plan_ints(N));
+            g.pbk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
+        }
+    }
+}
+
 /* Builds the device model for host (whose weights need not be set yet) and batches up to B x T. */
 template <typename floatX>
 void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &o, const Dist &d, cudaStream_t stream) {
@@ -2221,7 +2294,11 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     g.vocab_begin = g.tp > 1 ? tp->vocab_begin : 0; g.Vfull = g.tp > 1 ? tp->full.vocab_size : g.V;
     g.tp_comm = d.tp_comm; g.kv_comm = tp->kv_share > 1 ? d.kv_comm : NULL; g.world_comm = d.gcomm;
     if (g.tp > 1 && (!g.tp_comm || !g.world_comm || (tp->kv_share > 1 && !g.kv_comm)))
-        die("tensor parallelism needs its communicators (dist_split_tp)");
+        die("tensor parallelism needs its communicators (dist_split)");
+    g.pp = host->pp.size > 1 ? host->pp.size : 1; g.embed = host->pp.embed; g.head = host->pp.head;
+    g.emb_comm = g.pp > 1 && c->tie_embeddings ? d.emb_comm : NULL;
+    if (g.pp > 1 && (!g.world_comm || ((g.embed || g.head) && c->tie_embeddings && !g.emb_comm)))
+        die("pipeline parallelism needs its communicators (dist_split)");
     if (g.C % 8 || g.F % 8 || g.HD % 8)
         die("the GPU kernels need hidden size, MLP width and head dim divisible by 8 (got %d, %d, %d%s)", g.C, g.F, g.HD,
             g.tp > 1 ? "; the MLP width is this rank's share with --tp" : "");
@@ -2230,7 +2307,8 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     ModelConfig pc = *c;
     pc.vocab_size = g.Vp;
     g.lay.cfg = pc;
-    param_sizes(&pc, NULL, g.lay.param_sizes);
+    g.lay.pp = host->pp;
+    param_sizes(&pc, &host->pp, g.lay.param_sizes);
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) { g.lay.param_offsets[t] = g.lay.num_params; g.lay.num_params += g.lay.param_sizes[t]; }
     g.nparams = g.lay.num_params;
     zero_layout(g.nparams, d.world, d.rank, &g.shard, &g.padded, &g.shard_begin);
@@ -2267,32 +2345,12 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
         g.stage_floats = per * d.world < g.padded ? per * d.world : g.padded;
         g.stage = GM_ALLOC(g, float, g.stage_floats);
     }
-    /* activations */
-    size_t N = (size_t)B * T, C = g.C, L = g.L;
+    /* activations (gmodel_alloc_acts), and the buffers a forward or backward uses only while it runs */
+    size_t N = (size_t)B * T, C = g.C;
     g.ln_layers = o.recompute >= 2 ? 1 : g.L;
     g.act_layers = o.recompute >= 1 ? 1 : g.L;
-    g.encoded = GM_ALLOC(g, floatX, N * C);
-    g.ln1 = GM_ALLOC(g, floatX, g.ln_layers * N * C);
-    g.ln1_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
-    g.ln1_rstd = GM_ALLOC(g, float, L * N);
-    g.qkv = GM_ALLOC(g, floatX, L * N * g.QKV);
-    if (c->qk_norm) {
-        g.qn = GM_ALLOC(g, floatX, L * N * g.QD); g.kn = GM_ALLOC(g, floatX, L * N * g.KD);
-        g.qn_rstd = GM_ALLOC(g, float, L * N * g.NH); g.kn_rstd = GM_ALLOC(g, float, L * N * g.NKV);
-        g.dqn = GM_ALLOC(g, floatX, N * g.QD); g.dkn = GM_ALLOC(g, floatX, N * g.KD);
-    }
-    g.atty = GM_ALLOC(g, floatX, L * N * g.QD);
-    g.lse = GM_ALLOC(g, float, L * N * g.NH);
-    g.resid2 = GM_ALLOC(g, floatX, L * N * C);
-    g.ln2 = GM_ALLOC(g, floatX, g.ln_layers * N * C);
-    g.ln2_mean = g.layernorm ? GM_ALLOC(g, float, L * N) : NULL;
-    g.ln2_rstd = GM_ALLOC(g, float, L * N);
-    g.fch = GM_ALLOC(g, floatX, L * N * g.FC);
-    g.fch_act = GM_ALLOC(g, floatX, g.act_layers * N * g.F);
-    g.resid3 = GM_ALLOC(g, floatX, L * N * C);
-    g.lnf = GM_ALLOC(g, floatX, N * C);
-    g.lnf_mean = g.layernorm ? GM_ALLOC(g, float, N) : NULL;
-    g.lnf_rstd = GM_ALLOC(g, float, N);
+    gmodel_alloc_acts(g, N);
+    if (c->qk_norm) { g.dqn = GM_ALLOC(g, floatX, N * g.QD); g.dkn = GM_ALLOC(g, floatX, N * g.KD); }
     g.proj = GM_ALLOC(g, floatX, N * C);
     size_t lb = o.logits_bytes ? o.logits_bytes : ((size_t)512 << 20);
     /* tensor parallel: the chunks of every rank of the group the same (their collectives meet), sized by the first
@@ -2302,14 +2360,14 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     if (rows < 1) rows = 1;
     if (rows > N) rows = N;
     g.chunk_rows = (int)rows;
-    g.logits = GM_ALLOC(g, floatX, rows * g.Vp);
+    g.logits = g.head ? GM_ALLOC(g, floatX, rows * g.Vp) : NULL;   /* a pipeline's last stage only */
     g.losses = GM_ALLOC(g, float, N);
     if (g.tp > 1) {
         g.ce_part = GM_ALLOC(g, float, 2 * rows);
         g.ce_parts = GM_ALLOC(g, float, (size_t)g.tp * 2 * rows);
         g.ce_lse = GM_ALLOC(g, float, rows);
-        tp_norm_ranges(g, host);
     }
+    if (g.tp > 1 || g.pp > 1) tp_norm_ranges(g, host);
     g.dres = GM_ALLOC(g, float, N * C);
     g.dres_t = GM_ALLOC(g, floatX, N * C);
     g.dfch_act = GM_ALLOC(g, floatX, N * g.F);
@@ -2317,7 +2375,6 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
     g.dln = GM_ALLOC(g, floatX, N * C);
     g.datty = GM_ALLOC(g, floatX, N * g.QD);
     g.dqkv = GM_ALLOC(g, floatX, N * g.QKV);
-    g.dlnf = GM_ALLOC(g, floatX, N * C);
     g.delta = GM_ALLOC(g, float, N * g.NH);
     size_t widest = C > (size_t)g.QKV ? C : (size_t)g.QKV;
     if ((size_t)g.FC > widest) widest = g.FC;
@@ -2333,28 +2390,17 @@ void gmodel_build(GModel<floatX> &g, Model *host, int B, int T, const GOptions &
         CUDA_CHECK(cudaStreamSynchronize(stream));   /* before cs, sn are freed */
         free(cs); free(sn);
     }
-    g.inputs = GM_ALLOC(g, int, N);
-    g.targets = GM_ALLOC(g, int, N);
-    g.d_plan = GM_ALLOC(g, int, emb_plan_ints(N));
-    g.bk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
     CUDA_CHECK(cudaMallocHost(&g.h_in, N * sizeof(int)));
     CUDA_CHECK(cudaMallocHost(&g.h_tg, N * sizeof(int)));
     g.h_uniq = (int *)malloc(N * sizeof(int));
     g.h_offs = (int *)malloc((N + 1) * sizeof(int));
     CUDA_CHECK(cudaMallocHost(&g.h_plan, emb_plan_ints(N) * sizeof(int)));
     g.h_count = (int *)calloc(g.Vfull > T ? g.Vfull : T, sizeof(int));   /* counts tokens, or positions (pbk) */
-    g.doc_start = g.tok_pos = g.h_doc = g.h_tpos = g.h_pplan = g.d_pplan = NULL;
-    memset(&g.pbk, 0, sizeof(g.pbk));
+    g.h_doc = g.h_tpos = g.h_pplan = NULL;
     if (host->reset_attention || host->reset_positions) {
-        g.doc_start = GM_ALLOC(g, int, N);
-        g.tok_pos = GM_ALLOC(g, int, N);
         CUDA_CHECK(cudaMallocHost(&g.h_doc, N * sizeof(int)));
         CUDA_CHECK(cudaMallocHost(&g.h_tpos, N * sizeof(int)));
-        if (host->reset_positions && g.wpe) {
-            g.d_pplan = GM_ALLOC(g, int, emb_plan_ints(N));
-            g.pbk.part = GM_ALLOC(g, float, emb_plan_partials(N) * C);
-            CUDA_CHECK(cudaMallocHost(&g.h_pplan, emb_plan_ints(N) * sizeof(int)));
-        }
+        if (g.d_pplan) CUDA_CHECK(cudaMallocHost(&g.h_pplan, emb_plan_ints(N) * sizeof(int)));
     }
     CUDA_CHECK(cudaEventCreateWithFlags(&g.upload_done, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(g.upload_done, stream));
@@ -2411,6 +2457,23 @@ void gmodel_free(GModel<floatX> &g) {
     }
     free(g.norm_ranges);
     memset(&g, 0, sizeof(g));
+}
+
+/* Another micro-batch alive on a pipeline stage (1F1B keeps up to warm + 1; train.c's model_view): v has its own
+   activations (gmodel_alloc_acts) and shares everything else with g, its weights, gradients, optimizer state,
+   scratch, streams and events. */
+template <typename floatX>
+static void gmodel_view(GModel<floatX> &v, const GModel<floatX> &g) {
+    v = g;
+    v.nallocs = 0;   /* gmodel_view_free frees only what is its own */
+    gmodel_alloc_acts(v, (size_t)g.Bmax * g.Tmax);
+}
+
+template <typename floatX>
+static void gmodel_view_free(GModel<floatX> &v) {
+    CUDA_CHECK(cudaStreamSynchronize(v.stream));
+    for (int i = 0; i < v.nallocs; i++) dev_free(v.allocs[i], v.alloc_sizes[i]);
+    memset(&v, 0, sizeof(v));
 }
 
 /* the seed of the stochastic rounding of AdamW step `step` (1-based count of updates) */
@@ -2623,7 +2686,8 @@ static void tp_gather_rows(GModel<floatX> &g, T *x) {
    replicated biases of wo / wproj and wpe added on rank 0 only, the outputs of wo and wproj summed over the group,
    the vocabulary-parallel cross-entropy per chunk (each rank's lse and target logit all-gathered, then combined);
    with sequence parallelism the norms and residual adds on this rank's R rows from r0, their outputs all-gathered
-   before the matmuls that read them. */
+   before the matmuls that read them. A pipeline stage (model_forward): without the embedding it starts from the
+   input received into encoded; without the head it ends at its last layer's resid3, for the next stage. */
 template <typename floatX>
 void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, double loss_acc_scale, int accumulate_loss) {
     cudaStream_t s = g.stream;
@@ -2636,9 +2700,11 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
     g.r0 = g.cur_sp ? g.tp_rank * g.R : 0;
     int R = g.R;
     size_t r0 = g.r0, o = r0 * C;
-    gpu::embedding_forward_shard<floatX>(g.encoded, g.inputs, g.pt[P_WTE], g.vocab_begin, g.V, first ? g.pt[P_WPE] : NULL, B, T,
-                                         C, s, g.host->reset_positions ? g.tok_pos : NULL);
-    tp_sum_rows(g, g.encoded);
+    if (g.embed) {
+        gpu::embedding_forward_shard<floatX>(g.encoded, g.inputs, g.pt[P_WTE], g.vocab_begin, g.V, first ? g.pt[P_WPE] : NULL, B,
+                                             T, C, s, g.host->reset_positions ? g.tok_pos : NULL);
+        tp_sum_rows(g, g.encoded);
+    }
     gpu::residual_norm_forward<floatX>(NULL, g.ln1 + o, rows_at(g.ln1_mean, r0), g.ln1_rstd + r0, g.encoded + o, NULL, 1, C,
                                        g.pt[P_LN1W], g.pt[P_LN1B], R, C, c->norm_eps, ln, s);
     for (int l = 0; l < g.L; l++) {
@@ -2676,8 +2742,10 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
         gpu::matmul_forward<floatX>(g.proj, fch_act, g.pt[P_WPROJ] + (size_t)l * C * g.F, first ? lay(g.pt[P_BPROJ], l, C) : NULL,
                                     N, g.F, C, C, NULL, s);
         tp_sum_rows(g, g.proj);
-        /* resid3 = resid2 + proj, then the next layer's first norm (or the final norm) */
+        /* resid3 = resid2 + proj, then the next layer's first norm (or the final norm; none on a stage before the
+           last) */
         int last = l == g.L - 1;
+        if (last && !g.head) { gpu::residual_forward<floatX>(resid3 + o, resid2 + o, g.proj + o, (size_t)R * C, s); break; }
         floatX *next_ln = last ? g.lnf : lay(g.ln1, l + 1, g.ln_layers > 1 ? NC : 0);
         float *nm = last ? g.lnf_mean : lay(g.ln1_mean, l + 1, N), *nr = last ? g.lnf_rstd : g.ln1_rstd + (size_t)(l + 1) * N;
         const floatX *nw = last ? g.pt[P_LNFW] : g.pt[P_LN1W] + (l + 1) * C;
@@ -2685,6 +2753,7 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
         gpu::residual_norm_forward<floatX>(resid3 + o, next_ln + o, rows_at(nm, r0), nr + r0, resid2 + o, g.proj + o, 1, C, nw, nb,
                                            R, C, c->norm_eps, ln, s);
     }
+    if (!g.head) return;
     tp_gather_rows(g, g.lnf);
     /* the classifier, in chunks of rows */
     const floatX *wlm = g.pt[P_LMHEAD] ? g.pt[P_LMHEAD] : g.pt[P_WTE];
@@ -2794,24 +2863,50 @@ static void gmodel_tp_reduce_layer(GModel<floatX> &g, int l) {
     }
 }
 
+/* With --pp and tied embeddings: the gradients of the first stage's wte and of the last stage's copy summed over the
+   two (train.c's emb_comm all-reduce), before the data-parallel reduction reads them; both copies then take the same
+   AdamW step. Elsewhere nothing. */
+template <typename floatX>
+static void gmodel_emb_reduce(GModel<floatX> &g) {
+    if (!g.emb_comm) return;
+    NCCL_CHECK(ncclAllReduce(g.gt[P_WTE], g.gt[P_WTE], g.lay.param_sizes[P_WTE], ncclFloat, ncclSum, g.emb_comm, g.stream));
+}
+
+/* the reduction of the tensors outside the layers (the embeddings, the final norm, the lm_head) once the backward
+   is over: after the last micro-step's backward, or with --pp after the pipeline's schedule (pp_step), since the
+   tied embeddings' all-reduce joins the first and the last stage, which must not wait for each other inside it */
+template <typename floatX>
+static void gmodel_reduce_rest(GModel<floatX> &g) {
+    gmodel_tp_reduce_layer(g, g.L);
+    gmodel_emb_reduce(g);
+    gmodel_reduce_layer(g, g.L);
+}
+
 /* model_backward of the last forward (which ran with backward_head): grads += d(loss * loss_scale)/dparams.
    reduce: the last micro-step before an optimizer step; with NCCL and overlap the reduction goes along.
    Tensor parallel: the forward's collectives in reverse (model_backward): the input gradients of the lm_head, fc
    and qkv summed over the group (sequence parallel: reduce-scattered into the norms' rows), and with sequence
-   parallelism the residual stream's gradient all-gathered before the matmuls and the embedding read it. */
+   parallelism the residual stream's gradient all-gathered before the matmuls and the embedding read it.
+   A pipeline stage (model_backward_stage): without the head it starts from its output's gradient received into
+   dres; without the embedding it ends with its input's gradient in dres, for the stage before. */
 template <typename floatX>
 void gmodel_backward(GModel<floatX> &g, int last = 0) {
-    int reduce_layers = g.zero2 || (last && g.overlap), reduce_rest = last && g.overlap;
+    int reduce_layers = g.zero2 || (last && g.overlap), reduce_rest = last && g.overlap && g.pp == 1;
     cudaStream_t s = g.stream;
     const ModelConfig *c = &g.cfg;
     int B = g.cur_B, T = g.cur_T, N = B * T, C = g.C, R = g.R;
     size_t NC = (size_t)N * C, r0 = g.r0, o = r0 * C;
     float *sc = g.scratch;
-    /* final norm: dres = d(resid3 of the last layer) */
-    tp_sum_rows(g, g.dlnf);
-    gpu::residual_norm_backward<floatX>(g.dres + o, g.dres_t + o, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf + o,
-                                        g.resid3 + (g.L - 1) * NC + o, 1, C, g.pt[P_LNFW], rows_at(g.lnf_mean, r0), g.lnf_rstd + r0,
-                                        R, C, 0, sc, s);
+    /* final norm: dres = d(resid3 of the last layer); a stage before the last has it from the next stage */
+    if (g.head) {
+        tp_sum_rows(g, g.dlnf);
+        gpu::residual_norm_backward<floatX>(g.dres + o, g.dres_t + o, NULL, g.gt[P_LNFW], g.gt[P_LNFB], g.dlnf + o,
+                                            g.resid3 + (g.L - 1) * NC + o, 1, C, g.pt[P_LNFW], rows_at(g.lnf_mean, r0),
+                                            g.lnf_rstd + r0, R, C, 0, sc, s);
+    } else {
+        convert_kernel<floatX><<<ceil_div((size_t)R * C, 256), 256, 0, s>>>(g.dres_t + o, g.dres + o, (size_t)R * C);
+        KERNEL_CHECK();
+    }
     for (int l = g.L - 1; l >= 0; l--) {
         if (g.zero2) {   /* layer buffer l % 2, once the reduction of the layer that used it last has read it */
             CUDA_CHECK(cudaStreamWaitEvent(s, g.lbuf_free[l & 1], 0));
@@ -2873,9 +2968,11 @@ void gmodel_backward(GModel<floatX> &g, int last = 0) {
                                             x + o, 1, C, g.pt[P_LN1W] + l * C, rows_at(ln1_mean, r0), ln1_rstd + r0, R, C, 1, sc, s);
         if (reduce_layers) { gmodel_tp_reduce_layer(g, l); gmodel_reduce_layer(g, l); }
     }
-    tp_gather_rows(g, g.dres);
-    gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, T, C, s, g.d_pplan ? &g.pbk : NULL);
-    if (reduce_rest) { gmodel_tp_reduce_layer(g, g.L); gmodel_reduce_layer(g, g.L); }
+    if (g.embed) {
+        tp_gather_rows(g, g.dres);
+        gpu::embedding_backward(g.gt[P_WTE], g.gt[P_WPE], g.dres, g.bk, B, T, C, s, g.d_pplan ? &g.pbk : NULL);
+    }
+    if (reduce_rest) gmodel_reduce_rest(g);
 }
 
 template <typename floatX> void gmodel_zero_grad(GModel<floatX> &g) {
@@ -2931,11 +3028,12 @@ void gmodel_step_queue(GModel<floatX> &g, const Dist &d, const AdamWConfig *opt,
     set_double_kernel<<<1, 1, 0, s>>>(g.red + 2, stop ? 1.0 : 0.0);
     KERNEL_CHECK();
     if (g.zero2 && !g.reduced) die("ZeRO-2: an optimizer step without the last micro-step's reduction (gmodel_backward(g, 1))");
-    if (!g.reduced) for (int l = 0; l <= g.L; l++) gmodel_tp_reduce_layer(g, l);
+    if (!g.reduced) { for (int l = 0; l <= g.L; l++) gmodel_tp_reduce_layer(g, l); gmodel_emb_reduce(g); }
     if (d.comm && !g.reduced && !g.zero2) NCCL_CHECK(ncclReduceScatter(g.grads, gshard, g.shard, ncclFloat, ncclSum, d.comm, s));
     g.reduced = 0;
-    if (g.tp == 1) gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
-    else {   /* tp_grad_sumsq: the runs this rank owns, in its shard; the loss once per group (its first rank's) */
+    if (g.tp == 1 && g.pp == 1) gpu::grad_sumsq(g.red, g.norm_parts, gshard, g.shard, s);
+    else {   /* tp_grad_sumsq: the runs this rank owns (not the last stage's copy of wte), in its shard; the loss once
+                per model (its last stage's first tensor-parallel rank's) */
         set_double_kernel<<<1, 1, 0, s>>>(g.red, 0.0);
         KERNEL_CHECK();
         for (int i = 0; i < g.n_norm_ranges; i++) {
@@ -2944,9 +3042,9 @@ void gmodel_step_queue(GModel<floatX> &g, const Dist &d, const AdamWConfig *opt,
             if (e > g.shard_begin + g.shard) e = g.shard_begin + g.shard;
             if (b < e) gpu::grad_sumsq(g.red, g.norm_parts, gshard + (b - g.shard_begin), e - b, s, 1);
         }
-        if (g.tp_rank != 0) { set_double_kernel<<<1, 1, 0, s>>>(g.red + 1, 0.0); KERNEL_CHECK(); }
+        if (g.tp_rank != 0 || !g.head) { set_double_kernel<<<1, 1, 0, s>>>(g.red + 1, 0.0); KERNEL_CHECK(); }
     }
-    ncclComm_t all = g.tp > 1 ? g.world_comm : d.comm;   /* with --tp every rank holds a part of the norm */
+    ncclComm_t all = g.tp > 1 || g.pp > 1 ? g.world_comm : d.comm;   /* with --tp / --pp every rank holds a part of the norm */
     if (all) NCCL_CHECK(ncclAllReduce(g.red, g.red, 3, ncclDouble, ncclSum, all, s));
     int slot = step & 1;
     step_decide_kernel<<<1, 1, 0, s>>>(g.step_out + slot, g.ctl, g.updates, g.red, d.world, clip, do_update, opt->lr,
@@ -3054,13 +3152,146 @@ struct GpuRun {
     floatX *row_part, *row_all;   /* tensor parallel, on the device: this rank's vocabulary rows of that row padded to
                                      the first rank's count Vr, and every rank's [tp][Vr] */
     int Vr;
+    /* pipeline parallel: the model of each micro-batch alive on this stage (views[0] is g, the others gmodel_view's
+       in extra), the step's micro-batches [grad_accum][B*T], the sample's row on the device [V], --pp-trace */
+    GModel<floatX> **views, *extra;
+    int nviews;
+    int *mb_inputs, *mb_targets;
+    floatX *row_pp;
+    FILE *trace;
+    const TrainState *ts;   /* the step (--pp-trace's events name theirs) */
 };
+
+/* ---- pipeline parallelism (--pp): train.c's 1F1B over the step's micro-batches. Neighbouring stages exchange
+   [B*T, C] rows on the pipeline communicator, on the compute stream: the activations forward (floatX, into the next
+   stage's encoded), their gradients backward (fp32, into the previous stage's dres). NCCL's send may wait for its
+   receive, so two neighbours that both sent first would wait for each other: each send goes in one group with the
+   receive that follows it in the schedule (Megatron's send_forward_recv_backward and send_backward_recv_forward). */
+
+template <typename floatX> static GModel<floatX> &pp_view(GpuRun<floatX> *c, int i) { return *c->views[i % c->nviews]; }
+
+/* a stage's input and output of a B x T batch on this rank: the residual stream's rows, all N = B*T of them, or
+   with --sp its block [r0, r0 + R) (gmodel_forward's choice); as floats, from r0 * C, R * C of them
+   (model_stage_floats) */
+template <typename floatX>
+static void stage_rows(const GModel<floatX> &g, int B, int T, size_t *from, size_t *count) {
+    size_t N = (size_t)B * T, R = g.sp && N % g.tp == 0 ? N / g.tp : N, r0 = R < N ? (size_t)g.tp_rank * R : 0;
+    *from = r0 * g.C; *count = R * g.C;
+}
+
+/* --pp-trace: one Chrome trace event per forward, backward and exchange (train.c's format), timed on the host after
+   a synchronisation of the stream, so a traced run is slower than an untraced one */
+template <typename floatX>
+static void pp_trace(GpuRun<floatX> *c, const char *what, int micro, double start_ms) {
+    if (!c->trace) return;
+    CUDA_CHECK(cudaStreamSynchronize(c->g.stream));
+    double end = now_ms();
+    fprintf(c->trace, "{\"name\":\"%s%d\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":%.1f,\"dur\":%.1f,\"pid\":0,\"tid\":%d,"
+            "\"args\":{\"step\":%lld,\"micro\":%d}}\n", what, micro, what, start_ms * 1000.0, (end - start_ms) * 1000.0, c->d->grank,
+            (long long)c->ts->step + 1, micro);
+}
+
+/* one group with the next stage: micro-batch `out`'s output to it and the gradient of micro-batch `grad`'s output
+   from it (-1: none); nothing on the last stage */
+template <typename floatX>
+static void pp_with_next(GpuRun<floatX> *c, int out, int grad) {
+    GModel<floatX> &g = c->g;
+    if (g.head || (out < 0 && grad < 0)) return;
+    size_t NC = (size_t)c->a->batch_size * c->a->seq_len * g.C, o, n;
+    stage_rows(g, c->a->batch_size, c->a->seq_len, &o, &n);
+    double t = now_ms();
+    NCCL_CHECK(ncclGroupStart());
+    if (out >= 0) NCCL_CHECK(ncclSend(pp_view(c, out).resid3 + (g.L - 1) * NC + o, n, nccl_type<floatX>(), c->d->pp_rank + 1,
+                                      c->d->pp_comm, g.stream));
+    if (grad >= 0) NCCL_CHECK(ncclRecv(g.dres + o, n, ncclFloat, c->d->pp_rank + 1, c->d->pp_comm, g.stream));
+    NCCL_CHECK(ncclGroupEnd());
+    pp_trace(c, "next", out >= 0 ? out : grad, t);
+}
+
+/* one group with the previous stage: the gradient of micro-batch `grad`'s input to it and micro-batch `in`'s input
+   from it (-1: none); nothing on the first stage */
+template <typename floatX>
+static void pp_with_prev(GpuRun<floatX> *c, int grad, int in) {
+    GModel<floatX> &g = c->g;
+    if (g.embed || (grad < 0 && in < 0)) return;
+    size_t o, n;
+    stage_rows(g, c->a->batch_size, c->a->seq_len, &o, &n);
+    double t = now_ms();
+    NCCL_CHECK(ncclGroupStart());
+    if (grad >= 0) NCCL_CHECK(ncclSend(g.dres + o, n, ncclFloat, c->d->pp_rank - 1, c->d->pp_comm, g.stream));
+    if (in >= 0) NCCL_CHECK(ncclRecv(pp_view(c, in).encoded + o, n, nccl_type<floatX>(), c->d->pp_rank - 1, c->d->pp_comm, g.stream));
+    NCCL_CHECK(ncclGroupEnd());
+    pp_trace(c, "prev", grad >= 0 ? grad : in, t);
+}
+
+/* micro-batch i's forward on this stage (its input already received on a stage after the first); the last stage
+   runs the classifier's backward with it, and adds the micro-batch's loss */
+template <typename floatX>
+static void pp_forward(GpuRun<floatX> *c, int i) {
+    const Args *a = c->a;
+    GModel<floatX> &v = pp_view(c, i);
+    size_t BT = (size_t)a->batch_size * a->seq_len;
+    double t = now_ms();
+    gmodel_upload_batch(v, c->mb_inputs + i * BT, c->mb_targets + i * BT, a->batch_size, a->seq_len);
+    gmodel_forward(v, 1, 1.0f / (a->grad_accum * c->d->world), 1.0 / a->grad_accum, i > 0);
+    pp_trace(c, "F", i, t);
+}
+
+/* its backward (its output's gradient already received on a stage before the last); the step's last one reduces
+   each layer's gradients as gmodel_backward does (the rest after the schedule) */
+template <typename floatX>
+static void pp_backward(GpuRun<floatX> *c, int i) {
+    double t = now_ms();
+    gmodel_backward(pp_view(c, i), i == c->a->grad_accum - 1);
+    pp_trace(c, "B", i, t);
+}
+
+/* One step's M micro-batches through the P stages (train.c's pp_step, Narayanan et al. 2021 sec. 2.2): stage s
+   runs warm = min(P - s - 1, M) forwards, then one forward and one backward at a time, then the backwards left;
+   between them the exchanges with the neighbours, each receive in the group of the send before it. Then, with the
+   reduction overlapped, that of the tensors outside the layers. */
+template <typename floatX>
+static void pp_step(GpuRun<floatX> *c) {
+    int P = c->d->pp, s = c->d->pp_rank, M = c->a->grad_accum, warm = P - s - 1 < M ? P - s - 1 : M, rest = M - warm;
+    for (int i = 0; i < warm; i++) { pp_with_prev(c, -1, i); pp_forward(c, i); pp_with_next(c, i, -1); }
+    if (rest > 0) pp_with_prev(c, -1, warm);
+    for (int i = 0; i < rest; i++) {
+        pp_forward(c, warm + i);
+        pp_with_next(c, warm + i, i);
+        pp_backward(c, i);
+        pp_with_prev(c, i, i + 1 < rest ? warm + i + 1 : -1);
+    }
+    for (int i = rest; i < M; i++) { pp_with_next(c, -1, i); pp_backward(c, i); pp_with_prev(c, i, -1); }
+    if (c->g.overlap) gmodel_reduce_rest(c->g);
+}
+
+/* a forward of B x T without a backward (an evaluation's, a sample's): through the stages with --pp, the input from
+   the stage before and the output to the stage after; its loss on the last stage */
+template <typename floatX>
+static void forward_only(GpuRun<floatX> *c, const int *ids, const int *targets, int B, int T, int accumulate) {
+    GModel<floatX> &g = c->g;
+    size_t NC = (size_t)B * T * g.C, o, n;
+    stage_rows(g, B, T, &o, &n);
+    gmodel_upload_batch(g, ids, targets, B, T);
+    if (c->d->pp > 1 && !g.embed) NCCL_CHECK(ncclRecv(g.encoded + o, n, nccl_type<floatX>(), c->d->pp_rank - 1, c->d->pp_comm, g.stream));
+    gmodel_forward(g, 0, 0.0f, 1.0, accumulate);
+    if (c->d->pp > 1 && !g.head)
+        NCCL_CHECK(ncclSend(g.resid3 + (g.L - 1) * NC + o, n, nccl_type<floatX>(), c->d->pp_rank + 1, c->d->pp_comm, g.stream));
+}
 
 template <typename floatX>
 static void gpu_forward_backward(void *ctx, const DataLoader *dl, int micro) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     const Args *a = c->a;
     if (micro == 0) gmodel_zero_grad(c->g);
+    if (c->d->pp > 1) {   /* the pipeline runs when it has the step's micro-batches */
+        size_t BT = (size_t)a->batch_size * a->seq_len;
+        memcpy(c->mb_inputs + micro * BT, dl->inputs, BT * sizeof(int));
+        memcpy(c->mb_targets + micro * BT, dl->targets, BT * sizeof(int));
+        if (micro == a->grad_accum - 1) pp_step(c);
+        progress_mark();
+        return;
+    }
     gmodel_upload_batch(c->g, dl->inputs, dl->targets, a->batch_size, a->seq_len);
     gmodel_forward(c->g, 1, 1.0f / (a->grad_accum * c->d->world), 1.0 / a->grad_accum, micro > 0);
     gmodel_backward(c->g, micro == a->grad_accum - 1);
@@ -3087,14 +3318,18 @@ static int gpu_step_outcome(void *ctx, int step, double *loss, double *norm, int
 template <typename floatX>
 static void gpu_eval_batch(void *ctx, const DataLoader *dl, int i) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
-    gmodel_upload_batch(c->g, dl->inputs, dl->targets, dl->B, dl->T);
-    gmodel_forward(c->g, 0, 0.0f, 1.0, i > 0);
+    forward_only(c, dl->inputs, dl->targets, dl->B, dl->T, i > 0);
 }
 
 template <typename floatX>
 static double gpu_eval_sum(void *ctx) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
-    double sum = gmodel_read_loss(c->g);
+    GModel<floatX> &g = c->g;
+    if (c->d->pp > 1) {   /* the last stage's sum, to every stage (the others add zero) */
+        if (!g.head) { set_double_kernel<<<1, 1, 0, g.stream>>>(g.red + 1, 0.0); KERNEL_CHECK(); }
+        NCCL_CHECK(ncclAllReduce(g.red + 1, g.red + 1, 1, ncclDouble, ncclSum, c->d->pp_comm, g.stream));
+    }
+    double sum = gmodel_read_loss(g);
     progress_mark();   /* an evaluation is not a hang */
     return sum;
 }
@@ -3104,14 +3339,19 @@ static const float *gpu_forward_logits(void *ctx, const int *ids, int n) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     GModel<floatX> &g = c->g;
     int V = g.Vfull;
-    gmodel_upload_batch(g, ids, NULL, 1, n);
-    gmodel_forward(g, 0, 0.0f, 0.0, 0);
-    const floatX *last = g.logits + (size_t)(n - 1 - g.logits_r0) * g.Vp;
-    if (g.tp > 1) {   /* rank r's rows start at r * Vr (zero_shard): the group's rows gathered in order */
+    forward_only(c, ids, NULL, 1, n, 0);
+    const floatX *last = g.head ? g.logits + (size_t)(n - 1 - g.logits_r0) * g.Vp : NULL;
+    if (g.tp > 1 && g.head) {   /* rank r's rows start at r * Vr (zero_shard): the group's rows gathered in order */
         CUDA_CHECK(cudaMemsetAsync(c->row_part, 0, c->Vr * sizeof(floatX), g.stream));
         CUDA_CHECK(cudaMemcpyAsync(c->row_part, last, g.V * sizeof(floatX), cudaMemcpyDeviceToDevice, g.stream));
         NCCL_CHECK(ncclAllGather(c->row_part, c->row_all, c->Vr, nccl_type<floatX>(), g.tp_comm, g.stream));
         last = c->row_all;
+    }
+    if (c->d->pp > 1) {   /* the last stage's row, to every stage (the others add zeros) */
+        CUDA_CHECK(cudaMemsetAsync(c->row_pp, 0, V * sizeof(floatX), g.stream));
+        if (last) CUDA_CHECK(cudaMemcpyAsync(c->row_pp, last, V * sizeof(floatX), cudaMemcpyDeviceToDevice, g.stream));
+        NCCL_CHECK(ncclAllReduce(c->row_pp, c->row_pp, V, nccl_type<floatX>(), ncclSum, c->d->pp_comm, g.stream));
+        last = c->row_pp;
     }
     CUDA_CHECK(cudaMemcpyAsync(c->row_t, last, V * sizeof(floatX), cudaMemcpyDeviceToHost, g.stream));
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
@@ -3123,29 +3363,32 @@ static const float *gpu_forward_logits(void *ctx, const int *ids, int n) {
     return c->row;
 }
 
-/* x[0..n) on the host summed over comm's ranks, through g's staging buffer (between steps) */
+/* x[0..n) on the host summed over comm's ranks, through a device buffer of at most 1 Mi floats: the same pieces on
+   every rank (the ranks' staging buffers differ in size with --tp or --pp) */
 template <typename floatX>
 static void host_all_reduce(GModel<floatX> &g, ncclComm_t comm, float *x, size_t n) {
-    for (size_t k0 = 0; k0 < n; k0 += g.stage_floats) {
-        size_t cnt = n - k0 < g.stage_floats ? n - k0 : g.stage_floats;
-        CUDA_CHECK(cudaMemcpyAsync(g.stage, x + k0, cnt * sizeof(float), cudaMemcpyHostToDevice, g.stream));
-        NCCL_CHECK(ncclAllReduce(g.stage, g.stage, cnt, ncclFloat, ncclSum, comm, g.stream));
-        CUDA_CHECK(cudaMemcpyAsync(x + k0, g.stage, cnt * sizeof(float), cudaMemcpyDeviceToHost, g.stream));
+    size_t piece = n < ((size_t)1 << 20) ? n : ((size_t)1 << 20);
+    float *buf = (float *)dev_alloc(piece * sizeof(float));
+    for (size_t k0 = 0; k0 < n; k0 += piece) {
+        size_t cnt = n - k0 < piece ? n - k0 : piece;
+        CUDA_CHECK(cudaMemcpyAsync(buf, x + k0, cnt * sizeof(float), cudaMemcpyHostToDevice, g.stream));
+        NCCL_CHECK(ncclAllReduce(buf, buf, cnt, ncclFloat, ncclSum, comm, g.stream));
+        CUDA_CHECK(cudaMemcpyAsync(x + k0, buf, cnt * sizeof(float), cudaMemcpyDeviceToHost, g.stream));
         CUDA_CHECK(cudaStreamSynchronize(g.stream));
     }
-    if (g.stage == g.grads) CUDA_CHECK(cudaMemsetAsync(g.grads, 0, g.padded * sizeof(float), g.stream));
+    dev_free(buf, piece * sizeof(float));
 }
 
 /* The masters and moments gathered from the ZeRO shards into the host model of each data-parallel group's first rank.
-   With --tp (as train.c's cpu_save) the first group's ranks then put the whole model together: each writes the runs
-   it owns into zeroed whole buffers, summed over the group, and rank 0 writes it. */
+   With --tp or --pp (as train.c's cpu_save) the first model's ranks then put the whole model together: each writes
+   the runs it owns into zeroed whole buffers, summed over the model-parallel group, and rank 0 writes it. */
 template <typename floatX>
 static void gpu_save(void *ctx, const TrainState *ts) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
     const Dist *d = c->d;
     Model *m = c->g.host;
     gmodel_download(c->g, *d, 1);   /* collective: masters and moments gathered from the shards */
-    if (d->tp == 1) {
+    if (d->tp == 1 && d->pp == 1) {
         if (d->rank == 0) write_checkpoint(c->a, m, ts);
     } else if (d->rank == 0) {
         Model whole;
@@ -3157,7 +3400,7 @@ static void gpu_save(void *ctx, const TrainState *ts) {
         for (int i = 0; i < 3; i++) {
             memset(all[i], 0, whole.num_params * sizeof(float));
             tp_unslice(m, all[i], mine[i]);
-            host_all_reduce(c->g, d->tp_comm, all[i], whole.num_params);
+            host_all_reduce(c->g, d->mp_comm, all[i], whole.num_params);
         }
         if (d->grank == 0) write_checkpoint(c->a, &whole, ts);
         model_free(&whole);
@@ -3172,7 +3415,13 @@ static void gpu_print_setup(void *ctx) {
     const GModel<floatX> &g = c->g;
     int world = c->d->world;
     printf("batch %d x %d tokens x %d accumulation x %d %s = %d tokens/step\n", a->batch_size, a->seq_len,
-           a->grad_accum, world, g.tp > 1 ? "data-parallel groups" : "GPUs", a->batch_size * a->seq_len * a->grad_accum * world);
+           a->grad_accum, world, g.tp > 1 || g.pp > 1 ? "data-parallel groups" : "GPUs", a->batch_size * a->seq_len * a->grad_accum * world);
+    if (g.pp > 1) {
+        int M = a->grad_accum, P = g.pp;
+        printf("pipeline: %d stages, 1F1B over %d micro-batches, layers %d-%d on rank 0 (of %d), %d activation sets; the "
+               "bubble in theory (P-1)/(M+P-1) = %.3f\n", P, M, g.host->pp.layer0, g.host->pp.layer0 + g.L - 1, c->cfg->n_layer,
+               c->nviews, (double)(P - 1) / (M + P - 1));
+    }
     if (g.tp > 1)
         printf("tensor parallel: %d GPUs per group%s (%d heads, %d kv heads%s, ff %d, %d vocabulary rows on rank 0)\n", g.tp,
                g.sp ? ", sequence parallel" : "", g.NH, g.NKV, g.kv_comm ? " shared" : "", g.F, g.V);
@@ -3207,15 +3456,20 @@ static int run(Args &a, Dist &d) {
     open_run(&a, &cfg, &data, &m);
     size_t whole_params = m.num_params;
     if (tp_config(&cfg, a.tp, d.grank % a.tp, &local_cfg, &tp, err, sizeof(err)) != 0) die("--tp %d: %s", a.tp, err);
-    dist_split_tp(&d, a.tp, tp.kv_share);
+    PipelineStage *stages = (PipelineStage *)malloc((size_t)a.pp * sizeof(PipelineStage));
+    if (!stages) die("out of memory");
+    pp_layout(&a, &cfg, stages);
+    dist_split(&d, a.tp, a.pp, tp.kv_share, cfg.tie_embeddings);
     /* the loader, and the weights: resumed, continued from HF weights, or fresh (the whole model on every rank) */
     DataLoader dl;
     TrainState ts;
     int resumed = start_weights(&m, &ts, &dl, &data, &a, &cfg, d.rank, d.world, d.grank == 0);
-    /* tensor parallel (as train.c): this rank's slice of the weights, and of the moments on a resume */
+    /* tensor or pipeline parallel (as train.c): this rank's slice of the weights (its stage's layers), and of the
+       moments on a resume */
     Model slice;
-    if (a.tp > 1) {
-        if (model_build(&slice, &local_cfg) != 0) die("out of memory for the model");
+    if (a.tp > 1 || a.pp > 1) {
+        local_cfg.n_layer = stages[d.pp_rank].layers;
+        if (model_build_stage(&slice, &local_cfg, &stages[d.pp_rank]) != 0) die("out of memory for the model");
         tp.sp = a.sp;
         slice.tp = tp;
         slice.reset_attention = m.reset_attention; slice.reset_positions = m.reset_positions; slice.eod = m.eod;
@@ -3246,17 +3500,39 @@ static int run(Args &a, Dist &d) {
     c.Vr = (cfg.vocab_size + a.tp - 1) / a.tp;
     c.row_part = a.tp > 1 ? (floatX *)dev_alloc((size_t)c.Vr * sizeof(floatX)) : NULL;
     c.row_all = a.tp > 1 ? (floatX *)dev_alloc((size_t)a.tp * c.Vr * sizeof(floatX)) : NULL;
+    c.views = NULL; c.extra = NULL; c.nviews = 0; c.mb_inputs = c.mb_targets = NULL; c.row_pp = NULL; c.trace = NULL; c.ts = &ts;
+    if (a.pp > 1) {   /* the step's micro-batches, and a model view for each one alive at once */
+        int warm = a.pp - 1 - d.pp_rank;
+        c.nviews = (warm < a.grad_accum ? warm : a.grad_accum) + 1;
+        c.views = (GModel<floatX> **)malloc((size_t)c.nviews * sizeof(GModel<floatX> *));
+        c.extra = (GModel<floatX> *)calloc((size_t)c.nviews, sizeof(GModel<floatX>));
+        c.mb_inputs = (int *)malloc((size_t)a.grad_accum * a.batch_size * a.seq_len * sizeof(int));
+        c.mb_targets = (int *)malloc((size_t)a.grad_accum * a.batch_size * a.seq_len * sizeof(int));
+        if (!c.views || !c.extra || !c.mb_inputs || !c.mb_targets) die("out of memory");
+        c.views[0] = &c.g;
+        for (int i = 1; i < c.nviews; i++) { gmodel_view(c.extra[i], c.g); c.views[i] = &c.extra[i]; }
+        c.row_pp = (floatX *)dev_alloc((size_t)c.g.Vfull * sizeof(floatX));
+        if (a.pp_trace) {
+            char path[1100];
+            snprintf(path, sizeof(path), "%s.rank%d", a.pp_trace, d.grank);
+            if (!(c.trace = fopen(path, "w"))) die("--pp-trace %s: cannot write: %s", path, strerror(errno));
+        }
+    }
     CUDA_CHECK(cudaGetDeviceProperties(&c.prop, d.local_rank));
     c.flops_per_token = flops_per_token(&cfg, a.seq_len);
     c.peak_flops = peak_bf16_flops(c.prop.name);
 
     /* every rank of a data-parallel group's first tensor-parallel group evaluates and samples (they compute it
-       together); the MFU's peak is that of the tp GPUs of a group */
+       together; with --pp every stage of its pipeline); the MFU's peak is that of the tp x pp GPUs of a model */
     TrainBackend b = {&c, d.grank, d.world, d.rank == 0, 1, gpu_forward_backward<floatX>, gpu_step_queue<floatX>, gpu_step_outcome<floatX>,
                       gpu_eval_batch<floatX>, gpu_eval_sum<floatX>, gpu_forward_logits<floatX>, gpu_save<floatX>, gpu_print_setup<floatX>,
-                      gpu_loop_start<floatX>, gpu_memory_gib<floatX>, c.flops_per_token, c.peak_flops * a.tp};
+                      gpu_loop_start<floatX>, gpu_memory_gib<floatX>, c.flops_per_token, c.peak_flops * a.tp * a.pp};
     train_loop(&b, &a, &cfg, whole_params, &data, &dl, &ts, resumed);
 
+    for (int i = 1; i < c.nviews; i++) gmodel_view_free(c.extra[i]);
+    if (c.trace) fclose(c.trace);
+    free(c.views); free(c.extra); free(c.mb_inputs); free(c.mb_targets); free(stages);
+    dev_free(c.row_pp, (size_t)c.g.Vfull * sizeof(floatX));
     free(c.row_t); free(c.row);
     dev_free(c.row_part, (size_t)c.Vr * sizeof(floatX));
     dev_free(c.row_all, (size_t)a.tp * c.Vr * sizeof(floatX));
@@ -3286,13 +3562,17 @@ static void refuse_gpu_config(const Args *a) {
     if (a->tp > 1 && local.d_ff % 8)
         die("--tp %d: the GPU kernels need each rank's MLP width divisible by 8 (intermediate_size %d / %d = %d)", a->tp,
             c.d_ff, a->tp, local.d_ff);
+    /* pipeline parallel: the stages (as train.c checks them) */
+    PipelineStage *stages = (PipelineStage *)malloc((size_t)a->pp * sizeof(PipelineStage));
+    if (!stages) die("out of memory");
+    pp_layout(a, &c, stages);
+    free(stages);
 }
 
 int main(int argc, char **argv) {
     trainer_name = "train_gpu";
     Args a;
     parse_args(&a, argc, argv, 1);
-    if (a.pp > 1) die("--pp %d: pipeline parallelism runs in the CPU trainer (./train); train_gpu is data-parallel", a.pp);
     if (a.sp && a.recompute >= 2)
         die("--sp with --recompute 2: the norms' recomputation is not sequence-parallel on the GPU (use --recompute 0 or 1)");
     refuse_gpu_config(&a);

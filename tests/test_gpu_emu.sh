@@ -40,12 +40,13 @@ rc=$?; [ $rc -ne 0 ] && grep -q 'CUDA initialisation failed' "$tmp/tinit.log" \
 
 # step lines: "step    1/3 | loss 10.8557 | lr ... | norm 3.490 | ..." -> "loss norm"
 losses() { grep -E '^step +[0-9]+/' "$1" | awk -F'|' '{ sub(/ *loss /, "", $2); sub(/ *norm /, "", $4); print $2, $4 }'; }
-# compare A B LOSS_TOL NORM_TOL: every step's loss and norm within the relative tolerances
+# compare A B LOSS_TOL NORM_TOL [STEPS [FROM]]: every step's loss and norm within the relative tolerances, STEPS of
+# them (default 3); FROM: A's steps from step FROM on (B's run started there)
 compare() {
-    paste -d ' ' <(losses "$1") <(losses "$2") | awk -v tl="$3" -v tn="$4" '
+    paste -d ' ' <(losses "$1" | tail -n +"${6:-1}") <(losses "$2") | awk -v tl="$3" -v tn="$4" -v want="${5:-3}" '
         function rel(a, b) { d = a - b; if (d < 0) d = -d; return d / (b < 0 ? -b : b) }
         { n++; if (NF != 4 || rel($3, $1) > tl || rel($4, $2) > tn) bad = 1; if (rel($3, $1) > w) w = rel($3, $1) }
-        END { printf "%d steps, worst loss rel diff %.2g", n, w; exit !(n == 3 && !bad) }'
+        END { printf "%d steps, worst loss rel diff %.2g", n, w; exit !(n == want && !bad) }'
 }
 # the runs: "model ranks dtype flags"; make test runs a subset that still covers every path with 2 and 4 ranks
 all=()
@@ -168,7 +169,95 @@ if [ -d "$tmp/gpu_r" ]; then
     else bad "train_gpu ${cfg##*/} -n $n $* resumed: '$b', train: '$a'"; fi
 fi
 
-# what train_gpu refuses with --tp
+# pipeline parallelism: train_gpu --pp P (1F1B over --grad-accum 4, ncclSend / ncclRecv between the stages) against
+# train with the same flags: "config ranks dtype flags"; GPT-2 (tied embeddings: the first and last stage's copies)
+# with the evaluation and a sample through the pipeline and --pp-trace, LLaMA untied in bf16 (then its resumes),
+# 2 data-parallel pipelines with ZeRO-2, LLaMA tied with 2 stages x 2 tensor-parallel (--sp), evaluated and sampled;
+# EMU_FULL adds 4 stages, --pp-layers with --overlap 0, bf16 with 2 pipelines and with --tp
+ppc=(--data "$tmp/shk_text_document" --seq-len 16 --lr 1e-3 --warmup-steps 1 --split 90,10,0 --seed 5 --threads 1
+     --grad-accum 4 --eval-every 0 --tokenizer data/gpt2_tokenizer.json)
+pp_quick=("pp_gpt2 2 fp32 --pp 2 --batch-size 2 --steps 3 --eval-every 3 --eval-steps 2 --sample-every 3 --sample-len 8"
+          "pp_llama_untied 2 bf16 --pp 2 --batch-size 2 --steps 4 --save-every 3"
+          "pp_gpt2 4 fp32 --pp 2 --batch-size 1 --steps 3 --zero 2"
+          "pp_llama_tied 4 fp32 --pp 2 --tp 2 --sp --batch-size 2 --steps 3 --eval-every 3 --eval-steps 2 --sample-every 3 --sample-len 8")
+pp_more=("pp_llama_tied 4 fp32 --pp 4 --batch-size 2 --steps 3" "pp_llama_tied 2 fp32 --pp 2 --pp-layers 1,3 --batch-size 2 --steps 3 --overlap 0"
+         "pp_llama_untied 4 bf16 --pp 2 --batch-size 1 --steps 3 --zero 1" "pp_gpt2 4 bf16 --pp 2 --tp 2 --batch-size 2 --steps 3 --overlap 0"
+         "pp_llama_untied 4 fp32 --pp 2 --tp 2 --sp --batch-size 2 --steps 3 --zero 2")
+[ "${EMU_FULL:-0}" = 1 ] && runs=("${pp_quick[@]}" "${pp_more[@]}") || runs=("${pp_quick[@]}")
+val() { grep -E '^step [0-9]+ \| val loss' "$1" | tail -n 1 | awk '{print $NF}'; }
+sample() { sed -n '/^--- sample at step/,/^---$/p' "$1" | tr '\n' '|'; }
+for r in "${runs[@]}"; do
+    set -- $r
+    cfg=tests/fixtures/configs/$1.json n=$2 dtype=$3; shift 3
+    name="${cfg##*/} -n $n $dtype $*"
+    steps=$(echo "$*" | sed -n 's/.*--steps \([0-9]*\).*/\1/p')
+    cpu_flags=$(echo "$*" | sed 's/--zero [12]//; s/--overlap [01]//')
+    trace=()
+    [ "$n" = 2 ] && case " $* " in *" --sample-every "*) trace=(--pp-trace "$tmp/trace.json") ;; esac
+    rm -rf "$tmp/cpu" "$tmp/gpu" "$tmp"/trace.json.rank*
+    # shellcheck disable=SC2086
+    ./train "${ppc[@]}" --model "$cfg" -n "$n" $cpu_flags --out "$tmp/cpu" > "$tmp/cpu_pp.log" 2>&1 || { tail -n 5 "$tmp/cpu_pp.log"; bad "train $name"; continue; }
+    CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${ppc[@]}" --model "$cfg" --nproc-per-node "$n" --dtype "$dtype" "$@" "${trace[@]}" \
+        --out "$tmp/gpu" > "$tmp/gpu_pp.log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then grep -v '^step' "$tmp/gpu_pp.log" | tail -n 8; bad "train_gpu $name (exit $rc)"; continue; fi
+    ppn=$(echo "$*" | sed -n 's/.*--pp \([0-9]*\).*/\1/p')
+    grep -q "^pipeline: $ppn stages, 1F1B over 4 micro-batches" "$tmp/gpu_pp.log" || bad "train_gpu $name: no 'pipeline: $ppn stages' line"
+    if [ "$dtype" = fp32 ]; then tl=2e-5; tn=1e-3; tw=1e-3; ts=1e-5; else tl=2e-2; tn=5e-2; tw=2e-2; ts=1e-3; fi
+    if res=$(compare "$tmp/cpu_pp.log" "$tmp/gpu_pp.log" "$tl" "$tn" "$steps"); then ok "train_gpu $name == train: $res"
+    else bad "train_gpu $name vs train: $res"; paste <(losses "$tmp/cpu_pp.log") <(losses "$tmp/gpu_pp.log"); fi
+    last=$(printf 'step_%06d' "$steps")
+    w=$(tests/bin/st_maxdiff "$tmp/cpu/$last/model.safetensors" "$tmp/gpu/$last/model.safetensors")
+    st=$(tests/bin/st_maxdiff "$tmp/cpu/$last/train_state.safetensors" "$tmp/gpu/$last/train_state.safetensors")
+    awk -v w="$w" -v s="$st" -v tw="$tw" -v ts="$ts" 'BEGIN { exit !(w != "" && s != "" && w + 0 <= tw && s + 0 <= ts) }' \
+        && ok "train_gpu $name saves the whole model: train's within weights $w, moments $st" \
+        || bad "train_gpu $name checkpoint vs train's: weights $w, moments $st"
+    case " $* " in *" --sample-every "*)
+        v1=$(val "$tmp/cpu_pp.log") v2=$(val "$tmp/gpu_pp.log")
+        awk -v a="$v1" -v b="$v2" 'BEGIN { d = a - b; exit !(a != "" && (d < 0 ? -d : d) <= 2e-4) }' \
+            && ok "train_gpu $name: val loss through the pipeline $v2 (train $v1)" || bad "train_gpu $name: val loss $v2, train $v1"
+        s1=$(sample "$tmp/cpu_pp.log") s2=$(sample "$tmp/gpu_pp.log")
+        [ -n "$s1" ] && [ "$s1" = "$s2" ] && ok "train_gpu $name: the sample through the pipeline is train's: $s2" \
+            || bad "train_gpu $name: sample '$s2' vs train's '$s1'"
+    esac
+    if [ ${#trace[@]} -gt 0 ]; then   # each rank: a forward and a backward of each micro-batch of each step
+        events=$(cat "$tmp"/trace.json.rank* 2>/dev/null | grep -c '"cat":"[FB]"')
+        [ "$events" = $((n * 2 * 4 * steps)) ] && ok "train_gpu $name --pp-trace: $events forwards and backwards in the ranks' files" \
+            || bad "train_gpu $name --pp-trace: $events forward and backward events, want $((n * 2 * 4 * steps))"
+    fi
+    [ "$r" = "${pp_quick[1]}" ] && { rm -rf "$tmp/gpu_pr"; mv "$tmp/gpu" "$tmp/gpu_pr"; pr_cfg=$cfg; cp "$tmp/gpu_pp.log" "$tmp/gpu_pr.log"; }
+done
+
+# resumes of the bf16 LLaMA's step-3 checkpoint: with the same layout its step 4 is bit for bit the uninterrupted
+# run's (weights, moments); with one rank (a whole model on one GPU) it says the layout changed and goes on from
+# the same weights
+if [ -d "$tmp/gpu_pr/step_000003" ]; then
+    set -- ${pp_quick[1]}
+    shift 3
+    for lay in same one; do
+        d="$tmp/gpu_pr_$lay"
+        rm -rf "$d"; mkdir -p "$d"; cp -r "$tmp/gpu_pr/step_000003" "$d/"; echo step_000003 > "$d/latest"
+        if [ $lay = same ]; then flags=(--nproc-per-node 2 "$@"); else flags=(--batch-size 2 --steps 4 --save-every 3); fi
+        CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${ppc[@]}" --model "$pr_cfg" --dtype bf16 "${flags[@]}" --resume --out "$d" \
+            > "$d.log" 2>&1 || { grep -v '^step' "$d.log" | tail -n 8; bad "train_gpu --pp resume ($lay layout)"; continue; }
+        if [ $lay = same ]; then
+            w=$(tests/bin/st_maxdiff "$tmp/gpu_pr/step_000004/model.safetensors" "$d/step_000004/model.safetensors")
+            st=$(tests/bin/st_maxdiff "$tmp/gpu_pr/step_000004/train_state.safetensors" "$d/step_000004/train_state.safetensors")
+            a=$(losses "$tmp/gpu_pr.log" | tail -n 1) b=$(losses "$d.log")
+            [ "$w" = 0.000e+00 ] && [ "$st" = 0.000e+00 ] && [ -n "$a" ] && [ "$a" = "$b" ] \
+                && ok "train_gpu --pp 2 bf16 resumed at step 4 with the same layout: '$b', bit for bit the uninterrupted run" \
+                || bad "train_gpu --pp 2 bf16 resumed: '$b' (uninterrupted '$a'), weights $w, moments $st"
+        else
+            grep -q "^resume: the checkpoint was saved with --tp 1 --pp 2, this run has --tp 1 --pp 1" "$d.log" \
+                && ok "train_gpu with one rank resumes the --pp 2 checkpoint, saying the layout changed" \
+                || bad "train_gpu one-rank resume of a --pp 2 checkpoint: no layout line"
+            res=$(compare "$tmp/gpu_pr.log" "$d.log" 2e-2 5e-2 1 4) && ok "train_gpu one rank from the --pp 2 checkpoint: step 4 as the pipeline's: $res" \
+                || { bad "train_gpu one rank from the --pp 2 checkpoint vs the pipeline: $res"; losses "$d.log"; }
+        fi
+    done
+fi
+
+# what train_gpu refuses with --tp / --pp
 refuse_gpu() {   # expected-message flags...
     local want=$1; shift
     if CUDA_EMU_DEVICES=4 "$emu/train_gpu_emu" "${tpc[@]}" --dtype fp32 "$@" > "$tmp/e.out" 2> "$tmp/e.err"; then bad "train_gpu accepted: $*"
@@ -178,4 +267,8 @@ refuse_gpu() {   # expected-message flags...
 refuse_gpu "--recompute 2" --model tests/fixtures/configs/tp_gpt2.json -n 2 --tp 2 --sp --recompute 2
 refuse_gpu "does not divide num_attention_heads 4" --model tests/fixtures/configs/tp_gpt2.json -n 8 --tp 8
 refuse_gpu "each rank's MLP width divisible by 8 (intermediate_size 344 / 2 = 172)" --model tiny-llama -n 2 --tp 2
+refuse_gpu "--tp 1 x --pp 2 does not divide the 3 processes of -n" --model tests/fixtures/configs/pp_gpt2.json -n 3 --pp 2
+refuse_gpu "--pp 5: 5 stages need at least as many layers (the model has 4)" --model tests/fixtures/configs/pp_gpt2.json -n 5 --pp 5
+refuse_gpu "--pp-layers 1,2: give 3 positive layer counts" --model tests/fixtures/configs/pp_gpt2.json -n 3 --pp 3 --pp-layers 1,2
+refuse_gpu "--pp 2: the stages' layers add up to 5, the model has 4" --model tests/fixtures/configs/pp_gpt2.json -n 2 --pp 2 --pp-layers 2,3
 exit $fail

@@ -8,7 +8,15 @@
    part into its slot, all meet at the barrier, each reads what it needs from the slots, all meet again. Sums go
    over the ranks in order 0..n-1 in the element type (bf16: in fp32, rounded once).
 
-   Nothing waits forever: a wait gives up with ncclRemoteError when a peer process has died and with
+   Point to point (ncclSend / ncclRecv): after the slots, one mailbox per ordered pair of ranks, one chunk deep.
+   Messages between two ranks of a communicator match in call order. An operation completes when its peer has
+   taken every byte (a send waits for its receive, as NCCL may), so two standalone sends towards each other hang
+   here as they can on the device. Inside ncclGroupStart/End the sends and receives all progress together at
+   ncclGroupEnd, chunk by chunk, so a group that sends to and receives from the same peer never deadlocks (NCCL's
+   guarantee for grouped point-to-point calls); the collectives of a group still run at their call.
+
+   A collective whose ranks pass different counts or types is an error (ncclInvalidUsage) on every rank that sees
+   it. Nothing waits forever: a wait gives up with ncclRemoteError when a peer process has died and with
    ncclSystemError after NCCL_EMU_TIMEOUT seconds (default 600); the communicator then stays in that error, every
    later call returns it, ncclCommGetAsyncError reports it, and the other ranks see it in the segment. */
 #include <errno.h>
@@ -32,7 +40,7 @@
 #define SLOT_BYTES ((size_t)1 << 20)          /* staging per rank and chunk */
 #define SHM_MAGIC 0x4c4c4d4e43434c31ull       /* "LLMNCCL1" */
 
-/* the shared segment: this header, then nranks slots of SLOT_BYTES */
+/* the shared segment: this header, then nranks slots of SLOT_BYTES, then nranks x nranks mailboxes */
 struct Shared {
     uint64_t magic;             /* written last by the creator */
     int32_t nranks;
@@ -41,6 +49,7 @@ struct Shared {
     uint32_t generation;        /* barriers passed; the futex word the ranks wait on */
     int32_t error;              /* the first error any rank hit (ncclResult_t), 0 if none */
     int32_t pids[MAX_RANKS];    /* 0: rank not in yet */
+    uint64_t counts[MAX_RANKS]; /* each rank's element count and type of the current collective (same_call) */
 };
 #define HEADER_BYTES ((sizeof(Shared) + 63) / 64 * 64)
 
@@ -166,6 +175,48 @@ static ncclResult_t barrier(ncclComm *c, const char *fn) {
 
 static char *slot(const ncclComm *c, int r) { return (char *)c->sh + HEADER_BYTES + (size_t)r * SLOT_BYTES; }
 
+/* NCCL requires every rank of a collective to pass the same count and type (else it hangs or corrupts): each rank
+   posts its (count, type) before the collective's first barrier, and after it each compares the others' with its
+   own. The next collective posts only after this one's second barrier, when every rank has looked. */
+static void post_call(ncclComm *c, size_t count, ncclDataType_t t) {
+    __atomic_store_n(&c->sh->counts[c->rank], (uint64_t)count << 8 | (uint64_t)t, __ATOMIC_RELEASE);
+}
+static ncclResult_t same_call(ncclComm *c, const char *fn) {
+    uint64_t mine = __atomic_load_n(&c->sh->counts[c->rank], __ATOMIC_ACQUIRE);
+    for (int q = 0; q < c->nranks; q++) {
+        uint64_t other = __atomic_load_n(&c->sh->counts[q], __ATOMIC_ACQUIRE);
+        if (other == mine) continue;
+        char why[160];
+        snprintf(why, sizeof(why), "rank %d passes %llu elements of type %d, this rank %llu of type %d", q,
+                 (unsigned long long)(other >> 8), (int)(other & 0xff), (unsigned long long)(mine >> 8), (int)(mine & 0xff));
+        return comm_fail(c, ncclInvalidUsage, fn, why);
+    }
+    return ncclSuccess;
+}
+
+/* the mailbox of messages from rank `from` to rank `to`: this header, then box_data_bytes of data */
+struct Mailbox {
+    uint32_t posted;            /* chunks the sender has put in (a futex word) */
+    uint32_t taken;             /* chunks the receiver has copied out (a futex word); the box is free when equal */
+    uint64_t msg_bytes;         /* the size of the message the chunk belongs to (a size mismatch is an error) */
+    uint64_t chunk_bytes;
+    char pad[40];
+};
+/* a pair's chunk: 16 MiB over all pairs, within [4 KiB, SLOT_BYTES] */
+static size_t box_data_bytes(int n) {
+    size_t b = ((size_t)16 << 20) / ((size_t)n * n);
+    if (b > SLOT_BYTES) b = SLOT_BYTES;
+    if (b < 4096) b = 4096;
+    return b / 64 * 64;
+}
+static size_t segment_bytes(int n) {
+    return HEADER_BYTES + (size_t)n * SLOT_BYTES + (size_t)n * n * (sizeof(Mailbox) + box_data_bytes(n));
+}
+static Mailbox *mailbox(const ncclComm *c, int from, int to) {
+    size_t box = sizeof(Mailbox) + box_data_bytes(c->nranks);
+    return (Mailbox *)((char *)c->sh + HEADER_BYTES + (size_t)c->nranks * SLOT_BYTES + ((size_t)from * c->nranks + to) * box);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* ids and communicators */
 
@@ -185,7 +236,7 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
 /* open the segment named in the id, creating it if this rank is the first; wait for the creator to fill it in */
 static ncclResult_t attach(ncclComm *c, double deadline) {
     const char *fn = "ncclCommInitRank";
-    size_t bytes = HEADER_BYTES + (size_t)c->nranks * SLOT_BYTES;
+    size_t bytes = segment_bytes(c->nranks);
     int fd = shm_open(c->name, O_RDWR | O_CREAT | O_EXCL, 0600);
     int creator = fd >= 0;
     if (!creator && errno == EEXIST) fd = shm_open(c->name, O_RDWR, 0600);
@@ -359,10 +410,12 @@ ncclResult_t ncclGroupStart(void) {
     return ncclSuccess;
 }
 
+static ncclResult_t p2p_run(void);
+
 ncclResult_t ncclGroupEnd(void) {
     if (g_group_depth == 0) return warn(ncclInvalidUsage, "ncclGroupEnd", -1, "without ncclGroupStart");
     g_group_depth--;
-    return ncclSuccess;
+    return g_group_depth == 0 ? p2p_run() : ncclSuccess;   /* the group's sends and receives, together */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -438,10 +491,12 @@ static ncclResult_t reduce_common(const char *fn, const void *send, void *recv, 
     emu_access(send, bytes, 0);
     if (writes) emu_access(recv, bytes, 1);
     size_t per = SLOT_BYTES / es;
+    post_call(c, count, t);
     for (size_t off = 0; off < count && r == ncclSuccess; off += per) {
         size_t cnt = count - off < per ? count - off : per;
         memcpy(slot(c, c->rank), (const char *)send + off * es, cnt * es);
         if ((r = barrier(c, fn)) != ncclSuccess) break;
+        if (off == 0 && (r = same_call(c, fn)) != ncclSuccess) break;
         if (writes) sum_slots(c, 0, cnt, t, (char *)recv + off * es);
         r = barrier(c, fn);
     }
@@ -476,11 +531,13 @@ ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recv
     emu_access(send, n * recvcount * es, 0);
     emu_access(recvbuff, recvcount * es, 1);
     size_t per = SLOT_BYTES / (n * es);
+    post_call(c, recvcount, datatype);
     for (size_t off = 0; off < recvcount && r == ncclSuccess; off += per) {
         size_t cnt = recvcount - off < per ? recvcount - off : per;
         for (size_t b = 0; b < n; b++)   /* slot layout: [block b][cnt elements] */
             memcpy(slot(c, c->rank) + b * cnt * es, send + (b * recvcount + off) * es, cnt * es);
         if ((r = barrier(c, fn)) != ncclSuccess) break;
+        if (off == 0 && (r = same_call(c, fn)) != ncclSuccess) break;
         sum_slots(c, (size_t)c->rank * cnt * es, cnt, datatype, (char *)recvbuff + off * es);
         r = barrier(c, fn);
     }
@@ -505,13 +562,146 @@ ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcoun
     emu_access(sendbuff, sendcount * es, 0);
     emu_access(recv, n * sendcount * es, 1);
     size_t per = SLOT_BYTES / es;
+    post_call(c, sendcount, datatype);
     for (size_t off = 0; off < sendcount && r == ncclSuccess; off += per) {
         size_t cnt = sendcount - off < per ? sendcount - off : per;
         memcpy(slot(c, c->rank), (const char *)sendbuff + off * es, cnt * es);
         if ((r = barrier(c, fn)) != ncclSuccess) break;
+        if (off == 0 && (r = same_call(c, fn)) != ncclSuccess) break;
         for (size_t q = 0; q < n; q++) memcpy(recv + (q * sendcount + off) * es, slot(c, (int)q), cnt * es);
         r = barrier(c, fn);
     }
     emu_op_end();
     return r;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* point to point */
+
+/* a send or receive waiting for ncclGroupEnd (or run at once outside a group) */
+struct P2POp {
+    int send;
+    ncclComm *c;
+    int peer;
+    char *buf;
+    size_t bytes, done;         /* done: copied into the mailbox (send) or out of it (receive) */
+    int complete;
+    const char *fn;
+};
+#define MAX_P2P_OPS 256
+static __thread P2POp g_p2p[MAX_P2P_OPS];
+static __thread int g_np2p = 0;
+
+/* op i may move only when the earlier operations on its channel (communicator, peer, direction) are complete:
+   messages match in call order */
+static int p2p_turn(int i) {
+    for (int j = 0; j < i; j++)
+        if (!g_p2p[j].complete && g_p2p[j].c == g_p2p[i].c && g_p2p[j].peer == g_p2p[i].peer && g_p2p[j].send == g_p2p[i].send)
+            return 0;
+    return 1;
+}
+
+/* one chunk of op o, when its mailbox allows; *moved = 1 when something changed */
+static ncclResult_t p2p_step(P2POp *o, int *moved) {
+    if (o->complete) return ncclSuccess;
+    size_t chunk = box_data_bytes(o->c->nranks);
+    if (o->send) {
+        Mailbox *mb = mailbox(o->c, o->c->rank, o->peer);
+        uint32_t posted = __atomic_load_n(&mb->posted, __ATOMIC_RELAXED), taken = __atomic_load_n(&mb->taken, __ATOMIC_ACQUIRE);
+        if (posted != taken) return ncclSuccess;   /* the receiver has not taken the last chunk yet */
+        if (o->done == o->bytes) { o->complete = 1; *moved = 1; return ncclSuccess; }
+        size_t n = o->bytes - o->done < chunk ? o->bytes - o->done : chunk;
+        memmove((char *)(mb + 1), o->buf + o->done, n);   /* not memcpy: the runtime's would check it as the host's */
+        mb->chunk_bytes = n;
+        mb->msg_bytes = o->bytes;
+        __atomic_store_n(&mb->posted, posted + 1, __ATOMIC_RELEASE);
+        syscall(SYS_futex, &mb->posted, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        o->done += n;
+        *moved = 1;
+        return ncclSuccess;
+    }
+    if (o->done == o->bytes) { o->complete = 1; *moved = 1; return ncclSuccess; }
+    Mailbox *mb = mailbox(o->c, o->peer, o->c->rank);
+    uint32_t posted = __atomic_load_n(&mb->posted, __ATOMIC_ACQUIRE), taken = __atomic_load_n(&mb->taken, __ATOMIC_RELAXED);
+    if (posted == taken) return ncclSuccess;   /* nothing there yet */
+    if (mb->msg_bytes != o->bytes) {
+        char why[160];
+        snprintf(why, sizeof(why), "rank %d sends %llu bytes, this rank receives %zu", o->peer,
+                 (unsigned long long)mb->msg_bytes, o->bytes);
+        return comm_fail(o->c, ncclInvalidUsage, o->fn, why);
+    }
+    size_t n = mb->chunk_bytes;
+    memmove(o->buf + o->done, (const char *)(mb + 1), n);
+    o->done += n;
+    __atomic_store_n(&mb->taken, taken + 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &mb->taken, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    if (o->done == o->bytes) o->complete = 1;
+    *moved = 1;
+    return ncclSuccess;
+}
+
+/* the queued operations until all are complete: each takes its turn a chunk at a time; when none can move, a
+   short wait on the first blocked one's mailbox, then the failure checks (another rank's error, the peer's death
+   with the operation still open, no progress for NCCL_EMU_TIMEOUT seconds) */
+static ncclResult_t p2p_run(void) {
+    ncclResult_t r = ncclSuccess;
+    double deadline = now_s() + timeout_s();
+    while (r == ncclSuccess) {
+        int moved = 0, open = -1;
+        for (int i = 0; i < g_np2p && r == ncclSuccess; i++) {
+            if (!g_p2p[i].complete && p2p_turn(i)) r = p2p_step(&g_p2p[i], &moved);
+            if (!g_p2p[i].complete && open < 0 && p2p_turn(i)) open = i;
+        }
+        if (r != ncclSuccess || open < 0) break;
+        if (moved) { deadline = now_s() + timeout_s(); continue; }
+        P2POp *o = &g_p2p[open];
+        Mailbox *mb = o->send ? mailbox(o->c, o->c->rank, o->peer) : mailbox(o->c, o->peer, o->c->rank);
+        uint32_t *word = o->send ? &mb->taken : &mb->posted, seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        struct timespec ts = {0, 1000 * 1000};
+        if ((o->send ? __atomic_load_n(&mb->posted, __ATOMIC_RELAXED) != seen : seen == __atomic_load_n(&mb->taken, __ATOMIC_RELAXED)))
+            syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);
+        char why[160];
+        if (__atomic_load_n(&o->c->sh->error, __ATOMIC_ACQUIRE)) {
+            snprintf(why, sizeof(why), "%s rank %d: another rank failed", o->send ? "sending to" : "receiving from", o->peer);
+            r = comm_fail(o->c, ncclRemoteError, o->fn, why);
+        } else if (process_dead(__atomic_load_n(&o->c->sh->pids[o->peer], __ATOMIC_ACQUIRE))) {
+            int m = 0;   /* what the peer did before it exited is there: one more look */
+            if ((r = p2p_step(o, &m)) == ncclSuccess && !o->complete) {
+                snprintf(why, sizeof(why), "%s rank %d: it has exited", o->send ? "sending to" : "receiving from", o->peer);
+                r = comm_fail(o->c, ncclRemoteError, o->fn, why);
+            }
+        } else if (now_s() > deadline) {
+            snprintf(why, sizeof(why), "%s rank %d: no progress in %.0f s (NCCL_EMU_TIMEOUT)", o->send ? "sending to" : "receiving from",
+                     o->peer, timeout_s());
+            r = comm_fail(o->c, ncclSystemError, o->fn, why);
+        }
+    }
+    g_np2p = 0;
+    return r;
+}
+
+/* NCCL docs: ncclSend / ncclRecv of count elements to / from peer. The buffer's access is checked (and a receive's
+   bytes marked written) at the call, as the operation of its stream; the bytes move at the call (outside a group)
+   or at ncclGroupEnd, by memmove, which the runtime does not check as a host access. */
+static ncclResult_t p2p_enqueue(const char *fn, int send, void *buf, size_t count, ncclDataType_t t, int peer, ncclComm *c,
+                                cudaStream_t stream) {
+    ncclResult_t r = check_args(c, fn, buf, buf, 1, count, t, 0, ncclSum, 0);
+    if (r != ncclSuccess) return r;
+    if (peer < 0 || peer >= c->nranks) return warn(ncclInvalidArgument, fn, c->rank, "invalid peer");
+    if (g_np2p == MAX_P2P_OPS) return warn(ncclInvalidUsage, fn, c->rank, "more sends and receives in one group than the emulation holds");
+    size_t bytes = count * type_size(t);
+    emu_op_begin(stream, fn);
+    emu_access(buf, bytes, !send);
+    emu_op_end();
+    g_p2p[g_np2p++] = P2POp{send, c, peer, (char *)buf, bytes, 0, 0, fn};
+    return g_group_depth == 0 ? p2p_run() : ncclSuccess;
+}
+
+ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
+                      cudaStream_t stream) {
+    return p2p_enqueue("ncclSend", 1, (void *)sendbuff, count, datatype, peer, comm, stream);
+}
+
+ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm, cudaStream_t stream) {
+    return p2p_enqueue("ncclRecv", 0, recvbuff, count, datatype, peer, comm, stream);
 }

@@ -1,6 +1,7 @@
 /* nccl.h of the CPU emulation: the part of NCCL that train_gpu.cu calls, with the names and values of NCCL's API
    reference. The ranks are processes on this machine; a communicator is a POSIX shared-memory segment named in
-   the ncclUniqueId, and every collective runs to completion at the call (emu_nccl.cpp). */
+   the ncclUniqueId, and every collective runs to completion at the call, sends and receives at the call or at ncclGroupEnd
+   (emu_nccl.cpp). */
 #ifndef EMU_NCCL_H
 #define EMU_NCCL_H
 
@@ -68,5 +69,8 @@ ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recv
                                ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
 ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcount, ncclDataType_t datatype,
                            ncclComm_t comm, cudaStream_t stream);
+ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
+                      cudaStream_t stream);
+ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm, cudaStream_t stream);
 
 #endif

@@ -1,6 +1,7 @@
 /* test_emu_libs: the cuBLASLt and NCCL emulations (emu_cublaslt.cpp, emu_nccl.cpp) against references written
    here from the libraries' documentation: a naive triple loop with the documented epilogues, and the collectives'
-   documented results computed from every rank's known inputs. NCCL runs as forked processes, including a peer
+   documented results computed from every rank's known inputs. NCCL runs as forked processes (the collectives, the
+   splits, and sends and receives alone, grouped both ways and in a ring), including a peer
    that dies and one that hangs, which the survivors must report as errors in seconds.
 
    g++ -O2 -std=c++17 -DEMU_LIBS_STANDALONE -Itests/cuda_emu -o test_emu_libs tests/cuda_emu/test_emu_libs.cpp \
@@ -584,14 +585,72 @@ static void rank_splits(ncclComm_t comm, int rank, int n) {
     ncclCommDestroy(again); ncclCommDestroy(rest); ncclCommDestroy(parity); ncclCommDestroy(pair);
 }
 
-/* modes of a rank in the failure tests */
-enum { RANK_OK, RANK_DIES, RANK_HANGS };
+/* ncclSend / ncclRecv: standalone one way, then back; in one group both ways at once (each message several
+   mailbox chunks, so a send that waited for its receive outside the group would deadlock); two messages to one
+   peer in one group, received in order; bf16; a ring over every rank in one group */
+static void rank_p2p(ncclComm_t comm, int rank, int n) {
+    size_t big = 700001;   /* floats: over 2 MiB, several chunks of any pair's mailbox */
+    std::vector<float> mine(big), got(big);
+    for (size_t i = 0; i < big; i++) mine[i] = rank_value(rank, i);
+    if (n == 2) {
+        int peer = 1 - rank;
+        for (int from = 0; from < 2; from++) {   /* standalone: rank `from` sends, the other receives */
+            std::fill(got.begin(), got.end(), -1.0f);
+            if (rank == from) expect(ncclSend(mine.data(), big, ncclFloat, peer, comm, NULL) == ncclSuccess, "rank %d: send", rank);
+            else {
+                expect(ncclRecv(got.data(), big, ncclFloat, peer, comm, NULL) == ncclSuccess, "rank %d: recv", rank);
+                size_t bad = 0;
+                for (size_t i = 0; i < big; i++) bad += got[i] != rank_value(peer, i);
+                expect(bad == 0, "rank %d: standalone recv from %d: %zu values wrong", rank, peer, bad);
+            }
+        }
+        std::fill(got.begin(), got.end(), -1.0f);
+        expect(ncclGroupStart() == ncclSuccess, "group start");
+        expect(ncclSend(mine.data(), big, ncclFloat, peer, comm, NULL) == ncclSuccess, "rank %d: grouped send", rank);
+        expect(ncclRecv(got.data(), big, ncclFloat, peer, comm, NULL) == ncclSuccess, "rank %d: grouped recv", rank);
+        expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end of a send and a recv both ways", rank);
+        size_t bad = 0;
+        for (size_t i = 0; i < big; i++) bad += got[i] != rank_value(peer, i);
+        expect(bad == 0, "rank %d: grouped send/recv both ways: %zu values wrong", rank, bad);
+        /* two messages of different sizes to the same peer in one group: matched in call order */
+        float a[3] = {1, 2, 3}, b[5] = {4, 5, 6, 7, 8}, ra[3] = {0}, rb[5] = {0};
+        expect(ncclGroupStart() == ncclSuccess, "group start");
+        if (rank == 0) { ncclSend(a, 3, ncclFloat, 1, comm, NULL); ncclSend(b, 5, ncclFloat, 1, comm, NULL); }
+        else { ncclRecv(ra, 3, ncclFloat, 0, comm, NULL); ncclRecv(rb, 5, ncclFloat, 0, comm, NULL); }
+        expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end of two messages", rank);
+        if (rank == 1) expect(!memcmp(a, ra, sizeof(a)) && !memcmp(b, rb, sizeof(b)), "two messages in call order");
+        /* bf16 */
+        std::vector<uint16_t> h(1000), hr(1000, 0);
+        for (size_t i = 0; i < h.size(); i++) h[i] = ref_bf16(rank_value(rank, i));
+        expect(ncclGroupStart() == ncclSuccess, "group start");
+        ncclRecv(hr.data(), h.size(), ncclBfloat16, peer, comm, NULL);
+        ncclSend(h.data(), h.size(), ncclBfloat16, peer, comm, NULL);
+        expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end, bf16", rank);
+        bad = 0;
+        for (size_t i = 0; i < h.size(); i++) bad += hr[i] != ref_bf16(rank_value(peer, i));
+        expect(bad == 0, "rank %d: bf16 send/recv: %zu values wrong", rank, bad);
+    }
+    /* a ring: every rank sends to the next and receives from the one before, in one group */
+    std::fill(got.begin(), got.end(), -1.0f);
+    int next = (rank + 1) % n, prev = (rank + n - 1) % n;
+    expect(ncclGroupStart() == ncclSuccess, "group start");
+    expect(ncclSend(mine.data(), big, ncclFloat, next, comm, NULL) == ncclSuccess, "rank %d: ring send", rank);
+    expect(ncclRecv(got.data(), big, ncclFloat, prev, comm, NULL) == ncclSuccess, "rank %d: ring recv", rank);
+    expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end of the ring", rank);
+    size_t bad = 0;
+    for (size_t i = 0; i < big; i++) bad += got[i] != rank_value(prev, i);
+    expect(bad == 0, "rank %d: ring of %d: %zu values wrong", rank, n, bad);
+    expect(ncclSend(mine.data(), 4, ncclFloat, n, comm, NULL) == ncclInvalidArgument, "send to peer n: ncclInvalidArgument");
+}
 
-/* a survivor: the collective fails with the documented kind of error in bounded time, and stays failed */
-static void rank_survivor(ncclComm_t comm, int rank, ncclResult_t want, double max_s) {
+/* modes of a rank in the failure tests */
+enum { RANK_OK, RANK_DIES, RANK_HANGS, RANK_DIES_P2P, RANK_MISMATCH };
+
+/* a survivor: the collective (or a receive from the victim) fails with the documented kind of error in bounded time, and stays failed */
+static void rank_survivor(ncclComm_t comm, int rank, ncclResult_t want, double max_s, int p2p, int victim) {
     float x[4] = {1, 2, 3, 4};
     double t0 = now_s();
-    ncclResult_t r = ncclAllReduce(x, x, 4, ncclFloat, ncclSum, comm, NULL);
+    ncclResult_t r = p2p ? ncclRecv(x, 4, ncclFloat, victim, comm, NULL) : ncclAllReduce(x, x, 4, ncclFloat, ncclSum, comm, NULL);
     double dt = now_s() - t0;
     expect(r == want || (want == ncclSystemError && r == ncclRemoteError), "rank %d: got %s, want %s", rank,
            ncclGetErrorString(r), ncclGetErrorString(want));
@@ -609,10 +668,15 @@ static int run_rank(ncclUniqueId id, int rank, int n, int mode, int victim) {
     int c = 0, ur = -1;
     expect(ncclCommCount(comm, &c) == ncclSuccess && c == n && ncclCommUserRank(comm, &ur) == ncclSuccess && ur == rank,
            "rank %d: count / user rank", rank);
-    if (mode == RANK_OK) { rank_collectives(comm, rank, n); rank_splits(comm, rank, n); }
-    else if (rank == victim && mode == RANK_DIES) _exit(0);
+    if (mode == RANK_OK) { rank_collectives(comm, rank, n); rank_splits(comm, rank, n); rank_p2p(comm, rank, n); }
+    else if (rank == victim && (mode == RANK_DIES || mode == RANK_DIES_P2P)) _exit(0);
     else if (rank == victim && mode == RANK_HANGS) pause();
-    else rank_survivor(comm, rank, mode == RANK_DIES ? ncclRemoteError : ncclSystemError, 8.0);
+    else if (mode == RANK_MISMATCH) {   /* NCCL's rule: the same count on every rank; here rank r passes 4 + r */
+        float x[8] = {0};
+        ncclResult_t m = ncclAllReduce(x, x, 4 + rank, ncclFloat, ncclSum, comm, NULL);
+        expect(m == ncclInvalidUsage, "rank %d: an all-reduce of another count than its peer's: %s", rank, ncclGetErrorString(m));
+    }
+    else rank_survivor(comm, rank, mode == RANK_HANGS ? ncclSystemError : ncclRemoteError, 8.0, mode == RANK_DIES_P2P, victim);
     ncclCommDestroy(comm);
     return g_failed ? 1 : 0;
 }
@@ -622,7 +686,7 @@ static void fork_ranks(int n, int mode, const char *label) {
     ncclUniqueId id;
     expect(ncclGetUniqueId(&id) == ncclSuccess, "unique id");
     std::vector<pid_t> pids(n);
-    int victim = n - 1;
+    int victim = n - 1, victim_mode = mode == RANK_DIES || mode == RANK_HANGS || mode == RANK_DIES_P2P;
     double t0 = now_s();
     for (int r = 0; r < n; r++) {
         pids[r] = fork();
@@ -630,13 +694,13 @@ static void fork_ranks(int n, int mode, const char *label) {
     }
     int failed = 0;
     for (int r = 0; r < n; r++) {
-        if (mode != RANK_OK && r == victim) continue;
+        if (victim_mode && r == victim) continue;
         int status = 0;
         waitpid(pids[r], &status, 0);
         failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
     if (mode == RANK_HANGS) kill(pids[victim], SIGKILL);
-    if (mode != RANK_OK) waitpid(pids[victim], NULL, 0);
+    if (victim_mode) waitpid(pids[victim], NULL, 0);
     expect(failed == 0, "%s: %d rank(s) failed", label, failed);
     printf("  nccl %-34s %d ranks: %s (%.1f s)\n", label, n, failed ? "FAIL" : "ok", now_s() - t0);
 }
@@ -647,6 +711,8 @@ static void test_nccl(void) {
     fork_ranks(2, RANK_OK, "collectives");
     fork_ranks(4, RANK_OK, "collectives");
     fork_ranks(3, RANK_DIES, "a peer exits after init");
+    fork_ranks(2, RANK_DIES_P2P, "a recv from a peer that exits");
+    fork_ranks(2, RANK_MISMATCH, "ranks passing different counts");
     setenv("NCCL_EMU_TIMEOUT", "2", 1);
     fork_ranks(4, RANK_HANGS, "a peer hangs (NCCL_EMU_TIMEOUT=2)");
 
