@@ -3469,19 +3469,8 @@ static int run(Args &a, Dist &d) {
     Model slice;
     if (a.tp > 1 || a.pp > 1) {
         local_cfg.n_layer = stages[d.pp_rank].layers;
-        if (model_build_stage(&slice, &local_cfg, &stages[d.pp_rank]) != 0) die("out of memory for the model");
         tp.sp = a.sp;
-        slice.tp = tp;
-        slice.reset_attention = m.reset_attention; slice.reset_positions = m.reset_positions; slice.eod = m.eod;
-        tp_slice(&slice, slice.params_memory, m.params_memory);
-        if (m.m_memory) {
-            slice.m_memory = (float *)calloc(slice.num_params, sizeof(float));
-            slice.v_memory = (float *)calloc(slice.num_params, sizeof(float));
-            if (!slice.m_memory || !slice.v_memory) die("out of memory for the AdamW moments");
-            tp_slice(&slice, slice.m_memory, m.m_memory);
-            tp_slice(&slice, slice.v_memory, m.v_memory);
-        }
-        model_free(&m);
+        if (model_take_slice(&slice, &m, &local_cfg, &stages[d.pp_rank], &tp) != 0) die("out of memory for the model");
         m = slice;
     }
 
