@@ -291,6 +291,8 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
 /* Backward of the last forward (which must have had targets); grads += d(loss * loss_scale)/dparams. */
 void model_backward(Model *m, float loss_scale);
 void model_zero_grad(Model *m);
+/* AdamW's moments m and v, zeroed, where m has none yet. 0, or -1 when out of memory. */
+int model_alloc_moments(Model *m);
 void model_free(Model *m);
 
 /* pipeline parallelism (PipelineStage) */
@@ -1995,6 +1997,12 @@ float model_forward(Model *m, const int *inputs, const int *targets, int B, int 
 
 void model_zero_grad(Model *m) { memset(m->grads_memory, 0, m->num_params * sizeof(float)); }
 
+int model_alloc_moments(Model *m) {
+    if (!m->m_memory) m->m_memory = (float *)calloc(m->num_params, sizeof(float));
+    if (!m->v_memory) m->v_memory = (float *)calloc(m->num_params, sizeof(float));
+    return m->m_memory && m->v_memory ? 0 : -1;
+}
+
 /* The forward in reverse: each step reads d<output> and adds into d<inputs> (grads_acts d, named as the
    activations, zeroed first) and into the weight gradients g. crossentropy -> d.logits -> d.lnf -> last d.resid3;
    per layer l: d.resid3 -> d.fcproj (+ d.resid2) -> d.fch_act -> d.fch -> d.ln2 -> d.resid2;
@@ -2314,9 +2322,7 @@ int model_take_slice(Model *slice, Model *whole, const ModelConfig *local, const
     slice->reset_attention = whole->reset_attention; slice->reset_positions = whole->reset_positions; slice->eod = whole->eod;
     tp_slice(slice, slice->params_memory, whole->params_memory);
     if (whole->m_memory) {
-        slice->m_memory = (float *)calloc(slice->num_params, sizeof(float));
-        slice->v_memory = (float *)calloc(slice->num_params, sizeof(float));
-        if (!slice->m_memory || !slice->v_memory) return -1;
+        if (model_alloc_moments(slice) != 0) return -1;
         tp_slice(slice, slice->m_memory, whole->m_memory);
         tp_slice(slice, slice->v_memory, whole->v_memory);
     }
@@ -2414,10 +2420,7 @@ void model_adamw_update(Model *m, const AdamWConfig *o, int step, size_t begin, 
 }
 
 void model_adamw_update_scaled(Model *m, const AdamWConfig *o, int step, size_t begin, size_t end, float grad_scale) {
-    if (!m->m_memory) {
-        m->m_memory = (float *)calloc(m->num_params, sizeof(float));
-        m->v_memory = (float *)calloc(m->num_params, sizeof(float));
-    }
+    if (model_alloc_moments(m) != 0) { fprintf(stderr, "out of memory for the AdamW moments\n"); exit(1); }
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         size_t b = m->param_offsets[t], e = b + m->param_sizes[t];
         if (b < begin) b = begin;
@@ -4152,7 +4155,7 @@ int checkpoint_load(const char *dir, Model *m, TrainState *ts, char *err, size_t
         snprintf(err, errlen, "%s: optimizer.m/optimizer.v must be F32 [%zu] for this model", path, m->num_params);
         goto done;
     }
-    if (!m->m_memory) { m->m_memory = (float *)calloc(m->num_params, sizeof(float)); m->v_memory = (float *)calloc(m->num_params, sizeof(float)); }
+    if (model_alloc_moments(m) != 0) { snprintf(err, errlen, "%s: out of memory for the AdamW moments", path); goto done; }
     memcpy(m->m_memory, st.data + tm->begin, m->num_params * sizeof(float));
     memcpy(m->v_memory, st.data + tv->begin, m->num_params * sizeof(float));
     if (read_i64(&st, "step", &ts->step, err, errlen) || read_i64(&st, "data_cursor", &cursor, err, errlen) ||

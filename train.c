@@ -193,17 +193,14 @@ static const float *cpu_forward_logits(void *ctx, const int *ids, int n) {
 static void cpu_save(void *ctx, const TrainState *ts) {
     CpuRun *c = (CpuRun *)ctx;
     Model *m = c->m;
-    if (!m->m_memory) { m->m_memory = (float *)calloc(m->num_params, sizeof(float)); m->v_memory = (float *)calloc(m->num_params, sizeof(float)); }
+    if (model_alloc_moments(m) != 0) die("out of memory for the AdamW moments");
     comm_all_gather(&dp_comm, m->m_memory, m->num_params);
     comm_all_gather(&dp_comm, m->v_memory, m->num_params);
     if (mp_comm.world == 1) {
         if (comm.rank == 0) write_checkpoint(c->a, m, ts);
     } else if (dp_comm.rank == 0) {
         Model whole;
-        if (model_build(&whole, c->cfg) != 0) die("out of memory putting the model together");
-        whole.m_memory = (float *)calloc(whole.num_params, sizeof(float));
-        whole.v_memory = (float *)calloc(whole.num_params, sizeof(float));
-        if (!whole.m_memory || !whole.v_memory) die("out of memory putting the model together");
+        if (model_build(&whole, c->cfg) != 0 || model_alloc_moments(&whole) != 0) die("out of memory putting the model together");
         float *mine[3] = {m->params_memory, m->m_memory, m->v_memory}, *all[3] = {whole.params_memory, whole.m_memory, whole.v_memory};
         for (int i = 0; i < 3; i++) {
             tp_unslice(m, all[i], mine[i]);

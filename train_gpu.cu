@@ -2584,9 +2584,7 @@ void gmodel_download(GModel<floatX> &g, const Dist &d, int moments) {
     if (here && !same && !buf) die("out of host memory for the device layout of the weights");
     gather_to_host(g, d, g.master, g.host->params_memory, buf);
     if (moments) {
-        if (here && !g.host->m_memory) g.host->m_memory = (float *)calloc(g.host->num_params, sizeof(float));
-        if (here && !g.host->v_memory) g.host->v_memory = (float *)calloc(g.host->num_params, sizeof(float));
-        if (here && (!g.host->m_memory || !g.host->v_memory)) die("out of host memory for the AdamW moments");
+        if (here && model_alloc_moments(g.host) != 0) die("out of host memory for the AdamW moments");
         gather_to_host(g, d, g.mom, g.host->m_memory, buf);
         gather_to_host(g, d, g.vel, g.host->v_memory, buf);
     }
@@ -3392,10 +3390,7 @@ static void gpu_save(void *ctx, const TrainState *ts) {
         if (d->rank == 0) write_checkpoint(c->a, m, ts);
     } else if (d->rank == 0) {
         Model whole;
-        if (model_build(&whole, c->cfg) != 0) die("out of memory putting the model together");
-        whole.m_memory = (float *)calloc(whole.num_params, sizeof(float));
-        whole.v_memory = (float *)calloc(whole.num_params, sizeof(float));
-        if (!whole.m_memory || !whole.v_memory) die("out of memory putting the model together");
+        if (model_build(&whole, c->cfg) != 0 || model_alloc_moments(&whole) != 0) die("out of memory putting the model together");
         float *mine[3] = {m->params_memory, m->m_memory, m->v_memory}, *all[3] = {whole.params_memory, whole.m_memory, whole.v_memory};
         for (int i = 0; i < 3; i++) {
             memset(all[i], 0, whole.num_params * sizeof(float));
