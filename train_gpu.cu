@@ -3425,6 +3425,13 @@ static void gpu_print_setup(void *ctx) {
            gpu::attention_uses_tc<floatX>(c->g.cfg.head_dim, a->plain_attn) ? "tensor-core flash" : "plain", c->g.zero2 ? 2 : 1,
            world, !c->d->comm ? "" : c->g.overlap ? " (NCCL, reduce overlapped with the backward)" : " (NCCL, reduce-scatter)",
            g_dev_bytes / 1073741824.0, c->flops_per_token / 1e9, c->peak_flops / 1e12);
+    /* this GPU's budget: its slice of the model (--tp / --pp) in floatX, the fp32 gradients (ZeRO-2: the tensors
+       outside the layers and two layers' buffers), the masters and moments of its ZeRO shard, the rest (activations,
+       one set per micro-batch a pipeline stage keeps, and scratch) */
+    double MiB = 1048576.0, par = (double)g.padded * sizeof(floatX) / MiB, opt = 3.0 * g.shard * sizeof(float) / MiB;
+    double grad = (g.zero2 ? (double)g.outer_floats + 2.0 * g.layer_floats : (double)g.padded) * sizeof(float) / MiB;
+    printf("memory of rank 0's GPU: parameters %.1f MiB, gradients %.1f MiB, AdamW masters and moments %.1f MiB (its ZeRO "
+           "shard), activations and scratch %.1f MiB\n", par, grad, opt, g_dev_bytes / MiB - par - grad - opt);
 }
 
 /* the watchdog's timer starts with the training loop */
