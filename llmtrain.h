@@ -299,7 +299,7 @@ void model_free(Model *m);
 /* the `size` stages of the whole model: stage s gets layers[s] layers (layers NULL: as many as keep the largest
    stage's parameters the fewest, every stage at least one). 0, or -1 with the reason in err. */
 int pp_stages(const ModelConfig *full, int size, const int *layers, PipelineStage *out, char *err, size_t errlen);
-/* Allocates params (and grads) for stage st of the model cfg (cfg->n_layer: the stage's layers). */
+/* Allocates params (and grads) for stage st of the model cfg: its st->layers layers from st->layer0 on. */
 int model_build_stage(Model *m, const ModelConfig *cfg, const PipelineStage *st);
 /* Where a stage after the first takes its input: the buffer the next forward of B x T starts from, of
    model_stage_floats(m, B, T) floats (the residual stream's rows on this rank: B*T x C, or its sequence-parallel
@@ -1697,8 +1697,9 @@ int model_build(Model *m, const ModelConfig *cfg) {
 int model_build_stage(Model *m, const ModelConfig *cfg, const PipelineStage *st) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
+    m->cfg.n_layer = st->layers;
     m->pp = *st;
-    param_sizes(cfg, st, m->param_sizes);
+    param_sizes(&m->cfg, st, m->param_sizes);
     m->num_params = 0;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) { m->param_offsets[i] = m->num_params; m->num_params += m->param_sizes[i]; }
     m->params_memory = (float *)calloc(m->num_params, sizeof(float));
@@ -1707,7 +1708,7 @@ int model_build_stage(Model *m, const ModelConfig *cfg, const PipelineStage *st)
     point_params(&m->params, m->params_memory, m->param_offsets, m->param_sizes);
     point_params(&m->grads, m->grads_memory, m->param_offsets, m->param_sizes);
     m->mean_loss = -1.0f;
-    m->tp.size = 1; m->tp.full = *cfg; m->tp.kv_share = 1;
+    m->tp.size = 1; m->tp.full = m->cfg; m->tp.kv_share = 1;
     return 0;
 }
 

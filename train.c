@@ -325,7 +325,6 @@ int main(int argc, char **argv) {
     Model slice, *model = &m;
     if (a.tp > 1 || a.pp > 1) {
         if (tp_config(&cfg, a.tp, tp_comm.rank, &local_cfg, &tp, err, sizeof(err)) != 0) die("--tp %d: %s", a.tp, err);
-        local_cfg.n_layer = stages[pp_rank].layers;
         tp.sp = a.sp; tp.ctx = &tp_comm;
         tp.all_reduce = tp_all_reduce; tp.all_gather = tp_all_gather; tp.reduce_scatter = tp_reduce_scatter;
         if (model_take_slice(&slice, &m, &local_cfg, &stages[pp_rank], &tp) != 0) die("out of memory for the model");

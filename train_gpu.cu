@@ -2676,6 +2676,16 @@ static void tp_gather_rows(GModel<floatX> &g, T *x) {
     NCCL_CHECK(ncclAllGather(x + (size_t)g.r0 * g.C, x, (size_t)g.R * g.C, nccl_type<T>(), g.tp_comm, g.stream));
 }
 
+/* the rows of the residual stream this rank keeps of a batch of N rows: all of them, or with sequence parallelism,
+   when N splits into tp blocks, its block [r0, r0 + R); returns whether it is sequence-parallel */
+template <typename floatX>
+static int gmodel_rows(const GModel<floatX> &g, int N, int *R, int *r0) {
+    int sp = g.sp && N % g.tp == 0;
+    *R = sp ? N / g.tp : N;
+    *r0 = sp ? g.tp_rank * *R : 0;
+    return sp;
+}
+
 /* model_forward on the uploaded batch. With targets the per-row losses are summed into red[1] scaled by
    loss_acc_scale / num_valid (the mean loss of the batch, times the caller's scale). With backward_head the
    classifier also runs its backward, chunk by chunk (dloss = loss_scale / num_valid): the logits of a chunk are
@@ -2693,9 +2703,7 @@ void gmodel_forward(GModel<floatX> &g, int backward_head, float loss_scale, doub
     int B = g.cur_B, T = g.cur_T, N = B * T, C = g.C;
     size_t NC = (size_t)N * C;
     int ln = g.layernorm, first = g.tp_rank == 0;   /* first: adds the replicated biases */
-    g.cur_sp = g.sp && N % g.tp == 0;
-    g.R = g.cur_sp ? N / g.tp : N;
-    g.r0 = g.cur_sp ? g.tp_rank * g.R : 0;
+    g.cur_sp = gmodel_rows(g, N, &g.R, &g.r0);
     int R = g.R;
     size_t r0 = g.r0, o = r0 * C;
     if (g.embed) {
@@ -3169,12 +3177,13 @@ struct GpuRun {
 template <typename floatX> static GModel<floatX> &pp_view(GpuRun<floatX> *c, int i) { return *c->views[i % c->nviews]; }
 
 /* a stage's input and output of a B x T batch on this rank: the residual stream's rows, all N = B*T of them, or
-   with --sp its block [r0, r0 + R) (gmodel_forward's choice); as floats, from r0 * C, R * C of them
-   (model_stage_floats) */
+   with --sp its block [r0, r0 + R) (gmodel_rows, as gmodel_forward chooses them); as floats, from r0 * C, R * C of
+   them (model_stage_floats) */
 template <typename floatX>
 static void stage_rows(const GModel<floatX> &g, int B, int T, size_t *from, size_t *count) {
-    size_t N = (size_t)B * T, R = g.sp && N % g.tp == 0 ? N / g.tp : N, r0 = R < N ? (size_t)g.tp_rank * R : 0;
-    *from = r0 * g.C; *count = R * g.C;
+    int R, r0;
+    gmodel_rows(g, B * T, &R, &r0);
+    *from = (size_t)r0 * g.C; *count = (size_t)R * g.C;
 }
 
 /* --pp-trace: one Chrome trace event per forward, backward and exchange (train.c's format), timed on the host after
@@ -3393,7 +3402,6 @@ static void gpu_save(void *ctx, const TrainState *ts) {
         if (model_build(&whole, c->cfg) != 0 || model_alloc_moments(&whole) != 0) die("out of memory putting the model together");
         float *mine[3] = {m->params_memory, m->m_memory, m->v_memory}, *all[3] = {whole.params_memory, whole.m_memory, whole.v_memory};
         for (int i = 0; i < 3; i++) {
-            memset(all[i], 0, whole.num_params * sizeof(float));
             tp_unslice(m, all[i], mine[i]);
             host_all_reduce(c->g, d->mp_comm, all[i], whole.num_params);
         }
@@ -3470,7 +3478,6 @@ static int run(Args &a, Dist &d) {
        moments on a resume */
     Model slice;
     if (a.tp > 1 || a.pp > 1) {
-        local_cfg.n_layer = stages[d.pp_rank].layers;
         tp.sp = a.sp;
         if (model_take_slice(&slice, &m, &local_cfg, &stages[d.pp_rank], &tp) != 0) die("out of memory for the model");
         m = slice;

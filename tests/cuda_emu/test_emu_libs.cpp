@@ -585,6 +585,20 @@ static void rank_splits(ncclComm_t comm, int rank, int n) {
     ncclCommDestroy(again); ncclCommDestroy(rest); ncclCommDestroy(parity); ncclCommDestroy(pair);
 }
 
+/* one group: `mine` to rank `to`, and from rank `from` into `got` (filled with -1 first), which must then hold
+   rank_value(from, i) */
+static void grouped_exchange(ncclComm_t comm, int rank, const std::vector<float> &mine, std::vector<float> &got, int to,
+                             int from, const char *what) {
+    std::fill(got.begin(), got.end(), -1.0f);
+    expect(ncclGroupStart() == ncclSuccess, "group start");
+    expect(ncclSend(mine.data(), mine.size(), ncclFloat, to, comm, NULL) == ncclSuccess, "rank %d: %s send", rank, what);
+    expect(ncclRecv(got.data(), got.size(), ncclFloat, from, comm, NULL) == ncclSuccess, "rank %d: %s recv", rank, what);
+    expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end of the %s", rank, what);
+    size_t bad = 0;
+    for (size_t i = 0; i < got.size(); i++) bad += got[i] != rank_value(from, i);
+    expect(bad == 0, "rank %d: %s: %zu values wrong", rank, what, bad);
+}
+
 /* ncclSend / ncclRecv: standalone one way, then back; in one group both ways at once (each message several
    mailbox chunks, so a send that waited for its receive outside the group would deadlock); two messages to one
    peer in one group, received in order; bf16; a ring over every rank in one group */
@@ -604,14 +618,7 @@ static void rank_p2p(ncclComm_t comm, int rank, int n) {
                 expect(bad == 0, "rank %d: standalone recv from %d: %zu values wrong", rank, peer, bad);
             }
         }
-        std::fill(got.begin(), got.end(), -1.0f);
-        expect(ncclGroupStart() == ncclSuccess, "group start");
-        expect(ncclSend(mine.data(), big, ncclFloat, peer, comm, NULL) == ncclSuccess, "rank %d: grouped send", rank);
-        expect(ncclRecv(got.data(), big, ncclFloat, peer, comm, NULL) == ncclSuccess, "rank %d: grouped recv", rank);
-        expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end of a send and a recv both ways", rank);
-        size_t bad = 0;
-        for (size_t i = 0; i < big; i++) bad += got[i] != rank_value(peer, i);
-        expect(bad == 0, "rank %d: grouped send/recv both ways: %zu values wrong", rank, bad);
+        grouped_exchange(comm, rank, mine, got, peer, peer, "grouped send/recv both ways");
         /* two messages of different sizes to the same peer in one group: matched in call order */
         float a[3] = {1, 2, 3}, b[5] = {4, 5, 6, 7, 8}, ra[3] = {0}, rb[5] = {0};
         expect(ncclGroupStart() == ncclSuccess, "group start");
@@ -626,20 +633,12 @@ static void rank_p2p(ncclComm_t comm, int rank, int n) {
         ncclRecv(hr.data(), h.size(), ncclBfloat16, peer, comm, NULL);
         ncclSend(h.data(), h.size(), ncclBfloat16, peer, comm, NULL);
         expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end, bf16", rank);
-        bad = 0;
+        size_t bad = 0;
         for (size_t i = 0; i < h.size(); i++) bad += hr[i] != ref_bf16(rank_value(peer, i));
         expect(bad == 0, "rank %d: bf16 send/recv: %zu values wrong", rank, bad);
     }
     /* a ring: every rank sends to the next and receives from the one before, in one group */
-    std::fill(got.begin(), got.end(), -1.0f);
-    int next = (rank + 1) % n, prev = (rank + n - 1) % n;
-    expect(ncclGroupStart() == ncclSuccess, "group start");
-    expect(ncclSend(mine.data(), big, ncclFloat, next, comm, NULL) == ncclSuccess, "rank %d: ring send", rank);
-    expect(ncclRecv(got.data(), big, ncclFloat, prev, comm, NULL) == ncclSuccess, "rank %d: ring recv", rank);
-    expect(ncclGroupEnd() == ncclSuccess, "rank %d: group end of the ring", rank);
-    size_t bad = 0;
-    for (size_t i = 0; i < big; i++) bad += got[i] != rank_value(prev, i);
-    expect(bad == 0, "rank %d: ring of %d: %zu values wrong", rank, n, bad);
+    grouped_exchange(comm, rank, mine, got, (rank + 1) % n, (rank + n - 1) % n, "ring");
     expect(ncclSend(mine.data(), 4, ncclFloat, n, comm, NULL) == ncclInvalidArgument, "send to peer n: ncclInvalidArgument");
 }
 
