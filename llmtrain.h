@@ -274,8 +274,9 @@ void crossentropy_forward(float *losses, float *lse, const float *logits, const 
 /* vocabulary-parallel: over the columns [v0, v0 + V) of the vocabulary that logits holds; combine: the ranks' parts */
 void crossentropy_forward_shard(float *lse, float *target_logit, const float *logits, const int *targets, int N, int V, int v0);
 void crossentropy_combine(float *losses, float *lse, const float *parts, const int *targets, int N, int ranks);
+/* init: dlogits = the gradient (rows of ignored targets zeroed) instead of += it */
 void crossentropy_backward_shard(float *dlogits, const float *logits, const float *lse, const int *targets,
-                                 float dloss, int N, int V, int v0);
+                                 float dloss, int N, int V, int v0, int init);
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
                            float dloss, int N, int V);
 
@@ -1627,15 +1628,25 @@ void crossentropy_combine(float *losses, float *lse, const float *parts, const i
     }
 }
 
+/* With init the gradient is stored rather than added: the backward of a training step then neither zeroes the
+   B*T x V dlogits beforehand nor reads them back here (two passes over the largest buffer of a small model). */
 void crossentropy_backward_shard(float *dlogits, const float *logits, const float *lse, const int *targets,
-                                 float dloss, int N, int V, int v0) {
+                                 float dloss, int N, int V, int v0, int init) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        if (targets[n] < 0) continue;
         const float *x = logits + (size_t)n * V;
         float *dx = dlogits + (size_t)n * V, l = lse[n];
-        #pragma omp simd
-        for (int v = 0; v < V; v++) dx[v] += dloss * exp_poly(x[v] - l);
+        if (targets[n] < 0) {
+            if (init) memset(dx, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        if (init) {
+            #pragma omp simd
+            for (int v = 0; v < V; v++) dx[v] = dloss * exp_poly(x[v] - l);
+        } else {
+            #pragma omp simd
+            for (int v = 0; v < V; v++) dx[v] += dloss * exp_poly(x[v] - l);
+        }
         int k = targets[n] - v0;
         if (k >= 0 && k < V) dx[k] -= dloss;
     }
@@ -1643,7 +1654,7 @@ void crossentropy_backward_shard(float *dlogits, const float *logits, const floa
 
 void crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int *targets,
                            float dloss, int N, int V) {
-    crossentropy_backward_shard(dlogits, logits, lse, targets, dloss, N, V, 0);
+    crossentropy_backward_shard(dlogits, logits, lse, targets, dloss, N, V, 0, 0);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -2029,13 +2040,18 @@ void model_backward_stage(Model *m, float loss_scale, const float *dout) {
     int R = m->cur_sp ? N / tp->size : N;
     size_t RC = (size_t)R * C;
     float *all = m->cur_sp ? m->tp_all : NULL, *dall = m->cur_sp ? m->tp_all + NC : NULL;
-    memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
+    /* every activation gradient is accumulated into from zero, except d.logits, which the crossentropy stores */
+    if (m->pp.head) {
+        size_t before = (size_t)(d.logits - m->grads_acts_memory), after = before + (size_t)N * V;
+        memset(m->grads_acts_memory, 0, before * sizeof(float));
+        memset(d.logits + (size_t)N * V, 0, (m->num_acts - after) * sizeof(float));
+    } else memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
 
     float *last = a.resid3 + (c->n_layer - 1) * RC, *dlast = d.resid3 + (c->n_layer - 1) * RC;
     if (m->pp.head) {
         /* the mean loss over valid targets: every valid row gets dloss = scale / valid */
         float dloss = m->num_valid ? loss_scale / m->num_valid : 0.0f;
-        crossentropy_backward_shard(d.logits, a.logits, a.lse, m->targets, dloss, N, V, tp->vocab_begin);
+        crossentropy_backward_shard(d.logits, a.logits, a.lse, m->targets, dloss, N, V, tp->vocab_begin, 1);
         float *lnf_all = all ? all : a.lnf, *dlnf_all = dall ? dall : d.lnf;
         tp_enter_forward(m, a.lnf, lnf_all, R, C);
         if (dall) memset(dall, 0, NC * sizeof(float));

@@ -688,6 +688,13 @@ static void test_crossentropy(void) {
     crossentropy_backward(dx2, x, lse, tgt, dloss, N, V);
     check_bits(nm(pre, "target -1 row untouched"), dx2 + (size_t)ign * V, pre_row, V);
 
+    /* init (the model's backward): stored, not added, so a prefilled buffer gets the bits that accumulating into
+       zeros gave (g1), the ignored row zeroed */
+    float *dx3 = frand_gauss(nx, 0, 1);
+    crossentropy_backward_shard(dx3, x, lse, tgt, dloss, N, V, 0, 1);
+    check_bits(nm(pre, "init stores dlogits"), dx3, g1, nx);
+    free(dx3);
+
     free(x); free(losses); free(lse); free(c.x); free(c.losses); free(c.lse); free(dx); free(gx); free(g1);
     free(dx2); free(pre_row);
 }
