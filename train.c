@@ -187,6 +187,8 @@ static const float *cpu_forward_logits(void *ctx, const int *ids, int n) {
     return c->logits;
 }
 
+static void mp_sum(void *ctx, float *buf, size_t n) { (void)ctx; comm_all_reduce(&mp_comm, buf, n); }
+
 /* The AdamW moments live sharded: gather them over the data-parallel group. With --tp or --pp, the first model's
    ranks then put the whole model together (each writes the runs it owns into zeroed whole buffers, summed over
    the model's ranks) and rank 0 writes it. */
@@ -200,12 +202,7 @@ static void cpu_save(void *ctx, const TrainState *ts) {
         if (comm.rank == 0) write_checkpoint(c->a, m, ts);
     } else if (dp_comm.rank == 0) {
         Model whole;
-        if (model_build(&whole, c->cfg) != 0 || model_alloc_moments(&whole) != 0) die("out of memory putting the model together");
-        float *mine[3] = {m->params_memory, m->m_memory, m->v_memory}, *all[3] = {whole.params_memory, whole.m_memory, whole.v_memory};
-        for (int i = 0; i < 3; i++) {
-            tp_unslice(m, all[i], mine[i]);
-            comm_all_reduce(&mp_comm, all[i], whole.num_params);
-        }
+        put_whole_model(&whole, m, c->cfg, mp_sum, NULL);
         if (comm.rank == 0) write_checkpoint(c->a, &whole, ts);
         model_free(&whole);
     }

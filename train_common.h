@@ -640,6 +640,20 @@ static void resume_layout_note(const char *saved, const Args *a, int verbose) {
                tp, sp ? " --sp" : "", pp, a->tp, a->sp ? " --sp" : "", a->pp);
 }
 
+/* Saving with --tp or --pp: a model's ranks put the whole model together. Each writes the runs of its parameters and
+   AdamW moments that it owns (tp_unslice; zeros elsewhere) into whole buffers, and sum (every rank of the model
+   group calls it: a collective) adds them over the group. The caller frees whole (model_free). */
+static void put_whole_model(Model *whole, const Model *m, const ModelConfig *cfg,
+                            void (*sum)(void *ctx, float *buf, size_t n), void *ctx) {
+    if (model_build(whole, cfg) != 0 || model_alloc_moments(whole) != 0) die("out of memory putting the model together");
+    const float *mine[3] = {m->params_memory, m->m_memory, m->v_memory};
+    float *all[3] = {whole->params_memory, whole->m_memory, whole->v_memory};
+    for (int i = 0; i < 3; i++) {
+        tp_unslice(m, all[i], mine[i]);
+        sum(ctx, all[i], whole->num_params);
+    }
+}
+
 /* The pipeline's stages (--pp, --pp-layers) of the whole model cfg into stages[0 .. a->pp): the counts given, or
    balanced by parameters (pp_stages); a bad list or layout is a one-line error naming the flag. */
 static void pp_layout(const Args *a, const ModelConfig *cfg, PipelineStage *stages) {

@@ -3386,6 +3386,12 @@ static void host_all_reduce(GModel<floatX> &g, ncclComm_t comm, float *x, size_t
     dev_free(buf, piece * sizeof(float));
 }
 
+template <typename floatX>
+static void mp_sum(void *ctx, float *buf, size_t n) {
+    GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
+    host_all_reduce(c->g, c->d->mp_comm, buf, n);
+}
+
 /* The masters and moments gathered from the ZeRO shards into the host model of each data-parallel group's first rank.
    With --tp or --pp (as train.c's cpu_save) the first model's ranks then put the whole model together: each writes
    the runs it owns into zeroed whole buffers, summed over the model-parallel group, and rank 0 writes it. */
@@ -3399,12 +3405,7 @@ static void gpu_save(void *ctx, const TrainState *ts) {
         if (d->rank == 0) write_checkpoint(c->a, m, ts);
     } else if (d->rank == 0) {
         Model whole;
-        if (model_build(&whole, c->cfg) != 0 || model_alloc_moments(&whole) != 0) die("out of memory putting the model together");
-        float *mine[3] = {m->params_memory, m->m_memory, m->v_memory}, *all[3] = {whole.params_memory, whole.m_memory, whole.v_memory};
-        for (int i = 0; i < 3; i++) {
-            tp_unslice(m, all[i], mine[i]);
-            host_all_reduce(c->g, d->mp_comm, all[i], whole.num_params);
-        }
+        put_whole_model(&whole, m, c->cfg, mp_sum<floatX>, c);
         if (d->grank == 0) write_checkpoint(c->a, &whole, ts);
         model_free(&whole);
     }
