@@ -187,6 +187,7 @@ static const float *cpu_forward_logits(void *ctx, const int *ids, int n) {
     return c->logits;
 }
 
+/* put_whole_model's sum over the model's ranks (--tp, --pp) */
 static void mp_sum(void *ctx, float *buf, size_t n) { (void)ctx; comm_all_reduce(&mp_comm, buf, n); }
 
 /* The AdamW moments live sharded: gather them over the data-parallel group. With --tp or --pp, the first model's

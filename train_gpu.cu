@@ -3386,6 +3386,7 @@ static void host_all_reduce(GModel<floatX> &g, ncclComm_t comm, float *x, size_t
     dev_free(buf, piece * sizeof(float));
 }
 
+/* put_whole_model's sum over the model-parallel group, through the GPU */
 template <typename floatX>
 static void mp_sum(void *ctx, float *buf, size_t n) {
     GpuRun<floatX> *c = (GpuRun<floatX> *)ctx;
